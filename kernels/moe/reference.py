@@ -1,0 +1,112 @@
+"""PyTorch reference for the batched MoE least-squares pass (KERNELS.md section 1).
+
+This is the test oracle for the Triton kernels and the CPU path of the estimator. One call streams
+the data of R independent problems in sample chunks and returns, per problem, the sum of squared
+residuals and, on request, the Gauss-Newton blocks ``J^T J`` and ``J^T r``, where ``J`` is the
+Jacobian of ``f_G`` with respect to the packed free parameters and ``r = y - f_G(x)``. The gradient
+of the loss is ``-2 J^T r``. ``J`` itself exists only one chunk at a time.
+
+Free-parameter layout ``theta: (R, p)`` (shared with the estimators and kernels):
+``[gate params of atoms 0..k_free-1 (k_free*pg), expert params of atoms 0..k-1 (k*pe)]``, where
+``k_free = k - 1`` for softmax (the last atom's score is pinned to zero) and ``k`` for sigmoid.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from moe_theory import models
+from moe_theory.models import Expert
+
+#: Bytes a chunk of the Jacobian may take; n = 10^6 samples then costs no more memory than 10^3.
+JACOBIAN_CHUNK_BYTES = 256 * 2**20
+
+
+class MoEPass(NamedTuple):
+    """Per-problem outputs: ``loss (R,)``, ``jtr (R, p)``, ``jtj (R, p, p)`` (or None)."""
+
+    loss: torch.Tensor
+    jtr: torch.Tensor | None
+    jtj: torch.Tensor | None
+
+
+def n_free_gates(gate: str, k: int) -> int:
+    return k - 1 if models.check_gate(gate) == "softmax" else k
+
+
+def _chunk_size(R: int, p: int, itemsize: int, n: int) -> int:
+    return max(1, min(n, JACOBIAN_CHUNK_BYTES // max(1, 4 * R * p * itemsize)))
+
+
+def _chunk_terms(Xc, gate_params, expert_params, gate, score, expert: Expert):
+    """Features, gate values, expert values and ``f`` on one chunk of samples."""
+    Fg = models.score_features(Xc, score)
+    Fe = models.expert_features(Xc, expert)
+    scores = torch.einsum("rnq,rkq->rnk", Fg, gate_params)
+    z = torch.einsum("rnq,rkq->rnk", Fe, expert_params)
+    pi = models.gate_probabilities(scores, gate)
+    h, dh = expert.value_and_derivative(z)
+    f = (pi * h).sum(-1)
+    return Fg, Fe, pi, h, dh, f
+
+
+def jacobian_chunk(Xc, gate_params, expert_params, gate, score, expert: Expert):
+    """``f`` and the Jacobian of ``f`` w.r.t. the free parameters on a chunk: ``(R, c), (R, c, p)``."""
+    Fg, Fe, pi, h, dh, f = _chunk_terms(Xc, gate_params, expert_params, gate, score, expert)
+    if gate == "softmax":
+        # d pi_i / d s_j = pi_i (delta_ij - pi_j)  =>  df/ds_i = pi_i (h_i - f)
+        df_ds = pi * (h - f[..., None])
+    else:
+        df_ds = pi * (1 - pi) * h
+    df_dz = pi * dh
+    k_free = n_free_gates(gate, gate_params.shape[1])
+    R, c = Xc.shape[:2]
+    J_gate = (df_ds[..., :k_free, None] * Fg[..., None, :]).reshape(R, c, -1)
+    J_expert = (df_dz[..., None] * Fe[..., None, :]).reshape(R, c, -1)
+    return f, torch.cat([J_gate, J_expert], dim=-1)
+
+
+def moe_pass(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    gate_params: torch.Tensor,
+    expert_params: torch.Tensor,
+    *,
+    gate: str,
+    score: str,
+    expert: Expert,
+    jacobian: bool = True,
+    gauss_newton: bool = True,
+) -> MoEPass:
+    """One pass over the data.
+
+    Parameters
+    ----------
+    X : (R, n, d)
+    Y : (R, n)
+    gate_params : (R, k, pg), the pinned atom's row ignored for softmax
+    expert_params : (R, k, pe)
+    jacobian : also return ``J^T r`` (hence the gradient)
+    gauss_newton : also return ``J^T J`` (needs ``jacobian``)
+    """
+    R, n, _ = X.shape
+    k = gate_params.shape[1]
+    p = n_free_gates(gate, k) * gate_params.shape[2] + k * expert_params.shape[2]
+    loss = X.new_zeros(R)
+    jtr = X.new_zeros(R, p) if jacobian else None
+    jtj = X.new_zeros(R, p, p) if jacobian and gauss_newton else None
+    step = _chunk_size(R, p if jacobian else k * 4, X.element_size(), n)
+    for start in range(0, n, step):
+        Xc, Yc = X[:, start : start + step], Y[:, start : start + step]
+        if jacobian:
+            f, J = jacobian_chunk(Xc, gate_params, expert_params, gate, score, expert)
+            r = Yc - f
+            jtr += torch.einsum("rnp,rn->rp", J, r)
+            if jtj is not None:
+                jtj += J.transpose(1, 2) @ J
+        else:
+            r = Yc - _chunk_terms(Xc, gate_params, expert_params, gate, score, expert)[-1]
+        loss += (r * r).sum(-1)
+    return MoEPass(loss, jtr, jtj)

@@ -1,0 +1,61 @@
+"""Input checks shared by the public interface: every error names the field and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+def check_choice(field: str, value: Any, allowed: Iterable[str]) -> str:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{field}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def check_positive_int(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+        isinstance(value, float) and value.is_integer()
+    ):
+        raise ValueError(f"{field}: must be a positive integer, got {value!r}")
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"{field}: must be a positive integer, got {value}")
+    return value
+
+
+def check_positive_float(field: str, value: Any) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field}: must be a positive number, got {value!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{field}: must be a positive finite number, got {value}")
+    return value
+
+
+def check_finite(field: str, tensor: torch.Tensor) -> torch.Tensor:
+    if not torch.is_floating_point(tensor):
+        raise ValueError(f"{field}: must be a floating-point tensor, got dtype {tensor.dtype}")
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{field}: contains {bad} NaN or infinite value(s)")
+    return tensor
+
+
+def check_data(X: torch.Tensor, Y: torch.Tensor | None = None, d: int | None = None) -> None:
+    """Check a batch of data sets: ``X: (R, n, d)``, ``Y: (R, n)``."""
+    if not isinstance(X, torch.Tensor) or X.dim() != 3:
+        shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
+        raise ValueError(f"X: must be a tensor of shape (R, n, d), got {shape}")
+    check_finite("X", X)
+    if d is not None and X.shape[-1] != d:
+        raise ValueError(f"X: last dimension is {X.shape[-1]} but the measure has d = {d}")
+    if Y is not None:
+        if not isinstance(Y, torch.Tensor) or tuple(Y.shape) != tuple(X.shape[:2]):
+            shape = tuple(Y.shape) if isinstance(Y, torch.Tensor) else type(Y).__name__
+            raise ValueError(f"Y: must have shape (R, n) = {tuple(X.shape[:2])}, got {shape}")
+        check_finite("Y", Y)
