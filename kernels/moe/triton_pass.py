@@ -1,0 +1,790 @@
+"""Triton kernels for the batched MoE least-squares pass (KERNELS.md section 1).
+
+Same outputs as :func:`kernels.moe.reference.moe_pass`: per problem the sum of squared residuals,
+``J^T r`` and ``J^T J`` in the free-parameter layout documented there.
+
+Per sample tile, in registers, the kernels compute the gating scores between the tile's samples and
+the k atoms -- an attention between n queries and k keys, ``S = F_g(X) @ gate_params^T`` -- the gate
+(sigmoid, or softmax over the k atoms with the last atom's score pinned at 0), the expert outputs
+``h(F_e(X) @ expert_params^T)``, the prediction, the residual, and the Jacobian's per-atom
+coefficients ``df/ds`` (``DS``) and ``df/dz`` (``DZ``). Every column of ``J`` is one such
+coefficient times one feature (1, ``x_u`` or ``c_uv x_u x_v``), so ``J`` is never stored:
+
+- ``J^T r`` is ``(r DS)^T F_g`` and ``(r DZ)^T F_e``: two small products per tile.
+- ``J^T J`` is tiled over pairs of column blocks. A block holds ``M`` atoms times ``FW`` features
+  (``J_block = (A[:, :, None] * F[:, None, :]).reshape(BN, M * FW)`` with ``A`` the selected
+  coefficient columns); the atoms' constant features (the ``beta0`` and ``b`` columns) form one
+  narrow "bias" block. Each program owns one upper-triangle pair of blocks (a diagonal pair also
+  owns its block's product with the bias block) and accumulates ``tl.dot(J_1^T, J_2)`` over its
+  sample range; the host mirrors the triangle and permutes to the reference layout.
+
+Launch layout: grid ``(programs, T, R)``, each program streaming one contiguous ``1/T`` of the
+samples of problem ``r``. Program 0 computes the loss and ``J^T r`` (and the bias-bias block of
+``J^T J``); the others, if any, one pair of ``J^T J`` blocks each. Partial sums go to an
+``(R, T, ...)`` buffer reduced on the host in float64 (deterministic, no atomics).
+
+Quadratic features ``c_uv x_u x_v`` are formed in-kernel from X (gathered loads that hit L1), so
+every score type reads only X: no ``(R, n, d(d+1)/2)`` feature tensor exists anywhere. The hot path
+(linear scores) loads each X tile once per program.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.moe.reference import MoEPass, n_free_gates
+from moe_theory import models
+from moe_theory.models import Expert
+
+# Expert activation codes (tl.constexpr).
+_EXPERT_CODES = {"linear": 0, "relu": 1, "gelu": 2, "tanh": 3, "constant": 5}
+_POLY = 4
+
+#: Largest ``d`` the kernels take: an X tile row and one Jacobian block live in registers.
+MAX_D = 128
+#: Largest number of atoms.
+MAX_K = 64
+#: Quadratic scores keep ``(k, d(d+1)/2)`` gradient accumulators in registers; beyond this many
+#: elements (padded to powers of two) use the PyTorch reference.
+MAX_QUAD_ELEMENTS = 4096
+
+#: Partial ``J^T J`` sums may take at most this many bytes; the number of sample splits ``T``
+#: shrinks to fit (it never drops below 1, where the buffer is about the size of the output).
+PARTIAL_BYTES = 2 * 2**30
+
+
+def _empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocate a partial-sum buffer (tests swap in a NaN-filled one to catch unwritten cells)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Device helpers
+# --------------------------------------------------------------------------------------------- #
+
+
+@triton.jit
+def _mm(a, b, USE_DOT: tl.constexpr):
+    """``a (M, K) @ b (K, N)`` exactly (ieee): a dot, or a broadcast sum for tiny K, N."""
+    if USE_DOT:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    return out
+
+
+@triton.jit
+def _acc_wtx(acc, w, x, USE_DOT: tl.constexpr):
+    """Accumulate ``w^T x`` for ``w (BN, KP)``, ``x (BN, F)``.
+
+    With dots, ``acc`` is the reduced ``(KP, F)`` sum in float64; otherwise ``acc`` is
+    ``(BN, KP, F)`` in the compute dtype, reduced over the samples once at the end (no per-tile
+    shuffles).
+    """
+    if USE_DOT:
+        out = acc + tl.dot(tl.trans(w), x, input_precision="ieee").to(tl.float64)
+    else:
+        out = acc + w[:, :, None] * x[:, None, :]
+    return out
+
+
+@triton.jit
+def _finish(acc, USE_DOT: tl.constexpr):
+    if USE_DOT:
+        out = acc
+    else:
+        out = tl.sum(acc.to(tl.float64), axis=0)
+    return out
+
+
+@triton.jit
+def _expert_act(z, EXPERT: tl.constexpr, POWER: tl.constexpr):
+    """``h(z)`` and ``h'(z)``, elementwise."""
+    if EXPERT == 1:  # relu
+        h = tl.maximum(z, 0.0)
+        dh = (z > 0).to(z.dtype)
+    elif EXPERT == 2:  # exact gelu: z Phi(z), Phi(z) + z phi(z)
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        h = z * cdf
+        dh = cdf + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+    elif EXPERT == 3:  # tanh from exp(-2|z|): no overflow, absolute error ~ 1 ulp
+        e = tl.exp(-2.0 * tl.abs(z))
+        t = (1.0 - e) / (1.0 + e)
+        h = tl.where(z < 0, -t, t)
+        dh = 1.0 - t * t
+    elif EXPERT == 4:  # poly{POWER}
+        zp = tl.full(z.shape, 1.0, z.dtype)
+        for _ in tl.static_range(POWER - 1):
+            zp = zp * z
+        h = zp * z
+        dh = POWER * zp
+    else:  # linear, constant (z is b)
+        h = z
+        dh = tl.full(z.shape, 1.0, z.dtype)
+    return h, dh
+
+
+@triton.jit
+def _load_params(GP, EP, r, d, k, kf, pg, pe, qoff, nq,
+                 DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
+                 HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr):
+    """One problem's atoms, transposed for ``X @ W``: biases (KP,), weights (DP|QP, KP)."""
+    atoms = tl.arange(0, KP)
+    feats = tl.arange(0, DP)
+    gp = GP + r * k * pg
+    ep = EP + r * k * pe
+    # Like the reference, the pinned softmax atom's score row is used as given (callers pin it
+    # at zero); only its Jacobian columns are dropped (DS masked to atoms < kf).
+    gmask = atoms < k
+    emask = gmask
+    bg = tl.load(gp + atoms * pg, mask=gmask, other=0.0)
+    be = tl.load(ep + atoms * pe + pe - 1, mask=emask, other=0.0)
+    wg = tl.zeros((DP, KP), bg.dtype)
+    wq = tl.zeros((QP, KP), bg.dtype)
+    we = tl.zeros((DP, KP), bg.dtype)
+    if HAS_LIN:
+        wg = tl.load(gp + atoms[None, :] * pg + 1 + feats[:, None],
+                     mask=gmask[None, :] & (feats[:, None] < d), other=0.0)
+    if HAS_QUAD:
+        tq = tl.arange(0, QP)
+        wq = tl.load(gp + atoms[None, :] * pg + qoff + tq[:, None],
+                     mask=gmask[None, :] & (tq[:, None] < nq), other=0.0)
+    if SLOPE:
+        we = tl.load(ep + atoms[None, :] * pe + feats[:, None],
+                     mask=emask[None, :] & (feats[:, None] < d), other=0.0)
+    return bg, wg, wq, we, be
+
+
+@triton.jit
+def _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask):
+    """``c_uv x_u x_v`` for the feature indices ``(iu, iv)``: (BN, F); rows are L1-resident."""
+    m = rmask[:, None] & tmask[None, :]
+    xa = tl.load(Xr + rows[:, None] * d + iu[None, :], mask=m, other=0.0)
+    xb = tl.load(Xr + rows[:, None] * d + iv[None, :], mask=m, other=0.0)
+    return xa * xb * qc[None, :]
+
+
+@triton.jit
+def _tile(Xr, Yr, n0, n, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
+          BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr,
+          SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr,
+          SLOPE: tl.constexpr, EXPERT: tl.constexpr, POWER: tl.constexpr,
+          DOT_X: tl.constexpr, DOT_Q: tl.constexpr, NEED_R: tl.constexpr):
+    """Forward pass of one sample tile.
+
+    Returns ``x (BN, DP)``, quadratic features ``q (BN, QP)`` (``x`` if none), the Jacobian
+    coefficients ``DS, DZ (BN, KP)`` (zero on padded samples and atoms and on the pinned softmax
+    atom's gate), the residual ``r (BN,)`` (zero on padded samples; zeros unless NEED_R), ``rows``
+    and their mask.
+    """
+    rows = n0 + tl.arange(0, BN)
+    rmask = rows < n
+    feats = tl.arange(0, DP)
+    atoms = tl.arange(0, KP)
+    x = tl.load(Xr + rows[:, None] * d + feats[None, :],
+                mask=rmask[:, None] & (feats[None, :] < d), other=0.0)
+    # Scores: attention logits between the tile's samples (queries) and the atoms (keys).
+    s = tl.zeros((BN, KP), x.dtype) + bg[None, :]
+    if HAS_LIN:
+        s += _mm(x, wg, DOT_X)
+    q = x
+    if HAS_QUAD:
+        q = _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask)
+        s += _mm(q, wq, DOT_Q)
+    z = tl.zeros((BN, KP), x.dtype) + be[None, :]
+    if SLOPE:
+        z += _mm(x, we, DOT_X)
+    valid = atoms[None, :] < k
+    if SOFTMAX:
+        s = tl.where(valid, s, float("-inf"))
+        e = tl.exp(s - tl.max(s, axis=1)[:, None])
+        pi = e / tl.sum(e, axis=1)[:, None]
+    else:
+        pi = tl.where(valid, 1.0 / (1.0 + tl.exp(-s)), 0.0)
+    h, dh = _expert_act(z, EXPERT, POWER)
+    h = tl.where(valid, h, 0.0)
+    f = tl.sum(pi * h, axis=1)
+    if SOFTMAX:  # d pi_i / d s_j = pi_i (delta_ij - pi_j)  =>  df/ds_i = pi_i (h_i - f)
+        ds = pi * (h - f[:, None])
+    else:
+        ds = pi * (1.0 - pi) * h
+    keep = rmask[:, None]
+    ds = tl.where(keep & (atoms[None, :] < kf), ds, 0.0)
+    dz = tl.where(keep, pi * dh, 0.0)
+    r = tl.zeros((BN,), x.dtype)
+    if NEED_R:
+        y = tl.load(Yr + rows, mask=rmask, other=0.0)
+        r = tl.where(rmask, y - f, 0.0)
+    return x, q, ds, dz, r, rows, rmask
+
+
+@triton.jit
+def _select(ds, dz, sel_s, sel_z):
+    """Columns of ``[DS, DZ]`` picked by one-hot masks ``sel_s, sel_z (M, KP)``: (BN, M)."""
+    a = tl.sum(tl.where(sel_s[None, :, :], ds[:, None, :], 0.0), axis=2)
+    return a + tl.sum(tl.where(sel_z[None, :, :], dz[:, None, :], 0.0), axis=2)
+
+
+@triton.jit
+def _select_gate(ds, sel):
+    """Columns of ``DS`` picked by a one-hot mask ``sel (M, KP)``: (BN, M)."""
+    return tl.sum(tl.where(sel[None, :, :], ds[:, None, :], 0.0), axis=2)
+
+
+@triton.jit
+def _bias_tile(ds, dz, KP: tl.constexpr, TB: tl.constexpr):
+    """The constant-feature columns ``[DS, DZ, 0...]``: (BN, TB)."""
+    if TB == 2 * KP:
+        out = tl.reshape(tl.permute(tl.join(ds, dz), (0, 2, 1)), (ds.shape[0], TB))
+    else:  # KP < 8: pad to the 16 columns a dot needs
+        c = tl.arange(0, TB)[:, None]
+        i = tl.arange(0, KP)[None, :]
+        out = _select(ds, dz, c == i, c == i + KP)
+    return out
+
+
+@triton.jit
+def _block_tile(kind, x, ds, dz, sx_s, sx_z, sq, Xr, rows, rmask, d, iu, iv, qc, tmask,
+                DP: tl.constexpr, MX: tl.constexpr, MQ: tl.constexpr, FWQ: tl.constexpr,
+                TILE: tl.constexpr, HAS_QUAD: tl.constexpr):
+    """One block of J: ``(A[:, :, None] * F[:, None, :]).reshape(BN, TILE)``.
+
+    ``kind`` 0: linear features ``x`` of MX atoms; 1: a chunk of FWQ quadratic features of MQ
+    gate atoms (gathered again from L1).
+    """
+    BN: tl.constexpr = x.shape[0]
+    if HAS_QUAD:
+        if kind == 0:
+            a = _select(ds, dz, sx_s, sx_z)
+            j = tl.reshape(a[:, :, None] * x[:, None, :], (BN, TILE))
+        else:
+            a = _select_gate(ds, sq)
+            qf = _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask)
+            j = tl.reshape(a[:, :, None] * qf[:, None, :], (BN, TILE))
+    else:
+        a = _select(ds, dz, sx_s, sx_z)
+        j = tl.reshape(a[:, :, None] * x[:, None, :], (BN, TILE))
+    return j
+
+
+# --------------------------------------------------------------------------------------------- #
+# Programs
+# --------------------------------------------------------------------------------------------- #
+
+
+@triton.jit
+def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k, kf, pg, pe, p,
+                  qoff, nq, tiles_per_prog, s_tiles,
+                  BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
+                  TB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
+                  HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
+                  POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
+                  WITH_GRAD: tl.constexpr, WITH_JTJ: tl.constexpr, JTJ_PRECISION: tl.constexpr):
+    """Loss and ``J^T r`` (and the bias-bias block of ``J^T J``) over one sample range."""
+    Xr = X + r.to(tl.int64) * n * d
+    Yr = Y + r.to(tl.int64) * n
+    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, kf, pg, pe, qoff, nq, DP, KP, QP,
+                                      HAS_LIN, HAS_QUAD, SLOPE)
+    tq = tl.arange(0, QP)
+    tmask = tq < nq
+    iu = tl.load(IU + tq, mask=tmask, other=0)
+    iv = tl.load(IV + tq, mask=tmask, other=0)
+    qc = tl.load(QC + tq, mask=tmask, other=0.0).to(bg.dtype)
+    dt = bg.dtype
+    loss = tl.zeros((BN,), dt)
+    gb = tl.zeros((BN, KP), dt)
+    eb = tl.zeros((BN, KP), dt)
+    if DOT_X:
+        gx = tl.zeros((KP, DP), tl.float64)
+        ex = tl.zeros((KP, DP), tl.float64)
+    else:
+        gx = tl.zeros((BN, KP, DP), dt)
+        ex = tl.zeros((BN, KP, DP), dt)
+    if DOT_Q:
+        gq = tl.zeros((KP, QP), tl.float64)
+    else:
+        gq = tl.zeros((BN, KP, QP), dt)
+    bb = tl.zeros((TB, TB), dt)
+    tile0 = t * tiles_per_prog
+    for it in range(tiles_per_prog):
+        x, q, ds, dz, res, rows, rmask = _tile(
+            Xr, Yr, (tile0 + it) * BN, n, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
+            BN, DP, KP, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, True)
+        loss += res * res
+        if WITH_GRAD:
+            ws = ds * res[:, None]
+            wz = dz * res[:, None]
+            gb += ws
+            eb += wz
+            if HAS_LIN:
+                gx = _acc_wtx(gx, ws, x, DOT_X)
+            if HAS_QUAD:
+                gq = _acc_wtx(gq, ws, q, DOT_Q)
+            if SLOPE:
+                ex = _acc_wtx(ex, wz, x, DOT_X)
+        if WITH_JTJ:
+            jb = _bias_tile(ds, dz, KP, TB)
+            bb = tl.dot(tl.trans(jb), jb, bb, input_precision=JTJ_PRECISION)
+    out = OUT_G + (r * n_split + t).to(tl.int64) * (p + 1)
+    tl.store(out + p, tl.sum(loss.to(tl.float64), axis=0))
+    if WITH_GRAD:
+        atoms = tl.arange(0, KP)
+        feats = tl.arange(0, DP)
+        gm = atoms < kf
+        em = atoms < k
+        fm = feats[None, :] < d
+        tl.store(out + atoms * pg, tl.sum(gb.to(tl.float64), axis=0), mask=gm)
+        eoff = kf * pg + atoms * pe
+        tl.store(out + eoff + pe - 1, tl.sum(eb.to(tl.float64), axis=0), mask=em)
+        if HAS_LIN:
+            tl.store(out + atoms[:, None] * pg + 1 + feats[None, :], _finish(gx, DOT_X),
+                     mask=gm[:, None] & fm)
+        if HAS_QUAD:
+            tl.store(out + atoms[:, None] * pg + qoff + tq[None, :], _finish(gq, DOT_Q),
+                     mask=gm[:, None] & tmask[None, :])
+        if SLOPE:
+            tl.store(out + eoff[:, None] + feats[None, :], _finish(ex, DOT_X),
+                     mask=em[:, None] & fm)
+    if WITH_JTJ:
+        c = tl.arange(0, TB)
+        tl.store(OUT_T + (r * n_split + t).to(tl.int64) * s_tiles + (s_tiles - TB * TB)
+                 + c[:, None] * TB + c[None, :], bb)
+
+
+@triton.jit
+def _pair_program(X, Y, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
+                  qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
+                  BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
+                  TILE: tl.constexpr, TB: tl.constexpr, MX: tl.constexpr, MQ: tl.constexpr,
+                  FWQ: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
+                  HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
+                  POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
+                  DIAGONAL: tl.constexpr, JTJ_PRECISION: tl.constexpr):
+    """``J_b1^T J_b2`` over one sample range (a diagonal pair also does ``J_b1^T J_bias``)."""
+    Xr = X + r.to(tl.int64) * n * d
+    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, kf, pg, pe, qoff, nq, DP, KP, QP,
+                                      HAS_LIN, HAS_QUAD, SLOPE)
+    tq = tl.arange(0, QP)
+    tmask = tq < nq
+    iu = tl.load(IU + tq, mask=tmask, other=0)
+    iv = tl.load(IV + tq, mask=tmask, other=0)
+    qc = tl.load(QC + tq, mask=tmask, other=0.0).to(bg.dtype)
+    atoms = tl.arange(0, KP)[None, :]
+    # Block descriptors: kind, first atom group, first quadratic feature.
+    kind1 = tl.load(BLOCKS + 3 * b1)
+    g1 = tl.load(BLOCKS + 3 * b1 + 1)
+    f1 = tl.load(BLOCKS + 3 * b1 + 2)
+    kind2 = tl.load(BLOCKS + 3 * b2)
+    g2 = tl.load(BLOCKS + 3 * b2 + 1)
+    f2 = tl.load(BLOCKS + 3 * b2 + 2)
+    # Linear-feature groups: gate atoms 0..kfl-1 (DS columns), then experts (DZ columns).
+    j1 = g1 + tl.arange(0, MX)[:, None]
+    sx1_s = (atoms == j1) & (j1 < kfl)
+    sx1_z = (atoms == j1 - kfl) & (j1 >= kfl) & (j1 < ngx)
+    j2 = g2 + tl.arange(0, MX)[:, None]
+    sx2_s = (atoms == j2) & (j2 < kfl)
+    sx2_z = (atoms == j2 - kfl) & (j2 >= kfl) & (j2 < ngx)
+    # Quadratic-feature groups: gate atoms only; chunk f.. f+FWQ of the features.
+    i1 = g1 + tl.arange(0, MQ)[:, None]
+    sq1 = (atoms == i1) & (i1 < kf)
+    i2 = g2 + tl.arange(0, MQ)[:, None]
+    sq2 = (atoms == i2) & (i2 < kf)
+    tc = tl.arange(0, FWQ)
+    tm1 = (f1 + tc) < nq
+    iu1 = tl.load(IU + f1 + tc, mask=tm1, other=0)
+    iv1 = tl.load(IV + f1 + tc, mask=tm1, other=0)
+    qc1 = tl.load(QC + f1 + tc, mask=tm1, other=0.0).to(bg.dtype)
+    tm2 = (f2 + tc) < nq
+    iu2 = tl.load(IU + f2 + tc, mask=tm2, other=0)
+    iv2 = tl.load(IV + f2 + tc, mask=tm2, other=0)
+    qc2 = tl.load(QC + f2 + tc, mask=tm2, other=0.0).to(bg.dtype)
+    acc = tl.zeros((TILE, TILE), bg.dtype)
+    acc_b = tl.zeros((TILE, TB), bg.dtype)
+    tile0 = t * tiles_per_prog
+    for it in range(tiles_per_prog):
+        x, q, ds, dz, res, rows, rmask = _tile(
+            Xr, Y, (tile0 + it) * BN, n, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
+            BN, DP, KP, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, False)
+        ja = _block_tile(kind1, x, ds, dz, sx1_s, sx1_z, sq1, Xr, rows, rmask, d, iu1, iv1, qc1,
+                         tm1, DP, MX, MQ, FWQ, TILE, HAS_QUAD)
+        if DIAGONAL:
+            acc = tl.dot(tl.trans(ja), ja, acc, input_precision=JTJ_PRECISION)
+            jb = _bias_tile(ds, dz, KP, TB)
+            acc_b = tl.dot(tl.trans(ja), jb, acc_b, input_precision=JTJ_PRECISION)
+        else:
+            jc = _block_tile(kind2, x, ds, dz, sx2_s, sx2_z, sq2, Xr, rows, rmask, d, iu2, iv2,
+                             qc2, tm2, DP, MX, MQ, FWQ, TILE, HAS_QUAD)
+            acc = tl.dot(tl.trans(ja), jc, acc, input_precision=JTJ_PRECISION)
+    base = OUT_T + (r * n_split + t).to(tl.int64) * s_tiles
+    c = tl.arange(0, TILE)
+    tl.store(base + pair * (TILE * TILE) + c[:, None] * TILE + c[None, :], acc)
+    if DIAGONAL:
+        cb = tl.arange(0, TB)
+        tl.store(base + n_pairs * (TILE * TILE) + b1 * (TILE * TB) + c[:, None] * TB + cb[None, :],
+                 acc_b)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Kernels
+# --------------------------------------------------------------------------------------------- #
+
+
+@triton.jit(do_not_specialize=["n", "tiles_per_prog", "n_split"])
+def _moe_grad_kernel(
+    X,  # (R, n, d) samples
+    Y,  # (R, n) responses
+    GP,  # (R, k, pg) gate parameters
+    EP,  # (R, k, pe) expert parameters
+    IU, IV, QC,  # (nq,) quadratic features: row, column, coefficient c_uv
+    OUT_G,  # (R, T, p + 1) float64 partial [J^T r, loss]
+    n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, n_split,
+    BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
+    SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
+    EXPERT: tl.constexpr, POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
+    WITH_GRAD: tl.constexpr,
+):
+    """Loss and ``J^T r``: grid ``(1, T, R)``; each X tile is loaded once."""
+    _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_G, tl.program_id(2), tl.program_id(1),
+                  n_split, n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, 0,
+                  BN, DP, KP, QP, 16, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER,
+                  DOT_X, DOT_Q, WITH_GRAD, False, "ieee")
+
+
+@triton.jit(do_not_specialize=["n", "tiles_per_prog", "n_split"])
+def _moe_gn_kernel(
+    X,  # (R, n, d) samples
+    Y,  # (R, n) responses
+    GP,  # (R, k, pg) gate parameters
+    EP,  # (R, k, pe) expert parameters
+    IU, IV, QC,  # (nq,) quadratic features: row, column, coefficient c_uv
+    BLOCKS,  # (n_blocks, 3) int32 column blocks of J: kind, first atom group, first feature
+    PAIRS,  # (n_pairs, 2) int32 upper-triangle block pairs
+    OUT_G,  # (R, T, p + 1) float64 partial [J^T r, loss]
+    OUT_T,  # (R, T, s_tiles) partial J^T J tiles
+    n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, n_split, s_tiles, n_pairs, kfl, ngx,
+    BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
+    TILE: tl.constexpr, TB: tl.constexpr, MX: tl.constexpr, MQ: tl.constexpr, FWQ: tl.constexpr,
+    SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
+    EXPERT: tl.constexpr, POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
+    JTJ_PRECISION: tl.constexpr,
+):
+    """Loss, ``J^T r`` and ``J^T J``: grid ``(1 + n_pairs, T, R)``."""
+    pid = tl.program_id(0)
+    t = tl.program_id(1)
+    r = tl.program_id(2)
+    if pid == 0:
+        _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
+                      p, qoff, nq, tiles_per_prog, s_tiles, BN, DP, KP, QP, TB, SOFTMAX, HAS_LIN,
+                      HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, True, True, JTJ_PRECISION)
+    else:
+        pair = pid - 1
+        b1 = tl.load(PAIRS + 2 * pair)
+        b2 = tl.load(PAIRS + 2 * pair + 1)
+        if b1 == b2:
+            _pair_program(X, Y, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg,
+                          pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
+                          BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE,
+                          EXPERT, POWER, DOT_X, DOT_Q, True, JTJ_PRECISION)
+        else:
+            _pair_program(X, Y, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg,
+                          pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
+                          BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE,
+                          EXPERT, POWER, DOT_X, DOT_Q, False, JTJ_PRECISION)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Host side
+# --------------------------------------------------------------------------------------------- #
+
+
+def _pow2(v: int) -> int:
+    """Smallest power of two >= v."""
+    return 1 << max(0, v - 1).bit_length()
+
+
+def _pow2_floor(v: int) -> int:
+    """Largest power of two <= v (v >= 1)."""
+    return 1 << (v.bit_length() - 1)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Sizes, compile-time flags and the column blocks of ``J`` for one model shape."""
+
+    softmax: bool
+    has_lin: bool
+    has_quad: bool
+    slope: bool
+    expert_code: int
+    power: int
+    d: int
+    k: int
+    kf: int
+    pg: int
+    pe: int
+    p: int
+    nq: int
+    qoff: int
+    DP: int
+    KP: int
+    QP: int
+    TILE: int
+    TB: int
+    MX: int
+    MQ: int
+    FWQ: int
+    kfl: int  # gate atoms with linear features (the first x-groups)
+    ngx: int  # atoms with linear features: gate (kfl) then experts
+    blocks: tuple[tuple[int, int, int], ...]
+    pairs: tuple[tuple[int, int], ...]
+
+    @property
+    def s_tiles(self) -> int:
+        """Elements of one problem's partial ``J^T J`` tiles."""
+        nb, npairs = len(self.blocks), len(self.pairs)
+        return npairs * self.TILE**2 + nb * self.TILE * self.TB + self.TB**2
+
+    def column(self, a: int) -> tuple[int, int]:
+        """Where reference column ``a`` lives: (block, column in block); block -1 is the bias."""
+        kf, pg, pe, d = self.kf, self.pg, self.pe, self.d
+        if a < kf * pg:
+            i, f = divmod(a, pg)
+            if f == 0:
+                return -1, i
+            if self.has_lin and f <= d:
+                return divmod(i, self.MX)[0], (i % self.MX) * self.DP + f - 1
+            t = f - self.qoff
+            n_x = -(-self.ngx // self.MX)
+            n_chunks = -(-self.nq // self.FWQ)
+            block = n_x + (i // self.MQ) * n_chunks + t // self.FWQ
+            return block, (i % self.MQ) * self.FWQ + t % self.FWQ
+        i, f = divmod(a - kf * pg, pe)
+        if f == pe - 1:
+            return -1, self.KP + i
+        j = self.kfl + i
+        return j // self.MX, (j % self.MX) * self.DP + f
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(gate: str, score: str, expert: str, d: int, k: int, tile_max: int) -> _Layout:
+    ex = models.get_expert(expert)
+    has_lin, has_quad = models.score_has_linear(score), models.score_has_quadratic(score)
+    kf = n_free_gates(gate, k)
+    pg, pe = models.gate_dim(score, d), ex.dim(d)
+    nq = models.n_triu(d) if has_quad else 0
+    DP, KP = _pow2(d), _pow2(k)
+    QP = _pow2(nq) if has_quad else 1
+    kfl = kf if has_lin else 0
+    ngx = kfl + (k if ex.has_slope else 0)
+    want = max(16, _pow2(ngx) * DP if ngx else 0, _pow2(kf) * QP if has_quad and kf else 0)
+    TILE = min(tile_max, want)
+    MX = TILE // DP
+    FWQ = min(QP, TILE)
+    MQ = TILE // FWQ
+    blocks = [(0, g0, 0) for g0 in range(0, ngx, MX)]
+    if has_quad:
+        blocks += [(1, g0, f0) for g0 in range(0, kf, MQ) for f0 in range(0, nq, FWQ)]
+    nb = len(blocks)
+    pairs = tuple((a, b) for a in range(nb) for b in range(a, nb))
+    return _Layout(
+        softmax=gate == "softmax", has_lin=has_lin, has_quad=has_quad, slope=ex.has_slope,
+        expert_code=_POLY if ex.power else _EXPERT_CODES[expert], power=ex.power or 1,
+        d=d, k=k, kf=kf, pg=pg, pe=pe, p=kf * pg + k * pe, nq=nq, qoff=1 + (d if has_lin else 0),
+        DP=DP, KP=KP, QP=QP, TILE=TILE, TB=max(16, 2 * KP), MX=MX, MQ=MQ, FWQ=FWQ, kfl=kfl,
+        ngx=ngx, blocks=tuple(blocks), pairs=pairs,
+    )
+
+
+def _jtj_index(lay: _Layout) -> torch.Tensor:
+    """``(p, p)`` offsets into one problem's partial tiles giving ``J^T J`` in reference layout."""
+    T2, TB, nb = lay.TILE**2, lay.TB, len(lay.blocks)
+    pair_of = {ab: i for i, ab in enumerate(lay.pairs)}
+    bias_base = len(lay.pairs) * T2
+    bb_base = bias_base + nb * lay.TILE * TB
+    cols = [lay.column(a) for a in range(lay.p)]
+    idx = torch.empty(lay.p, lay.p, dtype=torch.long)
+    for a, (ba, ca) in enumerate(cols):
+        for b, (bb, cb) in enumerate(cols):
+            if ba < 0 and bb < 0:
+                off = bb_base + ca * TB + cb
+            elif bb < 0:
+                off = bias_base + ba * lay.TILE * TB + ca * TB + cb
+            elif ba < 0:
+                off = bias_base + bb * lay.TILE * TB + cb * TB + ca
+            elif ba <= bb:
+                off = pair_of[ba, bb] * T2 + ca * lay.TILE + cb
+            else:
+                off = pair_of[bb, ba] * T2 + cb * lay.TILE + ca
+            idx[a, b] = off
+    return idx
+
+
+@functools.lru_cache(maxsize=64)
+def _device_tables(lay: _Layout, device: torch.device, dtype: torch.dtype):
+    """Quadratic feature tables, block descriptors, pairs and the J^T J gather index on device."""
+    if lay.has_quad:
+        iu, iv = models.triu_indices(lay.d)
+        qc = torch.where(iu == iv, 1.0, 2.0)
+    else:  # never read (masked), but the pointers must be valid
+        iu = iv = torch.zeros(1, dtype=torch.long)
+        qc = torch.zeros(1)
+    blocks = torch.tensor(lay.blocks or [(0, 0, 0)], dtype=torch.int32).reshape(-1, 3)
+    pairs = torch.tensor(lay.pairs or [(0, 0)], dtype=torch.int32).reshape(-1, 2)
+    return (iu.to(device, torch.int32), iv.to(device, torch.int32), qc.to(device, dtype),
+            blocks.to(device), pairs.to(device), _jtj_index(lay).to(device))
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Block sizes of one launch (see NOTES.md for the measurements behind the defaults)."""
+
+    block_n: int
+    num_warps: int
+    num_stages: int
+    tile_max: int = 128
+    waves: int = 8
+
+
+def _default_config(lay: _Layout, gauss_newton: bool, on_gpu: bool) -> LaunchConfig:
+    if not on_gpu:  # interpreter: small tiles so that tests cross many tile and split boundaries
+        return LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2)
+    if gauss_newton:
+        return LaunchConfig(block_n=64, num_warps=8, num_stages=2, tile_max=128, waves=4)
+    # Broadcast-sum accumulators hold block_n * KP * DP elements per program: keep them ~4096.
+    per_row = lay.KP * max(lay.DP, lay.QP if lay.has_quad else 1)
+    block_n = 64 if _uses_dot(lay)[0] else min(256, max(16, _pow2_floor(4096 // per_row)))
+    return LaunchConfig(block_n=block_n, num_warps=4, num_stages=3)
+
+
+def _uses_dot(lay: _Layout) -> tuple[bool, bool]:
+    """Whether the score and gradient products use tl.dot (all sides >= 16) or broadcast sums."""
+    return lay.DP >= 16 and lay.KP >= 16, lay.QP >= 16 and lay.KP >= 16
+
+
+def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expert) -> None:
+    models.check_gate(gate)
+    models.check_score(score)
+    if X.dim() != 3:
+        raise ValueError(f"X: must have shape (R, n, d), got {tuple(X.shape)}")
+    R, n, d = X.shape
+    if X.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"X: dtype must be float32 or float64, got {X.dtype}")
+    for name, t in (("Y", Y), ("gate_params", gate_params), ("expert_params", expert_params)):
+        if t.dtype != X.dtype or t.device != X.device:
+            raise ValueError(f"{name}: must have X's dtype and device ({X.dtype}, {X.device}), "
+                             f"got ({t.dtype}, {t.device})")
+    k = gate_params.shape[1] if gate_params.dim() == 3 else -1
+    want = {"Y": (R, n), "gate_params": (R, k, models.gate_dim(score, d)),
+            "expert_params": (R, k, expert.dim(d))}
+    for name, t in (("Y", Y), ("gate_params", gate_params), ("expert_params", expert_params)):
+        if tuple(t.shape) != want[name]:
+            raise ValueError(f"{name}: must have shape {want[name]}, got {tuple(t.shape)}")
+    if n < 1 or R < 1:
+        raise ValueError(f"X: needs at least one problem and one sample, got shape {(R, n, d)}")
+    reason = unsupported_reason(score, d, k)
+    if reason:
+        raise ValueError(reason)
+
+
+def unsupported_reason(score: str, d: int, k: int) -> str | None:
+    """Why the Triton kernels cannot take this shape (None when they can)."""
+    if d > MAX_D:
+        return f"X: d = {d} exceeds the Triton kernels' limit {MAX_D}; use backend='torch'"
+    if k > MAX_K:
+        return (f"gate_params: k = {k} exceeds the Triton kernels' limit {MAX_K}; "
+                "use backend='torch'")
+    if models.score_has_quadratic(score) and _pow2(k) * _pow2(models.n_triu(d)) > MAX_QUAD_ELEMENTS:
+        return (f"score: {score!r} with d = {d}, k = {k} needs more than {MAX_QUAD_ELEMENTS} "
+                "gradient accumulators per program in the Triton kernels; use backend='torch'")
+    return None
+
+
+def triton_moe_pass(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    gate_params: torch.Tensor,
+    expert_params: torch.Tensor,
+    *,
+    gate: str,
+    score: str,
+    expert: Expert,
+    jacobian: bool = True,
+    gauss_newton: bool = True,
+    config: LaunchConfig | None = None,
+) -> MoEPass:
+    """One pass over the data with the Triton kernels; see :func:`kernels.moe.reference.moe_pass`.
+
+    Parameters
+    ----------
+    X : (R, n, d), float32 or float64
+    Y : (R, n)
+    gate_params : (R, k, pg), the pinned atom's row ignored for softmax
+    expert_params : (R, k, pe)
+    jacobian : also return ``J^T r`` (hence the gradient ``-2 J^T r``)
+    gauss_newton : also return ``J^T J`` (needs ``jacobian``)
+    config : block sizes; the measured defaults when None
+
+    Returns
+    -------
+    MoEPass
+        ``loss (R,)``, ``jtr (R, p)`` or None, ``jtj (R, p, p)`` or None, in X's dtype. Partial
+        sums are reduced in float64; with float32 inputs on a GPU, ``J^T J`` products use tf32
+        (NOTES.md: measured effect on the Gauss-Newton step).
+    """
+    _check(X, Y, gate_params, expert_params, gate, score, expert)
+    R, n, d = X.shape
+    k = gate_params.shape[1]
+    gn = jacobian and gauss_newton
+    on_gpu = X.is_cuda
+    cfg = config or _default_config(_layout(gate, score, expert.name, d, k, 128), gn, on_gpu)
+    lay = _layout(gate, score, expert.name, d, k, cfg.tile_max)
+    iu, iv, qc, blocks, pairs, index = _device_tables(lay, X.device, X.dtype)
+    X, Y = X.contiguous(), Y.contiguous()
+    gp, ep = gate_params.contiguous(), expert_params.contiguous()
+    dot_x, dot_q = _uses_dot(lay)
+
+    n_tiles = triton.cdiv(n, cfg.block_n)
+    per_split = 1 + len(lay.pairs) if gn else 1
+    units = torch.cuda.get_device_properties(X.device).multi_processor_count if on_gpu else 1
+    n_split = max(1, min(n_tiles, triton.cdiv(cfg.waves * units, R * per_split)))
+    if gn:
+        most = PARTIAL_BYTES // (R * lay.s_tiles * X.element_size())
+        n_split = max(1, min(n_split, most))
+    tiles_per_prog = triton.cdiv(n_tiles, n_split)
+    n_split = triton.cdiv(n_tiles, tiles_per_prog)
+
+    out_g = _empty((R, n_split, lay.p + 1), dtype=torch.float64, device=X.device)
+    common = dict(
+        SOFTMAX=lay.softmax, HAS_LIN=lay.has_lin, HAS_QUAD=lay.has_quad, SLOPE=lay.slope,
+        EXPERT=lay.expert_code, POWER=lay.power, DOT_X=dot_x, DOT_Q=dot_q,
+        BN=cfg.block_n, DP=lay.DP, KP=lay.KP, QP=lay.QP,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    sizes = (n, d, k, lay.kf, lay.pg, lay.pe, lay.p, lay.qoff, lay.nq, tiles_per_prog, n_split)
+    if gn:
+        out_t = _empty((R, n_split, lay.s_tiles), dtype=X.dtype, device=X.device)
+        precision = "tf32" if on_gpu and X.dtype == torch.float32 else "ieee"
+        _moe_gn_kernel[(1 + len(lay.pairs), n_split, R)](
+            X, Y, gp, ep, iu, iv, qc, blocks, pairs, out_g, out_t, *sizes,
+            lay.s_tiles, len(lay.pairs), lay.kfl, lay.ngx, TILE=lay.TILE, TB=lay.TB, MX=lay.MX,
+            MQ=lay.MQ, FWQ=lay.FWQ, JTJ_PRECISION=precision, **common,
+        )
+    else:
+        _moe_grad_kernel[(1, n_split, R)](
+            X, Y, gp, ep, iu, iv, qc, out_g, *sizes, WITH_GRAD=jacobian, **common,
+        )
+    sums = out_g.sum(1)
+    loss = sums[:, lay.p].to(X.dtype)
+    jtr = sums[:, : lay.p].to(X.dtype) if jacobian else None
+    jtj = None
+    if gn:
+        jtj = out_t.sum(1, dtype=torch.float64)[:, index].to(X.dtype)
+    return MoEPass(loss, jtr, jtj)
+
+
+__all__ = ["LaunchConfig", "MAX_D", "MAX_K", "triton_moe_pass", "unsupported_reason"]
