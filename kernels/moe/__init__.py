@@ -10,7 +10,8 @@ import os
 
 import torch
 
-from kernels.moe.reference import MoEPass, moe_pass as reference_moe_pass, n_free_gates
+from kernels.moe.reference import MoEPass, n_free_gates
+from kernels.moe.reference import moe_pass as reference_moe_pass
 from moe_theory.models import Expert
 
 BACKENDS = ("auto", "torch", "triton")
@@ -32,7 +33,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "torch"
     if backend == "triton":
         if not triton_available():
-            raise ValueError("backend: 'triton' needs the triton package (pip install 'moe-theory[gpu]')")
+            raise ValueError(
+                "backend: 'triton' needs the triton package (pip install 'moe-theory[gpu]')"
+            )
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("backend: 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before "
                              "triton is imported")
@@ -52,14 +55,23 @@ def moe_pass(
     gauss_newton: bool = True,
     backend: str = "auto",
 ) -> MoEPass:
-    """See :func:`kernels.moe.reference.moe_pass`; ``backend`` in ``auto``, ``torch``, ``triton``."""
-    if resolve_backend(backend, X.device) == "triton":
-        from kernels.moe.triton_pass import triton_moe_pass
+    """See :func:`kernels.moe.reference.moe_pass`; ``backend`` in ``auto``, ``torch``, ``triton``.
 
+    ``auto`` runs the PyTorch reference for shapes the Triton kernels do not take
+    (:func:`kernels.moe.triton_pass.unsupported_reason`); ``triton`` raises for them.
+    """
+    if resolve_backend(backend, X.device) == "triton":
+        from kernels.moe.triton_pass import triton_moe_pass, unsupported_reason
+
+        if backend == "auto" and unsupported_reason(score, X.shape[-1], gate_params.shape[1]):
+            return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
+                                      expert=expert, jacobian=jacobian, gauss_newton=gauss_newton)
         return triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                                expert=expert, jacobian=jacobian, gauss_newton=gauss_newton)
     return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton)
 
 
-__all__ = ["BACKENDS", "MoEPass", "moe_pass", "n_free_gates", "resolve_backend", "reference_moe_pass"]
+__all__ = [
+    "BACKENDS", "MoEPass", "moe_pass", "n_free_gates", "resolve_backend", "reference_moe_pass",
+]

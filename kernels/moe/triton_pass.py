@@ -758,14 +758,16 @@ def triton_moe_pass(
     tiles_per_prog = triton.cdiv(n_tiles, n_split)
     n_split = triton.cdiv(n_tiles, tiles_per_prog)
 
-    out_g = _empty((R, n_split, lay.p + 1), dtype=torch.float64, device=X.device)
+    # [J^T r, loss] per problem and split; the loss alone without the Jacobian.
+    p_out = lay.p if jacobian else 0
+    out_g = _empty((R, n_split, p_out + 1), dtype=torch.float64, device=X.device)
     common = dict(
         SOFTMAX=lay.softmax, HAS_LIN=lay.has_lin, HAS_QUAD=lay.has_quad, SLOPE=lay.slope,
         EXPERT=lay.expert_code, POWER=lay.power, DOT_X=dot_x, DOT_Q=dot_q,
         BN=cfg.block_n, DP=lay.DP, KP=lay.KP, QP=lay.QP,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    sizes = (n, d, k, lay.kf, lay.pg, lay.pe, lay.p, lay.qoff, lay.nq, tiles_per_prog, n_split)
+    sizes = (n, d, k, lay.kf, lay.pg, lay.pe, p_out, lay.qoff, lay.nq, tiles_per_prog, n_split)
     if gn:
         out_t = _empty((R, n_split, lay.s_tiles), dtype=X.dtype, device=X.device)
         precision = "tf32" if on_gpu and X.dtype == torch.float32 else "ieee"
@@ -779,7 +781,7 @@ def triton_moe_pass(
             X, Y, gp, ep, iu, iv, qc, out_g, *sizes, WITH_GRAD=jacobian, **common,
         )
     sums = out_g.sum(1)
-    loss = sums[:, lay.p].to(X.dtype)
+    loss = sums[:, p_out].to(X.dtype)
     jtr = sums[:, : lay.p].to(X.dtype) if jacobian else None
     jtj = None
     if gn:

@@ -1,0 +1,167 @@
+"""The Triton MoE least-squares pass against the PyTorch reference (CPU: Triton's interpreter).
+
+Tolerances (normwise relative error against the reference evaluated in float64 on the same data):
+- float64 inputs: 1e-12. Both sides compute in float64 and differ only in summation order; the
+  observed errors are ~1e-15.
+- float32 inputs: 1e-5. The kernel computes in float32 (exact ``ieee`` products under the
+  interpreter, as on the GPU for everything but ``J^T J``) and reduces in float64; a float32 result
+  carries ~6e-8 relative rounding per operation, amplified by the sums over n <= 130 samples and
+  the cancellation inside ``J^T r``; the observed errors are ~2e-7.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import zlib
+
+import pytest
+import torch
+
+from kernels.moe import moe_pass
+from kernels.moe import triton_pass as tp
+from kernels.moe.reference import moe_pass as reference_moe_pass
+from kernels.moe.reference import n_free_gates
+from moe_theory import models
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs a GPU or TRITON_INTERPRET=1",
+)
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+EXPERTS = ("linear", "relu", "gelu", "tanh", "poly2", "constant")
+
+
+def _seed(*coords) -> int:
+    return zlib.crc32(repr(coords).encode())
+
+
+def _problem(gate, score, expert, d, k, R, n, dtype, seed):
+    """Random data and parameters; the pinned softmax atom's score row is zero, as callers pass."""
+    g = torch.Generator().manual_seed(seed)
+    ex = models.get_expert(expert)
+    X = torch.rand(R, n, d, generator=g, dtype=torch.float64) * 2 - 1
+    Y = torch.randn(R, n, generator=g, dtype=torch.float64)
+    gp = torch.randn(R, k, models.gate_dim(score, d), generator=g, dtype=torch.float64)
+    ep = torch.randn(R, k, ex.dim(d), generator=g, dtype=torch.float64) / d**0.5
+    gp[:, n_free_gates(gate, k):] = 0
+    return [t.to(DEVICE, dtype) for t in (X, Y, gp, ep)], ex
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Partial-sum buffers start as NaN; returns the list of buffers the kernel had to fill."""
+    buffers = []
+
+    def nan_empty(shape, *, dtype, device):
+        out = torch.full(shape, float("nan"), dtype=dtype, device=device)
+        buffers.append(out)
+        return out
+
+    monkeypatch.setattr(tp, "_empty", nan_empty)
+    return buffers
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def _check(gate, score, expert, d, k, R, n, dtype, poisoned, *, jacobian=True, gauss_newton=True):
+    (X, Y, gp, ep), ex = _problem(gate, score, expert, d, k, R, n, dtype,
+                                  _seed(gate, score, expert, d, k, R, n, str(dtype)))
+    out = tp.triton_moe_pass(X, Y, gp, ep, gate=gate, score=score, expert=ex,
+                             jacobian=jacobian, gauss_newton=gauss_newton)
+    ref = reference_moe_pass(X.double(), Y.double(), gp.double(), ep.double(), gate=gate,
+                             score=score, expert=ex, jacobian=jacobian, gauss_newton=gauss_newton)
+    assert poisoned and all(not buf.isnan().any() for buf in poisoned), "unwritten partial sums"
+    for name, got, want in zip(ref._fields, out, ref, strict=True):
+        if want is None:
+            assert got is None, name
+            continue
+        assert got.shape == want.shape and got.dtype == dtype, name
+        assert _rel(got, want) <= TOLERANCE[dtype], (name, _rel(got, want))
+
+
+# Every gate x score x expert at d in {1, 3}, k in {1, 2}, R in {1, 5}, cycled so that each value
+# meets every other; n = 37..130 is never a multiple of the block (16 under the interpreter).
+SMALL = [
+    (gate, score, expert, (1, 3)[i % 2], (1, 2)[i // 2 % 2], (1, 5)[i // 4 % 2], 37 + 7 * (i % 13))
+    for i, (gate, score, expert) in enumerate(
+        itertools.product(models.GATES, models.SCORES, EXPERTS)
+    )
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("gate,score,expert,d,k,R,n", SMALL)
+def test_small_shapes(gate, score, expert, d, k, R, n, dtype, poisoned):
+    _check(gate, score, expert, d, k, R, n, dtype, poisoned)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("gate,score,expert,d,k,R,n", [
+    ("sigmoid", "linear", "relu", 3, 9, 5, 61),
+    ("softmax", "quadratic", "gelu", 3, 9, 1, 45),
+    ("sigmoid", "monomial", "poly3", 3, 9, 1, 50),
+    ("softmax", "linear", "tanh", 32, 9, 1, 70),
+    ("sigmoid", "linear", "constant", 32, 9, 1, 41),
+])
+def test_nine_atoms(gate, score, expert, d, k, R, n, dtype, poisoned):
+    _check(gate, score, expert, d, k, R, n, dtype, poisoned)
+
+
+@pytest.mark.parametrize("gate,score,expert,d,k", [
+    ("sigmoid", "linear", "gelu", 32, 2),
+    ("softmax", "monomial", "relu", 3, 2),
+])
+@pytest.mark.parametrize("jacobian,gauss_newton", [(True, False), (False, False)])
+def test_without_gauss_newton(gate, score, expert, d, k, jacobian, gauss_newton, poisoned):
+    _check(gate, score, expert, d, k, 5, 53, torch.float32, poisoned, jacobian=jacobian,
+           gauss_newton=gauss_newton)
+
+
+@pytest.mark.parametrize("gate,score,expert", [
+    ("sigmoid", "linear", "relu"), ("softmax", "quadratic", "gelu"),
+    ("softmax", "monomial", "tanh"), ("sigmoid", "quadratic", "poly3"),
+    ("softmax", "linear", "constant"),
+])
+def test_reference_gradient_matches_autograd(gate, score, expert):
+    """The oracle itself: ``d loss / d theta = -2 J^T r`` in the free-parameter layout."""
+    d, k, R, n = 3, 3, 2, 40
+    (X, Y, gp, ep), ex = _problem(gate, score, expert, d, k, R, n, torch.float64,
+                                  _seed("autograd", gate, score, expert))
+    X, Y, gp, ep = (t.cpu() for t in (X, Y, gp, ep))
+    kf = n_free_gates(gate, k)
+    free_gate = gp[:, :kf].clone().requires_grad_(True)
+    free_expert = ep.clone().requires_grad_(True)
+    gp_full = torch.cat([free_gate, gp[:, kf:]], dim=1)
+    f = models.regression_function(X, gp_full, free_expert, gate=gate, score=score, expert=ex)
+    ((Y - f) ** 2).sum().backward()
+    grad = torch.cat([free_gate.grad.reshape(R, -1), free_expert.grad.reshape(R, -1)], dim=1)
+    ref = reference_moe_pass(X, Y, gp, ep, gate=gate, score=score, expert=ex)
+    torch.testing.assert_close(-2 * ref.jtr, grad, rtol=1e-12, atol=1e-12)
+
+
+def test_dispatch_runs_the_kernel(poisoned):
+    (X, Y, gp, ep), ex = _problem("sigmoid", "linear", "relu", 3, 2, 2, 40, torch.float64, 7)
+    out = moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear", expert=ex, backend="triton")
+    ref = reference_moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear", expert=ex)
+    assert poisoned, "the Triton kernel did not run"
+    assert _rel(out.jtj, ref.jtj) <= TOLERANCE[torch.float64]
+
+
+def test_unsupported_shape_is_named():
+    (X, Y, gp, ep), ex = _problem("sigmoid", "quadratic", "relu", 32, 9, 1, 20, torch.float32, 3)
+    with pytest.raises(ValueError, match="score"):
+        tp.triton_moe_pass(X, Y, gp, ep, gate="sigmoid", score="quadratic", expert=ex)
+
+
+def test_bad_inputs_name_the_field():
+    (X, Y, gp, ep), ex = _problem("sigmoid", "linear", "relu", 3, 2, 1, 20, torch.float32, 5)
+    with pytest.raises(ValueError, match="Y"):
+        tp.triton_moe_pass(X, Y.double(), gp, ep, gate="sigmoid", score="linear", expert=ex)
+    with pytest.raises(ValueError, match="expert_params"):
+        tp.triton_moe_pass(X, Y, gp, ep[..., :2], gate="sigmoid", score="linear", expert=ex)
