@@ -1,0 +1,226 @@
+"""Sweep configurations: TOML files under ``simulations/configs/``, validated before any work.
+
+A sweep is the cross product settings x sample sizes x replications, each setting fitted with
+every gate it names. Keys (all validated; unknown keys are rejected)::
+
+    name = "nguyen2024"
+    description = "..."
+    settings = ["nguyen2024-dense-relu", ...]
+    fit_gates = ["sigmoid", "softmax"]         # optional; default: each setting's own
+    n = [1000, 2000]  or  n = {min = 1000, max = 100000, num = 15}   # log-spaced
+    reps = 20
+    rep_block = 20                             # replications per shard (one batched fit)
+    seed = 0
+    algorithm = "lm"                           # lm | lbfgs | adam | sgd-paper
+    max_iter = 200
+    jitter = 0.01
+    k_fit = 9                                  # optional override of the settings' k
+    losses = ["D1", "D3", ...]                 # optional; default: all that apply
+    sgd = {epochs = 10, lr = 0.1, batch_size = 64}
+    [plot]                                     # which loss each fitted gate is drawn with
+    sigmoid = "D3"
+    softmax = "D1"
+    [fast]                                     # overrides applied by --fast
+    settings = [...]; n = {...}; reps = 8
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moe_theory import models
+from moe_theory.estimators import ALGORITHMS, SGDProtocol
+from moe_theory.settings import Setting, get_setting
+from moe_theory.voronoi import ALL_KINDS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "simulations" / "configs"
+_KEYS = {"name", "description", "settings", "fit_gates", "n", "reps", "rep_block", "seed",
+         "algorithm", "max_iter", "jitter", "k_fit", "losses", "sgd", "plot", "fast", "panels"}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    settings: tuple[str, ...]
+    n: tuple[int, ...]
+    reps: int
+    rep_block: int = 20
+    seed: int = 0
+    algorithm: str = "lm"
+    max_iter: int = 200
+    jitter: float = 0.01
+    fit_gates: tuple[str, ...] | None = None
+    k_fit: int | None = None
+    losses: tuple[str, ...] | None = None
+    sgd: dict = field(default_factory=dict)
+    plot: dict = field(default_factory=dict)
+    panels: tuple = ()
+    description: str = ""
+
+    # ---- derived -------------------------------------------------------------------------
+    def setting_objects(self) -> list[Setting]:
+        out = []
+        for name in self.settings:
+            s = get_setting(name)
+            if self.k_fit is not None:
+                from dataclasses import replace
+
+                s = replace(s, k_fit=self.k_fit)
+            out.append(s)
+        return out
+
+    def gates_for(self, setting: Setting) -> tuple[str, ...]:
+        return self.fit_gates or setting.fit_gates
+
+    def sgd_protocol(self) -> SGDProtocol:
+        return SGDProtocol(**self.sgd)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @property
+    def hash(self) -> str:
+        """Identifies the results a config produces (the description and plot keys do not)."""
+        d = self.to_dict()
+        for key in ("description", "plot", "panels", "name"):
+            d.pop(key)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _err(key: str, msg: str) -> ValueError:
+    return ValueError(f"config key {key!r}: {msg}")
+
+
+def _int(raw: dict, key: str, default: Any = None, minimum: int = 1) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _err(key, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise _err(key, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _n_grid(value: Any) -> tuple[int, ...]:
+    if isinstance(value, dict):
+        unknown = set(value) - {"min", "max", "num"}
+        if unknown:
+            raise _err("n", f"unknown sub-key(s) {sorted(unknown)}; allowed: min, max, num")
+        lo, hi, num = (_int(value, "min"), _int(value, "max"), _int(value, "num"))
+        if hi < lo:
+            raise _err("n", f"max ({hi}) must be >= min ({lo})")
+        grid = np.unique(np.round(np.geomspace(lo, hi, num)).astype(int))
+        return tuple(int(v) for v in grid)
+    if not isinstance(value, list) or not value:
+        raise _err("n", "must be a non-empty list of sample sizes or {min, max, num}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise _err("n", f"sample sizes must be positive integers, got {v!r}")
+    return tuple(sorted(set(value)))
+
+
+def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> SweepConfig:
+    """Validate a raw config dict; ``fast`` applies its ``[fast]`` overrides."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: must be a TOML table")
+    raw = copy.deepcopy(raw)
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise _err(sorted(unknown)[0], f"unknown key; allowed: {', '.join(sorted(_KEYS))}")
+    overrides = raw.pop("fast", {})
+    if fast:
+        if not isinstance(overrides, dict) or not overrides:
+            raise _err("fast", "--fast needs a [fast] table of overrides in the config")
+        bad = set(overrides) - (_KEYS - {"fast", "name"})
+        if bad:
+            raise _err(f"fast.{sorted(bad)[0]}", "unknown key")
+        raw.update(overrides)
+    for key in ("name", "settings", "n", "reps"):
+        if key not in raw:
+            raise _err(key, "missing")
+    name = raw["name"]
+    if not isinstance(name, str) or not name:
+        raise _err("name", "must be a non-empty string")
+    settings = raw["settings"]
+    if not isinstance(settings, list) or not settings:
+        raise _err("settings", "must be a non-empty list of setting names")
+    for s in settings:
+        try:
+            get_setting(s)
+        except ValueError as err:
+            raise _err("settings", str(err)) from None
+    fit_gates = raw.get("fit_gates")
+    if fit_gates is not None:
+        if not isinstance(fit_gates, list) or not fit_gates:
+            raise _err("fit_gates", "must be a non-empty list")
+        for g in fit_gates:
+            if g not in models.GATES:
+                raise _err("fit_gates", f"unknown gate {g!r}; allowed: {', '.join(models.GATES)}")
+    algorithm = raw.get("algorithm", "lm")
+    if algorithm not in ALGORITHMS:
+        raise _err("algorithm", f"unknown {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+    losses = raw.get("losses")
+    if losses is not None:
+        if not isinstance(losses, list) or not losses:
+            raise _err("losses", "must be a non-empty list")
+        for loss in losses:
+            if loss not in ALL_KINDS:
+                raise _err("losses", f"unknown loss {loss!r}; allowed: {', '.join(ALL_KINDS)}")
+    k_fit = raw.get("k_fit")
+    if k_fit is not None:
+        k_fit = _int(raw, "k_fit")
+        for s in settings:
+            if k_fit < get_setting(s).k_true:
+                raise _err("k_fit", f"k = {k_fit} < k* = {get_setting(s).k_true} of setting {s!r}")
+    jitter = raw.get("jitter", 0.01)
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or jitter < 0:
+        raise _err("jitter", f"must be a non-negative number, got {jitter!r}")
+    sgd = raw.get("sgd", {})
+    if not isinstance(sgd, dict) or set(sgd) - {"epochs", "lr", "batch_size", "seed"}:
+        raise _err("sgd", "allowed sub-keys: epochs, lr, batch_size, seed")
+    plot = raw.get("plot", {})
+    if not isinstance(plot, dict):
+        raise _err("plot", "must be a table mapping a fitted gate to a loss name")
+    for gate, loss in plot.items():
+        if gate not in models.GATES or loss not in ALL_KINDS:
+            raise _err("plot", f"entry {gate} = {loss!r}: gates {models.GATES}, losses {ALL_KINDS}")
+    reps = _int(raw, "reps")
+    return SweepConfig(
+        name=name, settings=tuple(settings), n=_n_grid(raw["n"]), reps=reps,
+        rep_block=min(_int(raw, "rep_block", 20), reps), seed=_int(raw, "seed", 0, minimum=0),
+        algorithm=algorithm, max_iter=_int(raw, "max_iter", 200), jitter=float(jitter),
+        fit_gates=tuple(fit_gates) if fit_gates else None, k_fit=k_fit,
+        losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
+        panels=tuple(raw.get("panels", ())), description=str(raw.get("description", "")),
+    )
+
+
+def load_config(path_or_name: str | Path, *, fast: bool = False) -> SweepConfig:
+    """Load a config by path, or by name from ``simulations/configs/``."""
+    path = Path(path_or_name)
+    if not path.exists() and not path.suffix:
+        path = CONFIG_DIR / f"{path_or_name}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+        raise ValueError(f"config: no file {str(path_or_name)!r}; named configs: {known}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"config: {path.name} is not valid TOML ({err})") from None
+    return parse_config(raw, fast=fast, source=path.name)
+
+
+def named_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))

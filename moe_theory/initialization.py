@@ -1,0 +1,138 @@
+"""Starting points for the least-squares estimator (SPEC section 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moe_theory import models
+from moe_theory.data import stable_seed
+from moe_theory.measure import MixingMeasure
+from moe_theory.validation import check_positive_int
+
+#: Default standard deviation of the Gaussian jitter added to every free parameter. Large enough
+#: to separate split copies (identical copies get identical Gauss-Newton updates and would never
+#: separate), small next to the N24 parameter scales so the fit starts in the truth's basin.
+DEFAULT_JITTER = 0.01
+
+
+def convert_gate(measure: MixingMeasure, gate: str) -> MixingMeasure:
+    """The same atoms under another gate, with matching average mixing weights.
+
+    Softmax -> sigmoid gives atom i the weight ``sigma(beta0_i') = exp(beta0_i) / sum_j exp(beta0_j)``
+    (its softmax share with the slopes switched off); sigmoid -> softmax takes
+    ``exp(beta0_i') = sigma(beta0_i)``. Score slopes and experts are kept.
+    """
+    if models.check_gate(gate) == measure.gate:
+        return measure
+    gp = measure.gate_params.clone()
+    if gate == "sigmoid":
+        gp[..., 0] = torch.logit(torch.softmax(measure.beta0, dim=-1))
+    else:
+        gp[..., 0] = torch.log(torch.sigmoid(measure.beta0))
+    return MixingMeasure(gate, measure.score, measure.expert, measure.d, gp, measure.expert_params)
+
+
+def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = None) -> MixingMeasure:
+    """Over-specify a measure to ``k`` atoms by copying designated atoms, splitting their weight.
+
+    A sigmoid atom copied c times gives each copy ``logit(sigma(beta0)/c)``, a softmax atom
+    ``beta0 - log c``, so that ``f_G`` is unchanged where the atom's gate is input-independent
+    (exactly unchanged for softmax). ``split`` lists the atoms to copy (default: the first
+    non-pinned ones, cycling). For softmax the pinned atom stays last.
+    """
+    k0 = measure.k
+    if k < k0:
+        raise ValueError(f"k: the fitted number of atoms ({k}) must be >= k* = {k0}")
+    n_extra = k - k0
+    movable = k0 - 1 if measure.gate == "softmax" else k0
+    if split is None:
+        split = tuple(i % max(movable, 1) for i in range(n_extra))
+    if len(split) != n_extra or any(not 0 <= s < movable for s in split):
+        raise ValueError(
+            f"split: needs {n_extra} atom indices in [0, {movable - 1}] (the pinned softmax atom "
+            f"cannot be split), got {list(split)}"
+        )
+    copies = np.bincount(np.asarray(split, dtype=int), minlength=k0) + 1
+    order = list(range(movable)) + list(split) + list(range(movable, k0))
+    gp = measure.gate_params[:, order].clone()
+    ep = measure.expert_params[:, order].clone()
+    c = torch.as_tensor(copies[order], dtype=gp.dtype, device=gp.device)
+    if measure.gate == "sigmoid":
+        gp[..., 0] = torch.logit(torch.sigmoid(gp[..., 0]) / c)
+    else:
+        gp[..., 0] = gp[..., 0] - torch.log(c)
+    return measure.replace(gp, ep)
+
+
+@dataclass(frozen=True)
+class NearTruth:
+    """Near-truth initialisation: the reference atoms, split to k atoms, plus Gaussian jitter."""
+
+    reference: MixingMeasure
+    k: int
+    seed: int = 0
+    jitter: float = DEFAULT_JITTER
+    split: tuple[int, ...] | None = None
+
+    def draw(self, R: int, gate: str, *, rep_ids: Sequence[int] | None = None, device=None,
+             dtype=torch.float64) -> MixingMeasure:
+        """R starting measures; replication ``rep_ids[r]`` (default ``r``) gets jitter seeded by
+        ``(seed, rep_id)`` alone, so a replication starts at the same point in any shard."""
+        base = split_atoms(convert_gate(self.reference, gate), self.k, self.split)
+        base = base.to(device=device, dtype=dtype)
+        base = base.repeat(R) if base.R == 1 else base
+        rep_ids = range(R) if rep_ids is None else rep_ids
+        noise_g, noise_e = [], []
+        for rep in rep_ids:
+            gen = torch.Generator(device="cpu").manual_seed(stable_seed(self.seed, rep))
+            noise_g.append(torch.randn(base.gate_params.shape[1:], generator=gen, dtype=dtype))
+            noise_e.append(torch.randn(base.expert_params.shape[1:], generator=gen, dtype=dtype))
+        gp = base.gate_params + self.jitter * torch.stack(noise_g).to(base.gate_params.device)
+        ep = base.expert_params + self.jitter * torch.stack(noise_e).to(base.expert_params.device)
+        return base.replace(gp, ep)
+
+
+@dataclass(frozen=True)
+class RandomInit:
+    """Random atoms ``N(0, scale^2)`` in every parameter, ``n_starts`` starts per replication."""
+
+    seed: int = 0
+    n_starts: int = 5
+    scale: float = 1.0
+
+    def draw(self, R: int, gate: str, *, k: int, score: str, expert: str, d: int, device=None,
+             dtype=torch.float64) -> MixingMeasure:
+        """``R * n_starts`` measures, start-major: replication r's starts are rows ``s * R + r``."""
+        gen = torch.Generator(device="cpu").manual_seed(int(self.seed))
+        pg, pe = models.gate_dim(score, d), models.get_expert(expert).dim(d)
+        shape = (self.n_starts * R, k)
+        gp = self.scale * torch.randn(shape + (pg,), generator=gen, dtype=torch.float64)
+        ep = self.scale * torch.randn(shape + (pe,), generator=gen, dtype=torch.float64)
+        return MixingMeasure(gate, score, expert, d, gp.to(device=device, dtype=dtype),
+                             ep.to(device=device, dtype=dtype))
+
+
+def near_truth(
+    truth: MixingMeasure,
+    k: int,
+    seed: int = 0,
+    *,
+    jitter: float = DEFAULT_JITTER,
+    split: tuple[int, ...] | None = None,
+) -> NearTruth:
+    """Near-truth initialisation (SPEC section 3) for a fit with ``k`` atoms."""
+    k = check_positive_int("k", k)
+    if k < truth.k:
+        raise ValueError(f"k: the fitted number of atoms ({k}) must be >= k* = {truth.k}")
+    if jitter < 0:
+        raise ValueError(f"jitter: must be >= 0, got {jitter}")
+    return NearTruth(truth, k, seed, float(jitter), None if split is None else tuple(split))
+
+
+def random_init(seed: int = 0, *, n_starts: int = 5, scale: float = 1.0) -> RandomInit:
+    """Random initialisation with multi-start: the best fit per replication is kept."""
+    return RandomInit(seed, check_positive_int("n_starts", n_starts), float(scale))

@@ -1,0 +1,80 @@
+"""The reference measure a fit is measured against: ``G*``, or the population LSE ``G_bar``.
+
+Where no k-atom measure of the fitted gate equals ``f_{G*}`` (dense regime, or a gate other than
+the truth's), the LSE converges to ``G_bar in argmin ||f_G - f_{G*}||_{L2(mu)}`` (SPEC section 2).
+We compute it as the LSE on a large noise-free design and cache it per (setting, fitted gate,
+design size), since every sweep over the setting needs the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from moe_theory.data import sample_inputs
+from moe_theory.estimators import fit_lse
+from moe_theory.initialization import near_truth
+from moe_theory.measure import MixingMeasure
+from moe_theory.settings import Setting
+
+#: Design sizes of the population fit (SPEC section 2).
+DESIGN_SIZE = {"cuda": 10**6, "cpu": 2 * 10**5}
+#: Bumped when the computation of G_bar changes, so stale cache entries are not reused.
+CACHE_VERSION = 1
+DESIGN_SEED = 20240
+#: Over-specified fits converge linearly; past this many LM iterations the gain is below the
+#: sampling error of any fit measured against G_bar.
+GBAR_MAX_ITER = 500
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOE_THEORY_CACHE", Path.home() / ".cache" / "moe-theory"))
+
+
+def _cache_key(setting: Setting, fit_gate: str, design_size: int) -> str:
+    blob = json.dumps([CACHE_VERSION, setting.to_dict(), fit_gate, design_size], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def population_lse(
+    setting: Setting, fit_gate: str, *, design_size: int | None = None, device: str = "cpu",
+    use_cache: bool = True,
+) -> MixingMeasure:
+    """``G_bar``: the k-atom least-squares fit of ``fit_gate`` to the noise-free ``f_{G*}``."""
+    device_type = torch.device(device).type
+    design_size = design_size or DESIGN_SIZE.get(device_type, DESIGN_SIZE["cpu"])
+    path = cache_dir() / f"gbar-{setting.name}-{fit_gate}-{_cache_key(setting, fit_gate, design_size)}.json"
+    if use_cache and path.exists():
+        return MixingMeasure.from_json(path.read_text())
+    import numpy as np
+
+    truth = setting.truth()
+    rng = np.random.default_rng([DESIGN_SEED, design_size])
+    X = torch.as_tensor(sample_inputs(design_size, setting.d, rng, setting.x_dist),
+                        dtype=torch.float64, device=device)[None]
+    Y = truth.to(device=device)(X)
+    fit = fit_lse(X, Y, setting.k_fit, fit_gate, setting.expert, setting.score,
+                  init=near_truth(truth, setting.k_fit, seed=DESIGN_SEED, split=setting.split),
+                  max_iter=GBAR_MAX_ITER, ftol=1e-13, gtol=1e-13)
+    g_bar = fit.measure.to(device="cpu")
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # write then rename: a crash never leaves a half-written cache entry
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+            tmp.write(g_bar.to_json())
+        os.replace(tmp.name, path)
+    return g_bar
+
+
+def reference_measure(setting: Setting, fit_gate: str, **kwargs) -> tuple[str, MixingMeasure]:
+    """``("G*", truth)`` or ``("G_bar", population LSE)`` for fits of ``fit_gate``."""
+    kind = setting.reference_kind(fit_gate)
+    if kind == "G*":
+        return kind, setting.truth()
+    return kind, population_lse(setting, fit_gate, **kwargs)

@@ -1,0 +1,176 @@
+"""Named settings: recipes for a true mixing measure ``G*`` plus the fitted number of atoms.
+
+A setting lives here once; configs and tests refer to it by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from moe_theory import models
+from moe_theory.data import DEFAULT_NOISE_VAR, X_DISTRIBUTIONS
+from moe_theory.measure import MixingMeasure
+from moe_theory.validation import check_choice
+
+REGIMES = ("dense", "sparse")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A truth recipe (SPEC section 2).
+
+    Parameters are drawn once from ``truth_seed``: ``beta0* ~ N(0, beta0_sd^2)``,
+    ``beta1* ~ N(0, beta1_sd^2 I)``, ``A* = sym(N(0, A_sd^2))``, ``(a*, b*) ~ N(0, expert_sd^2 I)``,
+    unless ``atoms`` gives them explicitly, one row per atom in the packed layout of
+    :mod:`moe_theory.models` (gate parameters, then expert parameters). In the sparse regime
+    every gate slope is zero, so each (over-specified) atom's gate is input-independent.
+    """
+
+    name: str
+    truth_gate: str
+    score: str
+    expert: str
+    d: int
+    k_true: int
+    k_fit: int
+    regime: str
+    beta0_sd: float
+    beta1_sd: float
+    expert_sd: float
+    A_sd: float = 0.0
+    truth_seed: int = 0
+    noise_var: float = DEFAULT_NOISE_VAR
+    x_dist: str = "uniform"
+    split: tuple[int, ...] | None = None
+    description: str = ""
+    source: str = ""
+    fit_gates: tuple[str, ...] = ("sigmoid", "softmax")
+    atoms: tuple[tuple[float, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        models.check_gate(self.truth_gate)
+        models.check_score(self.score)
+        models.get_expert(self.expert)
+        check_choice("regime", self.regime, REGIMES)
+        check_choice("x_dist", self.x_dist, X_DISTRIBUTIONS)
+        for gate in self.fit_gates:
+            models.check_gate(gate)
+        if self.k_fit < self.k_true:
+            raise ValueError(f"k_fit: must be >= k_true = {self.k_true}, got {self.k_fit}")
+        if self.regime == "dense" and self.beta1_sd == 0 and self.A_sd == 0:
+            raise ValueError(f"{self.name}: a dense setting needs beta1_sd > 0 or A_sd > 0")
+
+    def truth(self) -> MixingMeasure:
+        """``G*`` as a batch of one measure (float64)."""
+        if self.atoms is not None:
+            pg = models.gate_dim(self.score, self.d)
+            rows = torch.tensor(self.atoms, dtype=torch.float64)[None]
+            if rows.shape != (1, self.k_true, pg + models.get_expert(self.expert).dim(self.d)):
+                raise ValueError(f"atoms: setting {self.name!r} needs {self.k_true} rows of "
+                                 f"gate + expert parameters")
+            gp, ep = rows[..., :pg].clone(), rows[..., pg:]
+            if self.regime == "sparse":
+                gp[..., 1:] = 0
+            return MixingMeasure(self.truth_gate, self.score, self.expert, self.d, gp, ep)
+        rng = np.random.default_rng(self.truth_seed)
+        k, d = self.k_true, self.d
+        slope = 0.0 if self.regime == "sparse" else 1.0
+        beta0 = rng.normal(0, self.beta0_sd, (1, k))
+        beta1 = slope * rng.normal(0, self.beta1_sd, (1, k, d))
+        A = rng.normal(0, self.A_sd, (1, k, d, d))
+        A = slope * 0.5 * (A + A.transpose(0, 1, 3, 2))
+        a = rng.normal(0, self.expert_sd, (1, k, d))
+        b = rng.normal(0, self.expert_sd, (1, k))
+        as_t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+        return MixingMeasure.from_parts(
+            gate=self.truth_gate, score=self.score, expert=self.expert, d=d, beta0=as_t(beta0),
+            b=as_t(b),
+            beta1=as_t(beta1) if models.score_has_linear(self.score) else None,
+            A=as_t(A) if models.score_has_quadratic(self.score) else None,
+            a=as_t(a) if models.get_expert(self.expert).has_slope else None,
+        )
+
+    def reference_kind(self, fit_gate: str) -> str:
+        """``G*`` when a k-atom measure of the fitted gate represents ``f_{G*}`` exactly, else
+        ``G_bar`` (SPEC section 2): softmax splits atoms exactly; sigmoid only where the split
+        atoms' gates are constant (sparse); across gates never."""
+        models.check_gate(fit_gate)
+        if fit_gate != self.truth_gate:
+            return "G_bar"
+        if fit_gate == "softmax" or self.regime == "sparse":
+            return "G*"
+        return "G_bar"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _n24(name: str, gate: str, expert: str, regime: str, desc: str) -> Setting:
+    d = 32
+    return Setting(
+        name=name, truth_gate=gate, score="linear", expert=expert, d=d, k_true=8, k_fit=9,
+        regime=regime, beta0_sd=float(np.sqrt(0.01 / d)),
+        beta1_sd=float(np.sqrt(0.01 / d)) if regime == "dense" else 0.0,
+        expert_sd=float(np.sqrt(1.0 / d)), truth_seed=2024, description=desc,
+        source="N24 (Nguyen, Ho, Rinaldo, NeurIPS 2024), experiments",
+    )
+
+
+#: Two atoms in d = 2, chosen by hand: separated experts whose ReLU kink crosses the input cube
+#: (a random draw can leave an expert dead on all of [-1, 1]^2, hence unidentifiable) and gate
+#: slopes of order one, so that the asymptotic rates show from n = 10^3 on.
+#: Rows: beta0, beta1 (2), a (2), b. Softmax pins the last atom's gate to zero (gauge).
+SMALL_ATOMS = ((0.4, 1.0, -0.5, 1.0, 0.5, 0.2), (-0.2, -0.5, 1.0, -0.8, 1.2, -0.1))
+
+
+def _small(name: str, gate: str, expert: str, regime: str, desc: str, **kw) -> Setting:
+    params = dict(d=2, k_true=2, k_fit=3, beta0_sd=0.0, beta1_sd=1.0 if regime == "dense" else 0.0,
+                  expert_sd=0.0, atoms=SMALL_ATOMS)
+    params.update(kw)
+    return Setting(name=name, truth_gate=gate, score="linear", expert=expert, regime=regime,
+                   description=desc, source="small variant of the N24 recipe", **params)
+
+
+_SETTINGS: dict[str, Setting] = {}
+
+
+def register(setting: Setting) -> Setting:
+    """Add a named setting (for users' own studies)."""
+    if setting.name in _SETTINGS:
+        raise ValueError(f"name: a setting called {setting.name!r} is already registered")
+    _SETTINGS[setting.name] = setting
+    return setting
+
+
+for _s in (
+    _n24("nguyen2024-dense-relu", "softmax", "relu", "dense",
+         "N24 main figure: softmax-gated truth, ReLU experts; sigmoid and softmax MoE fitted"),
+    _n24("nguyen2024-dense-linear", "softmax", "linear", "dense",
+         "N24 main figure: softmax-gated truth, linear experts; sigmoid and softmax MoE fitted"),
+    _n24("nguyen2024-sparse-relu", "sigmoid", "relu", "sparse",
+         "N24 Regime 1: sigmoid-gated truth with input-independent gates, ReLU experts"),
+    _n24("nguyen2024-sparse-linear", "sigmoid", "linear", "sparse",
+         "N24 Regime 1: sigmoid-gated truth with input-independent gates, linear experts"),
+    _small("small-sparse-relu", "sigmoid", "relu", "sparse",
+           "d=2, k*=2, k=3: sigmoid truth, constant gates, ReLU experts (N24 Thm 2)"),
+    _small("small-sparse-linear", "sigmoid", "linear", "sparse",
+           "d=2, k*=2, k=3: sigmoid truth, constant gates, linear experts (N24 Thm 3)"),
+    _small("small-dense-relu", "softmax", "relu", "dense",
+           "d=2, k*=2, k=3: softmax truth with input-dependent gates, ReLU experts"),
+    _small("small-dense-linear", "softmax", "linear", "dense",
+           "d=2, k*=2, k=3: softmax truth with input-dependent gates, linear experts"),
+):
+    register(_s)
+
+
+def get_setting(name: str) -> Setting:
+    if name not in _SETTINGS:
+        raise ValueError(f"setting: unknown name {name!r}; known: {', '.join(_SETTINGS)}")
+    return _SETTINGS[name]
+
+
+def list_settings() -> list[str]:
+    return list(_SETTINGS)

@@ -1,0 +1,224 @@
+"""Sweeps: the cross product settings x n x replications, run shard by shard.
+
+A *shard* is (setting, n, block of replications): one batched fit per fitted gate on one draw of
+data, returning tidy rows. Each finished shard is written atomically to its own parquet file,
+so an interrupted sweep loses at most the shard in flight and a rerun computes only what is
+missing. The merged table is rebuilt from the shard files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from moe_theory.config import SweepConfig
+from moe_theory.data import sample, stable_seed
+from moe_theory.estimators import fit_lse
+from moe_theory.initialization import near_truth
+from moe_theory.reference import reference_measure
+from moe_theory.settings import Setting, get_setting
+from moe_theory.voronoi import LOSS_KINDS, PARAMETER_ERRORS, voronoi_loss
+
+RESULT_COLUMNS = [
+    "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
+    "k_fit", "n", "rep", "seed", "loss_name", "loss_value", "converged", "certified", "n_iter",
+    "fit_loss", "ref_loss", "wall_s", "device", "backend", "algorithm", "config_hash",
+]
+#: Below this many rows the merged table also gets a CSV copy, easy to open anywhere.
+CSV_MAX_ROWS = 200_000
+
+
+@dataclass(frozen=True)
+class Shard:
+    setting: str
+    n: int
+    rep_start: int
+    rep_stop: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.setting}/n{self.n:09d}_reps{self.rep_start:05d}-{self.rep_stop:05d}"
+
+
+def plan(config: SweepConfig) -> list[Shard]:
+    shards = []
+    for setting in config.settings:
+        for n in config.n:
+            for start in range(0, config.reps, config.rep_block):
+                shards.append(Shard(setting, n, start, min(start + config.rep_block, config.reps)))
+    return shards
+
+
+def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] | None) -> list[str]:
+    kinds = ["D3"] if reference == "G_bar" else ["D1", "D2"]
+    groups = ["eta"] + (["beta1"] if setting.score in ("linear", "quadratic") else []) + (
+        ["A"] if setting.score in ("quadratic", "monomial") else [])
+    kinds += [e for e in PARAMETER_ERRORS if e.split("_")[1] in groups]
+    assert set(kinds) <= set(LOSS_KINDS + PARAMETER_ERRORS)
+    return [k for k in kinds if wanted is None or k in wanted]
+
+
+def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto"
+              ) -> pd.DataFrame:
+    """Fit every gate of the shard's setting on one draw of data; one row per (rep, gate, loss)."""
+    setting = get_setting(shard.setting)
+    if config.k_fit is not None:
+        from dataclasses import replace
+
+        setting = replace(setting, k_fit=config.k_fit)
+    truth = setting.truth()
+    data_seed = stable_seed(setting.name, config.seed)
+    R = shard.rep_stop - shard.rep_start
+    # common random numbers: the data depend on (setting, seed, n, rep) only
+    X, Y = sample(truth, shard.n, R, seed=data_seed, first_rep=shard.rep_start,
+                  noise_var=setting.noise_var, x_dist=setting.x_dist, device=device)
+    rep_ids = list(range(shard.rep_start, shard.rep_stop))
+    frames = []
+    for gate in config.gates_for(setting):
+        ref_kind, ref = reference_measure(setting, gate, device=device)
+        init = near_truth(ref, setting.k_fit, seed=stable_seed(setting.name, config.seed, shard.n,
+                                                               gate),
+                          jitter=config.jitter, split=setting.split)
+        fit = fit_lse(X, Y, setting.k_fit, gate, setting.expert, setting.score, init=init,
+                      algorithm=config.algorithm, backend=backend, reference=ref,
+                      max_iter=config.max_iter, sgd=config.sgd_protocol(), rep_ids=rep_ids)
+        fitted = fit.measure.to(device="cpu")
+        base = {
+            "setting": setting.name, "truth_gate": setting.truth_gate, "fit_gate": gate,
+            "score": setting.score, "expert": setting.expert, "regime": setting.regime,
+            "reference": ref_kind, "d": setting.d, "k_true": setting.k_true,
+            "k_fit": setting.k_fit, "n": shard.n, "rep": rep_ids, "seed": data_seed,
+            "converged": fit.converged.cpu().numpy(), "certified": fit.certified.cpu().numpy(),
+            "n_iter": fit.n_iter.cpu().numpy(), "fit_loss": fit.fit_loss.cpu().numpy(),
+            "ref_loss": fit.ref_loss.cpu().numpy(),
+            # one batched fit serves R replications: each row carries its share of the time
+            "wall_s": fit.wall_s / R, "device": device, "backend": fit.backend,
+            "algorithm": config.algorithm, "config_hash": config.hash,
+        }
+        for loss in applicable_losses(setting, ref_kind, config.losses):
+            values = voronoi_loss(fitted, ref, loss).numpy()
+            frames.append(pd.DataFrame({**base, "loss_name": loss, "loss_value": values}))
+    return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
+
+
+# ---- the results store ----------------------------------------------------------------------
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers see either the
+    old file or the whole new one, never a partial file, whenever the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def shard_path(out: Path, shard: Shard) -> Path:
+    return out / "shards" / f"{shard.key}.parquet"
+
+
+def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> None:
+    """Record the config hash; refuse to mix shards of a different config unless ``force``."""
+    path = out / "manifest.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("config_hash") != config.hash:
+            if not force:
+                raise ValueError(
+                    f"out: {out} holds results of another config (hash {old.get('config_hash')}, "
+                    f"this one {config.hash}); use another --out or --force to start over")
+            for stale in (out / "shards").rglob("*.parquet"):
+                stale.unlink()
+    manifest = {"config_hash": config.hash, "config": config.to_dict(),
+                "torch": torch.__version__}
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+
+
+def merge(out: Path) -> pd.DataFrame:
+    """Rebuild the tidy table from the shard files (sorted: independent of finishing order)."""
+    out = Path(out)
+    files = sorted((out / "shards").rglob("*.parquet"))
+    if not files:
+        raise ValueError(f"DIR: no finished shard under {out / 'shards'}")
+    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    df = df.sort_values(["setting", "fit_gate", "loss_name", "n", "rep"], kind="stable")
+    df = df.reset_index(drop=True)
+    _atomic_write(out / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+    if len(df) <= CSV_MAX_ROWS:
+        _atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+    return df
+
+
+def load_results(out: str | Path) -> pd.DataFrame:
+    out = Path(out)
+    if (out / "results.parquet").exists():
+        return pd.read_parquet(out / "results.parquet")
+    if (out / "shards").exists():
+        return merge(out)
+    if out.is_file() and out.suffix == ".csv":
+        return pd.read_csv(out)
+    raise ValueError(f"DIR: {out} holds no results (no results.parquet and no shards/)")
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="shard", file=sys.stderr,
+                disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def run_sweep(
+    config: SweepConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
+    force: bool = False, log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Run (or finish) a sweep into ``out`` and return the merged table."""
+    out = Path(out)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but no CUDA device is available")
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    write_manifest(out, config, force=force)
+    shards = plan(config)
+    todo = [s for s in shards if not shard_path(out, s).exists()]
+    if not todo:
+        return merge(out)
+    for setting in config.setting_objects():
+        for gate in config.gates_for(setting):
+            if setting.reference_kind(gate) == "G_bar":
+                t0 = time.perf_counter()
+                reference_measure(setting, gate, device=device)
+                log(f"reference G_bar for {setting.name} / {gate} fit ready "
+                    f"({time.perf_counter() - t0:.1f} s)")
+    bar = _progress(len(shards), len(shards) - len(todo), config.name)
+    started = time.perf_counter()
+    try:
+        for i, shard in enumerate(todo, start=1):
+            rows = run_shard(config, shard, device=device, backend=backend)
+            _atomic_write(shard_path(out, shard), lambda tmp, rows=rows: rows.to_parquet(tmp,
+                                                                                    index=False))
+            bar.update(1)
+            if bar.disable:
+                elapsed = time.perf_counter() - started
+                eta = elapsed / i * (len(todo) - i)
+                log(f"[{len(shards) - len(todo) + i}/{len(shards)}] {shard.key} done "
+                    f"({elapsed:.0f} s elapsed, ETA {eta:.0f} s)")
+    except KeyboardInterrupt:
+        bar.close()
+        log(f"interrupted: finished shards are kept in {out / 'shards'}; rerun to finish")
+        raise
+    bar.close()
+    return merge(out)

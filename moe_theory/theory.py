@@ -1,0 +1,103 @@
+"""Predicted convergence rates (SPEC section 5), each with its source.
+
+An exponent e means ``loss ~ n^e``: -0.5 is parametric, -0.25 the over-specified rate of strongly
+identifiable experts, and 0.0 stands for "slower than any polynomial" (labelled so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moe_theory import models
+
+
+@dataclass(frozen=True)
+class TheoryRate:
+    exponent: float | None
+    label: str
+    source: str
+
+
+PARAMETRIC = -0.5
+OVER_SPECIFIED = -0.25
+SLOWER_THAN_POLYNOMIAL = 0.0
+
+
+def _rate(exponent: float | None, source: str, label: str | None = None) -> TheoryRate:
+    if label is None:
+        label = {PARAMETRIC: "n^-1/2", OVER_SPECIFIED: "n^-1/4",
+                 SLOWER_THAN_POLYNOMIAL: "slower than any polynomial"}.get(exponent, "none")
+    return TheoryRate(exponent, label, source)
+
+
+NO_THEORY = TheoryRate(None, "no prediction", "")
+
+
+def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_name: str,
+                   reference: str | None = None) -> TheoryRate:
+    """The theory's exponent for one curve.
+
+    ``reference`` is ``G*`` or ``G_bar`` when known; by default a sigmoid fit in the dense regime
+    is measured against ``G_bar`` and everything else against ``G*``.
+    """
+    models.check_gate(fit_gate)
+    models.check_score(score)
+    strong = models.get_expert(expert).strongly_identifiable
+    quadratic = score != "linear"
+    if reference is None:
+        reference = "G_bar" if (fit_gate == "sigmoid" and regime == "dense") else "G*"
+    group_cell = loss_name.split("_")[1:] if loss_name.startswith("err_") else None
+
+    if fit_gate == "sigmoid":
+        if reference == "G_bar":
+            # N24 Thm 4 (strongly identifiable) / Thm 5 (linear): D3 ~ n^-1/2, first order in
+            # every parameter, so each parameter group too. Y25 extends it to quadratic scores,
+            # where weakly identifiable experts keep the parametric rate (reconstruction).
+            src = "Y25 (reconstruction)" if quadratic else ("N24 Thm 4" if strong else "N24 Thm 5")
+            if loss_name == "D3" or group_cell is not None:
+                return _rate(PARAMETRIC, src)
+            return NO_THEORY
+        src = "Y25 (reconstruction)" if quadratic else ("N24 Thm 2" if strong else "N24 Thm 3")
+        if not strong:
+            # N24 Thm 3: in the sparse regime, linear experts admit no polynomial rate
+            if loss_name in ("D1", "D2") or group_cell is not None:
+                return _rate(SLOWER_THAN_POLYNOMIAL, src)
+            return NO_THEORY
+        if loss_name == "D1":
+            return _rate(PARAMETRIC, src)
+        if group_cell is not None:
+            return _rate(PARAMETRIC if group_cell[1] == "exact" else OVER_SPECIFIED, src)
+        return NO_THEORY
+
+    # softmax fits (N24 Table 1, after Nguyen et al. on softmax-gated MoE; A24 for quadratic)
+    if reference == "G_bar":
+        return NO_THEORY
+    src = "A24" if quadratic else "N24 Table 1"
+    if not strong:
+        if loss_name in ("D1", "D2") or group_cell is not None:
+            return _rate(SLOWER_THAN_POLYNOMIAL, src, "~1/log n")
+        return NO_THEORY
+    if loss_name == "D1":
+        return _rate(PARAMETRIC, src)
+    if group_cell is not None:
+        return _rate(PARAMETRIC if group_cell[1] == "exact" else OVER_SPECIFIED, src)
+    return NO_THEORY
+
+
+def theory_table() -> list[dict]:
+    """Every (fit gate, score, regime, expert class, loss) with its predicted rate."""
+    from moe_theory.voronoi import ALL_KINDS
+
+    rows = []
+    for fit_gate in models.GATES:
+        for score in models.SCORES:
+            for regime in ("sparse", "dense"):
+                for expert in ("relu", "gelu", "tanh", "linear", "poly2", "constant"):
+                    for loss in ALL_KINDS:
+                        rate = predicted_rate(fit_gate, score, regime, expert, loss)
+                        if rate.exponent is not None:
+                            rows.append({"fit_gate": fit_gate, "score": score, "regime": regime,
+                                         "expert": expert, "loss_name": loss,
+                                         "exponent": rate.exponent, "label": rate.label,
+                                         "source": rate.source})
+    return rows

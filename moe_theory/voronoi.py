@@ -1,0 +1,148 @@
+"""Voronoi losses between a fitted and a reference mixing measure (SPEC section 4).
+
+Fitted atoms ``i = 1..k`` fall in the Voronoi cell ``A_j`` of their nearest reference atom in the
+non-weight parameters ``omega`` (ties to the lowest j). Cells with one fitted atom are *exact*,
+cells with more are *over-specified*. Every loss is invariant to permuting atoms and 0 at the
+reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moe_theory.measure import MixingMeasure
+from moe_theory.validation import check_choice
+
+LOSS_KINDS = ("D1", "D2", "D3")
+PARAMETER_GROUPS = ("eta", "beta1", "A")
+CELL_TYPES = ("exact", "over")
+PARAMETER_ERRORS = tuple(f"err_{g}_{c}" for g in PARAMETER_GROUPS for c in CELL_TYPES)
+ALL_KINDS = LOSS_KINDS + PARAMETER_ERRORS
+#: Default exponent r of D2r (N24 Thm 3/4 hold for any r >= 1).
+DEFAULT_R = 2.0
+
+
+@dataclass(frozen=True)
+class Cells:
+    """The Voronoi partition of R fitted measures w.r.t. their references.
+
+    Attributes
+    ----------
+    assign : (R, k) index of each fitted atom's cell
+    count : (R, k0) number of fitted atoms per cell
+    over : (R, k) whether the atom's cell is over-specified
+    diff_omega : (R, k, q) ``omega_i - omega*_{A(i)}``
+    diff_beta0 : (R, k) ``beta0_i - beta0*_{A(i)}``
+    """
+
+    assign: torch.Tensor
+    count: torch.Tensor
+    over: torch.Tensor
+    diff_omega: torch.Tensor
+    diff_beta0: torch.Tensor
+
+
+def _broadcast(fitted: MixingMeasure, reference: MixingMeasure) -> MixingMeasure:
+    if (fitted.score, fitted.expert, fitted.d) != (reference.score, reference.expert, reference.d):
+        raise ValueError(
+            f"reference: is ({reference.score}, {reference.expert}, d={reference.d}) but the fitted "
+            f"measure is ({fitted.score}, {fitted.expert}, d={fitted.d})"
+        )
+    reference = reference.to(device=fitted.gate_params.device, dtype=fitted.gate_params.dtype)
+    if reference.R == 1 and fitted.R > 1:
+        reference = reference.repeat(fitted.R)
+    if reference.R != fitted.R:
+        raise ValueError(f"reference: has R = {reference.R}, the fitted measure R = {fitted.R}")
+    return reference
+
+
+def voronoi_cells(fitted: MixingMeasure, reference: MixingMeasure) -> Cells:
+    reference = _broadcast(fitted, reference)
+    omega, omega_ref = fitted.omega, reference.omega
+    dist = torch.cdist(omega, omega_ref)  # (R, k, k0)
+    assign = dist.argmin(-1)  # first minimum: ties go to the lowest j
+    k0 = reference.k
+    count = torch.nn.functional.one_hot(assign, k0).sum(1)
+    over = torch.gather(count, 1, assign) > 1
+    idx = assign[..., None].expand(-1, -1, omega.shape[-1])
+    diff_omega = omega - torch.gather(omega_ref, 1, idx)
+    diff_beta0 = fitted.beta0 - torch.gather(reference.beta0, 1, assign)
+    return Cells(assign, count, over, diff_omega, diff_beta0)
+
+
+def _weight_mismatch(fitted, reference, cells: Cells) -> torch.Tensor:
+    """``|sum_{i in A_j} w(beta0_i) - w(beta0*_j)|`` per cell: (R, k0)."""
+    sums = torch.zeros_like(reference.beta0).scatter_add(1, cells.assign, fitted.weights)
+    return (sums - reference.weights).abs()
+
+
+def voronoi_loss(
+    fitted: MixingMeasure, reference: MixingMeasure, kind: str = "D1", *, r: float = DEFAULT_R
+) -> torch.Tensor:
+    """A Voronoi loss or per-parameter error of each replication: (R,).
+
+    Parameters
+    ----------
+    fitted : R measures with k atoms
+    reference : one measure (broadcast) or R of them; ``G*``, or ``G_bar`` for ``D3``
+    kind : ``D1`` (N24 Thm 2; gate-weighted for softmax), ``D2`` (D2r of N24 Thm 3/4, exponent
+        ``r``), ``D3`` (dense regime, against ``G_bar``), or ``err_{eta,beta1,A}_{exact,over}``
+        (max over cells of that type of the parameter-group error; NaN without such a cell)
+    """
+    check_choice("kind", kind, ALL_KINDS)
+    if fitted.gate != reference.gate:
+        raise ValueError(
+            f"reference: gate {reference.gate!r} differs from the fitted gate {fitted.gate!r}; "
+            "a misspecified fit is measured against G_bar of its own gate"
+        )
+    if kind == "D2" and r < 1:
+        raise ValueError(f"r: D2r needs r >= 1, got {r}")
+    reference = _broadcast(fitted, reference)
+    cells = voronoi_cells(fitted, reference)
+    norm = cells.diff_omega.norm(dim=-1)
+    db = cells.diff_beta0.abs()
+    over = cells.over
+
+    if kind in PARAMETER_ERRORS:
+        return _parameter_error(fitted, cells, kind)
+    if kind == "D3":
+        # SPEC section 4: every cell, first-order in both beta0 and omega
+        return (db + norm).sum(-1)
+
+    mismatch = _weight_mismatch(fitted, reference, cells)
+    power_over = 2.0 if kind == "D1" else r
+    power_exact = 1.0 if kind == "D1" else r
+    if fitted.gate == "sigmoid":
+        # N24 Thm 2: the weight term counts only cells that are not exactly specified
+        weight_term = (mismatch * (cells.count != 1)).sum(-1)
+        atom_term = torch.where(over, norm**power_over, db**power_exact + norm**power_exact)
+    else:
+        # softmax: every cell's weight term; parameter terms weighted by exp(beta0_i)
+        weight_term = mismatch.sum(-1)
+        atom_term = fitted.weights * torch.where(over, norm**power_over, norm**power_exact)
+    return weight_term + atom_term.sum(-1)
+
+
+def _parameter_error(fitted: MixingMeasure, cells: Cells, kind: str) -> torch.Tensor:
+    _, group, cell_type = kind.split("_")
+    q_beta1 = 0 if fitted.beta1 is None else fitted.d
+    q_a = fitted.gate_params.shape[-1] - 1 - q_beta1
+    q_eta = fitted.expert_params.shape[-1]
+    sl = {"beta1": slice(0, q_beta1), "A": slice(q_beta1, q_beta1 + q_a),
+          "eta": slice(q_beta1 + q_a, q_beta1 + q_a + q_eta)}[group]
+    err = cells.diff_omega[..., sl].norm(dim=-1)
+    mask = cells.over if cell_type == "over" else ~cells.over
+    nan = torch.full_like(err, float("nan"))
+    width = sl.stop - sl.start
+    if width == 0:
+        return nan[:, 0]
+    masked = torch.where(mask, err, torch.full_like(err, -1.0)).amax(-1)
+    return torch.where(masked < 0, nan[:, 0], masked)
+
+
+def all_losses(
+    fitted: MixingMeasure, reference: MixingMeasure, kinds: tuple[str, ...], *, r: float = DEFAULT_R
+) -> dict[str, torch.Tensor]:
+    return {kind: voronoi_loss(fitted, reference, kind, r=r) for kind in kinds}
