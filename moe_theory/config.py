@@ -17,8 +17,8 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
     k_fit = 9                                  # optional override of the settings' k
     losses = ["D1", "D3", ...]                 # optional; default: all that apply
     sgd = {epochs = 10, lr = 0.1, batch_size = 64}
-    [plot]                                     # which loss each fitted gate is drawn with
-    sigmoid = "D3"
+    [plot]                                     # loss(es) each fitted gate is drawn with:
+    sigmoid = ["D3", "D1"]                     # the first one a curve has
     softmax = "D1"
     [fast]                                     # overrides applied by --fast
     settings = [...]; n = {...}; reps = 8
@@ -193,9 +193,12 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     plot = raw.get("plot", {})
     if not isinstance(plot, dict):
         raise _err("plot", "must be a table mapping a fitted gate to a loss name")
-    for gate, loss in plot.items():
-        if gate not in models.GATES or loss not in ALL_KINDS:
-            raise _err("plot", f"entry {gate} = {loss!r}: gates {models.GATES}, losses {ALL_KINDS}")
+    for gate, losses_ in plot.items():
+        names = [losses_] if isinstance(losses_, str) else losses_
+        if gate not in models.GATES or not isinstance(names, list) or not names or any(
+                loss not in ALL_KINDS for loss in names):
+            raise _err(f"plot.{gate}", f"{losses_!r}: keys are gates {models.GATES}, values a loss "
+                       f"or list of losses from {ALL_KINDS}")
     reps = _int(raw, "reps")
     return SweepConfig(
         name=name, settings=tuple(settings), n=_n_grid(raw["n"]), reps=reps,

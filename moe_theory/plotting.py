@@ -26,7 +26,7 @@ from moe_theory.rates import (
     RateFit,
     TheoryLookup,
     check_columns,
-    curve_constant,
+    curve_rate,
     fit_rate,
     resolve_theory,
     usable,
@@ -185,13 +185,7 @@ def draw_rates(
         if not math.isnan(fit.slope):
             ax.plot(ends, np.exp(fit.intercept) * ends**fit.slope, color=color, zorder=2)
         name = (settings[0], gate, loss)
-        rate = lookup(
-            gate,
-            curve_constant(curve, "score", name),
-            curve_constant(curve, "regime", name),
-            curve_constant(curve, "expert", name),
-            loss,
-        )
+        rate = curve_rate(lookup, curve, name, loss)
         if rate.exponent is not None and not math.isnan(rate.exponent):
             any_theory = True
             guide = mean[0] * (ends / n[0]) ** rate.exponent

@@ -237,6 +237,18 @@ def resolve_theory(theory: TheoryLookup | None) -> TheoryLookup:
     return predicted_rate
 
 
+def curve_rate(lookup: TheoryLookup, curve: pd.DataFrame, name: tuple, loss_name: str) -> Any:
+    """The theory's rate for one curve. A lookup flagged ``accepts_reference`` (the project's own
+    table) also gets the curve's reference measure, ``G*`` or ``G_bar``, when the table has it."""
+    kwargs = {}
+    if getattr(lookup, "accepts_reference", False) and "reference" in curve.columns:
+        kwargs["reference"] = curve_constant(curve, "reference", name)
+    return lookup(
+        *(curve_constant(curve, c, name) for c in ("fit_gate", "score", "regime", "expert")),
+        loss_name, **kwargs,
+    )
+
+
 def curve_constant(curve: pd.DataFrame, column: str, name: tuple) -> Any:
     """The value of ``column``, which must be constant within the curve called ``name``."""
     values = curve[column].drop_duplicates()
@@ -290,7 +302,7 @@ def rates_table(
         row.update({c: curve_constant(curve, c, name) for c in DESCRIPTIVE_COLUMNS})
         n, values = values_by_n(curve)
         fit = fit_rate(n, values, n_boot=n_boot, seed=seed)
-        rate = lookup(row["fit_gate"], row["score"], row["regime"], row["expert"], name[2])
+        rate = curve_rate(lookup, curve, name, name[2])
         exponent = None if rate.exponent is None else float(rate.exponent)
         # Within a curve each (n, rep) is one fit (duplicates were rejected above), so the
         # per-fit columns, repeated over that fit's other losses, are counted once here.

@@ -112,7 +112,7 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
 
 # ---- the results store ----------------------------------------------------------------------
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same folder, then rename: readers see either the
     old file or the whole new one, never a partial file, whenever the process dies."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> No
                 stale.unlink()
     manifest = {"config_hash": config.hash, "config": config.to_dict(),
                 "torch": torch.__version__}
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
 
 
 def merge(out: Path) -> pd.DataFrame:
@@ -156,9 +156,9 @@ def merge(out: Path) -> pd.DataFrame:
     df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     df = df.sort_values(["setting", "fit_gate", "loss_name", "n", "rep"], kind="stable")
     df = df.reset_index(drop=True)
-    _atomic_write(out / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+    atomic_write(out / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
     if len(df) <= CSV_MAX_ROWS:
-        _atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+        atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
     return df
 
 
@@ -208,7 +208,7 @@ def run_sweep(
     try:
         for i, shard in enumerate(todo, start=1):
             rows = run_shard(config, shard, device=device, backend=backend)
-            _atomic_write(shard_path(out, shard), lambda tmp, rows=rows: rows.to_parquet(tmp,
+            atomic_write(shard_path(out, shard), lambda tmp, rows=rows: rows.to_parquet(tmp,
                                                                                     index=False))
             bar.update(1)
             if bar.disable:

@@ -84,6 +84,9 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     return NO_THEORY
 
 
+predicted_rate.accepts_reference = True  # type: ignore[attr-defined]
+
+
 def theory_table() -> list[dict]:
     """Every (fit gate, score, regime, expert class, loss) with its predicted rate."""
     from moe_theory.voronoi import ALL_KINDS

@@ -1,0 +1,178 @@
+"""The ``moe-theory`` command line. Exit codes: 0 success, 2 bad input (the message names the
+field), 130 interrupted (finished shards are kept)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEVICES = ("cpu", "cuda")
+
+
+def _cmd_sweep(args) -> int:
+    from moe_theory.config import load_config
+    from moe_theory.reproduce import write_report
+    from moe_theory.sweep import run_sweep
+
+    if args.executor != "local":
+        raise ValueError(f"--executor: {args.executor!r} is not available yet; allowed: local")
+    config = load_config(args.config, fast=args.fast)
+    out = Path(args.out or Path("results") / config.name)
+    df = run_sweep(config, out, device=args.device, backend=args.backend, force=args.force)
+    write_report(df, config, out)
+    print(f"{len(df)} rows in {out / 'results.parquet'}")
+    return 0
+
+
+def _cmd_rates(args) -> int:
+    from moe_theory.rates import format_rates_table, rates_table
+    from moe_theory.sweep import load_results
+
+    table = rates_table(load_results(args.dir))
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+    else:
+        print(format_rates_table(table))
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from moe_theory.config import parse_config
+    from moe_theory.plotting import plot_panels
+    from moe_theory.reproduce import figure_panels
+    from moe_theory.sweep import load_results
+
+    out = Path(args.dir)
+    manifest = out / "manifest.json"
+    if not manifest.exists():
+        raise ValueError(f"DIR: {out} has no manifest.json (not a sweep folder)")
+    config = parse_config(json.loads(manifest.read_text())["config"])
+    df = load_results(out)
+    paths = plot_panels(df, figure_panels(df, config), out / config.name,
+                        title=config.description or None)
+    print("\n".join(map(str, paths)))
+    return 0
+
+
+def _cmd_reproduce(args) -> int:
+    from moe_theory.reproduce import reproduce
+
+    name = args.name or "nguyen2024"
+    fast = args.fast or args.name is None
+    reproduce(name, fast=fast, out=args.out, device=args.device, backend=args.backend)
+    return 0
+
+
+def _cmd_loss(args) -> int:
+    from moe_theory.measure import MixingMeasure
+    from moe_theory.voronoi import voronoi_loss
+
+    def read(path: str, field: str) -> MixingMeasure:
+        p = Path(path)
+        if not p.exists():
+            raise ValueError(f"{field}: no file {path!r}")
+        try:
+            return MixingMeasure.from_json(p.read_text())
+        except ValueError as err:
+            raise ValueError(f"{field} ({path}): {err}") from None
+
+    fitted, truth = read(args.fitted, "FITTED"), read(args.true, "TRUE")
+    values = voronoi_loss(fitted, truth, args.kind, r=args.r).tolist()
+    print(json.dumps(values[0] if len(values) == 1 else values))
+    return 0
+
+
+def _cmd_settings(args) -> int:
+    from moe_theory.settings import get_setting, list_settings
+
+    rows = [get_setting(name) for name in list_settings()]
+    if args.json:
+        print(json.dumps([s.to_dict() for s in rows], indent=1))
+        return 0
+    for s in rows:
+        print(f"{s.name:26s} truth={s.truth_gate:7s} score={s.score:9s} expert={s.expert:8s} "
+              f"{s.regime:6s} d={s.d:<3d} k*={s.k_true} k={s.k_fit}  {s.description}")
+    return 0
+
+
+def _cmd_theory(args) -> int:
+    from moe_theory.theory import theory_table
+
+    rows = theory_table()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        print(f"{r['fit_gate']:7s} {r['score']:9s} {r['regime']:6s} {r['expert']:8s} "
+              f"{r['loss_name']:16s} {r['exponent']:+.2f} {r['label']:28s} {r['source']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moe-theory", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def device_args(p):
+        p.add_argument("--device", choices=DEVICES, default="cpu")
+        p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
+
+    p = sub.add_parser("sweep", help="run (or resume) a sweep from a TOML config")
+    p.add_argument("config", help="path to a TOML config, or the name of one in simulations/configs")
+    p.add_argument("--out", help="results folder (default results/NAME)")
+    p.add_argument("--executor", default="local", help="local (default)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted sweep (always on: finished shards are never redone)")
+    p.add_argument("--force", action="store_true", help="discard shards of a different config")
+    p.add_argument("--fast", action="store_true", help="apply the config's [fast] overrides")
+    device_args(p)
+    p.set_defaults(run=_cmd_sweep)
+
+    p = sub.add_parser("rates", help="slope table of a results folder")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_cmd_rates)
+
+    p = sub.add_parser("plot", help="log-log figures of a results folder")
+    p.add_argument("dir")
+    p.set_defaults(run=_cmd_plot)
+
+    p = sub.add_parser("reproduce", help="regenerate a paper figure (default: nguyen2024 --fast)")
+    p.add_argument("name", nargs="?", help="config name or 'all' (default: nguyen2024, fast)")
+    p.add_argument("--fast", action="store_true", help="the config's small CPU preset")
+    p.add_argument("--out", help="output folder (default paper_figures/NAME[-fast])")
+    device_args(p)
+    p.set_defaults(run=_cmd_reproduce)
+
+    p = sub.add_parser("loss", help="Voronoi loss between two measures in JSON")
+    p.add_argument("fitted")
+    p.add_argument("true")
+    p.add_argument("--kind", default="D1")
+    p.add_argument("--r", type=float, default=2.0, help="exponent of D2")
+    p.set_defaults(run=_cmd_loss)
+
+    p = sub.add_parser("settings", help="list the named settings")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_cmd_settings)
+
+    p = sub.add_parser("theory", help="print the theory table")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_cmd_theory)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as err:
+        print(f"moe-theory: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moe-theory: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

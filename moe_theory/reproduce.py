@@ -1,0 +1,83 @@
+"""From a config to paper figures: sweep, rates table with verdicts, and log-log figures."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from moe_theory.config import SweepConfig, load_config, named_configs
+from moe_theory.plotting import plot_panels
+from moe_theory.rates import format_rates_table, rates_table
+from moe_theory.sweep import atomic_write, run_sweep
+
+#: What a fitted gate is drawn with when the config's [plot] table does not say: the first loss
+#: of this list that the results hold for that curve.
+DEFAULT_PLOT_LOSSES = ("D3", "D1")
+DEFAULT_OUT = Path("paper_figures")
+
+
+def plot_losses(config: SweepConfig, gate: str) -> tuple[str, ...]:
+    chosen = config.plot.get(gate)
+    if chosen is None:
+        return DEFAULT_PLOT_LOSSES
+    return (chosen,) if isinstance(chosen, str) else tuple(chosen)
+
+
+def figure_panels(df: pd.DataFrame, config: SweepConfig) -> list[tuple[str, str, list]]:
+    panels = []
+    for setting in config.settings:
+        sub = df[df.setting == setting]
+        curves = []
+        for gate in sorted(sub.fit_gate.unique()):
+            have = set(sub[sub.fit_gate == gate].loss_name)
+            loss = next((loss for loss in plot_losses(config, gate) if loss in have), None)
+            if loss is not None:
+                curves.append((gate, loss))
+        if curves:
+            panels.append((setting, setting, curves))
+    return panels
+
+
+def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFrame:
+    """Rates table (text, CSV, JSON) and the figure of a finished sweep in ``out``."""
+    table = rates_table(df)
+    text = format_rates_table(table)
+    atomic_write(out / "rates.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_write(out / "rates.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out / "rates.json",
+                  lambda tmp: Path(tmp).write_text(table.to_json(orient="records", indent=1)))
+    panels = figure_panels(df, config)
+    if panels:
+        plot_panels(df, panels, out / config.name, title=config.description or None)
+    return table
+
+
+def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
+              device: str = "cpu", backend: str = "auto") -> pd.DataFrame:
+    """Run a named config into ``paper_figures/<name>[-fast]/`` and write its report there."""
+    if name == "all":
+        return pd.concat([reproduce(n, fast=fast, out=out, device=device, backend=backend)
+                          for n in named_configs()], ignore_index=True)
+    config = load_config(name, fast=fast)
+    folder = Path(out) if out is not None else DEFAULT_OUT / (config.name + ("-fast" if fast else ""))
+    start = time.perf_counter()
+    df = run_sweep(config, folder, device=device, backend=backend)
+    table = write_report(df, config, folder)
+    run = {
+        "config": config.name, "fast": fast, "config_hash": config.hash, "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
+        platform.processor() or platform.machine(),
+        "wall_s_this_call": round(time.perf_counter() - start, 2),
+        "fit_wall_s": round(float(df.drop_duplicates(["setting", "fit_gate", "n", "rep"]).wall_s.sum()), 2),
+        "torch": torch.__version__, "rows": len(df),
+    }
+    atomic_write(folder / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
+    print(format_rates_table(table))
+    print(f"\nwrote {folder}/ ({config.name}.png/.pdf, rates.txt/.csv/.json, results.csv); "
+          f"{run['wall_s_this_call']:.0f} s on {device}")
+    return table

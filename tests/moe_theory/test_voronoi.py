@@ -1,0 +1,100 @@
+"""Voronoi losses (SPEC section 4): zero at the truth, permutation-invariant, by hand."""
+
+import math
+
+import pytest
+import torch
+
+from moe_theory.initialization import near_truth
+from moe_theory.measure import MixingMeasure
+from moe_theory.settings import get_setting
+from moe_theory.voronoi import ALL_KINDS, voronoi_cells, voronoi_loss
+
+
+def measure(gate, atoms):
+    """atoms: (beta0, beta1, a, b) with d = 1."""
+    return MixingMeasure.from_dict({"gate": gate, "score": "linear", "expert": "relu", "d": 1,
+                                    "atoms": [{"beta0": b0, "beta1": [b1], "A": None, "a": [a],
+                                               "b": b} for b0, b1, a, b in atoms]})
+
+
+TRUTH = [(0.0, 0.0, 1.0, 0.0), (0.0, 0.0, -1.0, 0.0)]
+# two fitted atoms fall in cell 1 (over-specified), one in cell 2 (exact)
+FITTED = [(0.1, 0.0, 1.1, 0.0), (-0.2, 0.0, 0.9, 0.1), (0.3, 0.2, -1.0, 0.0)]
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_cells_by_hand():
+    cells = voronoi_cells(measure("sigmoid", FITTED), measure("sigmoid", TRUTH))
+    assert cells.assign.tolist() == [[0, 0, 1]]
+    assert cells.count.tolist() == [[2, 1]]
+    assert cells.over.tolist() == [[True, True, False]]
+
+
+def test_sigmoid_d1_by_hand():
+    # N24 Thm 2: weight mismatch of the over-specified cell, squared distances inside it,
+    # first-order |dbeta0| + ||domega|| in the exact cell
+    expected = abs(sig(0.1) + sig(-0.2) - sig(0.0)) + (0.1**2) + (0.1**2 + 0.1**2) + (0.3 + 0.2)
+    got = voronoi_loss(measure("sigmoid", FITTED), measure("sigmoid", TRUTH), "D1")
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_sigmoid_d2r_by_hand():
+    r = 3.0
+    expected = abs(sig(0.1) + sig(-0.2) - sig(0.0)) + 0.1**r + math.sqrt(0.02) ** r + (
+        0.3**r + 0.2**r)
+    got = voronoi_loss(measure("sigmoid", FITTED), measure("sigmoid", TRUTH), "D2", r=r)
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_softmax_d1_by_hand():
+    fitted = [(0.1, 0.0, 1.1, 0.0), (-0.2, 0.0, 0.9, 0.1), (0.0, 0.0, -1.0, 0.2)]  # last pinned
+    e = math.exp
+    expected = (abs(e(0.1) + e(-0.2) - 1) + abs(e(0.0) - 1)
+                + e(0.1) * 0.1**2 + e(-0.2) * 0.02 + e(0.0) * 0.2)
+    got = voronoi_loss(measure("softmax", fitted), measure("softmax", TRUTH), "D1")
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_d3_by_hand():
+    ref = FITTED[:2] + [(0.0, 0.0, -1.0, 0.0)]
+    fitted = [(0.15, 0.0, 1.1, 0.0), FITTED[1], (0.3, 0.0, -1.0, 0.4)]
+    expected = (0.05 + 0.0) + 0.0 + (0.3 + 0.4)
+    got = voronoi_loss(measure("sigmoid", fitted), measure("sigmoid", ref), "D3")
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_parameter_errors_by_cell_type():
+    f, t = measure("sigmoid", FITTED), measure("sigmoid", TRUTH)
+    assert float(voronoi_loss(f, t, "err_eta_over")) == pytest.approx(math.sqrt(0.02))
+    assert float(voronoi_loss(f, t, "err_eta_exact")) == pytest.approx(0.0)
+    assert float(voronoi_loss(f, t, "err_beta1_exact")) == pytest.approx(0.2)
+    assert math.isnan(float(voronoi_loss(f, t, "err_A_exact")))  # linear score: no A
+
+
+@pytest.mark.parametrize("name", ["small-sparse-relu", "small-dense-linear", "nguyen2024-dense-relu"])
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_zero_at_truth_and_permutation_invariant(name, kind):
+    truth = get_setting(name).truth()
+    value = voronoi_loss(truth, truth, kind)
+    assert bool(torch.isnan(value).all()) or float(value) == 0.0
+    fitted = near_truth(truth, truth.k + 1, seed=3, jitter=0.05).draw(4, truth.gate)
+    perm = torch.randperm(fitted.k - (1 if truth.gate == "softmax" else 0)).tolist()
+    perm += list(range(len(perm), fitted.k))  # the pinned softmax atom stays last
+    permuted = fitted.replace(fitted.gate_params[:, perm], fitted.expert_params[:, perm])
+    a, b = voronoi_loss(fitted, truth, kind), voronoi_loss(permuted, truth, kind)
+    assert torch.allclose(a, b, equal_nan=True)
+    finite = a[~torch.isnan(a)]
+    # a pinned softmax atom alone in its cell has no gate error: >= 0 there, > 0 for the D's
+    assert bool((finite > 0).all()) if kind.startswith("D") else bool((finite >= 0).all())
+
+
+def test_gate_mismatch_and_unknown_kind_are_named():
+    f, t = measure("sigmoid", FITTED), measure("softmax", TRUTH)
+    with pytest.raises(ValueError, match="reference: gate"):
+        voronoi_loss(f, t, "D1")
+    with pytest.raises(ValueError, match="kind"):
+        voronoi_loss(f, measure("sigmoid", TRUTH), "D9")
