@@ -44,6 +44,10 @@ class AttentionArgs:
     gate: str
 
 
+def _bias_dtype(like: torch.Tensor) -> torch.dtype:
+    return torch.float64 if like.dtype == torch.float64 else torch.float32
+
+
 def _per_head(name: str, value: torch.Tensor, num_heads: int, like: torch.Tensor) -> torch.Tensor:
     if value.dim() == 0:
         value = value.reshape(1).expand(num_heads)
@@ -54,8 +58,7 @@ def _per_head(name: str, value: torch.Tensor, num_heads: int, like: torch.Tensor
         )
     if not (value.dtype.is_floating_point or value.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{name} must hold real numbers; got dtype {value.dtype}")
-    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-    return value.detach().to(device=like.device, dtype=dtype).contiguous()
+    return value.detach().to(device=like.device, dtype=_bias_dtype(like)).contiguous()
 
 
 def check_attention_args(
@@ -149,7 +152,8 @@ def check_attention_args(
     if isinstance(bias, (int, float)):
         if not math.isfinite(bias):
             raise ValueError(f"bias must be finite; got {bias}")
-        bias = torch.tensor(float(bias), dtype=torch.float64)
+        # Made on the device: a host-to-device copy would synchronise every call.
+        bias = torch.full((heads,), float(bias), dtype=_bias_dtype(q), device=q.device)
     if not isinstance(bias, torch.Tensor):
         raise ValueError(
             f"bias must be a float, a tensor of shape () or (H,), or None; got {type(bias)}"

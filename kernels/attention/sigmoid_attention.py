@@ -25,13 +25,20 @@ LOG2E = math.log2(math.e)
 class TileConfig:
     """Tile shape and launch parameters of one kernel.
 
-    ``block_m`` tiles queries and ``block_n`` keys in all three kernels.
+    ``block_m`` tiles queries and ``block_n`` keys in all three kernels. ``tma`` streams the
+    inner loop's tiles through tensor descriptors (Hopper's bulk copy engine; CUDA only);
+    ``warp_specialize`` asks Triton to warp-specialise the unmasked inner loop; ``overlap``
+    issues a matrix product that does not need the gate before the gate's special functions
+    (forward: two half tiles of keys; backward: dP before P).
     """
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    tma: bool = False
+    warp_specialize: bool = False
+    overlap: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,11 @@ def default_configs(head_dim: int, dtype: torch.dtype) -> KernelConfigs:
             dkdv=TileConfig(32, 64, 4, 2),
             dq=TileConfig(64, 32, 4, 2),
         )
+    # H100, bf16, N = 16384: kernels/attention/NOTES.md has the sweep behind these.
     return KernelConfigs(
-        fwd=TileConfig(128, 64, 4 if head_dim <= 64 else 8, 3),
-        dkdv=TileConfig(64, 128, 8, 2),
-        dq=TileConfig(128, 64, 8, 2),
+        fwd=TileConfig(64, 64, 4, 3),
+        dkdv=TileConfig(64, 128, 8, 3) if head_dim > 64 else TileConfig(64, 64, 4, 3),
+        dq=TileConfig(128, 64, 8, 3),
     )
 
 
@@ -127,6 +135,27 @@ def _dot_precision(dtype: torch.dtype) -> str:
 def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     # The kernels take any batch, head and row strides but need contiguous rows.
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _streamed(
+    a: torch.Tensor, b: torch.Tensor, block_rows: int, cfg: TileConfig
+) -> tuple[Any, Any, dict[str, Any]]:
+    # The two tensors an inner loop streams, wrapped in (B, H, N, D) descriptors when the config
+    # asks for TMA and both layouts allow it (16-byte aligned base and strides).
+    def aligned(t: torch.Tensor) -> bool:
+        return t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:3])
+
+    # The interpreter reads descriptors of CPU tensors too, which lets CI test this path.
+    if not (cfg.tma and (a.is_cuda or interpreting()) and aligned(a) and aligned(b)):
+        return a, b, {"USE_TMA": False, "WARP_SPECIALIZE": False, "OVERLAP": cfg.overlap}
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    block = [1, 1, block_rows, a.shape[-1]]
+    return (
+        TensorDescriptor.from_tensor(a, block_shape=block),
+        TensorDescriptor.from_tensor(b, block_shape=block),
+        {"USE_TMA": True, "WARP_SPECIALIZE": cfg.warp_specialize, "OVERLAP": cfg.overlap},
+    )
 
 
 def _flags(args: AttentionArgs, dtype: torch.dtype) -> dict[str, Any]:
@@ -190,13 +219,15 @@ def attention_forward(
     flags = _flags(args, q.dtype)
     cfg = (configs or default_configs(head_dim, q.dtype)).fwd
     coef = _coefficients(args, flags["FAST"])
+    # With overlap the forward streams keys and values in half tiles.
+    k_src, v_src, stream = _streamed(k, v, cfg.block_n // (2 if cfg.overlap else 1), cfg)
     grid = (_cdiv(n_q, cfg.block_m), batch * heads)
     _attn_fwd_kernel[grid](
-        q, k, v, out, lse if lse.numel() else coef, coef,
+        q, k_src, v_src, out, lse if lse.numel() else coef, coef,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         heads, n_q, n_k,
         HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **stream,
     )
     return out, lse
 
@@ -258,16 +289,18 @@ def attention_backward(
         lse_arg = delta_arg = coef
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3])
     cfg = configs.dkdv
+    q_src, do_src, stream = _streamed(q, grad_out, cfg.block_m, cfg)
     _attn_bwd_dkdv_kernel[(_cdiv(n_k, cfg.block_n), batch * heads)](
-        q, k, v, grad_out, lse_arg, delta_arg, dk, dv, coef, *strides, heads, n_q, n_k,
+        q_src, k, v, do_src, lse_arg, delta_arg, dk, dv, coef, *strides, heads, n_q, n_k,
         HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **stream,
     )
     cfg = configs.dq
+    k_src, v_src, stream = _streamed(k, v, cfg.block_n, cfg)
     _attn_bwd_dq_kernel[(_cdiv(n_q, cfg.block_m), batch * heads)](
-        q, k, v, grad_out, lse_arg, delta_arg, dq, coef, *strides, heads, n_q, n_k,
+        q, k_src, v_src, grad_out, lse_arg, delta_arg, dq, coef, *strides, heads, n_q, n_k,
         HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **stream,
     )
     return dq, dk, dv
 

@@ -37,56 +37,110 @@ def _sigmoid_weights(u, FAST: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tiles(
-    acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
-    offs_m, offs_d, u_scale, u_bias, u_alibi, lo, hi, N_K,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr, FAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+def _load_rows(
+    src, b, h, start, stride_b, stride_h, stride_n, n_rows,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    for start_n in tl.range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+    # Rows [start, start + BLOCK) of head (b, h): through a (B, H, N, D) tensor descriptor (TMA,
+    # rows past N read as zeros) or through pointers (rows past N masked to zeros when MASKED).
+    if USE_TMA:
+        tile = src.load([b.to(tl.int32), h.to(tl.int32), start, 0]).reshape(BLOCK, HEAD_DIM)
+    else:
+        offs = start + tl.arange(0, BLOCK)
+        ptrs = (src + b * stride_b + h * stride_h
+                + offs[:, None] * stride_n + tl.arange(0, HEAD_DIM)[None, :])
         if MASKED:
-            k = tl.load(k_ptrs, mask=offs_n[:, None] < N_K, other=0.0)
+            tile = tl.load(ptrs, mask=offs[:, None] < n_rows, other=0.0)
         else:
-            k = tl.load(k_ptrs)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        u = s * u_scale + u_bias
-        if HAS_ALIBI:
-            u += u_alibi * tl.abs(offs_m[:, None] - offs_n[None, :]).to(u.dtype)
+            tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def _fwd_weights(
+    s, acc, m_i, l_i, offs_m, offs_n, u_scale, u_bias, u_alibi, N_K,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    IS_SOFTMAX: tl.constexpr, FAST: tl.constexpr,
+):
+    # Gate weights of one score tile; softmax also rescales acc and updates its row statistics.
+    u = s * u_scale + u_bias
+    if HAS_ALIBI:
+        u += u_alibi * tl.abs(offs_m[:, None] - offs_n[None, :]).to(u.dtype)
+    if MASKED:
+        keep = offs_n[None, :] < N_K
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None])
+    if IS_SOFTMAX:
         if MASKED:
-            keep = offs_n[None, :] < N_K
-            if CAUSAL:
-                keep = keep & (offs_n[None, :] <= offs_m[:, None])
-        if IS_SOFTMAX:
-            if MASKED:
-                u = tl.where(keep, u, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(u, 1))
-            # Key 0 is in the first tile visited and every row sees it, so m_new is finite here.
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(u - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        else:
-            p = _sigmoid_weights(u, FAST)
-            if MASKED:
-                p = tl.where(keep, p, 0.0)
+            u = tl.where(keep, u, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(u, 1))
+        # Key 0 is in the first tile visited and every row sees it, so m_new is finite here.
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(u - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        m_i = m_new
+    else:
+        p = _sigmoid_weights(u, FAST)
         if MASKED:
-            v = tl.load(v_ptrs, mask=offs_n[:, None] < N_K, other=0.0)
+            p = tl.where(keep, p, 0.0)
+    return p, acc, m_i, l_i
+
+
+@triton.jit
+def _fwd_tiles(
+    acc, m_i, l_i, q, K, V, b, h, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    offs_m, u_scale, u_bias, u_alibi, lo, hi, N_K,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr, FAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    OVERLAP: tl.constexpr,
+):
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        if OVERLAP:
+            # Two half tiles: both Q K^T products are issued before the first gate, so the
+            # tensor cores can work on the second while the special-function units do the first.
+            HALF: tl.constexpr = BLOCK_N // 2
+            k_a = _load_rows(K, b, h, start_n, stride_kb, stride_kh, stride_kn, N_K,
+                             HALF, HEAD_DIM, MASKED, USE_TMA)
+            k_b = _load_rows(K, b, h, start_n + HALF, stride_kb, stride_kh, stride_kn, N_K,
+                             HALF, HEAD_DIM, MASKED, USE_TMA)
+            s_a = tl.dot(q, tl.trans(k_a), input_precision=DOT_PRECISION)
+            s_b = tl.dot(q, tl.trans(k_b), input_precision=DOT_PRECISION)
+            offs_a = start_n + tl.arange(0, HALF)
+            p_a, acc, m_i, l_i = _fwd_weights(
+                s_a, acc, m_i, l_i, offs_m, offs_a, u_scale, u_bias, u_alibi, N_K,
+                MASKED, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST,
+            )
+            v_a = _load_rows(V, b, h, start_n, stride_vb, stride_vh, stride_vn, N_K,
+                             HALF, HEAD_DIM, MASKED, USE_TMA)
+            acc = tl.dot(p_a.to(v_a.dtype), v_a, acc, input_precision=DOT_PRECISION)
+            p_b, acc, m_i, l_i = _fwd_weights(
+                s_b, acc, m_i, l_i, offs_m, offs_a + HALF, u_scale, u_bias, u_alibi, N_K,
+                MASKED, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST,
+            )
+            v_b = _load_rows(V, b, h, start_n + HALF, stride_vb, stride_vh, stride_vn, N_K,
+                             HALF, HEAD_DIM, MASKED, USE_TMA)
+            acc = tl.dot(p_b.to(v_b.dtype), v_b, acc, input_precision=DOT_PRECISION)
         else:
-            v = tl.load(v_ptrs)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+            k = _load_rows(K, b, h, start_n, stride_kb, stride_kh, stride_kn, N_K,
+                           BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            p, acc, m_i, l_i = _fwd_weights(
+                s, acc, m_i, l_i, offs_m, start_n + tl.arange(0, BLOCK_N), u_scale, u_bias,
+                u_alibi, N_K, MASKED, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST,
+            )
+            v = _load_rows(V, b, h, start_n, stride_vb, stride_vh, stride_vn, N_K,
+                           BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_i, l_i
 
 
 @triton.jit
 def _attn_fwd_kernel(
     Q,  # (B, H, N_q, D), unit stride in D
-    K,  # (B, H, N_k, D), unit stride in D
-    V,  # (B, H, N_k, D), unit stride in D
+    K,  # (B, H, N_k, D), unit stride in D; a tensor descriptor when USE_TMA
+    V,  # (B, H, N_k, D), unit stride in D; a tensor descriptor when USE_TMA
     O,  # (B, H, N_q, D) contiguous, written
     LSE,  # (B * H, N_q) contiguous, written for softmax only: log2-sum-exp2 in gate units
     COEF,  # (H, 4) contiguous: [G * scale, G * b_h, -G * slope_h, scale]
@@ -97,6 +151,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr,
     FAST: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, OVERLAP: tl.constexpr,
 ):
     # Under causal masking the last query blocks carry the most key tiles: start them first.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -124,17 +179,17 @@ def _attn_fwd_kernel(
         hi = N_K
         full = N_K
     full = (full // BLOCK_N) * BLOCK_N
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
     acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-        u_scale, u_bias, u_alibi, 0, full, N_K,
-        BLOCK_N, False, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        acc, m_i, l_i, q, K, V, b, h, stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, 0, full, N_K,
+        HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        USE_TMA, WARP_SPECIALIZE, OVERLAP,
     )
     acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-        u_scale, u_bias, u_alibi, full, hi, N_K,
-        BLOCK_N, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        acc, m_i, l_i, q, K, V, b, h, stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, full, hi, N_K,
+        HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        USE_TMA, False, OVERLAP,
     )
     if IS_SOFTMAX:
         acc = acc / l_i[:, None]
@@ -145,22 +200,24 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
-    offs_n, offs_d, u_scale, u_bias, u_alibi, lo, hi, N_Q,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+    dk, dv, k, v, Q, DO, b, h, lse_base, delta_base, stride_qb, stride_qh, stride_qn,
+    stride_dob, stride_doh, stride_don, offs_n, u_scale, u_bias, u_alibi, lo, hi, N_Q,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr, FAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    OVERLAP: tl.constexpr,
 ):
     # Works on transposed tiles (keys x queries) so that dK and dV accumulate without transposes.
-    for start_m in tl.range(lo, hi, BLOCK_M):
+    for start_m in tl.range(lo, hi, BLOCK_M, warp_specialize=WARP_SPECIALIZE):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_ptrs = q_base + offs_m[:, None] * stride_qn + offs_d[None, :]
-        do_ptrs = do_base + offs_m[:, None] * stride_don + offs_d[None, :]
-        if MASKED:
-            q = tl.load(q_ptrs, mask=offs_m[:, None] < N_Q, other=0.0)
-        else:
-            q = tl.load(q_ptrs)
+        q = _load_rows(Q, b, h, start_m, stride_qb, stride_qh, stride_qn, N_Q,
+                       BLOCK_M, HEAD_DIM, MASKED, USE_TMA)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        do = _load_rows(DO, b, h, start_m, stride_dob, stride_doh, stride_don, N_Q,
+                        BLOCK_M, HEAD_DIM, MASKED, USE_TMA)
+        if OVERLAP:
+            # dP needs no weights: issued first, it runs on the tensor cores during the gate.
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         u_t = s_t * u_scale + u_bias
         if HAS_ALIBI:
             u_t += u_alibi * tl.abs(offs_n[:, None] - offs_m[None, :]).to(u_t.dtype)
@@ -178,11 +235,9 @@ def _dkdv_tiles(
             if CAUSAL:
                 keep = keep & (offs_m[None, :] >= offs_n[:, None])
             p_t = tl.where(keep, p_t, 0.0)
-            do = tl.load(do_ptrs, mask=offs_m[:, None] < N_Q, other=0.0)
-        else:
-            do = tl.load(do_ptrs)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        if not OVERLAP:
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if IS_SOFTMAX:
             if MASKED:
                 delta = tl.load(delta_base + offs_m, mask=offs_m < N_Q, other=0.0)
@@ -197,10 +252,10 @@ def _dkdv_tiles(
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q,  # (B, H, N_q, D), unit stride in D
+    Q,  # (B, H, N_q, D), unit stride in D; a tensor descriptor when USE_TMA
     K,  # (B, H, N_k, D), unit stride in D
     V,  # (B, H, N_k, D), unit stride in D
-    DO,  # (B, H, N_q, D), unit stride in D
+    DO,  # (B, H, N_q, D), unit stride in D; a tensor descriptor when USE_TMA
     LSE,  # (B * H, N_q) contiguous, read for softmax only
     DELTA,  # (B * H, N_q) contiguous rowsum(dO * O), read for softmax only
     DK,  # (B, H, N_k, D) contiguous, written
@@ -214,6 +269,7 @@ def _attn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr,
     FAST: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, OVERLAP: tl.constexpr,
 ):
     # One program owns one key block and sweeps the query blocks: dK, dV without atomics.
     pid_n = tl.program_id(0)
@@ -249,24 +305,25 @@ def _attn_bwd_dkdv_kernel(
         lo = 0
         full_lo = 0
     full_hi = tl.maximum(full_lo, (N_Q // BLOCK_M) * BLOCK_M)
-    q_base = Q + b * stride_qb + h * stride_qh
-    do_base = DO + b * stride_dob + h * stride_doh
     lse_base = LSE + bh.to(tl.int64) * N_Q
     delta_base = DELTA + bh.to(tl.int64) * N_Q
     dk, dv = _dkdv_tiles(
-        dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
-        offs_n, offs_d, u_scale, u_bias, u_alibi, lo, full_lo, N_Q,
-        BLOCK_M, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        dk, dv, k, v, Q, DO, b, h, lse_base, delta_base, stride_qb, stride_qh, stride_qn,
+        stride_dob, stride_doh, stride_don, offs_n, u_scale, u_bias, u_alibi, lo, full_lo, N_Q,
+        HEAD_DIM, BLOCK_M, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        USE_TMA, False, OVERLAP,
     )
     dk, dv = _dkdv_tiles(
-        dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
-        offs_n, offs_d, u_scale, u_bias, u_alibi, full_lo, full_hi, N_Q,
-        BLOCK_M, False, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        dk, dv, k, v, Q, DO, b, h, lse_base, delta_base, stride_qb, stride_qh, stride_qn,
+        stride_dob, stride_doh, stride_don, offs_n, u_scale, u_bias, u_alibi, full_lo, full_hi,
+        N_Q, HEAD_DIM, BLOCK_M, False, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        USE_TMA, WARP_SPECIALIZE, OVERLAP,
     )
     dk, dv = _dkdv_tiles(
-        dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
-        offs_n, offs_d, u_scale, u_bias, u_alibi, full_hi, end, N_Q,
-        BLOCK_M, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        dk, dv, k, v, Q, DO, b, h, lse_base, delta_base, stride_qb, stride_qh, stride_qn,
+        stride_dob, stride_doh, stride_don, offs_n, u_scale, u_bias, u_alibi, full_hi, end, N_Q,
+        HEAD_DIM, BLOCK_M, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        USE_TMA, False, OVERLAP,
     )
     out_offs = bh.to(tl.int64) * N_K * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(DK + out_offs, (dk * scale).to(DK.dtype.element_ty), mask=key_ok)
@@ -275,21 +332,23 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _dq_tiles(
-    dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn,
-    offs_m, offs_d, u_scale, u_bias, u_alibi, lo, hi, N_K,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+    dq, q, do, lse, delta, K, V, b, h, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, lo, hi, N_K,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr, FAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    OVERLAP: tl.constexpr,
 ):
-    for start_n in tl.range(lo, hi, BLOCK_N):
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=offs_n[:, None] < N_K, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
+        k = _load_rows(K, b, h, start_n, stride_kb, stride_kh, stride_kn, N_K,
+                       BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        v = _load_rows(V, b, h, start_n, stride_vb, stride_vh, stride_vn, N_K,
+                       BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
+        if OVERLAP:
+            # dP needs no weights: issued first, it runs on the tensor cores during the gate.
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         u = s * u_scale + u_bias
         if HAS_ALIBI:
             u += u_alibi * tl.abs(offs_m[:, None] - offs_n[None, :]).to(u.dtype)
@@ -302,10 +361,8 @@ def _dq_tiles(
             if CAUSAL:
                 keep = keep & (offs_n[None, :] <= offs_m[:, None])
             p = tl.where(keep, p, 0.0)
-            v = tl.load(v_ptrs, mask=offs_n[:, None] < N_K, other=0.0)
-        else:
-            v = tl.load(v_ptrs)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if not OVERLAP:
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if IS_SOFTMAX:
             ds = p * (dp - delta[:, None])
         else:
@@ -317,8 +374,8 @@ def _dq_tiles(
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q,  # (B, H, N_q, D), unit stride in D
-    K,  # (B, H, N_k, D), unit stride in D
-    V,  # (B, H, N_k, D), unit stride in D
+    K,  # (B, H, N_k, D), unit stride in D; a tensor descriptor when USE_TMA
+    V,  # (B, H, N_k, D), unit stride in D; a tensor descriptor when USE_TMA
     DO,  # (B, H, N_q, D), unit stride in D
     LSE,  # (B * H, N_q) contiguous, read for softmax only
     DELTA,  # (B * H, N_q) contiguous rowsum(dO * O), read for softmax only
@@ -332,6 +389,7 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr,
     FAST: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, OVERLAP: tl.constexpr,
 ):
     # One program owns one query block and sweeps the key blocks: dQ without atomics.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -369,17 +427,17 @@ def _attn_bwd_dq_kernel(
         hi = N_K
         full = N_K
     full = (full // BLOCK_N) * BLOCK_N
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
     dq = _dq_tiles(
-        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-        u_scale, u_bias, u_alibi, 0, full, N_K,
-        BLOCK_N, False, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        dq, q, do, lse, delta, K, V, b, h, stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, 0, full, N_K,
+        HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        USE_TMA, WARP_SPECIALIZE, OVERLAP,
     )
     dq = _dq_tiles(
-        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-        u_scale, u_bias, u_alibi, full, hi, N_K,
-        BLOCK_N, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        dq, q, do, lse, delta, K, V, b, h, stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, full, hi, N_K,
+        HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
+        USE_TMA, False, OVERLAP,
     )
     dq_ptrs = DQ + bh.to(tl.int64) * N_Q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])

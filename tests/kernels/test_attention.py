@@ -25,7 +25,9 @@ from kernels.attention import sigmoid_attention, sigmoid_attention_reference
 from kernels.attention.args import check_attention_args
 from kernels.attention.sigmoid_attention import (
     HAS_CUSTOM_OP,
+    KernelConfigs,
     SigmoidAttentionFunction,
+    TileConfig,
     attention_backward,
     attention_forward,
     uses_kernel,
@@ -105,6 +107,36 @@ def test_kernels_match_reference(case: tuple, dtype: torch.dtype) -> None:
     (out,) = _poisoned(q)
     out, lse = attention_forward(q, k, v, args, out=out)
     grads = attention_backward(grad_out, q, k, v, out, lse, args, grads=tuple(_poisoned(q, k, v)))
+    want = _reference_with_grads(q, k, v, grad_out, options)
+    for name, got, ref in zip(("out", "dq", "dk", "dv"), (out, *grads), want, strict=True):
+        _assert_close(name, got, ref, RTOL[dtype])
+
+
+def _variant_configs(tma: bool) -> KernelConfigs:
+    # Overlap on (forward half tiles, dP before P), with or without tensor descriptors.
+    if ON_GPU:
+        fwd, dkdv, dq = (64, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3)
+    else:
+        fwd, dkdv, dq = (32, 32, 4, 1), (16, 32, 4, 1), (32, 16, 4, 1)
+    return KernelConfigs(*(TileConfig(*t, tma=tma, overlap=True) for t in (fwd, dkdv, dq)))
+
+
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+@pytest.mark.parametrize("case", [CASES[i] for i in (3, 5, 6, 10)], ids=_case_id)
+def test_kernel_variants_match_reference(case: tuple, tma: bool) -> None:
+    if tma:
+        pytest.importorskip("triton.tools.tensor_descriptor")
+    dtype = DTYPES[-1]
+    q, k, v, grad_out, options = _inputs(case, dtype, seed=zlib.crc32(_case_id(case).encode()))
+    # A (B, N, H, D) layout viewed as (B, H, N, D): the descriptors carry its strides.
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)
+    args = check_attention_args(q, k, v, scale=None, precise=True, **options)
+    configs = _variant_configs(tma)
+    (out,) = _poisoned(q)
+    out, lse = attention_forward(q, k, v, args, out=out, configs=configs)
+    grads = attention_backward(
+        grad_out, q, k, v, out, lse, args, grads=tuple(_poisoned(q, k, v)), configs=configs
+    )
     want = _reference_with_grads(q, k, v, grad_out, options)
     for name, got, ref in zip(("out", "dq", "dk", "dv"), (out, *grads), want, strict=True):
         _assert_close(name, got, ref, RTOL[dtype])
