@@ -64,41 +64,57 @@ def _empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) 
 
 
 # --------------------------------------------------------------------------------------------- #
-# Device helpers
+# Device helpers. Samples run along the LAST axis of every tile (x^T is (DP, BN), the Jacobian
+# coefficients (KP, BN), J^T blocks (TILE, BN)): Triton's default layouts spread the last axis over
+# the lanes, so each thread owns whole samples and the sums over atoms and features stay in
+# registers. With samples first, the lanes took the atom and feature axes instead and every tile
+# paid shuffles and 17 layout conversions (TTGIR of the d = 8, k = 4 gradient kernel).
 # --------------------------------------------------------------------------------------------- #
 
 
 @triton.jit
-def _mm(a, b, USE_DOT: tl.constexpr):
-    """``a (M, K) @ b (K, N)`` exactly (ieee): a dot, or a broadcast sum for tiny K, N."""
+def _mm(w, xt, USE_DOT: tl.constexpr):
+    """``w (KP, F) @ x^T (F, BN)`` exactly (ieee): a dot, or a broadcast sum for small F or KP."""
     if USE_DOT:
-        out = tl.dot(a, b, input_precision="ieee")
+        out = tl.dot(w, xt, input_precision="ieee")
     else:
-        out = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+        out = tl.sum(w[:, :, None] * xt[None, :, :], axis=1)
     return out
 
 
 @triton.jit
-def _acc_wtx(acc, w, x, USE_DOT: tl.constexpr):
-    """Accumulate ``w^T x`` for ``w (BN, KP)``, ``x (BN, F)``.
+def _acc_wx(acc, wt, xt, USE_DOT: tl.constexpr, ACC3: tl.constexpr):
+    """Accumulate ``sum_n w[:, n] x[:, n]^T`` for ``w^T (KP, BN)``, ``x^T (F, BN)``.
 
-    With dots, ``acc`` is the reduced ``(KP, F)`` sum in float64; otherwise ``acc`` is
-    ``(BN, KP, F)`` in the compute dtype, reduced over the samples once at the end (no per-tile
-    shuffles).
+    USE_DOT: a (KP, F) float64 sum of per-tile dots. ACC3: a (KP, F, BN) sum in the compute dtype
+    reduced over samples once, at the end (no per-tile shuffles, KP * F registers per sample).
+    Otherwise: a (KP, F) float64 sum of per-tile reductions.
     """
     if USE_DOT:
-        out = acc + tl.dot(tl.trans(w), x, input_precision="ieee").to(tl.float64)
+        out = acc + tl.dot(wt, tl.trans(xt), input_precision="ieee").to(tl.float64)
+    elif ACC3:
+        out = acc + wt[:, None, :] * xt[None, :, :]
     else:
-        out = acc + w[:, :, None] * x[:, None, :]
+        out = acc + tl.sum(wt[:, None, :] * xt[None, :, :], axis=2).to(tl.float64)
     return out
 
 
 @triton.jit
-def _finish(acc, USE_DOT: tl.constexpr):
-    if USE_DOT:
-        out = acc
+def _acc_init(KP: tl.constexpr, F: tl.constexpr, BN: tl.constexpr, dtype: tl.constexpr,
+              USE_DOT: tl.constexpr, ACC3: tl.constexpr):
+    if ACC3 and not USE_DOT:
+        out = tl.zeros((KP, F, BN), dtype)
     else:
-        out = tl.sum(acc.to(tl.float64), axis=0)
+        out = tl.zeros((KP, F), tl.float64)
+    return out
+
+
+@triton.jit
+def _acc_finish(acc, USE_DOT: tl.constexpr, ACC3: tl.constexpr):
+    if ACC3 and not USE_DOT:
+        out = tl.sum(acc.to(tl.float64), axis=2)
+    else:
+        out = acc
     return out
 
 
@@ -130,118 +146,118 @@ def _expert_act(z, EXPERT: tl.constexpr, POWER: tl.constexpr):
 
 
 @triton.jit
-def _load_params(GP, EP, r, d, k, kf, pg, pe, qoff, nq,
+def _load_params(GP, EP, r, d, k, pg, pe, qoff, nq,
                  DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
                  HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr):
-    """One problem's atoms, transposed for ``X @ W``: biases (KP,), weights (DP|QP, KP)."""
-    atoms = tl.arange(0, KP)
-    feats = tl.arange(0, DP)
+    """One problem's atoms, one row per atom: biases (KP,), weights (KP, DP) and (KP, QP)."""
+    atoms = tl.arange(0, KP)[:, None]
+    feats = tl.arange(0, DP)[None, :]
     gp = GP + r * k * pg
     ep = EP + r * k * pe
     # Like the reference, the pinned softmax atom's score row is used as given (callers pin it
     # at zero); only its Jacobian columns are dropped (DS masked to atoms < kf).
-    gmask = atoms < k
-    emask = gmask
-    bg = tl.load(gp + atoms * pg, mask=gmask, other=0.0)
-    be = tl.load(ep + atoms * pe + pe - 1, mask=emask, other=0.0)
-    wg = tl.zeros((DP, KP), bg.dtype)
-    wq = tl.zeros((QP, KP), bg.dtype)
-    we = tl.zeros((DP, KP), bg.dtype)
+    am = atoms < k
+    bg = tl.load(gp + atoms * pg, mask=am, other=0.0)
+    be = tl.load(ep + atoms * pe + pe - 1, mask=am, other=0.0)
+    wg = tl.zeros((KP, DP), bg.dtype)
+    wq = tl.zeros((KP, QP), bg.dtype)
+    we = tl.zeros((KP, DP), bg.dtype)
     if HAS_LIN:
-        wg = tl.load(gp + atoms[None, :] * pg + 1 + feats[:, None],
-                     mask=gmask[None, :] & (feats[:, None] < d), other=0.0)
+        wg = tl.load(gp + atoms * pg + 1 + feats, mask=am & (feats < d), other=0.0)
     if HAS_QUAD:
-        tq = tl.arange(0, QP)
-        wq = tl.load(gp + atoms[None, :] * pg + qoff + tq[:, None],
-                     mask=gmask[None, :] & (tq[:, None] < nq), other=0.0)
+        tq = tl.arange(0, QP)[None, :]
+        wq = tl.load(gp + atoms * pg + qoff + tq, mask=am & (tq < nq), other=0.0)
     if SLOPE:
-        we = tl.load(ep + atoms[None, :] * pe + feats[:, None],
-                     mask=emask[None, :] & (feats[:, None] < d), other=0.0)
+        we = tl.load(ep + atoms * pe + feats, mask=am & (feats < d), other=0.0)
     return bg, wg, wq, we, be
 
 
 @triton.jit
 def _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask):
-    """``c_uv x_u x_v`` for the feature indices ``(iu, iv)``: (BN, F); rows are L1-resident."""
-    m = rmask[:, None] & tmask[None, :]
-    xa = tl.load(Xr + rows[:, None] * d + iu[None, :], mask=m, other=0.0)
-    xb = tl.load(Xr + rows[:, None] * d + iv[None, :], mask=m, other=0.0)
-    return xa * xb * qc[None, :]
+    """``c_uv x_u x_v`` for the feature indices ``(iu, iv) (F,)``: (F, BN); rows hit L1."""
+    m = tmask[:, None] & rmask[None, :]
+    xa = tl.load(Xr + rows[None, :] * d + iu[:, None], mask=m, other=0.0)
+    xb = tl.load(Xr + rows[None, :] * d + iv[:, None], mask=m, other=0.0)
+    return xa * xb * qc[:, None]
 
 
 @triton.jit
-def _tile(Xr, Yr, n0, n, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
-          BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr,
-          SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr,
-          SLOPE: tl.constexpr, EXPERT: tl.constexpr, POWER: tl.constexpr,
-          DOT_X: tl.constexpr, DOT_Q: tl.constexpr, NEED_R: tl.constexpr):
-    """Forward pass of one sample tile.
-
-    Returns ``x (BN, DP)``, quadratic features ``q (BN, QP)`` (``x`` if none), the Jacobian
-    coefficients ``DS, DZ (BN, KP)`` (zero on padded samples and atoms and on the pinned softmax
-    atom's gate), the residual ``r (BN,)`` (zero on padded samples; zeros unless NEED_R), ``rows``
-    and their mask.
-    """
+def _load_tile(Xr, Yr, n0, hi, d, BN: tl.constexpr, DP: tl.constexpr, NEED_Y: tl.constexpr):
+    """``x^T (DP, BN)``, ``y (BN,)`` (zeros unless NEED_Y), rows and their mask (rows < hi)."""
     rows = n0 + tl.arange(0, BN)
-    rmask = rows < n
-    feats = tl.arange(0, DP)
-    atoms = tl.arange(0, KP)
-    x = tl.load(Xr + rows[:, None] * d + feats[None, :],
-                mask=rmask[:, None] & (feats[None, :] < d), other=0.0)
-    # Scores: attention logits between the tile's samples (queries) and the atoms (keys).
-    s = tl.zeros((BN, KP), x.dtype) + bg[None, :]
+    rmask = rows < hi
+    feats = tl.arange(0, DP)[:, None]
+    xt = tl.load(Xr + rows[None, :] * d + feats, mask=(feats < d) & rmask[None, :], other=0.0)
+    y = tl.zeros((BN,), xt.dtype)
+    if NEED_Y:
+        y = tl.load(Yr + rows, mask=rmask, other=0.0)
+    return xt, y, rows, rmask
+
+
+@triton.jit
+def _tile_terms(xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
+                KP: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
+                HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
+                POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr):
+    """Forward pass of one tile of samples ``x^T (DP, BN)``.
+
+    Returns the quadratic features ``q^T (QP, BN)`` (``x^T`` if none), the Jacobian coefficients
+    ``DS^T, DZ^T (KP, BN)`` (zero on masked samples, padded atoms and the pinned softmax atom's
+    gate) and the residual ``r = y - f (BN,)`` (zero on masked samples).
+    """
+    BN: tl.constexpr = xt.shape[1]
+    atoms = tl.arange(0, KP)[:, None]
+    # Scores: attention logits between the atoms (keys) and the tile's samples (queries).
+    s = tl.zeros((KP, BN), xt.dtype) + bg
     if HAS_LIN:
-        s += _mm(x, wg, DOT_X)
-    q = x
+        s += _mm(wg, xt, DOT_X)
+    qt = xt
     if HAS_QUAD:
-        q = _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask)
-        s += _mm(q, wq, DOT_Q)
-    z = tl.zeros((BN, KP), x.dtype) + be[None, :]
+        qt = _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask)
+        s += _mm(wq, qt, DOT_Q)
+    z = tl.zeros((KP, BN), xt.dtype) + be
     if SLOPE:
-        z += _mm(x, we, DOT_X)
-    valid = atoms[None, :] < k
+        z += _mm(we, xt, DOT_X)
+    valid = atoms < k
     if SOFTMAX:
         s = tl.where(valid, s, float("-inf"))
-        e = tl.exp(s - tl.max(s, axis=1)[:, None])
-        pi = e / tl.sum(e, axis=1)[:, None]
+        e = tl.exp(s - tl.max(s, axis=0)[None, :])
+        pi = e / tl.sum(e, axis=0)[None, :]
     else:
         pi = tl.where(valid, 1.0 / (1.0 + tl.exp(-s)), 0.0)
     h, dh = _expert_act(z, EXPERT, POWER)
     h = tl.where(valid, h, 0.0)
-    f = tl.sum(pi * h, axis=1)
+    f = tl.sum(pi * h, axis=0)
     if SOFTMAX:  # d pi_i / d s_j = pi_i (delta_ij - pi_j)  =>  df/ds_i = pi_i (h_i - f)
-        ds = pi * (h - f[:, None])
+        ds = pi * (h - f[None, :])
     else:
         ds = pi * (1.0 - pi) * h
-    keep = rmask[:, None]
-    ds = tl.where(keep & (atoms[None, :] < kf), ds, 0.0)
+    keep = rmask[None, :]
+    ds = tl.where(keep & (atoms < kf), ds, 0.0)
     dz = tl.where(keep, pi * dh, 0.0)
-    r = tl.zeros((BN,), x.dtype)
-    if NEED_R:
-        y = tl.load(Yr + rows, mask=rmask, other=0.0)
-        r = tl.where(rmask, y - f, 0.0)
-    return x, q, ds, dz, r, rows, rmask
+    r = tl.where(rmask, y - f, 0.0)
+    return qt, ds, dz, r
 
 
 @triton.jit
 def _select(ds, dz, sel_s, sel_z):
-    """Columns of ``[DS, DZ]`` picked by one-hot masks ``sel_s, sel_z (M, KP)``: (BN, M)."""
-    a = tl.sum(tl.where(sel_s[None, :, :], ds[:, None, :], 0.0), axis=2)
-    return a + tl.sum(tl.where(sel_z[None, :, :], dz[:, None, :], 0.0), axis=2)
+    """Rows of ``[DS^T; DZ^T]`` picked by one-hot masks ``sel_s, sel_z (M, KP)``: (M, BN)."""
+    a = tl.sum(tl.where(sel_s[:, :, None], ds[None, :, :], 0.0), axis=1)
+    return a + tl.sum(tl.where(sel_z[:, :, None], dz[None, :, :], 0.0), axis=1)
 
 
 @triton.jit
 def _select_gate(ds, sel):
-    """Columns of ``DS`` picked by a one-hot mask ``sel (M, KP)``: (BN, M)."""
-    return tl.sum(tl.where(sel[None, :, :], ds[:, None, :], 0.0), axis=2)
+    """Rows of ``DS^T`` picked by a one-hot mask ``sel (M, KP)``: (M, BN)."""
+    return tl.sum(tl.where(sel[:, :, None], ds[None, :, :], 0.0), axis=1)
 
 
 @triton.jit
 def _bias_tile(ds, dz, KP: tl.constexpr, TB: tl.constexpr):
-    """The constant-feature columns ``[DS, DZ, 0...]``: (BN, TB)."""
+    """The constant-feature rows of J^T, ``[DS^T; DZ^T; 0...]``: (TB, BN)."""
     if TB == 2 * KP:
-        out = tl.reshape(tl.permute(tl.join(ds, dz), (0, 2, 1)), (ds.shape[0], TB))
-    else:  # KP < 8: pad to the 16 columns a dot needs
+        out = tl.reshape(tl.permute(tl.join(ds, dz), (2, 0, 1)), (TB, ds.shape[1]))
+    else:  # KP < 8: pad to the 16 rows a dot needs
         c = tl.arange(0, TB)[:, None]
         i = tl.arange(0, KP)[None, :]
         out = _select(ds, dz, c == i, c == i + KP)
@@ -249,26 +265,21 @@ def _bias_tile(ds, dz, KP: tl.constexpr, TB: tl.constexpr):
 
 
 @triton.jit
-def _block_tile(kind, x, ds, dz, sx_s, sx_z, sq, Xr, rows, rmask, d, iu, iv, qc, tmask,
-                DP: tl.constexpr, MX: tl.constexpr, MQ: tl.constexpr, FWQ: tl.constexpr,
-                TILE: tl.constexpr, HAS_QUAD: tl.constexpr):
-    """One block of J: ``(A[:, :, None] * F[:, None, :]).reshape(BN, TILE)``.
+def _block_tile(xt, ds, dz, sx_s, sx_z, sq, Xr, rows, rmask, d, iu, iv, qc, tmask,
+                TILE: tl.constexpr, KIND: tl.constexpr):
+    """One block of J^T: ``(A[:, None, :] * F[None, :, :]).reshape(TILE, BN)``.
 
-    ``kind`` 0: linear features ``x`` of MX atoms; 1: a chunk of FWQ quadratic features of MQ
-    gate atoms (gathered again from L1).
+    KIND 0: the linear features ``x`` of MX atoms; 1: a chunk of FWQ quadratic features of MQ
+    gate atoms (gathered again; the rows are in L1).
     """
-    BN: tl.constexpr = x.shape[0]
-    if HAS_QUAD:
-        if kind == 0:
-            a = _select(ds, dz, sx_s, sx_z)
-            j = tl.reshape(a[:, :, None] * x[:, None, :], (BN, TILE))
-        else:
-            a = _select_gate(ds, sq)
-            qf = _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask)
-            j = tl.reshape(a[:, :, None] * qf[:, None, :], (BN, TILE))
-    else:
+    BN: tl.constexpr = xt.shape[1]
+    if KIND == 0:
         a = _select(ds, dz, sx_s, sx_z)
-        j = tl.reshape(a[:, :, None] * x[:, None, :], (BN, TILE))
+        j = tl.reshape(a[:, None, :] * xt[None, :, :], (TILE, BN))
+    else:
+        a = _select_gate(ds, sq)
+        qf = _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask)
+        j = tl.reshape(a[:, None, :] * qf[None, :, :], (TILE, BN))
     return j
 
 
@@ -284,52 +295,52 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
                   TB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
                   HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
                   POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
-                  WITH_GRAD: tl.constexpr, WITH_JTJ: tl.constexpr, JTJ_PRECISION: tl.constexpr):
+                  ACC3: tl.constexpr, WITH_GRAD: tl.constexpr, WITH_JTJ: tl.constexpr,
+                  JTJ_PRECISION: tl.constexpr):
     """Loss and ``J^T r`` (and the bias-bias block of ``J^T J``) over one sample range."""
     Xr = X + r.to(tl.int64) * n * d
     Yr = Y + r.to(tl.int64) * n
-    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, kf, pg, pe, qoff, nq, DP, KP, QP,
+    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, pg, pe, qoff, nq, DP, KP, QP,
                                       HAS_LIN, HAS_QUAD, SLOPE)
     tq = tl.arange(0, QP)
     tmask = tq < nq
     iu = tl.load(IU + tq, mask=tmask, other=0)
     iv = tl.load(IV + tq, mask=tmask, other=0)
     qc = tl.load(QC + tq, mask=tmask, other=0.0).to(bg.dtype)
-    dt = bg.dtype
+    dt: tl.constexpr = bg.dtype
     loss = tl.zeros((BN,), dt)
-    gb = tl.zeros((BN, KP), dt)
-    eb = tl.zeros((BN, KP), dt)
-    if DOT_X:
-        gx = tl.zeros((KP, DP), tl.float64)
-        ex = tl.zeros((KP, DP), tl.float64)
-    else:
-        gx = tl.zeros((BN, KP, DP), dt)
-        ex = tl.zeros((BN, KP, DP), dt)
-    if DOT_Q:
-        gq = tl.zeros((KP, QP), tl.float64)
-    else:
-        gq = tl.zeros((BN, KP, QP), dt)
+    gb = tl.zeros((KP, BN), dt)
+    eb = tl.zeros((KP, BN), dt)
+    gx = _acc_init(KP, DP, BN, dt, DOT_X, ACC3)
+    ex = _acc_init(KP, DP, BN, dt, DOT_X, ACC3)
+    gq = _acc_init(KP, QP, BN, dt, DOT_Q, ACC3)
     bb = tl.zeros((TB, TB), dt)
     tile0 = t * tiles_per_prog
+    # Software prefetch: the next tile's loads are issued before this tile's arithmetic (Triton
+    # does not pipeline loads that feed no dot).
+    hi = tl.minimum(n, (tile0 + tiles_per_prog) * BN)
+    xn, yn, rn, mn = _load_tile(Xr, Yr, tile0 * BN, hi, d, BN, DP, True)
     for it in range(tiles_per_prog):
-        x, q, ds, dz, res, rows, rmask = _tile(
-            Xr, Yr, (tile0 + it) * BN, n, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
-            BN, DP, KP, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, True)
+        xt, y, rows, rmask = xn, yn, rn, mn
+        xn, yn, rn, mn = _load_tile(Xr, Yr, (tile0 + it + 1) * BN, hi, d, BN, DP, True)
+        qt, ds, dz, res = _tile_terms(
+            xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
+            KP, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q)
         loss += res * res
         if WITH_GRAD:
-            ws = ds * res[:, None]
-            wz = dz * res[:, None]
+            ws = ds * res[None, :]
+            wz = dz * res[None, :]
             gb += ws
             eb += wz
             if HAS_LIN:
-                gx = _acc_wtx(gx, ws, x, DOT_X)
+                gx = _acc_wx(gx, ws, xt, DOT_X, ACC3)
             if HAS_QUAD:
-                gq = _acc_wtx(gq, ws, q, DOT_Q)
+                gq = _acc_wx(gq, ws, qt, DOT_Q, ACC3)
             if SLOPE:
-                ex = _acc_wtx(ex, wz, x, DOT_X)
+                ex = _acc_wx(ex, wz, xt, DOT_X, ACC3)
         if WITH_JTJ:
             jb = _bias_tile(ds, dz, KP, TB)
-            bb = tl.dot(tl.trans(jb), jb, bb, input_precision=JTJ_PRECISION)
+            bb = tl.dot(jb, tl.trans(jb), bb, input_precision=JTJ_PRECISION)
     out = OUT_G + (r * n_split + t).to(tl.int64) * (p + 1)
     tl.store(out + p, tl.sum(loss.to(tl.float64), axis=0))
     if WITH_GRAD:
@@ -338,17 +349,17 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
         gm = atoms < kf
         em = atoms < k
         fm = feats[None, :] < d
-        tl.store(out + atoms * pg, tl.sum(gb.to(tl.float64), axis=0), mask=gm)
+        tl.store(out + atoms * pg, tl.sum(gb.to(tl.float64), axis=1), mask=gm)
         eoff = kf * pg + atoms * pe
-        tl.store(out + eoff + pe - 1, tl.sum(eb.to(tl.float64), axis=0), mask=em)
+        tl.store(out + eoff + pe - 1, tl.sum(eb.to(tl.float64), axis=1), mask=em)
         if HAS_LIN:
-            tl.store(out + atoms[:, None] * pg + 1 + feats[None, :], _finish(gx, DOT_X),
+            tl.store(out + atoms[:, None] * pg + 1 + feats[None, :], _acc_finish(gx, DOT_X, ACC3),
                      mask=gm[:, None] & fm)
         if HAS_QUAD:
-            tl.store(out + atoms[:, None] * pg + qoff + tq[None, :], _finish(gq, DOT_Q),
+            tl.store(out + atoms[:, None] * pg + qoff + tq[None, :], _acc_finish(gq, DOT_Q, ACC3),
                      mask=gm[:, None] & tmask[None, :])
         if SLOPE:
-            tl.store(out + eoff[:, None] + feats[None, :], _finish(ex, DOT_X),
+            tl.store(out + eoff[:, None] + feats[None, :], _acc_finish(ex, DOT_X, ACC3),
                      mask=em[:, None] & fm)
     if WITH_JTJ:
         c = tl.arange(0, TB)
@@ -357,17 +368,22 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
 
 
 @triton.jit
-def _pair_program(X, Y, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
+def _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
                   qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
                   BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
                   TILE: tl.constexpr, TB: tl.constexpr, MX: tl.constexpr, MQ: tl.constexpr,
                   FWQ: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
                   HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
                   POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
-                  DIAGONAL: tl.constexpr, JTJ_PRECISION: tl.constexpr):
-    """``J_b1^T J_b2`` over one sample range (a diagonal pair also does ``J_b1^T J_bias``)."""
+                  KIND1: tl.constexpr, KIND2: tl.constexpr, DIAGONAL: tl.constexpr,
+                  JTJ_PRECISION: tl.constexpr):
+    """``J_b1^T J_b2`` over one sample range (a diagonal pair also does ``J_b1^T J_bias``).
+
+    The block kinds are compile-time: with a run-time kind inside the sample loop, ptxas spilled
+    ~10 KB per thread (quadratic scores, d = 3, k = 4).
+    """
     Xr = X + r.to(tl.int64) * n * d
-    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, kf, pg, pe, qoff, nq, DP, KP, QP,
+    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, pg, pe, qoff, nq, DP, KP, QP,
                                       HAS_LIN, HAS_QUAD, SLOPE)
     tq = tl.arange(0, QP)
     tmask = tq < nq
@@ -375,21 +391,19 @@ def _pair_program(X, Y, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, 
     iv = tl.load(IV + tq, mask=tmask, other=0)
     qc = tl.load(QC + tq, mask=tmask, other=0.0).to(bg.dtype)
     atoms = tl.arange(0, KP)[None, :]
-    # Block descriptors: kind, first atom group, first quadratic feature.
-    kind1 = tl.load(BLOCKS + 3 * b1)
+    # Block descriptors: kind (KIND1, KIND2), first atom group, first quadratic feature.
     g1 = tl.load(BLOCKS + 3 * b1 + 1)
     f1 = tl.load(BLOCKS + 3 * b1 + 2)
-    kind2 = tl.load(BLOCKS + 3 * b2)
     g2 = tl.load(BLOCKS + 3 * b2 + 1)
     f2 = tl.load(BLOCKS + 3 * b2 + 2)
-    # Linear-feature groups: gate atoms 0..kfl-1 (DS columns), then experts (DZ columns).
+    # Linear-feature groups: gate atoms 0..kfl-1 (DS rows), then experts (DZ rows).
     j1 = g1 + tl.arange(0, MX)[:, None]
     sx1_s = (atoms == j1) & (j1 < kfl)
     sx1_z = (atoms == j1 - kfl) & (j1 >= kfl) & (j1 < ngx)
     j2 = g2 + tl.arange(0, MX)[:, None]
     sx2_s = (atoms == j2) & (j2 < kfl)
     sx2_z = (atoms == j2 - kfl) & (j2 >= kfl) & (j2 < ngx)
-    # Quadratic-feature groups: gate atoms only; chunk f.. f+FWQ of the features.
+    # Quadratic-feature groups: gate atoms only; features f .. f + FWQ - 1.
     i1 = g1 + tl.arange(0, MQ)[:, None]
     sq1 = (atoms == i1) & (i1 < kf)
     i2 = g2 + tl.arange(0, MQ)[:, None]
@@ -407,19 +421,20 @@ def _pair_program(X, Y, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, 
     acc_b = tl.zeros((TILE, TB), bg.dtype)
     tile0 = t * tiles_per_prog
     for it in range(tiles_per_prog):
-        x, q, ds, dz, res, rows, rmask = _tile(
-            Xr, Y, (tile0 + it) * BN, n, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
-            BN, DP, KP, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, False)
-        ja = _block_tile(kind1, x, ds, dz, sx1_s, sx1_z, sq1, Xr, rows, rmask, d, iu1, iv1, qc1,
-                         tm1, DP, MX, MQ, FWQ, TILE, HAS_QUAD)
+        xt, y, rows, rmask = _load_tile(Xr, Xr, (tile0 + it) * BN, n, d, BN, DP, False)
+        qt, ds, dz, res = _tile_terms(
+            xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
+            KP, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q)
+        ja = _block_tile(xt, ds, dz, sx1_s, sx1_z, sq1, Xr, rows, rmask, d, iu1, iv1, qc1, tm1,
+                         TILE, KIND1)
         if DIAGONAL:
-            acc = tl.dot(tl.trans(ja), ja, acc, input_precision=JTJ_PRECISION)
+            acc = tl.dot(ja, tl.trans(ja), acc, input_precision=JTJ_PRECISION)
             jb = _bias_tile(ds, dz, KP, TB)
-            acc_b = tl.dot(tl.trans(ja), jb, acc_b, input_precision=JTJ_PRECISION)
+            acc_b = tl.dot(ja, tl.trans(jb), acc_b, input_precision=JTJ_PRECISION)
         else:
-            jc = _block_tile(kind2, x, ds, dz, sx2_s, sx2_z, sq2, Xr, rows, rmask, d, iu2, iv2,
-                             qc2, tm2, DP, MX, MQ, FWQ, TILE, HAS_QUAD)
-            acc = tl.dot(tl.trans(ja), jc, acc, input_precision=JTJ_PRECISION)
+            jc = _block_tile(xt, ds, dz, sx2_s, sx2_z, sq2, Xr, rows, rmask, d, iu2, iv2, qc2,
+                             tm2, TILE, KIND2)
+            acc = tl.dot(ja, tl.trans(jc), acc, input_precision=JTJ_PRECISION)
     base = OUT_T + (r * n_split + t).to(tl.int64) * s_tiles
     c = tl.arange(0, TILE)
     tl.store(base + pair * (TILE * TILE) + c[:, None] * TILE + c[None, :], acc)
@@ -446,13 +461,13 @@ def _moe_grad_kernel(
     BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
     SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
     EXPERT: tl.constexpr, POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
-    WITH_GRAD: tl.constexpr,
+    ACC3: tl.constexpr, WITH_GRAD: tl.constexpr,
 ):
     """Loss and ``J^T r``: grid ``(1, T, R)``; each X tile is loaded once."""
     _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_G, tl.program_id(2), tl.program_id(1),
                   n_split, n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, 0,
                   BN, DP, KP, QP, 16, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER,
-                  DOT_X, DOT_Q, WITH_GRAD, False, "ieee")
+                  DOT_X, DOT_Q, ACC3, WITH_GRAD, False, "ieee")
 
 
 @triton.jit(do_not_specialize=["n", "tiles_per_prog", "n_split"])
@@ -471,7 +486,7 @@ def _moe_gn_kernel(
     TILE: tl.constexpr, TB: tl.constexpr, MX: tl.constexpr, MQ: tl.constexpr, FWQ: tl.constexpr,
     SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
     EXPERT: tl.constexpr, POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
-    JTJ_PRECISION: tl.constexpr,
+    ACC3: tl.constexpr, JTJ_PRECISION: tl.constexpr,
 ):
     """Loss, ``J^T r`` and ``J^T J``: grid ``(1 + n_pairs, T, R)``."""
     pid = tl.program_id(0)
@@ -480,21 +495,43 @@ def _moe_gn_kernel(
     if pid == 0:
         _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
                       p, qoff, nq, tiles_per_prog, s_tiles, BN, DP, KP, QP, TB, SOFTMAX, HAS_LIN,
-                      HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, True, True, JTJ_PRECISION)
+                      HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, ACC3, True, True,
+                      JTJ_PRECISION)
     else:
         pair = pid - 1
         b1 = tl.load(PAIRS + 2 * pair)
         b2 = tl.load(PAIRS + 2 * pair + 1)
+        # Linear-feature blocks come first, so kind1 <= kind2.
+        quad1 = HAS_QUAD and tl.load(BLOCKS + 3 * b1) == 1
+        quad2 = HAS_QUAD and tl.load(BLOCKS + 3 * b2) == 1
         if b1 == b2:
-            _pair_program(X, Y, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg,
-                          pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
+            if quad1:
+                _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf,
+                              pg, pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs,
+                              kfl, ngx, BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN,
+                              HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, 1, 1, True,
+                              JTJ_PRECISION)
+            else:
+                _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf,
+                              pg, pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs,
+                              kfl, ngx, BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN,
+                              HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, 0, 0, True,
+                              JTJ_PRECISION)
+        elif quad1:
+            _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
+                          qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
                           BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE,
-                          EXPERT, POWER, DOT_X, DOT_Q, True, JTJ_PRECISION)
+                          EXPERT, POWER, DOT_X, DOT_Q, 1, 1, False, JTJ_PRECISION)
+        elif quad2:
+            _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
+                          qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
+                          BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE,
+                          EXPERT, POWER, DOT_X, DOT_Q, 0, 1, False, JTJ_PRECISION)
         else:
-            _pair_program(X, Y, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg,
-                          pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
+            _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
+                          qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
                           BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE,
-                          EXPERT, POWER, DOT_X, DOT_Q, False, JTJ_PRECISION)
+                          EXPERT, POWER, DOT_X, DOT_Q, 0, 0, False, JTJ_PRECISION)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -505,11 +542,6 @@ def _moe_gn_kernel(
 def _pow2(v: int) -> int:
     """Smallest power of two >= v."""
     return 1 << max(0, v - 1).bit_length()
-
-
-def _pow2_floor(v: int) -> int:
-    """Largest power of two <= v (v >= 1)."""
-    return 1 << (v.bit_length() - 1)
 
 
 @dataclass(frozen=True)
@@ -648,17 +680,22 @@ class LaunchConfig:
     num_stages: int
     tile_max: int = 128
     waves: int = 8
+    #: ``tl.dot`` input precision of the J^T J products; None: tf32 for float32 on a GPU, else ieee
+    jtj_precision: str | None = None
+    #: keep per-sample gradient accumulators (KP x DP registers per sample) instead of reducing
+    #: every tile; None: when KP * DP <= 32
+    acc3: bool | None = None
 
 
-def _default_config(lay: _Layout, gauss_newton: bool, on_gpu: bool) -> LaunchConfig:
+def default_config(gate: str, score: str, expert: str, d: int, k: int, *, gauss_newton: bool,
+                   on_gpu: bool = True) -> LaunchConfig:
+    """The launch configuration :func:`triton_moe_pass` uses when given none."""
     if not on_gpu:  # interpreter: small tiles so that tests cross many tile and split boundaries
         return LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2)
     if gauss_newton:
         return LaunchConfig(block_n=64, num_warps=8, num_stages=2, tile_max=128, waves=4)
-    # Broadcast-sum accumulators hold block_n * KP * DP elements per program: keep them ~4096.
-    per_row = lay.KP * max(lay.DP, lay.QP if lay.has_quad else 1)
-    block_n = 64 if _uses_dot(lay)[0] else min(256, max(16, _pow2_floor(4096 // per_row)))
-    return LaunchConfig(block_n=block_n, num_warps=4, num_stages=3)
+    # One sample per thread: 4 warps of 32 lanes.
+    return LaunchConfig(block_n=128, num_warps=4, num_stages=3)
 
 
 def _uses_dot(lay: _Layout) -> tuple[bool, bool]:
@@ -741,12 +778,13 @@ def triton_moe_pass(
     k = gate_params.shape[1]
     gn = jacobian and gauss_newton
     on_gpu = X.is_cuda
-    cfg = config or _default_config(_layout(gate, score, expert.name, d, k, 128), gn, on_gpu)
+    cfg = config or default_config(gate, score, expert.name, d, k, gauss_newton=gn, on_gpu=on_gpu)
     lay = _layout(gate, score, expert.name, d, k, cfg.tile_max)
     iu, iv, qc, blocks, pairs, index = _device_tables(lay, X.device, X.dtype)
     X, Y = X.contiguous(), Y.contiguous()
     gp, ep = gate_params.contiguous(), expert_params.contiguous()
     dot_x, dot_q = _uses_dot(lay)
+    acc3 = cfg.acc3 if cfg.acc3 is not None else lay.KP * lay.DP <= 32
 
     n_tiles = triton.cdiv(n, cfg.block_n)
     per_split = 1 + len(lay.pairs) if gn else 1
@@ -763,14 +801,15 @@ def triton_moe_pass(
     out_g = _empty((R, n_split, p_out + 1), dtype=torch.float64, device=X.device)
     common = dict(
         SOFTMAX=lay.softmax, HAS_LIN=lay.has_lin, HAS_QUAD=lay.has_quad, SLOPE=lay.slope,
-        EXPERT=lay.expert_code, POWER=lay.power, DOT_X=dot_x, DOT_Q=dot_q,
+        EXPERT=lay.expert_code, POWER=lay.power, DOT_X=dot_x, DOT_Q=dot_q, ACC3=acc3,
         BN=cfg.block_n, DP=lay.DP, KP=lay.KP, QP=lay.QP,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     sizes = (n, d, k, lay.kf, lay.pg, lay.pe, p_out, lay.qoff, lay.nq, tiles_per_prog, n_split)
     if gn:
         out_t = _empty((R, n_split, lay.s_tiles), dtype=X.dtype, device=X.device)
-        precision = "tf32" if on_gpu and X.dtype == torch.float32 else "ieee"
+        precision = cfg.jtj_precision or (
+            "tf32" if on_gpu and X.dtype == torch.float32 else "ieee")
         _moe_gn_kernel[(1 + len(lay.pairs), n_split, R)](
             X, Y, gp, ep, iu, iv, qc, blocks, pairs, out_g, out_t, *sizes,
             lay.s_tiles, len(lay.pairs), lay.kfl, lay.ngx, TILE=lay.TILE, TB=lay.TB, MX=lay.MX,
@@ -789,4 +828,5 @@ def triton_moe_pass(
     return MoEPass(loss, jtr, jtj)
 
 
-__all__ = ["LaunchConfig", "MAX_D", "MAX_K", "triton_moe_pass", "unsupported_reason"]
+__all__ = ["LaunchConfig", "MAX_D", "MAX_K", "default_config", "triton_moe_pass",
+           "unsupported_reason"]
