@@ -51,7 +51,7 @@ def _cmd_plot(args) -> int:
     config = parse_config(json.loads(manifest.read_text())["config"])
     df = load_results(out)
     paths = plot_panels(df, figure_panels(df, config), out / config.name,
-                        title=config.description or None)
+                        title=config.name)
     print("\n".join(map(str, paths)))
     return 0
 

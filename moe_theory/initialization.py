@@ -36,6 +36,11 @@ def convert_gate(measure: MixingMeasure, gate: str) -> MixingMeasure:
     return MixingMeasure(gate, measure.score, measure.expert, measure.d, gp, measure.expert_params)
 
 
+def default_split(movable: int, n_extra: int) -> tuple[int, ...]:
+    """The atoms copied by default: the first non-pinned ones, cycling."""
+    return tuple(i % max(movable, 1) for i in range(n_extra))
+
+
 def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = None) -> MixingMeasure:
     """Over-specify a measure to ``k`` atoms by copying designated atoms, splitting their weight.
 
@@ -50,7 +55,7 @@ def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = 
     n_extra = k - k0
     movable = k0 - 1 if measure.gate == "softmax" else k0
     if split is None:
-        split = tuple(i % max(movable, 1) for i in range(n_extra))
+        split = default_split(movable, n_extra)
     if len(split) != n_extra or any(not 0 <= s < movable for s in split):
         raise ValueError(
             f"split: needs {n_extra} atom indices in [0, {movable - 1}] (the pinned softmax atom "

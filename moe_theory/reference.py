@@ -44,7 +44,7 @@ def _cache_key(setting: Setting, fit_gate: str, design_size: int) -> str:
 
 def population_lse(
     setting: Setting, fit_gate: str, *, design_size: int | None = None, device: str = "cpu",
-    use_cache: bool = True,
+    backend: str = "auto", use_cache: bool = True,
 ) -> MixingMeasure:
     """``G_bar``: the k-atom least-squares fit of ``fit_gate`` to the noise-free ``f_{G*}``."""
     device_type = torch.device(device).type
@@ -61,7 +61,7 @@ def population_lse(
     Y = truth.to(device=device)(X)
     fit = fit_lse(X, Y, setting.k_fit, fit_gate, setting.expert, setting.score,
                   init=near_truth(truth, setting.k_fit, seed=DESIGN_SEED, split=setting.split),
-                  max_iter=GBAR_MAX_ITER, ftol=1e-13, gtol=1e-13)
+                  max_iter=GBAR_MAX_ITER, ftol=1e-13, gtol=1e-13, backend=backend)
     g_bar = fit.measure.to(device="cpu")
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFra
                   lambda tmp: Path(tmp).write_text(table.to_json(orient="records", indent=1)))
     panels = figure_panels(df, config)
     if panels:
-        plot_panels(df, panels, out / config.name, title=config.description or None)
+        plot_panels(df, panels, out / config.name, title=config.name)
     return table
 
 

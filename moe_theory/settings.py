@@ -26,7 +26,10 @@ class Setting:
     ``beta1* ~ N(0, beta1_sd^2 I)``, ``A* = sym(N(0, A_sd^2))``, ``(a*, b*) ~ N(0, expert_sd^2 I)``,
     unless ``atoms`` gives them explicitly, one row per atom in the packed layout of
     :mod:`moe_theory.models` (gate parameters, then expert parameters). In the sparse regime
-    every gate slope is zero, so each (over-specified) atom's gate is input-independent.
+    the gate slopes are zero for every atom (``sparse_zero="all"``, the N24 recipe) or only for
+    the atoms the fit over-specifies (``"over_specified"``: the least N24's Regime 1 asks, and
+    with linear experts the only way to keep the rest of the model identifiable, since constant
+    gates on linear experts add up to one linear function).
     """
 
     name: str
@@ -49,6 +52,7 @@ class Setting:
     source: str = ""
     fit_gates: tuple[str, ...] = ("sigmoid", "softmax")
     atoms: tuple[tuple[float, ...], ...] | None = None
+    sparse_zero: str = "all"
 
     def __post_init__(self) -> None:
         models.check_gate(self.truth_gate)
@@ -56,11 +60,12 @@ class Setting:
         models.get_expert(self.expert)
         check_choice("regime", self.regime, REGIMES)
         check_choice("x_dist", self.x_dist, X_DISTRIBUTIONS)
+        check_choice("sparse_zero", self.sparse_zero, ("all", "over_specified"))
         for gate in self.fit_gates:
             models.check_gate(gate)
         if self.k_fit < self.k_true:
             raise ValueError(f"k_fit: must be >= k_true = {self.k_true}, got {self.k_fit}")
-        if self.regime == "dense" and self.beta1_sd == 0 and self.A_sd == 0:
+        if self.regime == "dense" and self.beta1_sd == 0 and self.A_sd == 0 and self.atoms is None:
             raise ValueError(f"{self.name}: a dense setting needs beta1_sd > 0 or A_sd > 0")
 
     def truth(self) -> MixingMeasure:
@@ -72,16 +77,16 @@ class Setting:
                 raise ValueError(f"atoms: setting {self.name!r} needs {self.k_true} rows of "
                                  f"gate + expert parameters")
             gp, ep = rows[..., :pg].clone(), rows[..., pg:]
-            if self.regime == "sparse":
-                gp[..., 1:] = 0
+            gp[:, self._constant_gate_atoms(), 1:] = 0
             return MixingMeasure(self.truth_gate, self.score, self.expert, self.d, gp, ep)
         rng = np.random.default_rng(self.truth_seed)
         k, d = self.k_true, self.d
-        slope = 0.0 if self.regime == "sparse" else 1.0
+        slope = np.ones((1, k, 1))
+        slope[:, self._constant_gate_atoms()] = 0.0
         beta0 = rng.normal(0, self.beta0_sd, (1, k))
         beta1 = slope * rng.normal(0, self.beta1_sd, (1, k, d))
         A = rng.normal(0, self.A_sd, (1, k, d, d))
-        A = slope * 0.5 * (A + A.transpose(0, 1, 3, 2))
+        A = slope[..., None] * 0.5 * (A + A.transpose(0, 1, 3, 2))
         a = rng.normal(0, self.expert_sd, (1, k, d))
         b = rng.normal(0, self.expert_sd, (1, k))
         as_t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
@@ -92,6 +97,16 @@ class Setting:
             A=as_t(A) if models.score_has_quadratic(self.score) else None,
             a=as_t(a) if models.get_expert(self.expert).has_slope else None,
         )
+
+    def _constant_gate_atoms(self) -> list[int]:
+        if self.regime == "dense":
+            return []
+        if self.sparse_zero == "all":
+            return list(range(self.k_true))
+        from moe_theory.initialization import default_split
+
+        movable = self.k_true - 1 if self.truth_gate == "softmax" else self.k_true
+        return sorted(set(self.split or default_split(movable, self.k_fit - self.k_true)))
 
     def reference_kind(self, fit_gate: str) -> str:
         """``G*`` when a k-atom measure of the fitted gate represents ``f_{G*}`` exactly, else
@@ -127,8 +142,10 @@ SMALL_ATOMS = ((0.4, 1.0, -0.5, 1.0, 0.5, 0.2), (-0.2, -0.5, 1.0, -0.8, 1.2, -0.
 
 
 def _small(name: str, gate: str, expert: str, regime: str, desc: str, **kw) -> Setting:
-    params = dict(d=2, k_true=2, k_fit=3, beta0_sd=0.0, beta1_sd=1.0 if regime == "dense" else 0.0,
-                  expert_sd=0.0, atoms=SMALL_ATOMS)
+    # ReLU experts stay identifiable under constant gates (the N24 recipe zeroes every slope);
+    # linear experts keep the non-split atom's slope so only the over-specified part is weak
+    params = dict(d=2, k_true=2, k_fit=3, beta0_sd=0.0, beta1_sd=1.0, expert_sd=0.0,
+                  atoms=SMALL_ATOMS, sparse_zero="over_specified" if expert == "linear" else "all")
     params.update(kw)
     return Setting(name=name, truth_gate=gate, score="linear", expert=expert, regime=regime,
                    description=desc, source="small variant of the N24 recipe", **params)
@@ -157,7 +174,7 @@ for _s in (
     _small("small-sparse-relu", "sigmoid", "relu", "sparse",
            "d=2, k*=2, k=3: sigmoid truth, constant gates, ReLU experts (N24 Thm 2)"),
     _small("small-sparse-linear", "sigmoid", "linear", "sparse",
-           "d=2, k*=2, k=3: sigmoid truth, constant gates, linear experts (N24 Thm 3)"),
+           "d=2, k*=2, k=3: sigmoid truth, the split atom's gate constant, linear experts (N24 Thm 3)"),
     _small("small-dense-relu", "softmax", "relu", "dense",
            "d=2, k*=2, k=3: softmax truth with input-dependent gates, ReLU experts"),
     _small("small-dense-linear", "softmax", "linear", "dense",

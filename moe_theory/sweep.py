@@ -84,7 +84,7 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
     rep_ids = list(range(shard.rep_start, shard.rep_stop))
     frames = []
     for gate in config.gates_for(setting):
-        ref_kind, ref = reference_measure(setting, gate, device=device)
+        ref_kind, ref = reference_measure(setting, gate, device=device, backend=backend)
         init = near_truth(ref, setting.k_fit, seed=stable_seed(setting.name, config.seed, shard.n,
                                                                gate),
                           jitter=config.jitter, split=setting.split)
@@ -200,7 +200,7 @@ def run_sweep(
         for gate in config.gates_for(setting):
             if setting.reference_kind(gate) == "G_bar":
                 t0 = time.perf_counter()
-                reference_measure(setting, gate, device=device)
+                reference_measure(setting, gate, device=device, backend=backend)
                 log(f"reference G_bar for {setting.name} / {gate} fit ready "
                     f"({time.perf_counter() - t0:.1f} s)")
     bar = _progress(len(shards), len(shards) - len(todo), config.name)

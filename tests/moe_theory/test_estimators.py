@@ -1,0 +1,126 @@
+"""The least-squares estimator (SPEC section 3)."""
+
+import pytest
+import torch
+
+import moe_theory as mt
+from moe_theory.estimators.problem import LeastSquaresProblem
+
+
+@pytest.fixture(scope="module")
+def sparse_relu():
+    return mt.get_setting("small-sparse-relu").truth()
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
+def test_recovers_the_truth_on_noise_free_data(gate):
+    # every sigmoid gate depends on x: a constant gate times a ReLU expert has a scale ambiguity
+    # (sigma(b) relu(z) = relu(sigma(b) z)), so only input-dependent gates pin the truth down
+    from moe_theory.settings import SMALL_ATOMS
+
+    rows = torch.tensor(SMALL_ATOMS, dtype=torch.float64)[None]
+    truth = mt.MixingMeasure(gate, "linear", "relu", 2, rows[..., :3], rows[..., 3:])
+    X, _ = mt.sample(truth, n=3000, reps=3, seed=1)
+    Y = truth(X)  # noise-free
+    fit = mt.fit_lse(X, Y, k=truth.k, gate=gate, expert="relu",
+                     init=mt.near_truth(truth, truth.k, seed=2, jitter=0.05), reference=truth)
+    # exactly specified and noise-free: the LSE is the truth; LM converges quadratically there
+    err = mt.voronoi_loss(fit.measure, truth, "D1")
+    assert float(err.max()) < 1e-6
+    assert bool(fit.certified.all())
+    assert float(fit.fit_loss.max()) < 1e-14
+
+
+def test_batched_fits_equal_a_loop_of_scipy_single_fits():
+    from moe_theory.settings import SMALL_ATOMS
+
+    rows = torch.tensor(SMALL_ATOMS, dtype=torch.float64)[None]
+    truth = mt.MixingMeasure("sigmoid", "linear", "tanh", 2, rows[..., :3], rows[..., 3:])
+    X, Y = mt.sample(truth, n=400, reps=3, seed=4)
+    init = mt.near_truth(truth, 2, seed=5, jitter=0.05)
+    batched = mt.fit_lse(X, Y, 2, "sigmoid", "tanh", init=init, reference=truth)
+    single = mt.fit_lse(X, Y, 2, "sigmoid", "tanh", init=init, backend="scipy")
+    # exactly specified, every gate input-dependent: the LSE is an isolated minimum, and two
+    # independent optimisers from the same start must both reach it. Agreement is limited by
+    # their stopping tolerances (ftol 1e-10): 1e-8 relative in the objective, and parameters to
+    # about sqrt(1e-10 / smallest Hessian eigenvalue) ~ 1e-3, so D3 between the fits < 1e-2.
+    assert torch.allclose(batched.fit_loss, single.fit_loss, rtol=1e-8)
+    between = mt.voronoi_loss(batched.measure, single.measure, "D3")
+    assert float(between.max()) < 1e-2
+
+
+def test_batch_of_R_equals_R_batches_of_one(sparse_relu):
+    X, Y = mt.sample(sparse_relu, n=800, reps=3, seed=6)
+    init = mt.near_truth(sparse_relu, 3, seed=7)
+    together = mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=init)
+    for r in range(3):
+        alone = mt.fit_lse(X[r:r + 1], Y[r:r + 1], 3, "sigmoid", "relu", init=init, rep_ids=[r])
+        assert torch.allclose(alone.measure.gate_params, together.measure.gate_params[r:r + 1],
+                              atol=1e-8)
+
+
+def test_sample_is_reproducible_and_depends_only_on_coordinates(sparse_relu):
+    X1, Y1 = mt.sample(sparse_relu, n=50, reps=4, seed=3)
+    X2, Y2 = mt.sample(sparse_relu, n=50, reps=2, seed=3, first_rep=2)
+    assert torch.equal(X1[2:], X2)
+    assert torch.allclose(Y1[2:], Y2, rtol=0, atol=1e-14)  # batched f differs only by rounding
+    X3, _ = mt.sample(sparse_relu, n=51, reps=1, seed=3)
+    assert not torch.equal(X1[0, :50], X3[0, :50])
+
+
+@pytest.mark.parametrize("algorithm", ["adam", "lbfgs", "sgd-paper"])
+def test_first_order_algorithms_lower_the_loss(sparse_relu, algorithm):
+    X, Y = mt.sample(sparse_relu, n=400, reps=2, seed=8)
+    start = mt.near_truth(sparse_relu, 3, seed=9, jitter=0.2)
+    fit = mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=start, algorithm=algorithm, max_iter=100,
+                     sgd=mt.SGDProtocol(epochs=2, batch_size=50))
+    start_loss = mt.objective(X, Y, start.draw(2, "sigmoid"))
+    assert bool((fit.fit_loss < start_loss).all())
+
+
+def test_random_multistart_keeps_the_best_start(sparse_relu):
+    X, Y = mt.sample(sparse_relu, n=600, reps=2, seed=10)
+    fit = mt.fit_lse(X, Y, 2, "sigmoid", "relu", init=mt.random_init(seed=1, n_starts=4))
+    assert fit.measure.R == 2
+    one = mt.fit_lse(X, Y, 2, "sigmoid", "relu", init=mt.random_init(seed=1, n_starts=1))
+    assert bool((fit.fit_loss <= one.fit_loss * (1 + 1e-12)).all())
+
+
+def test_pack_unpack_round_trip_pins_softmax():
+    X = torch.rand(2, 5, 3, dtype=torch.float64)
+    prob = LeastSquaresProblem(X, X[..., 0], "softmax", "quadratic", "gelu", 4, "torch")
+    theta = torch.randn(2, prob.p, dtype=torch.float64)
+    m = prob.measure(theta)
+    assert torch.equal(m.gate_params[:, -1], torch.zeros_like(m.gate_params[:, -1]))
+    assert torch.equal(prob.pack(m), theta)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"gate": "tanh"}, "gate"), ({"expert": "swish"}, "expert"), ({"score": "cubic"}, "score"),
+     ({"k": 0}, "k"), ({"k": 1}, "k"), ({"algorithm": "newton"}, "algorithm"),
+     ({"backend": "cuda"}, "backend")],
+)
+def test_bad_arguments_name_the_field(sparse_relu, kwargs, field):
+    X, Y = mt.sample(sparse_relu, n=20, reps=1)
+    args = {"k": 3, "gate": "sigmoid", "expert": "relu", "score": "linear"} | kwargs
+    if field == "k" and args["k"] == 1:
+        args["gate"] = "softmax"
+    with pytest.raises(ValueError, match=field):
+        mt.fit_lse(X, Y, **args)
+
+
+def test_nan_in_data_and_bad_sizes_are_named(sparse_relu):
+    X, Y = mt.sample(sparse_relu, n=20, reps=1)
+    Y[0, 3] = float("nan")
+    with pytest.raises(ValueError, match="Y: contains 1 NaN"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu")
+    with pytest.raises(ValueError, match="n: must be a positive integer"):
+        mt.sample(sparse_relu, n=-5, reps=1)
+    with pytest.raises(ValueError, match="reps"):
+        mt.sample(sparse_relu, n=5, reps=0)
+    with pytest.raises(ValueError, match="k: the fitted number of atoms"):
+        mt.near_truth(sparse_relu, k=1)
+    with pytest.raises(ValueError, match="init: the truth has d = 2 but X has d = 3"):
+        mt.fit_lse(torch.rand(1, 20, 3, dtype=torch.float64), Y.nan_to_num(), 3, "sigmoid", "relu",
+                   init=mt.near_truth(sparse_relu, 3))
