@@ -26,10 +26,7 @@ class TileConfig:
     """Tile shape and launch parameters of one kernel.
 
     ``block_m`` tiles queries and ``block_n`` keys in all three kernels. ``tma`` streams the
-    inner loop's tiles through tensor descriptors (Hopper's bulk copy engine; CUDA only);
-    ``warp_specialize`` asks Triton to warp-specialise the unmasked inner loop; ``overlap``
-    issues a matrix product that does not need the gate before the gate's special functions
-    (forward: two half tiles of keys; backward: dP before P).
+    inner loop's tiles through tensor descriptors (Hopper's bulk copy engine; CUDA only).
     """
 
     block_m: int
@@ -37,8 +34,6 @@ class TileConfig:
     num_warps: int
     num_stages: int
     tma: bool = False
-    warp_specialize: bool = False
-    overlap: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,10 +80,17 @@ def default_configs(head_dim: int, dtype: torch.dtype) -> KernelConfigs:
             dkdv=TileConfig(32, 64, 4, 2),
             dq=TileConfig(64, 32, 4, 2),
         )
-    # H100, bf16, N = 16384: kernels/attention/NOTES.md has the sweep behind these.
+    # H100, bf16, N = 16384: kernels/attention/NOTES.md has the sweeps behind these. TMA paid
+    # at D = 128 (forward +10%, dK/dV +2%) but cost the D = 64 forward 7%.
+    if head_dim > 64:
+        return KernelConfigs(
+            fwd=TileConfig(64, 64, 4, 3, tma=True),
+            dkdv=TileConfig(64, 128, 8, 3, tma=True),
+            dq=TileConfig(128, 64, 8, 3),
+        )
     return KernelConfigs(
         fwd=TileConfig(64, 64, 4, 3),
-        dkdv=TileConfig(64, 128, 8, 3) if head_dim > 64 else TileConfig(64, 64, 4, 3),
+        dkdv=TileConfig(64, 64, 4, 3),
         dq=TileConfig(128, 64, 8, 3),
     )
 
@@ -147,14 +149,14 @@ def _streamed(
 
     # The interpreter reads descriptors of CPU tensors too, which lets CI test this path.
     if not (cfg.tma and (a.is_cuda or interpreting()) and aligned(a) and aligned(b)):
-        return a, b, {"USE_TMA": False, "WARP_SPECIALIZE": False, "OVERLAP": cfg.overlap}
+        return a, b, {"USE_TMA": False}
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     block = [1, 1, block_rows, a.shape[-1]]
     return (
         TensorDescriptor.from_tensor(a, block_shape=block),
         TensorDescriptor.from_tensor(b, block_shape=block),
-        {"USE_TMA": True, "WARP_SPECIALIZE": cfg.warp_specialize, "OVERLAP": cfg.overlap},
+        {"USE_TMA": True},
     )
 
 
@@ -219,8 +221,7 @@ def attention_forward(
     flags = _flags(args, q.dtype)
     cfg = (configs or default_configs(head_dim, q.dtype)).fwd
     coef = _coefficients(args, flags["FAST"])
-    # With overlap the forward streams keys and values in half tiles.
-    k_src, v_src, stream = _streamed(k, v, cfg.block_n // (2 if cfg.overlap else 1), cfg)
+    k_src, v_src, stream = _streamed(k, v, cfg.block_n, cfg)
     grid = (_cdiv(n_q, cfg.block_m), batch * heads)
     _attn_fwd_kernel[grid](
         q, k_src, v_src, out, lse if lse.numel() else coef, coef,

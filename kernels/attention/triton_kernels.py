@@ -93,46 +93,19 @@ def _fwd_tiles(
     offs_m, u_scale, u_bias, u_alibi, lo, hi, N_K,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr, FAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-    OVERLAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        if OVERLAP:
-            # Two half tiles: both Q K^T products are issued before the first gate, so the
-            # tensor cores can work on the second while the special-function units do the first.
-            HALF: tl.constexpr = BLOCK_N // 2
-            k_a = _load_rows(K, b, h, start_n, stride_kb, stride_kh, stride_kn, N_K,
-                             HALF, HEAD_DIM, MASKED, USE_TMA)
-            k_b = _load_rows(K, b, h, start_n + HALF, stride_kb, stride_kh, stride_kn, N_K,
-                             HALF, HEAD_DIM, MASKED, USE_TMA)
-            s_a = tl.dot(q, tl.trans(k_a), input_precision=DOT_PRECISION)
-            s_b = tl.dot(q, tl.trans(k_b), input_precision=DOT_PRECISION)
-            offs_a = start_n + tl.arange(0, HALF)
-            p_a, acc, m_i, l_i = _fwd_weights(
-                s_a, acc, m_i, l_i, offs_m, offs_a, u_scale, u_bias, u_alibi, N_K,
-                MASKED, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST,
-            )
-            v_a = _load_rows(V, b, h, start_n, stride_vb, stride_vh, stride_vn, N_K,
-                             HALF, HEAD_DIM, MASKED, USE_TMA)
-            acc = tl.dot(p_a.to(v_a.dtype), v_a, acc, input_precision=DOT_PRECISION)
-            p_b, acc, m_i, l_i = _fwd_weights(
-                s_b, acc, m_i, l_i, offs_m, offs_a + HALF, u_scale, u_bias, u_alibi, N_K,
-                MASKED, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST,
-            )
-            v_b = _load_rows(V, b, h, start_n + HALF, stride_vb, stride_vh, stride_vn, N_K,
-                             HALF, HEAD_DIM, MASKED, USE_TMA)
-            acc = tl.dot(p_b.to(v_b.dtype), v_b, acc, input_precision=DOT_PRECISION)
-        else:
-            k = _load_rows(K, b, h, start_n, stride_kb, stride_kh, stride_kn, N_K,
-                           BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            p, acc, m_i, l_i = _fwd_weights(
-                s, acc, m_i, l_i, offs_m, start_n + tl.arange(0, BLOCK_N), u_scale, u_bias,
-                u_alibi, N_K, MASKED, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST,
-            )
-            v = _load_rows(V, b, h, start_n, stride_vb, stride_vh, stride_vn, N_K,
-                           BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        k = _load_rows(K, b, h, start_n, stride_kb, stride_kh, stride_kn, N_K,
+                       BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        p, acc, m_i, l_i = _fwd_weights(
+            s, acc, m_i, l_i, offs_m, start_n + tl.arange(0, BLOCK_N), u_scale, u_bias,
+            u_alibi, N_K, MASKED, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST,
+        )
+        v = _load_rows(V, b, h, start_n, stride_vb, stride_vh, stride_vn, N_K,
+                       BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_i, l_i
 
 
@@ -151,7 +124,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr,
     FAST: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, OVERLAP: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     # Under causal masking the last query blocks carry the most key tiles: start them first.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -183,13 +156,13 @@ def _attn_fwd_kernel(
         acc, m_i, l_i, q, K, V, b, h, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, 0, full, N_K,
         HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
-        USE_TMA, WARP_SPECIALIZE, OVERLAP,
+        USE_TMA,
     )
     acc, m_i, l_i = _fwd_tiles(
         acc, m_i, l_i, q, K, V, b, h, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, full, hi, N_K,
         HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
-        USE_TMA, False, OVERLAP,
+        USE_TMA,
     )
     if IS_SOFTMAX:
         acc = acc / l_i[:, None]
@@ -204,20 +177,16 @@ def _dkdv_tiles(
     stride_dob, stride_doh, stride_don, offs_n, u_scale, u_bias, u_alibi, lo, hi, N_Q,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr, FAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-    OVERLAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     # Works on transposed tiles (keys x queries) so that dK and dV accumulate without transposes.
-    for start_m in tl.range(lo, hi, BLOCK_M, warp_specialize=WARP_SPECIALIZE):
+    for start_m in tl.range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_rows(Q, b, h, start_m, stride_qb, stride_qh, stride_qn, N_Q,
                        BLOCK_M, HEAD_DIM, MASKED, USE_TMA)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
         do = _load_rows(DO, b, h, start_m, stride_dob, stride_doh, stride_don, N_Q,
                         BLOCK_M, HEAD_DIM, MASKED, USE_TMA)
-        if OVERLAP:
-            # dP needs no weights: issued first, it runs on the tensor cores during the gate.
-            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         u_t = s_t * u_scale + u_bias
         if HAS_ALIBI:
             u_t += u_alibi * tl.abs(offs_n[:, None] - offs_m[None, :]).to(u_t.dtype)
@@ -236,8 +205,7 @@ def _dkdv_tiles(
                 keep = keep & (offs_m[None, :] >= offs_n[:, None])
             p_t = tl.where(keep, p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        if not OVERLAP:
-            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if IS_SOFTMAX:
             if MASKED:
                 delta = tl.load(delta_base + offs_m, mask=offs_m < N_Q, other=0.0)
@@ -269,7 +237,7 @@ def _attn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr,
     FAST: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, OVERLAP: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     # One program owns one key block and sweeps the query blocks: dK, dV without atomics.
     pid_n = tl.program_id(0)
@@ -311,19 +279,19 @@ def _attn_bwd_dkdv_kernel(
         dk, dv, k, v, Q, DO, b, h, lse_base, delta_base, stride_qb, stride_qh, stride_qn,
         stride_dob, stride_doh, stride_don, offs_n, u_scale, u_bias, u_alibi, lo, full_lo, N_Q,
         HEAD_DIM, BLOCK_M, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
-        USE_TMA, False, OVERLAP,
+        USE_TMA,
     )
     dk, dv = _dkdv_tiles(
         dk, dv, k, v, Q, DO, b, h, lse_base, delta_base, stride_qb, stride_qh, stride_qn,
         stride_dob, stride_doh, stride_don, offs_n, u_scale, u_bias, u_alibi, full_lo, full_hi,
         N_Q, HEAD_DIM, BLOCK_M, False, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
-        USE_TMA, WARP_SPECIALIZE, OVERLAP,
+        USE_TMA,
     )
     dk, dv = _dkdv_tiles(
         dk, dv, k, v, Q, DO, b, h, lse_base, delta_base, stride_qb, stride_qh, stride_qn,
         stride_dob, stride_doh, stride_don, offs_n, u_scale, u_bias, u_alibi, full_hi, end, N_Q,
         HEAD_DIM, BLOCK_M, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
-        USE_TMA, False, OVERLAP,
+        USE_TMA,
     )
     out_offs = bh.to(tl.int64) * N_K * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(DK + out_offs, (dk * scale).to(DK.dtype.element_ty), mask=key_ok)
@@ -336,19 +304,15 @@ def _dq_tiles(
     stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, lo, hi, N_K,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr, FAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-    OVERLAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+    for start_n in tl.range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_rows(K, b, h, start_n, stride_kb, stride_kh, stride_kn, N_K,
                        BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         v = _load_rows(V, b, h, start_n, stride_vb, stride_vh, stride_vn, N_K,
                        BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
-        if OVERLAP:
-            # dP needs no weights: issued first, it runs on the tensor cores during the gate.
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         u = s * u_scale + u_bias
         if HAS_ALIBI:
             u += u_alibi * tl.abs(offs_m[:, None] - offs_n[None, :]).to(u.dtype)
@@ -361,8 +325,7 @@ def _dq_tiles(
             if CAUSAL:
                 keep = keep & (offs_n[None, :] <= offs_m[:, None])
             p = tl.where(keep, p, 0.0)
-        if not OVERLAP:
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if IS_SOFTMAX:
             ds = p * (dp - delta[:, None])
         else:
@@ -389,7 +352,7 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr,
     FAST: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, OVERLAP: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     # One program owns one query block and sweeps the key blocks: dQ without atomics.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -431,13 +394,13 @@ def _attn_bwd_dq_kernel(
         dq, q, do, lse, delta, K, V, b, h, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, 0, full, N_K,
         HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
-        USE_TMA, WARP_SPECIALIZE, OVERLAP,
+        USE_TMA,
     )
     dq = _dq_tiles(
         dq, q, do, lse, delta, K, V, b, h, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, offs_m, u_scale, u_bias, u_alibi, full, hi, N_K,
         HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_ALIBI, IS_SOFTMAX, FAST, DOT_PRECISION,
-        USE_TMA, False, OVERLAP,
+        USE_TMA,
     )
     dq_ptrs = DQ + bh.to(tl.int64) * N_Q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
