@@ -32,11 +32,9 @@ from collections.abc import Callable
 
 import torch
 
-# moe_theory first: kernels.moe imports moe_theory, whose package init imports its estimators,
-# which import kernels.moe (a cycle that only resolves in this order).
-import moe_theory  # noqa: F401
+from kernels.moe import moe_pass as dispatch_moe_pass
 from kernels.moe.reference import jacobian_chunk, moe_pass, n_free_gates
-from kernels.moe.triton_pass import LaunchConfig, default_config, triton_moe_pass
+from kernels.moe.triton_pass import LaunchConfig, default_config, fp64_dots, triton_moe_pass
 from moe_theory import models
 
 GRADIENT_SHAPES = ((64, 100_000, 8, 4), (256, 100_000, 8, 8), (16, 1_000_000, 8, 4))
@@ -49,9 +47,9 @@ DEVICE = "cuda"
 CHECK_RTOL = {"loss": 1e-5, "jtr": 1e-4, "jtj": 3e-3}
 
 GRADIENT_VARIANTS = tuple(
-    LaunchConfig(block_n=b, num_warps=w, num_stages=1, waves=v, acc3=a)
-    for b, w, v, a in ((128, 4, 8, None), (128, 4, 8, True), (128, 4, 8, False), (256, 4, 8, False),
-                       (256, 8, 8, None), (64, 2, 8, None), (128, 4, 16, None), (512, 4, 8, False))
+    LaunchConfig(block_n=b, num_warps=w, num_stages=1, waves=v, split=sp)
+    for b, w, sp, v in ((128, 4, 1, 8), (64, 4, 2, 8), (32, 4, 4, 8), (128, 8, 2, 8),
+                        (64, 8, 4, 8), (64, 4, 2, 16), (32, 4, 4, 16), (16, 4, 8, 8))
 )
 GN_VARIANTS = tuple(
     LaunchConfig(block_n=b, num_warps=w, num_stages=s, tile_max=t, waves=v)
@@ -277,6 +275,10 @@ def _gradient_point(R: int, n: int, d: int, k: int, bandwidth: float, tune: bool
     ours = functools.partial(triton_moe_pass, X, Y, gp, ep, **{**MODEL, "expert": ex},
                              gauss_newton=False)
     row["ours_ms"] = _bench(ours)
+    # Launch and host overhead: the same call on 1/100 of the samples.
+    small = _problem(R, n // 100, d, k, torch.float32)
+    row["ours_small_ms"] = _bench(lambda: triton_moe_pass(*small, **{**MODEL, "expert": ex},
+                                                          gauss_newton=False))
     if tune:
         row["variants"] = [dict(config=vars(c), ms=_bench(functools.partial(ours, config=c)))
                            for c in GRADIENT_VARIANTS]
@@ -303,8 +305,11 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
     row = dict(R=R, n=n, d=d, k=k, p=p, jtj_flop=2 * R * n * p * p)
     ref = moe_pass(X.double(), Y.double(), gp.double(), ep.double(), **model)
     row["check"] = _check(triton_moe_pass(X, Y, gp, ep, **model), ref, "ours fp32 (tf32 J^T J)")
-    row["check_fp64"] = _check(triton_moe_pass(X.double(), Y.double(), gp.double(), ep.double(),
-                                               **model), ref, "ours fp64")
+    fp64 = fp64_dots(X.device)
+    row["triton_fp64_dots"] = fp64
+    if fp64:
+        row["check_fp64"] = _check(triton_moe_pass(X.double(), Y.double(), gp.double(),
+                                                   ep.double(), **model), ref, "ours fp64")
     row["check_precisions"] = {
         prec: _errors(triton_moe_pass(X, Y, gp, ep, **model, config=_with_precision(d, k, prec)),
                       ref)
@@ -321,7 +326,9 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
         for prec in PRECISIONS
     }
     X64, Y64, gp64, ep64 = X.double(), Y.double(), gp.double(), ep.double()
-    row["ours_gn_fp64_ms"] = _bench(lambda: triton_moe_pass(X64, Y64, gp64, ep64, **model))
+    if fp64:
+        row["ours_gn_fp64_ms"] = _bench(lambda: triton_moe_pass(X64, Y64, gp64, ep64, **model))
+    row["reference_gn_fp64_ms"] = _bench(lambda: moe_pass(X64, Y64, gp64, ep64, **model))
     if tune:
         row["variants"] = [
             dict(config=vars(c), ms=_bench(lambda c=c: triton_moe_pass(X, Y, gp, ep, **model,
@@ -332,8 +339,9 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
     row["eager_ms"] = _bench(lambda: _eager_step(X, Y, gp, ep, **MODEL))
     row["reference_gn_ms"] = _bench(lambda: moe_pass(X, Y, gp, ep, **model))
     row["jtj_tflops"] = row["jtj_flop"] / row["ours_gn_ms"] / 1e9
-    row["jtj_tflops_fp64"] = row["jtj_flop"] / row["ours_gn_fp64_ms"] / 1e9
     row["jtj_vs_tf32_matmul"] = row["jtj_tflops"] / rates["tf32"]
+    fp64_ms = row.get("ours_gn_fp64_ms", row["reference_gn_fp64_ms"])
+    row["jtj_tflops_fp64"] = row["jtj_flop"] / fp64_ms / 1e9
     row["jtj_fp64_vs_fp64_matmul"] = row["jtj_tflops_fp64"] / rates["fp64"]
     row["gradient_ratio_to_floor"] = row["ours_gradient_ms"] / row["floor_ms"]
     row["speedup_gn_vs_reference"] = row["reference_gn_ms"] / row["ours_gn_ms"]
@@ -392,6 +400,9 @@ def _precision_study(R: int = 4, n: int = 100_000, d: int = 32, k: int = 9, iter
         def evaluate(theta):
             gpt = theta[:, : k * pg].reshape(R, k, pg)
             ept = theta[:, k * pg:].reshape(R, k, pe)
+            if dtype == torch.float64:  # the Triton kernels, or the reference without fp64 dots
+                return dispatch_moe_pass(Xd, Yd, gpt, ept, gate="sigmoid", score="linear",
+                                         expert=ex)
             return triton_moe_pass(Xd, Yd, gpt, ept, gate="sigmoid", score="linear", expert=ex,
                                    config=cfg)
         return evaluate
@@ -418,7 +429,8 @@ def _print_variants(variants: list[dict]) -> None:
     for v in variants:
         c = v["config"]
         print(f"  variant bn={c['block_n']} w={c['num_warps']} s={c['num_stages']} "
-              f"tile={c['tile_max']} waves={c['waves']} acc3={c['acc3']}: {v['ms']:.4f} ms",
+              f"tile={c['tile_max']} waves={c['waves']} acc3={c['acc3']} split={c['split']}: "
+              f"{v['ms']:.4f} ms",
               flush=True)
 
 
@@ -448,7 +460,9 @@ def _print_table(results: dict) -> None:
     if g and "error" not in g:
         print(f"GN {(g['R'], g['n'], g['d'], g['k'])} p={g['p']}: ours {g['ours_gn_ms']:.3f} ms "
               f"({g['jtj_tflops']:.1f} TFLOP/s = {g['jtj_vs_tf32_matmul']:.2f} x tf32 matmul); "
-              f"fp64 {g['ours_gn_fp64_ms']:.3f} ms ({g['jtj_tflops_fp64']:.1f} TFLOP/s = "
+              f"fp64 ({'ours' if g['triton_fp64_dots'] else 'reference'}) "
+              f"{g.get('ours_gn_fp64_ms', g['reference_gn_fp64_ms']):.3f} ms "
+              f"({g['jtj_tflops_fp64']:.1f} TFLOP/s = "
               f"{g['jtj_fp64_vs_fp64_matmul']:.2f} x fp64 matmul); reference GN "
               f"{g['reference_gn_ms']:.2f} ms; gradient {g['ours_gradient_ms']:.3f} ms "
               f"({g['gradient_ratio_to_floor']:.2f} x floor); eager {g['eager_ms']:.2f} ms")
@@ -456,7 +470,7 @@ def _print_table(results: dict) -> None:
             f"{k} {v:.3f}" for k, v in g["ours_gn_precision_ms"].items()))
 
 
-def _jobs(tune: bool, check: bool, precision: bool, quick: bool) -> list[tuple]:
+def _jobs(tune: bool, check: bool, quick: bool) -> list[tuple]:
     jobs = set()
     shapes = QUICK_GRADIENT_SHAPES if quick else GRADIENT_SHAPES
     for _, _, d, k in shapes:
@@ -465,14 +479,13 @@ def _jobs(tune: bool, check: bool, precision: bool, quick: bool) -> list[tuple]:
                     if tune)
     d, k = GN_SHAPE[2:]
     jobs.add((d, k, *MODEL.values(), "float32", False, None))
-    for dtype in ("float32", "float64"):
+    for dtype in ("float32", "float64"):  # float64 compiles only where Triton has fp64 dots
         jobs.add((d, k, *MODEL.values(), dtype, True, None))
     jobs.update((d, k, *MODEL.values(), "float32", True, _with_precision(d, k, p))
                 for p in PRECISIONS)
     if tune:
         jobs.update((d, k, *MODEL.values(), "float32", True, c) for c in GN_VARIANTS)
-    if precision:
-        jobs.add((d, k, *MODEL.values(), "float64", True, _with_precision(d, k, "ieee")))
+
     if check:
         for (gate, score, expert), (dtype, gn) in itertools.product(CHECK_COMBOS, CHECK_RUNS):
             jobs.add((*_check_dims(score), gate, score, expert, dtype, gn, None))
@@ -489,7 +502,7 @@ def run(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1, default=str)
 
-    _precompile(_jobs(args.tune, args.check, args.precision, args.quick))
+    _precompile(_jobs(args.tune, args.check, args.quick))
     results: dict = {"environment": _environment()}
     print(results["environment"], flush=True)
     if args.check:

@@ -63,7 +63,8 @@ def moe_pass(
     if resolve_backend(backend, X.device) == "triton":
         from kernels.moe.triton_pass import triton_moe_pass, unsupported_reason
 
-        if backend == "auto" and unsupported_reason(score, X.shape[-1], gate_params.shape[1]):
+        if backend == "auto" and unsupported_reason(score, X.shape[-1], gate_params.shape[1],
+                                                    X.dtype, X.device):
             return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                                       expert=expert, jacobian=jacobian, gauss_newton=gauss_newton)
         return triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,

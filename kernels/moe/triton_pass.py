@@ -74,47 +74,64 @@ def _empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) 
 
 @triton.jit
 def _mm(w, xt, USE_DOT: tl.constexpr):
-    """``w (KP, F) @ x^T (F, BN)`` exactly (ieee): a dot, or a broadcast sum for small F or KP."""
+    """Per-atom contraction ``w @ x^T``: ``w (KPS, F, 1, S)``, ``x^T (F, BN)`` -> ``(KPS, BN, S)``.
+
+    USE_DOT (S = 1): an exact (ieee) dot; otherwise a broadcast product summed in registers.
+    """
+    KPS: tl.constexpr = w.shape[0]
     if USE_DOT:
-        out = tl.dot(w, xt, input_precision="ieee")
+        w2 = tl.reshape(w, (KPS, w.shape[1]))
+        out = tl.reshape(tl.dot(w2, xt, input_precision="ieee"), (KPS, xt.shape[1], 1))
     else:
-        out = tl.sum(w[:, :, None] * xt[None, :, :], axis=1)
+        out = tl.sum(w * xt[None, :, :, None], axis=1)
     return out
 
 
 @triton.jit
 def _acc_wx(acc, wt, xt, USE_DOT: tl.constexpr, ACC3: tl.constexpr):
-    """Accumulate ``sum_n w[:, n] x[:, n]^T`` for ``w^T (KP, BN)``, ``x^T (F, BN)``.
+    """Accumulate ``sum_n w[:, n] x[:, n]^T`` for ``w^T (KPS, BN, S)``, ``x^T (F, BN)``.
 
-    USE_DOT: a (KP, F) float64 sum of per-tile dots. ACC3: a (KP, F, BN) sum in the compute dtype
-    reduced over samples once, at the end (no per-tile shuffles, KP * F registers per sample).
-    Otherwise: a (KP, F) float64 sum of per-tile reductions.
+    USE_DOT (S = 1): a (KP, F) float64 sum of per-tile dots. ACC3: a (KPS, F, BN, S) sum in the
+    compute dtype, reduced over samples once at the end (no per-tile shuffles; KPS * F registers
+    per thread). Otherwise: a (KPS, F, S) float64 sum of per-tile reductions.
     """
     if USE_DOT:
-        out = acc + tl.dot(wt, tl.trans(xt), input_precision="ieee").to(tl.float64)
+        w2 = tl.reshape(wt, (wt.shape[0], wt.shape[1]))
+        out = acc + tl.dot(w2, tl.trans(xt), input_precision="ieee").to(tl.float64)
     elif ACC3:
-        out = acc + wt[:, None, :] * xt[None, :, :]
+        out = acc + wt[:, None, :, :] * xt[None, :, :, None]
     else:
-        out = acc + tl.sum(wt[:, None, :] * xt[None, :, :], axis=2).to(tl.float64)
+        out = acc + tl.sum(wt[:, None, :, :] * xt[None, :, :, None], axis=2).to(tl.float64)
     return out
 
 
 @triton.jit
-def _acc_init(KP: tl.constexpr, F: tl.constexpr, BN: tl.constexpr, dtype: tl.constexpr,
-              USE_DOT: tl.constexpr, ACC3: tl.constexpr):
-    if ACC3 and not USE_DOT:
-        out = tl.zeros((KP, F, BN), dtype)
+def _acc_init(KPS: tl.constexpr, F: tl.constexpr, BN: tl.constexpr, S: tl.constexpr,
+              dtype: tl.constexpr, USE_DOT: tl.constexpr, ACC3: tl.constexpr):
+    if USE_DOT:
+        out = tl.zeros((KPS, F), tl.float64)
+    elif ACC3:
+        out = tl.zeros((KPS, F, BN, S), dtype)
     else:
-        out = tl.zeros((KP, F), tl.float64)
+        out = tl.zeros((KPS, F, S), tl.float64)
     return out
+
+
+@triton.jit
+def _unsplit(t):
+    """``(KPS, M, S) -> (KPS * S, M)``: atom ``j * S + a`` from its lane group ``a``."""
+    return tl.reshape(tl.permute(t, (0, 2, 1)), (t.shape[0] * t.shape[2], t.shape[1]))
 
 
 @triton.jit
 def _acc_finish(acc, USE_DOT: tl.constexpr, ACC3: tl.constexpr):
-    if ACC3 and not USE_DOT:
-        out = tl.sum(acc.to(tl.float64), axis=2)
-    else:
+    """The accumulated ``(KP, F)`` float64 sum."""
+    if USE_DOT:
         out = acc
+    elif ACC3:
+        out = _unsplit(tl.sum(acc.to(tl.float64), axis=2))
+    else:
+        out = _unsplit(acc)
     return out
 
 
@@ -147,25 +164,29 @@ def _expert_act(z, EXPERT: tl.constexpr, POWER: tl.constexpr):
 
 @triton.jit
 def _load_params(GP, EP, r, d, k, pg, pe, qoff, nq,
-                 DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
+                 DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr, S: tl.constexpr,
                  HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr):
-    """One problem's atoms, one row per atom: biases (KP,), weights (KP, DP) and (KP, QP)."""
-    atoms = tl.arange(0, KP)[:, None]
-    feats = tl.arange(0, DP)[None, :]
+    """One problem's atoms, atom ``j * S + a`` at ``[j, ..., a]``.
+
+    Returns biases ``(KPS, 1, S)`` and weights ``(KPS, DP, 1, S)``, ``(KPS, QP, 1, S)``.
+    """
+    KPS: tl.constexpr = KP // S
+    atoms = (tl.arange(0, KPS)[:, None, None, None] * S + tl.arange(0, S)[None, None, None, :])
+    feats = tl.arange(0, DP)[None, :, None, None]
     gp = GP + r * k * pg
     ep = EP + r * k * pe
     # Like the reference, the pinned softmax atom's score row is used as given (callers pin it
     # at zero); only its Jacobian columns are dropped (DS masked to atoms < kf).
     am = atoms < k
-    bg = tl.load(gp + atoms * pg, mask=am, other=0.0)
-    be = tl.load(ep + atoms * pe + pe - 1, mask=am, other=0.0)
-    wg = tl.zeros((KP, DP), bg.dtype)
-    wq = tl.zeros((KP, QP), bg.dtype)
-    we = tl.zeros((KP, DP), bg.dtype)
+    bg = tl.reshape(tl.load(gp + atoms * pg, mask=am, other=0.0), (KPS, 1, S))
+    be = tl.reshape(tl.load(ep + atoms * pe + pe - 1, mask=am, other=0.0), (KPS, 1, S))
+    wg = tl.zeros((KPS, DP, 1, S), bg.dtype)
+    wq = tl.zeros((KPS, QP, 1, S), bg.dtype)
+    we = tl.zeros((KPS, DP, 1, S), bg.dtype)
     if HAS_LIN:
         wg = tl.load(gp + atoms * pg + 1 + feats, mask=am & (feats < d), other=0.0)
     if HAS_QUAD:
-        tq = tl.arange(0, QP)[None, :]
+        tq = tl.arange(0, QP)[None, :, None, None]
         wq = tl.load(gp + atoms * pg + qoff + tq, mask=am & (tq < nq), other=0.0)
     if SLOPE:
         we = tl.load(ep + atoms * pe + feats, mask=am & (feats < d), other=0.0)
@@ -187,7 +208,11 @@ def _load_tile(Xr, Yr, n0, hi, d, BN: tl.constexpr, DP: tl.constexpr, NEED_Y: tl
     rows = n0 + tl.arange(0, BN)
     rmask = rows < hi
     feats = tl.arange(0, DP)[:, None]
-    xt = tl.load(Xr + rows[None, :] * d + feats, mask=(feats < d) & rmask[None, :], other=0.0)
+    if d == DP:  # d is a compile-time constant: no feature mask when it is a power of two
+        xt = tl.load(Xr + rows[None, :] * d + feats, mask=rmask[None, :], other=0.0)
+    else:
+        xt = tl.load(Xr + rows[None, :] * d + feats, mask=(feats < d) & rmask[None, :],
+                     other=0.0)
     y = tl.zeros((BN,), xt.dtype)
     if NEED_Y:
         y = tl.load(Yr + rows, mask=rmask, other=0.0)
@@ -196,45 +221,57 @@ def _load_tile(Xr, Yr, n0, hi, d, BN: tl.constexpr, DP: tl.constexpr, NEED_Y: tl
 
 @triton.jit
 def _tile_terms(xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
-                KP: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
-                HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
-                POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr):
-    """Forward pass of one tile of samples ``x^T (DP, BN)``.
+                SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr,
+                SLOPE: tl.constexpr, EXPERT: tl.constexpr, POWER: tl.constexpr,
+                DOT_X: tl.constexpr, DOT_Q: tl.constexpr, MASK_ROWS: tl.constexpr):
+    """Forward pass of one tile of samples ``x^T (DP, BN)``, atoms split over S lanes.
 
     Returns the quadratic features ``q^T (QP, BN)`` (``x^T`` if none), the Jacobian coefficients
-    ``DS^T, DZ^T (KP, BN)`` (zero on masked samples, padded atoms and the pinned softmax atom's
-    gate) and the residual ``r = y - f (BN,)`` (zero on masked samples).
+    ``DS, DZ (KPS, BN, S)`` (atom ``j * S + a`` at ``[j, :, a]``; zero on padded atoms and the
+    pinned softmax atom's gate, and with MASK_ROWS on masked samples) and the residual
+    ``r = y - f (BN,)`` (zero on masked samples).
     """
     BN: tl.constexpr = xt.shape[1]
-    atoms = tl.arange(0, KP)[:, None]
+    KPS: tl.constexpr = bg.shape[0]
+    S: tl.constexpr = bg.shape[2]
+    KP: tl.constexpr = KPS * S
+    atoms = tl.arange(0, KPS)[:, None, None] * S + tl.arange(0, S)[None, None, :]
     # Scores: attention logits between the atoms (keys) and the tile's samples (queries).
-    s = tl.zeros((KP, BN), xt.dtype) + bg
+    s = tl.zeros((KPS, BN, S), xt.dtype) + bg
     if HAS_LIN:
         s += _mm(wg, xt, DOT_X)
     qt = xt
     if HAS_QUAD:
         qt = _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask)
         s += _mm(wq, qt, DOT_Q)
-    z = tl.zeros((KP, BN), xt.dtype) + be
+    z = tl.zeros((KPS, BN, S), xt.dtype) + be
     if SLOPE:
         z += _mm(we, xt, DOT_X)
+    # k, kf are compile-time: the masks below vanish when k is a power of two (and for sigmoid).
     valid = atoms < k
     if SOFTMAX:
-        s = tl.where(valid, s, float("-inf"))
-        e = tl.exp(s - tl.max(s, axis=0)[None, :])
-        pi = e / tl.sum(e, axis=0)[None, :]
+        if k < KP:
+            s = tl.where(valid, s, float("-inf"))
+        e = tl.exp(s - tl.max(tl.max(s, axis=0), axis=1)[None, :, None])
+        pi = e / tl.sum(tl.sum(e, axis=0), axis=1)[None, :, None]
     else:
-        pi = tl.where(valid, 1.0 / (1.0 + tl.exp(-s)), 0.0)
+        pi = 1.0 / (1.0 + tl.exp(-s))
+        if k < KP:
+            pi = tl.where(valid, pi, 0.0)
     h, dh = _expert_act(z, EXPERT, POWER)
-    h = tl.where(valid, h, 0.0)
-    f = tl.sum(pi * h, axis=0)
+    # Padded atoms have pi = 0 and finite h (z = 0). Sum over the atoms in-thread first, then
+    # over the S lanes.
+    f = tl.sum(tl.sum(pi * h, axis=0), axis=1)
     if SOFTMAX:  # d pi_i / d s_j = pi_i (delta_ij - pi_j)  =>  df/ds_i = pi_i (h_i - f)
-        ds = pi * (h - f[None, :])
+        ds = pi * (h - f[None, :, None])
     else:
         ds = pi * (1.0 - pi) * h
-    keep = rmask[None, :]
-    ds = tl.where(keep & (atoms < kf), ds, 0.0)
-    dz = tl.where(keep, pi * dh, 0.0)
+    if kf < k:
+        ds = tl.where(atoms < kf, ds, 0.0)
+    dz = pi * dh
+    if MASK_ROWS:  # J^T J needs zero rows past n; J^T r and the loss only need r = 0 there
+        ds = tl.where(rmask[None, :, None], ds, 0.0)
+        dz = tl.where(rmask[None, :, None], dz, 0.0)
     r = tl.where(rmask, y - f, 0.0)
     return qt, ds, dz, r
 
@@ -295,12 +332,17 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
                   TB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
                   HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
                   POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
-                  ACC3: tl.constexpr, WITH_GRAD: tl.constexpr, WITH_JTJ: tl.constexpr,
-                  JTJ_PRECISION: tl.constexpr):
-    """Loss and ``J^T r`` (and the bias-bias block of ``J^T J``) over one sample range."""
+                  ACC3: tl.constexpr, S: tl.constexpr, WITH_GRAD: tl.constexpr,
+                  WITH_JTJ: tl.constexpr, JTJ_PRECISION: tl.constexpr):
+    """Loss and ``J^T r`` (and the bias-bias block of ``J^T J``) over one sample range.
+
+    Each sample's atoms are split over S adjacent lanes (atom ``j * S + a`` on lane ``a``): each
+    thread then holds 1/S of the weights and gradient accumulators.
+    """
+    KPS: tl.constexpr = KP // S
     Xr = X + r.to(tl.int64) * n * d
     Yr = Y + r.to(tl.int64) * n
-    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, pg, pe, qoff, nq, DP, KP, QP,
+    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, pg, pe, qoff, nq, DP, KP, QP, S,
                                       HAS_LIN, HAS_QUAD, SLOPE)
     tq = tl.arange(0, QP)
     tmask = tq < nq
@@ -309,11 +351,11 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
     qc = tl.load(QC + tq, mask=tmask, other=0.0).to(bg.dtype)
     dt: tl.constexpr = bg.dtype
     loss = tl.zeros((BN,), dt)
-    gb = tl.zeros((KP, BN), dt)
-    eb = tl.zeros((KP, BN), dt)
-    gx = _acc_init(KP, DP, BN, dt, DOT_X, ACC3)
-    ex = _acc_init(KP, DP, BN, dt, DOT_X, ACC3)
-    gq = _acc_init(KP, QP, BN, dt, DOT_Q, ACC3)
+    gb = tl.zeros((KPS, BN, S), dt)
+    eb = tl.zeros((KPS, BN, S), dt)
+    gx = _acc_init(KPS, DP, BN, S, dt, DOT_X, ACC3)
+    ex = _acc_init(KPS, DP, BN, S, dt, DOT_X, ACC3)
+    gq = _acc_init(KPS, QP, BN, S, dt, DOT_Q, ACC3)
     bb = tl.zeros((TB, TB), dt)
     tile0 = t * tiles_per_prog
     # Software prefetch: the next tile's loads are issued before this tile's arithmetic (Triton
@@ -325,11 +367,11 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
         xn, yn, rn, mn = _load_tile(Xr, Yr, (tile0 + it + 1) * BN, hi, d, BN, DP, True)
         qt, ds, dz, res = _tile_terms(
             xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
-            KP, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q)
+            SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, WITH_JTJ)
         loss += res * res
         if WITH_GRAD:
-            ws = ds * res[None, :]
-            wz = dz * res[None, :]
+            ws = ds * res[None, :, None]
+            wz = dz * res[None, :, None]
             gb += ws
             eb += wz
             if HAS_LIN:
@@ -339,7 +381,7 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
             if SLOPE:
                 ex = _acc_wx(ex, wz, xt, DOT_X, ACC3)
         if WITH_JTJ:
-            jb = _bias_tile(ds, dz, KP, TB)
+            jb = _bias_tile(_unsplit(ds), _unsplit(dz), KP, TB)
             bb = tl.dot(jb, tl.trans(jb), bb, input_precision=JTJ_PRECISION)
     out = OUT_G + (r * n_split + t).to(tl.int64) * (p + 1)
     tl.store(out + p, tl.sum(loss.to(tl.float64), axis=0))
@@ -349,9 +391,10 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
         gm = atoms < kf
         em = atoms < k
         fm = feats[None, :] < d
-        tl.store(out + atoms * pg, tl.sum(gb.to(tl.float64), axis=1), mask=gm)
+        tl.store(out + atoms * pg, tl.reshape(tl.sum(gb.to(tl.float64), axis=1), (KP,)), mask=gm)
         eoff = kf * pg + atoms * pe
-        tl.store(out + eoff + pe - 1, tl.sum(eb.to(tl.float64), axis=1), mask=em)
+        tl.store(out + eoff + pe - 1, tl.reshape(tl.sum(eb.to(tl.float64), axis=1), (KP,)),
+                 mask=em)
         if HAS_LIN:
             tl.store(out + atoms[:, None] * pg + 1 + feats[None, :], _acc_finish(gx, DOT_X, ACC3),
                      mask=gm[:, None] & fm)
@@ -383,7 +426,7 @@ def _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, 
     ~10 KB per thread (quadratic scores, d = 3, k = 4).
     """
     Xr = X + r.to(tl.int64) * n * d
-    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, pg, pe, qoff, nq, DP, KP, QP,
+    bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, pg, pe, qoff, nq, DP, KP, QP, 1,
                                       HAS_LIN, HAS_QUAD, SLOPE)
     tq = tl.arange(0, QP)
     tmask = tq < nq
@@ -422,9 +465,11 @@ def _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, 
     tile0 = t * tiles_per_prog
     for it in range(tiles_per_prog):
         xt, y, rows, rmask = _load_tile(Xr, Xr, (tile0 + it) * BN, n, d, BN, DP, False)
-        qt, ds, dz, res = _tile_terms(
+        qt, ds3, dz3, res = _tile_terms(
             xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
-            KP, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q)
+            SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, True)
+        ds = _unsplit(ds3)
+        dz = _unsplit(dz3)
         ja = _block_tile(xt, ds, dz, sx1_s, sx1_z, sq1, Xr, rows, rmask, d, iu1, iv1, qc1, tm1,
                          TILE, KIND1)
         if DIAGONAL:
@@ -457,17 +502,19 @@ def _moe_grad_kernel(
     EP,  # (R, k, pe) expert parameters
     IU, IV, QC,  # (nq,) quadratic features: row, column, coefficient c_uv
     OUT_G,  # (R, T, p + 1) float64 partial [J^T r, loss]
-    n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, n_split,
+    n, tiles_per_prog, n_split,
+    d: tl.constexpr, k: tl.constexpr, kf: tl.constexpr, pg: tl.constexpr, pe: tl.constexpr,
+    p: tl.constexpr, qoff: tl.constexpr, nq: tl.constexpr,
     BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
     SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
     EXPERT: tl.constexpr, POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
-    ACC3: tl.constexpr, WITH_GRAD: tl.constexpr,
+    ACC3: tl.constexpr, SPLIT: tl.constexpr, WITH_GRAD: tl.constexpr,
 ):
     """Loss and ``J^T r``: grid ``(1, T, R)``; each X tile is loaded once."""
     _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_G, tl.program_id(2), tl.program_id(1),
                   n_split, n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, 0,
                   BN, DP, KP, QP, 16, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER,
-                  DOT_X, DOT_Q, ACC3, WITH_GRAD, False, "ieee")
+                  DOT_X, DOT_Q, ACC3, SPLIT, WITH_GRAD, False, "ieee")
 
 
 @triton.jit(do_not_specialize=["n", "tiles_per_prog", "n_split"])
@@ -481,7 +528,10 @@ def _moe_gn_kernel(
     PAIRS,  # (n_pairs, 2) int32 upper-triangle block pairs
     OUT_G,  # (R, T, p + 1) float64 partial [J^T r, loss]
     OUT_T,  # (R, T, s_tiles) partial J^T J tiles
-    n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, n_split, s_tiles, n_pairs, kfl, ngx,
+    n, tiles_per_prog, n_split,
+    d: tl.constexpr, k: tl.constexpr, kf: tl.constexpr, pg: tl.constexpr, pe: tl.constexpr,
+    p: tl.constexpr, qoff: tl.constexpr, nq: tl.constexpr, s_tiles: tl.constexpr,
+    n_pairs: tl.constexpr, kfl: tl.constexpr, ngx: tl.constexpr,
     BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
     TILE: tl.constexpr, TB: tl.constexpr, MX: tl.constexpr, MQ: tl.constexpr, FWQ: tl.constexpr,
     SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
@@ -495,7 +545,7 @@ def _moe_gn_kernel(
     if pid == 0:
         _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
                       p, qoff, nq, tiles_per_prog, s_tiles, BN, DP, KP, QP, TB, SOFTMAX, HAS_LIN,
-                      HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, ACC3, True, True,
+                      HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, ACC3, 1, True, True,
                       JTJ_PRECISION)
     else:
         pair = pid - 1
@@ -682,9 +732,11 @@ class LaunchConfig:
     waves: int = 8
     #: ``tl.dot`` input precision of the J^T J products; None: tf32 for float32 on a GPU, else ieee
     jtj_precision: str | None = None
-    #: keep per-sample gradient accumulators (KP x DP registers per sample) instead of reducing
-    #: every tile; None: when KP * DP <= 32
-    acc3: bool | None = None
+    #: keep per-thread gradient accumulators (KP x DP / split registers) instead of reducing
+    #: across threads every tile
+    acc3: bool = True
+    #: lanes sharing one sample's atoms in the gradient kernel (small d, k only; 1 with dots)
+    split: int = 1
 
 
 def default_config(gate: str, score: str, expert: str, d: int, k: int, *, gauss_newton: bool,
@@ -694,8 +746,11 @@ def default_config(gate: str, score: str, expert: str, d: int, k: int, *, gauss_
         return LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2)
     if gauss_newton:
         return LaunchConfig(block_n=64, num_warps=8, num_stages=2, tile_max=128, waves=4)
-    # One sample per thread: 4 warps of 32 lanes.
-    return LaunchConfig(block_n=128, num_warps=4, num_stages=3)
+    # Spread each sample's atoms over enough lanes to keep the per-thread weights and gradient
+    # accumulators near KP * DP = 32 registers each (k = 8, d = 8 spilled at one lane per sample).
+    lay = _layout(gate, score, expert, d, k, 128)
+    split = 1 if _uses_dot(lay)[0] else min(lay.KP, 8, max(1, lay.KP * lay.DP // 32))
+    return LaunchConfig(block_n=128 // split, num_warps=4, num_stages=1, split=split)
 
 
 def _uses_dot(lay: _Layout) -> tuple[bool, bool]:
@@ -723,13 +778,37 @@ def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expe
             raise ValueError(f"{name}: must have shape {want[name]}, got {tuple(t.shape)}")
     if n < 1 or R < 1:
         raise ValueError(f"X: needs at least one problem and one sample, got shape {(R, n, d)}")
-    reason = unsupported_reason(score, d, k)
+    reason = unsupported_reason(score, d, k, X.dtype, X.device)
     if reason:
         raise ValueError(reason)
 
 
-def unsupported_reason(score: str, d: int, k: int) -> str | None:
-    """Why the Triton kernels cannot take this shape (None when they can)."""
+@triton.jit
+def _fp64_dot_probe(A):
+    a = tl.load(A + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :])
+    tl.store(A + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :],
+             tl.dot(a, a, input_precision="ieee"))
+
+
+@functools.lru_cache(maxsize=8)
+def fp64_dots(device: torch.device) -> bool:
+    """Whether Triton compiles float64 ``tl.dot`` for this device (Triton 3.6 does not on sm_90;
+    3.9 does)."""
+    if device.type != "cuda":
+        return True  # the interpreter multiplies with numpy
+    try:
+        _fp64_dot_probe[(1,)](torch.ones(16, 16, dtype=torch.float64, device=device))
+    except Exception:  # a CompilationError, whose class moved between Triton versions
+        return False
+    return True
+
+
+def unsupported_reason(score: str, d: int, k: int, dtype: torch.dtype = torch.float32,
+                       device: torch.device | None = None) -> str | None:
+    """Why the Triton kernels cannot take this problem (None when they can)."""
+    if dtype == torch.float64 and device is not None and not fp64_dots(device):
+        return (f"X: float64 needs float64 tl.dot, which Triton {triton.__version__} lacks on "
+                f"{device}; use float32 or backend='torch'")
     if d > MAX_D:
         return f"X: d = {d} exceeds the Triton kernels' limit {MAX_D}; use backend='torch'"
     if k > MAX_K:
@@ -784,7 +863,6 @@ def triton_moe_pass(
     X, Y = X.contiguous(), Y.contiguous()
     gp, ep = gate_params.contiguous(), expert_params.contiguous()
     dot_x, dot_q = _uses_dot(lay)
-    acc3 = cfg.acc3 if cfg.acc3 is not None else lay.KP * lay.DP <= 32
 
     n_tiles = triton.cdiv(n, cfg.block_n)
     per_split = 1 + len(lay.pairs) if gn else 1
@@ -801,23 +879,25 @@ def triton_moe_pass(
     out_g = _empty((R, n_split, p_out + 1), dtype=torch.float64, device=X.device)
     common = dict(
         SOFTMAX=lay.softmax, HAS_LIN=lay.has_lin, HAS_QUAD=lay.has_quad, SLOPE=lay.slope,
-        EXPERT=lay.expert_code, POWER=lay.power, DOT_X=dot_x, DOT_Q=dot_q, ACC3=acc3,
+        EXPERT=lay.expert_code, POWER=lay.power, DOT_X=dot_x, DOT_Q=dot_q, ACC3=cfg.acc3,
         BN=cfg.block_n, DP=lay.DP, KP=lay.KP, QP=lay.QP,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    sizes = (n, d, k, lay.kf, lay.pg, lay.pe, p_out, lay.qoff, lay.nq, tiles_per_prog, n_split)
+    sizes = (n, tiles_per_prog, n_split)
+    common.update(d=d, k=k, kf=lay.kf, pg=lay.pg, pe=lay.pe, p=p_out, qoff=lay.qoff, nq=lay.nq)
     if gn:
         out_t = _empty((R, n_split, lay.s_tiles), dtype=X.dtype, device=X.device)
         precision = cfg.jtj_precision or (
             "tf32" if on_gpu and X.dtype == torch.float32 else "ieee")
         _moe_gn_kernel[(1 + len(lay.pairs), n_split, R)](
             X, Y, gp, ep, iu, iv, qc, blocks, pairs, out_g, out_t, *sizes,
-            lay.s_tiles, len(lay.pairs), lay.kfl, lay.ngx, TILE=lay.TILE, TB=lay.TB, MX=lay.MX,
-            MQ=lay.MQ, FWQ=lay.FWQ, JTJ_PRECISION=precision, **common,
+            s_tiles=lay.s_tiles, n_pairs=len(lay.pairs), kfl=lay.kfl, ngx=lay.ngx, TILE=lay.TILE,
+            TB=lay.TB, MX=lay.MX, MQ=lay.MQ, FWQ=lay.FWQ, JTJ_PRECISION=precision, **common,
         )
     else:
         _moe_grad_kernel[(1, n_split, R)](
-            X, Y, gp, ep, iu, iv, qc, out_g, *sizes, WITH_GRAD=jacobian, **common,
+            X, Y, gp, ep, iu, iv, qc, out_g, *sizes, WITH_GRAD=jacobian,
+            SPLIT=1 if dot_x or dot_q else min(cfg.split, lay.KP), **common,
         )
     sums = out_g.sum(1)
     loss = sums[:, p_out].to(X.dtype)
@@ -828,5 +908,5 @@ def triton_moe_pass(
     return MoEPass(loss, jtr, jtj)
 
 
-__all__ = ["LaunchConfig", "MAX_D", "MAX_K", "default_config", "triton_moe_pass",
+__all__ = ["LaunchConfig", "MAX_D", "MAX_K", "default_config", "fp64_dots", "triton_moe_pass",
            "unsupported_reason"]

@@ -18,9 +18,6 @@ import zlib
 import pytest
 import torch
 
-# moe_theory first: kernels.moe imports moe_theory, whose package init imports its estimators,
-# which import kernels.moe (a cycle that only resolves in this order).
-import moe_theory  # noqa: F401
 from kernels.moe import moe_pass
 from kernels.moe import triton_pass as tp
 from kernels.moe.reference import moe_pass as reference_moe_pass
@@ -124,6 +121,22 @@ def test_nine_atoms(gate, score, expert, d, k, R, n, dtype, poisoned):
 def test_without_gauss_newton(gate, score, expert, d, k, jacobian, gauss_newton, poisoned):
     _check(gate, score, expert, d, k, 5, 53, torch.float32, poisoned, jacobian=jacobian,
            gauss_newton=gauss_newton)
+
+
+@pytest.mark.parametrize("split,acc3", [(2, True), (4, False), (8, True)])
+@pytest.mark.parametrize("gate,score,expert,k", [
+    ("sigmoid", "linear", "relu", 3), ("softmax", "quadratic", "gelu", 9),
+])
+def test_gradient_kernel_atom_split(gate, score, expert, k, split, acc3, poisoned):
+    """The gradient kernel with each sample's atoms spread over ``split`` lanes."""
+    (X, Y, gp, ep), ex = _problem(gate, score, expert, 3, k, 2, 75, torch.float64,
+                                  _seed("split", gate, score, split, acc3))
+    cfg = tp.LaunchConfig(block_n=32 // split, num_warps=1, num_stages=1, acc3=acc3, split=split)
+    out = tp.triton_moe_pass(X, Y, gp, ep, gate=gate, score=score, expert=ex, gauss_newton=False,
+                             config=cfg)
+    ref = reference_moe_pass(X, Y, gp, ep, gate=gate, score=score, expert=ex, gauss_newton=False)
+    assert _rel(out.loss, ref.loss) <= TOLERANCE[torch.float64]
+    assert _rel(out.jtr, ref.jtr) <= TOLERANCE[torch.float64]
 
 
 @pytest.mark.parametrize("gate,score,expert", [
