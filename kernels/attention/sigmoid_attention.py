@@ -8,6 +8,7 @@ reference :func:`kernels.attention.reference.sigmoid_attention_reference`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ def default_configs(head_dim: int, dtype: torch.dtype) -> KernelConfigs:
     """
     if interpreting():
         return _INTERPRETER_CONFIGS
+    return _gpu_configs(head_dim, dtype)
+
+
+@functools.cache
+def _gpu_configs(head_dim: int, dtype: torch.dtype) -> KernelConfigs:
     if dtype == torch.float32:
         # Twice the bytes per tile: halve the tiles to stay inside 228 KB of shared memory.
         return KernelConfigs(
@@ -107,18 +113,27 @@ def _gate_unit(gate: str, fast: bool) -> float:
     return 0.5 if fast else -LOG2E
 
 
+@functools.lru_cache(maxsize=64)
+def _coefficient_rows(
+    device: torch.device, dtype: torch.dtype, g: float, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Made once per (device, dtype, G, scale): every call after that builds the table with one
+    # or two device ops, and never with a synchronising host-to-device copy.
+    rows = torch.tensor(
+        [[g * scale, 0.0, 0.0, scale], [0.0, g, 0.0, 0.0], [0.0, 0.0, -g, 0.0]], dtype=dtype
+    ).to(device)
+    return rows[0], rows[1], rows[2]
+
+
 def _coefficients(args: AttentionArgs, fast: bool) -> torch.Tensor:
-    g = _gate_unit(args.gate, fast)
-    slopes = args.alibi_slopes if args.alibi_slopes is not None else torch.zeros_like(args.bias)
-    return torch.stack(
-        [
-            torch.full_like(args.bias, g * args.scale),
-            g * args.bias,
-            -g * slopes,
-            torch.full_like(args.bias, args.scale),
-        ],
-        dim=1,
-    ).contiguous()
+    # (H, 4) table [G * scale, G * b_h, -G * slope_h, scale] read by every kernel.
+    base, per_bias, per_slope = _coefficient_rows(
+        args.bias.device, args.bias.dtype, _gate_unit(args.gate, fast), args.scale
+    )
+    coef = torch.addcmul(base, args.bias[:, None], per_bias)
+    if args.alibi_slopes is not None:
+        coef.addcmul_(args.alibi_slopes[:, None], per_slope)
+    return coef
 
 
 def _compute_dtype(dtype: torch.dtype) -> Any:

@@ -270,6 +270,52 @@ def _precompile(jobs: list[tuple], workers: int = 12, timeout: float = 240.0) ->
     return ok
 
 
+def host_overhead(calls: int = 300) -> dict[str, float]:
+    """Host time per call (microseconds) on a problem too small to keep the GPU busy.
+
+    Where a call's GPU time is below this, the host, not the kernel, sets its latency.
+
+    Parameters
+    ----------
+    calls : int
+        Calls per measurement, after as many warm-up calls.
+
+    Returns
+    -------
+    dict
+        Microseconds per call for our public function (forward with autograd, forward and
+        backward), our launcher alone, and SDPA's FLASH back-end, at B = H = 1, N = 128, D = 128.
+    """
+    import time
+
+    q, k, v, do = (torch.randn(1, 1, 128, 128, device=DEVICE, dtype=DTYPE) for _ in range(4))
+    leaves = [t.requires_grad_() for t in (q.clone(), k.clone(), v.clone())]
+    args = check_attention_args(q, k, v, bias=None, scale=None, causal=False, alibi_slopes=None,
+                                precise=True, gate="sigmoid")
+    flash = _provider_fn("sdpa-flash", False)
+
+    def fwd_bwd() -> None:
+        torch.autograd.grad(sigmoid_attention(*leaves), leaves, do)
+
+    cases = {
+        "ours_public_fwd": lambda: sigmoid_attention(*leaves),
+        "ours_public_fwd_bwd": fwd_bwd,
+        "ours_launcher_fwd": lambda: attention_forward(q, k, v, args),
+        "sdpa_flash_fwd": lambda: flash(*leaves),
+    }
+    result = {}
+    for name, fn in cases.items():
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        result[name] = (time.perf_counter() - start) / calls * 1e6
+    return result
+
+
 def _sweep(points: list[Point]) -> list[dict]:
     jobs = [(p.d, p.causal, "sigmoid", precise, None) for p in points for precise in (True, False)]
     _precompile(sorted(set(jobs)))
@@ -427,8 +473,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"gate error {e}")
         results = {"environment": _environment(), "gate_error": errors, "tuning": _tune(points)}
     else:
+        overhead = host_overhead()
+        print("host microseconds per call: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in overhead.items()), flush=True)
         rows = _sweep(points)
-        results = {"environment": _environment(), "rows": rows, "ratios": _ratios(rows)}
+        results = {"environment": _environment(), "host_overhead_us": overhead, "rows": rows,
+                   "ratios": _ratios(rows)}
         _print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
