@@ -408,7 +408,8 @@ def _backward_op_fake(
 
 
 # torch.library.custom_op (PyTorch >= 2.4) makes the kernels opaque, traceable nodes for
-# torch.compile; on older PyTorch the plain functions run under SigmoidAttentionFunction.
+# torch.compile. Eager calls skip its dispatch: on the H100 machine it cost 340 us of host time
+# per forward (kernels/attention/NOTES.md), more than the whole kernel below N = 2048.
 HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
 if HAS_CUSTOM_OP:
     _forward_op = torch.library.custom_op("moe_theory::sigmoid_attention_fwd", mutates_args=())(
@@ -419,9 +420,12 @@ if HAS_CUSTOM_OP:
         _backward_op_impl
     )
     _backward_op.register_fake(_backward_op_fake)
-else:
-    _forward_op = _forward_op_impl
-    _backward_op = _backward_op_impl
+
+
+def _eager(t: torch.Tensor) -> bool:
+    # Tracing (torch.compile, make_fx) hands over tensor subclasses (fake, functional): those
+    # must meet the custom op; plain tensors can run the kernels directly.
+    return not HAS_CUSTOM_OP or type(t) in (torch.Tensor, torch.nn.Parameter)
 
 
 class SigmoidAttentionFunction(torch.autograd.Function):
@@ -443,7 +447,8 @@ class SigmoidAttentionFunction(torch.autograd.Function):
         precise: bool,
         gate: str,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return _forward_op(q, k, v, bias, alibi_slopes, scale, causal, precise, gate)
+        forward = _forward_op_impl if _eager(q) else _forward_op
+        return forward(q, k, v, bias, alibi_slopes, scale, causal, precise, gate)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
@@ -456,9 +461,8 @@ class SigmoidAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor | None) -> tuple:
         q, k, v, out, lse, bias, alibi_slopes = ctx.saved_tensors
-        dq, dk, dv = _backward_op(
-            grad_out, q, k, v, out, lse, bias, alibi_slopes, *ctx.options
-        )
+        backward = _backward_op_impl if _eager(grad_out) else _backward_op
+        dq, dk, dv = backward(grad_out, q, k, v, out, lse, bias, alibi_slopes, *ctx.options)
         return dq, dk, dv, None, None, None, None, None, None
 
 
@@ -535,7 +539,7 @@ def sigmoid_attention(
             alibi_slopes=args.alibi_slopes, precise=precise, gate=gate,
         )
     inputs = (q, k, v, args.bias, args.alibi_slopes, args.scale, causal, precise, gate)
-    if HAS_CUSTOM_OP:
+    if HAS_CUSTOM_OP and torch.compiler.is_compiling():
         out, _ = _forward_op(*inputs)
     else:
         out, _ = SigmoidAttentionFunction.apply(*inputs)
