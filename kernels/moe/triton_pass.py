@@ -382,7 +382,7 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
                 ex = _acc_wx(ex, wz, xt, DOT_X, ACC3)
         if WITH_JTJ:
             jb = _bias_tile(_unsplit(ds), _unsplit(dz), KP, TB)
-            bb = tl.dot(jb, tl.trans(jb), bb, input_precision=JTJ_PRECISION)
+            bb = tl.dot(jb, tl.trans(jb), bb, input_precision=JTJ_PRECISION, out_dtype=dt)
     out = OUT_G + (r * n_split + t).to(tl.int64) * (p + 1)
     tl.store(out + p, tl.sum(loss.to(tl.float64), axis=0))
     if WITH_GRAD:
@@ -460,8 +460,9 @@ def _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, 
     iu2 = tl.load(IU + f2 + tc, mask=tm2, other=0)
     iv2 = tl.load(IV + f2 + tc, mask=tm2, other=0)
     qc2 = tl.load(QC + f2 + tc, mask=tm2, other=0.0).to(bg.dtype)
-    acc = tl.zeros((TILE, TILE), bg.dtype)
-    acc_b = tl.zeros((TILE, TB), bg.dtype)
+    dt: tl.constexpr = bg.dtype
+    acc = tl.zeros((TILE, TILE), dt)
+    acc_b = tl.zeros((TILE, TB), dt)
     tile0 = t * tiles_per_prog
     for it in range(tiles_per_prog):
         xt, y, rows, rmask = _load_tile(Xr, Xr, (tile0 + it) * BN, n, d, BN, DP, False)
@@ -473,13 +474,14 @@ def _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, 
         ja = _block_tile(xt, ds, dz, sx1_s, sx1_z, sq1, Xr, rows, rmask, d, iu1, iv1, qc1, tm1,
                          TILE, KIND1)
         if DIAGONAL:
-            acc = tl.dot(ja, tl.trans(ja), acc, input_precision=JTJ_PRECISION)
+            acc = tl.dot(ja, tl.trans(ja), acc, input_precision=JTJ_PRECISION, out_dtype=dt)
             jb = _bias_tile(ds, dz, KP, TB)
-            acc_b = tl.dot(ja, tl.trans(jb), acc_b, input_precision=JTJ_PRECISION)
+            acc_b = tl.dot(ja, tl.trans(jb), acc_b, input_precision=JTJ_PRECISION,
+                           out_dtype=dt)
         else:
             jc = _block_tile(xt, ds, dz, sx2_s, sx2_z, sq2, Xr, rows, rmask, d, iu2, iv2, qc2,
                              tm2, TILE, KIND2)
-            acc = tl.dot(ja, tl.trans(jc), acc, input_precision=JTJ_PRECISION)
+            acc = tl.dot(ja, tl.trans(jc), acc, input_precision=JTJ_PRECISION, out_dtype=dt)
     base = OUT_T + (r * n_split + t).to(tl.int64) * s_tiles
     c = tl.arange(0, TILE)
     tl.store(base + pair * (TILE * TILE) + c[:, None] * TILE + c[None, :], acc)
@@ -746,11 +748,13 @@ def default_config(gate: str, score: str, expert: str, d: int, k: int, *, gauss_
         return LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2)
     if gauss_newton:
         return LaunchConfig(block_n=64, num_warps=8, num_stages=2, tile_max=128, waves=4)
-    # Spread each sample's atoms over enough lanes to keep the per-thread weights and gradient
-    # accumulators near KP * DP = 32 registers each (k = 8, d = 8 spilled at one lane per sample).
+    # Spread each sample's atoms over >= 2 lanes, keeping the per-thread weights and gradient
+    # accumulators near KP * DP / split <= 32 registers each. H100, d = 8 (ms, run 2 of NOTES.md):
+    # k = 4: split 1: 0.179, 2: 0.176, 4: 0.207; k = 8: split 1 (spills): 1.32, 2: 0.82, 4: 0.94.
+    # 16 programs per SM-wave: 0.153 ms vs 0.176 at 8 for (R, n) = (64, 1e5); 5% slower at 1e6.
     lay = _layout(gate, score, expert, d, k, 128)
-    split = 1 if _uses_dot(lay)[0] else min(lay.KP, 8, max(1, lay.KP * lay.DP // 32))
-    return LaunchConfig(block_n=128 // split, num_warps=4, num_stages=1, split=split)
+    split = 1 if _uses_dot(lay)[0] else min(lay.KP, 8, max(2, lay.KP * lay.DP // 32))
+    return LaunchConfig(block_n=128 // split, num_warps=4, num_stages=1, split=split, waves=16)
 
 
 def _uses_dot(lay: _Layout) -> tuple[bool, bool]:
@@ -785,9 +789,13 @@ def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expe
 
 @triton.jit
 def _fp64_dot_probe(A):
-    a = tl.load(A + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :])
-    tl.store(A + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :],
-             tl.dot(a, a, input_precision="ieee"))
+    # The kernels' two forms: a plain product and one into an accumulator, B transposed.
+    offs = tl.arange(0, 32)[:, None] * 64 + tl.arange(0, 64)[None, :]
+    a = tl.load(A + offs)
+    acc = tl.zeros((32, 32), tl.float64)
+    acc = tl.dot(a, tl.trans(a), acc, input_precision="ieee", out_dtype=tl.float64)
+    acc += tl.dot(a, tl.trans(a), input_precision="ieee")
+    tl.store(A + tl.arange(0, 32)[:, None] * 32 + tl.arange(0, 32)[None, :], acc)
 
 
 @functools.lru_cache(maxsize=8)
@@ -797,7 +805,7 @@ def fp64_dots(device: torch.device) -> bool:
     if device.type != "cuda":
         return True  # the interpreter multiplies with numpy
     try:
-        _fp64_dot_probe[(1,)](torch.ones(16, 16, dtype=torch.float64, device=device))
+        _fp64_dot_probe[(1,)](torch.ones(32, 64, dtype=torch.float64, device=device))
     except Exception:  # a CompilationError, whose class moved between Triton versions
         return False
     return True
