@@ -48,8 +48,8 @@ CHECK_RTOL = {"loss": 1e-5, "jtr": 1e-4, "jtj": 3e-3}
 
 GRADIENT_VARIANTS = tuple(
     LaunchConfig(block_n=b, num_warps=w, num_stages=1, waves=v, split=sp)
-    for b, w, sp, v in ((128, 4, 1, 8), (64, 4, 2, 8), (32, 4, 4, 8), (128, 8, 2, 8),
-                        (64, 8, 4, 8), (64, 4, 2, 16), (32, 4, 4, 16), (16, 4, 8, 8))
+    for b, w, sp, v in ((128, 4, 1, 8), (64, 4, 2, 8), (64, 4, 2, 16), (128, 8, 2, 16),
+                        (32, 4, 4, 16), (64, 4, 2, 32))
 )
 GN_VARIANTS = tuple(
     LaunchConfig(block_n=b, num_warps=w, num_stages=s, tile_max=t, waves=v)
