@@ -158,9 +158,11 @@ def _streamed(
     a: torch.Tensor, b: torch.Tensor, block_rows: int, cfg: TileConfig
 ) -> tuple[Any, Any, dict[str, Any]]:
     # The two tensors an inner loop streams, wrapped in (B, H, N, D) descriptors when the config
-    # asks for TMA and both layouts allow it (16-byte aligned base and strides).
+    # asks for TMA and both layouts allow it: 16-byte aligned base, positive 16-byte strides
+    # (an expanded gradient, with stride 0, takes the pointer path).
     def aligned(t: torch.Tensor) -> bool:
-        return t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:3])
+        strides = [s * t.element_size() for s in t.stride()[:3]]
+        return t.data_ptr() % 16 == 0 and all(s > 0 and s % 16 == 0 for s in strides)
 
     # The interpreter reads descriptors of CPU tensors too, which lets CI test this path.
     if not (cfg.tma and (a.is_cuda or interpreting()) and aligned(a) and aligned(b)):
@@ -432,7 +434,9 @@ class SigmoidAttentionFunction(torch.autograd.Function):
     """Autograd of the kernel path: inputs ``(q, k, v, bias, alibi_slopes, scale, causal,
     precise, gate)`` as the forward custom op, outputs ``(out, lse)``.
 
-    Only q, k and v receive gradients; the bias and the ALiBi slopes are treated as constants.
+    Eager calls run through it; its ``setup_context`` and ``backward`` are also the custom op's
+    registered autograd. Only q, k and v receive gradients; the bias and the ALiBi slopes are
+    treated as constants.
     """
 
     @staticmethod
@@ -514,8 +518,9 @@ def sigmoid_attention(
     alibi_slopes : torch.Tensor of shape (H,) or None
         Adds ``-slope_h * |i - j|`` to the logits. Treated as a constant by autograd.
     precise : bool
-        True: accurate sigmoid. False: ``tanh.approx.f32`` (GPU only; up to a few percent relative
-        error on weights near 1/N at N = 16384, see ``kernels/attention/NOTES.md``).
+        True: accurate sigmoid (``1 / (1 + 2^u)``, relative error ~3e-6 on the weights). False:
+        ``0.5 + 0.5 tanh(x / 2)`` with ``tanh.approx.f32`` (GPU only, CPU falls back to precise):
+        up to 5% relative error on weights near 1/N at N = 16384 (``kernels/attention/NOTES.md``).
     gate : {"sigmoid", "softmax"}
         ``"softmax"`` runs the softmax variant of the same kernels, for side-by-side experiments.
 

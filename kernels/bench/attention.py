@@ -458,6 +458,9 @@ def plot(results: dict, path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep (or the tile tuning) and write the JSON and plot if asked."""
     if args.replot:
+        if not args.plot:
+            print("--replot needs --plot PNG", file=sys.stderr)
+            return 2
         with open(args.replot) as f:
             plot(json.load(f), args.plot)
         return 0

@@ -142,6 +142,21 @@ def test_kernel_variants_match_reference(case: tuple, tma: bool) -> None:
         _assert_close(name, got, ref, RTOL[dtype])
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+def test_broadcast_grad_output(tma: bool) -> None:
+    # A gradient broadcast over (B, H) has stride 0 there: no descriptor, pointers read it.
+    dtype = DTYPES[-1]
+    case = (2, 2, 37, 45, 16, True, None, False, "sigmoid")
+    q, k, v, grad_out, options = _inputs(case, dtype, seed=13)
+    grad_out = grad_out[:1, :1].expand_as(grad_out)
+    args = check_attention_args(q, k, v, scale=None, precise=True, **options)
+    out, lse = attention_forward(q, k, v, args, configs=_variant_configs(tma))
+    grads = attention_backward(grad_out, q, k, v, out, lse, args, configs=_variant_configs(tma))
+    want = _reference_with_grads(q, k, v, grad_out, options)
+    for name, got, ref in zip(("dq", "dk", "dv"), grads, want[1:], strict=True):
+        _assert_close(name, got, ref, RTOL[dtype])
+
+
 @pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
 def test_public_autograd_and_custom_op_agree(gate: str) -> None:
     dtype = DTYPES[-1]
