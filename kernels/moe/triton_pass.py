@@ -73,22 +73,22 @@ def _empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) 
 
 
 @triton.jit
-def _mm(w, xt, USE_DOT: tl.constexpr):
+def _mm(w, xt, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """Per-atom contraction ``w @ x^T``: ``w (KPS, F, 1, S)``, ``x^T (F, BN)`` -> ``(KPS, BN, S)``.
 
-    USE_DOT (S = 1): an exact (ieee) dot; otherwise a broadcast product summed in registers.
+    USE_DOT (S = 1): a dot in PRECISION; otherwise a broadcast product summed in registers.
     """
     KPS: tl.constexpr = w.shape[0]
     if USE_DOT:
         w2 = tl.reshape(w, (KPS, w.shape[1]))
-        out = tl.reshape(tl.dot(w2, xt, input_precision="ieee"), (KPS, xt.shape[1], 1))
+        out = tl.reshape(tl.dot(w2, xt, input_precision=PRECISION), (KPS, xt.shape[1], 1))
     else:
         out = tl.sum(w * xt[None, :, :, None], axis=1)
     return out
 
 
 @triton.jit
-def _acc_wx(acc, wt, xt, USE_DOT: tl.constexpr, ACC3: tl.constexpr):
+def _acc_wx(acc, wt, xt, USE_DOT: tl.constexpr, ACC3: tl.constexpr, PRECISION: tl.constexpr):
     """Accumulate ``sum_n w[:, n] x[:, n]^T`` for ``w^T (KPS, BN, S)``, ``x^T (F, BN)``.
 
     USE_DOT (S = 1): a (KP, F) float64 sum of per-tile dots. ACC3: a (KPS, F, BN, S) sum in the
@@ -97,7 +97,7 @@ def _acc_wx(acc, wt, xt, USE_DOT: tl.constexpr, ACC3: tl.constexpr):
     """
     if USE_DOT:
         w2 = tl.reshape(wt, (wt.shape[0], wt.shape[1]))
-        out = acc + tl.dot(w2, tl.trans(xt), input_precision="ieee").to(tl.float64)
+        out = acc + tl.dot(w2, tl.trans(xt), input_precision=PRECISION).to(tl.float64)
     elif ACC3:
         out = acc + wt[:, None, :, :] * xt[None, :, :, None]
     else:
@@ -223,7 +223,8 @@ def _load_tile(Xr, Yr, n0, hi, d, BN: tl.constexpr, DP: tl.constexpr, NEED_Y: tl
 def _tile_terms(xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
                 SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr,
                 SLOPE: tl.constexpr, EXPERT: tl.constexpr, POWER: tl.constexpr,
-                DOT_X: tl.constexpr, DOT_Q: tl.constexpr, MASK_ROWS: tl.constexpr):
+                DOT_X: tl.constexpr, DOT_Q: tl.constexpr, MASK_ROWS: tl.constexpr,
+                PRECISION: tl.constexpr):
     """Forward pass of one tile of samples ``x^T (DP, BN)``, atoms split over S lanes.
 
     Returns the quadratic features ``q^T (QP, BN)`` (``x^T`` if none), the Jacobian coefficients
@@ -239,14 +240,14 @@ def _tile_terms(xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc
     # Scores: attention logits between the atoms (keys) and the tile's samples (queries).
     s = tl.zeros((KPS, BN, S), xt.dtype) + bg
     if HAS_LIN:
-        s += _mm(wg, xt, DOT_X)
+        s += _mm(wg, xt, DOT_X, PRECISION)
     qt = xt
     if HAS_QUAD:
         qt = _quad_features(Xr, rows, rmask, d, iu, iv, qc, tmask)
-        s += _mm(wq, qt, DOT_Q)
+        s += _mm(wq, qt, DOT_Q, PRECISION)
     z = tl.zeros((KPS, BN, S), xt.dtype) + be
     if SLOPE:
-        z += _mm(we, xt, DOT_X)
+        z += _mm(we, xt, DOT_X, PRECISION)
     # k, kf are compile-time: the masks below vanish when k is a power of two (and for sigmoid).
     valid = atoms < k
     if SOFTMAX:
@@ -333,7 +334,7 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
                   HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
                   POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
                   ACC3: tl.constexpr, S: tl.constexpr, WITH_GRAD: tl.constexpr,
-                  WITH_JTJ: tl.constexpr, JTJ_PRECISION: tl.constexpr):
+                  WITH_JTJ: tl.constexpr, PRECISION: tl.constexpr, JTJ_PRECISION: tl.constexpr):
     """Loss and ``J^T r`` (and the bias-bias block of ``J^T J``) over one sample range.
 
     Each sample's atoms are split over S adjacent lanes (atom ``j * S + a`` on lane ``a``): each
@@ -367,7 +368,7 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
         xn, yn, rn, mn = _load_tile(Xr, Yr, (tile0 + it + 1) * BN, hi, d, BN, DP, True)
         qt, ds, dz, res = _tile_terms(
             xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
-            SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, WITH_JTJ)
+            SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, WITH_JTJ, PRECISION)
         loss += res * res
         if WITH_GRAD:
             ws = ds * res[None, :, None]
@@ -375,11 +376,11 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
             gb += ws
             eb += wz
             if HAS_LIN:
-                gx = _acc_wx(gx, ws, xt, DOT_X, ACC3)
+                gx = _acc_wx(gx, ws, xt, DOT_X, ACC3, PRECISION)
             if HAS_QUAD:
-                gq = _acc_wx(gq, ws, qt, DOT_Q, ACC3)
+                gq = _acc_wx(gq, ws, qt, DOT_Q, ACC3, PRECISION)
             if SLOPE:
-                ex = _acc_wx(ex, wz, xt, DOT_X, ACC3)
+                ex = _acc_wx(ex, wz, xt, DOT_X, ACC3, PRECISION)
         if WITH_JTJ:
             jb = _bias_tile(_unsplit(ds), _unsplit(dz), KP, TB)
             bb = tl.dot(jb, tl.trans(jb), bb, input_precision=JTJ_PRECISION, out_dtype=dt)
@@ -419,7 +420,7 @@ def _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, 
                   HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
                   POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
                   KIND1: tl.constexpr, KIND2: tl.constexpr, DIAGONAL: tl.constexpr,
-                  JTJ_PRECISION: tl.constexpr):
+                  PRECISION: tl.constexpr, JTJ_PRECISION: tl.constexpr):
     """``J_b1^T J_b2`` over one sample range (a diagonal pair also does ``J_b1^T J_bias``).
 
     The block kinds are compile-time: with a run-time kind inside the sample loop, ptxas spilled
@@ -468,7 +469,7 @@ def _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, 
         xt, y, rows, rmask = _load_tile(Xr, Xr, (tile0 + it) * BN, n, d, BN, DP, False)
         qt, ds3, dz3, res = _tile_terms(
             xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
-            SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, True)
+            SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, True, PRECISION)
         ds = _unsplit(ds3)
         dz = _unsplit(dz3)
         ja = _block_tile(xt, ds, dz, sx1_s, sx1_z, sq1, Xr, rows, rmask, d, iu1, iv1, qc1, tm1,
@@ -510,13 +511,13 @@ def _moe_grad_kernel(
     BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
     SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
     EXPERT: tl.constexpr, POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
-    ACC3: tl.constexpr, SPLIT: tl.constexpr, WITH_GRAD: tl.constexpr,
+    ACC3: tl.constexpr, SPLIT: tl.constexpr, WITH_GRAD: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Loss and ``J^T r``: grid ``(1, T, R)``; each X tile is loaded once."""
     _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_G, tl.program_id(2), tl.program_id(1),
                   n_split, n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, 0,
                   BN, DP, KP, QP, 16, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER,
-                  DOT_X, DOT_Q, ACC3, SPLIT, WITH_GRAD, False, "ieee")
+                  DOT_X, DOT_Q, ACC3, SPLIT, WITH_GRAD, False, PRECISION, "ieee")
 
 
 @triton.jit(do_not_specialize=["n", "tiles_per_prog", "n_split"])
@@ -538,7 +539,7 @@ def _moe_gn_kernel(
     TILE: tl.constexpr, TB: tl.constexpr, MX: tl.constexpr, MQ: tl.constexpr, FWQ: tl.constexpr,
     SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
     EXPERT: tl.constexpr, POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
-    ACC3: tl.constexpr, JTJ_PRECISION: tl.constexpr,
+    ACC3: tl.constexpr, PRECISION: tl.constexpr, JTJ_PRECISION: tl.constexpr,
 ):
     """Loss, ``J^T r`` and ``J^T J``: grid ``(1 + n_pairs, T, R)``."""
     pid = tl.program_id(0)
@@ -548,7 +549,7 @@ def _moe_gn_kernel(
         _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
                       p, qoff, nq, tiles_per_prog, s_tiles, BN, DP, KP, QP, TB, SOFTMAX, HAS_LIN,
                       HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, ACC3, 1, True, True,
-                      JTJ_PRECISION)
+                      PRECISION, JTJ_PRECISION)
     else:
         pair = pid - 1
         b1 = tl.load(PAIRS + 2 * pair)
@@ -562,28 +563,28 @@ def _moe_gn_kernel(
                               pg, pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs,
                               kfl, ngx, BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN,
                               HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, 1, 1, True,
-                              JTJ_PRECISION)
+                              PRECISION, JTJ_PRECISION)
             else:
                 _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf,
                               pg, pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs,
                               kfl, ngx, BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN,
                               HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, 0, 0, True,
-                              JTJ_PRECISION)
+                              PRECISION, JTJ_PRECISION)
         elif quad1:
             _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
                           qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
                           BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE,
-                          EXPERT, POWER, DOT_X, DOT_Q, 1, 1, False, JTJ_PRECISION)
+                          EXPERT, POWER, DOT_X, DOT_Q, 1, 1, False, PRECISION, JTJ_PRECISION)
         elif quad2:
             _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
                           qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
                           BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE,
-                          EXPERT, POWER, DOT_X, DOT_Q, 0, 1, False, JTJ_PRECISION)
+                          EXPERT, POWER, DOT_X, DOT_Q, 0, 1, False, PRECISION, JTJ_PRECISION)
         else:
             _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
                           qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs, kfl, ngx,
                           BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE,
-                          EXPERT, POWER, DOT_X, DOT_Q, 0, 0, False, JTJ_PRECISION)
+                          EXPERT, POWER, DOT_X, DOT_Q, 0, 0, False, PRECISION, JTJ_PRECISION)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -871,6 +872,7 @@ def triton_moe_pass(
     X, Y = X.contiguous(), Y.contiguous()
     gp, ep = gate_params.contiguous(), expert_params.contiguous()
     dot_x, dot_q = _uses_dot(lay)
+    fp32_gpu = on_gpu and X.dtype == torch.float32
 
     n_tiles = triton.cdiv(n, cfg.block_n)
     per_split = 1 + len(lay.pairs) if gn else 1
@@ -888,6 +890,10 @@ def triton_moe_pass(
     common = dict(
         SOFTMAX=lay.softmax, HAS_LIN=lay.has_lin, HAS_QUAD=lay.has_quad, SLOPE=lay.slope,
         EXPERT=lay.expert_code, POWER=lay.power, DOT_X=dot_x, DOT_Q=dot_q, ACC3=cfg.acc3,
+        # Score and gradient dots (d, k >= 16) on tensor cores in three tf32 passes (~fp32
+        # accuracy): an ieee float32 tl.dot runs on FMA units, where ptxas spilled 4.8 KB per
+        # thread and the d = 32, k = 9 gradient pass took 11.2 ms on an H100 (NOTES.md).
+        PRECISION="tf32x3" if fp32_gpu else "ieee",
         BN=cfg.block_n, DP=lay.DP, KP=lay.KP, QP=lay.QP,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -895,8 +901,7 @@ def triton_moe_pass(
     common.update(d=d, k=k, kf=lay.kf, pg=lay.pg, pe=lay.pe, p=p_out, qoff=lay.qoff, nq=lay.nq)
     if gn:
         out_t = _empty((R, n_split, lay.s_tiles), dtype=X.dtype, device=X.device)
-        precision = cfg.jtj_precision or (
-            "tf32" if on_gpu and X.dtype == torch.float32 else "ieee")
+        precision = cfg.jtj_precision or ("tf32" if fp32_gpu else "ieee")
         _moe_gn_kernel[(1 + len(lay.pairs), n_split, R)](
             X, Y, gp, ep, iu, iv, qc, blocks, pairs, out_g, out_t, *sizes,
             s_tiles=lay.s_tiles, n_pairs=len(lay.pairs), kfl=lay.kfl, ngx=lay.ngx, TILE=lay.TILE,
