@@ -14,12 +14,16 @@ LAMBDA_MIN, LAMBDA_MAX = 1e-12, 1e12
 
 @dataclass(frozen=True)
 class StopRule:
-    """Stopping: relative loss decrease below ``ftol`` on an accepted step, or the gradient of
-    the mean squared loss below ``gtol`` in max-norm, or ``max_iter`` iterations."""
+    """Stopping: relative loss decrease below ``ftol`` on an accepted step, an accepted step
+    shorter than ``xtol * (xtol + ||theta||)`` (the test scipy's solvers use too: along the flat
+    directions of over-specified atoms the loss keeps falling by tiny amounts while the
+    parameters no longer move), the gradient of the mean squared loss below ``gtol`` in
+    max-norm, or ``max_iter`` iterations."""
 
     max_iter: int = 200
     ftol: float = 1e-10
     gtol: float = 1e-10
+    xtol: float = 1e-8
 
 
 @dataclass
@@ -86,9 +90,10 @@ def levenberg_marquardt(
             converged[gave_up] = True
         if acc.numel():
             rel = (loss[acc] - trial_loss[better]) / loss[acc].clamp_min(torch.finfo(loss.dtype).tiny)
+            short = delta[better].norm(dim=-1) <= stop.xtol * (stop.xtol + theta[acc].norm(dim=-1))
             theta[acc] = trial[better]
             lam[acc] = (lam[acc] / 3).clamp_min(LAMBDA_MIN)
-            done = acc[rel < stop.ftol]
+            done = acc[(rel < stop.ftol) | short]
             converged[done] = True
             active[done] = False
             state = problem.evaluate(theta[acc], None if acc.numel() == R else acc)

@@ -78,6 +78,7 @@ def fit_lse(
     max_iter: int = 200,
     ftol: float = 1e-10,
     gtol: float = 1e-10,
+    xtol: float = 1e-8,
     sgd: SGDProtocol | None = None,
     rep_ids: list[int] | None = None,
 ) -> FitResult:
@@ -94,6 +95,8 @@ def fit_lse(
     algorithm : ``lm`` (default), ``lbfgs``, ``adam`` or ``sgd-paper``
     backend : ``auto``, ``torch``, ``triton`` or ``scipy`` (one problem at a time, LM-type)
     reference : the measure to certify against (``G*`` where representable, else ``G_bar``)
+    max_iter, ftol, gtol, xtol : stopping rule, see
+        :class:`~moe_theory.estimators.levenberg_marquardt.StopRule`
     rep_ids : the replications' global numbers, so that a near-truth start depends on the
         replication, not on the batch it is fitted in (default ``0..R-1``)
     """
@@ -110,7 +113,7 @@ def fit_lse(
         raise ValueError(f"reference: has d = {reference.d} but X has d = {X.shape[-1]}")
     if gate == "softmax" and k < 2:
         raise ValueError("k: a softmax fit needs k >= 2 (one atom is pinned)")
-    stop = StopRule(check_positive_int("max_iter", max_iter), float(ftol), float(gtol))
+    stop = StopRule(check_positive_int("max_iter", max_iter), float(ftol), float(gtol), float(xtol))
     kernel_backend = "torch" if backend == "scipy" else resolve_backend(backend, X.device)
     R = X.shape[0]
     start = time.perf_counter()
