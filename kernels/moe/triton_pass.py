@@ -748,7 +748,9 @@ def default_config(gate: str, score: str, expert: str, d: int, k: int, *, gauss_
     if not on_gpu:  # interpreter: small tiles so that tests cross many tile and split boundaries
         return LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2)
     if gauss_newton:
-        return LaunchConfig(block_n=64, num_warps=8, num_stages=2, tile_max=128, waves=4)
+        # H100, (R, n, d, k) = (20, 1e5, 32, 9) (run 4 of NOTES.md): 24.8 ms; 64 samples or 8 warps
+        # 26.8-35.3 ms (8 warps spill), 64-wide tiles 46.8 ms, 2 programs per SM-wave 50.3 ms.
+        return LaunchConfig(block_n=128, num_warps=4, num_stages=2, tile_max=128, waves=4)
     # Spread each sample's atoms over >= 2 lanes, keeping the per-thread weights and gradient
     # accumulators near KP * DP / split <= 32 registers each. H100, d = 8 (ms, run 2 of NOTES.md):
     # k = 4: split 1: 0.179, 2: 0.176, 4: 0.207; k = 8: split 1 (spills): 1.32, 2: 0.82, 4: 0.94.
