@@ -33,9 +33,9 @@ def _mean_loss(problem: LeastSquaresProblem, theta: torch.Tensor, idx: torch.Ten
         X = torch.gather(X, 1, idx[..., None].expand(-1, -1, X.shape[-1]))
         Y = torch.gather(Y, 1, idx)
     gp, ep = problem.unpack(theta)
-    f = models.regression_function(X, gp, ep, gate=problem.gate, score=problem.score,
+    f = models.regression_function(X, gp.to(X.dtype), ep.to(X.dtype), gate=problem.gate, score=problem.score,
                                    expert=models.get_expert(problem.expert))
-    return ((Y - f) ** 2).mean(-1)
+    return ((Y - f) ** 2).mean(-1).to(theta.dtype)
 
 
 def _finish(problem, theta, n_iter, converged) -> SolverOutput:

@@ -19,6 +19,9 @@ from moe_theory.validation import check_choice, check_data, check_positive_int
 
 ALGORITHMS = ("lm", "lbfgs", "adam", "sgd-paper")
 FIT_BACKENDS = BACKENDS + ("scipy",)
+#: Parameters, Gauss-Newton blocks and the damped solves stay in float64 whatever the data's
+#: dtype: float32 data (the GPU kernels' fast path) then only rounds the passes over the data.
+PARAM_DTYPE = torch.float64
 #: SPEC section 3: a fit is certified when its loss is no worse than the reference's, to rounding.
 CERTIFY_RTOL = 1e-9
 
@@ -58,9 +61,8 @@ def objective(X: torch.Tensor, Y: torch.Tensor, measure: MixingMeasure, backend:
     if measure.R == 1 and X.shape[0] != 1:
         measure = measure.repeat(X.shape[0])
     out = moe_pass(X, Y, measure.gate_params, measure.expert_params, gate=measure.gate,
-                   score=measure.score, expert=measure.expert_fn, jacobian=False,
-                   backend=resolve_backend(backend, X.device))
-    return out.loss / X.shape[1]
+                   score=measure.score, expert=measure.expert_fn, jacobian=False, backend=backend)
+    return out.loss.double() / X.shape[1]
 
 
 def fit_lse(
@@ -114,19 +116,21 @@ def fit_lse(
     if gate == "softmax" and k < 2:
         raise ValueError("k: a softmax fit needs k >= 2 (one atom is pinned)")
     stop = StopRule(check_positive_int("max_iter", max_iter), float(ftol), float(gtol), float(xtol))
-    kernel_backend = "torch" if backend == "scipy" else resolve_backend(backend, X.device)
+    # the kernels keep their own fallback for shapes they do not take: pass ``auto`` through
+    kernel_backend = "torch" if backend == "scipy" else backend
+    resolved = "scipy" if backend == "scipy" else resolve_backend(backend, X.device)
     R = X.shape[0]
     start = time.perf_counter()
 
     init = random_init() if init is None else init
     if isinstance(init, RandomInit):
         starts = init.draw(R, gate, k=k, score=score, expert=expert, d=X.shape[-1],
-                           device=X.device, dtype=X.dtype)
+                           device=X.device, dtype=PARAM_DTYPE)
         n_starts = init.n_starts
         Xs, Ys = X.repeat(n_starts, 1, 1), Y.repeat(n_starts, 1)
     else:
         starts = init if isinstance(init, MixingMeasure) else init.draw(
-            R, gate, rep_ids=rep_ids, device=X.device, dtype=X.dtype)
+            R, gate, rep_ids=rep_ids, device=X.device, dtype=PARAM_DTYPE)
         n_starts, Xs, Ys = 1, X, Y
         if (starts.gate, starts.score, starts.expert, starts.k) != (gate, score, expert, k):
             raise ValueError(
@@ -134,7 +138,7 @@ def fit_lse(
                 f"k={starts.k}) but the fit asks for ({gate}, {score}, {expert}, k={k})")
         if starts.R == 1 and R > 1:
             starts = starts.repeat(R)
-        starts = starts.to(device=X.device, dtype=X.dtype)
+        starts = starts.to(device=X.device, dtype=PARAM_DTYPE)
 
     problem = LeastSquaresProblem(Xs, Ys, gate, score, expert, k, kernel_backend)
     theta0 = problem.pack(starts)
@@ -168,5 +172,5 @@ def fit_lse(
     return FitResult(
         measure=fitted, n_iter=n_iter, converged=converged, fit_loss=fit_loss, ref_loss=ref_loss,
         certified=certified, wall_s=time.perf_counter() - start, algorithm=algorithm,
-        backend="scipy" if backend == "scipy" else kernel_backend, device=str(X.device),
+        backend=resolved, device=str(X.device),
     )

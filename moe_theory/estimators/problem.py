@@ -21,7 +21,7 @@ class LeastSquaresProblem:
     Y : (R, n)
     gate, score, expert : the fitted model
     k : number of fitted atoms
-    backend : ``torch`` or ``triton`` (already resolved)
+    backend : ``auto``, ``torch`` or ``triton`` (see :func:`kernels.moe.moe_pass`)
     """
 
     X: torch.Tensor
@@ -83,9 +83,10 @@ class LeastSquaresProblem:
         """Loss and Gauss-Newton blocks of the replications ``rows`` (all when None)."""
         X, Y = (self.X, self.Y) if rows is None else (self.X[rows], self.Y[rows])
         gp, ep = self.unpack(theta)
-        return moe_pass(X, Y, gp, ep, gate=self.gate, score=self.score,
-                        expert=models.get_expert(self.expert), jacobian=jacobian,
-                        gauss_newton=gauss_newton, backend=self.backend)
+        out = moe_pass(X, Y, gp.to(X.dtype), ep.to(X.dtype), gate=self.gate, score=self.score,
+                       expert=models.get_expert(self.expert), jacobian=jacobian,
+                       gauss_newton=gauss_newton, backend=self.backend)
+        return MoEPass(*(None if t is None else t.to(theta.dtype) for t in out))
 
     def loss(self, theta: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Sum of squared residuals: (R,) or (len(rows),)."""
