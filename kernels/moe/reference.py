@@ -88,7 +88,8 @@ def moe_pass(
     ----------
     X : (R, n, d)
     Y : (R, n)
-    gate_params : (R, k, pg), the pinned atom's row ignored for softmax
+    gate_params : (R, k, pg); for softmax the pinned atom's row enters the scores (callers pass
+        zeros) but has no Jacobian columns
     expert_params : (R, k, pe)
     jacobian : also return ``J^T r`` (hence the gradient)
     gauss_newton : also return ``J^T J`` (needs ``jacobian``)
