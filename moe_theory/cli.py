@@ -16,12 +16,25 @@ def _cmd_sweep(args) -> int:
     from moe_theory.reproduce import write_report
     from moe_theory.sweep import run_sweep
 
-    if args.executor != "local":
-        raise ValueError(f"--executor: {args.executor!r} is not available yet; allowed: local")
     config = load_config(args.config, fast=args.fast)
     out = Path(args.out or Path("results") / config.name)
-    df = run_sweep(config, out, device=args.device, backend=args.backend, force=args.force)
+    # --gpus pins each worker to one GPU: the device is then CUDA unless said otherwise
+    device = args.device or ("cuda" if args.gpus is not None else "cpu")
+    df = run_sweep(config, out, device=device, backend=args.backend, force=args.force,
+                   executor=args.executor, scheduler=args.scheduler,
+                   local_workers=args.local_workers, gpus=args.gpus)
     write_report(df, config, out)
+    print(f"{len(df)} rows in {out / 'results.parquet'}")
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from moe_theory.sweep import merge
+
+    out = Path(args.dir)
+    if not out.is_dir():
+        raise ValueError(f"DIR: no folder {args.dir!r}")
+    df = merge(out)
     print(f"{len(df)} rows in {out / 'results.parquet'}")
     return 0
 
@@ -121,13 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run (or resume) a sweep from a TOML config")
     p.add_argument("config", help="path to a TOML config, or the name of one in simulations/configs")
     p.add_argument("--out", help="results folder (default results/NAME)")
-    p.add_argument("--executor", default="local", help="local (default)")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="local: in this process (default); dask: on a Dask cluster")
+    p.add_argument("--scheduler", help="with --executor dask: address of a running scheduler")
+    p.add_argument("--local-workers", type=int, metavar="N",
+                   help="with --executor dask: start a LocalCluster of N worker processes")
+    p.add_argument("--gpus", nargs="?", const="all", metavar="0,1",
+                   help="with --executor dask: one worker per GPU (all visible ones by default)")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted sweep (always on: finished shards are never redone)")
     p.add_argument("--force", action="store_true", help="discard shards of a different config")
     p.add_argument("--fast", action="store_true", help="apply the config's [fast] overrides")
     device_args(p)
-    p.set_defaults(run=_cmd_sweep)
+    p.set_defaults(run=_cmd_sweep, device=None)
+
+    p = sub.add_parser("merge", help="rebuild the tidy table of a results folder from its shards")
+    p.add_argument("dir")
+    p.set_defaults(run=_cmd_merge)
 
     p = sub.add_parser("rates", help="slope table of a results folder")
     p.add_argument("dir")

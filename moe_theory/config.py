@@ -104,13 +104,23 @@ def _err(key: str, msg: str) -> ValueError:
     return ValueError(f"config key {key!r}: {msg}")
 
 
-def _int(raw: dict, key: str, default: Any = None, minimum: int = 1) -> int:
+def _int(raw: dict, key: str, default: Any = None, minimum: int = 1, name: str | None = None
+         ) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _err(key, f"must be an integer, got {value!r}")
+        raise _err(name or key, f"must be an integer, got {value!r}")
     if value < minimum:
-        raise _err(key, f"must be >= {minimum}, got {value}")
+        raise _err(name or key, f"must be >= {minimum}, got {value}")
     return value
+
+
+def _unique_strings(key: str, values: list) -> None:
+    for v in values:
+        if not isinstance(v, str):
+            raise _err(key, f"entries must be strings, got {v!r}")
+    if len(set(values)) != len(values):
+        dup = next(v for v in values if values.count(v) > 1)
+        raise _err(key, f"{dup!r} is listed twice")
 
 
 def _n_grid(value: Any) -> tuple[int, ...]:
@@ -156,6 +166,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     settings = raw["settings"]
     if not isinstance(settings, list) or not settings:
         raise _err("settings", "must be a non-empty list of setting names")
+    _unique_strings("settings", settings)
     for s in settings:
         try:
             get_setting(s)
@@ -165,6 +176,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     if fit_gates is not None:
         if not isinstance(fit_gates, list) or not fit_gates:
             raise _err("fit_gates", "must be a non-empty list")
+        _unique_strings("fit_gates", fit_gates)
         for g in fit_gates:
             if g not in models.GATES:
                 raise _err("fit_gates", f"unknown gate {g!r}; allowed: {', '.join(models.GATES)}")
@@ -190,6 +202,15 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     sgd = raw.get("sgd", {})
     if not isinstance(sgd, dict) or set(sgd) - {"epochs", "lr", "batch_size", "seed"}:
         raise _err("sgd", "allowed sub-keys: epochs, lr, batch_size, seed")
+    for key in ("epochs", "batch_size", "seed"):
+        if key in sgd:
+            _int(sgd, key, minimum=0 if key == "seed" else 1, name=f"sgd.{key}")
+    lr = sgd.get("lr", 0.1)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise _err("sgd.lr", f"must be a positive number, got {lr!r}")
+    panels = raw.get("panels", [])
+    if not isinstance(panels, list):
+        raise _err("panels", f"must be a list, got {panels!r}")
     plot = raw.get("plot", {})
     if not isinstance(plot, dict):
         raise _err("plot", "must be a table mapping a fitted gate to a loss name")
@@ -206,7 +227,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         algorithm=algorithm, max_iter=_int(raw, "max_iter", 200), jitter=float(jitter),
         fit_gates=tuple(fit_gates) if fit_gates else None, k_fit=k_fit,
         losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
-        panels=tuple(raw.get("panels", ())), description=str(raw.get("description", "")),
+        panels=tuple(panels), description=str(raw.get("description", "")),
     )
 
 

@@ -8,12 +8,14 @@ missing. The merged table is rebuilt from the shard files.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
 from moe_theory.estimators import fit_lse
+from moe_theory.executors import check_executor, map_shards, parse_gpus
 from moe_theory.initialization import near_truth
 from moe_theory.reference import reference_measure
 from moe_theory.settings import Setting, get_setting
@@ -33,8 +36,17 @@ RESULT_COLUMNS = [
     "k_fit", "n", "rep", "seed", "loss_name", "loss_value", "converged", "certified", "n_iter",
     "fit_loss", "ref_loss", "wall_s", "device", "backend", "algorithm", "config_hash",
 ]
+#: The merged table's order (and each shard file's): independent of finishing order and block size.
+SORT_KEYS = ["setting", "fit_gate", "loss_name", "n", "rep"]
 #: Below this many rows the merged table also gets a CSV copy, easy to open anywhere.
 CSV_MAX_ROWS = 200_000
+#: Bytes one replication needs, per sample and input coordinate (float64): X and Y themselves,
+#: then gate/expert values, residuals and the trial point of LM hold a few more copies of that
+#: size. The Jacobian is chunked (kernels.moe.reference) and reserved for separately.
+BYTES_PER_REP_SAMPLE_COORD = 8 * 8
+#: Share of the free device memory a shard's batch may plan to use; the rest absorbs what the
+#: estimate misses (allocator fragmentation, the G_bar reference, other processes).
+MEMORY_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,80 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
     return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
 
 
+# ---- memory-aware batching -------------------------------------------------------------------
+
+def free_memory(device: str) -> int | None:
+    """Free bytes on ``device`` (CUDA: the driver's count; CPU: available physical pages), or None
+    where the platform does not say."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_rep_block(config: SweepConfig, setting: str, n: int, device: str) -> int | None:
+    """The most replications one batched fit of ``n`` samples should take on ``device``'s free
+    memory (at least 1), or None when free memory is unknown."""
+    from kernels.moe.reference import JACOBIAN_CHUNK_BYTES
+
+    free = free_memory(device)
+    if free is None:
+        return None
+    d = get_setting(setting).d
+    budget = MEMORY_FRACTION * free - JACOBIAN_CHUNK_BYTES.get(device.split(":")[0], 0)
+    return max(1, int(budget // (BYTES_PER_REP_SAMPLE_COORD * n * (d + 1))))
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError is a RuntimeError saying "out of memory", as is the CPU
+    allocator's failure inside some torch kernels; Python's own is MemoryError."""
+    return isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err))
+
+
+def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device: str = "cpu",
+                  backend: str = "auto") -> dict:
+    """Compute one shard in batches that fit the device, store it atomically, return metadata.
+
+    The replications are fitted in blocks of at most :func:`memory_rep_block`; an out-of-memory
+    error halves the block and retries it. Every replication's data and start are seeded by its
+    own number, and the batched solvers treat each replication on its own, so the rows do not
+    depend on the block size.
+
+    Returns
+    -------
+    ``{"shard", "rows", "rep_block", "oom_retries", "wall_s", "worker"}``: small, so that a
+    remote worker sends back no table.
+    """
+    start = time.perf_counter()
+    block = shard.rep_stop - shard.rep_start
+    cap = memory_rep_block(config, shard.setting, shard.n, device)
+    if cap is not None:
+        block = min(block, cap)
+    frames: list[pd.DataFrame] = []
+    first, retries = shard.rep_start, 0
+    while first < shard.rep_stop:
+        sub = Shard(shard.setting, shard.n, first, min(first + block, shard.rep_stop))
+        try:
+            frames.append(run_shard(config, sub, device=device, backend=backend))
+            first = sub.rep_stop
+            continue
+        except (MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err) or block == 1:
+                raise
+        # outside the except clause: its traceback no longer pins the failed batch's tensors
+        block, retries = block // 2, retries + 1
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    rows = pd.concat(frames, ignore_index=True).sort_values(SORT_KEYS, kind="stable")
+    rows = rows.reset_index(drop=True)
+    atomic_write(shard_path(Path(out), shard), lambda tmp: rows.to_parquet(tmp, index=False))
+    return {"shard": shard.key, "rows": len(rows), "rep_block": block, "oom_retries": retries,
+            "wall_s": time.perf_counter() - start, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
 # ---- the results store ----------------------------------------------------------------------
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -128,6 +214,12 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 def shard_path(out: Path, shard: Shard) -> Path:
     return out / "shards" / f"{shard.key}.parquet"
+
+
+def remove_partial_files(out: Path) -> None:
+    """Temporary files of writers killed before their rename (never read: not ``*.parquet``)."""
+    for tmp in (out / "shards").rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> None:
@@ -154,7 +246,7 @@ def merge(out: Path) -> pd.DataFrame:
     if not files:
         raise ValueError(f"DIR: no finished shard under {out / 'shards'}")
     df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    df = df.sort_values(["setting", "fit_gate", "loss_name", "n", "rep"], kind="stable")
+    df = df.sort_values(SORT_KEYS, kind="stable")
     df = df.reset_index(drop=True)
     atomic_write(out / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
     if len(df) <= CSV_MAX_ROWS:
@@ -184,38 +276,68 @@ def _progress(total: int, initial: int, desc: str):
 
 def run_sweep(
     config: SweepConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
-    force: bool = False, log: Callable[[str], None] | None = None,
+    force: bool = False, log: Callable[[str], None] | None = None, executor: str = "local",
+    scheduler: str | None = None, local_workers: int | None = None,
+    gpus: str | Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Run (or finish) a sweep into ``out`` and return the merged table."""
+    """Run (or finish) a sweep into ``out`` and return the merged table.
+
+    Parameters
+    ----------
+    config : the validated sweep
+    out : results folder (``manifest.json``, ``shards/``, ``results.parquet``); with a remote
+        scheduler, a path that every worker can write to
+    device, backend : where and how each shard's fits run (with ``gpus``, ``device="cuda"``)
+    force : discard the shards of a different config instead of refusing
+    log : receives one line per finished shard when stderr is not a terminal
+    executor : ``local`` (in-process, the default) or ``dask``
+    scheduler, local_workers, gpus : where the ``dask`` executor runs: an existing scheduler's
+        address, a ``LocalCluster`` of that many processes, or one worker per GPU (``"all"``,
+        ``"0,1"`` or ordinals); see :mod:`moe_theory.executors`
+
+    Finished shards are never recomputed; the merged table is the same whatever the executor,
+    the number of workers or the order in which shards finish.
+    """
     out = Path(out)
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    gpu_ids = parse_gpus(gpus)
+    check_executor(executor, scheduler=scheduler, local_workers=local_workers, gpus=gpu_ids)
+    if gpu_ids is not None and device != "cuda":
+        raise ValueError(f"device: --gpus pins each worker to one GPU, which it sees as 'cuda'; "
+                         f"got {device!r}")
+    # a remote scheduler's workers may hold GPUs that this machine lacks
+    if device.startswith("cuda") and scheduler is None and not torch.cuda.is_available():
         raise ValueError("device: 'cuda' requested but no CUDA device is available")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     write_manifest(out, config, force=force)
+    remove_partial_files(out)
     shards = plan(config)
     todo = [s for s in shards if not shard_path(out, s).exists()]
     if not todo:
         return merge(out)
-    for setting in config.setting_objects():
-        for gate in config.gates_for(setting):
-            if setting.reference_kind(gate) == "G_bar":
-                t0 = time.perf_counter()
-                reference_measure(setting, gate, device=device, backend=backend)
-                log(f"reference G_bar for {setting.name} / {gate} fit ready "
-                    f"({time.perf_counter() - t0:.1f} s)")
+    if scheduler is None:
+        # workers on this machine share the G_bar cache: compute each reference once, here
+        for setting in config.setting_objects():
+            for gate in config.gates_for(setting):
+                if setting.reference_kind(gate) == "G_bar":
+                    t0 = time.perf_counter()
+                    reference_measure(setting, gate, device=device, backend=backend)
+                    log(f"reference G_bar for {setting.name} / {gate} fit ready "
+                        f"({time.perf_counter() - t0:.1f} s)")
+    work = functools.partial(compute_shard, config=config, out=str(out.resolve()), device=device,
+                             backend=backend)
     bar = _progress(len(shards), len(shards) - len(todo), config.name)
     started = time.perf_counter()
     try:
-        for i, shard in enumerate(todo, start=1):
-            rows = run_shard(config, shard, device=device, backend=backend)
-            atomic_write(shard_path(out, shard), lambda tmp, rows=rows: rows.to_parquet(tmp,
-                                                                                    index=False))
+        for i, meta in enumerate(map_shards(work, todo, executor=executor, scheduler=scheduler,
+                                            local_workers=local_workers, gpus=gpu_ids), start=1):
             bar.update(1)
             if bar.disable:
                 elapsed = time.perf_counter() - started
                 eta = elapsed / i * (len(todo) - i)
-                log(f"[{len(shards) - len(todo) + i}/{len(shards)}] {shard.key} done "
-                    f"({elapsed:.0f} s elapsed, ETA {eta:.0f} s)")
+                retried = f", {meta['oom_retries']} OOM retries" if meta["oom_retries"] else ""
+                log(f"[{len(shards) - len(todo) + i}/{len(shards)}] {meta['shard']} done on "
+                    f"{meta['worker']} (block {meta['rep_block']}{retried}; {elapsed:.0f} s "
+                    f"elapsed, ETA {eta:.0f} s)")
     except KeyboardInterrupt:
         bar.close()
         log(f"interrupted: finished shards are kept in {out / 'shards'}; rerun to finish")

@@ -1,0 +1,146 @@
+"""Where shards run: one function boundary, :func:`map_shards`, in front of every back-end.
+
+``local`` runs the shards one after the other in this process (the default; it needs nothing
+beyond the package, and batches the replications of a shard inside one fit). ``dask`` hands them
+to a Dask distributed cluster: an existing scheduler (``scheduler="tcp://host:8786"``), a
+``LocalCluster`` of ``local_workers`` processes, or one worker per GPU (``gpus``), each pinned to
+its device. Whatever the back-end, a shard's task writes its own result file and returns small
+metadata, so no table travels back to the driver and the results never depend on which worker
+ran what, or in which order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from moe_theory.sweep import Shard
+
+EXECUTORS = ("local", "dask")
+T = TypeVar("T")
+
+
+def parse_gpus(gpus: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """GPU ordinals from ``--gpus``: ``"all"`` (every visible GPU), ``"0,1"`` or a sequence.
+
+    Returns
+    -------
+    The ordinals, or None when ``gpus`` is None.
+    """
+    if gpus is None:
+        return None
+    import torch
+
+    visible = torch.cuda.device_count()
+    if gpus == "all":
+        if visible == 0:
+            raise ValueError("--gpus: no CUDA device is visible on this machine")
+        return tuple(range(visible))
+    items = gpus.split(",") if isinstance(gpus, str) else list(gpus)
+    try:
+        ordinals = tuple(int(g) for g in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"--gpus: expected 'all' or GPU ordinals like '0,1', got {gpus!r}") from None
+    if not ordinals or len(set(ordinals)) != len(ordinals) or any(
+            g < 0 or g >= visible for g in ordinals):
+        raise ValueError(f"--gpus: {gpus!r} must name distinct GPUs among 0..{visible - 1} "
+                         f"({visible} visible)")
+    return ordinals
+
+
+def check_executor(executor: str, *, scheduler: str | None = None,
+                   local_workers: int | None = None, gpus: tuple[int, ...] | None = None) -> None:
+    """Reject inconsistent executor options before any work starts (messages name the flag)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor: unknown {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    chosen = [flag for flag, value in (("--scheduler", scheduler), ("--local-workers", local_workers),
+                                       ("--gpus", gpus)) if value is not None]
+    if executor == "local":
+        if chosen:
+            raise ValueError(f"{chosen[0]}: only with --executor dask")
+        return
+    if len(chosen) > 1:
+        raise ValueError(f"{chosen[1]}: give one of --scheduler, --local-workers, --gpus")
+    if local_workers is not None and (isinstance(local_workers, bool) or not isinstance(
+            local_workers, int) or local_workers < 1):
+        raise ValueError(f"--local-workers: must be a positive integer, got {local_workers!r}")
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler):
+        raise ValueError(f"--scheduler: must be an address like tcp://host:8786, got {scheduler!r}")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ValueError("--executor: 'dask' needs Dask distributed: "
+                         "pip install 'moe-theory[distributed]'") from None
+
+
+@contextmanager
+def dask_client(*, scheduler: str | None = None, local_workers: int | None = None,
+                gpus: tuple[int, ...] | None = None) -> Iterator[Client]:
+    """A client of an existing scheduler, or of a cluster started (and closed) here.
+
+    Local workers are processes with one thread each: a fit already uses the whole device it is
+    given, and a process per worker keeps a crash (or ``kill -9``) to one shard.
+    """
+    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            yield client
+        return
+    if gpus is not None:
+        # CUDA_VISIBLE_DEVICES set before the worker process starts: each worker sees its GPU as
+        # "cuda", so the rows' device column (and the table) is the same for any number of GPUs
+        workers = {f"gpu{g}": {"cls": Nanny, "options": {
+            "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(g)},
+            "silence_logs": logging.WARNING}} for g in gpus}
+        cluster = SpecCluster(
+            workers=workers,
+            scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}},
+            silence_logs=logging.WARNING)
+    else:
+        cluster = LocalCluster(n_workers=local_workers or os.cpu_count() or 1, threads_per_worker=1,
+                               processes=True, host="127.0.0.1", dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: str = "local",
+               scheduler: str | None = None, local_workers: int | None = None,
+               gpus: tuple[int, ...] | None = None) -> Iterator[T]:
+    """Run ``fn(shard)`` for every shard and yield the results as the shards finish.
+
+    Parameters
+    ----------
+    fn : a picklable function (module level, or a ``functools.partial`` of one) that stores its
+        shard's rows itself and returns small metadata
+    shards : the shards still to compute
+    executor : ``local`` or ``dask``
+    scheduler, local_workers, gpus : where the ``dask`` executor runs (see :func:`dask_client`)
+
+    A worker that dies mid-shard (``kill -9``, out of host memory) is replaced by Dask and its
+    shard is run again elsewhere; an error raised by ``fn`` itself stops the sweep.
+    """
+    check_executor(executor, scheduler=scheduler, local_workers=local_workers, gpus=gpus)
+    if executor == "local":
+        for shard in shards:
+            yield fn(shard)
+        return
+    from distributed import as_completed
+
+    with dask_client(scheduler=scheduler, local_workers=local_workers, gpus=gpus) as client:
+        # pure=False: a shard's task is a side effect (its file), never to be shared by key with
+        # another sweep's task on the same scheduler
+        futures = [client.submit(fn, shard, pure=False) for shard in shards]
+        try:
+            for future in as_completed(futures):
+                result: Any = future.result()
+                future.release()
+                yield result
+        finally:
+            client.cancel(futures)
