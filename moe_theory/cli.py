@@ -69,6 +69,13 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from moe_theory.report import make_report
+
+    print("\n".join(map(str, make_report(args.dir, html=args.html))))
+    return 0
+
+
 def _cmd_reproduce(args) -> int:
     from moe_theory.reproduce import reproduce
 
@@ -160,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="log-log figures of a results folder")
     p.add_argument("dir")
     p.set_defaults(run=_cmd_plot)
+
+    p = sub.add_parser("report", help="verdict report of a results folder (DIR/report.md)")
+    p.add_argument("dir")
+    p.add_argument("--html", action="store_true",
+                   help="also DIR/report.html, one file with the figures embedded")
+    p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("reproduce", help="regenerate a paper figure (default: nguyen2024 --fast)")
     p.add_argument("name", nargs="?", help="config name or 'all' (default: nguyen2024, fast)")

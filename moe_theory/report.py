@@ -1,0 +1,371 @@
+"""The verdict report of a results folder: every curve's rate against the theory, in one file.
+
+``moe-theory report DIR`` reads a folder written by a sweep or ``reproduce`` (``results.parquet``,
+``shards/`` or ``results.csv``; the config from ``manifest.json``; ``run.json`` when present) and
+writes ``DIR/report.md``, which links the figures next to it, and with ``html=True`` also
+``DIR/report.html``, which embeds them, so that the one file can be mailed or archived.
+
+Rates, verdicts and figures come from :func:`moe_theory.rates.rates_table`,
+:func:`moe_theory.reproduce.figure_panels` and :func:`moe_theory.plotting.plot_panels`; this module
+only gathers and lays them out.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moe_theory.config import SweepConfig, load_config, named_configs, parse_config
+from moe_theory.plotting import plot_panels
+from moe_theory.rates import CI_LEVEL, CURVE_KEYS, REQUIRED_COLUMNS, check_columns, rates_table
+from moe_theory.reproduce import figure_panels
+from moe_theory.sweep import atomic_write, load_results
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+#: Suffix of the figure that shows every curve, one panel per (setting, fitted gate, loss family).
+CURVES_FIGURE_SUFFIX = "-curves"
+#: Panels per row of that figure: four 2.3 in panels fill a 9 in wide page or screen.
+CURVES_FIGURE_NCOLS = 4
+# Per-fit columns the report needs besides the rates table's (SPEC 7).
+REPORT_COLUMNS = REQUIRED_COLUMNS + ("device", "backend", "config_hash")
+
+
+@dataclass(frozen=True)
+class FolderReport:
+    """Everything the report shows about one results folder.
+
+    Attributes
+    ----------
+    folder : the results folder.
+    config : the sweep config that produced the results.
+    config_source : where the config was found (``manifest.json`` or a named config).
+    results : tidy results table (SPEC 7).
+    rates : :func:`~moe_theory.rates.rates_table` plus ``device`` and ``backend`` per curve.
+    run : the folder's ``run.json`` (written by ``reproduce``), or empty.
+    figures : PNG files written for the report, each with a caption.
+    """
+
+    folder: Path
+    config: SweepConfig
+    config_source: str
+    results: pd.DataFrame
+    rates: pd.DataFrame
+    run: dict
+    figures: list[tuple[Path, str]]
+
+
+def read_results(folder: Path) -> pd.DataFrame:
+    """The tidy table of ``folder``: ``results.parquet`` or ``shards/``, else ``results.csv``."""
+    if not folder.is_dir():
+        raise ValueError(f"DIR: {folder} is not a folder")
+    if not (folder / "results.parquet").exists() and not (folder / "shards").exists():
+        if not (folder / "results.csv").exists():
+            raise ValueError(f"DIR: {folder} has no results (no results.parquet, shards/ or "
+                             "results.csv)")
+        return load_results(folder / "results.csv")
+    return load_results(folder)
+
+
+def read_config(folder: Path, results: pd.DataFrame) -> tuple[SweepConfig, str]:
+    """The config of ``folder``: ``manifest.json``, else the named config (plain or ``--fast``)
+    whose hash the results carry. Figure folders are committed without their manifest (it is
+    git-ignored), and the hash still ties them to their config."""
+    manifest = folder / "manifest.json"
+    if manifest.exists():
+        try:
+            raw = json.loads(manifest.read_text())["config"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"DIR: {manifest} is not a sweep manifest (no 'config' object)") from None
+        return parse_config(raw, source=str(manifest)), "manifest.json"
+    hashes = set(results["config_hash"].astype(str))
+    for name in named_configs():
+        for fast in (False, True):
+            try:
+                config = load_config(name, fast=fast)
+            except ValueError:
+                continue  # a config without a [fast] table has no fast variant
+            if config.hash in hashes:
+                return config, f"simulations/configs/{name}.toml{' --fast' if fast else ''}"
+    raise ValueError(f"DIR: {folder} has no manifest.json and its config_hash "
+                     f"{', '.join(sorted(hashes))} matches no named config")
+
+
+def curve_devices(results: pd.DataFrame) -> pd.DataFrame:
+    """``device`` and ``backend`` of each curve (values joined by ``/`` when a curve mixes them)."""
+    joined = results.groupby(list(CURVE_KEYS), sort=True)[["device", "backend"]].agg(
+        lambda values: "/".join(sorted(set(map(str, values)))))
+    return joined.reset_index()
+
+
+def curves_figure_panels(rates: pd.DataFrame) -> list[tuple[str, str, list]]:
+    """One panel per (setting, fitted gate, loss family): Voronoi losses apart from parameter
+    errors, whose scales differ. Curves with fewer than two usable sample sizes have no rate and
+    are left out of the figure (the table still lists them)."""
+    panels = []
+    drawable = rates[rates["n_points"] >= 2]
+    for (setting, gate), group in drawable.groupby(["setting", "fit_gate"], sort=True):
+        is_error = group["loss_name"].str.startswith("err_")
+        for family, losses in (("Voronoi", group[~is_error]), ("parameter errors", group[is_error])):
+            if not losses.empty:
+                curves = [(gate, loss, loss) for loss in losses["loss_name"]]
+                panels.append((f"{setting}\n{gate} fit, {family}", setting, curves))
+    return panels
+
+
+def build_report(folder: str | Path) -> FolderReport:
+    """Read ``folder``, fit every curve's rate and write the report's figures into it.
+
+    Returns
+    -------
+    FolderReport
+        The figures are ``DIR/<config name>.png`` (the config's own figure, as ``reproduce`` and
+        ``moe-theory plot`` draw it) and ``DIR/<config name>-curves.png`` (every curve), each
+        with its PDF.
+    """
+    folder = Path(folder)
+    results = read_results(folder)
+    if results.empty:
+        raise ValueError(f"DIR: {folder} has no results (the results table is empty)")
+    check_columns(results, REPORT_COLUMNS)
+    config, source = read_config(folder, results)
+    rates = rates_table(results).merge(curve_devices(results), on=list(CURVE_KEYS), how="left")
+    run_file = folder / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    figures = []
+    # A loss can be undefined for every fit of a curve (an over-specified error without an
+    # over-specified cell is NaN): leave such rows out, so that the figure shows the config's
+    # next loss for that curve, or no curve, instead of an empty one.
+    drawable = results[np.isfinite(results["loss_value"]) & (results["loss_value"] > 0)]
+    panels = figure_panels(drawable, config)
+    if panels:
+        png = plot_panels(drawable, panels, folder / config.name, title=config.name)[0]
+        figures.append((png, f"{config.name}: the curves the config plots, with fitted rates "
+                             "(solid) and theory guides (dashed)"))
+    panels = curves_figure_panels(rates)
+    if panels:
+        png = plot_panels(drawable, panels, folder / f"{config.name}{CURVES_FIGURE_SUFFIX}",
+                          ncols=min(len(panels), CURVES_FIGURE_NCOLS), title=config.name)[0]
+        figures.append((png, "every curve with a rate, one panel per setting, fitted gate and "
+                             "loss family"))
+    return FolderReport(folder, config, source, results, rates, run, figures)
+
+
+# ---- the document: blocks rendered to Markdown or HTML ----------------------------------------
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _share(value: float) -> str:
+    return "-" if pd.isna(value) else f"{value:.0%}"
+
+
+def _signed(value: float) -> str:
+    return "-" if pd.isna(value) else f"{value:+.2f}"
+
+
+def curve_rows(rates: pd.DataFrame) -> Table:
+    """The per-curve table: rate, theory, verdict, optimisation health, time and device."""
+    header = ["setting", "fit", "loss", "slope ± 2 se", f"{CI_LEVEL:.0%} CI", "R²", "n (points)",
+              "reps", "theory", "source", "verdict", "certified", "converged", "fit time (s)",
+              "device"]
+    rows = []
+    for _, r in rates.iterrows():
+        se = "" if pd.isna(r["slope_se"]) else f" ± {2 * r['slope_se']:.2f}"
+        theory = "-" if pd.isna(r["theory_exponent"]) else (
+            f"{r['theory_exponent']:+.2f} ({r['theory_label']})")
+        rows.append([
+            str(r["setting"]), str(r["fit_gate"]), str(r["loss_name"]), f"{_signed(r['slope'])}{se}",
+            f"[{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]",
+            "-" if pd.isna(r["r2"]) else f"{r['r2']:.3f}",
+            f"{r['n_min']}–{r['n_max']} ({r['n_points']})", str(r["reps"]), theory,
+            str(r["theory_source"] or "-"), str(r["verdict"]), _share(r["certified_share"]),
+            _share(r["converged_share"]), f"{r['wall_s']:.1f}", f"{r['device']} ({r['backend']})",
+        ])
+    return header, rows
+
+
+def setting_rows(results: pd.DataFrame) -> Table:
+    """One row per (setting, fitted gate): the truth, the fitted model and its reference."""
+    header = ["setting", "truth gate", "fit", "score", "expert", "regime", "d", "k*", "k",
+              "reference"]
+    columns = ["setting", "truth_gate", "fit_gate", "score", "expert", "regime", "d", "k_true",
+               "k_fit"]
+    has_reference = "reference" in results.columns
+    fits = results.drop_duplicates(columns + (["reference"] if has_reference else []))
+    rows = [[str(r[c]) for c in columns] + [str(r["reference"]) if has_reference else "-"]
+            for _, r in fits.sort_values(["setting", "fit_gate"]).iterrows()]
+    return header, rows
+
+
+def summary_lines(report: FolderReport) -> list[str]:
+    """The run in a few sentences: config, grid, verdict counts, optimisation health, time."""
+    config, rates, results = report.config, report.rates, report.results
+    fits = results.drop_duplicates(["setting", "fit_gate", "n", "rep"])
+    counts = rates["verdict"].value_counts()
+    verdicts = ", ".join(f"{counts[v]} {v}" for v in sorted(counts.index))
+    n_grid = sorted(results["n"].unique())
+    lines = [
+        f"Config `{config.name}` (hash `{config.hash}`, from {report.config_source})"
+        + (f": {config.description}" if config.description else "") + ".",
+        f"{len(fits)} fits ({results['setting'].nunique()} setting(s), "
+        f"{len(n_grid)} sample sizes from {n_grid[0]} to {n_grid[-1]}, up to "
+        f"{results['rep'].nunique()} replications, algorithm {config.algorithm}); "
+        f"{len(rates)} curves: {verdicts}.",
+        f"Optimisation health: {fits['certified'].astype(float).mean():.1%} of fits certified "
+        f"(fit loss no worse than the reference measure's), "
+        f"{fits['converged'].astype(float).mean():.1%} converged.",
+    ]
+    timing = f"Fit time {fits['wall_s'].sum():.1f} s on {', '.join(sorted(set(results['device'])))}"
+    if report.run:
+        run = report.run
+        timing += (f"; the run took {run.get('wall_s_this_call', float('nan')):.1f} s wall time "
+                   f"on {run.get('device_name', run.get('device', '?'))} (torch "
+                   f"{run.get('torch', '?')})")
+    lines.append(timing + ".")
+    # Certification belongs to a fit, which every loss of its (setting, fitted gate) shares.
+    uncertified = fits.groupby(["setting", "fit_gate"], sort=True)["certified"].agg(
+        lambda c: (int((~c.astype(bool)).sum()), len(c)))
+    failing = [f"{setting} / {gate} ({bad} of {total})"
+               for (setting, gate), (bad, total) in uncertified.items() if bad]
+    if failing:
+        lines.append("Uncertified fits, optimisation failures rather than rates: "
+                     f"{', '.join(failing)}.")
+    return lines
+
+
+VERDICT_NOTE = (
+    "Slope: OLS slope of log(mean loss over replications) on log n; CI: bootstrap over "
+    "replications within each n. Verdict: `consistent` when the theory exponent lies in the CI "
+    "widened by ±0.05 (moe_theory.rates.VERDICT_WIDEN), else `inconsistent`; exponent 0 stands "
+    "for \"slower than any polynomial\"."
+)
+
+
+def _blocks(report: FolderReport) -> list[tuple]:
+    title = f"Verdict report: {report.config.name}"
+    blocks: list[tuple] = [("h1", title)]
+    blocks += [("p", line) for line in summary_lines(report)]
+    blocks += [("h2", "Curves"), ("p", VERDICT_NOTE), ("table", curve_rows(report.rates))]
+    blocks += [("h2", "Settings"), ("table", setting_rows(report.results))]
+    if report.figures:
+        blocks.append(("h2", "Figures"))
+        blocks += [("figure", path, caption) for path, caption in report.figures]
+    return blocks
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: FolderReport) -> str:
+    """The report as Markdown; figures are linked by file name (they sit next to ``report.md``)."""
+    out = []
+    for block in _blocks(report):
+        kind = block[0]
+        if kind == "h1":
+            out.append(f"# {block[1]}")
+        elif kind == "h2":
+            out.append(f"## {block[1]}")
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "table":
+            header, rows = block[1]
+            lines = ["| " + " | ".join(map(_md_cell, header)) + " |",
+                     "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
+            out.append("\n".join(lines))
+        else:
+            path, caption = block[1], block[2]
+            out.append(f"![{caption}]({path.name})\n\n*{caption}* (PDF: `{path.with_suffix('.pdf').name}`)")
+    return "\n\n".join(out) + "\n"
+
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 80rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.45; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left;
+         white-space: nowrap; }
+th { background: #f4f4f4; }
+td.inconsistent { color: #b00020; font-weight: 600; }
+td.consistent { color: #1b5e20; }
+figure { margin: 1.5rem 0; }
+img { max-width: 100%; }
+code { background: #f4f4f4; padding: 0 0.2rem; }
+"""
+
+
+def _inline_html(text: str) -> str:
+    # The only inline markup of the report's prose is `code`.
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    verdict_col = header.index("verdict") if "verdict" in header else -1
+    body = []
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            cls = f' class="{html.escape(cell)}"' if i == verdict_col else ""
+            cells.append(f"<td{cls}>{html.escape(cell)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render_html(report: FolderReport) -> str:
+    """The report as one HTML file with every figure embedded as a base64 PNG."""
+    out = []
+    for block in _blocks(report):
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            out.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline_html(block[1])}</p>")
+        elif kind == "table":
+            out.append(_html_table(*block[1]))
+        else:
+            path, caption = block[1], block[2]
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            out.append(f'<figure><img src="data:image/png;base64,{data}" '
+                       f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+                       "</figcaption></figure>")
+    title = html.escape(f"Verdict report: {report.config.name}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def make_report(folder: str | Path, *, html: bool = False) -> list[Path]:
+    """Write ``DIR/report.md`` and, with ``html``, ``DIR/report.html`` (figures embedded).
+
+    Parameters
+    ----------
+    folder : results folder of a sweep or of ``moe-theory reproduce``.
+    html : also write the self-contained HTML report.
+
+    Returns
+    -------
+    list of Path
+        The report files, then the figures (PNG and PDF) written for them.
+    """
+    report = build_report(folder)
+    written = [report.folder / REPORT_MD]
+    markdown = render_markdown(report)
+    atomic_write(written[0], lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8"))
+    if html:
+        page = render_html(report)
+        written.append(report.folder / REPORT_HTML)
+        atomic_write(written[1], lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    for png, _ in report.figures:
+        written += [png, png.with_suffix(".pdf")]
+    return written
+

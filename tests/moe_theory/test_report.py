@@ -1,0 +1,164 @@
+"""The verdict report: one row per curve with the rates table's verdict, figures, HTML, errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import matplotlib.image
+import pytest
+import torch
+
+from moe_theory.cli import main
+from moe_theory.config import load_config, parse_config
+from moe_theory.rates import rates_table
+from moe_theory.report import REPORT_HTML, REPORT_MD, build_report, make_report
+from moe_theory.sweep import run_sweep, write_manifest
+from tests.moe_theory.test_rates import results_table
+
+SMALL_SWEEP = {
+    "name": "report-small", "settings": ["small-sparse-relu"], "n": [300, 600, 1200], "reps": 3,
+    "fit_gates": ["sigmoid"],
+}
+# A sigmoid fit of small-sparse-relu (N24 Thm 2): D1 and the exact-cell errors ~ n^-1/2, the
+# over-specified ones ~ n^-1/4. The synthetic D1 decays as n^-0.05 instead, far outside any CI.
+SYNTHETIC_CURVES = {("sigmoid", "D1"): -0.05, ("sigmoid", "err_eta_exact"): -0.5,
+                    ("sigmoid", "err_eta_over"): -0.25}
+SYNTHETIC_VERDICTS = {"D1": "inconsistent", "err_eta_exact": "consistent",
+                      "err_eta_over": "consistent"}
+
+
+def curve_table(markdown: str) -> list[list[str]]:
+    """Data rows of the report's per-curve table (the one after '## Curves')."""
+    section = markdown.split("## Curves", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def as_small_sparse_relu(df, config_hash):
+    """Relabel a synthetic table as sigmoid fits of ``small-sparse-relu`` (theory N24 Thm 2)."""
+    return df.assign(setting="small-sparse-relu", truth_gate="sigmoid", regime="sparse", d=2,
+                     k_true=2, k_fit=3, reference="G*", algorithm="lm", config_hash=config_hash)
+
+
+def check_figure(path):
+    assert path.exists() and path.stat().st_size > 0
+    assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+    image = matplotlib.image.imread(path)
+    assert image[..., :3].std() > 0.05  # something was drawn on the white background
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory):
+    """A real sweep's folder, its results and what ``make_report(html=True)`` wrote there."""
+    out = tmp_path_factory.mktemp("sweep")
+    # d = 2, n <= 1200: one intra-op thread is the quickest, and on a shared CI box more OpenMP
+    # threads spin against other jobs (the sweep took 16 s with two threads, 1 s with one).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        df = run_sweep(parse_config(SMALL_SWEEP), out, log=lambda msg: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out, df, make_report(out, html=True)
+
+
+def write_synthetic(folder):
+    """A results folder whose D1 decays as n^-0.05 (theory: n^-1/2), with its manifest."""
+    config = parse_config({"name": "synthetic", "settings": ["small-sparse-relu"],
+                           "n": [1000, 100000], "reps": 20, "fit_gates": ["sigmoid"]})
+    write_manifest(folder, config)
+    as_small_sparse_relu(results_table(SYNTHETIC_CURVES), config.hash).to_csv(
+        folder / "results.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    folder = write_synthetic(tmp_path_factory.mktemp("synthetic"))
+    make_report(folder, html=True)
+    return folder
+
+
+def test_small_sweep_report_has_one_row_per_curve_with_its_verdict(small_sweep):
+    out, df, paths = small_sweep
+    assert paths[:2] == [out / REPORT_MD, out / REPORT_HTML]
+    rows = curve_table((out / REPORT_MD).read_text())
+    expected = rates_table(df)
+    assert len(rows) == len(expected) == df.groupby(["setting", "fit_gate", "loss_name"]).ngroups
+    got = {(r[0], r[1], r[2]): r[10] for r in rows}
+    want = {(r.setting, r.fit_gate, r.loss_name): r.verdict for r in expected.itertuples()}
+    assert got == want
+    # D2 has no prediction in the theory table; D1 of a sigmoid ReLU fit is n^-1/2 (N24 Thm 2)
+    assert got["small-sparse-relu", "sigmoid", "D2"] == "no theory"
+    d1 = next(r for r in rows if r[2] == "D1")
+    assert d1[8].startswith("-0.50") and d1[9] == "N24 Thm 2"
+    assert d1[11] == "100%" and d1[14] == "cpu (torch)"  # certified share, device
+
+
+def test_small_sweep_report_figures_are_written_and_embedded(small_sweep):
+    out, _, paths = small_sweep
+    assert [p.name for p in paths[2:]] == ["report-small.png", "report-small.pdf",
+                                           "report-small-curves.png", "report-small-curves.pdf"]
+    for png in paths[2::2]:
+        check_figure(png)
+    page = (out / REPORT_HTML).read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert [base64.b64decode(data) for data in embedded] == [p.read_bytes() for p in paths[2::2]]
+    markdown = (out / REPORT_MD).read_text()
+    assert "(report-small.png)" in markdown and "(report-small-curves.png)" in markdown
+
+
+def test_slow_decay_against_parametric_theory_is_inconsistent(synthetic):
+    markdown = (synthetic / REPORT_MD).read_text()
+    rows = curve_table(markdown)
+    assert {r[2]: r[10] for r in rows} == SYNTHETIC_VERDICTS
+    d1 = next(r for r in rows if r[2] == "D1")
+    assert float(d1[3].split()[0]) == pytest.approx(-0.05, abs=0.03)
+    assert d1[8].startswith("-0.50")
+    # results_table makes rep 0 of every n uncertified and rep 1 unconverged: 19 of 20 fits
+    assert d1[11] == "95%" and d1[12] == "95%"
+    assert "rather than rates: small-sparse-relu / sigmoid (9 of 180)." in markdown
+    assert "1 inconsistent" in markdown and "2 consistent" in markdown
+
+
+def test_inconsistent_verdict_is_flagged_in_html(synthetic):
+    page = (synthetic / REPORT_HTML).read_text()
+    assert page.count('<td class="inconsistent">inconsistent</td>') == 1
+    assert page.count('<td class="consistent">consistent</td>') == 2
+
+
+def test_config_found_by_hash_without_manifest(tmp_path):
+    config = load_config("nguyen2024", fast=True)
+    as_small_sparse_relu(results_table({("sigmoid", "D1"): -0.5}), config.hash).to_csv(
+        tmp_path / "results.csv", index=False)
+    report = build_report(tmp_path)
+    assert report.config.hash == config.hash
+    assert report.config_source == "simulations/configs/nguyen2024.toml --fast"
+
+
+def test_cli_report(tmp_path, capsys):
+    folder = write_synthetic(tmp_path)
+    assert main(["report", str(folder)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(folder / name) for name in (REPORT_MD, "synthetic.png", "synthetic.pdf",
+                                                        "synthetic-curves.png",
+                                                        "synthetic-curves.pdf")]
+
+
+@pytest.mark.parametrize("results, manifest, message", [
+    (False, None, "has no results"),
+    (False, {"config": {}}, "has no results"),
+    (True, None, "matches no named config"),
+    (True, {"no": "config"}, "not a sweep manifest"),
+], ids=["empty", "manifest only", "unknown config", "bad manifest"])
+def test_bad_folder_exits_2_naming_dir(tmp_path, capsys, results, manifest, message):
+    if results:
+        as_small_sparse_relu(results_table({("sigmoid", "D1"): -0.5}), "unknown").to_csv(
+            tmp_path / "results.csv", index=False)
+    if manifest is not None:
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "DIR:" in err and message in err
