@@ -98,6 +98,19 @@ def read_config(folder: Path, results: pd.DataFrame) -> tuple[SweepConfig, str]:
                      f"{', '.join(sorted(hashes))} matches no named config")
 
 
+def read_run(path: Path) -> dict:
+    """``run.json`` as ``reproduce`` writes it (device name, wall time, torch), or empty."""
+    if not path.exists():
+        return {}
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"DIR: {path} is not valid JSON ({err})") from None
+    if not isinstance(run, dict):
+        raise ValueError(f"DIR: {path} must hold a JSON object, got {type(run).__name__}")
+    return run
+
+
 def curve_devices(results: pd.DataFrame) -> pd.DataFrame:
     """``device`` and ``backend`` of each curve (values joined by ``/`` when a curve mixes them)."""
     joined = results.groupby(list(CURVE_KEYS), sort=True)[["device", "backend"]].agg(
@@ -137,8 +150,7 @@ def build_report(folder: str | Path) -> FolderReport:
     check_columns(results, REPORT_COLUMNS)
     config, source = read_config(folder, results)
     rates = rates_table(results).merge(curve_devices(results), on=list(CURVE_KEYS), how="left")
-    run_file = folder / "run.json"
-    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    run = read_run(folder / "run.json")
     figures = []
     # A loss can be undefined for every fit of a curve (an over-specified error without an
     # over-specified cell is NaN): leave such rows out, so that the figure shows the config's

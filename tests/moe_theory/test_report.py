@@ -162,3 +162,10 @@ def test_bad_folder_exits_2_naming_dir(tmp_path, capsys, results, manifest, mess
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "DIR:" in err and message in err
+
+
+def test_bad_run_json_exits_2_naming_dir(tmp_path, capsys):
+    (write_synthetic(tmp_path) / "run.json").write_text("{device")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "DIR:" in err and "run.json is not valid JSON" in err
