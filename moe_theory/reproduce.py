@@ -7,6 +7,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -34,7 +35,10 @@ def figure_panels(df: pd.DataFrame, config: SweepConfig) -> list[tuple[str, str,
         sub = df[df.setting == setting]
         curves = []
         for gate in sorted(sub.fit_gate.unique()):
-            have = set(sub[sub.fit_gate == gate].loss_name)
+            rows = sub[(sub.fit_gate == gate) & (sub.loss_value > 0) & np.isfinite(sub.loss_value)]
+            # a loss that is NaN or 0 in every fit (no over-specified cell, say) cannot be drawn
+            # on log axes: fall through to the next candidate
+            have = {name for name, g in rows.groupby("loss_name") if g.n.nunique() >= 2}
             loss = next((loss for loss in plot_losses(config, gate) if loss in have), None)
             if loss is not None:
                 curves.append((gate, loss))
@@ -61,7 +65,10 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
               device: str = "cpu", backend: str = "auto") -> pd.DataFrame:
     """Run a named config into ``paper_figures/<name>[-fast]/`` and write its report there."""
     if name == "all":
-        return pd.concat([reproduce(n, fast=fast, out=out, device=device, backend=backend)
+        # one folder per config: a shared one would mix configs (refused by the manifest check)
+        suffix = "-fast" if fast else ""
+        return pd.concat([reproduce(n, fast=fast, out=None if out is None else Path(out) / (n + suffix),
+                                    device=device, backend=backend)
                           for n in named_configs()], ignore_index=True)
     config = load_config(name, fast=fast)
     folder = Path(out) if out is not None else DEFAULT_OUT / (config.name + ("-fast" if fast else ""))

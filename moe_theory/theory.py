@@ -42,6 +42,10 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     """
     models.check_gate(fit_gate)
     models.check_score(score)
+    group = loss_name.split("_")[1] if loss_name.startswith("err_") else None
+    if (group == "beta1" and not models.score_has_linear(score)) or (
+            group == "A" and not models.score_has_quadratic(score)):
+        return NO_THEORY  # the score has no such parameter
     strong = models.get_expert(expert).strongly_identifiable
     quadratic = score != "linear"
     if reference is None:
