@@ -123,6 +123,20 @@ def _unique_strings(key: str, values: list) -> None:
         raise _err(key, f"{dup!r} is listed twice")
 
 
+def _check_parameter_groups(key: str, losses: list, settings: list) -> None:
+    """A per-parameter error ``err_<group>_<cell>`` must name a group that some setting's score
+    has: ``beta1`` needs a linear term (linear, quadratic), ``A`` a quadratic one (quadratic,
+    monomial)."""
+    scores = sorted({get_setting(s).score for s in settings})
+    has = {"eta": True, "beta1": any(models.score_has_linear(sc) for sc in scores),
+           "A": any(models.score_has_quadratic(sc) for sc in scores)}
+    for loss in losses:
+        group = loss.split("_")[1] if loss.startswith("err_") else None
+        if group is not None and not has[group]:
+            raise _err(key, f"{loss!r} needs a score with parameter group {group}, but the "
+                       f"settings' scores are {', '.join(scores)}")
+
+
 def _n_grid(value: Any) -> tuple[int, ...]:
     if isinstance(value, dict):
         unknown = set(value) - {"min", "max", "num"}
@@ -190,6 +204,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         for loss in losses:
             if loss not in ALL_KINDS:
                 raise _err("losses", f"unknown loss {loss!r}; allowed: {', '.join(ALL_KINDS)}")
+        _check_parameter_groups("losses", losses, settings)
     k_fit = raw.get("k_fit")
     if k_fit is not None:
         k_fit = _int(raw, "k_fit")
@@ -220,6 +235,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
                 loss not in ALL_KINDS for loss in names):
             raise _err(f"plot.{gate}", f"{losses_!r}: keys are gates {models.GATES}, values a loss "
                        f"or list of losses from {ALL_KINDS}")
+        _check_parameter_groups(f"plot.{gate}", names, settings)
     reps = _int(raw, "reps")
     return SweepConfig(
         name=name, settings=tuple(settings), n=_n_grid(raw["n"]), reps=reps,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,13 @@ from moe_theory.sweep import atomic_write, run_sweep
 #: of this list that the results hold for that curve.
 DEFAULT_PLOT_LOSSES = ("D3", "D1")
 DEFAULT_OUT = Path("paper_figures")
+#: Figures that are not sweeps of a config: name -> "module:function". The function takes the
+#: output folder, ``fast`` and ``device``, writes its PNG, PDF and CSV files there and returns its
+#: summary table.
+EXPERIMENTS = {
+    "attention-teacher": "moe_theory.teacher_student:reproduce",
+    "attention-regularity": "moe_theory.regularity:reproduce",
+}
 
 
 def plot_losses(config: SweepConfig, gate: str) -> tuple[str, ...]:
@@ -69,7 +77,9 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
         suffix = "-fast" if fast else ""
         return pd.concat([reproduce(n, fast=fast, out=None if out is None else Path(out) / (n + suffix),
                                     device=device, backend=backend)
-                          for n in named_configs()], ignore_index=True)
+                          for n in named_configs() + list(EXPERIMENTS)], ignore_index=True)
+    if name in EXPERIMENTS:
+        return reproduce_experiment(name, fast=fast, out=out, device=device)
     config = load_config(name, fast=fast)
     folder = Path(out) if out is not None else DEFAULT_OUT / (config.name + ("-fast" if fast else ""))
     start = time.perf_counter()
@@ -87,4 +97,24 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     print(format_rates_table(table))
     print(f"\nwrote {folder}/ ({config.name}.png/.pdf, rates.txt/.csv/.json, results.csv); "
           f"{run['wall_s_this_call']:.0f} s on {device}")
+    return table
+
+
+def reproduce_experiment(name: str, *, fast: bool = False, out: str | Path | None = None,
+                         device: str = "cpu") -> pd.DataFrame:
+    """Run a non-sweep figure of :data:`EXPERIMENTS` into ``paper_figures/<name>[-fast]/``."""
+    folder = Path(out) if out is not None else DEFAULT_OUT / (name + ("-fast" if fast else ""))
+    module, function = EXPERIMENTS[name].split(":")
+    start = time.perf_counter()
+    table = getattr(import_module(module), function)(folder, fast=fast, device=device)
+    run = {
+        "experiment": name, "fast": fast, "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
+        platform.processor() or platform.machine(),
+        "wall_s_this_call": round(time.perf_counter() - start, 2), "torch": torch.__version__,
+    }
+    atomic_write(folder / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
+    print(table.to_string(index=False))
+    print(f"\nwrote {folder}/ ({name}.png/.pdf and CSV tables); {run['wall_s_this_call']:.0f} s "
+          f"on {device}")
     return table

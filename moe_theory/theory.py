@@ -75,8 +75,17 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
 
     # softmax fits (N24 Table 1, after Nguyen et al. on softmax-gated MoE; A24 for quadratic)
     if reference == "G_bar":
+        if quadratic and (loss_name == "D3" or group_cell is not None):
+            # A softmax fit of a sigmoid truth is misspecified; least squares then converges at
+            # n^-1/2 to the L2 projection G_bar when that is unique with a non-singular Hessian
+            # (White 1982), the argument of N24 Thm 4/5 for the sigmoid fit. Not in A24 or Y25.
+            return _rate(PARAMETRIC, "misspecified LSE, White 1982 (reconstruction)")
         return NO_THEORY
-    src = "A24" if quadratic else "N24 Table 1"
+    # A24 (as cited by Y25): quadratic polynomial gate + linear experts is slower than any
+    # polynomial; its monomial-gate result was not available, and with linear experts the two
+    # copies of an over-specified atom share one gate and can trade expert parameters exactly
+    # (e^{b_1} h_1 + e^{b_2} h_2 = e^{b*} h*), so the same label is kept for both scores
+    src = "A24 (reconstruction)" if quadratic else "N24 Table 1"
     if not strong:
         if loss_name in ("D1", "D2") or group_cell is not None:
             return _rate(SLOWER_THAN_POLYNOMIAL, src, "~1/log n")

@@ -1,0 +1,87 @@
+"""Teacher-student attention (exploratory, SPEC 6): the model, the fit and the head errors."""
+
+import math
+
+import pytest
+import torch
+
+from moe_theory.attention_moe import attention_rows
+from moe_theory.teacher_student import (
+    AttentionTeacher,
+    attention_heads,
+    fit_attention,
+    head_errors,
+    near_teacher,
+    sample_sequences,
+)
+
+
+def teacher(gate="sigmoid", noise_var=0.0, seq_len=5):
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(2, 3, 3, generator=gen, dtype=torch.float64)
+    V = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64) / math.sqrt(3)
+    return AttentionTeacher(gate, W, V, seq_len, noise_var=noise_var)
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
+def test_heads_are_single_head_attention_summed(gate):
+    t = teacher(gate)
+    X, Y = sample_sequences(t, n=4, reps=2, seed=1)
+    # head h is attention with W_Q = W_h, W_K = I, W_V = V_h and scale 1/sqrt(d)
+    eye = torch.eye(3, dtype=torch.float64)
+    by_head = sum(attention_rows(X.reshape(-1, 5, 3), t.W[h], eye, t.V[h], gate=gate,
+                                 scale=1 / math.sqrt(3), bias=-math.log(5)) for h in range(2))
+    torch.testing.assert_close(Y, by_head.reshape(Y.shape), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
+def test_fit_recovers_a_noise_free_teacher(gate):
+    t = teacher(gate)
+    X, Y = sample_sequences(t, n=32, reps=2, seed=2)
+    W0, V0 = near_teacher(t, 2, reps=2, seed=3, jitter=0.05)
+    fit = fit_attention(X, Y, W0, V0, gate=gate, max_iter=1000)
+    errors = head_errors(fit.W, fit.V, t)
+    # noise-free, well specified: the fit is the teacher up to the optimiser's tolerance
+    assert float(errors["err_W_exact"].max()) < 1e-4
+    assert float(errors["err_V_exact"].max()) < 1e-4
+    assert bool(torch.isnan(errors["err_W_over"]).all())  # H = H*: no over-specified cell
+    assert float(fit.fit_loss.max()) < 1e-12
+    assert bool(fit.converged.all())
+
+
+def test_head_errors_are_zero_at_the_teacher_and_ignore_head_order():
+    t = teacher()
+    W0, V0 = near_teacher(t, 3, reps=2, seed=4, jitter=0.0)  # head 2 copies head 0, V shared
+    errors = head_errors(W0, V0, t)
+    for name in ("err_W_exact", "err_V_exact", "err_W_over", "err_V_over"):
+        assert float(errors[name].abs().max()) == pytest.approx(0.0, abs=1e-15)
+    W1, V1 = near_teacher(t, 3, reps=2, seed=5, jitter=0.1)
+    perm = torch.tensor([2, 0, 1])
+    before, after = head_errors(W1, V1, t), head_errors(W1[:, perm], V1[:, perm], t)
+    for name in before:
+        torch.testing.assert_close(before[name], after[name], rtol=0, atol=1e-15)
+
+
+def test_split_heads_leave_the_function_unchanged():
+    t = teacher("softmax")
+    X, Y = sample_sequences(t, n=3, reps=1, seed=6)
+    W0, V0 = near_teacher(t, 4, reps=1, seed=7, jitter=0.0)
+    out = attention_heads(X, W0, V0, gate="softmax", bias=t.bias, scale=t.scale)
+    torch.testing.assert_close(out, Y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("make", "field"), [
+    (lambda t: near_teacher(t, 1, reps=1), "H"),
+    (lambda t: AttentionTeacher("sigmoid", torch.zeros(2, 3, 4), torch.zeros(2, 3, 2), 5), "W"),
+    (lambda t: AttentionTeacher("sigmoid", t.W, torch.zeros(2, 4, 2), 5), "V"),
+    (lambda t: AttentionTeacher("sigmoid", t.W, t.V, 0), "seq_len"),
+    (lambda t: AttentionTeacher("tanh", t.W, t.V, 5), "gate"),
+    (lambda t: AttentionTeacher("sigmoid", t.W, t.V, 5, noise_var=-1.0), "noise_var"),
+    (lambda t: fit_attention(torch.zeros(1, 2, 0, 3), torch.zeros(1, 2, 0, 2),
+                             torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 2), gate="sigmoid"), "X"),
+    (lambda t: fit_attention(torch.zeros(1, 2, 5, 3), torch.zeros(1, 2, 5, 2),
+                             torch.zeros(1, 2, 3, 2), torch.zeros(1, 2, 3, 2), gate="sigmoid"), "W0"),
+])
+def test_bad_input_names_the_field(make, field):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        make(teacher())
