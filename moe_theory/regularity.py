@@ -244,6 +244,7 @@ def plot(df: pd.DataFrame, study: RegularityStudy, table: pd.DataFrame, path_ste
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     from moe_theory.plotting import PNG_DPI, use_style
 
@@ -266,6 +267,10 @@ def plot(df: pd.DataFrame, study: RegularityStudy, table: pd.DataFrame, path_ste
                     ax.plot(mean.index, sub.bound.mean(), color=color, ls=(0, (3, 2)), lw=0.8)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            # label the grid's own values: log-axis minor labels overlap at these ranges
+            values = sorted(part[x].unique())
+            ax.set_xticks(values, [f"{v:g}" for v in values], minor=False)
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(label)
             ax.set_ylabel("local Lipschitz constant")
         from matplotlib.lines import Line2D
@@ -298,4 +303,5 @@ def reproduce(out: str | Path, *, fast: bool = False, device: str = "cpu") -> pd
     atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
     atomic_write(out / "growth.csv", lambda tmp: table.to_csv(tmp, index=False))
     plot(df, study, table, out / "attention-regularity")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     return table

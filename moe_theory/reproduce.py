@@ -114,7 +114,6 @@ def reproduce_experiment(name: str, *, fast: bool = False, out: str | Path | Non
         "wall_s_this_call": round(time.perf_counter() - start, 2), "torch": torch.__version__,
     }
     atomic_write(folder / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
-    print(table.to_string(index=False))
-    print(f"\nwrote {folder}/ ({name}.png/.pdf and CSV tables); {run['wall_s_this_call']:.0f} s "
-          f"on {device}")
+    print(f"wrote {folder}/ ({name}.png/.pdf and CSV tables); {run['wall_s_this_call']:.0f} s on "
+          f"{device}")
     return table

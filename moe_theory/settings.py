@@ -222,8 +222,9 @@ def _y25(score: str, gate: str, regime: str, expert: str) -> Setting:
     strength = "strongly" if models.get_expert(expert).strongly_identifiable else "weakly"
     note = ""
     if gate == "sigmoid" and regime == "dense":
-        # measured: the population LSE of a k*+1-atom sigmoid fit reaches f_{G*} to 1e-26 (GELU:
-        # the extra atom's gate switches off; linear/poly2: one expert's scale is split in two)
+        # measured: the population LSE of a k*+1-atom sigmoid fit reaches f_{G*} to 1e-24 (GELU:
+        # the extra atom's expert goes to 0 = gelu(0); linear/poly2: one expert's scale is split
+        # over two atoms with the same gate)
         note = "; a sigmoid fit reproduces it exactly, so its G_bar is not unique (not in yan2025)"
     return Setting(
         name=f"yan2025-{score}-{gate}-{regime}-{expert}", truth_gate=gate, score=score,
