@@ -1,6 +1,6 @@
 """Small sweeps shared by the statistical convergence tests (kept out of test collection)."""
 
-from functools import lru_cache
+from functools import cache
 
 from moe_theory.config import parse_config
 from moe_theory.rates import rates_table
@@ -12,7 +12,7 @@ GRID = {"min": 1000, "max": 20000, "num": 5}
 REPS = 12
 
 
-@lru_cache(maxsize=None)
+@cache
 def slopes(setting: str, gates: tuple[str, ...], tmp: str) -> dict[tuple[str, str], tuple]:
     cfg = parse_config({"name": f"conv-{setting}", "settings": [setting], "n": GRID, "reps": REPS,
                         "rep_block": REPS, "fit_gates": list(gates), "seed": 0})
