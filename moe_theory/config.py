@@ -30,7 +30,7 @@ import copy
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +71,13 @@ class SweepConfig:
     description: str = ""
 
     # ---- derived -------------------------------------------------------------------------
-    def setting_objects(self) -> list[Setting]:
-        out = []
-        for name in self.settings:
-            s = get_setting(name)
-            if self.k_fit is not None:
-                from dataclasses import replace
+    def setting(self, name: str) -> Setting:
+        """The named setting, with this config's ``k_fit`` override applied."""
+        setting = get_setting(name)
+        return setting if self.k_fit is None else replace(setting, k_fit=self.k_fit)
 
-                s = replace(s, k_fit=self.k_fit)
-            out.append(s)
-        return out
+    def setting_objects(self) -> list[Setting]:
+        return [self.setting(name) for name in self.settings]
 
     def gates_for(self, setting: Setting) -> tuple[str, ...]:
         return self.fit_gates or setting.fit_gates

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from moe_theory import models
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
 from moe_theory.estimators import fit_lse
@@ -29,7 +30,7 @@ from moe_theory.executors import check_executor, map_shards, parse_gpus
 from moe_theory.initialization import near_truth
 from moe_theory.reference import reference_measure
 from moe_theory.settings import Setting, get_setting
-from moe_theory.voronoi import LOSS_KINDS, PARAMETER_ERRORS, voronoi_loss
+from moe_theory.voronoi import PARAMETER_ERRORS, voronoi_loss
 
 RESULT_COLUMNS = [
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
@@ -72,21 +73,16 @@ def plan(config: SweepConfig) -> list[Shard]:
 
 def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] | None) -> list[str]:
     kinds = ["D3"] if reference == "G_bar" else ["D1", "D2"]
-    groups = ["eta"] + (["beta1"] if setting.score in ("linear", "quadratic") else []) + (
-        ["A"] if setting.score in ("quadratic", "monomial") else [])
+    groups = ["eta"] + (["beta1"] if models.score_has_linear(setting.score) else []) + (
+        ["A"] if models.score_has_quadratic(setting.score) else [])
     kinds += [e for e in PARAMETER_ERRORS if e.split("_")[1] in groups]
-    assert set(kinds) <= set(LOSS_KINDS + PARAMETER_ERRORS)
     return [k for k in kinds if wanted is None or k in wanted]
 
 
 def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto"
               ) -> pd.DataFrame:
     """Fit every gate of the shard's setting on one draw of data; one row per (rep, gate, loss)."""
-    setting = get_setting(shard.setting)
-    if config.k_fit is not None:
-        from dataclasses import replace
-
-        setting = replace(setting, k_fit=config.k_fit)
+    setting = config.setting(shard.setting)
     truth = setting.truth()
     data_seed = stable_seed(setting.name, config.seed)
     R = shard.rep_stop - shard.rep_start

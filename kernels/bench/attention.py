@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import datetime
 import json
 import math
 import multiprocessing as mp
-import platform
 import sys
 import zlib
 from collections.abc import Callable
@@ -38,6 +36,7 @@ from kernels.attention.sigmoid_attention import (
     default_configs,
     sigmoid_attention,
 )
+from kernels.bench import environment
 
 TOKENS = 16384
 WIDTH = 2048
@@ -221,19 +220,6 @@ def _print_table(rows: list[dict]) -> None:
         tflops = {p: r["tflops"] for p, r in found.items()}
         ratios = " ".join(_ratio_cell(tflops, ours, peer) for _, ours, peer in RATIO_COLUMNS)
         print(f"{key[0]:>4} {key[1]!s:>6} {key[2]:>6} {key[3]:>4} {cells} {ratios}")
-
-
-def _environment() -> dict:
-    import triton
-
-    return {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def _compile_job(job: tuple) -> str:
@@ -474,13 +460,13 @@ def run(args: argparse.Namespace) -> int:
         errors = [gate_error(n, precise) for n in (1024, 16384) for precise in (True, False)]
         for e in errors:
             print(f"gate error {e}")
-        results = {"environment": _environment(), "gate_error": errors, "tuning": _tune(points)}
+        results = {"environment": environment(), "gate_error": errors, "tuning": _tune(points)}
     else:
         overhead = host_overhead()
         print("host microseconds per call: "
               + ", ".join(f"{k} {v:.0f}" for k, v in overhead.items()), flush=True)
         rows = _sweep(points)
-        results = {"environment": _environment(), "host_overhead_us": overhead, "rows": rows,
+        results = {"environment": environment(), "host_overhead_us": overhead, "rows": rows,
                    "ratios": _ratios(rows)}
         _print_table(rows)
     if args.json:

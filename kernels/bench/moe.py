@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import datetime
 import functools
 import itertools
 import json
 import multiprocessing as mp
-import platform
 import sys
 import time
 import zlib
@@ -32,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from kernels.bench import environment
 from kernels.moe import moe_pass as dispatch_moe_pass
 from kernels.moe.reference import jacobian_chunk, moe_pass, n_free_gates
 from kernels.moe.triton_pass import LaunchConfig, default_config, fp64_dots, triton_moe_pass
@@ -67,19 +66,6 @@ CHECK_COMBOS = tuple(dict.fromkeys(
     + [(g, s, "gelu") for g in models.GATES for s in models.SCORES]
 ))
 CHECK_RUNS = (("float32", False), ("float32", True), ("float64", True))
-
-
-def _environment() -> dict:
-    import triton
-
-    return {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def _bench(fn: Callable[[], object]) -> float:
@@ -513,7 +499,7 @@ def run(args: argparse.Namespace) -> int:
                 json.dump(results, f, indent=1, default=str)
 
     _precompile(_jobs(args.tune, args.check, args.quick))
-    results: dict = {"environment": _environment()}
+    results: dict = {"environment": environment()}
     print(results["environment"], flush=True)
     if args.check:
         results["check_all"] = _check_all()
