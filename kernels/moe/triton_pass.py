@@ -38,6 +38,8 @@ import triton
 import triton.language as tl
 
 from kernels.moe.reference import MoEPass, n_free_gates
+from kernels.moe.triton_gram import GramConfig, gram_jtj
+from kernels.moe.triton_gram import applies as gram_applies
 from moe_theory import models
 from moe_theory.models import Expert
 
@@ -327,18 +329,21 @@ def _block_tile(xt, ds, dz, sx_s, sx_z, sq, Xr, rows, rmask, d, iu, iv, qc, tmas
 
 
 @triton.jit
-def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k, kf, pg, pe, p,
-                  qoff, nq, tiles_per_prog, s_tiles,
+def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, U, r, t, n_split, n, d, k, kf, pg, pe,
+                  p, qoff, nq, tiles_per_prog, s_tiles,
                   BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
                   TB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
                   HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
                   POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
                   ACC3: tl.constexpr, S: tl.constexpr, WITH_GRAD: tl.constexpr,
-                  WITH_JTJ: tl.constexpr, PRECISION: tl.constexpr, JTJ_PRECISION: tl.constexpr):
+                  WITH_JTJ: tl.constexpr, PRECISION: tl.constexpr, JTJ_PRECISION: tl.constexpr,
+                  WITH_U: tl.constexpr):
     """Loss and ``J^T r`` (and the bias-bias block of ``J^T J``) over one sample range.
 
     Each sample's atoms are split over S adjacent lanes (atom ``j * S + a`` on lane ``a``): each
-    thread then holds 1/S of the weights and gradient accumulators.
+    thread then holds 1/S of the weights and gradient accumulators. WITH_U also stores the
+    Jacobian coefficients ``U (R, kf + k, n)`` = ``[DS^T of the free gates; DZ^T]`` for the Gram
+    kernel (``kernels/moe/triton_gram.py``).
     """
     KPS: tl.constexpr = KP // S
     Xr = X + r.to(tl.int64) * n * d
@@ -370,6 +375,11 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k
             xt, y, rows, rmask, Xr, d, k, kf, bg, wg, wq, we, be, iu, iv, qc, tmask,
             SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, WITH_JTJ, PRECISION)
         loss += res * res
+        if WITH_U:
+            atoms = tl.arange(0, KPS)[:, None, None] * S + tl.arange(0, S)[None, None, :]
+            ur = U + r.to(tl.int64) * (kf + k) * n + rows[None, :, None]
+            tl.store(ur + atoms * n, ds, mask=(atoms < kf) & rmask[None, :, None])
+            tl.store(ur + (kf + atoms) * n, dz, mask=(atoms < k) & rmask[None, :, None])
         if WITH_GRAD:
             ws = ds * res[None, :, None]
             wz = dz * res[None, :, None]
@@ -505,6 +515,7 @@ def _moe_grad_kernel(
     EP,  # (R, k, pe) expert parameters
     IU, IV, QC,  # (nq,) quadratic features: row, column, coefficient c_uv
     OUT_G,  # (R, T, p + 1) float64 partial [J^T r, loss]
+    U,  # (R, kf + k, n) Jacobian coefficients, written when WITH_U
     n, tiles_per_prog, n_split,
     d: tl.constexpr, k: tl.constexpr, kf: tl.constexpr, pg: tl.constexpr, pe: tl.constexpr,
     p: tl.constexpr, qoff: tl.constexpr, nq: tl.constexpr,
@@ -512,12 +523,14 @@ def _moe_grad_kernel(
     SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
     EXPERT: tl.constexpr, POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
     ACC3: tl.constexpr, SPLIT: tl.constexpr, WITH_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+    WITH_U: tl.constexpr,
 ):
-    """Loss and ``J^T r``: grid ``(1, T, R)``; each X tile is loaded once."""
-    _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_G, tl.program_id(2), tl.program_id(1),
+    """Loss and ``J^T r`` (and the coefficients U): grid ``(1, T, R)``; each X tile is loaded
+    once."""
+    _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_G, U, tl.program_id(2), tl.program_id(1),
                   n_split, n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, 0,
                   BN, DP, KP, QP, 16, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER,
-                  DOT_X, DOT_Q, ACC3, SPLIT, WITH_GRAD, False, PRECISION, "ieee")
+                  DOT_X, DOT_Q, ACC3, SPLIT, WITH_GRAD, False, PRECISION, "ieee", WITH_U)
 
 
 @triton.jit(do_not_specialize=["n", "tiles_per_prog", "n_split"])
@@ -546,10 +559,10 @@ def _moe_gn_kernel(
     t = tl.program_id(1)
     r = tl.program_id(2)
     if pid == 0:
-        _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, r, t, n_split, n, d, k, kf, pg, pe,
-                      p, qoff, nq, tiles_per_prog, s_tiles, BN, DP, KP, QP, TB, SOFTMAX, HAS_LIN,
-                      HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, ACC3, 1, True, True,
-                      PRECISION, JTJ_PRECISION)
+        _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, OUT_T, r, t, n_split, n, d, k, kf,
+                      pg, pe, p, qoff, nq, tiles_per_prog, s_tiles, BN, DP, KP, QP, TB, SOFTMAX,
+                      HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, ACC3, 1, True, True,
+                      PRECISION, JTJ_PRECISION, False)
     else:
         pair = pid - 1
         b1 = tl.load(PAIRS + 2 * pair)
@@ -843,6 +856,7 @@ def triton_moe_pass(
     jacobian: bool = True,
     gauss_newton: bool = True,
     config: LaunchConfig | None = None,
+    gram_config: GramConfig | None = None,
 ) -> MoEPass:
     """One pass over the data with the Triton kernels; see :func:`kernels.moe.reference.moe_pass`.
 
@@ -855,6 +869,8 @@ def triton_moe_pass(
     jacobian : also return ``J^T r`` (hence the gradient ``-2 J^T r``)
     gauss_newton : also return ``J^T J`` (needs ``jacobian``)
     config : block sizes; the measured defaults when None
+    gram_config : block sizes of the Gram kernel that computes ``J^T J`` for linear scores
+        (``kernels/moe/triton_gram.py``); the defaults when None
 
     Returns
     -------
@@ -867,8 +883,13 @@ def triton_moe_pass(
     R, n, d = X.shape
     k = gate_params.shape[1]
     gn = jacobian and gauss_newton
+    # Linear scores: the gradient kernel also writes the Jacobian coefficients U and the Gram
+    # kernel forms J^T J from them; otherwise one launch with J^T J pair programs.
+    gram = gn and gram_applies(score)
+    gn_pairs = gn and not gram
     on_gpu = X.is_cuda
-    cfg = config or default_config(gate, score, expert.name, d, k, gauss_newton=gn, on_gpu=on_gpu)
+    cfg = config or default_config(gate, score, expert.name, d, k, gauss_newton=gn_pairs,
+                                   on_gpu=on_gpu)
     lay = _layout(gate, score, expert.name, d, k, cfg.tile_max)
     iu, iv, qc, blocks, pairs, index = _device_tables(lay, X.device, X.dtype)
     X, Y = X.contiguous(), Y.contiguous()
@@ -877,10 +898,10 @@ def triton_moe_pass(
     fp32_gpu = on_gpu and X.dtype == torch.float32
 
     n_tiles = triton.cdiv(n, cfg.block_n)
-    per_split = 1 + len(lay.pairs) if gn else 1
+    per_split = 1 + len(lay.pairs) if gn_pairs else 1
     units = torch.cuda.get_device_properties(X.device).multi_processor_count if on_gpu else 1
     n_split = max(1, min(n_tiles, triton.cdiv(cfg.waves * units, R * per_split)))
-    if gn:
+    if gn_pairs:
         most = PARTIAL_BYTES // (R * lay.s_tiles * X.element_size())
         n_split = max(1, min(n_split, most))
     tiles_per_prog = triton.cdiv(n_tiles, n_split)
@@ -901,7 +922,8 @@ def triton_moe_pass(
     )
     sizes = (n, tiles_per_prog, n_split)
     common.update(d=d, k=k, kf=lay.kf, pg=lay.pg, pe=lay.pe, p=p_out, qoff=lay.qoff, nq=lay.nq)
-    if gn:
+    U = None
+    if gn_pairs:
         out_t = _empty((R, n_split, lay.s_tiles), dtype=X.dtype, device=X.device)
         precision = cfg.jtj_precision or ("tf32" if fp32_gpu else "ieee")
         _moe_gn_kernel[(1 + len(lay.pairs), n_split, R)](
@@ -910,16 +932,21 @@ def triton_moe_pass(
             TB=lay.TB, MX=lay.MX, MQ=lay.MQ, FWQ=lay.FWQ, JTJ_PRECISION=precision, **common,
         )
     else:
+        U = (_empty((R, lay.kf + k, n), dtype=X.dtype, device=X.device) if gram
+             else torch.empty(1, dtype=X.dtype, device=X.device))
         _moe_grad_kernel[(1, n_split, R)](
-            X, Y, gp, ep, iu, iv, qc, out_g, *sizes, WITH_GRAD=jacobian,
+            X, Y, gp, ep, iu, iv, qc, out_g, U, *sizes, WITH_GRAD=jacobian, WITH_U=gram,
             SPLIT=1 if dot_x or dot_q else min(cfg.split, lay.KP), **common,
         )
     sums = out_g.sum(1)
     loss = sums[:, p_out].to(X.dtype)
     jtr = sums[:, : lay.p].to(X.dtype) if jacobian else None
     jtj = None
-    if gn:
+    if gn_pairs:
         jtj = out_t.sum(1, dtype=torch.float64)[:, index].to(X.dtype)
+    elif gram:
+        jtj = gram_jtj(U, X, gate=gate, expert=expert.name, k=k, precision=cfg.jtj_precision,
+                       config=gram_config)
     return MoEPass(loss, jtr, jtj)
 
 

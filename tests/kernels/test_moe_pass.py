@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from kernels.moe import moe_pass
+from kernels.moe import triton_gram
 from kernels.moe import triton_pass as tp
 from kernels.moe.reference import moe_pass as reference_moe_pass
 from kernels.moe.reference import n_free_gates
@@ -61,6 +62,7 @@ def poisoned(monkeypatch):
         return out
 
     monkeypatch.setattr(tp, "_empty", nan_empty)
+    monkeypatch.setattr(triton_gram, "_empty", nan_empty)
     return buffers
 
 
@@ -181,3 +183,22 @@ def test_bad_inputs_name_the_field():
         tp.triton_moe_pass(X, Y.double(), gp, ep, gate="sigmoid", score="linear", expert=ex)
     with pytest.raises(ValueError, match="expert_params"):
         tp.triton_moe_pass(X, Y, gp, ep[..., :2], gate="sigmoid", score="linear", expert=ex)
+
+
+@pytest.mark.parametrize("score,route", [("linear", "gram"), ("quadratic", "pairs")])
+def test_gauss_newton_route(score, route, poisoned):
+    """Linear scores take J^T J from the Gram kernel (buffers: partial sums, U, Gram partials);
+    quadratic ones from the pair programs (partial sums, J^T J tiles)."""
+    _check("softmax", score, "relu", 3, 4, 2, 77, torch.float64, poisoned)
+    shapes = [tuple(b.shape) for b in poisoned]
+    if route == "gram":
+        assert len(poisoned) == 3 and shapes[1] == (2, 3 + 4, 77), shapes
+    else:
+        assert len(poisoned) == 2, shapes
+
+
+def test_gram_rejects_wrong_coefficients():
+    X = torch.zeros(2, 5, 3, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="U: must have shape"):
+        triton_gram.gram_jtj(torch.zeros(2, 4, 5, dtype=torch.float64, device=DEVICE), X,
+                             gate="sigmoid", expert="relu", k=3)
