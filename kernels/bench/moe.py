@@ -33,6 +33,8 @@ import torch
 from kernels.bench import environment
 from kernels.moe import moe_pass as dispatch_moe_pass
 from kernels.moe.reference import jacobian_chunk, moe_pass, n_free_gates
+from kernels.moe.triton_gram import GramConfig, gram_jtj
+from kernels.moe.triton_gram import applies as gram_applies
 from kernels.moe.triton_pass import LaunchConfig, default_config, fp64_dots, triton_moe_pass
 from moe_theory import models
 
@@ -55,6 +57,15 @@ GN_VARIANTS = tuple(
     for b, w, s, t, v in ((64, 8, 2, 128, 4), (128, 8, 2, 128, 4), (64, 4, 2, 128, 4),
                           (128, 4, 2, 128, 4), (32, 4, 2, 128, 4), (128, 8, 1, 128, 4),
                           (64, 4, 2, 64, 4), (128, 8, 2, 128, 2))
+)
+#: Gram kernel (J^T J for linear scores) block sizes: role pairs, feature pairs, samples, warps,
+#: stages, programs per SM.
+GRAM_VARIANTS = tuple(
+    GramConfig(block_a=a, block_q=q, block_n=b, num_warps=w, num_stages=s, waves=v)
+    for a, q, b, w, s, v in ((64, 64, 32, 4, 2, 4), (64, 64, 64, 4, 2, 4), (64, 128, 32, 4, 2, 4),
+                             (64, 128, 32, 8, 2, 4), (128, 64, 32, 8, 2, 4), (32, 64, 32, 4, 2, 4),
+                             (64, 64, 16, 4, 3, 4), (64, 64, 32, 4, 3, 8), (64, 64, 32, 4, 1, 4),
+                             (32, 32, 32, 4, 2, 8))
 )
 PRECISIONS = ("tf32", "tf32x3", "ieee")
 _EXPERTS = ("linear", "relu", "gelu", "tanh", "poly3", "constant")
@@ -197,8 +208,9 @@ def _precompile(jobs: list[tuple], workers: int = 14) -> None:
 
 
 def _with_precision(d: int, k: int, precision: str) -> LaunchConfig:
-    """The default Gauss-Newton configuration with J^T J products in ``precision``."""
-    base = default_config(*MODEL.values(), d, k, gauss_newton=True)
+    """The default Gauss-Newton configuration with J^T J products in ``precision`` (with the Gram
+    route, ``config`` is the gradient kernel's and only its ``jtj_precision`` reaches J^T J)."""
+    base = default_config(*MODEL.values(), d, k, gauss_newton=not gram_applies(MODEL["score"]))
     return LaunchConfig(**{**vars(base), "jtj_precision": precision})
 
 
@@ -316,7 +328,13 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
     if row["triton_fp64_dots"] and "error" not in row["check_fp64"]:
         row["ours_gn_fp64_ms"] = _bench(lambda: triton_moe_pass(X64, Y64, gp64, ep64, **model))
     row["reference_gn_fp64_ms"] = _bench(lambda: moe_pass(X64, Y64, gp64, ep64, **model))
-    if tune:
+    if gram_applies(MODEL["score"]):
+        row.update(_gram_section(X, ref_coefficients(X, gp, ep, model), d, k, rates, tune))
+        if row["triton_fp64_dots"]:
+            row.update({f"{key}_fp64": v for key, v in _gram_section(
+                X64, ref_coefficients(X64, gp64, ep64, model), d, k, rates, tune,
+                precisions=("ieee",)).items()})
+    elif tune:
         row["variants"] = [
             dict(config=vars(c), ms=_bench(lambda c=c: triton_moe_pass(X, Y, gp, ep, **model,
                                                                        config=c)))
@@ -333,6 +351,45 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
     row["gradient_ratio_to_floor"] = row["ours_gradient_ms"] / row["floor_ms"]
     row["speedup_gn_vs_reference"] = row["reference_gn_ms"] / row["ours_gn_ms"]
     return row
+
+
+def ref_coefficients(X, gp, ep, model: dict) -> torch.Tensor:
+    """The Jacobian coefficients ``U (R, kf + k, n)`` the gradient kernel writes, from the
+    reference's forward terms (so that the Gram kernel can be timed alone)."""
+    from kernels.moe.reference import jacobian_coefficients
+
+    return jacobian_coefficients(X, gp, ep, **model)
+
+
+def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,
+                  precisions: tuple[str, ...] = PRECISIONS) -> dict:
+    """The Gram kernel alone (``J^T J`` from U and X): time per precision, the FLOP rates it
+    reaches counted as KERNELS.md counts ``J^T J`` (``2 R n p^2``) and as executed (``2 R n A Q``),
+    and block-size variants."""
+    R, n = X.shape[:2]
+    kw = dict(gate=MODEL["gate"], expert=MODEL["expert"], k=k)
+    p, m = _p(d, k), U.shape[1]
+    executed = 2 * R * n * (m * (m + 1) // 2) * ((d + 1) * (d + 2) // 2)
+    rate_key = "fp64" if X.dtype == torch.float64 else "tf32"
+    out = {"gram_executed_flop": executed, "gram_ms": {}}
+    for prec in precisions:
+        out["gram_ms"][prec] = _bench(lambda prec=prec: gram_jtj(U, X, precision=prec, **kw))
+    best = out["gram_ms"]["ieee" if X.dtype == torch.float64 else "tf32"]
+    out["gram_effective_tflops"] = 2 * R * n * p * p / best / 1e9
+    out["gram_executed_tflops"] = executed / best / 1e9
+    out["gram_vs_matmul"] = out["gram_effective_tflops"] / rates[rate_key]
+    out["gram_matmul_rate"] = rate_key
+    print(f"  Gram {X.dtype}: " + ", ".join(f"{k_} {v:.3f} ms" for k_, v in out["gram_ms"].items())
+          + f"; effective {out['gram_effective_tflops']:.0f} TFLOP/s = "
+          f"{out['gram_vs_matmul']:.2f} x {rate_key} matmul, executed "
+          f"{out['gram_executed_tflops']:.0f} TFLOP/s", flush=True)
+    if tune:
+        out["gram_variants"] = []
+        for c in GRAM_VARIANTS:
+            got = _section(lambda c=c: {"ms": _bench(lambda: gram_jtj(U, X, config=c, **kw))})
+            out["gram_variants"].append(dict(config=vars(c), **got))
+            print(f"  Gram variant {vars(c)}: {got}", flush=True)
+    return out
 
 
 def _lm(evaluate: Callable, theta: torch.Tensor, iters: int

@@ -54,15 +54,30 @@ def _chunk_terms(Xc, gate_params, expert_params, gate, score, expert: Expert):
     return Fg, Fe, pi, h, dh, f
 
 
-def jacobian_chunk(Xc, gate_params, expert_params, gate, score, expert: Expert):
-    """``f`` and the Jacobian of ``f`` w.r.t. the free parameters on a chunk: ``(R, c), (R, c, p)``."""
-    Fg, Fe, pi, h, dh, f = _chunk_terms(Xc, gate_params, expert_params, gate, score, expert)
+def _coefficients(pi, h, dh, f, gate: str):
+    """``df/ds`` and ``df/dz`` per atom: every Jacobian column is one of them times a feature."""
     if gate == "softmax":
         # d pi_i / d s_j = pi_i (delta_ij - pi_j)  =>  df/ds_i = pi_i (h_i - f)
         df_ds = pi * (h - f[..., None])
     else:
         df_ds = pi * (1 - pi) * h
-    df_dz = pi * dh
+    return df_ds, pi * dh
+
+
+def jacobian_coefficients(X, gate_params, expert_params, *, gate: str, score: str,
+                          expert: Expert) -> torch.Tensor:
+    """``U (R, k_free + k, n)``: ``df/ds`` of the free gates, then ``df/dz`` (what the Triton
+    gradient kernel writes for the Gram kernel)."""
+    *_, pi, h, dh, f = _chunk_terms(X, gate_params, expert_params, gate, score, expert)
+    df_ds, df_dz = _coefficients(pi, h, dh, f, gate)
+    k_free = n_free_gates(gate, gate_params.shape[1])
+    return torch.cat([df_ds[..., :k_free], df_dz], dim=-1).transpose(1, 2).contiguous()
+
+
+def jacobian_chunk(Xc, gate_params, expert_params, gate, score, expert: Expert):
+    """``f`` and the Jacobian of ``f`` w.r.t. the free parameters on a chunk: ``(R, c), (R, c, p)``."""
+    Fg, Fe, pi, h, dh, f = _chunk_terms(Xc, gate_params, expert_params, gate, score, expert)
+    df_ds, df_dz = _coefficients(pi, h, dh, f, gate)
     k_free = n_free_gates(gate, gate_params.shape[1])
     R, c = Xc.shape[:2]
     J_gate = (df_ds[..., :k_free, None] * Fg[..., None, :]).reshape(R, c, -1)

@@ -69,33 +69,38 @@ def levenberg_marquardt(
     n_iter = torch.zeros(R, dtype=torch.long, device=theta.device)
     converged = torch.zeros(R, dtype=torch.bool, device=theta.device)
     active = torch.ones(R, dtype=torch.bool, device=theta.device)
+    tiny = torch.finfo(loss.dtype).tiny
     for _ in range(stop.max_iter):
         # gradient of the mean squared loss is -2 J^T r / n
         small_grad = (2 * jtr.abs().amax(-1) / n) <= stop.gtol
         converged |= active & small_grad
         active &= ~small_grad
+        # Two host synchronisations per iteration (the active rows, the accepted rows): the rest
+        # is masked arithmetic on the active rows, queued without waiting for the device.
         rows = active.nonzero().flatten()
         if rows.numel() == 0:
             break
+        sub = None if rows.numel() == R else rows
         n_iter[rows] += 1
         delta, ok = _damped_solve(jtj[rows], jtr[rows], lam[rows])
-        trial = theta[rows] + delta
-        trial_loss = problem.loss(trial, None if rows.numel() == R else rows)
-        better = ok & torch.isfinite(trial_loss) & (trial_loss < loss[rows])
-        acc, rej = rows[better], rows[~better]
-        if rej.numel():
-            lam[rej] = lam[rej] * 4
-            gave_up = rej[lam[rej] > LAMBDA_MAX]
-            active[gave_up] = False  # no descent left at rounding level: a stationary point
-            converged[gave_up] = True
+        theta_r, loss_r, lam_r = theta[rows], loss[rows], lam[rows]
+        trial = theta_r + delta
+        trial_loss = problem.loss(trial, sub)
+        better = ok & torch.isfinite(trial_loss) & (trial_loss < loss_r)
+        # rejected: more damping, up to the bound past which no step lowers the loss to rounding
+        # (a stationary point); accepted: less damping, and stop on a small relative decrease or
+        # a short step
+        lam_r = torch.where(better, (lam_r / 3).clamp_min(LAMBDA_MIN), lam_r * 4)
+        gave_up = ~better & (lam_r > LAMBDA_MAX)
+        rel = (loss_r - trial_loss) / loss_r.clamp_min(tiny)
+        short = delta.norm(dim=-1) <= stop.xtol * (stop.xtol + theta_r.norm(dim=-1))
+        stopped = gave_up | (better & ((rel < stop.ftol) | short))
+        lam[rows] = lam_r
+        theta[rows] = torch.where(better[:, None], trial, theta_r)
+        converged[rows] |= stopped
+        active[rows] &= ~stopped
+        acc = rows[better]
         if acc.numel():
-            rel = (loss[acc] - trial_loss[better]) / loss[acc].clamp_min(torch.finfo(loss.dtype).tiny)
-            short = delta[better].norm(dim=-1) <= stop.xtol * (stop.xtol + theta[acc].norm(dim=-1))
-            theta[acc] = trial[better]
-            lam[acc] = (lam[acc] / 3).clamp_min(LAMBDA_MIN)
-            done = acc[(rel < stop.ftol) | short]
-            converged[done] = True
-            active[done] = False
             state = problem.evaluate(theta[acc], None if acc.numel() == R else acc)
             loss[acc], jtr[acc], jtj[acc] = state.loss, state.jtr, state.jtj
     return SolverOutput(theta, loss, n_iter, converged)

@@ -18,9 +18,9 @@ import zlib
 import pytest
 import torch
 
-from kernels.moe import moe_pass
-from kernels.moe import triton_gram
+from kernels.moe import moe_pass, triton_gram
 from kernels.moe import triton_pass as tp
+from kernels.moe.reference import jacobian_coefficients as reference_jacobian_coefficients
 from kernels.moe.reference import moe_pass as reference_moe_pass
 from kernels.moe.reference import n_free_gates
 from moe_theory import models
@@ -202,3 +202,16 @@ def test_gram_rejects_wrong_coefficients():
     with pytest.raises(ValueError, match="U: must have shape"):
         triton_gram.gram_jtj(torch.zeros(2, 4, 5, dtype=torch.float64, device=DEVICE), X,
                              gate="sigmoid", expert="relu", k=3)
+
+
+@pytest.mark.parametrize("gate,expert,d,k", [("sigmoid", "gelu", 3, 2), ("softmax", "constant", 1, 3),
+                                             ("softmax", "poly2", 5, 2)])
+def test_gram_kernel_alone(gate, expert, d, k, poisoned):
+    """The Gram kernel on the reference's coefficients: J^T J of the reference, float64 (1e-12)."""
+    (X, Y, gp, ep), ex = _problem(gate, "linear", expert, d, k, 3, 45, torch.float64,
+                                  _seed("gram", gate, expert, d, k))
+    U = reference_jacobian_coefficients(X, gp, ep, gate=gate, score="linear", expert=ex)
+    got = triton_gram.gram_jtj(U, X, gate=gate, expert=expert, k=k)
+    want = reference_moe_pass(X, Y, gp, ep, gate=gate, score="linear", expert=ex).jtj
+    assert poisoned and not poisoned[0].isnan().any()
+    assert _rel(got, want) <= TOLERANCE[torch.float64], _rel(got, want)
