@@ -27,7 +27,8 @@ from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
 from moe_theory.estimators import fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus
-from moe_theory.initialization import near_truth
+from moe_theory.initialization import NearTruth, near_truth
+from moe_theory.measure import MixingMeasure
 from moe_theory.reference import reference_measure
 from moe_theory.settings import Setting, get_setting
 from moe_theory.voronoi import PARAMETER_ERRORS, voronoi_loss
@@ -79,23 +80,33 @@ def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] 
     return [k for k in kinds if wanted is None or k in wanted]
 
 
+def shard_data(config: SweepConfig, setting: Setting, n: int, first_rep: int, reps: int,
+               device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The replications' data: common random numbers, depending on (setting, seed, n, rep) only."""
+    return sample(setting.truth(), n, reps, seed=stable_seed(setting.name, config.seed),
+                  first_rep=first_rep, noise_var=setting.noise_var, x_dist=setting.x_dist,
+                  device=device)
+
+
+def shard_init(config: SweepConfig, setting: Setting, n: int, gate: str, ref: MixingMeasure
+               ) -> NearTruth:
+    """The near-reference start of the fits of ``gate`` at sample size ``n``."""
+    return near_truth(ref, setting.k_fit, seed=stable_seed(setting.name, config.seed, n, gate),
+                      jitter=config.jitter, split=setting.split)
+
+
 def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto"
               ) -> pd.DataFrame:
     """Fit every gate of the shard's setting on one draw of data; one row per (rep, gate, loss)."""
     setting = config.setting(shard.setting)
-    truth = setting.truth()
     data_seed = stable_seed(setting.name, config.seed)
     R = shard.rep_stop - shard.rep_start
-    # common random numbers: the data depend on (setting, seed, n, rep) only
-    X, Y = sample(truth, shard.n, R, seed=data_seed, first_rep=shard.rep_start,
-                  noise_var=setting.noise_var, x_dist=setting.x_dist, device=device)
+    X, Y = shard_data(config, setting, shard.n, shard.rep_start, R, device)
     rep_ids = list(range(shard.rep_start, shard.rep_stop))
     frames = []
     for gate in config.gates_for(setting):
         ref_kind, ref = reference_measure(setting, gate, device=device, backend=backend)
-        init = near_truth(ref, setting.k_fit, seed=stable_seed(setting.name, config.seed, shard.n,
-                                                               gate),
-                          jitter=config.jitter, split=setting.split)
+        init = shard_init(config, setting, shard.n, gate, ref)
         fit = fit_lse(X, Y, setting.k_fit, gate, setting.expert, setting.score, init=init,
                       algorithm=config.algorithm, backend=backend, reference=ref,
                       max_iter=config.max_iter, sgd=config.sgd_protocol(), rep_ids=rep_ids)
