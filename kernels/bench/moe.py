@@ -32,9 +32,10 @@ import torch
 
 from kernels.bench import environment
 from kernels.moe import moe_pass as dispatch_moe_pass
+from kernels.moe.gram import applies as gram_applies
+from kernels.moe.gram import gram_jtj as torch_gram_jtj
 from kernels.moe.reference import jacobian_chunk, moe_pass, n_free_gates
 from kernels.moe.triton_gram import GramConfig, gram_jtj
-from kernels.moe.triton_gram import applies as gram_applies
 from kernels.moe.triton_pass import LaunchConfig, default_config, fp64_dots, triton_moe_pass
 from moe_theory import models
 
@@ -374,7 +375,16 @@ def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,
     out = {"gram_executed_flop": executed, "gram_ms": {}}
     for prec in precisions:
         out["gram_ms"][prec] = _bench(lambda prec=prec: gram_jtj(U, X, precision=prec, **kw))
-    best = out["gram_ms"]["ieee" if X.dtype == torch.float64 else "tf32"]
+    # the same product through PyTorch: W and V per sample chunk, one cuBLAS batched product each
+    # (tf32 allowed for float32, as the Triton kernel's default)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        out["gram_ms"]["torch"] = _bench(lambda: torch_gram_jtj(U, X, **kw))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    best = min(out["gram_ms"]["ieee" if X.dtype == torch.float64 else "tf32"],
+               out["gram_ms"]["torch"])
     out["gram_effective_tflops"] = 2 * R * n * p * p / best / 1e9
     out["gram_executed_tflops"] = executed / best / 1e9
     out["gram_vs_matmul"] = out["gram_effective_tflops"] / rates[rate_key]

@@ -1,21 +1,13 @@
-"""``J^T J`` of the batched MoE least-squares pass as a Gram matrix of coefficient and feature pairs.
+"""Triton kernel for the Gram form of ``J^T J`` (linear scores; the mathematics, the pair tables and
+the PyTorch version are in ``kernels/moe/gram.py``).
 
-With linear scores every column of the Jacobian is one per-atom coefficient times one feature of
-``v = [x, 1]``: the column ``(i, f)`` of ``J`` is ``U_i * v_f``, where ``U = [DS of the free gates;
-DZ]`` (``m = kf + k`` "roles") comes out of the gradient kernel (``kernels/moe/triton_pass.py``,
-``WITH_U``). So
-
-    (J^T J)[(i, f), (j, g)] = sum_t U_i(t) U_j(t) v_f(t) v_g(t) = (W^T V)[(i, j), (f, g)],
-
-with ``W`` the products of role pairs ``i <= j`` and ``V`` the products of feature pairs ``f <= g``.
-``W^T V`` has ``m(m+1)/2 x (d+1)(d+2)/2`` entries, about a quarter of ``p^2`` (``p = m (d + 1)``),
-and both factors are formed per sample tile in registers from ``U`` and ``X``: neither ``J`` nor
-``W`` nor ``V`` exists in device memory. At (R, n, d, k) = (20, 10^5, 32, 9), sigmoid: 171 x 561 =
-96k products per sample instead of 353k.
-
-Grid ``(role-pair tiles x feature-pair tiles, T, R)``: each program streams a contiguous ``1/T`` of
-one problem's samples and writes its ``(BA, BQ)`` partial tile to an ``(R, T, AP, QP)`` buffer that
-the host reduces in float64 and gathers into the reference layout with one precomputed index.
+From the coefficients ``U (R, m, n)`` the gradient kernel writes (``kernels/moe/triton_pass.py``,
+``WITH_U``) and ``X``, each program forms a tile of role-pair products ``W^T (BA, BN)`` and of
+feature-pair products ``V (BN, BQ)`` in registers and accumulates ``W^T V`` with ``tl.dot``: neither
+``J`` nor ``W`` nor ``V`` exists in device memory. Grid ``(role-pair tiles x feature-pair tiles,
+T, R)``: each program streams a contiguous ``1/T`` of one problem's samples and writes its
+``(BA, BQ)`` partial tile to an ``(R, T, AP, QP)`` buffer that the host reduces in float64 and
+gathers into the reference layout with one precomputed index.
 """
 
 from __future__ import annotations
@@ -27,8 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.moe.reference import n_free_gates
-from moe_theory import models
+from kernels.moe.gram import applies, tables
 
 #: Partial sums may take at most this many bytes; the sample splits ``T`` shrink to fit.
 PARTIAL_BYTES = 2 * 2**30
@@ -46,62 +37,12 @@ class GramConfig:
     waves: int = 4  # programs per SM the sample splits aim for
 
 
-def applies(score: str) -> bool:
-    """Whether ``J^T J`` takes the Gram route: scores without quadratic features, whose gate and
-    expert columns share the features ``[x, 1]``."""
-    return not models.score_has_quadratic(score)
-
-
-@dataclass(frozen=True)
-class _Tables:
-    m: int  # roles: free gates, then experts
-    A: int  # role pairs
-    Q: int  # feature pairs
-    ia: torch.Tensor  # (A,) first role of each pair
-    ja: torch.Tensor
-    fa: torch.Tensor  # (Q,) first feature of each pair (d: the constant 1)
-    ga: torch.Tensor
-    columns: tuple[tuple[int, int], ...]  # (role, feature) of each reference column
-
-
-@functools.lru_cache(maxsize=64)
-def _tables(gate: str, expert: str, d: int, k: int) -> _Tables:
-    ex = models.get_expert(expert)
-    kf = n_free_gates(gate, k)
-    m = kf + k
-    # Reference layout (kernels/moe/reference.py): gate atom i = [beta0, beta1 (d)], expert atom
-    # i = [a (d), b] with a slope, [b] without.
-    columns = []
-    for i in range(kf):
-        columns += [(i, d)] + [(i, u) for u in range(d)]
-    for i in range(k):
-        columns += ([(kf + i, u) for u in range(d)] if ex.has_slope else []) + [(kf + i, d)]
-    roles = [(i, j) for i in range(m) for j in range(i, m)]
-    feats = [(f, g) for f in range(d + 1) for g in range(f, d + 1)]
-    ia, ja = (torch.tensor(c, dtype=torch.int32) for c in zip(*roles, strict=True))
-    fa, ga = (torch.tensor(c, dtype=torch.int32) for c in zip(*feats, strict=True))
-    return _Tables(m, len(roles), len(feats), ia, ja, fa, ga, tuple(columns))
-
-
 @functools.lru_cache(maxsize=64)
 def _device_tables(gate: str, expert: str, d: int, k: int, QP: int, device: torch.device):
-    """Pair tables on the device and the ``(p, p)`` gather index into one ``(AP, QP)`` tile."""
-    tab = _tables(gate, expert, d, k)
-    m = tab.m
-
-    def pair(i: int, j: int) -> int:  # position of (min, max) in the row-major upper triangle
-        i, j = min(i, j), max(i, j)
-        return i * m - i * (i - 1) // 2 + (j - i)
-
-    def fpair(f: int, g: int) -> int:
-        f, g = min(f, g), max(f, g)
-        return f * (d + 1) - f * (f - 1) // 2 + (g - f)
-
-    cols = tab.columns
-    index = torch.tensor([[pair(ri, rj) * QP + fpair(fi, fj) for rj, fj in cols]
-                          for ri, fi in cols], dtype=torch.long)
-    return (tab.ia.to(device), tab.ja.to(device), tab.fa.to(device), tab.ga.to(device),
-            index.to(device))
+    """Pair tables (int32) on the device and the ``(p, p)`` gather into one ``(AP, QP)`` tile."""
+    tab = tables(gate, expert, d, k)
+    return tuple(torch.tensor(t, dtype=torch.int32, device=device)
+                 for t in (tab.ia, tab.ja, tab.fa, tab.ga)) + (tab.index(QP).to(device),)
 
 
 @triton.jit(do_not_specialize=["n", "tiles_per_prog"])
@@ -172,7 +113,7 @@ def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int
     cfg = config or GramConfig()
     if not X.is_cuda:  # interpreter: small tiles so that tests cross tile and split boundaries
         cfg = config or GramConfig(block_a=16, block_q=16, block_n=16, num_warps=1, waves=1)
-    tab = _tables(gate, expert, d, k)
+    tab = tables(gate, expert, d, k)
     if tuple(U.shape) != (R, tab.m, n):
         raise ValueError(f"U: must have shape {(R, tab.m, n)}, got {tuple(U.shape)}")
     n_a, n_q = triton.cdiv(tab.A, cfg.block_a), triton.cdiv(tab.Q, cfg.block_q)

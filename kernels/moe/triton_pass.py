@@ -37,9 +37,11 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.moe.gram import applies as gram_applies
+from kernels.moe.gram import gram_jtj as torch_gram_jtj
 from kernels.moe.reference import MoEPass, n_free_gates
-from kernels.moe.triton_gram import GramConfig, gram_jtj
-from kernels.moe.triton_gram import applies as gram_applies
+from kernels.moe.triton_gram import GramConfig
+from kernels.moe.triton_gram import gram_jtj as triton_gram_jtj
 from moe_theory import models
 from moe_theory.models import Expert
 
@@ -753,6 +755,10 @@ class LaunchConfig:
     acc3: bool = True
     #: lanes sharing one sample's atoms in the gradient kernel (small d, k only; 1 with dots)
     split: int = 1
+    #: linear scores: who multiplies the Gram form of J^T J out of the coefficients U,
+    #: ``torch`` (one batched matrix product per sample chunk, cuBLAS) or the ``triton`` kernel
+    #: (NOTES.md: measured 91 vs ... ms at (20, 1e5, 32, 9))
+    gram: str = "torch"
 
 
 def default_config(gate: str, score: str, expert: str, d: int, k: int, *, gauss_newton: bool,
@@ -944,9 +950,11 @@ def triton_moe_pass(
     jtj = None
     if gn_pairs:
         jtj = out_t.sum(1, dtype=torch.float64)[:, index].to(X.dtype)
+    elif gram and cfg.gram == "triton":
+        jtj = triton_gram_jtj(U, X, gate=gate, expert=expert.name, k=k,
+                              precision=cfg.jtj_precision, config=gram_config)
     elif gram:
-        jtj = gram_jtj(U, X, gate=gate, expert=expert.name, k=k, precision=cfg.jtj_precision,
-                       config=gram_config)
+        jtj = torch_gram_jtj(U, X, gate=gate, expert=expert.name, k=k)
     return MoEPass(loss, jtr, jtj)
 
 

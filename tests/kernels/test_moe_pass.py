@@ -71,13 +71,15 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def _check(gate, score, expert, d, k, R, n, dtype, poisoned, *, jacobian=True, gauss_newton=True):
+def _check(gate, score, expert, d, k, R, n, dtype, poisoned, *, jacobian=True, gauss_newton=True,
+           config=None):
     (X, Y, gp, ep), ex = _problem(gate, score, expert, d, k, R, n, dtype,
                                   _seed(gate, score, expert, d, k, R, n, str(dtype)))
     out = tp.triton_moe_pass(X, Y, gp, ep, gate=gate, score=score, expert=ex,
-                             jacobian=jacobian, gauss_newton=gauss_newton)
+                             jacobian=jacobian, gauss_newton=gauss_newton, config=config)
     ref = reference_moe_pass(X.double(), Y.double(), gp.double(), ep.double(), gate=gate,
-                             score=score, expert=ex, jacobian=jacobian, gauss_newton=gauss_newton)
+                             score=score, expert=ex, jacobian=jacobian, gauss_newton=gauss_newton,
+                             structured=False)
     assert poisoned and all(not buf.isnan().any() for buf in poisoned), "unwritten partial sums"
     for name, got, want in zip(ref._fields, out, ref, strict=True):
         if want is None:
@@ -185,16 +187,17 @@ def test_bad_inputs_name_the_field():
         tp.triton_moe_pass(X, Y, gp, ep[..., :2], gate="sigmoid", score="linear", expert=ex)
 
 
-@pytest.mark.parametrize("score,route", [("linear", "gram"), ("quadratic", "pairs")])
-def test_gauss_newton_route(score, route, poisoned):
-    """Linear scores take J^T J from the Gram kernel (buffers: partial sums, U, Gram partials);
-    quadratic ones from the pair programs (partial sums, J^T J tiles)."""
-    _check("softmax", score, "relu", 3, 4, 2, 77, torch.float64, poisoned)
+@pytest.mark.parametrize("score,gram,buffers", [("linear", "torch", 2), ("linear", "triton", 3),
+                                                ("quadratic", "torch", 2)])
+def test_gauss_newton_route(score, gram, buffers, poisoned):
+    """Linear scores take J^T J from the coefficients U (buffers: partial sums, U, and the Triton
+    Gram kernel's partials); quadratic ones from the pair programs (partial sums, J^T J tiles)."""
+    config = tp.LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2, gram=gram)
+    _check("softmax", score, "relu", 3, 4, 2, 77, torch.float64, poisoned, config=config)
     shapes = [tuple(b.shape) for b in poisoned]
-    if route == "gram":
-        assert len(poisoned) == 3 and shapes[1] == (2, 3 + 4, 77), shapes
-    else:
-        assert len(poisoned) == 2, shapes
+    assert len(poisoned) == buffers, shapes
+    if score == "linear":
+        assert shapes[1] == (2, 3 + 4, 77), shapes
 
 
 def test_gram_rejects_wrong_coefficients():
@@ -212,6 +215,21 @@ def test_gram_kernel_alone(gate, expert, d, k, poisoned):
                                   _seed("gram", gate, expert, d, k))
     U = reference_jacobian_coefficients(X, gp, ep, gate=gate, score="linear", expert=ex)
     got = triton_gram.gram_jtj(U, X, gate=gate, expert=expert, k=k)
-    want = reference_moe_pass(X, Y, gp, ep, gate=gate, score="linear", expert=ex).jtj
+    want = reference_moe_pass(X, Y, gp, ep, gate=gate, score="linear", expert=ex,
+                              structured=False).jtj
     assert poisoned and not poisoned[0].isnan().any()
     assert _rel(got, want) <= TOLERANCE[torch.float64], _rel(got, want)
+
+
+@pytest.mark.parametrize("gate", models.GATES)
+@pytest.mark.parametrize("expert", EXPERTS)
+def test_reference_gram_route_matches_explicit_jacobian(gate, expert):
+    """The reference's structured route (J^T r, J^T J from the coefficients; kernels/moe/gram.py)
+    against explicit chunks of J, float64, 1e-12 (only the summation order differs)."""
+    (X, Y, gp, ep), ex = _problem(gate, "linear", expert, 3, 3, 2, 57, torch.float64,
+                                  _seed("structured", gate, expert))
+    got = reference_moe_pass(X, Y, gp, ep, gate=gate, score="linear", expert=ex)
+    want = reference_moe_pass(X, Y, gp, ep, gate=gate, score="linear", expert=ex,
+                              structured=False)
+    for name, a, b in zip(want._fields, got, want, strict=True):
+        assert _rel(a, b) <= 1e-12, (name, _rel(a, b))

@@ -1,0 +1,116 @@
+"""``J^T J`` for linear scores as a Gram matrix of coefficient pairs and feature pairs.
+
+With linear scores every column of the Jacobian is one per-atom coefficient times one feature of
+``v = [x, 1]``: column ``(i, f)`` of ``J`` is ``U_i * v_f``, where ``U = [df/ds of the free gates;
+df/dz]`` holds ``m = k_free + k`` "roles" per sample. Hence
+
+    (J^T J)[(i, f), (j, g)] = sum_t U_i(t) U_j(t) v_f(t) v_g(t) = (W^T V)[(i, j), (f, g)],
+
+with ``W`` the products of role pairs ``i <= j`` and ``V`` those of feature pairs ``f <= g``: a
+product of ``m(m+1)/2 x (d+1)(d+2)/2`` entries, about a quarter of the ``p^2`` of ``J^T J``
+(``p = m (d + 1)``) and half of its upper triangle. At (R, n, d, k) = (20, 10^5, 32, 9), sigmoid:
+171 x 561 = 96k products per sample instead of 353k.
+
+This module holds the pair tables and the gather into the reference layout (shared with the Triton
+Gram kernel, ``kernels/moe/triton_gram.py``) and the PyTorch version, which forms ``W`` and ``V``
+one sample chunk at a time and multiplies them with one batched matrix product per chunk (cuBLAS
+on a GPU): ``J`` itself never exists.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from moe_theory import models
+
+#: Bytes the ``W`` and ``V`` chunks may take together (as ``JACOBIAN_CHUNK_BYTES`` for ``J``).
+CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
+
+
+def applies(score: str) -> bool:
+    """Whether ``J^T J`` takes the Gram route: scores without quadratic features, whose gate and
+    expert columns share the features ``[x, 1]``."""
+    return not models.score_has_quadratic(score)
+
+
+def n_roles(gate: str, k: int) -> int:
+    """Rows of ``U``: the free gates' ``df/ds``, then every atom's ``df/dz``."""
+    return (k - 1 if models.check_gate(gate) == "softmax" else k) + k
+
+
+@dataclass(frozen=True)
+class Tables:
+    d: int
+    m: int  # roles: free gates, then experts
+    A: int  # role pairs i <= j, row-major
+    Q: int  # feature pairs f <= g, row-major; feature d is the constant 1
+    ia: tuple[int, ...]
+    ja: tuple[int, ...]
+    fa: tuple[int, ...]
+    ga: tuple[int, ...]
+    columns: tuple[tuple[int, int], ...]  # (role, feature) of each reference column
+
+    def index(self, QP: int) -> torch.Tensor:
+        """``(p, p)`` offsets of ``J^T J`` into a row-major ``(A or more, QP)`` product."""
+        m, d1 = self.m, self.d + 1
+
+        def pair(i: int, j: int, size: int) -> int:
+            i, j = min(i, j), max(i, j)
+            return i * size - i * (i - 1) // 2 + (j - i)
+
+        return torch.tensor([[pair(ri, rj, m) * QP + pair(fi, fj, d1) for rj, fj in self.columns]
+                             for ri, fi in self.columns], dtype=torch.long)
+
+    def jtr_index(self) -> torch.Tensor:
+        """``(p,)`` offsets of ``J^T r`` into a row-major ``(m, d + 1)`` product ``(U r) V``."""
+        return torch.tensor([i * (self.d + 1) + f for i, f in self.columns], dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=64)
+def tables(gate: str, expert: str, d: int, k: int) -> Tables:
+    ex = models.get_expert(expert)
+    m = n_roles(gate, k)
+    kf = m - k
+    # Reference layout (kernels/moe/reference.py): gate atom i = [beta0, beta1 (d)], expert atom
+    # i = [a (d), b] with a slope, [b] without.
+    columns = []
+    for i in range(kf):
+        columns += [(i, d)] + [(i, u) for u in range(d)]
+    for i in range(k):
+        columns += ([(kf + i, u) for u in range(d)] if ex.has_slope else []) + [(kf + i, d)]
+    roles = [(i, j) for i in range(m) for j in range(i, m)]
+    feats = [(f, g) for f in range(d + 1) for g in range(f, d + 1)]
+    ia, ja = zip(*roles, strict=True)
+    fa, ga = zip(*feats, strict=True)
+    return Tables(d, m, len(roles), len(feats), ia, ja, fa, ga, tuple(columns))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_tables(gate: str, expert: str, d: int, k: int, device: torch.device):
+    tab = tables(gate, expert, d, k)
+    return tuple(torch.tensor(t, dtype=torch.long, device=device)
+                 for t in (tab.ia, tab.ja, tab.fa, tab.ga)) + (tab.index(tab.Q).to(device),)
+
+
+def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int) -> torch.Tensor:
+    """``J^T J (R, p, p)`` in the reference layout from ``U (R, m, n)`` and ``X (R, n, d)``."""
+    R, n, d = X.shape
+    tab = tables(gate, expert, d, k)
+    if tuple(U.shape) != (R, tab.m, n):
+        raise ValueError(f"U: must have shape {(R, tab.m, n)}, got {tuple(U.shape)}")
+    ia, ja, fa, ga, index = _device_tables(gate, expert, d, k, X.device)
+    budget = CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
+    step = max(1, min(n, budget // (R * (tab.A + tab.Q + d + 1) * X.element_size())))
+    out = X.new_zeros(R, tab.A, tab.Q)
+    for s in range(0, n, step):
+        Uc = U[:, :, s : s + step]
+        Xc = X[:, s : s + step]
+        V = torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
+        out.baddbmm_(Uc[:, ia] * Uc[:, ja], V[..., fa] * V[..., ga])
+    return out.reshape(R, -1)[:, index]
+
+
+__all__ = ["Tables", "applies", "gram_jtj", "n_roles", "tables"]
