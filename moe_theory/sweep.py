@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kernels.moe import precompile
 from moe_theory import models
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
@@ -325,6 +326,10 @@ def run_sweep(
     todo = [s for s in shards if not shard_path(out, s).exists()]
     if not todo:
         return merge(out)
+    if device.startswith("cuda") and scheduler is None and backend != "torch":
+        # compile the kernels of every fitted model in the background while G_bar is computed
+        precompile([(gate, s.score, s.expert, s.d, s.k_fit) for s in config.setting_objects()
+                    for gate in config.gates_for(s)])
     if scheduler is None:
         # workers on this machine share the G_bar cache: compute each reference once, here
         for setting in config.setting_objects():

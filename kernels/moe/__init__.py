@@ -73,6 +73,45 @@ def moe_pass(
                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton)
 
 
+def _compile_one(job: tuple[str, str, str, int, int, str]) -> None:
+    gate, score, expert, d, k, dtype_name = job
+    from kernels.moe.triton_pass import triton_moe_pass, unsupported_reason
+    from moe_theory import models
+
+    dtype, device = getattr(torch, dtype_name), torch.device("cuda")
+    if unsupported_reason(score, d, k, dtype, device):
+        return
+    ex = models.get_expert(expert)
+    X = torch.zeros(1, 64, d, dtype=dtype, device=device)
+    gp = torch.zeros(1, k, models.gate_dim(score, d), dtype=dtype, device=device)
+    ep = torch.zeros(1, k, ex.dim(d), dtype=dtype, device=device)
+    # the two launches a Levenberg-Marquardt iteration makes: Gauss-Newton, loss only
+    for jacobian in (True, False):
+        triton_moe_pass(X, X[..., 0], gp, ep, gate=gate, score=score, expert=ex,
+                        jacobian=jacobian)
+    torch.cuda.synchronize()
+
+
+def precompile(jobs: list[tuple[str, str, str, int, int]], dtype: torch.dtype = torch.float64
+               ) -> None:
+    """Compile the Triton kernels of these ``(gate, score, expert, d, k)`` models in background
+    processes, into Triton's on-disk cache, while the caller goes on (a cold start otherwise
+    compiles them one after another inside the first fits: ~18 s for N24's four curves on an
+    H100). Failures are left for the real call to report."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    jobs = sorted(set(jobs))
+    if not jobs or not torch.cuda.is_available() or not triton_available():
+        return
+    pool = cf.ProcessPoolExecutor(max_workers=min(len(jobs), max(1, (os.cpu_count() or 2) // 2)),
+                                  mp_context=mp.get_context("spawn"))
+    for job in jobs:
+        pool.submit(_compile_one, (*job, str(dtype).removeprefix("torch.")))
+    pool.shutdown(wait=False)
+
+
 __all__ = [
+    "precompile",
     "BACKENDS", "MoEPass", "moe_pass", "n_free_gates", "resolve_backend", "reference_moe_pass",
 ]

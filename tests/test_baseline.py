@@ -1,0 +1,53 @@
+"""The scipy baseline that reproduce times beside GPU sweeps: pricing and failure reporting."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import pandas as pd
+import pytest
+
+from moe_theory import baseline
+
+
+def _done(value=None, error=None) -> cf.Future:
+    fut = cf.Future()
+    fut.set_exception(error) if error else fut.set_result(value)
+    return fut
+
+
+def _sweep_rows() -> pd.DataFrame:
+    # two losses per fit: summarise must count each (setting, gate, n, rep) once
+    rows = []
+    for n, wall, iters in ((100, 0.5, 10), (400, 2.0, 20)):
+        for rep in range(2):
+            for loss in ("D1", "D2"):
+                rows.append(dict(setting="s", fit_gate="softmax", n=n, rep=rep, loss_name=loss,
+                                 wall_s=wall, n_iter=iters))
+    return pd.DataFrame(rows)
+
+
+def test_summarise_prices_fits_and_grid():
+    out = {"setting": "s", "fit_gate": "softmax", "n": 100, "scipy_s_per_evaluation": 0.1}
+    got = baseline.summarise(_done(out), _sweep_rows())
+    assert got["scipy_s_per_fit_estimate"] == pytest.approx(0.1 * 10)
+    assert got["ours_s_per_fit"] == pytest.approx(0.5)
+    assert got["speedup_per_fit"] == pytest.approx(2.0)
+    # linear in n: 2 reps x (0.1 x 1 x 10) + 2 reps x (0.1 x 4 x 20)
+    assert got["scipy_full_grid_estimate_s"] == pytest.approx(2 * 1.0 + 2 * 8.0)
+    assert got["ours_full_grid_fit_s"] == pytest.approx(2 * 0.5 + 2 * 2.0)
+
+
+def test_summarise_reports_failures():
+    assert baseline.summarise(None, _sweep_rows()) is None
+    got = baseline.summarise(_done(error=RuntimeError("no scipy")), _sweep_rows())
+    assert "RuntimeError" in got["error"]
+    other = {"setting": "t", "fit_gate": "softmax", "n": 100, "scipy_s_per_evaluation": 0.1}
+    assert "no fits" in baseline.summarise(_done(other), _sweep_rows())["error"]
+
+
+def test_baseline_run_times_scipy_on_the_sweeps_data():
+    got = baseline._run("nguyen2024", True, "small-dense-relu", "softmax", 200)
+    assert got["reps"] == baseline.BASELINE_REPS
+    assert 0 < got["scipy_evaluations"] <= baseline.BASELINE_REPS * baseline.BASELINE_EVALS
+    assert got["scipy_s_per_evaluation"] > 0
