@@ -109,7 +109,9 @@ def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int
         Uc = U[:, :, s : s + step]
         Xc = X[:, s : s + step]
         V = torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
-        out.baddbmm_(Uc[:, ia] * Uc[:, ja], V[..., fa] * V[..., ga])
+        # index_select copies whole rows / a contiguous gather; advanced indexing was slower
+        W = torch.index_select(Uc, 1, ia) * torch.index_select(Uc, 1, ja)
+        out.baddbmm_(W, torch.index_select(V, 2, fa) * torch.index_select(V, 2, ga))
     return out.reshape(R, -1)[:, index]
 
 
