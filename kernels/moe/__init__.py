@@ -54,11 +54,14 @@ def moe_pass(
     jacobian: bool = True,
     gauss_newton: bool = True,
     backend: str = "auto",
+    gram_features: torch.Tensor | None = None,
 ) -> MoEPass:
     """See :func:`kernels.moe.reference.moe_pass`; ``backend`` in ``auto``, ``torch``, ``triton``.
 
     ``auto`` runs the PyTorch reference for shapes the Triton kernels do not take
     (:func:`kernels.moe.triton_pass.unsupported_reason`); ``triton`` raises for them.
+    ``gram_features``: :func:`kernels.moe.gram.feature_pairs` of X, kept by a caller that makes
+    many Gauss-Newton passes over the same data (linear scores; ignored otherwise).
     """
     if resolve_backend(backend, X.device) == "triton":
         from kernels.moe.triton_pass import triton_moe_pass, unsupported_reason
@@ -66,11 +69,14 @@ def moe_pass(
         if backend == "auto" and unsupported_reason(score, X.shape[-1], gate_params.shape[1],
                                                     X.dtype, X.device):
             return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
-                                      expert=expert, jacobian=jacobian, gauss_newton=gauss_newton)
+                                      expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
+                                      gram_features=gram_features)
         return triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
-                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton)
+                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
+                               gram_features=gram_features)
     return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
-                              expert=expert, jacobian=jacobian, gauss_newton=gauss_newton)
+                              expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
+                              gram_features=gram_features)
 
 
 def _compile_one(job: tuple[str, str, str, int, int, str]) -> None:

@@ -95,24 +95,64 @@ def _device_tables(gate: str, expert: str, d: int, k: int, device: torch.device)
                  for t in (tab.ia, tab.ja, tab.fa, tab.ga)) + (tab.index(tab.Q).to(device),)
 
 
-def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int) -> torch.Tensor:
-    """``J^T J (R, p, p)`` in the reference layout from ``U (R, m, n)`` and ``X (R, n, d)``."""
+def _feature_pairs(Xc: torch.Tensor, fa: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+    """``V (R, c, Q)``: the products of the feature pairs of ``[x, 1]`` on a chunk."""
+    v = torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
+    # index_select copies a contiguous gather; advanced indexing was slower (lm_parts benchmark)
+    return torch.index_select(v, 2, fa) * torch.index_select(v, 2, ga)
+
+
+def feature_pairs(X: torch.Tensor) -> torch.Tensor:
+    """``V (R, n, (d+1)(d+2)/2)`` for all samples: it depends on X alone, so a solver may compute it
+    once and pass it to every :func:`gram_jtj` of a fit (see :func:`cache_fits`)."""
+    R, n, d = X.shape
+    fa, ga = _device_tables("sigmoid", "linear", d, 1, X.device)[2:4]
+    out = X.new_empty(R, n, fa.numel())
+    step = max(1, min(n, CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
+                      // (3 * R * fa.numel() * X.element_size())))
+    for s in range(0, n, step):
+        out[:, s : s + step] = _feature_pairs(X[:, s : s + step], fa, ga)
+    return out
+
+
+#: Largest ``V`` a fit keeps across its iterations, per device type (none on the CPU, where
+#: forming V is cheap next to the product); at most this fraction of the GPU's memory too.
+CACHE_BYTES = {"cuda": 16 * 2**30, "cpu": 0}
+CACHE_FRACTION = 0.25
+
+
+def cache_fits(X: torch.Tensor) -> bool:
+    """Whether :func:`feature_pairs` of X fits the cache budget of X's device."""
+    R, n, d = X.shape
+    need = R * n * (d + 1) * (d + 2) // 2 * X.element_size()
+    budget = CACHE_BYTES.get(X.device.type, 0)
+    if X.is_cuda:
+        budget = min(budget, CACHE_FRACTION * torch.cuda.get_device_properties(X.device).total_memory)
+    return need <= budget
+
+
+def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int,
+             V: torch.Tensor | None = None) -> torch.Tensor:
+    """``J^T J (R, p, p)`` in the reference layout from ``U (R, m, n)`` and ``X (R, n, d)``.
+
+    ``V``: :func:`feature_pairs` of X, if the caller keeps it (then only ``W`` is formed here).
+    """
     R, n, d = X.shape
     tab = tables(gate, expert, d, k)
     if tuple(U.shape) != (R, tab.m, n):
         raise ValueError(f"U: must have shape {(R, tab.m, n)}, got {tuple(U.shape)}")
+    if V is not None and tuple(V.shape) != (R, n, tab.Q):
+        raise ValueError(f"V: must have shape {(R, n, tab.Q)}, got {tuple(V.shape)}")
     ia, ja, fa, ga, index = _device_tables(gate, expert, d, k, X.device)
     budget = CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
     step = max(1, min(n, budget // (R * (tab.A + tab.Q + d + 1) * X.element_size())))
     out = X.new_zeros(R, tab.A, tab.Q)
     for s in range(0, n, step):
         Uc = U[:, :, s : s + step]
-        Xc = X[:, s : s + step]
-        V = torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
-        # index_select copies whole rows / a contiguous gather; advanced indexing was slower
         W = torch.index_select(Uc, 1, ia) * torch.index_select(Uc, 1, ja)
-        out.baddbmm_(W, torch.index_select(V, 2, fa) * torch.index_select(V, 2, ga))
+        Vc = _feature_pairs(X[:, s : s + step], fa, ga) if V is None else V[:, s : s + step]
+        out.baddbmm_(W, Vc)
     return out.reshape(R, -1)[:, index]
 
 
-__all__ = ["Tables", "applies", "gram_jtj", "n_roles", "tables"]
+__all__ = ["Tables", "applies", "cache_fits", "feature_pairs", "gram_jtj", "n_roles", "tables"]

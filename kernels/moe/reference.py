@@ -98,6 +98,7 @@ def moe_pass(
     jacobian: bool = True,
     gauss_newton: bool = True,
     structured: bool = True,
+    gram_features: torch.Tensor | None = None,
 ) -> MoEPass:
     """One pass over the data.
 
@@ -113,11 +114,14 @@ def moe_pass(
     structured : for linear scores, compute ``J^T r`` and ``J^T J`` from the Jacobian's
         coefficients (``kernels/moe/gram.py``, a quarter of the products); False: from explicit
         chunks of ``J`` (the oracle the tests hold both routes to)
+    gram_features : :func:`kernels.moe.gram.feature_pairs` of X for the structured route, if the
+        caller keeps it across passes
     """
     R, n, _ = X.shape
     k = gate_params.shape[1]
     if jacobian and gauss_newton and structured and gram.applies(score):
-        return _gram_pass(X, Y, gate_params, expert_params, gate=gate, score=score, expert=expert)
+        return _gram_pass(X, Y, gate_params, expert_params, gate=gate, score=score, expert=expert,
+                          V=gram_features)
     p = n_free_gates(gate, k) * gate_params.shape[2] + k * expert_params.shape[2]
     loss = X.new_zeros(R)
     jtr = X.new_zeros(R, p) if jacobian else None
@@ -137,8 +141,8 @@ def moe_pass(
     return MoEPass(loss, jtr, jtj)
 
 
-def _gram_pass(X, Y, gate_params, expert_params, *, gate: str, score: str, expert: Expert
-               ) -> MoEPass:
+def _gram_pass(X, Y, gate_params, expert_params, *, gate: str, score: str, expert: Expert,
+               V: torch.Tensor | None = None) -> MoEPass:
     """Loss, ``J^T r`` and ``J^T J`` from the coefficients ``U (R, m, n)`` (linear scores)."""
     R, n, d = X.shape
     k = gate_params.shape[1]
@@ -155,8 +159,8 @@ def _gram_pass(X, Y, gate_params, expert_params, *, gate: str, score: str, exper
         Uc = torch.cat([df_ds[..., :k_free], df_dz], dim=-1)  # (R, c, m)
         r = Yc - f
         loss += (r * r).sum(-1)
-        V = torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
-        jtr += torch.einsum("rcm,rcf->rmf", Uc * r[..., None], V)
+        v = torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
+        jtr += torch.einsum("rcm,rcf->rmf", Uc * r[..., None], v)
         U[:, :, start : start + step] = Uc.transpose(1, 2)
-    jtj = gram.gram_jtj(U, X, gate=gate, expert=expert.name, k=k)
+    jtj = gram.gram_jtj(U, X, gate=gate, expert=expert.name, k=k, V=V)
     return MoEPass(loss, jtr.reshape(R, -1)[:, tab.jtr_index().to(X.device)], jtj)

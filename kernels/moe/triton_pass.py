@@ -866,6 +866,7 @@ def triton_moe_pass(
     gauss_newton: bool = True,
     config: LaunchConfig | None = None,
     gram_config: GramConfig | None = None,
+    gram_features: torch.Tensor | None = None,
 ) -> MoEPass:
     """One pass over the data with the Triton kernels; see :func:`kernels.moe.reference.moe_pass`.
 
@@ -880,6 +881,8 @@ def triton_moe_pass(
     config : block sizes; the measured defaults when None
     gram_config : block sizes of the Gram kernel that computes ``J^T J`` for linear scores
         (``kernels/moe/triton_gram.py``); the defaults when None
+    gram_features : :func:`kernels.moe.gram.feature_pairs` of X, if the caller keeps it (used by
+        the ``torch`` Gram product)
 
     Returns
     -------
@@ -957,7 +960,7 @@ def triton_moe_pass(
         jtj = triton_gram_jtj(U, X, gate=gate, expert=expert.name, k=k,
                               precision=cfg.jtj_precision, config=gram_config)
     elif gram:
-        jtj = torch_gram_jtj(U, X, gate=gate, expert=expert.name, k=k)
+        jtj = torch_gram_jtj(U, X, gate=gate, expert=expert.name, k=k, V=gram_features)
     return MoEPass(loss, jtr, jtj)
 
 

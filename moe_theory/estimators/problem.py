@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from kernels.moe import MoEPass, moe_pass, n_free_gates
+from kernels.moe import MoEPass, gram, moe_pass, n_free_gates
 from moe_theory import models
 from moe_theory.measure import MixingMeasure
 
@@ -31,6 +31,10 @@ class LeastSquaresProblem:
     expert: str
     k: int
     backend: str
+    #: the Gram route's feature pairs of X (kernels/moe/gram.py), formed at the first
+    #: Gauss-Newton pass when they fit the device's cache budget: they depend on X alone
+    _features: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _features_checked: bool = field(default=False, init=False, repr=False)
 
     @property
     def d(self) -> int:
@@ -83,10 +87,20 @@ class LeastSquaresProblem:
         """Loss and Gauss-Newton blocks of the replications ``rows`` (all when None)."""
         X, Y = (self.X, self.Y) if rows is None else (self.X[rows], self.Y[rows])
         gp, ep = self.unpack(theta)
+        V = self._gram_features() if jacobian and gauss_newton else None
+        if V is not None and rows is not None:
+            V = V[rows]
         out = moe_pass(X, Y, gp.to(X.dtype), ep.to(X.dtype), gate=self.gate, score=self.score,
                        expert=models.get_expert(self.expert), jacobian=jacobian,
-                       gauss_newton=gauss_newton, backend=self.backend)
+                       gauss_newton=gauss_newton, backend=self.backend, gram_features=V)
         return MoEPass(*(None if t is None else t.to(theta.dtype) for t in out))
+
+    def _gram_features(self) -> torch.Tensor | None:
+        if not self._features_checked:
+            self._features_checked = True
+            if gram.applies(self.score) and gram.cache_fits(self.X):
+                self._features = gram.feature_pairs(self.X)
+        return self._features
 
     def loss(self, theta: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Sum of squared residuals: (R,) or (len(rows),)."""

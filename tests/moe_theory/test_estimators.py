@@ -136,3 +136,22 @@ def test_float32_data_keeps_float64_parameters(sparse_relu):
     # the objective to well under 1e-4; the parameters of over-specified atoms differ more
     # (measured up to 1e-2 relative in Voronoi losses), which is why float64 is the default
     assert torch.allclose(f32.fit_loss, f64.fit_loss, rtol=1e-4)
+
+
+def test_cached_feature_pairs_leave_the_fit_unchanged(monkeypatch, sparse_relu):
+    """A fit that keeps the Gram route's feature pairs (GPU default) takes the same iterates as one
+    that forms them every pass: V depends on X alone, and the product is the same, bit for bit."""
+    from kernels.moe import gram
+
+    X, Y = mt.sample(sparse_relu, n=300, reps=3, seed=6)
+    init = mt.near_truth(sparse_relu, 3, seed=7, jitter=0.05)
+    kw = dict(k=3, gate="sigmoid", expert="relu", init=init, max_iter=15, backend="torch")
+    plain = mt.fit_lse(X, Y, **kw)
+    formed = []
+    real = gram.feature_pairs
+    monkeypatch.setattr(gram, "feature_pairs", lambda X: formed.append(1) or real(X))
+    monkeypatch.setitem(gram.CACHE_BYTES, "cpu", 2**30)
+    cached = mt.fit_lse(X, Y, **kw)
+    assert formed == [1]  # formed once for the whole fit
+    assert torch.equal(plain.measure.gate_params, cached.measure.gate_params)
+    assert torch.equal(plain.n_iter, cached.n_iter)
