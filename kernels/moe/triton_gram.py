@@ -1,18 +1,26 @@
-"""Triton kernel for the Gram form of ``J^T J`` (linear scores; the mathematics, the pair tables and
-the PyTorch version are in ``kernels/moe/gram.py``).
+"""Triton kernels for the Gram form of ``J^T J`` (linear scores; the mathematics, the pair tables
+and the PyTorch version are in ``kernels/moe/gram.py``).
 
 From the coefficients ``U (R, m, n)`` the gradient kernel writes (``kernels/moe/triton_pass.py``,
-``WITH_U``) and ``X``, each program forms a tile of role-pair products ``W^T (BA, BN)`` and of
-feature-pair products ``V (BN, BQ)`` in registers and accumulates ``W^T V`` with ``tl.dot``: neither
-``J`` nor ``W`` nor ``V`` exists in device memory. Grid ``(role-pair tiles x feature-pair tiles,
-T, R)``: each program streams a contiguous ``1/T`` of one problem's samples and writes its
-``(BA, BQ)`` partial tile to an ``(R, T, AP, QP)`` buffer that the host reduces in float64 and
-gathers into the reference layout with one precomputed index.
+``WITH_U``) and ``X``, each program forms a tile of role-pair products ``W^T (BA, BN)`` in registers
+and multiplies it with ``tl.dot``: neither ``J`` nor ``W`` nor ``V`` exists in device memory. Each
+program streams a contiguous ``1/T`` of one problem's samples and writes a partial tile to an
+``(R, T, ...)`` buffer that the host reduces in float64 and gathers into the reference layout with
+one precomputed index. Two layouts (``GramConfig.layout``):
+
+- ``per_feature`` (default), ``_gram_feature_kernel``: grid ``(role-pair tiles x (d + 1) features,
+  T, R)``; program ``(a, f)`` accumulates ``M[a, f, :] = (W^T * x_f) [X, 1]`` from plain 2-D loads of
+  the X tile, so no feature gathers; it forms both ``(f, g)`` and ``(g, f)``, twice the unique
+  feature pairs. Partials ``(R, T, AP, d + 1, d + 1)``.
+- ``pairs``, ``_gram_kernel``: grid ``(role-pair tiles x feature-pair tiles, T, R)``; the feature
+  pair products ``V (BN, BQ)`` are gathered from the tile's rows of X by the pair tables (loads
+  Triton cannot vectorise). Partials ``(R, T, AP, QP)``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +35,8 @@ PARTIAL_BYTES = 2 * 2**30
 
 @dataclass(frozen=True)
 class GramConfig:
-    """Block sizes of the Gram kernel (see NOTES.md for the measurements behind the defaults)."""
+    """Block sizes of the Gram kernels (NOTES.md has the measurements behind the defaults, taken
+    with the ``pairs`` layout; ``per_feature`` reuses them untuned)."""
 
     block_a: int = 64  # role pairs per program
     block_q: int = 64  # feature pairs per program
@@ -35,6 +44,9 @@ class GramConfig:
     num_warps: int = 4
     num_stages: int = 2
     waves: int = 4  # programs per SM the sample splits aim for
+    #: ``per_feature`` (one feature of [x, 1] per program, plain X loads) or ``pairs`` (feature-pair
+    #: tiles gathered from X; block_q applies to it only)
+    layout: str = "per_feature"
 
 
 @functools.lru_cache(maxsize=64)
@@ -43,6 +55,86 @@ def _device_tables(gate: str, expert: str, d: int, k: int, QP: int, device: torc
     tab = tables(gate, expert, d, k)
     return tuple(torch.tensor(t, dtype=torch.int32, device=device)
                  for t in (tab.ia, tab.ja, tab.fa, tab.ga)) + (tab.index(QP).to(device),)
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_tables(gate: str, expert: str, d: int, k: int, device: torch.device):
+    """Role-pair tables (int32) on the device and the ``(p, p)`` offsets of ``J^T J`` into a
+    row-major ``(AP, d + 1, d + 1)`` product ``M``: entry ``((i, f), (j, g))`` is
+    ``M[pair(i, j), f, g]``, ``pair`` the row-major upper-triangle position as in ``Tables.index``."""
+    tab = tables(gate, expert, d, k)
+    m, d1 = tab.m, d + 1
+
+    def pair(i: int, j: int) -> int:
+        i, j = min(i, j), max(i, j)
+        return i * m - i * (i - 1) // 2 + (j - i)
+
+    index = torch.tensor([[(pair(ri, rj) * d1 + fi) * d1 + fj for rj, fj in tab.columns]
+                          for ri, fi in tab.columns], dtype=torch.long, device=device)
+    return tuple(torch.tensor(t, dtype=torch.int32, device=device) for t in (tab.ia, tab.ja)) + (
+        index,)
+
+
+@triton.jit(do_not_specialize=["n", "tiles_per_prog"])
+def _gram_feature_kernel(
+    U,  # (R, m, n) Jacobian coefficients, contiguous
+    X,  # (R, n, d) samples, contiguous
+    IA, JA,  # (A,) role pairs
+    OUT,  # (R, T, AP, d + 1, d + 1) partial M[a, f, g]; feature d is the constant 1
+    n, tiles_per_prog,
+    m: tl.constexpr, d: tl.constexpr, A: tl.constexpr, AP: tl.constexpr, DP: tl.constexpr,
+    BA: tl.constexpr, BN: tl.constexpr, N_ALIGN: tl.constexpr, F64: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    D1: tl.constexpr = d + 1
+    if N_ALIGN > 1:
+        # n is not specialised (one compile for all n) and tl.multiple_of does not reach a kernel
+        # argument: this exact identity (the host checked the divisor) tells the compiler that the
+        # rows ia * n of U and the mask rows < n are aligned, so the U loads vectorise.
+        n = n // N_ALIGN * N_ALIGN
+    pid = tl.program_id(0)
+    t = tl.program_id(1)
+    r = tl.program_id(2)
+    # Neighbouring programs share the role tile (same W^T loads, L1/L2 hits), differ in f.
+    f = pid % D1
+    ao = (pid // D1) * BA + tl.arange(0, BA)
+    amask = ao < A
+    ia = tl.load(IA + ao, mask=amask, other=0)
+    ja = tl.load(JA + ao, mask=amask, other=0)
+    cols = tl.arange(0, DP)
+    cmask = cols < d
+    Ur = U + r.to(tl.int64) * m * n
+    Xr = X + r.to(tl.int64) * n * d
+    if F64:
+        acc = tl.zeros((BA, DP), tl.float64)
+        wsum = tl.zeros((BA, BN), tl.float64)
+        out_dtype: tl.constexpr = tl.float64
+    else:
+        acc = tl.zeros((BA, DP), tl.float32)
+        wsum = tl.zeros((BA, BN), tl.float32)
+        out_dtype: tl.constexpr = tl.float32
+    row0 = t * tiles_per_prog * BN
+    for it in range(tiles_per_prog):
+        rows = row0 + it * BN + tl.arange(0, BN)
+        rows = tl.max_contiguous(tl.multiple_of(rows, BN), BN)
+        rmask = rows < n
+        # W^T tile (BA, BN), zero on masked rows: samples along the last axis, contiguous in U.
+        um = amask[:, None] & rmask[None, :]
+        w = tl.load(Ur + ia[:, None] * n + rows[None, :], mask=um, other=0.0)
+        w = w * tl.load(Ur + ja[:, None] * n + rows[None, :], mask=um, other=0.0)
+        # x_f (L1 hits: the X tile's rows); the constant 1 for f == d. W is zero on masked rows.
+        xf = tl.load(Xr + rows * d + tl.minimum(f, d - 1), mask=rmask, other=0.0)
+        xf = tl.where(f < d, xf, 1.0)
+        x = tl.load(Xr + rows[:, None] * d + cols[None, :], mask=rmask[:, None] & cmask[None, :],
+                    other=0.0)
+        w = w * xf[None, :]
+        acc = tl.dot(w, x, acc, input_precision=PRECISION, out_dtype=out_dtype)
+        # The (f, constant) column: summed over samples once after the loop, not per tile
+        # (no cross-lane reduction in the loop).
+        wsum += w
+    base = OUT + (r * tl.num_programs(1) + t).to(tl.int64) * AP * D1 * D1 + f * D1
+    tl.store(base + ao[:, None] * (D1 * D1) + cols[None, :], acc, mask=cmask[None, :])
+    tl.store(base + ao * (D1 * D1) + d, tl.sum(wsum, axis=1))
 
 
 @triton.jit(do_not_specialize=["n", "tiles_per_prog"])
@@ -113,29 +205,46 @@ def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int
     cfg = config or GramConfig()
     if not X.is_cuda:  # interpreter: small tiles so that tests cross tile and split boundaries
         cfg = config or GramConfig(block_a=16, block_q=16, block_n=16, num_warps=1, waves=1)
+    if cfg.layout not in ("per_feature", "pairs"):
+        raise ValueError(f"layout: must be 'per_feature' or 'pairs', got {cfg.layout!r}")
     tab = tables(gate, expert, d, k)
     if tuple(U.shape) != (R, tab.m, n):
         raise ValueError(f"U: must have shape {(R, tab.m, n)}, got {tuple(U.shape)}")
-    n_a, n_q = triton.cdiv(tab.A, cfg.block_a), triton.cdiv(tab.Q, cfg.block_q)
-    AP, QP = n_a * cfg.block_a, n_q * cfg.block_q
-    ia, ja, fa, ga, index = _device_tables(gate, expert, d, k, QP, X.device)
+    U, X = U.contiguous(), X.contiguous()  # no copies for the gradient kernel's U and usual X
+    n_a = triton.cdiv(tab.A, cfg.block_a)
+    AP = n_a * cfg.block_a
+    if cfg.layout == "pairs":
+        n_x = triton.cdiv(tab.Q, cfg.block_q)  # feature-pair tiles per role-pair tile
+        QP = n_x * cfg.block_q
+        tile = AP * QP
+    else:
+        n_x = d + 1  # one program per feature of [x, 1]
+        tile = AP * (d + 1) ** 2
     f64 = X.dtype == torch.float64
     if precision is None:
         precision = "tf32" if X.is_cuda and not f64 else "ieee"
 
     n_tiles = triton.cdiv(n, cfg.block_n)
     units = torch.cuda.get_device_properties(X.device).multi_processor_count if X.is_cuda else 1
-    n_split = max(1, min(n_tiles, triton.cdiv(cfg.waves * units, R * n_a * n_q)))
-    n_split = max(1, min(n_split, PARTIAL_BYTES // (R * AP * QP * X.element_size())))
+    n_split = max(1, min(n_tiles, triton.cdiv(cfg.waves * units, R * n_a * n_x)))
+    n_split = max(1, min(n_split, PARTIAL_BYTES // (R * tile * X.element_size())))
     tiles_per_prog = triton.cdiv(n_tiles, n_split)
     n_split = triton.cdiv(n_tiles, tiles_per_prog)
-    out = _empty((R, n_split, AP, QP), dtype=X.dtype, device=X.device)
-    _gram_kernel[(n_a * n_q, n_split, R)](
-        U, X.contiguous(), ia, ja, fa, ga, out, n, tiles_per_prog,
-        m=tab.m, d=d, A=tab.A, Q=tab.Q, AP=AP, QP=QP, BA=cfg.block_a, BQ=cfg.block_q,
-        BN=cfg.block_n, F64=f64, PRECISION=precision, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+    common = dict(m=tab.m, d=d, A=tab.A, AP=AP, BA=cfg.block_a, BN=cfg.block_n, F64=f64,
+                  PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cfg.layout == "pairs":
+        ia, ja, fa, ga, index = _device_tables(gate, expert, d, k, QP, X.device)
+        out = _empty((R, n_split, AP, QP), dtype=X.dtype, device=X.device)
+        _gram_kernel[(n_a * n_x, n_split, R)](
+            U, X, ia, ja, fa, ga, out, n, tiles_per_prog, Q=tab.Q, QP=QP, BQ=cfg.block_q, **common,
+        )
+    else:
+        ia, ja, index = _feature_tables(gate, expert, d, k, X.device)
+        out = _empty((R, n_split, AP, d + 1, d + 1), dtype=X.dtype, device=X.device)
+        _gram_feature_kernel[(n_a * n_x, n_split, R)](
+            U, X, ia, ja, out, n, tiles_per_prog, DP=max(16, triton.next_power_of_2(d)),
+            N_ALIGN=math.gcd(n, 16), **common,
+        )
     return out.sum(1, dtype=torch.float64).reshape(R, -1)[:, index].to(X.dtype)
 
 

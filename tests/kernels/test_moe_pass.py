@@ -221,6 +221,58 @@ def test_gram_kernel_alone(gate, expert, d, k, poisoned):
     assert _rel(got, want) <= TOLERANCE[torch.float64], _rel(got, want)
 
 
+# gate x expert (slope, constant) x d in {1, 3, 5}, k in {1, 2, 3} cycled so that every d meets
+# every k, R in {1, 3}; n = 37..86 (odd and even) is never a multiple of the 16-sample block.
+@pytest.mark.parametrize("gate,expert,d,k,R,n", [
+    (gate, expert, d, (1, 2, 3)[(i + i // 3) % 3], (1, 3)[i % 2], 37 + 7 * (i % 8))
+    for i, (gate, expert, d) in enumerate(
+        itertools.product(models.GATES, ("relu", "constant"), (1, 3, 5))
+    )
+])
+def test_gram_kernel_layouts(gate, expert, d, k, R, n, poisoned):
+    """Both Gram layouts on the reference's coefficients against its explicit-J J^T J, float64
+    (1e-12), each with few sample splits (many tiles per program; one under the interpreter) and
+    with one split per tile."""
+    (X, Y, gp, ep), ex = _problem(gate, "linear", expert, d, k, R, n, torch.float64,
+                                  _seed("gram layouts", gate, expert, d, k, R, n))
+    U = reference_jacobian_coefficients(X, gp, ep, gate=gate, score="linear", expert=ex)
+    want = reference_moe_pass(X, Y, gp, ep, gate=gate, score="linear", expert=ex,
+                              structured=False).jtj
+    for layout, waves in itertools.product(("per_feature", "pairs"), (1, 10**6)):
+        cfg = triton_gram.GramConfig(block_a=16, block_q=16, block_n=16, num_warps=1,
+                                     num_stages=1, waves=waves, layout=layout)
+        poisoned.clear()
+        got = triton_gram.gram_jtj(U, X, gate=gate, expert=expert, k=k, config=cfg)
+        assert len(poisoned) == 1 and not poisoned[0].isnan().any(), (layout, waves)
+        assert waves == 1 or poisoned[0].shape[1] == -(-n // 16), "one split per tile"
+        assert got.shape == want.shape and got.dtype == torch.float64
+        assert _rel(got, want) <= TOLERANCE[torch.float64], (layout, waves, _rel(got, want))
+
+
+@pytest.mark.parametrize("layout", ["per_feature", "pairs"])
+def test_gram_kernel_float32(layout, poisoned):
+    """float32 data (ieee products under the interpreter), 1e-5 against the float64 reference."""
+    (X, Y, gp, ep), ex = _problem("softmax", "linear", "gelu", 5, 3, 2, 61, torch.float64,
+                                  _seed("gram f32", layout))
+    U = reference_jacobian_coefficients(X, gp, ep, gate="softmax", score="linear", expert=ex)
+    want = reference_moe_pass(X, Y, gp, ep, gate="softmax", score="linear", expert=ex,
+                              structured=False).jtj
+    got = triton_gram.gram_jtj(U.float(), X.float(), gate="softmax", expert="gelu", k=3,
+                               config=triton_gram.GramConfig(block_a=16, block_q=16, block_n=16,
+                                                             num_warps=1, layout=layout))
+    assert poisoned and not poisoned[0].isnan().any()
+    assert got.dtype == torch.float32
+    assert _rel(got, want) <= TOLERANCE[torch.float32], _rel(got, want)
+
+
+def test_gram_rejects_unknown_layout():
+    X = torch.zeros(1, 5, 3, dtype=torch.float64, device=DEVICE)
+    U = torch.zeros(1, 4, 5, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="layout"):
+        triton_gram.gram_jtj(U, X, gate="sigmoid", expert="relu", k=2,
+                             config=triton_gram.GramConfig(layout="gathered"))
+
+
 @pytest.mark.parametrize("gate", models.GATES)
 @pytest.mark.parametrize("expert", EXPERTS)
 def test_reference_gram_route_matches_explicit_jacobian(gate, expert):
