@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from kernels.moe import precompile
+from kernels.moe.gram import available_cuda_memory
 from moe_theory import models
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
@@ -133,10 +134,10 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
 # ---- memory-aware batching -------------------------------------------------------------------
 
 def free_memory(device: str) -> int | None:
-    """Free bytes on ``device`` (CUDA: the driver's count; CPU: available physical pages), or None
-    where the platform does not say."""
+    """Free bytes on ``device`` (CUDA: the driver's count plus what PyTorch's allocator holds in
+    reserve; CPU: available physical pages), or None where the platform does not say."""
     if device.startswith("cuda"):
-        return torch.cuda.mem_get_info(torch.device(device))[0]
+        return available_cuda_memory(torch.device(device))
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -169,8 +170,10 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
 
     The replications are fitted in blocks of at most :func:`memory_rep_block`; an out-of-memory
     error halves the block and retries it. Every replication's data and start are seeded by its
-    own number, and the batched solvers treat each replication on its own, so the rows do not
-    depend on the block size.
+    own number, and the batched solvers treat each replication on its own, so the rows depend on
+    the block size only through rounding (sums over samples are chunked by the batch's size);
+    weakly identified fits, which creep along flat directions for all their iterations, can
+    amplify that rounding, so the block is kept at the config's unless memory is short.
 
     Returns
     -------

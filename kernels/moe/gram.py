@@ -121,13 +121,22 @@ CACHE_BYTES = {"cuda": 16 * 2**30, "cpu": 0}
 CACHE_FRACTION = 0.25
 
 
+def available_cuda_memory(device: torch.device) -> int:
+    """Bytes this process can still allocate: the driver's free count plus what PyTorch's caching
+    allocator holds in reserve (freed blocks it keeps; the driver counts them as used)."""
+    reserve = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + reserve
+
+
 def cache_fits(X: torch.Tensor) -> bool:
-    """Whether :func:`feature_pairs` of X fits the cache budget of X's device."""
+    """Whether :func:`feature_pairs` of X fits the cache budget of X's device (on a GPU also a
+    quarter of its memory and half of what is available now)."""
     R, n, d = X.shape
     need = R * n * (d + 1) * (d + 2) // 2 * X.element_size()
     budget = CACHE_BYTES.get(X.device.type, 0)
-    if X.is_cuda:
-        budget = min(budget, CACHE_FRACTION * torch.cuda.get_device_properties(X.device).total_memory)
+    if X.is_cuda and need <= budget:
+        total = torch.cuda.get_device_properties(X.device).total_memory
+        budget = min(budget, CACHE_FRACTION * total, available_cuda_memory(X.device) / 2)
     return need <= budget
 
 

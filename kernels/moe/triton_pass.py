@@ -759,8 +759,8 @@ class LaunchConfig:
     split: int = 1
     #: linear scores: who multiplies the Gram form of J^T J out of the coefficients U,
     #: ``torch`` (one batched matrix product per sample chunk, cuBLAS) or the ``triton`` kernel.
-    #: H100, (20, 1e5, 32, 9): cuBLAS 36.3 ms float64, 22.9 ms tf32; Triton 80.6 / 84.0 ms
-    #: (NOTES.md, runs 5-6)
+    #: H100, (20, 1e5, 32, 9): cuBLAS 33.8 ms float64 (17.2 ms with the feature pairs kept by
+    #: the fit), 19.5 ms tf32; Triton (per-feature layout) 35.6 / 16.3 ms (NOTES.md, run 7)
     gram: str = "torch"
 
 
