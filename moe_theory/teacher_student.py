@@ -42,8 +42,6 @@ ERROR_NAMES = ("err_W_exact", "err_V_exact", "err_W_over", "err_V_over")
 #: SPEC 1's noise variance, per output entry.
 DEFAULT_NOISE_VAR = 0.01
 DEFAULT_JITTER = 0.05
-#: Largest number of (batch entry, head) pairs in one attention call (CUDA grid limit).
-MAX_GRID_PAIRS = 65535
 
 
 @dataclass(frozen=True)
@@ -145,12 +143,7 @@ def attention_heads(X: torch.Tensor, W: torch.Tensor, V: torch.Tensor, *, gate: 
     q = to_layout(torch.einsum("rsnd,rhde->rshne", X, W))
     k = to_layout(X[:, :, None].expand(R, n, H, N, d))
     v = to_layout(torch.einsum("rsnd,rhdc->rshnc", X, V))
-    # CUDA caps a launch grid's y and z extents at 65535 and the kernels put (batch, head) pairs
-    # there: "invalid argument" beyond (seen on the H100 at B H = 76800), so launch in chunks
-    chunk = max(1, MAX_GRID_PAIRS // H)
-    out = torch.cat([attention(qc, kc, vc, bias=bias, scale=scale, gate=gate)
-                     for qc, kc, vc in zip(q.split(chunk), k.split(chunk), v.split(chunk),
-                                           strict=True)])
+    out = attention(q, k, v, bias=bias, scale=scale, gate=gate)
     return out.reshape(R, n, H, N, D)[..., :d_v].sum(2)
 
 

@@ -239,15 +239,25 @@ def attention_forward(
     cfg = (configs or default_configs(head_dim, q.dtype)).fwd
     coef = _coefficients(args, flags["FAST"])
     k_src, v_src, stream = _streamed(k, v, cfg.block_n, cfg)
-    grid = (_cdiv(n_q, cfg.block_m), batch * heads)
-    _attn_fwd_kernel[grid](
+    _attn_fwd_kernel[_grid(_cdiv(n_q, cfg.block_m), batch * heads)](
         q, k_src, v_src, out, lse if lse.numel() else coef, coef,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-        heads, n_q, n_k,
+        heads, batch * heads, n_q, n_k,
         HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **stream,
     )
     return out, lse
+
+
+#: CUDA's limit on a launch grid's y and z extents.
+GRID_YZ_MAX = 65535
+
+
+def _grid(blocks: int, pairs: int) -> tuple[int, int, int]:
+    """Tiles on axis 0; the (batch, head) pairs folded over axes 1 and 2 (each capped at
+    :data:`GRID_YZ_MAX`; the kernels skip the pairs past the last)."""
+    y = min(pairs, GRID_YZ_MAX)
+    return blocks, y, _cdiv(pairs, y)
 
 
 def attention_backward(
@@ -308,15 +318,17 @@ def attention_backward(
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3])
     cfg = configs.dkdv
     q_src, do_src, stream = _streamed(q, grad_out, cfg.block_m, cfg)
-    _attn_bwd_dkdv_kernel[(_cdiv(n_k, cfg.block_n), batch * heads)](
-        q_src, k, v, do_src, lse_arg, delta_arg, dk, dv, coef, *strides, heads, n_q, n_k,
+    _attn_bwd_dkdv_kernel[_grid(_cdiv(n_k, cfg.block_n), batch * heads)](
+        q_src, k, v, do_src, lse_arg, delta_arg, dk, dv, coef, *strides, heads, batch * heads,
+        n_q, n_k,
         HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **stream,
     )
     cfg = configs.dq
     k_src, v_src, stream = _streamed(k, v, cfg.block_n, cfg)
-    _attn_bwd_dq_kernel[(_cdiv(n_q, cfg.block_m), batch * heads)](
-        q, k_src, v_src, grad_out, lse_arg, delta_arg, dq, coef, *strides, heads, n_q, n_k,
+    _attn_bwd_dq_kernel[_grid(_cdiv(n_q, cfg.block_m), batch * heads)](
+        q, k_src, v_src, grad_out, lse_arg, delta_arg, dq, coef, *strides, heads, batch * heads,
+        n_q, n_k,
         HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **stream,
     )

@@ -120,7 +120,7 @@ def _attn_fwd_kernel(
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    H, N_Q, N_K,
+    H, BH, N_Q, N_K,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr,
     FAST: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -128,7 +128,10 @@ def _attn_fwd_kernel(
 ):
     # Under causal masking the last query blocks carry the most key tiles: start them first.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
+    # (batch, head) pairs fold over grid axes 1 and 2: CUDA caps each at 65535
+    bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+    if bh >= BH:
+        return
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     m0 = pid_m * BLOCK_M
@@ -233,7 +236,7 @@ def _attn_bwd_dkdv_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don,
-    H, N_Q, N_K,
+    H, BH, N_Q, N_K,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr,
     FAST: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -241,7 +244,10 @@ def _attn_bwd_dkdv_kernel(
 ):
     # One program owns one key block and sweeps the query blocks: dK, dV without atomics.
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    # (batch, head) pairs fold over grid axes 1 and 2: CUDA caps each at 65535
+    bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+    if bh >= BH:
+        return
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     n0 = pid_n * BLOCK_N
@@ -348,7 +354,7 @@ def _attn_bwd_dq_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don,
-    H, N_Q, N_K,
+    H, BH, N_Q, N_K,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IS_SOFTMAX: tl.constexpr,
     FAST: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -356,7 +362,10 @@ def _attn_bwd_dq_kernel(
 ):
     # One program owns one query block and sweeps the key blocks: dQ without atomics.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
+    # (batch, head) pairs fold over grid axes 1 and 2: CUDA caps each at 65535
+    bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+    if bh >= BH:
+        return
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     m0 = pid_m * BLOCK_M

@@ -321,3 +321,23 @@ def test_mixed_devices_raise_value_error() -> None:
     q = torch.randn(1, 2, 8, 16, device=DEVICE)
     with pytest.raises(ValueError, match="one device"):
         sigmoid_attention(q, torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16))
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
+def test_batch_head_pairs_fold_past_the_grid_limit(monkeypatch: pytest.MonkeyPatch,
+                                                    gate: str) -> None:
+    """More (batch, head) pairs than a grid axis takes (CUDA: 65535; here lowered to 2) fold over
+    two axes; 5 pairs leave one program of the fold with no pair, which must write nothing."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("kernels.attention.sigmoid_attention"),
+                        "GRID_YZ_MAX", 2)
+    case = (5, 1, 19, 23, 16, True, "scalar", True, gate)
+    q, k, v, grad_out, options = _inputs(case, torch.float32, seed=11)
+    args = check_attention_args(q, k, v, scale=None, precise=True, **options)
+    (out,) = _poisoned(q)
+    out, lse = attention_forward(q, k, v, args, out=out)
+    grads = attention_backward(grad_out, q, k, v, out, lse, args, grads=tuple(_poisoned(q, k, v)))
+    want = _reference_with_grads(q, k, v, grad_out, options)
+    for name, got, ref in zip(("out", "dq", "dk", "dv"), (out, *grads), want, strict=True):
+        _assert_close(name, got, ref, RTOL[torch.float32])
