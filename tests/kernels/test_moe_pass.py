@@ -31,6 +31,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+#: float32 ``J^T J`` of the pair programs on a GPU: tf32 products (11-bit operands, ~5e-4 relative
+#: per product; the benchmark checks 3e-3 at n = 1e5). The interpreter multiplies in ieee.
+GPU_TF32_JTJ_TOLERANCE = 3e-3
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EXPERTS = ("linear", "relu", "gelu", "tanh", "poly2", "constant")
 
@@ -86,7 +89,10 @@ def _check(gate, score, expert, d, k, R, n, dtype, poisoned, *, jacobian=True, g
             assert got is None, name
             continue
         assert got.shape == want.shape and got.dtype == dtype, name
-        assert _rel(got, want) <= TOLERANCE[dtype], (name, _rel(got, want))
+        tol = TOLERANCE[dtype]
+        if name == "jtj" and dtype == torch.float32 and X.is_cuda:
+            tol = GPU_TF32_JTJ_TOLERANCE
+        assert _rel(got, want) <= tol, (name, _rel(got, want))
 
 
 # Every gate x score x expert at d in {1, 3}, k in {1, 2}, R in {1, 5}, cycled so that each value
