@@ -376,6 +376,12 @@ def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,
     executed = 2 * R * n * (m * (m + 1) // 2) * ((d + 1) * (d + 2) // 2)
     rate_key = "fp64" if X.dtype == torch.float64 else "tf32"
     out = {"gram_executed_flop": executed, "gram_ms": {}}
+    # the Triton kernel's output against the PyTorch Gram product before it is timed
+    want = torch_gram_jtj(U.double(), X.double(), **kw)
+    out["gram_check"] = {
+        prec: _rel(gram_jtj(U, X, precision=prec, **kw), want) for prec in precisions}
+    print("  Gram check (relative error vs float64): " + ", ".join(
+        f"{k_} {v:.1e}" for k_, v in out["gram_check"].items()), flush=True)
     for prec in precisions:
         out["gram_ms"][prec] = _bench(lambda prec=prec: gram_jtj(U, X, precision=prec, **kw))
     # the same product through PyTorch: W and V per sample chunk, one cuBLAS batched product each
