@@ -70,14 +70,15 @@ def _gram_forms(R: int = 20, n: int = 100_000, d: int = 32, k: int = 9) -> dict:
     kw = dict(gate="sigmoid", score="linear", expert=models.get_expert("relu"))
     U = jacobian_coefficients(X, gp, ep, **kw)
     tab = gram.tables("sigmoid", "relu", d, k)
-    ia, ja, fa, ga, index = gram._device_tables("sigmoid", "relu", d, k, X.device)
+    ia, ja, index, _ = gram.device_tables("sigmoid", "relu", d, k, X.device)
+    fa, ga = (torch.tensor(t, device=X.device) for t in (tab.fa, tab.ga))
 
     def advanced():
         step = gram.CHUNK_BYTES["cuda"] // (R * (tab.A + tab.Q + d + 1) * 8)
         out = X.new_zeros(R, tab.A, tab.Q)
         for s in range(0, n, step):
             Uc, Xc = U[:, :, s : s + step], X[:, s : s + step]
-            V = torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
+            V = gram.with_constant(Xc)
             out.baddbmm_(Uc[:, ia] * Uc[:, ja], V[..., fa] * V[..., ga])
         return out.reshape(R, -1)[:, index]
 

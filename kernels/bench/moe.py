@@ -35,7 +35,7 @@ from kernels.moe import moe_pass as dispatch_moe_pass
 from kernels.moe.gram import applies as gram_applies
 from kernels.moe.gram import feature_pairs
 from kernels.moe.gram import gram_jtj as torch_gram_jtj
-from kernels.moe.reference import jacobian_chunk, moe_pass, n_free_gates
+from kernels.moe.reference import jacobian_chunk, jacobian_coefficients, moe_pass, n_free_gates
 from kernels.moe.triton_gram import GramConfig, gram_jtj
 from kernels.moe.triton_pass import LaunchConfig, default_config, fp64_dots, triton_moe_pass
 from moe_theory import models
@@ -333,10 +333,10 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
         row["ours_gn_fp64_ms"] = _bench(lambda: triton_moe_pass(X64, Y64, gp64, ep64, **model))
     row["reference_gn_fp64_ms"] = _bench(lambda: moe_pass(X64, Y64, gp64, ep64, **model))
     if gram_applies(MODEL["score"]):
-        row.update(_gram_section(X, ref_coefficients(X, gp, ep, model), d, k, rates, tune))
+        row.update(_gram_section(X, jacobian_coefficients(X, gp, ep, **model), d, k, rates, tune))
         if row["triton_fp64_dots"]:
             row.update({f"{key}_fp64": v for key, v in _gram_section(
-                X64, ref_coefficients(X64, gp64, ep64, model), d, k, rates, tune,
+                X64, jacobian_coefficients(X64, gp64, ep64, **model), d, k, rates, tune,
                 precisions=("ieee",)).items()})
     elif tune:
         row["variants"] = [
@@ -355,14 +355,6 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
     row["gradient_ratio_to_floor"] = row["ours_gradient_ms"] / row["floor_ms"]
     row["speedup_gn_vs_reference"] = row["reference_gn_ms"] / row["ours_gn_ms"]
     return row
-
-
-def ref_coefficients(X, gp, ep, model: dict) -> torch.Tensor:
-    """The Jacobian coefficients ``U (R, kf + k, n)`` the gradient kernel writes, from the
-    reference's forward terms (so that the Gram kernel can be timed alone)."""
-    from kernels.moe.reference import jacobian_coefficients
-
-    return jacobian_coefficients(X, gp, ep, **model)
 
 
 def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,

@@ -82,22 +82,41 @@ def tables(gate: str, expert: str, d: int, k: int) -> Tables:
     for i in range(k):
         columns += ([(kf + i, u) for u in range(d)] if ex.has_slope else []) + [(kf + i, d)]
     roles = [(i, j) for i in range(m) for j in range(i, m)]
-    feats = [(f, g) for f in range(d + 1) for g in range(f, d + 1)]
     ia, ja = zip(*roles, strict=True)
-    fa, ga = zip(*feats, strict=True)
-    return Tables(d, m, len(roles), len(feats), ia, ja, fa, ga, tuple(columns))
+    fa, ga = _feature_pair_list(d)
+    return Tables(d, m, len(roles), len(fa), ia, ja, fa, ga, tuple(columns))
+
+
+def _feature_pair_list(d: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Feature pairs ``f <= g`` of ``[x, 1]``, row-major; feature d is the constant."""
+    fa, ga = zip(*[(f, g) for f in range(d + 1) for g in range(f, d + 1)], strict=True)
+    return fa, ga
 
 
 @functools.lru_cache(maxsize=64)
-def _device_tables(gate: str, expert: str, d: int, k: int, device: torch.device):
+def device_tables(gate: str, expert: str, d: int, k: int, device: torch.device):
+    """On ``device``: role pairs ``ia, ja``, the ``(p, p)`` gather of ``J^T J`` out of ``W^T V``
+    and the ``(p,)`` gather of ``J^T r`` out of ``(U r)^T [x, 1]``."""
     tab = tables(gate, expert, d, k)
-    return tuple(torch.tensor(t, dtype=torch.long, device=device)
-                 for t in (tab.ia, tab.ja, tab.fa, tab.ga)) + (tab.index(tab.Q).to(device),)
+    ia, ja = (torch.tensor(t, dtype=torch.long, device=device) for t in (tab.ia, tab.ja))
+    return ia, ja, tab.index(tab.Q).to(device), tab.jtr_index().to(device)
 
 
-def _feature_pairs(Xc: torch.Tensor, fa: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _feature_tables(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_feature_pair_list` on ``device``."""
+    return tuple(torch.tensor(t, dtype=torch.long, device=device) for t in _feature_pair_list(d))
+
+
+def with_constant(Xc: torch.Tensor) -> torch.Tensor:
+    """``[x, 1]``: the features every Jacobian column of a linear-score model multiplies."""
+    return torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
+
+
+def _feature_pairs(Xc: torch.Tensor) -> torch.Tensor:
     """``V (R, c, Q)``: the products of the feature pairs of ``[x, 1]`` on a chunk."""
-    v = torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
+    fa, ga = _feature_tables(Xc.shape[-1], Xc.device)
+    v = with_constant(Xc)
     # index_select copies a contiguous gather; advanced indexing was slower (lm_parts benchmark)
     return torch.index_select(v, 2, fa) * torch.index_select(v, 2, ga)
 
@@ -106,12 +125,12 @@ def feature_pairs(X: torch.Tensor) -> torch.Tensor:
     """``V (R, n, (d+1)(d+2)/2)`` for all samples: it depends on X alone, so a solver may compute it
     once and pass it to every :func:`gram_jtj` of a fit (see :func:`cache_fits`)."""
     R, n, d = X.shape
-    fa, ga = _device_tables("sigmoid", "linear", d, 1, X.device)[2:4]
-    out = X.new_empty(R, n, fa.numel())
+    Q = (d + 1) * (d + 2) // 2
+    out = X.new_empty(R, n, Q)
     step = max(1, min(n, CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
-                      // (3 * R * fa.numel() * X.element_size())))
+                      // (3 * R * Q * X.element_size())))
     for s in range(0, n, step):
-        out[:, s : s + step] = _feature_pairs(X[:, s : s + step], fa, ga)
+        out[:, s : s + step] = _feature_pairs(X[:, s : s + step])
     return out
 
 
@@ -152,16 +171,17 @@ def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int
         raise ValueError(f"U: must have shape {(R, tab.m, n)}, got {tuple(U.shape)}")
     if V is not None and tuple(V.shape) != (R, n, tab.Q):
         raise ValueError(f"V: must have shape {(R, n, tab.Q)}, got {tuple(V.shape)}")
-    ia, ja, fa, ga, index = _device_tables(gate, expert, d, k, X.device)
+    ia, ja, index, _ = device_tables(gate, expert, d, k, X.device)
     budget = CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
     step = max(1, min(n, budget // (R * (tab.A + tab.Q + d + 1) * X.element_size())))
     out = X.new_zeros(R, tab.A, tab.Q)
     for s in range(0, n, step):
         Uc = U[:, :, s : s + step]
         W = torch.index_select(Uc, 1, ia) * torch.index_select(Uc, 1, ja)
-        Vc = _feature_pairs(X[:, s : s + step], fa, ga) if V is None else V[:, s : s + step]
+        Vc = _feature_pairs(X[:, s : s + step]) if V is None else V[:, s : s + step]
         out.baddbmm_(W, Vc)
     return out.reshape(R, -1)[:, index]
 
 
-__all__ = ["Tables", "applies", "cache_fits", "feature_pairs", "gram_jtj", "n_roles", "tables"]
+__all__ = ["Tables", "applies", "cache_fits", "device_tables", "feature_pairs", "gram_jtj",
+           "n_roles", "tables", "with_constant"]

@@ -159,8 +159,8 @@ def _gram_pass(X, Y, gate_params, expert_params, *, gate: str, score: str, exper
         Uc = torch.cat([df_ds[..., :k_free], df_dz], dim=-1)  # (R, c, m)
         r = Yc - f
         loss += (r * r).sum(-1)
-        v = torch.cat([Xc, Xc.new_ones(Xc.shape[:2] + (1,))], dim=-1)
-        jtr += torch.einsum("rcm,rcf->rmf", Uc * r[..., None], v)
+        jtr += torch.einsum("rcm,rcf->rmf", Uc * r[..., None], gram.with_constant(Xc))
         U[:, :, start : start + step] = Uc.transpose(1, 2)
     jtj = gram.gram_jtj(U, X, gate=gate, expert=expert.name, k=k, V=V)
-    return MoEPass(loss, jtr.reshape(R, -1)[:, tab.jtr_index().to(X.device)], jtj)
+    jtr_index = gram.device_tables(gate, expert.name, d, k, X.device)[3]
+    return MoEPass(loss, jtr.reshape(R, -1)[:, jtr_index], jtj)
