@@ -82,7 +82,8 @@ def _cmd_reproduce(args) -> int:
 
     name = args.name or "nguyen2024"
     fast = args.fast or args.name is None
-    reproduce(name, fast=fast, out=args.out, device=args.device, backend=args.backend)
+    reproduce(name, fast=fast, out=args.out, device=args.device, backend=args.backend,
+              workers=args.workers)
     return 0
 
 
@@ -142,11 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run (or resume) a sweep from a TOML config")
     p.add_argument("config", help="path to a TOML config, or the name of one in simulations/configs")
     p.add_argument("--out", help="results folder (default results/NAME)")
-    p.add_argument("--executor", choices=("local", "dask"), default="local",
-                   help="local: in this process (default); dask: on a Dask cluster")
+    p.add_argument("--executor", choices=("local", "processes", "dask"), default="local",
+                   help="local: in this process (default); processes: in --local-workers "
+                        "processes of this machine, on the same device; dask: on a Dask cluster")
     p.add_argument("--scheduler", help="with --executor dask: address of a running scheduler")
     p.add_argument("--local-workers", type=int, metavar="N",
-                   help="with --executor dask: start a LocalCluster of N worker processes")
+                   help="with --executor processes: N worker processes (default: one per core); "
+                        "with --executor dask: a LocalCluster of N worker processes")
     p.add_argument("--gpus", nargs="?", const="all", metavar="0,1",
                    help="with --executor dask: one worker per GPU (all visible ones by default)")
     p.add_argument("--resume", action="store_true",
@@ -179,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="config name or 'all' (default: nguyen2024, fast)")
     p.add_argument("--fast", action="store_true", help="the config's small CPU preset")
     p.add_argument("--out", help="output folder (default paper_figures/NAME[-fast])")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes that share the device, one shard each (default: "
+                        "moe_theory.reproduce.GPU_WORKERS on cuda, 1 on cpu)")
     device_args(p)
     p.set_defaults(run=_cmd_reproduce)
 

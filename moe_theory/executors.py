@@ -1,7 +1,10 @@
 """Where shards run: one function boundary, :func:`map_shards`, in front of every back-end.
 
 ``local`` runs the shards one after the other in this process (the default; it needs nothing
-beyond the package, and batches the replications of a shard inside one fit). ``dask`` hands them
+beyond the package, and batches the replications of a shard inside one fit). ``processes`` runs
+them in ``local_workers`` processes of this machine (the standard library's process pool), all on
+the same device: on one GPU, one shard's host work (Python, kernel launches, waits) then overlaps
+another's kernels, which a single process leaves idle for most of a small shard. ``dask`` hands them
 to a Dask distributed cluster: an existing scheduler (``scheduler="tcp://host:8786"``), a
 ``LocalCluster`` of ``local_workers`` processes, or one worker per GPU (``gpus``), each pinned to
 its device. Whatever the back-end, a shard's task writes its own result file and returns small
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 
     from moe_theory.sweep import Shard
 
-EXECUTORS = ("local", "dask")
+EXECUTORS = ("local", "processes", "dask")
 T = TypeVar("T")
 
 
@@ -63,13 +66,19 @@ def check_executor(executor: str, *, scheduler: str | None = None,
                                        ("--gpus", gpus)) if value is not None]
     if executor == "local":
         if chosen:
-            raise ValueError(f"{chosen[0]}: only with --executor dask")
+            raise ValueError(f"{chosen[0]}: only with --executor dask or processes")
         return
+    if executor == "processes":
+        wrong = [flag for flag in chosen if flag != "--local-workers"]
+        if wrong:
+            raise ValueError(f"{wrong[0]}: only with --executor dask")
     if len(chosen) > 1:
         raise ValueError(f"{chosen[1]}: give one of --scheduler, --local-workers, --gpus")
     if local_workers is not None and (isinstance(local_workers, bool) or not isinstance(
             local_workers, int) or local_workers < 1):
         raise ValueError(f"--local-workers: must be a positive integer, got {local_workers!r}")
+    if executor == "processes":
+        return
     if scheduler is not None and (not isinstance(scheduler, str) or not scheduler):
         raise ValueError(f"--scheduler: must be an address like tcp://host:8786, got {scheduler!r}")
     try:
@@ -131,6 +140,9 @@ def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: s
         for shard in shards:
             yield fn(shard)
         return
+    if executor == "processes":
+        yield from _map_processes(fn, shards, local_workers or os.cpu_count() or 1)
+        return
     from distributed import as_completed
 
     with dask_client(scheduler=scheduler, local_workers=local_workers, gpus=gpus) as client:
@@ -144,3 +156,32 @@ def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: s
                 yield result
         finally:
             client.cancel(futures)
+
+
+def _limit_threads() -> None:
+    """Worker start-up: one intra-op thread each (see :func:`moe_theory.cli.limit_cpu_threads`);
+    the workers are the parallelism."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def _map_processes(fn: Callable[[Shard], T], shards: Sequence[Shard], workers: int
+                   ) -> Iterator[T]:
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    # spawn: a fork would copy this process's CUDA state, which CUDA does not allow
+    pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(shards)) or 1,
+                                  mp_context=mp.get_context("spawn"), initializer=_limit_threads)
+    futures = [pool.submit(fn, shard) for shard in shards]
+    try:
+        for future in cf.as_completed(futures):
+            yield future.result()
+    except BaseException:
+        # an error or an interrupt: drop the shards not started and do not wait for the running
+        # ones (an unfinished shard leaves no file; the interrupt reaches the workers too)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -22,6 +22,9 @@ from moe_theory.sweep import atomic_write, run_sweep
 #: of this list that the results hold for that curve.
 DEFAULT_PLOT_LOSSES = ("D3", "D1")
 DEFAULT_OUT = Path("paper_figures")
+#: Processes that share one GPU in a reproduce, one shard each: a single process leaves the GPU
+#: idle ~70% of a small shard (host work between kernels: benchmarks/fit_profile.py).
+GPU_WORKERS = 3
 #: Figures that are not sweeps of a config: name -> "module:function". The function takes the
 #: output folder, ``fast`` and ``device``, writes its PNG, PDF and CSV files there and returns its
 #: summary table.
@@ -71,13 +74,22 @@ def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFra
 
 
 def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
-              device: str = "cpu", backend: str = "auto") -> pd.DataFrame:
-    """Run a named config into ``paper_figures/<name>[-fast]/`` and write its report there."""
+              device: str = "cpu", backend: str = "auto", workers: int | None = None
+              ) -> pd.DataFrame:
+    """Run a named config into ``paper_figures/<name>[-fast]/`` and write its report there.
+
+    ``workers``: processes that compute shards side by side on ``device`` (default
+    :data:`GPU_WORKERS` on a GPU, 1 on the CPU); the table does not depend on it.
+    """
+    if workers is None:
+        workers = GPU_WORKERS if device.startswith("cuda") else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers: must be a positive integer, got {workers!r}")
     if name == "all":
         # one folder per config: a shared one would mix configs (refused by the manifest check)
         suffix = "-fast" if fast else ""
         return pd.concat([reproduce(n, fast=fast, out=None if out is None else Path(out) / (n + suffix),
-                                    device=device, backend=backend)
+                                    device=device, backend=backend, workers=workers)
                           for n in named_configs() + list(EXPERIMENTS)], ignore_index=True)
     if name in EXPERIMENTS:
         return reproduce_experiment(name, fast=fast, out=out, device=device)
@@ -86,7 +98,8 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     start = time.perf_counter()
     # on a GPU, the CPU baseline runs beside the sweep (KERNELS.md: the ratio it is judged by)
     pending = baseline.start(config, fast) if device.startswith("cuda") else None
-    df = run_sweep(config, folder, device=device, backend=backend)
+    df = run_sweep(config, folder, device=device, backend=backend,
+                   **({"executor": "processes", "local_workers": workers} if workers > 1 else {}))
     sweep_s = time.perf_counter() - start
     table = write_report(df, config, folder)
     run = {
@@ -95,7 +108,8 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
         platform.processor() or platform.machine(),
         "wall_s_this_call": round(time.perf_counter() - start, 2),
         "fit_wall_s": round(float(df.drop_duplicates(["setting", "fit_gate", "n", "rep"]).wall_s.sum()), 2),
-        "sweep_wall_s": round(sweep_s, 2), "torch": torch.__version__, "rows": len(df),
+        "sweep_wall_s": round(sweep_s, 2), "workers": workers, "torch": torch.__version__,
+        "rows": len(df),
         "scipy_baseline": baseline.summarise(pending, df),
     }
     atomic_write(folder / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -55,6 +56,7 @@ def moe_pass(
     gauss_newton: bool = True,
     backend: str = "auto",
     gram_features: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> MoEPass:
     """See :func:`kernels.moe.reference.moe_pass`; ``backend`` in ``auto``, ``torch``, ``triton``.
 
@@ -62,6 +64,9 @@ def moe_pass(
     (:func:`kernels.moe.triton_pass.unsupported_reason`); ``triton`` raises for them.
     ``gram_features``: :func:`kernels.moe.gram.feature_pairs` of X, kept by a caller that makes
     many Gauss-Newton passes over the same data (linear scores; ignored otherwise).
+    ``rows``: evaluate only the problems ``X[rows]`` (int64 indices on X's device), whose
+    parameters are ``gate_params``, ``expert_params``: the Triton kernels read those rows of X and
+    ``gram_features`` in place, the reference takes copies.
     """
     if resolve_backend(backend, X.device) == "triton":
         from kernels.moe.triton_pass import triton_moe_pass, unsupported_reason
@@ -70,13 +75,13 @@ def moe_pass(
                                                     X.dtype, X.device):
             return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                                       expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
-                                      gram_features=gram_features)
+                                      gram_features=gram_features, rows=rows)
         return triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                                expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
-                               gram_features=gram_features)
+                               gram_features=gram_features, rows=rows)
     return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
-                              gram_features=gram_features)
+                              gram_features=gram_features, rows=rows)
 
 
 def _compile_one(job: tuple[str, str, str, int, int, str]) -> None:
@@ -91,10 +96,12 @@ def _compile_one(job: tuple[str, str, str, int, int, str]) -> None:
     X = torch.zeros(1, 64, d, dtype=dtype, device=device)
     gp = torch.zeros(1, k, models.gate_dim(score, d), dtype=dtype, device=device)
     ep = torch.zeros(1, k, ex.dim(d), dtype=dtype, device=device)
-    # the two launches a Levenberg-Marquardt iteration makes: Gauss-Newton, loss only
-    for jacobian in (True, False):
+    # the launches a Levenberg-Marquardt iteration makes: Gauss-Newton, loss only, each on all
+    # problems or on a subset read in place
+    for jacobian, rows in itertools.product((True, False), (None, torch.zeros(1, dtype=torch.long,
+                                                                                device=device))):
         triton_moe_pass(X, X[..., 0], gp, ep, gate=gate, score=score, expert=ex,
-                        jacobian=jacobian)
+                        jacobian=jacobian, rows=rows)
     torch.cuda.synchronize()
 
 

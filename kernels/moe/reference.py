@@ -99,6 +99,7 @@ def moe_pass(
     gauss_newton: bool = True,
     structured: bool = True,
     gram_features: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> MoEPass:
     """One pass over the data.
 
@@ -116,7 +117,11 @@ def moe_pass(
         chunks of ``J`` (the oracle the tests hold both routes to)
     gram_features : :func:`kernels.moe.gram.feature_pairs` of X for the structured route, if the
         caller keeps it across passes
+    rows : evaluate the problems ``X[rows]`` only (the parameters then have ``len(rows)`` rows)
     """
+    if rows is not None:
+        X, Y = X[rows], Y[rows]
+        gram_features = None if gram_features is None else gram_features[rows]
     R, n, _ = X.shape
     k = gate_params.shape[1]
     if jacobian and gauss_newton and structured and gram.applies(score):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -42,7 +43,7 @@ import triton.language as tl
 from kernels.moe.gram import applies as gram_applies
 from kernels.moe.gram import gram_jtj as torch_gram_jtj
 from kernels.moe.reference import MoEPass, n_free_gates
-from kernels.moe.triton_gram import GramConfig
+from kernels.moe.triton_gram import GramConfig, role_pair_products
 from kernels.moe.triton_gram import gram_jtj as triton_gram_jtj
 from moe_theory import models
 from moe_theory.models import Expert
@@ -333,7 +334,8 @@ def _block_tile(xt, ds, dz, sx_s, sx_z, sq, Xr, rows, rmask, d, iu, iv, qc, tmas
 
 
 @triton.jit
-def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, U, r, t, n_split, n, d, k, kf, pg, pe,
+def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, U, r, rx, t, n_split, n, d, k, kf, pg,
+                  pe,
                   p, qoff, nq, tiles_per_prog, s_tiles,
                   BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
                   TB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
@@ -347,11 +349,12 @@ def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, U, r, t, n_split, n, d
     Each sample's atoms are split over S adjacent lanes (atom ``j * S + a`` on lane ``a``): each
     thread then holds 1/S of the weights and gradient accumulators. WITH_U also stores the
     Jacobian coefficients ``U (R, kf + k, n)`` = ``[DS^T of the free gates; DZ^T]`` for the Gram
-    kernel (``kernels/moe/triton_gram.py``).
+    kernel (``kernels/moe/triton_gram.py``). Problem ``r`` (parameters, outputs) reads the
+    samples of problem ``rx`` (X, Y).
     """
     KPS: tl.constexpr = KP // S
-    Xr = X + r.to(tl.int64) * n * d
-    Yr = Y + r.to(tl.int64) * n
+    Xr = X + rx.to(tl.int64) * n * d
+    Yr = Y + rx.to(tl.int64) * n
     bg, wg, wq, we, be = _load_params(GP, EP, r, d, k, pg, pe, qoff, nq, DP, KP, QP, S,
                                       HAS_LIN, HAS_QUAD, SLOPE)
     tq = tl.arange(0, QP)
@@ -520,6 +523,7 @@ def _moe_grad_kernel(
     IU, IV, QC,  # (nq,) quadratic features: row, column, coefficient c_uv
     OUT_G,  # (R, T, p + 1) float64 partial [J^T r, loss]
     U,  # (R, kf + k, n) Jacobian coefficients, written when WITH_U
+    ROWS,  # (R,) int64: problem r's samples are X[ROWS[r]], Y[ROWS[r]] when WITH_ROWS
     n, tiles_per_prog, n_split,
     d: tl.constexpr, k: tl.constexpr, kf: tl.constexpr, pg: tl.constexpr, pe: tl.constexpr,
     p: tl.constexpr, qoff: tl.constexpr, nq: tl.constexpr,
@@ -527,11 +531,15 @@ def _moe_grad_kernel(
     SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr, HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr,
     EXPERT: tl.constexpr, POWER: tl.constexpr, DOT_X: tl.constexpr, DOT_Q: tl.constexpr,
     ACC3: tl.constexpr, SPLIT: tl.constexpr, WITH_GRAD: tl.constexpr, PRECISION: tl.constexpr,
-    WITH_U: tl.constexpr,
+    WITH_U: tl.constexpr, WITH_ROWS: tl.constexpr,
 ):
     """Loss and ``J^T r`` (and the coefficients U): grid ``(1, T, R)``; each X tile is loaded
     once."""
-    _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_G, U, tl.program_id(2), tl.program_id(1),
+    r = tl.program_id(2)
+    rx = r
+    if WITH_ROWS:
+        rx = tl.load(ROWS + r)
+    _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_G, U, r, rx, tl.program_id(1),
                   n_split, n, d, k, kf, pg, pe, p, qoff, nq, tiles_per_prog, 0,
                   BN, DP, KP, QP, 16, SOFTMAX, HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER,
                   DOT_X, DOT_Q, ACC3, SPLIT, WITH_GRAD, False, PRECISION, "ieee", WITH_U)
@@ -563,8 +571,8 @@ def _moe_gn_kernel(
     t = tl.program_id(1)
     r = tl.program_id(2)
     if pid == 0:
-        _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, OUT_T, r, t, n_split, n, d, k, kf,
-                      pg, pe, p, qoff, nq, tiles_per_prog, s_tiles, BN, DP, KP, QP, TB, SOFTMAX,
+        _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, OUT_T, r, r, t, n_split, n, d, k,
+                      kf, pg, pe, p, qoff, nq, tiles_per_prog, s_tiles, BN, DP, KP, QP, TB, SOFTMAX,
                       HAS_LIN, HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, ACC3, 1, True, True,
                       PRECISION, JTJ_PRECISION, False)
     else:
@@ -702,33 +710,33 @@ def _layout(gate: str, score: str, expert: str, d: int, k: int, tile_max: int) -
     )
 
 
-def _jtj_index(lay: _Layout) -> torch.Tensor:
-    """``(p, p)`` offsets into one problem's partial tiles giving ``J^T J`` in reference layout."""
-    T2, TB, nb = lay.TILE**2, lay.TB, len(lay.blocks)
-    pair_of = {ab: i for i, ab in enumerate(lay.pairs)}
+@functools.lru_cache(maxsize=64)
+def _jtj_index(lay: _Layout, device: torch.device) -> torch.Tensor:
+    """``(p, p)`` offsets into one problem's partial tiles giving ``J^T J`` in reference layout
+    (pair-program route only; vectorised: a Python double loop over p^2 entries took 5 s per model
+    at p = 594, on every first call)."""
+    T2, TILE, TB, nb = lay.TILE**2, lay.TILE, lay.TB, len(lay.blocks)
+    pair_of = np.full((max(nb, 1), max(nb, 1)), -1, dtype=np.int64)
+    for i, (a, b) in enumerate(lay.pairs):
+        pair_of[a, b] = i
     bias_base = len(lay.pairs) * T2
-    bb_base = bias_base + nb * lay.TILE * TB
-    cols = [lay.column(a) for a in range(lay.p)]
-    idx = torch.empty(lay.p, lay.p, dtype=torch.long)
-    for a, (ba, ca) in enumerate(cols):
-        for b, (bb, cb) in enumerate(cols):
-            if ba < 0 and bb < 0:
-                off = bb_base + ca * TB + cb
-            elif bb < 0:
-                off = bias_base + ba * lay.TILE * TB + ca * TB + cb
-            elif ba < 0:
-                off = bias_base + bb * lay.TILE * TB + cb * TB + ca
-            elif ba <= bb:
-                off = pair_of[ba, bb] * T2 + ca * lay.TILE + cb
-            else:
-                off = pair_of[bb, ba] * T2 + cb * lay.TILE + ca
-            idx[a, b] = off
-    return idx
+    bb_base = bias_base + nb * TILE * TB
+    block, col = np.array([lay.column(a) for a in range(lay.p)], dtype=np.int64).reshape(-1, 2).T
+    A, CA, B, CB = block[:, None], col[:, None], block[None, :], col[None, :]
+    lo, hi = np.maximum(np.minimum(A, B), 0), np.maximum(np.maximum(A, B), 0)
+    # a column of the bias block (block < 0) pairs with the bias tile of the other's block
+    idx = np.where(
+        (A < 0) & (B < 0), bb_base + CA * TB + CB,
+        np.where(B < 0, bias_base + A * TILE * TB + CA * TB + CB,
+                 np.where(A < 0, bias_base + B * TILE * TB + CB * TB + CA,
+                          np.where(A <= B, pair_of[lo, hi] * T2 + CA * TILE + CB,
+                                   pair_of[lo, hi] * T2 + CB * TILE + CA))))
+    return torch.from_numpy(idx).to(device)
 
 
 @functools.lru_cache(maxsize=64)
 def _device_tables(lay: _Layout, device: torch.device, dtype: torch.dtype):
-    """Quadratic feature tables, block descriptors, pairs and the J^T J gather index on device."""
+    """Quadratic feature tables, block descriptors and pairs on the device."""
     if lay.has_quad:
         iu, iv = models.triu_indices(lay.d)
         qc = torch.where(iu == iv, 1.0, 2.0)
@@ -738,7 +746,7 @@ def _device_tables(lay: _Layout, device: torch.device, dtype: torch.dtype):
     blocks = torch.tensor(lay.blocks or [(0, 0, 0)], dtype=torch.int32).reshape(-1, 3)
     pairs = torch.tensor(lay.pairs or [(0, 0)], dtype=torch.int32).reshape(-1, 2)
     return (iu.to(device, torch.int32), iv.to(device, torch.int32), qc.to(device, dtype),
-            blocks.to(device), pairs.to(device), _jtj_index(lay).to(device))
+            blocks.to(device), pairs.to(device))
 
 
 @dataclass(frozen=True)
@@ -787,12 +795,18 @@ def _uses_dot(lay: _Layout) -> tuple[bool, bool]:
     return lay.DP >= 16 and lay.KP >= 16, lay.QP >= 16 and lay.KP >= 16
 
 
-def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expert) -> None:
+def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expert,
+           rows: torch.Tensor | None = None) -> None:
     models.check_gate(gate)
     models.check_score(score)
     if X.dim() != 3:
         raise ValueError(f"X: must have shape (R, n, d), got {tuple(X.shape)}")
     R, n, d = X.shape
+    if rows is not None:
+        if rows.dim() != 1 or rows.dtype != torch.int64 or rows.device != X.device:
+            raise ValueError(f"rows: must be a 1-D int64 tensor on {X.device}, got "
+                             f"{tuple(rows.shape)} {rows.dtype} on {rows.device}")
+        R = rows.numel()
     if X.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"X: dtype must be float32 or float64, got {X.dtype}")
     for name, t in (("Y", Y), ("gate_params", gate_params), ("expert_params", expert_params)):
@@ -800,7 +814,7 @@ def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expe
             raise ValueError(f"{name}: must have X's dtype and device ({X.dtype}, {X.device}), "
                              f"got ({t.dtype}, {t.device})")
     k = gate_params.shape[1] if gate_params.dim() == 3 else -1
-    want = {"Y": (R, n), "gate_params": (R, k, models.gate_dim(score, d)),
+    want = {"Y": (X.shape[0], n), "gate_params": (R, k, models.gate_dim(score, d)),
             "expert_params": (R, k, expert.dim(d))}
     for name, t in (("Y", Y), ("gate_params", gate_params), ("expert_params", expert_params)):
         if tuple(t.shape) != want[name]:
@@ -867,6 +881,7 @@ def triton_moe_pass(
     config: LaunchConfig | None = None,
     gram_config: GramConfig | None = None,
     gram_features: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> MoEPass:
     """One pass over the data with the Triton kernels; see :func:`kernels.moe.reference.moe_pass`.
 
@@ -883,6 +898,8 @@ def triton_moe_pass(
         (``kernels/moe/triton_gram.py``); the defaults when None
     gram_features : :func:`kernels.moe.gram.feature_pairs` of X, if the caller keeps it (used by
         the ``torch`` Gram product)
+    rows : (R',) int64 on X's device: evaluate the problems ``X[rows], Y[rows]`` (the parameters
+        then have R' rows); the kernels index X and the kept feature pairs instead of copying
 
     Returns
     -------
@@ -891,19 +908,24 @@ def triton_moe_pass(
         sums are reduced in float64; with float32 inputs on a GPU, ``J^T J`` products use tf32
         (NOTES.md: measured effect on the Gauss-Newton step).
     """
-    _check(X, Y, gate_params, expert_params, gate, score, expert)
-    R, n, d = X.shape
-    k = gate_params.shape[1]
+    _check(X, Y, gate_params, expert_params, gate, score, expert, rows)
+    n, d = X.shape[1:]
+    R, k = gate_params.shape[:2]
     gn = jacobian and gauss_newton
     # Linear scores: the gradient kernel also writes the Jacobian coefficients U and the Gram
     # kernel forms J^T J from them; otherwise one launch with J^T J pair programs.
     gram = gn and gram_applies(score)
     gn_pairs = gn and not gram
-    on_gpu = X.is_cuda
     cfg = config or default_config(gate, score, expert.name, d, k, gauss_newton=gn_pairs,
-                                   on_gpu=on_gpu)
+                                   on_gpu=X.is_cuda)
+    if rows is not None and (gn_pairs or (gram and cfg.gram == "triton")):
+        # these routes read X by problem number: give them their rows (a copy)
+        X, Y = X[rows], Y[rows]
+        gram_features = None if gram_features is None else gram_features[rows]
+        rows = None
+    on_gpu = X.is_cuda
     lay = _layout(gate, score, expert.name, d, k, cfg.tile_max)
-    iu, iv, qc, blocks, pairs, index = _device_tables(lay, X.device, X.dtype)
+    iu, iv, qc, blocks, pairs = _device_tables(lay, X.device, X.dtype)
     X, Y = X.contiguous(), Y.contiguous()
     gp, ep = gate_params.contiguous(), expert_params.contiguous()
     dot_x, dot_q = _uses_dot(lay)
@@ -947,7 +969,8 @@ def triton_moe_pass(
         U = (_empty((R, lay.kf + k, n), dtype=X.dtype, device=X.device) if gram
              else torch.empty(1, dtype=X.dtype, device=X.device))
         _moe_grad_kernel[(1, n_split, R)](
-            X, Y, gp, ep, iu, iv, qc, out_g, U, *sizes, WITH_GRAD=jacobian, WITH_U=gram,
+            X, Y, gp, ep, iu, iv, qc, out_g, U, U if rows is None else rows, *sizes,
+            WITH_GRAD=jacobian, WITH_U=gram, WITH_ROWS=rows is not None,
             SPLIT=1 if dot_x or dot_q else min(cfg.split, lay.KP), **common,
         )
     sums = out_g.sum(1)
@@ -955,12 +978,13 @@ def triton_moe_pass(
     jtr = sums[:, : lay.p].to(X.dtype) if jacobian else None
     jtj = None
     if gn_pairs:
-        jtj = out_t.sum(1, dtype=torch.float64)[:, index].to(X.dtype)
+        jtj = out_t.sum(1, dtype=torch.float64)[:, _jtj_index(lay, X.device)].to(X.dtype)
     elif gram and cfg.gram == "triton":
         jtj = triton_gram_jtj(U, X, gate=gate, expert=expert.name, k=k,
                               precision=cfg.jtj_precision, config=gram_config)
     elif gram:
-        jtj = torch_gram_jtj(U, X, gate=gate, expert=expert.name, k=k, V=gram_features)
+        jtj = torch_gram_jtj(U, X, gate=gate, expert=expert.name, k=k, V=gram_features,
+                             rows=rows, pair_products=role_pair_products)
     return MoEPass(loss, jtr, jtj)
 
 

@@ -85,14 +85,15 @@ class LeastSquaresProblem:
         jacobian: bool = True,
     ) -> MoEPass:
         """Loss and Gauss-Newton blocks of the replications ``rows`` (all when None)."""
-        X, Y = (self.X, self.Y) if rows is None else (self.X[rows], self.Y[rows])
+        X, Y = self.X, self.Y
         gp, ep = self.unpack(theta)
         V = self._gram_features() if jacobian and gauss_newton else None
-        if V is not None and rows is not None:
-            V = V[rows]
+        # the rows are read in place where the kernels can (a subset's copy of X and of the kept
+        # feature pairs cost more than the pass at n = 10^5)
         out = moe_pass(X, Y, gp.to(X.dtype), ep.to(X.dtype), gate=self.gate, score=self.score,
                        expert=models.get_expert(self.expert), jacobian=jacobian,
-                       gauss_newton=gauss_newton, backend=self.backend, gram_features=V)
+                       gauss_newton=gauss_newton, backend=self.backend, gram_features=V,
+                       rows=rows)
         return MoEPass(*(None if t is None else t.to(theta.dtype) for t in out))
 
     def _gram_features(self) -> torch.Tensor | None:

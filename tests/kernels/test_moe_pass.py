@@ -18,7 +18,7 @@ import zlib
 import pytest
 import torch
 
-from kernels.moe import moe_pass, triton_gram
+from kernels.moe import gram, moe_pass, triton_gram
 from kernels.moe import triton_pass as tp
 from kernels.moe.reference import jacobian_coefficients as reference_jacobian_coefficients
 from kernels.moe.reference import moe_pass as reference_moe_pass
@@ -193,11 +193,12 @@ def test_bad_inputs_name_the_field():
         tp.triton_moe_pass(X, Y, gp, ep[..., :2], gate="sigmoid", score="linear", expert=ex)
 
 
-@pytest.mark.parametrize("score,gram,buffers", [("linear", "torch", 2), ("linear", "triton", 3),
+@pytest.mark.parametrize("score,gram,buffers", [("linear", "torch", 3), ("linear", "triton", 3),
                                                 ("quadratic", "torch", 2)])
 def test_gauss_newton_route(score, gram, buffers, poisoned):
-    """Linear scores take J^T J from the coefficients U (buffers: partial sums, U, and the Triton
-    Gram kernel's partials); quadratic ones from the pair programs (partial sums, J^T J tiles)."""
+    """Linear scores take J^T J from the coefficients U (buffers: partial sums, U, then the
+    role-pair products W for the cuBLAS product or the Triton Gram kernel's partials); quadratic
+    ones from the pair programs (partial sums, J^T J tiles)."""
     config = tp.LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2, gram=gram)
     _check("softmax", score, "relu", 3, 4, 2, 77, torch.float64, poisoned, config=config)
     shapes = [tuple(b.shape) for b in poisoned]
@@ -293,3 +294,49 @@ def test_reference_gram_route_matches_explicit_jacobian(gate, expert):
                               structured=False)
     for name, a, b in zip(want._fields, got, want, strict=True):
         assert _rel(a, b) <= 1e-12, (name, _rel(a, b))
+
+
+@pytest.mark.parametrize("score,jacobian,kept,one_by_one", [
+    ("linear", True, True, False), ("linear", True, True, True), ("linear", True, False, False),
+    ("linear", False, False, False), ("quadratic", True, False, False)])
+def test_rows_read_in_place(score, jacobian, kept, one_by_one, poisoned, monkeypatch):
+    """``rows``: the problems X[rows] (repeated, out of order) with their own parameters, against
+    the reference on copies of those rows, float64 (1e-12). Linear scores read X and the kept
+    feature pairs in place, batched or one problem per product (``one_by_one``); quadratic ones
+    take copies."""
+    R_all, R, d, k, n = 5, 3, 3, 2, 83
+    (X, Y, _, _), ex = _problem("sigmoid", score, "relu", d, k, R_all, n, torch.float64,
+                                _seed("rows", score, jacobian, kept))
+    (_, _, gp, ep), _ = _problem("sigmoid", score, "relu", d, k, R, n, torch.float64,
+                                 _seed("rows params", score))
+    rows = torch.tensor([3, 0, 3], device=DEVICE)
+    V = gram.feature_pairs(X) if kept else None
+    monkeypatch.setattr(gram, "GATHER_BYTES", 0 if one_by_one else 2**40)
+    config = tp.LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2)
+    got = tp.triton_moe_pass(X, Y, gp, ep, gate="sigmoid", score=score, expert=ex,
+                             jacobian=jacobian, gram_features=V, rows=rows, config=config)
+    want = reference_moe_pass(X[rows], Y[rows], gp, ep, gate="sigmoid", score=score, expert=ex,
+                              jacobian=jacobian, structured=False)
+    assert poisoned and all(not buf.isnan().any() for buf in poisoned), "unwritten buffers"
+    for name, a, b in zip(want._fields, got, want, strict=True):
+        assert (a is None) == (b is None), name
+        if b is not None:
+            assert a.shape == b.shape and _rel(a, b) <= TOLERANCE[torch.float64], (name, _rel(a, b))
+
+
+def test_rows_must_be_indices():
+    (X, Y, gp, ep), ex = _problem("sigmoid", "linear", "relu", 3, 2, 2, 20, torch.float64, 6)
+    with pytest.raises(ValueError, match="rows"):
+        tp.triton_moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear", expert=ex,
+                           rows=torch.tensor([0.0, 1.0], dtype=torch.float64, device=DEVICE))
+
+
+@pytest.mark.parametrize("m,start,stop", [(1, 0, 45), (3, 7, 45), (7, 16, 39)])
+def test_role_pair_products(m, start, stop, poisoned):
+    """The Triton role-pair kernel against the PyTorch gathers on a sample range (exact: one
+    product per entry)."""
+    g = torch.Generator().manual_seed(m)
+    U = torch.randn(3, m, 45, generator=g, dtype=torch.float64).to(DEVICE)
+    got = triton_gram.role_pair_products(U, start, stop)
+    assert poisoned and not poisoned[0].isnan().any()
+    assert torch.equal(got, gram.role_pairs(U[:, :, start:stop]))

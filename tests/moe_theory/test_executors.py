@@ -80,6 +80,17 @@ def test_local_cluster_equals_local(cluster, config_path, local_run, tmp_path):
     assert len(lines) == len(plan(load_config(config_path)))
 
 
+def test_process_pool_equals_local(config_path, local_run, tmp_path):
+    """``processes``: shards side by side in spawned worker processes give the local table."""
+    lines: list[str] = []
+    df = run_sweep(load_config(config_path), tmp_path, executor="processes", local_workers=2,
+                   log=lines.append)
+    assert_same_table(df, local_run[1])
+    assert len(lines) == len(plan(load_config(config_path)))
+    assert {line.split(" done on ")[1].split(" ")[0] for line in lines} != {
+        f"{__import__('socket').gethostname()}:{os.getpid()}"}, "ran in this process"
+
+
 def test_worker_killed_mid_shard_is_recomputed(cluster, config_path, local_run, tmp_path):
     from distributed import Client
 
@@ -248,6 +259,8 @@ def test_malformed_config_exits_2_naming_the_key(tmp_path, capsys, line, key):
     (["--executor", "dask", "--local-workers", "2", "--scheduler", "tcp://127.0.0.1:1"],
      "--local-workers"),
     (["--executor", "dask", "--gpus", "7"], "--gpus"),
+    (["--executor", "processes", "--local-workers", "0"], "--local-workers"),
+    (["--executor", "processes", "--gpus", "0"], "--gpus"),
 ])
 def test_bad_executor_options_exit_2(config_path, tmp_path, capsys, flags, name):
     out = tmp_path / "out"
@@ -298,3 +311,10 @@ def test_resume_after_lost_shard_recomputes_only_it(config_path, local_run, tmp_
     assert_same_table(df, local_run[1])
     assert not list((out / "shards").rglob(".*.tmp"))
     assert_same_table(merge(out), local_run[1])
+
+
+def test_reproduce_rejects_bad_workers(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reproduce", "nguyen2024", "--fast", "--out", str(out), "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert not out.exists()
