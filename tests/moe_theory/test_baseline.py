@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 
 import pandas as pd
 import pytest
@@ -51,3 +52,18 @@ def test_baseline_run_times_scipy_on_the_sweeps_data():
     assert got["reps"] == baseline.BASELINE_REPS
     assert 0 < got["scipy_evaluations"] <= baseline.BASELINE_REPS * baseline.BASELINE_EVALS
     assert got["scipy_s_per_evaluation"] > 0
+
+
+def test_baseline_process_runs_with_one_blas_thread(monkeypatch):
+    """start(): the child sees one-thread BLAS settings; this process's environment is restored."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setattr(baseline, "_run", _env_probe)
+    from moe_theory.config import load_config
+
+    future = baseline.start(load_config("nguyen2024", fast=True), True)
+    assert future.result(timeout=120) == "1"
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+def _env_probe(*args) -> str | None:
+    return os.environ.get("OPENBLAS_NUM_THREADS")
