@@ -2,9 +2,10 @@
 
 ``local`` runs the shards one after the other in this process (the default; it needs nothing
 beyond the package, and batches the replications of a shard inside one fit). ``processes`` runs
-them in ``local_workers`` processes of this machine (the standard library's process pool), all on
-the same device: on one GPU, one shard's host work (Python, kernel launches, waits) then overlaps
-another's kernels, which a single process leaves idle for most of a small shard. ``dask`` hands them
+them in ``local_workers`` processes of this machine (this one and a standard-library process
+pool), all on the same device: on one GPU, one shard's host work (Python, kernel launches, waits)
+then overlaps another's kernels, which a single process leaves idle for most of a small shard.
+``dask`` hands them
 to a Dask distributed cluster: an existing scheduler (``scheduler="tcp://host:8786"``), a
 ``LocalCluster`` of ``local_workers`` processes, or one worker per GPU (``gpus``), each pinned to
 its device. Whatever the back-end, a shard's task writes its own result file and returns small
@@ -169,19 +170,70 @@ def _limit_threads() -> None:
 
 def _map_processes(fn: Callable[[Shard], T], shards: Sequence[Shard], workers: int
                    ) -> Iterator[T]:
+    """``workers`` processes in all: this one and ``workers - 1`` spawned ones, taking shards
+    from one queue in plan order. This process needs no start-up (its modules are loaded, its
+    CUDA context may exist), so it computes shards while the others import (~9 s on an H100 host);
+    a thread keeps one shard in flight per spawned worker."""
     import concurrent.futures as cf
     import multiprocessing as mp
+    import queue
+    import threading
+    from collections import deque
 
+    todo = deque(shards)
+    lock = threading.Lock()
+
+    def take() -> Shard | None:
+        with lock:
+            return todo.popleft() if todo else None
+
+    helpers = min(workers - 1, len(shards) - 1)
+    if helpers < 1:
+        while (shard := take()) is not None:
+            yield fn(shard)
+        return
     # spawn: a fork would copy this process's CUDA state, which CUDA does not allow
-    pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(shards)) or 1,
-                                  mp_context=mp.get_context("spawn"), initializer=_limit_threads)
-    futures = [pool.submit(fn, shard) for shard in shards]
+    pool = cf.ProcessPoolExecutor(max_workers=helpers, mp_context=mp.get_context("spawn"),
+                                  initializer=_limit_threads)
+    finished: queue.Queue = queue.Queue()
+
+    def feed() -> None:
+        in_flight: set = set()
+        try:
+            while True:
+                while len(in_flight) < helpers and (shard := take()) is not None:
+                    in_flight.add(pool.submit(fn, shard))
+                if not in_flight:
+                    return
+                done, in_flight = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    finished.put(future)
+        except BaseException as err:  # e.g. the pool broke: hand it to the consumer
+            failed: cf.Future = cf.Future()
+            failed.set_exception(err)
+            finished.put(failed)
+        finally:
+            finished.put(None)
+
+    feeder = threading.Thread(target=feed, name="shard-feeder", daemon=True)
+    feeder.start()
     try:
-        for future in cf.as_completed(futures):
+        while (shard := take()) is not None:
+            yield fn(shard)
+            while not finished.empty():
+                future = finished.get()
+                if future is not None:
+                    yield future.result()
+                else:
+                    finished.put(None)  # keep the end mark for the drain below
+                    break
+        while (future := finished.get()) is not None:
             yield future.result()
     except BaseException:
         # an error or an interrupt: drop the shards not started and do not wait for the running
         # ones (an unfinished shard leaves no file; the interrupt reaches the workers too)
+        with lock:
+            todo.clear()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
