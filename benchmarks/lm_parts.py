@@ -15,7 +15,7 @@ import torch
 import triton.testing
 
 from kernels.bench import environment
-from kernels.moe import gram
+from kernels.moe import gram, triton_solve
 from kernels.moe.reference import jacobian_coefficients
 from moe_theory import models
 
@@ -44,6 +44,10 @@ def _solves(R: int = 20, p: int = 594) -> dict:
         c, _ = torch.linalg.cholesky_ex(S)
         return (torch.cholesky_inverse(c) @ b[..., None])[..., 0]
 
+    def chol_triton():
+        c, _ = torch.linalg.cholesky_ex(S)
+        return triton_solve.cholesky_solve(c, b)
+
     def lu_solve():
         return torch.linalg.solve_ex(S, b)[0]
 
@@ -54,11 +58,14 @@ def _solves(R: int = 20, p: int = 594) -> dict:
     for name, fn in (("cholesky + cholesky_solve", chol_solve),
                      ("cholesky + 2 solve_triangular", chol_triangular),
                      ("cholesky + cholesky_inverse + matvec", chol_inverse),
+                     ("cholesky + triton cholesky_solve", chol_triton),
                      ("LU solve_ex", lu_solve), ("inv_ex + matvec", inv_matvec)):
         got = fn()
         out[name] = {"ms": _bench(fn),
                      "rel_diff": float((got - want).norm() / want.norm())}
     out["cholesky alone"] = {"ms": _bench(lambda: torch.linalg.cholesky_ex(S))}
+    c, _ = torch.linalg.cholesky_ex(S)
+    out["triton cholesky_solve alone"] = {"ms": _bench(lambda: triton_solve.cholesky_solve(c, b))}
     return out
 
 
