@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import least_squares
 
 from kernels.moe.reference import jacobian_chunk
 from moe_theory import models
@@ -29,6 +28,10 @@ def scipy_least_squares(problem: LeastSquaresProblem, theta0: torch.Tensor,
 
 
 def _solve_one(problem: LeastSquaresProblem, expert, r: int, x0: np.ndarray, stop: StopRule):
+    # imported here: every sweep worker imports this module, few call scipy (import ~1 s on an
+    # H100 host, paid by each of reproduce's processes)
+    from scipy.optimize import least_squares
+
     X = problem.X[r : r + 1].detach().cpu().double()
     Y = problem.Y[r].detach().cpu().double().numpy()
     cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
