@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "processes of this machine, on the same device; dask: on a Dask cluster")
     p.add_argument("--scheduler", help="with --executor dask: address of a running scheduler")
     p.add_argument("--local-workers", type=int, metavar="N",
-                   help="with --executor processes: N worker processes (default: one per core); "
+                   help="with --executor processes: N processes (default: one per core on cpu, "
+                        "moe_theory.executors.GPU_PROCESSES on cuda); "
                         "with --executor dask: a LocalCluster of N worker processes")
     p.add_argument("--gpus", nargs="?", const="all", metavar="0,1",
                    help="with --executor dask: one worker per GPU (all visible ones by default)")
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default paper_figures/NAME[-fast])")
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes that share the device, one shard each (default: "
-                        "moe_theory.reproduce.GPU_WORKERS on cuda, 1 on cpu)")
+                        "moe_theory.executors.GPU_PROCESSES on cuda, 1 on cpu)")
     device_args(p)
     p.set_defaults(run=_cmd_reproduce)
 

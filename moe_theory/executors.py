@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from moe_theory.sweep import Shard
 
 EXECUTORS = ("local", "processes", "dask")
+#: Processes that share one GPU under the ``processes`` executor unless told otherwise: a single
+#: process leaves the GPU idle ~70% of a small shard (host work between kernels,
+#: ``benchmarks/fit_profile.py``). On an H100, N24's warm sweep took 70 s in three processes and
+#: 66 s in four (100 s in one, measured before a first-shard fix; ``kernels/moe/NOTES.md``); each
+#: process holds its own caches, so three.
+GPU_PROCESSES = 3
 T = TypeVar("T")
 
 
@@ -122,7 +128,7 @@ def dask_client(*, scheduler: str | None = None, local_workers: int | None = Non
 
 def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: str = "local",
                scheduler: str | None = None, local_workers: int | None = None,
-               gpus: tuple[int, ...] | None = None) -> Iterator[T]:
+               gpus: tuple[int, ...] | None = None, device: str = "cpu") -> Iterator[T]:
     """Run ``fn(shard)`` for every shard and yield the results as the shards finish.
 
     Parameters
@@ -131,7 +137,9 @@ def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: s
         shard's rows itself and returns small metadata
     shards : the shards still to compute
     executor : ``local`` or ``dask``
-    scheduler, local_workers, gpus : where the ``dask`` executor runs (see :func:`dask_client`)
+    scheduler, local_workers, gpus : where the ``dask`` executor runs (see :func:`dask_client`);
+        ``local_workers`` is also the ``processes`` executor's count (default: one per core on
+        the CPU, :data:`GPU_PROCESSES` on a GPU, whose ``device`` the shards run on)
 
     A worker that dies mid-shard (``kill -9``, out of host memory) is replaced by Dask and its
     shard is run again elsewhere; an error raised by ``fn`` itself stops the sweep.
@@ -142,7 +150,8 @@ def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: s
             yield fn(shard)
         return
     if executor == "processes":
-        yield from _map_processes(fn, shards, local_workers or os.cpu_count() or 1)
+        default = GPU_PROCESSES if device.startswith("cuda") else os.cpu_count() or 1
+        yield from _map_processes(fn, shards, local_workers or default)
         return
     from distributed import as_completed
 

@@ -14,6 +14,7 @@ import torch
 
 from moe_theory import baseline
 from moe_theory.config import SweepConfig, load_config, named_configs
+from moe_theory.executors import GPU_PROCESSES
 from moe_theory.plotting import plot_panels
 from moe_theory.rates import format_rates_table, rates_table
 from moe_theory.sweep import atomic_write, run_sweep
@@ -22,9 +23,6 @@ from moe_theory.sweep import atomic_write, run_sweep
 #: of this list that the results hold for that curve.
 DEFAULT_PLOT_LOSSES = ("D3", "D1")
 DEFAULT_OUT = Path("paper_figures")
-#: Processes that share one GPU in a reproduce, one shard each: a single process leaves the GPU
-#: idle ~70% of a small shard (host work between kernels: benchmarks/fit_profile.py).
-GPU_WORKERS = 3
 #: Figures that are not sweeps of a config: name -> "module:function". The function takes the
 #: output folder, ``fast`` and ``device``, writes its PNG, PDF and CSV files there and returns its
 #: summary table.
@@ -79,10 +77,11 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     """Run a named config into ``paper_figures/<name>[-fast]/`` and write its report there.
 
     ``workers``: processes that compute shards side by side on ``device`` (default
-    :data:`GPU_WORKERS` on a GPU, 1 on the CPU); the table does not depend on it.
+    :data:`moe_theory.executors.GPU_PROCESSES` on a GPU, 1 on the CPU); the table does not depend
+    on it.
     """
     if workers is None:
-        workers = GPU_WORKERS if device.startswith("cuda") else 1
+        workers = GPU_PROCESSES if device.startswith("cuda") else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers: must be a positive integer, got {workers!r}")
     if name == "all":

@@ -364,7 +364,8 @@ def run_sweep(
     started = time.perf_counter()
     try:
         for i, meta in enumerate(map_shards(work, todo, executor=executor, scheduler=scheduler,
-                                            local_workers=local_workers, gpus=gpu_ids), start=1):
+                                            local_workers=local_workers, gpus=gpu_ids,
+                                            device=device), start=1):
             bar.update(1)
             if bar.disable:
                 elapsed = time.perf_counter() - started
