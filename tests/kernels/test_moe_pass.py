@@ -24,6 +24,7 @@ from kernels.moe.reference import jacobian_coefficients as reference_jacobian_co
 from kernels.moe.reference import moe_pass as reference_moe_pass
 from kernels.moe.reference import n_free_gates
 from moe_theory import models
+from tests.kernels.poison import nan_buffers
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -57,16 +58,7 @@ def _problem(gate, score, expert, d, k, R, n, dtype, seed):
 @pytest.fixture
 def poisoned(monkeypatch):
     """Partial-sum buffers start as NaN; returns the list of buffers the kernel had to fill."""
-    buffers = []
-
-    def nan_empty(shape, *, dtype, device):
-        out = torch.full(shape, float("nan"), dtype=dtype, device=device)
-        buffers.append(out)
-        return out
-
-    monkeypatch.setattr(tp, "_empty", nan_empty)
-    monkeypatch.setattr(triton_gram, "_empty", nan_empty)
-    return buffers
+    return nan_buffers(monkeypatch, tp, triton_gram)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from kernels.moe import triton_solve as ts
+from tests.kernels.poison import nan_buffers
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -31,15 +32,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.fixture
 def poisoned(monkeypatch):
     """Outputs and scratch start as NaN; returns the list of buffers the kernels had to fill."""
-    buffers = []
-
-    def nan_empty(shape, *, dtype, device):
-        out = torch.full(shape, float("nan"), dtype=dtype, device=device)
-        buffers.append(out)
-        return out
-
-    monkeypatch.setattr(ts, "_empty", nan_empty)
-    return buffers
+    return nan_buffers(monkeypatch, ts)
 
 
 def _problem(R: int, p: int, dtype: torch.dtype, seed: int = 0):
