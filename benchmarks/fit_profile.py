@@ -5,8 +5,7 @@
 gate, at each sample size: the first fit of the process (compilation, handles) and a second one
 timed by wall clock, then ``--iters`` iterations under ``torch.profiler``: GPU kernel time by
 kernel (top 12), GPU busy time against wall time (the rest is the host: launches, waits), and
-how many replications each pass evaluated (a subset copies its rows of X and of the kept feature
-pairs).
+how many passes evaluated all replications or a subset (the accepted or still active ones).
 """
 
 from __future__ import annotations
