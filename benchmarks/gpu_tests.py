@@ -4,7 +4,7 @@
 (default path ``tests/kernels``). On a GPU every oddly sized test shape compiles its own Triton
 kernels, so ``tests/kernels`` in one process outlasts a 500 s session; compilation is CPU work, so
 splitting the tests round-robin over processes divides the time. Prints each part's summary line
-and every failure; exits 1 if any part failed or timed out.
+and failures as the part ends; exits 1 if any part failed or timed out.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,33 +21,45 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="*", default=["tests/kernels"])
     ap.add_argument("--procs", type=int, default=8)
-    ap.add_argument("--timeout", type=float, default=300, help="seconds for all parts together")
-    ap.add_argument("--log", default=None, help="folder for each part's full output")
+    ap.add_argument("--timeout", type=float, default=300,
+                    help="seconds for everything, collection included")
+    ap.add_argument("--log", default=None, help="folder for each part's full output (default: a "
+                    "new temporary folder)")
     args = ap.parse_args()
+    deadline = time.monotonic() + args.timeout  # collection counts too
     listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args.paths],
                             capture_output=True, text=True, check=False).stdout
     ids = [line for line in listed.splitlines() if "::" in line]
     parts = [ids[i :: args.procs] for i in range(args.procs) if ids[i :: args.procs]]
     print(f"{len(ids)} tests in {len(parts)} parts", flush=True)
-    procs = [subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "--tb=short", "-rf", *part], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for part in parts]
-    failed, deadline = False, time.monotonic() + args.timeout
-    for i, proc in enumerate(procs):
-        try:
-            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-            out += f"\nTIMEOUT after {args.timeout:.0f} s"
-        if args.log:
-            Path(args.log).mkdir(parents=True, exist_ok=True)
-            Path(args.log, f"part{i}.txt").write_text(out)
-        lines = out.splitlines()
-        summary = [ln for ln in lines if ln.startswith(("FAILED", "ERROR", "TIMEOUT"))
-                   or " passed" in ln or " failed" in ln]
-        print(f"== part {i} (exit {proc.returncode})", *summary, sep="\n", flush=True)
-        failed |= proc.returncode != 0
+    logs = Path(args.log or tempfile.mkdtemp(prefix="gpu_tests_"))
+    logs.mkdir(parents=True, exist_ok=True)
+    # output to files, not pipes: a part that fills a pipe buffer would block; a part's summary
+    # is printed as soon as it ends, so a run cut short still reports the parts that finished
+    procs = {}
+    for i, part in enumerate(parts):
+        with open(logs / f"part{i}.txt", "w") as out:
+            procs[i] = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p",
+                                         "no:cacheprovider", "--tb=short", "-rf", *part],
+                                        stdout=out, stderr=subprocess.STDOUT)
+    failed = False
+    while procs:
+        for i, proc in list(procs.items()):
+            late = time.monotonic() > deadline
+            if proc.poll() is None and not late:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                with open(logs / f"part{i}.txt", "a") as out:
+                    out.write(f"\nTIMEOUT after {args.timeout:.0f} s\n")
+            lines = (logs / f"part{i}.txt").read_text().splitlines()
+            summary = [ln for ln in lines if ln.startswith(("FAILED", "ERROR", "TIMEOUT"))
+                       or " passed" in ln or " failed" in ln]
+            print(f"== part {i} (exit {proc.returncode})", *summary, sep="\n", flush=True)
+            failed |= proc.returncode != 0
+            del procs[i]
+        time.sleep(0.5)
     return 1 if failed else 0
 
 
