@@ -335,8 +335,7 @@ def _block_tile(xt, ds, dz, sx_s, sx_z, sq, Xr, rows, rmask, d, iu, iv, qc, tmas
 
 @triton.jit
 def _grad_program(X, Y, GP, EP, IU, IV, QC, OUT_G, OUT_T, U, r, rx, t, n_split, n, d, k, kf, pg,
-                  pe,
-                  p, qoff, nq, tiles_per_prog, s_tiles,
+                  pe, p, qoff, nq, tiles_per_prog, s_tiles,
                   BN: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, QP: tl.constexpr,
                   TB: tl.constexpr, SOFTMAX: tl.constexpr, HAS_LIN: tl.constexpr,
                   HAS_QUAD: tl.constexpr, SLOPE: tl.constexpr, EXPERT: tl.constexpr,
