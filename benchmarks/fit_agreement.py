@@ -12,12 +12,11 @@ replication: the largest relative difference per loss is what SPEC section 3 bou
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
-from kernels.bench import environment
+from kernels.bench import environment, write_json
 from moe_theory.config import load_config
 from moe_theory.estimators import fit_lse
 from moe_theory.reference import reference_measure
@@ -78,9 +77,7 @@ def main() -> int:
                 f"{vn} {v['wall_s']:.1f} s max rel {max(v['max_rel_diff'].values()):.1e}"
                 for vn, v in curve["variants"].items()), flush=True)
             results["curves"].append(curve)
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump(results, f, indent=1)
+            write_json(args.json, results)
     return 0
 
 

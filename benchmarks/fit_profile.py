@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from kernels.bench import environment
+from kernels.bench import environment, write_json
 from moe_theory.config import load_config
 from moe_theory.estimators import fit_lse
 from moe_theory.estimators.problem import LeastSquaresProblem
@@ -96,9 +96,7 @@ def main() -> int:
                 print(f"    {e['ms_total']:9.2f} ms  {e['calls']:5d}x  {e['name']}", flush=True)
         del X, Y
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(args.json, out)
     return 0
 
 

@@ -14,7 +14,7 @@ import json
 import torch
 import triton.testing
 
-from kernels.bench import environment
+from kernels.bench import environment, write_json
 from kernels.moe import gram, triton_solve
 from kernels.moe.reference import jacobian_coefficients
 from moe_theory import models
@@ -103,9 +103,7 @@ def main() -> int:
     args = ap.parse_args()
     out = {"environment": environment(), "solves": _solves(), "gram": _gram_forms()}
     print(json.dumps(out, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(args.json, out)
     return 0
 
 

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from kernels.bench import environment
+from kernels.bench import environment, write_json
 from moe_theory import settings
 from moe_theory.data import sample
 from moe_theory.estimators import fit_lse
@@ -45,9 +45,7 @@ def main() -> int:
         "gpu_total_bytes": torch.cuda.get_device_properties(0).total_memory,
     }
     print(json.dumps(out, indent=1, default=str))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1, default=str)
+    write_json(args.json, out)
     return 0
 
 

@@ -226,17 +226,17 @@ def _map_processes(fn: Callable[[Shard], T], shards: Sequence[Shard], workers: i
 
     feeder = threading.Thread(target=feed, name="shard-feeder", daemon=True)
     feeder.start()
+    ended = False  # the feeder's end mark (None) was read
     try:
         while (shard := take()) is not None:
             yield fn(shard)
-            while not finished.empty():
+            # the spawned workers' shards that ended meanwhile
+            while not ended and not finished.empty():
                 future = finished.get()
-                if future is not None:
+                ended = future is None
+                if not ended:
                     yield future.result()
-                else:
-                    finished.put(None)  # keep the end mark for the drain below
-                    break
-        while (future := finished.get()) is not None:
+        while not ended and (future := finished.get()) is not None:
             yield future.result()
     except BaseException:
         # an error or an interrupt: drop the shards not started and do not wait for the running

@@ -17,3 +17,14 @@ def environment() -> dict:
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def write_json(path: str | None, results: dict) -> None:
+    """Write a benchmark's results to ``path`` (nothing when None). Scripts call it after every
+    section, so a run cut short keeps the numbers it has; values JSON lacks (dtypes, devices) are
+    written as strings."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1, default=str)

@@ -36,7 +36,7 @@ from kernels.attention.sigmoid_attention import (
     default_configs,
     sigmoid_attention,
 )
-from kernels.bench import environment
+from kernels.bench import environment, write_json
 
 TOKENS = 16384
 WIDTH = 2048
@@ -469,9 +469,7 @@ def run(args: argparse.Namespace) -> int:
         results = {"environment": environment(), "host_overhead_us": overhead, "rows": rows,
                    "ratios": _ratios(rows)}
         _print_table(rows)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(args.json, results)
     if args.plot and "rows" in results:
         plot(results, args.plot)
     return 0

@@ -21,7 +21,6 @@ import argparse
 import concurrent.futures as cf
 import functools
 import itertools
-import json
 import multiprocessing as mp
 import sys
 import time
@@ -30,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.bench import environment
+from kernels.bench import environment, write_json
 from kernels.moe import moe_pass as dispatch_moe_pass
 from kernels.moe.gram import applies as gram_applies
 from kernels.moe.gram import feature_pairs
@@ -566,9 +565,7 @@ def run(args: argparse.Namespace) -> int:
         print("the moe benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
     def save(results: dict) -> None:  # after every section: a run cut short keeps its numbers
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1, default=str)
+        write_json(args.json, results)
 
     _precompile(_jobs(args.tune, args.check, args.quick))
     results: dict = {"environment": environment()}

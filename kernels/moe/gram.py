@@ -57,18 +57,25 @@ class Tables:
     def index(self, QP: int) -> torch.Tensor:
         """``(p, p)`` offsets of ``J^T J`` into a row-major ``(A or more, QP)`` product
         (vectorised: a Python double loop over the p^2 entries took 1 s at p = 594)."""
+        role, feature = self.column_arrays()
+        return torch.from_numpy(pair_positions(role, self.m) * QP
+                                + pair_positions(feature, self.d + 1))
+
+    def column_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Role and feature of each reference column, as arrays."""
         role, feature = np.array(self.columns, dtype=np.int64).T
-
-        def pair(v: np.ndarray, size: int) -> np.ndarray:
-            # row-major position of the pair (min, max) among the pairs i <= j of `size` items
-            i, j = np.minimum(v[:, None], v[None, :]), np.maximum(v[:, None], v[None, :])
-            return i * size - i * (i - 1) // 2 + (j - i)
-
-        return torch.from_numpy(pair(role, self.m) * QP + pair(feature, self.d + 1))
+        return role, feature
 
     def jtr_index(self) -> torch.Tensor:
         """``(p,)`` offsets of ``J^T r`` into a row-major ``(m, d + 1)`` product ``(U r) V``."""
         return torch.tensor([i * (self.d + 1) + f for i, f in self.columns], dtype=torch.long)
+
+
+def pair_positions(v: np.ndarray, size: int) -> np.ndarray:
+    """``(len(v), len(v))``: row-major position of the pair ``(min, max)`` of ``v[a], v[b]``
+    among the pairs ``i <= j`` of ``size`` items (the rows of ``W``, the columns of ``V``)."""
+    i, j = np.minimum(v[:, None], v[None, :]), np.maximum(v[:, None], v[None, :])
+    return i * size - i * (i - 1) // 2 + (j - i)
 
 
 @functools.lru_cache(maxsize=64)
@@ -105,7 +112,7 @@ def device_tables(gate: str, expert: str, d: int, k: int, device: torch.device):
     """On ``device``: role pairs ``ia, ja``, the ``(p, p)`` gather of ``J^T J`` out of ``W^T V``
     and the ``(p,)`` gather of ``J^T r`` out of ``(U r)^T [x, 1]``."""
     tab = tables(gate, expert, d, k)
-    ia, ja = (torch.tensor(t, dtype=torch.long, device=device) for t in (tab.ia, tab.ja))
+    ia, ja = _role_tables(tab.m, device)
     return ia, ja, tab.index(tab.Q).to(device), tab.jtr_index().to(device)
 
 

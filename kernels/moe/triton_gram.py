@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.moe.gram import applies, tables
+from kernels.moe.gram import applies, pair_positions, tables
 
 #: Partial sums may take at most this many bytes; the sample splits ``T`` shrink to fit.
 PARTIAL_BYTES = 2 * 2**30
@@ -65,14 +65,10 @@ def _feature_tables(gate: str, expert: str, d: int, k: int, device: torch.device
     row-major ``(AP, d + 1, d + 1)`` product ``M``: entry ``((i, f), (j, g))`` is
     ``M[pair(i, j), f, g]``, ``pair`` the row-major upper-triangle position as in ``Tables.index``."""
     tab = tables(gate, expert, d, k)
-    m, d1 = tab.m, d + 1
-
-    def pair(i: int, j: int) -> int:
-        i, j = min(i, j), max(i, j)
-        return i * m - i * (i - 1) // 2 + (j - i)
-
-    index = torch.tensor([[(pair(ri, rj) * d1 + fi) * d1 + fj for rj, fj in tab.columns]
-                          for ri, fi in tab.columns], dtype=torch.long, device=device)
+    d1 = d + 1
+    role, feature = tab.column_arrays()
+    index = torch.from_numpy((pair_positions(role, tab.m) * d1 + feature[:, None]) * d1
+                             + feature[None, :]).to(device)
     return tuple(torch.tensor(t, dtype=torch.int32, device=device) for t in (tab.ia, tab.ja)) + (
         index,)
 
