@@ -19,7 +19,7 @@ import torch
 from kernels.bench import environment, write_json
 from moe_theory.config import load_config
 from moe_theory.estimators import fit_lse
-from moe_theory.reference import reference_measure
+from moe_theory.population import reference_measure
 from moe_theory.sweep import applicable_losses, shard_data, shard_init
 from moe_theory.voronoi import voronoi_loss
 

@@ -21,7 +21,7 @@ from kernels.bench import environment, write_json
 from moe_theory.config import load_config
 from moe_theory.estimators import fit_lse
 from moe_theory.estimators.problem import LeastSquaresProblem
-from moe_theory.reference import reference_measure
+from moe_theory.population import reference_measure
 from moe_theory.sweep import shard_data, shard_init
 
 

@@ -16,7 +16,7 @@ _EXPORTS = {
     "objective": "estimators",
     "near_truth": "initialization", "random_init": "initialization",
     "MixingMeasure": "measure",
-    "population_lse": "reference", "reference_measure": "reference",
+    "population_lse": "population", "reference_measure": "population",
     "Setting": "settings", "get_setting": "settings", "list_settings": "settings",
     "register": "settings",
     "load_results": "sweep", "merge": "sweep", "run_sweep": "sweep",

@@ -31,7 +31,7 @@ from moe_theory.estimators import fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus
 from moe_theory.initialization import NearTruth, near_truth
 from moe_theory.measure import MixingMeasure
-from moe_theory.reference import reference_measure
+from moe_theory.population import reference_measure
 from moe_theory.settings import Setting, get_setting
 from moe_theory.voronoi import PARAMETER_ERRORS, voronoi_loss
 
@@ -46,7 +46,7 @@ SORT_KEYS = ["setting", "fit_gate", "loss_name", "n", "rep"]
 CSV_MAX_ROWS = 200_000
 #: Bytes one replication needs, per sample and input coordinate (float64): X and Y themselves,
 #: then gate/expert values, residuals and the trial point of LM hold a few more copies of that
-#: size. The Jacobian is chunked (kernels.moe.reference) and reserved for separately.
+#: size. The Jacobian is chunked (kernels.moe.torch_pass) and reserved for separately.
 BYTES_PER_REP_SAMPLE_COORD = 8 * 8
 #: Share of the free device memory a shard's batch may plan to use; the rest absorbs what the
 #: estimate misses (allocator fragmentation, the G_bar reference, other processes).
@@ -147,7 +147,7 @@ def free_memory(device: str) -> int | None:
 def memory_rep_block(config: SweepConfig, setting: str, n: int, device: str) -> int | None:
     """The most replications one batched fit of ``n`` samples should take on ``device``'s free
     memory (at least 1), or None when free memory is unknown."""
-    from kernels.moe.reference import JACOBIAN_CHUNK_BYTES
+    from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 
     free = free_memory(device)
     if free is None:
