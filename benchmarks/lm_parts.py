@@ -16,7 +16,7 @@ import triton.testing
 
 from kernels.bench import environment, write_json
 from kernels.moe import gram, triton_solve
-from kernels.moe.reference import jacobian_coefficients
+from kernels.moe.torch_pass import jacobian_coefficients
 from moe_theory import models
 
 

@@ -169,7 +169,7 @@ def attention_rows(
     when narrower (the reference needs one D; the padding leaves the output's first ``D_v``
     columns unchanged).
     """
-    from kernels.attention.reference import sigmoid_attention_reference
+    from kernels.attention.torch_attention import sigmoid_attention_reference
 
     models.check_gate(gate)
     _, D = check_projections(W_Q, W_K, W_V)

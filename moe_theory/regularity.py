@@ -45,7 +45,7 @@ def attention_map(X: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor, W_V: to
 
     ``W_V`` is zero-padded to the head dimension D of ``W_Q`` when narrower.
     """
-    from kernels.attention.reference import sigmoid_attention_reference
+    from kernels.attention.torch_attention import sigmoid_attention_reference
 
     D = W_Q.shape[1]
     V = torch.nn.functional.pad(W_V, (0, D - W_V.shape[1]))

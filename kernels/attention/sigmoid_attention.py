@@ -3,7 +3,7 @@
 ``sigmoid_attention`` dispatches to the Triton kernels of :mod:`kernels.attention.triton_kernels`
 for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1`` (CI runs the real kernel code
 through Triton's interpreter that way); otherwise, and for float64 on CUDA, to the dense
-reference :func:`kernels.attention.reference.sigmoid_attention_reference`.
+reference :func:`kernels.attention.torch_attention.sigmoid_attention_reference`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kernels.attention.args import AttentionArgs, check_attention_args
-from kernels.attention.reference import sigmoid_attention_reference
+from kernels.attention.torch_attention import sigmoid_attention_reference
 
 LOG2E = math.log2(math.e)
 

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 import torch
 
 from kernels.attention.args import check_attention_args
-from kernels.attention.reference import sigmoid_attention_reference
 from kernels.attention.sigmoid_attention import (
     KernelConfigs,
     TileConfig,
@@ -36,6 +35,7 @@ from kernels.attention.sigmoid_attention import (
     default_configs,
     sigmoid_attention,
 )
+from kernels.attention.torch_attention import sigmoid_attention_reference
 from kernels.bench import environment, write_json
 
 TOKENS = 16384

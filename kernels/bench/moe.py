@@ -34,7 +34,7 @@ from kernels.moe import moe_pass as dispatch_moe_pass
 from kernels.moe.gram import applies as gram_applies
 from kernels.moe.gram import feature_pairs
 from kernels.moe.gram import gram_jtj as torch_gram_jtj
-from kernels.moe.reference import jacobian_chunk, jacobian_coefficients, moe_pass, n_free_gates
+from kernels.moe.torch_pass import jacobian_chunk, jacobian_coefficients, moe_pass, n_free_gates
 from kernels.moe.triton_gram import GramConfig, gram_jtj
 from kernels.moe.triton_pass import LaunchConfig, default_config, fp64_dots, triton_moe_pass
 from moe_theory import models
@@ -170,7 +170,7 @@ def _compiled_chunk(gate: str, score: str, expert: str):
 
 def _compiled_reference(X, Y, gp, ep, gate: str, score: str, expert: str):
     """The reference's loss + J^T r with its chunking, each chunk through torch.compile."""
-    from kernels.moe.reference import _chunk_size
+    from kernels.moe.torch_pass import _chunk_size
 
     R, n, d = X.shape
     step = _chunk_size(R, _p(d, gp.shape[1], gate, score, expert), X.element_size(), n, X.device)

@@ -11,8 +11,8 @@ import os
 
 import torch
 
-from kernels.moe.reference import MoEPass, n_free_gates
-from kernels.moe.reference import moe_pass as reference_moe_pass
+from kernels.moe.torch_pass import MoEPass, n_free_gates
+from kernels.moe.torch_pass import moe_pass as reference_moe_pass
 from moe_theory.models import Expert
 
 BACKENDS = ("auto", "torch", "triton")
@@ -58,7 +58,7 @@ def moe_pass(
     gram_features: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
 ) -> MoEPass:
-    """See :func:`kernels.moe.reference.moe_pass`; ``backend`` in ``auto``, ``torch``, ``triton``.
+    """See :func:`kernels.moe.torch_pass.moe_pass`; ``backend`` in ``auto``, ``torch``, ``triton``.
 
     ``auto`` runs the PyTorch reference for shapes the Triton kernels do not take
     (:func:`kernels.moe.triton_pass.unsupported_reason`); ``triton`` raises for them.

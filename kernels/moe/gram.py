@@ -83,7 +83,7 @@ def tables(gate: str, expert: str, d: int, k: int) -> Tables:
     ex = models.get_expert(expert)
     m = n_roles(gate, k)
     kf = m - k
-    # Reference layout (kernels/moe/reference.py): gate atom i = [beta0, beta1 (d)], expert atom
+    # Reference layout (kernels/moe/torch_pass.py): gate atom i = [beta0, beta1 (d)], expert atom
     # i = [a (d), b] with a slope, [b] without.
     columns = []
     for i in range(kf):

@@ -1,6 +1,6 @@
 """Triton kernels for the batched MoE least-squares pass (KERNELS.md section 1).
 
-Same outputs as :func:`kernels.moe.reference.moe_pass`: per problem the sum of squared residuals,
+Same outputs as :func:`kernels.moe.torch_pass.moe_pass`: per problem the sum of squared residuals,
 ``J^T r`` and ``J^T J`` in the free-parameter layout documented there.
 
 Per sample tile, in registers, the kernels compute the gating scores between the tile's samples and
@@ -42,7 +42,7 @@ import triton.language as tl
 
 from kernels.moe.gram import applies as gram_applies
 from kernels.moe.gram import gram_jtj as torch_gram_jtj
-from kernels.moe.reference import MoEPass, n_free_gates
+from kernels.moe.torch_pass import MoEPass, n_free_gates
 from kernels.moe.triton_gram import GramConfig, role_pair_products
 from kernels.moe.triton_gram import gram_jtj as triton_gram_jtj
 from moe_theory import models
@@ -882,7 +882,7 @@ def triton_moe_pass(
     gram_features: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
 ) -> MoEPass:
-    """One pass over the data with the Triton kernels; see :func:`kernels.moe.reference.moe_pass`.
+    """One pass over the data with the Triton kernels; see :func:`kernels.moe.torch_pass.moe_pass`.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""A batch of R least-squares problems in the free-parameter layout of ``kernels.moe.reference``."""
+"""A batch of R least-squares problems in the free-parameter layout of ``kernels.moe.torch_pass``."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels.moe.reference import jacobian_chunk
+from kernels.moe.torch_pass import jacobian_chunk
 from moe_theory import models
 from moe_theory.estimators.levenberg_marquardt import SolverOutput, StopRule
 from moe_theory.estimators.problem import LeastSquaresProblem

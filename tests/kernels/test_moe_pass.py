@@ -20,9 +20,9 @@ import torch
 
 from kernels.moe import gram, moe_pass, triton_gram
 from kernels.moe import triton_pass as tp
-from kernels.moe.reference import jacobian_coefficients as reference_jacobian_coefficients
-from kernels.moe.reference import moe_pass as reference_moe_pass
-from kernels.moe.reference import n_free_gates
+from kernels.moe.torch_pass import jacobian_coefficients as reference_jacobian_coefficients
+from kernels.moe.torch_pass import moe_pass as reference_moe_pass
+from kernels.moe.torch_pass import n_free_gates
 from moe_theory import models
 from tests.kernels.poison import nan_buffers
 

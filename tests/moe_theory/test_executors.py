@@ -230,7 +230,7 @@ def test_block_follows_free_memory(monkeypatch, config_path, local_run, tmp_path
     shard = Shard("small-sparse-relu", 400, 0, 2)
     assert sweep.memory_rep_block(config, shard.setting, shard.n, "cpu") >= 2
     # room for one replication of n = 400, d = 2 next to no Jacobian chunk (CPU reserves one)
-    from kernels.moe.reference import JACOBIAN_CHUNK_BYTES
+    from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 
     one_rep = sweep.BYTES_PER_REP_SAMPLE_COORD * shard.n * 3
     monkeypatch.setattr(sweep, "free_memory",
