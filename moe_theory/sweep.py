@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kernels.memory import free_memory
 from kernels.moe import precompile
-from kernels.moe.gram import available_cuda_memory
 from moe_theory import models
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
@@ -132,17 +132,6 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
 
 
 # ---- memory-aware batching -------------------------------------------------------------------
-
-def free_memory(device: str) -> int | None:
-    """Free bytes on ``device`` (CUDA: the driver's count plus what PyTorch's allocator holds in
-    reserve; CPU: available physical pages), or None where the platform does not say."""
-    if device.startswith("cuda"):
-        return available_cuda_memory(torch.device(device))
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
 
 def memory_rep_block(config: SweepConfig, setting: str, n: int, device: str) -> int | None:
     """The most replications one batched fit of ``n`` samples should take on ``device``'s free

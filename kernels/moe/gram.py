@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kernels.memory import available_cuda_memory
 from moe_theory import models
 
 #: Bytes the ``W`` and ``V`` chunks may take together (as ``JACOBIAN_CHUNK_BYTES`` for ``J``).
@@ -152,13 +153,6 @@ def feature_pairs(X: torch.Tensor) -> torch.Tensor:
 #: forming V is cheap next to the product); at most this fraction of the GPU's memory too.
 CACHE_BYTES = {"cuda": 16 * 2**30, "cpu": 0}
 CACHE_FRACTION = 0.25
-
-
-def available_cuda_memory(device: torch.device) -> int:
-    """Bytes this process can still allocate: the driver's free count plus what PyTorch's caching
-    allocator holds in reserve (freed blocks it keeps; the driver counts them as used)."""
-    reserve = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return torch.cuda.mem_get_info(device)[0] + reserve
 
 
 def cache_fits(X: torch.Tensor) -> bool:
