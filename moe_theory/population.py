@@ -1,7 +1,8 @@
 """The reference measure a fit is measured against: ``G*``, or the population LSE ``G_bar``.
 
 Where no k-atom measure of the fitted gate equals ``f_{G*}`` (dense regime, or a gate other than
-the truth's), the LSE converges to ``G_bar in argmin ||f_G - f_{G*}||_{L2(mu)}`` (SPEC section 2).
+the truth's), the LSE converges to ``G_bar in argmin ||f_G - f_{G*}||_{L2(mu)}``
+(docs/theory.md#the-reference-measure-g_bar).
 We compute it as the LSE on a large noise-free design and cache it per (setting, fitted gate,
 design size), since every sweep over the setting needs the same one.
 """
@@ -22,7 +23,7 @@ from moe_theory.initialization import near_truth
 from moe_theory.measure import MixingMeasure
 from moe_theory.settings import Setting
 
-#: Design sizes of the population fit (SPEC section 2).
+#: Design sizes of the population fit (docs/theory.md#the-reference-measure-g_bar).
 DESIGN_SIZE = {"cuda": 10**6, "cpu": 2 * 10**5}
 #: Bumped when the computation of G_bar changes, so stale cache entries are not reused.
 CACHE_VERSION = 1

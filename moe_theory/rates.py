@@ -1,6 +1,8 @@
-"""Empirical convergence rates of loss curves, and verdicts against the theory table (SPEC 5).
+"""Empirical convergence rates of loss curves, and verdicts against the theory table
+(docs/theory.md#rate-estimation, docs/theory.md#verdicts).
 
-A *curve* is one ``(setting, fit_gate, loss_name)`` group of the tidy results table (SPEC 7).
+A *curve* is one ``(setting, fit_gate, loss_name)`` group of the tidy results table
+(docs/theory.md#results-table).
 Its rate is the OLS slope of ``log(mean over replications)`` on ``log n``; a loss decaying as
 ``n^-1/2`` has slope ``-0.5``. Theory exponents use the same sign: ``-0.5`` for the parametric
 rate, ``-0.25`` for over-specified atoms, and ``0.0`` for "slower than any polynomial".
@@ -125,8 +127,9 @@ def fit_rate(
 
     Notes
     -----
-    The bootstrap resamples replications with replacement within each ``n`` (SPEC 5), recomputes
-    the mean at every ``n`` and refits the slope; the CI is the percentile interval.
+    The bootstrap resamples replications with replacement within each ``n``, recomputes the mean
+    at every ``n`` and refits the slope; the CI is the percentile interval
+    (docs/theory.md#rate-estimation).
     """
     n_arr = np.asarray(n, dtype=float)
     if n_arr.ndim != 1:
@@ -272,7 +275,8 @@ def rates_table(
 
     Parameters
     ----------
-    df : tidy results table (SPEC 7), one row per (replication, n, fitted gate, loss).
+    df : tidy results table (docs/theory.md#results-table), one row per (replication, n, fitted
+        gate, loss).
     theory : ``(fit_gate, score, regime, expert, loss_name) -> obj`` with attributes
         ``exponent`` (float or None), ``label`` and ``source``; defaults to
         ``moe_theory.theory.predicted_rate``.

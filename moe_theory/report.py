@@ -34,7 +34,7 @@ REPORT_HTML = "report.html"
 CURVES_FIGURE_SUFFIX = "-curves"
 #: Panels per row of that figure: four 2.3 in panels fill a 9 in wide page or screen.
 CURVES_FIGURE_NCOLS = 4
-# Per-fit columns the report needs besides the rates table's (SPEC 7).
+# Per-fit columns the report needs besides the rates table's (docs/theory.md#results-table).
 REPORT_COLUMNS = REQUIRED_COLUMNS + ("device", "backend", "config_hash")
 
 
@@ -47,7 +47,7 @@ class FolderReport:
     folder : the results folder.
     config : the sweep config that produced the results.
     config_source : where the config was found (``manifest.json`` or a named config).
-    results : tidy results table (SPEC 7).
+    results : tidy results table (docs/theory.md#results-table).
     rates : :func:`~moe_theory.rates.rates_table` plus ``device`` and ``backend`` per curve.
     run : the folder's ``run.json`` (written by ``reproduce``), or empty.
     figures : PNG files written for the report, each with a caption.

@@ -145,7 +145,8 @@ def check_attention_args(
 
     n_keys = k.shape[2]
     if bias is None:
-        # SPEC 6: b = -log(N_k) keeps each sigmoid row's total weight O(1) at any length.
+        # b = -log(N_k) keeps each sigmoid row's total weight O(1) at any length
+        # (docs/theory.md#self-attention).
         bias = -math.log(n_keys) if n_keys > 0 else 0.0
     if isinstance(bias, bool):
         raise ValueError(f"bias must be a float, a tensor of shape () or (H,), or None; got {bias}")
