@@ -1,4 +1,4 @@
-"""Data from a mixture-of-experts regression model (SPEC section 1).
+"""Data from a mixture-of-experts regression model (docs/theory.md#regression-model).
 
 Seeds depend only on the coordinates ``(seed, n, rep)``: the same replication gets the same data
 whichever gate is fitted to it (common random numbers), in whatever order or on whichever worker
@@ -16,7 +16,7 @@ from moe_theory.measure import MixingMeasure
 from moe_theory.validation import check_choice, check_positive_float, check_positive_int
 
 X_DISTRIBUTIONS = ("uniform", "normal")
-#: SPEC section 1: noise variance nu.
+#: Default noise variance nu (docs/theory.md#regression-model).
 DEFAULT_NOISE_VAR = 0.01
 
 

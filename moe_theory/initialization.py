@@ -1,4 +1,4 @@
-"""Starting points for the least-squares estimator (SPEC section 3)."""
+"""Starting points for the least-squares estimator (docs/theory.md#estimator)."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def near_truth(
     jitter: float = DEFAULT_JITTER,
     split: tuple[int, ...] | None = None,
 ) -> NearTruth:
-    """Near-truth initialisation (SPEC section 3) for a fit with ``k`` atoms."""
+    """Near-truth initialisation (docs/theory.md#estimator) for a fit with ``k`` atoms."""
     k = check_positive_int("k", k)
     if k < truth.k:
         raise ValueError(f"k: the fitted number of atoms ({k}) must be >= k* = {truth.k}")

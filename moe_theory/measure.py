@@ -19,7 +19,7 @@ class MixingMeasure:
 
     Attributes
     ----------
-    gate, score, expert : names (SPEC section 1)
+    gate, score, expert : names (docs/theory.md#gates-scores-and-experts)
     d : input dimension
     gate_params : (R, k, pg) ``[beta0, beta1, triu(A)]``
     expert_params : (R, k, pe) ``[a, b]``
@@ -188,7 +188,7 @@ class MixingMeasure:
 
     # ---- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict | list[dict]:
-        """SPEC section 7 format; a batch of R > 1 measures is a list."""
+        """The JSON format of docs/theory.md#public-interface; a batch of R > 1 measures is a list."""
         out = []
         beta1, A, a = self.beta1, self.A, self.a
         for r in range(self.R):

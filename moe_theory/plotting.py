@@ -84,7 +84,8 @@ def _parse_curve(curve: Curve) -> tuple[str, str, str]:
 
 
 def _ylabel(loss_names: Sequence[str]) -> str:
-    # D1, D2(r), D3 are the Voronoi losses of SPEC 4; err_<group>_<cell> the per-parameter errors.
+    # D1, D2(r), D3 are the Voronoi losses (docs/theory.md#voronoi-losses); err_<group>_<cell> the
+    # per-parameter errors.
     if all(re.fullmatch(r"D[123].*", name) for name in loss_names):
         return "Voronoi loss"
     if all(name.startswith("err_") for name in loss_names):
@@ -117,7 +118,7 @@ def draw_rates(
     Parameters
     ----------
     ax : axes to draw on.
-    df : tidy results table (SPEC 7) of a single setting.
+    df : tidy results table (docs/theory.md#results-table) of a single setting.
     curves : ``(fit_gate, loss_name)`` or ``(fit_gate, loss_name, label)`` entries; the label
         defaults to ``"{fit_gate} {loss_name}"``.
     theory : ``(fit_gate, score, regime, expert, loss_name) -> obj`` with ``exponent``; defaults
@@ -271,7 +272,7 @@ def plot_rates(
 
     Parameters
     ----------
-    df : tidy results table (SPEC 7) of a single setting.
+    df : tidy results table (docs/theory.md#results-table) of a single setting.
     curves : ``(fit_gate, loss_name)`` or ``(fit_gate, loss_name, label)`` entries.
     path_stem : output path without suffix; parent folders are created.
     title : axes title.
@@ -306,7 +307,7 @@ def plot_panels(
 
     Parameters
     ----------
-    df : tidy results table (SPEC 7); may hold several settings.
+    df : tidy results table (docs/theory.md#results-table); may hold several settings.
     panels : ``(title, setting, curves)`` entries, drawn row by row.
     path_stem : output path without suffix; parent folders are created.
     ncols : panels per row; defaults to all in one row, at most 3.

@@ -1,4 +1,4 @@
-"""Regularity of attention (R25; SPEC 6): the local Lipschitz constant of ``X -> Attn(X)``.
+"""Regularity of attention (R25; docs/theory.md#regularity): the local Lipschitz constant of ``X -> Attn(X)``.
 
 The local Lipschitz constant at a sequence ``X`` (N tokens of dimension d) is the spectral norm of
 the Jacobian of the map, estimated by power iteration on ``J^T J`` with forward- and reverse-mode

@@ -95,7 +95,8 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     config = load_config(name, fast=fast)
     folder = Path(out) if out is not None else DEFAULT_OUT / (config.name + ("-fast" if fast else ""))
     start = time.perf_counter()
-    # on a GPU, the CPU baseline runs beside the sweep (KERNELS.md: the ratio it is judged by)
+    # on a GPU, the CPU baseline runs beside the sweep (the ratio it is judged by,
+    # docs/kernels.md#measuring-speed)
     pending = baseline.start(config, fast) if device.startswith("cuda") else None
     df = run_sweep(config, folder, device=device, backend=backend,
                    **({"executor": "processes", "local_workers": workers} if workers > 1 else {}))

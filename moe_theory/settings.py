@@ -20,7 +20,7 @@ REGIMES = ("dense", "sparse")
 
 @dataclass(frozen=True)
 class Setting:
-    """A truth recipe (SPEC section 2).
+    """A truth recipe (docs/theory.md#named-settings).
 
     Parameters are drawn once from ``truth_seed``: ``beta0* ~ N(0, beta0_sd^2)``,
     ``beta1* ~ N(0, beta1_sd^2 I)``, ``A* = sym(N(0, A_sd^2))``, ``(a*, b*) ~ N(0, expert_sd^2 I)``,
@@ -110,7 +110,7 @@ class Setting:
 
     def reference_kind(self, fit_gate: str) -> str:
         """``G*`` when a k-atom measure of the fitted gate represents ``f_{G*}`` exactly, else
-        ``G_bar`` (SPEC section 2): softmax splits atoms exactly; sigmoid only where the split
+        ``G_bar`` (docs/theory.md#regimes): softmax splits atoms exactly; sigmoid only where the split
         atoms' gates are constant (sparse); across gates never."""
         models.check_gate(fit_gate)
         if fit_gate != self.truth_gate:
@@ -207,7 +207,7 @@ Y25_SOFTMAX_ATOMS = ((0.0, 1.0, 0.0, 2.0, 1.0, -2.0, 4.0, 0.0, 1.0),
 Y25_SIGMOID_ATOMS = ((0.5, 1.0, 0.0, 2.0, 1.0, -2.0, 4.0, 0.0, 1.0),
                      (0.0, 0.0, 1.0, 1.0, -1.5, -1.0, 0.0, 4.0, -1.0))
 #: Noise variance of the Y25 settings: the quadratic-gating MoE is badly conditioned (sqrt of the
-#: trace of the inverse Fisher information ~ 50-500 per unit noise for these truths), so at SPEC's
+#: trace of the inverse Fisher information ~ 50-500 per unit noise for these truths), so at the default
 #: nu = 0.01 the parameter errors at n = 10^3 are of the order of the parameters themselves and
 #: no rate shows before n = 10^5; nu = 1e-4 puts n = 10^3 inside the asymptotic regime.
 Y25_NOISE_VAR = 1e-4

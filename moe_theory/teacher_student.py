@@ -1,5 +1,6 @@
-"""Teacher-student attention (SPEC 6). EXPLORATORY: this goes beyond N24, A24, Y25 and R25, none of
-which states a rate for it; the exponents drawn as guides here are analogies, labelled so.
+"""Teacher-student attention (docs/theory.md#teacher-student-attention). EXPLORATORY: this goes
+beyond N24, A24, Y25 and R25, none of which states a rate for it; the exponents drawn as guides
+here are analogies, labelled so.
 
 Sequences ``X`` (N tokens of dimension d) are labelled by a teacher of ``H*`` heads,
 
@@ -14,7 +15,7 @@ on CUDA; on CPU the same computation runs through its dense PyTorch reference.
 
 Fitted heads are assigned to teacher heads Voronoi-style, by the distance of their ``W`` (the
 gate's location; a split head carries only part of ``V``), and the errors are reported per cell
-type as in SPEC 4: ``err_W_exact`` / ``err_V_exact`` (max over cells holding one head),
+type as in docs/theory.md#voronoi-losses: ``err_W_exact`` / ``err_V_exact`` (max over cells holding one head),
 ``err_W_over`` (max over the heads of cells holding several) and ``err_V_over`` (the error of the
 cell's *summed* ``V``: heads sharing one ``W`` add their values, so only the sum is identified).
 """
@@ -39,7 +40,7 @@ from moe_theory.validation import check_finite, check_positive_int
 #: queries and values are zero-padded to the smallest that holds them, which changes no logit.
 KERNEL_HEAD_DIMS = (16, 32, 64, 128)
 ERROR_NAMES = ("err_W_exact", "err_V_exact", "err_W_over", "err_V_over")
-#: SPEC 1's noise variance, per output entry.
+#: The default noise variance (docs/theory.md#regression-model), per output entry.
 DEFAULT_NOISE_VAR = 0.01
 DEFAULT_JITTER = 0.05
 

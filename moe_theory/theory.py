@@ -1,4 +1,4 @@
-"""Predicted convergence rates (SPEC section 5), each with its source.
+"""Predicted convergence rates (docs/theory.md#theory-table), each with its source.
 
 An exponent e means ``loss ~ n^e``: -0.5 is parametric, -0.25 the over-specified rate of strongly
 identifiable experts, and 0.0 stands for "slower than any polynomial" (labelled so).

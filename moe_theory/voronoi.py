@@ -1,4 +1,4 @@
-"""Voronoi losses between a fitted and a reference mixing measure (SPEC section 4).
+"""Voronoi losses between a fitted and a reference mixing measure (docs/theory.md#voronoi-losses).
 
 Fitted atoms ``i = 1..k`` fall in the Voronoi cell ``A_j`` of their nearest reference atom in the
 non-weight parameters ``omega`` (ties to the lowest j). Cells with one fitted atom are *exact*,
@@ -108,7 +108,7 @@ def voronoi_loss(
     if kind in PARAMETER_ERRORS:
         return _parameter_error(fitted, cells, kind)
     if kind == "D3":
-        # SPEC section 4: every cell, first-order in both beta0 and omega
+        # docs/theory.md#voronoi-losses: every cell, first-order in both beta0 and omega
         return (db + norm).sum(-1)
 
     mismatch = _weight_mismatch(fitted, reference, cells)
