@@ -1,5 +1,5 @@
-"""Self-attention as a quadratic-gating MoE (A24, SPEC 6), its regularity (R25), and the
-reproduce hook that draws the attention figures."""
+"""Self-attention as a quadratic-gating MoE (A24, docs/theory.md#attention-rows-as-moe), its
+regularity (R25), and the reproduce hook that draws the attention figures."""
 
 import json
 import math
@@ -10,7 +10,8 @@ import torch
 from moe_theory import regularity, reproduce, teacher_student
 from moe_theory.attention_moe import attention_as_moe, attention_rows
 
-#: SPEC 6: the map and attention agree "to rounding"; both sides are float64 sums of N products.
+#: The map and attention agree to rounding (docs/theory.md#attention-rows-as-moe); both sides are
+#: float64 sums of N products.
 ROUNDING = 1e-12
 
 

@@ -1,4 +1,4 @@
-"""The least-squares estimator (SPEC section 3)."""
+"""The least-squares estimator (docs/theory.md#estimator)."""
 
 import pytest
 import torch

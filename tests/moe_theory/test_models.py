@@ -1,4 +1,4 @@
-"""Gates, scores, experts and mixing measures (SPEC section 1)."""
+"""Gates, scores, experts and mixing measures (docs/theory.md#gates-scores-and-experts)."""
 
 import json
 

@@ -117,7 +117,8 @@ def test_config_rejects_losses_the_scores_lack(raw, field):
 CONVERGENCE_SETTING = "yan2025-quadratic-softmax-dense-linear"
 CONVERGENCE_N = (500, 2000, 8000)
 CONVERGENCE_REPS = 16
-#: G_bar's design is 12x the largest n: its own error stays well under the fits' (SPEC: 2e5 on CPU)
+#: G_bar's design is 12x the largest n: its own error stays well under the fits' (the sweeps' is
+#: 2e5 on CPU, docs/theory.md#the-reference-measure-g_bar)
 CONVERGENCE_DESIGN = 100_000
 #: Theory: sigmoid n^-1/2 (Y25, D3 against G_bar) against softmax ~1/log n (A24), a gap of 0.5.
 #: Measured at this size on six data seeds (fixed here: 2025): sigmoid -0.42..-0.74, softmax

@@ -52,7 +52,7 @@ def stub_theory(exponents):
 
 
 def results_table(curves, n=N_GRID, reps=REPS, sigma=SIGMA, seed=0, setting="toy-dense"):
-    """A tidy results table (SPEC 7): ``curves`` maps (fit_gate, loss_name) -> exponent.
+    """A tidy results table (docs/theory.md#results-table): ``curves`` maps (fit_gate, loss_name) -> exponent.
 
     Each fit (fit_gate, n, rep) has ``wall_s = 1 + rep / 10`` repeated on all its loss rows; rep 0
     is uncertified and rep 1 not converged.

@@ -1,4 +1,5 @@
-"""Teacher-student attention (exploratory, SPEC 6): the model, the fit and the head errors."""
+"""Teacher-student attention (exploratory, docs/theory.md#teacher-student-attention): the model, the
+fit and the head errors."""
 
 import math
 

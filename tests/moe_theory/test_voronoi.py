@@ -1,4 +1,4 @@
-"""Voronoi losses (SPEC section 4): zero at the truth, permutation-invariant, by hand."""
+"""Voronoi losses (docs/theory.md#voronoi-losses): zero at the truth, permutation-invariant, by hand."""
 
 import math
 
