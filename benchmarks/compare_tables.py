@@ -2,8 +2,9 @@
 
 ``python benchmarks/compare_tables.py A/results.csv B/results.csv``: rows are matched on
 (setting, fit_gate, loss_name, n, rep); prints the largest and median relative difference of
-``loss_value`` overall and per curve, and the share above SPEC's 1e-3. Used to check that a
-change to the kernels or the executor leaves a figure's table alone (or moves it by rounding only).
+``loss_value`` overall and per curve, and the share above the 1e-3 that GPU and CPU fits must agree
+to (docs/theory.md#estimator). Used to check that a change to the kernels or the executor leaves a
+figure's table alone (or moves it by rounding only).
 """
 
 from __future__ import annotations
