@@ -1,4 +1,4 @@
-"""The ``moe-theory`` command line. Exit codes: 0 success, 2 bad input (the message names the
+"""The moe-theory command line. Exit codes: 0 success, 2 bad input (the message names the
 field), 130 interrupted (finished shards are kept)."""
 
 from __future__ import annotations
@@ -9,7 +9,19 @@ import os
 import sys
 from pathlib import Path
 
+from moe_theory.config import named_configs
+from moe_theory.voronoi import ALL_KINDS
+
 DEVICES = ("cpu", "cuda")
+DIR_HELP = "results folder of a sweep (holds manifest.json and shards/)"
+JSON_HELP = "print the table as JSON records instead of text"
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Columns padded to their widest cell, under a header and a rule (as the rates table)."""
+    widths = [max(map(len, column)) for column in zip(header, *rows, strict=True)]
+    for line in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _cmd_sweep(args) -> int:
@@ -113,9 +125,9 @@ def _cmd_settings(args) -> int:
     if args.json:
         print(json.dumps([s.to_dict() for s in rows], indent=1))
         return 0
-    for s in rows:
-        print(f"{s.name:26s} truth={s.truth_gate:7s} score={s.score:9s} expert={s.expert:8s} "
-              f"{s.regime:6s} d={s.d:<3d} k*={s.k_true} k={s.k_fit}  {s.description}")
+    _print_table(["setting", "truth", "score", "expert", "regime", "d", "k*", "k", "description"],
+                 [[s.name, s.truth_gate, s.score, s.expert, s.regime, str(s.d), str(s.k_true),
+                   str(s.k_fit), s.description] for s in rows])
     return 0
 
 
@@ -126,9 +138,9 @@ def _cmd_theory(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    for r in rows:
-        print(f"{r['fit_gate']:7s} {r['score']:9s} {r['regime']:6s} {r['expert']:8s} "
-              f"{r['loss_name']:16s} {r['exponent']:+.2f} {r['label']:28s} {r['source']}")
+    _print_table(["fit", "score", "regime", "expert", "loss", "exponent", "rate", "source"],
+                 [[r["fit_gate"], r["score"], r["regime"], r["expert"], r["loss_name"],
+                   f"{r['exponent']:+.2f}", r["label"], r["source"]] for r in rows])
     return 0
 
 
@@ -137,8 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def device_args(p):
-        p.add_argument("--device", choices=DEVICES, default="cpu")
-        p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
+        p.add_argument("--device", choices=DEVICES, default="cpu",
+                       help="where the fits run: %(choices)s (default cpu)")
+        p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
+                       help="the fits' loss/Jacobian pass: torch (PyTorch), triton (Triton "
+                            "kernels), auto (default: Triton on a GPU for the shapes it "
+                            "takes, else PyTorch)")
 
     p = sub.add_parser("sweep", help="run (or resume) a sweep from a TOML config")
     p.add_argument("config", help="path to a TOML config, or the name of one in simulations/configs")
@@ -161,26 +177,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_sweep, device=None)
 
     p = sub.add_parser("merge", help="rebuild the tidy table of a results folder from its shards")
-    p.add_argument("dir")
+    p.add_argument("dir", help=DIR_HELP)
     p.set_defaults(run=_cmd_merge)
 
     p = sub.add_parser("rates", help="slope table of a results folder")
-    p.add_argument("dir")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("dir", help=DIR_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=_cmd_rates)
 
     p = sub.add_parser("plot", help="log-log figures of a results folder")
-    p.add_argument("dir")
+    p.add_argument("dir", help=DIR_HELP)
     p.set_defaults(run=_cmd_plot)
 
     p = sub.add_parser("report", help="verdict report of a results folder (DIR/report.md)")
-    p.add_argument("dir")
+    p.add_argument("dir", help=DIR_HELP)
     p.add_argument("--html", action="store_true",
                    help="also DIR/report.html, one file with the figures embedded")
     p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("reproduce", help="regenerate a paper figure (default: nguyen2024 --fast)")
-    p.add_argument("name", nargs="?", help="config name or 'all' (default: nguyen2024, fast)")
+    p.add_argument("name", nargs="?",
+                   help=f"a config ({', '.join(named_configs())}), an experiment of "
+                        "moe_theory.reproduce.EXPERIMENTS (attention-teacher, attention-regularity), "
+                        "or all (default: nguyen2024 with --fast)")
     p.add_argument("--fast", action="store_true", help="the config's small CPU preset")
     p.add_argument("--out", help="output folder (default paper_figures/NAME[-fast])")
     p.add_argument("--workers", type=int, metavar="N",
@@ -190,40 +209,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_reproduce)
 
     p = sub.add_parser("loss", help="Voronoi loss between two measures in JSON")
-    p.add_argument("fitted")
-    p.add_argument("true")
-    p.add_argument("--kind", default="D1")
-    p.add_argument("--r", type=float, default=2.0, help="exponent of D2")
+    p.add_argument("fitted", help="JSON file of the fitted mixing measure")
+    p.add_argument("true", help="JSON file of the true mixing measure")
+    p.add_argument("--kind", choices=ALL_KINDS, default="D1", metavar="KIND",
+                   help="Voronoi loss D1, D2 or D3, or a parameter error err_{eta,beta1,A}_"
+                        "{exact,over}; one of: %(choices)s (default D1)")
+    p.add_argument("--r", type=float, default=2.0, help="exponent r of D2 (default 2)")
     p.set_defaults(run=_cmd_loss)
 
     p = sub.add_parser("settings", help="list the named settings")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=_cmd_settings)
 
     p = sub.add_parser("theory", help="print the theory table")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=_cmd_theory)
     return parser
 
 
-def limit_cpu_threads() -> None:
-    """One intra-op thread unless ``OMP_NUM_THREADS`` says otherwise.
-
-    The fits make many small tensor operations, where OpenMP workers mostly spin-wait: measured
-    on a 2-core machine with the other core busy, a small LM fit (R=8, n=6000, k=3) took 4.3 s
-    with one thread and 72.8 s with two. Parallelism across shards (``--executor dask``) is the
-    way to use more cores.
-    """
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
-        torch.set_num_threads(1)
-
-
 def main(argv: list[str] | None = None) -> int:
+    # torch's thread count was set when moe_theory was imported (moe_theory.threads)
     args = build_parser().parse_args(argv)
-    if getattr(args, "device", "cpu") == "cpu":
-        limit_cpu_threads()
     try:
         return args.run(args)
     except ValueError as err:
@@ -232,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moe-theory: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader stopped early (`moe-theory theory | head`): quiet the flush at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
