@@ -1,25 +1,28 @@
-"""GPU fits against CPU float64 fits on the same data and starts (SPEC: Voronoi losses within 1e-3).
+"""GPU fits against CPU float64 fits on the same data and starts (docs/theory.md#estimator).
 
-``PYTHONPATH=. python benchmarks/fit_agreement.py [--config nguyen2024] [--n 1000] [--reps 4]
-[--json PATH]`` (needs a CUDA GPU). For every setting and fitted gate of the config, the sweep's
-replications ``0..reps-1`` at sample size ``n`` are fitted by Levenberg-Marquardt (the config's
-stopping rule) four ways: CPU float64 (the PyTorch reference), and on the GPU the Triton kernels
-on float64 data, the Triton kernels on float32 data (tf32 ``J^T J``), and the PyTorch reference
-in float64. Each GPU fit's Voronoi losses are compared with the CPU fit's, replication by
-replication: the largest relative difference per loss is what SPEC section 3 bounds by 1e-3.
+``python -m benchmarks fit-agreement [--config nguyen2024] [--n 1000] [--reps 4] [--json PATH]``
+(needs a CUDA GPU). For every setting and fitted gate of the config, the sweep's replications
+``0..reps-1`` at sample size ``n`` are fitted by Levenberg-Marquardt (the config's stopping rule)
+four ways: CPU float64 (the PyTorch reference), and on the GPU the Triton kernels on float64
+data, the Triton kernels on float32 data (tf32 ``J^T J``), and the PyTorch reference in float64.
+Each GPU fit's Voronoi losses are compared with the CPU fit's, replication by replication: the
+largest relative difference per loss is what docs/theory.md#estimator bounds by 1e-3.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
-from kernels.bench import environment, write_json
+from benchmarks.checks import AGREEMENT_RTOL
+from benchmarks.output import add_output_arguments, output_path, write_json
 from moe_theory.config import load_config
 from moe_theory.estimators import fit_lse
 from moe_theory.population import reference_measure
+from moe_theory.provenance import provenance
 from moe_theory.sweep import applicable_losses, shard_data, shard_init
 from moe_theory.voronoi import voronoi_loss
 
@@ -29,21 +32,18 @@ VARIANTS = (  # name, device, dtype, backend
     ("cuda-float32-triton", "cuda", torch.float32, "triton"),
     ("cuda-float64-torch", "cuda", torch.float64, "torch"),
 )
-#: SPEC section 3: GPU fits agree with CPU float64 fits to this relative difference.
-AGREEMENT_RTOL = 1e-3
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="nguyen2024")
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--reps", type=int, default=4)
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+def run(args: argparse.Namespace) -> int:
+    """Fit every curve of the config four ways and write the JSON after each curve."""
+    if not torch.cuda.is_available():
+        print("fit-agreement needs a CUDA GPU", file=sys.stderr)
+        return 2
     config = load_config(args.config)
-    results = {"environment": environment(), "config": args.config, "n": args.n,
-               "reps": args.reps, "max_iter": config.max_iter, "curves": []}
+    prov = provenance("cuda")
+    path = output_path(args, "fit_agreement", prov)
+    results = {"provenance": prov, "config": args.config, "n": args.n, "reps": args.reps,
+               "max_iter": config.max_iter, "curves": []}
     for name in config.settings:
         setting = config.setting(name)
         X, Y = shard_data(config, setting, args.n, 0, args.reps)
@@ -77,9 +77,16 @@ def main() -> int:
                 f"{vn} {v['wall_s']:.1f} s max rel {max(v['max_rel_diff'].values()):.1e}"
                 for vn, v in curve["variants"].items()), flush=True)
             results["curves"].append(curve)
-            write_json(args.json, results)
+            write_json(path, results)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``fit-agreement`` subcommand."""
+    p = subparsers.add_parser("fit-agreement", help="GPU fits against CPU float64 fits",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="nguyen2024")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--reps", type=int, default=4)
+    add_output_arguments(p)
+    p.set_defaults(run=run)

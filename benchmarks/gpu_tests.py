@@ -1,67 +1,257 @@
-"""Run test files on a GPU machine in parallel processes, for when one process is too slow.
+"""The kernel tests on a GPU, split over processes, with a deadline and a committed summary.
 
-``PYTHONPATH=. python benchmarks/gpu_tests.py [--procs 8] [--timeout 300] [--log DIR] [PATHS...]``
-(default path ``tests/kernels``). On a GPU every oddly sized test shape compiles its own Triton
-kernels, so ``tests/kernels`` in one process outlasts a 500 s session; compilation is CPU work, so
-splitting the tests round-robin over processes divides the time. Prints each part's summary line
-and failures as the part ends; exits 1 if any part failed or timed out.
+``python -m benchmarks gpu-tests [--procs N] [--deadline 540] [--out PATH] [--log DIR] [PATHS...]``
+(default paths ``tests/kernels tests/gpu``, which must lie under the working folder: run it from
+the repository root). On a GPU every oddly sized test shape compiles its
+own Triton kernels, so ``tests/kernels`` in one process outlasts a 600 s session; compilation is
+CPU work, so dealing the test ids round-robin over processes divides the time. Each part prints
+its counts and failures as it ends. ``--deadline`` bounds everything, collection included: parts
+still running then are stopped: the test each was in counts as timed out, the ones after it as
+not run.
+
+The summary JSON (default ``benchmarks/results/gpu_tests/<date>_<gpu>_<commit7>.json``) holds
+the run's provenance, per test file the passed / failed / skipped / timed-out / not-run counts,
+the failing and timed-out test ids, and each part's status; it is rewritten as each part ends, so a run cut
+short still leaves one. Exit status 0 when every test ran and none failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
+import torch
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("paths", nargs="*", default=["tests/kernels"])
-    ap.add_argument("--procs", type=int, default=8)
-    ap.add_argument("--timeout", type=float, default=300,
-                    help="seconds for everything, collection included")
-    ap.add_argument("--log", default=None, help="folder for each part's full output (default: a "
-                    "new temporary folder)")
-    args = ap.parse_args()
-    deadline = time.monotonic() + args.timeout  # collection counts too
-    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args.paths],
-                            capture_output=True, text=True, check=False).stdout
-    ids = [line for line in listed.splitlines() if "::" in line]
-    parts = [ids[i :: args.procs] for i in range(args.procs) if ids[i :: args.procs]]
-    print(f"{len(ids)} tests in {len(parts)} parts", flush=True)
+from benchmarks.output import result_path, write_json
+from benchmarks.pytest_outcomes import ENV
+from moe_theory.provenance import provenance
+
+DEFAULT_PATHS = ("tests/kernels", "tests/gpu")
+#: Under the 600 s a device session's command may take, with room to write the summary.
+DEFAULT_DEADLINE_S = 540.0
+#: pytest exit codes (https://docs.pytest.org/en/stable/reference/exit-codes.html)
+_EXIT_STATUS = {0: "passed", 1: "failed", 2: "interrupted", 3: "internal_error", 4: "usage_error",
+                5: "no_tests"}
+
+
+#: Test ids are relative to pytest's root folder and the parts read them relative to their working
+#: folder: both are the folder the runner starts in, and the test paths must lie under it.
+_PYTEST = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", ".")
+#: The repository root, put on the parts' import path for ``-p benchmarks.pytest_outcomes``.
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def collect(paths: list[str], timeout: float) -> tuple[list[str], str]:
+    """Test ids under ``paths`` (``pytest --collect-only -q``) and pytest's output."""
+    done = subprocess.run([*_PYTEST, "--collect-only", "-q", *paths], capture_output=True,
+                          text=True, timeout=max(1.0, timeout), check=False)
+    ids = [line.strip() for line in done.stdout.splitlines() if "::" in line]
+    outside = [i for i in ids if not Path(i.split("::")[0]).is_file()]
+    if outside:
+        raise ValueError(f"paths: must lie under the working folder; {outside[0]} is not a file "
+                         "relative to it")
+    return ids, done.stdout + done.stderr
+
+
+def deal(ids: list[str], procs: int) -> list[list[str]]:
+    """Deal ``ids`` round-robin into at most ``procs`` non-empty parts: the parametrizations of
+    one test, which often share their cost, land in different processes."""
+    return [ids[i::procs] for i in range(procs) if ids[i::procs]]
+
+
+def read_events(path: Path) -> list[dict]:
+    """The JSON lines a part has written so far (a last line cut by a kill is skipped)."""
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def outcomes_of(events: list[dict]) -> tuple[dict[str, str], str | None]:
+    """Each finished test's outcome (``passed``, ``failed``, ``skipped``) and the id of the test
+    that started last without finishing (None if none).
+
+    A test failed if any phase failed (a setup error included), was skipped if a phase skipped
+    (xfail included), and passed if its call passed (xpass included).
+    """
+    phases: dict[str, dict[str, str]] = defaultdict(dict)
+    last_started = None
+    for e in events:
+        if e["when"] == "start":
+            last_started = e["nodeid"]
+        else:
+            phases[e["nodeid"]][e["when"]] = e["outcome"]
+    outcomes = {}
+    for nodeid, seen in phases.items():
+        values = set(seen.values())
+        if "failed" in values:
+            outcomes[nodeid] = "failed"
+        elif values & {"skipped", "xfailed"}:
+            outcomes[nodeid] = "skipped"
+        elif seen.get("call") in ("passed", "xpassed") and "teardown" in seen:
+            outcomes[nodeid] = "passed"
+    running = last_started if last_started is not None and last_started not in outcomes else None
+    return outcomes, running
+
+
+def _unfinished(nodeid: str, running: str | None, status: str) -> str:
+    """What a test without an outcome counts as, given its part's status."""
+    if status == "running":
+        return "pending"
+    if nodeid != running:
+        return "not_run"
+    # the test the part was in when it was stopped, or when its process died
+    return "timed_out" if status == "timed_out" else "failed"
+
+
+def summarise(parts: list[dict], base: dict) -> dict:
+    """The summary of the parts so far: ``base`` plus counts per test file and overall, the
+    failing and timed-out ids, and each part's status."""
+    files: dict[str, Counter] = defaultdict(Counter)
+    failed, timed_out = [], []
+    for part in parts:
+        outcomes, running = outcomes_of(read_events(part["events"]))
+        for nodeid in outcomes.keys() - set(part["ids"]):  # collection errors of a whole file
+            files[nodeid.split("::")[0]]["failed"] += 1
+            failed.append(nodeid)
+        for nodeid in part["ids"]:
+            outcome = outcomes.get(nodeid) or _unfinished(nodeid, running, part["status"])
+            if outcome == "failed":
+                failed.append(nodeid)
+            elif outcome == "timed_out":
+                timed_out.append(nodeid)
+            files[nodeid.split("::")[0]][outcome] += 1
+    keys = ("passed", "failed", "skipped", "timed_out", "not_run", "pending")
+    totals = {key: sum(c[key] for c in files.values()) for key in keys}
+    return {
+        **base,
+        "complete": all(p["status"] not in ("running", "timed_out") for p in parts),
+        "totals": totals,
+        "files": {f: {key: c[key] for key in keys if c[key] or key != "pending"}
+                  for f, c in sorted(files.items())},
+        "failed": sorted(failed),
+        "timed_out": sorted(timed_out),
+        "parts": [{k: p[k] for k in ("part", "tests", "status", "exit", "wall_s")} for p in parts],
+    }
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    # the part runs in its own session: stop pytest and anything it spawned (compile workers)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Collect, start the parts, report each as it ends, write the summary as it changes."""
+    if args.procs < 1:
+        raise ValueError(f"procs: must be >= 1, got {args.procs}")
+    if not args.deadline > 0:
+        raise ValueError(f"deadline: must be > 0 seconds, got {args.deadline}")
+    start = time.monotonic()
+    deadline = start + args.deadline
+    prov = provenance("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out) if args.out else result_path("gpu_tests", prov)
+    base = {"provenance": prov, "paths": args.paths, "procs": args.procs,
+            "deadline_s": args.deadline}
+    try:
+        ids, listing = collect(args.paths, deadline - time.monotonic())
+    except subprocess.TimeoutExpired:
+        print(f"collection outlasted the {args.deadline:.0f} s deadline", file=sys.stderr)
+        return 1
+    if not ids:
+        print(listing, file=sys.stderr)
+        print(f"no tests collected under {' '.join(args.paths)}", file=sys.stderr)
+        return 1
     logs = Path(args.log or tempfile.mkdtemp(prefix="gpu_tests_"))
     logs.mkdir(parents=True, exist_ok=True)
-    # output to files, not pipes: a part that fills a pipe buffer would block; a part's summary
-    # is printed as soon as it ends, so a run cut short still reports the parts that finished
-    procs = {}
-    for i, part in enumerate(parts):
-        with open(logs / f"part{i}.txt", "w") as out:
-            procs[i] = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p",
-                                         "no:cacheprovider", "--tb=short", "-rf", *part],
-                                        stdout=out, stderr=subprocess.STDOUT)
-    failed = False
-    while procs:
-        for i, proc in list(procs.items()):
+    parts = []
+    path = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
+    for i, part_ids in enumerate(deal(ids, args.procs)):
+        events = logs / f"part{i}.jsonl"
+        events.unlink(missing_ok=True)
+        # output to files, not pipes: a part that filled a pipe buffer would block
+        with open(logs / f"part{i}.txt", "w") as output:
+            proc = subprocess.Popen(
+                [*_PYTEST, "-q", "-p", "benchmarks.pytest_outcomes", "--tb=short", "-rf",
+                 *part_ids],
+                stdout=output, stderr=subprocess.STDOUT,
+                env={**os.environ, ENV: str(events), "PYTHONPATH": path},
+                start_new_session=True)
+        parts.append(dict(part=i, tests=len(part_ids), ids=part_ids, events=events, proc=proc,
+                          status="running", exit=None, wall_s=None))
+    base["collected"] = len(ids)
+    print(f"{len(ids)} tests in {len(parts)} parts (logs in {logs}); summary: {out}", flush=True)
+    write_json(out, summarise(parts, base))
+    try:
+        while any(p["status"] == "running" for p in parts):
             late = time.monotonic() > deadline
-            if proc.poll() is None and not late:
-                continue
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-                with open(logs / f"part{i}.txt", "a") as out:
-                    out.write(f"\nTIMEOUT after {args.timeout:.0f} s\n")
-            lines = (logs / f"part{i}.txt").read_text().splitlines()
-            summary = [ln for ln in lines if ln.startswith(("FAILED", "ERROR", "TIMEOUT"))
-                       or " passed" in ln or " failed" in ln]
-            print(f"== part {i} (exit {proc.returncode})", *summary, sep="\n", flush=True)
-            failed |= proc.returncode != 0
-            del procs[i]
-        time.sleep(0.5)
-    return 1 if failed else 0
+            for part in parts:
+                proc = part["proc"]
+                if part["status"] != "running" or (proc.poll() is None and not late):
+                    continue
+                if proc.poll() is None:
+                    _stop(proc)
+                    part["status"] = "timed_out"
+                else:
+                    part["status"] = _EXIT_STATUS.get(proc.returncode, "crashed")
+                part["exit"] = proc.returncode
+                part["wall_s"] = round(time.monotonic() - start, 1)
+                _report(part, summarise([part], {}))
+                write_json(out, summarise(parts, base))
+            time.sleep(0.5)
+    finally:
+        for part in parts:
+            if part["proc"].poll() is None:
+                _stop(part["proc"])
+    summary = summarise(parts, base)
+    summary["elapsed_s"] = round(time.monotonic() - start, 1)
+    write_json(out, summary)
+    totals = summary["totals"]
+    print(f"== all parts: {_counts(totals)} in {summary['elapsed_s']:.0f} s", flush=True)
+    return 0 if all(p["exit"] == 0 for p in parts) else 1
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _counts(totals: dict) -> str:
+    return ", ".join(f"{totals[key]} {key.replace('_', ' ')}" for key in
+                     ("passed", "failed", "skipped", "timed_out", "not_run"))
+
+
+def _report(part: dict, summary: dict) -> None:
+    print(f"== part {part['part']} {part['status']} (exit {part['exit']}, {part['wall_s']:.0f} s):"
+          f" {_counts(summary['totals'])}", flush=True)
+    for nodeid in summary["failed"]:
+        print(f"FAILED {nodeid}", flush=True)
+    for nodeid in summary["timed_out"]:
+        print(f"TIMED OUT {nodeid}", flush=True)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``gpu-tests`` subcommand."""
+    p = subparsers.add_parser("gpu-tests", help="the kernel tests on a GPU, split over processes",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="*", default=list(DEFAULT_PATHS),
+                   help=f"test files or folders (default: {' '.join(DEFAULT_PATHS)})")
+    p.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1),
+                   help="processes to split the tests over (default: min(16, CPU count))")
+    p.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S,
+                   help="seconds for everything, collection included (default: %(default)s)")
+    p.add_argument("--out", help="summary JSON (default: benchmarks/results/gpu_tests/"
+                   "<date>_<gpu>_<commit7>.json)")
+    p.add_argument("--log", help="folder for each part's output (default: a new temporary folder)")
+    p.set_defaults(run=run)

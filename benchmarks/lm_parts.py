@@ -1,6 +1,6 @@
 """Time the parts of one Levenberg-Marquardt iteration that do not scale with the passes' kernels.
 
-``PYTHONPATH=. python benchmarks/lm_parts.py [--json PATH]`` (needs a CUDA GPU). At the N24 shape
+``python -m benchmarks lm-parts [--json PATH]`` (needs a CUDA GPU). At the N24 shape
 (R = 20 problems, p = 594 free parameters, float64): the damped solve of ``(J^T J + lam D) delta =
 J^T r`` by several routes, and the Gram product ``W^T V`` of ``kernels/moe/gram.py`` formed with
 advanced indexing vs ``index_select``, at n = 10^5.
@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 import triton.testing
 
-from kernels.bench import environment, write_json
+from benchmarks.output import add_output_arguments, output_path, write_json
 from kernels.moe import gram, triton_solve
 from kernels.moe.torch_pass import jacobian_coefficients
 from moe_theory import models
+from moe_theory.provenance import provenance
 
 
 def _bench(fn) -> float:
@@ -97,15 +99,21 @@ def _gram_forms(R: int = 20, n: int = 100_000, d: int = 32, k: int = 9) -> dict:
             _bench(current), "rel_diff": diff, "shape": [R, n, d, k]}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    out = {"environment": environment(), "solves": _solves(), "gram": _gram_forms()}
+def run(args: argparse.Namespace) -> int:
+    """Time the solves and the Gram forms and write the JSON."""
+    if not torch.cuda.is_available():
+        print("lm-parts needs a CUDA GPU", file=sys.stderr)
+        return 2
+    prov = provenance("cuda")
+    out = {"provenance": prov, "solves": _solves(), "gram": _gram_forms()}
     print(json.dumps(out, indent=1))
-    write_json(args.json, out)
+    write_json(output_path(args, "lm_parts", prov), out)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``lm-parts`` subcommand."""
+    p = subparsers.add_parser("lm-parts", help="damped solves and Gram forms of one LM iteration",
+                              description=__doc__.split("\n\n")[0])
+    add_output_arguments(p)
+    p.set_defaults(run=run)

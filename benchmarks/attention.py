@@ -1,12 +1,14 @@
-"""Sigmoid attention benchmark: ``python -m kernels.bench attention [--quick] [--json PATH]``.
+"""Sigmoid attention benchmark: ``python -m benchmarks attention [--quick] [--json PATH]``.
 
 Times, in one process on the same random bf16 inputs, forward and backward separately:
 ours (precise sigmoid), ours (fast tanh sigmoid), SDPA with the FLASH and the CUDNN back-ends, and
-naive PyTorch sigmoid attention where its N x N weights fit. The sweep (KERNELS.md 2) holds
-B * N = 16k tokens and H * D = 2048: N in {512, ..., 16384}, D in {64, 128}, causal and not.
-Every provider's output and gradients are checked against the dense reference on one (batch,
-head) slice before timing. FLOPs: forward ``4 B H N^2 D`` (half when causal), backward 2.5x that.
-Inputs (>= 64 MB each) exceed the 50 MB L2, so no buffer rotation is needed.
+naive PyTorch sigmoid attention where its N x N weights fit. The sweep
+(docs/kernels.md#sigmoid-attention) holds B * N = 16k tokens and H * D = 2048: N in
+{512, ..., 16384}, D in {64, 128}, causal and not. Every provider's output and gradients are
+checked against the dense reference on one (batch, head) slice before timing
+(:func:`benchmarks.checks.attention_slice_errors`, which ``tests/gpu`` runs too). FLOPs: forward
+``4 B H N^2 D`` (half when causal), backward 2.5x that. Inputs (>= 64 MB each) exceed the 50 MB
+L2, so no buffer rotation is needed.
 
 ``--tune`` instead sweeps tile configurations of our kernels at N = 16384 (the numbers behind
 ``default_configs``; see kernels/attention/NOTES.md).
@@ -26,6 +28,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from benchmarks.checks import ATTENTION_RTOL, attention_slice_errors, gate_error
+from benchmarks.output import add_output_arguments, output_path, write_json
 from kernels.attention.args import check_attention_args
 from kernels.attention.sigmoid_attention import (
     KernelConfigs,
@@ -35,8 +39,7 @@ from kernels.attention.sigmoid_attention import (
     default_configs,
     sigmoid_attention,
 )
-from kernels.attention.torch_attention import sigmoid_attention_reference
-from kernels.bench import environment, write_json
+from moe_theory.provenance import provenance
 
 TOKENS = 16384
 WIDTH = 2048
@@ -47,8 +50,6 @@ DTYPE = torch.bfloat16
 DEVICE = "cuda"
 # Naive attention materialises B*H*N^2 weights several times over: keep one copy under 4 GB.
 NAIVE_MAX_WEIGHTS = 2**31
-# bf16 rounds P and dS to 8 bits before the second products (tests/kernels/test_attention.py).
-CHECK_RTOL = 3e-2
 PROVIDERS = ("ours-precise", "ours-fast", "sdpa-flash", "sdpa-cudnn", "naive-sigmoid")
 PEERS = ("sdpa-flash", "sdpa-cudnn", "naive-sigmoid")
 
@@ -113,22 +114,9 @@ def _provider_fn(name: str, causal: bool) -> Callable[..., torch.Tensor]:
     return lambda q, k, v: _naive_sigmoid(q, k, v, causal)
 
 
-def _slice_errors(
-    name: str, point: Point, q, k, v, do, out, grads
-) -> dict[str, float]:
-    # One (batch, head) slice, the last of each, so that head and batch offsets are exercised.
-    sl = (slice(-1, None), slice(-1, None))
-    leaves = [t[sl].float().requires_grad_() for t in (q, k, v)]
-    gate = "softmax" if name.startswith("sdpa") else "sigmoid"
-    ref = sigmoid_attention_reference(*leaves, causal=point.causal, gate=gate)
-    ref_grads = torch.autograd.grad(ref, leaves, do[sl].float())
-    errors = {}
-    for label, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads),
-                                strict=True):
-        got = got[sl].detach().float()
-        errors[label] = float((got - want).norm() / want.norm()) if torch.isfinite(got).all() \
-            else float("nan")
-    return errors
+def _gate(provider: str) -> str:
+    """The gate a provider computes: SDPA is softmax attention."""
+    return "softmax" if provider.startswith("sdpa") else "sigmoid"
 
 
 def _bench(fn: Callable[[], object]) -> float:
@@ -152,8 +140,9 @@ def _run_point(point: Point, providers: tuple[str, ...]) -> list[dict]:
             print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})", file=sys.stderr)
             torch.cuda.empty_cache()
             continue
-        errors = _slice_errors(name, point, q, k, v, do, out, grads)
-        ok = all(e <= CHECK_RTOL for e in errors.values())
+        errors = attention_slice_errors(q, k, v, do, out, grads, causal=point.causal,
+                                        gate=_gate(name))
+        ok = all(e <= ATTENTION_RTOL for e in errors.values())
         if not ok:
             print(f"  CHECK FAILED {name} {point}: {errors}", file=sys.stderr)
         fwd_ms = _bench(lambda fn=fn, leaves=leaves: fn(*leaves))
@@ -333,7 +322,7 @@ def _time_variant(
     except Exception as err:  # out of shared memory or registers: skip the config
         print(f"  {kind} {cfg}: {str(err).splitlines()[0][:100]}", file=sys.stderr)
         return None
-    errors = _slice_errors("ours", point, q, k, v, do, out, grads)
+    errors = attention_slice_errors(q, k, v, do, out, grads, causal=point.causal)
     if kind == "fwd":
         ms = _bench(lambda: attention_forward(q, k, v, args, configs=cfg))
     else:
@@ -345,41 +334,6 @@ def _time_variant(
           f"err {max(errors.values()):.1e}", flush=True)
     return {**asdict(point), "kernel": kind, "precise": precise, "tile": asdict(tile), "ms": ms,
             "tflops": tflops, "check": errors}
-
-
-def gate_error(n_keys: int = 16384, precise: bool = False) -> dict:
-    """Relative error of the kernel's sigmoid weights near ``1/N`` (bias ``-log N``).
-
-    With float32 inputs, IEEE dots and ``V = I`` (128 keys, D = 128) the output is the weight matrix
-    itself, so ``O`` against float64 ``sigmoid(Q K^T / sqrt(D) - log N)`` isolates the gate's error.
-
-    Parameters
-    ----------
-    n_keys : int
-        N of the bias ``-log N``; the logits are then about ``N(0, 1) - log N``.
-    precise : bool
-        Which sigmoid to measure.
-
-    Returns
-    -------
-    dict
-        ``max`` and ``median`` elementwise relative error, and the median weight.
-    """
-    gen = torch.Generator(device=DEVICE).manual_seed(n_keys)
-    q = torch.randn(1, 1, 4096, 128, generator=gen, device=DEVICE)
-    k = torch.randn(1, 1, 128, 128, generator=gen, device=DEVICE)
-    eye = torch.eye(128, device=DEVICE).view(1, 1, 128, 128)
-    bias = -math.log(n_keys)
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        got = sigmoid_attention(q, k, eye, bias=bias, precise=precise).double()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
-    want = torch.sigmoid(q.double() @ k.double().transpose(-1, -2) / math.sqrt(128) + bias)
-    rel = ((got - want).abs() / want).flatten()
-    return {"n_keys": n_keys, "precise": precise, "max": rel.max().item(),
-            "median": rel.median().item(), "median_weight": want.median().item()}
 
 
 def _tune(points: list[Point]) -> list[dict]:
@@ -436,7 +390,9 @@ def plot(results: dict, path: str) -> None:
         ax.set_ylabel("TFLOP/s")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"{results['environment']['device']}, bf16, B*N = 16k, H*D = 2048")
+    # results of older runs carry "environment" where newer ones carry "provenance"
+    info = results.get("provenance") or results["environment"]
+    fig.suptitle(f"{info.get('device_name', info.get('device'))}, bf16, B*N = 16k, H*D = 2048")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -453,6 +409,9 @@ def run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("the attention benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
+    prov = provenance(DEVICE)
+    label = "tune" if args.tune else "quick" if args.quick else None
+    path = output_path(args, "attention", prov, label=label)
     lens = QUICK_SEQ_LENS if args.quick else SEQ_LENS
     points = [Point(n, d, causal) for d in HEAD_DIMS for causal in (False, True) for n in lens]
     if args.tune:
@@ -460,16 +419,16 @@ def run(args: argparse.Namespace) -> int:
         errors = [gate_error(n, precise) for n in (1024, 16384) for precise in (True, False)]
         for e in errors:
             print(f"gate error {e}")
-        results = {"environment": environment(), "gate_error": errors, "tuning": _tune(points)}
+        results = {"provenance": prov, "gate_error": errors, "tuning": _tune(points)}
     else:
         overhead = host_overhead()
         print("host microseconds per call: "
               + ", ".join(f"{k} {v:.0f}" for k, v in overhead.items()), flush=True)
         rows = _sweep(points)
-        results = {"environment": environment(), "host_overhead_us": overhead, "rows": rows,
+        results = {"provenance": prov, "host_overhead_us": overhead, "rows": rows,
                    "ratios": _ratios(rows)}
         _print_table(rows)
-    write_json(args.json, results)
+    write_json(path, results)
     if args.plot and "rows" in results:
         plot(results, args.plot)
     return 0
@@ -477,18 +436,12 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``attention`` subcommand."""
-    p = subparsers.add_parser("attention", help="sigmoid attention vs SDPA and naive PyTorch")
-    p.add_argument("--json", metavar="PATH", help="write results as JSON")
+    p = subparsers.add_parser("attention", help="sigmoid attention vs SDPA and naive PyTorch",
+                              description=__doc__.split("\n\n")[0])
+    add_output_arguments(p)
     p.add_argument("--plot", metavar="PNG", help="write TFLOP/s against N as a PNG")
     p.add_argument("--quick", action="store_true", help=f"N in {QUICK_SEQ_LENS} only")
     p.add_argument("--tune", action="store_true", help="sweep our tile configurations instead")
     p.add_argument("--replot", metavar="JSON", help="only redraw --plot from a results JSON")
     p.set_defaults(run=run)
 
-
-if __name__ == "__main__":
-    # Stand-alone entry (python -m kernels.bench.attention ...), also the spawn workers' guard.
-    parser = argparse.ArgumentParser(prog="python -m kernels.bench.attention")
-    add_parser(parser.add_subparsers(dest="family", required=True))
-    parsed = parser.parse_args(["attention", *sys.argv[1:]])
-    sys.exit(parsed.run(parsed))

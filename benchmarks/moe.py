@@ -1,18 +1,20 @@
-"""MoE least-squares benchmark: ``python -m kernels.bench moe [--quick] [--tune] [--json PATH]``.
+"""MoE least-squares benchmark: ``python -m benchmarks moe [--quick] [--tune] [--json PATH]``.
 
 In one process, on the same random float32 data (sigmoid gate, linear score, ReLU experts):
 - ours: the Triton loss + ``J^T r`` pass, and the Gauss-Newton pass (adds ``J^T J``);
-- eager PyTorch autograd of the loss (one loss + gradient step, the KERNELS.md anchor);
+- eager PyTorch autograd of the loss (one loss + gradient step, docs/kernels.md#moe-pass);
 - torch.compile of the reference's per-chunk loss + ``J^T r`` (same chunking as the reference);
 - the reference Gauss-Newton pass (eager).
-Before timing, every kernel output is checked against the reference in float64 on the same data.
-Floors (KERNELS.md 1): bytes ``R n (d + 1) itemsize`` over the copy bandwidth measured in the same
-run; ``J^T J`` FLOPs ``2 R n p^2`` against torch.matmul's measured tf32 / float64 rates.
+Before timing, every kernel output is checked against the reference in float64 on the same data
+(:mod:`benchmarks.checks`, which ``tests/gpu`` runs too). Floors (docs/kernels.md#moe-pass):
+bytes ``R n (d + 1) itemsize`` over the copy bandwidth measured in the same run; ``J^T J`` FLOPs
+``2 R n p^2`` against torch.matmul's measured tf32 / float64 rates.
 
 ``--check`` compiles and checks every gate, score and expert (both dtypes) on small problems;
 ``--tune`` times block-size variants of both kernels (the numbers behind the defaults in
-kernels/moe/triton_pass.py; see kernels/moe/NOTES.md); ``--precision`` runs Levenberg-Marquardt
-from the same start with ``J^T J`` in tf32, tf32x3, ieee float32 and float64, and compares fits.
+kernels/moe/triton_pass.py; see kernels/moe/NOTES.md); ``--precision`` fits by the estimator's
+Levenberg-Marquardt (``moe_theory.estimators.fit_lse``) from one start on float64 data and on
+float32 data with the ``J^T J`` products in tf32 and in ieee float32, and compares the fits.
 """
 
 from __future__ import annotations
@@ -24,29 +26,36 @@ import itertools
 import multiprocessing as mp
 import sys
 import time
-import zlib
 from collections.abc import Callable
 
 import torch
 
-from kernels.bench import environment, write_json
-from kernels.moe import moe_pass as dispatch_moe_pass
+from benchmarks.checks import (
+    gram_errors,
+    moe_failures,
+    moe_pass_errors,
+    moe_problem,
+    pass_errors,
+    reference_pass,
+)
+from benchmarks.output import add_output_arguments, output_path, write_json
 from kernels.moe.gram import applies as gram_applies
 from kernels.moe.gram import feature_pairs
 from kernels.moe.gram import gram_jtj as torch_gram_jtj
-from kernels.moe.torch_pass import jacobian_chunk, jacobian_coefficients, moe_pass, n_free_gates
+from kernels.moe.torch_pass import _chunk_size, jacobian_chunk, jacobian_coefficients, n_free_gates
+from kernels.moe.torch_pass import moe_pass as reference_moe_pass
 from kernels.moe.triton_gram import GramConfig, gram_jtj
 from kernels.moe.triton_pass import LaunchConfig, default_config, fp64_dots, triton_moe_pass
 from moe_theory import models
+from moe_theory.estimators import fit_lse
+from moe_theory.measure import MixingMeasure
+from moe_theory.provenance import provenance
 
 GRADIENT_SHAPES = ((64, 100_000, 8, 4), (256, 100_000, 8, 8), (16, 1_000_000, 8, 4))
 GN_SHAPE = (20, 100_000, 32, 9)
 QUICK_GRADIENT_SHAPES = GRADIENT_SHAPES[:1]
 MODEL = dict(gate="sigmoid", score="linear", expert="relu")
 DEVICE = "cuda"
-#: Kernel outputs vs the float64 reference: float32 arithmetic, float64 reductions (tests use 1e-5
-#: at n <= 130; n = 1e6 sums add rounding); J^T J in tf32 rounds its operands to 11 bits.
-CHECK_RTOL = {"loss": 1e-5, "jtr": 1e-4, "jtj": 3e-3}
 
 GRADIENT_VARIANTS = tuple(
     LaunchConfig(block_n=b, num_warps=w, num_stages=1, waves=v, split=sp)
@@ -74,12 +83,14 @@ PRECISIONS = ("tf32", "tf32x3", "ieee")
 _EXPERTS = ("linear", "relu", "gelu", "tanh", "poly3", "constant")
 #: ``--check``: every expert under two (gate, score) pairs, every score under both gates; the
 #: Gauss-Newton kernel (which also computes loss and J^T r) in both dtypes, the gradient kernel in
-#: float32. Linear scores at (d, k) = (5, 3), quadratic ones at (3, 4).
+#: float32. Linear scores at (d, k) = (5, 3), quadratic ones at (3, 4). tests/gpu runs the same.
 CHECK_COMBOS = tuple(dict.fromkeys(
     [("sigmoid", "linear", e) for e in _EXPERTS] + [("softmax", "monomial", e) for e in _EXPERTS]
     + [(g, s, "gelu") for g in models.GATES for s in models.SCORES]
 ))
 CHECK_RUNS = (("float32", False), ("float32", True), ("float64", True))
+#: ``--check``'s problems: R and an odd n that crosses many tiles and sample splits.
+CHECK_R, CHECK_N = 3, 1001
 
 
 def _bench(fn: Callable[[], object]) -> float:
@@ -95,27 +106,7 @@ def _p(d: int, k: int, gate: str = "sigmoid", score: str = "linear", expert: str
 
 def _problem(R: int, n: int, d: int, k: int, dtype: torch.dtype, gate: str = "sigmoid",
              score: str = "linear", expert: str = "relu"):
-    """Random inputs in [-1, 1]^d, random responses, atoms N(0, 1/d); pinned softmax row zero."""
-    device = DEVICE
-    g = torch.Generator(device=device).manual_seed(zlib.crc32(f"{R}-{n}-{d}-{k}".encode()))
-    ex = models.get_expert(expert)
-    X = (torch.rand(R, n, d, generator=g, device=device, dtype=dtype) * 2 - 1)
-    Y = torch.randn(R, n, generator=g, device=device, dtype=dtype)
-    gp = torch.randn(R, k, models.gate_dim(score, d), generator=g, device=device, dtype=dtype)
-    ep = torch.randn(R, k, ex.dim(d), generator=g, device=device, dtype=dtype) / d**0.5
-    gp[:, n_free_gates(gate, k):] = 0
-    return X, Y, gp, ep
-
-
-def _rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
-    if b is None:
-        return None
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300))
-
-
-def _errors(out, ref) -> dict:
-    return {name: _rel(got, want) for name, got, want in zip(ref._fields, out, ref, strict=True)
-            if want is not None}
+    return moe_problem(R, n, d, k, dtype, gate, score, expert, device=DEVICE)
 
 
 def _copy_bandwidth() -> float:
@@ -147,7 +138,8 @@ def _matmul_rates() -> dict:
 
 
 def _eager_step(X, Y, gp, ep, gate: str, score: str, expert: str):
-    """One loss + gradient step through PyTorch autograd (the KERNELS.md eager anchor)."""
+    """One loss + gradient step through PyTorch autograd (the eager anchor of
+    docs/kernels.md#moe-pass)."""
     gp = gp.detach().requires_grad_(True)
     ep = ep.detach().requires_grad_(True)
     f = models.regression_function(X, gp, ep, gate=gate, score=score,
@@ -170,8 +162,6 @@ def _compiled_chunk(gate: str, score: str, expert: str):
 
 def _compiled_reference(X, Y, gp, ep, gate: str, score: str, expert: str):
     """The reference's loss + J^T r with its chunking, each chunk through torch.compile."""
-    from kernels.moe.torch_pass import _chunk_size
-
     R, n, d = X.shape
     step = _chunk_size(R, _p(d, gp.shape[1], gate, score, expert), X.element_size(), n, X.device)
     fn = _compiled_chunk(gate, score, expert)
@@ -210,7 +200,7 @@ def _precompile(jobs: list[tuple], workers: int = 14) -> None:
     print(f"precompiled {len(jobs)} variants in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def _with_precision(d: int, k: int, precision: str) -> LaunchConfig:
+def with_precision(d: int, k: int, precision: str) -> LaunchConfig:
     """The default Gauss-Newton configuration with J^T J products in ``precision`` (with the Gram
     route, ``config`` is the gradient kernel's and only its ``jtj_precision`` reaches J^T J)."""
     base = default_config(*MODEL.values(), d, k, gauss_newton=not gram_applies(MODEL["score"]))
@@ -222,7 +212,8 @@ def _with_precision(d: int, k: int, precision: str) -> LaunchConfig:
 # --------------------------------------------------------------------------------------------- #
 
 
-def _check_dims(score: str) -> tuple[int, int]:
+def check_dims(score: str) -> tuple[int, int]:
+    """``--check``'s (d, k): (5, 3) for linear scores, (3, 4) for quadratic ones."""
     return (5, 3) if score == "linear" else (3, 4)
 
 
@@ -230,17 +221,17 @@ def _check_all() -> list[dict]:
     """CHECK_COMBOS x CHECK_RUNS on small odd shapes, against the float64 reference."""
     rows = []
     for (gate, score, expert), (dtype, gn) in itertools.product(CHECK_COMBOS, CHECK_RUNS):
-        d, k = _check_dims(score)
-        X, Y, gp, ep = _problem(3, 1001, d, k, getattr(torch, dtype), gate, score, expert)
-        ex = models.get_expert(expert)
-        ref = moe_pass(X.double(), Y.double(), gp.double(), ep.double(), gate=gate, score=score,
-                       expert=ex, gauss_newton=gn)
+        d, k = check_dims(score)
+        X, Y, gp, ep = _problem(CHECK_R, CHECK_N, d, k, getattr(torch, dtype), gate, score, expert)
         try:
-            err = _errors(triton_moe_pass(X, Y, gp, ep, gate=gate, score=score, expert=ex,
-                                          gauss_newton=gn), ref)
+            err = moe_pass_errors(X, Y, gp, ep, gate=gate, score=score, expert=expert,
+                                  gauss_newton=gn)
+            bad = moe_failures(err, X.dtype)
         except Exception as e:  # reported in the table, the run goes on
             err = {"error": str(e).splitlines()[0][:200]}
-            print(f"check {gate} {score} {expert} {dtype} gn={gn}: {err['error']}", flush=True)
+            bad = err
+        if bad:
+            print(f"check {gate} {score} {expert} {dtype} gn={gn}: FAILED {bad}", flush=True)
         rows.append(dict(gate=gate, score=score, expert=expert, dtype=dtype, gn=gn, **err))
     worst = {}
     for row in rows:
@@ -253,9 +244,9 @@ def _check_all() -> list[dict]:
     return rows
 
 
-def _check(out, ref, what: str) -> dict:
-    err = _errors(out, ref)
-    bad = {k: v for k, v in err.items() if not v <= CHECK_RTOL[k]}
+def _check(out, ref, what: str, dtype: torch.dtype = torch.float32) -> dict:
+    err = pass_errors(out, ref)
+    bad = moe_failures(err, dtype)
     print(f"  check {what}: " + ", ".join(f"{k} {v:.1e}" for k, v in err.items())
           + (f"  FAILED {bad}" if bad else ""), flush=True)
     return err
@@ -265,8 +256,7 @@ def _gradient_point(R: int, n: int, d: int, k: int, bandwidth: float, tune: bool
     X, Y, gp, ep = _problem(R, n, d, k, torch.float32)
     ex = models.get_expert(MODEL["expert"])
     print(f"(R, n, d, k) = {(R, n, d, k)}", flush=True)
-    ref = moe_pass(X.double(), Y.double(), gp.double(), ep.double(), **{**MODEL, "expert": ex},
-                   gauss_newton=False)
+    ref = reference_pass(X, Y, gp, ep, **MODEL, gauss_newton=False)
     row = dict(R=R, n=n, d=d, k=k, p=_p(d, k))
     row["check"] = _check(triton_moe_pass(X, Y, gp, ep, **{**MODEL, "expert": ex},
                                           gauss_newton=False), ref, "ours")
@@ -306,15 +296,16 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
     p = _p(d, k)
     print(f"(R, n, d, k) = {(R, n, d, k)}, p = {p}", flush=True)
     row = dict(R=R, n=n, d=d, k=k, p=p, jtj_flop=2 * R * n * p * p)
-    ref = moe_pass(X.double(), Y.double(), gp.double(), ep.double(), **model)
+    ref = reference_pass(X, Y, gp, ep, **MODEL)
     row["check"] = _check(triton_moe_pass(X, Y, gp, ep, **model), ref, "ours fp32 (tf32 J^T J)")
     row["triton_fp64_dots"] = fp64_dots(X.device)
     if row["triton_fp64_dots"]:
         row["check_fp64"] = _section(lambda ref=ref: _check(triton_moe_pass(
-            X.double(), Y.double(), gp.double(), ep.double(), **model), ref, "ours fp64"))
+            X.double(), Y.double(), gp.double(), ep.double(), **model), ref, "ours fp64",
+            torch.float64))
     row["check_precisions"] = {
-        prec: _errors(triton_moe_pass(X, Y, gp, ep, **model, config=_with_precision(d, k, prec)),
-                      ref)
+        prec: moe_pass_errors(X, Y, gp, ep, **MODEL, config=with_precision(d, k, prec),
+                              reference=ref)
         for prec in PRECISIONS
     }
     del ref
@@ -324,13 +315,14 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
     row["ours_gn_ms"] = _bench(lambda: triton_moe_pass(X, Y, gp, ep, **model))
     row["ours_gn_precision_ms"] = {
         prec: _bench(lambda prec=prec: triton_moe_pass(X, Y, gp, ep, **model,
-                                                       config=_with_precision(d, k, prec)))
+                                                       config=with_precision(d, k, prec)))
         for prec in PRECISIONS
     }
     X64, Y64, gp64, ep64 = X.double(), Y.double(), gp.double(), ep.double()
     if row["triton_fp64_dots"] and "error" not in row["check_fp64"]:
         row["ours_gn_fp64_ms"] = _bench(lambda: triton_moe_pass(X64, Y64, gp64, ep64, **model))
-    row["reference_gn_fp64_ms"] = _bench(lambda: moe_pass(X64, Y64, gp64, ep64, **model))
+    row["reference_gn_fp64_ms"] = _bench(lambda: reference_moe_pass(X64, Y64, gp64, ep64,
+                                                                     **model))
     if gram_applies(MODEL["score"]):
         row.update(_gram_section(X, jacobian_coefficients(X, gp, ep, **model), d, k, rates, tune))
         if row["triton_fp64_dots"]:
@@ -345,7 +337,7 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
         ]
         _print_variants(row["variants"])
     row["eager_ms"] = _bench(lambda: _eager_step(X, Y, gp, ep, **MODEL))
-    row["reference_gn_ms"] = _bench(lambda: moe_pass(X, Y, gp, ep, **model))
+    row["reference_gn_ms"] = _bench(lambda: reference_moe_pass(X, Y, gp, ep, **model))
     row["jtj_tflops"] = row["jtj_flop"] / row["ours_gn_ms"] / 1e9
     row["jtj_vs_tf32_matmul"] = row["jtj_tflops"] / rates["tf32"]
     fp64_ms = row.get("ours_gn_fp64_ms", row["reference_gn_fp64_ms"])
@@ -359,8 +351,8 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
 def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,
                   precisions: tuple[str, ...] = PRECISIONS) -> dict:
     """The Gram kernel alone (``J^T J`` from U and X): time per precision, the FLOP rates it
-    reaches counted as KERNELS.md counts ``J^T J`` (``2 R n p^2``) and as executed (``2 R n A Q``),
-    and block-size variants."""
+    reaches counted as docs/kernels.md#moe-pass counts ``J^T J`` (``2 R n p^2``) and as executed
+    (``2 R n A Q``), and block-size variants."""
     R, n = X.shape[:2]
     kw = dict(gate=MODEL["gate"], expert=MODEL["expert"], k=k)
     p, m = _p(d, k), U.shape[1]
@@ -368,9 +360,7 @@ def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,
     rate_key = "fp64" if X.dtype == torch.float64 else "tf32"
     out = {"gram_executed_flop": executed, "gram_ms": {}}
     # the Triton kernel's output against the PyTorch Gram product before it is timed
-    want = torch_gram_jtj(U.double(), X.double(), **kw)
-    out["gram_check"] = {
-        prec: _rel(gram_jtj(U, X, precision=prec, **kw), want) for prec in precisions}
+    out["gram_check"] = gram_errors(U, X, **kw, precisions=precisions)
     print("  Gram check (relative error vs float64): " + ", ".join(
         f"{k_} {v:.1e}" for k_, v in out["gram_check"].items()), flush=True)
     for prec in precisions:
@@ -406,89 +396,71 @@ def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,
     return out
 
 
-def _lm(evaluate: Callable, theta: torch.Tensor, iters: int
-        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain Levenberg-Marquardt (Marquardt scaling, lambda x0.3 / x2), solved in float64.
-
-    Returns the parameters, the loss and ``|J^T r|`` at the end.
-    """
-    state = evaluate(theta)
-    lam = torch.full((theta.shape[0],), 1e-3, dtype=torch.float64, device=theta.device)
-    for _ in range(iters):
-        jtj, jtr = state.jtj.double(), state.jtr.double()
-        diag = torch.diagonal(jtj, dim1=-2, dim2=-1)
-        system = jtj + torch.diag_embed(lam[:, None] * diag.clamp_min(1e-12))
-        step = torch.linalg.solve(system, jtr[..., None])[..., 0]
-        trial = evaluate(theta + step.to(theta.dtype))
-        better = trial.loss.double() < state.loss.double()
-        theta = torch.where(better[:, None], theta + step.to(theta.dtype), theta)
-        state = type(state)(*(torch.where(better.view(-1, *[1] * (a.dim() - 1)), a, b)
-                              for a, b in zip(trial, state, strict=True)))
-        lam = torch.where(better, lam * 0.3, lam * 2.0)
-    return theta, state.loss.double(), state.jtr.double().norm(dim=1)
-
-
 def _precision_study(R: int = 4, n: int = 100_000, d: int = 32, k: int = 9, iters: int = 100
                      ) -> dict:
-    """LM from one over-specified near-truth start with J^T J in tf32 and tf32x3 (float32 data)
-    and in float64 (float64 data; the reference where Triton has no float64 dots).
+    """The estimator's fits from one over-specified near-truth start on float64 data and on
+    float32 data with the ``J^T J`` products (cuBLAS, the Gram route) in tf32 and in ieee float32.
 
     Truth: sigmoid gate, ReLU experts, k* = 8 atoms drawn as in the N24 settings (beta ~ N(0,
-    0.01/d), (a, b) ~ N(0, 1/d)), noise variance 0.01; fitted k = 9 with atom 0 split in two.
+    0.01/d), (a, b) ~ N(0, 1/d)), noise variance 0.01; fitted k = 9 with atom 0 split in two, by
+    ``fit_lse`` (Levenberg-Marquardt, its stopping rule, at most ``iters`` iterations).
     Reported: each fit's distance to the float64 fit relative to the float64 fit's distance to
-    the truth (the Voronoi-loss scale), and the relative difference of the final losses.
+    the truth (the Voronoi-loss scale), the relative difference of the final losses, and how
+    the fits stopped.
     """
     g = torch.Generator(device=DEVICE).manual_seed(0)
     ks = k - 1
-    pg, pe = d + 1, d + 1
-    gp = torch.randn(R, ks, pg, generator=g, device=DEVICE, dtype=torch.float64) * (0.01 / d)**0.5
-    ep = torch.randn(R, ks, pe, generator=g, device=DEVICE, dtype=torch.float64) / d**0.5
+    gp = torch.randn(R, ks, d + 1, generator=g, device=DEVICE, dtype=torch.float64) * (0.01 / d)**0.5
+    ep = torch.randn(R, ks, d + 1, generator=g, device=DEVICE, dtype=torch.float64) / d**0.5
     X = torch.rand(R, n, d, generator=g, device=DEVICE, dtype=torch.float64) * 2 - 1
-    ex = models.get_expert("relu")
-    f = models.regression_function(X, gp, ep, gate="sigmoid", score="linear", expert=ex)
+    f = models.regression_function(X, gp, ep, gate="sigmoid", score="linear",
+                                   expert=models.get_expert("relu"))
     Y = f + 0.1 * torch.randn(R, n, generator=g, device=DEVICE, dtype=torch.float64)
-    w = torch.sigmoid(gp[:, :1, :1])
     split = gp[:, :1].clone()
-    split[..., :1] = torch.logit(w / 2)
-    gp0 = torch.cat([split, gp[:, 1:], split], dim=1)
-    ep0 = torch.cat([ep, ep[:, :1]], dim=1)
-    theta_true = torch.cat([gp0.reshape(R, -1), ep0.reshape(R, -1)], dim=1)
-    theta0 = theta_true + 0.05 * torch.randn(theta_true.shape, generator=g, device=DEVICE,
-                                             dtype=torch.float64)
+    split[..., :1] = torch.logit(torch.sigmoid(gp[:, :1, :1]) / 2)
+    gp_true = torch.cat([split, gp[:, 1:], split], dim=1)
+    ep_true = torch.cat([ep, ep[:, :1]], dim=1)
+    theta_true = torch.cat([gp_true.reshape(R, -1), ep_true.reshape(R, -1)], dim=1)
+    noise = 0.05 * torch.randn(theta_true.shape, generator=g, device=DEVICE, dtype=torch.float64)
+    gp0, ep0 = (theta_true + noise).split([k * (d + 1), k * (d + 1)], dim=1)
+    start = MixingMeasure("sigmoid", "linear", "relu", d, gp0.reshape(R, k, d + 1),
+                          ep0.reshape(R, k, d + 1))
 
-    def evaluator(dtype, precision):
-        cfg = _with_precision(d, k, precision)
-        Xd, Yd = X.to(dtype), Y.to(dtype)
+    def fit(dtype: torch.dtype, tf32: bool):
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            return fit_lse(X.to(dtype), Y.to(dtype), k, "sigmoid", "relu", "linear", init=start,
+                           max_iter=iters)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
 
-        def evaluate(theta):
-            gpt = theta[:, : k * pg].reshape(R, k, pg)
-            ept = theta[:, k * pg:].reshape(R, k, pe)
-            if dtype == torch.float64:  # the Triton kernels, or the reference without fp64 dots
-                return dispatch_moe_pass(Xd, Yd, gpt, ept, gate="sigmoid", score="linear",
-                                         expert=ex)
-            return triton_moe_pass(Xd, Yd, gpt, ept, gate="sigmoid", score="linear", expert=ex,
-                                   config=cfg)
-        return evaluate
+    fits = {"fp64": fit(torch.float64, False), "fp32-tf32": fit(torch.float32, True),
+            "fp32-ieee": fit(torch.float32, False)}
 
-    runs = {"fp64": _lm(evaluator(torch.float64, "ieee"), theta0, iters)}
-    for prec in PRECISIONS[:2]:  # ieee float32 J^T J runs on FMA units: 44x slower than tf32
-        runs[f"fp32-{prec}"] = _lm(evaluator(torch.float32, prec), theta0.float(), iters)
-    theta64, loss64, _ = runs["fp64"]
+    def theta(result) -> torch.Tensor:
+        m = result.measure
+        return torch.cat([m.gate_params.reshape(R, -1), m.expert_params.reshape(R, -1)], dim=1)
+
+    theta64, loss64 = theta(fits["fp64"]).double(), fits["fp64"].fit_loss.double()
     scale = (theta64 - theta_true).norm(dim=1)
-    out = {"R": R, "n": n, "d": d, "k": k, "iters": iters,
+    out = {"R": R, "n": n, "d": d, "k": k, "max_iter": iters,
            "fp64_distance_to_truth": scale.tolist()}
-    for name, (theta, loss, grad) in runs.items():
+    for name, result in fits.items():
+        loss = result.fit_loss.double()
         out[name] = {
-            "theta_diff_over_error": ((theta.double() - theta64).norm(dim=1) / scale).tolist(),
+            "theta_diff_over_error": ((theta(result).double() - theta64).norm(dim=1)
+                                      / scale).tolist(),
             "loss_rel_diff": ((loss - loss64) / loss64).tolist(),
             "final_loss": loss.tolist(),
-            "final_jtr_norm": grad.tolist(),
+            "n_iter": result.n_iter.tolist(),
+            "converged": result.converged.tolist(),
         }
         print(f"  precision {name}: |theta - theta64| / |theta64 - theta*| = "
               + ", ".join(f"{v:.1e}" for v in out[name]["theta_diff_over_error"])
               + "; (loss - loss64) / loss64 = "
               + ", ".join(f"{v:.1e}" for v in out[name]["loss_rel_diff"])
-              + "; |J^T r| = " + ", ".join(f"{v:.1e}" for v in grad.tolist()), flush=True)
+              + f"; iterations {out[name]['n_iter']}", flush=True)
     return out
 
 
@@ -548,14 +520,14 @@ def _jobs(tune: bool, check: bool, quick: bool) -> list[tuple]:
     jobs.add((d, k, *MODEL.values(), "float32", False, None))
     for dtype in ("float32", "float64"):  # float64 compiles only where Triton has fp64 dots
         jobs.add((d, k, *MODEL.values(), dtype, True, None))
-    jobs.update((d, k, *MODEL.values(), "float32", True, _with_precision(d, k, p))
+    jobs.update((d, k, *MODEL.values(), "float32", True, with_precision(d, k, p))
                 for p in PRECISIONS)
     if tune:
         jobs.update((d, k, *MODEL.values(), "float32", True, c) for c in GN_VARIANTS)
 
     if check:
         for (gate, score, expert), (dtype, gn) in itertools.product(CHECK_COMBOS, CHECK_RUNS):
-            jobs.add((*_check_dims(score), gate, score, expert, dtype, gn, None))
+            jobs.add((*check_dims(score), gate, score, expert, dtype, gn, None))
     return sorted(jobs, key=str)
 
 
@@ -564,12 +536,15 @@ def run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("the moe benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
+    prov = provenance(DEVICE)
+    path = output_path(args, "moe", prov, label="quick" if args.quick else None)
+
     def save(results: dict) -> None:  # after every section: a run cut short keeps its numbers
-        write_json(args.json, results)
+        write_json(path, results)
 
     _precompile(_jobs(args.tune, args.check, args.quick))
-    results: dict = {"environment": environment()}
-    print(results["environment"], flush=True)
+    results: dict = {"provenance": prov}
+    print(prov, flush=True)
     if args.check:
         results["check_all"] = _check_all()
         save(results)
@@ -602,8 +577,9 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``moe`` subcommand."""
-    p = subparsers.add_parser("moe", help="MoE least-squares pass vs eager / compiled PyTorch")
-    p.add_argument("--json", metavar="PATH", help="write results as JSON")
+    p = subparsers.add_parser("moe", help="MoE least-squares pass vs eager / compiled PyTorch",
+                              description=__doc__.split("\n\n")[0])
+    add_output_arguments(p)
     p.add_argument("--quick", action="store_true",
                    help="first gradient shape only, no torch.compile")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")

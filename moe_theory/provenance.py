@@ -1,0 +1,105 @@
+"""Where a result came from: code version, device and library versions (docs/design.md#provenance).
+
+Every benchmark JSON and every ``reproduce`` run.json records :func:`provenance`, so that a
+committed number can be traced to the commit and the machine kind that produced it. Nothing that
+names the machine itself (host name, user, paths) is recorded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+#: The checkout this package was imported from (when it is one): git runs there.
+_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str | None:
+    """Output of ``git args`` in the source root, or None where git or the checkout is missing."""
+    try:
+        done = subprocess.run(["git", "-C", str(_SOURCE_ROOT), *args], capture_output=True,
+                              text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _git_state() -> tuple[str | None, bool | None]:
+    top = _git("rev-parse", "--show-toplevel")
+    # an installed copy under some other repository's tree is not a checkout of this code
+    if top is None or Path(top).resolve() != _SOURCE_ROOT:
+        return None, None
+    commit = _git("rev-parse", "HEAD")
+    # tracked files only: untracked outputs (results folders, caches) do not change the code
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return commit, None if status is None else status != ""
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {str(device)!r} but no CUDA device is visible")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _version(package: str) -> str | None:
+    # metadata, not an import: importing triton is slow and fixes its interpreter mode
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(device: str | torch.device | None = None) -> dict:
+    """The code version, device and library versions of a run, as JSON-ready values.
+
+    Parameters
+    ----------
+    device : the device the run computed on: ``"cpu"``, ``"cuda"`` (the current CUDA device) or
+        ``"cuda:N"``; default ``"cuda"`` where a GPU is visible, else ``"cpu"``.
+
+    Returns
+    -------
+    dict
+        ``git_commit`` (full sha, None outside a git checkout), ``git_dirty`` (tracked files
+        modified; None outside a checkout), ``device`` (``"cuda:0"``, ``"cpu"``), ``device_name``
+        (GPU name or CPU model), ``torch``, ``cuda`` (the CUDA version torch was built with, None
+        for CPU builds), ``triton`` (None when not installed), ``python``, ``date`` (UTC, ISO 8601
+        to the second).
+    """
+    dev = _resolve_device(device)
+    commit, dirty = _git_state()
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,148 @@
+"""The benchmarks' command line, result names and GPU-test runner, on the CPU (no timing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from benchmarks import gpu_tests
+from benchmarks.__main__ import SUBCOMMANDS, main
+from benchmarks.output import gpu_label, result_path, write_json
+
+NAMES = ("moe", "attention", "fit-profile", "fit-agreement", "lm-parts", "memory-check",
+         "sweep-scaling", "compare-tables", "gpu-tests")
+
+
+def test_every_benchmark_is_a_subcommand():
+    assert len(SUBCOMMANDS) == len(NAMES)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_subcommand_help(name: str, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])
+    assert exit_.value.code == 0
+    assert f"python -m benchmarks {name}" in capsys.readouterr().out
+
+
+PROV = {"git_commit": "0123456789abcdef", "git_dirty": False, "device": "cuda:0",
+        "device_name": "NVIDIA H100 80GB HBM3", "date": "2026-11-23T06:19:51+00:00"}
+
+
+@pytest.mark.parametrize(("device", "name", "label"), [
+    ("cuda:0", "NVIDIA H100 80GB HBM3", "h100"), ("cuda:1", "NVIDIA H200", "h200"),
+    ("cuda:0", "NVIDIA A100-SXM4-80GB", "a100"),
+    ("cuda:0", "NVIDIA GeForce RTX 4090", "nvidia-geforce-rtx-4090"),
+    ("cpu", "Intel(R) Xeon(R) Platinum 8480C", "cpu")])
+def test_gpu_label(device: str, name: str, label: str):
+    assert gpu_label({"device": device, "device_name": name}) == label
+
+
+def test_result_path():
+    assert result_path("moe", PROV).parts[-2:] == ("moe", "2026-11-23_h100_0123456.json")
+    assert result_path("sweep_scaling", PROV, gpu="h200x2", label="quick").name == \
+        "2026-11-23_h200x2_0123456_quick.json"
+    assert result_path("moe", {**PROV, "git_commit": None}).name == "2026-11-23_h100_nogit.json"
+
+
+def test_write_json_records_provenance(tmp_path):
+    write_json(tmp_path / "a" / "r.json", {"x": 1}, device="cpu")
+    written = json.loads((tmp_path / "a" / "r.json").read_text())
+    assert written["x"] == 1
+    assert written["provenance"]["device"] == "cpu"
+    write_json(tmp_path / "b.json", {"provenance": PROV, "y": [1.5]})
+    assert json.loads((tmp_path / "b.json").read_text()) == {"provenance": PROV, "y": [1.5]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b.json"]  # no temporary left
+    write_json(None, {"x": 1})  # no path: nothing written, no error
+
+
+def test_outcomes_of_phases():
+    events = [{"nodeid": i, "when": "start"} for i in "abcde"]
+    events += [
+        {"nodeid": "a", "when": "setup", "outcome": "passed"},
+        {"nodeid": "a", "when": "call", "outcome": "passed"},
+        {"nodeid": "a", "when": "teardown", "outcome": "passed"},
+        {"nodeid": "b", "when": "setup", "outcome": "failed"},  # an error counts as a failure
+        {"nodeid": "b", "when": "teardown", "outcome": "passed"},
+        {"nodeid": "c", "when": "setup", "outcome": "skipped"},
+        {"nodeid": "d", "when": "call", "outcome": "xfailed"},
+        {"nodeid": "e", "when": "setup", "outcome": "passed"},
+    ]
+    outcomes, running = gpu_tests.outcomes_of(events)
+    assert outcomes == {"a": "passed", "b": "failed", "c": "skipped", "d": "skipped"}
+    assert running == "e"
+
+
+def test_deal_round_robin():
+    assert gpu_tests.deal(list("abcde"), 2) == [["a", "c", "e"], ["b", "d"]]
+    assert gpu_tests.deal(list("ab"), 4) == [["a"], ["b"]]
+
+
+def test_summary_of_a_part_stopped_at_the_deadline(tmp_path):
+    events = tmp_path / "part0.jsonl"
+    events.write_text("\n".join(json.dumps(e) for e in [
+        {"nodeid": "f.py::a", "when": "start"},
+        {"nodeid": "f.py::a", "when": "setup", "outcome": "passed"},
+        {"nodeid": "f.py::a", "when": "call", "outcome": "passed"},
+        {"nodeid": "f.py::a", "when": "teardown", "outcome": "passed"},
+        {"nodeid": "g.py::b", "when": "start"},
+        {"nodeid": "g.py::b", "when": "setup", "outcome": "passed"},
+    ]) + '\n{"nodeid": "g.py::b", "wh')  # a line cut by the kill
+    part = dict(part=0, tests=3, ids=["f.py::a", "g.py::b", "g.py::c"], events=events,
+                status="timed_out", exit=-9, wall_s=540.0)
+    summary = gpu_tests.summarise([part], {"procs": 1})
+    assert summary["files"] == {
+        "f.py": {"passed": 1, "failed": 0, "skipped": 0, "timed_out": 0, "not_run": 0},
+        "g.py": {"passed": 0, "failed": 0, "skipped": 0, "timed_out": 1, "not_run": 1}}
+    assert summary["timed_out"] == ["g.py::b"]
+    assert not summary["complete"]
+    running = gpu_tests.summarise([{**part, "status": "running"}], {})
+    assert running["totals"]["pending"] == 2
+    crashed = gpu_tests.summarise([{**part, "status": "crashed"}], {})
+    assert crashed["failed"] == ["g.py::b"]  # the process died inside it
+
+
+def test_stop_ends_the_part_and_its_children():
+    proc = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                             "subprocess.Popen([sys.executable, '-c', 'import time; "
+                             "time.sleep(60)']); time.sleep(60)"], start_new_session=True)
+    gpu_tests._stop(proc)
+    assert proc.returncode == -signal.SIGKILL
+    with pytest.raises(ProcessLookupError):  # nothing left in the part's process group
+        os.killpg(proc.pid, 0)
+
+
+def test_gpu_tests_runner(tmp_path, monkeypatch):
+    """End to end on a throw-away suite: counts per file and the failing id."""
+    monkeypatch.chdir(tmp_path)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_a.py").write_text(textwrap.dedent("""
+        import pytest
+        def test_pass(): pass
+        def test_fail(): assert False
+        def test_skip(): pytest.skip("no")
+    """))
+    (suite / "test_b.py").write_text("def test_other(): pass\n")
+    out = tmp_path / "summary.json"
+    args = argparse.Namespace(paths=["suite"], procs=2, deadline=300.0, out=str(out),
+                              log=str(tmp_path / "logs"))
+    assert gpu_tests.run(args) == 1
+    summary = json.loads(out.read_text())
+    zero = {"passed": 0, "failed": 0, "skipped": 0, "timed_out": 0, "not_run": 0}
+    assert summary["files"] == {"suite/test_a.py": {**zero, "passed": 1, "failed": 1, "skipped": 1},
+                                "suite/test_b.py": {**zero, "passed": 1}}
+    assert summary["failed"] == ["suite/test_a.py::test_fail"]
+    assert summary["complete"] and summary["collected"] == 4
+    assert sorted(p["status"] for p in summary["parts"]) == ["failed", "passed"]
+    assert summary["provenance"]["device"] in ("cpu", "cuda:0")
