@@ -12,7 +12,17 @@ from dataclasses import dataclass
 import torch
 
 from moe_theory import models
-from moe_theory.estimators.levenberg_marquardt import SolverOutput, StopRule
+from moe_theory.estimators.bounds import binding, projected_gradient_max
+from moe_theory.estimators.levenberg_marquardt import (
+    EPOCHS,
+    FTOL,
+    GTOL,
+    MAX_ITER,
+    NON_FINITE,
+    RUNNING,
+    SolverOutput,
+    StopRule,
+)
 from moe_theory.estimators.problem import LeastSquaresProblem
 
 
@@ -27,8 +37,8 @@ class SGDProtocol:
 
 
 def _mean_loss(problem: LeastSquaresProblem, theta: torch.Tensor, idx: torch.Tensor | None = None):
-    """Per-replication mean squared residual on all samples or a minibatch ``idx: (R, b)``."""
-    X, Y = problem.X, problem.Y
+    """Per-problem mean squared residual on all samples or a minibatch ``idx: (R, b)``."""
+    X, Y = problem.data()
     if idx is not None:
         X = torch.gather(X, 1, idx[..., None].expand(-1, -1, X.shape[-1]))
         Y = torch.gather(Y, 1, idx)
@@ -38,38 +48,66 @@ def _mean_loss(problem: LeastSquaresProblem, theta: torch.Tensor, idx: torch.Ten
     return ((Y - f) ** 2).mean(-1).to(theta.dtype)
 
 
-def _finish(problem, theta, n_iter, converged) -> SolverOutput:
+def _project(theta: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Clamp the iterate into the box in place (projected gradient methods)."""
+    if box is not None:
+        with torch.no_grad():
+            theta.copy_(torch.minimum(torch.maximum(theta, box[0]), box[1]))
+
+
+def _finish(problem, theta, n_iter, test, box) -> SolverOutput:
+    """The loss and projected gradient at the last iterate (one pass), and the stop codes: a
+    non-finite loss overrides the test that stopped the run."""
     theta = theta.detach()
-    return SolverOutput(theta, problem.loss(theta), n_iter, converged)
+    loss = problem.loss(theta)
+    jtr = problem.evaluate(theta, gauss_newton=False).jtr
+    test = torch.where(torch.isfinite(loss), test, NON_FINITE)
+    return SolverOutput(theta, loss, n_iter, test, projected_gradient_max(theta, jtr, problem.n, box))
 
 
 def adam(problem: LeastSquaresProblem, theta0: torch.Tensor, stop: StopRule = StopRule(),
-         lr: float = 1e-2) -> SolverOutput:
+         lr: float = 1e-2, *, box: tuple[torch.Tensor, torch.Tensor] | None = None
+         ) -> SolverOutput:
+    """Adam on every problem at once; with a box, each step is followed by a projection onto it.
+    Stops a problem on a small projected gradient (``gtol``), a small relative change of its
+    loss (``ftol``), or the cap."""
     theta = theta0.clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     R = theta0.shape[0]
     prev = torch.full((R,), float("inf"), dtype=theta0.dtype, device=theta0.device)
-    converged = torch.zeros(R, dtype=torch.bool, device=theta0.device)
+    test = torch.zeros(R, dtype=torch.long, device=theta0.device)
     n_iter = torch.zeros(R, dtype=torch.long, device=theta0.device)
     for _ in range(stop.max_iter):
         opt.zero_grad()
         losses = _mean_loss(problem, theta)
         losses.sum().backward()
-        grad_small = theta.grad.abs().amax(-1) <= stop.gtol
+        # the gradient of the mean loss is -2 J^T r / n: the projection takes J^T r's sign
+        grad = theta.grad
+        if box is not None:
+            grad = grad.masked_fill(binding(theta.detach(), -grad, *box), 0)
+        grad_small = grad.abs().amax(-1) <= stop.gtol
         rel = (prev - losses.detach()).abs() / losses.detach().clamp_min(1e-300)
-        converged |= grad_small | (rel < stop.ftol)
-        n_iter += (~converged).long()
-        if bool(converged.all()):
+        running = test == RUNNING
+        test = torch.where(running & grad_small, GTOL,
+                           torch.where(running & (rel < stop.ftol), FTOL, test))
+        n_iter += (test == RUNNING).long()
+        if bool((test != RUNNING).all()):
             break
         prev = losses.detach()
-        # frozen replications keep their parameters: zero their gradient
-        theta.grad[converged] = 0
+        # frozen problems keep their parameters: zero their gradient
+        theta.grad[test != RUNNING] = 0
         opt.step()
-    return _finish(problem, theta, n_iter, converged)
+        _project(theta, box)
+    test = torch.where(test == RUNNING, MAX_ITER, test)
+    return _finish(problem, theta, n_iter, test, box)
 
 
 def lbfgs(problem: LeastSquaresProblem, theta0: torch.Tensor, stop: StopRule = StopRule()
           ) -> SolverOutput:
+    """torch's L-BFGS with a strong Wolfe line search on the summed loss (unbounded only: a
+    projection would break its curvature pairs). It stops every problem together: on its gradient
+    or loss-change tolerance (reported ``gtol`` when the gradient is below ``gtol`` at the end,
+    else ``ftol``), or at ``max_iter``."""
     theta = theta0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=stop.max_iter, tolerance_grad=stop.gtol,
                             tolerance_change=stop.ftol, history_size=50,
@@ -86,16 +124,22 @@ def lbfgs(problem: LeastSquaresProblem, theta0: torch.Tensor, stop: StopRule = S
     n = int(state.get("n_iter", stop.max_iter))
     R = theta0.shape[0]
     n_iter = torch.full((R,), n, dtype=torch.long, device=theta0.device)
-    converged = torch.full((R,), n < stop.max_iter, dtype=torch.bool, device=theta0.device)
-    return _finish(problem, theta, n_iter, converged)
+    out = _finish(problem, theta, n_iter, torch.full((R,), MAX_ITER, device=theta0.device), None)
+    if n < stop.max_iter:
+        out.stop = torch.where(out.stop == NON_FINITE, NON_FINITE, torch.where(
+            out.proj_grad_max <= stop.gtol, GTOL, FTOL))
+    return out
 
 
 def sgd_paper(problem: LeastSquaresProblem, theta0: torch.Tensor,
-              protocol: SGDProtocol = SGDProtocol()) -> SolverOutput:
-    """Plain minibatch SGD; each replication shuffles its own samples every epoch."""
+              protocol: SGDProtocol = SGDProtocol(), *,
+              box: tuple[torch.Tensor, torch.Tensor] | None = None) -> SolverOutput:
+    """Plain minibatch SGD; each replication shuffles its own samples every epoch (with a box,
+    each step is projected onto it). It runs its fixed budget of epochs by design: N24's protocol
+    does not claim an LSE, and the fit reports the stop test ``epochs`` (reason ``max_iter``)."""
     theta = theta0.clone().requires_grad_(True)
     opt = torch.optim.SGD([theta], lr=protocol.lr)
-    R, n = problem.Y.shape
+    R, n = theta0.shape[0], problem.n
     gen = torch.Generator(device="cpu").manual_seed(protocol.seed)
     steps = 0
     for _ in range(protocol.epochs):
@@ -104,8 +148,7 @@ def sgd_paper(problem: LeastSquaresProblem, theta0: torch.Tensor,
             opt.zero_grad()
             _mean_loss(problem, theta, order[:, start : start + protocol.batch_size]).sum().backward()
             opt.step()
+            _project(theta, box)
             steps += 1
     n_iter = torch.full((R,), steps, dtype=torch.long, device=theta0.device)
-    # a fixed budget of epochs, not a convergence test: N24's protocol does not claim an LSE
-    converged = torch.zeros(R, dtype=torch.bool, device=theta0.device)
-    return _finish(problem, theta, n_iter, converged)
+    return _finish(problem, theta, n_iter, torch.full((R,), EPOCHS, device=theta0.device), box)

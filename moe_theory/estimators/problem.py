@@ -22,6 +22,8 @@ class LeastSquaresProblem:
     gate, score, expert : the fitted model
     k : number of fitted atoms
     backend : ``auto``, ``torch`` or ``triton`` (see :func:`kernels.moe.moe_pass`)
+    data_rows : (B,) int64, the data set ``X[data_rows[i]]`` of problem i, when there are more
+        problems than data sets (several starts per replication); None: problem i fits ``X[i]``
     """
 
     X: torch.Tensor
@@ -31,6 +33,7 @@ class LeastSquaresProblem:
     expert: str
     k: int
     backend: str
+    data_rows: torch.Tensor | None = None
     #: the Gram route's feature pairs of X (kernels/moe/gram.py), formed at the first
     #: Gauss-Newton pass when they fit the device's cache budget: they depend on X alone
     _features: torch.Tensor | None = field(default=None, init=False, repr=False)
@@ -84,8 +87,11 @@ class LeastSquaresProblem:
         self, theta: torch.Tensor, rows: torch.Tensor | None = None, *, gauss_newton: bool = True,
         jacobian: bool = True,
     ) -> MoEPass:
-        """Loss and Gauss-Newton blocks of the replications ``rows`` (all when None)."""
+        """Loss and Gauss-Newton blocks of the problems ``rows`` (all when None)."""
         X, Y = self.X, self.Y
+        if self.data_rows is not None:
+            # several problems share a data set: the kernels read its rows in place
+            rows = self.data_rows if rows is None else self.data_rows[rows]
         gp, ep = self.unpack(theta)
         V = self._gram_features() if jacobian and gauss_newton else None
         # the rows are read in place where the kernels can (a subset's copy of X and of the kept
@@ -103,6 +109,15 @@ class LeastSquaresProblem:
                 self._features = gram.feature_pairs(self.X)
         return self._features
 
+    def data(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``X: (B, n, d)``, ``Y: (B, n)`` of the problems ``rows`` (all when None), for the
+        solvers that do not go through the kernels (a copy where problems share data)."""
+        if self.data_rows is not None:
+            rows = self.data_rows if rows is None else self.data_rows[rows]
+        if rows is None:
+            return self.X, self.Y
+        return self.X[rows], self.Y[rows]
+
     def loss(self, theta: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Sum of squared residuals: (R,) or (len(rows),)."""
+        """Sum of squared residuals: (B,) or (len(rows),)."""
         return self.evaluate(theta, rows, jacobian=False).loss

@@ -8,32 +8,54 @@ import torch
 
 from kernels.moe.torch_pass import jacobian_chunk
 from moe_theory import models
-from moe_theory.estimators.levenberg_marquardt import SolverOutput, StopRule
+from moe_theory.estimators.bounds import projected_gradient_max
+from moe_theory.estimators.levenberg_marquardt import (
+    FTOL,
+    GTOL,
+    MAX_ITER,
+    NON_FINITE,
+    XTOL,
+    SolverOutput,
+    StopRule,
+)
 from moe_theory.estimators.problem import LeastSquaresProblem
+
+#: scipy's ``status`` -> our stop test (4: both ftol and xtol held; -1: improper input, which
+#: the checks before the call rule out)
+_STOP_OF_STATUS = {1: GTOL, 2: FTOL, 3: XTOL, 4: FTOL, 0: MAX_ITER}
 
 
 def scipy_least_squares(problem: LeastSquaresProblem, theta0: torch.Tensor,
-                        stop: StopRule = StopRule()) -> SolverOutput:
+                        stop: StopRule = StopRule(), *,
+                        box: tuple[torch.Tensor, torch.Tensor] | None = None) -> SolverOutput:
+    """scipy's trust-region reflective solver (``trf``), bounded by ``box`` when given."""
     expert = models.get_expert(problem.expert)
-    thetas, n_iter, converged = [], [], []
+    thetas, n_iter, tests = [], [], []
     for r in range(theta0.shape[0]):
-        sol = _solve_one(problem, expert, r, theta0[r].detach().cpu().double().numpy(), stop)
+        bounds = (-np.inf, np.inf) if box is None else tuple(
+            b[r].detach().cpu().double().numpy() for b in box)
+        sol = _solve_one(problem, expert, r, theta0[r].detach().cpu().double().numpy(), stop,
+                         bounds)
         thetas.append(torch.from_numpy(sol.x))
         n_iter.append(sol.nfev)
-        converged.append(sol.status > 0)
+        tests.append(_STOP_OF_STATUS.get(sol.status, NON_FINITE))
     theta = torch.stack(thetas).to(theta0)
-    return SolverOutput(theta, problem.loss(theta),
-                        torch.tensor(n_iter, device=theta0.device),
-                        torch.tensor(converged, device=theta0.device))
+    loss = problem.loss(theta)
+    jtr = problem.evaluate(theta, gauss_newton=False).jtr
+    test = torch.tensor(tests, device=theta0.device)
+    test = torch.where(torch.isfinite(loss), test, NON_FINITE)
+    return SolverOutput(theta, loss, torch.tensor(n_iter, device=theta0.device), test,
+                        projected_gradient_max(theta, jtr, problem.n, box))
 
 
-def _solve_one(problem: LeastSquaresProblem, expert, r: int, x0: np.ndarray, stop: StopRule):
+def _solve_one(problem: LeastSquaresProblem, expert, r: int, x0: np.ndarray, stop: StopRule,
+               bounds: tuple):
     # imported here: every sweep worker imports this module, few call scipy (import ~1 s on an
     # H100 host, paid by each of reproduce's processes)
     from scipy.optimize import least_squares
 
-    X = problem.X[r : r + 1].detach().cpu().double()
-    Y = problem.Y[r].detach().cpu().double().numpy()
+    X, Y = problem.data(torch.tensor([r], device=problem.X.device))
+    X, Y = X.detach().cpu().double(), Y[0].detach().cpu().double().numpy()
     cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def residual_and_jacobian(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +70,6 @@ def _solve_one(problem: LeastSquaresProblem, expert, r: int, x0: np.ndarray, sto
 
     return least_squares(
         lambda t: residual_and_jacobian(t)[0], x0, jac=lambda t: residual_and_jacobian(t)[1],
-        method="trf", x_scale="jac", ftol=stop.ftol, xtol=1e-15, gtol=stop.gtol,
+        bounds=bounds, method="trf", x_scale="jac", ftol=stop.ftol, xtol=1e-15, gtol=stop.gtol,
         max_nfev=stop.max_iter * 10,
     )
