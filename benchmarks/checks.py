@@ -43,7 +43,7 @@ AGREEMENT_RTOL = 1e-3
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """``||got - want|| / ||want||`` in float64 (inf where ``got`` has non-finite entries)."""
-    got, want = got.double(), want.double()
+    got, want = got.detach().double(), want.detach().double()
     if not torch.isfinite(got).all():
         return math.inf
     return float((got - want).norm() / want.norm().clamp_min(1e-300))
@@ -90,8 +90,8 @@ def moe_pass_errors(X, Y, gp, ep, *, gate: str, score: str, expert: str,
                     reference: MoEPass | None = None) -> dict[str, float]:
     """Errors of the Triton pass against the float64 reference (``reference`` if the caller
     already has it for this data)."""
-    want = reference or reference_pass(X, Y, gp, ep, gate=gate, score=score, expert=expert,
-                                       gauss_newton=gauss_newton)
+    want = reference if reference is not None else reference_pass(
+        X, Y, gp, ep, gate=gate, score=score, expert=expert, gauss_newton=gauss_newton)
     got = triton_moe_pass(X, Y, gp, ep, gate=gate, score=score, expert=models.get_expert(expert),
                           gauss_newton=gauss_newton, config=config)
     return pass_errors(got, want)
