@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from moe_theory.threads import apply_thread_default
+
 if TYPE_CHECKING:
     from distributed import Client
 
@@ -168,15 +170,6 @@ def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: s
             client.cancel(futures)
 
 
-def _limit_threads() -> None:
-    """Worker start-up: one intra-op thread each (see :func:`moe_theory.cli.limit_cpu_threads`);
-    the workers are the parallelism."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
-        torch.set_num_threads(1)
-
-
 def _map_processes(fn: Callable[[Shard], T], shards: Sequence[Shard], workers: int
                    ) -> Iterator[T]:
     """``workers`` processes in all: this one and ``workers - 1`` spawned ones, taking shards
@@ -203,7 +196,7 @@ def _map_processes(fn: Callable[[Shard], T], shards: Sequence[Shard], workers: i
         return
     # spawn: a fork would copy this process's CUDA state, which CUDA does not allow
     pool = cf.ProcessPoolExecutor(max_workers=helpers, mp_context=mp.get_context("spawn"),
-                                  initializer=_limit_threads)
+                                  initializer=apply_thread_default)
     finished: queue.Queue = queue.Queue()
 
     def feed() -> None:

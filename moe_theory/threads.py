@@ -22,8 +22,12 @@ import torch
 
 #: Environment variable that sets the thread count of every process importing ``moe_theory``.
 ENV_VAR = "MOE_THEORY_THREADS"
-#: Measured on a 2-core machine (2026-07): the README's ``fit_lse`` example (R = 8, n = 2000,
-#: d = 2, k = 3) took 0.51 s with one thread and 13.9 s with two while the other core was busy.
+#: One thread, measured 2026-12-02 with the README's ``fit_lse`` example (R = 8, n = 2000, d = 2,
+#: k = 3): on a 2-core machine shared with other jobs it took 1.25 s with one thread and 21.6 s
+#: with two (OpenMP workers spin against the other processes). On two idle cores (an H200 host's
+#: CPU pinned with taskset) two threads gain at most 1.7x: 0.43 s -> 0.38 s, and 14.8 s -> 8.9 s
+#: for nguyen2024-dense-relu (d = 32, k = 9) at R = 4, n = 2000, which 16 idle cores fit in 4.8 s.
+#: On an idle machine of many cores, large CPU fits gain from ``MOE_THEORY_THREADS``.
 DEFAULT_THREADS = 1
 
 
