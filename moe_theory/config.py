@@ -14,6 +14,10 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
     algorithm = "lm"                           # lm | lbfgs | adam | sgd-paper
     max_iter = 200
     jitter = 0.01
+    bound_scale = 10.0                         # box half-width per parameter group, in units of
+                                               # the reference's scale (inf: no box)
+    starts = 4                                 # starts per replication beside the near-reference one
+    start_jitter = 0.1                         # their jitter (default 10 x jitter)
     k_fit = 9                                  # optional override of the settings' k
     losses = ["D1", "D3", ...]                 # optional; default: all that apply
     sgd = {epochs = 10, lr = 0.1, batch_size = 64}
@@ -29,6 +33,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +43,8 @@ import numpy as np
 
 from moe_theory import models
 from moe_theory.estimators import ALGORITHMS, SGDProtocol
+from moe_theory.estimators.bounds import DEFAULT_BOUND_SCALE
+from moe_theory.initialization import DEFAULT_EXTRA_STARTS
 from moe_theory.settings import Setting, get_setting
 from moe_theory.voronoi import ALL_KINDS
 
@@ -48,7 +55,8 @@ else:  # pragma: no cover
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "simulations" / "configs"
 _KEYS = {"name", "description", "settings", "fit_gates", "n", "reps", "rep_block", "seed",
-         "algorithm", "max_iter", "jitter", "k_fit", "losses", "sgd", "plot", "fast", "panels"}
+         "algorithm", "max_iter", "jitter", "k_fit", "losses", "sgd", "plot", "fast", "panels",
+         "bound_scale", "starts", "start_jitter"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,13 @@ class SweepConfig:
     algorithm: str = "lm"
     max_iter: int = 200
     jitter: float = 0.01
+    #: docs/theory.md#compact-parameter-set: the box's half-width per parameter group in units of
+    #: the reference's scale (:func:`~moe_theory.estimators.bounds.box_bounds`); inf: no box
+    bound_scale: float = DEFAULT_BOUND_SCALE
+    #: docs/theory.md#multi-start: starts per replication beside the near-reference one, and their
+    #: jitter (None: :data:`~moe_theory.initialization.START_JITTER_FACTOR` x ``jitter``)
+    starts: int = DEFAULT_EXTRA_STARTS
+    start_jitter: float | None = None
     fit_gates: tuple[str, ...] | None = None
     k_fit: int | None = None
     losses: tuple[str, ...] | None = None
@@ -90,10 +105,18 @@ class SweepConfig:
 
     @property
     def hash(self) -> str:
-        """Identifies the results a config produces (the description and plot keys do not)."""
+        """Identifies the results a config produces (the description and plot keys do not).
+
+        A config without a box and with one start hashes as it did before those keys existed:
+        its fits are the same, bit for bit."""
         d = self.to_dict()
         for key in ("description", "plot", "panels", "name"):
             d.pop(key)
+        if math.isinf(self.bound_scale):
+            d.pop("bound_scale")
+        if self.starts == 0:
+            d.pop("starts")
+            d.pop("start_jitter")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -209,8 +232,22 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
             if k_fit < get_setting(s).k_true:
                 raise _err("k_fit", f"k = {k_fit} < k* = {get_setting(s).k_true} of setting {s!r}")
     jitter = raw.get("jitter", 0.01)
-    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or jitter < 0:
-        raise _err("jitter", f"must be a non-negative number, got {jitter!r}")
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < math.inf:
+        raise _err("jitter", f"must be a finite number >= 0, got {jitter!r}")
+    bound_scale = raw.get("bound_scale", DEFAULT_BOUND_SCALE)
+    if isinstance(bound_scale, bool) or not isinstance(bound_scale, (int, float)) or \
+            not bound_scale > 0:
+        raise _err("bound_scale", f"must be a positive number (inf for no box), got {bound_scale!r}")
+    if algorithm == "lbfgs" and not math.isinf(bound_scale):
+        raise _err("bound_scale", "algorithm 'lbfgs' takes no box: set bound_scale = inf")
+    starts = _int(raw, "starts", DEFAULT_EXTRA_STARTS, minimum=0)
+    start_jitter = raw.get("start_jitter")
+    if start_jitter is not None and (isinstance(start_jitter, bool) or not isinstance(
+            start_jitter, (int, float)) or not 0 < start_jitter < math.inf):
+        raise _err("start_jitter", f"must be a positive finite number, got {start_jitter!r}")
+    if starts and start_jitter is None and jitter == 0:
+        raise _err("start_jitter", "jitter = 0 leaves the extra starts on the near-reference one "
+                   "(their default jitter is 10 x jitter): set start_jitter, or starts = 0")
     sgd = raw.get("sgd", {})
     if not isinstance(sgd, dict) or set(sgd) - {"epochs", "lr", "batch_size", "seed"}:
         raise _err("sgd", "allowed sub-keys: epochs, lr, batch_size, seed")
@@ -238,6 +275,8 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         name=name, settings=tuple(settings), n=_n_grid(raw["n"]), reps=reps,
         rep_block=min(_int(raw, "rep_block", 20), reps), seed=_int(raw, "seed", 0, minimum=0),
         algorithm=algorithm, max_iter=_int(raw, "max_iter", 200), jitter=float(jitter),
+        bound_scale=float(bound_scale), starts=starts,
+        start_jitter=None if start_jitter is None else float(start_jitter),
         fit_gates=tuple(fit_gates) if fit_gates else None, k_fit=k_fit,
         losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
         panels=tuple(panels), description=str(raw.get("description", "")),

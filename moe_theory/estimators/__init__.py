@@ -1,6 +1,8 @@
 """Least-squares estimators of mixing measures."""
 
+from moe_theory.estimators.bounds import Bounds, box_bounds
 from moe_theory.estimators.first_order import SGDProtocol
 from moe_theory.estimators.lse import ALGORITHMS, FIT_BACKENDS, FitResult, fit_lse, objective
 
-__all__ = ["ALGORITHMS", "FIT_BACKENDS", "FitResult", "SGDProtocol", "fit_lse", "objective"]
+__all__ = ["ALGORITHMS", "FIT_BACKENDS", "Bounds", "FitResult", "SGDProtocol", "box_bounds",
+           "fit_lse", "objective"]

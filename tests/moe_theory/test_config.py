@@ -1,0 +1,69 @@
+"""Sweep configs: the estimator's keys (box, starts) and their validation."""
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from moe_theory.cli import main
+from moe_theory.config import load_config, named_configs, parse_config
+
+BASE = {"name": "t", "settings": ["small-sparse-relu"], "n": [100], "reps": 2}
+
+
+def test_defaults_are_a_box_of_ten_and_five_starts():
+    config = parse_config(BASE)
+    assert config.bound_scale == 10.0 and config.starts == 4 and config.start_jitter is None
+
+
+def test_no_box_and_one_start_hash_as_before_those_keys():
+    """Such a config's fits are those of the estimator before the box and the starts, bit for
+    bit, so its results keep their identity."""
+    plain = parse_config({**BASE, "bound_scale": math.inf, "starts": 0})
+    again = parse_config({**BASE, "bound_scale": math.inf, "starts": 0, "start_jitter": 0.5})
+    assert plain.hash == again.hash != parse_config(BASE).hash
+    # the CPU preset's hash before the keys existed (its run.json, config_hash)
+    preset = replace(load_config("nguyen2024", fast=True), bound_scale=math.inf, starts=0)
+    assert preset.hash == "c8e77fa00b82"
+    assert parse_config({**BASE, "starts": 1}).hash != parse_config({**BASE, "starts": 2}).hash
+    assert parse_config({**BASE, "bound_scale": 5}).hash != parse_config(BASE).hash
+
+
+def test_a_config_round_trips_through_its_manifest_dict():
+    config = parse_config({**BASE, "bound_scale": math.inf, "starts": 2, "start_jitter": 0.3})
+    back = parse_config(config.to_dict())
+    assert back == config and back.hash == config.hash
+
+
+def test_shipped_configs_parse_and_state_their_protocol():
+    for name in named_configs():
+        for fast in (False, True):
+            config = load_config(name, fast=fast)
+            if config.algorithm == "sgd-paper":
+                assert math.isinf(config.bound_scale) and config.starts == 0
+            else:
+                assert config.bound_scale == 10.0 and config.starts == 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [({"bound_scale": 0}, "bound_scale"), ({"bound_scale": -1.0}, "bound_scale"),
+     ({"bound_scale": math.nan}, "bound_scale"), ({"bound_scale": "big"}, "bound_scale"),
+     ({"algorithm": "lbfgs"}, "bound_scale"), ({"starts": -1}, "starts"),
+     ({"starts": 1.5}, "starts"), ({"start_jitter": 0.0}, "start_jitter"),
+     ({"start_jitter": math.inf}, "start_jitter"), ({"jitter": math.nan}, "jitter"),
+     ({"jitter": 0.0}, "start_jitter")],
+)
+def test_bad_estimator_keys_name_the_field(extra, field):
+    with pytest.raises(ValueError, match=f"config key '{field}'"):
+        parse_config({**BASE, **extra})
+
+
+def test_the_cli_exits_2_on_a_bad_box(tmp_path: Path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "bad"\nsettings = ["small-sparse-relu"]\nn = [100]\nreps = 2\n'
+                    "bound_scale = -3.0\n")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "bound_scale" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,141 @@
+"""Multi-start fits (docs/theory.md#multi-start): several starts per replication in one batch."""
+
+import pytest
+import torch
+
+import moe_theory as mt
+from moe_theory.estimators.bounds import box_bounds
+from moe_theory.estimators.problem import LeastSquaresProblem
+from moe_theory.initialization import multi_start
+
+NU = 0.01
+
+
+@pytest.fixture(scope="module")
+def dense_relu():
+    """Over-specified sigmoid fit of a softmax truth: starts end at different SSRs."""
+    setting = mt.get_setting("small-dense-relu")
+    truth = setting.truth()
+    X, Y = mt.sample(truth, n=400, reps=3, seed=21, noise_var=NU)
+    return truth, X, Y, multi_start(truth, 3, seed=8, extra=3, start_jitter=0.3)
+
+
+def test_a_batched_multi_start_fit_equals_a_loop_of_single_starts(dense_relu):
+    truth, X, Y, starts = dense_relu
+    kw = dict(k=3, gate="sigmoid", expert="relu", max_iter=40, backend="torch",
+              bounds=box_bounds(truth, 3, gate="sigmoid"))
+    batched = mt.fit_lse(X, Y, init=starts, noise_var=NU, **kw)
+    singles = [mt.fit_lse(X, Y, init=s, **kw) for s in starts]
+    n = X.shape[1]
+    single_ssr = torch.stack([f.fit_loss * n for f in singles], 1)  # (R, S)
+    # each problem of the batch is solved on its own: the batch changes sums over samples only
+    # by rounding (the same chunks here, n = 400), so the SSRs agree to 1e-12 relative
+    assert batched.n_starts == 4 and batched.start_ssr.shape == (3, 4)
+    assert torch.allclose(batched.start_ssr, single_ssr, rtol=1e-12, atol=0)
+    best = single_ssr.argmin(1)
+    assert torch.allclose(batched.fit_loss * n, single_ssr.min(1).values, rtol=1e-12, atol=0)
+    for r in range(3):
+        kept = singles[int(best[r])]
+        assert torch.allclose(batched.measure.gate_params[r], kept.measure.gate_params[r],
+                              atol=1e-9)
+        assert int(batched.n_iter[r]) == int(kept.n_iter[r])
+        assert batched.stop_reason[r] == kept.stop_reason[r]
+    # the starts disagree on this weakly identified fit (else the test shows nothing)
+    assert float((single_ssr.max(1).values - single_ssr.min(1).values).max()) > NU
+    spread = (single_ssr.max(1).values - single_ssr.min(1).values) / NU
+    assert torch.allclose(batched.ssr_spread, spread, rtol=1e-9)
+    near = (single_ssr - single_ssr.min(1, keepdim=True).values <= NU).sum(1)
+    assert torch.equal(batched.starts_near_best, near)
+    assert bool((batched.starts_near_best >= 1).all())
+
+
+def test_starts_read_the_data_in_place(monkeypatch, dense_relu):
+    """S starts are S * R problems of one batch over the R data sets, not S copies of X."""
+    from moe_theory.estimators import problem as problem_module
+
+    truth, X, Y, starts = dense_relu
+    calls = []
+    real = problem_module.moe_pass
+
+    def spy(X_, Y_, *args, rows=None, **kw):
+        calls.append((X_.data_ptr(), X_.shape[0], None if rows is None else rows.tolist()))
+        return real(X_, Y_, *args, rows=rows, **kw)
+
+    monkeypatch.setattr(problem_module, "moe_pass", spy)
+    mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=starts, max_iter=3, backend="torch")
+    first = calls[0]
+    assert first[0] == X.data_ptr() and first[1] == 3
+    assert first[2] == [r for _ in range(4) for r in range(3)]  # start-major
+
+
+def test_a_start_major_measure_batch_equals_the_list(dense_relu):
+    truth, X, Y, starts = dense_relu
+    drawn = [s.draw(3, "sigmoid") for s in starts]
+    batch = drawn[0].replace(torch.cat([m.gate_params for m in drawn]),
+                             torch.cat([m.expert_params for m in drawn]))
+    kw = dict(k=3, gate="sigmoid", expert="relu", max_iter=10)
+    a = mt.fit_lse(X, Y, init=starts, **kw)
+    b = mt.fit_lse(X, Y, init=batch, **kw)
+    assert torch.equal(a.start_ssr, b.start_ssr)
+    assert a.ssr_spread is None and a.starts_near_best is None  # no noise variance given
+
+
+def test_one_start_reports_one_start(dense_relu):
+    truth, X, Y, starts = dense_relu
+    fit = mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=starts[0], max_iter=5, noise_var=NU)
+    assert fit.n_starts == 1
+    assert torch.equal(fit.ssr_spread, torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(fit.starts_near_best, torch.ones(3, dtype=torch.long))
+
+
+def test_starts_depend_on_their_coordinates_only(dense_relu):
+    truth, X, Y, starts = dense_relu
+    # the same replication in another batch starts at the same points
+    whole = [s.draw(3, "sigmoid") for s in starts]
+    part = [s.draw(2, "sigmoid", rep_ids=[1, 2]) for s in starts]
+    for w, p in zip(whole, part, strict=True):
+        assert torch.equal(w.gate_params[1:], p.gate_params)
+    # and the extra starts are distinct from the near-truth one and from each other
+    centres = torch.stack([w.gate_params[0] for w in whole])
+    assert torch.unique(centres.reshape(4, -1), dim=0).shape[0] == 4
+    again = multi_start(truth, 3, seed=8, extra=3, start_jitter=0.3)
+    assert torch.equal(again[2].draw(3, "sigmoid").gate_params, whole[2].gate_params)
+
+
+def test_default_start_jitter_is_ten_times_the_jitter():
+    truth = mt.get_setting("small-dense-relu").truth()
+    starts = multi_start(truth, 3, jitter=0.02)
+    assert len(starts) == 5
+    assert [s.jitter for s in starts] == [0.02] + [0.2] * 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"extra": -1}, "starts"), ({"extra": 1.5}, "starts"), ({"start_jitter": 0.0}, "start_jitter"),
+     ({"start_jitter": float("nan")}, "start_jitter"), ({"jitter": -0.1}, "jitter")],
+)
+def test_bad_start_schemes_name_the_field(kwargs, field):
+    truth = mt.get_setting("small-dense-relu").truth()
+    with pytest.raises(ValueError, match=field):
+        multi_start(truth, 3, **kwargs)
+
+
+def test_bad_start_batches_name_init(dense_relu):
+    truth, X, Y, starts = dense_relu
+    with pytest.raises(ValueError, match="init: an empty list"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=[])
+    two = starts[0].draw(2, "sigmoid")
+    with pytest.raises(ValueError, match="init: a batch of starting measures"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=two)
+    with pytest.raises(ValueError, match="init: expected"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=[starts[0], "near"])
+
+
+def test_problem_data_rows_map_problems_to_data(dense_relu):
+    truth, X, Y, starts = dense_relu
+    rows = torch.tensor([2, 0, 2])
+    problem = LeastSquaresProblem(X, Y, "sigmoid", "linear", "relu", 3, "torch", rows)
+    theta = problem.pack(starts[0].draw(3, "sigmoid"))
+    own = LeastSquaresProblem(X[rows], Y[rows], "sigmoid", "linear", "relu", 3, "torch")
+    assert torch.allclose(problem.loss(theta), own.loss(theta), rtol=1e-13)
+    assert torch.equal(problem.data()[0], X[rows])
