@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,7 +54,8 @@ def collect(paths: list[str], timeout: float) -> tuple[list[str], str]:
     """Test ids under ``paths`` (``pytest --collect-only -q``) and pytest's output."""
     done = subprocess.run([*_PYTEST, "--collect-only", "-q", *paths], capture_output=True,
                           text=True, timeout=max(1.0, timeout), check=False)
-    ids = [line.strip() for line in done.stdout.splitlines() if "::" in line]
+    # test ids only: warnings in the listing can hold "::" too
+    ids = [line for line in done.stdout.splitlines() if re.match(r"\S+\.py::", line)]
     outside = [i for i in ids if not Path(i.split("::")[0]).is_file()]
     if outside:
         raise ValueError(f"paths: must lie under the working folder; {outside[0]} is not a file "

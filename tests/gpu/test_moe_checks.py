@@ -36,7 +36,8 @@ def _skip_unsupported(score: str, d: int, k: int, dtype: torch.dtype) -> None:
         pytest.skip(reason)
 
 
-@pytest.mark.parametrize(("model", "run"), itertools.product(bench.CHECK_COMBOS, bench.CHECK_RUNS),
+@pytest.mark.parametrize(("model", "run"),
+                         list(itertools.product(bench.CHECK_COMBOS, bench.CHECK_RUNS)),
                          ids=lambda v: "-".join(map(str, v)))
 def test_every_model(model: tuple[str, str, str], run: tuple[str, bool]):
     gate, score, expert = model
