@@ -1,41 +1,35 @@
 """moe-theory: verify by simulation that sigmoid-gated mixtures of experts estimate their experts
-with fewer samples than softmax-gated ones (SPEC section 7 is the stable interface).
+with fewer samples than softmax-gated ones (docs/theory.md#public-interface is the stable
+interface).
 
-Names are resolved on first use, so that ``kernels`` can import ``moe_theory.models`` without
-pulling in the estimators that import ``kernels`` back.
+The public names below, and the submodules they live in (``mt.models``, ``mt.measure``,
+``mt.sweep``, ...), are imported here; the plotting and report modules, which load matplotlib, are
+imported where used (``from moe_theory import plotting``).
 """
 
-from importlib import import_module
+from moe_theory import attention_moe, models
+from moe_theory.config import load_config, parse_config
+from moe_theory.data import sample
+from moe_theory.estimators import FitResult, SGDProtocol, fit_lse, objective
+from moe_theory.initialization import near_truth, random_init
+from moe_theory.measure import MixingMeasure
+from moe_theory.population import population_lse, reference_measure
+from moe_theory.settings import Setting, get_setting, list_settings, register
+from moe_theory.store import load_results, merge
+from moe_theory.sweep import run_sweep
+from moe_theory.theory import predicted_rate, theory_table
+from moe_theory.threads import apply_thread_default
+from moe_theory.voronoi import voronoi_cells, voronoi_loss
+
+# small batched fits run fastest on one torch thread: set once here, for the CLI, scripts and
+# notebooks alike (moe_theory.threads says how to override it)
+apply_thread_default()
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "load_config": "config", "parse_config": "config",
-    "sample": "data",
-    "FitResult": "estimators", "SGDProtocol": "estimators", "fit_lse": "estimators",
-    "objective": "estimators",
-    "near_truth": "initialization", "random_init": "initialization",
-    "MixingMeasure": "measure",
-    "population_lse": "population", "reference_measure": "population",
-    "Setting": "settings", "get_setting": "settings", "list_settings": "settings",
-    "register": "settings",
-    "load_results": "sweep", "merge": "sweep", "run_sweep": "sweep",
-    "predicted_rate": "theory", "theory_table": "theory",
-    "voronoi_cells": "voronoi", "voronoi_loss": "voronoi",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(f"moe_theory.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    try:
-        return import_module(f"moe_theory.{name}")
-    except ModuleNotFoundError:
-        raise AttributeError(f"module 'moe_theory' has no attribute {name!r}") from None
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [
+    "FitResult", "MixingMeasure", "SGDProtocol", "Setting", "attention_moe", "fit_lse", "get_setting",
+    "list_settings", "load_config", "load_results", "merge", "models", "near_truth", "objective",
+    "parse_config", "population_lse", "predicted_rate", "random_init", "reference_measure",
+    "register", "run_sweep", "sample", "theory_table", "voronoi_cells", "voronoi_loss",
+]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.attention.torch_attention import sigmoid_attention_reference
 from moe_theory import models
 from moe_theory.measure import MixingMeasure
 from moe_theory.validation import check_finite, check_positive_int
@@ -169,8 +170,6 @@ def attention_rows(
     when narrower (the reference needs one D; the padding leaves the output's first ``D_v``
     columns unchanged).
     """
-    from kernels.attention.torch_attention import sigmoid_attention_reference
-
     models.check_gate(gate)
     _, D = check_projections(W_Q, W_K, W_V)
     if not isinstance(X, torch.Tensor) or X.dim() != 3 or X.shape[1] < 1:

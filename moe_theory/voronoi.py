@@ -141,8 +141,3 @@ def _parameter_error(fitted: MixingMeasure, cells: Cells, kind: str) -> torch.Te
     masked = torch.where(mask, err, torch.full_like(err, -1.0)).amax(-1)
     return torch.where(masked < 0, nan[:, 0], masked)
 
-
-def all_losses(
-    fitted: MixingMeasure, reference: MixingMeasure, kinds: tuple[str, ...], *, r: float = DEFAULT_R
-) -> dict[str, torch.Tensor]:
-    return {kind: voronoi_loss(fitted, reference, kind, r=r) for kind in kinds}

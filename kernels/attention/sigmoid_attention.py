@@ -12,6 +12,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -136,9 +137,23 @@ def _coefficients(args: AttentionArgs, fast: bool) -> torch.Tensor:
     return coef
 
 
-def _compute_dtype(dtype: torch.dtype) -> Any:
-    import triton.language as tl
+@functools.cache
+def _triton() -> SimpleNamespace:
+    """The Triton side: ``tl``, ``TensorDescriptor`` and :mod:`kernels.attention.triton_kernels`.
 
+    The one place this module imports triton, on the first launch: it is optional (a CPU install
+    runs the dense reference), and its import (~0.7 s) is paid only by a process that launches.
+    """
+    import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from kernels.attention import triton_kernels
+
+    return SimpleNamespace(tl=tl, TensorDescriptor=TensorDescriptor, kernels=triton_kernels)
+
+
+def _compute_dtype(dtype: torch.dtype) -> Any:
+    tl = _triton().tl
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
@@ -167,8 +182,7 @@ def _streamed(
     # The interpreter reads descriptors of CPU tensors too, which lets CI test this path.
     if not (cfg.tma and (a.is_cuda or interpreting()) and aligned(a) and aligned(b)):
         return a, b, {"USE_TMA": False}
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
+    TensorDescriptor = _triton().TensorDescriptor
     block = [1, 1, block_rows, a.shape[-1]]
     return (
         TensorDescriptor.from_tensor(a, block_shape=block),
@@ -219,8 +233,7 @@ def attention_forward(
     lse : torch.Tensor
         ``(B, H, N_q)`` base-2 log-sum-exp in gate units for softmax; empty for sigmoid.
     """
-    from kernels.attention.triton_kernels import _attn_fwd_kernel
-
+    _attn_fwd_kernel = _triton().kernels._attn_fwd_kernel
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
     batch, heads, n_q, head_dim = q.shape
     n_k = k.shape[2]
@@ -294,8 +307,7 @@ def attention_backward(
     tuple of torch.Tensor
         ``(dq, dk, dv)`` shaped like ``(q, k, v)``.
     """
-    from kernels.attention.triton_kernels import _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
-
+    kernels = _triton().kernels
     q, k, v, grad_out = (_unit_last_stride(t) for t in (q, k, v, grad_out))
     batch, heads, n_q, head_dim = q.shape
     n_k = k.shape[2]
@@ -318,7 +330,7 @@ def attention_backward(
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3])
     cfg = configs.dkdv
     q_src, do_src, stream = _streamed(q, grad_out, cfg.block_m, cfg)
-    _attn_bwd_dkdv_kernel[_grid(_cdiv(n_k, cfg.block_n), batch * heads)](
+    kernels._attn_bwd_dkdv_kernel[_grid(_cdiv(n_k, cfg.block_n), batch * heads)](
         q_src, k, v, do_src, lse_arg, delta_arg, dk, dv, coef, *strides, heads, batch * heads,
         n_q, n_k,
         HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
@@ -326,7 +338,7 @@ def attention_backward(
     )
     cfg = configs.dq
     k_src, v_src, stream = _streamed(k, v, cfg.block_n, cfg)
-    _attn_bwd_dq_kernel[_grid(_cdiv(n_q, cfg.block_m), batch * heads)](
+    kernels._attn_bwd_dq_kernel[_grid(_cdiv(n_q, cfg.block_m), batch * heads)](
         q, k_src, v_src, grad_out, lse_arg, delta_arg, dq, coef, *strides, heads, batch * heads,
         n_q, n_k,
         HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
@@ -512,7 +524,8 @@ def sigmoid_attention(
     precise: bool = True,
     gate: str = "sigmoid",
 ) -> torch.Tensor:
-    """Sigmoid attention ``O = sigmoid(Q K^T * scale + b) V`` (SPEC 6), fused, with autograd.
+    """Sigmoid attention ``O = sigmoid(Q K^T * scale + b) V``, fused, with autograd
+    (docs/kernels.md#sigmoid-attention).
 
     Parameters
     ----------

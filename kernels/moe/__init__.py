@@ -6,24 +6,40 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import functools
 import itertools
+import multiprocessing as mp
 import os
+from types import ModuleType
 
 import torch
 
+from kernels.moe.model import Expert, check_expert, gate_dim
 from kernels.moe.torch_pass import MoEPass, n_free_gates
 from kernels.moe.torch_pass import moe_pass as reference_moe_pass
-from moe_theory.models import Expert
 
 BACKENDS = ("auto", "torch", "triton")
 
 
-def triton_available() -> bool:
+@functools.cache
+def _triton_pass() -> ModuleType | None:
+    """:mod:`kernels.moe.triton_pass`, or None without triton.
+
+    The one place this package imports triton: it is optional (a CPU install runs the PyTorch
+    reference only), and its import (~0.7 s) is paid only by a process that launches a kernel.
+    """
     try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        from kernels.moe import triton_pass
+    except ImportError as err:
+        if err.name != "triton" and not (err.name or "").startswith("triton."):
+            raise
+        return None
+    return triton_pass
+
+
+def triton_available() -> bool:
+    return _triton_pass() is not None
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -69,16 +85,15 @@ def moe_pass(
     ``gram_features`` in place, the reference takes copies.
     """
     if resolve_backend(backend, X.device) == "triton":
-        from kernels.moe.triton_pass import triton_moe_pass, unsupported_reason
-
-        if backend == "auto" and unsupported_reason(score, X.shape[-1], gate_params.shape[1],
-                                                    X.dtype, X.device):
+        tp = _triton_pass()
+        if backend == "auto" and tp.unsupported_reason(score, X.shape[-1], gate_params.shape[1],
+                                                       X.dtype, X.device):
             return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                                       expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
                                       gram_features=gram_features, rows=rows)
-        return triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
-                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
-                               gram_features=gram_features, rows=rows)
+        return tp.triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
+                                  expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
+                                  gram_features=gram_features, rows=rows)
     return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
                               gram_features=gram_features, rows=rows)
@@ -86,22 +101,20 @@ def moe_pass(
 
 def _compile_one(job: tuple[str, str, str, int, int, str]) -> None:
     gate, score, expert, d, k, dtype_name = job
-    from kernels.moe.triton_pass import triton_moe_pass, unsupported_reason
-    from moe_theory import models
-
+    tp = _triton_pass()
     dtype, device = getattr(torch, dtype_name), torch.device("cuda")
-    if unsupported_reason(score, d, k, dtype, device):
+    if tp.unsupported_reason(score, d, k, dtype, device):
         return
-    ex = models.get_expert(expert)
+    ex = Expert(check_expert(expert))
     X = torch.zeros(1, 64, d, dtype=dtype, device=device)
-    gp = torch.zeros(1, k, models.gate_dim(score, d), dtype=dtype, device=device)
+    gp = torch.zeros(1, k, gate_dim(score, d), dtype=dtype, device=device)
     ep = torch.zeros(1, k, ex.dim(d), dtype=dtype, device=device)
     # the launches a Levenberg-Marquardt iteration makes: Gauss-Newton, loss only, each on all
     # problems or on a subset read in place
     for jacobian, rows in itertools.product((True, False), (None, torch.zeros(1, dtype=torch.long,
                                                                                 device=device))):
-        triton_moe_pass(X, X[..., 0], gp, ep, gate=gate, score=score, expert=ex,
-                        jacobian=jacobian, rows=rows)
+        tp.triton_moe_pass(X, X[..., 0], gp, ep, gate=gate, score=score, expert=ex,
+                           jacobian=jacobian, rows=rows)
     torch.cuda.synchronize()
 
 
@@ -111,9 +124,6 @@ def precompile(jobs: list[tuple[str, str, str, int, int]], dtype: torch.dtype = 
     processes, into Triton's on-disk cache, while the caller goes on (a cold start otherwise
     compiles them one after another inside the first fits: ~18 s for N24's four curves on an
     H100). Failures are left for the real call to report."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
     jobs = sorted(set(jobs))
     if not jobs or not torch.cuda.is_available() or not triton_available():
         return

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from kernels.memory import available_cuda_memory
-from moe_theory import models
+from kernels.moe.model import Expert, check_expert, n_free_gates, score_has_quadratic
 
 #: Bytes the ``W`` and ``V`` chunks may take together (as ``JACOBIAN_CHUNK_BYTES`` for ``J``).
 CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
@@ -35,12 +35,12 @@ CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
 def applies(score: str) -> bool:
     """Whether ``J^T J`` takes the Gram route: scores without quadratic features, whose gate and
     expert columns share the features ``[x, 1]``."""
-    return not models.score_has_quadratic(score)
+    return not score_has_quadratic(score)
 
 
 def n_roles(gate: str, k: int) -> int:
     """Rows of ``U``: the free gates' ``df/ds``, then every atom's ``df/dz``."""
-    return (k - 1 if models.check_gate(gate) == "softmax" else k) + k
+    return n_free_gates(gate, k) + k
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def pair_positions(v: np.ndarray, size: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def tables(gate: str, expert: str, d: int, k: int) -> Tables:
-    ex = models.get_expert(expert)
+    ex = Expert(check_expert(expert))
     m = n_roles(gate, k)
     kf = m - k
     # Reference layout (kernels/moe/torch_pass.py): gate atom i = [beta0, beta1 (d)], expert atom

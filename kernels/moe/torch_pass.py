@@ -1,4 +1,4 @@
-"""PyTorch reference for the batched MoE least-squares pass (KERNELS.md section 1).
+"""PyTorch reference for the batched MoE least-squares pass (docs/kernels.md#moe-pass).
 
 This is the test oracle for the Triton kernels and the CPU path of the estimator. One call streams
 the data of R independent problems in sample chunks and returns, per problem, the sum of squared
@@ -18,8 +18,13 @@ from typing import NamedTuple
 import torch
 
 from kernels.moe import gram
-from moe_theory import models
-from moe_theory.models import Expert
+from kernels.moe.model import (
+    Expert,
+    expert_features,
+    gate_probabilities,
+    n_free_gates,
+    score_features,
+)
 
 #: Bytes a chunk of the Jacobian may take; n = 10^6 samples then costs no more memory than 10^3.
 #: A GPU has room for larger chunks, and fewer, larger matrix products run closer to its peak.
@@ -34,10 +39,6 @@ class MoEPass(NamedTuple):
     jtj: torch.Tensor | None
 
 
-def n_free_gates(gate: str, k: int) -> int:
-    return k - 1 if models.check_gate(gate) == "softmax" else k
-
-
 def _chunk_size(R: int, p: int, itemsize: int, n: int, device: torch.device) -> int:
     budget = JACOBIAN_CHUNK_BYTES.get(device.type, JACOBIAN_CHUNK_BYTES["cpu"])
     return max(1, min(n, budget // max(1, 4 * R * p * itemsize)))
@@ -45,11 +46,11 @@ def _chunk_size(R: int, p: int, itemsize: int, n: int, device: torch.device) -> 
 
 def _chunk_terms(Xc, gate_params, expert_params, gate, score, expert: Expert):
     """Features, gate values, expert values and ``f`` on one chunk of samples."""
-    Fg = models.score_features(Xc, score)
-    Fe = models.expert_features(Xc, expert)
+    Fg = score_features(Xc, score)
+    Fe = expert_features(Xc, expert)
     scores = torch.einsum("rnq,rkq->rnk", Fg, gate_params)
     z = torch.einsum("rnq,rkq->rnk", Fe, expert_params)
-    pi = models.gate_probabilities(scores, gate)
+    pi = gate_probabilities(scores, gate)
     h, dh = expert.value_and_derivative(z)
     f = (pi * h).sum(-1)
     return Fg, Fe, pi, h, dh, f

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.moe.gram import applies, pair_positions, tables
+from kernels.moe.gram import applies, pair_positions, role_pairs, tables
 
 #: Partial sums may take at most this many bytes; the sample splits ``T`` shrink to fit.
 PARTIAL_BYTES = 2 * 2**30
@@ -274,8 +274,6 @@ def role_pair_products(U: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     R, m, n = U.shape
     c = stop - start
     if m > PAIR_KERNEL_MAX_ROLES:
-        from kernels.moe.gram import role_pairs
-
         return role_pairs(U[:, :, start:stop])
     U = U.contiguous()
     W = _empty((R, m * (m + 1) // 2, c), dtype=U.dtype, device=U.device)
