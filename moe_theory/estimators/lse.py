@@ -1,50 +1,86 @@
-"""The least-squares estimator ``G_hat = argmin_G sum_t (y_t - f_G(x_t))^2`` (SPEC section 3)."""
+"""The least-squares estimator ``G_hat = argmin_{G in Theta} sum_t (y_t - f_G(x_t))^2``
+(docs/theory.md#estimator), over a box ``Theta`` (docs/theory.md#compact-parameter-set), from one
+or several starts per replication (docs/theory.md#multi-start)."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from kernels.moe import BACKENDS, moe_pass, resolve_backend
 from moe_theory import models
+from moe_theory.estimators.bounds import Bounds, at_bound, resolve_bounds
 from moe_theory.estimators.first_order import SGDProtocol, adam, lbfgs, sgd_paper
-from moe_theory.estimators.levenberg_marquardt import StopRule, levenberg_marquardt
+from moe_theory.estimators.levenberg_marquardt import (
+    STOP_TESTS,
+    StopRule,
+    levenberg_marquardt,
+    stop_reason,
+)
 from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.estimators.scipy_baseline import scipy_least_squares
 from moe_theory.initialization import NearTruth, RandomInit, random_init
 from moe_theory.measure import MixingMeasure
-from moe_theory.validation import check_choice, check_data, check_positive_int
+from moe_theory.validation import (
+    check_choice,
+    check_data,
+    check_positive_float,
+    check_positive_int,
+)
 
 ALGORITHMS = ("lm", "lbfgs", "adam", "sgd-paper")
 FIT_BACKENDS = BACKENDS + ("scipy",)
 #: Parameters, Gauss-Newton blocks and the damped solves stay in float64 whatever the data's
 #: dtype: float32 data (the GPU kernels' fast path) then only rounds the passes over the data.
 PARAM_DTYPE = torch.float64
-#: SPEC section 3: a fit is certified when its loss is no worse than the reference's, to rounding.
+#: docs/theory.md#estimator: a fit is certified when its loss is no worse than the reference's,
+#: to rounding.
 CERTIFY_RTOL = 1e-9
 
 
 @dataclass
 class FitResult:
-    """Per-replication outcome of :func:`fit_lse`.
+    """Per-replication outcome of :func:`fit_lse`; every per-fit quantity is the kept start's.
 
     Attributes
     ----------
     measure : fitted measures, R of them
-    n_iter, converged : (R,)
+    n_iter : (R,) iterations of the kept start
+    converged : (R,) stopped on a tolerance test (``stop_reason == "tolerance"``)
+    stop_reason : R of ``tolerance``, ``max_iter``, ``non_finite`` (docs/theory.md#stopping-rule)
+    stop_test : R of the finer test that stopped the fit, from
+        :data:`~moe_theory.estimators.levenberg_marquardt.STOP_TESTS` (``damping`` apart)
     fit_loss : (R,) mean squared residual at the fit
     ref_loss : (R,) mean squared residual at the reference measure, or None without one
     certified : (R,) ``fit_loss <= ref_loss * (1 + 1e-9)``; None without a reference
+    bound_active : (R,) some parameter of the fit sits on a face of the box (False unbounded)
+    proj_grad_max : (R,) max-norm of the projected gradient of the mean squared residual
+    n_starts : starts per replication, S
+    start_ssr : (R, S) sum of squared residuals reached from each start
+    ssr_spread : (R,) ``(max - min)`` of ``start_ssr`` over the starts, over the noise variance
+        (inf when a start ended non-finite); None when ``noise_var`` is not given
+    starts_near_best : (R,) starts whose SSR is within the noise variance of the best; None
+        when ``noise_var`` is not given
     """
 
     measure: MixingMeasure
     n_iter: torch.Tensor
     converged: torch.Tensor
+    stop_reason: list[str]
+    stop_test: list[str]
     fit_loss: torch.Tensor
     ref_loss: torch.Tensor | None
     certified: torch.Tensor | None
+    bound_active: torch.Tensor
+    proj_grad_max: torch.Tensor
+    n_starts: int
+    start_ssr: torch.Tensor
+    ssr_spread: torch.Tensor | None
+    starts_near_best: torch.Tensor | None
     wall_s: float
     algorithm: str
     backend: str
@@ -63,6 +99,9 @@ def objective(X: torch.Tensor, Y: torch.Tensor, measure: MixingMeasure, backend:
     return out.loss.double() / X.shape[1]
 
 
+Init = NearTruth | RandomInit | MixingMeasure
+
+
 def fit_lse(
     X: torch.Tensor,
     Y: torch.Tensor,
@@ -71,10 +110,12 @@ def fit_lse(
     expert: str,
     score: str = "linear",
     *,
-    init: NearTruth | RandomInit | MixingMeasure | None = None,
+    init: Init | Sequence[Init] | None = None,
     algorithm: str = "lm",
     backend: str = "auto",
     reference: MixingMeasure | None = None,
+    bounds: Bounds | tuple[torch.Tensor, torch.Tensor] | None = None,
+    noise_var: float | None = None,
     max_iter: int = 200,
     ftol: float = 1e-10,
     gtol: float = 1e-10,
@@ -82,19 +123,32 @@ def fit_lse(
     sgd: SGDProtocol | None = None,
     rep_ids: list[int] | None = None,
 ) -> FitResult:
-    """Least-squares fit of a k-atom MoE to each of R data sets at once.
+    """Least-squares fit of a k-atom MoE to each of R data sets at once, from S starts each.
 
     Parameters
     ----------
     X : (R, n, d)
     Y : (R, n)
     k : fitted number of atoms
-    gate, expert, score : the fitted model (SPEC section 1)
-    init : :func:`~moe_theory.near_truth`, :func:`~moe_theory.random_init` (the best of its starts
-        is kept per replication), or explicit starting measures; default ``random_init()``
+    gate, expert, score : the fitted model (docs/theory.md#gates-scores-and-experts)
+    init : the starts. One of :func:`~moe_theory.near_truth` (R starts),
+        :func:`~moe_theory.random_init` (``n_starts * R``), a measure (1, R or ``S * R`` of them),
+        or a list of these, concatenated in order. Starts are **start-major**: row ``s * R + r``
+        is start s of replication r. All ``S * R`` problems are fitted in one batch that reads
+        each replication's data in place, and the start with the lowest sum of squared residuals
+        is kept per replication (the first on a tie). Default ``random_init()``.
     algorithm : ``lm`` (default), ``lbfgs``, ``adam`` or ``sgd-paper``
     backend : ``auto``, ``torch``, ``triton`` or ``scipy`` (one problem at a time, LM-type)
     reference : the measure to certify against (``G*`` where representable, else ``G_bar``)
+    bounds : the box ``Theta`` (docs/theory.md#compact-parameter-set): a
+        :class:`~moe_theory.estimators.bounds.Bounds` (see
+        :func:`~moe_theory.estimators.bounds.box_bounds`), packed ``(lo, hi)`` of shape ``(p,)``
+        or ``(R, p)`` in the layout of
+        :class:`~moe_theory.estimators.problem.LeastSquaresProblem`, or None (no box: the
+        iterates are those of the unbounded solver, bit for bit). Starts outside the box are
+        clamped into it. ``lbfgs`` takes no box.
+    noise_var : the noise variance ``nu``, the unit of ``ssr_spread`` and ``starts_near_best``
+        (None: those are None)
     max_iter, ftol, gtol, xtol : stopping rule, see
         :class:`~moe_theory.estimators.levenberg_marquardt.StopRule`
     rep_ids : the replications' global numbers, so that a near-truth start depends on the
@@ -107,58 +161,61 @@ def fit_lse(
     check_choice("algorithm", algorithm, ALGORITHMS)
     check_choice("backend", backend, FIT_BACKENDS)
     check_data(X, Y)
-    if isinstance(init, NearTruth) and init.reference.d != X.shape[-1]:
-        raise ValueError(f"init: the truth has d = {init.reference.d} but X has d = {X.shape[-1]}")
     if reference is not None and reference.d != X.shape[-1]:
         raise ValueError(f"reference: has d = {reference.d} but X has d = {X.shape[-1]}")
     if gate == "softmax" and k < 2:
         raise ValueError("k: a softmax fit needs k >= 2 (one atom is pinned)")
-    stop = StopRule(check_positive_int("max_iter", max_iter), float(ftol), float(gtol), float(xtol))
+    if noise_var is not None:
+        noise_var = check_positive_float("noise_var", noise_var)
+    stop = StopRule(check_positive_int("max_iter", max_iter), ftol, gtol, xtol)
     # the kernels keep their own fallback for shapes they do not take: pass ``auto`` through
     kernel_backend = "torch" if backend == "scipy" else backend
     resolved = "scipy" if backend == "scipy" else resolve_backend(backend, X.device)
-    R = X.shape[0]
+    R, d = X.shape[0], X.shape[-1]
     start = time.perf_counter()
 
-    init = random_init() if init is None else init
-    if isinstance(init, RandomInit):
-        starts = init.draw(R, gate, k=k, score=score, expert=expert, d=X.shape[-1],
-                           device=X.device, dtype=PARAM_DTYPE)
-        n_starts = init.n_starts
-        Xs, Ys = X.repeat(n_starts, 1, 1), Y.repeat(n_starts, 1)
-    else:
-        starts = init if isinstance(init, MixingMeasure) else init.draw(
-            R, gate, rep_ids=rep_ids, device=X.device, dtype=PARAM_DTYPE)
-        n_starts, Xs, Ys = 1, X, Y
-        if (starts.gate, starts.score, starts.expert, starts.k) != (gate, score, expert, k):
-            raise ValueError(
-                f"init: starting measures are ({starts.gate}, {starts.score}, {starts.expert}, "
-                f"k={starts.k}) but the fit asks for ({gate}, {score}, {expert}, k={k})")
-        if starts.R == 1 and R > 1:
-            starts = starts.repeat(R)
-        starts = starts.to(device=X.device, dtype=PARAM_DTYPE)
-
-    problem = LeastSquaresProblem(Xs, Ys, gate, score, expert, k, kernel_backend)
+    starts = _starting_measures(random_init() if init is None else init, R, gate, score, expert,
+                                k, d, rep_ids, X.device)
+    S = starts.R // R
+    # start-major problems: problem s * R + r fits replication r's data, read in place
+    data_rows = None if S == 1 else torch.arange(S * R, device=X.device) % R
+    problem = LeastSquaresProblem(X, Y, gate, score, expert, k, kernel_backend, data_rows)
+    box = resolve_bounds(bounds, score=score, expert=expert, d=d, k_free=problem.k_free, k=k, R=R,
+                         device=X.device)
     theta0 = problem.pack(starts)
+    if box is not None:
+        if algorithm == "lbfgs" and backend != "scipy":
+            raise ValueError("bounds: algorithm 'lbfgs' takes no box (a projection would break "
+                             "its curvature pairs); use 'lm' or 'adam', or no bounds")
+        box = (box[0].repeat(S, 1), box[1].repeat(S, 1))
+        theta0 = torch.minimum(torch.maximum(theta0, box[0]), box[1])
     if backend == "scipy":
-        out = scipy_least_squares(problem, theta0, stop)
+        out = scipy_least_squares(problem, theta0, stop, box=box)
     elif algorithm == "lm":
-        out = levenberg_marquardt(problem, theta0, stop)
+        out = levenberg_marquardt(problem, theta0, stop, box=box)
     elif algorithm == "adam":
-        out = adam(problem, theta0, stop)
+        out = adam(problem, theta0, stop, box=box)
     elif algorithm == "lbfgs":
         out = lbfgs(problem, theta0, stop)
     else:
-        out = sgd_paper(problem, theta0, sgd or SGDProtocol())
+        out = sgd_paper(problem, theta0, sgd or SGDProtocol(), box=box)
 
-    theta, loss, n_iter, converged = out.theta, out.loss, out.n_iter, out.converged
-    if n_starts > 1:
-        # start-major rows: pick, per replication, the start with the lowest loss
-        best = loss.view(n_starts, R).argmin(0)
-        pick = best * R + torch.arange(R, device=best.device)
-        theta, loss, n_iter, converged = theta[pick], loss[pick], n_iter[pick], converged[pick]
+    # a start that ended non-finite never wins, and counts as infinitely far from the best
+    ssr = out.loss.view(S, R)
+    ssr = torch.where(torch.isfinite(ssr), ssr, math.inf)
+    pick = torch.arange(R, device=ssr.device)
+    if S > 1:
+        pick = ssr.argmin(0) * R + pick
+    theta = out.theta[pick]
+    box = None if box is None else (box[0][pick], box[1][pick])
+    ssr_spread = starts_near_best = None
+    if noise_var is not None:
+        best = ssr.amin(0)
+        ssr_spread = (ssr.amax(0) - best) / noise_var
+        starts_near_best = (ssr - best <= noise_var).sum(0)
+    tests = [STOP_TESTS[i] for i in out.stop[pick].tolist()]
     fitted = LeastSquaresProblem(X, Y, gate, score, expert, k, kernel_backend).measure(theta)
-    fit_loss = loss / X.shape[1]
+    fit_loss = out.loss[pick] / X.shape[1]
     ref_loss = certified = None
     if reference is not None:
         ref_loss = objective(X, Y, reference, kernel_backend)
@@ -168,7 +225,48 @@ def fit_lse(
     if X.device.type == "cuda":
         torch.cuda.synchronize(X.device)
     return FitResult(
-        measure=fitted, n_iter=n_iter, converged=converged, fit_loss=fit_loss, ref_loss=ref_loss,
-        certified=certified, wall_s=time.perf_counter() - start, algorithm=algorithm,
-        backend=resolved, device=str(X.device),
+        measure=fitted, n_iter=out.n_iter[pick], converged=out.converged[pick],
+        stop_reason=[stop_reason(t) for t in tests], stop_test=tests, fit_loss=fit_loss,
+        ref_loss=ref_loss, certified=certified, bound_active=at_bound(theta, box),
+        proj_grad_max=out.proj_grad_max[pick], n_starts=S, start_ssr=out.loss.view(S, R).T,
+        ssr_spread=ssr_spread, starts_near_best=starts_near_best,
+        wall_s=time.perf_counter() - start, algorithm=algorithm, backend=resolved,
+        device=str(X.device),
     )
+
+
+def _starting_measures(init: Init | Sequence[Init], R: int, gate: str, score: str, expert: str,
+                       k: int, d: int, rep_ids: list[int] | None, device: torch.device
+                       ) -> MixingMeasure:
+    """The ``S * R`` starting measures of :func:`fit_lse`, start-major, float64 on ``device``."""
+    parts = list(init) if isinstance(init, (list, tuple)) else [init]
+    if not parts:
+        raise ValueError("init: an empty list of starts")
+    blocks = []
+    for part in parts:
+        if isinstance(part, RandomInit):
+            m = part.draw(R, gate, k=k, score=score, expert=expert, d=d, device=device,
+                          dtype=PARAM_DTYPE)
+        elif isinstance(part, NearTruth):
+            if part.reference.d != d:
+                raise ValueError(f"init: the truth has d = {part.reference.d} but X has d = {d}")
+            m = part.draw(R, gate, rep_ids=rep_ids, device=device, dtype=PARAM_DTYPE)
+        elif isinstance(part, MixingMeasure):
+            m = part
+            if m.R == 1 and R > 1:
+                m = m.repeat(R)
+            if m.R % R:
+                raise ValueError(f"init: a batch of starting measures needs 1, R = {R} or a "
+                                 f"multiple S * R of them (start-major), got {m.R}")
+        else:
+            raise ValueError(f"init: expected near_truth(...), random_init(...), a MixingMeasure "
+                             f"or a list of them, got {type(part).__name__}")
+        if (m.gate, m.score, m.expert, m.k, m.d) != (gate, score, expert, k, d):
+            raise ValueError(
+                f"init: starting measures are ({m.gate}, {m.score}, {m.expert}, k={m.k}, "
+                f"d={m.d}) but the fit asks for ({gate}, {score}, {expert}, k={k}, d={d})")
+        blocks.append(m.to(device=device, dtype=PARAM_DTYPE))
+    if len(blocks) == 1:
+        return blocks[0]
+    return blocks[0].replace(torch.cat([m.gate_params for m in blocks]),
+                             torch.cat([m.expert_params for m in blocks]))
