@@ -1,4 +1,5 @@
-"""Single-head self-attention written as a quadratic-gating mixture of experts (A24; SPEC 6).
+"""Single-head self-attention written as a quadratic-gating mixture of experts
+(A24; docs/theory.md#attention-rows-as-moe).
 
 With ``x_bar = vec(X)`` the ``N d`` concatenated tokens of a sequence ``X`` (N x d) and ``E_j`` the
 ``d x Nd`` selector with ``E_j x_bar = x_j``, row ``i`` of attention is
@@ -7,8 +8,9 @@ With ``x_bar = vec(X)`` the ``N d`` concatenated tokens of a sequence ``X`` (N x
     ``M_ij = E_i^T W_Q W_K^T E_j * scale``,
 
 an MoE over ``x_bar`` with N atoms ``j``: quadratic gating scores (a quadratic form plus a
-constant, the *monomial* score of SPEC 1) and linear experts ``W_V^T E_j``. The sigmoid gate acts
-on each score alone; softmax normalises the N scores of a row (the constant ``b`` then cancels).
+constant, the *monomial* score of docs/theory.md#gates-scores-and-experts) and linear experts
+``W_V^T E_j``. The sigmoid gate acts on each score alone; softmax normalises the N scores of a row
+(the constant ``b`` then cancels).
 Each output coordinate of a row is therefore one scalar :class:`~moe_theory.measure.MixingMeasure`
 of the package, which :meth:`AttentionMoE.row_measure` builds, so the identity can be checked
 against the package's own regression function as well as against the attention reference.
@@ -120,7 +122,8 @@ def attention_as_moe(
     bias: float | None = None,
     scale: float | None = None,
 ) -> AttentionMoE:
-    """The quadratic-gating MoE of single-head attention on sequences of length N (SPEC 6).
+    """The quadratic-gating MoE of single-head attention on sequences of length N
+    (docs/theory.md#attention-rows-as-moe).
 
     Parameters
     ----------
