@@ -1,0 +1,69 @@
+"""What a person reads from the CLI: table headers and columns, --json, and help for every option."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from moe_theory.cli import build_parser, main
+from moe_theory.config import named_configs
+from moe_theory.reproduce import EXPERIMENTS
+from moe_theory.settings import list_settings
+from moe_theory.theory import theory_table
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command, header, rows", [
+    ("settings", ["setting", "truth", "score", "expert", "regime", "d", "k*", "k", "description"],
+     len(list_settings())),
+    ("theory", ["fit", "score", "regime", "expert", "loss", "exponent", "rate", "source"],
+     len(theory_table())),
+])
+def test_table_has_a_header_and_aligned_columns(capsys, command, header, rows):
+    assert main([command]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == header
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert len(lines) == rows + 2
+    # every column starts where its header does: the cell before it ends with two spaces
+    starts = [i for i in range(1, len(lines[1])) if lines[1][i] == "-" and lines[1][i - 1] == " "]
+    for line in lines[2:]:
+        for start in starts:
+            assert line[start - 2:start] == "  " and line[start] != " ", (line, start)
+
+
+@pytest.mark.parametrize("command, rows", [("settings", len(list_settings())),
+                                           ("theory", len(theory_table()))])
+def test_json_parses(capsys, command, rows):
+    assert main([command, "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == rows and all(isinstance(r, dict) for r in records)
+
+
+def test_every_option_has_help_and_lists_its_choices():
+    for name, parser in subparsers().items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            label = action.option_strings or [action.dest]
+            assert action.help and action.help != argparse.SUPPRESS, f"{name} {label}: no help"
+            for choice in action.choices or ():
+                assert choice in text, f"{name} {label}: choice {choice!r} not in the help"
+
+
+def test_reproduce_help_lists_every_figure():
+    text = subparsers()["reproduce"].format_help().replace("\n", " ")
+    text = " ".join(text.split())
+    for name in named_configs() + list(EXPERIMENTS):
+        assert name in text
+
+
+def test_top_level_help_has_no_rst_markup():
+    assert "``" not in build_parser().format_help()
