@@ -2,22 +2,23 @@
 
 ``python -m benchmarks gpu-tests [--procs N] [--deadline 540] [--out PATH] [--log DIR] [PATHS...]``
 (default paths ``tests/kernels tests/gpu``, which must lie under the working folder: run it from
-the repository root). On a GPU every oddly sized test shape compiles its
-own Triton kernels, so ``tests/kernels`` in one process outlasts a 600 s session; compilation is
-CPU work, so dealing the test ids round-robin over processes divides the time. Each part prints
-its counts and failures as it ends. ``--deadline`` bounds everything, collection included: parts
-still running then are stopped: the test each was in counts as timed out, the ones after it as
-not run.
+the repository root). On a GPU every oddly sized test shape compiles its own Triton kernels, so
+``tests/kernels`` in one process outlasts a 600 s session; compilation is CPU work, so dealing
+the test ids round-robin over processes divides the time (taking the files in turn, so that a
+deadline cuts every file short rather than skipping the last ones). Each part prints its counts
+and failures as it ends. ``--deadline`` bounds everything, collection included: parts still
+running then are stopped: the test each was in counts as timed out, the ones after it as not run.
 
 The summary JSON (default ``benchmarks/results/gpu_tests/<date>_<gpu>_<commit7>.json``) holds
 the run's provenance, per test file the passed / failed / skipped / timed-out / not-run counts,
-the failing and timed-out test ids, and each part's status; it is rewritten as each part ends, so a run cut
-short still leaves one. Exit status 0 when every test ran and none failed.
+the failing and timed-out test ids, and each part's status; it is rewritten as each part ends,
+so a run cut short still leaves one. Exit status 0 when every test ran and none failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -61,6 +62,16 @@ def collect(paths: list[str], timeout: float) -> tuple[list[str], str]:
         raise ValueError(f"paths: must lie under the working folder; {outside[0]} is not a file "
                          "relative to it")
     return ids, done.stdout + done.stderr
+
+
+def interleave_files(ids: list[str]) -> list[str]:
+    """``ids`` reordered to take one test of each file in turn (each file's own order kept): a
+    part that the deadline stops then has run some tests of every file, not all of the first."""
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for nodeid in ids:
+        by_file[nodeid.split("::")[0]].append(nodeid)
+    rounds = itertools.zip_longest(*by_file.values())
+    return [nodeid for batch in rounds for nodeid in batch if nodeid is not None]
 
 
 def deal(ids: list[str], procs: int) -> list[list[str]]:
@@ -184,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     parts = []
     path = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
-    for i, part_ids in enumerate(deal(ids, args.procs)):
+    for i, part_ids in enumerate(deal(interleave_files(ids), args.procs)):
         events = logs / f"part{i}.jsonl"
         events.unlink(missing_ok=True)
         # output to files, not pipes: a part that filled a pipe buffer would block

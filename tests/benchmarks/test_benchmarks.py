@@ -88,6 +88,12 @@ def test_deal_round_robin():
     assert gpu_tests.deal(list("ab"), 4) == [["a"], ["b"]]
 
 
+def test_interleave_files():
+    ids = ["f.py::a", "f.py::b", "f.py::c", "g.py::x", "h.py::y", "h.py::z"]
+    assert gpu_tests.interleave_files(ids) == ["f.py::a", "g.py::x", "h.py::y", "f.py::b",
+                                               "h.py::z", "f.py::c"]
+
+
 def test_summary_of_a_part_stopped_at_the_deadline(tmp_path):
     events = tmp_path / "part0.jsonl"
     events.write_text("\n".join(json.dumps(e) for e in [
