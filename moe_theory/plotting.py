@@ -22,14 +22,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from moe_theory.certificates import FolderCertificates
 from moe_theory.rates import (
+    CI_LEVEL,
     RateFit,
     TheoryLookup,
+    bounds_by_n,
     check_columns,
+    curve_fit,
     curve_rate,
-    fit_rate,
+    drop_reasons,
     resolve_theory,
-    usable,
     values_by_n,
 )
 
@@ -43,7 +46,14 @@ OTHER_COLORS = ("#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000")
 # Curves sharing a gate in one axes are told apart by marker; the first is filled, later ones
 # open.
 MARKERS = ("o", "s", "^", "D", "v", "P")
-THEORY_LINESTYLE = (0, (3, 2))
+# Theory guides dash-dot, the asymptotic overlay dotted; a fitted power law is solid when its
+# curve passes every certificate, dashed ("not measurable" in the legend) when not.
+THEORY_LINESTYLE = "-."
+OVERLAY_LINESTYLE = ":"
+UNCERTIFIED_LINESTYLE = "--"
+MEDIAN_MARKER = "x"
+#: The legend's title: what "±" means (the one convention of tables, report and figures).
+LEGEND_TITLE = f"slope ± {CI_LEVEL:.0%} CI half-width"
 
 # mean - 2 sd is negative whenever the spread exceeds half the mean (common at small n); on a
 # log axis the bar would then run off the plot, so its lower end stops one decade below the mean.
@@ -93,11 +103,11 @@ def _ylabel(loss_names: Sequence[str]) -> str:
     return "loss"
 
 
-def _rate_label(label: str, fit: RateFit) -> str:
+def _rate_label(label: str, fit: RateFit, certified: bool = True) -> str:
+    suffix = "" if certified else "\n(not measurable)"
     if math.isnan(fit.slope):
-        return f"{label}: no rate (< 2 sample sizes)"
-    half_width = (fit.ci_high - fit.ci_low) / 2
-    return rf"{label}: $n^{{{fit.slope:.2f} \pm {half_width:.2f}}}$"
+        return f"{label}: no rate (< 2 sample sizes){suffix}"
+    return rf"{label}: $n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}${suffix}"
 
 
 def draw_rates(
@@ -107,13 +117,19 @@ def draw_rates(
     *,
     theory: TheoryLookup | None = None,
     ylabel: str | None = None,
+    certificates: FolderCertificates | None = None,
+    key: bool = True,
 ) -> list[RateFit]:
     """Draw loss curves of one setting on log-log axes.
 
-    Per curve: the mean over replications at each n (markers), error bars of mean ± 2 sd, the
-    fitted OLS power law (solid) and, where the theory gives an exponent, a dashed guide of
-    that exponent through the curve's first point. Non-positive and non-finite losses are left
-    out, as in :func:`moe_theory.rates.fit_rate`.
+    Per curve: the mean over replications at each used n (markers) with error bars of
+    mean ± 2 sd, the median (a bar marker), the fitted OLS power law of the mean, solid when the
+    curve passes every certificate (docs/theory.md#certificates) and dashed, with
+    "(not measurable)" in its legend entry, when not; where the theory gives an exponent, a
+    dash-dot guide of that exponent through the curve's first point; where the reference is
+    identified, the asymptotic overlay (docs/theory.md#asymptotic-overlay), dotted. Values and
+    sample sizes are dropped as in :func:`moe_theory.rates.fit_rate`. The legend's title says
+    what ``±`` is.
 
     Parameters
     ----------
@@ -125,6 +141,11 @@ def draw_rates(
         to ``moe_theory.theory.predicted_rate``.
     ylabel : y-axis label; defaults to "Voronoi loss" when every loss is D1, D2(r) or D3,
         "parameter error" when every one is an ``err_*`` error, else "loss".
+    certificates : the results folder's certificates (:meth:`FolderCertificates.load`); without
+        them no curve is certified.
+    key : also put the shared entries (mean ± 2 sd, median, theory, local prediction) and the
+        meaning of ``±`` (its title) in this legend; :func:`plot_panels` puts them once below
+        the panels instead.
 
     Returns
     -------
@@ -138,12 +159,13 @@ def draw_rates(
     if not curves:
         raise ValueError("curves: give at least one (fit_gate, loss_name) pair")
     lookup = resolve_theory(theory)
+    certificates = certificates or FolderCertificates()
     parsed = [_parse_curve(c) for c in curves]
     handles: list[Line2D] = []
     fits: list[RateFit] = []
     gate_seen: dict[str, int] = {}
     other_gates: list[str] = []
-    any_theory = False
+    any_theory = any_overlay = False
     for gate, loss, label in parsed:
         curve = df[(df["fit_gate"] == gate) & (df["loss_name"] == loss)]
         if curve.empty:
@@ -158,52 +180,79 @@ def draw_rates(
         marker = MARKERS[nth % len(MARKERS)]
         face = color if nth == 0 else "white"
 
-        n_all, values = values_by_n(curve)
-        fit = fit_rate(n_all, values)
+        fit = curve_fit(curve)
         fits.append(fit)
-        kept = [usable(v) for v in values]
-        has_data = np.array([v.size > 0 for v in kept])
-        n = n_all[has_data]
-        kept = [v for v in kept if v.size > 0]
-        mean = np.array([v.mean() for v in kept])
-        sd = np.array([v.std(ddof=1) if v.size > 1 else 0.0 for v in kept])
-        lower = np.maximum(mean - 2 * sd, ERRORBAR_FLOOR * mean)
-        bars = ax.errorbar(
-            n,
-            mean,
-            yerr=[mean - lower, 2 * sd],
-            fmt=marker,
-            color=color,
-            mfc=face,
-            elinewidth=0.5,
-            capthick=0.5,
-            zorder=3,
-        )
-        # Lighter bars keep the means and the fitted lines, which carry the rate, in front.
-        for artist in (*bars[1], *bars[2]):
-            artist.set_alpha(0.55)
-        ends = n[[0, -1]]
-        if not math.isnan(fit.slope):
-            ax.plot(ends, np.exp(fit.intercept) * ends**fit.slope, color=color, zorder=2)
         name = (settings[0], gate, loss)
+        certified = all(s.passed for s in certificates.evaluate(curve, name).values())
+        n_all, values = values_by_n(curve)
+        bounds = bounds_by_n(curve) or [None] * len(values)
+        kept = {m: v[drop_reasons(v, b) == ""] for m, v, b in zip(n_all, values, bounds,
+                                                                  strict=True)}
+        n = np.asarray(fit.n_used, dtype=float)
+        if n.size:
+            mean = np.array([kept[m].mean() for m in n])
+            sd = np.array([kept[m].std(ddof=1) for m in n])
+            lower = np.maximum(mean - 2 * sd, ERRORBAR_FLOOR * mean)
+            bars = ax.errorbar(n, mean, yerr=[mean - lower, 2 * sd], fmt=marker, color=color,
+                               mfc=face, elinewidth=0.5, capthick=0.5, zorder=3)
+            # Lighter bars keep the means and the fitted lines, which carry the rate, in front.
+            for artist in (*bars[1], *bars[2]):
+                artist.set_alpha(0.55)
+            ax.plot(n, [np.median(kept[m]) for m in n], ls="None", marker=MEDIAN_MARKER,
+                    color=color, ms=4, zorder=4)
+        if not math.isnan(fit.slope):
+            ends = n[[0, -1]]
+            ax.plot(ends, np.exp(fit.intercept) * ends**fit.slope, color=color, zorder=2,
+                    ls="-" if certified else UNCERTIFIED_LINESTYLE)
         rate = curve_rate(lookup, curve, name, loss)
-        if rate.exponent is not None and not math.isnan(rate.exponent):
+        if n.size and rate.exponent is not None and not math.isnan(rate.exponent):
             any_theory = True
+            ends = n[[0, -1]]
             guide = mean[0] * (ends / n[0]) ** rate.exponent
             ax.plot(ends, guide, color=color, lw=0.8, ls=THEORY_LINESTYLE, alpha=0.8, zorder=1)
-        handles.append(
-            Line2D([], [], color=color, marker=marker, mfc=face, label=_rate_label(label, fit))
-        )
-    if any_theory:
-        handles.append(Line2D([], [], color="0.4", lw=0.8, ls=THEORY_LINESTYLE, label="theory"))
+        overlay = _overlay(certificates, name)
+        if overlay is not None:
+            any_overlay = True
+            ax.plot(*overlay, color=color, lw=1.0, ls=OVERLAY_LINESTYLE, zorder=1)
+        handles.append(Line2D([], [], color=color, marker=marker, mfc=face,
+                              ls="-" if certified else UNCERTIFIED_LINESTYLE,
+                              label=_rate_label(label, fit, certified)))
+    if key:
+        handles += key_handles(theory=any_theory, overlay=any_overlay)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(r"sample size $n$")
     ax.set_ylabel(ylabel if ylabel is not None else _ylabel([loss for _, loss, _ in parsed]))
     # Losses decay, so the lower left is the emptiest corner; make_room_for_legend then lowers
     # the axis until the legend clears the data.
-    ax.legend(handles=handles, loc="lower left")
+    ax.legend(handles=handles, loc="lower left", title=LEGEND_TITLE if key else None)
     return fits
+
+
+def key_handles(*, theory: bool, overlay: bool) -> list[Line2D]:
+    """Legend entries for what every curve shares: bars, median, theory guide, overlay."""
+    handles = [Line2D([], [], color="0.4", marker="o", ls="None", label="mean ± 2 sd"),
+               Line2D([], [], color="0.4", marker=MEDIAN_MARKER, ms=4, ls="None",
+                      label="median")]
+    if overlay:
+        handles.append(Line2D([], [], color="0.4", lw=1.0, ls=OVERLAY_LINESTYLE,
+                              label="local prediction"))
+    if theory:
+        handles.append(Line2D([], [], color="0.4", lw=0.8, ls=THEORY_LINESTYLE, label="theory"))
+    return handles
+
+
+def _overlay(certificates: FolderCertificates, name: tuple[str, str, str]
+             ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The asymptotic overlay's (n, mean loss) of a curve, finite points only; None without."""
+    cert = certificates.reference.get(name[:2])
+    entry = None if cert is None else cert.overlay.get(name[2])
+    if not entry:
+        return None
+    n = np.asarray(entry["n"], dtype=float)
+    mean = np.asarray([np.nan if v is None else v for v in entry["mean"]], dtype=float)
+    keep = np.isfinite(mean) & (mean > 0)
+    return (n[keep], mean[keep]) if keep.sum() >= 2 else None
 
 
 def make_room_for_legend(ax: Axes) -> None:
@@ -267,6 +316,7 @@ def plot_rates(
     title: str | None = None,
     theory: TheoryLookup | None = None,
     ylabel: str | None = None,
+    certificates: FolderCertificates | None = None,
 ) -> list[Path]:
     """Write a one-axes log-log figure of loss curves of one setting (see :func:`draw_rates`).
 
@@ -276,7 +326,7 @@ def plot_rates(
     curves : ``(fit_gate, loss_name)`` or ``(fit_gate, loss_name, label)`` entries.
     path_stem : output path without suffix; parent folders are created.
     title : axes title.
-    theory, ylabel : see :func:`draw_rates`.
+    theory, ylabel, certificates : see :func:`draw_rates`.
 
     Returns
     -------
@@ -287,7 +337,7 @@ def plot_rates(
         fig = Figure()
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        draw_rates(ax, df, curves, theory=theory, ylabel=ylabel)
+        draw_rates(ax, df, curves, theory=theory, ylabel=ylabel, certificates=certificates)
         if title is not None:
             ax.set_title(title)
         return _save(fig, path_stem)
@@ -302,6 +352,7 @@ def plot_panels(
     title: str | None = None,
     theory: TheoryLookup | None = None,
     ylabel: str | None = None,
+    certificates: FolderCertificates | None = None,
 ) -> list[Path]:
     """Write a multi-panel figure, one log-log axes of :func:`draw_rates` per panel.
 
@@ -312,8 +363,8 @@ def plot_panels(
     path_stem : output path without suffix; parent folders are created.
     ncols : panels per row; defaults to all in one row, at most 3.
     title : figure title.
-    theory, ylabel : see :func:`draw_rates`; the y label is shown on the left column only when
-        every panel has the same one.
+    theory, ylabel, certificates : see :func:`draw_rates`; the y label is shown on the left
+        column only when every panel has the same one.
 
     Returns
     -------
@@ -336,13 +387,18 @@ def plot_panels(
             rows = df[df["setting"] == setting]
             if rows.empty:
                 raise ValueError(f"panels: setting {setting!r} (panel {panel_title!r}) has no rows")
-            draw_rates(ax, rows, curves, theory=theory, ylabel=ylabel)
+            draw_rates(ax, rows, curves, theory=theory, ylabel=ylabel, certificates=certificates,
+                       key=False)
             ax.set_title(panel_title)
             # One shared y label on the left column when every panel plots the same kind of loss.
             if len(ylabels) == 1 and i % ncols != 0:
                 ax.set_ylabel("")
         for ax in axes[len(panels) :]:
             fig.delaxes(ax)
+        styles = {line.get_linestyle() for ax in axes[: len(panels)] for line in ax.get_lines()}
+        fig.legend(handles=key_handles(theory=THEORY_LINESTYLE in styles,
+                                       overlay=OVERLAY_LINESTYLE in styles),
+                   loc="outside lower center", ncols=4, title=LEGEND_TITLE)
         if title is not None:
             fig.suptitle(title)
         return _save(fig, path_stem)

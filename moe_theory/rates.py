@@ -1,64 +1,73 @@
-"""Empirical convergence rates of loss curves, and verdicts against the theory table
+"""Empirical convergence rates of loss curves, and verdicts that noise cannot win
 (docs/theory.md#rate-estimation, docs/theory.md#verdicts).
 
 A *curve* is one ``(setting, fit_gate, loss_name)`` group of the tidy results table
-(docs/theory.md#results-table).
-Its rate is the OLS slope of ``log(mean over replications)`` on ``log n``; a loss decaying as
+(docs/theory.md#results-table). Its rate is the OLS slope of ``log(mean over replications)`` on
+``log n`` (N24's choice), reported beside the slope of ``log(median)``; a loss decaying as
 ``n^-1/2`` has slope ``-0.5``. Theory exponents use the same sign: ``-0.5`` for the parametric
 rate, ``-0.25`` for over-specified atoms, and ``0.0`` for "slower than any polynomial".
+
+One "±" convention everywhere (tables, report, figure legends): ``±`` is the half-width of the
+bootstrap 95% confidence interval of the slope (:data:`PLUS_MINUS`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import stdtrit
+
+from moe_theory.certificates import (
+    CERTIFICATES,
+    FAIL,
+    NOT_RUN,
+    PASS,
+    FolderCertificates,
+    Status,
+    overlay_agreement,
+)
 
 # The theory gives asymptotic exponents; at n = 10^3..10^5 the loss still carries lower-order
 # terms (log factors, the n^-1/4 parts of a mixed loss, a reference G_bar that is itself only
 # approximate), so the finite-n slope is a misspecified model of the asymptotics. Widening the
-# bootstrap CI by this much on each side keeps that bias from turning into false rejections while
-# still separating n^-1/2 from n^-1/4.
+# CI by this much on each side keeps that bias from turning into false rejections while still
+# separating n^-1/2 from n^-1/4.
 VERDICT_WIDEN = 0.05
-
+#: The theory's exponents of one loss are 1/4 apart (n^-1/2 against n^-1/4): a verdict must not
+#: be "consistent" with both, so the widened CI, 2 (h + VERDICT_WIDEN) long, must be shorter than
+#: 1/4, i.e. the half-width h below 1/8 - 0.05 = 0.075. Wider CIs give "inconclusive".
+CI_HALF_WIDTH_MAX = 0.075
+#: A sample size enters a slope only with this many usable replications: one value has no
+#: spread, so it would enter the bootstrap with zero variance and narrow the CI falsely.
+MIN_REPS_PER_N = 2
+#: A curve gets a verdict only with this many usable sample sizes: a slope through 2 points has
+#: R^2 = 1 whatever the data, and 3 points leave one residual degree of freedom.
+MIN_POINTS = 4
 CI_LEVEL = 0.95
+PLUS_MINUS = f"± = half-width of the bootstrap {CI_LEVEL:.0%} CI"
 
 CURVE_KEYS = ("setting", "fit_gate", "loss_name")
 # Constant within a curve (checked), copied into its row of the rates table.
 DESCRIPTIVE_COLUMNS = ("truth_gate", "score", "expert", "regime", "d", "k_true", "k_fit")
 ROW_COLUMNS = ("n", "rep", "loss_value", "converged", "certified", "wall_s")
 REQUIRED_COLUMNS = CURVE_KEYS + DESCRIPTIVE_COLUMNS + ROW_COLUMNS
+#: Why a loss value is left out of a slope, in the order they are tested.
+DROP_REASONS = ("nan", "inf", "nonpositive", "bound")
+CERT_COLUMNS = tuple(f"cert_{name}" for name in CERTIFICATES)
 RATES_COLUMNS = (
-    "setting",
-    "truth_gate",
-    "fit_gate",
-    "score",
-    "expert",
-    "regime",
-    "d",
-    "k_true",
-    "k_fit",
+    "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "d", "k_true", "k_fit",
     "loss_name",
-    "slope",
-    "slope_se",
-    "ci_low",
-    "ci_high",
-    "r2",
-    "n_points",
-    "n_min",
-    "n_max",
-    "reps",
-    "theory_exponent",
-    "theory_label",
-    "theory_source",
-    "verdict",
-    "certified_share",
-    "converged_share",
-    "wall_s",
-    "n_dropped",
+    "slope", "slope_se", "ci_low", "ci_high", "ci_half_width", "r2",
+    "slope_median", "slope_se_median", "ci_low_median", "ci_high_median",
+    "n_used", "n_min", "n_max", "reps_used", "reps",
+    "n_dropped", *(f"dropped_{r}" for r in DROP_REASONS), "dropped_n",
+    "theory_exponent", "theory_label", "theory_source",
+    *CERT_COLUMNS, "verdict", "reason", "overlay_from_n",
+    "certified_share", "converged_share", "wall_s",
 )
 
 # (fit_gate, score, regime, expert, loss_name) -> object with exponent, label, source.
@@ -66,17 +75,46 @@ TheoryLookup = Callable[[str, str, str, str, str], Any]
 
 
 @dataclass(frozen=True)
-class RateFit:
-    """Fitted power law ``mean loss ~ exp(intercept) * n^slope``.
+class SlopeFit:
+    """OLS slope of ``log(statistic over replications)`` on ``log n``, with its bootstrap SE
+    and 95% CI.
 
     Attributes
     ----------
-    slope, intercept : OLS coefficients of ``log(mean loss)`` on ``log n``.
-    slope_se : classical OLS standard error of the slope; NaN with fewer than 3 points.
-    ci_low, ci_high : bootstrap percentile CI of the slope at level ``CI_LEVEL``.
-    r2 : coefficient of determination of the log-log fit.
-    n_points : number of sample sizes used.
-    n_dropped : loss values dropped for being non-positive or non-finite.
+    slope, intercept : OLS coefficients.
+    se : standard error of the slope from the bootstrap variances of each n's log-statistic.
+    ci_low, ci_high : ``slope -+ t * se``, t the Student quantile at the Welch-Satterthwaite
+        degrees of freedom of the per-n variances (see :func:`fit_rate`).
+    """
+
+    slope: float
+    intercept: float
+    se: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def half_width(self) -> float:
+        return (self.ci_high - self.ci_low) / 2
+
+
+NAN_SLOPE = SlopeFit(*(5 * [float("nan")]))
+
+
+@dataclass(frozen=True)
+class RateFit:
+    """Fitted power laws ``mean loss ~ exp(intercept) * n^slope`` and the same for the median.
+
+    Attributes
+    ----------
+    slope, intercept, slope_se, ci_low, ci_high : of ``log(mean)`` (N24's choice).
+    r2 : coefficient of determination of the log-mean fit.
+    median : the :class:`SlopeFit` of ``log(median)``.
+    n_points : sample sizes used (with >= ``MIN_REPS_PER_N`` usable values).
+    reps_used : usable replications at the used n (the smallest count).
+    n_dropped : loss values left out, ``dropped`` the count per reason of ``DROP_REASONS``.
+    dropped_n : sample sizes left out for having fewer than ``MIN_REPS_PER_N`` usable values.
+    n_used : the sample sizes used.
     """
 
     slope: float
@@ -87,6 +125,29 @@ class RateFit:
     r2: float
     n_points: int
     n_dropped: int
+    median: SlopeFit = NAN_SLOPE
+    reps_used: int = 0
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    dropped_n: tuple[float, ...] = ()
+    n_used: tuple[float, ...] = ()
+
+    @property
+    def half_width(self) -> float:
+        """``±`` of the slope: half-width of its bootstrap 95% CI."""
+        return (self.ci_high - self.ci_low) / 2
+
+
+def drop_reasons(values: np.ndarray, bound: np.ndarray | None = None) -> np.ndarray:
+    """Per value, the first reason of ``DROP_REASONS`` it is left out for, or ``""`` (usable):
+    NaN, infinite, non-positive (no logarithm), or fitted with a parameter at its box bound
+    (an estimate on the edge of the compact set is not the interior LSE the theorems describe)."""
+    values = np.asarray(values, dtype=float)
+    reason = np.full(values.shape, "", dtype=object)
+    bound = np.zeros(values.shape, dtype=bool) if bound is None else np.asarray(bound, dtype=bool)
+    for name, mask in (("bound", bound), ("nonpositive", values <= 0), ("inf", np.isinf(values)),
+                       ("nan", np.isnan(values))):
+        reason[mask] = name  # tested last wins: NaN before inf before <= 0 before bound
+    return reason
 
 
 def usable(values: np.ndarray) -> np.ndarray:
@@ -101,10 +162,40 @@ def _ols_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (y - y.mean(axis=-1, keepdims=True)) @ xc / (xc @ xc)
 
 
+def _slope_fit(x: np.ndarray, y: np.ndarray, variances: np.ndarray, reps: np.ndarray) -> SlopeFit:
+    """OLS of ``y`` on ``x`` and a t interval from the per-point variances of ``y``.
+
+    The slope is ``sum_j c_j y_j`` with ``c_j = (x_j - xbar) / Sxx`` and independent ``y_j``,
+    so ``Var = sum_j c_j^2 V_j``; its degrees of freedom follow Welch and Satterthwaite from
+    the ``reps_j - 1`` of each ``V_j``.
+    """
+    slope = float(_ols_slopes(x, y[None, :])[0])
+    intercept = float(y.mean() - slope * x.mean())
+    c = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+    w = c**2 * variances
+    var = float(w.sum())
+    if var <= 0:
+        return SlopeFit(slope, intercept, 0.0, slope, slope)
+    df = var**2 / float((w**2 / (reps - 1)).sum())
+    half = float(stdtrit(df, 0.5 + CI_LEVEL / 2)) * np.sqrt(var)
+    return SlopeFit(slope, intercept, float(np.sqrt(var)), slope - half, slope + half)
+
+
+def log_stat_variance(values: np.ndarray, draws: np.ndarray, statistic: str) -> float:
+    """Bootstrap variance of ``log(statistic(values))``, scaled by ``R / (R - 1)``: resampling
+    R values spreads them by the plug-in variance, ``(R - 1) / R`` of the unbiased one, and the
+    scaling makes the CI's coverage nominal for the mean (docs/theory.md#rate-estimation)."""
+    resampled = values[draws]
+    stat = resampled.mean(1) if statistic == "mean" else np.median(resampled, axis=1)
+    R = values.size
+    return float(np.log(stat).var(ddof=1)) * R / (R - 1)
+
+
 def fit_rate(
     n: Sequence[float] | np.ndarray,
     values_per_n: Sequence[Sequence[float] | np.ndarray],
     *,
+    bound_per_n: Sequence[Sequence[bool] | np.ndarray] | None = None,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> RateFit:
@@ -112,24 +203,27 @@ def fit_rate(
 
     Parameters
     ----------
-    n : (P,) sample sizes, positive.
+    n : (P,) sample sizes, positive and finite (a NaN is an error, never a silent drop).
     values_per_n : P arrays; entry ``j`` holds the loss of every replication at ``n[j]``.
-        Non-positive and non-finite values are dropped and counted in ``n_dropped``; a sample
-        size left with no value is dropped as a whole.
+        NaN, infinite and non-positive values are dropped and counted per reason; a sample size
+        left with fewer than ``MIN_REPS_PER_N`` values is dropped as a whole and listed.
+    bound_per_n : P boolean arrays, true where the fit had a parameter at its box bound
+        (dropped and counted as ``bound``); default none.
     n_boot : bootstrap resamples.
     seed : seed of the ``numpy.random.Generator`` that draws the resamples.
 
     Returns
     -------
     RateFit
-        All fields NaN (``n_points`` and ``n_dropped`` still set) when fewer than two sample
-        sizes remain, since no slope is defined.
+        Slope fields NaN when fewer than two sample sizes remain (no slope is defined).
 
     Notes
     -----
-    The bootstrap resamples replications with replacement within each ``n``, recomputes the mean
-    at every ``n`` and refits the slope; the CI is the percentile interval
-    (docs/theory.md#rate-estimation).
+    At each used n the bootstrap resamples the replications with replacement and gives the
+    variance of the log-mean (and log-median) there, scaled by R / (R - 1); the slope's CI is
+    ``slope -+ t_df se`` with ``se^2 = sum_j c_j^2 V_j`` and Welch-Satterthwaite ``df``. In
+    simulations with a known slope it covers at the nominal 95% (tests/moe_theory/test_rates.py),
+    where the percentile interval of the resampled slopes covered ~90% with 8 replications.
     """
     n_arr = np.asarray(n, dtype=float)
     if n_arr.ndim != 1:
@@ -141,47 +235,62 @@ def fit_rate(
             f"values_per_n: has {len(values_per_n)} entries but n has {len(n_arr)}; "
             "give one array of replications per sample size"
         )
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot: must be a positive integer, got {n_boot!r}")
+    if bound_per_n is not None and len(bound_per_n) != len(n_arr):
+        raise ValueError(f"bound_per_n: has {len(bound_per_n)} entries but n has {len(n_arr)}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:
+        raise ValueError(f"n_boot: must be an integer >= 2, got {n_boot!r}")
 
-    kept = [usable(v) for v in values_per_n]
-    n_dropped = sum(np.size(v) for v in values_per_n) - sum(v.size for v in kept)
-    has_data = np.array([v.size > 0 for v in kept], dtype=bool)
-    x = np.log(n_arr[has_data])
-    kept = [v for v in kept if v.size > 0]
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    kept: list[np.ndarray] = []
+    for j, v in enumerate(values_per_n):
+        v = np.asarray(v, dtype=float)
+        reasons = drop_reasons(v, None if bound_per_n is None else bound_per_n[j])
+        for name in DROP_REASONS:
+            dropped[name] += int((reasons == name).sum())
+        kept.append(v[reasons == ""])
+    enough = np.array([v.size >= MIN_REPS_PER_N for v in kept], dtype=bool)
+    dropped_n = tuple(float(m) for m in n_arr[~enough])
+    used = n_arr[enough]
+    kept = [v for v, ok in zip(kept, enough, strict=True) if ok]
     n_points = len(kept)
+    n_dropped = sum(dropped.values())
+    reps_used = min((v.size for v in kept), default=0)
     if n_points < 2:
         nan = float("nan")
-        return RateFit(nan, nan, nan, nan, nan, nan, n_points, int(n_dropped))
+        return RateFit(nan, nan, nan, nan, nan, nan, n_points, n_dropped, NAN_SLOPE, reps_used,
+                       dropped, dropped_n, tuple(used))
 
-    y = np.log([v.mean() for v in kept])
-    slope = float(_ols_slopes(x, y[None, :])[0])
-    intercept = float(y.mean() - slope * x.mean())
-    resid = y - (intercept + slope * x)
-    ss_res = float(resid @ resid)
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
-    sxx = float(((x - x.mean()) ** 2).sum())
-    slope_se = float(np.sqrt(ss_res / (n_points - 2) / sxx)) if n_points >= 3 else float("nan")
-
-    # One (n_boot, m_j) index draw per sample size: the loop runs over the P sample sizes only,
-    # each resample's mean is vectorised over all n_boot resamples.
+    x = np.log(used)
+    reps = np.array([v.size for v in kept], dtype=float)
     rng = np.random.default_rng(seed)
-    boot_log_means = np.empty((n_boot, n_points))
-    for j, v in enumerate(kept):
-        boot_log_means[:, j] = np.log(v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1))
-    tail = 100 * (1 - CI_LEVEL) / 2
-    ci_low, ci_high = np.percentile(_ols_slopes(x, boot_log_means), [tail, 100 - tail])
+    draws = [rng.integers(0, v.size, size=(n_boot, v.size)) for v in kept]
+    fits = {}
+    for statistic in ("mean", "median"):
+        y = np.log([v.mean() if statistic == "mean" else np.median(v) for v in kept])
+        variances = np.array([log_stat_variance(v, d, statistic)
+                              for v, d in zip(kept, draws, strict=True)])
+        fits[statistic] = (_slope_fit(x, y, variances, reps), y)
+    mean, y = fits["mean"]
+    resid = y - (mean.intercept + mean.slope * x)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else float("nan")
     return RateFit(
-        slope=slope,
-        intercept=intercept,
-        slope_se=slope_se,
-        ci_low=float(ci_low),
-        ci_high=float(ci_high),
-        r2=float(r2),
-        n_points=n_points,
-        n_dropped=int(n_dropped),
+        slope=mean.slope, intercept=mean.intercept, slope_se=mean.se, ci_low=mean.ci_low,
+        ci_high=mean.ci_high, r2=float(r2), n_points=n_points, n_dropped=n_dropped,
+        median=fits["median"][0], reps_used=reps_used, dropped=dropped, dropped_n=dropped_n,
+        n_used=tuple(used),
     )
+
+
+def log_mean_half_width(values: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> float:
+    """Half-width of the 95% CI of ``log(mean(values))`` (usable values only), by the same
+    bootstrap variance and Student quantile as the slope's CI; NaN below MIN_REPS_PER_N."""
+    v = usable(values)
+    if v.size < MIN_REPS_PER_N:
+        return float("nan")
+    draws = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
+    var = log_stat_variance(v, draws, "mean")
+    return float(stdtrit(v.size - 1, 0.5 + CI_LEVEL / 2)) * float(np.sqrt(var))
 
 
 def verdict(
@@ -191,6 +300,9 @@ def verdict(
     widen: float = VERDICT_WIDEN,
 ) -> str:
     """Compare a theory exponent with a slope CI widened by ``widen`` on each side.
+
+    This is only the last step of a curve's verdict; :func:`curve_verdict` first requires every
+    certificate, enough sample sizes and a narrow CI.
 
     Returns
     -------
@@ -208,11 +320,59 @@ def verdict(
     return "inconsistent"
 
 
+def curve_verdict(
+    theory_exponent: float | None,
+    fit: RateFit,
+    certificates: Mapping[str, Status],
+    *,
+    half_width_max: float = CI_HALF_WIDTH_MAX,
+    widen: float = VERDICT_WIDEN,
+) -> tuple[str, str]:
+    """A curve's verdict and the reason behind it (docs/theory.md#verdicts).
+
+    In order: ``no theory`` without an exponent; ``not measurable (...)`` with fewer than
+    ``MIN_POINTS`` usable sample sizes or any certificate failed or not run; ``inconclusive (CI
+    too wide)`` unless the CI half-width is below ``half_width_max``; else ``consistent`` or
+    ``inconsistent`` by :func:`verdict`. The reason names every failed or missing certificate.
+    """
+    notes = [f"{name}: {s.status}" + (f" ({s.reason})" if s.reason else "")
+             for name, s in certificates.items() if s.status != PASS]
+    if fit.dropped_n:
+        notes.append(f"dropped n with < {MIN_REPS_PER_N} usable replications: "
+                     + ", ".join(f"{m:g}" for m in fit.dropped_n))
+    reason = "; ".join(notes)
+    if theory_exponent is None or np.isnan(theory_exponent):
+        return "no theory", reason
+    if fit.n_points < MIN_POINTS:
+        return f"not measurable ({fit.n_points} usable n < {MIN_POINTS})", reason
+    failed = [name for name, s in certificates.items() if s.status == FAIL]
+    missing = [name for name, s in certificates.items() if s.status == NOT_RUN]
+    if failed or missing:
+        parts = ([f"{', '.join(failed)} failed"] if failed else []) + (
+            [f"{', '.join(missing)} not run"] if missing else [])
+        return f"not measurable ({'; '.join(parts)})", reason
+    if not fit.half_width < half_width_max:
+        return "inconclusive (CI too wide)", (
+            f"CI half-width {fit.half_width:.3f} > {half_width_max}" + (f"; {reason}" if reason
+                                                                          else ""))
+    return verdict(theory_exponent, fit.ci_low, fit.ci_high, widen), reason
+
+
 def check_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
     """Raise ValueError naming every column of ``columns`` missing from ``df``."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"results table: missing column(s) {', '.join(missing)}")
+
+
+def check_n(df: pd.DataFrame) -> None:
+    """Raise ValueError when a row's ``n`` is not a positive finite number (grouping by n would
+    drop NaN rows silently)."""
+    n = pd.to_numeric(df["n"], errors="coerce").to_numpy(dtype=float)
+    bad = ~(np.isfinite(n) & (n > 0))
+    if bad.any():
+        raise ValueError(f"n: {int(bad.sum())} row(s) without a positive finite sample size "
+                         f"(first: {df['n'].iloc[int(np.argmax(bad))]!r})")
 
 
 def values_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -228,6 +388,20 @@ def values_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
         np.asarray(list(groups.groups), dtype=float),
         [g.to_numpy(dtype=float) for _, g in groups],
     )
+
+
+def bounds_by_n(curve: pd.DataFrame) -> list[np.ndarray] | None:
+    """Per sample size, whether each fit had a parameter at its bound (``bound_active``); None
+    for tables without that column."""
+    if "bound_active" not in curve.columns:
+        return None
+    return [g.to_numpy(dtype=bool) for _, g in curve.groupby("n", sort=True)["bound_active"]]
+
+
+def curve_fit(curve: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> RateFit:
+    """:func:`fit_rate` of one curve's rows (bound-active fits dropped and counted)."""
+    n, values = values_by_n(curve)
+    return fit_rate(n, values, bound_per_n=bounds_by_n(curve), n_boot=n_boot, seed=seed)
 
 
 def resolve_theory(theory: TheoryLookup | None) -> TheoryLookup:
@@ -264,123 +438,145 @@ def curve_constant(curve: pd.DataFrame, column: str, name: tuple) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _check_duplicates(curve: pd.DataFrame, name: tuple) -> None:
+    duplicated = curve.duplicated(["n", "rep"])
+    if duplicated.any():
+        first = curve.loc[duplicated, ["n", "rep"]].iloc[0]
+        raise ValueError(
+            f"rep: curve {name} has {int(duplicated.sum())} duplicate (n, rep) row(s), "
+            f"first at n={first['n']}, rep={first['rep']} (results of several sweeps mixed? "
+            "keep one config_hash per table)"
+        )
+
+
 def rates_table(
     df: pd.DataFrame,
     theory: TheoryLookup | None = None,
     *,
+    certificates: FolderCertificates | None = None,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per curve ``(setting, fit_gate, loss_name)``: rate, CI, theory and verdict.
+    """One row per curve ``(setting, fit_gate, loss_name)``: rates, CIs, certificates, verdict.
 
     Parameters
     ----------
-    df : tidy results table (docs/theory.md#results-table), one row per (replication, n, fitted
-        gate, loss).
+    df : tidy results table (docs/theory.md#results-table), one row per (replication, n,
+        fitted gate, loss).
     theory : ``(fit_gate, score, regime, expert, loss_name) -> obj`` with attributes
         ``exponent`` (float or None), ``label`` and ``source``; defaults to
         ``moe_theory.theory.predicted_rate``.
+    certificates : what the results folder holds for certification (reference certificates,
+        the optimiser check), :meth:`FolderCertificates.load`; default none, so that the
+        reference and optimiser certificates are ``not run`` and no curve gets a firm verdict.
     n_boot, seed : passed to :func:`fit_rate` for every curve.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``RATES_COLUMNS``, sorted by setting, fit_gate, loss_name. ``reps`` is the
-        smallest number of replications at any n; ``certified_share``, ``converged_share`` and
-        ``wall_s`` (a sum) are taken over the curve's distinct fits ``(n, rep)``;
-        ``n_dropped`` counts losses left out of the fit for being non-positive or non-finite.
+        Columns ``RATES_COLUMNS``, sorted by setting, fit_gate, loss_name. ``reps`` and
+        ``reps_used`` are the usable replications at the used n (the smallest count), ``n_used``
+        the used sample sizes; ``n_dropped`` and ``dropped_<reason>`` count the values left out,
+        ``dropped_n`` lists the sample sizes left out; ``cert_*`` are ``pass``, ``fail`` or
+        ``not run``; ``reason`` explains the verdict; ``overlay_from_n`` is the smallest n from
+        which the measured mean follows the asymptotic overlay (NaN without one);
+        ``certified_share``, ``converged_share`` and ``wall_s`` (a sum) are taken over the
+        curve's distinct fits ``(n, rep)``.
     """
     check_columns(df, REQUIRED_COLUMNS)
+    check_n(df)
     lookup = resolve_theory(theory)
+    certificates = certificates or FolderCertificates()
     rows = []
     for name, curve in df.groupby(list(CURVE_KEYS), sort=True):
-        duplicated = curve.duplicated(["n", "rep"])
-        if duplicated.any():
-            first = curve.loc[duplicated, ["n", "rep"]].iloc[0]
-            raise ValueError(
-                f"rep: curve {name} has {int(duplicated.sum())} duplicate (n, rep) row(s), "
-                f"first at n={first['n']}, rep={first['rep']} (results of several sweeps mixed? "
-                "keep one config_hash per table)"
-            )
+        _check_duplicates(curve, name)
         row: dict[str, Any] = dict(zip(CURVE_KEYS, name, strict=True))
         row.update({c: curve_constant(curve, c, name) for c in DESCRIPTIVE_COLUMNS})
-        n, values = values_by_n(curve)
-        fit = fit_rate(n, values, n_boot=n_boot, seed=seed)
+        fit = curve_fit(curve, n_boot=n_boot, seed=seed)
         rate = curve_rate(lookup, curve, name, name[2])
         exponent = None if rate.exponent is None else float(rate.exponent)
+        statuses = certificates.evaluate(curve, name)
+        label, reason = curve_verdict(exponent, fit, statuses)
+        n_all, values = values_by_n(curve)
+        used = np.asarray(fit.n_used if fit.n_used else n_all)
+        cert = certificates.reference.get(name[:2])
+        overlay = None if cert is None else cert.overlay.get(name[2])
         # Within a curve each (n, rep) is one fit (duplicates were rejected above), so the
         # per-fit columns, repeated over that fit's other losses, are counted once here.
         row.update(
-            slope=fit.slope,
-            slope_se=fit.slope_se,
-            ci_low=fit.ci_low,
-            ci_high=fit.ci_high,
-            r2=fit.r2,
-            n_points=fit.n_points,
-            n_min=int(n.min()),
-            n_max=int(n.max()),
-            reps=min(v.size for v in values),
-            theory_exponent=exponent,
-            theory_label=rate.label,
-            theory_source=rate.source,
-            verdict=verdict(exponent, fit.ci_low, fit.ci_high),
+            slope=fit.slope, slope_se=fit.slope_se, ci_low=fit.ci_low, ci_high=fit.ci_high,
+            ci_half_width=fit.half_width, r2=fit.r2,
+            slope_median=fit.median.slope, slope_se_median=fit.median.se,
+            ci_low_median=fit.median.ci_low, ci_high_median=fit.median.ci_high,
+            n_used=fit.n_points, n_min=int(used.min()), n_max=int(used.max()),
+            reps_used=fit.reps_used, reps=fit.reps_used, n_dropped=fit.n_dropped,
+            **{f"dropped_{r}": fit.dropped.get(r, 0) for r in DROP_REASONS},
+            dropped_n=",".join(f"{m:g}" for m in fit.dropped_n),
+            theory_exponent=exponent, theory_label=rate.label, theory_source=rate.source,
+            **{f"cert_{k}": s.status for k, s in statuses.items()},
+            verdict=label, reason=reason,
+            overlay_from_n=overlay_agreement(n_all, [usable(v) for v in values], overlay),
             certified_share=float(curve["certified"].astype(float).mean()),
             converged_share=float(curve["converged"].astype(float).mean()),
             wall_s=float(curve["wall_s"].sum()),
-            n_dropped=fit.n_dropped,
         )
         rows.append(row)
     return pd.DataFrame(rows, columns=list(RATES_COLUMNS))
 
 
 FORMAT_COLUMNS = (
-    "setting",
-    "fit_gate",
-    "loss_name",
-    "slope",
-    "slope_se",
-    "ci_low",
-    "ci_high",
-    "r2",
-    "theory_exponent",
-    "theory_label",
-    "verdict",
-    "certified_share",
+    "setting", "fit_gate", "loss_name", "slope", "ci_half_width", "slope_median", "r2",
+    "n_used", "reps_used", "n_dropped", "theory_exponent", "theory_label", *CERT_COLUMNS,
+    "verdict", "reason",
 )
+CERT_SHORT = {PASS: "pass", FAIL: "FAIL", NOT_RUN: "-"}
+
+
+def _signed(value: float, digits: int = 2) -> str:
+    return "-" if pd.isna(value) else f"{value:+.{digits}f}"
 
 
 def format_rates_table(table: pd.DataFrame) -> str:
     """Render a rates table as fixed-width text for the terminal.
 
-    Columns: setting, fit gate, loss, slope ± 2 se, CI, R^2, theory exponent (label), verdict,
-    and the certified share of the fits; rows sorted by setting, fit_gate, loss_name.
+    Columns: setting, fit gate, loss, slope of the log-mean ``±`` its CI half-width (the header
+    says so), slope of the log-median, R^2, used sample sizes x replications, dropped values,
+    theory exponent (label), the four certificates and the verdict; rows sorted by setting,
+    fit_gate, loss_name. Below the table, one note per curve whose verdict has a reason.
     """
     check_columns(table, FORMAT_COLUMNS)
-    header = ["setting", "fit", "loss", "slope ± 2se", f"{CI_LEVEL:.0%} CI", "R^2", "theory"]
-    header += ["verdict", "certified"]
+    header = ["setting", "fit", "loss", f"slope (± {CI_LEVEL:.0%} CI)", "median",
+              "R^2", "n x reps", "dropped", "theory", "ref", "conv", "opt", "fit", "verdict"]
     lines = [header]
+    notes: dict[str, list[str]] = {}  # reason -> the curves it explains
     for _, r in table.sort_values(list(CURVE_KEYS)).iterrows():
-        se = "" if np.isnan(r["slope_se"]) else f" ± {2 * r['slope_se']:.2f}"
+        slope = _signed(r["slope"])
+        if not pd.isna(r["ci_half_width"]):
+            slope += f" ± {r['ci_half_width']:.2f}"
         theory = "-"
         if not pd.isna(r["theory_exponent"]):
             theory = f"{r['theory_exponent']:+.2f} ({r['theory_label']})"
-        lines.append(
-            [
-                str(r["setting"]),
-                str(r["fit_gate"]),
-                str(r["loss_name"]),
-                f"{r['slope']:+.2f}{se}",
-                f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]",
-                f"{r['r2']:.3f}",
-                theory,
-                str(r["verdict"]),
-                f"{r['certified_share']:.0%}",
-            ]
-        )
+        lines.append([
+            str(r["setting"]), str(r["fit_gate"]), str(r["loss_name"]), slope,
+            _signed(r["slope_median"]), "-" if pd.isna(r["r2"]) else f"{r['r2']:.3f}",
+            f"{r['n_used']} x {r['reps_used']}", str(r["n_dropped"]), theory,
+            *(CERT_SHORT.get(r[c], str(r[c])) for c in CERT_COLUMNS), str(r["verdict"]),
+        ])
+        if isinstance(r["reason"], str) and r["reason"]:
+            notes.setdefault(r["reason"], []).append(
+                f"{r['setting']} / {r['fit_gate']} / {r['loss_name']}")
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = [
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in lines
     ]
     text.insert(1, "  ".join("-" * w for w in widths))
+    text.append("")
+    text.append(f"{PLUS_MINUS} (t interval on bootstrap variances); median: slope of "
+                "log(median); certificates ref(erence), conv(erged), opt(imiser), (over-)fit: "
+                "pass, FAIL or - (not run)")
+    if notes:
+        text += ["", "notes:"]
+        for reason, curves in notes.items():
+            text += [f"  {', '.join(curves)}:", f"    {reason}"]
     return "\n".join(text)

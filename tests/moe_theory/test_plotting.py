@@ -16,15 +16,19 @@ from matplotlib.figure import Figure
 
 from moe_theory.plotting import (
     GATE_COLORS,
+    LEGEND_TITLE,
+    OVERLAY_LINESTYLE,
     PANEL_SIZE_IN,
     PNG_DPI,
+    THEORY_LINESTYLE,
+    UNCERTIFIED_LINESTYLE,
     draw_rates,
     make_room_for_legend,
     plot_panels,
     plot_rates,
     use_style,
 )
-from tests.moe_theory.test_rates import results_table, stub_theory
+from tests.moe_theory.test_rates import passing_certificates, results_table, stub_theory
 
 CURVES = {("sigmoid", "D3"): -0.5, ("softmax", "D3"): -0.25}
 THEORY = stub_theory({("sigmoid", "D3"): -0.5})
@@ -35,16 +39,20 @@ def df():
     return results_table(CURVES)
 
 
-def draw(df, curves, theory=THEORY):
+def draw(df, curves, theory=THEORY, certificates=None):
     fig = Figure()
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    fits = draw_rates(ax, df, curves, theory=theory)
+    fits = draw_rates(ax, df, curves, theory=theory, certificates=certificates)
     return ax, fits
 
 
-def dashed(ax):
-    return [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+def lines(ax, style):
+    return [line for line in ax.get_lines() if line.get_linestyle() == style]
+
+
+def guides(ax):
+    return lines(ax, THEORY_LINESTYLE)
 
 
 def check_written(paths, shape):
@@ -83,18 +91,20 @@ def test_plot_panels_grid_size(df, tmp_path):
 
 
 def test_draw_rates_legend_fit_line_and_theory_guide(df):
-    ax, fits = draw(df, [("sigmoid", "D3"), ("softmax", "D3", "softmax MoE")])
-    labels = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert labels[-1] == "theory"
+    ax, fits = draw(df, [("sigmoid", "D3"), ("softmax", "D3", "softmax MoE")],
+                    certificates=passing_certificates(df))
+    legend = ax.get_legend()
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert labels[2:] == ["mean ± 2 sd", "median", "theory"]
+    assert legend.get_title().get_text() == LEGEND_TITLE == "slope ± 95% CI half-width"
     for label, name, fit in zip(labels, ["sigmoid D3", "softmax MoE"], fits, strict=False):
-        half = (fit.ci_high - fit.ci_low) / 2
-        assert label == rf"{name}: $n^{{{fit.slope:.2f} \pm {half:.2f}}}$"
+        assert label == rf"{name}: $n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$"
     assert fits[0].slope == pytest.approx(-0.5, abs=0.06)
     assert fits[1].slope == pytest.approx(-0.25, abs=0.06)
 
-    # Only sigmoid D3 has a theory exponent: one dashed guide, slope -0.5 in log-log, anchored
+    # Only sigmoid D3 has a theory exponent: one dash-dot guide, slope -0.5 in log-log, anchored
     # at the first mean.
-    (guide,) = dashed(ax)
+    (guide,) = guides(ax)
     gx, gy = (np.asarray(a, dtype=float) for a in guide.get_data())
     assert np.log(gy[1] / gy[0]) / np.log(gx[1] / gx[0]) == pytest.approx(-0.5)
     sigmoid = df[(df["fit_gate"] == "sigmoid") & (df["loss_name"] == "D3")]
@@ -117,8 +127,38 @@ def test_draw_rates_legend_fit_line_and_theory_guide(df):
 
 def test_no_theory_draws_no_guide(df):
     ax, _ = draw(df, [("softmax", "D3")])
-    assert dashed(ax) == []
+    assert guides(ax) == []
     assert "theory" not in [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_uncertified_curves_are_dashed_and_named_not_measurable(df):
+    ax, (fit,) = draw(df, [("sigmoid", "D3")])  # no certificates: not measurable
+    (line,) = lines(ax, UNCERTIFIED_LINESTYLE)
+    x, y = (np.asarray(a, dtype=float) for a in line.get_data())
+    assert y == pytest.approx(np.exp(fit.intercept) * x**fit.slope)
+    assert lines(ax, "-") == []
+    label = ax.get_legend().get_texts()[0].get_text()
+    assert label.endswith("(not measurable)")
+
+
+def test_medians_are_drawn_beside_the_means(df):
+    ax, _ = draw(df, [("sigmoid", "D3")])
+    sigmoid = df[(df["fit_gate"] == "sigmoid") & (df["loss_name"] == "D3")]
+    (medians,) = [line for line in lines(ax, "None") if line.get_marker() == "x"]
+    x, y = (np.asarray(a, dtype=float) for a in medians.get_data())
+    assert y == pytest.approx(sigmoid.groupby("n")["loss_value"].median().to_numpy())
+
+
+def test_overlay_is_drawn_from_the_reference_certificate(df):
+    certs = passing_certificates(df)
+    n = [1000, 10000, 100000]
+    certs.reference[("toy-dense", "sigmoid")].overlay = {
+        "D3": {"n": n, "mean": [1.0, 0.3, None], "median": [0.9, 0.28, None]}}
+    ax, _ = draw(df, [("sigmoid", "D3")], certificates=certs)
+    (overlay,) = lines(ax, OVERLAY_LINESTYLE)
+    x, y = (np.asarray(a, dtype=float) for a in overlay.get_data())
+    assert list(x) == [1000, 10000] and list(y) == [1.0, 0.3]  # the undefined point left out
+    assert "local prediction" in [text.get_text() for text in ax.get_legend().get_texts()]
 
 
 def test_error_bars_stay_positive_under_large_spread():

@@ -1,0 +1,732 @@
+"""Certificates: evidence that a plotted slope is the least-squares estimator's
+(docs/theory.md#certificates).
+
+A rate is the LSE's only when four things hold for its curve:
+
+- ``reference``: the reference measure the losses are taken against (``G*`` or ``G_bar``) is a
+  strict local minimiser of the population loss, resolved by the data: its Fisher matrix is
+  well conditioned, the predicted parameter error at the smallest ``n`` is small next to the
+  distance between its atoms, and (``G_bar``) refits of the population LSE from other starts
+  land on it. Computed once per (setting, fitted gate) by :func:`reference_certificate`.
+- ``converged``: at least 95% of the fits at every ``n`` stopped on a tolerance, not on the cap.
+- ``optimiser``: no fit is beaten by a known candidate (the reference, another start, the check
+  refits) by more than ``SSR_GAP_MAX`` noise variances, and ``moe-theory check`` found the
+  per-n means and the slope unmoved, within their uncertainty, by 10x max_iter and 10x jitter.
+- ``overfit``: the drop in the sum of squared residuals from the reference to the fit, in units
+  of the noise variance, is about the number of free parameters ``p`` (the chi^2_p law of a
+  regular model), not far above it (a continuum of near-minimisers absorbing the noise) nor far
+  below it (fits that stopped short of the LSE).
+
+Each certificate is ``pass``, ``fail`` or ``not run`` (the results lack the columns or files it
+needs: tables written before these certificates existed still load). The thresholds live here,
+each with the reason it holds. This module reads results and computes the reference certificate;
+:mod:`moe_theory.rates` turns the statuses into verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kernels.moe import n_free_gates
+from kernels.moe.torch_pass import jacobian_chunk
+from moe_theory import models
+from moe_theory.config import SweepConfig
+from moe_theory.data import sample_inputs
+from moe_theory.estimators import fit_lse
+from moe_theory.estimators.problem import LeastSquaresProblem
+from moe_theory.initialization import near_truth
+from moe_theory.measure import MixingMeasure
+from moe_theory.population import DESIGN_SEED, DESIGN_SIZE, GBAR_MAX_ITER, reference_measure
+from moe_theory.settings import Setting, get_setting, list_settings
+from moe_theory.voronoi import voronoi_loss
+
+PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
+CERTIFICATES = ("reference", "converged", "optimiser", "overfit")
+
+# ---- thresholds (docs/theory.md#certificates) ------------------------------------------------
+
+#: converged: share of the fits at each n that must stop on a tolerance. With the usual 20
+#: replications this allows one straggler per n: a fit stopped by the cap is not the estimator,
+#: and one of 20 moves the per-n mean by a twentieth of its own deviation, below the resolution
+#: of the mean (its 95% CI half-width is ~0.45 sd for 20 replications).
+CONVERGED_SHARE_MIN = 0.95
+#: optimiser: share of the fits at each n that must be no worse than their reference measure
+#: (``certified``) and within SSR_GAP_MAX of the best candidate; the same one-straggler rule.
+OPTIMISER_SHARE_MIN = 0.95
+#: optimiser: largest gap, in noise variances nu, between a fit's sum of squared residuals (SSR)
+#: and the best SSR any start or check refit found on the same data. Near a minimiser the SSR
+#: gap of two parameter values is ``n |theta_1 - theta_2|_F^2`` (F the Fisher matrix), and the
+#: statistical error has ``n |e|_F^2 ~ nu chi^2_p``: a gap of one nu is a displacement of
+#: 1/sqrt(p) of the statistical error, invisible in the losses.
+SSR_GAP_MAX = 1.0
+#: optimiser check: the factors applied to max_iter and to the start's jitter.
+CHECK_MAX_ITER_FACTOR = 10
+CHECK_JITTER_FACTOR = 10
+#: optimiser check: replications refitted per (setting, n), the first ones of the sweep. Two
+#: variants of 2 replications refit 2 * 2 / reps of the sweep (50% at the CPU preset's 8); a
+#: per-n mean or slope that moves under a changed optimiser moves on any subsample.
+CHECK_REPS = 2
+#: overfit: accepted range of the mean over replications of ``Delta SSR / (nu p)`` at each n.
+#: For a regular model ``Delta SSR / nu ~ chi^2_p`` (mean p, sd sqrt(2p)): with p >= 9 and 8
+#: replications the mean ratio has sd <= 0.17, so the range is several sds wide either way; the
+#: excess allowed above 1 absorbs the O(p / n) curvature of a non-linear model and the extra
+#: freedom of over-specified atoms, whose likelihood-ratio statistic grows only like log log n.
+OVERFIT_RATIO_MIN = 0.5
+OVERFIT_RATIO_MAX = 2.0
+#: overfit: the chi^2_p law needs n large next to p; smaller n are reported, not judged.
+OVERFIT_MIN_N_PER_P = 10
+#: reference: largest condition number of the Fisher matrix. Its inverse (the asymptotic
+#: covariance) is computed in float64 with relative error about cond * 2.2e-16, 2e-6 at 1e10;
+#: past ~1e13 no digit is left, and "identified" can no longer be told from "singular".
+FISHER_COND_MAX = 1e10
+#: reference: largest ratio of the predicted root-mean-square parameter error at the smallest n,
+#: ``sqrt(tr(Sigma) / n_min)``, to the smallest distance between reference atoms. A fitted atom
+#: changes Voronoi cell once its error exceeds half that distance, twice the rms error at this
+#: ratio: for a Gaussian error that happens with probability at most P(|z| > 2) = 4.6% (all of
+#: the variance in one direction is the worst case), so the local, cell-preserving asymptotics
+#: the theory describes apply from n_min on.
+ERROR_RATIO_MAX = 0.25
+#: reference (G_bar): refits of the population LSE from other starts must agree with the one
+#: started at the cached G_bar to within this fraction of the predicted mean D3 at the largest n
+#: (the finest resolution of the curve): the reference's ambiguity then moves the plotted loss
+#: by under 10% where it is smallest.
+RESTART_RATIO_MAX = 0.1
+#: reference (G_bar): largest predicted error of the cached G_bar (the LSE of a finite
+#: noise-free design, whose misfit acts as noise) over the statistical error at the largest n.
+#: The plotted loss measures the fit's error plus this offset: at 0.3 it inflates the rms error
+#: at n_max by sqrt(1 + 0.3^2) - 1 = 4.4%, under the curve's resolution there.
+DESIGN_ERROR_RATIO_MAX = 0.3
+#: reference (G_bar): starts of the refits, their jitter (10x the sweep default, as the
+#: optimiser check) and the design they are fitted on.
+RESTARTS = 4
+RESTART_JITTER = 0.1
+#: Design of the certificate's Fisher matrix and refits: the Monte Carlo error of a mean over N
+#: design points is relative ~ 1/sqrt(N) = 0.7%, and the whitened Fisher matrix's relative error
+#: ~ sqrt(p / N), under 0.2 for p <= 600; 2e4 points keep it to seconds on a CPU.
+CERT_DESIGN_SIZE = 20_000
+CERT_DESIGN_SEED = 31_415
+#: Asymptotic overlay: Monte Carlo draws of theta ~ N(theta_ref, Sigma / n) per n (common random
+#: numbers across n). The mean loss has relative MC error ~ cv / sqrt(512) <= 4.5% for a
+#: coefficient of variation <= 1.
+OVERLAY_SAMPLES = 512
+OVERLAY_SEED = 2718
+#: Asymptotic overlay: the measured mean follows the prediction at n when their ratio lies in
+#: [1 / OVERLAY_FACTOR, OVERLAY_FACTOR]. 1.5 is 0.41 in log: the 95% CI half-width of a log-mean
+#: of 20 replications of a loss with log-sd ~0.9, the spread of the curves measured so far.
+OVERLAY_FACTOR = 1.5
+#: Bytes of autograd workspace the residual-Hessian term of the sandwich may take per chunk.
+HESSIAN_CHUNK_BYTES = 256 * 2**20
+
+REFERENCE_DIR = "certificates"
+CHECK_FILE = "check.json"
+
+
+@dataclass(frozen=True)
+class Status:
+    """One certificate of one curve: ``pass``, ``fail`` or ``not run``, and why."""
+
+    status: str
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASS
+
+
+# ---- the reference certificate ----------------------------------------------------------------
+
+
+@dataclass
+class ReferenceCertificate:
+    """Whether the reference measure of one (setting, fitted gate) is identified.
+
+    Attributes
+    ----------
+    setting, fit_gate : the curve family it covers
+    kind : ``G*`` or ``G_bar``
+    model : gate, score, expert and atoms of the model whose Fisher matrix is computed: the
+        fitted one at ``G_bar``, the truth's own k*-atom model at ``G*``
+    p : its free parameters
+    noise_var : nu
+    design_size : N, design points of the Fisher matrix
+    fisher_min_eig, fisher_cond : of ``F = J^T J / N`` at the reference
+    hessian_min_eig : of the population loss's Hessian ``H = F - (1/N) sum_t m_t grad^2 f``
+        (``m = f_G* - f_ref``; equals F at G*)
+    covariance : ``inverse Fisher`` (G*: ``Sigma = nu F^-1``) or ``sandwich`` (G_bar:
+        ``Sigma = H^-1 (nu F + M) H^-1``, ``M = J^T diag(m^2) J / N``): the covariance of
+        ``sqrt(n) (theta_hat - theta_ref)``
+    error_scale : ``sqrt(tr(Sigma) / n_min)``, the predicted rms parameter error at ``n_min``
+    min_atom_distance : smallest ``|omega_i - omega_j|`` between reference atoms
+    misspecification : mean of ``m^2`` on the design; ``misspecification_scale = nu p / n_max``
+    design_error_ratio : predicted error of the cached G_bar from its finite design, over the
+        statistical error at ``n_max`` (G_bar only)
+    restarts : :class:`Refits` of the population LSE as a dict (G_bar only);
+        ``restart_tolerance`` the bound on their spread
+    n_min, n_max : the sweep's grid ends
+    overlay : ``{loss: {"n": [...], "mean": [...], "median": [...]}}``, the loss of
+        ``theta ~ N(theta_ref, Sigma / n)`` against the reference; empty where no local normal
+        limit exists, with the reason in ``overlay_note``
+    status, reasons : ``pass`` or ``fail`` and what failed
+    config_hash : of the sweep it was computed for (a rerun with another config recomputes it)
+    wall_s : computing time
+    """
+
+    setting: str
+    fit_gate: str
+    kind: str
+    model: dict
+    p: int
+    noise_var: float
+    design_size: int
+    n_min: int
+    n_max: int
+    fisher_min_eig: float
+    fisher_cond: float
+    hessian_min_eig: float
+    covariance: str
+    error_scale: float
+    min_atom_distance: float
+    misspecification: float
+    misspecification_scale: float
+    design_error_ratio: float | None = None
+    restarts: dict | None = None
+    restart_tolerance: float | None = None
+    overlay: dict = field(default_factory=dict)
+    overlay_note: str = ""
+    status: str = PASS
+    reasons: list[str] = field(default_factory=list)
+    config_hash: str = ""
+    wall_s: float = 0.0
+
+    @property
+    def error_ratio(self) -> float:
+        return self.error_scale / self.min_atom_distance
+
+    def to_dict(self) -> dict:
+        return {key: json_ready(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReferenceCertificate:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: (_float(v) if k in _FLOAT_FIELDS else v)
+                      for k, v in data.items() if k in known})
+
+
+_FLOAT_FIELDS = ("noise_var", "fisher_min_eig", "fisher_cond", "hessian_min_eig", "error_scale",
+                 "min_atom_distance", "misspecification", "misspecification_scale")
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN replaced by None and every infinity by the string ``inf`` or
+    ``-inf`` (JSON has neither), through nested dicts and lists."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def _float(value: Any) -> float:
+    """Inverse of :func:`json_ready` for one number."""
+    return math.nan if value is None else float(value)
+
+
+def design(setting: Setting, size: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The certificate's design ``X: (1, N, d)``, fixed by ``CERT_DESIGN_SEED``."""
+    rng = np.random.default_rng([CERT_DESIGN_SEED, size])
+    return torch.as_tensor(sample_inputs(size, setting.d, rng, setting.x_dist),
+                           dtype=torch.float64, device=device)[None]
+
+
+def fisher_blocks(problem: LeastSquaresProblem, theta: torch.Tensor, m: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F = J^T J / N`` and ``M = J^T diag(m^2) J / N`` at ``theta: (1, p)``, with J the
+    Jacobian of ``f`` in the estimator's free-parameter layout, formed a chunk of samples at a
+    time. ``m: (1, N)`` the misspecification residuals."""
+    gp, ep = problem.unpack(theta)
+    expert = models.get_expert(problem.expert)
+    N, p = problem.n, problem.p
+    F = theta.new_zeros(p, p)
+    M = theta.new_zeros(p, p)
+    step = max(1, min(N, (64 * 2**20) // (8 * p)))
+    for start in range(0, N, step):
+        Xc = problem.X[:, start:start + step]
+        _, J = jacobian_chunk(Xc, gp, ep, problem.gate, problem.score, expert)
+        J = J[0]
+        F += J.T @ J
+        M += J.T @ (J * m[0, start:start + step, None] ** 2)
+    return F / N, M / N
+
+
+def residual_hessian(problem: LeastSquaresProblem, theta: torch.Tensor, m: torch.Tensor
+                     ) -> torch.Tensor:
+    """``S = (1/N) sum_t m_t grad^2 f(x_t)``, the part of the population loss's Hessian that the
+    Gauss-Newton matrix leaves out (zero where the model reproduces the truth): the Jacobian of
+    ``J(theta)^T m / N``, by reverse-mode autodiff over sample chunks that bound its workspace."""
+    expert = models.get_expert(problem.expert)
+    N, p, k = problem.n, problem.p, problem.k
+    per_sample = 8 * 6 * k * (problem.pg + problem.pe) * p
+    step = max(1, min(N, HESSIAN_CHUNK_BYTES // per_sample))
+    S = theta.new_zeros(p, p)
+    for start in range(0, N, step):
+        Xc, mc = problem.X[:, start:start + step], m[:, start:start + step]
+
+        def jtm(t: torch.Tensor, Xc: torch.Tensor = Xc, mc: torch.Tensor = mc) -> torch.Tensor:
+            gp, ep = problem.unpack(t[None])
+            _, J = jacobian_chunk(Xc, gp, ep, problem.gate, problem.score, expert)
+            return (J[0] * mc[0, :, None]).sum(0)
+
+        S += torch.func.jacrev(jtm)(theta[0].detach())
+    S = S / N
+    return 0.5 * (S + S.T)
+
+
+def min_atom_distance(measure: MixingMeasure) -> float:
+    """Smallest distance between two atoms of ``measure`` in ``omega`` (what Voronoi cells use);
+    infinite for a single atom."""
+    omega = measure.omega[0]
+    if omega.shape[0] < 2:
+        return math.inf
+    dist = torch.cdist(omega[None], omega[None])[0]
+    dist.fill_diagonal_(math.inf)
+    return float(dist.min())
+
+
+def overlay_losses(problem: LeastSquaresProblem, theta: torch.Tensor, reference: MixingMeasure,
+                   cov: torch.Tensor, n_grid: Sequence[int], losses: Sequence[str],
+                   samples: int = OVERLAY_SAMPLES) -> dict:
+    """The plotted losses of ``theta ~ N(theta_ref, cov / n)`` against ``reference``, by Monte
+    Carlo (docs/theory.md#asymptotic-overlay): mean and median per n, the same normal draws at
+    every n. This is the local asymptotic prediction mapped exactly onto each plotted loss."""
+    evals, evecs = torch.linalg.eigh(cov)
+    root = evecs * evals.clamp_min(0).sqrt()
+    gen = torch.Generator(device="cpu").manual_seed(OVERLAY_SEED)
+    z = torch.randn(samples, theta.shape[-1], generator=gen, dtype=torch.float64).to(theta.device)
+    out: dict[str, dict] = {loss: {"n": [], "mean": [], "median": []} for loss in losses}
+    for n in n_grid:
+        draws = problem.measure(theta + z @ root.T / math.sqrt(n)).to(device="cpu")
+        for loss in losses:
+            values = voronoi_loss(draws, reference.to(device="cpu"), loss).numpy()
+            values = values[np.isfinite(values)]
+            out[loss]["n"].append(int(n))
+            out[loss]["mean"].append(float(values.mean()) if values.size else math.nan)
+            out[loss]["median"].append(float(np.median(values)) if values.size else math.nan)
+    return out
+
+
+@dataclass(frozen=True)
+class Refits:
+    """Refits of the population LSE on the certificate design (see :func:`refit_population`).
+
+    Attributes
+    ----------
+    spread : largest D3 to the anchor among refits whose population loss ties with it
+    better, tied, worse : refits whose loss is below, level with or above the anchor's
+    drift : D3 of the anchor (the refit started at the cached G_bar) to the cached G_bar
+    """
+
+    spread: float
+    better: int
+    tied: int
+    worse: int
+    drift: float
+
+
+def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: torch.Tensor,
+                     Y: torch.Tensor, tie: float, *, backend: str = "auto",
+                     restarts: int = RESTARTS) -> Refits:
+    """Refit the population LSE on the design ``X`` (noise-free ``Y = f_G*``) from the cached
+    ``G_bar`` (the anchor) and from ``restarts`` jittered near-truth starts, in one batch, and
+    compare the refits' population losses and positions with the anchor's.
+
+    A refit *ties* with the anchor when their mean squared misfits differ by at most ``tie``
+    plus twice the design's standard error of that difference (a paired comparison on the same
+    points; the design's Monte Carlo error must not decide); it is *better* or *worse* beyond.
+    A worse refit is a local minimum the optimiser found, no evidence against G_bar; a better
+    one means G_bar is not the population LSE; a tied one far from the anchor means the data
+    cannot tell two minimisers apart.
+    """
+    truth = setting.truth()
+    starts = [g_bar.to(device=X.device)]
+    for i in range(restarts):
+        init = near_truth(truth, setting.k_fit, seed=DESIGN_SEED + 1 + i, jitter=RESTART_JITTER,
+                          split=setting.split)
+        starts.append(init.draw(1, fit_gate, device=X.device))
+    batch = MixingMeasure(fit_gate, setting.score, setting.expert, setting.d,
+                          torch.cat([s.gate_params for s in starts]),
+                          torch.cat([s.expert_params for s in starts]))
+    R = batch.R
+    fit = fit_lse(X.repeat(R, 1, 1), Y.repeat(R, 1), setting.k_fit, fit_gate, setting.expert,
+                  setting.score, init=batch, max_iter=GBAR_MAX_ITER, ftol=1e-13, gtol=1e-13,
+                  backend=backend)
+    with torch.no_grad():
+        sq = ((Y - fit.measure(X.repeat(R, 1, 1))) ** 2).cpu()
+    diff = sq[1:] - sq[:1]
+    gap = diff.mean(-1)
+    margin = tie + 2 * diff.std(-1) / math.sqrt(X.shape[1])
+    fitted = fit.measure.to(device="cpu")
+    anchor = fitted.select(0)
+    d3 = voronoi_loss(fitted.select(slice(1, R)), anchor, "D3")
+    tied = gap.abs() <= margin
+    return Refits(
+        spread=float(d3[tied].max()) if bool(tied.any()) else 0.0,
+        better=int((gap < -margin).sum()), tied=int(tied.sum()), worse=int((gap > margin).sum()),
+        drift=float(voronoi_loss(anchor, g_bar, "D3")[0]),
+    )
+
+
+def reference_certificate(
+    setting: Setting, fit_gate: str, n_grid: Sequence[int], losses: Sequence[str], *,
+    design_size: int = CERT_DESIGN_SIZE, device: str = "cpu", backend: str = "auto",
+    restarts: int = RESTARTS,
+) -> ReferenceCertificate:
+    """Is the reference of ``fit_gate`` fits of ``setting`` identified at the grid ``n_grid``?
+
+    Parameters
+    ----------
+    setting, fit_gate : the truth recipe and the fitted gate
+    n_grid : the sweep's sample sizes (their ends set the scales the criteria compare with)
+    losses : the losses the sweep measures against this reference (for the overlay)
+    design_size : design points of the Fisher matrix and of the refits
+    device, backend : where the computation runs (the cached G_bar is read or computed there)
+    restarts : jittered refits of G_bar (ignored for G*)
+    """
+    kind, ref = reference_measure(setting, fit_gate, device=device, backend=backend)
+    truth = setting.truth()
+    n_min, n_max = int(min(n_grid)), int(max(n_grid))
+    nu = float(setting.noise_var)
+    X = design(setting, design_size, device)
+    f_star = truth.to(device=X.device)(X)
+    # The model whose Fisher matrix decides: the fitted k-atom model at G_bar; at G* the truth's
+    # own k*-atom model (an over-specified fit is singular at G*, where its rates are not n^-1/2)
+    model = ref.to(device=X.device)
+    problem = LeastSquaresProblem(X, f_star, model.gate, model.score, model.expert, model.k,
+                                  "torch")
+    theta = problem.pack(model)
+    with torch.no_grad():
+        m = f_star - model(X)
+    F, M = fisher_blocks(problem, theta, m)
+    H = F - residual_hessian(problem, theta, m) if kind == "G_bar" else F
+    eig_F = torch.linalg.eigvalsh(F)
+    eig_H = torch.linalg.eigvalsh(H)
+    fisher_min, fisher_max = float(eig_F[0]), float(eig_F[-1])
+    cond = fisher_max / fisher_min if fisher_min > 0 else math.inf
+    reasons: list[str] = []
+    if not cond <= FISHER_COND_MAX:
+        reasons.append(f"Fisher condition number {cond:.1e} > {FISHER_COND_MAX:.0e}")
+    if not float(eig_H[0]) > 0:
+        reasons.append(f"population-loss Hessian not positive definite (smallest eigenvalue "
+                       f"{float(eig_H[0]):.1e}): the reference is not a strict local minimiser")
+    H_inv = torch.linalg.pinv(H, hermitian=True)
+    if kind == "G*":
+        cov, covariance = nu * H_inv, "inverse Fisher"
+    else:
+        cov, covariance = H_inv @ (nu * F + M) @ H_inv, "sandwich"
+    cov = 0.5 * (cov + cov.T)
+    trace = float(torch.trace(cov))
+    error_scale = math.sqrt(trace / n_min) if trace >= 0 else math.inf
+    distance = min_atom_distance(model.to(device="cpu"))
+    if not error_scale <= ERROR_RATIO_MAX * distance:
+        reasons.append(f"predicted parameter error at n={n_min} ({error_scale:.2g}) exceeds "
+                       f"{ERROR_RATIO_MAX} x the smallest distance between reference atoms "
+                       f"({distance:.2g})")
+    misspecification = float((m * m).mean())
+    misspecification_scale = nu * problem.p / n_max
+    design_error_ratio = None
+    if kind == "G_bar" and not reasons:
+        # G_bar is the LSE of a finite noise-free design: the misfit m plays the noise, and the
+        # cached G_bar is off the population one by ~ N(0, H^-1 M H^-1 / N_cache)
+        cache_size = DESIGN_SIZE.get(torch.device(device).type, DESIGN_SIZE["cpu"])
+        design_var = float(torch.trace(H_inv @ M @ H_inv)) / cache_size
+        design_error_ratio = math.sqrt(max(design_var, 0.0) / (trace / n_max))
+        if not design_error_ratio <= DESIGN_ERROR_RATIO_MAX:
+            reasons.append(f"the cached G_bar, fitted on {cache_size} design points, is off the "
+                           f"population LSE by ~{design_error_ratio:.2f} x the statistical error "
+                           f"at n={n_max} (> {DESIGN_ERROR_RATIO_MAX}): use a larger design")
+    overlay: dict = {}
+    note = ""
+    if setting.k_fit != model.k:
+        note = (f"no local normal limit: the {setting.k_fit}-atom fit over-specifies the "
+                f"{model.k}-atom G*, where it is singular")
+    elif reasons:
+        note = "no local normal limit: the reference is not identified"
+    else:
+        overlay = overlay_losses(problem, theta, ref.to(device="cpu"), cov, n_grid, losses)
+    refits = None
+    restart_tolerance = None
+    if kind == "G_bar":
+        refits = refit_population(setting, fit_gate, ref, X, f_star, SSR_GAP_MAX * nu / n_max,
+                                  backend=backend, restarts=restarts)
+        d3 = overlay.get("D3") or overlay_losses(problem, theta, ref.to(device="cpu"), cov,
+                                                 [n_max], ["D3"])["D3"]
+        restart_tolerance = RESTART_RATIO_MAX * d3["mean"][-1]
+        if refits.better:
+            reasons.append(f"{refits.better} of {restarts} refits from other starts reach a lower "
+                           "population loss than G_bar: G_bar is not the population LSE")
+        if not refits.spread <= restart_tolerance:
+            reasons.append(f"refits of G_bar with the same population loss end up D3 = "
+                           f"{refits.spread:.2g} apart, above {RESTART_RATIO_MAX} x the predicted "
+                           f"D3 at n={n_max} ({restart_tolerance:.2g})")
+    if reasons and kind == "G_bar" and misspecification < misspecification_scale:
+        reasons.append(f"the {setting.k_fit}-atom {fit_gate} fit reproduces f_G* to "
+                       f"{misspecification:.1e} in mean square, below nu p / n_max = "
+                       f"{misspecification_scale:.1e}: the data cannot single out G_bar")
+    return ReferenceCertificate(
+        setting=setting.name, fit_gate=fit_gate, kind=kind,
+        model={"gate": model.gate, "score": model.score, "expert": model.expert, "k": model.k},
+        p=problem.p, noise_var=nu, design_size=design_size, n_min=n_min, n_max=n_max,
+        fisher_min_eig=fisher_min, fisher_cond=cond, hessian_min_eig=float(eig_H[0]),
+        covariance=covariance, error_scale=error_scale, min_atom_distance=distance,
+        misspecification=misspecification, misspecification_scale=misspecification_scale,
+        design_error_ratio=design_error_ratio,
+        restarts=None if refits is None else asdict(refits),
+        restart_tolerance=restart_tolerance, overlay=overlay, overlay_note=note,
+        status=FAIL if reasons else PASS, reasons=reasons,
+    )
+
+
+def reference_path(folder: str | Path, setting: str, fit_gate: str) -> Path:
+    return Path(folder) / REFERENCE_DIR / f"reference-{setting}-{fit_gate}.json"
+
+
+def write_reference_certificate(folder: str | Path, cert: ReferenceCertificate) -> Path:
+    """Save ``cert`` beside the sweep's shards (written whole or not at all)."""
+    path = reference_path(folder, cert.setting, cert.fit_gate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(cert.to_dict(), indent=1))
+    tmp.replace(path)
+    return path
+
+
+def certify_references(
+    config: SweepConfig, out: str | Path, *, losses: Callable[[Setting, str], Sequence[str]],
+    device: str = "cpu", backend: str = "auto", log: Callable[[str], None] | None = None,
+) -> list[ReferenceCertificate]:
+    """The reference certificate of every (setting, fitted gate) of ``config``, saved in
+    ``out/certificates/``; one already there for this config is read, not recomputed.
+
+    ``losses(setting, reference_kind)`` lists the losses the sweep measures (the overlay's).
+    """
+    done = load_reference_certificates(out)
+    certs = []
+    for setting in config.setting_objects():
+        for gate in config.gates_for(setting):
+            cert = done.get((setting.name, gate))
+            if cert is None or cert.config_hash != config.hash:
+                start = time.perf_counter()
+                cert = reference_certificate(setting, gate, config.n,
+                                             losses(setting, setting.reference_kind(gate)),
+                                             device=device, backend=backend)
+                cert.config_hash, cert.wall_s = config.hash, time.perf_counter() - start
+                write_reference_certificate(out, cert)
+                if log is not None:
+                    log(f"reference certificate {setting.name} / {gate}: {cert.status}"
+                        + (f" ({'; '.join(cert.reasons)})" if cert.reasons else "")
+                        + f" ({cert.wall_s:.1f} s)")
+            certs.append(cert)
+    return certs
+
+
+def load_reference_certificates(folder: str | Path) -> dict[tuple[str, str], ReferenceCertificate]:
+    """Every ``DIR/certificates/reference-*.json``, keyed by (setting, fit_gate)."""
+    out = {}
+    for path in sorted((Path(folder) / REFERENCE_DIR).glob("reference-*.json")):
+        try:
+            cert = ReferenceCertificate.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ValueError(f"DIR: {path} is not a reference certificate ({err})") from None
+        out[(cert.setting, cert.fit_gate)] = cert
+    return out
+
+
+def load_check(folder: str | Path) -> dict | None:
+    """``DIR/check.json`` as ``moe-theory check`` wrote it, or None."""
+    path = Path(folder) / CHECK_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"DIR: {path} is not valid JSON ({err})") from None
+
+
+# ---- per-curve certificates from the results table --------------------------------------------
+
+
+def fits_of(curve: pd.DataFrame) -> pd.DataFrame:
+    """One row per fit ``(n, rep)`` of a curve (per-fit columns repeat over its loss rows)."""
+    return curve.drop_duplicates(["n", "rep"])
+
+
+def converged_certificate(curve: pd.DataFrame) -> Status:
+    """``converged``: at least CONVERGED_SHARE_MIN of the fits at every n stopped on a
+    tolerance (``stop_reason == "tolerance"``, or the older ``converged`` column)."""
+    fits = fits_of(curve)
+    if "stop_reason" in fits.columns:
+        ok = fits["stop_reason"].astype(str) == "tolerance"
+    elif "converged" in fits.columns:
+        ok = fits["converged"].astype(bool)
+    else:
+        return Status(NOT_RUN, "no stop_reason or converged column")
+    share = ok.groupby(fits["n"]).mean()
+    bad = share[share < CONVERGED_SHARE_MIN]
+    if bad.empty:
+        return Status(PASS)
+    worst = bad.idxmin()
+    return Status(FAIL, f"{bad.size} n with < {CONVERGED_SHARE_MIN:.0%} of fits stopped on "
+                        f"tolerance (n={worst}: {share[worst]:.0%})")
+
+
+def free_parameters(fit_gate: str, score: str, expert: str, d: int, k: int) -> int:
+    """Free parameters p of a k-atom model in the estimator's layout."""
+    pg = models.gate_dim(score, d)
+    pe = models.get_expert(expert).dim(d)
+    return n_free_gates(fit_gate, k) * pg + k * pe
+
+
+def overfit_ratios(curve: pd.DataFrame, noise_var: float) -> pd.Series:
+    """Mean over replications, per n, of ``Delta SSR / (nu p)``: the drop in the sum of squared
+    residuals from the reference measure to the fit, ``n (ref_loss - fit_loss)``, in noise
+    variances per free parameter."""
+    fits = fits_of(curve)
+    row = fits.iloc[0]
+    p = free_parameters(row["fit_gate"], row["score"], row["expert"], int(row["d"]),
+                        int(row["k_fit"]))
+    delta = fits["n"] * (fits["ref_loss"].astype(float) - fits["fit_loss"].astype(float))
+    return (delta / (noise_var * p)).groupby(fits["n"]).mean()
+
+
+def overfit_certificate(curve: pd.DataFrame, noise_var: float | None) -> Status:
+    """``overfit``: the mean ``Delta SSR / (nu p)`` lies in [OVERFIT_RATIO_MIN,
+    OVERFIT_RATIO_MAX] at every n >= OVERFIT_MIN_N_PER_P p."""
+    if noise_var is None or not {"fit_loss", "ref_loss"} <= set(curve.columns):
+        return Status(NOT_RUN, "noise variance or fit_loss/ref_loss unknown")
+    row = curve.iloc[0]
+    p = free_parameters(row["fit_gate"], row["score"], row["expert"], int(row["d"]),
+                        int(row["k_fit"]))
+    ratios = overfit_ratios(curve, noise_var)
+    judged = ratios[ratios.index >= OVERFIT_MIN_N_PER_P * p]
+    if judged.empty:
+        return Status(NOT_RUN, f"every n < {OVERFIT_MIN_N_PER_P} p = {OVERFIT_MIN_N_PER_P * p}")
+    bad = judged[~judged.between(OVERFIT_RATIO_MIN, OVERFIT_RATIO_MAX)]
+    if bad.empty:
+        return Status(PASS)
+    n = bad.index[np.argmax(np.abs(np.log(np.abs(bad.to_numpy()) + 1e-300)))]
+    side = "above" if judged[n] > OVERFIT_RATIO_MAX else "below"
+    return Status(FAIL, f"Delta SSR / (nu p) = {judged[n]:.2g} at n={n}, {side} "
+                        f"[{OVERFIT_RATIO_MIN}, {OVERFIT_RATIO_MAX}]")
+
+
+def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None) -> Status:
+    """``optimiser``: per n, at least OPTIMISER_SHARE_MIN of the fits are no worse than their
+    reference (``certified``) and, with several starts, had their best SSR reached by a second
+    start (``starts_near_best >= 2``: within nu, hence within SSR_GAP_MAX, of the best); and
+    the curve's entry of the optimiser check (``moe-theory check``) passed. ``check`` is None
+    when the check was not run."""
+    fits = fits_of(curve)
+    tests = []
+    if "certified" in fits.columns:
+        tests.append(("fits worse than the reference measure", fits["certified"].astype(bool)))
+    if {"starts_near_best", "n_starts"} <= set(fits.columns) and (fits["n_starts"] > 1).all():
+        tests.append(("fits whose best SSR no second start reached",
+                      fits["starts_near_best"] >= 2))
+    for what, ok in tests:
+        share = ok.groupby(fits["n"]).mean()
+        bad = share[share < OPTIMISER_SHARE_MIN]
+        if not bad.empty:
+            n = bad.idxmin()
+            return Status(FAIL, f"{what} at {bad.size} n (n={n}: {1 - share[n]:.0%} of fits)")
+    if check is None:
+        return Status(NOT_RUN, "no optimiser check (run moe-theory check DIR)")
+    if check.get("status") != PASS:
+        return Status(check.get("status", FAIL), "; ".join(check.get("reasons", [])))
+    return Status(PASS)
+
+
+def overlay_agreement(n: Sequence[float], values: Sequence[np.ndarray],
+                      overlay: Mapping | None) -> float:
+    """The smallest sample size from which the measured mean stays within a factor
+    OVERLAY_FACTOR of the asymptotic overlay's mean at every larger n of the grid; NaN without
+    an overlay or when the last n disagrees already.
+
+    Parameters
+    ----------
+    n : (P,) sample sizes of the curve
+    values : P arrays of usable losses
+    overlay : the reference certificate's entry for this loss, ``{"n", "mean", "median"}``
+    """
+    if not overlay:
+        return math.nan
+    predicted = dict(zip(overlay["n"], overlay["mean"], strict=True))
+    start = math.nan
+    for m, v in sorted(zip(n, values, strict=True), key=lambda item: -item[0]):
+        pred = predicted.get(int(m))
+        if pred is None or not v.size or not (pred and np.isfinite(pred) and pred > 0):
+            break
+        if abs(math.log(float(np.mean(v)) / pred)) > math.log(OVERLAY_FACTOR):
+            break
+        start = float(m)
+    return start
+
+
+def reference_status(cert: ReferenceCertificate | None) -> Status:
+    if cert is None:
+        return Status(NOT_RUN, "no reference certificate (run moe-theory check DIR)")
+    return Status(cert.status, "; ".join(cert.reasons))
+
+
+def noise_variance(curve: pd.DataFrame, cert: ReferenceCertificate | None) -> float | None:
+    """nu of a curve: its ``noise_var`` column, else its reference certificate's, else the named
+    setting's; None when none of them is known."""
+    if "noise_var" in curve.columns:
+        return float(curve["noise_var"].iloc[0])
+    if cert is not None:
+        return cert.noise_var
+    name = str(curve["setting"].iloc[0])
+    return get_setting(name).noise_var if name in list_settings() else None
+
+
+@dataclass(frozen=True)
+class FolderCertificates:
+    """What a results folder holds for certification: reference certificates per (setting,
+    fit_gate) and the optimiser check's per-curve entries, keyed ``setting/fit_gate/loss``."""
+
+    reference: Mapping[tuple[str, str], ReferenceCertificate] = field(default_factory=dict)
+    check: Mapping[str, Any] | None = None
+
+    @classmethod
+    def load(cls, folder: str | Path) -> FolderCertificates:
+        return cls(load_reference_certificates(folder), load_check(folder))
+
+    def curve_check(self, setting: str, fit_gate: str, loss: str) -> Mapping | None:
+        if self.check is None:
+            return None
+        return self.check.get("curves", {}).get(f"{setting}/{fit_gate}/{loss}")
+
+    def evaluate(self, curve: pd.DataFrame, name: tuple[str, str, str]) -> dict[str, Status]:
+        """The four certificates of the curve ``name = (setting, fit_gate, loss_name)``."""
+        setting, fit_gate, loss = name
+        cert = self.reference.get((setting, fit_gate))
+        nu = noise_variance(curve, cert)
+        return {
+            "reference": reference_status(cert),
+            "converged": converged_certificate(curve),
+            "optimiser": optimiser_certificate(curve, self.curve_check(setting, fit_gate, loss)),
+            "overfit": overfit_certificate(curve, nu),
+        }
