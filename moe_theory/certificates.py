@@ -482,7 +482,9 @@ def reference_certificate(
             reasons.append(f"refits of G_bar with the same population loss end up D3 = "
                            f"{refits.spread:.2g} apart, above {RESTART_RATIO_MAX} x the predicted "
                            f"D3 at n={n_max} ({restart_tolerance:.2g})")
-    if reasons and kind == "G_bar" and misspecification < misspecification_scale:
+    degenerate = not (cond <= FISHER_COND_MAX and float(eig_H[0]) > 0) or (
+        refits is not None and not refits.spread <= restart_tolerance)
+    if degenerate and kind == "G_bar" and misspecification < misspecification_scale:
         reasons.append(f"the {setting.k_fit}-atom {fit_gate} fit reproduces f_G* to "
                        f"{misspecification:.1e} in mean square, below nu p / n_max = "
                        f"{misspecification_scale:.1e}: the data cannot single out G_bar")

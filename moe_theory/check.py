@@ -1,0 +1,250 @@
+"""``moe-theory check DIR``: is a finished sweep's rate the estimator's or the optimiser's?
+(docs/theory.md#certificates)
+
+The check refits the first ``CHECK_REPS`` replications of every (setting, n) twice, with 10x
+``max_iter`` and with 10x the start's jitter, through the sweep's own :func:`run_shard` (same
+data, same seeds, same multi-start), and asks of every curve:
+
+- is each sweep fit's sum of squared residuals within ``SSR_GAP_MAX`` noise variances of the
+  best any refit found on the same data?
+- does the mean loss at each n move by less than the half-width of its 95% CI?
+- does the slope move by less than the half-width of its 95% CI?
+
+A variant's estimate is its own fit unless that fit's SSR is worse than the sweep's by more than
+``SSR_GAP_MAX`` noise variances (a worse local minimum is no evidence against the sweep's fit);
+a fit the data cannot tell from the sweep's, far from it in the loss, moves the curve: the loss
+is then not identified by the least-squares criterion.
+
+The refits go to ``DIR/check.parquet``, the per-curve outcome to ``DIR/check.json``, which
+:class:`moe_theory.certificates.FolderCertificates` reads into the ``optimiser`` certificate.
+The reference certificates are computed too when the sweep predates them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moe_theory.certificates import (
+    CHECK_FILE,
+    CHECK_JITTER_FACTOR,
+    CHECK_MAX_ITER_FACTOR,
+    CHECK_REPS,
+    FAIL,
+    NOT_RUN,
+    OPTIMISER_SHARE_MIN,
+    PASS,
+    SSR_GAP_MAX,
+    certify_references,
+    json_ready,
+    noise_variance,
+)
+from moe_theory.config import SweepConfig, parse_config
+from moe_theory.initialization import DEFAULT_JITTER
+from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
+from moe_theory.store import Shard, atomic_write, load_results, read_manifest
+from moe_theory.sweep import applicable_losses, run_shard
+
+CHECK_TABLE = "check.parquet"
+
+
+def read_manifest_config(folder: Path) -> SweepConfig:
+    """The config a sweep folder was run with (its ``manifest.json``)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")
+    if not isinstance(manifest.get("config"), dict):
+        raise ValueError(f"DIR: {folder / 'manifest.json'} is not a sweep manifest (no 'config' "
+                         "object)")
+    return parse_config(manifest["config"], source=str(folder / "manifest.json"))
+
+
+def variants(config: SweepConfig) -> dict[str, SweepConfig]:
+    """The check's two refit configs: 10x max_iter, and 10x jitter of every start (of the
+    default jitter when the sweep's is 0, which 10x would leave at 0)."""
+    jitter = config.jitter if config.jitter > 0 else DEFAULT_JITTER
+    start_jitter = None if config.start_jitter is None else (
+        config.start_jitter * CHECK_JITTER_FACTOR)
+    return {
+        f"max_iter x{CHECK_MAX_ITER_FACTOR}":
+            replace(config, max_iter=config.max_iter * CHECK_MAX_ITER_FACTOR),
+        f"jitter x{CHECK_JITTER_FACTOR}":
+            replace(config, jitter=jitter * CHECK_JITTER_FACTOR, start_jitter=start_jitter),
+    }
+
+
+def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str = "auto",
+          log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """The check's refits: replications ``0..reps-1`` of every (setting, n) under each variant,
+    with a ``variant`` column."""
+    frames = []
+    for name, cfg in variants(config).items():
+        for setting in config.settings:
+            for n in config.n:
+                start = time.perf_counter()
+                rows = run_shard(cfg, Shard(setting, n, 0, reps), device=device, backend=backend)
+                frames.append(rows.assign(variant=name))
+                if log is not None:
+                    log(f"check {name}: {setting} n={n} ({time.perf_counter() - start:.1f} s)")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _log_mean(values: np.ndarray) -> float:
+    v = usable(values)
+    return float(np.log(v.mean())) if v.size else math.nan
+
+
+def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
+                noise_var: float | None) -> dict:
+    """The optimiser check of one curve.
+
+    Parameters
+    ----------
+    full : the curve's rows in the sweep (every replication)
+    base : the sweep's rows of the replications that were refitted
+    refits : the refits' rows of this curve (column ``variant``)
+    noise_var : nu, or None when unknown (the SSR test is then not run)
+
+    Returns
+    -------
+    ``{"status", "reasons", "ssr_gap_max", "ssr_gap_share", "mean_shift", "mean_tolerance",
+    "slope", "slope_shift", "slope_tolerance"}``: gaps in noise variances; ``mean_shift`` the
+    largest |change of log-mean| over n per variant, ``mean_tolerance`` the smallest 95% CI
+    half-width of a log-mean over n, ``slope_shift`` the slope's change per variant.
+    """
+    reasons: list[str] = []
+    out: dict = {}
+    keys = ["n", "rep"]
+    base = base.drop_duplicates(keys).set_index(keys)
+    if noise_var is not None:
+        best = refits.groupby(keys)["fit_loss"].min()
+        joined = base[["fit_loss"]].join(best.rename("best"), how="inner")
+        n = joined.index.get_level_values("n").to_numpy(dtype=float)
+        gap = n * (joined["fit_loss"] - np.minimum(joined["fit_loss"], joined["best"])) / noise_var
+        within = gap <= SSR_GAP_MAX
+        out.update(ssr_gap_max=float(gap.max()), ssr_gap_share=float(within.mean()))
+        if within.mean() < OPTIMISER_SHARE_MIN:
+            reasons.append(f"{int((~within).sum())} of {len(within)} refitted fits beaten by a "
+                           f"refit by more than {SSR_GAP_MAX} nu (largest gap {gap.max():.3g} nu)")
+    full_n = sorted(full["n"].unique())
+    half = {m: log_mean_half_width(full.loc[full["n"] == m, "loss_value"].to_numpy(float))
+            for m in full_n}
+    full_fit = curve_fit(full, n_boot=500)
+    out.update(slope=full_fit.slope, slope_tolerance=full_fit.half_width, mean_shift={},
+               slope_shift={},
+               mean_tolerance=min((h for h in half.values() if np.isfinite(h)), default=math.nan))
+    base_by_n = {m: g["loss_value"].to_numpy(float) for m, g in base.reset_index().groupby("n")}
+    base_slope = _subsample_slope(base_by_n)
+    for name, rows in refits.groupby("variant", sort=True):
+        chosen = _estimate(base, rows.drop_duplicates(keys).set_index(keys), noise_var)
+        by_n = {m: g.to_numpy(float) for m, g in chosen.groupby(level="n")}
+        # only the n the curve's rate uses have a CI to compare with
+        shifts = {m: _shift(by_n.get(m, np.array([])), v) for m, v in base_by_n.items()
+                  if np.isfinite(half.get(m, math.nan))}
+        shifts = {m: s for m, s in shifts.items() if s is not None}
+        moved = [m for m, s in shifts.items() if not s <= half.get(m, math.nan)]
+        out["mean_shift"][name] = max(shifts.values(), default=math.nan)
+        if moved:
+            m = moved[0]
+            reasons.append(f"{name}: the log-mean at {len(moved)} n moves by more than its 95% "
+                           f"CI half-width (n={m}: {shifts[m]:.2f} against "
+                           f"{half.get(m, math.nan):.2f})")
+        shift = abs(_subsample_slope(by_n) - base_slope)
+        out["slope_shift"][name] = shift
+        if np.isfinite(full_fit.half_width) and not shift <= full_fit.half_width:
+            reasons.append(f"{name}: the slope moves by {shift:.3f}, more than its 95% CI "
+                           f"half-width {full_fit.half_width:.3f}")
+    usable_any = any(usable(v).size for m, v in base_by_n.items() if np.isfinite(half[m]))
+    out["status"] = (FAIL if reasons else PASS) if usable_any else NOT_RUN
+    out["reasons"] = reasons if usable_any else ["no usable loss among the refitted fits"]
+    return out
+
+
+def _estimate(base: pd.DataFrame, variant: pd.DataFrame, noise_var: float | None) -> pd.Series:
+    """Per fit ``(n, rep)``, the loss of the estimate the variant protocol stands for: its own
+    fit where its SSR is no more than SSR_GAP_MAX noise variances above the sweep's (a better
+    fit, or one the data cannot tell from it), the sweep's fit where the variant only found a
+    worse local minimum (which says nothing against the sweep's being the LSE)."""
+    joined = base[["fit_loss", "loss_value"]].merge(
+        variant[["fit_loss", "loss_value"]], left_index=True, right_index=True,
+        suffixes=("", "_variant"))
+    if noise_var is None:
+        return joined["loss_value_variant"]
+    n = joined.index.get_level_values("n").to_numpy(dtype=float)
+    worse = n * (joined["fit_loss_variant"] - joined["fit_loss"]) / noise_var > SSR_GAP_MAX
+    return joined["loss_value_variant"].where(~worse, joined["loss_value"])
+
+
+def _shift(variant: np.ndarray, base: np.ndarray) -> float | None:
+    """|change of the log-mean| from ``base`` to ``variant``; infinite when only one of them has
+    a usable value (the refit lost or created the loss, e.g. an over-specified cell); None when
+    neither has."""
+    a, b = usable(variant), usable(base)
+    if not a.size and not b.size:
+        return None
+    if not a.size or not b.size:
+        return math.inf
+    return abs(_log_mean(a) - _log_mean(b))
+
+
+def _subsample_slope(by_n: dict) -> float:
+    """OLS slope of the log-mean on log n of a few replications per n (no CI needed)."""
+    n = sorted(m for m, v in by_n.items() if usable(v).size)
+    if len(n) < 2:
+        return math.nan
+    return float(np.polyfit(np.log(n), [_log_mean(by_n[m]) for m in n], 1)[0])
+
+
+def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu",
+              backend: str = "auto", log: Callable[[str], None] | None = None) -> dict:
+    """Run the optimiser check (and any missing reference certificate) on a finished sweep.
+
+    Parameters
+    ----------
+    folder : the sweep's results folder (``manifest.json``, shards or ``results.parquet``)
+    reps : replications refitted per (setting, n), the first ones (at most the sweep's)
+    device, backend : where the refits run (the table's rows do not depend on it beyond
+        rounding)
+    log : receives one line per refitted shard
+
+    Returns
+    -------
+    The content written to ``DIR/check.json``: ``{"config_hash", "reps", "variants", "wall_s",
+    "curves": {"setting/fit_gate/loss": curve_check(...)}}``.
+    """
+    folder = Path(folder)
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+        raise ValueError(f"reps: must be a positive integer, got {reps!r}")
+    config = read_manifest_config(folder)
+    results = load_results(folder)
+    start = time.perf_counter()
+    certs = certify_references(
+        config, folder, losses=functools.partial(applicable_losses, wanted=config.losses),
+        device=device, backend=backend, log=log)
+    cert_by = {(c.setting, c.fit_gate): c for c in certs}
+    reps = min(reps, config.reps)
+    refits = refit(config, reps, device=device, backend=backend, log=log)
+    atomic_write(folder / CHECK_TABLE, lambda tmp: refits.to_parquet(tmp, index=False))
+    curves = {}
+    for name, full in results.groupby(list(CURVE_KEYS), sort=True):
+        base = full[full["rep"] < reps]
+        mine = refits[(refits["setting"] == name[0]) & (refits["fit_gate"] == name[1])
+                      & (refits["loss_name"] == name[2])]
+        nu = noise_variance(full, cert_by.get(name[:2]))
+        curves["/".join(map(str, name))] = curve_check(full, base, mine, nu)
+    report = {"config_hash": config.hash, "reps": reps,
+              "variants": {name: {"max_iter": cfg.max_iter, "jitter": cfg.jitter,
+                                  "start_jitter": cfg.start_jitter}
+                           for name, cfg in variants(config).items()},
+              "wall_s": round(time.perf_counter() - start, 2), "curves": curves}
+    text = json.dumps(json_ready(report), indent=1)
+    atomic_write(folder / CHECK_FILE, lambda tmp: Path(tmp).write_text(text))
+    return report

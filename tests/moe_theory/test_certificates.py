@@ -1,0 +1,268 @@
+"""Certificates (docs/theory.md#certificates): each one fails where its evidence is missing, a
+regular setting passes them all, a non-identifiable one is "not measurable" with the reason."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import moe_theory as mt
+from moe_theory import certificates, population
+from moe_theory.certificates import (
+    FAIL,
+    NOT_RUN,
+    PASS,
+    FolderCertificates,
+    converged_certificate,
+    load_reference_certificates,
+    optimiser_certificate,
+    overfit_certificate,
+    overlay_agreement,
+    reference_certificate,
+    write_reference_certificate,
+)
+from moe_theory.cli import main
+from moe_theory.config import parse_config
+from moe_theory.measure import MixingMeasure
+from moe_theory.rates import CERT_COLUMNS, rates_table
+from moe_theory.settings import SMALL_ATOMS, Setting, list_settings, register
+from moe_theory.store import load_results
+from moe_theory.sweep import run_sweep
+from moe_theory.voronoi import voronoi_loss
+from tests.moe_theory.test_rates import NU, passing_certificates, results_table
+
+#: Exactly specified (k = k* = 2), well separated atoms, gate scores varying by O(1) over the
+#: input cube; a sigmoid truth, so that atoms are exchangeable only by permutation (which the
+#: Voronoi losses ignore). nu = 1e-4 puts n = 500 inside the local asymptotics: the predicted
+#: parameter error there is 0.2, against atoms 2.9 apart.
+REGULAR = Setting(
+    name="test-regular-sigmoid", truth_gate="sigmoid", score="linear", expert="relu", d=2,
+    k_true=2, k_fit=2, regime="dense", beta0_sd=0.0, beta1_sd=1.0, expert_sd=0.0,
+    atoms=SMALL_ATOMS, fit_gates=("sigmoid",), noise_var=1e-4,
+    description="test: regular, exactly specified")
+#: The N24 recipe in small: a softmax truth with gate slopes ~0.02 and linear experts, fitted by
+#: sigmoid MoEs, which reproduce it to ~1e-14 in mean square: G_bar is not identified.
+WEAK = Setting(
+    name="test-weak-sigmoid-of-softmax", truth_gate="softmax", score="linear", expert="linear",
+    d=2, k_true=3, k_fit=4, regime="dense", beta0_sd=0.1, beta1_sd=0.02, expert_sd=1.0,
+    truth_seed=5, fit_gates=("sigmoid",), description="test: G_bar not identified")
+REGULAR_SWEEP = {"name": "regular", "settings": [REGULAR.name], "n": [500, 1000, 2000, 4000],
+                 "reps": 6, "fit_gates": ["sigmoid"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    for setting in (REGULAR, WEAK):
+        if setting.name not in list_settings():
+            register(setting)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A G_bar cache of this module's own (the population fits of its settings)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MOE_THEORY_CACHE", str(tmp_path_factory.mktemp("gbar-cache")))
+    yield
+    mp.undo()
+
+
+# ---- the certified flag -------------------------------------------------------------------------
+
+
+def test_a_fit_worse_than_its_reference_is_flagged():
+    # Two fits of the same data: LM stopped after one step from a start far from the truth, and
+    # LM run to convergence from near the truth. Only the second beats the truth's SSR.
+    truth = REGULAR.truth()
+    X, Y = mt.sample(truth, n=400, reps=2, seed=3, noise_var=REGULAR.noise_var)
+    far = MixingMeasure(truth.gate, truth.score, truth.expert, truth.d,
+                        truth.gate_params + 1.5, truth.expert_params - 1.0)
+    kw = dict(k=2, gate="sigmoid", expert="relu", reference=truth, backend="torch")
+    stopped = mt.fit_lse(X, Y, init=far, max_iter=1, **kw)
+    assert (stopped.fit_loss > stopped.ref_loss).all()
+    assert not stopped.certified.any()
+    fitted = mt.fit_lse(X, Y, init=mt.near_truth(truth, 2, seed=1), max_iter=200, **kw)
+    assert fitted.certified.all()
+
+
+def test_uncertified_fits_fail_the_optimiser_certificate():
+    df = results_table({("sigmoid", "D3"): -0.5})
+    assert optimiser_certificate(df, {"status": PASS}).status == PASS  # 1 of 20: the straggler
+    df.loc[df["rep"] == 2, "certified"] = False  # now 2 of 20 at every n
+    status = optimiser_certificate(df, {"status": PASS})
+    assert status.status == FAIL and "worse than the reference" in status.reason
+
+
+def test_best_ssr_reached_by_one_start_only_fails_the_optimiser_certificate():
+    df = results_table({("sigmoid", "D3"): -0.5}).assign(n_starts=5, starts_near_best=3)
+    assert optimiser_certificate(df, {"status": PASS}).status == PASS
+    df.loc[df["rep"] < 2, "starts_near_best"] = 1
+    assert optimiser_certificate(df, {"status": PASS}).status == FAIL
+    assert optimiser_certificate(df.assign(starts_near_best=3), None).status == NOT_RUN
+
+
+# ---- Voronoi cells ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
+def test_an_empty_voronoi_cell_enters_d1s_weight_term(gate):
+    # Both fitted atoms copy reference atom 0's omega (constant gates, so a softmax re-gauge
+    # moves no omega) with different weights: cell 0 holds two atoms, cell 1 none. D1's weight
+    # term counts every cell with |A_j| != 1 (sigmoid, N24 Thm 2) or every cell (softmax): the
+    # empty cell contributes its whole reference weight w(beta0*_1).
+    zeros = torch.zeros(1, 2, 2, dtype=torch.float64)
+    a = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    reference = MixingMeasure.from_parts(
+        gate=gate, score="linear", expert="relu", beta0=torch.tensor([[0.3, 0.0]]).double(),
+        beta1=zeros, a=a, b=torch.tensor([[0.1, -0.2]]).double())
+    fitted = MixingMeasure.from_parts(
+        gate=gate, score="linear", expert="relu", beta0=torch.tensor([[0.3, -0.4]]).double(),
+        beta1=zeros, a=a[:, [0, 0]], b=torch.tensor([[0.1, 0.1]]).double())
+    w_ref, w_fit = reference.weights[0], fitted.weights[0]
+    expected = abs(float(w_fit.sum() - w_ref[0])) + float(w_ref[1])
+    assert float(voronoi_loss(fitted, reference, "D1")[0]) == pytest.approx(expected, rel=1e-12)
+    assert float(w_ref[1]) > 0.4  # what skipping the empty cell would lose
+
+
+# ---- converged and over-fit ---------------------------------------------------------------------
+
+
+def test_converged_needs_95_percent_per_n_and_reads_stop_reason():
+    df = results_table({("sigmoid", "D3"): -0.5})  # rep 1 unconverged: 19 of 20
+    assert converged_certificate(df).status == PASS
+    df.loc[(df["rep"] == 4) & (df["n"] == df["n"].max()), "converged"] = False
+    status = converged_certificate(df)
+    assert status.status == FAIL and "n=100000: 90%" in status.reason
+    with_reason = df.assign(stop_reason=np.where(df["rep"] == 1, "max_iter", "tolerance"))
+    assert converged_certificate(with_reason).status == PASS  # stop_reason wins over converged
+    assert converged_certificate(df.drop(columns="converged")).status == NOT_RUN
+
+
+def test_overfit_is_about_p_when_regular():
+    df = results_table({("sigmoid", "D3"): -0.5})  # Delta SSR = nu p exactly
+    assert overfit_certificate(df, NU).status == PASS
+    far = df.assign(ref_loss=df["fit_loss"] + 5 * (df["ref_loss"] - df["fit_loss"]))
+    status = overfit_certificate(far, NU)
+    assert status.status == FAIL and "above" in status.reason
+    short = df.assign(ref_loss=df["fit_loss"])  # fits no better than the reference
+    assert "below" in overfit_certificate(short, NU).reason
+    assert overfit_certificate(df, None).status == NOT_RUN
+    small = df[df["n"] < 300].assign(n=100)
+    assert small.empty or overfit_certificate(small, NU).status == NOT_RUN
+
+
+# ---- the reference certificate ------------------------------------------------------------------
+
+
+def test_reference_certificate_round_trips_through_json(tmp_path):
+    cert = passing_certificates(results_table({("sigmoid", "D3"): -0.5})).reference[
+        ("toy-dense", "sigmoid")]
+    cert.fisher_cond, cert.overlay = math.inf, {"D3": {"n": [1, 2], "mean": [1.0, math.nan],
+                                                       "median": [1.0, 0.5]}}
+    write_reference_certificate(tmp_path, cert)
+    (back,) = load_reference_certificates(tmp_path).values()
+    assert back.fisher_cond == math.inf and back.overlay["D3"]["mean"] == [1.0, None]
+    assert back.to_dict() == cert.to_dict()
+
+
+def test_overlay_agreement_is_the_n_from_which_the_curve_follows():
+    overlay = {"n": [1, 2, 3, 4], "mean": [10.0, 1.0, 1.0, 1.0], "median": [0, 0, 0, 0]}
+    values = [np.array([1.0])] * 4
+    assert overlay_agreement([1, 2, 3, 4], values, overlay) == 2
+    values[-1] = np.array([2.0])  # the last n disagrees: it never follows
+    assert math.isnan(overlay_agreement([1, 2, 3, 4], values, overlay))
+    assert math.isnan(overlay_agreement([1, 2], values[:2], None))
+
+
+def test_non_identifiable_setting_is_not_measurable_with_the_reason(cache, monkeypatch):
+    # small designs and short population fits keep this a few seconds: the reference is
+    # singular whatever their size (the fit reproduces the truth along a continuum)
+    monkeypatch.setitem(population.DESIGN_SIZE, "cpu", 2000)
+    monkeypatch.setattr(population, "GBAR_MAX_ITER", 100)
+    monkeypatch.setattr(certificates, "GBAR_MAX_ITER", 100)
+    cert = reference_certificate(WEAK, "sigmoid", [1000, 8000], ["D3"], design_size=2000,
+                                 restarts=1)
+    assert cert.status == FAIL and cert.kind == "G_bar"
+    assert cert.fisher_cond > certificates.FISHER_COND_MAX
+    assert cert.misspecification < 1e-8 < cert.misspecification_scale
+    assert any("cannot single out G_bar" in r for r in cert.reasons)
+    assert cert.overlay == {} and "not identified" in cert.overlay_note
+    df = results_table({("sigmoid", "D3"): -0.5}).assign(
+        setting=WEAK.name, truth_gate="softmax", expert="linear", d=2, k_true=3, k_fit=4)
+    certs = passing_certificates(df)
+    certs = FolderCertificates({(WEAK.name, "sigmoid"): cert}, certs.check)
+    (row,) = rates_table(df, certificates=certs, n_boot=50).itertuples()
+    assert row.cert_reference == FAIL
+    assert row.verdict == "not measurable (reference failed)"
+    assert "Fisher condition number" in row.reason
+
+
+# ---- a regular setting, end to end --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def regular(tmp_path_factory, cache):
+    """A sweep of REGULAR with its certificates and the optimiser check (via the CLI)."""
+    out = tmp_path_factory.mktemp("regular")
+    df = run_sweep(parse_config(REGULAR_SWEEP), out, log=lambda msg: None)
+    assert main(["check", str(out)]) == 0
+    return out, df
+
+
+def test_regular_setting_passes_every_certificate(regular):
+    out, df = regular
+    cert = FolderCertificates.load(out).reference[(REGULAR.name, "sigmoid")]
+    assert cert.status == PASS and cert.kind == "G_bar" and cert.restarts["better"] == 0
+    assert cert.error_ratio < certificates.ERROR_RATIO_MAX
+    table = rates_table(load_results(out), certificates=FolderCertificates.load(out))
+    measured = table[table["n_used"] >= 4]
+    assert set(measured["loss_name"]) == {"D3", "err_eta_exact", "err_beta1_exact"}
+    assert (measured[list(CERT_COLUMNS)] == PASS).all().all()
+    assert not measured["verdict"].str.startswith("not measurable").any()
+    # the exactly specified fit has no over-specified cell: those curves have no values at all
+    empty = table[table["n_used"] == 0]
+    assert (empty["verdict"] == "not measurable (0 usable n < 4)").all()
+
+
+def test_regular_slope_is_invariant_to_max_iter_and_jitter(regular):
+    out, _ = regular
+    check = json.loads((out / "check.json").read_text())
+    entry = check["curves"][f"{REGULAR.name}/sigmoid/D3"]
+    assert entry["status"] == PASS and entry["ssr_gap_max"] <= certificates.SSR_GAP_MAX
+    assert set(entry["slope_shift"]) == {"max_iter x10", "jitter x10"}
+    for shift in entry["slope_shift"].values():
+        assert shift <= entry["slope_tolerance"]
+    assert entry["slope_shift"]["max_iter x10"] == 0.0  # converged fits: the same iterates
+
+
+def test_regular_curve_follows_its_asymptotic_overlay(regular):
+    out, df = regular
+    cert = FolderCertificates.load(out).reference[(REGULAR.name, "sigmoid")]
+    overlay = cert.overlay["D3"]
+    assert overlay["n"] == REGULAR_SWEEP["n"]
+    # first order in the parameters: the predicted mean D3 scales as n^-1/2 once cells are stable
+    assert np.log(overlay["mean"][-1] / overlay["mean"][0]) / np.log(8) == pytest.approx(
+        -0.5, abs=0.02)
+    (row,) = rates_table(df, certificates=FolderCertificates.load(out)).query(
+        "loss_name == 'D3'").itertuples()
+    assert row.overlay_from_n <= 1000
+
+
+def test_cli_rates_json_carries_the_certificates(regular, capsys):
+    out, _ = regular
+    assert main(["rates", str(out), "--json"]) == 0
+    rows = pd.DataFrame(json.loads(capsys.readouterr().out))
+    for column in ("cert_reference", "cert_converged", "cert_optimiser", "cert_overfit",
+                   "slope_median", "ci_low_median", "ci_high_median", "n_used", "reps_used",
+                   "n_dropped", "dropped_nan", "reason", "verdict"):
+        assert column in rows.columns
+    assert (rows.query("loss_name == 'D3'")[list(CERT_COLUMNS)] == PASS).all().all()
+
+
+def test_cli_check_of_a_folder_without_manifest_exits_2(tmp_path, capsys):
+    assert main(["check", str(tmp_path)]) == 2
+    assert "DIR:" in capsys.readouterr().err
