@@ -1,5 +1,7 @@
-"""The moe-theory command line. Exit codes: 0 success, 2 bad input (the message names the
-field), 130 interrupted (finished shards are kept)."""
+"""The moe-theory command line. Exit codes (moe_theory.errors, docs/design.md#exit-codes): 0
+success, 2 bad input (the message names the field), 3 the file system or the device refused (the
+message names the path or device; finished shards are kept), 130 interrupted (finished shards are
+kept)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,12 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from moe_theory.config import named_configs
+from moe_theory.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, ResourceError
+from moe_theory.store import StoreWarning
 from moe_theory.voronoi import ALL_KINDS
 
 DEVICES = ("cpu", "cuda")
@@ -42,7 +47,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from moe_theory.sweep import merge
+    from moe_theory.store import merge
 
     out = Path(args.dir)
     if not out.is_dir():
@@ -54,7 +59,7 @@ def _cmd_merge(args) -> int:
 
 def _cmd_rates(args) -> int:
     from moe_theory.rates import format_rates_table, rates_table
-    from moe_theory.sweep import load_results
+    from moe_theory.store import load_results
 
     table = rates_table(load_results(args.dir))
     if args.json:
@@ -68,7 +73,7 @@ def _cmd_plot(args) -> int:
     from moe_theory.config import parse_config
     from moe_theory.plotting import plot_panels
     from moe_theory.reproduce import figure_panels
-    from moe_theory.sweep import load_results
+    from moe_theory.store import load_results
 
     out = Path(args.dir)
     manifest = out / "manifest.json"
@@ -227,21 +232,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_show_python_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The results store's warnings (an incomplete sweep, a damaged shard) as one plain line."""
+    if issubclass(category, StoreWarning):
+        print(f"moe-theory: warning: {message}", file=sys.stderr)
+    else:
+        _show_python_warning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     # torch's thread count was set when moe_theory was imported (moe_theory.threads)
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args)
+    except ResourceError as err:
+        print(f"moe-theory: error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except ValueError as err:
         print(f"moe-theory: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("moe-theory: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader stopped early (`moe-theory theory | head`): quiet the flush at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:
+        # a file the command reads or writes outside the results store
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"moe-theory: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":

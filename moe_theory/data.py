@@ -13,7 +13,12 @@ import numpy as np
 import torch
 
 from moe_theory.measure import MixingMeasure
-from moe_theory.validation import check_choice, check_positive_float, check_positive_int
+from moe_theory.validation import (
+    check_choice,
+    check_device,
+    check_positive_float,
+    check_positive_int,
+)
 
 X_DISTRIBUTIONS = ("uniform", "normal")
 #: Default noise variance nu (docs/theory.md#regression-model).
@@ -61,6 +66,8 @@ def sample(
     reps = check_positive_int("reps", reps)
     noise_var = check_positive_float("noise_var", noise_var)
     check_choice("x_dist", x_dist, X_DISTRIBUTIONS)
+    if device is not None:
+        device = check_device("device", device)
     if truth.R != 1:
         raise ValueError(f"truth: must be a single measure (R = 1), got R = {truth.R}")
     if isinstance(first_rep, bool) or not isinstance(first_rep, int) or first_rep < 0:

@@ -26,7 +26,7 @@ from moe_theory.config import SweepConfig, load_config, named_configs, parse_con
 from moe_theory.plotting import plot_panels
 from moe_theory.rates import CI_LEVEL, CURVE_KEYS, REQUIRED_COLUMNS, check_columns, rates_table
 from moe_theory.reproduce import figure_panels
-from moe_theory.sweep import atomic_write, load_results
+from moe_theory.store import atomic_write, load_results
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"

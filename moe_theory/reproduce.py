@@ -1,34 +1,47 @@
-"""From a config to paper figures: sweep, rates table with verdicts, and log-log figures."""
+"""From a config to paper figures: sweep, rates table with verdicts, and log-log figures; and the
+studies that are not sweeps (:mod:`moe_theory.studies`), written by the same writer.
+
+Every figure folder gets its summary table (``rates`` or another name) as text, CSV and JSON, its
+figure as PNG and PDF, its tidy results as CSV, and ``run.json``: wall times and the provenance
+of the run (git commit and whether the tree was dirty, device, library versions;
+docs/design.md#provenance).
+"""
 
 from __future__ import annotations
 
 import json
-import platform
+import sys
 import time
-from importlib import import_module
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from moe_theory import baseline
+from moe_theory.certificates import FolderCertificates
+from moe_theory.check import run_check
 from moe_theory.config import SweepConfig, load_config, named_configs
 from moe_theory.executors import GPU_PROCESSES
 from moe_theory.plotting import plot_panels
+from moe_theory.population import cache_dir
+from moe_theory.provenance import provenance
 from moe_theory.rates import format_rates_table, rates_table
-from moe_theory.sweep import atomic_write, run_sweep
+from moe_theory.store import atomic_write
+from moe_theory.studies import StudyOutput, attention_regularity, attention_teacher
+from moe_theory.sweep import run_sweep
+from moe_theory.validation import check_device
 
 #: What a fitted gate is drawn with when the config's [plot] table does not say: the first loss
 #: of this list that the results hold for that curve.
 DEFAULT_PLOT_LOSSES = ("D3", "D1")
-DEFAULT_OUT = Path("paper_figures")
-#: Figures that are not sweeps of a config: name -> "module:function". The function takes the
-#: output folder, ``fast`` and ``device``, writes its PNG, PDF and CSV files there and returns its
-#: summary table.
-EXPERIMENTS = {
-    "attention-teacher": "moe_theory.teacher_student:reproduce",
-    "attention-regularity": "moe_theory.regularity:reproduce",
+#: Where a run goes without --out: a folder git ignores. The committed figures of paper_figures/
+#: are written with an explicit ``--out paper_figures/<name>``.
+DEFAULT_OUT = Path("results")
+#: Figures that are not sweeps of a config: name -> the study's ``run(fast=, device=)``.
+EXPERIMENTS: dict[str, Callable[..., StudyOutput]] = {
+    "attention-teacher": attention_teacher.run,
+    "attention-regularity": attention_regularity.run,
 }
 
 
@@ -57,24 +70,50 @@ def figure_panels(df: pd.DataFrame, config: SweepConfig) -> list[tuple[str, str,
     return panels
 
 
+def write_table(out: Path, table: pd.DataFrame, text: str, *, name: str = "rates",
+                results: pd.DataFrame | None = None) -> None:
+    """A summary table as ``<name>.txt`` (``text``), ``.csv`` and ``.json`` in ``out``, and the tidy
+    ``results`` as ``results.csv`` when given (a sweep's store writes its own)."""
+    atomic_write(out / f"{name}.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_write(out / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out / f"{name}.json",
+                 lambda tmp: Path(tmp).write_text(table.to_json(orient="records", indent=1)))
+    if results is not None:
+        atomic_write(out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
+
+
+def write_run(out: Path, run: dict, device: str) -> dict:
+    """``run.json``: the run's own record and its provenance (commit, dirty tree, device)."""
+    run = {**run, **provenance(device)}
+    atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
+    return run
+
+
 def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFrame:
-    """Rates table (text, CSV, JSON) and the figure of a finished sweep in ``out``."""
-    table = rates_table(df)
-    text = format_rates_table(table)
-    atomic_write(out / "rates.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
-    atomic_write(out / "rates.csv", lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write(out / "rates.json",
-                  lambda tmp: Path(tmp).write_text(table.to_json(orient="records", indent=1)))
+    """Rates table (text, CSV, JSON) and the figure of a finished sweep in ``out``, with the
+    certificates the folder holds (docs/theory.md#certificates)."""
+    certificates = FolderCertificates.load(out)
+    table = rates_table(df, certificates=certificates)
+    write_table(out, table, format_rates_table(table))
     panels = figure_panels(df, config)
     if panels:
-        plot_panels(df, panels, out / config.name, title=config.name)
+        plot_panels(df, panels, out / config.name, title=config.name, certificates=certificates)
     return table
 
 
+def _stage(step: int, stages: int, what: str, start: float) -> None:
+    """A stage line of a long run on stderr; the sweep's shard lines carry the ETA."""
+    print(f"[stage {step}/{stages}] {what} ({time.perf_counter() - start:.0f} s elapsed)",
+          file=sys.stderr, flush=True)
+
+
 def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
-              device: str = "cpu", backend: str = "auto", workers: int | None = None
-              ) -> pd.DataFrame:
-    """Run a named config into ``paper_figures/<name>[-fast]/`` and write its report there.
+              device: str = "cpu", backend: str = "auto", workers: int | None = None,
+              certify: bool = False) -> pd.DataFrame:
+    """Run a named config into ``results/<name>[-fast]/`` (or ``out``) and write its report there.
+
+    ``certify``: also run the optimiser check (:func:`moe_theory.check.run_check`) before the
+    report, so that its verdicts can be firm.
 
     ``workers``: processes that compute shards side by side on ``device`` (default
     :data:`moe_theory.executors.GPU_PROCESSES` on a GPU, 1 on the CPU); the table does not depend
@@ -84,11 +123,13 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
         workers = GPU_PROCESSES if device.startswith("cuda") else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers: must be a positive integer, got {workers!r}")
+    check_device("device", device)
     if name == "all":
         # one folder per config: a shared one would mix configs (refused by the manifest check)
         suffix = "-fast" if fast else ""
         return pd.concat([reproduce(n, fast=fast, out=None if out is None else Path(out) / (n + suffix),
-                                    device=device, backend=backend, workers=workers)
+                                    device=device, backend=backend, workers=workers,
+                                    certify=certify)
                           for n in named_configs() + list(EXPERIMENTS)], ignore_index=True)
     if name in EXPERIMENTS:
         return reproduce_experiment(name, fast=fast, out=out, device=device)
@@ -98,21 +139,23 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     # on a GPU, the CPU baseline runs beside the sweep (the ratio it is judged by,
     # docs/kernels.md#measuring-speed)
     pending = baseline.start(config, fast) if device.startswith("cuda") else None
+    stages = 3 if certify else 2
+    _stage(1, stages, f"sweep: G_bar references (cached in {cache_dir()}), then the fits", start)
     df = run_sweep(config, folder, device=device, backend=backend,
                    **({"executor": "processes", "local_workers": workers} if workers > 1 else {}))
     sweep_s = time.perf_counter() - start
+    if certify:
+        _stage(2, stages, "certificates: the optimiser check", start)
+        run_check(folder, device=device, backend=backend)
+    _stage(stages, stages, "rates, verdicts and figures", start)
     table = write_report(df, config, folder)
-    run = {
-        "config": config.name, "fast": fast, "config_hash": config.hash, "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
-        platform.processor() or platform.machine(),
+    run = write_run(folder, {
+        "config": config.name, "fast": fast, "config_hash": config.hash,
         "wall_s_this_call": round(time.perf_counter() - start, 2),
         "fit_wall_s": round(float(df.drop_duplicates(["setting", "fit_gate", "n", "rep"]).wall_s.sum()), 2),
-        "sweep_wall_s": round(sweep_s, 2), "workers": workers, "torch": torch.__version__,
-        "rows": len(df),
+        "sweep_wall_s": round(sweep_s, 2), "workers": workers, "rows": len(df),
         "scipy_baseline": baseline.summarise(pending, df),
-    }
-    atomic_write(folder / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
+    }, device)
     print(format_rates_table(table))
     if run["scipy_baseline"] and "error" not in run["scipy_baseline"]:
         b = run["scipy_baseline"]
@@ -127,18 +170,17 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
 
 def reproduce_experiment(name: str, *, fast: bool = False, out: str | Path | None = None,
                          device: str = "cpu") -> pd.DataFrame:
-    """Run a non-sweep figure of :data:`EXPERIMENTS` into ``paper_figures/<name>[-fast]/``."""
+    """Run a study of :data:`EXPERIMENTS` into ``results/<name>[-fast]/`` (or ``out``); its
+    summary."""
+    check_device("device", device)
     folder = Path(out) if out is not None else DEFAULT_OUT / (name + ("-fast" if fast else ""))
-    module, function = EXPERIMENTS[name].split(":")
     start = time.perf_counter()
-    table = getattr(import_module(module), function)(folder, fast=fast, device=device)
-    run = {
-        "experiment": name, "fast": fast, "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
-        platform.processor() or platform.machine(),
-        "wall_s_this_call": round(time.perf_counter() - start, 2), "torch": torch.__version__,
-    }
-    atomic_write(folder / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
-    print(f"wrote {folder}/ ({name}.png/.pdf and CSV tables); {run['wall_s_this_call']:.0f} s on "
-          f"{device}")
-    return table
+    study = EXPERIMENTS[name](fast=fast, device=device)
+    write_table(folder, study.table, study.text, name=study.table_name, results=study.results)
+    study.draw(folder / name)
+    run = write_run(folder, {"experiment": name, "fast": fast,
+                             "wall_s_this_call": round(time.perf_counter() - start, 2)}, device)
+    print(study.text)
+    print(f"wrote {folder}/ ({name}.png/.pdf, {study.table_name}.txt/.csv/.json, results.csv); "
+          f"{run['wall_s_this_call']:.0f} s on {device}")
+    return study.table

@@ -1,49 +1,61 @@
 """Sweeps: the cross product settings x n x replications, run shard by shard.
 
 A *shard* is (setting, n, block of replications): one batched fit per fitted gate on one draw of
-data, returning tidy rows. Each finished shard is written atomically to its own parquet file,
-so an interrupted sweep loses at most the shard in flight and a rerun computes only what is
-missing. The merged table is rebuilt from the shard files.
+data, returning tidy rows. Each finished shard goes to the results store (:mod:`moe_theory.store`:
+one verified file per shard, one writer per shard), so an interrupted sweep loses at most the
+shard in flight, a rerun computes only what is missing, and sweeps started side by side into one
+folder share the work. The merged table is rebuilt from the shard files.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from kernels.memory import free_memory
-from kernels.moe import precompile
+from kernels.moe import precompile, resolve_backend
 from moe_theory import models
+from moe_theory.certificates import certify_references
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
-from moe_theory.estimators import fit_lse
+from moe_theory.estimators import box_bounds, fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus
-from moe_theory.initialization import NearTruth, near_truth
+from moe_theory.initialization import NearTruth, multi_start
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import reference_measure
 from moe_theory.settings import Setting, get_setting
+from moe_theory.store import (
+    HOST,
+    SORT_KEYS,
+    Claim,
+    Shard,
+    claim_holder,
+    heartbeat,
+    make_folder,
+    merge,
+    plan,
+    remove_stale_temp_files,
+    try_claim,
+    verified_shards,
+    write_manifest,
+    write_shard,
+)
+from moe_theory.validation import check_device
 from moe_theory.voronoi import PARAMETER_ERRORS, voronoi_loss
 
 RESULT_COLUMNS = [
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
-    "k_fit", "n", "rep", "seed", "loss_name", "loss_value", "converged", "certified", "n_iter",
-    "fit_loss", "ref_loss", "wall_s", "device", "backend", "algorithm", "config_hash",
+    "k_fit", "n", "rep", "seed", "loss_name", "loss_value", "converged", "stop_reason", "certified",
+    "n_iter", "fit_loss", "ref_loss", "bound_active", "proj_grad_max", "n_starts", "ssr_spread",
+    "starts_near_best", "wall_s", "device", "backend", "algorithm", "config_hash",
 ]
-#: The merged table's order (and each shard file's): independent of finishing order and block size.
-SORT_KEYS = ["setting", "fit_gate", "loss_name", "n", "rep"]
-#: Below this many rows the merged table also gets a CSV copy, easy to open anywhere.
-CSV_MAX_ROWS = 200_000
 #: Bytes one replication needs, per sample and input coordinate (float64): X and Y themselves,
 #: then gate/expert values, residuals and the trial point of LM hold a few more copies of that
 #: size. The Jacobian is chunked (kernels.moe.torch_pass) and reserved for separately.
@@ -52,26 +64,8 @@ BYTES_PER_REP_SAMPLE_COORD = 8 * 8
 #: estimate misses (allocator fragmentation, the G_bar reference, other processes).
 MEMORY_FRACTION = 0.5
 
-
-@dataclass(frozen=True)
-class Shard:
-    setting: str
-    n: int
-    rep_start: int
-    rep_stop: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.setting}/n{self.n:09d}_reps{self.rep_start:05d}-{self.rep_stop:05d}"
-
-
-def plan(config: SweepConfig) -> list[Shard]:
-    shards = []
-    for setting in config.settings:
-        for n in config.n:
-            for start in range(0, config.reps, config.rep_block):
-                shards.append(Shard(setting, n, start, min(start + config.rep_block, config.reps)))
-    return shards
+#: Seconds between looks at shards that other sweeps hold, once nothing else is left to do.
+CLAIM_POLL_S = 2.0
 
 
 def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] | None) -> list[str]:
@@ -91,10 +85,13 @@ def shard_data(config: SweepConfig, setting: Setting, n: int, first_rep: int, re
 
 
 def shard_init(config: SweepConfig, setting: Setting, n: int, gate: str, ref: MixingMeasure
-               ) -> NearTruth:
-    """The near-reference start of the fits of ``gate`` at sample size ``n``."""
-    return near_truth(ref, setting.k_fit, seed=stable_seed(setting.name, config.seed, n, gate),
-                      jitter=config.jitter, split=setting.split)
+               ) -> list[NearTruth]:
+    """The starts of the fits of ``gate`` at sample size ``n``: the near-reference one first,
+    then ``config.starts`` perturbed ones (docs/theory.md#multi-start); each replication's are
+    seeded by (setting, seed, n, gate, start, rep) alone, never by the data."""
+    return multi_start(ref, setting.k_fit, seed=stable_seed(setting.name, config.seed, n, gate),
+                       jitter=config.jitter, extra=config.starts, start_jitter=config.start_jitter,
+                       split=setting.split)
 
 
 def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto"
@@ -109,9 +106,11 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
     for gate in config.gates_for(setting):
         ref_kind, ref = reference_measure(setting, gate, device=device, backend=backend)
         init = shard_init(config, setting, shard.n, gate, ref)
+        bounds = box_bounds(ref, setting.k_fit, config.bound_scale, gate=gate, split=setting.split)
         fit = fit_lse(X, Y, setting.k_fit, gate, setting.expert, setting.score, init=init,
-                      algorithm=config.algorithm, backend=backend, reference=ref,
-                      max_iter=config.max_iter, sgd=config.sgd_protocol(), rep_ids=rep_ids)
+                      algorithm=config.algorithm, backend=backend, reference=ref, bounds=bounds,
+                      noise_var=setting.noise_var, max_iter=config.max_iter,
+                      sgd=config.sgd_protocol(), rep_ids=rep_ids)
         fitted = fit.measure.to(device="cpu")
         base = {
             "setting": setting.name, "truth_gate": setting.truth_gate, "fit_gate": gate,
@@ -120,7 +119,11 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
             "k_fit": setting.k_fit, "n": shard.n, "rep": rep_ids, "seed": data_seed,
             "converged": fit.converged.cpu().numpy(), "certified": fit.certified.cpu().numpy(),
             "n_iter": fit.n_iter.cpu().numpy(), "fit_loss": fit.fit_loss.cpu().numpy(),
-            "ref_loss": fit.ref_loss.cpu().numpy(),
+            "ref_loss": fit.ref_loss.cpu().numpy(), "stop_reason": fit.stop_reason,
+            "bound_active": fit.bound_active.cpu().numpy(),
+            "proj_grad_max": fit.proj_grad_max.cpu().numpy(), "n_starts": fit.n_starts,
+            "ssr_spread": fit.ssr_spread.cpu().numpy(),
+            "starts_near_best": fit.starts_near_best.cpu().numpy(),
             # one batched fit serves R replications: each row carries its share of the time
             "wall_s": fit.wall_s / R, "device": device, "backend": fit.backend,
             "algorithm": config.algorithm, "config_hash": config.hash,
@@ -155,7 +158,11 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device: str = "cpu",
                   backend: str = "auto") -> dict:
-    """Compute one shard in batches that fit the device, store it atomically, return metadata.
+    """Claim one shard, compute it in batches that fit the device, store it, return metadata.
+
+    A shard that another live writer has claimed, or that is already stored, is left alone
+    (``status`` says so); the claim is released whatever happens, and one left by a killed
+    writer goes stale (:mod:`moe_theory.store`).
 
     The replications are fitted in blocks of at most :func:`memory_rep_block`; an out-of-memory
     error halves the block and retries it. Every replication's data and start are seeded by its
@@ -166,10 +173,33 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
 
     Returns
     -------
-    ``{"shard", "rows", "rep_block", "oom_retries", "wall_s", "worker"}``: small, so that a
-    remote worker sends back no table.
+    ``{"shard", "status", "rows", "rep_block", "oom_retries", "wall_s", "worker"}``: small, so
+    that a remote worker sends back no table. ``status`` is ``computed``, ``stored`` (finished
+    meanwhile by another writer) or ``claimed`` (another writer holds it: ``worker`` names it).
     """
+    out = Path(out)
     start = time.perf_counter()
+    meta = {"shard": shard.key, "status": "computed", "rows": 0, "rep_block": 0,
+            "oom_retries": 0, "wall_s": 0.0, "worker": f"{HOST}:{os.getpid()}"}
+    claim = try_claim(out, shard)
+    if not isinstance(claim, Claim):
+        return {**meta, "status": "claimed", "worker": str(claim)}
+    try:
+        # a writer that held the claim until a moment ago may have stored the shard
+        if verified_shards(out, [shard], report=lambda msg: None):
+            return {**meta, "status": "stored"}
+        with heartbeat(claim):
+            rows, block, retries = _fit_in_blocks(shard, config, device, backend)
+            write_shard(out, shard, rows)
+    finally:
+        claim.release()
+    return {**meta, "rows": len(rows), "rep_block": block, "oom_retries": retries,
+            "wall_s": time.perf_counter() - start}
+
+
+def _fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str
+                   ) -> tuple[pd.DataFrame, int, int]:
+    """The shard's rows, the block size that fitted and the number of out-of-memory retries."""
     block = shard.rep_stop - shard.rep_start
     cap = memory_rep_block(config, shard.setting, shard.n, device)
     if cap is not None:
@@ -190,83 +220,7 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     rows = pd.concat(frames, ignore_index=True).sort_values(SORT_KEYS, kind="stable")
-    rows = rows.reset_index(drop=True)
-    atomic_write(shard_path(Path(out), shard), lambda tmp: rows.to_parquet(tmp, index=False))
-    return {"shard": shard.key, "rows": len(rows), "rep_block": block, "oom_retries": retries,
-            "wall_s": time.perf_counter() - start, "worker": f"{socket.gethostname()}:{os.getpid()}"}
-
-
-# ---- the results store ----------------------------------------------------------------------
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers see either the
-    old file or the whole new one, never a partial file, whenever the process dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates owner-only files; results are for everyone who may read the folder
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def shard_path(out: Path, shard: Shard) -> Path:
-    return out / "shards" / f"{shard.key}.parquet"
-
-
-def remove_partial_files(out: Path) -> None:
-    """Temporary files of writers killed before their rename (never read: not ``*.parquet``)."""
-    for tmp in (out / "shards").rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> None:
-    """Record the config hash; refuse to mix shards of a different config unless ``force``."""
-    path = out / "manifest.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("config_hash") != config.hash:
-            if not force:
-                raise ValueError(
-                    f"out: {out} holds results of another config (hash {old.get('config_hash')}, "
-                    f"this one {config.hash}); use another --out or --force to start over")
-            for stale in (out / "shards").rglob("*.parquet"):
-                stale.unlink()
-    manifest = {"config_hash": config.hash, "config": config.to_dict(),
-                "torch": torch.__version__}
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
-
-
-def merge(out: Path) -> pd.DataFrame:
-    """Rebuild the tidy table from the shard files (sorted: independent of finishing order)."""
-    out = Path(out)
-    files = sorted((out / "shards").rglob("*.parquet"))
-    if not files:
-        raise ValueError(f"DIR: no finished shard under {out / 'shards'}")
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    df = df.sort_values(SORT_KEYS, kind="stable")
-    df = df.reset_index(drop=True)
-    atomic_write(out / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
-    if len(df) <= CSV_MAX_ROWS:
-        atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
-    return df
-
-
-def load_results(out: str | Path) -> pd.DataFrame:
-    out = Path(out)
-    if (out / "results.parquet").exists():
-        return pd.read_parquet(out / "results.parquet")
-    if (out / "shards").exists():
-        return merge(out)
-    if out.is_file() and out.suffix == ".csv":
-        return pd.read_csv(out)
-    raise ValueError(f"DIR: {out} holds no results (no results.parquet and no shards/)")
+    return rows.reset_index(drop=True), block, retries
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -290,6 +244,18 @@ def _kernel_models(config: SweepConfig) -> list[tuple[str, str, str, int, int]]:
                 truth = setting.truth()
                 jobs.append((truth.gate, truth.score, truth.expert, truth.d, truth.k))
     return jobs
+
+
+def _log_shard(meta: dict, log: Callable[[str], None], bar, *, index: int, total: int,
+               elapsed: float, computed: int) -> None:
+    """Advance the progress bar, or (stderr not a terminal) log one line, for a computed shard:
+    the ``index``-th finished of ``total``, the ``computed``-th this run, ``elapsed`` s in."""
+    bar.update(1)
+    if bar.disable:
+        eta = elapsed / computed * (total - index)
+        retried = f", {meta['oom_retries']} OOM retries" if meta["oom_retries"] else ""
+        log(f"[{index}/{total}] {meta['shard']} done on {meta['worker']} (block "
+            f"{meta['rep_block']}{retried}; {elapsed:.0f} s elapsed, ETA {eta:.0f} s)")
 
 
 def run_sweep(
@@ -322,16 +288,18 @@ def run_sweep(
     if gpu_ids is not None and device != "cuda":
         raise ValueError(f"device: --gpus pins each worker to one GPU, which it sees as 'cuda'; "
                          f"got {device!r}")
-    # a remote scheduler's workers may hold GPUs that this machine lacks
-    if device.startswith("cuda") and scheduler is None and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but no CUDA device is available")
+    if scheduler is None:
+        # a remote scheduler's workers may hold GPUs (and kernels) that this machine lacks;
+        # here, refuse before any file is written
+        resolve_backend(backend, check_device("device", device))
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    make_folder(out)
     write_manifest(out, config, force=force)
-    remove_partial_files(out)
+    remove_stale_temp_files(out)
     shards = plan(config)
-    todo = [s for s in shards if not shard_path(out, s).exists()]
-    if not todo:
-        return merge(out)
+    finished = verified_shards(out, shards, report=log)
+    if len(finished) == len(shards):
+        return merge(out, report=log)
     if device.startswith("cuda") and scheduler is None and backend != "torch":
         # compile the kernels of every fitted model in the background while G_bar is computed
         precompile(_kernel_models(config))
@@ -344,28 +312,41 @@ def run_sweep(
                     reference_measure(setting, gate, device=device, backend=backend)
                     log(f"reference G_bar for {setting.name} / {gate} fit ready "
                         f"({time.perf_counter() - t0:.1f} s)")
+        # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
+        certify_references(config, out, device=device, backend=backend, log=log,
+                           losses=functools.partial(applicable_losses, wanted=config.losses))
     if device.startswith("cuda") and executor != "local":
         # the references' fits leave memory in this process's cache that the workers need
         torch.cuda.empty_cache()
     work = functools.partial(compute_shard, config=config, out=str(out.resolve()), device=device,
                              backend=backend)
-    bar = _progress(len(shards), len(shards) - len(todo), config.name)
-    started = time.perf_counter()
+    bar = _progress(len(shards), len(finished), config.name)
+    started, computed, waiting_for = time.perf_counter(), 0, None
     try:
-        for i, meta in enumerate(map_shards(work, todo, executor=executor, scheduler=scheduler,
-                                            local_workers=local_workers, gpus=gpu_ids,
-                                            device=device), start=1):
-            bar.update(1)
-            if bar.disable:
-                elapsed = time.perf_counter() - started
-                eta = elapsed / i * (len(todo) - i)
-                retried = f", {meta['oom_retries']} OOM retries" if meta["oom_retries"] else ""
-                log(f"[{len(shards) - len(todo) + i}/{len(shards)}] {meta['shard']} done on "
-                    f"{meta['worker']} (block {meta['rep_block']}{retried}; {elapsed:.0f} s "
-                    f"elapsed, ETA {eta:.0f} s)")
+        while len(finished) < len(shards):
+            todo = [s for s in shards if s not in finished]
+            # shards that other sweeps hold are left to them; a claim they leave behind when
+            # killed goes stale and is taken over
+            free = [s for s in todo if claim_holder(out, s) is None]
+            if not free:
+                held = sorted({str(h) for s in todo if (h := claim_holder(out, s)) is not None})
+                if held != waiting_for:
+                    waiting_for = held
+                    log(f"waiting for {len(todo)} shard(s) that other sweeps are computing "
+                        f"({', '.join(held)})")
+                time.sleep(CLAIM_POLL_S)
+            else:
+                index = len(finished)
+                for meta in map_shards(work, free, executor=executor, scheduler=scheduler,
+                                       local_workers=local_workers, gpus=gpu_ids, device=device):
+                    if meta["status"] == "computed":
+                        computed, index = computed + 1, index + 1
+                        _log_shard(meta, log, bar, index=index, total=len(shards),
+                                   elapsed=time.perf_counter() - started, computed=computed)
+            finished = verified_shards(out, shards, report=log)
     except KeyboardInterrupt:
         bar.close()
         log(f"interrupted: finished shards are kept in {out / 'shards'}; rerun to finish")
         raise
     bar.close()
-    return merge(out)
+    return merge(out, report=log)

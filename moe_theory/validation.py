@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from moe_theory.errors import DeviceError
+
 
 def check_choice(field: str, value: Any, allowed: Iterable[str]) -> str:
     allowed = tuple(allowed)
@@ -59,3 +61,26 @@ def check_data(X: torch.Tensor, Y: torch.Tensor | None = None, d: int | None = N
             shape = tuple(Y.shape) if isinstance(Y, torch.Tensor) else type(Y).__name__
             raise ValueError(f"Y: must have shape (R, n) = {tuple(X.shape[:2])}, got {shape}")
         check_finite("Y", Y)
+
+
+def available_devices() -> list[str]:
+    """The devices this machine offers: ``cpu`` and each visible ``cuda:N``."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def check_device(field: str, device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that this machine has; a :class:`DeviceError` (a
+    ``ValueError``) naming the device and the available ones otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{field}: {device!r} is not a device; expected 'cpu', 'cuda' or "
+                         f"'cuda:N'") from None
+    if dev.type == "cpu":
+        return dev
+    available = available_devices()
+    if dev.type != "cuda" or not torch.cuda.is_available() or (
+            dev.index is not None and dev.index >= torch.cuda.device_count()):
+        raise DeviceError(f"{field}: {str(dev)!r} is not available on this machine; available: "
+                          f"{', '.join(available)}")
+    return dev

@@ -165,6 +165,13 @@ def fit_lse(
         raise ValueError(f"reference: has d = {reference.d} but X has d = {X.shape[-1]}")
     if gate == "softmax" and k < 2:
         raise ValueError("k: a softmax fit needs k >= 2 (one atom is pinned)")
+    # a fit of fewer atoms than the measure it starts near or is measured against cannot reach
+    # it: its certificate and losses would mislead (the CLI and near_truth refuse it too)
+    for field_, measure in (("reference", reference),
+                            ("init", init.reference if isinstance(init, NearTruth) else None)):
+        if measure is not None and k < measure.k:
+            raise ValueError(f"k: the fitted number of atoms ({k}) must be >= k* = {measure.k}, "
+                             f"the atoms of {field_}")
     if noise_var is not None:
         noise_var = check_positive_float("noise_var", noise_var)
     stop = StopRule(check_positive_int("max_iter", max_iter), ftol, gtol, xtol)

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from moe_theory import regularity, reproduce, teacher_student
+from moe_theory import regularity, reproduce
 from moe_theory.attention_moe import attention_as_moe, attention_rows
+from moe_theory.studies import attention_regularity, attention_teacher
 
 #: The map and attention agree to rounding (docs/theory.md#attention-rows-as-moe); both sides are
 #: float64 sums of N products.
@@ -94,9 +95,9 @@ def test_power_iteration_finds_the_jacobian_norm_and_the_bound_holds(gate):
 
 def test_reproduce_runs_the_attention_experiments(tmp_path, monkeypatch):
     # tiny studies: this checks the hook and the files, not the science
-    monkeypatch.setattr(regularity, "FAST_STUDY", regularity.RegularityStudy(
+    monkeypatch.setattr(attention_regularity, "FAST_STUDY", attention_regularity.RegularityStudy(
         d=4, seq_lens=(4, 8), radii=(1.0, 2.0), n_for_radius=4, sequences=2, iters=20))
-    monkeypatch.setattr(teacher_student, "FAST_STUDY", teacher_student.TeacherStudentStudy(
+    monkeypatch.setattr(attention_teacher, "FAST_STUDY", attention_teacher.TeacherStudentStudy(
         d=2, d_v=2, seq_len=3, n=(16, 32), reps=2, max_iter=20))
     for name in ("attention-regularity", "attention-teacher"):
         table = reproduce.reproduce(name, fast=True, out=tmp_path / name)
@@ -105,3 +106,5 @@ def test_reproduce_runs_the_attention_experiments(tmp_path, monkeypatch):
         assert {f"{name}.png", f"{name}.pdf", "results.csv", "run.json"} <= files
         run = json.loads((tmp_path / name / "run.json").read_text())
         assert run["experiment"] == name and run["fast"] is True
+        # provenance, as every run.json records it
+        assert run["device"] == "cpu" and {"git_commit", "git_dirty", "device_name"} <= set(run)

@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-from moe_theory import sweep
+from moe_theory import store, sweep
 from moe_theory.cli import main
 from moe_theory.config import load_config
-from moe_theory.sweep import SORT_KEYS, Shard, compute_shard, merge, plan, run_sweep, shard_path
+from moe_theory.store import SORT_KEYS, Shard, merge, plan, shard_path
+from moe_theory.sweep import compute_shard, run_sweep
 
 TINY = """name = "tiny"
 settings = ["small-sparse-relu"]
@@ -35,6 +36,13 @@ SHARD_ROWS = 12
 #: equal; a BLAS may still pick another summation blocking for another batch size, which moves
 #: the last bits. The runs seen here were bit-identical.
 BATCH_RTOL = 1e-10
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this host that has ended (and was reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    proc.wait()
+    return proc.pid
 
 
 def assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
@@ -309,7 +317,7 @@ def test_changed_config_refuses_old_shards_unless_forced(config_path, local_run,
     assert main(["sweep", str(changed), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert len(list((out / "shards").rglob("*.parquet"))) == 4  # untouched
-    sweep.write_manifest(out, load_config(changed), force=True)
+    store.write_manifest(out, load_config(changed), force=True)
     assert not list((out / "shards").rglob("*.parquet"))
 
 
@@ -329,7 +337,9 @@ def test_resume_after_lost_shard_recomputes_only_it(config_path, local_run, tmp_
     config = load_config(config_path)
     lost = plan(config)[1]
     shard_path(out, lost).unlink()
-    (out / "shards" / lost.setting / ".partial.parquet.1234.tmp").write_bytes(b"half a file")
+    # a temporary file of a writer killed before its rename (its process is gone)
+    dead = _dead_pid()
+    (out / "shards" / lost.setting / f".x.parquet~{store.HOST}~{dead}~0.tmp").write_bytes(b"half")
     lines: list[str] = []
     df = run_sweep(config, out, log=lines.append)
     assert [line.split()[1] for line in lines] == [lost.key]

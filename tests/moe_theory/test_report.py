@@ -10,12 +10,14 @@ import matplotlib.image
 import pytest
 import torch
 
+from moe_theory.certificates import CHECK_FILE, FolderCertificates, write_reference_certificate
 from moe_theory.cli import main
 from moe_theory.config import load_config, parse_config
 from moe_theory.rates import rates_table
 from moe_theory.report import REPORT_HTML, REPORT_MD, build_report, make_report
-from moe_theory.sweep import run_sweep, write_manifest
-from tests.moe_theory.test_rates import results_table
+from moe_theory.store import write_manifest
+from moe_theory.sweep import run_sweep
+from tests.moe_theory.test_rates import passing_certificates, results_table
 
 SMALL_SWEEP = {
     "name": "report-small", "settings": ["small-sparse-relu"], "n": [300, 600, 1200], "reps": 3,
@@ -64,13 +66,19 @@ def small_sweep(tmp_path_factory):
     return out, df, make_report(out, html=True)
 
 
-def write_synthetic(folder):
-    """A results folder whose D1 decays as n^-0.05 (theory: n^-1/2), with its manifest."""
+def write_synthetic(folder, certify=True):
+    """A results folder whose D1 decays as n^-0.05 (theory: n^-1/2), with its manifest and,
+    with ``certify``, passing certificates (a reference certificate and an optimiser check)."""
     config = parse_config({"name": "synthetic", "settings": ["small-sparse-relu"],
                            "n": [1000, 100000], "reps": 20, "fit_gates": ["sigmoid"]})
     write_manifest(folder, config)
-    as_small_sparse_relu(results_table(SYNTHETIC_CURVES), config.hash).to_csv(
-        folder / "results.csv", index=False)
+    df = as_small_sparse_relu(results_table(SYNTHETIC_CURVES), config.hash)
+    df.to_csv(folder / "results.csv", index=False)
+    if certify:
+        certs = passing_certificates(df)
+        for cert in certs.reference.values():
+            write_reference_certificate(folder, cert)
+        (folder / CHECK_FILE).write_text(json.dumps(certs.check))
     return folder
 
 
@@ -88,13 +96,17 @@ def test_small_sweep_report_has_one_row_per_curve_with_its_verdict(small_sweep):
     expected = rates_table(df)
     assert len(rows) == len(expected) == df.groupby(["setting", "fit_gate", "loss_name"]).ngroups
     got = {(r[0], r[1], r[2]): r[10] for r in rows}
+    expected = rates_table(df, certificates=FolderCertificates.load(out))
     want = {(r.setting, r.fit_gate, r.loss_name): r.verdict for r in expected.itertuples()}
     assert got == want
+    # a sweep computes its reference certificates; the optimiser check is a separate step
+    assert all(r[13] == "-" for r in rows) and "Optimiser check: not run" in (
+        out / REPORT_MD).read_text()
     # D2 has no prediction in the theory table; D1 of a sigmoid ReLU fit is n^-1/2 (N24 Thm 2)
     assert got["small-sparse-relu", "sigmoid", "D2"] == "no theory"
     d1 = next(r for r in rows if r[2] == "D1")
     assert d1[8].startswith("-0.50") and d1[9] == "N24 Thm 2"
-    assert d1[11] == "100%" and d1[14] == "cpu (torch)"  # certified share, device
+    assert d1[16] == "100%" and d1[18] == "cpu (torch)"  # certified share, device
 
 
 def test_small_sweep_report_figures_are_written_and_embedded(small_sweep):
@@ -117,10 +129,22 @@ def test_slow_decay_against_parametric_theory_is_inconsistent(synthetic):
     d1 = next(r for r in rows if r[2] == "D1")
     assert float(d1[3].split()[0]) == pytest.approx(-0.05, abs=0.03)
     assert d1[8].startswith("-0.50")
-    # results_table makes rep 0 of every n uncertified and rep 1 unconverged: 19 of 20 fits
-    assert d1[11] == "95%" and d1[12] == "95%"
+    # results_table makes rep 0 of every n uncertified and rep 1 unconverged: 19 of 20 fits,
+    # which the certificates allow
+    assert d1[16] == "95%" and d1[11:15] == ["pass"] * 4
+    assert d1[3].endswith(f"± {float(d1[3].split()[-1]):.2f}") and "slope (± 95% CI)" in markdown
     assert "rather than rates: small-sparse-relu / sigmoid (9 of 180)." in markdown
     assert "1 inconsistent" in markdown and "2 consistent" in markdown
+    assert "## Certificates" in markdown and "Optimiser check: 0 replication" not in markdown
+
+
+def test_without_certificates_the_report_says_not_measurable(tmp_path):
+    folder = write_synthetic(tmp_path, certify=False)
+    markdown = (make_report(folder)[0]).read_text()
+    rows = curve_table(markdown)
+    assert {r[10] for r in rows} == {"not measurable (reference, optimiser not run)"}
+    assert "No reference certificates in this folder" in markdown
+    assert "## Notes" in markdown and "reference: not run" in markdown
 
 
 def test_inconsistent_verdict_is_flagged_in_html(synthetic):

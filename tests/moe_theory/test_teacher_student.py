@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moe_theory.attention_moe import attention_rows
-from moe_theory.teacher_student import (
+from moe_theory.attention_teacher import (
     AttentionTeacher,
     attention_heads,
     fit_attention,

@@ -8,7 +8,8 @@ Sequences ``X`` (N tokens of dimension d) are labelled by a teacher of ``H*`` he
 
 with ``W_h = W_Q W_K^T`` of the head (parametrised directly: ``Q = X W_h``, ``K = X``), sigmoid bias
 ``b = -log N`` (R25) and softmax normalising each row over the keys. A student of ``H >= H*`` heads
-is fitted by least squares to each of R replications at once. Every (replication, sequence) pair
+is fitted by least squares to each of R replications at once (the study that draws the figure:
+:mod:`moe_theory.studies.attention_teacher`). Every (replication, sequence) pair
 is one batch entry and every head one head of the attention kernels' ``(B, H, N, D)`` layout, so
 one call of :func:`kernels.attention.sigmoid_attention` (forward and backward) evaluates all fits
 on CUDA; on CPU the same computation runs through its dense PyTorch reference.
@@ -25,13 +26,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import torch
 
+from kernels.attention import sigmoid_attention, sigmoid_attention_reference
+from kernels.attention.sigmoid_attention import uses_kernel
 from moe_theory import models
 from moe_theory.data import stable_seed
 from moe_theory.validation import check_finite, check_positive_int
@@ -131,11 +131,8 @@ def attention_heads(X: torch.Tensor, W: torch.Tensor, V: torch.Tensor, *, gate: 
     R, n, N, d = X.shape
     H, d_v = W.shape[1], V.shape[-1]
     D = head_dim(d, d_v)
-    if X.is_cuda:
-        from kernels.attention import sigmoid_attention as attention
-    else:
-        # CPU: the dense reference directly (the kernels' interpreter would be far slower)
-        from kernels.attention import sigmoid_attention_reference as attention
+    # CPU: the dense reference directly (the kernels' interpreter would be far slower)
+    attention = sigmoid_attention if X.is_cuda else sigmoid_attention_reference
 
     def to_layout(t: torch.Tensor) -> torch.Tensor:
         # (R, n, H, N, e) -> (R n, H, N, D): one batch entry per (replication, sequence)
@@ -276,7 +273,6 @@ def fit_attention(
     bias = -math.log(N) if bias is None else float(bias)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     gtol = torch.finfo(X.dtype).eps ** (1 / 3) if gtol is None else float(gtol)
-    from kernels.attention.sigmoid_attention import uses_kernel
 
     W = W0.to(X).clone().requires_grad_(True)
     V = V0.to(X).clone().requires_grad_(True)
@@ -345,157 +341,3 @@ def head_errors(W: torch.Tensor, V: torch.Tensor, teacher: AttentionTeacher) -> 
 
     return {"err_W_exact": masked_max(err_W, ~over), "err_V_exact": masked_max(err_V, ~over),
             "err_W_over": masked_max(err_W, over), "err_V_over": masked_max(err_V_cell, over_cell)}
-
-
-# ---- the study behind paper_figures/attention-teacher ------------------------------------------
-
-@dataclass(frozen=True)
-class TeacherStudentStudy:
-    """Sizes of the teacher-student study (one fit per gate, head count and n; R replications).
-
-    The teacher draws ``W*_h ~ N(0, I)`` entries (logits ``x^T W x / sqrt(d)`` of order one for
-    standard normal tokens) and ``V*_h ~ N(0, 1/d)`` entries from ``teacher_seed``.
-    """
-
-    d: int = 4
-    d_v: int = 4
-    seq_len: int = 8
-    teacher_heads: int = 2
-    extra_heads: int = 1
-    n: tuple[int, ...] = (100, 200, 400, 800, 1600, 3200)
-    reps: int = 16
-    noise_var: float = DEFAULT_NOISE_VAR
-    teacher_seed: int = 2025
-    seed: int = 0
-    jitter: float = DEFAULT_JITTER
-    max_iter: int = 1500
-
-
-#: CPU preset (``--fast``): float64 through the dense reference, about a minute on 2 cores.
-FAST_STUDY = TeacherStudentStudy(d=3, d_v=2, seq_len=6, n=(50, 100, 200, 400), reps=6,
-                                 max_iter=500)
-FULL_STUDY = TeacherStudentStudy()
-SETTING_NAMES = {"exact": "attention-exact", "over": "attention-over"}
-RESULT_COLUMNS = ["setting", "truth_gate", "fit_gate", "score", "expert", "regime", "d", "k_true",
-                  "k_fit", "n", "rep", "seed", "loss_name", "loss_value", "converged", "certified",
-                  "n_iter", "fit_loss", "ref_loss", "grad_norm", "wall_s", "device", "backend"]
-#: A fit is certified when its loss is no worse than the teacher's on the same data, to the
-#: rounding of the dtype it was computed in (float32 on the GPU kernels).
-CERTIFY_RTOL = {torch.float64: 1e-9, torch.float32: 1e-5}
-
-
-def draw_teacher(study: TeacherStudentStudy, gate: str) -> AttentionTeacher:
-    rng = np.random.default_rng(study.teacher_seed)
-    H0, d = study.teacher_heads, study.d
-    W = torch.as_tensor(rng.standard_normal((H0, d, d)))
-    V = torch.as_tensor(rng.standard_normal((H0, d, study.d_v)) / math.sqrt(d))
-    return AttentionTeacher(gate, W, V, study.seq_len, noise_var=study.noise_var)
-
-
-def exploratory_rate(fit_gate: str, score: str, regime: str, expert: str, loss_name: str
-                     ) -> SimpleNamespace:
-    """Guide exponents for the rates table, labelled as what they are: none is a theorem here.
-
-    Exact cells: ``n^-1/2``, the classical rate of a regular parametric least-squares problem.
-    Over-specified cells: ``n^-1/4`` for a split head's ``W`` by analogy with N24 Thm 2, and
-    ``n^-1/2`` for the cell's summed ``V`` by analogy with its weight-sum term.
-    """
-    exponent = {"err_W_exact": -0.5, "err_V_exact": -0.5, "err_W_over": -0.25,
-                "err_V_over": -0.5}.get(loss_name)
-    label = ("regular parametric (exploratory)" if loss_name.endswith("exact")
-             else "analogy with N24 Thm 2 (conjecture)")
-    return SimpleNamespace(exponent=exponent, label=label if exponent is not None else "none",
-                           source="exploratory")
-
-
-def no_guides(*_: str) -> SimpleNamespace:
-    """Theory lookup that draws no guide: the figure carries no theorem for this model."""
-    return SimpleNamespace(exponent=None, label="none", source="")
-
-
-def run_study(study: TeacherStudentStudy, *, device: str = "cpu",
-              dtype: torch.dtype | None = None, log=print) -> pd.DataFrame:
-    """Fit every (gate, head count, n) of ``study``; the tidy table of head errors.
-
-    ``dtype`` defaults to float32 on CUDA (the Triton kernels) and float64 on the CPU.
-    """
-    dtype = dtype or (torch.float32 if device.startswith("cuda") else torch.float64)
-    H0 = study.teacher_heads
-    data_seed = stable_seed("attention-teacher", study.seed)
-    frames = []
-    for gate in models.GATES:
-        teacher = draw_teacher(study, gate)
-        for n in study.n:
-            X, Y = sample_sequences(teacher, n, study.reps, data_seed, device=device, dtype=dtype)
-            W_t = teacher.W.to(X)[None].expand(study.reps, -1, -1, -1)
-            V_t = teacher.V.to(X)[None].expand(study.reps, -1, -1, -1)
-            with torch.no_grad():
-                ref = attention_heads(X, W_t, V_t, gate=gate, bias=teacher.bias,
-                                      scale=teacher.scale)
-                ref_loss = (ref - Y).square().mean(dim=(1, 2, 3)).double().cpu()
-            for kind, H in (("exact", H0), ("over", H0 + study.extra_heads)):
-                W0, V0 = near_teacher(teacher, H, study.reps,
-                                      stable_seed(study.seed, gate, n, H), jitter=study.jitter)
-                fit = fit_attention(X, Y, W0, V0, gate=gate, bias=teacher.bias,
-                                    scale=teacher.scale, max_iter=study.max_iter)
-                floor = torch.finfo(dtype).eps * Y.square().mean(dim=(1, 2, 3)).double().cpu()
-                certified = fit.fit_loss <= ref_loss * (1 + CERTIFY_RTOL[dtype]) + floor
-                base = {
-                    "setting": SETTING_NAMES[kind], "truth_gate": gate, "fit_gate": gate,
-                    "score": "attention", "expert": "linear",
-                    "regime": "exact-specified" if kind == "exact" else "over-specified",
-                    "d": study.d, "k_true": H0, "k_fit": H, "n": n,
-                    "rep": np.arange(study.reps), "seed": data_seed,
-                    "converged": fit.converged.numpy(), "certified": certified.numpy(),
-                    "n_iter": fit.n_iter, "fit_loss": fit.fit_loss.numpy(),
-                    "ref_loss": ref_loss.numpy(), "grad_norm": fit.grad_norm.numpy(),
-                    "wall_s": fit.wall_s / study.reps, "device": device,
-                    "backend": "triton" if fit.kernel else "torch",
-                }
-                for name, value in head_errors(fit.W, fit.V, teacher).items():
-                    frames.append(pd.DataFrame({**base, "loss_name": name,
-                                                "loss_value": value.numpy()}))
-                log(f"{gate} H={H} n={n}: {fit.n_iter} L-BFGS iterations, "
-                    f"{float(fit.converged.double().mean()):.0%} converged, "
-                    f"{float(certified.double().mean()):.0%} certified, {fit.wall_s:.1f} s")
-    df = pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
-    # cells of one type can be missing from a fit (an over-specified cell in an exact fit)
-    return df[df.loss_value.notna()].reset_index(drop=True)
-
-
-def reproduce(out: str | Path, *, fast: bool = False, device: str = "cpu") -> pd.DataFrame:
-    """Run the study (``FAST_STUDY`` or ``FULL_STUDY``) and write its figure and tables to ``out``:
-    ``attention-teacher.png/.pdf``, ``results.csv``, ``rates.csv``, ``rates.txt``."""
-    from moe_theory.rates import format_rates_table, rates_table
-    from moe_theory.sweep import atomic_write
-
-    out = Path(out)
-    study = FAST_STUDY if fast else FULL_STUDY
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but no CUDA device is available")
-    df = run_study(study, device=device)
-    table = rates_table(df, theory=exploratory_rate)
-    atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
-    atomic_write(out / "rates.csv", lambda tmp: table.to_csv(tmp, index=False))
-    text = format_rates_table(table)
-    atomic_write(out / "rates.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
-    print(text)
-    write_figure(df, study, out / "attention-teacher")
-    return table
-
-
-def write_figure(df: pd.DataFrame, study: TeacherStudentStudy, path_stem: Path) -> list[Path]:
-    """Two log-log panels (exact- and over-specified students), both gates, W and V errors."""
-    from moe_theory.plotting import plot_panels
-
-    H0, H = study.teacher_heads, study.teacher_heads + study.extra_heads
-    panels = [
-        (f"exact-specified: H = H* = {H0}", SETTING_NAMES["exact"],
-         [(g, f"err_{p}_exact", f"{g} {p}") for p in ("W", "V") for g in models.GATES]),
-        (f"over-specified: H = {H} > H* = {H0}", SETTING_NAMES["over"],
-         [(g, f"err_{p}_over", f"{g} {p if p == 'W' else 'sum V'} (split)")
-          for p in ("W", "V") for g in models.GATES]),
-    ]
-    # n counts sequences of N tokens (the README gives the sizes)
-    return plot_panels(df, panels, path_stem, ncols=2, theory=no_guides,
-                       title="Teacher-student attention (exploratory)")

@@ -1,0 +1,631 @@
+"""The results store of a sweep: one file per shard, verified whenever it is read
+(docs/design.md#results-store).
+
+Layout of a results folder ``OUT``::
+
+    manifest.json                              the config (and its hash) the shards belong to
+    shards/<setting>/<shard>.parquet           one shard's rows
+    shards/<setting>/<shard>.parquet.sha256    its sha256 and row count, written before it
+    claims/<setting>/<shard>.claim             the writer computing that shard now
+    damaged/<setting>/<shard>.parquet          shards that failed verification, moved aside
+    results.parquet, results.csv               the merged table; the parquet file records the
+                                               checksums of the shards it was built from
+
+What it guarantees:
+
+- *Whole files.* Every file is written under a temporary name and renamed: a reader sees the old
+  file or the whole new one, never a partial one, whenever the writer dies.
+- *Verified reads.* A shard counts as finished only when its sha256 and row count match the
+  record made when it was written and its parquet footer reads; a damaged shard is reported by
+  name, moved to ``damaged/`` and recomputed by the next sweep. Nothing else is touched.
+- *Known completeness.* The manifest holds the config, so the expected shards are known:
+  :func:`completeness` says how many are finished and which settings and sample sizes miss, and
+  :func:`load_results` and :func:`merge` warn when the table is incomplete. The merged table is
+  read only while the checksums it records are those of the shards on disk.
+- *One writer per shard.* A writer holds a claim file (created with ``O_CREAT | O_EXCL``, naming
+  host, pid and time, touched while it works); concurrent sweeps skip claimed shards. A claim is
+  stale when its process is gone (same host) or untouched for :data:`STALE_AFTER_S`, and is then
+  taken over. Temporary files carry host and pid, and only one's own or stale ones are removed.
+- *Clear failures.* A path that cannot be written raises :class:`moe_theory.errors.StorageError`
+  naming it (exit code 3): finished shards stay, no partial file is left under a final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from moe_theory.config import SweepConfig
+from moe_theory.errors import StorageError
+
+#: The merged table's order (and each shard file's): independent of finishing order and block size.
+SORT_KEYS = ["setting", "fit_gate", "loss_name", "n", "rep"]
+#: Below this many rows the merged table also gets a CSV copy, easy to open anywhere.
+CSV_MAX_ROWS = 200_000
+#: A claim or temporary file untouched this long belongs to a writer that is gone (one on another
+#: host, whose process cannot be looked up, or a reused pid). A live claim is touched every
+#: :data:`HEARTBEAT_S`; a temporary file lives for the seconds a parquet write takes.
+STALE_AFTER_S = 300.0
+HEARTBEAT_S = 30.0
+#: A claim file is created empty and filled at once; one still empty after this long was left by
+#: a writer killed in between.
+EMPTY_CLAIM_GRACE_S = 10.0
+#: Key of the merged parquet file's metadata that lists the shards (key -> sha256) it holds.
+SHARDS_METADATA_KEY = b"moe_theory.shards"
+HOST = socket.gethostname()
+
+
+class StoreWarning(UserWarning):
+    """A results folder that is incomplete, or held a damaged shard."""
+
+
+# ---- shards and their paths -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shard:
+    """(setting, n, block of replications ``rep_start <= rep < rep_stop``): one batched fit per
+    fitted gate, one file of rows."""
+
+    setting: str
+    n: int
+    rep_start: int
+    rep_stop: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.setting}/n{self.n:09d}_reps{self.rep_start:05d}-{self.rep_stop:05d}"
+
+
+def plan(config: SweepConfig) -> list[Shard]:
+    """Every shard of a sweep, in plan order: settings x n x blocks of ``rep_block`` replications."""
+    return plan_grid(config.settings, config.n, config.reps, config.rep_block)
+
+
+def plan_grid(settings: Sequence[str], ns: Sequence[int], reps: int, rep_block: int
+              ) -> list[Shard]:
+    return [Shard(setting, n, start, min(start + rep_block, reps))
+            for setting in settings for n in ns for start in range(0, reps, rep_block)]
+
+
+def shard_path(out: Path, shard: Shard) -> Path:
+    return Path(out) / "shards" / f"{shard.key}.parquet"
+
+
+def checksum_path(path: Path) -> Path:
+    """The record of a shard file's sha256 and row count."""
+    return path.with_name(path.name + ".sha256")
+
+
+def claim_path(out: Path, shard: Shard) -> Path:
+    return Path(out) / "claims" / f"{shard.key}.claim"
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+def _os_error(path: Path, err: OSError) -> StorageError:
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        reason += " (the disk is full)"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason += " (the folder is read-only or not ours)"
+    return StorageError(path, f"cannot write: {reason}")
+
+
+def _temp_path(path: Path) -> Path:
+    """A temporary name beside ``path`` that names its writer: only that writer, or anyone once
+    the writer is gone, may remove it (:func:`remove_stale_temp_files`)."""
+    return path.with_name(f".{path.name}~{HOST}~{os.getpid()}~{secrets.token_hex(4)}.tmp")
+
+
+def _temp_owner(tmp: Path) -> tuple[str, int] | None:
+    parts = tmp.name[1:-len(".tmp")].rsplit("~", 3)
+    if len(parts) != 4 or not parts[2].isdigit():
+        return None
+    return parts[1], int(parts[2])
+
+
+def make_folder(path: Path) -> None:
+    """``path`` and its parents as folders; :class:`StorageError` when a file is in the way or the
+    file system refuses."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise StorageError(part, "is a file, not a folder")
+        if part.is_dir():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _os_error(path, err) from None
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Publish a finished temporary file under its final name, readable by everyone who may read
+    the folder (temporary files are created owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers see either the
+    old file or the whole new one, never a partial file, whenever the process dies.
+
+    Raises :class:`StorageError` naming ``path`` when the file system refuses (read-only, full,
+    no permission); the temporary file is removed.
+    """
+    path = Path(path)
+    make_folder(path.parent)
+    tmp = _temp_path(path)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        write(str(tmp))
+        _replace(tmp, path)
+    except OSError as err:
+        raise _os_error(path, err) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shard(out: Path, shard: Shard, rows: pd.DataFrame) -> str:
+    """Store a shard's rows: its checksum record first, then the file itself (both atomically),
+    so that a shard file always has the record it is verified against. Returns the sha256."""
+    path = shard_path(out, shard)
+    make_folder(path.parent)
+    tmp = _temp_path(path)
+    try:
+        rows.to_parquet(tmp, index=False)
+        digest = _sha256(tmp)
+        record = json.dumps({"sha256": digest, "rows": len(rows)})
+        atomic_write(checksum_path(path), lambda t: Path(t).write_text(record))
+        _replace(tmp, path)
+    except OSError as err:
+        raise _os_error(path, err) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    return digest
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (a zombie, killed but not yet reaped by its
+    parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _writer_gone(host: str, pid: int, mtime: float) -> bool:
+    if time.time() - mtime > STALE_AFTER_S:
+        return True
+    return host == HOST and not _process_alive(pid)
+
+
+def remove_stale_temp_files(out: Path) -> list[Path]:
+    """Remove the temporary files of writers that are gone (killed before their rename); never
+    another live writer's. Returns the removed paths."""
+    removed = []
+    for tmp in Path(out).rglob(".*.tmp"):
+        try:
+            mtime = tmp.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        owner = _temp_owner(tmp)
+        gone = (time.time() - mtime > STALE_AFTER_S if owner is None
+                else _writer_gone(owner[0], owner[1], mtime))
+        if gone:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+# ---- claims: one writer per shard -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClaimInfo:
+    """Who claimed a shard: ``host:pid`` since ``time``; ``raw`` is the claim file's content."""
+
+    host: str
+    pid: int
+    time: float
+    mtime: float
+    raw: bytes
+
+    @property
+    def stale(self) -> bool:
+        if not self.raw:
+            return time.time() - self.mtime > EMPTY_CLAIM_GRACE_S
+        return _writer_gone(self.host, self.pid, self.mtime)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+def read_claim(path: Path) -> ClaimInfo | None:
+    """The claim at ``path``, or None when there is none."""
+    try:
+        mtime = path.stat().st_mtime
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        return ClaimInfo(str(data["host"]), int(data["pid"]), float(data["time"]), mtime, raw)
+    except (ValueError, KeyError, TypeError):
+        # empty (its writer died between creating and filling it) or garbled: nobody's
+        return ClaimInfo("", -1, 0.0, mtime, raw)
+
+
+def claim_holder(out: Path, shard: Shard) -> ClaimInfo | None:
+    """The live writer that holds ``shard``, or None when it is free (no claim, or a stale one)."""
+    info = read_claim(claim_path(out, shard))
+    return None if info is None or info.stale else info
+
+
+@dataclass
+class Claim:
+    """A claim this process holds; :meth:`release` it when the shard is stored (or failed)."""
+
+    path: Path
+    raw: bytes
+
+    def touch(self) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.path)
+
+    def release(self) -> None:
+        """Remove the claim file if it is still this claim (never a successor's)."""
+        with contextlib.suppress(OSError):
+            if self.path.read_bytes() == self.raw:
+                self.path.unlink()
+
+
+def _break_stale(path: Path, seen: ClaimInfo) -> None:
+    """Remove a stale claim, unless a new claim replaced it since it was read: it is renamed to a
+    name of our own first (one rename wins), and put back if it turns out to be a live one."""
+    grave = path.with_name(f"{path.name}~{HOST}~{os.getpid()}~{secrets.token_hex(4)}.stale")
+    try:
+        os.replace(path, grave)
+    except FileNotFoundError:
+        return
+    try:
+        if grave.read_bytes() != seen.raw:
+            with contextlib.suppress(FileExistsError):
+                os.link(grave, path)
+    finally:
+        grave.unlink(missing_ok=True)
+
+
+def try_claim(out: Path, shard: Shard) -> Claim | ClaimInfo:
+    """Claim ``shard`` for this process: the :class:`Claim`, or the live holder's
+    :class:`ClaimInfo` when another writer has it. A stale claim is taken over."""
+    path = claim_path(out, shard)
+    make_folder(path.parent)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_claim(path)
+            if holder is None:
+                continue  # released meanwhile: try again
+            if not holder.stale:
+                return holder
+            _break_stale(path, holder)
+            continue
+        except OSError as err:
+            raise _os_error(path, err) from None
+        raw = json.dumps({"host": HOST, "pid": os.getpid(), "time": time.time(),
+                          "token": secrets.token_hex(8)}).encode()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise _os_error(path, err) from None
+        return Claim(path, raw)
+
+
+@contextlib.contextmanager
+def heartbeat(claim: Claim) -> Iterator[None]:
+    """Touch ``claim`` every :data:`HEARTBEAT_S` while the block runs, so that a long shard's
+    claim never looks stale to a writer on another host."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            claim.touch()
+
+    thread = threading.Thread(target=beat, name="claim-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# ---- verification -----------------------------------------------------------------------------
+
+class DamagedShard(Exception):
+    """A shard file that is not what was written (``str()`` says how)."""
+
+
+def check_shard(path: Path) -> str:
+    """The sha256 of a whole shard file; raises :class:`DamagedShard` saying what is wrong.
+
+    The file's sha256 and row count must match the record written with it, and its parquet
+    footer must read. A file from before records were kept is decoded in full instead.
+    """
+    record_path = checksum_path(path)
+    try:
+        record = json.loads(record_path.read_text())
+        want_sha, want_rows = str(record["sha256"]), int(record["rows"])
+    except FileNotFoundError:
+        record = None
+    except (ValueError, KeyError, TypeError):
+        raise DamagedShard(f"its checksum record {record_path.name} is unreadable") from None
+    try:
+        digest = _sha256(path)
+    except OSError as err:
+        raise StorageError(path, f"cannot read: {err.strerror or err}") from None
+    if record is not None and digest != want_sha:
+        raise DamagedShard(f"sha256 {digest[:12]}... differs from the {want_sha[:12]}... recorded "
+                           "when it was written")
+    try:
+        rows = pq.read_metadata(path).num_rows
+        if record is None:
+            pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise DamagedShard(f"not a whole parquet file ({err})") from None
+    if record is not None and rows != want_rows:
+        raise DamagedShard(f"{rows} rows, {want_rows} written")
+    return digest
+
+
+def move_aside(out: Path, path: Path) -> Path:
+    """Move a damaged shard file (and its record) to ``OUT/damaged/``; returns where it went."""
+    out = Path(out)
+    dest = out / "damaged" / path.relative_to(out / "shards")
+    if dest.exists():
+        dest = dest.with_name(f"{dest.name}.{time.strftime('%Y%m%dT%H%M%S')}")
+    make_folder(dest.parent)
+    try:
+        os.replace(path, dest)
+        record = checksum_path(path)
+        if record.exists():
+            os.replace(record, checksum_path(dest))
+    except FileNotFoundError:
+        pass  # moved by another reader meanwhile
+    except OSError as err:
+        raise _os_error(dest, err) from None
+    return dest
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, StoreWarning, stacklevel=3)
+
+
+def verified_shards(out: Path, shards: Iterable[Shard], *, report: Callable[[str], None] = _warn
+                    ) -> dict[Shard, str]:
+    """The finished shards among ``shards`` that verify: shard -> sha256. Each damaged one is
+    reported by name and moved aside (where the folder can be written; else only reported)."""
+    out = Path(out)
+    finished = {}
+    for shard in shards:
+        path = shard_path(out, shard)
+        if not path.exists():
+            continue
+        try:
+            finished[shard] = check_shard(path)
+        except DamagedShard as err:
+            try:
+                where = f"moved to {move_aside(out, path)}"
+            except StorageError as moving:
+                where = f"left in place ({moving})"
+            report(f"damaged shard {shard.key}: {err}; {where}; a sweep recomputes it")
+    return finished
+
+
+# ---- manifest and completeness ----------------------------------------------------------------
+
+def read_manifest(out: Path) -> dict | None:
+    path = Path(out) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as err:
+        raise ValueError(f"DIR: {path} is not valid JSON ({err})") from None
+
+
+def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> None:
+    """Record the config; refuse to mix shards of a different config unless ``force``."""
+    out = Path(out)
+    make_folder(out)
+    old = read_manifest(out)
+    if old is not None and old.get("config_hash") != config.hash:
+        if not force:
+            raise ValueError(
+                f"out: {out} holds results of another config (hash {old.get('config_hash')}, "
+                f"this one {config.hash}); use another --out or --force to start over")
+        for stale in (out / "shards").rglob("*.parquet*"):
+            stale.unlink()
+    manifest = {"config_hash": config.hash, "config": config.to_dict(), "torch": torch.__version__}
+    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+
+
+def manifest_shards(manifest: dict) -> list[Shard]:
+    """The shards the manifest's config plans (read from its raw keys: no setting lookup, so a
+    folder of settings registered at run time still reads)."""
+    config = manifest["config"]
+    return plan_grid(config["settings"], config["n"], config["reps"], config["rep_block"])
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """Which of a sweep's planned shards are finished (and verified)."""
+
+    expected: tuple[Shard, ...]
+    finished: tuple[Shard, ...]
+
+    @property
+    def missing(self) -> tuple[Shard, ...]:
+        done = set(self.finished)
+        return tuple(s for s in self.expected if s not in done)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def summary(self) -> str:
+        """``"k of K shards"``, and when some miss, which settings and sample sizes."""
+        text = f"{len(self.finished)} of {len(self.expected)} shards"
+        missing = self.missing
+        if missing:
+            settings = list(dict.fromkeys(s.setting for s in missing))
+            ns = sorted({s.n for s in missing})
+            text += (f"; missing: settings {', '.join(settings)}, n {', '.join(map(str, ns))} "
+                     f"({len(missing)} shards)")
+        return text
+
+
+def completeness(out: str | Path, *, report: Callable[[str], None] = _warn) -> Completeness:
+    """How complete the sweep in ``out`` is: planned from its manifest, finished shards verified
+    (a damaged one is reported and moved aside: it counts as missing)."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise ValueError(f"DIR: {out} has no manifest.json (not a sweep folder)")
+    expected = manifest_shards(manifest)
+    finished = verified_shards(out, expected, report=report)
+    return Completeness(tuple(expected), tuple(s for s in expected if s in finished))
+
+
+# ---- the merged table -------------------------------------------------------------------------
+
+def _shards_on_disk(out: Path) -> list[Shard]:
+    """Shards found under ``OUT/shards`` (for a folder without manifest)."""
+    shards = []
+    for path in sorted((out / "shards").rglob("*.parquet")):
+        name = path.stem  # n000001000_reps00000-00004
+        try:
+            n_part, reps_part = name.split("_reps")
+            start, stop = reps_part.split("-")
+            shards.append(Shard(path.parent.name, int(n_part[1:]), int(start), int(stop)))
+        except ValueError:
+            continue
+    return shards
+
+
+def _table(out: Path, finished: dict[Shard, str]) -> pd.DataFrame:
+    df = pd.concat([pd.read_parquet(shard_path(out, s)) for s in finished], ignore_index=True)
+    return df.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
+
+
+def _recorded_shards(path: Path) -> dict | None:
+    """The shard checksums a merged table records, or None (no table, or one without them)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (FileNotFoundError, pa.ArrowException, OSError):
+        return None
+    raw = meta.get(SHARDS_METADATA_KEY)
+    return None if raw is None else json.loads(raw)
+
+
+def _write_merged(out: Path, df: pd.DataFrame, finished: dict[Shard, str]) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    record = json.dumps({s.key: sha for s, sha in finished.items()}, sort_keys=True).encode()
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           SHARDS_METADATA_KEY: record})
+    atomic_write(out / "results.parquet", lambda tmp: pq.write_table(table, tmp))
+    if len(df) <= CSV_MAX_ROWS:
+        atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+
+
+def _finished(out: Path, report: Callable[[str], None]) -> tuple[dict[Shard, str], Completeness | None]:
+    manifest = read_manifest(out)
+    expected = manifest_shards(manifest) if manifest is not None else _shards_on_disk(out)
+    finished = verified_shards(out, expected, report=report)
+    state = None if manifest is None else Completeness(
+        tuple(expected), tuple(s for s in expected if s in finished))
+    if not finished:
+        raise ValueError(f"DIR: no finished shard under {out / 'shards'}")
+    return finished, state
+
+
+def merge(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.DataFrame:
+    """Rebuild the tidy table from the verified shard files (sorted: independent of finishing
+    order) and write ``results.parquet`` (recording the shards' checksums) and ``results.csv``.
+    ``report`` receives a line when the sweep is incomplete or a shard was damaged."""
+    out = Path(out)
+    finished, state = _finished(out, report)
+    df = _table(out, finished)
+    _write_merged(out, df, finished)
+    if state is not None and not state.complete:
+        report(f"incomplete sweep in {out}: {state.summary()}; rerun the sweep to finish it")
+    return df
+
+
+def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.DataFrame:
+    """The tidy table of a results folder (or of a ``results.csv`` file).
+
+    With shards: from the shards, verified, through ``results.parquet`` only while the
+    checksums it records are those of the shards on disk (else merged anew, and rewritten where
+    the folder can be written). Warns (:class:`StoreWarning`, or through ``report``) when the
+    sweep is incomplete or a shard was damaged. Without shards, ``results.parquet`` as it is.
+    """
+    out = Path(out)
+    if out.is_file() and out.suffix == ".csv":
+        return pd.read_csv(out)
+    if not (out / "shards").is_dir():
+        if (out / "results.parquet").exists():
+            return pd.read_parquet(out / "results.parquet")
+        raise ValueError(f"DIR: {out} holds no results (no results.parquet and no shards/)")
+    finished, state = _finished(out, report)
+    if state is not None and not state.complete:
+        report(f"incomplete sweep in {out}: {state.summary()}; rerun the sweep to finish it")
+    recorded = _recorded_shards(out / "results.parquet")
+    if recorded == {s.key: sha for s, sha in finished.items()}:
+        return pd.read_parquet(out / "results.parquet")
+    df = _table(out, finished)
+    with contextlib.suppress(StorageError):  # reading needs no write access
+        _write_merged(out, df, finished)
+    return df
