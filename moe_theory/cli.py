@@ -58,10 +58,11 @@ def _cmd_merge(args) -> int:
 
 
 def _cmd_rates(args) -> int:
+    from moe_theory.certificates import FolderCertificates
     from moe_theory.rates import format_rates_table, rates_table
     from moe_theory.store import load_results
 
-    table = rates_table(load_results(args.dir))
+    table = rates_table(load_results(args.dir), certificates=FolderCertificates.load(args.dir))
     if args.json:
         print(table.to_json(orient="records", indent=1))
     else:
@@ -87,6 +88,23 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    from moe_theory.certificates import CHECK_REPS
+    from moe_theory.check import run_check
+
+    out = Path(args.dir)
+    if not out.is_dir():
+        raise ValueError(f"DIR: no folder {args.dir!r}")
+    reps = CHECK_REPS if args.reps is None else args.reps
+    report = run_check(out, reps=reps, device=args.device, backend=args.backend,
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    for name, curve in report["curves"].items():
+        reasons = "; ".join(curve["reasons"])
+        print(f"{name}: {curve['status']}" + (f" ({reasons})" if reasons else ""))
+    print(f"wrote {out / 'check.json'} ({report['wall_s']:.0f} s)")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from moe_theory.report import make_report
 
@@ -100,7 +118,7 @@ def _cmd_reproduce(args) -> int:
     name = args.name or "nguyen2024"
     fast = args.fast or args.name is None
     reproduce(name, fast=fast, out=args.out, device=args.device, backend=args.backend,
-              workers=args.workers)
+              workers=args.workers, certify=args.certify)
     return 0
 
 
@@ -200,16 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also DIR/report.html, one file with the figures embedded")
     p.set_defaults(run=_cmd_report)
 
+    p = sub.add_parser("check", help="certify a finished sweep: reference certificates and the "
+                       "optimiser check (refits under 10x max_iter and 10x jitter; DIR/check.json)")
+    p.add_argument("dir", help=DIR_HELP)
+    p.add_argument("--reps", type=int, metavar="M",
+                   help="replications refitted per (setting, n), the first ones (default "
+                        "moe_theory.certificates.CHECK_REPS)")
+    device_args(p)
+    p.set_defaults(run=_cmd_check)
+
     p = sub.add_parser("reproduce", help="regenerate a paper figure (default: nguyen2024 --fast)")
     p.add_argument("name", nargs="?",
                    help=f"a config ({', '.join(named_configs())}), an experiment of "
                         "moe_theory.reproduce.EXPERIMENTS (attention-teacher, attention-regularity), "
                         "or all (default: nguyen2024 with --fast)")
     p.add_argument("--fast", action="store_true", help="the config's small CPU preset")
-    p.add_argument("--out", help="output folder (default paper_figures/NAME[-fast])")
+    p.add_argument("--out", help="output folder (default results/NAME[-fast], which git ignores; "
+                                 "the committed figures: --out paper_figures/NAME)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes that share the device, one shard each (default: "
                         "moe_theory.executors.GPU_PROCESSES on cuda, 1 on cpu)")
+    p.add_argument("--certify", action=argparse.BooleanOptionalAction, default=False,
+                   help="also run the optimiser check of `moe-theory check` before the report "
+                        "(default off: it refits a subsample twice, up to 10x as long)")
     device_args(p)
     p.set_defaults(run=_cmd_reproduce)
 

@@ -22,9 +22,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moe_theory import certificates as cert
+from moe_theory.certificates import FolderCertificates, ReferenceCertificate
 from moe_theory.config import SweepConfig, load_config, named_configs, parse_config
 from moe_theory.plotting import plot_panels
-from moe_theory.rates import CI_LEVEL, CURVE_KEYS, REQUIRED_COLUMNS, check_columns, rates_table
+from moe_theory.rates import (
+    CERT_COLUMNS,
+    CERT_SHORT,
+    CI_HALF_WIDTH_MAX,
+    CI_LEVEL,
+    CURVE_KEYS,
+    MIN_POINTS,
+    MIN_REPS_PER_N,
+    PLUS_MINUS,
+    REQUIRED_COLUMNS,
+    VERDICT_WIDEN,
+    check_columns,
+    rates_table,
+)
 from moe_theory.reproduce import figure_panels
 from moe_theory.store import atomic_write, load_results
 
@@ -51,6 +66,7 @@ class FolderReport:
     rates : :func:`~moe_theory.rates.rates_table` plus ``device`` and ``backend`` per curve.
     run : the folder's ``run.json`` (written by ``reproduce``), or empty.
     figures : PNG files written for the report, each with a caption.
+    certificates : the folder's reference certificates and optimiser check.
     """
 
     folder: Path
@@ -60,6 +76,7 @@ class FolderReport:
     rates: pd.DataFrame
     run: dict
     figures: list[tuple[Path, str]]
+    certificates: FolderCertificates
 
 
 def read_results(folder: Path) -> pd.DataFrame:
@@ -123,7 +140,7 @@ def curves_figure_panels(rates: pd.DataFrame) -> list[tuple[str, str, list]]:
     errors, whose scales differ. Curves with fewer than two usable sample sizes have no rate and
     are left out of the figure (the table still lists them)."""
     panels = []
-    drawable = rates[rates["n_points"] >= 2]
+    drawable = rates[rates["n_used"] >= 2]
     for (setting, gate), group in drawable.groupby(["setting", "fit_gate"], sort=True):
         is_error = group["loss_name"].str.startswith("err_")
         for family, losses in (("Voronoi", group[~is_error]), ("parameter errors", group[is_error])):
@@ -149,7 +166,9 @@ def build_report(folder: str | Path) -> FolderReport:
         raise ValueError(f"DIR: {folder} has no results (the results table is empty)")
     check_columns(results, REPORT_COLUMNS)
     config, source = read_config(folder, results)
-    rates = rates_table(results).merge(curve_devices(results), on=list(CURVE_KEYS), how="left")
+    certificates = FolderCertificates.load(folder)
+    rates = rates_table(results, certificates=certificates).merge(
+        curve_devices(results), on=list(CURVE_KEYS), how="left")
     run = read_run(folder / "run.json")
     figures = []
     # A loss can be undefined for every fit of a curve (an over-specified error without an
@@ -158,16 +177,20 @@ def build_report(folder: str | Path) -> FolderReport:
     drawable = results[np.isfinite(results["loss_value"]) & (results["loss_value"] > 0)]
     panels = figure_panels(drawable, config)
     if panels:
-        png = plot_panels(drawable, panels, folder / config.name, title=config.name)[0]
-        figures.append((png, f"{config.name}: the curves the config plots, with fitted rates "
-                             "(solid) and theory guides (dashed)"))
+        png = plot_panels(drawable, panels, folder / config.name, title=config.name,
+                          certificates=certificates)[0]
+        figures.append((png, f"{config.name}: the curves the config plots: means ± 2 sd and "
+                             "medians, fitted rates (solid when certified, dashed when not "
+                             "measurable), theory guides (dash-dot) and the asymptotic "
+                             "overlay (dotted)"))
     panels = curves_figure_panels(rates)
     if panels:
         png = plot_panels(drawable, panels, folder / f"{config.name}{CURVES_FIGURE_SUFFIX}",
-                          ncols=min(len(panels), CURVES_FIGURE_NCOLS), title=config.name)[0]
+                          ncols=min(len(panels), CURVES_FIGURE_NCOLS), title=config.name,
+                          certificates=certificates)[0]
         figures.append((png, "every curve with a rate, one panel per setting, fitted gate and "
                              "loss family"))
-    return FolderReport(folder, config, source, results, rates, run, figures)
+    return FolderReport(folder, config, source, results, rates, run, figures, certificates)
 
 
 # ---- the document: blocks rendered to Markdown or HTML ----------------------------------------
@@ -184,24 +207,61 @@ def _signed(value: float) -> str:
 
 
 def curve_rows(rates: pd.DataFrame) -> Table:
-    """The per-curve table: rate, theory, verdict, optimisation health, time and device."""
-    header = ["setting", "fit", "loss", "slope ± 2 se", f"{CI_LEVEL:.0%} CI", "R²", "n (points)",
-              "reps", "theory", "source", "verdict", "certified", "converged", "fit time (s)",
-              "device"]
+    """The per-curve table: rates (mean and median), theory, certificates, verdict, the overlay,
+    optimisation health, time and device."""
+    header = ["setting", "fit", "loss", f"slope (± {CI_LEVEL:.0%} CI)", "median slope", "R²",
+              "n (used) × reps", "dropped", "theory", "source", "verdict", "reference",
+              "converged", "optimiser", "over-fit", "follows overlay from n", "certified",
+              "fit time (s)", "device"]
     rows = []
     for _, r in rates.iterrows():
-        se = "" if pd.isna(r["slope_se"]) else f" ± {2 * r['slope_se']:.2f}"
+        slope = _signed(r["slope"]) + ("" if pd.isna(r["ci_half_width"])
+                                       else f" ± {r['ci_half_width']:.2f}")
         theory = "-" if pd.isna(r["theory_exponent"]) else (
             f"{r['theory_exponent']:+.2f} ({r['theory_label']})")
         rows.append([
-            str(r["setting"]), str(r["fit_gate"]), str(r["loss_name"]), f"{_signed(r['slope'])}{se}",
-            f"[{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]",
-            "-" if pd.isna(r["r2"]) else f"{r['r2']:.3f}",
-            f"{r['n_min']}–{r['n_max']} ({r['n_points']})", str(r["reps"]), theory,
-            str(r["theory_source"] or "-"), str(r["verdict"]), _share(r["certified_share"]),
-            _share(r["converged_share"]), f"{r['wall_s']:.1f}", f"{r['device']} ({r['backend']})",
+            str(r["setting"]), str(r["fit_gate"]), str(r["loss_name"]), slope,
+            _signed(r["slope_median"]), "-" if pd.isna(r["r2"]) else f"{r['r2']:.3f}",
+            f"{r['n_min']}–{r['n_max']} ({r['n_used']}) × {r['reps_used']}", str(r["n_dropped"]),
+            theory, str(r["theory_source"] or "-"), str(r["verdict"]),
+            *(CERT_SHORT.get(r[c], str(r[c])) for c in CERT_COLUMNS),
+            "-" if pd.isna(r["overlay_from_n"]) else f"{r['overlay_from_n']:g}",
+            _share(r["certified_share"]), f"{r['wall_s']:.1f}",
+            f"{r['device']} ({r['backend']})",
         ])
     return header, rows
+
+
+def reference_rows(certificates: FolderCertificates) -> Table:
+    """One row per reference certificate: what identifies the reference, and the outcome."""
+    header = ["setting", "fit", "reference", "p", "Fisher cond", "min eig", "error at n_min / "
+              "atom distance", "misspecification / (nu p / n_max)", "design error", "refits "
+              "(better/tied/worse)", "status", "why"]
+    rows = []
+    for (setting, gate), c in sorted(certificates.reference.items()):
+        refits = "-"
+        if c.restarts:
+            refits = (f"{c.restarts['better']}/{c.restarts['tied']}/{c.restarts['worse']}, "
+                      f"spread {c.restarts['spread']:.2g} (≤ {c.restart_tolerance:.2g})")
+        rows.append([
+            setting, gate, f"{c.kind} ({c.model['k']} atoms, {c.covariance})", str(c.p),
+            f"{c.fisher_cond:.1e}", f"{c.fisher_min_eig:.1e}", f"{_ratio(c):.2g}",
+            f"{c.misspecification / c.misspecification_scale:.2g}",
+            "-" if c.design_error_ratio is None else f"{c.design_error_ratio:.2f}", refits,
+            c.status, "; ".join(c.reasons) or "-",
+        ])
+    return header, rows
+
+
+def _ratio(c: ReferenceCertificate) -> float:
+    return c.error_ratio if c.min_atom_distance > 0 else float("inf")
+
+
+def note_lines(rates: pd.DataFrame) -> list[str]:
+    """One line per curve whose verdict comes with a reason (a failed or missing certificate,
+    a dropped n)."""
+    return [f"`{r.setting} / {r.fit_gate} / {r.loss_name}`: {r.verdict}. {r.reason}."
+            for r in rates.itertuples() if isinstance(r.reason, str) and r.reason]
 
 
 def setting_rows(results: pd.DataFrame) -> Table:
@@ -254,10 +314,28 @@ def summary_lines(report: FolderReport) -> list[str]:
 
 
 VERDICT_NOTE = (
-    "Slope: OLS slope of log(mean loss over replications) on log n; CI: bootstrap over "
-    "replications within each n. Verdict: `consistent` when the theory exponent lies in the CI "
-    "widened by ±0.05 (moe_theory.rates.VERDICT_WIDEN), else `inconsistent`; exponent 0 stands "
-    "for \"slower than any polynomial\"."
+    "Slope: OLS slope of log(mean loss over replications) on log n (N24's), beside the slope of "
+    f"log(median); {PLUS_MINUS} (docs/theory.md#rate-estimation). Sample sizes with fewer than "
+    f"{MIN_REPS_PER_N} usable replications are dropped; `dropped` counts NaN, infinite, "
+    "non-positive and at-bound values. Verdict (docs/theory.md#verdicts): `not measurable` "
+    f"unless every certificate passes and at least {MIN_POINTS} sample sizes are used; "
+    f"`inconclusive (CI too wide)` when the half-width exceeds {CI_HALF_WIDTH_MAX}; else "
+    f"`consistent` when the theory exponent lies in the CI widened by ±{VERDICT_WIDEN}, "
+    "`inconsistent` otherwise. Exponent 0 stands for \"slower than any polynomial\"."
+)
+CERTIFICATE_NOTE = (
+    "Certificates (docs/theory.md#certificates): reference identified (Fisher condition number "
+    f"≤ {cert.FISHER_COND_MAX:.0e}, positive-definite Hessian, predicted parameter error at the "
+    f"smallest n ≤ {cert.ERROR_RATIO_MAX} × the smallest distance between atoms; for G_bar "
+    f"refits from {cert.RESTARTS} other starts neither better nor apart by more than "
+    f"{cert.RESTART_RATIO_MAX} × the predicted D3 at the largest n, design error ≤ "
+    f"{cert.DESIGN_ERROR_RATIO_MAX}); converged (≥ {cert.CONVERGED_SHARE_MIN:.0%} of fits per "
+    "n stopped on tolerance); optimiser (fits no worse than the reference and their best SSR "
+    f"reached twice, per n ≥ {cert.OPTIMISER_SHARE_MIN:.0%}; `moe-theory check`: SSR within "
+    f"{cert.SSR_GAP_MAX:g} nu of every refit, per-n means and slope unmoved within their CI "
+    f"under {cert.CHECK_MAX_ITER_FACTOR}× max_iter and {cert.CHECK_JITTER_FACTOR}× jitter); "
+    f"over-fit (mean ΔSSR / (nu p) in [{cert.OVERFIT_RATIO_MIN}, {cert.OVERFIT_RATIO_MAX}] at "
+    f"every n ≥ {cert.OVERFIT_MIN_N_PER_P} p). `-`: not run."
 )
 
 
@@ -266,6 +344,20 @@ def _blocks(report: FolderReport) -> list[tuple]:
     blocks: list[tuple] = [("h1", title)]
     blocks += [("p", line) for line in summary_lines(report)]
     blocks += [("h2", "Curves"), ("p", VERDICT_NOTE), ("table", curve_rows(report.rates))]
+    notes = note_lines(report.rates)
+    if notes:
+        blocks += [("h2", "Notes")] + [("p", line) for line in notes]
+    blocks += [("h2", "Certificates"), ("p", CERTIFICATE_NOTE)]
+    if report.certificates.reference:
+        blocks.append(("table", reference_rows(report.certificates)))
+    else:
+        blocks.append(("p", "No reference certificates in this folder: run `moe-theory check "
+                            "DIR`."))
+    check = report.certificates.check
+    blocks.append(("p", "Optimiser check: not run (`moe-theory check DIR`)." if check is None
+                   else f"Optimiser check: {check.get('reps')} replication(s) per (setting, n) "
+                        f"refitted under {', '.join(check.get('variants', {}))} "
+                        f"({check.get('wall_s', float('nan')):.0f} s)."))
     blocks += [("h2", "Settings"), ("table", setting_rows(report.results))]
     if report.figures:
         blocks.append(("h2", "Figures"))
@@ -304,11 +396,17 @@ HTML_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 80rem; margin: 2rem auto; padding: 0 1rem;
        color: #222; line-height: 1.45; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left;
-         white-space: nowrap; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: left;
+         vertical-align: top; }
+td { white-space: nowrap; }
 th { background: #f4f4f4; }
+details { margin: -0.5rem 0 1rem; }
+summary { cursor: pointer; color: #555; font-size: 0.85rem; }
+/* a table still wider than the window scrolls on its own, not the page */
+.table { max-width: 100%; overflow-x: auto; }
 td.inconsistent { color: #b00020; font-weight: 600; }
 td.consistent { color: #1b5e20; }
+td.not-measurable, td.inconclusive { color: #777; white-space: normal; }
 figure { margin: 1.5rem 0; }
 img { max-width: 100%; }
 code { background: #f4f4f4; padding: 0 0.2rem; }
@@ -322,16 +420,32 @@ def _inline_html(text: str) -> str:
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The table; its columns after the verdict (fit health, provenance) go to a second table
+    under <details>, keyed by the first three (setting, fit, loss), so that the page fits a
+    1400 px window."""
+    cut = header.index("verdict") + 1 if "verdict" in header else len(header)
+    if cut == len(header):
+        return _plain_html_table(header, rows)
+    more = _plain_html_table([*header[:3], *header[cut:]], [[*r[:3], *r[cut:]] for r in rows])
+    return (_plain_html_table(header[:cut], [r[:cut] for r in rows])
+            + f"<details><summary>more columns: {html.escape(', '.join(header[cut:]))}</summary>"
+            + f"{more}</details>")
+
+
+def _plain_html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     verdict_col = header.index("verdict") if "verdict" in header else -1
     body = []
     for row in rows:
         cells = []
         for i, cell in enumerate(row):
-            cls = f' class="{html.escape(cell)}"' if i == verdict_col else ""
+            # the verdict's kind, without its reason: consistent, not-measurable, ...
+            kind = cell.split(" (")[0].replace(" ", "-")
+            cls = f' class="{html.escape(kind)}"' if i == verdict_col else ""
             cells.append(f"<td{cls}>{html.escape(cell)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
+            "</tbody></table></div>")
 
 
 def render_html(report: FolderReport) -> str:
