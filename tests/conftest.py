@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 
 if "OMP_NUM_THREADS" not in os.environ:
     # many small tensor ops: one thread is as fast on an idle machine and avoids a 10-50x
-    # slow-down from spin-waiting workers on a loaded one (see moe_theory.cli.limit_cpu_threads)
+    # slow-down from spin-waiting workers on a loaded one (see moe_theory.threads)
     torch.set_num_threads(1)
 
 
