@@ -5,9 +5,12 @@ A rate is the LSE's only when four things hold for its curve:
 
 - ``reference``: the reference measure the losses are taken against (``G*`` or ``G_bar``) is a
   strict local minimiser of the population loss, resolved by the data: its Fisher matrix is
-  well conditioned, the predicted parameter error at the smallest ``n`` is small next to the
-  distance between its atoms, and (``G_bar``) refits of the population LSE from other starts
-  land on it. Computed once per (setting, fitted gate) by :func:`reference_certificate`.
+  well conditioned and its Hessian positive definite, the predicted parameter error at the
+  smallest ``n`` is small next to the distance between its atoms, and (``G_bar``) no refit of
+  the population LSE from another start is better or equally good elsewhere, and the cached
+  G_bar's own design error is small. Computed once per (setting, fitted gate) by
+  :func:`reference_certificate`, which also predicts each plotted loss from the local normal
+  limit (the asymptotic overlay).
 - ``converged``: at least 95% of the fits at every ``n`` stopped on a tolerance, not on the cap.
 - ``optimiser``: no fit is beaten by a known candidate (the reference, another start, the check
   refits) by more than ``SSR_GAP_MAX`` noise variances, and ``moe-theory check`` found the
@@ -122,7 +125,8 @@ OVERLAY_SAMPLES = 512
 OVERLAY_SEED = 2718
 #: Asymptotic overlay: the measured mean follows the prediction at n when their ratio lies in
 #: [1 / OVERLAY_FACTOR, OVERLAY_FACTOR]. 1.5 is 0.41 in log: the 95% CI half-width of a log-mean
-#: of 20 replications of a loss with log-sd ~0.9, the spread of the curves measured so far.
+#: of 20 replications of a loss with log-sd 0.75 (relative sd sqrt((e^0.5625 - 1) / 20) = 0.19,
+#: times t_19 = 2.09), the spread of the certified curves measured so far.
 OVERLAY_FACTOR = 1.5
 #: Bytes of autograd workspace the residual-Hessian term of the sandwich may take per chunk.
 HESSIAN_CHUNK_BYTES = 256 * 2**20
@@ -170,8 +174,9 @@ class ReferenceCertificate:
     misspecification : mean of ``m^2`` on the design; ``misspecification_scale = nu p / n_max``
     design_error_ratio : predicted error of the cached G_bar from its finite design, over the
         statistical error at ``n_max`` (G_bar only)
-    restarts : :class:`Refits` of the population LSE as a dict (G_bar only);
-        ``restart_tolerance`` the bound on their spread
+    restarts : :class:`Refits` of the population LSE as a dict (G_bar only, and only when the
+        other criteria pass: they are the expensive part); ``restart_tolerance`` the bound on
+        their spread
     n_min, n_max : the sweep's grid ends
     overlay : ``{loss: {"n": [...], "mean": [...], "median": [...]}}``, the loss of
         ``theta ~ N(theta_ref, Sigma / n)`` against the reference; empty where no local normal
@@ -277,21 +282,26 @@ def residual_hessian(problem: LeastSquaresProblem, theta: torch.Tensor, m: torch
                      ) -> torch.Tensor:
     """``S = (1/N) sum_t m_t grad^2 f(x_t)``, the part of the population loss's Hessian that the
     Gauss-Newton matrix leaves out (zero where the model reproduces the truth): the Jacobian of
-    ``J(theta)^T m / N``, by reverse-mode autodiff over sample chunks that bound its workspace."""
+    ``J(theta)^T m / N``, one reverse-mode pass per parameter over sample chunks that bound the
+    autograd graph (plain autograd: ``torch.func`` would import torch's compiler stack, seconds
+    on a CPU, for a matrix of a few hundred rows). Second derivatives are taken almost
+    everywhere: a ReLU kink's point mass is left out."""
     expert = models.get_expert(problem.expert)
     N, p, k = problem.n, problem.p, problem.k
-    per_sample = 8 * 6 * k * (problem.pg + problem.pe) * p
+    per_sample = 8 * 8 * k * (problem.pg + problem.pe)
     step = max(1, min(N, HESSIAN_CHUNK_BYTES // per_sample))
     S = theta.new_zeros(p, p)
     for start in range(0, N, step):
-        Xc, mc = problem.X[:, start:start + step], m[:, start:start + step]
-
-        def jtm(t: torch.Tensor, Xc: torch.Tensor = Xc, mc: torch.Tensor = mc) -> torch.Tensor:
-            gp, ep = problem.unpack(t[None])
-            _, J = jacobian_chunk(Xc, gp, ep, problem.gate, problem.score, expert)
-            return (J[0] * mc[0, :, None]).sum(0)
-
-        S += torch.func.jacrev(jtm)(theta[0].detach())
+        t = theta[0].detach().clone().requires_grad_(True)
+        gp, ep = problem.unpack(t[None])
+        _, J = jacobian_chunk(problem.X[:, start:start + step], gp, ep, problem.gate,
+                              problem.score, expert)
+        jtm = (J[0] * m[0, start:start + step, None]).sum(0)
+        for i in range(p):
+            if jtm[i].requires_grad:
+                (row,) = torch.autograd.grad(jtm[i], t, retain_graph=i < p - 1, allow_unused=True,
+                                             materialize_grads=True)
+                S[i] += row
     S = S / N
     return 0.5 * (S + S.T)
 
@@ -469,7 +479,9 @@ def reference_certificate(
         overlay = overlay_losses(problem, theta, ref.to(device="cpu"), cov, n_grid, losses)
     refits = None
     restart_tolerance = None
-    if kind == "G_bar":
+    # the refits cost hundreds of population-fit iterations: only worth it while the reference
+    # may still pass
+    if kind == "G_bar" and not reasons:
         refits = refit_population(setting, fit_gate, ref, X, f_star, SSR_GAP_MAX * nu / n_max,
                                   backend=backend, restarts=restarts)
         d3 = overlay.get("D3") or overlay_losses(problem, theta, ref.to(device="cpu"), cov,
