@@ -61,6 +61,7 @@ class FitResult:
     proj_grad_max : (R,) max-norm of the projected gradient of the mean squared residual
     n_starts : starts per replication, S
     start_ssr : (R, S) sum of squared residuals reached from each start
+    start_n_iter : (R, S) iterations of each start (a batched fit costs about their sum)
     ssr_spread : (R,) ``(max - min)`` of ``start_ssr`` over the starts, over the noise variance
         (inf when a start ended non-finite); None when ``noise_var`` is not given
     starts_near_best : (R,) starts whose SSR is within the noise variance of the best; None
@@ -79,6 +80,7 @@ class FitResult:
     proj_grad_max: torch.Tensor
     n_starts: int
     start_ssr: torch.Tensor
+    start_n_iter: torch.Tensor
     ssr_spread: torch.Tensor | None
     starts_near_best: torch.Tensor | None
     wall_s: float
@@ -236,6 +238,7 @@ def fit_lse(
         stop_reason=[stop_reason(t) for t in tests], stop_test=tests, fit_loss=fit_loss,
         ref_loss=ref_loss, certified=certified, bound_active=at_bound(theta, box),
         proj_grad_max=out.proj_grad_max[pick], n_starts=S, start_ssr=out.loss.view(S, R).T,
+        start_n_iter=out.n_iter.view(S, R).T,
         ssr_spread=ssr_spread, starts_near_best=starts_near_best,
         wall_s=time.perf_counter() - start, algorithm=algorithm, backend=resolved,
         device=str(X.device),

@@ -139,3 +139,27 @@ def test_problem_data_rows_map_problems_to_data(dense_relu):
     own = LeastSquaresProblem(X[rows], Y[rows], "sigmoid", "linear", "relu", 3, "torch")
     assert torch.allclose(problem.loss(theta), own.loss(theta), rtol=1e-13)
     assert torch.equal(problem.data()[0], X[rows])
+
+
+def test_a_sweep_shard_records_the_starts_on_the_same_data():
+    """run_shard fits the near-reference start plus ``starts`` more on the shard's data: the data
+    (hence the reference's loss) do not depend on the starts, and the kept fit is no worse than
+    the near-reference start alone."""
+    from moe_theory.config import parse_config
+    from moe_theory.store import Shard
+    from moe_theory.sweep import RESULT_COLUMNS, run_shard
+
+    raw = {"name": "t", "settings": ["small-sparse-relu"], "fit_gates": ["sigmoid"], "n": [300],
+           "reps": 3, "max_iter": 30, "losses": ["D1"]}
+    shard = Shard("small-sparse-relu", 300, 0, 3)
+    one = run_shard(parse_config({**raw, "starts": 0, "bound_scale": float("inf")}), shard)
+    many = run_shard(parse_config({**raw, "starts": 2}), shard)
+    assert list(many.columns) == RESULT_COLUMNS
+    assert (one.n_starts == 1).all() and (many.n_starts == 3).all()
+    assert one.ref_loss.tolist() == many.ref_loss.tolist()
+    # the near-reference start is one of the three (rounding: a larger batch)
+    assert (many.fit_loss <= one.fit_loss * (1 + 1e-12)).all()
+    assert set(many.stop_reason) <= {"tolerance", "max_iter", "non_finite"}
+    assert (many.converged == (many.stop_reason == "tolerance")).all()
+    assert ((many.starts_near_best >= 1) & (many.starts_near_best <= 3)).all()
+    assert (many.ssr_spread >= 0).all() and not many.bound_active.any()
