@@ -734,13 +734,22 @@ class FolderCertificates:
         return self.check.get("curves", {}).get(f"{setting}/{fit_gate}/{loss}")
 
     def evaluate(self, curve: pd.DataFrame, name: tuple[str, str, str]) -> dict[str, Status]:
-        """The four certificates of the curve ``name = (setting, fit_gate, loss_name)``."""
+        """The four certificates of the curve ``name = (setting, fit_gate, loss_name)``.
+
+        A reference certificate or check computed for another config than the curve's
+        (``config_hash``; a folder rerun with ``--force``) counts as not run."""
         setting, fit_gate, loss = name
+        hashes = set(curve["config_hash"].astype(str)) if "config_hash" in curve else None
         cert = self.reference.get((setting, fit_gate))
-        nu = noise_variance(curve, cert)
+        if cert is not None and cert.config_hash and hashes and cert.config_hash not in hashes:
+            cert = None
+        check = self.curve_check(setting, fit_gate, loss)
+        stale = self.check is not None and self.check.get("config_hash")
+        if check is not None and stale and hashes and stale not in hashes:
+            check = None
         return {
             "reference": reference_status(cert),
             "converged": converged_certificate(curve),
-            "optimiser": optimiser_certificate(curve, self.curve_check(setting, fit_gate, loss)),
-            "overfit": overfit_certificate(curve, nu),
+            "optimiser": optimiser_certificate(curve, check),
+            "overfit": overfit_certificate(curve, noise_variance(curve, cert)),
         }

@@ -263,6 +263,14 @@ def test_cli_rates_json_carries_the_certificates(regular, capsys):
     assert (rows.query("loss_name == 'D3'")[list(CERT_COLUMNS)] == PASS).all().all()
 
 
+def test_certificates_of_another_config_count_as_not_run(regular):
+    out, df = regular
+    certs = FolderCertificates.load(out)
+    other = df.assign(config_hash="another")
+    table = rates_table(other, certificates=certs).query("loss_name == 'D3'")
+    assert (table[["cert_reference", "cert_optimiser"]] == NOT_RUN).all().all()
+
+
 def test_cli_check_of_a_folder_without_manifest_exits_2(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 2
     assert "DIR:" in capsys.readouterr().err
