@@ -140,7 +140,8 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     # docs/kernels.md#measuring-speed)
     pending = baseline.start(config, fast) if device.startswith("cuda") else None
     stages = 3 if certify else 2
-    _stage(1, stages, f"sweep: G_bar references (cached in {cache_dir()}), then the fits", start)
+    _stage(1, stages, f"sweep: G_bar references (cached in {cache_dir()}) and their certificates, "
+                      "then the fits", start)
     df = run_sweep(config, folder, device=device, backend=backend,
                    **({"executor": "processes", "local_workers": workers} if workers > 1 else {}))
     sweep_s = time.perf_counter() - start
