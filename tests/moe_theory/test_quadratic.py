@@ -8,8 +8,8 @@ import torch
 import moe_theory as mt
 from moe_theory.config import load_config, parse_config
 from moe_theory.initialization import split_atoms
-from moe_theory.rates import fit_rate
 from moe_theory.population import population_lse
+from moe_theory.rates import fit_rate
 from moe_theory.sweep import applicable_losses
 from moe_theory.theory import predicted_rate
 from moe_theory.voronoi import ALL_KINDS, voronoi_loss
