@@ -29,6 +29,7 @@ from moe_theory.rates import (
     TheoryLookup,
     bounds_by_n,
     check_columns,
+    check_n,
     curve_fit,
     curve_rate,
     drop_reasons,
@@ -153,6 +154,7 @@ def draw_rates(
         The fit of each curve, in the order of ``curves``.
     """
     check_columns(df, PLOT_COLUMNS)
+    check_n(df)
     settings = df["setting"].unique()
     if len(settings) != 1:
         raise ValueError(f"setting: draw one setting per axes, got {sorted(map(str, settings))}")

@@ -219,6 +219,8 @@ def test_draw_rates_errors_name_the_field(df):
         draw(df, ["sigmoid"])
     with pytest.raises(ValueError, match="loss_value"):
         draw(df.drop(columns="loss_value"), [("sigmoid", "D3")])
+    with pytest.raises(ValueError, match="^n:"):
+        draw(df.assign(n=df["n"].where(df["rep"] != 3)), [("sigmoid", "D3")])
 
 
 def test_plot_panels_unknown_setting_is_named(df, tmp_path):
