@@ -21,6 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
 from moe_theory.certificates import FolderCertificates
 from moe_theory.rates import (
@@ -223,6 +224,8 @@ def draw_rates(
         handles += key_handles(theory=any_theory, overlay=any_overlay)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # grids under a decade get labelled minor ticks, which collide on a narrow panel
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(r"sample size $n$")
     ax.set_ylabel(ylabel if ylabel is not None else _ylabel([loss for _, loss, _ in parsed]))
     # Losses decay, so the lower left is the emptiest corner; make_room_for_legend then lowers
