@@ -19,13 +19,15 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
-@pytest.mark.parametrize("command, header, rows", [
+@pytest.mark.parametrize("command, header, count", [
     ("settings", ["setting", "truth", "score", "expert", "regime", "d", "k*", "k", "description"],
-     len(list_settings())),
+     lambda: len(list_settings())),
     ("theory", ["fit", "score", "regime", "expert", "loss", "exponent", "rate", "source"],
-     len(theory_table())),
+     lambda: len(theory_table())),
 ])
-def test_table_has_a_header_and_aligned_columns(capsys, command, header, rows):
+def test_table_has_a_header_and_aligned_columns(capsys, command, header, count):
+    # counted when the test runs: other tests register settings of their own before it
+    rows = count()
     assert main([command]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == header
