@@ -395,10 +395,12 @@ def render_markdown(report: FolderReport) -> str:
 HTML_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 80rem; margin: 2rem auto; padding: 0 1rem;
        color: #222; line-height: 1.45; }
-table { border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: left;
+table { border-collapse: collapse; font-size: 0.8rem; margin: 1rem 0; }
+/* cells wrap at spaces and hyphens, so that a table of a dozen columns fits a 1400 px window;
+   the last column (verdict, reason) keeps room for its words */
+th, td { border-bottom: 1px solid #ddd; padding: 0.2rem 0.4rem; text-align: left;
          vertical-align: top; }
-td { white-space: nowrap; }
+td:last-child { min-width: 14em; }
 th { background: #f4f4f4; }
 details { margin: -0.5rem 0 1rem; }
 summary { cursor: pointer; color: #555; font-size: 0.85rem; }
@@ -406,7 +408,7 @@ summary { cursor: pointer; color: #555; font-size: 0.85rem; }
 .table { max-width: 100%; overflow-x: auto; }
 td.inconsistent { color: #b00020; font-weight: 600; }
 td.consistent { color: #1b5e20; }
-td.not-measurable, td.inconclusive { color: #777; white-space: normal; }
+td.not-measurable, td.inconclusive { color: #777; }
 figure { margin: 1.5rem 0; }
 img { max-width: 100%; }
 code { background: #f4f4f4; padding: 0 0.2rem; }
