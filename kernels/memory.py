@@ -26,4 +26,13 @@ def free_memory(device: str | torch.device) -> int | None:
         return None
 
 
-__all__ = ["available_cuda_memory", "free_memory"]
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (a fixed number, unlike the free count), or None
+    where the platform does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+__all__ = ["available_cuda_memory", "free_memory", "physical_memory"]

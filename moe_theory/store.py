@@ -488,7 +488,9 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> No
                 f"this one {config.hash}); use another --out or --force to start over")
         for stale in (out / "shards").rglob("*.parquet*"):
             stale.unlink()
-    manifest = {"config_hash": config.hash, "config": config.to_dict(), "torch": torch.__version__}
+    # the thread count changes a CPU's rounding: a resumed sweep compares it (moe_theory.sweep)
+    manifest = {"config_hash": config.hash, "config": config.to_dict(), "torch": torch.__version__,
+                "cpu_threads": torch.get_num_threads()}
     atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kernels.memory import free_memory
+from kernels.memory import free_memory, physical_memory
 from kernels.moe import precompile, resolve_backend
+from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import models
 from moe_theory.certificates import certify_references
 from moe_theory.config import SweepConfig
@@ -41,6 +42,7 @@ from moe_theory.store import (
     make_folder,
     merge,
     plan,
+    read_manifest,
     remove_stale_temp_files,
     try_claim,
     verified_shards,
@@ -60,8 +62,8 @@ RESULT_COLUMNS = [
 #: then gate/expert values, residuals and the trial point of LM hold a few more copies of that
 #: size. The Jacobian is chunked (kernels.moe.torch_pass) and reserved for separately.
 BYTES_PER_REP_SAMPLE_COORD = 8 * 8
-#: Share of the free device memory a shard's batch may plan to use; the rest absorbs what the
-#: estimate misses (allocator fragmentation, the G_bar reference, other processes).
+#: Share of the device memory (:func:`memory_rep_block`) a shard's batch may plan to use; the rest
+#: absorbs what the estimate misses (allocator fragmentation, the G_bar reference, other processes).
 MEMORY_FRACTION = 0.5
 
 #: Seconds between looks at shards that other sweeps hold, once nothing else is left to do.
@@ -137,15 +139,21 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
 # ---- memory-aware batching -------------------------------------------------------------------
 
 def memory_rep_block(config: SweepConfig, setting: str, n: int, device: str) -> int | None:
-    """The most replications one batched fit of ``n`` samples should take on ``device``'s free
-    memory (at least 1), or None when free memory is unknown."""
-    from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
+    """The most replications one batched fit of ``n`` samples should take on ``device`` (at least
+    1), or None when its memory is unknown.
 
-    free = free_memory(device)
-    if free is None:
+    On the CPU the plan is made against the machine's physical memory, a fixed number: the free
+    count moves with the page cache and other processes, and a block chosen from it made a
+    resumed sweep's rows differ in the last bits from an uninterrupted one's (the rows depend on
+    the block through rounding, :func:`compute_shard`). On CUDA it is made against the free
+    memory, which the G_bar references and the other processes on the GPU take from; tables
+    computed on a GPU are reproducible to rounding, not bit for bit.
+    """
+    memory = free_memory(device) if device.startswith("cuda") else physical_memory()
+    if memory is None:
         return None
     d = get_setting(setting).d
-    budget = MEMORY_FRACTION * free - JACOBIAN_CHUNK_BYTES.get(device.split(":")[0], 0)
+    budget = MEMORY_FRACTION * memory - JACOBIAN_CHUNK_BYTES.get(device.split(":")[0], 0)
     return max(1, int(budget // (BYTES_PER_REP_SAMPLE_COORD * n * (d + 1))))
 
 
@@ -294,7 +302,14 @@ def run_sweep(
         resolve_backend(backend, check_device("device", device))
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     make_folder(out)
+    before = read_manifest(out)
     write_manifest(out, config, force=force)
+    threads = before.get("cpu_threads") if before is not None else None
+    if device == "cpu" and threads is not None and threads != torch.get_num_threads():
+        # a CPU's reductions split by thread count: the rows differ in the last bits
+        log(f"warning: the shards in {out} were computed with {threads} CPU thread(s), this "
+            f"process uses {torch.get_num_threads()}: rows computed now may differ from theirs "
+            f"in the last bits (MOE_THEORY_THREADS sets the count)")
     remove_stale_temp_files(out)
     shards = plan(config)
     finished = verified_shards(out, shards, report=log)

@@ -1,0 +1,322 @@
+"""The results store never lies (docs/design.md#results-store): damaged shards are found, moved
+aside and recomputed; incomplete folders say so; concurrent sweeps share the work; file-system
+errors exit 3 naming the path and keep every finished shard; bad devices and fits are refused.
+
+Tables are compared exactly (up to ``wall_s``, a timing): the same config gives the same bits.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import moe_theory as mt
+from moe_theory import store, sweep
+from moe_theory.cli import main
+from moe_theory.config import parse_config
+from moe_theory.errors import EXIT_ENVIRONMENT
+from moe_theory.store import plan, shard_path
+
+#: Four shards of one replication each: small enough to compute in about a second apiece.
+TINY = {"name": "tiny-store", "settings": ["small-sparse-relu"], "fit_gates": ["sigmoid"],
+        "n": [100, 200], "reps": 2, "rep_block": 1}
+#: Eight one-replication shards, for two sweeps side by side.
+SHARED = {**TINY, "name": "tiny-shared", "reps": 4}
+
+
+def toml(raw: dict) -> str:
+    return "\n".join(f"{key} = {json.dumps(value)}" for key, value in raw.items()) + "\n"
+
+
+def same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """Bit for bit, up to ``wall_s`` (a timing)."""
+    pd.testing.assert_frame_equal(got.drop(columns="wall_s").reset_index(drop=True),
+                                  want.drop(columns="wall_s").reset_index(drop=True),
+                                  check_exact=True)
+
+
+def computed(lines: list[str]) -> list[str]:
+    """Shard keys of the sweep log's "done" lines."""
+    return [line.split()[1] for line in lines if " done on " in line]
+
+
+def dead_pid() -> int:
+    """The pid of a process of this host that has ended (and was reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOE_THEORY_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("configs") / "tiny.toml"
+    path.write_text(toml(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("local")
+    return out, sweep.run_sweep(parse_config(TINY), out, log=lambda msg: None)
+
+
+@pytest.fixture
+def copy(local_run, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(local_run[0], out)
+    return out
+
+
+# ---- damaged shards ---------------------------------------------------------------------------
+
+def test_truncated_shard_is_moved_aside_and_recomputed(local_run, copy):
+    shards = plan(parse_config(TINY))
+    damaged = shard_path(copy, shards[1])
+    intact = {s: shard_path(copy, s).read_bytes() for s in shards if s != shards[1]}
+    truncated = damaged.read_bytes()[: damaged.stat().st_size // 2]
+    damaged.write_bytes(truncated)
+    lines: list[str] = []
+    df = sweep.run_sweep(parse_config(TINY), copy, log=lines.append)
+    same_table(df, local_run[1])
+    assert any(shards[1].key in line and "damaged" in line for line in lines)
+    assert computed(lines) == [shards[1].key]  # nothing else recomputed ...
+    assert all(shard_path(copy, s).read_bytes() == b for s, b in intact.items())  # ... or touched
+    assert (copy / "damaged" / damaged.relative_to(copy / "shards")).read_bytes() == truncated
+
+
+def test_flipped_byte_is_found_by_its_checksum(copy, capsys):
+    """A byte flipped inside a data page leaves the parquet footer readable: only the checksum
+    recorded at write time tells; the folder then reads as incomplete."""
+    shard = plan(parse_config(TINY))[0]
+    path = shard_path(copy, shard)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert main(["rates", str(copy)]) == 0
+    err = capsys.readouterr().err
+    assert f"damaged shard {shard.key}" in err and "sha256" in err
+    assert "3 of 4 shards" in err
+    assert not path.exists() and (copy / "damaged" / path.relative_to(copy / "shards")).exists()
+
+
+def test_merge_command_reports_a_damaged_shard_and_exits_0(copy, capsys):
+    shard = plan(parse_config(TINY))[2]
+    shard_path(copy, shard).write_bytes(b"PAR1 not a parquet file")
+    assert main(["merge", str(copy)]) == 0
+    err = capsys.readouterr().err
+    assert f"damaged shard {shard.key}" in err and "missing: settings small-sparse-relu, n 200" in err
+    assert len(pd.read_parquet(copy / "results.parquet")) == 3 * len(
+        pd.read_parquet(shard_path(copy, plan(parse_config(TINY))[0])))
+
+
+# ---- completeness -----------------------------------------------------------------------------
+
+def test_incomplete_folder_says_how_many_shards_and_which(local_run, copy, capsys):
+    shards = plan(parse_config(TINY))
+    for lost in (shards[1], shards[3]):  # replication 1 at both n
+        shard_path(copy, lost).unlink()
+    state = store.completeness(copy)
+    assert (len(state.finished), len(state.expected), state.missing) == (2, 4, (shards[1], shards[3]))
+    summary = "2 of 4 shards; missing: settings small-sparse-relu, n 100, 200 (2 shards)"
+    assert state.summary() == summary
+    # rates reads the shards, not the stale results.parquet that still holds all four
+    assert main(["rates", str(copy)]) == 0
+    assert summary in capsys.readouterr().err
+    with pytest.warns(store.StoreWarning, match="2 of 4 shards"):
+        df = mt.load_results(copy)
+    assert set(df.rep) == {0}
+
+
+def test_merged_table_is_read_only_while_it_matches_the_shards(local_run, copy):
+    merged = pd.read_parquet(copy / "results.parquet")
+    recorded = store._recorded_shards(copy / "results.parquet")
+    assert recorded is not None and len(recorded) == 4
+    same_table(merged, local_run[1])
+    # a stale merged table (its shard set no longer on disk) is rebuilt, not read
+    (copy / "results.parquet").write_bytes(pd.DataFrame({"x": [1]}).to_parquet())
+    same_table(mt.load_results(copy), local_run[1])
+    same_table(pd.read_parquet(copy / "results.parquet"), local_run[1])
+
+
+# ---- one writer per shard ---------------------------------------------------------------------
+
+def test_claims_block_live_writers_and_expire_with_them(tmp_path):
+    shard = plan(parse_config(TINY))[0]
+    mine = store.try_claim(tmp_path, shard)
+    assert isinstance(mine, store.Claim)
+    # a second claim while this (live) process holds it is refused
+    holder = store.try_claim(tmp_path, shard)
+    assert isinstance(holder, store.ClaimInfo) and holder.pid == os.getpid()
+    assert store.claim_holder(tmp_path, shard) is not None
+    mine.release()
+    assert store.claim_holder(tmp_path, shard) is None
+    # a claim of a process that is gone (kill -9 leaves it behind) is stale and taken over
+    path = store.claim_path(tmp_path, shard)
+    path.write_text(json.dumps({"host": store.HOST, "pid": dead_pid(), "time": 0}))
+    assert store.claim_holder(tmp_path, shard) is None
+    assert isinstance(store.try_claim(tmp_path, shard), store.Claim)
+    # another host's claim expires when nobody touched it for STALE_AFTER_S
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": 0}))
+    assert store.claim_holder(tmp_path, shard) is not None
+    old = time.time() - store.STALE_AFTER_S - 1
+    os.utime(path, (old, old))
+    assert store.claim_holder(tmp_path, shard) is None
+
+
+def test_cleanup_removes_only_temporary_files_of_writers_that_are_gone(tmp_path):
+    folder = tmp_path / "shards" / "s"
+    folder.mkdir(parents=True)
+    live = folder / f".a.parquet~{store.HOST}~{os.getpid()}~0.tmp"
+    gone = folder / f".b.parquet~{store.HOST}~{dead_pid()}~0.tmp"
+    remote = folder / ".c.parquet~elsewhere~1~0.tmp"
+    for path in (live, gone, remote):
+        path.write_bytes(b"half")
+    assert store.remove_stale_temp_files(tmp_path) == [gone]
+    assert live.exists() and remote.exists()
+
+
+def test_two_concurrent_sweeps_compute_each_shard_once(tmp_path):
+    config = tmp_path / "shared.toml"
+    config.write_text(toml(SHARED))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "moe_theory.cli", "sweep", str(config), "--out", str(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    logs = [proc.communicate(timeout=600)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], logs
+    done = [key for log in logs for key in computed(log.splitlines())]
+    assert sorted(done) == sorted(s.key for s in plan(parse_config(SHARED))), logs
+    want = sweep.run_sweep(parse_config(SHARED), tmp_path / "alone", log=lambda msg: None)
+    same_table(pd.read_parquet(out / "results.parquet"), want)
+    assert not list(out.rglob("*.tmp")) and not list((out / "claims").rglob("*.claim"))
+
+
+# ---- file-system errors -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("error, words", [
+    (PermissionError(errno.EACCES, "Permission denied"), "read-only"),
+    (OSError(errno.ENOSPC, "No space left on device"), "disk is full"),
+])
+def test_unwritable_folder_exits_3_keeping_finished_shards(config_path, local_run, tmp_path,
+                                                           monkeypatch, capsys, error, words):
+    """The folder turns read-only (or full) after the first shard: exit 3 naming the path, the
+    first shard kept whole, no partial file; once writable again, a rerun finishes the table."""
+    out = tmp_path / "out"
+    real_replace, shards_written = os.replace, []
+
+    def replace(src, dst):
+        if str(dst).endswith(".parquet") and "shards" in str(dst):
+            if shards_written:
+                raise error
+            shards_written.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(["sweep", str(config_path), "--out", str(out)]) == EXIT_ENVIRONMENT
+    err = capsys.readouterr().err
+    second = shard_path(out, plan(parse_config(TINY))[1])
+    assert str(second) in err and words in err and "Traceback" not in err
+    assert not second.exists() and not list(out.rglob("*.tmp"))
+    assert store.verified_shards(out, plan(parse_config(TINY))).keys() == {
+        plan(parse_config(TINY))[0]}
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert main(["sweep", str(config_path), "--out", str(out)]) == 0
+    same_table(pd.read_parquet(out / "results.parquet"), local_run[1])
+
+
+def test_read_only_folder_for_real_exits_3(config_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        probe = out / "probe"
+        try:
+            probe.write_text("")
+        except PermissionError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("this user writes into read-only folders (root): simulated above")
+        assert main(["sweep", str(config_path), "--out", str(out)]) == EXIT_ENVIRONMENT
+        assert str(out) in capsys.readouterr().err
+    finally:
+        out.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", ["sweep", "reproduce"])
+def test_out_naming_a_file_exits_3_naming_it(config_path, tmp_path, capsys, command):
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    name = str(config_path) if command == "sweep" else "nguyen2024"
+    argv = [command, name, "--out", str(target)] + (["--fast"] if command == "reproduce" else [])
+    assert main(argv) == EXIT_ENVIRONMENT
+    err = capsys.readouterr().err
+    assert f"{target}: is a file, not a folder" in err
+    assert target.read_text() == "not a folder"
+
+
+def test_triton_on_the_cpu_without_the_interpreter_is_refused_before_any_file(tmp_path,
+                                                                               monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="backend: 'triton'"):
+        sweep.run_sweep(parse_config(TINY), out, backend="triton", log=lambda msg: None)
+    assert not out.exists()
+
+
+# ---- reproducibility --------------------------------------------------------------------------
+
+def test_block_is_planned_against_fixed_memory_not_the_free_count(monkeypatch):
+    """The free count moves with the page cache and other processes; a block chosen from it made
+    a resumed sweep's rows differ in the last bits from an uninterrupted one's."""
+    before = sweep.memory_rep_block(parse_config(TINY), "small-sparse-relu", 200, "cpu")
+    monkeypatch.setattr(sweep, "free_memory", lambda device: 1)
+    assert sweep.memory_rep_block(parse_config(TINY), "small-sparse-relu", 200, "cpu") == before
+    monkeypatch.setattr(sweep, "physical_memory", lambda: 1)
+    assert sweep.memory_rep_block(parse_config(TINY), "small-sparse-relu", 200, "cpu") == 1
+
+
+def test_resume_with_another_thread_count_warns(copy, monkeypatch):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["cpu_threads"] = torch.get_num_threads() + 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    lines: list[str] = []
+    sweep.run_sweep(parse_config(TINY), copy, log=lines.append)
+    assert any("CPU thread" in line and "last bits" in line for line in lines)
+
+
+# ---- the Python API refuses what it cannot do -------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_sample_on_a_missing_device_names_it_and_what_is_available():
+    truth = mt.get_setting("small-sparse-relu").truth()
+    with pytest.raises(ValueError, match=r"device: 'cuda' is not available .*available: cpu"):
+        mt.sample(truth, 10, 1, device="cuda")
+
+
+@pytest.mark.parametrize("start", ["reference", "init"])
+def test_fit_refuses_fewer_atoms_than_the_truth(start):
+    setting = mt.get_setting("small-sparse-relu")
+    truth = setting.truth()
+    X, Y = mt.sample(truth, 50, 1)
+    given = {"reference": truth} if start == "reference" else {"init": mt.near_truth(truth, 2)}
+    with pytest.raises(ValueError, match=rf"^k: .*k\* = {truth.k}"):
+        mt.fit_lse(X, Y, truth.k - 1, "sigmoid", setting.expert, setting.score, **given)
