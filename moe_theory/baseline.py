@@ -17,6 +17,11 @@ import os
 import time
 
 import pandas as pd
+import torch
+
+from moe_theory.config import load_config
+from moe_theory.estimators import fit_lse
+from moe_theory.sweep import shard_data, shard_init
 
 #: Replications and scipy function evaluations of the reduced grid (scipy's iterations each
 #: evaluate the residual and the Jacobian once).
@@ -28,12 +33,6 @@ SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 
 
 def _run(config_name: str, fast: bool, setting_name: str, gate: str, n: int) -> dict:
-    import torch
-
-    from moe_theory.config import load_config
-    from moe_theory.estimators import fit_lse
-    from moe_theory.sweep import shard_data, shard_init
-
     torch.set_num_threads(1)
     config = load_config(config_name, fast=fast)
     setting = config.setting(setting_name)

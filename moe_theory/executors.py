@@ -15,18 +15,24 @@ ran what, or in which order.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
+import multiprocessing as mp
 import os
+import queue
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
+
+from moe_theory.store import Shard
 from moe_theory.threads import apply_thread_default
 
 if TYPE_CHECKING:
     from distributed import Client
-
-    from moe_theory.sweep import Shard
 
 EXECUTORS = ("local", "processes", "dask")
 #: Processes that share one GPU under the ``processes`` executor unless told otherwise: a single
@@ -47,8 +53,6 @@ def parse_gpus(gpus: str | Sequence[int] | None) -> tuple[int, ...] | None:
     """
     if gpus is None:
         return None
-    import torch
-
     visible = torch.cuda.device_count()
     if gpus == "all":
         if visible == 0:
@@ -105,6 +109,7 @@ def dask_client(*, scheduler: str | None = None, local_workers: int | None = Non
     Local workers are processes with one thread each: a fit already uses the whole device it is
     given, and a process per worker keeps a crash (or ``kill -9``) to one shard.
     """
+    # Dask is an optional dependency (the ``distributed`` extra): imported where it is used
     from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
     if scheduler is not None:
@@ -155,7 +160,7 @@ def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: s
         default = GPU_PROCESSES if device.startswith("cuda") else os.cpu_count() or 1
         yield from _map_processes(fn, shards, local_workers or default)
         return
-    from distributed import as_completed
+    from distributed import as_completed  # optional dependency, as in dask_client
 
     with dask_client(scheduler=scheduler, local_workers=local_workers, gpus=gpus) as client:
         # pure=False: a shard's task is a side effect (its file), never to be shared by key with
@@ -176,12 +181,6 @@ def _map_processes(fn: Callable[[Shard], T], shards: Sequence[Shard], workers: i
     from one queue in plan order. This process needs no start-up (its modules are loaded, its
     CUDA context may exist), so it computes shards while the others import (~9 s on an H100 host);
     a thread keeps one shard in flight per spawned worker."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-    import queue
-    import threading
-    from collections import deque
-
     todo = deque(shards)
     lock = threading.Lock()
 

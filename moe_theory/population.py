@@ -15,6 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from moe_theory.data import sample_inputs
@@ -53,8 +54,6 @@ def population_lse(
     path = cache_dir() / f"gbar-{setting.name}-{fit_gate}-{_cache_key(setting, fit_gate, design_size)}.json"
     if use_cache and path.exists():
         return MixingMeasure.from_json(path.read_text())
-    import numpy as np
-
     truth = setting.truth()
     rng = np.random.default_rng([DESIGN_SEED, design_size])
     X = torch.as_tensor(sample_inputs(design_size, setting.d, rng, setting.x_dist),

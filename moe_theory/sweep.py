@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from kernels.memory import free_memory, physical_memory
 from kernels.moe import precompile, resolve_backend
@@ -234,8 +235,6 @@ def _fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str
 # ---- running ----------------------------------------------------------------------------------
 
 def _progress(total: int, initial: int, desc: str):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="shard", file=sys.stderr,
                 disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
