@@ -11,6 +11,7 @@ import functools
 import itertools
 import multiprocessing as mp
 import os
+import warnings
 from types import ModuleType
 
 import torch
@@ -20,6 +21,11 @@ from kernels.moe.torch_pass import MoEPass, n_free_gates
 from kernels.moe.torch_pass import moe_pass as reference_moe_pass
 
 BACKENDS = ("auto", "torch", "triton")
+
+#: ``(gate, score, expert, d, k, dtype, gauss_newton)`` of launches that ran out of GPU resources
+#: although the resource model predicted they fit: ``auto`` sends them to the reference from then
+#: on (one warning each).
+_OUT_OF_RESOURCES: set[tuple] = set()
 
 
 @functools.cache
@@ -77,7 +83,9 @@ def moe_pass(
     """See :func:`kernels.moe.torch_pass.moe_pass`; ``backend`` in ``auto``, ``torch``, ``triton``.
 
     ``auto`` runs the PyTorch reference for shapes the Triton kernels do not take
-    (:func:`kernels.moe.triton_pass.unsupported_reason`); ``triton`` raises for them.
+    (:func:`kernels.moe.triton_pass.unsupported_reason`, the shared-memory model included), and
+    for a shape whose launch runs out of GPU resources all the same (with a warning, once);
+    ``triton`` raises for them.
     ``gram_features``: :func:`kernels.moe.gram.feature_pairs` of X, kept by a caller that makes
     many Gauss-Newton passes over the same data (linear scores; ignored otherwise).
     ``rows``: evaluate only the problems ``X[rows]`` (int64 indices on X's device), whose
@@ -86,14 +94,29 @@ def moe_pass(
     """
     if resolve_backend(backend, X.device) == "triton":
         tp = _triton_pass()
-        if backend == "auto" and tp.unsupported_reason(score, X.shape[-1], gate_params.shape[1],
-                                                       X.dtype, X.device):
-            return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
+        d, k = X.shape[-1], gate_params.shape[1]
+        shape = (gate, score, expert.name, d, k, X.dtype, jacobian and gauss_newton)
+        if backend != "auto":
+            return tp.triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                                       expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
                                       gram_features=gram_features, rows=rows)
-        return tp.triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
-                                  expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
-                                  gram_features=gram_features, rows=rows)
+        if shape not in _OUT_OF_RESOURCES and not tp.unsupported_reason(
+                score, d, k, X.dtype, X.device, gate=gate, expert=expert.name,
+                gauss_newton=jacobian and gauss_newton):
+            try:
+                return tp.triton_moe_pass(X, Y, gate_params, expert_params, gate=gate,
+                                          score=score, expert=expert, jacobian=jacobian,
+                                          gauss_newton=gauss_newton, gram_features=gram_features,
+                                          rows=rows)
+            except tp.OutOfResources as err:
+                # the last resort behind the resource model (kernels/moe/resources.py)
+                _OUT_OF_RESOURCES.add(shape)
+                warnings.warn(
+                    f"kernels.moe: the Triton kernels ran out of {err.name} ({err.required} > "
+                    f"{err.limit}) for gate={gate!r}, score={score!r}, expert={expert.name!r}, "
+                    f"d={d}, k={k}, {X.dtype}, gauss_newton={jacobian and gauss_newton}; "
+                    "this shape runs the PyTorch reference from now on", RuntimeWarning,
+                    stacklevel=2)
     return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
                               gram_features=gram_features, rows=rows)
@@ -103,7 +126,7 @@ def _compile_one(job: tuple[str, str, str, int, int, str]) -> None:
     gate, score, expert, d, k, dtype_name = job
     tp = _triton_pass()
     dtype, device = getattr(torch, dtype_name), torch.device("cuda")
-    if tp.unsupported_reason(score, d, k, dtype, device):
+    if tp.unsupported_reason(score, d, k, dtype, device, gate=gate, expert=expert):
         return
     ex = Expert(check_expert(expert))
     X = torch.zeros(1, 64, d, dtype=dtype, device=device)

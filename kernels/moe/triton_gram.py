@@ -19,6 +19,7 @@ one precomputed index. Two layouts (``GramConfig.layout``):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.moe import resources
 from kernels.moe.gram import applies, pair_positions, role_pairs, tables
 
 #: Partial sums may take at most this many bytes; the sample splits ``T`` shrink to fit.
@@ -191,18 +193,54 @@ def _empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _feature_width(d: int) -> int:
+    """Columns of the X tile of the per-feature kernel (a dot's side is at least 16)."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def staged_elements(config: GramConfig, d: int) -> int:
+    """Elements of shared memory a GPU launch with ``config`` stages (kernels/moe/resources.py)."""
+    width = _feature_width(d) if config.layout == "per_feature" else config.block_q
+    return resources.gram_kernel(block_a=config.block_a, block_n=config.block_n, width=width,
+                                 num_stages=config.num_stages)
+
+
+@functools.lru_cache(maxsize=64)
+def pick_config(d: int, dtype: torch.dtype, shared_memory: int | None) -> GramConfig | None:
+    """The measured default (3 stages for float64, 1 for float32), or, where its predicted shared
+    memory would not fit ``shared_memory`` bytes, fewer stages, then fewer role pairs and samples
+    per tile; None when nothing fits."""
+    base = GramConfig(num_stages=3 if dtype == torch.float64 else 1)
+    for block_a in (64, 32, 16):
+        for block_n in (32, 16):
+            for num_stages in range(base.num_stages, 0, -1):
+                config = dataclasses.replace(base, block_a=block_a, block_n=block_n,
+                                             num_stages=num_stages)
+                if resources.fits(staged_elements(config, d), dtype.itemsize, shared_memory):
+                    return config
+    return None
+
+
 def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int,
              precision: str | None = None, config: GramConfig | None = None) -> torch.Tensor:
     """``J^T J (R, p, p)`` in the reference layout from the coefficients ``U (R, kf + k, n)``.
 
     ``precision``: ``tl.dot`` input precision for float32 (default ``tf32`` on a GPU; ``ieee``
-    under the interpreter and for float64). Partial sums are reduced in float64; the result has
-    X's dtype.
+    under the interpreter and for float64). ``config``: block sizes; :func:`pick_config` when
+    None. Partial sums are reduced in float64; the result has X's dtype.
     """
     R, n, d = X.shape
-    cfg = config or GramConfig(num_stages=3 if X.dtype == torch.float64 else 1)
-    if not X.is_cuda:  # interpreter: small tiles so that tests cross tile and split boundaries
-        cfg = config or GramConfig(block_a=16, block_q=16, block_n=16, num_warps=1, waves=1)
+    if config is not None:
+        cfg = config
+    elif X.is_cuda:
+        limit = resources.device_limit(X.device)
+        cfg = pick_config(d, X.dtype, limit)
+        if cfg is None:
+            raise ValueError(f"X: no configuration of the Triton Gram kernel fits d = {d}, "
+                             f"{X.dtype} in the {limit} bytes of shared memory per block of "
+                             f"{X.device}; use LaunchConfig(gram='torch')")
+    else:  # interpreter: small tiles so that tests cross tile and split boundaries
+        cfg = GramConfig(block_a=16, block_q=16, block_n=16, num_warps=1, waves=1)
     if cfg.layout not in ("per_feature", "pairs"):
         raise ValueError(f"layout: must be 'per_feature' or 'pairs', got {cfg.layout!r}")
     tab = tables(gate, expert, d, k)
@@ -240,7 +278,7 @@ def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int
         ia, ja, index = _feature_tables(gate, expert, d, k, X.device)
         out = _empty((R, n_split, AP, d + 1, d + 1), dtype=X.dtype, device=X.device)
         _gram_feature_kernel[(n_a * n_x, n_split, R)](
-            U, X, ia, ja, out, n, tiles_per_prog, DP=max(16, triton.next_power_of_2(d)),
+            U, X, ia, ja, out, n, tiles_per_prog, DP=_feature_width(d),
             N_ALIGN=math.gcd(n, 16), **common,
         )
     return out.sum(1, dtype=torch.float64).reshape(R, -1)[:, index].to(X.dtype)
@@ -283,4 +321,5 @@ def role_pair_products(U: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return W
 
 
-__all__ = ["GramConfig", "applies", "gram_jtj", "role_pair_products"]
+__all__ = ["GramConfig", "applies", "gram_jtj", "pick_config", "role_pair_products",
+           "staged_elements"]

@@ -8,13 +8,17 @@ it tiles the samples and the blocks of ``J^T J``, is in :mod:`kernels.moe.triton
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
+from kernels.moe import resources
 from kernels.moe.gram import applies as gram_applies
 from kernels.moe.gram import gram_jtj as torch_gram_jtj
 from kernels.moe.model import (
@@ -134,7 +138,7 @@ def _layout(gate: str, score: str, expert: str, d: int, k: int, tile_max: int) -
     ngx = kfl + (k if ex.has_slope else 0)
     want = max(16, _pow2(ngx) * DP if ngx else 0, _pow2(kf) * QP if has_quad and kf else 0)
     TILE = min(tile_max, want)
-    MX = TILE // DP
+    MX = max(1, TILE // DP)  # 0 only when no atom has linear features (ngx = 0)
     FWQ = min(QP, TILE)
     MQ = TILE // FWQ
     blocks = [(0, g0, 0) for g0 in range(0, ngx, MX)]
@@ -236,8 +240,56 @@ def _uses_dot(lay: _Layout) -> tuple[bool, bool]:
     return lay.DP >= 16 and lay.KP >= 16, lay.QP >= 16 and lay.KP >= 16
 
 
+def staged_elements(gate: str, score: str, expert: str, d: int, k: int, dtype: torch.dtype,
+                    config: LaunchConfig, *, gauss_newton: bool) -> int:
+    """Elements of shared memory a GPU launch with ``config`` stages, by the model of
+    ``kernels/moe/resources.py`` (docs/kernels.md#resource-model); ``gauss_newton``: the pass
+    runs the ``J^T J`` pair programs (scores with quadratic features)."""
+    lay = _layout(gate, score, expert, d, k, config.tile_max)
+    dot_x, dot_q = _uses_dot(lay)
+    sizes = dict(block_n=config.block_n, kp=lay.KP, dp=lay.DP, qp=lay.QP, dot_x=dot_x,
+                 dot_q=dot_q, tf32x3=dtype == torch.float32)
+    if gauss_newton:
+        return resources.gauss_newton_kernel(tile=lay.TILE, bias_tile=lay.TB,
+                                             num_stages=config.num_stages, **sizes)
+    return resources.gradient_kernel(**sizes)
+
+
+def _halvings(v: int) -> list[int]:
+    """``v, v/2, ...`` down to 16, the smallest side of a ``tl.dot``."""
+    return [v >> i for i in range(max(1, v.bit_length() - 4))] if v > 16 else [v]
+
+
+def _candidates(base: LaunchConfig) -> Iterator[LaunchConfig]:
+    """``base``, then fewer pipeline stages, then fewer samples per tile (each with the stages
+    from ``base``'s down), and only then narrower blocks of ``J`` (``tile_max``): on the H100, 64
+    samples cost 8% and 64-wide blocks 89% more than the default Gauss-Newton pass (NOTES.md,
+    run 4)."""
+    for tile_max in _halvings(base.tile_max):
+        for block_n in _halvings(base.block_n):
+            for num_stages in range(base.num_stages, 0, -1):
+                yield dataclasses.replace(base, tile_max=tile_max, block_n=block_n,
+                                          num_stages=num_stages)
+
+
+@functools.lru_cache(maxsize=256)
+def pick_config(gate: str, score: str, expert: str, d: int, k: int, dtype: torch.dtype, *,
+                gauss_newton: bool, shared_memory: int | None) -> LaunchConfig | None:
+    """The GPU launch configuration :func:`triton_moe_pass` uses when given none: the measured
+    :func:`default_config` if its predicted shared memory fits ``shared_memory`` bytes per block
+    (with :data:`kernels.moe.resources.HEADROOM`), else the first of :func:`_candidates` that
+    does; None when none does. ``shared_memory`` None: no limit."""
+    base = default_config(gate, score, expert, d, k, gauss_newton=gauss_newton)
+    for config in _candidates(base):
+        elements = staged_elements(gate, score, expert, d, k, dtype, config,
+                                   gauss_newton=gauss_newton)
+        if resources.fits(elements, dtype.itemsize, shared_memory):
+            return config
+    return None
+
+
 def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expert,
-           rows: torch.Tensor | None = None) -> None:
+           rows: torch.Tensor | None = None, gauss_newton: bool = True) -> None:
     check_gate(gate)
     check_score(score)
     if X.dim() != 3:
@@ -262,10 +314,10 @@ def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expe
             raise ValueError(f"{name}: must have shape {want[name]}, got {tuple(t.shape)}")
     if n < 1 or R < 1:
         raise ValueError(f"X: needs at least one problem and one sample, got shape {(R, n, d)}")
-    reason = unsupported_reason(score, d, k, X.dtype, X.device)
+    reason = unsupported_reason(score, d, k, X.dtype, X.device, gate=gate, expert=expert.name,
+                                gauss_newton=gauss_newton)
     if reason:
         raise ValueError(reason)
-
 
 
 @functools.lru_cache(maxsize=8)
@@ -282,8 +334,14 @@ def fp64_dots(device: torch.device) -> bool:
 
 
 def unsupported_reason(score: str, d: int, k: int, dtype: torch.dtype = torch.float32,
-                       device: torch.device | None = None) -> str | None:
-    """Why the Triton kernels cannot take this problem (None when they can)."""
+                       device: torch.device | None = None, *, gate: str | None = None,
+                       expert: str | None = None, gauss_newton: bool = True) -> str | None:
+    """Why the Triton kernels cannot take this problem (None when they can).
+
+    Given ``gate``, ``expert`` and a CUDA ``device``, also whether some launch configuration fits
+    the device's shared memory (:func:`pick_config`); ``gauss_newton``: the pass computes
+    ``J^T J`` (jacobian and gauss_newton).
+    """
     if dtype == torch.float64 and device is not None and not fp64_dots(device):
         return (f"X: float64 needs float64 tl.dot, which Triton {triton.__version__} lacks on "
                 f"{device}; use float32 or backend='torch'")
@@ -295,6 +353,14 @@ def unsupported_reason(score: str, d: int, k: int, dtype: torch.dtype = torch.fl
     if score_has_quadratic(score) and _pow2(k) * _pow2(n_triu(d)) > MAX_QUAD_ELEMENTS:
         return (f"score: {score!r} with d = {d}, k = {k} needs more than {MAX_QUAD_ELEMENTS} "
                 "gradient accumulators per program in the Triton kernels; use backend='torch'")
+    limit = None if device is None else resources.device_limit(device)
+    if gate is not None and expert is not None and limit is not None:
+        pairs = gauss_newton and not gram_applies(score)
+        if pick_config(gate, score, expert, d, k, dtype, gauss_newton=pairs,
+                       shared_memory=limit) is None:
+            return (f"X: no launch configuration of the Triton kernels fits gate={gate!r}, "
+                    f"score={score!r}, expert={expert!r}, d={d}, k={k}, {dtype} in the {limit} "
+                    f"bytes of shared memory per block of {device}; use backend='torch'")
     return None
 
 
@@ -324,7 +390,8 @@ def triton_moe_pass(
     expert_params : (R, k, pe)
     jacobian : also return ``J^T r`` (hence the gradient ``-2 J^T r``)
     gauss_newton : also return ``J^T J`` (needs ``jacobian``)
-    config : block sizes; the measured defaults when None
+    config : block sizes; when None, :func:`pick_config`: the measured defaults, or smaller
+        blocks where their shared memory would not fit the device
     gram_config : block sizes of the Gram kernel that computes ``J^T J`` for linear scores
         (``kernels/moe/triton_gram.py``); the defaults when None
     gram_features : :func:`kernels.moe.gram.feature_pairs` of X, if the caller keeps it (used by
@@ -339,16 +406,21 @@ def triton_moe_pass(
         sums are reduced in float64; with float32 inputs on a GPU, ``J^T J`` products use tf32
         (NOTES.md: measured effect on the Gauss-Newton step).
     """
-    _check(X, Y, gate_params, expert_params, gate, score, expert, rows)
+    gn = jacobian and gauss_newton
+    _check(X, Y, gate_params, expert_params, gate, score, expert, rows, gn)
     n, d = X.shape[1:]
     R, k = gate_params.shape[:2]
-    gn = jacobian and gauss_newton
     # Linear scores: the gradient kernel also writes the Jacobian coefficients U and the Gram
     # kernel forms J^T J from them; otherwise one launch with J^T J pair programs.
     gram = gn and gram_applies(score)
     gn_pairs = gn and not gram
-    cfg = config or default_config(gate, score, expert.name, d, k, gauss_newton=gn_pairs,
-                                   on_gpu=X.is_cuda)
+    if config is not None:
+        cfg = config
+    elif X.is_cuda:  # _check found one that fits
+        cfg = pick_config(gate, score, expert.name, d, k, X.dtype, gauss_newton=gn_pairs,
+                          shared_memory=resources.device_limit(X.device))
+    else:
+        cfg = default_config(gate, score, expert.name, d, k, gauss_newton=gn_pairs, on_gpu=False)
     if rows is not None and (gn_pairs or (gram and cfg.gram == "triton")):
         # these routes read X by problem number: give them their rows (a copy)
         X, Y = X[rows], Y[rows]
@@ -419,5 +491,5 @@ def triton_moe_pass(
     return MoEPass(loss, jtr, jtj)
 
 
-__all__ = ["LaunchConfig", "MAX_D", "MAX_K", "default_config", "fp64_dots", "triton_moe_pass",
-           "unsupported_reason"]
+__all__ = ["LaunchConfig", "MAX_D", "MAX_K", "OutOfResources", "default_config", "fp64_dots",
+           "pick_config", "staged_elements", "triton_moe_pass", "unsupported_reason"]

@@ -115,6 +115,13 @@ def test_nine_atoms(gate, score, expert, d, k, R, n, dtype, poisoned):
     _check(gate, score, expert, d, k, R, n, dtype, poisoned)
 
 
+@pytest.mark.parametrize("score", ["linear", "monomial"])
+def test_single_softmax_constant_atom_past_one_block_of_features(score, poisoned):
+    """k = 1 softmax, constant expert: no atom has linear features, and d = 17 is wider than the
+    16-wide block of J (the layout once divided its atoms into zero-width groups)."""
+    _check("softmax", score, "constant", 17, 1, 2, 40, torch.float64, poisoned)
+
+
 @pytest.mark.parametrize("gate,score,expert,d,k", [
     ("sigmoid", "linear", "gelu", 32, 2),
     ("softmax", "monomial", "relu", 3, 2),
