@@ -11,7 +11,8 @@ from moe_theory import attention_moe, models
 from moe_theory.config import load_config, parse_config
 from moe_theory.data import sample
 from moe_theory.estimators import FitResult, SGDProtocol, fit_lse, objective
-from moe_theory.initialization import near_truth, random_init
+from moe_theory.estimators.bounds import Bounds, box_bounds
+from moe_theory.initialization import multi_start, near_truth, random_init
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import population_lse, reference_measure
 from moe_theory.settings import Setting, get_setting, list_settings, register
@@ -28,8 +29,9 @@ apply_thread_default()
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult", "MixingMeasure", "SGDProtocol", "Setting", "attention_moe", "fit_lse", "get_setting",
-    "list_settings", "load_config", "load_results", "merge", "models", "near_truth", "objective",
-    "parse_config", "population_lse", "predicted_rate", "random_init", "reference_measure",
-    "register", "run_sweep", "sample", "theory_table", "voronoi_cells", "voronoi_loss",
+    "attention_moe", "Bounds", "box_bounds", "fit_lse", "FitResult", "get_setting", "list_settings",
+    "load_config", "load_results", "merge", "MixingMeasure", "models", "multi_start", "near_truth",
+    "objective", "parse_config", "population_lse", "predicted_rate", "random_init",
+    "reference_measure", "register", "run_sweep", "sample", "Setting", "SGDProtocol",
+    "theory_table", "voronoi_cells", "voronoi_loss",
 ]
