@@ -105,6 +105,16 @@ def test_best_ssr_reached_by_one_start_only_fails_the_optimiser_certificate():
     assert optimiser_certificate(df.assign(starts_near_best=3), None).status == NOT_RUN
 
 
+def test_fits_at_the_box_bound_fail_the_optimiser_certificate():
+    # at-bound losses are dropped from the slope: more than a straggler would select the rest
+    df = results_table({("sigmoid", "D3"): -0.5}).assign(bound_active=False)
+    df.loc[df["rep"] == 7, "bound_active"] = True
+    assert optimiser_certificate(df, {"status": PASS}).status == PASS
+    df.loc[df["rep"] == 8, "bound_active"] = True
+    status = optimiser_certificate(df, {"status": PASS})
+    assert status.status == FAIL and "box" in status.reason
+
+
 # ---- Voronoi cells ------------------------------------------------------------------------------
 
 
