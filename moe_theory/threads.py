@@ -6,7 +6,8 @@ spin against other processes. Importing ``moe_theory`` therefore sets torch's in
 once, with :func:`apply_thread_default`:
 
 - ``MOE_THEORY_THREADS=N`` (a positive integer) sets N threads;
-- otherwise an explicit ``OMP_NUM_THREADS`` is left to torch, which has already read it;
+- otherwise an explicit ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is left to torch, which has
+  already read it;
 - otherwise :data:`DEFAULT_THREADS`.
 
 ``torch.set_num_threads(N)`` called after the import overrides all of these. The processes and
@@ -22,6 +23,8 @@ import torch
 
 #: Environment variable that sets the thread count of every process importing ``moe_theory``.
 ENV_VAR = "MOE_THEORY_THREADS"
+#: The variables torch reads its intra-op thread count from (MKL's wins over OpenMP's).
+TORCH_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: One thread, measured 2026-12-02 with the README's ``fit_lse`` example (R = 8, n = 2000, d = 2,
 #: k = 3): on a 2-core machine shared with other jobs it took 1.25 s with one thread and 21.6 s
 #: with two (OpenMP workers spin against the other processes). On two idle cores (an H200 host's
@@ -46,7 +49,7 @@ def default_threads() -> int | None:
         if threads < 1:
             raise ValueError(f"{ENV_VAR}: must be a positive integer, got {value!r}")
         return threads
-    if "OMP_NUM_THREADS" in os.environ:
+    if any(name in os.environ for name in TORCH_ENV_VARS):
         return None
     return DEFAULT_THREADS
 

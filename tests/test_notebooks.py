@@ -41,7 +41,7 @@ def test_runs_top_to_bottom_in_fast_mode(path, monkeypatch):
     monkeypatch.setenv("MOE_FAST", "1")
     # the kernel's thread count is the package default (moe_theory.threads), as for a user: the
     # notebooks must be quick with it
-    for name in ("OMP_NUM_THREADS", "MOE_THEORY_THREADS"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MOE_THEORY_THREADS"):
         monkeypatch.delenv(name, raising=False)
     # The kernel starts in notebooks/; put this checkout first on its path, ahead of any other
     # installed copy of the packages.

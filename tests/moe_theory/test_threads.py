@@ -1,5 +1,5 @@
 """The thread default: applied by importing moe_theory, overridden by MOE_THEORY_THREADS, and an
-explicit OMP_NUM_THREADS left to torch."""
+explicit OMP_NUM_THREADS or MKL_NUM_THREADS left to torch."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ PROBE = "import moe_theory, torch; print(torch.get_num_threads())"
 
 def threads_after_import(**env: str) -> int:
     """torch's intra-op thread count in a fresh process that imports moe_theory under ``env``."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", threads.ENV_VAR)}
+    # without the variables a test run may have set (Dask sets OMP_ and MKL_NUM_THREADS=1)
+    clean = {k: v for k, v in os.environ.items() if k not in (*threads.TORCH_ENV_VARS, threads.ENV_VAR)}
     clean["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), clean.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True,
                           text=True, check=True, cwd=ROOT)
@@ -34,8 +35,9 @@ def test_env_var_overrides_the_default_and_omp():
     assert threads_after_import(MOE_THEORY_THREADS="3", OMP_NUM_THREADS="2") == 3
 
 
-def test_explicit_omp_num_threads_is_left_to_torch():
-    assert threads_after_import(OMP_NUM_THREADS="2") == 2
+@pytest.mark.parametrize("variable", ["OMP_NUM_THREADS", "MKL_NUM_THREADS"])
+def test_explicit_torch_variable_is_left_to_torch(variable):
+    assert threads_after_import(**{variable: "2"}) == 2
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", ""])
