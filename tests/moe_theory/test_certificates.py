@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import moe_theory as mt
-from moe_theory import certificates, population
+from moe_theory import certificates, population, settings
 from moe_theory.certificates import (
     FAIL,
     NOT_RUN,
@@ -30,7 +30,7 @@ from moe_theory.cli import main
 from moe_theory.config import parse_config
 from moe_theory.measure import MixingMeasure
 from moe_theory.rates import CERT_COLUMNS, rates_table
-from moe_theory.settings import SMALL_ATOMS, Setting, list_settings, register
+from moe_theory.settings import SMALL_ATOMS, Setting
 from moe_theory.store import load_results
 from moe_theory.sweep import run_sweep
 from moe_theory.voronoi import voronoi_loss
@@ -57,9 +57,12 @@ REGULAR_SWEEP = {"name": "regular", "settings": [REGULAR.name], "n": [500, 1000,
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
+    """The test settings, in the registry for this module only (other tests count it)."""
+    mp = pytest.MonkeyPatch()
     for setting in (REGULAR, WEAK):
-        if setting.name not in list_settings():
-            register(setting)
+        mp.setitem(settings._SETTINGS, setting.name, setting)
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
