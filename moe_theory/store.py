@@ -198,19 +198,16 @@ def write_shard(out: Path, shard: Shard, rows: pd.DataFrame) -> str:
     """Store a shard's rows: its checksum record first, then the file itself (both atomically),
     so that a shard file always has the record it is verified against. Returns the sha256."""
     path = shard_path(out, shard)
-    make_folder(path.parent)
-    tmp = _temp_path(path)
-    try:
+    digest = ""
+
+    def write(tmp: str) -> None:
+        nonlocal digest
         rows.to_parquet(tmp, index=False)
-        digest = _sha256(tmp)
+        digest = _sha256(Path(tmp))
         record = json.dumps({"sha256": digest, "rows": len(rows)})
         atomic_write(checksum_path(path), lambda t: Path(t).write_text(record))
-        _replace(tmp, path)
-    except OSError as err:
-        raise _os_error(path, err) from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
     return digest
 
 
