@@ -16,6 +16,7 @@ from types import ModuleType
 
 import torch
 
+from kernels.moe.gram import check_gram_dtype
 from kernels.moe.model import Expert, check_expert, gate_dim
 from kernels.moe.torch_pass import MoEPass, n_free_gates
 from kernels.moe.torch_pass import moe_pass as reference_moe_pass
@@ -79,6 +80,7 @@ def moe_pass(
     backend: str = "auto",
     gram_features: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
+    gram_dtype: str = "float64",
 ) -> MoEPass:
     """See :func:`kernels.moe.torch_pass.moe_pass`; ``backend`` in ``auto``, ``torch``, ``triton``.
 
@@ -90,8 +92,11 @@ def moe_pass(
     many Gauss-Newton passes over the same data (linear scores; ignored otherwise).
     ``rows``: evaluate only the problems ``X[rows]`` (int64 indices on X's device), whose
     parameters are ``gate_params``, ``expert_params``: the Triton kernels read those rows of X and
-    ``gram_features`` in place, the reference takes copies.
+    ``gram_features`` in place, the reference gathers them one sample chunk at a time.
+    ``gram_dtype``: precision of the Gram products of ``J^T J``
+    (docs/kernels.md#mixed-precision-gauss-newton); loss and ``J^T r`` keep X's dtype.
     """
+    check_gram_dtype(gram_dtype)
     if resolve_backend(backend, X.device) == "triton":
         tp = _triton_pass()
         d, k = X.shape[-1], gate_params.shape[1]
@@ -99,7 +104,8 @@ def moe_pass(
         if backend != "auto":
             return tp.triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                                       expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
-                                      gram_features=gram_features, rows=rows)
+                                      gram_features=gram_features, rows=rows,
+                                      gram_dtype=gram_dtype)
         if shape not in _OUT_OF_RESOURCES and not tp.unsupported_reason(
                 score, d, k, X.dtype, X.device, gate=gate, expert=expert.name,
                 gauss_newton=jacobian and gauss_newton):
@@ -107,7 +113,7 @@ def moe_pass(
                 return tp.triton_moe_pass(X, Y, gate_params, expert_params, gate=gate,
                                           score=score, expert=expert, jacobian=jacobian,
                                           gauss_newton=gauss_newton, gram_features=gram_features,
-                                          rows=rows)
+                                          rows=rows, gram_dtype=gram_dtype)
             except tp.OutOfResources as err:
                 # the last resort behind the resource model (kernels/moe/resources.py)
                 _OUT_OF_RESOURCES.add(shape)
@@ -119,7 +125,7 @@ def moe_pass(
                     stacklevel=2)
     return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
-                              gram_features=gram_features, rows=rows)
+                              gram_features=gram_features, rows=rows, gram_dtype=gram_dtype)
 
 
 def _compile_one(job: tuple[str, str, str, int, int, str]) -> None:

@@ -19,6 +19,7 @@ on a GPU): ``J`` itself never exists.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -30,6 +31,40 @@ from kernels.moe.model import Expert, check_expert, n_free_gates, score_has_quad
 
 #: Bytes the ``W`` and ``V`` chunks may take together (as ``JACOBIAN_CHUNK_BYTES`` for ``J``).
 CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
+
+
+#: docs/kernels.md#mixed-precision-gauss-newton: the precision of the ``W^T V`` products.
+#: ``float64``: the data's own (unchanged); ``float32``: W and V in float32, each chunk's product
+#: in float32 (cuBLAS SGEMM on a GPU), the chunks summed in the data's dtype; ``tf32``: the same
+#: with the GPU's tf32 tensor cores (float32 on a CPU). Loss and ``J^T r`` never change precision:
+#: Levenberg-Marquardt's fixed points and stopping tests depend on those alone.
+GRAM_DTYPES = ("float64", "float32", "tf32")
+
+
+def check_gram_dtype(gram_dtype: str) -> str:
+    if gram_dtype not in GRAM_DTYPES:
+        raise ValueError(f"gram_dtype: must be one of {', '.join(GRAM_DTYPES)}, got "
+                         f"{gram_dtype!r}")
+    return gram_dtype
+
+
+def product_dtype(gram_dtype: str, data_dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``W`` and ``V`` are formed in: never above the data's."""
+    return data_dtype if check_gram_dtype(gram_dtype) == "float64" else torch.float32
+
+
+@contextlib.contextmanager
+def _matmul_precision(gram_dtype: str, device: torch.device):
+    """tf32 matrix products for ``gram_dtype == "tf32"`` on a GPU, the flag restored after."""
+    if gram_dtype != "tf32" or device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def applies(score: str) -> bool:
@@ -136,16 +171,18 @@ def _feature_pairs(Xc: torch.Tensor) -> torch.Tensor:
     return torch.index_select(v, 2, fa) * torch.index_select(v, 2, ga)
 
 
-def feature_pairs(X: torch.Tensor) -> torch.Tensor:
+def feature_pairs(X: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``V (R, n, (d+1)(d+2)/2)`` for all samples: it depends on X alone, so a solver may compute it
-    once and pass it to every :func:`gram_jtj` of a fit (see :func:`cache_fits`)."""
+    once and pass it to every :func:`gram_jtj` of a fit (see :func:`cache_fits`). ``dtype``: that
+    of the products (:func:`product_dtype`; default X's)."""
     R, n, d = X.shape
     Q = (d + 1) * (d + 2) // 2
-    out = X.new_empty(R, n, Q)
+    dtype = dtype or X.dtype
+    out = X.new_empty(R, n, Q, dtype=dtype)
     step = max(1, min(n, CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
                       // (3 * R * Q * X.element_size())))
     for s in range(0, n, step):
-        out[:, s : s + step] = _feature_pairs(X[:, s : s + step])
+        out[:, s : s + step] = _feature_pairs(X[:, s : s + step].to(dtype))
     return out
 
 
@@ -155,11 +192,12 @@ CACHE_BYTES = {"cuda": 16 * 2**30, "cpu": 0}
 CACHE_FRACTION = 0.25
 
 
-def cache_fits(X: torch.Tensor) -> bool:
-    """Whether :func:`feature_pairs` of X fits the cache budget of X's device (on a GPU also a
-    quarter of its memory and half of what is available now)."""
+def cache_fits(X: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Whether :func:`feature_pairs` of X (in ``dtype``, default X's) fits the cache budget of X's
+    device (on a GPU also a quarter of its memory and half of what is available now)."""
     R, n, d = X.shape
-    need = R * n * (d + 1) * (d + 2) // 2 * X.element_size()
+    itemsize = (dtype or X.dtype).itemsize
+    need = R * n * (d + 1) * (d + 2) // 2 * itemsize
     budget = CACHE_BYTES.get(X.device.type, 0)
     if X.is_cuda and need <= budget:
         total = torch.cuda.get_device_properties(X.device).total_memory
@@ -187,13 +225,13 @@ GATHER_BYTES = 64 * 2**20
 
 def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int,
              V: torch.Tensor | None = None, rows: torch.Tensor | None = None,
-             pair_products=None) -> torch.Tensor:
+             pair_products=None, gram_dtype: str = "float64") -> torch.Tensor:
     """``J^T J (R, p, p)`` in the reference layout from ``U (R, m, n)`` and the samples of X.
 
     ``V``: :func:`feature_pairs` of X, if the caller keeps it (then only ``W`` is formed here).
     ``rows``: problem r's samples are ``X[rows[r]]`` (and ``V[rows[r]]``); default ``X[r]``.
     ``pair_products(U, start, stop)``: forms ``W`` of a sample range (the Triton kernel on a
-    GPU); default :func:`role_pairs`.
+    GPU); default :func:`role_pairs`. ``gram_dtype``: see :data:`GRAM_DTYPES`.
     """
     R, m, n = U.shape
     d = X.shape[-1]
@@ -203,29 +241,70 @@ def gram_jtj(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int
                          f"{tuple(X.shape)}, got {tuple(U.shape)}")
     if V is not None and tuple(V.shape) != (X.shape[0], n, tab.Q):
         raise ValueError(f"V: must have shape {(X.shape[0], n, tab.Q)}, got {tuple(V.shape)}")
-    index = device_tables(gate, expert, d, k, X.device)[2]
-    budget = CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
-    per_sample = tab.A + (0 if V is not None and rows is None else tab.Q + d + 1)
-    step = max(1, min(n, budget // (R * per_sample * X.element_size())))
-    one_by_one = (V is not None and rows is not None
-                  and R * min(n, step) * tab.Q * X.element_size() > GATHER_BYTES)
-    data_rows = None if rows is None else (rows.tolist() if one_by_one else rows)
     out = X.new_zeros(R, tab.A, tab.Q)
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        W = pair_products(U, s, e) if pair_products else role_pairs(U[:, :, s:e])
-        if V is None:
-            Xc = X[:, s:e] if rows is None else X[data_rows, s:e]
-            out.baddbmm_(W, _feature_pairs(Xc))
-        elif rows is None:
-            out.baddbmm_(W, V[:, s:e])
-        elif not one_by_one:
-            out.baddbmm_(W, V[data_rows, s:e])
-        else:
-            for i, r in enumerate(data_rows):
-                out[i].addmm_(W[i], V[r, s:e])
-    return out.reshape(R, -1)[:, index]
+    accumulate_gram(out, U, X, 0, V=V, rows=rows, pair_products=pair_products,
+                    gram_dtype=gram_dtype)
+    return gather_jtj(out, gate=gate, expert=expert, d=d, k=k)
 
 
-__all__ = ["Tables", "applies", "cache_fits", "device_tables", "feature_pairs", "gram_jtj",
-           "n_roles", "role_pairs", "tables", "with_constant"]
+def gather_jtj(out: torch.Tensor, *, gate: str, expert: str, d: int, k: int) -> torch.Tensor:
+    """``J^T J (R, p, p)`` in the reference layout out of the summed ``W^T V (R, A, Q)``."""
+    index = device_tables(gate, expert, d, k, out.device)[2]
+    return out.reshape(out.shape[0], -1)[:, index]
+
+
+def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: int, *,
+                    V: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                    pair_products=None, gram_dtype: str = "float64") -> None:
+    """Add ``W^T V`` of the samples ``start .. start + U.shape[-1]`` of X to ``out (R, A, Q)``.
+
+    ``U (R, m, c)`` holds those samples' coefficients; ``V``, ``rows``, ``pair_products`` as in
+    :func:`gram_jtj` (``pair_products(U, s, e)`` indexes U's own columns). The samples are taken
+    in sub-chunks of at most :data:`CHUNK_BYTES` of ``W`` and ``V``, so a caller may hand over a
+    chunk of any length: nothing of size ``n x p`` is formed. ``out`` keeps the data's dtype
+    whatever ``gram_dtype`` (each sub-chunk's product is added to it in that dtype).
+    """
+    R, m, c = U.shape
+    d = X.shape[-1]
+    A, Q = m * (m + 1) // 2, (d + 1) * (d + 2) // 2
+    pdtype = product_dtype(gram_dtype, X.dtype)
+    budget = CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
+    per_sample = A + (0 if V is not None and rows is None else Q + d + 1)
+    step = max(1, min(c, budget // (R * per_sample * X.element_size())))
+    one_by_one = (V is not None and rows is not None
+                  and R * min(c, step) * Q * V.element_size() > GATHER_BYTES)
+    data_rows = None if rows is None else (rows.tolist() if one_by_one else rows)
+    mixed = pdtype != out.dtype
+    with _matmul_precision(gram_dtype, X.device):
+        for s in range(0, c, step):
+            e = min(c, s + step)
+            a, b = start + s, start + e  # the sub-chunk's samples of X (and V)
+            # W straight from the lower-precision U: a third of the conversions of W's
+            W = (pair_products(U, s, e).to(pdtype) if pair_products
+                 else role_pairs(U[:, :, s:e].to(pdtype)))
+            if V is None:
+                Xc = X[:, a:b] if rows is None else X[data_rows, a:b]
+                _add_product(out, W, _feature_pairs(Xc.to(pdtype)), mixed)
+            elif rows is None:
+                _add_product(out, W, V[:, a:b].to(pdtype), mixed)
+            elif not one_by_one:
+                _add_product(out, W, V[data_rows, a:b].to(pdtype), mixed)
+            else:
+                for i, r in enumerate(data_rows):
+                    if mixed:
+                        out[i] += (W[i] @ V[r, a:b].to(pdtype)).to(out.dtype)
+                    else:
+                        out[i].addmm_(W[i], V[r, a:b])
+
+
+def _add_product(out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor, mixed: bool) -> None:
+    """``out += W @ Vc``: fused in the data's dtype, else a lower-precision product added."""
+    if mixed:
+        out += torch.bmm(W, Vc).to(out.dtype)
+    else:
+        out.baddbmm_(W, Vc)
+
+
+__all__ = ["GRAM_DTYPES", "Tables", "accumulate_gram", "applies", "cache_fits", "check_gram_dtype",
+           "device_tables", "feature_pairs", "gather_jtj", "gram_jtj", "n_roles",
+           "product_dtype", "role_pairs", "tables", "with_constant"]

@@ -101,6 +101,7 @@ def moe_pass(
     structured: bool = True,
     gram_features: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
+    gram_dtype: str = "float64",
 ) -> MoEPass:
     """One pass over the data.
 
@@ -118,23 +119,30 @@ def moe_pass(
         chunks of ``J`` (the oracle the tests hold both routes to)
     gram_features : :func:`kernels.moe.gram.feature_pairs` of X for the structured route, if the
         caller keeps it across passes
-    rows : evaluate the problems ``X[rows]`` only (the parameters then have ``len(rows)`` rows)
+    rows : evaluate the problems ``X[rows]`` only (the parameters then have ``len(rows)`` rows);
+        their samples are gathered one chunk at a time, so that a subset of many problems sharing
+        few data sets (several starts per replication) never copies ``X`` whole
+    gram_dtype : precision of the Gram products of ``J^T J`` on the structured route
+        (:data:`kernels.moe.gram.GRAM_DTYPES`); loss and ``J^T r`` keep X's dtype
+
+    Every intermediate is bounded by :data:`JACOBIAN_CHUNK_BYTES` (and the Gram route's
+    :data:`kernels.moe.gram.CHUNK_BYTES`) whatever n: only the data, the kept feature pairs and
+    the outputs grow with it.
     """
-    if rows is not None:
-        X, Y = X[rows], Y[rows]
-        gram_features = None if gram_features is None else gram_features[rows]
     R, n, _ = X.shape
+    if rows is not None:
+        R = rows.numel()
     k = gate_params.shape[1]
     if jacobian and gauss_newton and structured and gram.applies(score):
         return _gram_pass(X, Y, gate_params, expert_params, gate=gate, score=score, expert=expert,
-                          V=gram_features)
+                          V=gram_features, rows=rows, gram_dtype=gram_dtype)
     p = n_free_gates(gate, k) * gate_params.shape[2] + k * expert_params.shape[2]
     loss = X.new_zeros(R)
     jtr = X.new_zeros(R, p) if jacobian else None
     jtj = X.new_zeros(R, p, p) if jacobian and gauss_newton else None
     step = _chunk_size(R, p if jacobian else k * 4, X.element_size(), n, X.device)
     for start in range(0, n, step):
-        Xc, Yc = X[:, start : start + step], Y[:, start : start + step]
+        Xc, Yc = _chunk(X, Y, rows, start, start + step)
         if jacobian:
             f, J = jacobian_chunk(Xc, gate_params, expert_params, gate, score, expert)
             r = Yc - f
@@ -147,26 +155,40 @@ def moe_pass(
     return MoEPass(loss, jtr, jtj)
 
 
+def _chunk(X: torch.Tensor, Y: torch.Tensor, rows: torch.Tensor | None, start: int, stop: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples ``start:stop`` of the problems ``rows`` (all when None): views, or a chunk's copy."""
+    if rows is None:
+        return X[:, start:stop], Y[:, start:stop]
+    return X[rows, start:stop], Y[rows, start:stop]
+
+
 def _gram_pass(X, Y, gate_params, expert_params, *, gate: str, score: str, expert: Expert,
-               V: torch.Tensor | None = None) -> MoEPass:
-    """Loss, ``J^T r`` and ``J^T J`` from the coefficients ``U (R, m, n)`` (linear scores)."""
-    R, n, d = X.shape
-    k = gate_params.shape[1]
+               V: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+               gram_dtype: str = "float64") -> MoEPass:
+    """Loss, ``J^T r`` and ``J^T J`` from the coefficients ``U (R, m, c)`` of each sample chunk
+    (linear scores): each chunk's ``W^T V`` is added as soon as its ``U`` exists, so no array
+    has n columns (at n = 10^7 and 100 problems U alone would take 144 GB)."""
+    _, n, d = X.shape
+    R, k = gate_params.shape[:2]
     k_free = n_free_gates(gate, k)
     tab = gram.tables(gate, expert.name, d, k)
-    U = X.new_empty(R, tab.m, n)
     loss = X.new_zeros(R)
     jtr = X.new_zeros(R, tab.m, d + 1)
+    acc = X.new_zeros(R, tab.A, tab.Q)
     step = _chunk_size(R, tab.m + d, X.element_size(), n, X.device)
     for start in range(0, n, step):
-        Xc, Yc = X[:, start : start + step], Y[:, start : start + step]
+        Xc, Yc = _chunk(X, Y, rows, start, start + step)
         *_, pi, h, dh, f = _chunk_terms(Xc, gate_params, expert_params, gate, score, expert)
         df_ds, df_dz = _coefficients(pi, h, dh, f, gate)
         Uc = torch.cat([df_ds[..., :k_free], df_dz], dim=-1)  # (R, c, m)
         r = Yc - f
         loss += (r * r).sum(-1)
         jtr += torch.einsum("rcm,rcf->rmf", Uc * r[..., None], gram.with_constant(Xc))
-        U[:, :, start : start + step] = Uc.transpose(1, 2)
-    jtj = gram.gram_jtj(U, X, gate=gate, expert=expert.name, k=k, V=V)
+        # the chunk of X just gathered serves the Gram product too (rows then need no re-gather)
+        gram.accumulate_gram(acc, Uc.transpose(1, 2), X if V is not None else Xc,
+                             start if V is not None else 0, V=V,
+                             rows=rows if V is not None else None, gram_dtype=gram_dtype)
+    jtj = gram.gather_jtj(acc, gate=gate, expert=expert.name, d=d, k=k)
     jtr_index = gram.device_tables(gate, expert.name, d, k, X.device)[3]
     return MoEPass(loss, jtr.reshape(R, -1)[:, jtr_index], jtj)

@@ -379,6 +379,7 @@ def triton_moe_pass(
     gram_config: GramConfig | None = None,
     gram_features: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
+    gram_dtype: str = "float64",
 ) -> MoEPass:
     """One pass over the data with the Triton kernels; see :func:`kernels.moe.torch_pass.moe_pass`.
 
@@ -398,6 +399,8 @@ def triton_moe_pass(
         the ``torch`` Gram product)
     rows : (R',) int64 on X's device: evaluate the problems ``X[rows], Y[rows]`` (the parameters
         then have R' rows); the kernels index X and the kept feature pairs instead of copying
+    gram_dtype : precision of the ``torch`` Gram product (:data:`kernels.moe.gram.GRAM_DTYPES`);
+        the ``triton`` Gram kernel takes its precision from ``config.jtj_precision``
 
     Returns
     -------
@@ -487,7 +490,7 @@ def triton_moe_pass(
                               precision=cfg.jtj_precision, config=gram_config)
     elif gram:
         jtj = torch_gram_jtj(U, X, gate=gate, expert=expert.name, k=k, V=gram_features,
-                             rows=rows, pair_products=role_pair_products)
+                             rows=rows, pair_products=role_pair_products, gram_dtype=gram_dtype)
     return MoEPass(loss, jtr, jtj)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kernels.moe import BACKENDS, moe_pass, resolve_backend
+from kernels.moe.gram import check_gram_dtype
 from moe_theory import models
 from moe_theory.estimators.bounds import Bounds, at_bound, resolve_bounds
 from moe_theory.estimators.first_order import SGDProtocol, adam, lbfgs, sgd_paper
@@ -124,6 +125,7 @@ def fit_lse(
     xtol: float = 1e-8,
     sgd: SGDProtocol | None = None,
     rep_ids: list[int] | None = None,
+    gram_dtype: str = "float64",
 ) -> FitResult:
     """Least-squares fit of a k-atom MoE to each of R data sets at once, from S starts each.
 
@@ -155,6 +157,11 @@ def fit_lse(
         :class:`~moe_theory.estimators.levenberg_marquardt.StopRule`
     rep_ids : the replications' global numbers, so that a near-truth start depends on the
         replication, not on the batch it is fitted in (default ``0..R-1``)
+    gram_dtype : ``float64`` (default: the data's precision), ``float32`` or ``tf32``: the
+        precision of the Gram products of ``J^T J`` in LM's Gauss-Newton passes
+        (docs/kernels.md#mixed-precision-gauss-newton). Loss, ``J^T r``, the damped solve and
+        every stopping test stay in float64, so the fixed points and the certificate do not
+        move; only the path to them (and the iterations it takes) may.
     """
     models.check_gate(gate)
     models.check_score(score)
@@ -176,6 +183,7 @@ def fit_lse(
                              f"the atoms of {field_}")
     if noise_var is not None:
         noise_var = check_positive_float("noise_var", noise_var)
+    check_gram_dtype(gram_dtype)
     stop = StopRule(check_positive_int("max_iter", max_iter), ftol, gtol, xtol)
     # the kernels keep their own fallback for shapes they do not take: pass ``auto`` through
     kernel_backend = "torch" if backend == "scipy" else backend
@@ -188,7 +196,8 @@ def fit_lse(
     S = starts.R // R
     # start-major problems: problem s * R + r fits replication r's data, read in place
     data_rows = None if S == 1 else torch.arange(S * R, device=X.device) % R
-    problem = LeastSquaresProblem(X, Y, gate, score, expert, k, kernel_backend, data_rows)
+    problem = LeastSquaresProblem(X, Y, gate, score, expert, k, kernel_backend, data_rows,
+                                  gram_dtype)
     box = resolve_bounds(bounds, score=score, expert=expert, d=d, k_free=problem.k_free, k=k, R=R,
                          device=X.device)
     theta0 = problem.pack(starts)
@@ -241,7 +250,7 @@ def fit_lse(
         start_n_iter=out.n_iter.view(S, R).T,
         ssr_spread=ssr_spread, starts_near_best=starts_near_best,
         wall_s=time.perf_counter() - start, algorithm=algorithm, backend=resolved,
-        device=str(X.device),
+        device=str(X.device), extra={"gram_dtype": gram_dtype},
     )
 
 

@@ -24,6 +24,8 @@ class LeastSquaresProblem:
     backend : ``auto``, ``torch`` or ``triton`` (see :func:`kernels.moe.moe_pass`)
     data_rows : (B,) int64, the data set ``X[data_rows[i]]`` of problem i, when there are more
         problems than data sets (several starts per replication); None: problem i fits ``X[i]``
+    gram_dtype : precision of the Gram products of ``J^T J``
+        (docs/kernels.md#mixed-precision-gauss-newton); loss and ``J^T r`` keep X's dtype
     """
 
     X: torch.Tensor
@@ -34,6 +36,7 @@ class LeastSquaresProblem:
     k: int
     backend: str
     data_rows: torch.Tensor | None = None
+    gram_dtype: str = "float64"
     #: the Gram route's feature pairs of X (kernels/moe/gram.py), formed at the first
     #: Gauss-Newton pass when they fit the device's cache budget: they depend on X alone
     _features: torch.Tensor | None = field(default=None, init=False, repr=False)
@@ -99,14 +102,16 @@ class LeastSquaresProblem:
         out = moe_pass(X, Y, gp.to(X.dtype), ep.to(X.dtype), gate=self.gate, score=self.score,
                        expert=models.get_expert(self.expert), jacobian=jacobian,
                        gauss_newton=gauss_newton, backend=self.backend, gram_features=V,
-                       rows=rows)
+                       rows=rows, gram_dtype=self.gram_dtype)
         return MoEPass(*(None if t is None else t.to(theta.dtype) for t in out))
 
     def _gram_features(self) -> torch.Tensor | None:
         if not self._features_checked:
             self._features_checked = True
-            if gram.applies(self.score) and gram.cache_fits(self.X):
-                self._features = gram.feature_pairs(self.X)
+            # kept in the products' precision: a float32 Gram halves the cache
+            dtype = gram.product_dtype(self.gram_dtype, self.X.dtype)
+            if gram.applies(self.score) and gram.cache_fits(self.X, dtype):
+                self._features = gram.feature_pairs(self.X, dtype)
         return self._features
 
     def data(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -149,9 +149,48 @@ def test_cached_feature_pairs_leave_the_fit_unchanged(monkeypatch, sparse_relu):
     plain = mt.fit_lse(X, Y, **kw)
     formed = []
     real = gram.feature_pairs
-    monkeypatch.setattr(gram, "feature_pairs", lambda X: formed.append(1) or real(X))
+    monkeypatch.setattr(gram, "feature_pairs", lambda X, dtype=None: formed.append(1) or real(X, dtype))
     monkeypatch.setitem(gram.CACHE_BYTES, "cpu", 2**30)
     cached = mt.fit_lse(X, Y, **kw)
     assert formed == [1]  # formed once for the whole fit
     assert torch.equal(plain.measure.gate_params, cached.measure.gate_params)
     assert torch.equal(plain.n_iter, cached.n_iter)
+
+
+@pytest.mark.parametrize("gram_dtype", ["float32", "tf32"])
+def test_mixed_precision_gram_reaches_the_float64_minimiser(gram_dtype):
+    """docs/kernels.md#mixed-precision-gauss-newton: a float32 ``J^T J`` changes LM's path, not
+    its fixed points (loss and ``J^T r`` stay float64). Exactly specified smooth (tanh) experts
+    with input-dependent gates: an isolated minimum whose mean-loss Hessian ``H = 2 J^T J / n``
+    has smallest eigenvalue ``lam`` (~5e-5 here, computed below). Both fits stop with the
+    projected gradient's max-norm ``g`` below gtol (or at the damping bound to rounding), so to
+    first order ``||theta_32 - theta_64|| <= sqrt(p) (g_32 + g_64) / lam`` (~2e-6 here; observed
+    ~1e-7); the test allows twice that for the curvature's change over that distance. The losses
+    then differ by about ``lam ||dtheta||^2``: far below 1e-12 relative."""
+    from moe_theory.settings import SMALL_ATOMS
+
+    rows = torch.tensor(SMALL_ATOMS, dtype=torch.float64)[None]
+    truth = mt.MixingMeasure("sigmoid", "linear", "tanh", 2, rows[..., :3], rows[..., 3:])
+    X, Y = mt.sample(truth, n=2000, reps=3, seed=21)
+    kw = dict(k=truth.k, gate="sigmoid", expert="tanh", backend="torch", max_iter=100,
+              init=mt.near_truth(truth, truth.k, seed=22, jitter=0.05), ftol=0, xtol=0,
+              gtol=1e-11)
+    f64 = mt.fit_lse(X, Y, **kw)
+    mixed = mt.fit_lse(X, Y, gram_dtype=gram_dtype, **kw)
+    assert mixed.extra["gram_dtype"] == gram_dtype
+    for fit in (f64, mixed):
+        assert set(fit.stop_test) <= {"gtol", "damping"}
+        assert float(fit.proj_grad_max.max()) < 1e-10
+    problem = LeastSquaresProblem(X, Y, "sigmoid", "linear", "tanh", truth.k, "torch")
+    theta64, theta32 = problem.pack(f64.measure), problem.pack(mixed.measure)
+    lam = torch.linalg.eigvalsh(2 * problem.evaluate(theta64).jtj / X.shape[1])[:, 0]
+    assert bool((lam > 0).all())
+    bound = problem.p**0.5 * (f64.proj_grad_max + mixed.proj_grad_max) / lam
+    assert bool(((theta32 - theta64).norm(dim=-1) <= 2 * bound).all())
+    assert torch.allclose(mixed.fit_loss, f64.fit_loss, rtol=1e-12, atol=0)
+
+
+def test_gram_dtype_is_named(sparse_relu):
+    X, Y = mt.sample(sparse_relu, n=20, reps=1)
+    with pytest.raises(ValueError, match="gram_dtype"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", gram_dtype="half")

@@ -1,0 +1,111 @@
+"""The reference pass's Gram route streams over the samples, and its mixed-precision ``J^T J``
+(docs/kernels.md#mixed-precision-gauss-newton). PyTorch only: no Triton, no GPU."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from kernels.moe import gram, moe_pass, torch_pass
+from kernels.moe.torch_pass import moe_pass as reference_moe_pass
+from kernels.moe.torch_pass import n_free_gates
+from moe_theory import models
+
+
+def _problem(gate: str, d: int, k: int, R: int, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(R, n, d, generator=g, dtype=torch.float64) * 2 - 1
+    Y = torch.randn(R, n, generator=g, dtype=torch.float64)
+    gp = torch.randn(R, k, d + 1, generator=g, dtype=torch.float64)
+    ep = torch.randn(R, k, d + 1, generator=g, dtype=torch.float64) / d**0.5
+    gp[:, n_free_gates(gate, k):] = 0
+    return X, Y, gp, ep
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("gate", models.GATES)
+@pytest.mark.parametrize("kept,rows", [(False, False), (True, False), (False, True), (True, True)])
+def test_small_chunks_equal_one_chunk(gate, kept, rows, monkeypatch):
+    """Chunk budgets of a few hundred bytes (chunks of 1-3 samples, n = 61) against one chunk:
+    float64, 1e-12 normwise (only the summation order differs; observed ~1e-16). No array of the
+    pass may hold all n samples' coefficients: every ``U`` handed to the Gram product is one
+    chunk. ``rows`` (repeated, out of order) gathers each chunk of X and of the kept feature
+    pairs; the answer is that of copies of those rows."""
+    d, k, n = 3, 3, 61
+    X, Y, gp, ep = _problem(gate, d, k, 4, n, seed=zlib.crc32(repr((gate, kept, rows)).encode()))
+    ex = models.get_expert("relu")
+    idx = torch.tensor([2, 0, 2]) if rows else None
+    if rows:
+        gp, ep = gp[idx], ep[idx]
+    V = gram.feature_pairs(X) if kept else None
+    want = reference_moe_pass(X if idx is None else X[idx], Y if idx is None else Y[idx], gp, ep,
+                              gate=gate, score="linear", expert=ex, structured=False)
+    widths = []
+    real = gram.accumulate_gram
+
+    def spy(out, U, *args, **kw):
+        widths.append(U.shape[-1])
+        return real(out, U, *args, **kw)
+
+    monkeypatch.setattr(gram, "accumulate_gram", spy)
+    monkeypatch.setitem(torch_pass.JACOBIAN_CHUNK_BYTES, "cpu", 4 * 3 * (2 * k + d) * 8 * 3)
+    monkeypatch.setitem(gram.CHUNK_BYTES, "cpu", 3 * 1000)
+    got = reference_moe_pass(X, Y, gp, ep, gate=gate, score="linear", expert=ex, gram_features=V,
+                             rows=idx)
+    assert 1 < len(widths) and max(widths) <= 3 and sum(widths) == n
+    for name, a, b in zip(want._fields, got, want, strict=True):
+        assert a.shape == b.shape and _rel(a, b) <= 1e-12, (name, _rel(a, b))
+
+
+def test_rows_gather_each_chunk_only(monkeypatch):
+    """With ``rows`` the reference no longer copies X whole: every gather it makes is one chunk of
+    samples (here chunks of 3 of n = 40)."""
+    X, Y, gp, ep = _problem("sigmoid", 2, 2, 3, 40, seed=5)
+    idx = torch.tensor([1, 1, 0, 2, 1])
+    gp, ep = gp[idx % 3], ep[idx % 3]
+    monkeypatch.setitem(torch_pass.JACOBIAN_CHUNK_BYTES, "cpu", 4 * 5 * 8 * 8 * 3)
+    seen = []
+    real = torch_pass._chunk
+    monkeypatch.setattr(torch_pass, "_chunk",
+                        lambda *a: (lambda c: seen.append(c[0].shape[1]) or c)(real(*a)))
+    for jacobian in (False, True):
+        got = reference_moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear",
+                                 expert=models.get_expert("relu"), jacobian=jacobian, rows=idx)
+        want = reference_moe_pass(X[idx], Y[idx], gp, ep, gate="sigmoid", score="linear",
+                                  expert=models.get_expert("relu"), jacobian=jacobian)
+        assert torch.equal(got.loss, want.loss)
+    assert seen and max(seen) < 40
+
+
+@pytest.mark.parametrize("gram_dtype", ["float32", "tf32"])
+@pytest.mark.parametrize("kept", [False, True])
+def test_mixed_gram_changes_jtj_only(gram_dtype, kept):
+    """A float32 Gram product (tf32 is float32 on a CPU) leaves loss and ``J^T r`` bit for bit
+    (they never change precision) and ``J^T J`` within 1e-5 normwise of float64: each entry is a
+    sum of n = 500 products of float32-rounded factors (relative error <= ~3 * 6e-8 per product),
+    accumulated by float32 dot products (error growth ~ sqrt(n) * 6e-8 relative to the sum of
+    magnitudes); the largest entries, the diagonal ones, have no cancellation, so the normwise
+    error is a few 1e-7 (observed ~1e-7)."""
+    X, Y, gp, ep = _problem("softmax", 4, 3, 2, 500, seed=9)
+    ex = models.get_expert("gelu")
+    V64 = gram.feature_pairs(X) if kept else None
+    V32 = gram.feature_pairs(X, torch.float32) if kept else None
+    ref = moe_pass(X, Y, gp, ep, gate="softmax", score="linear", expert=ex, backend="torch",
+                   gram_features=V64)
+    got = moe_pass(X, Y, gp, ep, gate="softmax", score="linear", expert=ex, backend="torch",
+                   gram_features=V32, gram_dtype=gram_dtype)
+    assert torch.equal(got.loss, ref.loss) and torch.equal(got.jtr, ref.jtr)
+    assert got.jtj.dtype == torch.float64
+    assert 0 < _rel(got.jtj, ref.jtj) <= 1e-5
+
+
+def test_gram_dtype_is_checked():
+    X, Y, gp, ep = _problem("sigmoid", 2, 2, 1, 10, seed=1)
+    with pytest.raises(ValueError, match="gram_dtype"):
+        moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear", expert=models.get_expert("relu"),
+                 backend="torch", gram_dtype="bfloat16")
