@@ -18,6 +18,9 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
                                                # the reference's scale (inf: no box)
     starts = 4                                 # starts per replication beside the near-reference one
     start_jitter = 0.1                         # their jitter (default 10 x jitter)
+    gram_dtype = "float64"                     # float64 | float32 | tf32: precision of the
+                                               # Gram products of J^T J (LM's path, not its
+                                               # fixed points; docs/kernels.md)
     k_fit = 9                                  # optional override of the settings' k
     losses = ["D1", "D3", ...]                 # optional; default: all that apply
     sgd = {epochs = 10, lr = 0.1, batch_size = 64}
@@ -41,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels.moe.gram import GRAM_DTYPES
 from moe_theory import models
 from moe_theory.estimators import ALGORITHMS, SGDProtocol
 from moe_theory.estimators.bounds import DEFAULT_BOUND_SCALE
@@ -56,7 +60,7 @@ else:  # pragma: no cover
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "simulations" / "configs"
 _KEYS = {"name", "description", "settings", "fit_gates", "n", "reps", "rep_block", "seed",
          "algorithm", "max_iter", "jitter", "k_fit", "losses", "sgd", "plot", "fast", "panels",
-         "bound_scale", "starts", "start_jitter"}
+         "bound_scale", "starts", "start_jitter", "gram_dtype"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class SweepConfig:
     #: jitter (None: :data:`~moe_theory.initialization.START_JITTER_FACTOR` x ``jitter``)
     starts: int = DEFAULT_EXTRA_STARTS
     start_jitter: float | None = None
+    #: docs/kernels.md#mixed-precision-gauss-newton: precision of the Gram products of LM's
+    #: ``J^T J`` (:data:`kernels.moe.gram.GRAM_DTYPES`); loss, gradient and stopping stay float64
+    gram_dtype: str = "float64"
     fit_gates: tuple[str, ...] | None = None
     k_fit: int | None = None
     losses: tuple[str, ...] | None = None
@@ -107,8 +114,8 @@ class SweepConfig:
     def hash(self) -> str:
         """Identifies the results a config produces (the description and plot keys do not).
 
-        A config without a box and with one start hashes as it did before those keys existed:
-        its fits are the same, bit for bit."""
+        A config without a box and with one start, or with the float64 Gram, hashes as it did
+        before those keys existed: its fits are the same, bit for bit."""
         d = self.to_dict()
         for key in ("description", "plot", "panels", "name"):
             d.pop(key)
@@ -117,6 +124,8 @@ class SweepConfig:
         if self.starts == 0:
             d.pop("starts")
             d.pop("start_jitter")
+        if self.gram_dtype == "float64":
+            d.pop("gram_dtype")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -248,6 +257,9 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     if starts and start_jitter is None and jitter == 0:
         raise _err("start_jitter", "jitter = 0 leaves the extra starts on the near-reference one "
                    "(their default jitter is 10 x jitter): set start_jitter, or starts = 0")
+    gram_dtype = raw.get("gram_dtype", "float64")
+    if gram_dtype not in GRAM_DTYPES:
+        raise _err("gram_dtype", f"must be one of {', '.join(GRAM_DTYPES)}, got {gram_dtype!r}")
     sgd = raw.get("sgd", {})
     if not isinstance(sgd, dict) or set(sgd) - {"epochs", "lr", "batch_size", "seed"}:
         raise _err("sgd", "allowed sub-keys: epochs, lr, batch_size, seed")
@@ -276,7 +288,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         rep_block=min(_int(raw, "rep_block", 20), reps), seed=_int(raw, "seed", 0, minimum=0),
         algorithm=algorithm, max_iter=_int(raw, "max_iter", 200), jitter=float(jitter),
         bound_scale=float(bound_scale), starts=starts,
-        start_jitter=None if start_jitter is None else float(start_jitter),
+        start_jitter=None if start_jitter is None else float(start_jitter), gram_dtype=gram_dtype,
         fit_gates=tuple(fit_gates) if fit_gates else None, k_fit=k_fit,
         losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
         panels=tuple(panels), description=str(raw.get("description", "")),

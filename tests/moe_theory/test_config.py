@@ -69,3 +69,16 @@ def test_the_cli_exits_2_on_a_bad_box(tmp_path: Path, capsys):
     assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "bound_scale" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_gram_dtype_key():
+    """The float64 Gram (the default) hashes as before the key existed: its fits are unchanged,
+    bit for bit; a lower-precision Gram takes another path to the same fixed points, so its
+    results are told apart. A bad value is named."""
+    assert parse_config(BASE).gram_dtype == "float64"
+    assert parse_config({**BASE, "gram_dtype": "float64"}).hash == parse_config(BASE).hash
+    mixed = parse_config({**BASE, "gram_dtype": "tf32"})
+    assert mixed.gram_dtype == "tf32" and mixed.hash != parse_config(BASE).hash
+    assert parse_config(mixed.to_dict()) == mixed
+    with pytest.raises(ValueError, match="gram_dtype"):
+        parse_config({**BASE, "gram_dtype": "bf16"})
