@@ -12,6 +12,7 @@ import sys
 
 from benchmarks import (
     attention,
+    certified_figure,
     compare_tables,
     fit_agreement,
     fit_profile,
@@ -23,7 +24,7 @@ from benchmarks import (
 )
 
 SUBCOMMANDS = (moe, attention, fit_profile, fit_agreement, lm_parts, memory_check, sweep_scaling,
-               compare_tables, gpu_tests)
+               compare_tables, gpu_tests, certified_figure)
 
 
 def main(argv: list[str] | None = None) -> int:

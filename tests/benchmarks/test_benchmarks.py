@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from benchmarks.__main__ import SUBCOMMANDS, main
 from benchmarks.output import gpu_label, result_path, write_json
 
 NAMES = ("moe", "attention", "fit-profile", "fit-agreement", "lm-parts", "memory-check",
-         "sweep-scaling", "compare-tables", "gpu-tests")
+         "sweep-scaling", "compare-tables", "gpu-tests", "certified-figure")
 
 
 def test_every_benchmark_is_a_subcommand():
@@ -152,3 +153,53 @@ def test_gpu_tests_runner(tmp_path, monkeypatch):
     assert summary["complete"] and summary["collected"] == 4
     assert sorted(p["status"] for p in summary["parts"]) == ["failed", "passed"]
     assert summary["provenance"]["device"] in ("cpu", "cuda:0")
+
+
+def test_certified_figure_at_toy_size(tmp_path):
+    """The fast preset's 4 settings x 2 gates at one n, 2 replications x 3 starts, 4 iterations,
+    float64 and float32 Gram on the same shards: every phase timed, every loss compared."""
+    from benchmarks import certified_figure
+
+    path = tmp_path / "fig.json"
+    assert main(["certified-figure", "--fast", "--n-num", "1", "--reps", "2", "--max-iter", "4",
+                 "--no-certificates", "--gram", "float64,float32", "--design-size", "500",
+                 "--device", "cpu", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert out["provenance"]["device"] == "cpu" and out["complete"] and out["n"] == [1000]
+    assert {"gbar", "data", "fit[float64]", "fit[float32]", "losses[float32]"} <= set(
+        out["phases_s"])
+    assert len(out["fits"]) == 2 * 8 and {f["gram"] for f in out["fits"]} == {"float64", "float32"}
+    for v in ("float64", "float32"):
+        assert out["per_gram"][v]["estimated_process_wall_s"] > out["per_gram"][v]["fit_s"] > 0
+    agree = out["agreement"]["float32"]
+    assert agree["compared"] == sum(len(r["values"]) for r in out["losses"]
+                                    if r["gram"] == "float32") > 0
+    assert math.isfinite(agree["max_rel_diff"]) and agree["holds"] == (agree["over_rtol"] == 0)
+    assert certified_figure._grid(tuple(range(1, 16)), 10, 4) == [1, 4, 7, 10]
+
+
+def test_certified_figure_agreement_counts():
+    """Identical losses agree exactly; one loss off by 1% is the one counted over 1e-3."""
+    from benchmarks.certified_figure import agreement
+
+    fit = {"setting": "s", "gate": "g", "n": 10, "stop_test": ["gtol"] * 2, "n_iter": [3, 4],
+           "fit_loss": [1.0, 2.0]}
+    rec = {"setting": "s", "gate": "g", "n": 10, "loss": "D1", "values": [1.0, 2.0]}
+    fits = [{**fit, "gram": "float64"}, {**fit, "gram": "tf32"}, {**fit, "gram": "float32"}]
+    records = [{**rec, "gram": "float64"}, {**rec, "gram": "tf32"},
+               {**rec, "gram": "float32", "values": [1.0, 2.02]}]
+    out = agreement(records, fits, ["float64", "tf32", "float32"])
+    assert out["tf32"]["max_rel_diff"] == 0 and out["tf32"]["holds"]
+    assert out["float32"]["over_rtol"] == 1 and out["float32"]["worst"][0]["rep"] == 1
+    assert abs(out["float32"]["max_rel_diff"] - 0.01) < 1e-12
+
+
+def test_certified_point_at_toy_size(tmp_path):
+    path = tmp_path / "point.json"
+    assert main(["certified-figure", "--n", "2e3", "--setting", "small-dense-relu", "--reps", "2",
+                 "--max-iter", "3", "--gram", "float32", "--device", "cpu",
+                 "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    fit = out["fits"]["float32"]
+    assert out["n"] == 2000 and out["data_bytes"] == 2 * 2000 * (2 + 1) * 8
+    assert 1 <= fit["batch_iterations"] <= 3 and fit["s_per_batch_iteration"] > 0
