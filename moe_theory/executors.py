@@ -11,6 +11,12 @@ to a Dask distributed cluster: an existing scheduler (``scheduler="tcp://host:87
 its device. Whatever the back-end, a shard's task writes its own result file and returns small
 metadata, so no table travels back to the driver and the results never depend on which worker
 ran what, or in which order.
+
+Scheduling (docs/design.md#scheduling): given a cost model (:func:`shard_cost`), the shards go
+out largest first, so that the last to finish are small and no worker waits long for another at
+the end; Dask gets the cost as each task's priority and hands the queued tasks to whichever
+worker frees up (or steals them back from a busy one). :func:`shared_cluster` keeps one Dask
+cluster, started in the background, for every sweep run inside it (``reproduce all``).
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from moe_theory.certificates import free_parameters
+from moe_theory.config import SweepConfig
 from moe_theory.store import Shard
 from moe_theory.threads import apply_thread_default
 
@@ -41,7 +49,37 @@ EXECUTORS = ("local", "processes", "dask")
 #: 66 s in four (100 s in one, measured before a first-shard fix; ``kernels/moe/NOTES.md``); each
 #: process holds its own caches, so three.
 GPU_PROCESSES = 3
+#: Set in the environment of workers started for a GPU: their start-up also creates the CUDA
+#: context (:func:`dask_setup`), so that the first shard does not pay for it.
+WARM_CUDA_ENV = "MOE_THEORY_WARM_CUDA"
 T = TypeVar("T")
+
+
+# ---- scheduling -------------------------------------------------------------------------------
+
+def shard_cost(config: SweepConfig, shard: Shard) -> float:
+    """The relative work of a shard: the order in which shards are handed out, and across the
+    sweeps of one cluster the Dask priority, so the absolute scale means nothing.
+
+    Every start of every replication is one problem of the shard's batched fit (one per fitted
+    gate); a Levenberg-Marquardt iteration of a problem costs about ``n p^2`` (forming
+    ``J^T J``, ``p`` free parameters), a first-order iteration about ``n p``. The number of
+    iterations is not known before the fit: it is taken as the same for every shard (the same
+    ``max_iter`` caps it; most fits stop on their tolerance well before).
+    """
+    setting = config.setting(shard.setting)
+    problems = (shard.rep_stop - shard.rep_start) * (1 + config.starts)
+    per_problem = 0
+    for gate in config.gates_for(setting):
+        p = free_parameters(gate, setting.score, setting.expert, setting.d, setting.k_fit)
+        per_problem += p * p if config.algorithm == "lm" else p
+    return float(problems * shard.n * per_problem)
+
+
+def largest_first(shards: Sequence[Shard], cost: Callable[[Shard], float]) -> list[Shard]:
+    """``shards`` by decreasing cost; shards of equal cost keep their plan order (a stable sort),
+    so the order is the same on every run."""
+    return sorted(shards, key=lambda shard: -cost(shard))
 
 
 def parse_gpus(gpus: str | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -101,41 +139,144 @@ def check_executor(executor: str, *, scheduler: str | None = None,
                          "pip install 'moe-theory[distributed]'") from None
 
 
-@contextmanager
-def dask_client(*, scheduler: str | None = None, local_workers: int | None = None,
-                gpus: tuple[int, ...] | None = None) -> Iterator[Client]:
-    """A client of an existing scheduler, or of a cluster started (and closed) here.
+def dask_setup(worker: Any) -> None:
+    """Dask's hook for a preloaded module (the workers this module starts preload it): the
+    package is imported, and on a worker started for a GPU the CUDA context is created, while
+    the cluster starts, before any shard is handed to the worker."""
+    import moe_theory.sweep  # noqa: F401  (the shards' code: its imports take seconds)
 
-    Local workers are processes with one thread each: a fit already uses the whole device it is
-    given, and a process per worker keeps a crash (or ``kill -9``) to one shard.
-    """
+    if os.environ.get(WARM_CUDA_ENV) == "1" and torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+
+
+def _start_cluster(*, local_workers: int | None, gpus: tuple[int, ...] | None,
+                   processes_per_gpu: int):
+    """A new cluster: ``processes_per_gpu`` workers per GPU, each pinned to it, or a
+    ``LocalCluster`` of ``local_workers`` processes."""
     # Dask is an optional dependency (the ``distributed`` extra): imported where it is used
-    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    if gpus is not None:
+        # CUDA_VISIBLE_DEVICES set before the worker process starts: each worker sees its GPU as
+        # "cuda", so the rows' device column (and the table) is the same for any number of GPUs
+        workers = {
+            (f"gpu{g}" if processes_per_gpu == 1 else f"gpu{g}-{i}"): {"cls": Nanny, "options": {
+                "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(g), WARM_CUDA_ENV: "1"},
+                "preload": [__name__], "silence_logs": logging.WARNING}}
+            for g in gpus for i in range(processes_per_gpu)}
+        return SpecCluster(
+            workers=workers,
+            scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}},
+            silence_logs=logging.WARNING)
+    return LocalCluster(n_workers=local_workers or os.cpu_count() or 1, threads_per_worker=1,
+                        processes=True, host="127.0.0.1", dashboard_address=None,
+                        preload=[__name__])
+
+
+class _SharedCluster:
+    """A cluster being started in a background thread, and the client to it once it is up."""
+
+    def __init__(self, key: tuple, options: dict) -> None:
+        self.key = key
+        self._stack = ExitStack()
+        self._ready: cf.Future = cf.Future()
+        self._thread = threading.Thread(target=self._start, args=(options,), daemon=True,
+                                        name="cluster-start")
+        self._thread.start()
+
+    def _start(self, options: dict) -> None:
+        try:
+            client = self._stack.enter_context(_new_client(**options))
+        except BaseException as err:  # handed to the first sweep that needs the cluster
+            self._ready.set_exception(err)
+        else:
+            self._ready.set_result(client)
+
+    def client(self) -> Client:
+        return self._ready.result()
+
+    def close(self) -> None:
+        self._thread.join()
+        self._stack.close()
+
+
+_shared: list[_SharedCluster] = []  # the sessions of shared_cluster, innermost last
+_shared_lock = threading.Lock()
+
+
+def _cluster_key(scheduler: str | None, local_workers: int | None,
+                 gpus: tuple[int, ...] | None) -> tuple:
+    return scheduler, local_workers, None if gpus is None else tuple(gpus)
+
+
+@contextmanager
+def shared_cluster(*, scheduler: str | None = None, local_workers: int | None = None,
+                   gpus: tuple[int, ...] | None = None, processes_per_gpu: int = 1
+                   ) -> Iterator[None]:
+    """One Dask cluster for every ``dask`` :func:`map_shards` call with these options made
+    inside (from any thread): started here in a background thread, so that its start-up (worker
+    processes importing PyTorch, CUDA contexts: ~7 s for two H200s) overlaps what the caller
+    does first (G_bar references, certificates), and closed on exit. Calls with other options
+    start their own cluster as before.
+
+    ``processes_per_gpu``: workers per GPU with ``gpus`` (the ``processes`` executor's reason:
+    one process leaves a GPU idle between its kernels, :data:`GPU_PROCESSES`).
+    """
+    check_executor("dask", scheduler=scheduler, local_workers=local_workers, gpus=gpus)
+    if isinstance(processes_per_gpu, bool) or not isinstance(processes_per_gpu, int) or (
+            processes_per_gpu < 1):
+        raise ValueError(f"--workers: must be a positive integer, got {processes_per_gpu!r}")
+    session = _SharedCluster(_cluster_key(scheduler, local_workers, gpus), {
+        "scheduler": scheduler, "local_workers": local_workers, "gpus": gpus,
+        "processes_per_gpu": processes_per_gpu})
+    with _shared_lock:
+        _shared.append(session)
+    try:
+        yield
+    finally:
+        with _shared_lock:
+            _shared.remove(session)
+        session.close()
+
+
+@contextmanager
+def _new_client(*, scheduler: str | None, local_workers: int | None,
+                gpus: tuple[int, ...] | None, processes_per_gpu: int = 1) -> Iterator[Client]:
+    from distributed import Client  # optional dependency, as in _start_cluster
 
     if scheduler is not None:
         with Client(scheduler) as client:
             yield client
         return
-    if gpus is not None:
-        # CUDA_VISIBLE_DEVICES set before the worker process starts: each worker sees its GPU as
-        # "cuda", so the rows' device column (and the table) is the same for any number of GPUs
-        workers = {f"gpu{g}": {"cls": Nanny, "options": {
-            "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(g)},
-            "silence_logs": logging.WARNING}} for g in gpus}
-        cluster = SpecCluster(
-            workers=workers,
-            scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}},
-            silence_logs=logging.WARNING)
-    else:
-        cluster = LocalCluster(n_workers=local_workers or os.cpu_count() or 1, threads_per_worker=1,
-                               processes=True, host="127.0.0.1", dashboard_address=None)
+    cluster = _start_cluster(local_workers=local_workers, gpus=gpus,
+                             processes_per_gpu=processes_per_gpu)
     with cluster, Client(cluster) as client:
+        yield client
+
+
+@contextmanager
+def dask_client(*, scheduler: str | None = None, local_workers: int | None = None,
+                gpus: tuple[int, ...] | None = None) -> Iterator[Client]:
+    """A client of an existing scheduler, of the :func:`shared_cluster` started for these
+    options, or of a cluster started (and closed) here.
+
+    Local workers are processes with one thread each: a fit already uses the whole device it is
+    given, and a process per worker keeps a crash (or ``kill -9``) to one shard.
+    """
+    key = _cluster_key(scheduler, local_workers, gpus)
+    with _shared_lock:
+        session = next((s for s in reversed(_shared) if s.key == key), None)
+    if session is not None:
+        yield session.client()
+        return
+    with _new_client(scheduler=scheduler, local_workers=local_workers, gpus=gpus) as client:
         yield client
 
 
 def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: str = "local",
                scheduler: str | None = None, local_workers: int | None = None,
-               gpus: tuple[int, ...] | None = None, device: str = "cpu") -> Iterator[T]:
+               gpus: tuple[int, ...] | None = None, device: str = "cpu",
+               cost: Callable[[Shard], float] | None = None) -> Iterator[T]:
     """Run ``fn(shard)`` for every shard and yield the results as the shards finish.
 
     Parameters
@@ -147,11 +288,16 @@ def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: s
     scheduler, local_workers, gpus : where the ``dask`` executor runs (see :func:`dask_client`);
         ``local_workers`` is also the ``processes`` executor's count (default: one per core on
         the CPU, :data:`GPU_PROCESSES` on a GPU, whose ``device`` the shards run on)
+    cost : the shards' relative work (:func:`shard_cost`); given, they are started largest
+        first (:func:`largest_first`), and Dask receives it as their priority (higher first, also
+        against the tasks of other sweeps on the same cluster); otherwise in the given order
 
     A worker that dies mid-shard (``kill -9``, out of host memory) is replaced by Dask and its
     shard is run again elsewhere; an error raised by ``fn`` itself stops the sweep.
     """
     check_executor(executor, scheduler=scheduler, local_workers=local_workers, gpus=gpus)
+    if cost is not None:
+        shards = largest_first(shards, cost)
     if executor == "local":
         for shard in shards:
             yield fn(shard)
@@ -164,8 +310,12 @@ def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: s
 
     with dask_client(scheduler=scheduler, local_workers=local_workers, gpus=gpus) as client:
         # pure=False: a shard's task is a side effect (its file), never to be shared by key with
-        # another sweep's task on the same scheduler
-        futures = [client.submit(fn, shard, pure=False) for shard in shards]
+        # another sweep's task on the same scheduler. The scheduler queues tasks beyond what the
+        # workers hold and hands out the highest priority first as a worker frees up; tasks it
+        # placed on a worker early are stolen back by idle ones: largest first, to the end
+        futures = [client.submit(fn, shard, pure=False,
+                                 priority=0 if cost is None else cost(shard))
+                   for shard in shards]
         try:
             for future in as_completed(futures):
                 result: Any = future.result()

@@ -4,7 +4,11 @@ Where no k-atom measure of the fitted gate equals ``f_{G*}`` (dense regime, or a
 the truth's), the LSE converges to ``G_bar in argmin ||f_G - f_{G*}||_{L2(mu)}``
 (docs/theory.md#the-reference-measure-g_bar).
 We compute it as the LSE on a large noise-free design and cache it per (setting, fitted gate,
-design size), since every sweep over the setting needs the same one.
+design size), since every sweep over the setting needs the same one. It is computed once per
+cache entry, whatever asks at the same time: threads of one process (the figures of
+``reproduce all``) wait on a lock per entry, processes of one machine (a cluster's workers) on a
+file lock beside it; whoever waited then reads what the first one wrote. A process keeps the
+entries it has read, so a worker reads each file once.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +30,11 @@ from moe_theory.estimators import fit_lse
 from moe_theory.initialization import near_truth
 from moe_theory.measure import MixingMeasure
 from moe_theory.settings import Setting
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: there only the threads of one process are kept apart
+    fcntl = None
 
 #: Design sizes of the population fit (docs/theory.md#the-reference-measure-g_bar).
 DESIGN_SIZE = {"cuda": 10**6, "cpu": 2 * 10**5}
@@ -51,9 +63,63 @@ def population_lse(
     """``G_bar``: the k-atom least-squares fit of ``fit_gate`` to the noise-free ``f_{G*}``."""
     device_type = torch.device(device).type
     design_size = design_size or DESIGN_SIZE.get(device_type, DESIGN_SIZE["cpu"])
+    if not use_cache:
+        return _fit_population(setting, fit_gate, design_size, device, backend)
     path = cache_dir() / f"gbar-{setting.name}-{fit_gate}-{_cache_key(setting, fit_gate, design_size)}.json"
-    if use_cache and path.exists():
-        return MixingMeasure.from_json(path.read_text())
+    text = _read(path)
+    if text is None:
+        with _computing(path):
+            # another thread or process may have written it while this one waited
+            text = _read(path)
+            if text is None:
+                text = _fit_population(setting, fit_gate, design_size, device, backend).to_json()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # write then rename: a crash never leaves a half-written cache entry
+                with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
+                                                 suffix=".tmp") as tmp:
+                    tmp.write(text)
+                os.replace(tmp.name, path)
+                _read_entries[path] = text
+    # a new object per call: callers never share (and so never alter) one another's
+    return MixingMeasure.from_json(text)
+
+
+#: Cache entries this process has read or written (path -> JSON): an entry never changes once
+#: written (its name hashes everything it depends on).
+_read_entries: dict[Path, str] = {}
+_locks: dict[Path, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _read(path: Path) -> str | None:
+    text = _read_entries.get(path)
+    if text is None and path.exists():
+        text = _read_entries[path] = path.read_text()
+    return text
+
+
+@contextmanager
+def _computing(path: Path) -> Iterator[None]:
+    """Held while one caller computes the entry ``path``: a lock per entry among this process's
+    threads, then an exclusive ``flock`` on ``<entry>.lock`` among processes (released by the
+    kernel if the holder dies, so a killed worker blocks no one)."""
+    with _locks_lock:
+        lock = _locks.setdefault(path, threading.Lock())
+    with lock:
+        if fcntl is None:
+            yield
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fit_population(setting: Setting, fit_gate: str, design_size: int, device: str,
+                    backend: str) -> MixingMeasure:
     truth = setting.truth()
     rng = np.random.default_rng([DESIGN_SEED, design_size])
     X = torch.as_tensor(sample_inputs(design_size, setting.d, rng, setting.x_dist),
@@ -62,14 +128,7 @@ def population_lse(
     fit = fit_lse(X, Y, setting.k_fit, fit_gate, setting.expert, setting.score,
                   init=near_truth(truth, setting.k_fit, seed=DESIGN_SEED, split=setting.split),
                   max_iter=GBAR_MAX_ITER, ftol=1e-13, gtol=1e-13, backend=backend)
-    g_bar = fit.measure.to(device="cpu")
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # write then rename: a crash never leaves a half-written cache entry
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-            tmp.write(g_bar.to_json())
-        os.replace(tmp.name, path)
-    return g_bar
+    return fit.measure.to(device="cpu")
 
 
 def reference_measure(setting: Setting, fit_gate: str, **kwargs) -> tuple[str, MixingMeasure]:

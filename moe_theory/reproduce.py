@@ -5,14 +5,21 @@ Every figure folder gets its summary table (``rates`` or another name) as text, 
 figure as PNG and PDF, its tidy results as CSV, and ``run.json``: wall times and the provenance
 of the run (git commit and whether the tree was dirty, device, library versions;
 docs/design.md#provenance).
+
+With a Dask cluster (``gpus`` or ``local_workers``), every figure of the call runs on one cluster,
+started in the background while the first figure's references are computed, and the figures
+overlap: while one figure's shards run on the cluster, this process prepares the next one's
+references and checks and draws the finished ones (docs/design.md#scheduling).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +29,14 @@ from moe_theory import baseline
 from moe_theory.certificates import FolderCertificates
 from moe_theory.check import run_check
 from moe_theory.config import SweepConfig, load_config, named_configs
-from moe_theory.executors import GPU_PROCESSES
+from moe_theory.executors import GPU_PROCESSES, parse_gpus, shard_cost, shared_cluster
 from moe_theory.plotting import plot_panels
 from moe_theory.population import cache_dir
 from moe_theory.provenance import provenance
 from moe_theory.rates import format_rates_table, rates_table
-from moe_theory.store import atomic_write
+from moe_theory.store import atomic_write, plan, read_manifest, write_manifest
 from moe_theory.studies import StudyOutput, attention_regularity, attention_teacher
-from moe_theory.sweep import run_sweep
+from moe_theory.sweep import prepare_references, run_sweep
 from moe_theory.validation import check_device
 
 #: What a fitted gate is drawn with when the config's [plot] table does not say: the first loss
@@ -43,6 +50,9 @@ EXPERIMENTS: dict[str, Callable[..., StudyOutput]] = {
     "attention-teacher": attention_teacher.run,
     "attention-regularity": attention_regularity.run,
 }
+#: Held while a figure starts its baseline: baseline.start sets and restores environment
+#: variables around the spawn, which two figures' threads doing it at once would leave changed.
+_BASELINE_START = threading.Lock()
 
 
 def plot_losses(config: SweepConfig, gate: str) -> tuple[str, ...]:
@@ -109,15 +119,20 @@ def _stage(step: int, stages: int, what: str, start: float) -> None:
 
 def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
               device: str = "cpu", backend: str = "auto", workers: int | None = None,
-              certify: bool = False) -> pd.DataFrame:
+              certify: bool = False, gpus: str | Sequence[int] | None = None,
+              local_workers: int | None = None) -> pd.DataFrame:
     """Run a named config into ``results/<name>[-fast]/`` (or ``out``) and write its report there.
 
     ``certify``: also run the optimiser check (:func:`moe_theory.check.run_check`) before the
     report, so that its verdicts can be firm.
 
     ``workers``: processes that compute shards side by side on ``device`` (default
-    :data:`moe_theory.executors.GPU_PROCESSES` on a GPU, 1 on the CPU); the table does not depend
-    on it.
+    :data:`moe_theory.executors.GPU_PROCESSES` on a GPU, 1 on the CPU); with ``gpus``, per GPU.
+    The table does not depend on it.
+
+    ``gpus`` (``"all"``, ``"0,1"`` or ordinals; ``device="cuda"``) or ``local_workers``: the
+    shards run on one Dask cluster for the whole call, ``workers`` processes pinned to each GPU
+    or a ``LocalCluster`` of that many processes (:func:`reproduce_figures`).
     """
     if workers is None:
         workers = GPU_PROCESSES if device.startswith("cuda") else 1
@@ -127,45 +142,150 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     if name == "all":
         # one folder per config: a shared one would mix configs (refused by the manifest check)
         suffix = "-fast" if fast else ""
-        return pd.concat([reproduce(n, fast=fast, out=None if out is None else Path(out) / (n + suffix),
-                                    device=device, backend=backend, workers=workers,
-                                    certify=certify)
-                          for n in named_configs() + list(EXPERIMENTS)], ignore_index=True)
-    if name in EXPERIMENTS:
-        return reproduce_experiment(name, fast=fast, out=out, device=device)
-    config = load_config(name, fast=fast)
-    folder = Path(out) if out is not None else DEFAULT_OUT / (config.name + ("-fast" if fast else ""))
-    start = time.perf_counter()
+        figures = [(n, None if out is None else Path(out) / (n + suffix))
+                   for n in named_configs() + list(EXPERIMENTS)]
+    else:
+        figures = [(name, None if out is None else Path(out))]
+    return reproduce_figures(figures, fast=fast, device=device, backend=backend, workers=workers,
+                             certify=certify, gpus=gpus, local_workers=local_workers)
+
+
+def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast: bool = False,
+                      device: str = "cpu", backend: str = "auto", workers: int = 1,
+                      certify: bool = False, gpus: str | Sequence[int] | None = None,
+                      local_workers: int | None = None) -> pd.DataFrame:
+    """Run each figure (a config's name or path, or an experiment of :data:`EXPERIMENTS`) into
+    its folder (None: ``results/<name>[-fast]/``); their summary tables, concatenated in order.
+
+    Without a cluster the figures run one after the other, the shards in ``workers`` processes
+    on ``device``. With ``gpus`` or ``local_workers`` they share one Dask cluster (started once,
+    in the background) and overlap: this process prepares each figure's references (G_bar,
+    certificates) in turn, starting its sweep as soon as they are ready, so the cluster holds the
+    shards of every started figure at once and runs the largest first
+    (:func:`moe_theory.executors.shard_cost`); a finished sweep's check and report run here
+    while the cluster works on the rest. This process's own work (references, checks, reports,
+    the experiments) runs one stage at a time. The tables are those of a serial run.
+    """
+    gpu_ids = parse_gpus(gpus)
+    if gpu_ids is not None and local_workers is not None:
+        raise ValueError("--gpus: give one of --gpus, --local-workers")
+    if gpu_ids is not None and device != "cuda":
+        raise ValueError(f"device: --gpus pins each worker to one GPU, which it sees as 'cuda'; "
+                         f"got {device!r}")
+    common = {"fast": fast, "device": device, "backend": backend, "certify": certify}
+    if gpu_ids is None and local_workers is None:
+        options = {"executor": "processes", "local_workers": workers} if workers > 1 else {}
+        return pd.concat([
+            reproduce_experiment(str(fig), fast=fast, out=folder, device=device)
+            if fig in EXPERIMENTS else
+            _sweep_figure(*_config_folder(fig, folder, fast), **common, workers=workers,
+                          sweep_options=options)
+            for fig, folder in figures], ignore_index=True)
+    cluster = {"gpus": gpu_ids} if gpu_ids is not None else {"local_workers": local_workers}
+    with shared_cluster(**cluster, processes_per_gpu=workers if gpu_ids is not None else 1):
+        return _overlapped(figures, common, workers=workers,
+                           sweep_options={"executor": "dask", **cluster})
+
+
+def _config_folder(fig: str | Path, folder: Path | None, fast: bool) -> tuple[SweepConfig, Path]:
+    config = load_config(fig, fast=fast)
+    return config, Path(folder) if folder is not None else DEFAULT_OUT / (
+        config.name + ("-fast" if fast else ""))
+
+
+def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict, *,
+                workers: int, sweep_options: dict) -> pd.DataFrame:
+    """:func:`reproduce_figures` on a shared cluster: a thread per sweep, this process's own
+    work one stage at a time (``driver``)."""
+    driver = threading.Lock()
+    tables: dict[int, pd.DataFrame] = {}
+    errors: list[BaseException] = []
+    sweeps = [(i, *_config_folder(fig, folder, common["fast"]))
+              for i, (fig, folder) in enumerate(figures) if fig not in EXPERIMENTS]
+    # the largest figure first: its references are prepared first, so its shards (the most
+    # work) reach the cluster first
+    sweeps.sort(key=lambda job: -sum(shard_cost(job[1], shard) for shard in plan(job[1])))
+
+    def figure(i: int, config: SweepConfig, folder: Path, start: float) -> None:
+        try:
+            tables[i] = _sweep_figure(config, folder, **common, workers=workers,
+                                      sweep_options=sweep_options, driver=driver, start=start)
+        except BaseException as err:  # raised by the caller once every figure has ended
+            errors.append(err)
+
+    threads = []
+    for i, config, folder in sweeps:
+        start = time.perf_counter()
+        with driver:
+            _stage(1, 3 if common["certify"] else 2,
+                   f"{config.name}: G_bar references (cached in {cache_dir()}) and their "
+                   "certificates, while the cluster runs what is already started", start)
+            existing = read_manifest(folder)
+            if existing is None or existing.get("config_hash") != config.hash:
+                # refuses another config's folder (unless empty) before anything is written there
+                write_manifest(folder, config)
+            prepare_references(config, folder, device=common["device"],
+                               backend=common["backend"],
+                               log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        thread = threading.Thread(target=figure, args=(i, config, folder, start),
+                                  name=f"figure-{config.name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    for i, (fig, folder) in enumerate(figures):
+        if fig in EXPERIMENTS:
+            with driver:
+                tables[i] = reproduce_experiment(str(fig), fast=common["fast"], out=folder,
+                                                 device=common["device"])
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return pd.concat([tables[i] for i in range(len(figures))], ignore_index=True)
+
+
+def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str, backend: str,
+                  certify: bool, workers: int, sweep_options: dict,
+                  driver: AbstractContextManager | None = None, start: float | None = None
+                  ) -> pd.DataFrame:
+    """One config's sweep, optimiser check and report into ``folder``; ``driver`` is held while
+    this process checks and draws (one figure at a time)."""
+    driver = driver if driver is not None else nullcontext()
+    start = start if start is not None else time.perf_counter()
     # on a GPU, the CPU baseline runs beside the sweep (the ratio it is judged by,
     # docs/kernels.md#measuring-speed)
-    pending = baseline.start(config, fast) if device.startswith("cuda") else None
+    with _BASELINE_START:
+        pending = baseline.start(config, fast) if device.startswith("cuda") else None
     stages = 3 if certify else 2
-    _stage(1, stages, f"sweep: G_bar references (cached in {cache_dir()}) and their certificates, "
-                      "then the fits", start)
-    df = run_sweep(config, folder, device=device, backend=backend,
-                   **({"executor": "processes", "local_workers": workers} if workers > 1 else {}))
+    _stage(1, stages, f"{config.name}: sweep: G_bar references (cached in {cache_dir()}) and "
+                      "their certificates, then the fits", start)
+    df = run_sweep(config, folder, device=device, backend=backend, **sweep_options)
     sweep_s = time.perf_counter() - start
-    if certify:
-        _stage(2, stages, "certificates: the optimiser check", start)
-        run_check(folder, device=device, backend=backend)
-    _stage(stages, stages, "rates, verdicts and figures", start)
-    table = write_report(df, config, folder)
-    run = write_run(folder, {
-        "config": config.name, "fast": fast, "config_hash": config.hash,
-        "wall_s_this_call": round(time.perf_counter() - start, 2),
-        "fit_wall_s": round(float(df.drop_duplicates(["setting", "fit_gate", "n", "rep"]).wall_s.sum()), 2),
-        "sweep_wall_s": round(sweep_s, 2), "workers": workers, "rows": len(df),
-        "scipy_baseline": baseline.summarise(pending, df),
-    }, device)
-    print(format_rates_table(table))
-    if run["scipy_baseline"] and "error" not in run["scipy_baseline"]:
-        b = run["scipy_baseline"]
-        print(f"\nscipy baseline (1 CPU thread, {b['setting']} {b['fit_gate']} n={b['n']}): "
-              f"{b['scipy_s_per_fit_estimate']:.1f} s per fit vs ours {b['ours_s_per_fit']:.3f} s "
-              f"({b['speedup_per_fit']:.0f}x); whole grid ~{b['scipy_full_grid_estimate_s']:.0f} s "
-              f"vs ours {b['ours_full_grid_fit_s']:.0f} s of fits")
-    print(f"\nwrote {folder}/ ({config.name}.png/.pdf, rates.txt/.csv/.json, results.csv); "
-          f"{run['wall_s_this_call']:.0f} s on {device}")
+    with driver:
+        if certify:
+            _stage(2, stages, f"{config.name}: certificates: the optimiser check", start)
+            run_check(folder, device=device, backend=backend)
+        _stage(stages, stages, f"{config.name}: rates, verdicts and figures", start)
+        table = write_report(df, config, folder)
+        run = write_run(folder, {
+            "config": config.name, "fast": fast, "config_hash": config.hash,
+            "wall_s_this_call": round(time.perf_counter() - start, 2),
+            "fit_wall_s": round(float(df.drop_duplicates(
+                ["setting", "fit_gate", "n", "rep"]).wall_s.sum()), 2),
+            "sweep_wall_s": round(sweep_s, 2), "workers": workers, "rows": len(df),
+            "executor": sweep_options.get("executor", "local"),
+            **({"gpus": list(sweep_options["gpus"])} if "gpus" in sweep_options else {}),
+            "scipy_baseline": baseline.summarise(pending, df),
+        }, device)
+        print(format_rates_table(table))
+        if run["scipy_baseline"] and "error" not in run["scipy_baseline"]:
+            b = run["scipy_baseline"]
+            print(f"\nscipy baseline (1 CPU thread, {b['setting']} {b['fit_gate']} n={b['n']}): "
+                  f"{b['scipy_s_per_fit_estimate']:.1f} s per fit vs ours "
+                  f"{b['ours_s_per_fit']:.3f} s ({b['speedup_per_fit']:.0f}x); whole grid "
+                  f"~{b['scipy_full_grid_estimate_s']:.0f} s vs ours "
+                  f"{b['ours_full_grid_fit_s']:.0f} s of fits")
+        print(f"\nwrote {folder}/ ({config.name}.png/.pdf, rates.txt/.csv/.json, results.csv); "
+              f"{run['wall_s_this_call']:.0f} s on {device}")
     return table
 
 

@@ -28,7 +28,7 @@ from moe_theory.certificates import certify_references
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
 from moe_theory.estimators import box_bounds, fit_lse
-from moe_theory.executors import check_executor, map_shards, parse_gpus
+from moe_theory.executors import check_executor, map_shards, parse_gpus, shard_cost
 from moe_theory.initialization import NearTruth, multi_start
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import reference_measure
@@ -113,7 +113,7 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
         fit = fit_lse(X, Y, setting.k_fit, gate, setting.expert, setting.score, init=init,
                       algorithm=config.algorithm, backend=backend, reference=ref, bounds=bounds,
                       noise_var=setting.noise_var, max_iter=config.max_iter,
-                      sgd=config.sgd_protocol(), rep_ids=rep_ids)
+                      sgd=config.sgd_protocol(), rep_ids=rep_ids, gram_dtype=config.gram_dtype)
         fitted = fit.measure.to(device="cpu")
         base = {
             "setting": setting.name, "truth_gate": setting.truth_gate, "fit_gate": gate,
@@ -265,6 +265,23 @@ def _log_shard(meta: dict, log: Callable[[str], None], bar, *, index: int, total
             f"{meta['rep_block']}{retried}; {elapsed:.0f} s elapsed, ETA {eta:.0f} s)")
 
 
+def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "cpu",
+                       backend: str = "auto", log: Callable[[str], None]) -> None:
+    """The sweep's G_bar references, each computed once here (or read from the cache) before any
+    shard needs it, and their certificates saved in ``out``; workers of this machine then read
+    the cache instead of racing to compute the same reference."""
+    for setting in config.setting_objects():
+        for gate in config.gates_for(setting):
+            if setting.reference_kind(gate) == "G_bar":
+                t0 = time.perf_counter()
+                reference_measure(setting, gate, device=device, backend=backend)
+                log(f"reference G_bar for {setting.name} / {gate} fit ready "
+                    f"({time.perf_counter() - t0:.1f} s)")
+    # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
+    certify_references(config, out, device=device, backend=backend, log=log,
+                       losses=functools.partial(applicable_losses, wanted=config.losses))
+
+
 def run_sweep(
     config: SweepConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
     force: bool = False, log: Callable[[str], None] | None = None, executor: str = "local",
@@ -318,17 +335,7 @@ def run_sweep(
         # compile the kernels of every fitted model in the background while G_bar is computed
         precompile(_kernel_models(config))
     if scheduler is None:
-        # workers on this machine share the G_bar cache: compute each reference once, here
-        for setting in config.setting_objects():
-            for gate in config.gates_for(setting):
-                if setting.reference_kind(gate) == "G_bar":
-                    t0 = time.perf_counter()
-                    reference_measure(setting, gate, device=device, backend=backend)
-                    log(f"reference G_bar for {setting.name} / {gate} fit ready "
-                        f"({time.perf_counter() - t0:.1f} s)")
-        # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
-        certify_references(config, out, device=device, backend=backend, log=log,
-                           losses=functools.partial(applicable_losses, wanted=config.losses))
+        prepare_references(config, out, device=device, backend=backend, log=log)
     if device.startswith("cuda") and executor != "local":
         # the references' fits leave memory in this process's cache that the workers need
         torch.cuda.empty_cache()
@@ -352,7 +359,8 @@ def run_sweep(
             else:
                 index = len(finished)
                 for meta in map_shards(work, free, executor=executor, scheduler=scheduler,
-                                       local_workers=local_workers, gpus=gpu_ids, device=device):
+                                       local_workers=local_workers, gpus=gpu_ids, device=device,
+                                       cost=functools.partial(shard_cost, config)):
                     if meta["status"] == "computed":
                         computed, index = computed + 1, index + 1
                         _log_shard(meta, log, bar, index=index, total=len(shards),

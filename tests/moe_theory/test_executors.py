@@ -1,7 +1,9 @@
-"""Sweeps through the executor boundary: Dask equals local, faults, bad input, OOM halving (CPU)."""
+"""Sweeps through the executor boundary: Dask equals local, faults, bad input, OOM halving;
+scheduling (largest first, one cluster for several figures, G_bar computed once) (CPU)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
@@ -16,9 +18,11 @@ import pandas as pd
 import pytest
 import torch
 
-from moe_theory import store, sweep
+from moe_theory import executors, population, reproduce, store, sweep
 from moe_theory.cli import main
-from moe_theory.config import load_config
+from moe_theory.config import load_config, parse_config
+from moe_theory.executors import largest_first, map_shards, shard_cost
+from moe_theory.settings import get_setting
 from moe_theory.store import SORT_KEYS, Shard, merge, plan, shard_path
 from moe_theory.sweep import compute_shard, run_sweep
 
@@ -90,12 +94,64 @@ def cluster():
         yield cluster
 
 
-def test_local_cluster_equals_local(cluster, config_path, local_run, tmp_path):
+def test_local_cluster_equals_local(cluster, config_path, local_run, tmp_path, monkeypatch):
+    """The shards reach Dask largest first, each with its cost as priority, and the table is the
+    serial one bit for bit."""
+    from distributed import Client
+
+    submitted: list[tuple[Shard, float]] = []
+    real_submit = Client.submit
+
+    def recording_submit(self, fn, shard, **kwargs):
+        submitted.append((shard, kwargs["priority"]))
+        return real_submit(self, fn, shard, **kwargs)
+
+    monkeypatch.setattr(Client, "submit", recording_submit)
+    config = load_config(config_path)
     lines: list[str] = []
-    df = run_sweep(load_config(config_path), tmp_path, executor="dask",
-                   scheduler=cluster.scheduler_address, log=lines.append)
+    df = run_sweep(config, tmp_path, executor="dask", scheduler=cluster.scheduler_address,
+                   log=lines.append)
     assert_same_table(df, local_run[1])
-    assert len(done(lines)) == len(plan(load_config(config_path)))
+    assert len(done(lines)) == len(plan(config))
+    shards = [shard for shard, _ in submitted]
+    # TINY plans n = 200 before n = 300: largest first reverses them
+    assert [s.n for s in shards] == [300, 300, 200, 200]
+    assert shards == largest_first(plan(config), lambda s: shard_cost(config, s))
+    priorities = [priority for _, priority in submitted]
+    assert priorities == [shard_cost(config, s) for s in shards]
+    assert priorities[0] > priorities[-1]
+
+
+def test_shard_cost_counts_samples_replications_starts_and_parameters():
+    config = parse_config({"name": "c", "settings": ["small-sparse-relu", "nguyen2024-dense-relu"],
+                           "fit_gates": ["sigmoid"], "n": [100, 200], "reps": 4, "rep_block": 2,
+                           "starts": 1, "start_jitter": 0.1})
+    base = shard_cost(config, Shard("small-sparse-relu", 100, 0, 2))
+    assert shard_cost(config, Shard("small-sparse-relu", 200, 0, 2)) == 2 * base
+    assert shard_cost(config, Shard("small-sparse-relu", 100, 0, 4)) == 2 * base
+    more_starts = parse_config({**config.to_dict(), "starts": 3})
+    assert shard_cost(more_starts, Shard("small-sparse-relu", 100, 0, 2)) == 2 * base  # 4 vs 2
+    # d = 32, k = 9 against d = 2, k = 3: (p / p')^2 times the work per sample for LM
+    from moe_theory.certificates import free_parameters
+
+    p = {name: free_parameters("sigmoid", s.score, s.expert, s.d, s.k_fit)
+         for name in config.settings for s in [get_setting(name)]}
+    assert shard_cost(config, Shard("nguyen2024-dense-relu", 100, 0, 2)) == base * (
+        p["nguyen2024-dense-relu"] / p["small-sparse-relu"]) ** 2
+    first_order = parse_config({**config.to_dict(), "algorithm": "adam"})
+    assert shard_cost(first_order, Shard("small-sparse-relu", 100, 0, 2)) == (
+        base / p["small-sparse-relu"])
+
+
+@pytest.mark.parametrize("executor", ["local", "processes"])
+def test_map_shards_hands_out_largest_first(executor):
+    """Ties keep the plan order; one worker process (this one) takes them in that order."""
+    shards = [Shard("s", n, r, r + 1) for n in (100, 300, 200) for r in (0, 1)]
+    workers = {"local_workers": 1} if executor == "processes" else {}
+    order = list(map_shards(lambda shard: shard, shards, executor=executor, **workers,
+                            cost=lambda shard: shard.n))
+    assert order == [shards[2], shards[3], shards[4], shards[5], shards[0], shards[1]]
+    assert list(map_shards(lambda shard: shard, shards)) == shards  # no cost: as given
 
 
 def test_process_pool_equals_local(config_path, local_run, tmp_path):
@@ -384,3 +440,125 @@ def test_reproduce_rejects_bad_workers(tmp_path, capsys):
     assert main(["reproduce", "nguyen2024", "--fast", "--out", str(out), "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---- G_bar computed once, one cluster for several figures ----------------------------------------
+
+#: Two figures that share a G_bar reference (the sparse truth is sigmoid-gated: the softmax fit
+#: is measured against its own G_bar) and differ in the rest.
+FIGURE_A = """name = "fig-a"
+settings = ["small-sparse-relu"]
+fit_gates = ["softmax"]
+n = [200, 400]
+reps = 2
+rep_block = 1
+"""
+FIGURE_B = """name = "fig-b"
+settings = ["small-sparse-relu", "small-dense-relu"]
+fit_gates = ["softmax"]
+n = [200, 300]
+reps = 2
+rep_block = 2
+seed = 1
+"""
+#: A smaller population design than the CPU's default (2 10^5, ~5 s per G_bar on one core):
+#: what is tested is who computes it, not how well.
+SMALL_DESIGN = 20_000
+
+
+@pytest.fixture
+def counted_gbar(monkeypatch, tmp_path):
+    """A fresh G_bar cache, a small design, and the list of population fits computed."""
+    monkeypatch.setenv("MOE_THEORY_CACHE", str(tmp_path / "gbar-cache"))
+    monkeypatch.setitem(population.DESIGN_SIZE, "cpu", SMALL_DESIGN)
+    fits: list[tuple[str, str]] = []
+    real = population._fit_population
+
+    def counting(setting, fit_gate, *args):
+        fits.append((setting.name, fit_gate))
+        return real(setting, fit_gate, *args)
+
+    monkeypatch.setattr(population, "_fit_population", counting)
+    return fits
+
+
+def test_gbar_is_computed_once_by_concurrent_threads(counted_gbar):
+    setting = get_setting("small-sparse-relu")
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(
+        population.population_lse(setting, "softmax"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert counted_gbar == [("small-sparse-relu", "softmax")]
+    assert len(got) == 4 and len({g.to_json() for g in got}) == 1
+    assert len({id(g) for g in got}) == 4  # each caller its own object
+
+
+def test_gbar_waits_for_the_process_computing_it(counted_gbar):
+    """Another process holding the entry's file lock is computing it: a caller waits, then
+    reads what that process wrote instead of fitting its own."""
+    setting = get_setting("small-sparse-relu")
+    path = population.cache_dir() / "gbar-{}-softmax-{}.json".format(
+        setting.name, population._cache_key(setting, "softmax", SMALL_DESIGN))
+    path.parent.mkdir(parents=True)
+    written = setting.truth().to_json()  # a stand-in the caller cannot have computed itself
+    got: list = []
+    with open(path.with_name(path.name + ".lock"), "w") as other:  # another open file: flock
+        fcntl.flock(other, fcntl.LOCK_EX)  # conflicts as between processes
+        waiter = threading.Thread(target=lambda: got.append(
+            population.population_lse(setting, "softmax")))
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive() and not got, "did not wait for the lock"
+        path.write_text(written)
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiter.join(timeout=60)
+    assert [g.to_json() for g in got] == [written]
+    assert counted_gbar == []
+
+
+def _table(folder: Path, name: str) -> pd.DataFrame:
+    """A figure's results or rates table without its timings."""
+    df = pd.read_parquet(folder / "results.parquet") if name == "results" else pd.read_csv(
+        folder / f"{name}.csv")
+    return df.drop(columns=[c for c in df.columns if c == "wall_s"])
+
+
+def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_path, monkeypatch):
+    """Two figures on one local Dask cluster (its workers threads of this process, to start in
+    a moment): one cluster started, G_bar fitted once for both, and every table (results and
+    rates) bit for bit the serial run's."""
+    distributed = pytest.importorskip("distributed")
+    paths = []
+    for text in (FIGURE_A, FIGURE_B):
+        path = tmp_path / (text.split('"')[1] + ".toml")
+        path.write_text(text)
+        paths.append(path)
+    serial = reproduce.reproduce_figures([(p, tmp_path / "serial" / p.stem) for p in paths])
+    assert counted_gbar == [("small-sparse-relu", "softmax")]
+    counted_gbar.clear()
+    monkeypatch.setenv("MOE_THEORY_CACHE", str(tmp_path / "second-cache"))
+
+    started: list[dict] = []
+    real_cluster = distributed.LocalCluster
+
+    def threads_cluster(**kwargs):
+        started.append(kwargs)
+        # in-process workers talk over Dask's inproc transport, which takes no host
+        return real_cluster(**{**kwargs, "processes": False, "host": None})
+
+    monkeypatch.setattr(distributed, "LocalCluster", threads_cluster)
+    shared = reproduce.reproduce_figures([(p, tmp_path / "dask" / p.stem) for p in paths],
+                                         local_workers=2)
+    assert len(started) == 1 and started[0]["n_workers"] == 2
+    assert counted_gbar == [("small-sparse-relu", "softmax")]
+    for p in paths:
+        for name in ("results", "rates"):
+            pd.testing.assert_frame_equal(_table(tmp_path / "dask" / p.stem, name),
+                                          _table(tmp_path / "serial" / p.stem, name),
+                                          check_exact=True)
+    pd.testing.assert_frame_equal(shared.drop(columns="wall_s"), serial.drop(columns="wall_s"),
+                                  check_exact=True)
+    assert executors._shared == []  # the session ended with the call
