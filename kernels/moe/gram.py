@@ -271,7 +271,8 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
     budget = CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
     per_sample = A + (0 if V is not None and rows is None else Q + d + 1)
     step = max(1, min(c, budget // (R * per_sample * X.element_size())))
-    one_by_one = (V is not None and rows is not None
+    grouped = None if V is None or rows is None else _groups(rows, V.shape[0])
+    one_by_one = (V is not None and rows is not None and grouped is None
                   and R * min(c, step) * Q * V.element_size() > GATHER_BYTES)
     data_rows = None if rows is None else (rows.tolist() if one_by_one else rows)
     mixed = pdtype != out.dtype
@@ -282,7 +283,15 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
             # W straight from the lower-precision U: a third of the conversions of W's
             W = (pair_products(U, s, e).to(pdtype) if pair_products
                  else role_pairs(U[:, :, s:e].to(pdtype)))
-            if V is None:
+            if grouped is not None:
+                # the problems of each data set stacked: one product per data set with V read
+                # in place, instead of one per problem or a gathered copy of V
+                order, per = grouped
+                G = V.shape[0]
+                Wg = W.index_select(0, order).reshape(G, per * W.shape[1], e - s)
+                prod = torch.bmm(Wg, V[:, a:b].to(pdtype)).reshape(G * per, W.shape[1], Q)
+                out.index_add_(0, order, prod.to(out.dtype))
+            elif V is None:
                 Xc = X[:, a:b] if rows is None else X[data_rows, a:b]
                 _add_product(out, W, _feature_pairs(Xc.to(pdtype)), mixed)
             elif rows is None:
@@ -295,6 +304,17 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
                         out[i] += (W[i] @ V[r, a:b].to(pdtype)).to(out.dtype)
                     else:
                         out[i].addmm_(W[i], V[r, a:b])
+
+
+def _groups(rows: torch.Tensor, n_data: int) -> tuple[torch.Tensor, int] | None:
+    """``(order, per)`` when ``rows`` names every one of the ``n_data`` data sets the same number
+    of times ``per`` (all starts of all replications, the common case of a multi-start fit):
+    ``order`` lists the problems data set by data set. None otherwise (one host sync)."""
+    counts = torch.bincount(rows, minlength=n_data)
+    per = int(counts[0]) if counts.numel() == n_data else 0
+    if per == 0 or not bool((counts == per).all()):
+        return None
+    return torch.argsort(rows, stable=True), per
 
 
 def _add_product(out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor, mixed: bool) -> None:

@@ -109,3 +109,33 @@ def test_gram_dtype_is_checked():
     with pytest.raises(ValueError, match="gram_dtype"):
         moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear", expert=models.get_expert("relu"),
                  backend="torch", gram_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("gram_dtype", ["float64", "float32"])
+def test_starts_sharing_data_take_one_product_per_data_set(gram_dtype, monkeypatch):
+    """Problems ``s * R + r`` on data set r (every start of every replication, in chunks of 7
+    samples) with the feature pairs kept: one product per data set, V read in place, against
+    copies of the rows formed per problem (float64 1e-12: only the summation order differs;
+    float32 products 1e-5 as in :func:`test_mixed_gram_changes_jtj_only`)."""
+    R, S, n = 3, 2, 50
+    X, Y, gp, ep = _problem("sigmoid", 2, 2, R, n, seed=11)
+    g = torch.Generator().manual_seed(12)
+    gp = torch.randn(S * R, *gp.shape[1:], generator=g, dtype=torch.float64)
+    ep = torch.randn(S * R, *ep.shape[1:], generator=g, dtype=torch.float64)
+    rows = torch.arange(S * R) % R
+    ex = models.get_expert("relu")
+    pdtype = gram.product_dtype(gram_dtype, X.dtype)
+    want = reference_moe_pass(X[rows], Y[rows], gp, ep, gate="sigmoid", score="linear",
+                              expert=ex, structured=False)
+    used = []
+    real = gram._groups
+    monkeypatch.setattr(gram, "_groups", lambda *a: (lambda r: used.append(r) or r)(real(*a)))
+    monkeypatch.setitem(gram.CHUNK_BYTES, "cpu", S * R * (3 + 6 + 3) * 8 * 7)
+    got = reference_moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear", expert=ex, rows=rows,
+                             gram_features=gram.feature_pairs(X, pdtype), gram_dtype=gram_dtype)
+    assert used and all(u is not None and u[1] == S for u in used)
+    tol = 1e-12 if gram_dtype == "float64" else 1e-5
+    for name, a, b in zip(want._fields, got, want, strict=True):
+        assert _rel(a, b) <= (tol if name == "jtj" else 1e-12), (name, _rel(a, b))
+    # a subset that leaves one data set out falls back to the per-problem products
+    assert gram._groups(torch.tensor([0, 1, 0, 1]), 3) is None
