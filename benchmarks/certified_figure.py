@@ -52,6 +52,7 @@ from moe_theory import baseline
 from moe_theory.certificates import certify_references
 from moe_theory.config import load_config
 from moe_theory.estimators import box_bounds, fit_lse
+from moe_theory.estimators.levenberg_marquardt import STOP_TESTS, stop_reason
 from moe_theory.population import population_lse
 from moe_theory.provenance import provenance
 from moe_theory.sweep import applicable_losses, shard_data, shard_init
@@ -59,6 +60,8 @@ from moe_theory.voronoi import voronoi_loss
 
 #: The issue's agreement criterion between the float64 and the mixed-precision run.
 AGREEMENT_RTOL = 1e-3
+#: Stop tests of a converged fit (moe_theory.estimators.levenberg_marquardt.STOP_TESTS).
+TOLERANCE_TESTS = tuple(t for t in STOP_TESTS[1:] if stop_reason(t) == "tolerance")
 
 
 def _process_age() -> float:
@@ -301,6 +304,7 @@ def agreement(records: list[dict], fits: list[dict], variants: list[str]) -> dic
             result[v] = {"compared": 0}
             continue
         df = pd.DataFrame(rows)
+        both = df[base + "_stop"].isin(TOLERANCE_TESTS) & df[v + "_stop"].isin(TOLERANCE_TESTS)
         worst = df.sort_values("rel_diff", ascending=False, na_position="first").head(10)
         result[v] = {
             "against": base, "compared": len(df), "rtol": AGREEMENT_RTOL,
@@ -309,6 +313,13 @@ def agreement(records: list[dict], fits: list[dict], variants: list[str]) -> dic
             "over_rtol": int((~(df.rel_diff <= AGREEMENT_RTOL)).sum()),
             "non_finite": int((~np.isfinite(df.rel_diff)).sum()),
             "holds": bool((df.rel_diff <= AGREEMENT_RTOL).all()),
+            # a fit capped by max_iter stops wherever its path is after the last iteration: only
+            # fits that both stop on a tolerance test share a fixed point to agree on
+            "by_convergence": {
+                label: {"compared": int(part.sum()),
+                        "max_rel_diff": float(df.rel_diff[part].max()) if part.any() else None,
+                        "over_rtol": int((~(df.rel_diff[part] <= AGREEMENT_RTOL)).sum())}
+                for label, part in (("both_converged", both), ("not_both", ~both))},
             "max_rel_diff_by_loss": {k: float(g.rel_diff.max()) for k, g in df.groupby("loss")},
             "max_rel_diff_by_curve": {f"{s}/{g}": float(x.rel_diff.max())
                                       for (s, g), x in df.groupby(["setting", "gate"])},

@@ -192,6 +192,8 @@ def test_certified_figure_agreement_counts():
     assert out["tf32"]["max_rel_diff"] == 0 and out["tf32"]["holds"]
     assert out["float32"]["over_rtol"] == 1 and out["float32"]["worst"][0]["rep"] == 1
     assert abs(out["float32"]["max_rel_diff"] - 0.01) < 1e-12
+    assert out["float32"]["by_convergence"]["both_converged"]["over_rtol"] == 1
+    assert out["float32"]["by_convergence"]["not_both"]["compared"] == 0
 
 
 def test_certified_point_at_toy_size(tmp_path):
