@@ -259,10 +259,12 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
     """Add ``W^T V`` of the samples ``start .. start + U.shape[-1]`` of X to ``out (R, A, Q)``.
 
     ``U (R, m, c)`` holds those samples' coefficients; ``V``, ``rows``, ``pair_products`` as in
-    :func:`gram_jtj` (``pair_products(U, s, e)`` indexes U's own columns). The samples are taken
-    in sub-chunks of at most :data:`CHUNK_BYTES` of ``W`` and ``V``, so a caller may hand over a
-    chunk of any length: nothing of size ``n x p`` is formed. ``out`` keeps the data's dtype
-    whatever ``gram_dtype`` (each sub-chunk's product is added to it in that dtype).
+    :func:`gram_jtj` (``pair_products(U, s, e)`` indexes U's own columns). When ``rows`` names
+    every data set equally often (:func:`_groups`), each data set's problems share one product.
+    The samples are taken in sub-chunks of at most :data:`CHUNK_BYTES` of ``W`` and ``V``, so a
+    caller may hand over a chunk of any length: nothing of size ``n x p`` is formed. ``out``
+    keeps the data's dtype whatever ``gram_dtype`` (each sub-chunk's product is added to it in
+    that dtype).
     """
     R, m, c = U.shape
     d = X.shape[-1]
@@ -271,7 +273,7 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
     budget = CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
     per_sample = A + (0 if V is not None and rows is None else Q + d + 1)
     step = max(1, min(c, budget // (R * per_sample * X.element_size())))
-    grouped = None if V is None or rows is None else _groups(rows, V.shape[0])
+    grouped = None if rows is None else _groups(rows, X.shape[0])
     one_by_one = (V is not None and rows is not None and grouped is None
                   and R * min(c, step) * Q * V.element_size() > GATHER_BYTES)
     data_rows = None if rows is None else (rows.tolist() if one_by_one else rows)
@@ -284,12 +286,15 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
             W = (pair_products(U, s, e).to(pdtype) if pair_products
                  else role_pairs(U[:, :, s:e].to(pdtype)))
             if grouped is not None:
-                # the problems of each data set stacked: one product per data set with V read
-                # in place, instead of one per problem or a gathered copy of V
+                # the problems of each data set stacked: one product per data set, with V read
+                # in place or formed once per data set, instead of one per problem or a
+                # gathered copy of V (5 starts: a fifth of the feature pairs to form)
                 order, per = grouped
-                G = V.shape[0]
+                G = X.shape[0]
+                Vc = (V[:, a:b].to(pdtype) if V is not None
+                      else _feature_pairs(X[:, a:b].to(pdtype)))
                 Wg = W.index_select(0, order).reshape(G, per * W.shape[1], e - s)
-                prod = torch.bmm(Wg, V[:, a:b].to(pdtype)).reshape(G * per, W.shape[1], Q)
+                prod = torch.bmm(Wg, Vc).reshape(G * per, W.shape[1], Q)
                 out.index_add_(0, order, prod.to(out.dtype))
             elif V is None:
                 Xc = X[:, a:b] if rows is None else X[data_rows, a:b]

@@ -185,10 +185,8 @@ def _gram_pass(X, Y, gate_params, expert_params, *, gate: str, score: str, exper
         r = Yc - f
         loss += (r * r).sum(-1)
         jtr += torch.einsum("rcm,rcf->rmf", Uc * r[..., None], gram.with_constant(Xc))
-        # the chunk of X just gathered serves the Gram product too (rows then need no re-gather)
-        gram.accumulate_gram(acc, Uc.transpose(1, 2), X if V is not None else Xc,
-                             start if V is not None else 0, V=V,
-                             rows=rows if V is not None else None, gram_dtype=gram_dtype)
+        gram.accumulate_gram(acc, Uc.transpose(1, 2), X, start, V=V, rows=rows,
+                             gram_dtype=gram_dtype)
     jtj = gram.gather_jtj(acc, gate=gate, expert=expert.name, d=d, k=k)
     jtr_index = gram.device_tables(gate, expert.name, d, k, X.device)[3]
     return MoEPass(loss, jtr.reshape(R, -1)[:, jtr_index], jtj)

@@ -112,9 +112,11 @@ def test_gram_dtype_is_checked():
 
 
 @pytest.mark.parametrize("gram_dtype", ["float64", "float32"])
-def test_starts_sharing_data_take_one_product_per_data_set(gram_dtype, monkeypatch):
+@pytest.mark.parametrize("kept", [True, False])
+def test_starts_sharing_data_take_one_product_per_data_set(gram_dtype, kept, monkeypatch):
     """Problems ``s * R + r`` on data set r (every start of every replication, in chunks of 7
-    samples) with the feature pairs kept: one product per data set, V read in place, against
+    samples): one product per data set, V read in place if kept, else formed once per data set,
+    against
     copies of the rows formed per problem (float64 1e-12: only the summation order differs;
     float32 products 1e-5 as in :func:`test_mixed_gram_changes_jtj_only`)."""
     R, S, n = 3, 2, 50
@@ -132,7 +134,8 @@ def test_starts_sharing_data_take_one_product_per_data_set(gram_dtype, monkeypat
     monkeypatch.setattr(gram, "_groups", lambda *a: (lambda r: used.append(r) or r)(real(*a)))
     monkeypatch.setitem(gram.CHUNK_BYTES, "cpu", S * R * (3 + 6 + 3) * 8 * 7)
     got = reference_moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear", expert=ex, rows=rows,
-                             gram_features=gram.feature_pairs(X, pdtype), gram_dtype=gram_dtype)
+                             gram_features=gram.feature_pairs(X, pdtype) if kept else None,
+                             gram_dtype=gram_dtype)
     assert used and all(u is not None and u[1] == S for u in used)
     tol = 1e-12 if gram_dtype == "float64" else 1e-5
     for name, a, b in zip(want._fields, got, want, strict=True):
