@@ -288,14 +288,11 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
             if grouped is not None:
                 # the problems of each data set stacked: one product per data set, with V read
                 # in place or formed once per data set, instead of one per problem or a
-                # gathered copy of V (5 starts: a fifth of the feature pairs to form)
-                order, per = grouped
-                G = X.shape[0]
-                Vc = (V[:, a:b].to(pdtype) if V is not None
-                      else _feature_pairs(X[:, a:b].to(pdtype)))
-                Wg = W.index_select(0, order).reshape(G, per * W.shape[1], e - s)
-                prod = torch.bmm(Wg, Vc).reshape(G * per, W.shape[1], Q)
-                out.index_add_(0, order, prod.to(out.dtype))
+                # gathered copy of V per problem (5 starts: a fifth of the feature pairs)
+                sets = slice(None) if grouped.data is None else grouped.data
+                Vc = (V[sets, a:b].to(pdtype) if V is not None
+                      else _feature_pairs(X[sets, a:b].to(pdtype)))
+                grouped.add(out, W, Vc)
             elif V is None:
                 Xc = X[:, a:b] if rows is None else X[data_rows, a:b]
                 _add_product(out, W, _feature_pairs(Xc.to(pdtype)), mixed)
@@ -311,15 +308,52 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
                         out[i].addmm_(W[i], V[r, a:b])
 
 
-def _groups(rows: torch.Tensor, n_data: int) -> tuple[torch.Tensor, int] | None:
-    """``(order, per)`` when ``rows`` names every one of the ``n_data`` data sets the same number
-    of times ``per`` (all starts of all replications, the common case of a multi-start fit):
-    ``order`` lists the problems data set by data set. None otherwise (one host sync)."""
+@dataclass
+class _Groups:
+    """Problems stacked by data set: problem i fills slot ``slot[i]`` of a ``(G, per)`` table
+    whose empty slots multiply zeros. ``data``: the G data sets (None: all, in order, read in
+    place)."""
+
+    slot: torch.Tensor
+    per: int
+    G: int
+    data: torch.Tensor | None
+
+    def add(self, out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor) -> None:
+        """``out[i] += W[i] @ Vc[data set of problem i]`` with one batched product."""
+        R, A, c = W.shape
+        full = self.G * self.per == R  # every slot taken: no zeros to write
+        Wp = (W.new_empty if full else W.new_zeros)(self.G * self.per, A, c)
+        Wp.index_copy_(0, self.slot, W)
+        prod = torch.bmm(Wp.view(self.G, self.per * A, c), Vc)
+        out += prod.view(self.G * self.per, A, -1).index_select(0, self.slot).to(out.dtype)
+
+
+#: Most slots the stacked products may take per problem: past it (a subset of problems spread
+#: unevenly over the data sets) the zeros would cost more than products one problem at a time.
+GROUP_WASTE = 2
+
+
+def _groups(rows: torch.Tensor, n_data: int) -> _Groups | None:
+    """The stacking of the problems ``rows`` (data set of each) by data set, or None when it
+    would multiply more than :data:`GROUP_WASTE` x as many slots as there are problems (one
+    host synchronisation)."""
     counts = torch.bincount(rows, minlength=n_data)
-    per = int(counts[0]) if counts.numel() == n_data else 0
-    if per == 0 or not bool((counts == per).all()):
+    if counts.numel() != n_data:
+        return None  # an index out of range: left for the gather to report
+    present = counts > 0
+    G, per = int(present.sum()), int(counts.max())
+    if G * per > GROUP_WASTE * rows.numel():
         return None
-    return torch.argsort(rows, stable=True), per
+    order = torch.argsort(rows, stable=True)
+    sorted_rows = rows[order]
+    first = torch.cumsum(counts, 0) - counts  # position of each data set's first problem
+    group = torch.cumsum(present.long(), 0) - 1  # its number among the data sets present
+    pos = torch.arange(rows.numel(), device=rows.device) - first[sorted_rows]
+    slot = torch.empty_like(rows)
+    slot[order] = group[sorted_rows] * per + pos
+    data = None if G == n_data else present.nonzero().flatten()
+    return _Groups(slot, per, G, data)
 
 
 def _add_product(out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor, mixed: bool) -> None:

@@ -113,18 +113,20 @@ def test_gram_dtype_is_checked():
 
 @pytest.mark.parametrize("gram_dtype", ["float64", "float32"])
 @pytest.mark.parametrize("kept", [True, False])
-def test_starts_sharing_data_take_one_product_per_data_set(gram_dtype, kept, monkeypatch):
-    """Problems ``s * R + r`` on data set r (every start of every replication, in chunks of 7
-    samples): one product per data set, V read in place if kept, else formed once per data set,
-    against
+@pytest.mark.parametrize("rows", [[0, 1, 2, 0, 1, 2], [2, 0, 2, 2], [1, 1]],
+                         ids=["all-starts", "uneven", "one-set"])
+def test_starts_sharing_data_take_one_product_per_data_set(gram_dtype, kept, rows, monkeypatch):
+    """Problems on shared data sets (all starts of all replications; a subset spread unevenly,
+    padded with zero slots; a subset on one data set, its V gathered), in chunks of 4 samples:
+    one product per data set, V read in place if kept, else formed once per data set, against
     copies of the rows formed per problem (float64 1e-12: only the summation order differs;
     float32 products 1e-5 as in :func:`test_mixed_gram_changes_jtj_only`)."""
-    R, S, n = 3, 2, 50
-    X, Y, gp, ep = _problem("sigmoid", 2, 2, R, n, seed=11)
+    R, n = 3, 50
+    X, Y, _, _ = _problem("sigmoid", 2, 2, R, n, seed=11)
+    rows = torch.tensor(rows)
     g = torch.Generator().manual_seed(12)
-    gp = torch.randn(S * R, *gp.shape[1:], generator=g, dtype=torch.float64)
-    ep = torch.randn(S * R, *ep.shape[1:], generator=g, dtype=torch.float64)
-    rows = torch.arange(S * R) % R
+    gp = torch.randn(len(rows), 2, 3, generator=g, dtype=torch.float64)
+    ep = torch.randn(len(rows), 2, 3, generator=g, dtype=torch.float64)
     ex = models.get_expert("relu")
     pdtype = gram.product_dtype(gram_dtype, X.dtype)
     want = reference_moe_pass(X[rows], Y[rows], gp, ep, gate="sigmoid", score="linear",
@@ -132,13 +134,20 @@ def test_starts_sharing_data_take_one_product_per_data_set(gram_dtype, kept, mon
     used = []
     real = gram._groups
     monkeypatch.setattr(gram, "_groups", lambda *a: (lambda r: used.append(r) or r)(real(*a)))
-    monkeypatch.setitem(gram.CHUNK_BYTES, "cpu", S * R * (3 + 6 + 3) * 8 * 7)
+    monkeypatch.setitem(gram.CHUNK_BYTES, "cpu", len(rows) * (10 + 6 + 3) * 8 * 4)
     got = reference_moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear", expert=ex, rows=rows,
                              gram_features=gram.feature_pairs(X, pdtype) if kept else None,
                              gram_dtype=gram_dtype)
-    assert used and all(u is not None and u[1] == S for u in used)
+    assert used and all(u is not None for u in used)
     tol = 1e-12 if gram_dtype == "float64" else 1e-5
     for name, a, b in zip(want._fields, got, want, strict=True):
         assert _rel(a, b) <= (tol if name == "jtj" else 1e-12), (name, _rel(a, b))
-    # a subset that leaves one data set out falls back to the per-problem products
-    assert gram._groups(torch.tensor([0, 1, 0, 1]), 3) is None
+
+
+def test_groups_of_problems():
+    """Slots by data set; too many empty slots (more than GROUP_WASTE per problem): None."""
+    g = gram._groups(torch.tensor([2, 0, 2, 2]), 3)
+    assert (g.G, g.per) == (2, 3) and g.data.tolist() == [0, 2]
+    assert sorted(g.slot.tolist()) == [0, 3, 4, 5]  # data set 0 in row 0, data set 2 in row 1
+    assert gram._groups(torch.arange(6) % 3, 3).data is None
+    assert gram._groups(torch.tensor([0, 0, 0, 0, 0, 1, 2]), 3) is None  # 15 slots, 7 problems
