@@ -1,25 +1,40 @@
-"""Wall time of one sweep on 1 GPU vs one Dask worker per GPU (``benchmarks/README.md``).
+"""Wall time of one sweep, or of ``reproduce all``, on 1 GPU vs several (``benchmarks/README.md``).
 
 ``python -m benchmarks sweep-scaling --out DIR [--gpus 0,1] [--save]`` (needs CUDA GPUs and
 ``.[distributed]``) runs the same config with ``--executor dask --gpus 0`` and
 ``--gpus 0,1,...`` into fresh folders, checks that the two merged tables agree, and writes
 ``DIR/sweep_scaling.json``. The many-GPU run goes first so that a run cut short by a time limit
 still leaves the scaling number's harder half.
+
+``--reproduce-all --counts 4,2,1`` instead times ``reproduce all`` under the certified protocol
+(``--certify``: every figure's sweep, reference certificates, optimiser check and report) on one
+Dask cluster of the first 4, 2 and 1 GPUs (``--workers`` processes per GPU), start-up included,
+each run into a fresh folder with a fresh G_bar cache, and writes ``DIR/reproduce_all_scaling.json``
+after each run: wall times, speed-ups against 1 GPU and the issue's targets, and per figure the
+SHA-256 of its tables (results, rates, optimiser check; timings left out) with whether they are
+identical across the runs. A later call with the same ``--out`` adds the counts it runs to the
+runs already there (one count per call when a call has a time limit).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from benchmarks.output import gpu_label, result_path, write_json
-from moe_theory.config import parse_config
+from moe_theory.config import load_config, named_configs, parse_config
+from moe_theory.executors import GPU_PROCESSES
 from moe_theory.provenance import provenance
+from moe_theory.reproduce import EXPERIMENTS, reproduce_figures
 from moe_theory.sweep import run_sweep
 
 # N24's dense settings (d = 32, k* = 8, k = 9) at the large end of its n grid. The softmax fit is
@@ -88,12 +103,162 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- reproduce all on 1, 2, 4 GPUs --------------------------------------------------------------
+
+#: The issue's targets: speed-up of ``reproduce all --certify`` against 1 GPU, start-up included.
+TARGETS = {2: 1.8, 4: 3.4}
+#: Columns that are timings: left out of the tables' hashes.
+TIMINGS = ("wall_s",)
+
+
+def table_hash(df: pd.DataFrame) -> str:
+    """SHA-256 of a table's values without its timings, row order and column names included:
+    equal hashes, tables identical bit for bit."""
+    df = df.drop(columns=[c for c in TIMINGS if c in df.columns]).reset_index(drop=True)
+    digest = hashlib.sha256(json.dumps(list(df.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def figure_hashes(folder: Path) -> dict:
+    """The hashes of the tables a figure's folder holds (a sweep's results, rates and optimiser
+    check; a study's summary and results), and the row count of its results."""
+    out = {}
+    for name, path in (("results", folder / "results.parquet"), ("check", folder / "check.parquet")):
+        if path.exists():
+            df = pd.read_parquet(path)
+            out[f"{name}_sha256"] = table_hash(df)
+            if name == "results":
+                out["rows"] = len(df)
+    for path in sorted(folder.glob("*.csv")):
+        if path.name != "results.csv" or "results_sha256" not in out:
+            out[f"{path.stem}_sha256"] = table_hash(pd.read_csv(path))
+    return out
+
+
+def summarise(record: dict) -> None:
+    """Speed-ups against the 1-GPU run, the targets, and whether every figure's tables are the
+    same in every run (written into ``record``)."""
+    runs = record["runs"]
+    walls = {run["count"]: run["wall_s"] for run in runs.values()}
+    if 1 in walls:
+        record["speedup"] = {str(k): round(walls[1] / w, 2) for k, w in sorted(walls.items())}
+        record["targets_met"] = {str(k): record["speedup"][str(k)] >= t
+                                 for k, t in TARGETS.items() if k in walls}
+    figures = sorted({f for run in runs.values() for f in run["figures"]})
+    record["tables_equal"] = {
+        figure: len({json.dumps(run["figures"].get(figure), sort_keys=True)
+                     for run in runs.values()}) == 1
+        for figure in figures} if len(runs) > 1 else {}
+    record["all_tables_equal"] = all(record["tables_equal"].values()) if len(runs) > 1 else None
+
+
+def run_reproduce_all(args: argparse.Namespace) -> int:
+    """``reproduce all --certify`` on one Dask cluster of the first k GPUs for each count k."""
+    counts = [int(c) for c in args.counts.split(",")]
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("sweep-scaling needs CUDA GPUs (or --device cpu for a check of the code path)",
+              file=sys.stderr)
+        return 2
+    if cuda and max(counts) > torch.cuda.device_count():
+        print(f"--counts: {max(counts)} GPUs asked, {torch.cuda.device_count()} visible",
+              file=sys.stderr)
+        return 2
+    names = args.figures.split(",") if args.figures else named_configs() + list(EXPERIMENTS)
+    workers = args.workers or (GPU_PROCESSES if cuda else 1)
+    out = Path(args.out)
+    json_path = out / "reproduce_all_scaling.json"
+    prov = provenance(args.device)
+    setup = {"figures": names, "fast": args.fast, "certify": args.certify, "device": args.device,
+             "backend": args.backend, "workers_per_gpu": workers,
+             "config_hashes": {n: load_config(n, fast=args.fast).hash
+                               for n in names if n not in EXPERIMENTS}}
+    record = json.loads(json_path.read_text()) if json_path.exists() else {}
+    if record.get("setup") != setup or record.get("provenance", {}).get("git_commit") != prov[
+            "git_commit"]:
+        record = {}  # runs of another setup or commit are not compared with these
+    record = {
+        "provenance": prov,
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if cuda else ["cpu"],
+        "versions": _dask_versions(), "setup": setup,
+        "executor": ("dask: one cluster for every figure, started in the background; "
+                     f"{workers} worker process(es) per GPU pinned by CUDA_VISIBLE_DEVICES"
+                     if cuda else "dask: one LocalCluster of k processes (a CPU check of the "
+                     "code path, not a scaling measurement)"),
+        "protocol": "reproduce_figures(all figures, certify) from the call to its return: "
+                    "cluster start-up, G_bar references (fresh cache per run), certificates, "
+                    "sweeps, optimiser checks, reports and the studies",
+        "targets": {str(k): t for k, t in TARGETS.items()},
+        "runs": record.get("runs", {}),
+    }
+    paths = [json_path]
+    if args.save:
+        label = gpu_label(prov) if cuda else "cpu"
+        paths.append(result_path("sweep_scaling", prov, label="reproduce_all",
+                                 gpu=f"{label}x{max(counts)}"))
+    for k in counts:
+        label = f"{k}_gpus" if cuda else f"{k}_workers"
+        folder = out / label
+        shutil.rmtree(folder, ignore_errors=True)  # a fresh run: nothing to resume
+        figures = [(n, folder / Path(n).stem) for n in names]
+        cluster = {"gpus": ",".join(map(str, range(k)))} if cuda else {"local_workers": k}
+        saved_cache = os.environ.get("MOE_THEORY_CACHE")
+        # a cold G_bar cache for every run: each pays for its references, as a first run would
+        os.environ["MOE_THEORY_CACHE"] = str(folder / "gbar-cache")
+        try:
+            start = time.perf_counter()
+            reproduce_figures(figures, fast=args.fast, device=args.device, backend=args.backend,
+                              workers=workers, certify=args.certify, **cluster)
+            wall = time.perf_counter() - start
+        finally:
+            if saved_cache is None:
+                os.environ.pop("MOE_THEORY_CACHE", None)
+            else:
+                os.environ["MOE_THEORY_CACHE"] = saved_cache
+        record["runs"][label] = {
+            "count": k, **cluster, "wall_s": round(wall, 2),
+            "figures": {n: figure_hashes(folder / Path(n).stem) for n in names},
+        }
+        summarise(record)
+        for path in paths:
+            write_json(path, record)
+        print(json.dumps({label: record["runs"][label]["wall_s"],
+                          "speedup": record.get("speedup"),
+                          "all_tables_equal": record["all_tables_equal"]}), flush=True)
+    print(json.dumps({key: record.get(key) for key in (
+        "speedup", "targets_met", "all_tables_equal", "tables_equal")}, indent=2))
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``sweep-scaling`` subcommand."""
-    p = subparsers.add_parser("sweep-scaling", help="one sweep on 1 GPU vs one Dask worker per GPU",
+    p = subparsers.add_parser("sweep-scaling",
+                              help="one sweep, or reproduce all (--reproduce-all), on 1 GPU vs "
+                                   "several Dask workers",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for the sweeps and the JSON")
     p.add_argument("--gpus", default=None, help="GPUs of the many-GPU run (default: all)")
     p.add_argument("--save", action="store_true",
-                   help="also write benchmarks/results/sweep_scaling/<date>_<gpu>x<count>_<commit7>.json")
-    p.set_defaults(run=run)
+                   help="also write benchmarks/results/sweep_scaling/<date>_<gpu>x<count>_<commit7>"
+                        "[_reproduce_all].json")
+    p.add_argument("--reproduce-all", action="store_true",
+                   help="time reproduce all (every figure) on 1, 2, 4 GPUs instead of one sweep")
+    p.add_argument("--counts", default="4,2,1",
+                   help="with --reproduce-all: GPU counts, run in this order (default 4,2,1)")
+    p.add_argument("--figures", default=None,
+                   help="with --reproduce-all: configs (names or paths) and studies to run "
+                        "(default: all, as reproduce all)")
+    p.add_argument("--fast", action="store_true", help="with --reproduce-all: the fast presets")
+    p.add_argument("--certify", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --reproduce-all: the certified protocol (default; --no-certify "
+                        "skips the optimiser check)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --reproduce-all: worker processes per GPU (default "
+                        "moe_theory.executors.GPU_PROCESSES)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="with --reproduce-all: cpu runs k LocalCluster processes instead of k "
+                        "GPUs (a check of the code path)")
+    p.add_argument("--backend", default="auto", help="with --reproduce-all: the fits' backend")
+    p.set_defaults(run=lambda args: run_reproduce_all(args) if args.reproduce_all else run(args))

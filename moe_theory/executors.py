@@ -174,30 +174,40 @@ def _start_cluster(*, local_workers: int | None, gpus: tuple[int, ...] | None,
 
 
 class _SharedCluster:
-    """A cluster being started in a background thread, and the client to it once it is up."""
+    """A cluster started in a background thread, the client to it once it is up, and its
+    closing in that same thread (a Dask client is closed in the context it was opened in)."""
 
     def __init__(self, key: tuple, options: dict) -> None:
         self.key = key
-        self._stack = ExitStack()
         self._ready: cf.Future = cf.Future()
-        self._thread = threading.Thread(target=self._start, args=(options,), daemon=True,
-                                        name="cluster-start")
+        self._done = threading.Event()
+        self._closed: cf.Future = cf.Future()
+        self._thread = threading.Thread(target=self._serve, args=(options,), daemon=True,
+                                        name="shared-cluster")
         self._thread.start()
 
-    def _start(self, options: dict) -> None:
+    def _serve(self, options: dict) -> None:
         try:
-            client = self._stack.enter_context(_new_client(**options))
-        except BaseException as err:  # handed to the first sweep that needs the cluster
-            self._ready.set_exception(err)
+            with ExitStack() as stack:
+                try:
+                    client = stack.enter_context(_new_client(**options))
+                except BaseException as err:  # handed to the first sweep that needs the cluster
+                    self._ready.set_exception(err)
+                    return
+                self._ready.set_result(client)
+                self._done.wait()
+        except BaseException as err:  # closing failed: the caller of close() raises it
+            self._closed.set_exception(err)
         else:
-            self._ready.set_result(client)
+            self._closed.set_result(None)
 
     def client(self) -> Client:
         return self._ready.result()
 
     def close(self) -> None:
+        self._done.set()
         self._thread.join()
-        self._stack.close()
+        self._closed.result()
 
 
 _shared: list[_SharedCluster] = []  # the sessions of shared_cluster, innermost last
