@@ -48,6 +48,7 @@ from moe_theory.certificates import (
     noise_variance,
 )
 from moe_theory.config import SweepConfig, parse_config
+from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
 from moe_theory.store import Shard, atomic_write, load_results, read_manifest
@@ -82,19 +83,35 @@ def variants(config: SweepConfig) -> dict[str, SweepConfig]:
 
 
 def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str = "auto",
-          log: Callable[[str], None] | None = None) -> pd.DataFrame:
+          log: Callable[[str], None] | None = None, **executor) -> pd.DataFrame:
     """The check's refits: replications ``0..reps-1`` of every (setting, n) under each variant,
-    with a ``variant`` column."""
-    frames = []
-    for name, cfg in variants(config).items():
-        for setting in config.settings:
-            for n in config.n:
-                start = time.perf_counter()
-                rows = run_shard(cfg, Shard(setting, n, 0, reps), device=device, backend=backend)
-                frames.append(rows.assign(variant=name))
-                if log is not None:
-                    log(f"check {name}: {setting} n={n} ({time.perf_counter() - start:.1f} s)")
-    return pd.concat(frames, ignore_index=True)
+    with a ``variant`` column.
+
+    ``executor``: where the refits run (:func:`moe_theory.executors.map_shards`' options;
+    default here, one after the other), largest first; the table is the same wherever they run.
+    """
+    configs = variants(config)
+    jobs = [(name, Shard(setting, n, 0, reps))
+            for name in configs for setting in config.settings for n in config.n]
+    work = functools.partial(_refit_job, configs=configs, device=device, backend=backend)
+    frames = {}
+    for name, shard, rows, seconds in map_shards(
+            work, jobs, device=device, cost=lambda job: shard_cost(configs[job[0]], job[1]),
+            **executor):
+        frames[name, shard] = rows
+        if log is not None:
+            log(f"check {name}: {shard.setting} n={shard.n} ({seconds:.1f} s)")
+    return pd.concat([frames[job].assign(variant=job[0]) for job in jobs], ignore_index=True)
+
+
+def _refit_job(job: tuple[str, Shard], *, configs: dict[str, SweepConfig], device: str,
+               backend: str) -> tuple[str, Shard, pd.DataFrame, float]:
+    """One refit (variant name, shard): its rows and seconds (a module-level function, so that
+    a worker process can run it)."""
+    name, shard = job
+    start = time.perf_counter()
+    rows = run_shard(configs[name], shard, device=device, backend=backend)
+    return name, shard, rows, time.perf_counter() - start
 
 
 def _log_mean(values: np.ndarray) -> float:
@@ -204,7 +221,8 @@ def _subsample_slope(by_n: dict) -> float:
 
 
 def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu",
-              backend: str = "auto", log: Callable[[str], None] | None = None) -> dict:
+              backend: str = "auto", log: Callable[[str], None] | None = None,
+              **executor) -> dict:
     """Run the optimiser check (and any missing reference certificate) on a finished sweep.
 
     Parameters
@@ -214,6 +232,7 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
     device, backend : where the refits run (the table's rows do not depend on it beyond
         rounding)
     log : receives one line per refitted shard
+    executor : where the refits run (:func:`refit`); default here
 
     Returns
     -------
@@ -231,7 +250,7 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
         device=device, backend=backend, log=log)
     cert_by = {(c.setting, c.fit_gate): c for c in certs}
     reps = min(reps, config.reps)
-    refits = refit(config, reps, device=device, backend=backend, log=log)
+    refits = refit(config, reps, device=device, backend=backend, log=log, **executor)
     atomic_write(folder / CHECK_TABLE, lambda tmp: refits.to_parquet(tmp, index=False))
     curves = {}
     for name, full in results.groupby(list(CURVE_KEYS), sort=True):

@@ -53,6 +53,7 @@ GPU_PROCESSES = 3
 #: context (:func:`dask_setup`), so that the first shard does not pay for it.
 WARM_CUDA_ENV = "MOE_THEORY_WARM_CUDA"
 T = TypeVar("T")
+S = TypeVar("S")  # a unit of work: a Shard, or another picklable item (the check's refits)
 
 
 # ---- scheduling -------------------------------------------------------------------------------
@@ -64,8 +65,9 @@ def shard_cost(config: SweepConfig, shard: Shard) -> float:
     Every start of every replication is one problem of the shard's batched fit (one per fitted
     gate); a Levenberg-Marquardt iteration of a problem costs about ``n p^2`` (forming
     ``J^T J``, ``p`` free parameters), a first-order iteration about ``n p``. The number of
-    iterations is not known before the fit: it is taken as the same for every shard (the same
-    ``max_iter`` caps it; most fits stop on their tolerance well before).
+    iterations is not known before the fit: it is taken as proportional to its cap,
+    ``max_iter``, the same for every shard of a sweep (the optimiser check's 10x ``max_iter``
+    refits come out ten times the sweep's shards).
     """
     setting = config.setting(shard.setting)
     problems = (shard.rep_stop - shard.rep_start) * (1 + config.starts)
@@ -73,10 +75,10 @@ def shard_cost(config: SweepConfig, shard: Shard) -> float:
     for gate in config.gates_for(setting):
         p = free_parameters(gate, setting.score, setting.expert, setting.d, setting.k_fit)
         per_problem += p * p if config.algorithm == "lm" else p
-    return float(problems * shard.n * per_problem)
+    return float(problems * shard.n * per_problem * config.max_iter)
 
 
-def largest_first(shards: Sequence[Shard], cost: Callable[[Shard], float]) -> list[Shard]:
+def largest_first(shards: Sequence[S], cost: Callable[[S], float]) -> list[S]:
     """``shards`` by decreasing cost; shards of equal cost keep their plan order (a stable sort),
     so the order is the same on every run."""
     return sorted(shards, key=lambda shard: -cost(shard))
@@ -283,17 +285,17 @@ def dask_client(*, scheduler: str | None = None, local_workers: int | None = Non
         yield client
 
 
-def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: str = "local",
+def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "local",
                scheduler: str | None = None, local_workers: int | None = None,
                gpus: tuple[int, ...] | None = None, device: str = "cpu",
-               cost: Callable[[Shard], float] | None = None) -> Iterator[T]:
+               cost: Callable[[S], float] | None = None) -> Iterator[T]:
     """Run ``fn(shard)`` for every shard and yield the results as the shards finish.
 
     Parameters
     ----------
     fn : a picklable function (module level, or a ``functools.partial`` of one) that stores its
         shard's rows itself and returns small metadata
-    shards : the shards still to compute
+    shards : the shards still to compute (or other picklable units of work ``fn`` takes)
     executor : ``local`` or ``dask``
     scheduler, local_workers, gpus : where the ``dask`` executor runs (see :func:`dask_client`);
         ``local_workers`` is also the ``processes`` executor's count (default: one per core on
@@ -335,8 +337,7 @@ def map_shards(fn: Callable[[Shard], T], shards: Sequence[Shard], *, executor: s
             client.cancel(futures)
 
 
-def _map_processes(fn: Callable[[Shard], T], shards: Sequence[Shard], workers: int
-                   ) -> Iterator[T]:
+def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int) -> Iterator[T]:
     """``workers`` processes in all: this one and ``workers - 1`` spawned ones, taking shards
     from one queue in plan order. This process needs no start-up (its modules are loaded, its
     CUDA context may exist), so it computes shards while the others import (~9 s on an H100 host);
@@ -344,7 +345,7 @@ def _map_processes(fn: Callable[[Shard], T], shards: Sequence[Shard], workers: i
     todo = deque(shards)
     lock = threading.Lock()
 
-    def take() -> Shard | None:
+    def take() -> S | None:
         with lock:
             return todo.popleft() if todo else None
 

@@ -162,9 +162,10 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
     in the background) and overlap: this process prepares each figure's references (G_bar,
     certificates) in turn, starting its sweep as soon as they are ready, so the cluster holds the
     shards of every started figure at once and runs the largest first
-    (:func:`moe_theory.executors.shard_cost`); a finished sweep's check and report run here
-    while the cluster works on the rest. This process's own work (references, checks, reports,
-    the experiments) runs one stage at a time. The tables are those of a serial run.
+    (:func:`moe_theory.executors.shard_cost`); a finished sweep's optimiser check sends its
+    refits to the cluster too, and its report is drawn here while the cluster works on the rest.
+    This process's own work (references, reports, the experiments) runs one stage at a time.
+    The tables are those of a serial run.
     """
     gpu_ids = parse_gpus(gpus)
     if gpu_ids is not None and local_workers is not None:
@@ -248,7 +249,8 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
                   driver: AbstractContextManager | None = None, start: float | None = None
                   ) -> pd.DataFrame:
     """One config's sweep, optimiser check and report into ``folder``; ``driver`` is held while
-    this process checks and draws (one figure at a time)."""
+    this process computes the check (unless its refits run on the cluster) and draws (one
+    figure at a time)."""
     driver = driver if driver is not None else nullcontext()
     start = start if start is not None else time.perf_counter()
     # on a GPU, the CPU baseline runs beside the sweep (the ratio it is judged by,
@@ -260,10 +262,14 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
                       "their certificates, then the fits", start)
     df = run_sweep(config, folder, device=device, backend=backend, **sweep_options)
     sweep_s = time.perf_counter() - start
+    if certify:
+        _stage(2, stages, f"{config.name}: certificates: the optimiser check", start)
+        # on a cluster, its refits join the shards there (largest first among all figures'
+        # work); otherwise they run here, one after the other, as `moe-theory check` does
+        on_cluster = sweep_options if sweep_options.get("executor") == "dask" else {}
+        with driver if not on_cluster else nullcontext():
+            run_check(folder, device=device, backend=backend, **on_cluster)
     with driver:
-        if certify:
-            _stage(2, stages, f"{config.name}: certificates: the optimiser check", start)
-            run_check(folder, device=device, backend=backend)
         _stage(stages, stages, f"{config.name}: rates, verdicts and figures", start)
         table = write_report(df, config, folder)
         run = write_run(folder, {

@@ -453,7 +453,7 @@ n = [200, 400]
 reps = 2
 rep_block = 1
 starts = 0
-max_iter = 50
+max_iter = 20
 """
 FIGURE_B = """name = "fig-b"
 settings = ["small-sparse-relu", "small-dense-relu"]
@@ -463,7 +463,7 @@ reps = 2
 rep_block = 2
 seed = 1
 starts = 0
-max_iter = 50
+max_iter = 20
 """
 #: A smaller population design than the CPU's default (2 10^5, ~5 s per G_bar on one core):
 #: what is tested is who computes it, not how well.
@@ -524,16 +524,17 @@ def test_gbar_waits_for_the_process_computing_it(counted_gbar):
 
 
 def _table(folder: Path, name: str) -> pd.DataFrame:
-    """A figure's results or rates table without its timings."""
-    df = pd.read_parquet(folder / "results.parquet") if name == "results" else pd.read_csv(
-        folder / f"{name}.csv")
+    """A figure's results, check or rates table without its timings."""
+    df = pd.read_parquet(folder / f"{name}.parquet") if name in ("results", "check") else (
+        pd.read_csv(folder / f"{name}.csv"))
     return df.drop(columns=[c for c in df.columns if c == "wall_s"])
 
 
 def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_path, monkeypatch):
-    """Two figures on one local Dask cluster (its workers threads of this process, to start in
-    a moment): one cluster started, G_bar fitted once for both, and every table (results and
-    rates) bit for bit the serial run's."""
+    """Two certified figures on one local Dask cluster (its workers threads of this process, to
+    start in a moment): one cluster started, G_bar fitted once for both, and every table
+    (results, the optimiser check's refits, which run on the cluster too, and rates) bit for bit
+    the serial run's."""
     distributed = pytest.importorskip("distributed")
     # the figures' drawing (seconds of matplotlib each) is not what is compared
     monkeypatch.setattr(reproduce, "plot_panels", lambda *args, **kwargs: None)
@@ -542,7 +543,8 @@ def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_pa
         path = tmp_path / (text.split('"')[1] + ".toml")
         path.write_text(text)
         paths.append(path)
-    serial = reproduce.reproduce_figures([(p, tmp_path / "serial" / p.stem) for p in paths])
+    serial = reproduce.reproduce_figures([(p, tmp_path / "serial" / p.stem) for p in paths],
+                                         certify=True)
     assert counted_gbar == [("small-sparse-relu", "softmax")]
     counted_gbar.clear()
     monkeypatch.setenv("MOE_THEORY_CACHE", str(tmp_path / "second-cache"))
@@ -557,11 +559,11 @@ def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_pa
 
     monkeypatch.setattr(distributed, "LocalCluster", threads_cluster)
     shared = reproduce.reproduce_figures([(p, tmp_path / "dask" / p.stem) for p in paths],
-                                         local_workers=2)
+                                         local_workers=2, certify=True)
     assert len(started) == 1 and started[0]["n_workers"] == 2
     assert counted_gbar == [("small-sparse-relu", "softmax")]
     for p in paths:
-        for name in ("results", "rates"):
+        for name in ("results", "check", "rates"):
             pd.testing.assert_frame_equal(_table(tmp_path / "dask" / p.stem, name),
                                           _table(tmp_path / "serial" / p.stem, name),
                                           check_exact=True)
