@@ -18,9 +18,9 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
                                                # the reference's scale (inf: no box)
     starts = 4                                 # starts per replication beside the near-reference one
     start_jitter = 0.1                         # their jitter (default 10 x jitter)
-    gram_dtype = "float64"                     # float64 | float32 | tf32: precision of the
-                                               # Gram products of J^T J (LM's path, not its
-                                               # fixed points; docs/kernels.md)
+    gram_dtype = "float64"                     # float64 | float32 | tf32 | tf32x3: the
+                                               # precision of the Gram products of J^T J (LM's
+                                               # path, not its fixed points; docs/kernels.md)
     k_fit = 9                                  # optional override of the settings' k
     losses = ["D1", "D3", ...]                 # optional; default: all that apply
     sgd = {epochs = 10, lr = 0.1, batch_size = 64}

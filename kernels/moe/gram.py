@@ -36,9 +36,11 @@ CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
 #: docs/kernels.md#mixed-precision-gauss-newton: the precision of the ``W^T V`` products.
 #: ``float64``: the data's own (unchanged); ``float32``: W and V in float32, each chunk's product
 #: in float32 (cuBLAS SGEMM on a GPU), the chunks summed in the data's dtype; ``tf32``: the same
-#: with the GPU's tf32 tensor cores (float32 on a CPU). Loss and ``J^T r`` never change precision:
+#: with the GPU's tf32 tensor cores (float32 on a CPU); ``tf32x3``: each float32 factor split into
+#: a tf32 head and its remainder, three tf32 products (``hi hi + hi lo + lo hi``), about float32's
+#: accuracy at a third of tf32's speed. Loss and ``J^T r`` never change precision:
 #: Levenberg-Marquardt's fixed points and stopping tests depend on those alone.
-GRAM_DTYPES = ("float64", "float32", "tf32")
+GRAM_DTYPES = ("float64", "float32", "tf32", "tf32x3")
 
 
 def check_gram_dtype(gram_dtype: str) -> str:
@@ -55,8 +57,8 @@ def product_dtype(gram_dtype: str, data_dtype: torch.dtype) -> torch.dtype:
 
 @contextlib.contextmanager
 def _matmul_precision(gram_dtype: str, device: torch.device):
-    """tf32 matrix products for ``gram_dtype == "tf32"`` on a GPU, the flag restored after."""
-    if gram_dtype != "tf32" or device.type != "cuda":
+    """tf32 matrix products for the tf32 precisions on a GPU, the flag restored after."""
+    if not gram_dtype.startswith("tf32") or device.type != "cuda":
         yield
         return
     old = torch.backends.cuda.matmul.allow_tf32
@@ -278,6 +280,7 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
                   and R * min(c, step) * Q * V.element_size() > GATHER_BYTES)
     data_rows = None if rows is None else (rows.tolist() if one_by_one else rows)
     mixed = pdtype != out.dtype
+    product = functools.partial(_product, split=gram_dtype == "tf32x3")
     with _matmul_precision(gram_dtype, X.device):
         for s in range(0, c, step):
             e = min(c, s + step)
@@ -292,18 +295,19 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
                 sets = slice(None) if grouped.data is None else grouped.data
                 Vc = (V[sets, a:b].to(pdtype) if V is not None
                       else _feature_pairs(X[sets, a:b].to(pdtype)))
-                grouped.add(out, W, Vc)
+                grouped.add(out, W, Vc, product)
             elif V is None:
                 Xc = X[:, a:b] if rows is None else X[data_rows, a:b]
-                _add_product(out, W, _feature_pairs(Xc.to(pdtype)), mixed)
+                _add_product(out, W, _feature_pairs(Xc.to(pdtype)), mixed, product)
             elif rows is None:
-                _add_product(out, W, V[:, a:b].to(pdtype), mixed)
+                _add_product(out, W, V[:, a:b].to(pdtype), mixed, product)
             elif not one_by_one:
-                _add_product(out, W, V[data_rows, a:b].to(pdtype), mixed)
+                _add_product(out, W, V[data_rows, a:b].to(pdtype), mixed, product)
             else:
                 for i, r in enumerate(data_rows):
                     if mixed:
-                        out[i] += (W[i] @ V[r, a:b].to(pdtype)).to(out.dtype)
+                        out[i] += product(W[i : i + 1], V[r, a:b].to(pdtype)[None])[0].to(
+                            out.dtype)
                     else:
                         out[i].addmm_(W[i], V[r, a:b])
 
@@ -319,13 +323,14 @@ class _Groups:
     G: int
     data: torch.Tensor | None
 
-    def add(self, out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor) -> None:
+    def add(self, out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor, product=torch.bmm
+            ) -> None:
         """``out[i] += W[i] @ Vc[data set of problem i]`` with one batched product."""
         R, A, c = W.shape
         full = self.G * self.per == R  # every slot taken: no zeros to write
         Wp = (W.new_empty if full else W.new_zeros)(self.G * self.per, A, c)
         Wp.index_copy_(0, self.slot, W)
-        prod = torch.bmm(Wp.view(self.G, self.per * A, c), Vc)
+        prod = product(Wp.view(self.G, self.per * A, c), Vc)
         out += prod.view(self.G * self.per, A, -1).index_select(0, self.slot).to(out.dtype)
 
 
@@ -356,10 +361,26 @@ def _groups(rows: torch.Tensor, n_data: int) -> _Groups | None:
     return _Groups(slot, per, G, data)
 
 
-def _add_product(out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor, mixed: bool) -> None:
+def _product(W: torch.Tensor, Vc: torch.Tensor, *, split: bool = False) -> torch.Tensor:
+    """``W @ Vc`` (batched); ``split``: as three products of tf32 heads and remainders."""
+    if not split:
+        return torch.bmm(W, Vc)
+    W_hi, V_hi = _tf32_head(W), _tf32_head(Vc)
+    # the small cross terms first; lo lo (~2^-22 relative) is below float32's rounding anyway
+    return torch.bmm(W_hi, V_hi) + (torch.bmm(W_hi, Vc - V_hi) + torch.bmm(W - W_hi, V_hi))
+
+
+def _tf32_head(t: torch.Tensor) -> torch.Tensor:
+    """A float32 tensor's values cut to tf32's 10 mantissa bits (exact in tf32; the remainder
+    ``t - head`` is exact in float32)."""
+    return (t.view(torch.int32) & -8192).view(torch.float32)  # clear the low 13 bits
+
+
+def _add_product(out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor, mixed: bool,
+                 product=torch.bmm) -> None:
     """``out += W @ Vc``: fused in the data's dtype, else a lower-precision product added."""
     if mixed:
-        out += torch.bmm(W, Vc).to(out.dtype)
+        out += product(W, Vc).to(out.dtype)
     else:
         out.baddbmm_(W, Vc)
 

@@ -157,8 +157,8 @@ def fit_lse(
         :class:`~moe_theory.estimators.levenberg_marquardt.StopRule`
     rep_ids : the replications' global numbers, so that a near-truth start depends on the
         replication, not on the batch it is fitted in (default ``0..R-1``)
-    gram_dtype : ``float64`` (default: the data's precision), ``float32`` or ``tf32``: the
-        precision of the Gram products of ``J^T J`` in LM's Gauss-Newton passes
+    gram_dtype : ``float64`` (default: the data's precision), ``float32``, ``tf32`` or ``tf32x3``:
+        the precision of the Gram products of ``J^T J`` in LM's Gauss-Newton passes
         (docs/kernels.md#mixed-precision-gauss-newton). Loss, ``J^T r``, the damped solve and
         every stopping test stay in float64, so the fixed points and the certificate do not
         move; only the path to them (and the iterations it takes) may.

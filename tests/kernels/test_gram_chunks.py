@@ -82,10 +82,11 @@ def test_rows_gather_each_chunk_only(monkeypatch):
     assert seen and max(seen) < 40
 
 
-@pytest.mark.parametrize("gram_dtype", ["float32", "tf32"])
+@pytest.mark.parametrize("gram_dtype", ["float32", "tf32", "tf32x3"])
 @pytest.mark.parametrize("kept", [False, True])
 def test_mixed_gram_changes_jtj_only(gram_dtype, kept):
-    """A float32 Gram product (tf32 is float32 on a CPU) leaves loss and ``J^T r`` bit for bit
+    """A float32 Gram product (tf32 is float32 on a CPU; tf32x3 three float32 products of heads
+    and remainders that sum to about the float32 product) leaves loss and ``J^T r`` bit for bit
     (they never change precision) and ``J^T J`` within 1e-5 normwise of float64: each entry is a
     sum of n = 500 products of float32-rounded factors (relative error <= ~3 * 6e-8 per product),
     accumulated by float32 dot products (error growth ~ sqrt(n) * 6e-8 relative to the sum of
@@ -151,3 +152,19 @@ def test_groups_of_problems():
     assert sorted(g.slot.tolist()) == [0, 3, 4, 5]  # data set 0 in row 0, data set 2 in row 1
     assert gram._groups(torch.arange(6) % 3, 3).data is None
     assert gram._groups(torch.tensor([0, 0, 0, 0, 0, 1, 2]), 3) is None  # 15 slots, 7 problems
+
+
+def test_tf32_heads_and_remainders():
+    """A head keeps 10 mantissa bits (relative cut < 2^-10) and head + remainder is exact; the
+    split product (three float32 products on a CPU) is as accurate as one float32 product
+    (normwise 1e-6 against float64 for K = 300 terms: each ~sqrt(K) * 6e-8)."""
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(2, 20, 300, generator=g)
+    V = torch.randn(2, 300, 30, generator=g)
+    head = gram._tf32_head(W)
+    assert float(((W - head) / W).abs().max()) < 2**-10
+    mant = torch.frexp(head.double())[0] * 2**11  # 1 implicit + 10 stored bits: an integer
+    assert torch.equal(mant, mant.round()) and torch.equal(head + (W - head), W)
+    want = torch.bmm(W.double(), V.double())
+    got = gram._product(W, V, split=True).double()
+    assert _rel(got, want) <= 1e-6

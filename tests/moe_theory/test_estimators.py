@@ -157,7 +157,7 @@ def test_cached_feature_pairs_leave_the_fit_unchanged(monkeypatch, sparse_relu):
     assert torch.equal(plain.n_iter, cached.n_iter)
 
 
-@pytest.mark.parametrize("gram_dtype", ["float32", "tf32"])
+@pytest.mark.parametrize("gram_dtype", ["float32", "tf32", "tf32x3"])
 def test_mixed_precision_gram_reaches_the_float64_minimiser(gram_dtype):
     """docs/kernels.md#mixed-precision-gauss-newton: a float32 ``J^T J`` changes LM's path, not
     its fixed points (loss and ``J^T r`` stay float64). Exactly specified smooth (tanh) experts
