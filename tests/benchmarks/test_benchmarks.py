@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from benchmarks import gpu_tests
 from benchmarks.__main__ import SUBCOMMANDS, main
@@ -205,3 +206,17 @@ def test_certified_point_at_toy_size(tmp_path):
     fit = out["fits"]["float32"]
     assert out["n"] == 2000 and out["data_bytes"] == 2 * 2000 * (2 + 1) * 8
     assert 1 <= fit["batch_iterations"] <= 3 and fit["s_per_batch_iteration"] > 0
+
+
+def test_certified_point_draws_its_data_in_blocks(monkeypatch):
+    """Blocks of replications give the numbers of one draw (each replication is seeded alone)."""
+    from benchmarks import certified_figure
+    from moe_theory.config import load_config
+    from moe_theory.sweep import shard_data
+
+    config = load_config("nguyen2024", fast=True)
+    setting = config.setting("small-dense-relu")
+    monkeypatch.setattr(certified_figure, "DATA_BLOCK_BYTES", 2 * 300 * 3 * 8)  # 2 reps a block
+    X, Y = certified_figure._blocked_data(config, setting, 300, "cpu")
+    X1, Y1 = shard_data(config, setting, 300, 0, config.reps, "cpu")
+    assert X.shape[0] == config.reps > 2 and torch.equal(X, X1) and torch.equal(Y, Y1)
