@@ -52,6 +52,10 @@ MAX_K = 64
 #: elements (padded to powers of two) use the PyTorch reference.
 MAX_QUAD_ELEMENTS = 4096
 
+#: The Gram route's coefficients ``U (R, k_free + k, n)`` may take at most this many bytes; a pass
+#: over more samples runs in sample chunks (float64 at n = 10^7 with 100 problems: 144 GB).
+U_BYTES = 4 * 2**30
+
 #: Partial ``J^T J`` sums may take at most this many bytes; the number of sample splits ``T``
 #: shrinks to fit (it never drops below 1, where the buffer is about the size of the output).
 PARTIAL_BYTES = 2 * 2**30
@@ -417,6 +421,18 @@ def triton_moe_pass(
     # kernel forms J^T J from them; otherwise one launch with J^T J pair programs.
     gram = gn and gram_applies(score)
     gn_pairs = gn and not gram
+    m = n_free_gates(gate, k) + k
+    if gram and n > 1 and R * m * n * X.element_size() > U_BYTES:
+        # the Gram route writes U for every sample before its product: cut the samples so that
+        # U stays bounded (each part re-reads its chunk of X, a copy; only past U_BYTES)
+        step = max(1, U_BYTES // (R * m * X.element_size()))
+        parts = [triton_moe_pass(
+            X[:, s : s + step], Y[:, s : s + step], gate_params, expert_params, gate=gate,
+            score=score, expert=expert, config=config, gram_config=gram_config, rows=rows,
+            gram_features=None if gram_features is None else gram_features[:, s : s + step],
+            gram_dtype=gram_dtype) for s in range(0, n, step)]
+        return MoEPass(*(sum(t.double() for t in ts).to(X.dtype) for ts in zip(*parts,
+                                                                                 strict=True)))
     if config is not None:
         cfg = config
     elif X.is_cuda:  # _check found one that fits
@@ -494,5 +510,5 @@ def triton_moe_pass(
     return MoEPass(loss, jtr, jtj)
 
 
-__all__ = ["LaunchConfig", "MAX_D", "MAX_K", "OutOfResources", "default_config", "fp64_dots",
+__all__ = ["LaunchConfig", "MAX_D", "MAX_K", "OutOfResources", "U_BYTES", "default_config", "fp64_dots",
            "pick_config", "staged_elements", "triton_moe_pass", "unsupported_reason"]

@@ -339,3 +339,32 @@ def test_role_pair_products(m, start, stop, poisoned):
     got = triton_gram.role_pair_products(U, start, stop)
     assert poisoned and not poisoned[0].isnan().any()
     assert torch.equal(got, gram.role_pairs(U[:, :, start:stop]))
+
+
+@pytest.mark.parametrize("kept,rows", [(False, None), (True, [2, 0, 2, 1])])
+def test_gram_route_streams_over_samples(kept, rows, poisoned, monkeypatch):
+    """Past ``U_BYTES`` of coefficients the Gram route runs in sample chunks (here 9 samples of
+    n = 40, rows and kept feature pairs read in place): the same outputs as the reference on
+    copies of the rows, float64 1e-12 (only the summation order differs)."""
+    R, d, k, n = 3, 2, 2, 40
+    (X, Y, gp, ep), ex = _problem("softmax", "linear", "relu", d, k, R, n, torch.float64,
+                                  _seed("stream", kept))
+    idx = None if rows is None else torch.tensor(rows, device=DEVICE)
+    if idx is not None:
+        gp, ep = gp[idx.cpu() % R].to(DEVICE), ep[idx.cpu() % R].to(DEVICE)
+    V = gram.feature_pairs(X) if kept else None
+    B = R if idx is None else len(rows)
+    monkeypatch.setattr(tp, "U_BYTES", B * (n_free_gates("softmax", k) + k) * 8 * 9)
+    calls = []
+    real = tp._moe_grad_kernel
+    monkeypatch.setattr(tp, "_moe_grad_kernel", type("Spy", (), {
+        "__getitem__": lambda self, grid: (lambda *a, **kw: calls.append(a[0].shape[1])
+                                           or real[grid](*a, **kw))})())
+    config = tp.LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2)
+    got = tp.triton_moe_pass(X, Y, gp, ep, gate="softmax", score="linear", expert=ex,
+                             gram_features=V, rows=idx, config=config)
+    want = reference_moe_pass(X if idx is None else X[idx], Y if idx is None else Y[idx], gp, ep,
+                              gate="softmax", score="linear", expert=ex, structured=False)
+    assert calls == [9, 9, 9, 9, 4]
+    for name, a, b in zip(want._fields, got, want, strict=True):
+        assert a.shape == b.shape and _rel(a, b) <= 1e-12, (name, _rel(a, b))
