@@ -14,6 +14,7 @@ references and checks and draws the finished ones (docs/design.md#scheduling).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import threading
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,13 @@ from moe_theory import baseline
 from moe_theory.certificates import FolderCertificates
 from moe_theory.check import run_check
 from moe_theory.config import SweepConfig, load_config, named_configs
-from moe_theory.executors import GPU_PROCESSES, parse_gpus, shard_cost, shared_cluster
+from moe_theory.executors import (
+    GPU_PROCESSES,
+    map_shards,
+    parse_gpus,
+    shard_cost,
+    shared_cluster,
+)
 from moe_theory.plotting import plot_panels
 from moe_theory.population import cache_dir
 from moe_theory.provenance import provenance
@@ -50,6 +58,9 @@ EXPERIMENTS: dict[str, Callable[..., StudyOutput]] = {
     "attention-teacher": attention_teacher.run,
     "attention-regularity": attention_regularity.run,
 }
+#: The cluster priority of a study (one task whose length is not known beforehand): above every
+#: figure's work, so that it starts first and does not run alone at the end.
+STUDY_PRIORITY = sys.float_info.max
 #: Held while a figure starts its baseline: baseline.start sets and restores environment
 #: variables around the spawn, which two figures' threads doing it at once would leave changed.
 _BASELINE_START = threading.Lock()
@@ -178,7 +189,7 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
         options = {"executor": "processes", "local_workers": workers} if workers > 1 else {}
         return pd.concat([
             reproduce_experiment(str(fig), fast=fast, out=folder, device=device)
-            if fig in EXPERIMENTS else
+            if str(fig) in EXPERIMENTS else
             _sweep_figure(*_config_folder(fig, folder, fast), **common, workers=workers,
                           sweep_options=options)
             for fig, folder in figures], ignore_index=True)
@@ -196,52 +207,82 @@ def _config_folder(fig: str | Path, folder: Path | None, fast: bool) -> tuple[Sw
 
 def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict, *,
                 workers: int, sweep_options: dict) -> pd.DataFrame:
-    """:func:`reproduce_figures` on a shared cluster: a thread per sweep, this process's own
-    work one stage at a time (``driver``)."""
+    """:func:`reproduce_figures` on a shared cluster: a thread per figure, whose computations
+    (references, shards, the check's refits, a study) are tasks of the cluster; this process
+    writes and draws, one figure at a time (``driver``)."""
     driver = threading.Lock()
     tables: dict[int, pd.DataFrame] = {}
     errors: list[BaseException] = []
-    sweeps = [(i, *_config_folder(fig, folder, common["fast"]))
-              for i, (fig, folder) in enumerate(figures) if fig not in EXPERIMENTS]
-    # the largest figure first: its references are prepared first, so its shards (the most
-    # work) reach the cluster first
-    sweeps.sort(key=lambda job: -sum(shard_cost(job[1], shard) for shard in plan(job[1])))
+    device, backend, fast = common["device"], common["backend"], common["fast"]
+    cluster = {k: v for k, v in sweep_options.items() if k != "executor"}
 
-    def figure(i: int, config: SweepConfig, folder: Path, start: float) -> None:
+    def on_cluster(fn: Callable, item: Any, priority: float) -> Any:
+        """``fn(item)`` as one task of the shared cluster, with this priority."""
+        (result,) = map_shards(fn, [item], executor="dask", cost=lambda _: priority,
+                               device=device, **cluster)
+        return result
+
+    def figure(i: int, config: SweepConfig, folder: Path) -> None:
         try:
+            start = time.perf_counter()
+            _stage(1, 3 if common["certify"] else 2,
+                   f"{config.name}: G_bar references (cached in {cache_dir()}) and their "
+                   "certificates, on the cluster", start)
+            # the references gate all of the figure's shards: they go before any one of them
+            work = sum(shard_cost(config, shard) for shard in plan(config))
+            on_cluster(functools.partial(_prepare_references, folder=str(folder), device=device,
+                                         backend=backend), config, work)
             tables[i] = _sweep_figure(config, folder, **common, workers=workers,
                                       sweep_options=sweep_options, driver=driver, start=start)
         except BaseException as err:  # raised by the caller once every figure has ended
             errors.append(err)
 
+    def study(i: int, name: str, folder: Path | None) -> None:
+        try:
+            start = time.perf_counter()
+            # one task of unknown length: first, so that it does not run alone at the end
+            output = on_cluster(functools.partial(_run_study, fast=fast, device=device), name,
+                                STUDY_PRIORITY)
+            with driver:
+                tables[i] = _write_study(name, output, folder, fast=fast, device=device,
+                                         start=start)
+        except BaseException as err:
+            errors.append(err)
+
     threads = []
-    for i, config, folder in sweeps:
-        start = time.perf_counter()
-        with driver:
-            _stage(1, 3 if common["certify"] else 2,
-                   f"{config.name}: G_bar references (cached in {cache_dir()}) and their "
-                   "certificates, while the cluster runs what is already started", start)
+    for i, (fig, folder) in enumerate(figures):
+        if str(fig) in EXPERIMENTS:
+            thread = threading.Thread(target=study, args=(i, str(fig), folder), daemon=True,
+                                      name=f"study-{fig}")
+        else:
+            config, folder = _config_folder(fig, folder, fast)
             existing = read_manifest(folder)
             if existing is None or existing.get("config_hash") != config.hash:
                 # refuses another config's folder (unless empty) before anything is written there
                 write_manifest(folder, config)
-            prepare_references(config, folder, device=common["device"],
-                               backend=common["backend"],
-                               log=lambda msg: print(msg, file=sys.stderr, flush=True))
-        thread = threading.Thread(target=figure, args=(i, config, folder, start),
-                                  name=f"figure-{config.name}", daemon=True)
+            thread = threading.Thread(target=figure, args=(i, config, folder), daemon=True,
+                                      name=f"figure-{config.name}")
         thread.start()
         threads.append(thread)
-    for i, (fig, folder) in enumerate(figures):
-        if fig in EXPERIMENTS:
-            with driver:
-                tables[i] = reproduce_experiment(str(fig), fast=common["fast"], out=folder,
-                                                 device=common["device"])
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
     return pd.concat([tables[i] for i in range(len(figures))], ignore_index=True)
+
+
+def _log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _prepare_references(config: SweepConfig, *, folder: str, device: str, backend: str) -> None:
+    """A figure's references and their certificates (a cluster task)."""
+    prepare_references(config, folder, device=device, backend=backend, log=_log_stderr)
+
+
+def _run_study(name: str, *, fast: bool, device: str) -> StudyOutput:
+    """A study's computation (a cluster task); its output is written by the caller."""
+    return EXPERIMENTS[name](fast=fast, device=device)
 
 
 def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str, backend: str,
@@ -300,9 +341,15 @@ def reproduce_experiment(name: str, *, fast: bool = False, out: str | Path | Non
     """Run a study of :data:`EXPERIMENTS` into ``results/<name>[-fast]/`` (or ``out``); its
     summary."""
     check_device("device", device)
-    folder = Path(out) if out is not None else DEFAULT_OUT / (name + ("-fast" if fast else ""))
     start = time.perf_counter()
-    study = EXPERIMENTS[name](fast=fast, device=device)
+    return _write_study(name, _run_study(name, fast=fast, device=device), out, fast=fast,
+                        device=device, start=start)
+
+
+def _write_study(name: str, study: StudyOutput, out: str | Path | None, *, fast: bool,
+                 device: str, start: float) -> pd.DataFrame:
+    """A study's tables, figure and ``run.json``; its summary."""
+    folder = Path(out) if out is not None else DEFAULT_OUT / (name + ("-fast" if fast else ""))
     write_table(folder, study.table, study.text, name=study.table_name, results=study.results)
     study.draw(folder / name)
     run = write_run(folder, {"experiment": name, "fast": fast,

@@ -21,10 +21,15 @@ import torch
 from moe_theory import executors, population, reproduce, store, sweep
 from moe_theory.cli import main
 from moe_theory.config import load_config, parse_config
+from moe_theory.data import sample
+from moe_theory.estimators import fit_lse
 from moe_theory.executors import largest_first, map_shards, shard_cost
+from moe_theory.initialization import near_truth
 from moe_theory.settings import get_setting
 from moe_theory.store import SORT_KEYS, Shard, merge, plan, shard_path
+from moe_theory.studies import StudyOutput
 from moe_theory.sweep import compute_shard, run_sweep
+from moe_theory.voronoi import voronoi_loss
 
 TINY = """name = "tiny"
 settings = ["small-sparse-relu"]
@@ -131,6 +136,8 @@ def test_shard_cost_counts_samples_replications_starts_and_parameters():
     assert shard_cost(config, Shard("small-sparse-relu", 100, 0, 4)) == 2 * base
     more_starts = parse_config({**config.to_dict(), "starts": 3})
     assert shard_cost(more_starts, Shard("small-sparse-relu", 100, 0, 2)) == 2 * base  # 4 vs 2
+    longer = parse_config({**config.to_dict(), "max_iter": 10 * config.max_iter})
+    assert shard_cost(longer, Shard("small-sparse-relu", 100, 0, 2)) == 10 * base
     # d = 32, k = 9 against d = 2, k = 3: (p / p')^2 times the work per sample for LM
     from moe_theory.certificates import free_parameters
 
@@ -445,7 +452,7 @@ def test_reproduce_rejects_bad_workers(tmp_path, capsys):
 # ---- G_bar computed once, one cluster for several figures ----------------------------------------
 
 #: Two figures that share a G_bar reference (the sparse truth is sigmoid-gated: the softmax fit
-#: is measured against its own G_bar) and differ in the rest.
+#: is measured against its own G_bar) and differ in the rest (seed, n, shard size).
 FIGURE_A = """name = "fig-a"
 settings = ["small-sparse-relu"]
 fit_gates = ["softmax"]
@@ -456,7 +463,7 @@ starts = 0
 max_iter = 20
 """
 FIGURE_B = """name = "fig-b"
-settings = ["small-sparse-relu", "small-dense-relu"]
+settings = ["small-sparse-relu"]
 fit_gates = ["softmax"]
 n = [200, 300]
 reps = 2
@@ -523,6 +530,16 @@ def test_gbar_waits_for_the_process_computing_it(counted_gbar):
     assert counted_gbar == []
 
 
+def toy_study(*, fast: bool, device: str) -> StudyOutput:
+    """A study of a moment: one fit's D1 loss (seeded, so each run gives the same table)."""
+    truth = get_setting("small-sparse-relu").truth()
+    X, Y = sample(truth, 300, 1, seed=5)
+    fit = fit_lse(X, Y, 2, "sigmoid", "relu", init=near_truth(truth, 2, seed=5), max_iter=20)
+    table = pd.DataFrame({"n": [300], "D1": voronoi_loss(fit.measure, truth, "D1").numpy()})
+    return StudyOutput(results=table, table=table, table_name="toy", text=table.to_string(),
+                       draw=lambda stem: [])
+
+
 def _table(folder: Path, name: str) -> pd.DataFrame:
     """A figure's results, check or rates table without its timings."""
     df = pd.read_parquet(folder / f"{name}.parquet") if name in ("results", "check") else (
@@ -531,18 +548,20 @@ def _table(folder: Path, name: str) -> pd.DataFrame:
 
 
 def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_path, monkeypatch):
-    """Two certified figures on one local Dask cluster (its workers threads of this process, to
-    start in a moment): one cluster started, G_bar fitted once for both, and every table
-    (results, the optimiser check's refits, which run on the cluster too, and rates) bit for bit
-    the serial run's."""
+    """Two certified figures and a study on one local Dask cluster (its workers threads of this
+    process, to start in a moment): one cluster started, G_bar fitted once for both figures, and
+    every table (results, the optimiser check's refits, rates, the study's) bit for bit the
+    serial run's."""
     distributed = pytest.importorskip("distributed")
     # the figures' drawing (seconds of matplotlib each) is not what is compared
     monkeypatch.setattr(reproduce, "plot_panels", lambda *args, **kwargs: None)
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy-study", toy_study)
     paths = []
     for text in (FIGURE_A, FIGURE_B):
         path = tmp_path / (text.split('"')[1] + ".toml")
         path.write_text(text)
         paths.append(path)
+    paths.append(Path("toy-study"))
     serial = reproduce.reproduce_figures([(p, tmp_path / "serial" / p.stem) for p in paths],
                                          certify=True)
     assert counted_gbar == [("small-sparse-relu", "softmax")]
@@ -562,11 +581,14 @@ def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_pa
                                          local_workers=2, certify=True)
     assert len(started) == 1 and started[0]["n_workers"] == 2
     assert counted_gbar == [("small-sparse-relu", "softmax")]
-    for p in paths:
+    for p in paths[:2]:
         for name in ("results", "check", "rates"):
             pd.testing.assert_frame_equal(_table(tmp_path / "dask" / p.stem, name),
                                           _table(tmp_path / "serial" / p.stem, name),
                                           check_exact=True)
+    pd.testing.assert_frame_equal(_table(tmp_path / "dask" / "toy-study", "toy"),
+                                  _table(tmp_path / "serial" / "toy-study", "toy"),
+                                  check_exact=True)
     pd.testing.assert_frame_equal(shared.drop(columns="wall_s"), serial.drop(columns="wall_s"),
                                   check_exact=True)
     assert executors._shared == []  # the session ended with the call
