@@ -257,7 +257,8 @@ def gather_jtj(out: torch.Tensor, *, gate: str, expert: str, d: int, k: int) -> 
 
 def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: int, *,
                     V: torch.Tensor | None = None, rows: torch.Tensor | None = None,
-                    pair_products=None, gram_dtype: str = "float64") -> None:
+                    pair_products=None, gram_dtype: str = "float64",
+                    plan: RowPlan | None = None) -> None:
     """Add ``W^T V`` of the samples ``start .. start + U.shape[-1]`` of X to ``out (R, A, Q)``.
 
     ``U (R, m, c)`` holds those samples' coefficients; ``V``, ``rows``, ``pair_products`` as in
@@ -266,7 +267,8 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
     The samples are taken in sub-chunks of at most :data:`CHUNK_BYTES` of ``W`` and ``V``, so a
     caller may hand over a chunk of any length: nothing of size ``n x p`` is formed. ``out``
     keeps the data's dtype whatever ``gram_dtype`` (each sub-chunk's product is added to it in
-    that dtype).
+    that dtype). ``plan``: :func:`row_plan` of ``rows``, made once by a caller that hands over
+    many chunks of the same problems (it costs a host synchronisation).
     """
     R, m, c = U.shape
     d = X.shape[-1]
@@ -275,10 +277,12 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
     budget = CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
     per_sample = A + (0 if V is not None and rows is None else Q + d + 1)
     step = max(1, min(c, budget // (R * per_sample * X.element_size())))
-    grouped = None if rows is None else _groups(rows, X.shape[0])
+    if rows is not None and plan is None:
+        plan = row_plan(rows, X.shape[0])
+    grouped = None if rows is None else plan.grouped
     one_by_one = (V is not None and rows is not None and grouped is None
                   and R * min(c, step) * Q * V.element_size() > GATHER_BYTES)
-    data_rows = None if rows is None else (rows.tolist() if one_by_one else rows)
+    data_rows = None if rows is None else (plan.listed() if one_by_one else rows)
     mixed = pdtype != out.dtype
     product = functools.partial(_product, split=gram_dtype == "tf32x3")
     with _matmul_precision(gram_dtype, X.device):
@@ -376,6 +380,26 @@ def _tf32_head(t: torch.Tensor) -> torch.Tensor:
     return (t.view(torch.int32) & -8192).view(torch.float32)  # clear the low 13 bits
 
 
+@dataclass
+class RowPlan:
+    """How :func:`accumulate_gram` multiplies a subset ``rows`` of problems: stacked by data set
+    (``grouped``) or problem by problem (``listed()``, the rows on the host)."""
+
+    rows: torch.Tensor
+    grouped: _Groups | None
+    _listed: list[int] | None = None
+
+    def listed(self) -> list[int]:
+        if self._listed is None:
+            self._listed = self.rows.tolist()
+        return self._listed
+
+
+def row_plan(rows: torch.Tensor, n_data: int) -> RowPlan:
+    """The :class:`RowPlan` of ``rows`` over ``n_data`` data sets."""
+    return RowPlan(rows, _groups(rows, n_data))
+
+
 def _add_product(out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor, mixed: bool,
                  product=torch.bmm) -> None:
     """``out += W @ Vc``: fused in the data's dtype, else a lower-precision product added."""
@@ -387,4 +411,4 @@ def _add_product(out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor, mixed: bo
 
 __all__ = ["GRAM_DTYPES", "Tables", "accumulate_gram", "applies", "cache_fits", "check_gram_dtype",
            "device_tables", "feature_pairs", "gather_jtj", "gram_jtj", "n_roles",
-           "product_dtype", "role_pairs", "tables", "with_constant"]
+           "product_dtype", "role_pairs", "row_plan", "tables", "with_constant"]

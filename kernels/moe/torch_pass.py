@@ -177,6 +177,8 @@ def _gram_pass(X, Y, gate_params, expert_params, *, gate: str, score: str, exper
     jtr = X.new_zeros(R, tab.m, d + 1)
     acc = X.new_zeros(R, tab.A, tab.Q)
     step = _chunk_size(R, tab.m + d, X.element_size(), n, X.device)
+    # planned once per pass: the plan costs a host synchronisation
+    plan = None if rows is None else gram.row_plan(rows, X.shape[0])
     for start in range(0, n, step):
         Xc, Yc = _chunk(X, Y, rows, start, start + step)
         *_, pi, h, dh, f = _chunk_terms(Xc, gate_params, expert_params, gate, score, expert)
@@ -186,7 +188,7 @@ def _gram_pass(X, Y, gate_params, expert_params, *, gate: str, score: str, exper
         loss += (r * r).sum(-1)
         jtr += torch.einsum("rcm,rcf->rmf", Uc * r[..., None], gram.with_constant(Xc))
         gram.accumulate_gram(acc, Uc.transpose(1, 2), X, start, V=V, rows=rows,
-                             gram_dtype=gram_dtype)
+                             gram_dtype=gram_dtype, plan=plan)
     jtj = gram.gather_jtj(acc, gate=gate, expert=expert.name, d=d, k=k)
     jtr_index = gram.device_tables(gate, expert.name, d, k, X.device)[3]
     return MoEPass(loss, jtr.reshape(R, -1)[:, jtr_index], jtj)
