@@ -3,29 +3,42 @@
 Every figure of the project goes through :func:`use_style` (the packaged ``moe_theory.mplstyle``)
 and is drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas: nothing is
 registered with pyplot, so no display is needed and no figure is left open.
+
+Layout rules (each tested in tests/moe_theory/test_plotting.py): the y axis names the loss it
+shows; the legend sits below its panel, outside the data, and the figure grows to hold it; the
+shared key (below the panels) defines the error bars, the median marker, the line styles and
+what ``±`` means, in the words of the rates table (:data:`moe_theory.rates.PLUS_MINUS`); the
+y-limits span the drawn data (means, their bars, medians) and no more; a panel without a drawable
+curve is left out; titles are words (a setting id becomes its description from the results table).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
+import matplotlib
 import matplotlib.style
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
+from matplotlib.transforms import offset_copy
 
 from moe_theory.certificates import FolderCertificates
 from moe_theory.rates import (
-    CI_LEVEL,
+    MIN_REPS_PER_N,
+    PLUS_MINUS,
     RateFit,
     TheoryLookup,
     bounds_by_n,
@@ -54,27 +67,38 @@ THEORY_LINESTYLE = "-."
 OVERLAY_LINESTYLE = ":"
 UNCERTIFIED_LINESTYLE = "--"
 MEDIAN_MARKER = "x"
-#: The legend's title: what "±" means (the one convention of tables, report and figures).
-LEGEND_TITLE = f"slope ± {CI_LEVEL:.0%} CI half-width"
+#: The legend's title: what "±" means, in the rates table's own words (one convention everywhere).
+LEGEND_TITLE = PLUS_MINUS
+#: What the error bars are (the shared key's entry).
+BARS_LABEL = "mean ± 2 sd over replications"
 
 # mean - 2 sd is negative whenever the spread exceeds half the mean (common at small n); on a
 # log axis the bar would then run off the plot, so its lower end stops one decade below the mean.
 ERRORBAR_FLOOR = 0.1
-
-# Room kept between the legend and the data (fraction of the axes height; constrained layout may
-# still resize the axes a little after the legend is measured), and the tallest legend worth
-# making room for: beyond it the data would be squeezed into too little of the axes.
-LEGEND_PAD = 0.05
-LEGEND_MAX_HEIGHT = 0.6
+#: Room left above and below the drawn data on the log y axis, as a fraction of its log range
+#: (at least Y_MARGIN_MIN_DECADES): markers and bar caps stay inside the axes, and nothing else
+#: (a theory guide or overlay running off the data) widens the axis.
+Y_MARGIN = 0.06
+Y_MARGIN_MIN_DECADES = 0.05
 
 PNG_DPI = 200
-# One panel of a multi-panel figure: three side by side fill a two-column page (~7 in).
+# One panel of a multi-panel figure: three side by side fill a two-column page (~7 in). The
+# height is the axes' share; each panel's legend below it adds its own height (:func:`_save`).
 PANEL_SIZE_IN = (2.3, 2.0)
 
 PLOT_COLUMNS = ("setting", "fit_gate", "loss_name", "score", "regime", "expert", "n", "loss_value")
 
+#: Short names of the losses (docs/theory.md#voronoi-losses), for axis labels.
+LOSS_WORDS = {
+    "D1": "Voronoi loss D1", "D2": "Voronoi loss D2", "D3": "Voronoi loss D3",
+}
+PARAMETER_WORDS = {"eta": "expert", "beta1": "gate-slope", "A": "gate-form", "W": "W", "V": "V"}
+CELL_WORDS = {"exact": "exact cells", "over": "over-specified cells"}
+EXPERT_WORDS = {"relu": "ReLU", "gelu": "GELU"}
+REFERENCE_WORDS = {"G_bar": r"$\bar G$", "G*": r"$G^*$"}
+
 Curve = tuple[str, str] | tuple[str, str, str]
-Panel = tuple[str, str, Sequence[Curve]]
+Panel = tuple[str | None, str, Sequence[Curve]]
 
 
 @contextmanager
@@ -85,24 +109,67 @@ def use_style() -> Iterator[None]:
         yield
 
 
-def _parse_curve(curve: Curve) -> tuple[str, str, str]:
+def _parse_curve(curve: Curve) -> tuple[str, str, str | None]:
     if not isinstance(curve, tuple | list) or len(curve) not in (2, 3):
         raise ValueError(
             f"curves: each entry must be (fit_gate, loss_name) or (fit_gate, loss_name, label), "
             f"got {curve!r}"
         )
-    gate, loss = curve[0], curve[1]
-    return gate, loss, curve[2] if len(curve) == 3 else f"{gate} {loss}"
+    return curve[0], curve[1], curve[2] if len(curve) == 3 else None
 
 
-def _ylabel(loss_names: Sequence[str]) -> str:
-    # D1, D2(r), D3 are the Voronoi losses (docs/theory.md#voronoi-losses); err_<group>_<cell> the
-    # per-parameter errors.
-    if all(re.fullmatch(r"D[123].*", name) for name in loss_names):
-        return "Voronoi loss"
-    if all(name.startswith("err_") for name in loss_names):
-        return "parameter error"
-    return "loss"
+def loss_words(loss: str) -> str:
+    """A loss in words for an axis label: ``D3`` -> "Voronoi loss D3", ``err_eta_over`` ->
+    "expert error, over-specified cells"; other names are returned as they are."""
+    if loss in LOSS_WORDS:
+        return LOSS_WORDS[loss]
+    match = re.fullmatch(r"err_([A-Za-z0-9]+)_(exact|over)", loss)
+    if match:
+        group, cell = match.groups()
+        return f"{PARAMETER_WORDS.get(group, group)} error, {CELL_WORDS[cell]}"
+    return loss
+
+
+def axis_label(loss_names: Sequence[str]) -> str:
+    """The y label of an axes showing ``loss_names``: the loss in words when there is one, the
+    names joined by " / " when there are two (D3 / err_eta_over: the axis says which losses
+    share it), else the family ("Voronoi losses", "parameter errors", "losses") with the names
+    left to the legend."""
+    names = list(dict.fromkeys(loss_names))
+    if len(names) == 1:
+        return loss_words(names[0])
+    if len(names) == 2:
+        return " / ".join(names)
+    if all(re.fullmatch(r"D[123].*", name) for name in names):
+        return "Voronoi losses (see legend)"
+    if all(name.startswith("err_") for name in names):
+        return "parameter errors (see legend)"
+    return "losses (see legend)"
+
+
+def setting_words(rows: pd.DataFrame) -> str:
+    """One setting in words, two lines, from the descriptive columns of its results rows:
+    "ReLU experts, linear score" / "dense softmax truth, d=32, k*=8, k=9"."""
+    first = rows.iloc[0]
+    expert = EXPERT_WORDS.get(str(first["expert"]), str(first["expert"]))
+    line1 = f"{expert} experts, {first['score']} score"
+    line2 = f"{first['regime']}"
+    if "truth_gate" in rows.columns:
+        line2 += f" {first['truth_gate']} truth"
+    sizes = [f.format(first[c]) for c, f in (("d", "d={}"), ("k_true", "k*={}"),
+                                              ("k_fit", "k={}")) if c in rows.columns]
+    return f"{line1}\n{line2}" + (f", {', '.join(sizes)}" if sizes else "")
+
+
+def curve_label(gate: str, loss: str, rows: pd.DataFrame) -> str:
+    """A curve's default legend name: fitted gate, loss, and its reference measure when the
+    results table has one ("sigmoid D3 vs G_bar")."""
+    label = f"{gate} {loss}"
+    if "reference" in rows.columns:
+        refs = rows["reference"].dropna().unique()
+        if len(refs) == 1:
+            label += f" vs {REFERENCE_WORDS.get(str(refs[0]), str(refs[0]))}"
+    return label
 
 
 def _rate_label(label: str, fit: RateFit, certified: bool = True) -> str:
@@ -110,6 +177,59 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True) -> str:
     if math.isnan(fit.slope):
         return f"{label}: no rate (< 2 sample sizes){suffix}"
     return rf"{label}: $n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}${suffix}"
+
+
+def _below_axes(ax: Axes):
+    """A transform whose origin sits under the x axis's tick labels and label, so that a legend
+    anchored there at "upper center" clears them. The offset is computed from the style (tick
+    length and pad, tick-label and label sizes, label pad), so it holds before layout."""
+    rc = matplotlib.rcParams
+    size = lambda key: matplotlib.font_manager.FontProperties(size=rc[key]).get_size_in_points()  # noqa: E731
+    points = (rc["xtick.major.size"] + rc["xtick.major.pad"] + 1.2 * size("xtick.labelsize")
+              + rc["axes.labelpad"] + 1.15 * size("axes.labelsize"))
+    return offset_copy(ax.transAxes, fig=ax.figure, y=-points, units="points")
+
+
+def data_extent(ax: Axes) -> tuple[float, float] | None:
+    """Smallest and largest y of the data drawn by :func:`draw_rates` on ``ax``: means and their
+    error bars, and medians (not fitted lines, guides or overlays); None when nothing is drawn."""
+    ys: list[np.ndarray] = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            data_line, _, barcols = container.lines
+            ys.append(np.asarray(data_line.get_ydata(), dtype=float))
+            for coll in barcols:
+                ys += [np.asarray(seg, dtype=float)[:, 1] for seg in coll.get_segments()]
+    ys += [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()
+           if line.get_gid() == "median"]
+    values = np.concatenate(ys) if ys else np.array([])
+    values = values[np.isfinite(values) & (values > 0)]
+    if not values.size:
+        return None
+    return float(values.min()), float(values.max())
+
+
+def fit_ylim(ax: Axes) -> None:
+    """Set the log y-limits of ``ax`` to its data extent (:func:`data_extent`) plus a margin of
+    ``Y_MARGIN`` of the log range (at least ``Y_MARGIN_MIN_DECADES`` decades) on each side."""
+    extent = data_extent(ax)
+    if extent is None:
+        return
+    lo, hi = np.log10(extent)
+    margin = max(Y_MARGIN * (hi - lo), Y_MARGIN_MIN_DECADES)
+    ax.set_ylim(10.0 ** (lo - margin), 10.0 ** (hi + margin))
+
+
+def drawable_curve(df: pd.DataFrame, gate: str, loss: str) -> bool:
+    """Whether a curve has a point to draw: a sample size with ``MIN_REPS_PER_N`` usable values
+    (finite, positive, not at a bound)."""
+    curve = df[(df["fit_gate"] == gate) & (df["loss_name"] == loss)]
+    if curve.empty:
+        return False
+    _, values = values_by_n(curve)
+    bounds = bounds_by_n(curve) or [None] * len(values)
+    return any((drop_reasons(v, b) == "").sum() >= MIN_REPS_PER_N
+               for v, b in zip(values, bounds, strict=True))
 
 
 def draw_rates(
@@ -130,24 +250,22 @@ def draw_rates(
     "(not measurable)" in its legend entry, when not; where the theory gives an exponent, a
     dash-dot guide of that exponent through the curve's first point; where the reference is
     identified, the asymptotic overlay (docs/theory.md#asymptotic-overlay), dotted. Values and
-    sample sizes are dropped as in :func:`moe_theory.rates.fit_rate`. The legend's title says
-    what ``±`` is.
+    sample sizes are dropped as in :func:`moe_theory.rates.fit_rate`. The legend goes below the
+    axes (under the x label), the y-limits fit the drawn data (:func:`fit_ylim`).
 
     Parameters
     ----------
     ax : axes to draw on.
     df : tidy results table (docs/theory.md#results-table) of a single setting.
     curves : ``(fit_gate, loss_name)`` or ``(fit_gate, loss_name, label)`` entries; the label
-        defaults to ``"{fit_gate} {loss_name}"``.
+        defaults to :func:`curve_label` ("sigmoid D3 vs G_bar").
     theory : ``(fit_gate, score, regime, expert, loss_name) -> obj`` with ``exponent``; defaults
         to ``moe_theory.theory.predicted_rate``.
-    ylabel : y-axis label; defaults to "Voronoi loss" when every loss is D1, D2(r) or D3,
-        "parameter error" when every one is an ``err_*`` error, else "loss".
+    ylabel : y-axis label; defaults to :func:`axis_label` of the curves' losses.
     certificates : the results folder's certificates (:meth:`FolderCertificates.load`); without
         them no curve is certified.
-    key : also put the shared entries (mean ± 2 sd, median, theory, local prediction) and the
-        meaning of ``±`` (its title) in this legend; :func:`plot_panels` puts them once below
-        the panels instead.
+    key : also put the shared entries (:func:`key_handles`) and the meaning of ``±`` (its title)
+        in this legend; :func:`plot_panels` puts them once below the panels instead.
 
     Returns
     -------
@@ -168,7 +286,7 @@ def draw_rates(
     fits: list[RateFit] = []
     gate_seen: dict[str, int] = {}
     other_gates: list[str] = []
-    any_theory = any_overlay = False
+    styles: set[str] = set()
     for gate, loss, label in parsed:
         curve = df[(df["fit_gate"] == gate) & (df["loss_name"] == loss)]
         if curve.empty:
@@ -176,6 +294,7 @@ def draw_rates(
                 f"curves: no rows for fit_gate={gate!r}, loss_name={loss!r} in setting "
                 f"{settings[0]!r}"
             )
+        label = curve_label(gate, loss, curve) if label is None else label
         if gate not in GATE_COLORS and gate not in other_gates:
             other_gates.append(gate)
         color = GATE_COLORS.get(gate) or OTHER_COLORS[other_gates.index(gate) % len(OTHER_COLORS)]
@@ -202,48 +321,60 @@ def draw_rates(
             for artist in (*bars[1], *bars[2]):
                 artist.set_alpha(0.55)
             ax.plot(n, [np.median(kept[m]) for m in n], ls="None", marker=MEDIAN_MARKER,
-                    color=color, ms=4, zorder=4)
+                    color=color, ms=4, zorder=4, gid="median")
+        line_style = "-" if certified else UNCERTIFIED_LINESTYLE
         if not math.isnan(fit.slope):
+            styles.add(line_style)
             ends = n[[0, -1]]
             ax.plot(ends, np.exp(fit.intercept) * ends**fit.slope, color=color, zorder=2,
-                    ls="-" if certified else UNCERTIFIED_LINESTYLE)
+                    ls=line_style)
         rate = curve_rate(lookup, curve, name, loss)
         if n.size and rate.exponent is not None and not math.isnan(rate.exponent):
-            any_theory = True
+            styles.add(THEORY_LINESTYLE)
             ends = n[[0, -1]]
             guide = mean[0] * (ends / n[0]) ** rate.exponent
             ax.plot(ends, guide, color=color, lw=0.8, ls=THEORY_LINESTYLE, alpha=0.8, zorder=1)
         overlay = _overlay(certificates, name)
         if overlay is not None:
-            any_overlay = True
+            styles.add(OVERLAY_LINESTYLE)
             ax.plot(*overlay, color=color, lw=1.0, ls=OVERLAY_LINESTYLE, zorder=1)
-        handles.append(Line2D([], [], color=color, marker=marker, mfc=face,
-                              ls="-" if certified else UNCERTIFIED_LINESTYLE,
+        handles.append(Line2D([], [], color=color, marker=marker, mfc=face, ls=line_style,
                               label=_rate_label(label, fit, certified)))
     if key:
-        handles += key_handles(theory=any_theory, overlay=any_overlay)
+        handles += key_handles(styles=styles)
     ax.set_xscale("log")
     ax.set_yscale("log")
     # grids under a decade get labelled minor ticks, which collide on a narrow panel
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(r"sample size $n$")
-    ax.set_ylabel(ylabel if ylabel is not None else _ylabel([loss for _, loss, _ in parsed]))
-    # Losses decay, so the lower left is the emptiest corner; make_room_for_legend then lowers
-    # the axis until the legend clears the data.
-    ax.legend(handles=handles, loc="lower left", title=LEGEND_TITLE if key else None)
+    ax.set_ylabel(ylabel if ylabel is not None else axis_label([loss for _, loss, _ in parsed]))
+    fit_ylim(ax)
+    # Below the axes: a legend inside would cover data (or push the y-limits apart to clear it).
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+              bbox_transform=_below_axes(ax), title=LEGEND_TITLE if key else None)
     return fits
 
 
-def key_handles(*, theory: bool, overlay: bool) -> list[Line2D]:
-    """Legend entries for what every curve shares: bars, median, theory guide, overlay."""
-    handles = [Line2D([], [], color="0.4", marker="o", ls="None", label="mean ± 2 sd"),
-               Line2D([], [], color="0.4", marker=MEDIAN_MARKER, ms=4, ls="None",
-                      label="median")]
-    if overlay:
-        handles.append(Line2D([], [], color="0.4", lw=1.0, ls=OVERLAY_LINESTYLE,
-                              label="local prediction"))
-    if theory:
-        handles.append(Line2D([], [], color="0.4", lw=0.8, ls=THEORY_LINESTYLE, label="theory"))
+def key_handles(*, styles: set[str] | frozenset[str] = frozenset(), theory: bool = False,
+                overlay: bool = False) -> list:
+    """Legend entries for what every curve shares: the error bars (mean ± 2 sd), the median, and
+    each line style in ``styles`` that was drawn (certified and not-measurable fits, theory
+    guide, local prediction); ``theory`` and ``overlay`` add those two styles."""
+    styles = set(styles) | ({THEORY_LINESTYLE} if theory else set()) | (
+        {OVERLAY_LINESTYLE} if overlay else set())
+    grey = "0.4"
+    bars = ErrorbarContainer(
+        (Line2D([], [], color=grey, marker="o", ls="None"), (),
+         (LineCollection([], colors=grey, linewidths=0.5),)),
+        has_xerr=False, has_yerr=True, label=BARS_LABEL)
+    handles: list = [bars, Line2D([], [], color=grey, marker=MEDIAN_MARKER, ms=4, ls="None",
+                                  label="median")]
+    for style, label, lw in (("-", "fitted rate, certified", 1.0),
+                             (UNCERTIFIED_LINESTYLE, "fitted rate, not measurable", 1.0),
+                             (THEORY_LINESTYLE, "theory exponent", 0.8),
+                             (OVERLAY_LINESTYLE, "local prediction", 1.0)):
+        if style in styles:
+            handles.append(Line2D([], [], color=grey, lw=lw, ls=style, label=label))
     return handles
 
 
@@ -260,50 +391,37 @@ def _overlay(certificates: FolderCertificates, name: tuple[str, str, str]
     return (n[keep], mean[keep]) if keep.sum() >= 2 else None
 
 
-def make_room_for_legend(ax: Axes) -> None:
-    """Lower the y-axis bottom of log-log ``ax`` until its lower-left legend clears the data.
-
-    Call once the figure is laid out (the legend's share of the axes depends on the final axes
-    size). Only data over the legend's horizontal extent count: markers, error bars, and lines
-    (straight between their vertices, as the fits and guides are on log-log axes). Does nothing
-    if the legend is already clear or too tall to make room for (``LEGEND_MAX_HEIGHT``).
-    """
-    legend = ax.get_legend()
-    if legend is None:
+def fit_figure_height(fig: Figure) -> None:
+    """Grow ``fig`` by the height of the legends below its panels (the tallest of each row) and
+    of its own legends, so that the axes keep the height they were given instead of being
+    squeezed by constrained layout. Call after drawing (later calls do nothing);
+    :func:`plot_rates` and :func:`plot_panels` do."""
+    if getattr(fig, "_moe_theory_fitted", False):
         return
-    renderer = ax.figure.canvas.get_renderer()
-    box = legend.get_window_extent(renderer).transformed(ax.transAxes.inverted())
-    height = box.y1 + LEGEND_PAD
-    if height >= LEGEND_MAX_HEIGHT:
-        return
-    x_right = ax.transData.inverted().transform(ax.transAxes.transform((box.x1, 0.0)))[0]
-    lowest = [np.inf]
-    polylines = [line.get_xydata() for line in ax.get_lines() if line.get_linestyle() != "None"]
-    points = [line.get_xydata() for line in ax.get_lines() if line.get_linestyle() == "None"]
-    points += [seg for coll in ax.collections for seg in coll.get_segments()]
-    for xy in points:
-        xy = np.asarray(xy, dtype=float)
-        lowest.append(xy[xy[:, 0] <= x_right, 1].min(initial=np.inf))
-    for xy in polylines:
-        log_xy = np.log10(np.asarray(xy, dtype=float))
-        for (x0, y0), (x1, y1) in zip(log_xy[:-1], log_xy[1:], strict=True):
-            end = min(x1, np.log10(x_right))
-            if x0 <= end:
-                y_end = y1 if x1 == x0 else y0 + (y1 - y0) * (end - x0) / (x1 - x0)
-                lowest.append(10.0 ** min(y0, y_end))
-    if not np.isfinite(min(lowest)):
-        return
-    lo, hi = np.log10(ax.get_ylim())
-    # Put the lowest covered value at fraction `height` of the axis: solve for the new bottom.
-    bottom = (np.log10(min(lowest)) - height * hi) / (1.0 - height)
-    if bottom < lo:
-        ax.set_ylim(10.0**bottom, 10.0**hi)
+    fig._moe_theory_fitted = True
+    renderer = fig.canvas.get_renderer()
+    rows: dict[int, float] = {}
+    # a panel's size allows one line of title: each further line adds its height
+    line = 1.2 * matplotlib.font_manager.FontProperties(
+        size=matplotlib.rcParams["axes.titlesize"]).get_size_in_points() / 72
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        spec = ax.get_subplotspec()
+        if spec is None:
+            continue
+        height = 0.0 if legend is None else legend.get_window_extent(renderer).height / fig.dpi
+        lines = ax.get_title().count("\n") + 1 if ax.get_title() else 1
+        height += (lines - 1) * line
+        row = spec.rowspan.start
+        rows[row] = max(rows.get(row, 0.0), height)
+    extra = sum(rows.values()) + sum(lg.get_window_extent(renderer).height / fig.dpi
+                                     for lg in fig.legends)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + extra)
 
 
 def _save(fig: Figure, path_stem: str | Path) -> list[Path]:
-    fig.get_layout_engine().execute(fig)
-    for ax in fig.axes:
-        make_room_for_legend(ax)
+    fit_figure_height(fig)
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"
@@ -311,6 +429,54 @@ def _save(fig: Figure, path_stem: str | Path) -> list[Path]:
     # No creation date: the same results give the same bytes, so regenerated figures diff clean.
     fig.savefig(pdf, metadata={"CreationDate": None})
     return [png, pdf]
+
+
+def _wrap_titles(fig: Figure, ncols: int) -> None:
+    """Re-wrap each panel title wider than the room it has (centred over its axes, up to halfway
+    to the neighbouring axes, or to the figure's edge) at spaces, line by line, so that
+    neighbouring titles neither overlap nor leave the figure."""
+    fig.get_layout_engine().execute(fig)
+    renderer = fig.canvas.get_renderer()
+    by_cell = {(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start): ax
+               for ax in fig.axes if ax.get_subplotspec() is not None}
+    for (row, col), ax in by_cell.items():
+        title = ax.get_title()
+        if not title:
+            continue
+        width = ax.title.get_window_extent(renderer).width
+        left, right = by_cell.get((row, col - 1)), by_cell.get((row, col + 1))
+        lo = fig.bbox.x0 if left is None else (left.bbox.x1 + ax.bbox.x0) / 2
+        hi = fig.bbox.x1 if right is None else (ax.bbox.x1 + right.bbox.x0) / 2
+        centre = (ax.bbox.x0 + ax.bbox.x1) / 2
+        room = 2 * min(centre - lo, hi - centre)
+        if width <= room:
+            continue
+        chars = max(len(line) for line in title.splitlines())
+        # characters per line that fit, from the measured width per character
+        fit = max(8, int(chars * room / width))
+        ax.set_title("\n".join(textwrap.fill(line, fit) for line in title.splitlines()))
+
+
+def figure_title(title: str) -> str:
+    """A figure title in words: the name of a config of ``simulations/configs/`` becomes that
+    config's description (a config id tells a reader nothing); other titles are kept."""
+    # Imported here: plotting is used without the configs (studies, notebooks).
+    from moe_theory.config import CONFIG_DIR, load_config
+
+    path = CONFIG_DIR / f"{title}.toml"
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", title) and path.is_file():
+        # the path, not the name: load_config would read a folder of that name in the cwd
+        return load_config(path).description or title
+    return title
+
+
+def _suptitle(fig: Figure, title: str) -> None:
+    """The figure title in words, wrapped to the figure's width."""
+    size = matplotlib.font_manager.FontProperties(
+        size=matplotlib.rcParams["figure.titlesize"]).get_size_in_points()
+    # an average glyph of DejaVu Sans is ~0.55 em wide
+    chars = max(20, int(fig.get_size_inches()[0] * 72 / (0.55 * size)))
+    fig.suptitle("\n".join(textwrap.wrap(figure_title(title), chars)))
 
 
 def plot_rates(
@@ -330,13 +496,14 @@ def plot_rates(
     df : tidy results table (docs/theory.md#results-table) of a single setting.
     curves : ``(fit_gate, loss_name)`` or ``(fit_gate, loss_name, label)`` entries.
     path_stem : output path without suffix; parent folders are created.
-    title : axes title.
+    title : axes title (a config name becomes its description, :func:`figure_title`).
     theory, ylabel, certificates : see :func:`draw_rates`.
 
     Returns
     -------
     list of Path
-        ``path_stem.png`` (200 dpi) and ``path_stem.pdf``.
+        ``path_stem.png`` (200 dpi) and ``path_stem.pdf``: the style's width, its height plus
+        the legend's below the axes.
     """
     with use_style():
         fig = Figure()
@@ -344,7 +511,7 @@ def plot_rates(
         ax = fig.add_subplot()
         draw_rates(ax, df, curves, theory=theory, ylabel=ylabel, certificates=certificates)
         if title is not None:
-            ax.set_title(title)
+            ax.set_title(figure_title(title))
         return _save(fig, path_stem)
 
 
@@ -359,51 +526,87 @@ def plot_panels(
     ylabel: str | None = None,
     certificates: FolderCertificates | None = None,
 ) -> list[Path]:
-    """Write a multi-panel figure, one log-log axes of :func:`draw_rates` per panel.
-
-    Parameters
-    ----------
-    df : tidy results table (docs/theory.md#results-table); may hold several settings.
-    panels : ``(title, setting, curves)`` entries, drawn row by row.
-    path_stem : output path without suffix; parent folders are created.
-    ncols : panels per row; defaults to all in one row, at most 3.
-    title : figure title.
-    theory, ylabel, certificates : see :func:`draw_rates`; the y label is shown on the left
-        column only when every panel has the same one.
+    """Write a multi-panel figure, one log-log axes of :func:`draw_rates` per panel (see
+    :func:`panels_figure` for the parameters).
 
     Returns
     -------
     list of Path
         ``path_stem.png`` (200 dpi) and ``path_stem.pdf``.
     """
+    with use_style():
+        fig = panels_figure(df, panels, ncols=ncols, title=title, theory=theory, ylabel=ylabel,
+                            certificates=certificates)
+        return _save(fig, path_stem)
+
+
+def panels_figure(
+    df: pd.DataFrame,
+    panels: Sequence[Panel],
+    *,
+    ncols: int | None = None,
+    title: str | None = None,
+    theory: TheoryLookup | None = None,
+    ylabel: str | None = None,
+    certificates: FolderCertificates | None = None,
+) -> Figure:
+    """The multi-panel figure of :func:`plot_panels`, laid out and sized (draw it inside
+    :func:`use_style`).
+
+    Curves without a drawable point (:func:`drawable_curve`) are left out, and so are panels left
+    without a curve: a figure has no empty panel.
+
+    Parameters
+    ----------
+    df : tidy results table (docs/theory.md#results-table); may hold several settings.
+    panels : ``(title, setting, curves)`` entries, drawn row by row. A title that is None or the
+        setting's id is replaced by the setting in words (:func:`setting_words`).
+    ncols : panels per row; defaults to all in one row, at most 3.
+    title : figure title (a config name becomes its description, :func:`figure_title`), wrapped
+        to the figure's width.
+    theory, ylabel, certificates : see :func:`draw_rates`; the y label is shown on the left
+        column only when every panel has the same one.
+    """
     check_columns(df, PLOT_COLUMNS)
     if not panels:
         raise ValueError("panels: give at least one (title, setting, curves) entry")
-    ncols = min(len(panels), 3) if ncols is None else ncols
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+    if ncols is not None and (isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1):
         raise ValueError(f"ncols: must be a positive integer, got {ncols!r}")
-    nrows = math.ceil(len(panels) / ncols)
-    ylabels = {ylabel or _ylabel([_parse_curve(c)[1] for c in curves]) for _, _, curves in panels}
-    with use_style():
-        fig = Figure(figsize=(PANEL_SIZE_IN[0] * ncols, PANEL_SIZE_IN[1] * nrows))
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for i, (ax, (panel_title, setting, curves)) in enumerate(zip(axes, panels, strict=False)):
-            rows = df[df["setting"] == setting]
-            if rows.empty:
-                raise ValueError(f"panels: setting {setting!r} (panel {panel_title!r}) has no rows")
-            draw_rates(ax, rows, curves, theory=theory, ylabel=ylabel, certificates=certificates,
-                       key=False)
-            ax.set_title(panel_title)
-            # One shared y label on the left column when every panel plots the same kind of loss.
-            if len(ylabels) == 1 and i % ncols != 0:
-                ax.set_ylabel("")
-        for ax in axes[len(panels) :]:
-            fig.delaxes(ax)
-        styles = {line.get_linestyle() for ax in axes[: len(panels)] for line in ax.get_lines()}
-        fig.legend(handles=key_handles(theory=THEORY_LINESTYLE in styles,
-                                       overlay=OVERLAY_LINESTYLE in styles),
-                   loc="outside lower center", ncols=4, title=LEGEND_TITLE)
-        if title is not None:
-            fig.suptitle(title)
-        return _save(fig, path_stem)
+    kept = []
+    for panel_title, setting, curves in panels:
+        rows = df[df["setting"] == setting]
+        if rows.empty:
+            raise ValueError(f"panels: setting {setting!r} (panel {panel_title!r}) has no rows")
+        drawable = [c for c in curves if drawable_curve(rows, *_parse_curve(c)[:2])]
+        if drawable:
+            words = setting_words(rows) if panel_title in (None, setting) else panel_title
+            kept.append((words, rows, drawable))
+    if not kept:
+        raise ValueError("panels: no panel has a curve with a drawable point (every loss value "
+                         "NaN, infinite, non-positive or at a bound)")
+    ncols = min(len(kept), 3) if ncols is None else min(ncols, len(kept))
+    nrows = math.ceil(len(kept) / ncols)
+    ylabels = {ylabel or axis_label([_parse_curve(c)[1] for c in curves])
+               for _, _, curves in kept}
+    fig = Figure(figsize=(PANEL_SIZE_IN[0] * ncols, PANEL_SIZE_IN[1] * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, (ax, (panel_title, rows, curves)) in enumerate(zip(axes, kept, strict=False)):
+        draw_rates(ax, rows, curves, theory=theory, ylabel=ylabel, certificates=certificates,
+                   key=False)
+        ax.set_title(panel_title)
+        # One shared y label on the left column when every panel plots the same losses.
+        if len(ylabels) == 1 and i % ncols != 0:
+            ax.set_ylabel("")
+    for ax in axes[len(kept):]:
+        fig.delaxes(ax)
+    _wrap_titles(fig, ncols)
+    styles = {line.get_linestyle() for ax in axes[: len(kept)] for line in ax.get_lines()}
+    handles = key_handles(styles=styles)
+    # as many key entries per row as fit the figure's width (~1.7 in each)
+    per_row = max(2, min(len(handles), int(fig.get_size_inches()[0] / 1.7)))
+    fig.legend(handles=handles, loc="outside lower center", ncols=per_row, title=LEGEND_TITLE)
+    if title is not None:
+        _suptitle(fig, title)
+    fit_figure_height(fig)
+    return fig

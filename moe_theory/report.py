@@ -25,7 +25,7 @@ import pandas as pd
 from moe_theory import certificates as cert
 from moe_theory.certificates import FolderCertificates, ReferenceCertificate
 from moe_theory.config import SweepConfig, load_config, named_configs, parse_config
-from moe_theory.plotting import plot_panels
+from moe_theory.plotting import figure_title, plot_panels, setting_words
 from moe_theory.rates import (
     CERT_COLUMNS,
     CERT_SHORT,
@@ -67,6 +67,8 @@ class FolderReport:
     run : the folder's ``run.json`` (written by ``reproduce``), or empty.
     figures : PNG files written for the report, each with a caption.
     certificates : the folder's reference certificates and optimiser check.
+    plotted : the ``(setting, fit_gate, loss_name)`` of the curves the config's figure draws:
+        the report lists them first, the other curves below.
     """
 
     folder: Path
@@ -77,6 +79,7 @@ class FolderReport:
     run: dict
     figures: list[tuple[Path, str]]
     certificates: FolderCertificates
+    plotted: frozenset = frozenset()
 
 
 def read_results(folder: Path) -> pd.DataFrame:
@@ -138,15 +141,18 @@ def curve_devices(results: pd.DataFrame) -> pd.DataFrame:
 def curves_figure_panels(rates: pd.DataFrame) -> list[tuple[str, str, list]]:
     """One panel per (setting, fitted gate, loss family): Voronoi losses apart from parameter
     errors, whose scales differ. Curves with fewer than two usable sample sizes have no rate and
-    are left out of the figure (the table still lists them)."""
+    are left out of the figure (the table still lists them). Titles are words: the setting
+    (:func:`~moe_theory.plotting.setting_words`), then the fitted gate and the loss family."""
     panels = []
     drawable = rates[rates["n_used"] >= 2]
     for (setting, gate), group in drawable.groupby(["setting", "fit_gate"], sort=True):
         is_error = group["loss_name"].str.startswith("err_")
-        for family, losses in (("Voronoi", group[~is_error]), ("parameter errors", group[is_error])):
+        for family, losses in (("Voronoi losses", group[~is_error]),
+                               ("parameter errors", group[is_error])):
             if not losses.empty:
                 curves = [(gate, loss, loss) for loss in losses["loss_name"]]
-                panels.append((f"{setting}\n{gate} fit, {family}", setting, curves))
+                panels.append((f"{setting_words(losses)}\n{gate} fit, {family}", setting,
+                               curves))
     return panels
 
 
@@ -176,21 +182,25 @@ def build_report(folder: str | Path) -> FolderReport:
     # next loss for that curve, or no curve, instead of an empty one.
     drawable = results[np.isfinite(results["loss_value"]) & (results["loss_value"] > 0)]
     panels = figure_panels(drawable, config)
+    plotted = frozenset((setting, curve[0], curve[1]) for _, setting, curves in panels
+                        for curve in curves)
+    title = figure_title(config.name)
     if panels:
-        png = plot_panels(drawable, panels, folder / config.name, title=config.name,
+        png = plot_panels(drawable, panels, folder / config.name, title=title,
                           certificates=certificates)[0]
-        figures.append((png, f"{config.name}: the curves the config plots: means ± 2 sd and "
-                             "medians, fitted rates (solid when certified, dashed when not "
-                             "measurable), theory guides (dash-dot) and the asymptotic "
-                             "overlay (dotted)"))
+        figures.append((png, f"{config.name}: the curves the config plots (listed first in the "
+                             "table): means ± 2 sd and medians, fitted rates (solid when "
+                             "certified, dashed when not measurable), theory guides (dash-dot) "
+                             "and the asymptotic overlay (dotted)"))
     panels = curves_figure_panels(rates)
     if panels:
         png = plot_panels(drawable, panels, folder / f"{config.name}{CURVES_FIGURE_SUFFIX}",
-                          ncols=min(len(panels), CURVES_FIGURE_NCOLS), title=config.name,
+                          ncols=min(len(panels), CURVES_FIGURE_NCOLS), title=title,
                           certificates=certificates)[0]
         figures.append((png, "every curve with a rate, one panel per setting, fitted gate and "
                              "loss family"))
-    return FolderReport(folder, config, source, results, rates, run, figures, certificates)
+    return FolderReport(folder, config, source, results, rates, run, figures, certificates,
+                        plotted)
 
 
 # ---- the document: blocks rendered to Markdown or HTML ----------------------------------------
@@ -344,7 +354,20 @@ def _blocks(report: FolderReport) -> list[tuple]:
     title = f"Verdict report: {report.config.name}"
     blocks: list[tuple] = [("h1", title)]
     blocks += [("p", line) for line in summary_lines(report)]
-    blocks += [("h2", "Curves"), ("p", VERDICT_NOTE), ("table", curve_rows(report.rates))]
+    blocks += [("h2", "Curves"), ("p", VERDICT_NOTE)]
+    keys = list(zip(report.rates["setting"], report.rates["fit_gate"], report.rates["loss_name"],
+                    strict=True))
+    shown = np.array([key in report.plotted for key in keys], dtype=bool)
+    if shown.any():
+        # the curves a reader sees in the figure come first; the rest follow
+        blocks += [("p", f"Plotted in `{report.config.name}.png`:"),
+                   ("table", curve_rows(report.rates[shown]))]
+        if not shown.all():
+            blocks += [("p", "The other curves (all are drawn in "
+                             f"`{report.config.name}{CURVES_FIGURE_SUFFIX}.png`):"),
+                       ("table", curve_rows(report.rates[~shown]))]
+    else:
+        blocks.append(("table", curve_rows(report.rates)))
     notes = note_lines(report.rates)
     if notes:
         blocks += [("h2", "Notes")] + [("p", line) for line in notes]

@@ -1,4 +1,7 @@
-"""Figures: files written at the style's size, curves drawn where the data and the fit put them."""
+"""Figures: files written at the style's size, curves drawn where the data and the fit put them,
+and the layout rules a reader needs (moe_theory/plotting.py): the y axis names the loss, the key
+defines the bars and "±", legends sit inside the figure and outside the data, the y-limits fit the
+data, no panel is empty, and titles are words."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from moe_theory.plotting import (
+    BARS_LABEL,
     GATE_COLORS,
     LEGEND_TITLE,
     OVERLAY_LINESTYLE,
@@ -22,12 +26,17 @@ from moe_theory.plotting import (
     PNG_DPI,
     THEORY_LINESTYLE,
     UNCERTIFIED_LINESTYLE,
+    Y_MARGIN,
+    Y_MARGIN_MIN_DECADES,
+    data_extent,
     draw_rates,
-    make_room_for_legend,
+    figure_title,
+    panels_figure,
     plot_panels,
     plot_rates,
     use_style,
 )
+from moe_theory.rates import PLUS_MINUS
 from tests.moe_theory.test_rates import passing_certificates, results_table, stub_theory
 
 CURVES = {("sigmoid", "D3"): -0.5, ("softmax", "D3"): -0.25}
@@ -55,13 +64,16 @@ def guides(ax):
     return lines(ax, THEORY_LINESTYLE)
 
 
-def check_written(paths, shape):
+def check_written(paths, width_in, min_height_in):
+    """PNG and PDF written, the PNG ``width_in`` wide and at least ``min_height_in`` tall (the
+    legends below the panels add their height)."""
     png, pdf = paths
     assert (png.suffix, pdf.suffix) == (".png", ".pdf")
     assert png.stat().st_size > 0 and pdf.stat().st_size > 0
     assert pdf.read_bytes()[:5] == b"%PDF-"
     image = matplotlib.image.imread(png)
-    assert image.shape == shape
+    assert image.shape[1] == round(width_in * PNG_DPI) and image.shape[2] == 4
+    assert image.shape[0] > min_height_in * PNG_DPI
     assert image[..., :3].std() > 0.05  # something was drawn on the white background
 
 
@@ -73,7 +85,7 @@ def test_plot_rates_writes_png_and_pdf_at_column_width(df, tmp_path):
     with use_style():
         width, height = matplotlib.rcParams["figure.figsize"]
     assert width == pytest.approx(3.3)
-    check_written(paths, (round(height * PNG_DPI), round(width * PNG_DPI), 4))
+    check_written(paths, width, height)
     assert plt.get_fignums() == open_before  # nothing left open in pyplot
 
 
@@ -87,7 +99,7 @@ def test_plot_panels_grid_size(df, tmp_path):
     ]
     paths = plot_panels(both, panels, tmp_path / "panels", ncols=2, title="toy", theory=THEORY)
     w, h = PANEL_SIZE_IN
-    check_written(paths, (round(2 * h * PNG_DPI), round(2 * w * PNG_DPI), 4))
+    check_written(paths, 2 * w, 2 * h)
 
 
 def test_draw_rates_legend_fit_line_and_theory_guide(df):
@@ -95,8 +107,8 @@ def test_draw_rates_legend_fit_line_and_theory_guide(df):
                     certificates=passing_certificates(df))
     legend = ax.get_legend()
     labels = [text.get_text() for text in legend.get_texts()]
-    assert labels[2:] == ["mean ± 2 sd", "median", "theory"]
-    assert legend.get_title().get_text() == LEGEND_TITLE == "slope ± 95% CI half-width"
+    assert labels[2:] == [BARS_LABEL, "median", "fitted rate, certified", "theory exponent"]
+    assert legend.get_title().get_text() == LEGEND_TITLE == PLUS_MINUS
     for label, name, fit in zip(labels, ["sigmoid D3", "softmax MoE"], fits, strict=False):
         assert label == rf"{name}: $n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$"
     assert fits[0].slope == pytest.approx(-0.5, abs=0.06)
@@ -122,13 +134,13 @@ def test_draw_rates_legend_fit_line_and_theory_guide(df):
         x, y = (np.asarray(a, dtype=float) for a in line.get_data())
         assert y == pytest.approx(np.exp(fit.intercept) * x**fit.slope)
     assert ax.get_xscale() == ax.get_yscale() == "log"
-    assert ax.get_ylabel() == "Voronoi loss"
+    assert ax.get_ylabel() == "Voronoi loss D3"
 
 
 def test_no_theory_draws_no_guide(df):
     ax, _ = draw(df, [("softmax", "D3")])
     assert guides(ax) == []
-    assert "theory" not in [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "theory exponent" not in [text.get_text() for text in ax.get_legend().get_texts()]
 
 
 def test_uncertified_curves_are_dashed_and_named_not_measurable(df):
@@ -172,33 +184,6 @@ def test_error_bars_stay_positive_under_large_spread():
     assert np.all(np.asarray(lows) >= 0.1 * means * (1 - 1e-12))
 
 
-def legend_gap(ax):
-    """Display-space gap from the legend's top to the lowest error bar above it (< 0: overlap)."""
-    ax.figure.canvas.draw()
-    box = ax.get_legend().get_window_extent()
-    bars = ax.containers[0].lines[2][0].get_segments()
-    bottoms = np.array([ax.transData.transform(segment[0]) for segment in bars])
-    covered = bottoms[bottoms[:, 0] <= box.x1]
-    assert len(covered) > 0
-    return covered[:, 1].min() - box.y1
-
-
-def test_legend_is_moved_clear_of_the_data():
-    # Wide error bars (sigma = 1) reach into the lower-left corner where the legend goes.
-    noisy = results_table(CURVES, sigma=1.0)
-    with use_style():
-        fig = Figure()
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        draw_rates(ax, noisy, [("sigmoid", "D3"), ("softmax", "D3")], theory=THEORY)
-        fig.get_layout_engine().execute(fig)
-        assert legend_gap(ax) < 0
-        top = ax.get_ylim()[1]
-        make_room_for_legend(ax)
-        assert legend_gap(ax) > 0
-    assert ax.get_ylim()[1] == top  # only the bottom moves
-
-
 def test_gate_colours_are_the_head_of_the_style_cycle():
     before = matplotlib.rcParams["figure.figsize"]
     with use_style():
@@ -226,3 +211,132 @@ def test_draw_rates_errors_name_the_field(df):
 def test_plot_panels_unknown_setting_is_named(df, tmp_path):
     with pytest.raises(ValueError, match=re.escape("'nope'")):
         plot_panels(df, [("x", "nope", [("sigmoid", "D3")])], tmp_path / "p", theory=THEORY)
+
+
+# ---- layout rules ---------------------------------------------------------------------------
+
+MIXED = {("sigmoid", "D3"): -0.5, ("softmax", "err_eta_over"): -0.25}
+
+
+def laid_out(df, panels, **kw):
+    """The figure of :func:`plot_panels`, drawn (so that every extent is final)."""
+    with use_style():
+        fig = panels_figure(df, panels, theory=THEORY, **kw)
+        fig.canvas.draw()
+    return fig
+
+
+def test_y_axis_names_the_loss():
+    df = results_table(MIXED)
+    ax, _ = draw(df, [("sigmoid", "D3")])
+    assert ax.get_ylabel() == "Voronoi loss D3"
+    ax, _ = draw(df, [("softmax", "err_eta_over")])
+    assert ax.get_ylabel() == "expert error, over-specified cells"
+    # two losses on one axis: the axis says which (no bare "loss")
+    ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "err_eta_over")])
+    assert ax.get_ylabel() == "D3 / err_eta_over"
+
+
+def test_curves_are_labelled_with_their_reference():
+    df = results_table(MIXED).assign(reference=lambda t: np.where(t["fit_gate"] == "sigmoid",
+                                                                  "G_bar", "G*"))
+    ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "err_eta_over")])
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[0].startswith(r"sigmoid D3 vs $\bar G$: $n^")
+    assert labels[1].startswith("softmax err_eta_over vs $G^*$: $n^")
+
+
+def test_key_defines_the_error_bars_and_plus_minus(df):
+    fig = laid_out(df, [("dense", "toy-dense", [("sigmoid", "D3"), ("softmax", "D3")])])
+    (key,) = fig.legends
+    labels = [text.get_text() for text in key.get_texts()]
+    assert labels[:2] == [BARS_LABEL, "median"] and "mean ± 2 sd" in BARS_LABEL
+    # the table's header and footnote say the same: ± is the CI's half-width
+    assert key.get_title().get_text() == PLUS_MINUS == "± = half-width of the bootstrap 95% CI"
+    # no certificates: the fits are dashed, and the key says what dashed means
+    assert "fitted rate, not measurable" in labels and "fitted rate, certified" not in labels
+
+
+def test_legends_are_inside_the_figure_and_below_their_panel():
+    df = results_table(MIXED, sigma=1.0)
+    curves = [("sigmoid", "D3"), ("softmax", "err_eta_over")]
+    fig = laid_out(df, [("a", "toy-dense", curves), ("b", "toy-dense", curves[:1])], title="t")
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    legends = [ax.get_legend() for ax in fig.axes] + list(fig.legends)
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert page.x0 - 1 <= box.x0 and box.x1 <= page.x1 + 1
+        assert page.y0 - 1 <= box.y0 and box.y1 <= page.y1 + 1
+    for ax in fig.axes:
+        box = ax.get_legend().get_window_extent(renderer)
+        # under the data area and under the x label: nothing drawn is covered
+        assert box.y1 <= ax.bbox.y0
+        assert box.y1 <= ax.xaxis.label.get_window_extent(renderer).y0 + 1
+    key = fig.legends[0].get_window_extent(renderer)
+    assert all(key.y1 <= ax.get_legend().get_window_extent(renderer).y0 + 1 for ax in fig.axes)
+
+
+def test_axes_keep_their_height_when_the_legend_grows(df):
+    # four two-line legend entries below the panel: the figure grows, not the axes shrink
+    four = results_table({("sigmoid", "D3"): -0.5, ("sigmoid", "D1"): -0.5,
+                          ("softmax", "D3"): -0.25, ("softmax", "D1"): -0.25})
+    curves = [("sigmoid", "D3"), ("sigmoid", "D1"), ("softmax", "D3"), ("softmax", "D1")]
+    fig = laid_out(four, [("a", "toy-dense", curves)])
+    (ax,) = fig.axes
+    assert ax.bbox.height / fig.dpi > 0.6 * PANEL_SIZE_IN[1]
+    assert fig.get_size_inches()[1] > PANEL_SIZE_IN[1] + ax.get_legend().get_window_extent(
+        fig.canvas.get_renderer()).height / fig.dpi * 0.9
+
+
+def test_y_limits_fit_the_data_not_the_guides():
+    # a flat curve whose theory guide (slope -0.5) falls two decades over the grid: the axis
+    # spans the means, bars and medians, not the guide
+    flat = results_table({("sigmoid", "D3"): 0.0}, sigma=0.3)
+    ax, _ = draw(flat, [("sigmoid", "D3")])
+    lo, hi = np.log10(data_extent(ax))
+    y0, y1 = np.log10(ax.get_ylim())
+    margin = max(Y_MARGIN * (hi - lo), Y_MARGIN_MIN_DECADES)
+    assert y0 == pytest.approx(lo - margin) and y1 == pytest.approx(hi + margin)
+    assert y1 - y0 < 2.0  # the guide alone would need more than two decades
+    (guide,) = guides(ax)
+    assert min(guide.get_ydata()) < 10**y0  # clipped by the axes, not widening them
+
+
+def test_a_panel_without_drawable_curves_is_left_out(df):
+    other = results_table(CURVES, setting="toy-empty").assign(loss_value=np.nan)
+    both = pd.concat([df, other], ignore_index=True)
+    fig = laid_out(both, [("dense", "toy-dense", [("sigmoid", "D3")]),
+                          ("empty", "toy-empty", [("sigmoid", "D3")]),
+                          ("dense again", "toy-dense", [("softmax", "D3")])])
+    assert [ax.get_title() for ax in fig.axes] == ["dense", "dense again"]
+    # a panel keeps its drawable curves only
+    mixed = pd.concat([df, other.assign(setting="toy-dense", loss_name="D1")], ignore_index=True)
+    fig = laid_out(mixed, [("dense", "toy-dense", [("sigmoid", "D3"), ("sigmoid", "D1")])])
+    (ax,) = fig.axes
+    assert len(ax.get_legend().get_texts()) == 1
+    with pytest.raises(ValueError, match="^panels: no panel"):
+        laid_out(other, [("empty", "toy-empty", [("sigmoid", "D3")])])
+
+
+def test_titles_are_words_not_ids(df):
+    fig = laid_out(df, [("toy-dense", "toy-dense", [("sigmoid", "D3")]),
+                        (None, "toy-dense", [("softmax", "D3")])], title="nguyen2024")
+    # (wrapped where the column is too narrow: compare the words)
+    titles = [ax.get_title().split() for ax in fig.axes]
+    assert titles == ["ReLU experts, linear score dense softmax truth, d=4, k*=2, k=3".split()] * 2
+    suptitle = fig.get_suptitle()
+    assert "nguyen2024" not in suptitle and suptitle.replace("\n", " ") == figure_title(
+        "nguyen2024")
+    assert figure_title("my own title") == "my own title"
+
+
+def test_titles_of_neighbouring_panels_do_not_overlap():
+    # the longest words a Y25 setting gets, three panels to a row
+    long = results_table(CURVES).assign(expert="poly2", score="quadratic", regime="sparse")
+    fig = laid_out(long, [(None, "toy-dense", [("sigmoid", "D3")])] * 3, ncols=3)
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    for left, right in zip(boxes, boxes[1:], strict=False):
+        assert left.x1 <= right.x0
+    assert boxes[0].x0 >= 0 and boxes[-1].x1 <= fig.bbox.x1 + 1

@@ -10,20 +10,35 @@ import matplotlib.image
 import pytest
 import torch
 
+from moe_theory import settings
 from moe_theory.certificates import CHECK_FILE, FolderCertificates, write_reference_certificate
 from moe_theory.cli import main
 from moe_theory.config import load_config, parse_config
 from moe_theory.rates import rates_table
-from moe_theory.report import REPORT_HTML, REPORT_MD, build_report, make_report
+from moe_theory.report import (
+    REPORT_HTML,
+    REPORT_MD,
+    build_report,
+    curves_figure_panels,
+    make_report,
+)
+from moe_theory.settings import Setting
 from moe_theory.store import write_manifest
 from moe_theory.sweep import run_sweep
 from tests.moe_theory.test_rates import passing_certificates, results_table
 
+#: The report's own sparse ReLU setting (the CPU preset's settings may change): a sigmoid truth in
+#: d = 2 with k* = 2 hand-picked atoms, constant gates, fitted with k = 3 (N24 Thm 2).
+SPARSE = Setting(
+    name="report-sparse-relu", truth_gate="sigmoid", score="linear", expert="relu", d=2,
+    k_true=2, k_fit=3, regime="sparse", beta0_sd=0.0, beta1_sd=1.0, expert_sd=0.0,
+    atoms=((0.4, 1.0, -0.5, 1.0, 0.5, 0.2), (-0.2, -0.5, 1.0, -0.8, 1.2, -0.1)),
+    description="test: sigmoid truth, constant gates, ReLU experts")
 SMALL_SWEEP = {
-    "name": "report-small", "settings": ["small-sparse-relu"], "n": [300, 600, 1200], "reps": 3,
+    "name": "report-small", "settings": [SPARSE.name], "n": [300, 600, 1200], "reps": 3,
     "fit_gates": ["sigmoid"],
 }
-# A sigmoid fit of small-sparse-relu (N24 Thm 2): D1 and the exact-cell errors ~ n^-1/2, the
+# A sigmoid fit of SPARSE (N24 Thm 2): D1 and the exact-cell errors ~ n^-1/2, the
 # over-specified ones ~ n^-1/4. The synthetic D1 decays as n^-0.05 instead, far outside any CI.
 SYNTHETIC_CURVES = {("sigmoid", "D1"): -0.05, ("sigmoid", "err_eta_exact"): -0.5,
                     ("sigmoid", "err_eta_over"): -0.25}
@@ -31,16 +46,37 @@ SYNTHETIC_VERDICTS = {"D1": "inconsistent", "err_eta_exact": "consistent",
                       "err_eta_over": "consistent"}
 
 
-def curve_table(markdown: str) -> list[list[str]]:
-    """Data rows of the report's per-curve table (the one after '## Curves')."""
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    """SPARSE in the registry for this module only (other tests count the settings)."""
+    mp = pytest.MonkeyPatch()
+    mp.setitem(settings._SETTINGS, SPARSE.name, SPARSE)
+    yield
+    mp.undo()
+
+
+def curve_tables(markdown: str) -> list[list[list[str]]]:
+    """Data rows of each per-curve table after '## Curves' (plotted curves, then the others)."""
     section = markdown.split("## Curves", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    tables, lines = [], []
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            tables.append([[cell.strip() for cell in row.strip("|").split("|")]
+                           for row in lines[2:]])
+            lines = []
+    return tables
+
+
+def curve_table(markdown: str) -> list[list[str]]:
+    """Data rows of the report's per-curve tables, one list."""
+    return [row for table in curve_tables(markdown) for row in table]
 
 
 def as_small_sparse_relu(df, config_hash):
-    """Relabel a synthetic table as sigmoid fits of ``small-sparse-relu`` (theory N24 Thm 2)."""
-    return df.assign(setting="small-sparse-relu", truth_gate="sigmoid", regime="sparse", d=2,
+    """Relabel a synthetic table as sigmoid fits of ``SPARSE`` (theory N24 Thm 2)."""
+    return df.assign(setting=SPARSE.name, truth_gate="sigmoid", regime="sparse", d=2,
                      k_true=2, k_fit=3, reference="G*", algorithm="lm", config_hash=config_hash)
 
 
@@ -69,7 +105,7 @@ def small_sweep(tmp_path_factory):
 def write_synthetic(folder, certify=True):
     """A results folder whose D1 decays as n^-0.05 (theory: n^-1/2), with its manifest and,
     with ``certify``, passing certificates (a reference certificate and an optimiser check)."""
-    config = parse_config({"name": "synthetic", "settings": ["small-sparse-relu"],
+    config = parse_config({"name": "synthetic", "settings": [SPARSE.name],
                            "n": [1000, 100000], "reps": 20, "fit_gates": ["sigmoid"]})
     write_manifest(folder, config)
     df = as_small_sparse_relu(results_table(SYNTHETIC_CURVES), config.hash)
@@ -100,12 +136,12 @@ def test_small_sweep_report_has_one_row_per_curve_with_its_verdict(small_sweep):
     want = {(r.setting, r.fit_gate, r.loss_name): r.verdict for r in expected.itertuples()}
     assert got == want
     # a sweep computes its reference certificates; the optimiser check is a separate step.
-    # (small-sparse-relu's constant gates let a ReLU expert's scale trade with its weight:
+    # (SPARSE's constant gates let a ReLU expert's scale trade with its weight:
     # the truth's own model is singular, and its certificate says so)
     assert all(r[11] == "FAIL" for r in rows)
     assert "Optimiser check: not run" in (out / REPORT_MD).read_text()
     # D2 has no prediction in the theory table; D1 of a sigmoid ReLU fit is n^-1/2 (N24 Thm 2)
-    assert got["small-sparse-relu", "sigmoid", "D2"] == "no theory"
+    assert got[SPARSE.name, "sigmoid", "D2"] == "no theory"
     d1 = next(r for r in rows if r[2] == "D1")
     assert d1[8].startswith("-0.50") and d1[9] == "N24 Thm 2"
     assert d1[16] == "100%" and d1[18] == "cpu (torch)"  # certified share, device
@@ -135,7 +171,7 @@ def test_slow_decay_against_parametric_theory_is_inconsistent(synthetic):
     # which the certificates allow
     assert d1[16] == "95%" and d1[11:15] == ["pass"] * 4
     assert d1[3].endswith(f"± {float(d1[3].split()[-1]):.2f}") and "slope (± 95% CI)" in markdown
-    assert "rather than rates: small-sparse-relu / sigmoid (9 of 180)." in markdown
+    assert f"rather than rates: {SPARSE.name} / sigmoid (9 of 180)." in markdown
     assert "1 inconsistent" in markdown and "2 consistent" in markdown
     assert "## Certificates" in markdown and "Optimiser check: 0 replication" not in markdown
 
@@ -195,3 +231,24 @@ def test_bad_run_json_exits_2_naming_dir(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "DIR:" in err and "run.json is not valid JSON" in err
+
+
+def test_plotted_curves_are_listed_first_the_rest_below(small_sweep, synthetic):
+    # no [plot] table: the sigmoid fit is drawn with the first of D3, D1 it has (D1: against G*)
+    for folder in (small_sweep[0], synthetic):
+        markdown = (folder / REPORT_MD).read_text()
+        plotted, others = curve_tables(markdown)
+        assert [row[2] for row in plotted] == ["D1"]
+        assert "D1" not in [row[2] for row in others] and len(others) >= 2
+        name = "report-small" if folder == small_sweep[0] else "synthetic"
+        assert f"Plotted in `{name}.png`:" in markdown
+
+
+def test_curves_figure_titles_are_words(synthetic):
+    report = build_report(synthetic)
+    (panel,) = [p for p in curves_figure_panels(report.rates) if "Voronoi" in p[0]]
+    title, setting, _ = panel
+    assert setting == SPARSE.name and SPARSE.name not in title
+    assert title.splitlines() == ["ReLU experts, linear score",
+                                  "sparse sigmoid truth, d=2, k*=2, k=3",
+                                  "sigmoid fit, Voronoi losses"]
