@@ -134,7 +134,7 @@ def summarise(parts: list[dict], base: dict) -> dict:
     """The summary of the parts so far: ``base`` plus counts per test file and overall, the
     failing and timed-out ids, and each part's status."""
     files: dict[str, Counter] = defaultdict(Counter)
-    failed, timed_out = [], []
+    failed, timed_out, not_run = [], [], []
     for part in parts:
         outcomes, running = outcomes_of(read_events(part["events"]))
         for nodeid in outcomes.keys() - set(part["ids"]):  # collection errors of a whole file
@@ -146,6 +146,8 @@ def summarise(parts: list[dict], base: dict) -> dict:
                 failed.append(nodeid)
             elif outcome == "timed_out":
                 timed_out.append(nodeid)
+            elif outcome == "not_run":
+                not_run.append(nodeid)
             files[nodeid.split("::")[0]][outcome] += 1
     keys = ("passed", "failed", "skipped", "timed_out", "not_run", "pending")
     totals = {key: sum(c[key] for c in files.values()) for key in keys}
@@ -157,6 +159,8 @@ def summarise(parts: list[dict], base: dict) -> dict:
                   for f, c in sorted(files.items())},
         "failed": sorted(failed),
         "timed_out": sorted(timed_out),
+        # what a second run must take (with the timed-out ids) to complete a cut-short one
+        "not_run": sorted(not_run),
         "parts": [{k: p[k] for k in ("part", "tests", "status", "exit", "wall_s")} for p in parts],
     }
 

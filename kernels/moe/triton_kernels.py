@@ -553,7 +553,23 @@ def _moe_gn_kernel(
         # Linear-feature blocks come first, so kind1 <= kind2.
         quad1 = HAS_QUAD and tl.load(BLOCKS + 3 * b1) == 1
         quad2 = HAS_QUAD and tl.load(BLOCKS + 3 * b2) == 1
-        if b1 == b2:
+        if ngx == 0 and HAS_QUAD:
+            # Every block is quadratic. The branches below would also compile the linear-block
+            # programs, whose (MX * DP, BN) tiles need not match TILE when no atom has linear
+            # features (d = 17, k = 1 softmax, monomial score: 32 vs 16; an H200 refused it).
+            if b1 == b2:
+                _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf,
+                              pg, pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs,
+                              kfl, ngx, BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN,
+                              HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, 1, 1, True,
+                              PRECISION, JTJ_PRECISION)
+            else:
+                _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf,
+                              pg, pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs,
+                              kfl, ngx, BN, DP, KP, QP, TILE, TB, MX, MQ, FWQ, SOFTMAX, HAS_LIN,
+                              HAS_QUAD, SLOPE, EXPERT, POWER, DOT_X, DOT_Q, 1, 1, False,
+                              PRECISION, JTJ_PRECISION)
+        elif b1 == b2:
             if quad1:
                 _pair_program(X, GP, EP, IU, IV, QC, BLOCKS, OUT_T, r, t, n_split, n, d, k, kf,
                               pg, pe, qoff, nq, tiles_per_prog, s_tiles, pair, b1, b2, n_pairs,

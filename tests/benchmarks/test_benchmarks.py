@@ -113,6 +113,7 @@ def test_summary_of_a_part_stopped_at_the_deadline(tmp_path):
         "f.py": {"passed": 1, "failed": 0, "skipped": 0, "timed_out": 0, "not_run": 0},
         "g.py": {"passed": 0, "failed": 0, "skipped": 0, "timed_out": 1, "not_run": 1}}
     assert summary["timed_out"] == ["g.py::b"]
+    assert summary["not_run"] == ["g.py::c"]
     assert not summary["complete"]
     running = gpu_tests.summarise([{**part, "status": "running"}], {})
     assert running["totals"]["pending"] == 2

@@ -24,7 +24,9 @@ DTYPES = (torch.float32, torch.float64)
 
 
 @pytest.mark.parametrize("score,gate,expert,shape,dtype",
-                         list(itertools.product(SCORES, GATES, EXPERTS, SHAPES, DTYPES)))
+                         list(itertools.product(SCORES, GATES, EXPERTS, SHAPES, DTYPES)),
+                         ids=lambda v: f"d{v[0]}k{v[1]}" if isinstance(v, tuple)
+                         else str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v)
 def test_fit_lse_runs(score, gate, expert, shape, dtype):
     d, k = shape
     g = torch.Generator(device="cuda").manual_seed(d * 100 + k)
