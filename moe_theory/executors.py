@@ -206,6 +206,9 @@ class _SharedCluster:
     def client(self) -> Client:
         return self._ready.result()
 
+    def ready(self) -> bool:
+        return self._ready.done()
+
     def close(self) -> None:
         self._done.set()
         self._thread.join()
@@ -249,6 +252,15 @@ def shared_cluster(*, scheduler: str | None = None, local_workers: int | None = 
         with _shared_lock:
             _shared.remove(session)
         session.close()
+
+
+def shared_cluster_ready(*, scheduler: str | None = None, local_workers: int | None = None,
+                         gpus: tuple[int, ...] | None = None) -> bool:
+    """Whether the :func:`shared_cluster` of these options is up (False while it starts, or
+    when there is none)."""
+    key = _cluster_key(scheduler, local_workers, gpus)
+    with _shared_lock:
+        return any(s.key == key and s.ready() for s in _shared)
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from moe_theory.executors import (
     parse_gpus,
     shard_cost,
     shared_cluster,
+    shared_cluster_ready,
 )
 from moe_theory.plotting import plot_panels
 from moe_theory.population import cache_dir
@@ -208,8 +209,9 @@ def _config_folder(fig: str | Path, folder: Path | None, fast: bool) -> tuple[Sw
 def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict, *,
                 workers: int, sweep_options: dict) -> pd.DataFrame:
     """:func:`reproduce_figures` on a shared cluster: a thread per figure, whose computations
-    (references, shards, the check's refits, a study) are tasks of the cluster; this process
-    writes and draws, one figure at a time (``driver``)."""
+    (references, shards, the check's refits, a study) are tasks of the cluster, except the
+    largest figure's references while the cluster starts; this process writes and draws, one
+    figure at a time (``driver``)."""
     driver = threading.Lock()
     tables: dict[int, pd.DataFrame] = {}
     errors: list[BaseException] = []
@@ -222,16 +224,21 @@ def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict,
                                device=device, **cluster)
         return result
 
-    def figure(i: int, config: SweepConfig, folder: Path) -> None:
+    def figure(i: int, config: SweepConfig, folder: Path, first: bool) -> None:
         try:
             start = time.perf_counter()
             _stage(1, 3 if common["certify"] else 2,
                    f"{config.name}: G_bar references (cached in {cache_dir()}) and their "
-                   "certificates, on the cluster", start)
-            # the references gate all of the figure's shards: they go before any one of them
-            work = sum(shard_cost(config, shard) for shard in plan(config))
-            on_cluster(functools.partial(_prepare_references, folder=str(folder), device=device,
-                                         backend=backend), config, work)
+                   "certificates", start)
+            prepare = functools.partial(_prepare_references, folder=str(folder), device=device,
+                                        backend=backend)
+            if first and not shared_cluster_ready(**cluster):
+                # the cluster is still starting (seconds: worker processes import PyTorch and
+                # make CUDA contexts): this process prepares the largest figure meanwhile
+                prepare(config)
+            else:
+                # the references gate all of the figure's shards: they go before any one of them
+                on_cluster(prepare, config, figure_cost(config))
             tables[i] = _sweep_figure(config, folder, **common, workers=workers,
                                       sweep_options=sweep_options, driver=driver, start=start)
         except BaseException as err:  # raised by the caller once every figure has ended
@@ -250,25 +257,36 @@ def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict,
             errors.append(err)
 
     threads = []
+    sweeps = []
     for i, (fig, folder) in enumerate(figures):
         if str(fig) in EXPERIMENTS:
-            thread = threading.Thread(target=study, args=(i, str(fig), folder), daemon=True,
-                                      name=f"study-{fig}")
-        else:
-            config, folder = _config_folder(fig, folder, fast)
-            existing = read_manifest(folder)
-            if existing is None or existing.get("config_hash") != config.hash:
-                # refuses another config's folder (unless empty) before anything is written there
-                write_manifest(folder, config)
-            thread = threading.Thread(target=figure, args=(i, config, folder), daemon=True,
-                                      name=f"figure-{config.name}")
+            threads.append(threading.Thread(target=study, args=(i, str(fig), folder),
+                                            daemon=True, name=f"study-{fig}"))
+            continue
+        config, folder = _config_folder(fig, folder, fast)
+        existing = read_manifest(folder)
+        if existing is None or existing.get("config_hash") != config.hash:
+            # refuses another config's folder (unless empty) before anything is written there
+            write_manifest(folder, config)
+        sweeps.append((i, config, folder))
+    # the largest figure first: its references are the ones prepared here while the cluster
+    # starts, and its shards reach the cluster first
+    sweeps.sort(key=lambda job: -figure_cost(job[1]))
+    for rank, (i, config, folder) in enumerate(sweeps):
+        threads.insert(rank, threading.Thread(target=figure, args=(i, config, folder, rank == 0),
+                                              daemon=True, name=f"figure-{config.name}"))
+    for thread in threads:
         thread.start()
-        threads.append(thread)
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
     return pd.concat([tables[i] for i in range(len(figures))], ignore_index=True)
+
+
+def figure_cost(config: SweepConfig) -> float:
+    """A sweep's work: the sum of its shards' costs (:func:`moe_theory.executors.shard_cost`)."""
+    return sum(shard_cost(config, shard) for shard in plan(config))
 
 
 def _log_stderr(msg: str) -> None:

@@ -547,6 +547,9 @@ def _table(folder: Path, name: str) -> pd.DataFrame:
     return df.drop(columns=[c for c in df.columns if c == "wall_s"])
 
 
+# an in-process scheduler still serves HTTP (health, metrics) on Dask's default port, taken
+# while another cluster of this machine holds it
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
 def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_path, monkeypatch):
     """Two certified figures and a study on one local Dask cluster (its workers threads of this
     process, to start in a moment): one cluster started, G_bar fitted once for both figures, and
