@@ -184,7 +184,7 @@ def _fit_record(fit, setting: str, gate: str, n: int, variant: str, fit_s: float
             "n_iter": fit.n_iter.tolist(), "stop_test": fit.stop_test,
             "converged": float(fit.converged.double().mean()),
             "certified": float(fit.certified.double().mean()),
-            "fit_loss": fit.fit_loss.tolist()}
+            "fit_loss": fit.fit_loss.tolist(), "proj_grad_max": fit.proj_grad_max.tolist()}
 
 
 def figure(args: argparse.Namespace) -> dict:
@@ -296,7 +296,12 @@ def agreement(records: list[dict], fits: list[dict], variants: list[str]) -> dic
                              "loss": r["loss"], "rep": rep, "rel_diff": float(x),
                              "value": float(a[rep]), base + "_stop": fa["stop_test"][rep],
                              v + "_stop": fb["stop_test"][rep],
-                             base + "_n_iter": fa["n_iter"][rep], v + "_n_iter": fb["n_iter"][rep]})
+                             base + "_n_iter": fa["n_iter"][rep], v + "_n_iter": fb["n_iter"][rep],
+                             # a stop test is no stationarity certificate; the gradient is
+                             base + "_grad": fa.get("proj_grad_max", [None] * (rep + 1))[rep],
+                             v + "_grad": fb.get("proj_grad_max", [None] * (rep + 1))[rep],
+                             base + "_fit_loss": fa["fit_loss"][rep],
+                             v + "_fit_loss": fb["fit_loss"][rep]})
         fit_rel = [abs(fb - fa) / abs(fa) for f in fits if f["gram"] == v
                    for fa, fb in zip(ref_fit[key(f)]["fit_loss"], f["fit_loss"], strict=True)
                    if key(f) in ref_fit]
@@ -380,6 +385,7 @@ def point(args: argparse.Namespace) -> dict:
                 rec["gpu_total_bytes"] = torch.cuda.get_device_properties(0).total_memory
                 torch.cuda.reset_peak_memory_stats()
             rec.pop("fit_loss")
+            rec["proj_grad_max_max"] = max(rec.pop("proj_grad_max"))
             out["fits"][v] = rec
             write_json(args.out_path, {**out, "phases_s": dict(phases.s)}, device)
     out["phases_s"] = dict(phases.s)
