@@ -231,8 +231,8 @@ def shared_cluster(*, scheduler: str | None = None, local_workers: int | None = 
     """One Dask cluster for every ``dask`` :func:`map_shards` call with these options made
     inside (from any thread): started here in a background thread, so that its start-up (worker
     processes importing PyTorch, CUDA contexts: ~7 s for two H200s) overlaps what the caller
-    does first (G_bar references, certificates), and closed on exit. Calls with other options
-    start their own cluster as before.
+    does meanwhile (:func:`shared_cluster_ready` says when it is up), and closed on exit. Calls
+    with other options start their own cluster as before.
 
     ``processes_per_gpu``: workers per GPU with ``gpus`` (the ``processes`` executor's reason:
     one process leaves a GPU idle between its kernels, :data:`GPU_PROCESSES`).
@@ -308,7 +308,7 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
     fn : a picklable function (module level, or a ``functools.partial`` of one) that stores its
         shard's rows itself and returns small metadata
     shards : the shards still to compute (or other picklable units of work ``fn`` takes)
-    executor : ``local`` or ``dask``
+    executor : ``local``, ``processes`` or ``dask``
     scheduler, local_workers, gpus : where the ``dask`` executor runs (see :func:`dask_client`);
         ``local_workers`` is also the ``processes`` executor's count (default: one per core on
         the CPU, :data:`GPU_PROCESSES` on a GPU, whose ``device`` the shards run on)
@@ -351,7 +351,7 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
 
 def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int) -> Iterator[T]:
     """``workers`` processes in all: this one and ``workers - 1`` spawned ones, taking shards
-    from one queue in plan order. This process needs no start-up (its modules are loaded, its
+    from one queue in the order given. This process needs no start-up (its modules are loaded, its
     CUDA context may exist), so it computes shards while the others import (~9 s on an H100 host);
     a thread keeps one shard in flight per spawned worker."""
     todo = deque(shards)

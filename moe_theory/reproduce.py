@@ -7,9 +7,10 @@ of the run (git commit and whether the tree was dirty, device, library versions;
 docs/design.md#provenance).
 
 With a Dask cluster (``gpus`` or ``local_workers``), every figure of the call runs on one cluster,
-started in the background while the first figure's references are computed, and the figures
-overlap: while one figure's shards run on the cluster, this process prepares the next one's
-references and checks and draws the finished ones (docs/design.md#scheduling).
+started in the background while this process computes the largest figure's references, and the
+figures overlap: their references, shards, optimiser checks and studies are all tasks of that
+cluster, largest first, while this process writes and draws the finished ones
+(docs/design.md#scheduling).
 """
 
 from __future__ import annotations
@@ -171,13 +172,12 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
 
     Without a cluster the figures run one after the other, the shards in ``workers`` processes
     on ``device``. With ``gpus`` or ``local_workers`` they share one Dask cluster (started once,
-    in the background) and overlap: this process prepares each figure's references (G_bar,
-    certificates) in turn, starting its sweep as soon as they are ready, so the cluster holds the
-    shards of every started figure at once and runs the largest first
-    (:func:`moe_theory.executors.shard_cost`); a finished sweep's optimiser check sends its
-    refits to the cluster too, and its report is drawn here while the cluster works on the rest.
-    This process's own work (references, reports, the experiments) runs one stage at a time.
-    The tables are those of a serial run.
+    in the background) and overlap: each figure's references (G_bar, certificates), its shards,
+    its optimiser check's refits and each study are tasks of the cluster, which holds the work
+    of every figure at once and runs the largest first
+    (:func:`moe_theory.executors.shard_cost`); this process prepares the largest figure's
+    references while the cluster starts, and writes and draws each figure as it finishes, one at
+    a time. The tables are those of a serial run.
     """
     gpu_ids = parse_gpus(gpus)
     if gpu_ids is not None and local_workers is not None:
@@ -328,6 +328,7 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
         on_cluster = sweep_options if sweep_options.get("executor") == "dask" else {}
         with driver if not on_cluster else nullcontext():
             run_check(folder, device=device, backend=backend, **on_cluster)
+    scipy_baseline = baseline.summarise(pending, df)  # waits for it: not while drawing
     with driver:
         _stage(stages, stages, f"{config.name}: rates, verdicts and figures", start)
         table = write_report(df, config, folder)
@@ -339,7 +340,7 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
             "sweep_wall_s": round(sweep_s, 2), "workers": workers, "rows": len(df),
             "executor": sweep_options.get("executor", "local"),
             **({"gpus": list(sweep_options["gpus"])} if "gpus" in sweep_options else {}),
-            "scipy_baseline": baseline.summarise(pending, df),
+            "scipy_baseline": scipy_baseline,
         }, device)
         print(format_rates_table(table))
         if run["scipy_baseline"] and "error" not in run["scipy_baseline"]:
