@@ -222,7 +222,7 @@ def _subsample_slope(by_n: dict) -> float:
 
 def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu",
               backend: str = "auto", log: Callable[[str], None] | None = None,
-              **executor) -> dict:
+              refits: pd.DataFrame | None = None, **executor) -> dict:
     """Run the optimiser check (and any missing reference certificate) on a finished sweep.
 
     Parameters
@@ -233,6 +233,9 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
         rounding)
     log : receives one line per refitted shard
     executor : where the refits run (:func:`refit`); default here
+    refits : the refits, computed beforehand by :func:`refit` with ``min(reps, sweep's reps)``
+        (they do not depend on the sweep's fits, so they can run beside its shards); default:
+        computed here
 
     Returns
     -------
@@ -250,7 +253,15 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
         device=device, backend=backend, log=log)
     cert_by = {(c.setting, c.fit_gate): c for c in certs}
     reps = min(reps, config.reps)
-    refits = refit(config, reps, device=device, backend=backend, log=log, **executor)
+    if refits is None:
+        refits = refit(config, reps, device=device, backend=backend, log=log, **executor)
+    else:
+        expected = {(name, setting, n) for name in variants(config) for setting in config.settings
+                    for n in config.n}
+        got = set(zip(refits["variant"], refits["setting"], refits["n"], strict=True))
+        if got != expected or set(refits["rep"]) != set(range(reps)):
+            raise ValueError(f"refits: not the refits of {folder}'s config with reps = {reps} "
+                             "(moe_theory.check.refit computes them)")
     atomic_write(folder / CHECK_TABLE, lambda tmp: refits.to_parquet(tmp, index=False))
     curves = {}
     for name, full in results.groupby(list(CURVE_KEYS), sort=True):

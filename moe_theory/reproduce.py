@@ -15,6 +15,7 @@ cluster, largest first, while this process writes and draws the finished ones
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import json
 import sys
@@ -29,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from moe_theory import baseline
-from moe_theory.certificates import FolderCertificates
-from moe_theory.check import run_check
+from moe_theory.certificates import CHECK_REPS, FolderCertificates
+from moe_theory.check import refit, run_check
 from moe_theory.config import SweepConfig, load_config, named_configs
 from moe_theory.executors import (
     GPU_PROCESSES,
@@ -319,15 +320,23 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
     stages = 3 if certify else 2
     _stage(1, stages, f"{config.name}: sweep: G_bar references (cached in {cache_dir()}) and "
                       "their certificates, then the fits", start)
-    df = run_sweep(config, folder, device=device, backend=backend, **sweep_options)
-    sweep_s = time.perf_counter() - start
+    on_cluster = sweep_options if sweep_options.get("executor") == "dask" else {}
+    side = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-refits")
+    try:
+        # on a cluster, the optimiser check's refits (which do not depend on the sweep's fits)
+        # are submitted beside the shards, largest first among all figures' work; otherwise
+        # they run after the sweep, here, one after the other, as `moe-theory check` does
+        early = side.submit(refit, config, min(CHECK_REPS, config.reps), device=device,
+                            backend=backend, **on_cluster) if certify and on_cluster else None
+        df = run_sweep(config, folder, device=device, backend=backend, **sweep_options)
+        sweep_s = time.perf_counter() - start
+        refits = early.result() if early is not None else None
+    finally:
+        side.shutdown(wait=False)  # after an error, not waiting for the refits still running
     if certify:
         _stage(2, stages, f"{config.name}: certificates: the optimiser check", start)
-        # on a cluster, its refits join the shards there (largest first among all figures'
-        # work); otherwise they run here, one after the other, as `moe-theory check` does
-        on_cluster = sweep_options if sweep_options.get("executor") == "dask" else {}
         with driver if not on_cluster else nullcontext():
-            run_check(folder, device=device, backend=backend, **on_cluster)
+            run_check(folder, device=device, backend=backend, refits=refits, **on_cluster)
     scipy_baseline = baseline.summarise(pending, df)  # waits for it: not while drawing
     with driver:
         _stage(stages, stages, f"{config.name}: rates, verdicts and figures", start)

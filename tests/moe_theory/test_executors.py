@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from moe_theory import executors, population, reproduce, store, sweep
+from moe_theory.check import refit, run_check
 from moe_theory.cli import main
 from moe_theory.config import load_config, parse_config
 from moe_theory.data import sample
@@ -234,6 +235,7 @@ LOW_FREE_MEMORY_CLI = """
 import os, sys
 real, free = os.sysconf, int(sys.argv.pop(1))
 os.sysconf = lambda name: free // real("SC_PAGE_SIZE") if name == "SC_AVPHYS_PAGES" else real(name)
+from moe_theory.check import refit, run_check
 from moe_theory.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -440,6 +442,18 @@ def test_resume_after_lost_shard_recomputes_only_it(config_path, local_run, tmp_
     assert_same_table(df, local_run[1])
     assert not list((out / "shards").rglob(".*.tmp"))
     assert_same_table(merge(out), local_run[1])
+
+
+def test_check_refuses_refits_of_another_config(local_run, tmp_path):
+    """Refits computed beforehand (beside the sweep's shards) must be the folder's own."""
+    out = tmp_path / "run"
+    shutil.copytree(local_run[0], out)
+    one_n = tmp_path / "one-n.toml"
+    one_n.write_text(TINY.replace("n = [200, 300]", "n = [200]"))
+    other = refit(load_config(one_n), 1)
+    with pytest.raises(ValueError, match="refits"):
+        run_check(out, reps=1, refits=other)
+    assert not (out / "check.json").exists()
 
 
 def test_reproduce_rejects_bad_workers(tmp_path, capsys):
