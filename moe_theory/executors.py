@@ -58,24 +58,41 @@ S = TypeVar("S")  # a unit of work: a Shard, or another picklable item (the chec
 
 # ---- scheduling -------------------------------------------------------------------------------
 
-def shard_cost(config: SweepConfig, shard: Shard) -> float:
-    """The relative work of a shard: the order in which shards are handed out, and across the
-    sweeps of one cluster the Dask priority, so the absolute scale means nothing.
+#: One Levenberg-Marquardt iteration of one batched fit, measured with N24's shapes (twenty
+#: problems of p = 594 parameters, n = 10^5, an H100/H200; kernels/moe/NOTES.md): ~2.1 ms that
+#: do not grow with n, of which 0.8 + 0.75 ms are the batched Cholesky factorisation and
+#: triangular solves (~p^3 per problem) and the rest launches and synchronisations, plus 8.9 ms
+#: per 10^5 samples (the passes over the data, ~n p^2 per problem).
+LM_ITERATION_FIXED_S = 0.55e-3
+LM_SOLVE_S = 1.55e-3 / 20  # per problem, at LM_REFERENCE_P
+LM_SAMPLE_S = 8.9e-3 / (20 * 10**5)  # per problem and sample, at LM_REFERENCE_P
+LM_REFERENCE_P = 594
 
-    Every start of every replication is one problem of the shard's batched fit (one per fitted
-    gate); a Levenberg-Marquardt iteration of a problem costs about ``n p^2`` (forming
-    ``J^T J``, ``p`` free parameters), a first-order iteration about ``n p``. The number of
-    iterations is not known before the fit: it is taken as proportional to its cap,
-    ``max_iter``, the same for every shard of a sweep (the optimiser check's 10x ``max_iter``
-    refits come out ten times the sweep's shards).
+
+def shard_cost(config: SweepConfig, shard: Shard) -> float:
+    """A shard's GPU seconds at its iteration cap, by the model of :data:`LM_ITERATION_FIXED_S`:
+    the order in which shards are handed out and, across the sweeps of one cluster, the Dask
+    priority; only the order matters, not the seconds themselves.
+
+    Every start of every replication is one problem of the shard's batched fit (one fit per
+    fitted gate). An iteration costs a fixed part, the solves (``p^3`` per problem) and the
+    passes over the samples (``n p^2`` per problem; ``n p`` for first-order algorithms, which
+    solve nothing). The number of iterations is not known before the fit: it is taken as its
+    cap, ``max_iter`` (so the optimiser check's 10x ``max_iter`` refits, small batches, weigh
+    by their fixed cost, which dominates them).
     """
     setting = config.setting(shard.setting)
     problems = (shard.rep_stop - shard.rep_start) * (1 + config.starts)
-    per_problem = 0
+    per_iteration = 0.0
     for gate in config.gates_for(setting):
-        p = free_parameters(gate, setting.score, setting.expert, setting.d, setting.k_fit)
-        per_problem += p * p if config.algorithm == "lm" else p
-    return float(problems * shard.n * per_problem * config.max_iter)
+        scale = free_parameters(gate, setting.score, setting.expert, setting.d,
+                                setting.k_fit) / LM_REFERENCE_P
+        if config.algorithm == "lm":
+            per_problem = LM_SOLVE_S * scale**3 + LM_SAMPLE_S * shard.n * scale**2
+        else:
+            per_problem = LM_SAMPLE_S * shard.n * scale
+        per_iteration += LM_ITERATION_FIXED_S + problems * per_problem
+    return per_iteration * config.max_iter
 
 
 def largest_first(shards: Sequence[S], cost: Callable[[S], float]) -> list[S]:
