@@ -435,7 +435,9 @@ def _wrap_titles(fig: Figure, ncols: int) -> None:
     """Re-wrap each panel title wider than the room it has (centred over its axes, up to halfway
     to the neighbouring axes, or to the figure's edge) at spaces, line by line, so that
     neighbouring titles neither overlap nor leave the figure."""
-    fig.get_layout_engine().execute(fig)
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
     renderer = fig.canvas.get_renderer()
     by_cell = {(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start): ax
                for ax in fig.axes if ax.get_subplotspec() is not None}
