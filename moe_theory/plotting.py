@@ -81,6 +81,11 @@ ERRORBAR_FLOOR = 0.1
 Y_MARGIN = 0.06
 Y_MARGIN_MIN_DECADES = 0.05
 
+#: An x range narrower than this many decades has at most one labelled power of ten; its
+#: sample sizes (up to SHORT_GRID_TICKS of them, else the ends and the middle) are labelled.
+SHORT_GRID_DECADES = 1.2
+SHORT_GRID_TICKS = 5
+
 PNG_DPI = 200
 # One panel of a multi-panel figure: three side by side fill a two-column page (~7 in). The
 # height is the axes' share; each panel's legend below it adds its own height (:func:`_save`).
@@ -346,6 +351,12 @@ def draw_rates(
     ax.set_yscale("log")
     # grids under a decade get labelled minor ticks, which collide on a narrow panel
     ax.xaxis.set_minor_formatter(NullFormatter())
+    grid = sorted({m for fit in fits for m in fit.n_used})
+    if grid and math.log10(grid[-1] / grid[0]) < SHORT_GRID_DECADES:
+        # a short grid shows at most one power of ten: label its sample sizes instead
+        ticks = grid if len(grid) <= SHORT_GRID_TICKS else [grid[0], grid[len(grid) // 2],
+                                                              grid[-1]]
+        ax.set_xticks(ticks, [f"{m:g}" for m in ticks])
     ax.set_xlabel(r"sample size $n$")
     ax.set_ylabel(ylabel if ylabel is not None else axis_label([loss for _, loss, _ in parsed]))
     fit_ylim(ax)

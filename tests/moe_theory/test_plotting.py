@@ -340,3 +340,13 @@ def test_titles_of_neighbouring_panels_do_not_overlap():
     for left, right in zip(boxes, boxes[1:], strict=False):
         assert left.x1 <= right.x0
     assert boxes[0].x0 >= 0 and boxes[-1].x1 <= fig.bbox.x1 + 1
+
+
+def test_a_short_grid_labels_its_sample_sizes():
+    # under ~a decade of n, a log axis labels one power of ten at most: the grid's n are labelled
+    short = results_table(CURVES, n=np.array([500, 1000, 2000, 4000]))
+    ax, _ = draw(short, [("sigmoid", "D3")])
+    ax.figure.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["500", "1000", "2000", "4000"]
+    ax, _ = draw(results_table(CURVES), [("sigmoid", "D3")])  # 1e3..1e5: powers of ten
+    assert "1000" not in [t.get_text() for t in ax.get_xticklabels()]
