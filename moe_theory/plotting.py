@@ -93,6 +93,9 @@ PANEL_SIZE_IN = (2.3, 2.0)
 
 PLOT_COLUMNS = ("setting", "fit_gate", "loss_name", "score", "regime", "expert", "n", "loss_value")
 
+#: The longest line of a y label: a panel's axes are ~1.5 in tall once its title, ticks and x
+#: label are placed, which holds ~24 characters at 8 pt; longer lines would run into the title.
+AXIS_LABEL_CHARS = 22
 #: Short names of the losses (docs/theory.md#voronoi-losses), for axis labels.
 LOSS_WORDS = {
     "D1": "Voronoi loss D1", "D2": "Voronoi loss D2", "D3": "Voronoi loss D3",
@@ -125,31 +128,38 @@ def _parse_curve(curve: Curve) -> tuple[str, str, str | None]:
 
 def loss_words(loss: str) -> str:
     """A loss in words for an axis label: ``D3`` -> "Voronoi loss D3", ``err_eta_over`` ->
-    "expert error, over-specified cells"; other names are returned as they are."""
+    "expert error" over "over-specified cells" (two lines); other names are returned as they
+    are."""
     if loss in LOSS_WORDS:
         return LOSS_WORDS[loss]
     match = re.fullmatch(r"err_([A-Za-z0-9]+)_(exact|over)", loss)
     if match:
         group, cell = match.groups()
-        return f"{PARAMETER_WORDS.get(group, group)} error, {CELL_WORDS[cell]}"
+        return f"{PARAMETER_WORDS.get(group, group)} error\n{CELL_WORDS[cell]}"
     return loss
 
 
 def axis_label(loss_names: Sequence[str]) -> str:
     """The y label of an axes showing ``loss_names``: the loss in words when there is one, the
-    names joined by " / " when there are two (D3 / err_eta_over: the axis says which losses
-    share it), else the family ("Voronoi losses", "parameter errors", "losses") with the names
-    left to the legend."""
+    names joined by " / " when there are two and they fit (D3 / err_eta_over: the axis says
+    which losses share it; on two lines if need be), else the family ("Voronoi losses",
+    "parameter errors", "losses") with the names left to the legend. No line is longer than
+    ``AXIS_LABEL_CHARS``."""
     names = list(dict.fromkeys(loss_names))
     if len(names) == 1:
         return loss_words(names[0])
     if len(names) == 2:
-        return " / ".join(names)
+        if len(" / ".join(names)) <= AXIS_LABEL_CHARS:
+            return " / ".join(names)
+        if max(map(len, names)) + 2 <= AXIS_LABEL_CHARS:
+            return " /\n".join(names)
     if all(re.fullmatch(r"D[123].*", name) for name in names):
-        return "Voronoi losses (see legend)"
-    if all(name.startswith("err_") for name in names):
-        return "parameter errors (see legend)"
-    return "losses (see legend)"
+        family = "Voronoi losses"
+    elif all(name.startswith("err_") for name in names):
+        family = "parameter errors"
+    else:
+        family = "losses"
+    return f"{family}\n(see legend)"
 
 
 def setting_words(rows: pd.DataFrame) -> str:

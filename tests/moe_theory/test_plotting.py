@@ -231,7 +231,7 @@ def test_y_axis_names_the_loss():
     ax, _ = draw(df, [("sigmoid", "D3")])
     assert ax.get_ylabel() == "Voronoi loss D3"
     ax, _ = draw(df, [("softmax", "err_eta_over")])
-    assert ax.get_ylabel() == "expert error, over-specified cells"
+    assert ax.get_ylabel() == "expert error\nover-specified cells"
     # two losses on one axis: the axis says which (no bare "loss")
     ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "err_eta_over")])
     assert ax.get_ylabel() == "D3 / err_eta_over"
@@ -350,3 +350,17 @@ def test_a_short_grid_labels_its_sample_sizes():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["500", "1000", "2000", "4000"]
     ax, _ = draw(results_table(CURVES), [("sigmoid", "D3")])  # 1e3..1e5: powers of ten
     assert "1000" not in [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_y_labels_fit_beside_their_axes():
+    # long names would run above the axes into the title: two lines, or the family name
+    losses = ["err_beta1_exact", "err_eta_exact", "err_beta1_over", "err_eta_over"]
+    df = results_table({("sigmoid", loss): -0.5 for loss in losses})
+    for shown, label in ((losses[:1], "gate-slope error\nexact cells"),
+                         (losses[:2], "err_beta1_exact /\nerr_eta_exact"),
+                         (losses, "parameter errors\n(see legend)")):
+        fig = laid_out(df, [(None, "toy-dense", [("sigmoid", loss) for loss in shown])])
+        (ax,) = fig.axes
+        assert ax.get_ylabel() == label
+        box = ax.yaxis.label.get_window_extent(fig.canvas.get_renderer())
+        assert ax.bbox.y0 - 1 <= box.y0 and box.y1 <= ax.bbox.y1 + 1
