@@ -216,6 +216,8 @@ def test_plot_panels_unknown_setting_is_named(df, tmp_path):
 # ---- layout rules ---------------------------------------------------------------------------
 
 MIXED = {("sigmoid", "D3"): -0.5, ("softmax", "err_eta_over"): -0.25}
+# The layout tests need curves, not precise slopes: a short table keeps each figure quick.
+SHORT = dict(n=np.geomspace(1e3, 1e5, 5), reps=6)
 
 
 def laid_out(df, panels, **kw):
@@ -227,7 +229,7 @@ def laid_out(df, panels, **kw):
 
 
 def test_y_axis_names_the_loss():
-    df = results_table(MIXED)
+    df = results_table(MIXED, **SHORT)
     ax, _ = draw(df, [("sigmoid", "D3")])
     assert ax.get_ylabel() == "Voronoi loss D3"
     ax, _ = draw(df, [("softmax", "err_eta_over")])
@@ -238,7 +240,7 @@ def test_y_axis_names_the_loss():
 
 
 def test_curves_are_labelled_with_their_reference():
-    df = results_table(MIXED).assign(reference=lambda t: np.where(t["fit_gate"] == "sigmoid",
+    df = results_table(MIXED, **SHORT).assign(reference=lambda t: np.where(t["fit_gate"] == "sigmoid",
                                                                   "G_bar", "G*"))
     ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "err_eta_over")])
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
@@ -258,7 +260,7 @@ def test_key_defines_the_error_bars_and_plus_minus(df):
 
 
 def test_legends_are_inside_the_figure_and_below_their_panel():
-    df = results_table(MIXED, sigma=1.0)
+    df = results_table(MIXED, sigma=1.0, **SHORT)
     curves = [("sigmoid", "D3"), ("softmax", "err_eta_over")]
     fig = laid_out(df, [("a", "toy-dense", curves), ("b", "toy-dense", curves[:1])], title="t")
     renderer = fig.canvas.get_renderer()
@@ -280,7 +282,7 @@ def test_legends_are_inside_the_figure_and_below_their_panel():
 def test_axes_keep_their_height_when_the_legend_grows(df):
     # four two-line legend entries below the panel: the figure grows, not the axes shrink
     four = results_table({("sigmoid", "D3"): -0.5, ("sigmoid", "D1"): -0.5,
-                          ("softmax", "D3"): -0.25, ("softmax", "D1"): -0.25})
+                          ("softmax", "D3"): -0.25, ("softmax", "D1"): -0.25}, **SHORT)
     curves = [("sigmoid", "D3"), ("sigmoid", "D1"), ("softmax", "D3"), ("softmax", "D1")]
     fig = laid_out(four, [("a", "toy-dense", curves)])
     (ax,) = fig.axes
@@ -303,8 +305,9 @@ def test_y_limits_fit_the_data_not_the_guides():
     assert min(guide.get_ydata()) < 10**y0  # clipped by the axes, not widening them
 
 
-def test_a_panel_without_drawable_curves_is_left_out(df):
-    other = results_table(CURVES, setting="toy-empty").assign(loss_value=np.nan)
+def test_a_panel_without_drawable_curves_is_left_out():
+    df = results_table(CURVES, **SHORT)
+    other = results_table(CURVES, setting="toy-empty", **SHORT).assign(loss_value=np.nan)
     both = pd.concat([df, other], ignore_index=True)
     fig = laid_out(both, [("dense", "toy-dense", [("sigmoid", "D3")]),
                           ("empty", "toy-empty", [("sigmoid", "D3")]),
@@ -333,7 +336,7 @@ def test_titles_are_words_not_ids(df):
 
 def test_titles_of_neighbouring_panels_do_not_overlap():
     # the longest words a Y25 setting gets, three panels to a row
-    long = results_table(CURVES).assign(expert="poly2", score="quadratic", regime="sparse")
+    long = results_table(CURVES, **SHORT).assign(expert="poly2", score="quadratic", regime="sparse")
     fig = laid_out(long, [(None, "toy-dense", [("sigmoid", "D3")])] * 3, ncols=3)
     renderer = fig.canvas.get_renderer()
     boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
@@ -355,7 +358,7 @@ def test_a_short_grid_labels_its_sample_sizes():
 def test_y_labels_fit_beside_their_axes():
     # long names would run above the axes into the title: two lines, or the family name
     losses = ["err_beta1_exact", "err_eta_exact", "err_beta1_over", "err_eta_over"]
-    df = results_table({("sigmoid", loss): -0.5 for loss in losses})
+    df = results_table({("sigmoid", loss): -0.5 for loss in losses}, **SHORT)
     for shown, label in ((losses[:1], "gate-slope error\nexact cells"),
                          (losses[:2], "err_beta1_exact /\nerr_eta_exact"),
                          (losses, "parameter errors\n(see legend)")):
