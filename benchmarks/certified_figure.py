@@ -15,8 +15,8 @@ Voronoi loss of the mixed run lies from the float64 one (relative difference, th
 exceed 1e-3 named). ``--process`` runs each precision in its own process instead and times it
 from start to exit (the issue's target), then compares their losses the same way.
 ``--max-time-s`` stops starting sample sizes past that many seconds (the JSON says which ran).
-``--solves``: the damped solve's Cholesky with ``torch.cholesky_solve`` against the Triton
-``kernels/moe/triton_solve.py`` at the figure's batch shapes (needs a GPU).
+``--solves``: the damped solve's forms (Cholesky with ``torch.cholesky_solve``, triangular solves,
+LU, inverse) at the figure's batch shapes (needs a GPU).
 ``--scipy``: the CPU scipy baseline beside the run (``moe_theory.baseline``), the ratio per fit.
 
 ``--n N``: one certified point instead: ``--setting`` (default ``nguyen2024-dense-relu``: d = 32,
@@ -509,7 +509,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--process", action="store_true",
                    help="each precision in its own process, timed from start to exit")
     p.add_argument("--solves", action="store_true",
-                   help="time torch vs Triton batched Cholesky solves (GPU)")
+                   help="time the batched damped-solve forms (GPU)")
     p.add_argument("--scipy", action="store_true", help="the scipy baseline beside the run")
     p.add_argument("--n", type=_positive_number, default=None,
                    help="one certified point at this n (e.g. 1e7) instead of the figure")

@@ -16,7 +16,7 @@ import torch
 import triton.testing
 
 from benchmarks.output import add_output_arguments, output_path, write_json
-from kernels.moe import gram, triton_solve
+from kernels.moe import gram
 from kernels.moe.torch_pass import jacobian_coefficients
 from moe_theory import models
 from moe_theory.provenance import provenance
@@ -46,10 +46,6 @@ def _solves(R: int = 20, p: int = 594) -> dict:
         c, _ = torch.linalg.cholesky_ex(S)
         return (torch.cholesky_inverse(c) @ b[..., None])[..., 0]
 
-    def chol_triton():
-        c, _ = torch.linalg.cholesky_ex(S)
-        return triton_solve.cholesky_solve(c, b)
-
     def lu_solve():
         return torch.linalg.solve_ex(S, b)[0]
 
@@ -60,14 +56,11 @@ def _solves(R: int = 20, p: int = 594) -> dict:
     for name, fn in (("cholesky + cholesky_solve", chol_solve),
                      ("cholesky + 2 solve_triangular", chol_triangular),
                      ("cholesky + cholesky_inverse + matvec", chol_inverse),
-                     ("cholesky + triton cholesky_solve", chol_triton),
                      ("LU solve_ex", lu_solve), ("inv_ex + matvec", inv_matvec)):
         got = fn()
         out[name] = {"ms": _bench(fn),
                      "rel_diff": float((got - want).norm() / want.norm())}
     out["cholesky alone"] = {"ms": _bench(lambda: torch.linalg.cholesky_ex(S))}
-    c, _ = torch.linalg.cholesky_ex(S)
-    out["triton cholesky_solve alone"] = {"ms": _bench(lambda: triton_solve.cholesky_solve(c, b))}
     return out
 
 
