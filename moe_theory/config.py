@@ -298,7 +298,8 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
 def load_config(path_or_name: str | Path, *, fast: bool = False) -> SweepConfig:
     """Load a config by path, or by name from ``simulations/configs/``."""
     path = Path(path_or_name)
-    if not path.exists() and not path.suffix:
+    # a bare name is a config's even where a folder of that name (a results folder) is at hand
+    if not path.is_file() and not path.suffix:
         path = CONFIG_DIR / f"{path_or_name}.toml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
