@@ -542,14 +542,22 @@ def format_rates_table(table: pd.DataFrame) -> str:
     Columns: setting, fit gate, loss, slope of the log-mean ``±`` its CI half-width (the header
     says so), slope of the log-median, R^2, used sample sizes x replications, dropped values,
     theory exponent (label), the four certificates and the verdict; rows sorted by setting,
-    fit_gate, loss_name. Below the table, one note per curve whose verdict has a reason.
+    fit_gate, loss_name. Where the table has a boolean ``plotted`` column (the curves a figure
+    draws, set by :func:`moe_theory.reproduce.write_report`), those rows come first and a rule
+    separates them from the other curves. Below the table, one note per curve whose verdict has
+    a reason.
     """
     check_columns(table, FORMAT_COLUMNS)
     header = ["setting", "fit", "loss", f"slope (± {CI_LEVEL:.0%} CI)", "median",
               "R^2", "n x reps", "dropped", "theory", "ref", "conv", "opt", "fit", "verdict"]
     lines = [header]
     notes: dict[str, list[str]] = {}  # reason -> the curves it explains
-    for _, r in table.sort_values(list(CURVE_KEYS)).iterrows():
+    order = table.sort_values(list(CURVE_KEYS))
+    n_plotted = 0
+    if "plotted" in table.columns and table["plotted"].any():
+        plotted = order["plotted"].astype(bool)
+        order, n_plotted = pd.concat([order[plotted], order[~plotted]]), int(plotted.sum())
+    for _, r in order.iterrows():
         slope = _signed(r["slope"])
         if not pd.isna(r["ci_half_width"]):
             slope += f" ± {r['ci_half_width']:.2f}"
@@ -570,8 +578,15 @@ def format_rates_table(table: pd.DataFrame) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in lines
     ]
-    text.insert(1, "  ".join("-" * w for w in widths))
+    rule = "  ".join("-" * w for w in widths)
+    text.insert(1, rule)
+    if n_plotted and n_plotted < len(order):
+        # header, rule, the plotted rows, then a rule before the curves the figure leaves out
+        text.insert(2 + n_plotted, "  ".join("·" * w for w in widths))
     text.append("")
+    if n_plotted:
+        text.append(f"the first {n_plotted} curves are the figure's; the rest, below the dotted "
+                    "rule, are measured but not drawn")
     text.append(f"{PLUS_MINUS} (t interval on bootstrap variances); median: slope of "
                 "log(median); certificates ref(erence), conv(erged), opt(imiser), (over-)fit: "
                 "pass, FAIL or - (not run)")

@@ -118,8 +118,10 @@ def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFra
     certificates the folder holds (docs/theory.md#certificates)."""
     certificates = FolderCertificates.load(out)
     table = rates_table(df, certificates=certificates)
-    write_table(out, table, format_rates_table(table))
     panels = figure_panels(df, config)
+    drawn = {(setting, gate, loss) for setting, _, curves in panels for gate, loss in curves}
+    table["plotted"] = [(r.setting, r.fit_gate, r.loss_name) in drawn for r in table.itertuples()]
+    write_table(out, table, format_rates_table(table))
     if panels:
         plot_panels(df, panels, out / config.name, title=config.name, certificates=certificates)
     return table

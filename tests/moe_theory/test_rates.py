@@ -481,6 +481,20 @@ def test_format_rates_table():
     assert len({line.index(line.split()[1]) for line in lines[2:2 + len(table)]}) == 1
 
 
+def test_format_rates_table_puts_the_plotted_curves_first():
+    df = results_table(CURVES)
+    table = rates_table(df, THEORY, n_boot=50, certificates=passing_certificates(df))
+    table["plotted"] = table.loss_name.eq("D3") & table.fit_gate.eq("softmax")
+    lines = format_rates_table(table).splitlines()
+    assert lines[2].split()[1:3] == ["softmax", "D3"]
+    assert set(lines[3]) <= {"·", " "} and "·" in lines[3]
+    assert [line.split()[1:3] for line in lines[4:6]] == [["sigmoid", "D1"], ["sigmoid", "D3"]]
+    assert any(line.startswith("the first 1 curves are the figure's") for line in lines)
+    # without the column, or with nothing plotted, the plain order and no dotted rule
+    table["plotted"] = False
+    assert "·" not in format_rates_table(table)
+
+
 def test_format_rates_table_notes_the_reasons_once():
     table = rates_table(results_table(CURVES), THEORY, n_boot=50)
     text = format_rates_table(table)
