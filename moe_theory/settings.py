@@ -151,6 +151,50 @@ def _small(name: str, gate: str, expert: str, regime: str, desc: str, **kw) -> S
                    description=desc, source="small variant of the N24 recipe", **params)
 
 
+#: The CPU preset's truth (simulations/configs/nguyen2024.toml [fast]): a softmax gate over three
+#: atoms in d = 2, fitted with k = 4. Why not SMALL_ATOMS: with k* = 2, softmax(s_0, s_1) =
+#: sigmoid(s_0 - s_1), so a sigmoid fit reproduces the dense truth and has no G_bar; and constant
+#: sigmoid gates on ReLU experts trade weight with scale (sigma(b) relu(z) = relu(sigma(b) z)), so
+#: the sparse settings' G* is singular. These atoms passed the reference certificate at n =
+#: 10^3..10^4, nu = 1e-4 (docs/theory.md#reference-identified), found by screening about 90
+#: random draws (gate slopes ~ N(0, 1.5^2), experts a ~ N(0, 1.5^2 I) with the ReLU kink inside
+#: the cube), either movable atom split. Measured 2026-12-02 on the 2 * 10^5-point design:
+#: - ReLU, sigmoid fit: G_bar's Fisher condition number 1.0e6, Hessian positive definite
+#:   (smallest eigenvalue 7.4e-7), predicted error at n = 10^3 0.18 x the atom distance, misfit
+#:   6.6e-6 (27 x nu p / n_max), 4 of 4 jittered refits tied with it (D3 spread 2e-6); the 6
+#:   other draws that passed a 2 * 10^4-point screen failed on this design (refits better than
+#:   G_bar, Hessian not positive definite, error ratio). Yet sigmoid fits of n = 10^4 samples
+#:   (nu = 1e-5) land, for 2 of 8 data sets, in a basin whose population loss is 17% below
+#:   G_bar's (5.45e-6 against 6.58e-6, D3 5 to 12 from G_bar): the near-truth start of the
+#:   population fit (whichever of the three atoms it splits) and the certificate's jittered
+#:   refits never reach it. G_bar is then not the population LSE, and the sweep's fits fail the
+#:   optimiser certificate (starts disagree) and the over-fit one (Delta SSR / (nu p) 2.3 at
+#:   n = 10^4 with nu = 1e-4, 47 with nu = 1e-5).
+#: - ReLU, softmax fit: G* (the truth's 3-atom model) has Fisher condition number 1.4e4 and
+#:   predicted error 0.03 x the atom distance at n = 10^3; the over-specified fits stop on a
+#:   tolerance but their starts end 1-2 nu apart in SSR (a flat landscape), so 38-50% of the
+#:   fits at some n have no second start at their best SSR (optimiser certificate), with 3 or 5
+#:   starts alike.
+#: - linear: the 4-atom sigmoid fit reproduces the truth to 4e-9 in mean square, below nu p /
+#:   n_max = 2.4e-7 (G_bar not identified: the N24 recipe's failure, in small), and G*'s
+#:   predicted error at n = 10^3 is 0.73 x the atom distance. Of 34 draws with steeper gates
+#:   (slopes ~ N(0, 2.5^2)), 29 had a sigmoid G_bar whose Hessian is not positive definite.
+#: nu = 1e-4: at the default 0.01 the sigmoid G_bar's predicted error at n = 10^3 is 10 x larger,
+#: 1.8 atom distances. Rows as SMALL_ATOMS; the fit splits atom 0 (the default split: an explicit
+#: split fails in sweeps whose reference is G_bar, since box_bounds splits the k-atom G_bar again).
+SMALL_K3_ATOMS = ((0.0, -0.593, 0.396, 0.911, -1.458, 0.42),
+                  (0.0, 0.383, 1.174, 0.409, 1.743, -0.426),
+                  (0.0, 0.0, 0.0, 2.664, 1.804, 0.916))
+SMALL_K3_NOISE_VAR = 1e-4
+
+
+def _small_k3(expert: str) -> Setting:
+    return _small(f"small-k3-dense-{expert}", "softmax", expert, "dense",
+                  f"d=2, k*=3, k=4: softmax truth with input-dependent gates, {expert} experts "
+                  "(the CPU preset)", k_true=3, k_fit=4, atoms=SMALL_K3_ATOMS,
+                  noise_var=SMALL_K3_NOISE_VAR, sparse_zero="all")
+
+
 _SETTINGS: dict[str, Setting] = {}
 
 
@@ -179,6 +223,8 @@ for _s in (
            "d=2, k*=2, k=3: softmax truth with input-dependent gates, ReLU experts"),
     _small("small-dense-linear", "softmax", "linear", "dense",
            "d=2, k*=2, k=3: softmax truth with input-dependent gates, linear experts"),
+    _small_k3("relu"),
+    _small_k3("linear"),
 ):
     register(_s)
 

@@ -214,6 +214,27 @@ def test_non_identifiable_setting_is_not_measurable_with_the_reason(cache, monke
     assert "Fisher condition number" in row.reason
 
 
+def test_cpu_preset_softmax_reference_is_identified_for_relu_not_linear():
+    # The CPU preset's truth (settings.SMALL_K3_ATOMS, reproduce --fast): the softmax fit's
+    # reference is G*, judged on the truth's own 3-atom model (no population fit: milliseconds).
+    # Measured on the certificate's design: ReLU Fisher condition number 1.4e4, predicted error at
+    # n = 10^3 0.03 x the atom distance; linear 0.73 x (threshold 0.25). The bounds leave factors
+    # of 7 (cond), 2.8 and 1.5 (error ratios) of room, so only a changed truth or criterion (the
+    # design is fixed by its seed) moves them.
+    relu = reference_certificate(mt.get_setting("small-k3-dense-relu"), "softmax",
+                                 [1000, 10000], ["D1"])
+    assert relu.status == PASS and relu.kind == "G*" and relu.p == 2 * 3 + 3 * 3
+    assert relu.fisher_cond < 1e5 and relu.error_ratio < certificates.ERROR_RATIO_MAX / 3
+    linear = reference_certificate(mt.get_setting("small-k3-dense-linear"), "softmax",
+                                   [1000, 10000], ["D1"])
+    assert linear.status == FAIL and linear.error_ratio > 2 * certificates.ERROR_RATIO_MAX
+    assert any("predicted parameter error at n=1000" in r for r in linear.reasons)
+    # the same criterion passes once n_min is large enough: the failure is the grid's, not G*'s
+    later = reference_certificate(mt.get_setting("small-k3-dense-linear"), "softmax",
+                                  [100_000, 1_000_000], ["D1"])
+    assert later.status == PASS
+
+
 # ---- a regular setting, end to end --------------------------------------------------------------
 
 
