@@ -118,7 +118,8 @@ def _cmd_reproduce(args) -> int:
     name = args.name or "nguyen2024"
     fast = args.fast or args.name is None
     reproduce(name, fast=fast, out=args.out, device=args.device, backend=args.backend,
-              workers=args.workers, certify=args.certify)
+              workers=args.workers, certify=args.certify, gpus=args.gpus,
+              local_workers=args.local_workers)
     return 0
 
 
@@ -241,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certify", action=argparse.BooleanOptionalAction, default=False,
                    help="also run the optimiser check of `moe-theory check` before the report "
                         "(default off: it refits a subsample twice, up to 10x as long)")
+    p.add_argument("--gpus", nargs="?", const="all", metavar="0,1",
+                   help="one Dask cluster with a worker per GPU (all visible ones by default) for "
+                        "every figure, largest work first (docs/design.md#scheduling)")
+    p.add_argument("--local-workers", type=int, metavar="N",
+                   help="one Dask cluster of N local worker processes for every figure (the "
+                        "--gpus path on this machine's device)")
     device_args(p)
     p.set_defaults(run=_cmd_reproduce)
 

@@ -70,3 +70,13 @@ def test_reproduce_help_lists_every_figure():
 
 def test_top_level_help_has_no_rst_markup():
     assert "``" not in build_parser().format_help()
+
+
+def test_reproduce_gpus_on_the_cpu_is_refused_naming_the_field(tmp_path, capsys):
+    """``--gpus`` pins workers to GPUs: on a machine without them (CI), or with ``--device cpu``,
+    it exits 2 naming the option before writing anything."""
+    out = tmp_path / "fig"
+    assert main(["reproduce", "nguyen2024", "--fast", "--gpus", "0", "--device", "cpu",
+                 "--out", str(out)]) == 2
+    assert "--gpus" in capsys.readouterr().err
+    assert not out.exists()
