@@ -209,12 +209,12 @@ def _small(name: str, gate: str, expert: str, regime: str, desc: str, **kw) -> S
 #:   6.6e-6 (27 x nu p / n_max), 4 of 4 jittered refits tied with it (D3 spread 2e-6); the 6
 #:   other draws that passed a 2 * 10^4-point screen failed on this design (refits better than
 #:   G_bar, Hessian not positive definite, error ratio). Yet sigmoid fits of n = 10^4 samples
-#:   (nu = 1e-5) land, for 2 of 8 data sets, in a basin whose population loss is 17% below
-#:   G_bar's (5.45e-6 against 6.58e-6, D3 5 to 12 from G_bar): the near-truth start of the
-#:   population fit (whichever of the three atoms it splits) and the certificate's jittered
-#:   refits never reach it. G_bar is then not the population LSE, and the sweep's fits fail the
-#:   optimiser certificate (starts disagree) and the over-fit one (Delta SSR / (nu p) 2.3 at
-#:   n = 10^4 with nu = 1e-4, 47 with nu = 1e-5).
+#:   land, for 3 of 8 data sets (2 of 8 with nu = 1e-5), in a basin whose population loss is
+#:   15-17% below G_bar's (5.5e-6 against 6.6e-6, D3 5 to 12 from G_bar): the near-truth
+#:   start of the population fit (whichever of the three atoms it splits) and the
+#:   certificate's jittered refits never reach it. G_bar is then not the population LSE, and
+#:   the sweep's fits fail the optimiser certificate (starts disagree) and the over-fit one
+#:   (Delta SSR / (nu p) 2.9 at n = 10^4 with nu = 1e-4, 47 with nu = 1e-5).
 #: - ReLU, softmax fit: G* (the truth's 3-atom model) has Fisher condition number 1.4e4 and
 #:   predicted error 0.03 x the atom distance at n = 10^3; the over-specified fits stop on a
 #:   tolerance but their starts end 1-2 nu apart in SSR (a flat landscape), so 38-50% of the
