@@ -225,13 +225,12 @@ def _small(name: str, gate: str, expert: str, regime: str, desc: str, **kw) -> S
 #:   n_max = 2.4e-7 (G_bar not identified: the N24 recipe's failure, in small), and G*'s
 #:   predicted error at n = 10^3 is 0.73 x the atom distance. Of 34 draws with steeper gates
 #:   (slopes ~ N(0, 2.5^2)), 29 had a sigmoid G_bar whose Hessian is not positive definite.
-#: - GELU (not positively homogeneous) does not cure it: from about 40 random draws, the GELU truth
-#:   (rows: gate slopes | a, b) ((2.1, 1.9 | 2.1, 2.1, -1.5), (1.5, -0.3 | 0, -3.1, 0),
-#:   (0, 0 | 0.1, 1.3, 0.4)) passed the
-#:   reference, converged and over-fit certificates for the sigmoid fit (D3 slope -0.41 +- 0.17),
-#:   but one refit with 10 x jitter was 15 nu better than a sweep fit and moved the slope by 0.47
-#:   (optimiser check), and the over-specified softmax fits stopped on the 200-iteration cap
-#:   (1 in 8 converged at n = 5623).
+#: - GELU (not positively homogeneous) does not cure it: from about 40 random draws, the
+#:   GELU truth (rows: gate slopes | a, b) ((2.1, 1.9 | 2.1, 2.1, -1.5), (1.5, -0.3 | 0, -3.1,
+#:   0), (0, 0 | 0.1, 1.3, 0.4)) passed the reference, converged and over-fit certificates for
+#:   the sigmoid fit (D3 slope -0.41 +- 0.17), but one refit with 10 x jitter was 15 nu better
+#:   than a sweep fit and moved the slope by 0.47 (optimiser check), and the over-specified
+#:   softmax fits stopped on the 200-iteration cap (1 in 8 converged at n = 5623).
 #: nu = 1e-4: at the default 0.01 the sigmoid G_bar's predicted error at n = 10^3 is 10 x larger,
 #: 1.8 atom distances. Rows as SMALL_ATOMS; the fit splits atom 0 (the default split: an explicit
 #: split fails in sweeps whose reference is G_bar, since box_bounds splits the k-atom G_bar again).
