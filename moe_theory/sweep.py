@@ -94,7 +94,13 @@ def shard_init(config: SweepConfig, setting: Setting, n: int, gate: str, ref: Mi
     seeded by (setting, seed, n, gate, start, rep) alone, never by the data."""
     return multi_start(ref, setting.k_fit, seed=stable_seed(setting.name, config.seed, n, gate),
                        jitter=config.jitter, extra=config.starts, start_jitter=config.start_jitter,
-                       split=setting.split)
+                       split=reference_split(setting, ref))
+
+
+def reference_split(setting: Setting, ref: MixingMeasure) -> tuple[int, ...] | None:
+    """The setting's split of ``G*``'s atoms, for a reference that still needs splitting; a
+    ``G_bar`` has the fit's k atoms already (splitting it again was an error)."""
+    return setting.split if ref.k < setting.k_fit else None
 
 
 def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto"
@@ -109,7 +115,8 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
     for gate in config.gates_for(setting):
         ref_kind, ref = reference_measure(setting, gate, device=device, backend=backend)
         init = shard_init(config, setting, shard.n, gate, ref)
-        bounds = box_bounds(ref, setting.k_fit, config.bound_scale, gate=gate, split=setting.split)
+        bounds = box_bounds(ref, setting.k_fit, config.bound_scale, gate=gate,
+                            split=reference_split(setting, ref))
         fit = fit_lse(X, Y, setting.k_fit, gate, setting.expert, setting.score, init=init,
                       algorithm=config.algorithm, backend=backend, reference=ref, bounds=bounds,
                       noise_var=setting.noise_var, max_iter=config.max_iter,

@@ -270,7 +270,9 @@ def test_regular_slope_is_invariant_to_max_iter_and_jitter(regular):
     assert set(entry["slope_shift"]) == {"max_iter x10", "jitter x10"}
     for shift in entry["slope_shift"].values():
         assert shift <= entry["slope_tolerance"]
-    assert entry["slope_shift"]["max_iter x10"] == 0.0  # converged fits: the same iterates
+    # converged fits: the same iterates, to rounding (the check refits a subsample of the
+    # replications, and the Gram products of a batch sum its problems in a batch-dependent order)
+    assert entry["slope_shift"]["max_iter x10"] <= 1e-12
 
 
 def test_regular_curve_follows_its_asymptotic_overlay(regular):
@@ -308,3 +310,27 @@ def test_certificates_of_another_config_count_as_not_run(regular):
 def test_cli_check_of_a_folder_without_manifest_exits_2(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 2
     assert "DIR:" in capsys.readouterr().err
+
+
+def test_g_bar_is_the_best_of_its_starts_not_the_near_truth_basin():
+    """On the CPU preset's ReLU truth the fit from the near-truth start alone ends in a basin
+    whose population misfit is ~1.6x that of a basin wider starts reach (measured 6.8e-6 vs
+    4.2e-6 on this design; sweep fits at n = 10^4 found it too). G_bar must be the lower one.
+    The 10% margin is far outside the design's Monte Carlo error, which cancels here: both fits
+    are judged on the same 2000 points."""
+    from moe_theory.data import sample_inputs
+    from moe_theory.initialization import near_truth
+
+    pop = population
+    setting, size = settings.get_setting("small-k3-dense-relu"), 2000
+    truth = setting.truth()
+    g_bar = pop.population_lse(setting, "sigmoid", design_size=size, use_cache=False)
+    rng = np.random.default_rng([pop.DESIGN_SEED, size])  # G_bar's own design
+    X = torch.as_tensor(sample_inputs(size, setting.d, rng, setting.x_dist),
+                        dtype=torch.float64)[None]
+    Y = truth(X)
+    near = mt.fit_lse(X, Y, setting.k_fit, "sigmoid", setting.expert, setting.score,
+                      init=near_truth(truth, setting.k_fit, seed=pop.DESIGN_SEED),
+                      max_iter=pop.GBAR_MAX_ITER, ftol=1e-13, gtol=1e-13).measure
+    misfit = lambda m: float(((Y - m(X)) ** 2).mean())  # noqa: E731
+    assert misfit(g_bar) < 0.9 * misfit(near)

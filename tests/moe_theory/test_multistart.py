@@ -163,3 +163,21 @@ def test_a_sweep_shard_records_the_starts_on_the_same_data():
     assert (many.converged == (many.stop_reason == "tolerance")).all()
     assert ((many.starts_near_best >= 1) & (many.starts_near_best <= 3)).all()
     assert (many.ssr_spread >= 0).all() and not many.bound_active.any()
+
+
+def test_a_setting_split_applies_to_g_star_not_to_g_bar():
+    """A setting's ``split`` names atoms of G* to copy; a G_bar has the fit's k atoms already,
+    so its starts and box take no split (splitting it again raised)."""
+    from dataclasses import replace
+
+    from moe_theory.sweep import reference_split
+
+    setting = replace(mt.get_setting("small-k3-dense-relu"), split=(1,))
+    truth = setting.truth()
+    assert reference_split(setting, truth) == (1,)
+    g_bar_like = mt.initialization.split_atoms(truth, setting.k_fit, (1,))
+    assert reference_split(setting, g_bar_like) is None
+    start = multi_start(g_bar_like, setting.k_fit, extra=1,
+                        split=reference_split(setting, g_bar_like))[1].draw(1, "softmax")
+    assert start.k == setting.k_fit
+    box_bounds(g_bar_like, setting.k_fit, 10.0, split=reference_split(setting, g_bar_like))
