@@ -20,11 +20,12 @@ from benchmarks import (
     lm_parts,
     memory_check,
     moe,
+    shared_memory,
     sweep_scaling,
 )
 
 SUBCOMMANDS = (moe, attention, fit_profile, fit_agreement, lm_parts, memory_check, sweep_scaling,
-               compare_tables, gpu_tests, certified_figure)
+               compare_tables, gpu_tests, certified_figure, shared_memory)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,8 +251,8 @@ def staged_elements(gate: str, score: str, expert: str, d: int, k: int, dtype: t
     runs the ``J^T J`` pair programs (scores with quadratic features)."""
     lay = _layout(gate, score, expert, d, k, config.tile_max)
     dot_x, dot_q = _uses_dot(lay)
-    sizes = dict(block_n=config.block_n, kp=lay.KP, dp=lay.DP, qp=lay.QP, dot_x=dot_x,
-                 dot_q=dot_q, tf32x3=dtype == torch.float32)
+    sizes = dict(block_n=config.block_n, kp=lay.KP, dp=lay.DP, qp=lay.QP if lay.has_quad else 0,
+                 dot_x=dot_x, dot_q=dot_q, tf32x3=dtype == torch.float32)
     if gauss_newton:
         return resources.gauss_newton_kernel(tile=lay.TILE, bias_tile=lay.TB,
                                              num_stages=config.num_stages, **sizes)
