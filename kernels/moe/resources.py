@@ -21,11 +21,12 @@ limit; committed under ``benchmarks/results/shared_memory/``), and the earlier h
 outside that grid (gradient kernel at d = 128, k = 64; Gauss-Newton kernel at d = 3 and 8, k = 9,
 at several block sizes). The model is at or above every one of them (``tests/kernels/
 test_resources.py`` checks it row by row), by at most :data:`MAX_OVERESTIMATE` times the larger
-of the two versions' allocations above 16 KiB (typically 1-3x: one-stage configurations of the
-Gauss-Newton kernel, small d with large padded tiles). The cost of an overestimate is a smaller
-configuration than needed, never a failed launch. Registers are not modelled: they cannot stop a
-launch at the kernels' <= 8 warps (255 registers x 256 threads fit the 64K register file; ptxas
-spills instead), only slow it.
+of the two versions' allocations above 16 KiB (median 1.4x; the most, 8.3x, for the gradient
+kernel's quadratic scores at d = 32, k <= 2, where the ``BN*QP >= 1`` floor of
+:data:`GRADIENT` holds a whole quadratic-feature tile that neither version stages there). The
+cost of an overestimate is a smaller configuration than needed, never a failed launch. Registers
+are not modelled: they cannot stop a launch at the kernels' <= 8 warps (255 registers x 256
+threads fit the 64K register file; ptxas spills instead), only slow it.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ HOPPER_SHARED_MEMORY = 232448
 #: Triton versions, shapes between and beyond them).
 HEADROOM = 0.9
 
-#: The model overestimates no calibrated kernel above 16 KiB by more than this factor (checked
-#: by the tests; one-stage Gauss-Newton configurations are bounded by their two-stage size).
-MAX_OVERESTIMATE = 5.0
+#: The model overestimates no kernel above 16 KiB compiled by both Triton versions by more than
+#: this factor over the larger allocation (checked by the tests).
+MAX_OVERESTIMATE = 8.5
 
 
 @functools.lru_cache(maxsize=16)
@@ -110,13 +111,15 @@ def features(kernel: str, *, block_n: int, kp: int, dp: int, qp: int, tile: int,
 #: allocation of Triton 3.6 and 3.9 per kernel, rounded up to sixteenths. The ``BN*QP``
 #: coefficients are held at >= 1: Triton 3.9 stages the whole ``(QP, BN)`` quadratic-feature tile
 #: (measured at d = 17: exactly ``QP x BN`` elements at 32, 64 and 128 samples), which the grid
-#: does not pin down at every d.
+#: does not pin down at every d. The gradient kernel's ``KP*QP dot`` was raised from the fitted
+#: 1.4375 after the fit, to bound a later 3.9 measurement (d = 17, k = 9, float64, 128 samples:
+#: 397312 bytes; no choice of ``pick_config`` changed).
 GAUSS_NEWTON: dict[str, float] = {"BN*QP": 1.0, "KP*DP dot": 5.5, "BN*TILE": 1.9375,
     "BN*DP 2 stages": 1.0, "BN*QP 2 stages": 1.0, "BN*DP dot 2 stages": 4.5,
     "BN*DP tf32x3 2 stages": 2.75, "BN*TILE 2 stages": 4.0625}
 GRADIENT: dict[str, float] = {"BN*DP": 1.0, "BN*KP": 1.0, "BN*QP": 1.0, "BN*KP dot": 1.75,
     "BN*DP tf32x3": 1.5, "BN*QP tf32x3": 0.25, "BN*KP tf32x3": 1.1875, "KP*DP dot": 0.4375,
-    "KP*QP dot": 1.4375}
+    "KP*QP dot": 1.75}
 
 
 def _bound(coefficients: dict[str, float], f: dict[str, int]) -> int:
