@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from moe_theory.estimators import fit_lse
 from moe_theory.initialization import near_truth
 from moe_theory.measure import MixingMeasure
 from moe_theory.settings import Setting
+from moe_theory.store import atomic_write
 
 try:
     import fcntl
@@ -89,12 +89,8 @@ def population_lse(
             text = _read(path)
             if text is None:
                 text = _fit_population(setting, fit_gate, design_size, device, backend).to_json()
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # write then rename: a crash never leaves a half-written cache entry
-                with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
-                                                 suffix=".tmp") as tmp:
-                    tmp.write(text)
-                os.replace(tmp.name, path)
+                # a crash never leaves a half-written cache entry
+                atomic_write(path, lambda tmp: Path(tmp).write_text(text))
                 _read_entries[path] = text
     # a new object per call: callers never share (and so never alter) one another's
     return MixingMeasure.from_json(text)
