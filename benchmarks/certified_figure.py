@@ -302,11 +302,14 @@ def agreement(records: list[dict], fits: list[dict], variants: list[str]) -> dic
                              v + "_grad": fb.get("proj_grad_max", [None] * (rep + 1))[rep],
                              base + "_fit_loss": fa["fit_loss"][rep],
                              v + "_fit_loss": fb["fit_loss"][rep]})
-        fit_rel = [abs(fb - fa) / abs(fa) for f in fits if f["gram"] == v
-                   for fa, fb in zip(ref_fit[key(f)]["fit_loss"], f["fit_loss"], strict=True)
-                   if key(f) in ref_fit]
+        # a run cut short by --max-time-s (in its own process, each precision reaches its own
+        # last n) is compared where both have fits; the fits only one of them has are counted
+        fit_rel = [abs(fb - fa) / abs(fa) for f in fits if f["gram"] == v and key(f) in ref_fit
+                   for fa, fb in zip(ref_fit[key(f)]["fit_loss"], f["fit_loss"], strict=True)]
+        mine = {key(f) for f in fits if f["gram"] == v}
+        unmatched = {base: len(ref_fit.keys() - mine), v: len(mine - ref_fit.keys())}
         if not rows:
-            result[v] = {"compared": 0}
+            result[v] = {"compared": 0, "fits_without_peer": unmatched}
             continue
         df = pd.DataFrame(rows)
         both = df[base + "_stop"].isin(TOLERANCE_TESTS) & df[v + "_stop"].isin(TOLERANCE_TESTS)
@@ -329,6 +332,7 @@ def agreement(records: list[dict], fits: list[dict], variants: list[str]) -> dic
             "max_rel_diff_by_curve": {f"{s}/{g}": float(x.rel_diff.max())
                                       for (s, g), x in df.groupby(["setting", "gate"])},
             "fit_loss_max_rel_diff": float(max(fit_rel)) if fit_rel else None,
+            "fits_without_peer": unmatched,
             "worst": worst.to_dict(orient="records"),
         }
     return result
@@ -430,7 +434,13 @@ def _children(args: argparse.Namespace, argv: list[str]) -> dict:
             out["runs"][v] = {"process_wall_s": wall, "returncode": proc.returncode,
                               "stderr_tail": proc.stderr[-2000:],
                               **{k: child.get(k) for k in ("phases_s", "per_gram", "n",
-                                                           "complete", "startup_s")}}
+                                                           "complete", "stopped_at_n",
+                                                           "startup_s", "scipy_baseline")},
+                              # where the fit time goes: per curve and n
+                              "fits": [{k: f[k] for k in ("setting", "gate", "n", "fit_s",
+                                                          "batch_iterations", "iterations_sum",
+                                                          "converged")}
+                                       for f in child.get("fits", [])]}
             records += child.get("losses", [])
             fits += child.get("fits", [])
             write_json(args.out_path, out, args.device)

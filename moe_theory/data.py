@@ -7,7 +7,9 @@ the replications are drawn.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
+import os
 
 import numpy as np
 import torch
@@ -23,6 +25,10 @@ from moe_theory.validation import (
 X_DISTRIBUTIONS = ("uniform", "normal")
 #: Default noise variance nu (docs/theory.md#regression-model).
 DEFAULT_NOISE_VAR = 0.01
+#: Numbers per draw past which replications are drawn on threads (numpy's generators fill
+#: without the GIL): an n = 10^7, d = 32 shard of 20 replications is 6.6e9 numbers, a minute on
+#: one core. Below it a thread pool costs more than it saves.
+THREADED_DRAW = 2**22
 
 
 def stable_seed(*parts: object) -> int:
@@ -75,10 +81,21 @@ def sample(
     # filled in place: at n = 10^6, d = 32, R = 20 a stacked copy would double the 5 GB peak
     xs = np.empty((reps, n, truth.d))
     noises = np.empty((reps, n))
-    for i, r in enumerate(range(first_rep, first_rep + reps)):
-        rng = np.random.default_rng([int(seed) & (2**63 - 1), n, r])
+
+    def draw(i: int) -> None:
+        # each replication's own generator: the numbers do not depend on the threads
+        rng = np.random.default_rng([int(seed) & (2**63 - 1), n, first_rep + i])
         xs[i] = sample_inputs(n, truth.d, rng, x_dist)
         noises[i] = rng.standard_normal(n) * np.sqrt(noise_var)
+
+    workers = min(reps, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count() or 1)
+    if workers > 1 and reps * n * (truth.d + 1) >= THREADED_DRAW:
+        with cf.ThreadPoolExecutor(workers, thread_name_prefix="draw") as pool:
+            list(pool.map(draw, range(reps)))
+    else:
+        for i in range(reps):
+            draw(i)
     X = torch.as_tensor(xs, dtype=dtype, device=device)
     eps = torch.as_tensor(noises, dtype=dtype, device=device)
     with torch.no_grad():

@@ -202,6 +202,23 @@ def test_certified_figure_agreement_counts():
     assert out["float32"]["by_convergence"]["not_both"]["compared"] == 0
 
 
+def test_certified_figure_agreement_of_runs_cut_at_different_n():
+    """Two precisions run in their own processes under --max-time-s reach different last n (an
+    H200 run crashed on this): only the shared fits are compared, the others are counted."""
+    from benchmarks.certified_figure import agreement
+
+    def fit(n, gram):
+        return {"setting": "s", "gate": "g", "n": n, "gram": gram, "stop_test": ["xtol"],
+                "n_iter": [5], "fit_loss": [1.0]}
+
+    fits = [fit(10, "float64"), fit(20, "float64"), fit(10, "tf32")]
+    records = [{"setting": "s", "gate": "g", "n": n, "loss": "D1", "gram": g, "values": [1.0]}
+               for n, g in ((10, "float64"), (20, "float64"), (10, "tf32"))]
+    out = agreement(records, fits, ["float64", "tf32"])["tf32"]
+    assert out["compared"] == 1 and out["holds"]
+    assert out["fits_without_peer"] == {"float64": 1, "tf32": 0}
+
+
 def test_certified_point_at_toy_size(tmp_path):
     path = tmp_path / "point.json"
     assert main(["certified-figure", "--n", "2e3", "--setting", "small-dense-relu", "--reps", "2",

@@ -68,6 +68,17 @@ def test_sample_is_reproducible_and_depends_only_on_coordinates(sparse_relu):
     assert not torch.equal(X1[0, :50], X3[0, :50])
 
 
+def test_threaded_draw_gives_the_numbers_of_one_thread(sparse_relu, monkeypatch):
+    """Large draws fill each replication on its own thread; each replication's generator is
+    seeded by its coordinates alone, so the numbers are those of the serial draw, bit for bit."""
+    from moe_theory import data
+
+    serial = mt.sample(sparse_relu, n=300, reps=5, seed=7, first_rep=1)
+    monkeypatch.setattr(data, "THREADED_DRAW", 1)  # every draw threaded
+    threaded = mt.sample(sparse_relu, n=300, reps=5, seed=7, first_rep=1)
+    assert all(torch.equal(a, b) for a, b in zip(serial, threaded))
+
+
 @pytest.mark.parametrize("algorithm", ["adam", "lbfgs", "sgd-paper"])
 def test_first_order_algorithms_lower_the_loss(sparse_relu, algorithm):
     X, Y = mt.sample(sparse_relu, n=400, reps=2, seed=8)
