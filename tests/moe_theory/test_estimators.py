@@ -76,7 +76,7 @@ def test_threaded_draw_gives_the_numbers_of_one_thread(sparse_relu, monkeypatch)
     serial = mt.sample(sparse_relu, n=300, reps=5, seed=7, first_rep=1)
     monkeypatch.setattr(data, "THREADED_DRAW", 1)  # every draw threaded
     threaded = mt.sample(sparse_relu, n=300, reps=5, seed=7, first_rep=1)
-    assert all(torch.equal(a, b) for a, b in zip(serial, threaded))
+    assert all(torch.equal(a, b) for a, b in zip(serial, threaded, strict=True))
 
 
 @pytest.mark.parametrize("algorithm", ["adam", "lbfgs", "sgd-paper"])
