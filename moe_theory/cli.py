@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --executor dask: one worker per GPU (all visible ones by default)")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted sweep (always on: finished shards are never redone)")
-    p.add_argument("--force", action="store_true", help="discard shards of a different config")
+    p.add_argument("--force", action="store_true",
+                   help="discard shards of a different config, or measured against another G_bar")
     p.add_argument("--fast", action="store_true", help="apply the config's [fast] overrides")
     device_args(p)
     p.set_defaults(run=_cmd_sweep, device=None)

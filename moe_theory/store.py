@@ -4,6 +4,7 @@
 Layout of a results folder ``OUT``::
 
     manifest.json                              the config (and its hash) the shards belong to
+                                               and the G_bar references they use
     shards/<setting>/<shard>.parquet           one shard's rows
     shards/<setting>/<shard>.parquet.sha256    its sha256 and row count, written before it
     claims/<setting>/<shard>.claim             the writer computing that shard now
@@ -488,7 +489,39 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> No
     # the thread count changes a CPU's rounding: a resumed sweep compares it (moe_theory.sweep)
     manifest = {"config_hash": config.hash, "config": config.to_dict(), "torch": torch.__version__,
                 "cpu_threads": torch.get_num_threads()}
+    if old is not None and old.get("config_hash") == config.hash and "references" in old:
+        # the references the shards were measured against outlive a resumption
+        manifest["references"] = old["references"]
+    _write_manifest_dict(out, manifest)
+
+
+def _write_manifest_dict(out: Path, manifest: dict) -> None:
     atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+
+
+def record_references(out: Path, references: dict[str, str]) -> None:
+    """Record in the manifest the references (``"<setting>/<gate>"`` -> the measure's JSON) that
+    the folder's shards are measured against (checked by ``moe_theory.sweep`` on resumption)."""
+    manifest = read_manifest(Path(out))
+    if manifest is None:
+        raise ValueError(f"out: {out} has no manifest.json to record references in")
+    manifest["references"] = {**manifest.get("references", {}), **references}
+    _write_manifest_dict(Path(out), manifest)
+
+
+def setting_shards(out: Path, setting: str) -> list[Path]:
+    """The stored shard files of one setting (finished or not yet verified)."""
+    return sorted((Path(out) / "shards" / setting).glob("*.parquet"))
+
+
+def discard_setting(out: Path, setting: str) -> int:
+    """Delete one setting's shards and their checksum records (``--force`` after its reference
+    changed); returns how many shards went."""
+    shards = setting_shards(out, setting)
+    for path in shards:
+        checksum_path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+    return len(shards)
 
 
 def manifest_shards(manifest: dict) -> list[Shard]:

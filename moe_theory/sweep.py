@@ -24,7 +24,7 @@ from kernels.memory import free_memory, physical_memory
 from kernels.moe import precompile, resolve_backend
 from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import models
-from moe_theory.certificates import certify_references
+from moe_theory.certificates import certify_references, reference_path
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
 from moe_theory.estimators import box_bounds, fit_lse
@@ -39,12 +39,15 @@ from moe_theory.store import (
     Claim,
     Shard,
     claim_holder,
+    discard_setting,
     heartbeat,
     make_folder,
     merge,
     plan,
     read_manifest,
+    record_references,
     remove_stale_temp_files,
+    setting_shards,
     try_claim,
     verified_shards,
     write_manifest,
@@ -66,6 +69,12 @@ BYTES_PER_REP_SAMPLE_COORD = 8 * 8
 #: Share of the device memory (:func:`memory_rep_block`) a shard's batch may plan to use; the rest
 #: absorbs what the estimate misses (allocator fragmentation, the G_bar reference, other processes).
 MEMORY_FRACTION = 0.5
+
+#: Largest relative change of a recorded G_bar (max |change| over max |parameter|) that a
+#: resumed sweep accepts as rounding (another machine's or library's arithmetic) rather than
+#: another reference: far below the statistical error of any fit measured against it, which the
+#: reference certificate already asks G_bar's own design error to stay under (docs/theory.md).
+REFERENCE_RTOL = 1e-6
 
 #: Seconds between looks at shards that other sweeps hold, once nothing else is left to do.
 CLAIM_POLL_S = 2.0
@@ -273,20 +282,77 @@ def _log_shard(meta: dict, log: Callable[[str], None], bar, *, index: int, total
 
 
 def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "cpu",
-                       backend: str = "auto", log: Callable[[str], None]) -> None:
+                       backend: str = "auto", log: Callable[[str], None],
+                       force: bool = False) -> None:
     """The sweep's G_bar references, each computed once here (or read from the cache) before any
-    shard needs it, and their certificates saved in ``out``; workers of this machine then read
-    the cache instead of racing to compute the same reference."""
+    shard needs it, checked against those the folder's shards were measured against
+    (:func:`check_references`), and their certificates saved in ``out``; workers of this machine
+    then read the cache instead of racing to compute the same reference."""
+    refs = {}
     for setting in config.setting_objects():
         for gate in config.gates_for(setting):
             if setting.reference_kind(gate) == "G_bar":
                 t0 = time.perf_counter()
-                reference_measure(setting, gate, device=device, backend=backend)
+                _, refs[setting.name, gate] = reference_measure(setting, gate, device=device,
+                                                                backend=backend)
                 log(f"reference G_bar for {setting.name} / {gate} fit ready "
                     f"({time.perf_counter() - t0:.1f} s)")
+    check_references(Path(out), refs, force=force, log=log)
     # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
     certify_references(config, out, device=device, backend=backend, log=log,
                        losses=functools.partial(applicable_losses, wanted=config.losses))
+
+
+def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, force: bool,
+                     log: Callable[[str], None]) -> None:
+    """Refuse to add shards measured against another G_bar than the folder's.
+
+    G_bar depends on more than the config: its design size on the device type
+    (``moe_theory.population.DESIGN_SIZE``) and its computation on the library's version
+    (``CACHE_VERSION``). A sweep interrupted on a CPU and resumed on a GPU, or resumed after that
+    computation changed, would otherwise merge rows measured against two references into one
+    curve. The manifest records each reference the shards use; a resumed sweep whose G_bar
+    differs beyond rounding (:data:`REFERENCE_RTOL`) raises, naming it, unless ``force``, which
+    deletes that setting's shards and reference certificates so that they are recomputed.
+    Shards written before references were recorded cannot be checked and are refused alike.
+    """
+    recorded = (read_manifest(out) or {}).get("references", {})
+    changed = {}
+    for (setting, gate), ref in refs.items():
+        key, text = f"{setting}/{gate}", ref.to_json()
+        old = recorded.get(key)
+        if old == text:
+            continue
+        changed[key] = text
+        shards = setting_shards(out, setting)
+        if old is not None:
+            before = MixingMeasure.from_json(old)
+            gap = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-300))
+                      for a, b in ((before.gate_params, ref.gate_params),
+                                   (before.expert_params, ref.expert_params)))
+            if gap <= REFERENCE_RTOL:
+                log(f"warning: the G_bar of {key} differs from the one recorded in {out} by "
+                    f"{gap:.1e} (relative; rounding): rows computed now may differ from the "
+                    f"stored ones in the last bits")
+                continue
+            why = f"it differs by {gap:.1e} (relative) from the one recorded in the manifest"
+        else:
+            why = "the folder's shards were written before references were recorded"
+        if not shards:
+            continue
+        if not force:
+            raise ValueError(
+                f"reference: the G_bar of {key} is not the one the {len(shards)} shard(s) of "
+                f"{setting} in {out} were measured against ({why}; G_bar depends on the device's "
+                f"design size and on the library's version); finish the sweep where it started, "
+                f"use another --out, or recompute that setting's shards with `moe-theory sweep --force`")
+        n = discard_setting(out, setting)
+        for gate_name in {g for s, g in refs if s == setting}:
+            reference_path(out, setting, gate_name).unlink(missing_ok=True)
+        log(f"--force: {n} shard(s) of {setting} were measured against another G_bar of {key} "
+            f"({why}) and were deleted, with its reference certificates")
+    if changed:
+        record_references(out, changed)
 
 
 def run_sweep(
@@ -342,7 +408,8 @@ def run_sweep(
         # compile the kernels of every fitted model in the background while G_bar is computed
         precompile(_kernel_models(config))
     if scheduler is None:
-        prepare_references(config, out, device=device, backend=backend, log=log)
+        prepare_references(config, out, device=device, backend=backend, log=log,
+                           force=force)
     if device.startswith("cuda") and executor != "local":
         # the references' fits leave memory in this process's cache that the workers need
         torch.cuda.empty_cache()

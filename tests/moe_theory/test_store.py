@@ -322,3 +322,51 @@ def test_fit_refuses_fewer_atoms_than_the_truth(start):
     given = {"reference": truth} if start == "reference" else {"init": mt.near_truth(truth, 2)}
     with pytest.raises(ValueError, match=rf"^k: .*k\* = {truth.k}"):
         mt.fit_lse(X, Y, truth.k - 1, "sigmoid", setting.expert, setting.score, **given)
+
+
+def test_a_resumed_sweep_refuses_shards_measured_against_another_g_bar(tmp_path):
+    """G_bar depends on the device's design size and the library's version, not only on the
+    config: a folder records the references its shards were measured against, and a resumption
+    whose G_bar differs beyond rounding is refused, naming it, unless --force recomputes them."""
+    config = parse_config(TINY)
+    store.write_manifest(tmp_path, config)
+    setting = "small-sparse-relu"
+    shard = tmp_path / "shards" / setting / "n000000100_reps00000-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"rows")
+    cert = mt.certificates.reference_path(tmp_path, setting, "sigmoid")
+    cert.parent.mkdir(parents=True)
+    cert.write_text("{}")
+    ref = mt.get_setting(setting).truth()
+    lines: list[str] = []
+
+    def check(measure, force=False):
+        sweep.check_references(tmp_path, {(setting, "sigmoid"): measure}, force=force,
+                               log=lines.append)
+
+    # shards written before references were recorded cannot be checked
+    with pytest.raises(ValueError, match="reference: .* written before references were recorded"):
+        check(ref)
+    shard.rename(shard.with_suffix(".keep"))
+    check(ref)  # no shards yet: the reference is recorded
+    shard.with_suffix(".keep").rename(shard)
+    assert store.read_manifest(tmp_path)["references"] == {f"{setting}/sigmoid": ref.to_json()}
+    check(ref)
+    # a resumption rewrites the manifest and keeps the record
+    store.write_manifest(tmp_path, config)
+    assert f"{setting}/sigmoid" in store.read_manifest(tmp_path)["references"]
+
+    def scaled(factor):
+        return mt.MixingMeasure(ref.gate, ref.score, ref.expert, ref.d,
+                                ref.gate_params * factor, ref.expert_params)
+
+    check(scaled(1 + 1e-9))  # rounding: a warning, the shards stay
+    assert shard.exists() and "last bits" in lines[-1]
+    with pytest.raises(ValueError, match=f"reference: the G_bar of {setting}/sigmoid"):
+        check(scaled(1.01))
+    assert shard.exists() and cert.exists()  # nothing is lost by a refusal
+    check(scaled(1.01), force=True)
+    assert not shard.exists() and not cert.exists()
+    assert "deleted" in lines[-1]
+    assert store.read_manifest(tmp_path)["references"][f"{setting}/sigmoid"] == \
+        scaled(1.01).to_json()
