@@ -162,7 +162,12 @@ def dask_setup(worker: Any) -> None:
     """Dask's hook for a preloaded module (the workers this module starts preload it): the
     package is imported, and on a worker started for a GPU the CUDA context is created, while
     the cluster starts, before any shard is handed to the worker."""
-    import moe_theory.sweep  # noqa: F401  (the shards' code: its imports take seconds)
+    # the shards' heavy imports (seconds), not moe_theory.sweep itself: that module imports
+    # this one, and a worker unpickles it with its first shard in any case
+    import pandas  # noqa: F401
+
+    import kernels.moe  # noqa: F401
+    import moe_theory.estimators  # noqa: F401
 
     if os.environ.get(WARM_CUDA_ENV) == "1" and torch.cuda.is_available():
         torch.zeros(1, device="cuda")
