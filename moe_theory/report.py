@@ -86,11 +86,6 @@ def read_results(folder: Path) -> pd.DataFrame:
     """The tidy table of ``folder``: ``results.parquet`` or ``shards/``, else ``results.csv``."""
     if not folder.is_dir():
         raise ValueError(f"DIR: {folder} is not a folder")
-    if not (folder / "results.parquet").exists() and not (folder / "shards").exists():
-        if not (folder / "results.csv").exists():
-            raise ValueError(f"DIR: {folder} has no results (no results.parquet, shards/ or "
-                             "results.csv)")
-        return load_results(folder / "results.csv")
     return load_results(folder)
 
 

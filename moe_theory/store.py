@@ -642,7 +642,8 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
     With shards: from the shards, verified, through ``results.parquet`` only while the
     checksums it records are those of the shards on disk (else merged anew, and rewritten where
     the folder can be written). Warns (:class:`StoreWarning`, or through ``report``) when the
-    sweep is incomplete or a shard was damaged. Without shards, ``results.parquet`` as it is.
+    sweep is incomplete or a shard was damaged. Without shards, ``results.parquet`` as it is,
+    else ``results.csv`` (a committed figure folder keeps only that: paper_figures/README.md).
     """
     out = Path(out)
     if out.is_file() and out.suffix == ".csv":
@@ -650,7 +651,10 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
     if not (out / "shards").is_dir():
         if (out / "results.parquet").exists():
             return pd.read_parquet(out / "results.parquet")
-        raise ValueError(f"DIR: {out} holds no results (no results.parquet and no shards/)")
+        if (out / "results.csv").exists():
+            return pd.read_csv(out / "results.csv")
+        raise ValueError(f"DIR: {out} has no results (no results.parquet, shards/ or "
+                         "results.csv)")
     finished, state = _finished(out, report)
     if state is not None and not state.complete:
         report(f"incomplete sweep in {out}: {state.summary()}; rerun the sweep to finish it")

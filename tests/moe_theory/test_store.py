@@ -370,3 +370,14 @@ def test_a_resumed_sweep_refuses_shards_measured_against_another_g_bar(tmp_path)
     assert "deleted" in lines[-1]
     assert store.read_manifest(tmp_path)["references"][f"{setting}/sigmoid"] == \
         scaled(1.01).to_json()
+
+
+def test_a_committed_figure_folder_loads_from_its_csv(tmp_path, local_run):
+    """Figure folders are committed with results.csv alone (no shards, no parquet)."""
+    _, table = local_run
+    table.to_csv(tmp_path / "results.csv", index=False)
+    loaded = mt.load_results(tmp_path)
+    assert len(loaded) == len(table) and list(loaded.columns) == list(table.columns)
+    (tmp_path / "results.csv").unlink()
+    with pytest.raises(ValueError, match="DIR: .* has no results"):
+        mt.load_results(tmp_path)
