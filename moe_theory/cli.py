@@ -119,7 +119,7 @@ def _cmd_reproduce(args) -> int:
     fast = args.fast or args.name is None
     reproduce(name, fast=fast, out=args.out, device=args.device, backend=args.backend,
               workers=args.workers, certify=args.certify, gpus=args.gpus,
-              local_workers=args.local_workers)
+              local_workers=args.local_workers, force=args.force)
     return 0
 
 
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-workers", type=int, metavar="N",
                    help="one Dask cluster of N local worker processes for every figure (the "
                         "--gpus path on this machine's device)")
+    p.add_argument("--force", action="store_true",
+                   help="discard shards of a different config, or measured against another G_bar")
     device_args(p)
     p.set_defaults(run=_cmd_reproduce)
 

@@ -136,7 +136,7 @@ def _stage(step: int, stages: int, what: str, start: float) -> None:
 def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
               device: str = "cpu", backend: str = "auto", workers: int | None = None,
               certify: bool = False, gpus: str | Sequence[int] | None = None,
-              local_workers: int | None = None) -> pd.DataFrame:
+              local_workers: int | None = None, force: bool = False) -> pd.DataFrame:
     """Run a named config into ``results/<name>[-fast]/`` (or ``out``) and write its report there.
 
     ``certify``: also run the optimiser check (:func:`moe_theory.check.run_check`) before the
@@ -149,6 +149,9 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     ``gpus`` (``"all"``, ``"0,1"`` or ordinals; ``device="cuda"``) or ``local_workers``: the
     shards run on one Dask cluster for the whole call, ``workers`` processes pinned to each GPU
     or a ``LocalCluster`` of that many processes (:func:`reproduce_figures`).
+
+    ``force``: discard a folder's shards of another config, or measured against another G_bar
+    (docs/design.md#results-store), instead of refusing.
     """
     if workers is None:
         workers = GPU_PROCESSES if device.startswith("cuda") else 1
@@ -163,13 +166,13 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     else:
         figures = [(name, None if out is None else Path(out))]
     return reproduce_figures(figures, fast=fast, device=device, backend=backend, workers=workers,
-                             certify=certify, gpus=gpus, local_workers=local_workers)
+                             certify=certify, gpus=gpus, local_workers=local_workers, force=force)
 
 
 def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast: bool = False,
                       device: str = "cpu", backend: str = "auto", workers: int = 1,
                       certify: bool = False, gpus: str | Sequence[int] | None = None,
-                      local_workers: int | None = None) -> pd.DataFrame:
+                      local_workers: int | None = None, force: bool = False) -> pd.DataFrame:
     """Run each figure (a config's name or path, or an experiment of :data:`EXPERIMENTS`) into
     its folder (None: ``results/<name>[-fast]/``); their summary tables, concatenated in order.
 
@@ -188,7 +191,8 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
     if gpu_ids is not None and device != "cuda":
         raise ValueError(f"device: --gpus pins each worker to one GPU, which it sees as 'cuda'; "
                          f"got {device!r}")
-    common = {"fast": fast, "device": device, "backend": backend, "certify": certify}
+    common = {"fast": fast, "device": device, "backend": backend, "certify": certify,
+              "force": force}
     if gpu_ids is None and local_workers is None:
         options = {"executor": "processes", "local_workers": workers} if workers > 1 else {}
         return pd.concat([
@@ -234,7 +238,7 @@ def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict,
                    f"{config.name}: G_bar references (cached in {cache_dir()}) and their "
                    "certificates", start)
             prepare = functools.partial(_prepare_references, folder=str(folder), device=device,
-                                        backend=backend)
+                                        backend=backend, force=common["force"])
             if first and not shared_cluster_ready(**cluster):
                 # the cluster is still starting (seconds: worker processes import PyTorch and
                 # make CUDA contexts): this process prepares the largest figure meanwhile
@@ -270,7 +274,7 @@ def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict,
         existing = read_manifest(folder)
         if existing is None or existing.get("config_hash") != config.hash:
             # refuses another config's folder (unless empty) before anything is written there
-            write_manifest(folder, config)
+            write_manifest(folder, config, force=common["force"])
         sweeps.append((i, config, folder))
     # the largest figure first: its references are the ones prepared here while the cluster
     # starts, and its shards reach the cluster first
@@ -296,9 +300,11 @@ def _log_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _prepare_references(config: SweepConfig, *, folder: str, device: str, backend: str) -> None:
+def _prepare_references(config: SweepConfig, *, folder: str, device: str, backend: str,
+                        force: bool = False) -> None:
     """A figure's references and their certificates (a cluster task)."""
-    prepare_references(config, folder, device=device, backend=backend, log=_log_stderr)
+    prepare_references(config, folder, device=device, backend=backend, log=_log_stderr,
+                       force=force)
 
 
 def _run_study(name: str, *, fast: bool, device: str) -> StudyOutput:
@@ -307,7 +313,7 @@ def _run_study(name: str, *, fast: bool, device: str) -> StudyOutput:
 
 
 def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str, backend: str,
-                  certify: bool, workers: int, sweep_options: dict,
+                  certify: bool, workers: int, sweep_options: dict, force: bool = False,
                   driver: AbstractContextManager | None = None, start: float | None = None
                   ) -> pd.DataFrame:
     """One config's sweep, optimiser check and report into ``folder``; ``driver`` is held while
@@ -330,7 +336,8 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
         # they run after the sweep, here, one after the other, as `moe-theory check` does
         early = side.submit(refit, config, min(CHECK_REPS, config.reps), device=device,
                             backend=backend, **on_cluster) if certify and on_cluster else None
-        df = run_sweep(config, folder, device=device, backend=backend, **sweep_options)
+        df = run_sweep(config, folder, device=device, backend=backend, force=force,
+                       **sweep_options)
         sweep_s = time.perf_counter() - start
         refits = early.result() if early is not None else None
     finally:

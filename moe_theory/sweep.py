@@ -345,7 +345,7 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
                 f"reference: the G_bar of {key} is not the one the {len(shards)} shard(s) of "
                 f"{setting} in {out} were measured against ({why}; G_bar depends on the device's "
                 f"design size and on the library's version); finish the sweep where it started, "
-                f"use another --out, or recompute that setting's shards with `moe-theory sweep --force`")
+                f"use another --out, or --force to recompute that setting's shards")
         n = discard_setting(out, setting)
         for gate_name in {g for s, g in refs if s == setting}:
             reference_path(out, setting, gate_name).unlink(missing_ok=True)

@@ -381,3 +381,15 @@ def test_a_committed_figure_folder_loads_from_its_csv(tmp_path, local_run):
     (tmp_path / "results.csv").unlink()
     with pytest.raises(ValueError, match="DIR: .* has no results"):
         mt.load_results(tmp_path)
+
+
+def test_reproduce_refuses_another_configs_folder_unless_forced(tmp_path, config_path):
+    """`moe-theory reproduce --force` is the same remedy as `sweep --force`."""
+    from moe_theory.reproduce import reproduce
+
+    store.write_manifest(tmp_path, parse_config({**TINY, "name": "another", "n": [100]}))
+    with pytest.raises(ValueError, match="out: .* holds results of another config"):
+        reproduce(str(config_path), out=tmp_path)
+    table = reproduce(str(config_path), out=tmp_path, force=True)
+    assert len(table) > 0
+    assert store.read_manifest(tmp_path)["config_hash"] == parse_config(TINY).hash
