@@ -68,6 +68,22 @@ def test_sample_is_reproducible_and_depends_only_on_coordinates(sparse_relu):
     assert not torch.equal(X1[0, :50], X3[0, :50])
 
 
+@pytest.mark.parametrize("x_dist", ["uniform", "normal"])
+def test_inputs_filled_in_place_are_numpys_draws(x_dist):
+    """The in-place fill gives the numbers of ``rng.uniform(-1, 1)`` / ``rng.standard_normal``
+    bit for bit, so data drawn before it (committed figures) are drawn again unchanged."""
+    import numpy as np
+
+    from moe_theory.data import sample_inputs
+
+    want_rng, got_rng = (np.random.default_rng([5, 301, 2]) for _ in range(2))
+    want = (want_rng.uniform(-1.0, 1.0, size=(301, 3)) if x_dist == "uniform"
+            else want_rng.standard_normal(size=(301, 3)))
+    assert np.array_equal(sample_inputs(301, 3, got_rng, x_dist), want)
+    # the generators stay in step: the noise drawn next is the same too
+    assert np.array_equal(got_rng.standard_normal(7), want_rng.standard_normal(7))
+
+
 def test_threaded_draw_gives_the_numbers_of_one_thread(sparse_relu, monkeypatch):
     """Large draws fill each replication on its own thread; each replication's generator is
     seeded by its coordinates alone, so the numbers are those of the serial draw, bit for bit."""
