@@ -323,14 +323,13 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
         old = recorded.get(key)
         if old == text:
             continue
-        changed[key] = text
-        shards = setting_shards(out, setting)
         if old is not None:
             before = MixingMeasure.from_json(old)
             gap = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-300))
                       for a, b in ((before.gate_params, ref.gate_params),
                                    (before.expert_params, ref.expert_params)))
             if gap <= REFERENCE_RTOL:
+                # the record stays: later resumptions compare with the shards' own reference
                 log(f"warning: the G_bar of {key} differs from the one recorded in {out} by "
                     f"{gap:.1e} (relative; rounding): rows computed now may differ from the "
                     f"stored ones in the last bits")
@@ -338,19 +337,20 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
             why = f"it differs by {gap:.1e} (relative) from the one recorded in the manifest"
         else:
             why = "the folder's shards were written before references were recorded"
-        if not shards:
-            continue
-        if not force:
+        shards = setting_shards(out, setting)
+        if shards and not force:
             raise ValueError(
                 f"reference: the G_bar of {key} is not the one the {len(shards)} shard(s) of "
                 f"{setting} in {out} were measured against ({why}; G_bar depends on the device's "
                 f"design size and on the library's version); finish the sweep where it started, "
                 f"use another --out, or --force to recompute that setting's shards")
-        n = discard_setting(out, setting)
-        for gate_name in {g for s, g in refs if s == setting}:
-            reference_path(out, setting, gate_name).unlink(missing_ok=True)
-        log(f"--force: {n} shard(s) of {setting} were measured against another G_bar of {key} "
-            f"({why}) and were deleted, with its reference certificates")
+        if shards:
+            n = discard_setting(out, setting)
+            log(f"--force: {n} shard(s) of {setting} were measured against another G_bar of "
+                f"{key} ({why}) and were deleted")
+        # a certificate already in the folder is another G_bar's (or of unknown G_bar)
+        reference_path(out, setting, gate).unlink(missing_ok=True)
+        changed[key] = text
     if changed:
         record_references(out, changed)
 

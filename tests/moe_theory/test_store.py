@@ -348,7 +348,9 @@ def test_a_resumed_sweep_refuses_shards_measured_against_another_g_bar(tmp_path)
     with pytest.raises(ValueError, match="reference: .* written before references were recorded"):
         check(ref)
     shard.rename(shard.with_suffix(".keep"))
-    check(ref)  # no shards yet: the reference is recorded
+    check(ref)  # no shards yet: the reference is recorded, a certificate of unknown G_bar goes
+    assert not cert.exists()
+    cert.write_text("{}")  # the recorded G_bar's certificate
     shard.with_suffix(".keep").rename(shard)
     assert store.read_manifest(tmp_path)["references"] == {f"{setting}/sigmoid": ref.to_json()}
     check(ref)
@@ -360,8 +362,9 @@ def test_a_resumed_sweep_refuses_shards_measured_against_another_g_bar(tmp_path)
         return mt.MixingMeasure(ref.gate, ref.score, ref.expert, ref.d,
                                 ref.gate_params * factor, ref.expert_params)
 
-    check(scaled(1 + 1e-9))  # rounding: a warning, the shards stay
+    check(scaled(1 + 1e-9))  # rounding: a warning, the shards and the record stay
     assert shard.exists() and "last bits" in lines[-1]
+    assert store.read_manifest(tmp_path)["references"][f"{setting}/sigmoid"] == ref.to_json()
     with pytest.raises(ValueError, match=f"reference: the G_bar of {setting}/sigmoid"):
         check(scaled(1.01))
     assert shard.exists() and cert.exists()  # nothing is lost by a refusal
@@ -370,6 +373,10 @@ def test_a_resumed_sweep_refuses_shards_measured_against_another_g_bar(tmp_path)
     assert "deleted" in lines[-1]
     assert store.read_manifest(tmp_path)["references"][f"{setting}/sigmoid"] == \
         scaled(1.01).to_json()
+    # a folder without shards but with a certificate of the old G_bar: the certificate goes
+    cert.write_text("{}")
+    check(scaled(1.02))
+    assert not cert.exists()
 
 
 def test_a_committed_figure_folder_loads_from_its_csv(tmp_path, local_run):
