@@ -1,6 +1,7 @@
 """The kernel tests on a GPU, split over processes, with a deadline and a committed summary.
 
-``python -m benchmarks gpu-tests [--procs N] [--deadline 540] [--out PATH] [--log DIR] [PATHS...]``
+``python -m benchmarks gpu-tests [--procs N] [--deadline 540] [--out PATH] [--log DIR]
+[--rest SUMMARY] [PATHS...]``
 (default paths ``tests/kernels tests/gpu``, which must lie under the working folder: run it from
 the repository root). On a GPU every oddly sized test shape compiles its own Triton kernels, so
 ``tests/kernels`` in one process outlasts a 600 s session; compilation is CPU work, so dealing
@@ -174,12 +175,29 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def rest_ids(summary: Path) -> list[str]:
+    """The ids an earlier run's summary lists as timed out or not run: what a second call,
+    within a session's time limit, has left to do (the API grid outlasts one 600 s call)."""
+    try:
+        done = json.loads(summary.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"rest: cannot read the summary {summary}: {err}") from None
+    if "timed_out" not in done or "not_run" not in done:
+        raise ValueError(f"rest: {summary} is not a gpu-tests summary (no timed_out / not_run)")
+    return [*done["timed_out"], *done["not_run"]]
+
+
 def run(args: argparse.Namespace) -> int:
     """Collect, start the parts, report each as it ends, write the summary as it changes."""
     if args.procs < 1:
         raise ValueError(f"procs: must be >= 1, got {args.procs}")
     if not args.deadline > 0:
         raise ValueError(f"deadline: must be > 0 seconds, got {args.deadline}")
+    if getattr(args, "rest", None):
+        args.paths = rest_ids(Path(args.rest))
+        if not args.paths:
+            print(f"{args.rest}: every test ran (nothing timed out or was left unrun)")
+            return 0
     start = time.monotonic()
     deadline = start + args.deadline
     prov = provenance("cuda" if torch.cuda.is_available() else "cpu")
@@ -271,4 +289,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="summary JSON (default: benchmarks/results/gpu_tests/"
                    "<date>_<gpu>_<commit7>.json)")
     p.add_argument("--log", help="folder for each part's output (default: a new temporary folder)")
+    p.add_argument("--rest", metavar="SUMMARY",
+                   help="run the tests an earlier summary lists as timed out or not run "
+                        "(instead of PATHS)")
     p.set_defaults(run=run)

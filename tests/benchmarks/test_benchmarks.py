@@ -155,6 +155,18 @@ def test_gpu_tests_runner(tmp_path, monkeypatch):
     assert summary["complete"] and summary["collected"] == 4
     assert sorted(p["status"] for p in summary["parts"]) == ["failed", "passed"]
     assert summary["provenance"]["device"] in ("cpu", "cuda:0")
+    # a second call runs what a first one left (timed out or not run), and only that
+    first = dict(summary, timed_out=["suite/test_b.py::test_other"], not_run=[])
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    again = tmp_path / "again.json"
+    args = argparse.Namespace(paths=[], procs=1, deadline=300.0, out=str(again),
+                              log=str(tmp_path / "logs2"), rest=str(tmp_path / "first.json"))
+    assert gpu_tests.run(args) == 0
+    rerun = json.loads(again.read_text())
+    assert rerun["collected"] == 1 and rerun["files"] == {"suite/test_b.py": {**zero, "passed": 1}}
+    (tmp_path / "first.json").write_text(json.dumps({"files": {}}))
+    with pytest.raises(ValueError, match="rest: .* is not a gpu-tests summary"):
+        gpu_tests.run(args)
 
 
 def test_certified_figure_at_toy_size(tmp_path):
