@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
-import os
 
 import numpy as np
 import torch
 
 from moe_theory.measure import MixingMeasure
+from moe_theory.threads import usable_cores
 from moe_theory.validation import (
     check_choice,
     check_device,
@@ -100,8 +100,7 @@ def sample(
         rng.standard_normal(out=noises[i])  # then scaled in place: rng.standard_normal(n) * sd
         noises[i] *= np.sqrt(noise_var)
 
-    workers = min(reps, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else os.cpu_count() or 1)
+    workers = min(reps, usable_cores())
     if workers > 1 and reps * n * (truth.d + 1) >= THREADED_DRAW:
         with cf.ThreadPoolExecutor(workers, thread_name_prefix="draw") as pool:
             list(pool.map(draw, range(reps)))

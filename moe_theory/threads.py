@@ -12,7 +12,9 @@ once, with :func:`apply_thread_default`:
 
 ``torch.set_num_threads(N)`` called after the import overrides all of these. The processes and
 Dask executors run one process per core, each with this default: processes, not threads, are the
-way to use more cores.
+way to use more cores. One exception, :func:`usable_cores`: numpy's random fills of a large draw
+(``moe_theory.data.sample``) run one replication per thread on every core the process may use;
+they neither spin nor wait for each other, and at n = 10^7 the draw is the host's whole work.
 """
 
 from __future__ import annotations
@@ -60,3 +62,10 @@ def apply_thread_default() -> int:
     if threads is not None:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -30,6 +30,7 @@ from moe_theory.initialization import NearTruth
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import reference_measure
 from moe_theory.sweep import reference_split, shard_data
+from moe_theory.voronoi import voronoi_loss
 
 HERE = Path(__file__).resolve().parent
 REPS = 8
@@ -47,8 +48,6 @@ def _setup(n: int):
 
 
 def _fit(setting, config, ref, X, Y, box, start: NearTruth) -> dict:
-    from moe_theory.voronoi import voronoi_loss
-
     fit = fit_lse(X, Y, setting.k_fit, GATE, setting.expert, setting.score, init=[start],
                   reference=ref, bounds=box, noise_var=setting.noise_var,
                   max_iter=config.max_iter, rep_ids=list(range(REPS)))
