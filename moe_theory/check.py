@@ -15,7 +15,8 @@ A variant's estimate is its own fit unless that fit's SSR is worse than the swee
 a fit the data cannot tell from the sweep's, far from it in the loss, moves the curve: the loss
 is then not identified by the least-squares criterion.
 
-The refits go to ``DIR/check.parquet``, the per-curve outcome to ``DIR/check.json``, which
+Each refit is stored as it finishes (``DIR/check-refits/``: an interrupted check resumes), all
+of them then go to ``DIR/check.parquet``, the per-curve outcome to ``DIR/check.json``, which
 :class:`moe_theory.certificates.FolderCertificates` reads into the ``optimiser`` certificate.
 The reference certificates are computed too when the sweep predates them.
 """
@@ -23,8 +24,10 @@ The reference certificates are computed too when the sweep predates them.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -51,10 +54,20 @@ from moe_theory.config import SweepConfig, parse_config
 from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
-from moe_theory.store import Shard, atomic_write, load_results, read_manifest
+from moe_theory.store import (
+    Shard,
+    atomic_write,
+    load_results,
+    read_manifest,
+    shard_path,
+    verified_shards,
+    write_shard,
+)
 from moe_theory.sweep import applicable_losses, run_shard
 
 CHECK_TABLE = "check.parquet"
+#: The refits as they finish, so that an interrupted check resumes (:func:`refit_store`).
+REFIT_DIR = "check-refits"
 
 
 def read_manifest_config(folder: Path) -> SweepConfig:
@@ -83,25 +96,66 @@ def variants(config: SweepConfig) -> dict[str, SweepConfig]:
 
 
 def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str = "auto",
-          log: Callable[[str], None] | None = None, **executor) -> pd.DataFrame:
+          log: Callable[[str], None] | None = None, folder: str | Path | None = None,
+          **executor) -> pd.DataFrame:
     """The check's refits: replications ``0..reps-1`` of every (setting, n) under each variant,
     with a ``variant`` column.
 
     ``executor``: where the refits run (:func:`moe_theory.executors.map_shards`' options;
     default here, one after the other), largest first; the table is the same wherever they run.
+    ``folder``: the sweep's results folder; each refit is then stored there as it finishes
+    (:func:`refit_store`), and a check that was interrupted resumes from the stored ones.
     """
     configs = variants(config)
     jobs = [(name, Shard(setting, n, 0, reps))
             for name in configs for setting in config.settings for n in config.n]
-    work = functools.partial(_refit_job, configs=configs, device=device, backend=backend)
+    stores = ({name: refit_store(Path(folder), cfg) for name, cfg in configs.items()}
+              if folder is not None else {})
     frames = {}
+    if stores:
+        _remove_stale_refits(Path(folder), set(stores.values()))
+        for name, store in stores.items():
+            mine = [shard for job_name, shard in jobs if job_name == name]
+            for shard in verified_shards(store, mine, **({"report": log} if log else {})):
+                frames[name, shard] = pd.read_parquet(shard_path(store, shard))
+    todo = [job for job in jobs if job not in frames]
+    if log is not None and frames:
+        log(f"check: {len(frames)} of {len(jobs)} refits stored by an earlier run, "
+            f"{len(todo)} to go")
+    work = functools.partial(_refit_job, configs=configs, device=device, backend=backend)
+    started, done = time.perf_counter(), 0
     for name, shard, rows, seconds in map_shards(
-            work, jobs, device=device, cost=lambda job: shard_cost(configs[job[0]], job[1]),
+            work, todo, device=device, cost=lambda job: shard_cost(configs[job[0]], job[1]),
             **executor):
         frames[name, shard] = rows
+        if name in stores:
+            write_shard(stores[name], shard, rows)
+        done += 1
         if log is not None:
-            log(f"check {name}: {shard.setting} n={shard.n} ({seconds:.1f} s)")
+            elapsed = time.perf_counter() - started
+            log(f"[check {len(frames)}/{len(jobs)}] {name}: {shard.setting} n={shard.n} "
+                f"({seconds:.1f} s; {elapsed:.0f} s elapsed, ETA "
+                f"{elapsed / done * (len(todo) - done):.0f} s)")
     return pd.concat([frames[job].assign(variant=job[0]) for job in jobs], ignore_index=True)
+
+
+def refit_store(folder: Path, variant: SweepConfig) -> Path:
+    """Where one variant's refits of the sweep in ``folder`` are stored, as verified shards
+    (moe_theory.store): ``check-refits/<key>/``, the key a hash of the variant's config and of
+    the G_bar references the sweep's manifest records, so that refits of another config or
+    measured against another reference are never read back."""
+    references = (read_manifest(folder) or {}).get("references", {})
+    blob = json.dumps([variant.hash, references], sort_keys=True)
+    return folder / REFIT_DIR / hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _remove_stale_refits(folder: Path, keep: set[Path]) -> None:
+    """Refits stored for another config or reference: never read again (:func:`refit_store`)."""
+    root = folder / REFIT_DIR
+    if root.is_dir():
+        for path in root.iterdir():
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _refit_job(job: tuple[str, Shard], *, configs: dict[str, SweepConfig], device: str,
@@ -254,7 +308,8 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
     cert_by = {(c.setting, c.fit_gate): c for c in certs}
     reps = min(reps, config.reps)
     if refits is None:
-        refits = refit(config, reps, device=device, backend=backend, log=log, **executor)
+        refits = refit(config, reps, device=device, backend=backend, log=log, folder=folder,
+                       **executor)
     else:
         expected = {(name, setting, n) for name in variants(config) for setting in config.settings
                     for n in config.n}

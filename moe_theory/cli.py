@@ -91,13 +91,20 @@ def _cmd_plot(args) -> int:
 def _cmd_check(args) -> int:
     from moe_theory.certificates import CHECK_REPS
     from moe_theory.check import run_check
+    from moe_theory.executors import GPU_PROCESSES
 
     out = Path(args.dir)
     if not out.is_dir():
         raise ValueError(f"DIR: no folder {args.dir!r}")
     reps = CHECK_REPS if args.reps is None else args.reps
+    workers = args.workers if args.workers is not None else (
+        GPU_PROCESSES if args.device.startswith("cuda") else 1)
+    if workers < 1:
+        raise ValueError(f"--workers: must be a positive integer, got {workers}")
     report = run_check(out, reps=reps, device=args.device, backend=args.backend,
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                       **({"executor": "processes", "local_workers": workers}
+                          if workers > 1 else {}))
     for name, curve in report["curves"].items():
         reasons = "; ".join(curve["reasons"])
         print(f"{name}: {curve['status']}" + (f" ({reasons})" if reasons else ""))
@@ -226,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, metavar="M",
                    help="replications refitted per (setting, n), the first ones (default "
                         "moe_theory.certificates.CHECK_REPS)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes that share the device, one refit each (default: "
+                        "moe_theory.executors.GPU_PROCESSES on cuda, 1 on cpu)")
     device_args(p)
     p.set_defaults(run=_cmd_check)
 

@@ -333,7 +333,7 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
     try:
         # on a cluster, the optimiser check's refits (which do not depend on the sweep's fits)
         # are submitted beside the shards, largest first among all figures' work; otherwise
-        # they run after the sweep, here, one after the other, as `moe-theory check` does
+        # they run after the sweep on its worker processes, each stored as it finishes
         early = side.submit(refit, config, min(CHECK_REPS, config.reps), device=device,
                             backend=backend, **on_cluster) if certify and on_cluster else None
         df = run_sweep(config, folder, device=device, backend=backend, force=force,
@@ -345,7 +345,8 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
     if certify:
         _stage(2, stages, f"{config.name}: certificates: the optimiser check", start)
         with driver if not on_cluster else nullcontext():
-            run_check(folder, device=device, backend=backend, refits=refits, **on_cluster)
+            run_check(folder, device=device, backend=backend, refits=refits, log=_log_stderr,
+                      **(on_cluster or sweep_options))
     scipy_baseline = baseline.summarise(pending, df)  # waits for it: not while drawing
     with driver:
         _stage(stages, stages, f"{config.name}: rates, verdicts and figures", start)

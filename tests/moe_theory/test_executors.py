@@ -4,6 +4,7 @@ scheduling (largest first, one cluster for several figures, G_bar computed once)
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import random
 import shutil
@@ -459,6 +460,66 @@ def test_check_refuses_refits_of_another_config(local_run, tmp_path):
     with pytest.raises(ValueError, match="refits"):
         run_check(out, reps=1, refits=other)
     assert not (out / "check.json").exists()
+
+
+def test_check_interrupted_then_resumed_refits_only_what_is_missing(local_run, tmp_path,
+                                                                    monkeypatch):
+    """An optimiser check stopped after two refits keeps them (check-refits/); the rerun refits
+    only the others and writes the check.parquet of an uninterrupted check, bit for bit."""
+    import moe_theory.check as check
+
+    whole = tmp_path / "whole"
+    shutil.copytree(local_run[0], whole)
+    run_check(whole, reps=1)
+    out = tmp_path / "run"
+    shutil.copytree(local_run[0], out)
+    original, calls = check._refit_job, []
+
+    def stop_after_two(job, **kw):
+        calls.append(job)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return original(job, **kw)
+
+    monkeypatch.setattr(check, "_refit_job", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_check(out, reps=1)
+    assert not (out / "check.json").exists()
+    stored = list((out / check.REFIT_DIR).rglob("*.parquet"))
+    assert len(stored) == 2
+    calls.clear()
+    lines: list[str] = []
+    monkeypatch.setattr(check, "_refit_job", lambda job, **kw: (calls.append(job),
+                                                                original(job, **kw))[1])
+    run_check(out, reps=1, log=lines.append)
+    total = len(check.variants(check.read_manifest_config(out))) * 2  # 2 variants x 2 n
+    assert len(calls) == total - 2, "the stored refits were computed again"
+    assert any("2 of 4 refits stored" in line for line in lines)
+    got, want = (pd.read_parquet(folder / check.CHECK_TABLE).drop(columns="wall_s")
+                 for folder in (out, whole))
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert json.loads((out / "check.json").read_text())["curves"] == json.loads(
+        (whole / "check.json").read_text())["curves"]
+
+
+def test_check_refits_of_another_reference_are_not_read_back(local_run, tmp_path):
+    """Stored refits are keyed by the variant's config and the manifest's G_bar references: a
+    folder whose references changed (a forced recompute) refits from scratch and drops them."""
+    from moe_theory.check import REFIT_DIR, read_manifest_config, refit_store, variants
+
+    out = tmp_path / "run"
+    shutil.copytree(local_run[0], out)
+    run_check(out, reps=1)
+    config = read_manifest_config(out)
+    before = {refit_store(out, v) for v in variants(config).values()}
+    assert all(path.is_dir() for path in before)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.setdefault("references", {})["small-sparse-relu/sigmoid"] = "another"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    after = {refit_store(out, v) for v in variants(config).values()}
+    assert not before & after
+    run_check(out, reps=1)
+    assert {p for p in (out / REFIT_DIR).iterdir()} == after
 
 
 def test_reproduce_rejects_bad_workers(tmp_path, capsys):
