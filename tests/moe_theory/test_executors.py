@@ -529,6 +529,26 @@ def test_reproduce_rejects_bad_workers(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_check_rejects_bad_workers_and_writes_nothing(local_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(local_run[0], out)
+    assert main(["check", str(out), "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert not (out / "check.json").exists() and not (out / "check-refits").exists()
+
+
+def test_check_on_worker_processes_equals_the_local_check(local_run, tmp_path):
+    """`moe-theory check --workers 2` refits in spawned processes: the same refits, bit for bit,
+    as one process computes."""
+    tables = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        shutil.copytree(local_run[0], out)
+        assert main(["check", str(out), "--reps", "1", "--workers", workers]) == 0
+        tables[workers] = pd.read_parquet(out / "check.parquet").drop(columns="wall_s")
+    pd.testing.assert_frame_equal(tables["1"], tables["2"], check_exact=True)
+
+
 # ---- G_bar computed once, one cluster for several figures ----------------------------------------
 
 #: Two figures that share a G_bar reference (the sparse truth is sigmoid-gated: the softmax fit
