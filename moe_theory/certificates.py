@@ -133,6 +133,8 @@ HESSIAN_CHUNK_BYTES = 256 * 2**20
 
 REFERENCE_DIR = "certificates"
 CHECK_FILE = "check.json"
+#: What a "not run" reference or optimiser certificate tells the user to do.
+HOW_TO_CERTIFY = "run moe-theory check DIR"
 
 
 @dataclass(frozen=True)
@@ -647,7 +649,8 @@ def overfit_certificate(curve: pd.DataFrame, noise_var: float | None) -> Status:
                         f"[{OVERFIT_RATIO_MIN}, {OVERFIT_RATIO_MAX}]")
 
 
-def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None) -> Status:
+def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None,
+                          missing: str = HOW_TO_CERTIFY) -> Status:
     """``optimiser``: per n, at least OPTIMISER_SHARE_MIN of the fits are no worse than their
     reference (``certified``), with several starts had their best SSR reached by a second
     start (``starts_near_best >= 2``: within nu, hence within SSR_GAP_MAX, of the best), and lie
@@ -673,7 +676,7 @@ def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None) -> Status:
             n = bad.idxmin()
             return Status(FAIL, f"{what} at {bad.size} n (n={n}: {1 - share[n]:.0%} of fits)")
     if check is None:
-        return Status(NOT_RUN, "no optimiser check (run moe-theory check DIR)")
+        return Status(NOT_RUN, f"no optimiser check ({missing})")
     if check.get("status") != PASS:
         return Status(check.get("status", FAIL), "; ".join(check.get("reasons", [])))
     return Status(PASS)
@@ -705,9 +708,9 @@ def overlay_agreement(n: Sequence[float], values: Sequence[np.ndarray],
     return start
 
 
-def reference_status(cert: ReferenceCertificate | None) -> Status:
+def reference_status(cert: ReferenceCertificate | None, missing: str = HOW_TO_CERTIFY) -> Status:
     if cert is None:
-        return Status(NOT_RUN, "no reference certificate (run moe-theory check DIR)")
+        return Status(NOT_RUN, f"no reference certificate ({missing})")
     return Status(cert.status, "; ".join(cert.reasons))
 
 
@@ -729,6 +732,9 @@ class FolderCertificates:
 
     reference: Mapping[tuple[str, str], ReferenceCertificate] = field(default_factory=dict)
     check: Mapping[str, Any] | None = None
+    #: why a missing certificate is missing, in its "not run" reason (a study that computes
+    #: none says so instead of pointing to `moe-theory check`)
+    missing: str = HOW_TO_CERTIFY
 
     @classmethod
     def load(cls, folder: str | Path) -> FolderCertificates:
@@ -754,8 +760,8 @@ class FolderCertificates:
         if check is not None and stale and hashes and stale not in hashes:
             check = None
         return {
-            "reference": reference_status(cert),
+            "reference": reference_status(cert, self.missing),
             "converged": converged_certificate(curve),
-            "optimiser": optimiser_certificate(curve, check),
+            "optimiser": optimiser_certificate(curve, check, self.missing),
             "overfit": overfit_certificate(curve, noise_variance(curve, cert)),
         }

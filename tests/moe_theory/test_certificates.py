@@ -334,3 +334,19 @@ def test_g_bar_is_the_best_of_its_starts_not_the_near_truth_basin():
                       max_iter=pop.GBAR_MAX_ITER, ftol=1e-13, gtol=1e-13).measure
     misfit = lambda m: float(((Y - m(X)) ** 2).mean())  # noqa: E731
     assert misfit(g_bar) < 0.9 * misfit(near)
+
+
+def test_missing_certificates_say_why_they_are_missing():
+    """A sweep folder without certificates points to `moe-theory check`; a study that computes
+    none (attention-teacher) says so instead, and nothing else in its table changes."""
+    from tests.moe_theory.test_rates import CURVES, THEORY
+
+    results = results_table(CURVES)
+    sweep = rates_table(results, THEORY, n_boot=50)
+    study = rates_table(results, THEORY, n_boot=50, certificates=FolderCertificates(
+        missing="this exploratory study computes none"))
+    assert sweep["reason"].str.contains("run moe-theory check DIR", regex=False).all()
+    assert study["reason"].str.contains("this exploratory study computes none",
+                                        regex=False).all()
+    assert not study["reason"].str.contains("moe-theory check", regex=False).any()
+    pd.testing.assert_frame_equal(sweep.drop(columns="reason"), study.drop(columns="reason"))
