@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.output import gpu_label, result_path, write_json
 from moe_theory.config import load_config, named_configs, parse_config
-from moe_theory.executors import GPU_PROCESSES
+from moe_theory.executors import device_workers
 from moe_theory.provenance import provenance
 from moe_theory.reproduce import EXPERIMENTS, reproduce_figures
 from moe_theory.sweep import run_sweep
@@ -166,7 +166,7 @@ def run_reproduce_all(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     names = args.figures.split(",") if args.figures else named_configs() + list(EXPERIMENTS)
-    workers = args.workers or (GPU_PROCESSES if cuda else 1)
+    workers = device_workers(args.workers, args.device)
     out = Path(args.out)
     json_path = out / "reproduce_all_scaling.json"
     prov = provenance(args.device)

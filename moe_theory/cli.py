@@ -91,20 +91,16 @@ def _cmd_plot(args) -> int:
 def _cmd_check(args) -> int:
     from moe_theory.certificates import CHECK_REPS
     from moe_theory.check import run_check
-    from moe_theory.executors import GPU_PROCESSES
+    from moe_theory.executors import device_workers, process_options
 
     out = Path(args.dir)
     if not out.is_dir():
         raise ValueError(f"DIR: no folder {args.dir!r}")
     reps = CHECK_REPS if args.reps is None else args.reps
-    workers = args.workers if args.workers is not None else (
-        GPU_PROCESSES if args.device.startswith("cuda") else 1)
-    if workers < 1:
-        raise ValueError(f"--workers: must be a positive integer, got {workers}")
+    workers = device_workers(args.workers, args.device)
     report = run_check(out, reps=reps, device=args.device, backend=args.backend,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-                       **({"executor": "processes", "local_workers": workers}
-                          if workers > 1 else {}))
+                       **process_options(workers))
     for name, curve in report["curves"].items():
         reasons = "; ".join(curve["reasons"])
         print(f"{name}: {curve['status']}" + (f" ({reasons})" if reasons else ""))

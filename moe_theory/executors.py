@@ -49,6 +49,24 @@ EXECUTORS = ("local", "processes", "dask")
 #: 66 s in four (100 s in one, measured before a first-shard fix; ``kernels/moe/NOTES.md``); each
 #: process holds its own caches, so three.
 GPU_PROCESSES = 3
+
+
+def device_workers(workers: int | None, device: str) -> int:
+    """Processes that share ``device`` (``--workers``): the count given, checked, or by default
+    :data:`GPU_PROCESSES` on a GPU and 1 on the CPU (whose BLAS already uses every core)."""
+    if workers is None:
+        return GPU_PROCESSES if device.startswith("cuda") else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers: must be a positive integer, got {workers!r}")
+    return workers
+
+
+def process_options(workers: int) -> dict:
+    """:func:`map_shards`' options for ``workers`` processes on this machine (none for one:
+    in this process)."""
+    return {"executor": "processes", "local_workers": workers} if workers > 1 else {}
+
+
 #: Set in the environment of workers started for a GPU: their start-up also creates the CUDA
 #: context (:func:`dask_setup`), so that the first shard does not pay for it.
 WARM_CUDA_ENV = "MOE_THEORY_WARM_CUDA"

@@ -34,9 +34,10 @@ from moe_theory.certificates import CHECK_REPS, FolderCertificates
 from moe_theory.check import refit, run_check
 from moe_theory.config import SweepConfig, load_config, named_configs
 from moe_theory.executors import (
-    GPU_PROCESSES,
+    device_workers,
     map_shards,
     parse_gpus,
+    process_options,
     shard_cost,
     shared_cluster,
     shared_cluster_ready,
@@ -153,10 +154,7 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     ``force``: discard a folder's shards of another config, or measured against another G_bar
     (docs/design.md#results-store), instead of refusing.
     """
-    if workers is None:
-        workers = GPU_PROCESSES if device.startswith("cuda") else 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"--workers: must be a positive integer, got {workers!r}")
+    workers = device_workers(workers, device)
     check_device("device", device)
     if name == "all":
         # one folder per config: a shared one would mix configs (refused by the manifest check)
@@ -194,7 +192,7 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
     common = {"fast": fast, "device": device, "backend": backend, "certify": certify,
               "force": force}
     if gpu_ids is None and local_workers is None:
-        options = {"executor": "processes", "local_workers": workers} if workers > 1 else {}
+        options = process_options(workers)
         return pd.concat([
             reproduce_experiment(str(fig), fast=fast, out=folder, device=device)
             if str(fig) in EXPERIMENTS else
@@ -346,7 +344,7 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
         _stage(2, stages, f"{config.name}: certificates: the optimiser check", start)
         with driver if not on_cluster else nullcontext():
             run_check(folder, device=device, backend=backend, refits=refits, log=_log_stderr,
-                      **(on_cluster or sweep_options))
+                      **sweep_options)
     scipy_baseline = baseline.summarise(pending, df)  # waits for it: not while drawing
     with driver:
         _stage(stages, stages, f"{config.name}: rates, verdicts and figures", start)
