@@ -331,9 +331,11 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
     try:
         # on a cluster, the optimiser check's refits (which do not depend on the sweep's fits)
         # are submitted beside the shards, largest first among all figures' work; otherwise
-        # they run after the sweep on its worker processes, each stored as it finishes
+        # they run after the sweep on its worker processes; either way each is stored in the
+        # folder as it finishes (moe_theory.check.refit_store)
         early = side.submit(refit, config, min(CHECK_REPS, config.reps), device=device,
-                            backend=backend, **on_cluster) if certify and on_cluster else None
+                            backend=backend, folder=folder,
+                            **on_cluster) if certify and on_cluster else None
         df = run_sweep(config, folder, device=device, backend=backend, force=force,
                        **sweep_options)
         sweep_s = time.perf_counter() - start
