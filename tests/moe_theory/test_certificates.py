@@ -168,6 +168,15 @@ def test_overfit_is_about_p_when_regular():
     assert small.empty or overfit_certificate(small, NU).status == NOT_RUN
 
 
+def test_overfit_band_follows_the_predicted_ratio_of_a_misspecified_reference():
+    df = results_table({("sigmoid", "D3"): -0.5})
+    far = df.assign(ref_loss=df["fit_loss"] + 5 * (df["ref_loss"] - df["fit_loss"]))  # ratio 5
+    assert overfit_certificate(far, NU, expected=4.0).status == PASS  # inside [2, 8]
+    status = overfit_certificate(df, NU, expected=4.0)  # ratio 1, below [2, 8]
+    assert status.status == FAIL and "below [2, 8]" in status.reason and "predicted" in status.reason
+    assert overfit_certificate(df, NU, expected=math.nan).status == PASS  # unknown: chi^2_p's 1
+
+
 # ---- the reference certificate ------------------------------------------------------------------
 
 
@@ -251,6 +260,9 @@ def test_regular_setting_passes_every_certificate(regular):
     out, df = regular
     cert = FolderCertificates.load(out).reference[(REGULAR.name, "sigmoid")]
     assert cert.status == PASS and cert.kind == "G_bar" and cert.restarts["better"] == 0
+    # exactly specified: G_bar = G*, M = 0 and H = F, so the predicted ratio is Wilks' 1
+    assert cert.overfit_ratio == pytest.approx(1.0, abs=1e-6)
+    assert cert.version == certificates.CERTIFICATE_VERSION
     assert cert.error_ratio < certificates.ERROR_RATIO_MAX
     table = rates_table(load_results(out), certificates=FolderCertificates.load(out))
     measured = table[table["n_used"] >= 4]
@@ -305,6 +317,65 @@ def test_certificates_of_another_config_count_as_not_run(regular):
     other = df.assign(config_hash="another")
     table = rates_table(other, certificates=certs).query("loss_name == 'D3'")
     assert (table[["cert_reference", "cert_optimiser"]] == NOT_RUN).all().all()
+
+
+#: REGULAR's sigmoid truth fitted by a 2-atom softmax MoE, GELU experts: misspecified (a softmax
+#: pair's weights sum to 1, the truth's sigmoid weights do not; misfit 7e-5 in mean square against
+#: nu = 1e-4) and smooth, so the sandwich limit holds. Measured 2026-12-02: predicted ratio 2.15,
+#: Monte Carlo mean 2.14 +- 0.11 (128 data sets at n = 5000).
+MISSPECIFIED = Setting(
+    name="test-softmax-of-sigmoid-gelu", truth_gate="sigmoid", score="linear", expert="gelu", d=2,
+    k_true=2, k_fit=2, regime="dense", beta0_sd=0.0, beta1_sd=1.0, expert_sd=0.0,
+    atoms=SMALL_ATOMS, fit_gates=("softmax",), noise_var=1e-4,
+    description="test: misspecified, smooth")
+
+
+def test_predicted_overfit_ratio_of_a_misspecified_reference_is_the_monte_carlo_mean(
+        cache, monkeypatch):
+    """White (1982): about a misspecified G_bar, E[Delta SSR] / (nu p) = tr(H^-1 (F + M/nu)) / p,
+    here 2.15, not Wilks' 1. Tolerance: 4 standard errors of the mean of 128 independent ratios
+    (CLT; the data are seeded, so the outcome is fixed, and 4 SE leaves room for the O(n^-1/2)
+    terms and the cached G_bar's design error, predicted 0.12 x the statistical error)."""
+    monkeypatch.setitem(settings._SETTINGS, MISSPECIFIED.name, MISSPECIFIED)
+    n, reps = 5000, 128
+    cert = reference_certificate(MISSPECIFIED, "softmax", [n, n], ["D3"], restarts=1)
+    assert cert.kind == "G_bar" and cert.misspecification > 0.5 * MISSPECIFIED.noise_var
+    assert 1.5 < cert.overfit_ratio < 3.0
+    _, g_bar = population.reference_measure(MISSPECIFIED, "softmax")
+    X, Y = mt.sample(MISSPECIFIED.truth(), n, reps, seed=7, noise_var=MISSPECIFIED.noise_var)
+    fit = mt.fit_lse(X, Y, 2, "softmax", "gelu", "linear", init=g_bar, max_iter=500, ftol=1e-14,
+                     gtol=1e-14)
+    delta = n * (((Y - g_bar(X)) ** 2).mean(1) - ((Y - fit.measure(X)) ** 2).mean(1))
+    ratio = (delta / (MISSPECIFIED.noise_var * cert.p)).numpy()
+    se = ratio.std(ddof=1) / math.sqrt(reps)
+    assert abs(ratio.mean() - cert.overfit_ratio) < 4 * se
+    assert abs(ratio.mean() - 1.0) > 4 * se  # and Wilks' 1 is rejected: the test has power
+
+
+def test_kinked_experts_residual_hessian_keeps_the_kink_term():
+    """For GELU the differences equal autograd's Hessian (to the step's second order); for ReLU
+    they add the kink's point mass, which autograd drops: on this truth it is larger than the
+    almost-everywhere part."""
+    from moe_theory.estimators.problem import LeastSquaresProblem
+
+    out = {}
+    for expert in ("gelu", "relu"):
+        setting = REGULAR if expert == "relu" else MISSPECIFIED
+        X = certificates.design(setting, 4000)
+        f = setting.truth()(X)
+        problem = LeastSquaresProblem(X, f, "sigmoid", "linear", expert, 2, "torch")
+        theta = problem.pack(setting.truth())
+        theta = theta + 0.1 * torch.randn(theta.shape, dtype=theta.dtype,
+                                          generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            m = f - problem.measure(theta)(X)
+        differences = certificates._residual_hessian_differences(problem, theta, m)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(certificates, "KINKED_EXPERTS", ())
+            autograd = certificates.residual_hessian(problem, theta, m)
+        out[expert] = float((differences - autograd).abs().max() / autograd.abs().max())
+    assert out["gelu"] < 1e-3
+    assert out["relu"] > 1.0
 
 
 def test_cli_check_of_a_folder_without_manifest_exits_2(tmp_path, capsys):
