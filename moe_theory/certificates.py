@@ -130,13 +130,6 @@ OVERLAY_SEED = 2718
 OVERLAY_FACTOR = 1.5
 #: Bytes of autograd workspace the residual-Hessian term of the sandwich may take per chunk.
 HESSIAN_CHUNK_BYTES = 256 * 2**20
-#: Experts whose second derivative has a point mass (the residual Hessian by differences).
-KINKED_EXPERTS = ("relu",)
-#: Central-difference step of that Hessian, in parameter units. A step moves the design points
-#: within ~KINK_STEP |x| of a kink across it; at the certificate's 2 x 10^4 points that is
-#: hundreds of points per expert for sd-1 pre-activations, so the kink term's sampling error is
-#: a few percent while the smoothing it adds is second order in the step.
-KINK_STEP = 0.03
 
 REFERENCE_DIR = "certificates"
 CHECK_FILE = "check.json"
@@ -300,14 +293,11 @@ def residual_hessian(problem: LeastSquaresProblem, theta: torch.Tensor, m: torch
                      ) -> torch.Tensor:
     """``S = (1/N) sum_t m_t grad^2 f(x_t)``, the part of the population loss's Hessian that the
     Gauss-Newton matrix leaves out (zero where the model reproduces the truth): the Jacobian of
-    ``J(theta)^T m / N``. For smooth experts, one reverse-mode pass per parameter over sample
-    chunks that bound the autograd graph (plain autograd: ``torch.func`` would import torch's
-    compiler stack, seconds on a CPU, for a matrix of a few hundred rows). A ReLU's second
-    derivative has a point mass at its kink, which autograd drops (it differentiates almost
-    everywhere) but the population loss keeps: there, central differences of ``J^T m / N``
-    (:func:`_residual_hessian_differences`), whose steps move design points across the kinks."""
-    if problem.expert in KINKED_EXPERTS:
-        return _residual_hessian_differences(problem, theta, m)
+    ``J(theta)^T m / N``, one reverse-mode pass per parameter over sample chunks that bound the
+    autograd graph (plain autograd: ``torch.func`` would import torch's compiler stack, seconds
+    on a CPU, for a matrix of a few hundred rows). Second derivatives are taken almost
+    everywhere: a ReLU kink's point mass is left out (docs/theory.md#over-fit measures what that
+    omits, and why central differences on this design would not restore it)."""
     expert = models.get_expert(problem.expert)
     N, p, k = problem.n, problem.p, problem.k
     per_sample = 8 * 8 * k * (problem.pg + problem.pe)
@@ -325,37 +315,6 @@ def residual_hessian(problem: LeastSquaresProblem, theta: torch.Tensor, m: torch
                                              materialize_grads=True)
                 S[i] += row
     S = S / N
-    return 0.5 * (S + S.T)
-
-
-def _jtm(problem: LeastSquaresProblem, theta: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``J(theta)^T m / N: (B, p)`` for a batch ``theta: (B, p)`` of parameter vectors."""
-    expert = models.get_expert(problem.expert)
-    N, B, p = problem.n, theta.shape[0], problem.p
-    gp, ep = problem.unpack(theta)
-    out = theta.new_zeros(B, p)
-    step = max(1, min(N, (64 * 2**20) // (8 * p * B)))
-    for start in range(0, N, step):
-        Xc = problem.X[:, start:start + step].expand(B, -1, -1)
-        _, J = jacobian_chunk(Xc, gp, ep, problem.gate, problem.score, expert)
-        out += torch.einsum("btp,t->bp", J, m[0, start:start + step])
-    return out / N
-
-
-def _residual_hessian_differences(problem: LeastSquaresProblem, theta: torch.Tensor,
-                                  m: torch.Tensor) -> torch.Tensor:
-    """:func:`residual_hessian` by central differences with step ``KINK_STEP`` per parameter,
-    a block of parameters at a time."""
-    p = problem.p
-    S = theta.new_zeros(p, p)
-    block = max(1, min(p, 64))
-    for start in range(0, p, block):
-        idx = torch.arange(start, min(p, start + block), device=theta.device)
-        shift = torch.zeros(idx.numel(), p, dtype=theta.dtype, device=theta.device)
-        shift[torch.arange(idx.numel()), idx] = KINK_STEP
-        plus = _jtm(problem, theta + shift, m)
-        minus = _jtm(problem, theta - shift, m)
-        S[idx] = (plus - minus) / (2 * KINK_STEP)
     return 0.5 * (S + S.T)
 
 

@@ -352,32 +352,6 @@ def test_predicted_overfit_ratio_of_a_misspecified_reference_is_the_monte_carlo_
     assert abs(ratio.mean() - 1.0) > 4 * se  # and Wilks' 1 is rejected: the test has power
 
 
-def test_kinked_experts_residual_hessian_keeps_the_kink_term():
-    """For GELU the differences equal autograd's Hessian (to the step's second order); for ReLU
-    they add the kink's point mass, which autograd drops: on this truth it is larger than the
-    almost-everywhere part."""
-    from moe_theory.estimators.problem import LeastSquaresProblem
-
-    out = {}
-    for expert in ("gelu", "relu"):
-        setting = REGULAR if expert == "relu" else MISSPECIFIED
-        X = certificates.design(setting, 4000)
-        f = setting.truth()(X)
-        problem = LeastSquaresProblem(X, f, "sigmoid", "linear", expert, 2, "torch")
-        theta = problem.pack(setting.truth())
-        theta = theta + 0.1 * torch.randn(theta.shape, dtype=theta.dtype,
-                                          generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            m = f - problem.measure(theta)(X)
-        differences = certificates._residual_hessian_differences(problem, theta, m)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(certificates, "KINKED_EXPERTS", ())
-            autograd = certificates.residual_hessian(problem, theta, m)
-        out[expert] = float((differences - autograd).abs().max() / autograd.abs().max())
-    assert out["gelu"] < 1e-3
-    assert out["relu"] > 1.0
-
-
 def test_cli_check_of_a_folder_without_manifest_exits_2(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 2
     assert "DIR:" in capsys.readouterr().err
