@@ -14,6 +14,7 @@ from benchmarks import (
     attention,
     certified_figure,
     compare_tables,
+    data_draw,
     fit_agreement,
     fit_profile,
     gpu_tests,
@@ -25,7 +26,7 @@ from benchmarks import (
 )
 
 SUBCOMMANDS = (moe, attention, fit_profile, fit_agreement, lm_parts, memory_check, sweep_scaling,
-               compare_tables, gpu_tests, certified_figure, shared_memory)
+               compare_tables, gpu_tests, certified_figure, shared_memory, data_draw)
 
 
 def main(argv: list[str] | None = None) -> int:

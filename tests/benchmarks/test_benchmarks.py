@@ -19,7 +19,8 @@ from benchmarks.__main__ import SUBCOMMANDS, main
 from benchmarks.output import gpu_label, result_path, write_json
 
 NAMES = ("moe", "attention", "fit-profile", "fit-agreement", "lm-parts", "memory-check",
-         "sweep-scaling", "compare-tables", "gpu-tests", "certified-figure", "shared-memory")
+         "sweep-scaling", "compare-tables", "gpu-tests", "certified-figure", "shared-memory",
+         "data-draw")
 
 
 def test_every_benchmark_is_a_subcommand():

@@ -95,6 +95,21 @@ def test_threaded_draw_gives_the_numbers_of_one_thread(sparse_relu, monkeypatch)
     assert all(torch.equal(a, b) for a, b in zip(serial, threaded, strict=True))
 
 
+@pytest.mark.parametrize("x_dist", ["uniform", "normal"])
+def test_staged_draw_gives_the_numbers_of_the_host_draw(x_dist):
+    """The CUDA path draws each replication in chunks of rows (here 64: n = 300 crosses four
+    chunk boundaries and ends on a partial one) through two staging buffers in turn; a generator
+    fills an array in pieces as in one call, so X and the noise are those of the host draw, bit
+    for bit. On a CPU device the same loop runs without pinned memory or streams."""
+    from moe_theory import data
+
+    args = (3, 300, 5, 7, 1, 0.3, x_dist)
+    want_x, want_eps = data._draw_host(*args, workers=1)
+    got_x, got_eps = data._draw_staged(*args, torch.device("cpu"), workers=3, rows=64)
+    assert torch.equal(got_x, torch.from_numpy(want_x))
+    assert torch.equal(got_eps, torch.from_numpy(want_eps))
+
+
 @pytest.mark.parametrize("algorithm", ["adam", "lbfgs", "sgd-paper"])
 def test_first_order_algorithms_lower_the_loss(sparse_relu, algorithm):
     X, Y = mt.sample(sparse_relu, n=400, reps=2, seed=8)
