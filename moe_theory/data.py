@@ -97,6 +97,7 @@ def sample(
         raise ValueError(f"first_rep: must be a non-negative integer, got {first_rep!r}")
     workers = min(reps, usable_cores())
     threaded = workers > 1 and reps * n * (truth.d + 1) >= THREADED_DRAW
+    # a large float64 draw for a GPU skips host memory (the same numbers, bit for bit)
     if device is not None and device.type == "cuda" and dtype == torch.float64 and (
             reps * n * (truth.d + 1) >= THREADED_DRAW):
         X, eps = _draw_staged(truth.d, n, reps, seed, first_rep, noise_var, x_dist, device,
