@@ -471,8 +471,9 @@ def reference_certificate(
     misspecification_scale = nu * problem.p / n_max
     overfit_ratio = None
     if kind == "G_bar" and float(eig_H[0]) > 0:
-        # White (1982): about a misspecified G_bar, n (L_n(G_bar) - L_n(theta_hat)) / nu has mean
-        # tr(H^-1 (F + M / nu)): p (Wilks) when M = 0 and H = F, more as the misfit m grows
+        # about a misspecified G_bar, n (L_n(G_bar) - L_n(theta_hat)) / nu has mean
+        # tr(H^-1 (F + M / nu)) (docs/theory.md#over-fit): p when M = 0 and H = F, more as the
+        # misfit m grows
         overfit_ratio = float(torch.trace(H_inv @ (F + M / nu))) / problem.p
     design_error_ratio = None
     if kind == "G_bar" and not reasons:

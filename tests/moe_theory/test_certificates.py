@@ -125,8 +125,8 @@ def test_fits_at_the_box_bound_fail_the_optimiser_certificate():
 def test_an_empty_voronoi_cell_enters_d1s_weight_term(gate):
     # Both fitted atoms copy reference atom 0's omega (constant gates, so a softmax re-gauge
     # moves no omega) with different weights: cell 0 holds two atoms, cell 1 none. D1's weight
-    # term counts every cell with |A_j| != 1 (sigmoid, N24 Thm 2) or every cell (softmax): the
-    # empty cell contributes its whole reference weight w(beta0*_1).
+    # term counts every cell with |A_j| != 1 (sigmoid; docs/theory.md#voronoi-losses) or every
+    # cell (softmax): the empty cell contributes its whole reference weight w(beta0*_1).
     zeros = torch.zeros(1, 2, 2, dtype=torch.float64)
     a = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
     reference = MixingMeasure.from_parts(
@@ -260,7 +260,7 @@ def test_regular_setting_passes_every_certificate(regular):
     out, df = regular
     cert = FolderCertificates.load(out).reference[(REGULAR.name, "sigmoid")]
     assert cert.status == PASS and cert.kind == "G_bar" and cert.restarts["better"] == 0
-    # exactly specified: G_bar = G*, M = 0 and H = F, so the predicted ratio is Wilks' 1
+    # exactly specified: G_bar = G*, M = 0 and H = F, so the predicted ratio is chi^2_p's 1
     assert cert.overfit_ratio == pytest.approx(1.0, abs=1e-6)
     assert cert.version == certificates.CERTIFICATE_VERSION
     assert cert.error_ratio < certificates.ERROR_RATIO_MAX
@@ -332,10 +332,11 @@ MISSPECIFIED = Setting(
 
 def test_predicted_overfit_ratio_of_a_misspecified_reference_is_the_monte_carlo_mean(
         cache, monkeypatch):
-    """White (1982): about a misspecified G_bar, E[Delta SSR] / (nu p) = tr(H^-1 (F + M/nu)) / p,
-    here 2.15, not Wilks' 1. Tolerance: 4 standard errors of the mean of 128 independent ratios
-    (CLT; the data are seeded, so the outcome is fixed, and 4 SE leaves room for the O(n^-1/2)
-    terms and the cached G_bar's design error, predicted 0.12 x the statistical error)."""
+    """About a misspecified G_bar, E[Delta SSR] / (nu p) = tr(H^-1 (F + M/nu)) / p
+    (docs/theory.md#over-fit), here 2.15, not the well-specified 1. Tolerance: 4 standard
+    errors of the mean of 128 independent ratios (CLT; the data are seeded, so the outcome is
+    fixed, and 4 SE leaves room for the O(n^-1/2) terms and the cached G_bar's design error,
+    predicted 0.12 x the statistical error)."""
     monkeypatch.setitem(settings._SETTINGS, MISSPECIFIED.name, MISSPECIFIED)
     n, reps = 5000, 128
     cert = reference_certificate(MISSPECIFIED, "softmax", [n, n], ["D3"], restarts=1)
