@@ -1,0 +1,227 @@
+"""Both fits of nguyen2024-measurable-relu from up to 256 starts per data set
+(paper_figures/README.md, nguyen2024-measurable, "Up to 256 starts").
+
+    python paper_figures/nguyen2024-measurable/starts/many_starts.py OUT.csv [--device cuda]
+        [--gate softmax] [--n 10000,20000] [--reps 20] [--starts 64] [--block 16]
+
+The sweep's own data, box and starts (moe_theory.sweep.shard_init with ``starts - 1`` extra
+starts: start s is seeded by (setting, seed, n, gate, s, rep), so the first 5 are the sweep's).
+Each start is fitted as its own problem (the data of a replication repeated for a block of
+starts, every start's fit kept), so that the table holds every start's SSR, losses and the
+weight of its lightest atom, and any set of starts can be judged afterwards (``--summary``:
+the table; ``--figure STEM``: the figure, from one or more tables):
+
+    python paper_figures/nguyen2024-measurable/starts/many_starts.py --summary OUT.csv
+        [OUT2.csv] [--figure STEM]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from moe_theory.config import load_config
+from moe_theory.estimators import box_bounds, fit_lse
+from moe_theory.measure import MixingMeasure
+from moe_theory.plotting import GATE_COLORS, _save, use_style
+from moe_theory.population import reference_measure
+from moe_theory.rates import fit_rate
+from moe_theory.sweep import reference_split, shard_data, shard_init
+from moe_theory.voronoi import voronoi_loss
+
+SETTING = "nguyen2024-measurable-relu"
+#: per fitted gate, the losses kept for every start: the softmax fit against G* (the
+#: over-specified and exact experts' errors, N24's gate-weighted D1), the sigmoid fit against
+#: G_bar (the certified curve's D3)
+LOSSES = {"softmax": ("err_eta_over", "err_eta_exact", "D1"),
+          "sigmoid": ("D3", "err_eta_exact", "err_beta1_exact")}
+
+
+def _stack(measures: list[MixingMeasure]) -> MixingMeasure:
+    first = measures[0]
+    return first.replace(torch.cat([m.gate_params for m in measures]),
+                         torch.cat([m.expert_params for m in measures]))
+
+
+def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gate: str
+                    ) -> pd.DataFrame:
+    config = dataclasses.replace(load_config("nguyen2024-measurable"), starts=starts - 1)
+    setting = config.setting(SETTING)
+    _, ref = reference_measure(setting, gate, device=device)
+    X, Y = shard_data(config, setting, n, 0, reps, device)
+    box = box_bounds(ref, setting.k_fit, config.bound_scale, gate=gate,
+                     split=reference_split(setting, ref))
+    init = shard_init(config, setting, n, gate, ref)
+    rows = []
+    for first in range(0, starts, block):
+        chunk = init[first:first + block]
+        S = len(chunk)
+        start = _stack([s.draw(reps, gate, rep_ids=range(reps), device=device) for s in chunk])
+        t0 = time.perf_counter()
+        fit = fit_lse(X.repeat(S, 1, 1), Y.repeat(S, 1), setting.k_fit, gate, setting.expert,
+                      setting.score, init=start, reference=ref.to(device=device), bounds=box,
+                      noise_var=setting.noise_var, max_iter=config.max_iter)
+        wall = time.perf_counter() - t0
+        fitted = fit.measure.to(device="cpu")
+        # each atom's gate weight at a zero score: the lightest atom's says whether a start
+        # parked an atom where it fits a few points
+        weights = (torch.softmax(fitted.beta0, dim=-1) if gate == "softmax" else
+                   torch.sigmoid(fitted.beta0))
+        losses = {name: voronoi_loss(fitted, ref.to(device="cpu"), name) for name in LOSSES[gate]}
+        for row in range(S * reps):
+            rows.append({
+                "gate": gate, "n": n, "rep": row % reps, "start": first + row // reps,
+                "ssr": float(fit.fit_loss[row]) * n, "ref_ssr": float(fit.ref_loss[row]) * n,
+                **{name: float(v[row]) for name, v in losses.items()},
+                "w_min": float(weights[row].min()), "bound": bool(fit.bound_active[row]),
+                "stop": fit.stop_reason[row], "n_iter": int(fit.n_iter[row]),
+                "wall_s": wall / (S * reps)})
+        print(f"n = {n}: starts {first}-{first + S - 1} in {wall:.1f} s", flush=True)
+    return pd.DataFrame(rows)
+
+
+#: numbers of starts judged: the sweep's 5, then about doubling
+SIZES = (5, 9, 17, 33, 64, 128, 256)
+#: the curves whose slope is followed as starts are added: (gate, loss, theory exponent)
+CURVES = (("sigmoid", "D3", -0.5), ("softmax", "err_eta_over", -0.25), ("softmax", "D1", -0.5))
+
+
+def _first(d: pd.DataFrame, m: int, nu: float) -> tuple[pd.DataFrame, pd.Series]:
+    """The kept fit of every replication when only the first m starts are run, and how many
+    of those m starts end within nu of its SSR."""
+    s = d[d.start < m]
+    kept = s.loc[s.groupby("rep").ssr.idxmin()].set_index("rep")
+    near = s.groupby("rep").ssr.apply(lambda x: int((x - x.min() <= nu).sum()))
+    return kept, near
+
+
+def summary(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
+    """Per gate, n and number m of starts (the first m): fits whose best SSR a second start
+    reaches within nu, the best start's median losses and lightest weight, and its SSR above
+    the best of all starts (mean, in nu)."""
+    out = []
+    for (gate, n), d in table.groupby(["gate", "n"]):
+        best_all = d.groupby("rep").ssr.min()
+        for m in sizes:
+            if d.start.nunique() < m:
+                continue
+            kept, near = _first(d, m, nu)
+            out.append({"gate": gate, "n": n, "starts": m, "second_start": float((near >= 2).mean()),
+                        "gap_nu": float(((kept.ssr - best_all) / nu).mean()),
+                        "on_box": float(kept.bound.mean()),
+                        **{name: float(kept[name].median()) for name in LOSSES[gate]},
+                        "w_min": float(kept.w_min.median())})
+    return pd.DataFrame(out)
+
+
+def slopes(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
+    """The slope (rates.fit_rate: log-mean OLS, bootstrap 95% CI, box fits dropped) of every
+    curve of ``CURVES`` when each fit keeps the best of its first m starts."""
+    out = []
+    for gate, loss, theory in CURVES:
+        d = table[table.gate == gate]
+        for m in sizes:
+            if d.empty or d.start.nunique() < m:
+                continue
+            ns, values, bound = [], [], []
+            for n, dn in d.groupby("n"):
+                kept, _ = _first(dn, m, nu)
+                ns.append(n)
+                values.append(kept[loss].to_numpy())
+                bound.append(kept.bound.to_numpy())
+            fit = fit_rate(np.array(ns, float), values, bound_per_n=bound)
+            out.append({"gate": gate, "loss": loss, "theory": theory, "starts": m,
+                        "slope": fit.slope, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
+                        "slope_median": fit.median.slope, "dropped": fit.n_dropped})
+    return pd.DataFrame(out)
+
+
+LOSS_WORDS = {"D3": r"sigmoid, $D_3$ vs $\bar G$",
+              "err_eta_over": "softmax, over-specified expert error",
+              "D1": r"softmax, $D_1$ vs $G^*$"}
+
+
+def figure(table: pd.DataFrame, nu: float, stem: str) -> list:
+    """Three panels against the number of starts: the smallest share over n of fits whose best
+    SSR a second start reaches (the optimiser certificate wants 95%), the kept fit's SSR above
+    the best of every start tried, and each curve's slope with its 95% CI and theory."""
+    table_s = summary(table, nu)
+    table_r = slopes(table, nu)
+    with use_style():
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+        for gate, d in table_s.groupby("gate"):
+            per_m = d.groupby("starts")
+            axes[0].plot(per_m.second_start.min(), "o-", color=GATE_COLORS[gate],
+                         label=f"{gate} fit (smallest over the 5 n)")
+            axes[1].plot(per_m.gap_nu.mean(), "o-", color=GATE_COLORS[gate],
+                         label=f"{gate} fit (mean over n and replications)")
+        axes[0].axhline(0.95, color="0.4", lw=0.8, ls="--", label="certificate's bar (95%)")
+        axes[0].set(ylabel="fits whose best SSR a second\nstart reaches within $\\nu$",
+                    ylim=(0, 1.05), title="Is the least-squares fit found twice?")
+        axes[1].set(ylabel="kept SSR above the best of every\nstart tried (256 softmax, 64 sigmoid; $\\nu$)",
+                    title="How far the kept fit is from the best found")
+        styles = {"D3": "o-", "err_eta_over": "s-", "D1": "^--"}
+        # the curves side by side at each m (a small shift on the log axis), so the bars stay apart
+        shift = {"D3": 1.0, "err_eta_over": 0.93, "D1": 1.07}
+        for (gate, loss), d in table_r.groupby(["gate", "loss"], sort=False):
+            color = GATE_COLORS[gate]
+            m = d.starts.to_numpy() * shift[loss]
+            axes[2].errorbar(m, d.slope, yerr=[d.slope - d.ci_low, d.ci_high - d.slope],
+                             fmt=styles[loss], color=color, capsize=2, ms=4,
+                             mfc=color if loss != "D1" else "white", label=LOSS_WORDS[loss])
+        for value, words in ((-0.5, "theory -1/2"), (-0.25, "theory -1/4 (over-specified)")):
+            axes[2].axhline(value, color="0.4", lw=0.8, ls=":")
+            axes[2].annotate(words, (1.0, value), xycoords=("axes fraction", "data"),
+                             ha="right", va="bottom", fontsize=7, color="0.3")
+        axes[2].set(ylabel="slope of log(mean loss) on log n\n(bars: 95% CI)",
+                    title="The rate each set of starts gives")
+        for ax in axes:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(SIZES, [str(m) for m in SIZES])
+            ax.set_xlabel("starts per data set (the sweep runs 5)")
+            ax.legend(fontsize=7, loc="best")
+        fig.suptitle("nguyen2024-measurable, ReLU experts: 20 data sets at each of 5 n "
+                     "($10^4$ to $1.6\\cdot 10^5$); each fit keeps the best of its first m starts")
+        paths = _save(fig, stem)
+        plt.close(fig)
+    return paths
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", nargs="+", help="the table to write (one), or tables to read")
+    p.add_argument("--summary", action="store_true")
+    p.add_argument("--figure", metavar="STEM", help="with --summary: draw STEM.png and .pdf")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--gate", default="softmax", choices=tuple(LOSSES))
+    p.add_argument("--n", default="10000,20000,40000,80000,160000")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--starts", type=int, default=64)
+    p.add_argument("--block", type=int, default=16)
+    args = p.parse_args()
+    nu = load_config("nguyen2024-measurable").setting(SETTING).noise_var
+    if not args.summary:
+        if len(args.out) != 1:
+            raise SystemExit("out: give one table to write")
+        tables = []
+        for n in (int(v) for v in args.n.split(",")):
+            tables.append(fit_every_start(n, args.reps, args.starts, args.block, args.device,
+                                          args.gate))
+            pd.concat(tables).to_csv(args.out[0], index=False)
+    table = pd.concat([pd.read_csv(path) for path in args.out], ignore_index=True)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(summary(table, nu).round(3).to_string(index=False))
+        print(slopes(table, nu).round(3).to_string(index=False))
+    if args.figure:
+        for path in figure(table, nu, args.figure):
+            print(path)
+
+
+if __name__ == "__main__":
+    main()
