@@ -23,10 +23,12 @@ from benchmarks import (
     moe,
     shared_memory,
     sweep_scaling,
+    warm_start,
 )
 
 SUBCOMMANDS = (moe, attention, fit_profile, fit_agreement, lm_parts, memory_check, sweep_scaling,
-               compare_tables, gpu_tests, certified_figure, shared_memory, data_draw)
+               compare_tables, gpu_tests, certified_figure, shared_memory, data_draw,
+               warm_start)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from benchmarks.output import gpu_label, result_path, write_json
 
 NAMES = ("moe", "attention", "fit-profile", "fit-agreement", "lm-parts", "memory-check",
          "sweep-scaling", "compare-tables", "gpu-tests", "certified-figure", "shared-memory",
-         "data-draw")
+         "data-draw", "warm-start")
 
 
 def test_every_benchmark_is_a_subcommand():
@@ -241,6 +241,20 @@ def test_certified_point_at_toy_size(tmp_path):
     fit = out["fits"]["float32"]
     assert out["n"] == 2000 and out["data_bytes"] == 2 * 2000 * (2 + 1) * 8
     assert 1 <= fit["batch_iterations"] <= 3 and fit["s_per_batch_iteration"] > 0
+
+
+def test_warm_start_at_toy_size(tmp_path):
+    path = tmp_path / "warm.json"
+    assert main(["warm-start", "--config", "nguyen2024", "--setting", "small-dense-relu",
+                 "--n", "600", "--sub", "200", "--reps", "2", "--device", "cpu",
+                 "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert [out["fits"][name]["rows"] for name in ("cold", "sub", "warm")] == [600, 200, 600]
+    assert all(len(out["fits"][name]["ssr"]) == 2 for name in out["fits"])
+    assert len(out["warm_minus_cold_ssr_nu"]) == 2 and 0 <= out["same_minimum_share"] <= 1
+    assert "D1" in out["losses"] and out["speedup"] > 0
+    with pytest.raises(SystemExit, match="--sub"):
+        main(["warm-start", "--n", "600", "--sub", "600", "--device", "cpu"])
 
 
 def test_certified_point_draws_its_data_in_blocks(monkeypatch):
