@@ -253,6 +253,7 @@ def test_warm_start_at_toy_size(tmp_path):
     assert all(len(out["fits"][name]["ssr"]) == 2 for name in out["fits"])
     assert len(out["warm_minus_cold_ssr_nu"]) == 2 and 0 <= out["same_minimum_share"] <= 1
     assert "D1" in out["losses"] and out["speedup"] > 0
+    assert out["fits"]["cold"]["n_iter_sum"] == sum(out["fits"]["cold"]["n_iter"])
     with pytest.raises(SystemExit, match="--sub"):
         main(["warm-start", "--n", "600", "--sub", "600", "--device", "cpu"])
 
