@@ -23,10 +23,11 @@ from moe_theory.config import load_config
 from moe_theory.estimators import box_bounds, fit_lse
 from moe_theory.provenance import provenance
 from moe_theory.population import reference_measure
-from moe_theory.sweep import reference_split, shard_data, shard_init
+from moe_theory.sweep import applicable_losses, reference_split, shard_data, shard_init
 from moe_theory.voronoi import voronoi_loss
 
-#: losses compared between the warm and the cold fit, where the reference has them
+#: losses compared between the warm and the cold fit, those the sweep measures against the
+#: fit's reference (a run before commit 0049323's successor listed D3 against G* too)
 LOSSES = ("D1", "D3", "err_eta_over", "err_eta_exact")
 
 
@@ -90,12 +91,9 @@ def run(args: argparse.Namespace) -> int:
     out["same_minimum_share"] = sum(abs(g) <= 1 for g in gap) / len(gap)
     cpu_ref = ref.to(device="cpu")
     out["losses"] = {}
-    for loss in LOSSES:
-        try:
-            cold_v = voronoi_loss(cold.measure.to(device="cpu"), cpu_ref, loss)
-            warm_v = voronoi_loss(warm.measure.to(device="cpu"), cpu_ref, loss)
-        except ValueError:  # a loss this reference does not define
-            continue
+    for loss in applicable_losses(setting, kind, LOSSES):
+        cold_v = voronoi_loss(cold.measure.to(device="cpu"), cpu_ref, loss)
+        warm_v = voronoi_loss(warm.measure.to(device="cpu"), cpu_ref, loss)
         out["losses"][loss] = {"cold_median": float(cold_v.median()),
                                "warm_median": float(warm_v.median())}
     fits = out["fits"]
