@@ -26,7 +26,7 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
     sgd = {epochs = 10, lr = 0.1, batch_size = 64}
     [plot]                                     # loss(es) each fitted gate is drawn with:
     sigmoid = ["D3", "D1"]                     # the first one a curve has
-    softmax = "D1"
+    softmax = [["err_eta_over"], ["D1"]]       # or one curve per list
     [fast]                                     # overrides applied by --fast
     settings = [...]; n = {...}; reps = 8
 """
@@ -276,12 +276,19 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     if not isinstance(plot, dict):
         raise _err("plot", "must be a table mapping a fitted gate to a loss name")
     for gate, losses_ in plot.items():
-        names = [losses_] if isinstance(losses_, str) else losses_
-        if gate not in models.GATES or not isinstance(names, list) or not names or any(
-                loss not in ALL_KINDS for loss in names):
-            raise _err(f"plot.{gate}", f"{losses_!r}: keys are gates {models.GATES}, values a loss "
-                       f"or list of losses from {ALL_KINDS}")
-        _check_parameter_groups(f"plot.{gate}", names, settings)
+        # a loss, a list of candidates (one curve), or a list of such (one curve each)
+        curves = [[losses_]] if isinstance(losses_, str) else (
+            [losses_] if isinstance(losses_, list) and all(isinstance(c, str) for c in losses_)
+            else [[c] if isinstance(c, str) else c for c in losses_]
+            if isinstance(losses_, list) else [None])
+        if gate not in models.GATES or not curves or any(
+                not isinstance(names, list) or not names
+                or any(loss not in ALL_KINDS for loss in names) for names in curves):
+            raise _err(f"plot.{gate}", f"{losses_!r}: keys are gates {models.GATES}, values a loss, "
+                       f"a list of candidate losses from {ALL_KINDS} (the first a curve has is "
+                       "drawn), or a list of such lists (one curve each)")
+        _check_parameter_groups(f"plot.{gate}", [loss for names in curves for loss in names],
+                                settings)
     reps = _int(raw, "reps")
     return SweepConfig(
         name=name, settings=tuple(settings), n=_n_grid(raw["n"]), reps=reps,

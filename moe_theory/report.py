@@ -16,7 +16,7 @@ import base64
 import html
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +91,27 @@ def read_results(folder: Path) -> pd.DataFrame:
 
 def read_config(folder: Path, results: pd.DataFrame) -> tuple[SweepConfig, str]:
     """The config of ``folder``: ``manifest.json``, else the named config (plain or ``--fast``)
-    whose hash the results carry. Figure folders are committed without their manifest (it is
-    git-ignored), and the hash still ties them to their config."""
+    whose hash the results carry (folders committed before manifests were: the hash still ties
+    them to their config). A manifest's config takes its presentation (``plot``,
+    ``description``) from the named config of the same name and hash, so that a figure redrawn
+    from committed results follows the config file as it is now: those keys do not change the
+    results (:attr:`moe_theory.config.SweepConfig.hash`)."""
     manifest = folder / "manifest.json"
     if manifest.exists():
         try:
             raw = json.loads(manifest.read_text())["config"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ValueError(f"DIR: {manifest} is not a sweep manifest (no 'config' object)") from None
-        return parse_config(raw, source=str(manifest)), "manifest.json"
+        config = parse_config(raw, source=str(manifest))
+        for fast in (False, True):
+            try:
+                named = load_config(config.name, fast=fast)
+            except ValueError:  # no such named config, or no [fast] table
+                continue
+            if named.hash == config.hash:
+                config = replace(config, plot=named.plot, description=named.description)
+                break
+        return config, "manifest.json"
     hashes = set(results["config_hash"].astype(str))
     for name in named_configs():
         for fast in (False, True):

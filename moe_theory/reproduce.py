@@ -70,11 +70,18 @@ STUDY_PRIORITY = sys.float_info.max
 _BASELINE_START = threading.Lock()
 
 
-def plot_losses(config: SweepConfig, gate: str) -> tuple[str, ...]:
+def plot_losses(config: SweepConfig, gate: str) -> tuple[tuple[str, ...], ...]:
+    """The curves drawn for ``gate``: one tuple of candidate losses per curve, the first a
+    curve has being drawn (``[plot]`` of the config: a loss, a list of candidates, or a list of
+    such lists for several curves)."""
     chosen = config.plot.get(gate)
     if chosen is None:
-        return DEFAULT_PLOT_LOSSES
-    return (chosen,) if isinstance(chosen, str) else tuple(chosen)
+        return (DEFAULT_PLOT_LOSSES,)
+    if isinstance(chosen, str):
+        return ((chosen,),)
+    if all(isinstance(c, str) for c in chosen):
+        return (tuple(chosen),)
+    return tuple((c,) if isinstance(c, str) else tuple(c) for c in chosen)
 
 
 def figure_panels(df: pd.DataFrame, config: SweepConfig) -> list[tuple[str, str, list]]:
@@ -87,9 +94,10 @@ def figure_panels(df: pd.DataFrame, config: SweepConfig) -> list[tuple[str, str,
             # a loss that is NaN or 0 in every fit (no over-specified cell, say) cannot be drawn
             # on log axes: fall through to the next candidate
             have = {name for name, g in rows.groupby("loss_name") if g.n.nunique() >= 2}
-            loss = next((loss for loss in plot_losses(config, gate) if loss in have), None)
-            if loss is not None:
-                curves.append((gate, loss))
+            for candidates in plot_losses(config, gate):
+                loss = next((loss for loss in candidates if loss in have), None)
+                if loss is not None and (gate, loss) not in curves:
+                    curves.append((gate, loss))
         if curves:
             panels.append((setting, setting, curves))
     return panels

@@ -87,3 +87,39 @@ def test_gram_dtype_key():
     assert parse_config(mixed.to_dict()) == mixed
     with pytest.raises(ValueError, match="gram_dtype"):
         parse_config({**BASE, "gram_dtype": "bf16"})
+
+
+def _rows(losses: dict[str, dict[str, list[float]]]):
+    """A results table of one setting: per (gate, loss), the values at n = 100 and 200."""
+    import pandas as pd
+
+    return pd.DataFrame([
+        {"setting": "small-dense-relu", "fit_gate": gate, "loss_name": loss, "n": n,
+         "loss_value": value}
+        for gate, by_loss in losses.items() for loss, values in by_loss.items()
+        for n, value in zip((100, 100, 200, 200), values)])
+
+
+def test_plot_draws_one_curve_per_list_each_from_its_candidates():
+    from moe_theory.reproduce import figure_panels, plot_losses
+
+    raw = {"name": "p", "n": [100, 200], "reps": 2, "settings": ["small-dense-relu"],
+           "plot": {"softmax": [["err_eta_over", "D2"], ["D1"], "D1"], "sigmoid": ["D3", "D1"]}}
+    config = parse_config(raw)
+    assert plot_losses(config, "softmax") == (("err_eta_over", "D2"), ("D1",), ("D1",))
+    assert plot_losses(config, "sigmoid") == (("D3", "D1"),)
+    # err_eta_over NaN in every fit: the first curve falls back to D2; D1 is drawn once
+    df = _rows({"softmax": {"err_eta_over": [math.nan] * 4, "D2": [1, 2, 0.5, 0.6],
+                            "D1": [1, 1, 0.7, 0.7]},
+                "sigmoid": {"D3": [3, 3, 2, 2]}})
+    (panel,) = figure_panels(df, config)
+    assert panel[2] == [("sigmoid", "D3"), ("softmax", "D2"), ("softmax", "D1")]
+
+
+@pytest.mark.parametrize("plot", [{"softmax": [["D1"], []]}, {"softmax": [["D1", "bogus"]]},
+                                  {"softmax": [["D1"], 3]}, {"softmax": 3}, {"tanh": "D1"}])
+def test_bad_plot_entries_name_the_field(plot):
+    gate = next(iter(plot))
+    with pytest.raises(ValueError, match=f"config key 'plot.{gate}'"):
+        parse_config({"name": "p", "n": [100, 200], "reps": 2, "settings": ["small-dense-relu"],
+                      "plot": plot})

@@ -200,6 +200,22 @@ def test_config_found_by_hash_without_manifest(tmp_path):
     assert report.config_source == "simulations/configs/nguyen2024.toml --fast"
 
 
+def test_a_manifest_takes_its_plot_from_the_named_config_of_its_hash(tmp_path):
+    """The plot keys do not change the results: a committed folder's figure follows the config
+    file as it is now, but only where the hash says the results are that config's."""
+    config = load_config("nguyen2024", fast=True)
+    as_small_sparse_relu(results_table({("sigmoid", "D1"): -0.5}), config.hash).to_csv(
+        tmp_path / "results.csv", index=False)
+    stale = {**config.to_dict(), "plot": {"softmax": "D2"}, "description": "old words"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": stale}))
+    report = build_report(tmp_path)
+    assert report.config_source == "manifest.json"
+    assert report.config.plot == config.plot and report.config.description == config.description
+    other = {**stale, "reps": config.reps + 1}  # another config's results: its own plot kept
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": other}))
+    assert build_report(tmp_path).config.plot == {"softmax": "D2"}
+
+
 def test_cli_report(tmp_path, capsys):
     folder = write_synthetic(tmp_path)
     assert main(["report", str(folder)]) == 0
