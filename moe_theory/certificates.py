@@ -49,8 +49,10 @@ from moe_theory.estimators import fit_lse
 from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.initialization import near_truth
 from moe_theory.measure import MixingMeasure
-from moe_theory.population import DESIGN_SEED, DESIGN_SIZE, GBAR_MAX_ITER, reference_measure
+from moe_theory.population import (DESIGN_SEED, GBAR_MAX_ITER, design_size_for,
+                                   reference_measure)
 from moe_theory.settings import Setting, get_setting, list_settings
+from moe_theory.store import read_manifest
 from moe_theory.voronoi import voronoi_loss
 
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
@@ -179,6 +181,8 @@ class ReferenceCertificate:
     misspecification : mean of ``m^2`` on the design; ``misspecification_scale = nu p / n_max``
     design_error_ratio : predicted error of the cached G_bar from its finite design, over the
         statistical error at ``n_max`` (G_bar only)
+    g_bar_design_size : the size of that design (G_bar only; None in certificates made before
+        it was recorded)
     overfit_ratio : the predicted mean of ``Delta SSR / (nu p)`` for fits against this reference,
         ``tr(H^-1 (F + M / nu)) / p`` (G_bar with a positive definite Hessian; None otherwise,
         where the over-fit certificate takes the chi^2_p law's 1)
@@ -212,6 +216,7 @@ class ReferenceCertificate:
     misspecification: float
     misspecification_scale: float
     design_error_ratio: float | None = None
+    g_bar_design_size: int | None = None
     overfit_ratio: float | None = None
     restarts: dict | None = None
     restart_tolerance: float | None = None
@@ -415,7 +420,7 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
 def reference_certificate(
     setting: Setting, fit_gate: str, n_grid: Sequence[int], losses: Sequence[str], *,
     design_size: int = CERT_DESIGN_SIZE, device: str = "cpu", backend: str = "auto",
-    restarts: int = RESTARTS,
+    restarts: int = RESTARTS, g_bar: tuple[MixingMeasure, int] | None = None,
 ) -> ReferenceCertificate:
     """Is the reference of ``fit_gate`` fits of ``setting`` identified at the grid ``n_grid``?
 
@@ -427,8 +432,16 @@ def reference_certificate(
     design_size : design points of the Fisher matrix and of the refits
     device, backend : where the computation runs (the cached G_bar is read or computed there)
     restarts : jittered refits of G_bar (ignored for G*)
+    g_bar : a G_bar already fitted and the size of the design it was fitted on (a folder's
+        recorded reference, :func:`certify_references`); default the cached G_bar of
+        ``device``'s design size (fitted if not cached)
     """
-    kind, ref = reference_measure(setting, fit_gate, device=device, backend=backend)
+    kind = setting.reference_kind(fit_gate)
+    if kind == "G_bar" and g_bar is not None:
+        ref, cache_size = g_bar[0].to(device=device), int(g_bar[1])
+    else:
+        kind, ref = reference_measure(setting, fit_gate, device=device, backend=backend)
+        cache_size = design_size_for(device)
     truth = setting.truth()
     n_min, n_max = int(min(n_grid)), int(max(n_grid))
     nu = float(setting.noise_var)
@@ -479,7 +492,6 @@ def reference_certificate(
     if kind == "G_bar" and not reasons:
         # G_bar is the LSE of a finite noise-free design: the misfit m plays the noise, and the
         # cached G_bar is off the population one by ~ N(0, H^-1 M H^-1 / N_cache)
-        cache_size = DESIGN_SIZE.get(torch.device(device).type, DESIGN_SIZE["cpu"])
         design_var = float(torch.trace(H_inv @ M @ H_inv)) / cache_size
         design_error_ratio = math.sqrt(max(design_var, 0.0) / (trace / n_max))
         if not design_error_ratio <= DESIGN_ERROR_RATIO_MAX:
@@ -526,6 +538,7 @@ def reference_certificate(
         covariance=covariance, error_scale=error_scale, min_atom_distance=distance,
         misspecification=misspecification, misspecification_scale=misspecification_scale,
         design_error_ratio=design_error_ratio, overfit_ratio=overfit_ratio,
+        g_bar_design_size=cache_size if kind == "G_bar" else None,
         restarts=None if refits is None else asdict(refits),
         restart_tolerance=restart_tolerance, overlay=overlay, overlay_note=note,
         status=FAIL if reasons else PASS, reasons=reasons, version=CERTIFICATE_VERSION,
@@ -549,23 +562,38 @@ def write_reference_certificate(folder: str | Path, cert: ReferenceCertificate) 
 def certify_references(
     config: SweepConfig, out: str | Path, *, losses: Callable[[Setting, str], Sequence[str]],
     device: str = "cpu", backend: str = "auto", log: Callable[[str], None] | None = None,
+    force: bool = False, g_bar_design_size: int | None = None,
 ) -> list[ReferenceCertificate]:
     """The reference certificate of every (setting, fitted gate) of ``config``, saved in
-    ``out/certificates/``; one already there for this config is read, not recomputed.
+    ``out/certificates/``; one already there for this config is read, not recomputed (unless
+    ``force``).
 
+    A G_bar the folder's manifest records (the one its shards were measured against) is
+    certified as recorded, with the design size recorded beside it (``g_bar_design_size`` where
+    the manifest predates that record; default the design ``device`` fits), so that a folder
+    fitted on a GPU is certified on a CPU against its own G_bar. Other references are those
+    of :func:`~moe_theory.population.reference_measure` on ``device``.
     ``losses(setting, reference_kind)`` lists the losses the sweep measures (the overlay's).
     """
     done = load_reference_certificates(out)
+    manifest = read_manifest(Path(out)) or {}
+    recorded = manifest.get("references", {})
+    sizes = manifest.get("reference_design_sizes", {})
     certs = []
     for setting in config.setting_objects():
         for gate in config.gates_for(setting):
             cert = done.get((setting.name, gate))
-            if (cert is None or cert.config_hash != config.hash
+            if (force or cert is None or cert.config_hash != config.hash
                     or cert.version != CERTIFICATE_VERSION):
+                key = f"{setting.name}/{gate}"
+                g_bar = None
+                if key in recorded and setting.reference_kind(gate) == "G_bar":
+                    size = sizes.get(key) or g_bar_design_size or design_size_for(device)
+                    g_bar = (MixingMeasure.from_json(recorded[key]), size)
                 start = time.perf_counter()
                 cert = reference_certificate(setting, gate, config.n,
                                              losses(setting, setting.reference_kind(gate)),
-                                             device=device, backend=backend)
+                                             device=device, backend=backend, g_bar=g_bar)
                 cert.config_hash, cert.wall_s = config.hash, time.perf_counter() - start
                 write_reference_certificate(out, cert)
                 if log is not None:

@@ -22,6 +22,16 @@ DIR_HELP = "results folder of a sweep (holds manifest.json and shards/)"
 JSON_HELP = "print the table as JSON records instead of text"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
     """Columns padded to their widest cell, under a header and a rule (as the rates table)."""
     widths = [max(map(len, column)) for column in zip(header, *rows, strict=True)]
@@ -71,17 +81,16 @@ def _cmd_rates(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from moe_theory.config import parse_config
     from moe_theory.plotting import plot_panels
+    from moe_theory.report import read_config
     from moe_theory.reproduce import figure_panels
     from moe_theory.store import load_results
 
     out = Path(args.dir)
-    manifest = out / "manifest.json"
-    if not manifest.exists():
+    if not (out / "manifest.json").exists():
         raise ValueError(f"DIR: {out} has no manifest.json (not a sweep folder)")
-    config = parse_config(json.loads(manifest.read_text())["config"])
     df = load_results(out)
+    config, _ = read_config(out, df)
     paths = plot_panels(df, figure_panels(df, config), out / config.name,
                         title=config.name)
     print("\n".join(map(str, paths)))
@@ -105,6 +114,51 @@ def _cmd_check(args) -> int:
         reasons = "; ".join(curve["reasons"])
         print(f"{name}: {curve['status']}" + (f" ({reasons})" if reasons else ""))
     print(f"wrote {out / 'check.json'} ({report['wall_s']:.0f} s)")
+    return 0
+
+
+def _cmd_certify(args) -> int:
+    import functools
+
+    from moe_theory.certificates import certify_references
+    from moe_theory.population import DESIGN_SIZE
+    from moe_theory.report import read_config, read_results
+    from moe_theory.reproduce import write_report
+    from moe_theory.store import read_manifest, record_references
+    from moe_theory.sweep import applicable_losses
+
+    out = Path(args.dir)
+    manifest = read_manifest(out) if out.is_dir() else None
+    if manifest is None:
+        raise ValueError(f"DIR: {out} has no manifest.json (not a sweep folder)")
+    df = read_results(out)
+    config, _ = read_config(out, df)
+    recorded = manifest.get("references", {})
+    sizes = manifest.get("reference_design_sizes", {})
+    missing = sorted(key for key in recorded if key not in sizes)
+    if missing and args.design_size is None:
+        raise ValueError(
+            f"--design-size: the manifest of {out} does not record the design size the G_bar of "
+            f"{', '.join(missing)} was fitted on (folders swept before it was recorded): give it "
+            f"(a sweep on cuda fits {DESIGN_SIZE['cuda']} points, on cpu {DESIGN_SIZE['cpu']})")
+    clash = sorted(key for key in recorded if key in sizes and args.design_size is not None
+                   and sizes[key] != args.design_size)
+    if clash:
+        raise ValueError(f"--design-size: {args.design_size} contradicts the manifest of {out}, "
+                         f"which records {sizes[clash[0]]} for {clash[0]}")
+    if missing:
+        # stated once, then recorded: a later certify or resumption reads it from the manifest
+        record_references(out, {key: recorded[key] for key in missing},
+                          {key: args.design_size for key in missing})
+    certs = certify_references(config, out, device=args.device, backend=args.backend,
+                               losses=functools.partial(applicable_losses, wanted=config.losses),
+                               log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                               force=True)
+    write_report(df, config, out)
+    for cert in certs:
+        print(f"{cert.setting} / {cert.fit_gate} ({cert.kind}): {cert.status}"
+              + (f" ({'; '.join(cert.reasons)})" if cert.reasons else ""))
+    print(f"wrote {out / 'certificates'} and the rates and figure of {out}")
     return 0
 
 
@@ -234,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "moe_theory.executors.GPU_PROCESSES on cuda, 1 on cpu)")
     device_args(p)
     p.set_defaults(run=_cmd_check)
+
+    p = sub.add_parser("certify", help="recompute the reference certificates of a finished "
+                       "sweep against the G_bar its manifest records (no refit of G_bar, so a "
+                       "GPU sweep is certified on a CPU against its own), then its rates and figure")
+    p.add_argument("dir", help=DIR_HELP)
+    p.add_argument("--design-size", type=_positive_int, metavar="N",
+                   help="the design size the recorded G_bar was fitted on, for manifests that "
+                        "do not record it (folders swept before it was); recorded in the manifest")
+    device_args(p)
+    p.set_defaults(run=_cmd_certify)
 
     p = sub.add_parser("reproduce", help="regenerate a paper figure (default: nguyen2024 --fast)")
     p.add_argument("name", nargs="?",

@@ -72,13 +72,17 @@ def _cache_key(setting: Setting, fit_gate: str, design_size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def design_size_for(device: str | torch.device) -> int:
+    """The design size of the G_bar a sweep on ``device`` fits (:data:`DESIGN_SIZE`)."""
+    return DESIGN_SIZE.get(torch.device(device).type, DESIGN_SIZE["cpu"])
+
+
 def population_lse(
     setting: Setting, fit_gate: str, *, design_size: int | None = None, device: str = "cpu",
     backend: str = "auto", use_cache: bool = True,
 ) -> MixingMeasure:
     """``G_bar``: the k-atom least-squares fit of ``fit_gate`` to the noise-free ``f_{G*}``."""
-    device_type = torch.device(device).type
-    design_size = design_size or DESIGN_SIZE.get(device_type, DESIGN_SIZE["cpu"])
+    design_size = design_size or design_size_for(device)
     if not use_cache:
         return _fit_population(setting, fit_gate, design_size, device, backend)
     path = cache_dir() / f"gbar-{setting.name}-{fit_gate}-{_cache_key(setting, fit_gate, design_size)}.json"

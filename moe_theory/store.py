@@ -489,9 +489,12 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> No
     # the thread count changes a CPU's rounding: a resumed sweep compares it (moe_theory.sweep)
     manifest = {"config_hash": config.hash, "config": config.to_dict(), "torch": torch.__version__,
                 "cpu_threads": torch.get_num_threads()}
-    if old is not None and old.get("config_hash") == config.hash and "references" in old:
-        # the references the shards were measured against outlive a resumption
-        manifest["references"] = old["references"]
+    if old is not None and old.get("config_hash") == config.hash:
+        # the references the shards were measured against (and their designs) outlive a
+        # resumption
+        for key in ("references", "reference_design_sizes"):
+            if key in old:
+                manifest[key] = old[key]
     _write_manifest_dict(out, manifest)
 
 
@@ -499,13 +502,19 @@ def _write_manifest_dict(out: Path, manifest: dict) -> None:
     atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
 
 
-def record_references(out: Path, references: dict[str, str]) -> None:
+def record_references(out: Path, references: dict[str, str],
+                      design_sizes: dict[str, int] | None = None) -> None:
     """Record in the manifest the references (``"<setting>/<gate>"`` -> the measure's JSON) that
-    the folder's shards are measured against (checked by ``moe_theory.sweep`` on resumption)."""
+    the folder's shards are measured against (checked by ``moe_theory.sweep`` on resumption),
+    and the design size each G_bar was fitted on (``reference_design_sizes``: its certificate
+    needs it, moe_theory.certificates.certify_references)."""
     manifest = read_manifest(Path(out))
     if manifest is None:
         raise ValueError(f"out: {out} has no manifest.json to record references in")
     manifest["references"] = {**manifest.get("references", {}), **references}
+    if design_sizes:
+        manifest["reference_design_sizes"] = {**manifest.get("reference_design_sizes", {}),
+                                              **design_sizes}
     _write_manifest_dict(Path(out), manifest)
 
 

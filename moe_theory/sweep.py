@@ -31,7 +31,7 @@ from moe_theory.estimators import box_bounds, fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus, shard_cost
 from moe_theory.initialization import NearTruth, multi_start
 from moe_theory.measure import MixingMeasure
-from moe_theory.population import reference_measure
+from moe_theory.population import design_size_for, reference_measure
 from moe_theory.settings import Setting, get_setting
 from moe_theory.store import (
     HOST,
@@ -297,14 +297,14 @@ def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "c
                                                                 backend=backend)
                 log(f"reference G_bar for {setting.name} / {gate} fit ready "
                     f"({time.perf_counter() - t0:.1f} s)")
-    check_references(Path(out), refs, force=force, log=log)
+    check_references(Path(out), refs, force=force, log=log, design_size=design_size_for(device))
     # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
     certify_references(config, out, device=device, backend=backend, log=log,
                        losses=functools.partial(applicable_losses, wanted=config.losses))
 
 
 def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, force: bool,
-                     log: Callable[[str], None]) -> None:
+                     log: Callable[[str], None], design_size: int) -> None:
     """Refuse to add shards measured against another G_bar than the folder's.
 
     G_bar depends on more than the config: its design size on the device type
@@ -315,6 +315,7 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
     differs beyond rounding (:data:`REFERENCE_RTOL`) raises, naming it, unless ``force``, which
     deletes that setting's shards and reference certificates so that they are recomputed.
     Shards written before references were recorded cannot be checked and are refused alike.
+    Each new record carries ``design_size``, the design its G_bar was fitted on.
     """
     recorded = (read_manifest(out) or {}).get("references", {})
     changed = {}
@@ -352,7 +353,7 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
         reference_path(out, setting, gate).unlink(missing_ok=True)
         changed[key] = text
     if changed:
-        record_references(out, changed)
+        record_references(out, changed, {key: design_size for key in changed})
 
 
 def run_sweep(

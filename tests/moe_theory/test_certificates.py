@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -298,6 +299,45 @@ def test_regular_curve_follows_its_asymptotic_overlay(regular):
     (row,) = rates_table(df, certificates=FolderCertificates.load(out)).query(
         "loss_name == 'D3'").itertuples()
     assert row.overlay_from_n <= 1000
+
+
+def test_cli_certify_recomputes_the_certificates_against_the_recorded_g_bar(
+        regular, tmp_path, monkeypatch, capsys):
+    """``moe-theory certify`` certifies the G_bar the manifest records, at its recorded design
+    size, without fitting G_bar again (so a GPU sweep can be certified on a CPU)."""
+    out, _ = regular
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder)
+    key, size = f"{REGULAR.name}/sigmoid", population.DESIGN_SIZE["cpu"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["reference_design_sizes"] == {key: size}
+    before = FolderCertificates.load(folder).reference[(REGULAR.name, "sigmoid")]
+    assert before.g_bar_design_size == size
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("certify fitted G_bar instead of reading the manifest's")
+
+    monkeypatch.setattr(certificates, "reference_measure", no_refit)
+    assert main(["certify", str(folder)]) == 0
+    assert f"{REGULAR.name} / sigmoid (G_bar): pass" in capsys.readouterr().out
+    after = FolderCertificates.load(folder).reference[(REGULAR.name, "sigmoid")]
+    assert after.status == PASS and after.g_bar_design_size == size
+    for name in ("fisher_cond", "hessian_min_eig", "error_scale", "design_error_ratio",
+                 "overfit_ratio"):
+        assert getattr(after, name) == pytest.approx(getattr(before, name), rel=1e-9)
+    # a manifest written before design sizes were recorded: the size must be stated, once
+    del manifest["reference_design_sizes"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["certify", str(folder)]) == 2
+    assert "--design-size" in capsys.readouterr().err
+    assert main(["certify", str(folder), "--design-size", str(4 * size)]) == 0
+    recorded = json.loads((folder / "manifest.json").read_text())["reference_design_sizes"]
+    assert recorded == {key: 4 * size}
+    stated = FolderCertificates.load(folder).reference[(REGULAR.name, "sigmoid")]
+    # the design's error falls as its size^-1/2
+    assert stated.design_error_ratio == pytest.approx(before.design_error_ratio / 2, rel=1e-9)
+    assert main(["certify", str(folder), "--design-size", "7"]) == 2
+    assert "contradicts" in capsys.readouterr().err
 
 
 def test_cli_rates_json_carries_the_certificates(regular, capsys):

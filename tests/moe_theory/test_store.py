@@ -342,7 +342,7 @@ def test_a_resumed_sweep_refuses_shards_measured_against_another_g_bar(tmp_path)
 
     def check(measure, force=False):
         sweep.check_references(tmp_path, {(setting, "sigmoid"): measure}, force=force,
-                               log=lines.append)
+                               log=lines.append, design_size=1234)
 
     # shards written before references were recorded cannot be checked
     with pytest.raises(ValueError, match="reference: .* written before references were recorded"):
@@ -353,10 +353,12 @@ def test_a_resumed_sweep_refuses_shards_measured_against_another_g_bar(tmp_path)
     cert.write_text("{}")  # the recorded G_bar's certificate
     shard.with_suffix(".keep").rename(shard)
     assert store.read_manifest(tmp_path)["references"] == {f"{setting}/sigmoid": ref.to_json()}
+    assert store.read_manifest(tmp_path)["reference_design_sizes"] == {f"{setting}/sigmoid": 1234}
     check(ref)
-    # a resumption rewrites the manifest and keeps the record
+    # a resumption rewrites the manifest and keeps the record, with its design size
     store.write_manifest(tmp_path, config)
     assert f"{setting}/sigmoid" in store.read_manifest(tmp_path)["references"]
+    assert store.read_manifest(tmp_path)["reference_design_sizes"] == {f"{setting}/sigmoid": 1234}
 
     def scaled(factor):
         return mt.MixingMeasure(ref.gate, ref.score, ref.expert, ref.d,
