@@ -277,10 +277,14 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         raise _err("plot", "must be a table mapping a fitted gate to a loss name")
     for gate, losses_ in plot.items():
         # a loss, a list of candidates (one curve), or a list of such (one curve each)
-        curves = [[losses_]] if isinstance(losses_, str) else (
-            [losses_] if isinstance(losses_, list) and all(isinstance(c, str) for c in losses_)
-            else [[c] if isinstance(c, str) else c for c in losses_]
-            if isinstance(losses_, list) else [None])
+        if isinstance(losses_, str):
+            curves = [[losses_]]
+        elif isinstance(losses_, list) and all(isinstance(c, str) for c in losses_):
+            curves = [losses_]
+        elif isinstance(losses_, list):
+            curves = [[c] if isinstance(c, str) else c for c in losses_]
+        else:
+            curves = [None]
         if gate not in models.GATES or not curves or any(
                 not isinstance(names, list) or not names
                 or any(loss not in ALL_KINDS for loss in names) for names in curves):
