@@ -21,8 +21,8 @@ import torch
 from benchmarks.output import add_output_arguments, output_path, write_json
 from moe_theory.config import load_config
 from moe_theory.estimators import box_bounds, fit_lse
-from moe_theory.provenance import provenance
 from moe_theory.population import reference_measure
+from moe_theory.provenance import provenance
 from moe_theory.sweep import applicable_losses, reference_split, shard_data, shard_init
 from moe_theory.voronoi import voronoi_loss
 

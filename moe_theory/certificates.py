@@ -49,8 +49,7 @@ from moe_theory.estimators import fit_lse
 from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.initialization import near_truth
 from moe_theory.measure import MixingMeasure
-from moe_theory.population import (DESIGN_SEED, GBAR_MAX_ITER, design_size_for,
-                                   reference_measure)
+from moe_theory.population import DESIGN_SEED, GBAR_MAX_ITER, design_size_for, reference_measure
 from moe_theory.settings import Setting, get_setting, list_settings
 from moe_theory.store import read_manifest
 from moe_theory.voronoi import voronoi_loss

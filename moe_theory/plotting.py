@@ -88,7 +88,7 @@ SHORT_GRID_TICKS = 5
 
 PNG_DPI = 200
 # One panel of a multi-panel figure: three side by side fill a two-column page (~7 in). The
-# height is the axes' share; each panel's legend below it adds its own height (:func:`_save`).
+# height is the axes' share; each panel's legend below it adds its own height (:func:`save_figure`).
 PANEL_SIZE_IN = (2.3, 2.0)
 
 PLOT_COLUMNS = ("setting", "fit_gate", "loss_name", "score", "regime", "expert", "n", "loss_value")
@@ -441,7 +441,9 @@ def fit_figure_height(fig: Figure) -> None:
     fig.set_size_inches(width, height + extra)
 
 
-def _save(fig: Figure, path_stem: str | Path) -> list[Path]:
+def save_figure(fig: Figure, path_stem: str | Path) -> list[Path]:
+    """``STEM.png`` and ``STEM.pdf`` of ``fig``, its height grown to fit the legends below its
+    panels; the PDF without a creation date, so that the same data give the same bytes."""
     fit_figure_height(fig)
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -535,7 +537,7 @@ def plot_rates(
         draw_rates(ax, df, curves, theory=theory, ylabel=ylabel, certificates=certificates)
         if title is not None:
             ax.set_title(figure_title(title))
-        return _save(fig, path_stem)
+        return save_figure(fig, path_stem)
 
 
 def plot_panels(
@@ -560,7 +562,7 @@ def plot_panels(
     with use_style():
         fig = panels_figure(df, panels, ncols=ncols, title=title, theory=theory, ylabel=ylabel,
                             certificates=certificates)
-        return _save(fig, path_stem)
+        return save_figure(fig, path_stem)
 
 
 def panels_figure(

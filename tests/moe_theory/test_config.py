@@ -97,7 +97,7 @@ def _rows(losses: dict[str, dict[str, list[float]]]):
         {"setting": "small-dense-relu", "fit_gate": gate, "loss_name": loss, "n": n,
          "loss_value": value}
         for gate, by_loss in losses.items() for loss, values in by_loss.items()
-        for n, value in zip((100, 100, 200, 200), values)])
+        for n, value in zip((100, 100, 200, 200), values, strict=True)])
 
 
 def test_plot_draws_one_curve_per_list_each_from_its_candidates():

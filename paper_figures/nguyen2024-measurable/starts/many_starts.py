@@ -29,7 +29,7 @@ import torch
 from moe_theory.config import load_config
 from moe_theory.estimators import box_bounds, fit_lse
 from moe_theory.measure import MixingMeasure
-from moe_theory.plotting import GATE_COLORS, _save, use_style
+from moe_theory.plotting import GATE_COLORS, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
 from moe_theory.sweep import reference_split, shard_data, shard_init
@@ -188,7 +188,7 @@ def figure(table: pd.DataFrame, nu: float, stem: str) -> list:
             ax.legend(fontsize=7, loc="best")
         fig.suptitle("nguyen2024-measurable, ReLU experts: 20 data sets at each of 5 n "
                      "($10^4$ to $1.6\\cdot 10^5$); each fit keeps the best of its first m starts")
-        paths = _save(fig, stem)
+        paths = save_figure(fig, stem)
         plt.close(fig)
     return paths
 
