@@ -32,15 +32,14 @@ from moe_theory.measure import MixingMeasure
 from moe_theory.plotting import GATE_COLORS, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
-from moe_theory.sweep import reference_split, shard_data, shard_init
+from moe_theory.sweep import applicable_losses, reference_split, shard_data, shard_init
 from moe_theory.voronoi import voronoi_loss
 
-SETTING = "nguyen2024-measurable-relu"
-#: per fitted gate, the losses kept for every start: the softmax fit against G* (the
-#: over-specified and exact experts' errors, N24's gate-weighted D1), the sigmoid fit against
-#: G_bar (the certified curve's D3)
-LOSSES = {"softmax": ("err_eta_over", "err_eta_exact", "D1"),
-          "sigmoid": ("D3", "err_eta_exact", "err_beta1_exact")}
+CONFIG, SETTING = "nguyen2024-measurable", "nguyen2024-measurable-relu"
+#: the losses kept for every start, those of them the fit's reference defines: against G* the
+#: over-specified and exact experts' errors and N24's gate-weighted D1, against G_bar the
+#: certified curves' D3
+LOSSES = ("D3", "D1", "err_eta_over", "err_eta_exact", "err_beta1_exact")
 
 
 def _stack(measures: list[MixingMeasure]) -> MixingMeasure:
@@ -49,11 +48,12 @@ def _stack(measures: list[MixingMeasure]) -> MixingMeasure:
                          torch.cat([m.expert_params for m in measures]))
 
 
-def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gate: str
-                    ) -> pd.DataFrame:
-    config = dataclasses.replace(load_config("nguyen2024-measurable"), starts=starts - 1)
-    setting = config.setting(SETTING)
-    _, ref = reference_measure(setting, gate, device=device)
+def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gate: str,
+                    config_name: str = CONFIG, setting_name: str = SETTING) -> pd.DataFrame:
+    config = dataclasses.replace(load_config(config_name), starts=starts - 1)
+    setting = config.setting(setting_name)
+    kind, ref = reference_measure(setting, gate, device=device)
+    losses_kept = applicable_losses(setting, kind, LOSSES)
     X, Y = shard_data(config, setting, n, 0, reps, device)
     box = box_bounds(ref, setting.k_fit, config.bound_scale, gate=gate,
                      split=reference_split(setting, ref))
@@ -73,10 +73,11 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
         # parked an atom where it fits a few points
         weights = (torch.softmax(fitted.beta0, dim=-1) if gate == "softmax" else
                    torch.sigmoid(fitted.beta0))
-        losses = {name: voronoi_loss(fitted, ref.to(device="cpu"), name) for name in LOSSES[gate]}
+        losses = {name: voronoi_loss(fitted, ref.to(device="cpu"), name) for name in losses_kept}
         for row in range(S * reps):
             rows.append({
-                "gate": gate, "n": n, "rep": row % reps, "start": first + row // reps,
+                "setting": setting.name, "gate": gate, "n": n, "rep": row % reps,
+                "start": first + row // reps,
                 "ssr": float(fit.fit_loss[row]) * n, "ref_ssr": float(fit.ref_loss[row]) * n,
                 **{name: float(v[row]) for name, v in losses.items()},
                 "w_min": float(weights[row].min()), "bound": bool(fit.bound_active[row]),
@@ -89,7 +90,8 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
 #: numbers of starts judged: the sweep's 5, then about doubling
 SIZES = (5, 9, 17, 33, 64, 128, 256)
 #: the curves whose slope is followed as starts are added: (gate, loss, theory exponent)
-CURVES = (("sigmoid", "D3", -0.5), ("softmax", "err_eta_over", -0.25), ("softmax", "D1", -0.5))
+CURVES = (("sigmoid", "D3", -0.5), ("softmax", "err_eta_over", -0.25), ("softmax", "D1", -0.5),
+          ("softmax", "D3", -0.5))
 
 
 def _first(d: pd.DataFrame, m: int, nu: float) -> tuple[pd.DataFrame, pd.Series]:
@@ -115,7 +117,8 @@ def summary(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
             out.append({"gate": gate, "n": n, "starts": m, "second_start": float((near >= 2).mean()),
                         "gap_nu": float(((kept.ssr - best_all) / nu).mean()),
                         "on_box": float(kept.bound.mean()),
-                        **{name: float(kept[name].median()) for name in LOSSES[gate]},
+                        **{name: float(kept[name].median()) for name in LOSSES
+                           if name in kept and kept[name].notna().any()},
                         "w_min": float(kept.w_min.median())})
     return pd.DataFrame(out)
 
@@ -126,8 +129,10 @@ def slopes(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
     out = []
     for gate, loss, theory in CURVES:
         d = table[table.gate == gate]
+        if d.empty or loss not in d or d[loss].isna().all():
+            continue
         for m in sizes:
-            if d.empty or d.start.nunique() < m:
+            if d.start.nunique() < m:
                 continue
             ns, values, bound = [], [], []
             for n, dn in d.groupby("n"):
@@ -199,20 +204,22 @@ def main() -> None:
     p.add_argument("--summary", action="store_true")
     p.add_argument("--figure", metavar="STEM", help="with --summary: draw STEM.png and .pdf")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--gate", default="softmax", choices=tuple(LOSSES))
+    p.add_argument("--gate", default="softmax", choices=("sigmoid", "softmax"))
+    p.add_argument("--config", default=CONFIG, help="the sweep config whose data and starts")
+    p.add_argument("--setting", default=SETTING)
     p.add_argument("--n", default="10000,20000,40000,80000,160000")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--starts", type=int, default=64)
     p.add_argument("--block", type=int, default=16)
     args = p.parse_args()
-    nu = load_config("nguyen2024-measurable").setting(SETTING).noise_var
+    nu = load_config(args.config).setting(args.setting).noise_var
     if not args.summary:
         if len(args.out) != 1:
             raise SystemExit("out: give one table to write")
         tables = []
         for n in (int(v) for v in args.n.split(",")):
             tables.append(fit_every_start(n, args.reps, args.starts, args.block, args.device,
-                                          args.gate))
+                                          args.gate, args.config, args.setting))
             pd.concat(tables).to_csv(args.out[0], index=False)
     table = pd.concat([pd.read_csv(path) for path in args.out], ignore_index=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
