@@ -3,8 +3,9 @@
 
 Layout of a results folder ``OUT``::
 
-    manifest.json                              the config (and its hash) the shards belong to
-                                               and the G_bar references they use
+    manifest.json                              the config (and its hash) the shards belong to,
+                                               the G_bar references they use and the design
+                                               size each was fitted on
     shards/<setting>/<shard>.parquet           one shard's rows
     shards/<setting>/<shard>.parquet.sha256    its sha256 and row count, written before it
     claims/<setting>/<shard>.claim             the writer computing that shard now
