@@ -1,0 +1,87 @@
+"""The study scripts beside the committed figures (paper_figures/*/starts/): their summaries on
+tables whose answers are known by construction, and on the committed tables."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTS = ROOT / "paper_figures" / "nguyen2024-measurable" / "starts"
+NU = 0.02
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, STARTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def many_starts():
+    return _load("many_starts")
+
+
+def _table(ssr: dict[int, list[float]], n: int = 1000, loss: float = 1.0) -> pd.DataFrame:
+    """One row per (rep, start): the given SSRs, a loss equal to the SSR rank."""
+    rows = []
+    for rep, values in ssr.items():
+        for start, value in enumerate(values):
+            rows.append({"gate": "softmax", "n": n, "rep": rep, "start": start, "ssr": value,
+                         "D1": loss * (1 + start), "w_min": 0.1, "bound": start == 4})
+    return pd.DataFrame(rows)
+
+
+def test_summary_counts_second_starts_and_gaps(many_starts):
+    # rep 0: start 3 comes back within nu of the best (10.0); rep 1: start 4 alone finds 8.0,
+    # (10 - 8) / nu = 100 nu below the best of its first 3 starts
+    table = _table({0: [10.0, 10.5, 11.0, 10.01, 12.0], 1: [10.0, 10.0 + NU / 2, 11.0, 12.0, 8.0]})
+    out = many_starts.summary(table, NU, sizes=(3, 5)).set_index("starts")
+    # first 3 starts: rep 0 alone at 10.0 (10.5 is 25 nu away), rep 1 twice (half a nu apart)
+    assert out.loc[3, "second_start"] == 0.5
+    # all 5: rep 0 has 10.0 and 10.01 (half a nu), rep 1's 8.0 is reached by one start only
+    assert out.loc[5, "second_start"] == 0.5
+    # gap of the best of 3 above the best of 5: rep 0 none, rep 1 (10 - 8) / nu = 100
+    assert out.loc[3, "gap_nu"] == pytest.approx(50.0) and out.loc[5, "gap_nu"] == 0
+    # the kept start of rep 1 at m = 5 is start 4, on the box
+    assert out.loc[5, "on_box"] == 0.5 and out.loc[3, "on_box"] == 0
+    # sizes above the number of starts in the table are left out
+    assert list(many_starts.summary(table, NU, sizes=(5, 9)).starts) == [5]
+
+
+def test_slopes_recover_a_known_rate_whatever_the_number_of_starts(many_starts):
+    rng = np.random.default_rng(0)
+    frames = []
+    for n in (1000, 4000, 16000, 64000):
+        for rep in range(12):
+            # spread symmetric about n^-1/2: the mean over replications is n^-1/2 exactly
+            value = n ** -0.5 * (1 + 0.05 * (rep - 5.5) / 5.5)
+            frames.append(pd.DataFrame({
+                "gate": "softmax", "n": n, "rep": rep, "start": range(5),
+                "ssr": rng.normal(100, 1, size=5), "D1": value, "err_eta_over": value,
+                "w_min": 0.1, "bound": False}))
+    out = many_starts.slopes(pd.concat(frames, ignore_index=True), NU, sizes=(2, 5))
+    # every start of a fit has the same loss here, so any m gives the data's slope, -1/2
+    assert set(out.loss) == {"D1", "err_eta_over"} and set(out.starts) == {2, 5}
+    assert out.slope.to_numpy() == pytest.approx(-0.5, abs=1e-9)
+    assert ((out.ci_low < -0.5) & (out.ci_high > -0.5)).all()
+    # curves of a gate the table lacks are left out (no sigmoid rows)
+    assert "D3" not in set(out.loss)
+
+
+def test_the_committed_tables_give_the_readme_numbers(many_starts):
+    """paper_figures/README.md quotes these from the committed 256- and 64-start tables."""
+    table = pd.concat([pd.read_csv(STARTS / f"many_starts_{gate}.csv.gz")
+                       for gate in ("sigmoid", "softmax")], ignore_index=True)
+    out = many_starts.summary(table, NU).groupby(["gate", "starts"])
+    share = out.second_start.min()
+    assert share["sigmoid", 5] == 0.95 and share["sigmoid", 9] == 1.0
+    assert share["softmax", 5] == 0.40 and share["softmax", 256] == 0.50
+    slopes = many_starts.slopes(table, NU).set_index(["loss", "starts"]).slope
+    assert round(slopes["D3", 5], 2) == -0.51 and round(slopes["err_eta_over", 5], 2) == -0.41
+    assert round(slopes["err_eta_over", 256], 2) == 0.04 and round(slopes["D1", 256], 2) == -0.50
