@@ -561,16 +561,17 @@ def write_reference_certificate(folder: str | Path, cert: ReferenceCertificate) 
 def certify_references(
     config: SweepConfig, out: str | Path, *, losses: Callable[[Setting, str], Sequence[str]],
     device: str = "cpu", backend: str = "auto", log: Callable[[str], None] | None = None,
-    force: bool = False, g_bar_design_size: int | None = None,
+    force: bool = False,
 ) -> list[ReferenceCertificate]:
     """The reference certificate of every (setting, fitted gate) of ``config``, saved in
     ``out/certificates/``; one already there for this config is read, not recomputed (unless
     ``force``).
 
     A G_bar the folder's manifest records (the one its shards were measured against) is
-    certified as recorded, with the design size recorded beside it (``g_bar_design_size`` where
-    the manifest predates that record; default the design ``device`` fits), so that a folder
-    fitted on a GPU is certified on a CPU against its own G_bar. Other references are those
+    certified as recorded, with the design size recorded beside it (the design ``device`` fits
+    where the manifest predates that record: a sweep checks its G_bar against the recorded one
+    first, and ``moe-theory certify`` asks for the size), so that a folder fitted on a GPU is
+    certified on a CPU against its own G_bar. Other references are those
     of :func:`~moe_theory.population.reference_measure` on ``device``.
     ``losses(setting, reference_kind)`` lists the losses the sweep measures (the overlay's).
     """
@@ -587,7 +588,7 @@ def certify_references(
                 key = f"{setting.name}/{gate}"
                 g_bar = None
                 if key in recorded and setting.reference_kind(gate) == "G_bar":
-                    size = sizes.get(key) or g_bar_design_size or design_size_for(device)
+                    size = sizes.get(key) or design_size_for(device)
                     g_bar = (MixingMeasure.from_json(recorded[key]), size)
                 start = time.perf_counter()
                 cert = reference_certificate(setting, gate, config.n,

@@ -184,6 +184,19 @@ def _n_grid(value: Any) -> tuple[int, ...]:
     return tuple(sorted(set(value)))
 
 
+def plot_curves(entry: Any) -> list:
+    """A ``[plot]`` entry as its curves, each the list of its candidate losses: a loss, a list of
+    candidates (one curve) or a list of such lists (one curve each). Anything else comes back as
+    ``[entry]``, which validation rejects."""
+    if isinstance(entry, str):
+        return [[entry]]
+    if isinstance(entry, list) and all(isinstance(c, str) for c in entry):
+        return [entry]
+    if isinstance(entry, list):
+        return [[c] if isinstance(c, str) else c for c in entry]
+    return [entry]
+
+
 def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> SweepConfig:
     """Validate a raw config dict; ``fast`` applies its ``[fast]`` overrides."""
     if not isinstance(raw, dict):
@@ -276,17 +289,9 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     if not isinstance(plot, dict):
         raise _err("plot", "must be a table mapping a fitted gate to a loss name")
     for gate, losses_ in plot.items():
-        # a loss, a list of candidates (one curve), or a list of such (one curve each)
-        if isinstance(losses_, str):
-            curves = [[losses_]]
-        elif isinstance(losses_, list) and all(isinstance(c, str) for c in losses_):
-            curves = [losses_]
-        elif isinstance(losses_, list):
-            curves = [[c] if isinstance(c, str) else c for c in losses_]
-        else:
-            curves = [None]
+        curves = plot_curves(losses_)
         if gate not in models.GATES or not curves or any(
-                not isinstance(names, list) or not names
+                not isinstance(names, (list, tuple)) or not names
                 or any(loss not in ALL_KINDS for loss in names) for names in curves):
             raise _err(f"plot.{gate}", f"{losses_!r}: keys are gates {models.GATES}, values a loss, "
                        f"a list of candidate losses from {ALL_KINDS} (the first a curve has is "

@@ -89,6 +89,20 @@ def read_results(folder: Path) -> pd.DataFrame:
     return load_results(folder)
 
 
+def _named_config(hashes: set[str], names) -> tuple[SweepConfig, str] | None:
+    """The first of the named configs ``names`` (plain or ``--fast``) whose hash is one of
+    ``hashes``, with where it comes from; None if none."""
+    for name in names:
+        for fast in (False, True):
+            try:
+                config = load_config(name, fast=fast)
+            except ValueError:
+                continue  # no such named config, or one without a [fast] table
+            if config.hash in hashes:
+                return config, f"simulations/configs/{name}.toml{' --fast' if fast else ''}"
+    return None
+
+
 def read_config(folder: Path, results: pd.DataFrame) -> tuple[SweepConfig, str]:
     """The config of ``folder``: ``manifest.json``, else the named config (plain or ``--fast``)
     whose hash the results carry (folders committed before manifests were: the hash still ties
@@ -103,24 +117,14 @@ def read_config(folder: Path, results: pd.DataFrame) -> tuple[SweepConfig, str]:
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ValueError(f"DIR: {manifest} is not a sweep manifest (no 'config' object)") from None
         config = parse_config(raw, source=str(manifest))
-        for fast in (False, True):
-            try:
-                named = load_config(config.name, fast=fast)
-            except ValueError:  # no such named config, or no [fast] table
-                continue
-            if named.hash == config.hash:
-                config = replace(config, plot=named.plot, description=named.description)
-                break
+        named = _named_config({config.hash}, [config.name])
+        if named is not None:
+            config = replace(config, plot=named[0].plot, description=named[0].description)
         return config, "manifest.json"
     hashes = set(results["config_hash"].astype(str))
-    for name in named_configs():
-        for fast in (False, True):
-            try:
-                config = load_config(name, fast=fast)
-            except ValueError:
-                continue  # a config without a [fast] table has no fast variant
-            if config.hash in hashes:
-                return config, f"simulations/configs/{name}.toml{' --fast' if fast else ''}"
+    named = _named_config(hashes, named_configs())
+    if named is not None:
+        return named
     raise ValueError(f"DIR: {folder} has no manifest.json and its config_hash "
                      f"{', '.join(sorted(hashes))} matches no named config")
 

@@ -32,7 +32,7 @@ import pandas as pd
 from moe_theory import baseline
 from moe_theory.certificates import CHECK_REPS, FolderCertificates
 from moe_theory.check import refit, run_check
-from moe_theory.config import SweepConfig, load_config, named_configs
+from moe_theory.config import SweepConfig, load_config, named_configs, plot_curves
 from moe_theory.executors import (
     device_workers,
     map_shards,
@@ -77,11 +77,7 @@ def plot_losses(config: SweepConfig, gate: str) -> tuple[tuple[str, ...], ...]:
     chosen = config.plot.get(gate)
     if chosen is None:
         return (DEFAULT_PLOT_LOSSES,)
-    if isinstance(chosen, str):
-        return ((chosen,),)
-    if all(isinstance(c, str) for c in chosen):
-        return (tuple(chosen),)
-    return tuple((c,) if isinstance(c, str) else tuple(c) for c in chosen)
+    return tuple(tuple(curve) for curve in plot_curves(chosen))
 
 
 def figure_panels(df: pd.DataFrame, config: SweepConfig) -> list[tuple[str, str, list]]:

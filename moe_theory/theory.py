@@ -1,7 +1,9 @@
 """Predicted convergence rates (docs/theory.md#theory-table), each with its source.
 
 An exponent e means ``loss ~ n^e``: -0.5 is parametric, -0.25 the over-specified rate of strongly
-identifiable experts, and 0.0 stands for "slower than any polynomial" (labelled so).
+identifiable experts, and 0.0 stands for "slower than any polynomial" (labelled so). Sources
+are cited by the keys of docs/bibliography.md (``N24 Thm 4``, ``Y25``, ``White 1982``); the rows
+and their reasons are those of docs/theory.md#theory-table.
 """
 
 from __future__ import annotations
@@ -73,12 +75,13 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
             return _rate(PARAMETRIC if group_cell[1] == "exact" else OVER_SPECIFIED, src)
         return NO_THEORY
 
-    # softmax fits (N24 Table 1, after Nguyen et al. on softmax-gated MoE; A24 for quadratic)
+    # softmax fits (N24 Table 1, after N24b; A24 for quadratic: docs/bibliography.md)
     if reference == "G_bar":
         if quadratic and (loss_name == "D3" or group_cell is not None):
             # A softmax fit of a sigmoid truth is misspecified; least squares then converges at
             # n^-1/2 to the L2 projection G_bar when that is unique with a non-singular Hessian
-            # (White 1982), the argument of N24 Thm 4/5 for the sigmoid fit. Not in A24 or Y25.
+            # (White 1982), the argument of N24 Thm 4/5 for the sigmoid fit. Not in A24 or Y25
+            # (docs/theory.md#theory-table, last row).
             return _rate(PARAMETRIC, "misspecified LSE, White 1982 (reconstruction)")
         return NO_THEORY
     # A24 (as cited by Y25): quadratic polynomial gate + linear experts is slower than any

@@ -191,7 +191,7 @@ def fit_lse(
     R, d = X.shape[0], X.shape[-1]
     start = time.perf_counter()
 
-    starts = _starting_measures(random_init() if init is None else init, R, gate, score, expert,
+    starts = starting_measures(random_init() if init is None else init, R, gate, score, expert,
                                 k, d, rep_ids, X.device)
     S = starts.R // R
     # start-major problems: problem s * R + r fits replication r's data, read in place
@@ -254,10 +254,12 @@ def fit_lse(
     )
 
 
-def _starting_measures(init: Init | Sequence[Init], R: int, gate: str, score: str, expert: str,
+def starting_measures(init: Init | Sequence[Init], R: int, gate: str, score: str, expert: str,
                        k: int, d: int, rep_ids: list[int] | None, device: torch.device
                        ) -> MixingMeasure:
-    """The ``S * R`` starting measures of :func:`fit_lse`, start-major, float64 on ``device``."""
+    """The ``S * R`` starting measures of :func:`fit_lse`, start-major, float64 on ``device``
+    (also the way to fit each start as a problem of its own: pass them as the ``init`` of a fit
+    whose data repeat every replication S times)."""
     parts = list(init) if isinstance(init, (list, tuple)) else [init]
     if not parts:
         raise ValueError("init: an empty list of starts")

@@ -46,8 +46,9 @@ REGULAR = Setting(
     k_true=2, k_fit=2, regime="dense", beta0_sd=0.0, beta1_sd=1.0, expert_sd=0.0,
     atoms=SMALL_ATOMS, fit_gates=("sigmoid",), noise_var=1e-4,
     description="test: regular, exactly specified")
-#: The N24 recipe in small: a softmax truth with gate slopes ~0.02 and linear experts, fitted by
-#: sigmoid MoEs, which reproduce it to ~1e-14 in mean square: G_bar is not identified.
+#: The nguyen2024 config's recipe (docs/theory.md#named-settings) in small: a softmax truth with
+#: gate slopes ~0.02 and linear experts, fitted by sigmoid MoEs, which reproduce it to ~1e-14 in
+#: mean square: G_bar is not identified.
 WEAK = Setting(
     name="test-weak-sigmoid-of-softmax", truth_gate="softmax", score="linear", expert="linear",
     d=2, k_true=3, k_fit=4, regime="dense", beta0_sd=0.1, beta1_sd=0.02, expert_sd=1.0,

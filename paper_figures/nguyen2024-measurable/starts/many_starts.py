@@ -24,11 +24,9 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
 from moe_theory.config import load_config
-from moe_theory.estimators import box_bounds, fit_lse
-from moe_theory.measure import MixingMeasure
+from moe_theory.estimators import box_bounds, fit_lse, starting_measures
 from moe_theory.plotting import GATE_COLORS, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
@@ -40,12 +38,6 @@ CONFIG, SETTING = "nguyen2024-measurable", "nguyen2024-measurable-relu"
 #: over-specified and exact experts' errors and N24's gate-weighted D1, against G_bar the
 #: certified curves' D3
 LOSSES = ("D3", "D1", "err_eta_over", "err_eta_exact", "err_beta1_exact")
-
-
-def _stack(measures: list[MixingMeasure]) -> MixingMeasure:
-    first = measures[0]
-    return first.replace(torch.cat([m.gate_params for m in measures]),
-                         torch.cat([m.expert_params for m in measures]))
 
 
 def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gate: str,
@@ -62,7 +54,8 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
     for first in range(0, starts, block):
         chunk = init[first:first + block]
         S = len(chunk)
-        start = _stack([s.draw(reps, gate, rep_ids=range(reps), device=device) for s in chunk])
+        start = starting_measures(chunk, reps, gate, setting.score, setting.expert,
+                                  setting.k_fit, setting.d, list(range(reps)), device)
         t0 = time.perf_counter()
         fit = fit_lse(X.repeat(S, 1, 1), Y.repeat(S, 1), setting.k_fit, gate, setting.expert,
                       setting.score, init=start, reference=ref.to(device=device), bounds=box,
@@ -71,8 +64,9 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
         fitted = fit.measure.to(device="cpu")
         # each atom's gate weight at a zero score: the lightest atom's says whether a start
         # parked an atom where it fits a few points
-        weights = (torch.softmax(fitted.beta0, dim=-1) if gate == "softmax" else
-                   torch.sigmoid(fitted.beta0))
+        weights = fitted.weights
+        if gate == "softmax":  # exp(beta0) as a share of the gate
+            weights = weights / weights.sum(-1, keepdim=True)
         losses = {name: voronoi_loss(fitted, ref.to(device="cpu"), name) for name in losses_kept}
         for row in range(S * reps):
             rows.append({
