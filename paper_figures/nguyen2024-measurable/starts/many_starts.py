@@ -179,7 +179,7 @@ def figure(table: pd.DataFrame, nu: float, stem: str) -> list:
             axes[2].annotate(words, (1.0, value), xycoords=("axes fraction", "data"),
                              ha="right", va="bottom", fontsize=7, color="0.3")
         axes[2].set(ylabel="slope of log(mean loss) on log n\n(bars: 95% CI)",
-                    title="The rate each set of starts gives")
+                    title="The slope each set of starts gives\n(a study: no certificates, no verdict)")
         for ax in axes:
             ax.set_xscale("log", base=2)
             ax.set_xticks(SIZES, [str(m) for m in SIZES])
@@ -219,6 +219,8 @@ def main() -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary(table, nu).round(3).to_string(index=False))
         print(slopes(table, nu).round(3).to_string(index=False))
+        print("(a study of sets of starts: these slopes carry no certificates; the verdicts of "
+              "the sweep's curves are in the folder's rates.txt)")
     if args.figure:
         for path in figure(table, nu, args.figure):
             print(path)
