@@ -85,3 +85,78 @@ def test_the_committed_tables_give_the_readme_numbers(many_starts):
     slopes = many_starts.slopes(table, NU).set_index(["loss", "starts"]).slope
     assert round(slopes["D3", 5], 2) == -0.51 and round(slopes["err_eta_over", 5], 2) == -0.41
     assert round(slopes["err_eta_over", 256], 2) == 0.04 and round(slopes["D1", 256], 2) == -0.50
+
+
+def test_boxes_stay_apart_and_the_group_on_the_box_is_counted(many_starts):
+    small = _table({0: [10.0, 10.0, 11.0, 12.0, 13.0]}).assign(bound_scale=2.0,
+                                                               bound_beta0=False, bound_b=False)
+    small.loc[small.start == 0, "bound_beta0"] = True
+    small.loc[small.start == 0, "bound"] = True
+    # the same data in another box: the best start is alone there
+    wide = _table({0: [9.0, 10.0, 11.0, 12.0, 13.0]}).assign(bound_scale=10.0)
+    out = many_starts.summary(pd.concat([small, wide], ignore_index=True), NU, sizes=(5,))
+    out = out.set_index("bound_scale")
+    assert out.loc[2.0, "second_start"] == 1.0 and out.loc[10.0, "second_start"] == 0.0
+    # the kept fit of the small box (start 0, the first of the two at 10.0) has beta0 on the box
+    assert out.loc[2.0, "on_box"] == 1.0 and out.loc[2.0, "box_beta0"] == 1.0
+    assert out.loc[2.0, "box_b"] == 0.0
+    # a table without the faces' columns (the wide box) gets no share for them
+    assert np.isnan(out.loc[10.0, "box_beta0"])
+
+
+def test_tables_sharing_fits_count_each_once(many_starts, tmp_path):
+    first = _table({0: [10.0, 11.0, 12.0, 13.0, 14.0]})
+    second = _table({0: [10.0, 11.0, 12.0, 13.0, 14.0, 10.001]}).assign(bound_scale=10.0)
+    first.to_csv(tmp_path / "a.csv", index=False)
+    second.to_csv(tmp_path / "b.csv", index=False)
+    table, shared = many_starts.read_tables([tmp_path / "a.csv", tmp_path / "b.csv"], 10.0)
+    # the first 5 starts of b are a's (same n, box, replication and start): kept once; counted
+    # twice, start 0's SSR would look reached by a second start
+    assert shared == 5 and len(table) == 6 and table.bound_scale.eq(10.0).all()
+    near = many_starts.summary(table, NU, sizes=(5,)).set_index("starts").second_start
+    assert near[5] == 0.0 and near[6] == 1.0
+    # another box is another problem: nothing shared
+    _, shared = many_starts.read_tables([tmp_path / "a.csv", tmp_path / "b.csv"], 2.0)
+    assert shared == 0
+
+
+def test_a_slope_uses_the_n_with_enough_starts(many_starts):
+    frames = []
+    for n, starts in ((1000, 8), (4000, 8), (16000, 8), (64000, 4)):
+        for rep in range(6):
+            value = n ** -0.5 * (1 + 0.05 * (rep - 2.5) / 2.5)
+            frames.append(pd.DataFrame({
+                "gate": "softmax", "n": n, "rep": rep, "start": range(starts),
+                "ssr": np.arange(starts, dtype=float), "D1": value, "w_min": 0.1,
+                "bound": False}))
+    out = many_starts.slopes(pd.concat(frames, ignore_index=True), NU, sizes=(4,))
+    out = out.set_index("starts")
+    # 4 starts: all 4 n; 8 starts (the tables' own number): the 3 n that have them
+    assert out.loc[4, "n_count"] == 4 and out.loc[8, "n_count"] == 3
+    assert out.loc[8, "n_max"] == 16000
+    assert out.slope.to_numpy() == pytest.approx(-0.5, abs=1e-9)
+
+
+def test_the_committed_large_n_and_box_tables_give_the_readme_numbers(many_starts):
+    """paper_figures/README.md quotes these (softmax fit, n to 10^7, boxes 10x and 2x)."""
+    paths = [STARTS / f"{name}.csv.gz" for name in
+             ("large_n_softmax", "n1e7_softmax", "box2_softmax", "many_starts_softmax")]
+    table, shared = many_starts.read_tables(paths, 10.0)
+    assert shared == 320  # n = 1.6e5: the first 16 of the 256-start table's starts
+    out = many_starts.summary(table, NU, sizes=(5, 16)).set_index(["bound_scale", "n", "starts"])
+    share = out.second_start
+    # box 10x: at no n from 10^4 to 10^7 does a second start reach 95% of the best SSRs
+    assert share.loc[10.0].max() <= 0.75
+    assert share[10.0, 10_000_000, 8] == 0.5 and share[10.0, 2_560_000, 16] == 0.65
+    # box 2x: up to 90% reached twice, but the box holds an atom's beta0 in 30-65% of kept fits
+    assert share[2.0, 640_000, 16] == 0.9
+    on_box = out.loc[2.0].xs(16, level="starts")
+    assert on_box.on_box.min() == 0.3 and on_box.on_box.max() == 0.65
+    assert (on_box.on_box == on_box.box_beta0).all()
+    # more starts, larger over-specified error at the largest n: the best of 8 doubles that of 5
+    assert round(out.err_eta_over[10.0, 10_000_000, 5], 3) == 0.061
+    assert round(out.err_eta_over[10.0, 10_000_000, 8], 3) == 0.118
+    slopes = many_starts.slopes(table, NU, sizes=(5,)).set_index(["bound_scale", "loss", "starts"])
+    assert round(slopes.slope[10.0, "D1", 5], 2) == -0.51
+    assert round(slopes.slope[10.0, "err_eta_over", 5], 2) == -0.32
+    assert round(slopes.slope[10.0, "err_eta_over", 8], 2) == -0.15

@@ -178,3 +178,29 @@ def at_bound(theta: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None)
         return torch.zeros(theta.shape[0], dtype=torch.bool, device=theta.device)
     at_lo, at_hi = _on_faces(theta, *box)
     return (at_lo | at_hi).any(-1)
+
+
+def groups_at_bound(measure: MixingMeasure, bounds: Bounds) -> dict[str, torch.Tensor]:
+    """Per parameter group of ``measure``'s model, whether some entry of it (of any atom) sits on
+    its face of ``bounds``: ``{group: (R,) bool}``, the groups the model has, in
+    ``PARAMETER_GROUPS`` order. Says which group holds a fit whose ``bound_active`` is set (a
+    softmax atom's vanishing weight is ``beta0`` on its face, an escaping expert ``a`` or ``b``)."""
+    d = measure.d
+    gate = {"beta0": measure.gate_params[..., :1]}
+    col = 1
+    if models.score_has_linear(measure.score):
+        gate["beta1"] = measure.gate_params[..., col:col + d]
+        col += d
+    if models.score_has_quadratic(measure.score):
+        gate["A"] = measure.gate_params[..., col:]
+    ex = measure.expert_params
+    expert = ({"a": ex[..., :d], "b": ex[..., d:]} if models.get_expert(measure.expert).has_slope
+              else {"b": ex})
+    out = {}
+    for name, values in {**gate, **expert}.items():
+        width = getattr(bounds, name)
+        flat = values.reshape(values.shape[0], -1).abs()
+        # the tolerance of _on_faces: AT_BOUND_RTOL of the box's width 2 * width
+        out[name] = (flat >= width * (1 - 2 * AT_BOUND_RTOL)).any(-1) if math.isfinite(width) \
+            else torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
+    return out

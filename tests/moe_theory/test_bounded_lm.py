@@ -7,7 +7,13 @@ import pytest
 import torch
 
 import moe_theory as mt
-from moe_theory.estimators.bounds import Bounds, box_bounds, resolve_bounds
+from moe_theory.estimators.bounds import (
+    Bounds,
+    at_bound,
+    box_bounds,
+    groups_at_bound,
+    resolve_bounds,
+)
 from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.settings import SMALL_ATOMS
 
@@ -51,6 +57,28 @@ def test_bounded_fit_stays_in_the_box_and_reports_the_active_bound(monkeypatch, 
     assert float(fit.proj_grad_max.max()) < 1e-6
     raw = problem.evaluate(problem.pack(fit.measure), gauss_newton=False).jtr
     assert float((2 * raw.abs().amax(-1) / X.shape[1]).min()) > 1e-5
+
+
+def test_groups_at_bound_names_the_group_on_its_face(tanh_problem):
+    truth, X, Y, init = tanh_problem
+    fit = mt.fit_lse(X, Y, 2, "sigmoid", "tanh", init=init, bounds=Bounds(b=B_BOX))
+    faces = groups_at_bound(fit.measure, Bounds(b=B_BOX))
+    # the fit above holds b on its face in every replication, nothing else has a box
+    assert list(faces) == ["beta0", "beta1", "a", "b"]
+    assert bool(faces["b"].all()) and not any(bool(faces[g].any()) for g in ("beta0", "beta1", "a"))
+    # an entry on the face of another group, in one replication: that group there, only
+    rows = torch.tensor(SMALL_ATOMS, dtype=torch.float64)[None].repeat(3, 1, 1)
+    rows[1, 0, 1] = -2.0  # beta1 of atom 0, replication 1, on the lower face
+    rows[2, 1, 0] = 2.0 * (1 - 1e-6)  # beta0 inside the box by more than the tolerance
+    measure = mt.MixingMeasure("sigmoid", "linear", "tanh", 2, rows[..., :3], rows[..., 3:])
+    faces = groups_at_bound(measure, Bounds(beta0=2.0, beta1=2.0))
+    assert faces["beta1"].tolist() == [False, True, False]
+    assert not bool(faces["beta0"].any()) and not bool(faces["b"].any())
+    # the same answer as the solvers' own test on the packed parameters
+    box = resolve_bounds(Bounds(beta0=2.0, beta1=2.0), score="linear", expert="tanh", d=2,
+                         k_free=2, k=2, R=3, device=torch.device("cpu"))
+    problem = LeastSquaresProblem(X[:1, :1], Y[:1, :1], "sigmoid", "linear", "tanh", 2, "torch")
+    assert at_bound(problem.pack(measure), box).tolist() == [False, True, False]
 
 
 def test_bounded_lm_agrees_with_scipys_bounded_solver(tanh_problem):

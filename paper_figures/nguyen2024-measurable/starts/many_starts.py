@@ -3,13 +3,16 @@
 
     python paper_figures/nguyen2024-measurable/starts/many_starts.py OUT.csv [--device cuda]
         [--gate softmax] [--n 10000,20000] [--reps 20] [--starts 64] [--block 16]
+        [--bound-scale 2]
 
 The sweep's own data, box and starts (moe_theory.sweep.shard_init with ``starts - 1`` extra
 starts: start s is seeded by (setting, seed, n, gate, s, rep), so the first 5 are the sweep's).
 Each start is fitted as its own problem (the data of a replication repeated for a block of
-starts, every start's fit kept), so that the table holds every start's SSR, losses and the
-weight of its lightest atom, and any set of starts can be judged afterwards (``--summary``:
-the table; ``--figure STEM``: the figure, from one or more tables):
+starts, every start's fit kept), so that the table holds every start's SSR, losses, the weight
+of its lightest atom and which parameter groups sit on the box (``--bound-scale`` changes the
+box, ``--n`` may go beyond the sweep's), and any set of starts can be judged afterwards
+(``--summary``: the table; ``--figure STEM``: the start study's figure, ``--n-figure STEM``
+the softmax fit against n and box; from one or more tables):
 
     python paper_figures/nguyen2024-measurable/starts/many_starts.py --summary OUT.csv
         [OUT2.csv] [--figure STEM]
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import time
 
 import matplotlib.pyplot as plt
@@ -26,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from moe_theory.config import load_config
-from moe_theory.estimators import box_bounds, fit_lse, starting_measures
+from moe_theory.estimators import box_bounds, fit_lse, groups_at_bound, starting_measures
 from moe_theory.plotting import GATE_COLORS, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
@@ -41,8 +45,11 @@ LOSSES = ("D3", "D1", "err_eta_over", "err_eta_exact", "err_beta1_exact")
 
 
 def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gate: str,
-                    config_name: str = CONFIG, setting_name: str = SETTING) -> pd.DataFrame:
+                    config_name: str = CONFIG, setting_name: str = SETTING,
+                    bound_scale: float | None = None) -> pd.DataFrame:
     config = dataclasses.replace(load_config(config_name), starts=starts - 1)
+    if bound_scale is not None:  # the box the data and starts are fitted in; they stay the sweep's
+        config = dataclasses.replace(config, bound_scale=float(bound_scale))
     setting = config.setting(setting_name)
     kind, ref = reference_measure(setting, gate, device=device)
     losses_kept = applicable_losses(setting, kind, LOSSES)
@@ -68,6 +75,7 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
         if gate == "softmax":  # exp(beta0) as a share of the gate
             weights = weights / weights.sum(-1, keepdim=True)
         losses = {name: voronoi_loss(fitted, ref.to(device="cpu"), name) for name in losses_kept}
+        on_face = groups_at_bound(fitted, box)
         for row in range(S * reps):
             rows.append({
                 "setting": setting.name, "gate": gate, "n": n, "rep": row % reps,
@@ -75,6 +83,8 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
                 "ssr": float(fit.fit_loss[row]) * n, "ref_ssr": float(fit.ref_loss[row]) * n,
                 **{name: float(v[row]) for name, v in losses.items()},
                 "w_min": float(weights[row].min()), "bound": bool(fit.bound_active[row]),
+                "bound_scale": config.bound_scale,
+                **{f"bound_{g}": bool(v[row]) for g, v in on_face.items()},
                 "stop": fit.stop_reason[row], "n_iter": int(fit.n_iter[row]),
                 "wall_s": wall / (S * reps)})
         print(f"n = {n}: starts {first}-{first + S - 1} in {wall:.1f} s", flush=True)
@@ -88,6 +98,25 @@ CURVES = (("sigmoid", "D3", -0.5), ("softmax", "err_eta_over", -0.25), ("softmax
           ("softmax", "D3", -0.5))
 
 
+def _with_scale(table: pd.DataFrame, scale: float = float("nan")) -> pd.DataFrame:
+    """Tables written before the box was a column (the 256- and 64-start ones) were fitted in
+    the config's box: ``scale`` where it is missing."""
+    if "bound_scale" in table:
+        return table.assign(bound_scale=table.bound_scale.fillna(scale))
+    return table.assign(bound_scale=scale)
+
+
+def read_tables(paths, scale: float) -> tuple[pd.DataFrame, int]:
+    """The tables at ``paths`` as one (``scale``: the box of those without the column), each
+    start-fit once: tables that share fits (a start of one n, box and replication is the same
+    problem in every table, from the same seeds) count it from the first table given. Returns
+    the table and how many rows were shared."""
+    table = pd.concat([_with_scale(pd.read_csv(path), scale) for path in paths],
+                      ignore_index=True)
+    shared = table.duplicated(["gate", "bound_scale", "n", "rep", "start"])
+    return table[~shared].reset_index(drop=True), int(shared.sum())
+
+
 def _first(d: pd.DataFrame, m: int, nu: float) -> tuple[pd.DataFrame, pd.Series]:
     """The kept fit of every replication when only the first m starts are run, and how many
     of those m starts end within nu of its SSR."""
@@ -98,19 +127,25 @@ def _first(d: pd.DataFrame, m: int, nu: float) -> tuple[pd.DataFrame, pd.Series]
 
 
 def summary(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
-    """Per gate, n and number m of starts (the first m): fits whose best SSR a second start
-    reaches within nu, the best start's median losses and lightest weight, and its SSR above
-    the best of all starts (mean, in nu)."""
+    """Per gate, box (``bound_scale``), n and number m of starts (the first m; the sizes up to
+    the table's starts, and all of them): fits whose best SSR a second start reaches within nu,
+    the best start's median losses and lightest weight, its SSR above the best of all starts
+    (mean, in nu), the share of kept fits on the box and, where the table records it, on each
+    group's face (``box_beta0``: an atom's weight sent to the box)."""
     out = []
-    for (gate, n), d in table.groupby(["gate", "n"]):
+    table = _with_scale(table)
+    faces = [c for c in table.columns if c.startswith("bound_") and c != "bound_scale"]
+    for (gate, scale, n), d in table.groupby(["gate", "bound_scale", "n"], dropna=False):
         best_all = d.groupby("rep").ssr.min()
-        for m in sizes:
-            if d.start.nunique() < m:
-                continue
+        total = d.start.nunique()
+        for m in sorted({m for m in sizes if m <= total} | ({total} if total > min(sizes) else set())):
             kept, near = _first(d, m, nu)
-            out.append({"gate": gate, "n": n, "starts": m, "second_start": float((near >= 2).mean()),
+            out.append({"gate": gate, "bound_scale": scale, "n": n, "starts": m,
+                        "second_start": float((near >= 2).mean()),
                         "gap_nu": float(((kept.ssr - best_all) / nu).mean()),
                         "on_box": float(kept.bound.mean()),
+                        **{f"box_{c[6:]}": float(kept[c].mean()) for c in faces
+                           if kept[c].notna().all()},
                         **{name: float(kept[name].median()) for name in LOSSES
                            if name in kept and kept[name].notna().any()},
                         "w_min": float(kept.w_min.median())})
@@ -119,23 +154,31 @@ def summary(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
 
 def slopes(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
     """The slope (rates.fit_rate: log-mean OLS, bootstrap 95% CI, box fits dropped) of every
-    curve of ``CURVES`` when each fit keeps the best of its first m starts."""
+    curve of ``CURVES`` per box when each fit keeps the best of its first m starts (``sizes``
+    and every n's own number of starts), over the n fitted from at least m starts (3 or more)."""
     out = []
-    for gate, loss, theory in CURVES:
-        d = table[table.gate == gate]
-        if d.empty or loss not in d or d[loss].isna().all():
+    table = _with_scale(table)
+    for (gate, loss, theory), (scale, d) in itertools.product(
+            CURVES, table.groupby("bound_scale", dropna=False)):
+        d = d[d.gate == gate]
+        if loss not in d or d[loss].isna().all():
             continue
-        for m in sizes:
-            if d.start.nunique() < m:
+        starts_per_n = d.groupby("n").start.nunique()
+        for m in sorted(set(sizes) | set(starts_per_n)):
+            # the n fitted from at least m starts (tables of different n may hold different
+            # numbers of starts)
+            ns_m = starts_per_n.index[starts_per_n >= m]
+            if len(ns_m) < 3:
                 continue
             ns, values, bound = [], [], []
-            for n, dn in d.groupby("n"):
-                kept, _ = _first(dn, m, nu)
+            for n in ns_m:
+                kept, _ = _first(d[d.n == n], m, nu)
                 ns.append(n)
                 values.append(kept[loss].to_numpy())
                 bound.append(kept.bound.to_numpy())
             fit = fit_rate(np.array(ns, float), values, bound_per_n=bound)
-            out.append({"gate": gate, "loss": loss, "theory": theory, "starts": m,
+            out.append({"gate": gate, "loss": loss, "theory": theory, "bound_scale": scale,
+                        "starts": m, "n_min": min(ns), "n_max": max(ns), "n_count": len(ns),
                         "slope": fit.slope, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
                         "slope_median": fit.median.slope, "dropped": fit.n_dropped})
     return pd.DataFrame(out)
@@ -192,11 +235,66 @@ def figure(table: pd.DataFrame, nu: float, stem: str) -> list:
     return paths
 
 
+#: the larger set of starts of the n figure (the 10^7 tables hold 8)
+MANY = 16
+
+
+def n_figure(table: pd.DataFrame, nu: float, stem: str) -> list:
+    """The softmax fit against n, one line per box and per set of starts (the sweep's 5, and
+    16, or all the table holds at an n with fewer): the share of fits whose best SSR a second
+    start reaches, the share of kept fits on the box, and the over-specified expert error's and
+    D1's medians. The same number of starts at every n, so that no line's trend is one of
+    starts."""
+    d = summary(table[table.gate == "softmax"], nu, sizes=(5, MANY))
+    first = d[d.starts == 5]
+    last = d[d.starts <= MANY]
+    last = last.loc[last.groupby(["bound_scale", "n"]).starts.idxmax()]
+    color = GATE_COLORS["softmax"]
+    with use_style():
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+        for scale, dash in ((10.0, "-"), (2.0, "--")):
+            for rows, marker, words in ((first, "o", "5 starts"), (last, "s", f"{MANY} starts")):
+                r = rows[rows.bound_scale == scale].sort_values("n")
+                if r.empty:
+                    continue
+                style = dict(ls=dash, marker=marker, color=color, ms=4,
+                             mfc=color if marker == "s" else "white",
+                             label=f"box {scale:g}x, {words}")
+                axes[0].plot(r.n, r.second_start, **style)
+                axes[1].plot(r.n, r.on_box, **style)
+                axes[2].plot(r.n, r.err_eta_over, **style)
+                if marker == "s":
+                    axes[2].plot(r.n, r.D1, ls=dash, marker="^", color="0.35", ms=4, mfc="white",
+                                 label=f"$D_1$, box {scale:g}x, {MANY} starts")
+        axes[0].axhline(0.95, color="0.4", lw=0.8, ls=":", label="certificate's bar (95%)")
+        axes[0].set(ylabel="fits whose best SSR a second\nstart reaches within $\\nu$",
+                    ylim=(0, 1.05), title="Is the least-squares fit found twice?")
+        axes[1].set(ylabel="kept fits with a parameter on the box\n(an atom's $\\beta_0$ wherever recorded)",
+                    ylim=(-0.03, 1.0), title="Does the box hold the fit?")
+        n = np.array(sorted(d.n.unique()), float)
+        guide = last[last.bound_scale == 10.0].sort_values("n").err_eta_over.iloc[0] * (n / n[0]) ** -0.25
+        axes[2].plot(n, guide, color="0.4", lw=0.8, ls=":", label="$n^{-1/4}$ (theory, over-specified)")
+        axes[2].set(yscale="log", ylabel="median over 20 data sets",
+                    title="Over-specified expert error (orange)\nand $D_1$ (grey) of the kept fit")
+        for ax in axes:
+            ax.set_xscale("log")
+            ax.set_xlabel("n")
+            ax.legend(fontsize=6.5, loc="best")
+        fig.suptitle("nguyen2024-measurable, ReLU experts, softmax fit: 20 data sets per n; "
+                     f"{MANY} starts: the first {MANY} of each data set's (8 at $10^7$) "
+                     "(a study: no certificates)")
+        paths = save_figure(fig, stem)
+        plt.close(fig)
+    return paths
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", nargs="+", help="the table to write (one), or tables to read")
     p.add_argument("--summary", action="store_true")
     p.add_argument("--figure", metavar="STEM", help="with --summary: draw STEM.png and .pdf")
+    p.add_argument("--n-figure", metavar="STEM",
+                   help="with --summary: the softmax fit against n and box (STEM.png and .pdf)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--gate", default="softmax", choices=("sigmoid", "softmax"))
     p.add_argument("--config", default=CONFIG, help="the sweep config whose data and starts")
@@ -205,17 +303,22 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--starts", type=int, default=64)
     p.add_argument("--block", type=int, default=16)
+    p.add_argument("--bound-scale", type=float, help="the box's multiple (default the config's)")
     args = p.parse_args()
-    nu = load_config(args.config).setting(args.setting).noise_var
+    config = load_config(args.config)
+    nu = config.setting(args.setting).noise_var
     if not args.summary:
         if len(args.out) != 1:
             raise SystemExit("out: give one table to write")
         tables = []
         for n in (int(v) for v in args.n.split(",")):
             tables.append(fit_every_start(n, args.reps, args.starts, args.block, args.device,
-                                          args.gate, args.config, args.setting))
+                                          args.gate, args.config, args.setting,
+                                          args.bound_scale))
             pd.concat(tables).to_csv(args.out[0], index=False)
-    table = pd.concat([pd.read_csv(path) for path in args.out], ignore_index=True)
+    table, shared = read_tables(args.out, config.bound_scale)
+    if shared:
+        print(f"{shared} start-fits held by two tables counted once (the first table's)")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary(table, nu).round(3).to_string(index=False))
         print(slopes(table, nu).round(3).to_string(index=False))
@@ -223,6 +326,9 @@ def main() -> None:
               "the sweep's curves are in the folder's rates.txt)")
     if args.figure:
         for path in figure(table, nu, args.figure):
+            print(path)
+    if args.n_figure:
+        for path in n_figure(table, nu, args.n_figure):
             print(path)
 
 
