@@ -58,9 +58,11 @@ MODEL = dict(gate="sigmoid", score="linear", expert="relu")
 DEVICE = "cuda"
 
 GRADIENT_VARIANTS = tuple(
-    LaunchConfig(block_n=b, num_warps=w, num_stages=1, waves=v, split=sp)
-    for b, w, sp, v in ((128, 4, 1, 8), (64, 4, 2, 8), (64, 4, 2, 16), (128, 8, 2, 16),
-                        (32, 4, 4, 16), (64, 4, 2, 32))
+    LaunchConfig(block_n=b, num_warps=w, num_stages=1, waves=v, split=sp, maxnreg=r)
+    for b, w, sp, v, r in ((128, 4, 1, 8, None), (64, 4, 2, 8, None), (64, 4, 2, 16, None),
+                           (128, 8, 2, 16, None), (32, 4, 4, 16, None), (64, 4, 2, 32, None),
+                           # registers capped: more warps per scheduler to hide latency
+                           (64, 4, 2, 16, 168), (64, 4, 2, 24, 128), (32, 4, 4, 24, 128))
 )
 GN_VARIANTS = tuple(
     LaunchConfig(block_n=b, num_warps=w, num_stages=s, tile_max=t, waves=v)
@@ -468,7 +470,8 @@ def _print_variants(variants: list[dict]) -> None:
     for v in variants:
         c = v["config"]
         print(f"  variant bn={c['block_n']} w={c['num_warps']} s={c['num_stages']} "
-              f"tile={c['tile_max']} waves={c['waves']} acc3={c['acc3']} split={c['split']}: "
+              f"tile={c['tile_max']} waves={c['waves']} acc3={c['acc3']} split={c['split']} "
+              f"maxnreg={c.get('maxnreg')}: "
               f"{v['ms']:.4f} ms",
               flush=True)
 
@@ -531,11 +534,30 @@ def _jobs(tune: bool, check: bool, quick: bool) -> list[tuple]:
     return sorted(jobs, key=str)
 
 
+def _profile_target(shape: str) -> int:
+    """The float32 loss + gradient pass at ``R,n,d,k``, compiled, then called 5 times and
+    synchronised: a target for ``ncu`` (kernels/moe/NOTES.md: the profile of the pass)."""
+    try:
+        R, n, d, k = (int(v) for v in shape.split(","))
+    except ValueError:
+        print(f"--profile: expected R,n,d,k (four integers), got {shape!r}", file=sys.stderr)
+        return 2
+    X, Y, gp, ep = _problem(R, n, d, k, torch.float32)
+    ex = models.get_expert(MODEL["expert"])
+    for _ in range(5):
+        triton_moe_pass(X, Y, gp, ep, **{**MODEL, "expert": ex}, gauss_newton=False)
+    torch.cuda.synchronize()
+    print(f"profiled (R, n, d, k) = {(R, n, d, k)}, 5 calls")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write the JSON if asked."""
     if not torch.cuda.is_available():
         print("the moe benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
+    if args.profile:
+        return _profile_target(args.profile)
     prov = provenance(DEVICE)
     path = output_path(args, "moe", prov, label="quick" if args.quick else None)
 
@@ -588,4 +610,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="also check every gate, score and expert on the GPU")
     p.add_argument("--precision", action="store_true",
                    help="also fit by Levenberg-Marquardt with J^T J in each precision")
+    p.add_argument("--profile", metavar="R,n,d,k",
+                   help="only call the float32 loss + gradient pass 5 times at this shape "
+                        "(a target for ncu) and exit")
     p.set_defaults(run=run)

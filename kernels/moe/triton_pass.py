@@ -219,6 +219,10 @@ class LaunchConfig:
     #: H100, (20, 1e5, 32, 9): cuBLAS 33.8 ms float64 (17.2 ms with the feature pairs kept by
     #: the fit), 19.5 ms tf32; Triton (per-feature layout) 35.6 / 16.3 ms (NOTES.md, run 7)
     gram: str = "torch"
+    #: cap on registers per thread (ptxas ``maxnreg``; None: the compiler's choice). The d = 8,
+    #: k = 8 gradient kernel takes 198 registers, which leaves 2 warps per scheduler (NOTES.md,
+    #: the profile of the pass)
+    maxnreg: int | None = None
 
 
 def default_config(gate: str, score: str, expert: str, d: int, k: int, *, gauss_newton: bool,
@@ -475,6 +479,7 @@ def triton_moe_pass(
         PRECISION="tf32x3" if fp32_gpu else "ieee",
         BN=cfg.block_n, DP=lay.DP, KP=lay.KP, QP=lay.QP,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )
     sizes = (n, tiles_per_prog, n_split)
     common.update(d=d, k=k, kf=lay.kf, pg=lay.pg, pe=lay.pe, p=p_out, qoff=lay.qoff, nq=lay.nq)
