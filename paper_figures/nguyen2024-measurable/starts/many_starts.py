@@ -3,7 +3,7 @@
 
     python paper_figures/nguyen2024-measurable/starts/many_starts.py OUT.csv [--device cuda]
         [--gate softmax] [--n 10000,20000] [--reps 20] [--starts 64] [--block 16]
-        [--bound-scale 2]
+        [--bound-scale 2] [--max-iter 2000]
 
 The sweep's own data, box and starts (moe_theory.sweep.shard_init with ``starts - 1`` extra
 starts: start s is seeded by (setting, seed, n, gate, s, rep), so the first 5 are the sweep's).
@@ -34,7 +34,9 @@ from moe_theory.estimators import box_bounds, fit_lse, groups_at_bound, starting
 from moe_theory.plotting import GATE_COLORS, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
+from moe_theory.settings import get_setting
 from moe_theory.sweep import applicable_losses, reference_split, shard_data, shard_init
+from moe_theory.theory import predicted_rate
 from moe_theory.voronoi import voronoi_loss
 
 CONFIG, SETTING = "nguyen2024-measurable", "nguyen2024-measurable-relu"
@@ -46,10 +48,15 @@ LOSSES = ("D3", "D1", "err_eta_over", "err_eta_exact", "err_beta1_exact")
 
 def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gate: str,
                     config_name: str = CONFIG, setting_name: str = SETTING,
-                    bound_scale: float | None = None) -> pd.DataFrame:
+                    bound_scale: float | None = None, max_iter: int | None = None
+                    ) -> pd.DataFrame:
     config = dataclasses.replace(load_config(config_name), starts=starts - 1)
-    if bound_scale is not None:  # the box the data and starts are fitted in; they stay the sweep's
+    # the box the data and starts are fitted in, and the iteration cap; both stay the sweep's
+    # unless given (the data and starts do not depend on them)
+    if bound_scale is not None:
         config = dataclasses.replace(config, bound_scale=float(bound_scale))
+    if max_iter is not None:
+        config = dataclasses.replace(config, max_iter=int(max_iter))
     setting = config.setting(setting_name)
     kind, ref = reference_measure(setting, gate, device=device)
     losses_kept = applicable_losses(setting, kind, LOSSES)
@@ -83,7 +90,7 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
                 "ssr": float(fit.fit_loss[row]) * n, "ref_ssr": float(fit.ref_loss[row]) * n,
                 **{name: float(v[row]) for name, v in losses.items()},
                 "w_min": float(weights[row].min()), "bound": bool(fit.bound_active[row]),
-                "bound_scale": config.bound_scale,
+                "bound_scale": config.bound_scale, "max_iter": config.max_iter,
                 **{f"bound_{g}": bool(v[row]) for g, v in on_face.items()},
                 "stop": fit.stop_reason[row], "n_iter": int(fit.n_iter[row]),
                 "wall_s": wall / (S * reps)})
@@ -93,17 +100,34 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
 
 #: numbers of starts judged: the sweep's 5, then about doubling
 SIZES = (5, 9, 17, 33, 64, 128, 256)
-#: the curves whose slope is followed as starts are added: (gate, loss, theory exponent)
+#: the curves whose slope is followed as starts are added: (gate, loss, theory exponent of the
+#: measurable N24 setting; a table that names its setting gets that setting's, predicted_rate)
 CURVES = (("sigmoid", "D3", -0.5), ("softmax", "err_eta_over", -0.25), ("softmax", "D1", -0.5),
           ("softmax", "D3", -0.5))
 
 
+def _theory(d: pd.DataFrame, gate: str, loss: str, default: float) -> float:
+    """The theory table's exponent for the curve of the table's setting (NaN for no
+    prediction); ``default`` for tables without a setting column."""
+    if "setting" not in d or d.setting.nunique() != 1:
+        return default
+    setting = get_setting(d.setting.iloc[0])
+    rate = predicted_rate(gate, setting.score, setting.regime, setting.expert, loss,
+                          setting.reference_kind(gate))
+    return float("nan") if rate.exponent is None else rate.exponent
+
+
 def _with_scale(table: pd.DataFrame, scale: float = float("nan")) -> pd.DataFrame:
     """Tables written before the box was a column (the 256- and 64-start ones) were fitted in
-    the config's box: ``scale`` where it is missing."""
+    the config's box: ``scale`` where it is missing. The iteration cap, a later column, is NaN
+    where missing (those tables ran the config's)."""
     if "bound_scale" in table:
-        return table.assign(bound_scale=table.bound_scale.fillna(scale))
-    return table.assign(bound_scale=scale)
+        table = table.assign(bound_scale=table.bound_scale.fillna(scale))
+    else:
+        table = table.assign(bound_scale=scale)
+    if "max_iter" not in table:
+        table = table.assign(max_iter=float("nan"))
+    return table
 
 
 def read_tables(paths, scale: float) -> tuple[pd.DataFrame, int]:
@@ -113,7 +137,7 @@ def read_tables(paths, scale: float) -> tuple[pd.DataFrame, int]:
     the table and how many rows were shared."""
     table = pd.concat([_with_scale(pd.read_csv(path), scale) for path in paths],
                       ignore_index=True)
-    shared = table.duplicated(["gate", "bound_scale", "n", "rep", "start"])
+    shared = table.duplicated(["gate", "bound_scale", "max_iter", "n", "rep", "start"])
     return table[~shared].reset_index(drop=True), int(shared.sum())
 
 
@@ -127,23 +151,28 @@ def _first(d: pd.DataFrame, m: int, nu: float) -> tuple[pd.DataFrame, pd.Series]
 
 
 def summary(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
-    """Per gate, box (``bound_scale``), n and number m of starts (the first m; the sizes up to
-    the table's starts, and all of them): fits whose best SSR a second start reaches within nu,
-    the best start's median losses and lightest weight, its SSR above the best of all starts
-    (mean, in nu), the share of kept fits on the box and, where the table records it, on each
-    group's face (``box_beta0``: an atom's weight sent to the box)."""
+    """Per gate, box (``bound_scale``), iteration cap, n and number m of starts (the first m;
+    the sizes up to the table's starts, and all of them): fits whose best SSR a second start
+    reaches within nu, the best start's median losses and lightest weight, its SSR above the
+    best of all starts (mean, in nu), the share of kept fits stopped on a tolerance and on the
+    box and, where the table records it, on each group's face (``box_beta0``: an atom's weight
+    sent to the box)."""
     out = []
     table = _with_scale(table)
     faces = [c for c in table.columns if c.startswith("bound_") and c != "bound_scale"]
-    for (gate, scale, n), d in table.groupby(["gate", "bound_scale", "n"], dropna=False):
+    for (gate, scale, cap, n), d in table.groupby(["gate", "bound_scale", "max_iter", "n"],
+                                                 dropna=False):
         best_all = d.groupby("rep").ssr.min()
         total = d.start.nunique()
         for m in sorted({m for m in sizes if m <= total} | ({total} if total > min(sizes) else set())):
             kept, near = _first(d, m, nu)
-            out.append({"gate": gate, "bound_scale": scale, "n": n, "starts": m,
+            out.append({"gate": gate, "bound_scale": scale, "max_iter": cap, "n": n, "starts": m,
                         "second_start": float((near >= 2).mean()),
                         "gap_nu": float(((kept.ssr - best_all) / nu).mean()),
                         "on_box": float(kept.bound.mean()),
+                        # kept fits stopped on a tolerance, not the cap (the converged certificate)
+                        **({"on_tolerance": float((kept.stop == "tolerance").mean())}
+                           if "stop" in kept else {}),
                         **{f"box_{c[6:]}": float(kept[c].mean()) for c in faces
                            if kept[c].notna().all()},
                         **{name: float(kept[name].median()) for name in LOSSES
@@ -158,8 +187,8 @@ def slopes(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
     and every n's own number of starts), over the n fitted from at least m starts (3 or more)."""
     out = []
     table = _with_scale(table)
-    for (gate, loss, theory), (scale, d) in itertools.product(
-            CURVES, table.groupby("bound_scale", dropna=False)):
+    for (gate, loss, theory), ((scale, cap), d) in itertools.product(
+            CURVES, table.groupby(["bound_scale", "max_iter"], dropna=False)):
         d = d[d.gate == gate]
         if loss not in d or d[loss].isna().all():
             continue
@@ -177,8 +206,9 @@ def slopes(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
                 values.append(kept[loss].to_numpy())
                 bound.append(kept.bound.to_numpy())
             fit = fit_rate(np.array(ns, float), values, bound_per_n=bound)
-            out.append({"gate": gate, "loss": loss, "theory": theory, "bound_scale": scale,
-                        "starts": m, "n_min": min(ns), "n_max": max(ns), "n_count": len(ns),
+            out.append({"gate": gate, "loss": loss, "theory": _theory(d, gate, loss, theory),
+                        "bound_scale": scale,
+                        "max_iter": cap, "starts": m, "n_min": min(ns), "n_max": max(ns), "n_count": len(ns),
                         "slope": fit.slope, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
                         "slope_median": fit.median.slope, "dropped": fit.n_dropped})
     return pd.DataFrame(out)
@@ -304,6 +334,7 @@ def main() -> None:
     p.add_argument("--starts", type=int, default=64)
     p.add_argument("--block", type=int, default=16)
     p.add_argument("--bound-scale", type=float, help="the box's multiple (default the config's)")
+    p.add_argument("--max-iter", type=int, help="the iteration cap (default the config's)")
     args = p.parse_args()
     config = load_config(args.config)
     nu = config.setting(args.setting).noise_var
@@ -314,7 +345,7 @@ def main() -> None:
         for n in (int(v) for v in args.n.split(",")):
             tables.append(fit_every_start(n, args.reps, args.starts, args.block, args.device,
                                           args.gate, args.config, args.setting,
-                                          args.bound_scale))
+                                          args.bound_scale, args.max_iter))
             pd.concat(tables).to_csv(args.out[0], index=False)
     table, shared = read_tables(args.out, config.bound_scale)
     if shared:
