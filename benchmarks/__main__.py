@@ -21,6 +21,7 @@ from benchmarks import (
     lm_parts,
     memory_check,
     moe,
+    sass,
     shared_memory,
     sweep_scaling,
     warm_start,
@@ -28,7 +29,7 @@ from benchmarks import (
 
 SUBCOMMANDS = (moe, attention, fit_profile, fit_agreement, lm_parts, memory_check, sweep_scaling,
                compare_tables, gpu_tests, certified_figure, shared_memory, data_draw,
-               warm_start)
+               warm_start, sass)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from benchmarks.output import gpu_label, result_path, write_json
 
 NAMES = ("moe", "attention", "fit-profile", "fit-agreement", "lm-parts", "memory-check",
          "sweep-scaling", "compare-tables", "gpu-tests", "certified-figure", "shared-memory",
-         "data-draw", "warm-start")
+         "data-draw", "warm-start", "sass")
 
 
 def test_every_benchmark_is_a_subcommand():
@@ -270,3 +270,31 @@ def test_certified_point_draws_its_data_in_blocks(monkeypatch):
     X, Y = certified_figure._blocked_data(config, setting, 300, "cpu")
     X1, Y1 = shard_data(config, setting, 300, 0, config.reps, "cpu")
     assert X.shape[0] == config.reps > 2 and torch.equal(X, X1) and torch.equal(Y, Y1)
+
+
+def test_sass_counts_the_sample_loop_of_the_gradient_kernel(tmp_path):
+    """Compiled for sm_90 with Triton's own ptxas, no GPU (in a process without the interpreter
+    the tests run under): the loop holds the sigmoid's exponentials (MUFU) and the contractions'
+    multiply-adds, and per sample it costs the loop's instructions times the program's threads
+    over its samples."""
+    from benchmarks import sass
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "s.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "sass", "--d", "2", "--k", "2",
+                           "--json", str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "per sample" in done.stdout
+    saved = json.loads(out.read_text())
+    mix, launch = saved["loop_mix"], saved["launch"]
+    assert mix["MUFU"] >= 2 and mix["FFMA"] > 0 and mix["BRA"] == 1
+    assert launch["d"] == 2 and launch["SPLIT"] >= 1 and launch["registers"] > 0
+    per_thread = saved["loop_instructions_per_thread"]
+    assert per_thread == sum(mix.values())
+    assert saved["loop_instructions_per_sample"] == pytest.approx(
+        per_thread * 32 * launch["num_warps"] / launch["BN"])
+    # a straight-line program has no loop
+    assert not sass.loop_mix("        /*0000*/                   EXIT ;\n")
+    # under the interpreter there is no compiler: said, not a traceback
+    assert main(["sass", "--d", "2", "--k", "2"]) == 2
