@@ -1,5 +1,6 @@
-"""The MoE gradient kernel's machine code, without a GPU: compile ``_moe_grad_kernel`` for a
-Hopper target with Triton's bundled ptxas and count the instructions of its sample loop.
+"""The MoE gradient kernel's machine code, without a GPU: compile the loss + gradient pass's
+launch of ``_moe_grad_kernel`` for sm_90 with Triton's bundled ptxas and count the instructions
+of its sample loop.
 
     python -m benchmarks sass [--d 8] [--k 8] [--gate sigmoid] [--score linear]
         [--expert relu] [--dtype float32] [--block-n 64 --num-warps 4 --split 2] [--json PATH]
@@ -22,17 +23,11 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks import shared_memory
 from benchmarks.output import add_output_arguments, output_path, write_json
-from kernels.moe.model import check_expert
-from kernels.moe.triton_kernels import _moe_grad_kernel
-from kernels.moe.triton_pass import _layout, default_config, grad_flags, launch_constants
+from kernels.moe.triton_pass import default_config
 from moe_theory.provenance import provenance
 
-#: pointer arguments of the kernel, in order, and the dtype each takes (``x``: the data's)
-POINTERS = (("X", "x"), ("Y", "x"), ("GP", "x"), ("EP", "x"), ("IU", "i32"), ("IV", "i32"),
-            ("QC", "x"), ("OUT_G", "fp64"), ("U", "x"), ("ROWS", "x"))
-RUNTIME = ("n", "tiles_per_prog", "n_split")
-DTYPES = {"float32": "fp32", "float64": "fp64"}
 _LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", re.M)
 
 
@@ -43,33 +38,19 @@ def _tool(name: str) -> str:
 
 
 def compile_sass(gate: str, score: str, expert: str, d: int, k: int, dtype: str, *,
-                 arch: int = 90, block_n: int | None = None, num_warps: int | None = None,
+                 block_n: int | None = None, num_warps: int | None = None,
                  split: int | None = None) -> tuple[str, dict]:
-    """SASS of ``_moe_grad_kernel`` (loss + ``J^T r``) for ``sm_<arch>`` and the arguments it
-    was compiled with: the launch of ``triton_moe_pass`` on a GPU, with ``default_config`` unless
-    a block size is given."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """SASS of the loss + ``J^T r`` pass's kernel for sm_90 and the arguments it was compiled
+    with: ``triton_moe_pass``'s own launch, captured on the CPU and bound as on a GPU
+    (``benchmarks/shared_memory.py``), with ``default_config`` unless a block size is given."""
     cfg = default_config(gate, score, expert, d, k, gauss_newton=False)
     cfg = dataclasses.replace(cfg, **{name: value for name, value in
                                       (("block_n", block_n), ("num_warps", num_warps),
                                        ("split", split)) if value is not None})
-    lay = _layout(gate, score, check_expert(expert), d, k, cfg.tile_max)
-    args = launch_constants(lay, cfg, d=d, k=k, p_out=lay.p, fp32_gpu=dtype == "float32")
-    args.update(grad_flags(lay, cfg, jacobian=True, gram=False, with_rows=False))
-    options = {name: args.pop(name) for name in ("num_warps", "num_stages", "maxnreg")
-               if name in args}
-    x = DTYPES[dtype]
-    signature = {name: "*" + (x if kind == "x" else kind) for name, kind in POINTERS}
-    signature.update({name: "i32" for name in RUNTIME})
-    signature.update({name: "constexpr" for name in args})
-    names = _moe_grad_kernel.arg_names
-    constants = {(names.index(name),): value for name, value in args.items()}
-    kernel = triton.compile(ASTSource(fn=_moe_grad_kernel, signature=signature,
-                                      constexprs=constants),
-                            target=GPUTarget("cuda", arch, 32), options=options)
+    point = dict(gate=gate, score=score, expert=expert, d=d, k=k, dtype=dtype, kernel="gradient",
+                 config=dataclasses.asdict(cfg))
+    launch = shared_memory.capture(point, gauss_newton=False)
+    kernel = shared_memory.compile_launch(launch)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
         with open(cubin, "wb") as f:
@@ -79,7 +60,7 @@ def compile_sass(gate: str, score: str, expert: str, d: int, k: int, dtype: str,
         usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", cubin], check=True,
                                capture_output=True, text=True).stdout
     registers = re.search(r"REG:(\d+)", usage)
-    return sass, dict(args, **options, registers=int(registers.group(1)) if registers else None)
+    return sass, dict(launch["kwargs"], registers=int(registers.group(1)) if registers else None)
 
 
 def loop_mix(sass: str) -> collections.Counter:
@@ -103,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
               "run without it", file=sys.stderr)
         return 2
     sass, launch = compile_sass(args.gate, args.score, args.expert, args.d, args.k, args.dtype,
-                                arch=args.arch, block_n=args.block_n, num_warps=args.num_warps,
-                                split=args.split)
+                                block_n=args.block_n, num_warps=args.num_warps, split=args.split)
     mix = loop_mix(sass)
     per_thread = sum(mix.values())
     if per_thread == 0:
@@ -114,18 +94,18 @@ def run(args: argparse.Namespace) -> int:
     threads = 32 * launch["num_warps"]
     per_sample = per_thread * threads / launch["BN"]
     results = {"shape": dict(gate=args.gate, score=args.score, expert=args.expert, d=args.d,
-                             k=args.k, dtype=args.dtype, arch=args.arch),
+                             k=args.k, dtype=args.dtype, arch=shared_memory.TARGET[1]),
                "launch": launch,
                "loop_instructions_per_thread": per_thread,
                "loop_instructions_per_sample": per_sample, "loop_mix": dict(mix.most_common())}
     print(f"{args.gate} {args.score} {args.expert}, d = {args.d}, k = {args.k}, {args.dtype}, "
-          f"sm_{args.arch}: BN {launch['BN']}, {launch['num_warps']} warps, split "
+          f"sm_{shared_memory.TARGET[1]}: BN {launch['BN']}, {launch['num_warps']} warps, split "
           f"{launch['SPLIT']}, {launch['registers']} registers")
     print(f"sample loop: {per_thread} instructions per thread per tile = {per_sample:.0f} per "
           f"sample")
     print("  " + ", ".join(f"{op} {count}" for op, count in mix.most_common()))
     prov = provenance("cpu")
-    write_json(output_path(args, "sass", prov, label=f"sm{args.arch}"), dict(results, provenance=prov))
+    write_json(output_path(args, "sass", prov), dict(results, provenance=prov))
     return 0
 
 
@@ -140,8 +120,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--expert", default="relu")
     p.add_argument("--d", type=int, default=8)
     p.add_argument("--k", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    p.add_argument("--arch", type=int, default=90, help="compute capability (90: Hopper)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--block-n", type=int)
     p.add_argument("--num-warps", type=int)
     p.add_argument("--split", type=int)

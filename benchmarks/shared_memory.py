@@ -113,10 +113,12 @@ def points() -> list[dict]:
     return out
 
 
-def capture(point: dict) -> dict:
+def capture(point: dict, gauss_newton: bool | None = None) -> dict:
     """The arguments of ``point``'s launch on a GPU, JSON-ready: the launcher runs on CPU tensors
     and a stand-in for the kernel records its call. The dtype-dependent precisions a GPU launch
-    picks (the launcher picks ieee off the GPU) are set as on an H100/H200."""
+    picks (the launcher picks ieee off the GPU) are set as on an H100/H200. ``gauss_newton``:
+    the pass asked for (default: as a Gauss-Newton step calls the point's kernel; False: the
+    loss + ``J^T r`` pass alone)."""
     from kernels.moe import model
     from kernels.moe import triton_pass as tp
 
@@ -134,8 +136,10 @@ def capture(point: dict) -> dict:
     tp._moe_gn_kernel, tp._moe_grad_kernel = _StandIn("_moe_gn_kernel"), _StandIn("_moe_grad_kernel")
     try:
         # the gradient kernel: with U (Gram route) for linear scores, J^T r alone otherwise
+        if gauss_newton is None:
+            gauss_newton = gn or not model.score_has_quadratic(score)
         tp.triton_moe_pass(X, Y, gp, ep, gate=gate, score=score, expert=ex, config=config,
-                           gauss_newton=gn or not model.score_has_quadratic(score))
+                           gauss_newton=gauss_newton)
     except _Captured as launch:
         kwargs = {name: _encode(v) for name, v in launch.kwargs.items()}
         if dtype == torch.float32:  # as triton_moe_pass on a GPU (fp32_gpu)
@@ -158,14 +162,10 @@ def compile_key(launch: dict) -> str:
     return json.dumps([launch["kernel"], args, sorted(launch["kwargs"].items())])
 
 
-def compile_shared(launch: dict, full: bool = False) -> int:
-    """``metadata.shared`` of ``launch`` compiled for sm_90 by the Triton first on ``sys.path``:
-    the kernel's own argument binder specialises the arguments as a launch would (tensors are
-    16-byte aligned CPU stand-ins), and the compiler's stages run up to Triton's shared-memory
-    allocation (``ttg.shared``, what the launcher checks against the device): the lowering to
-    LLVM, PTX and ptxas, most of the time of a large kernel, would not change it (``full``: run
-    the lowering too, the check of :func:`_allocated`)."""
-    from triton._C.libtriton import ir
+def _bound(launch: dict):
+    """``launch``'s kernel, bound as a GPU launch binds it: ``(jit, backend, target, source,
+    options)``. The kernel's own argument binder specialises the arguments (tensors are 16-byte
+    aligned CPU stand-ins)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
@@ -182,8 +182,29 @@ def compile_shared(launch: dict, full: bool = False) -> int:
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound, specialization,
                                                            options)
+    return jit, backend, target, ASTSource(jit, signature, constexprs, attrs), options
+
+
+def compile_launch(launch: dict):
+    """``launch`` compiled for sm_90 to the end (cubin included) by the Triton first on
+    ``sys.path``, as :func:`compile_shared` binds it (``benchmarks/sass.py`` reads its code)."""
+    import triton
+
+    _, _, target, src, options = _bound(launch)
+    return triton.compile(src, target=target, options=options.__dict__)
+
+
+def compile_shared(launch: dict, full: bool = False) -> int:
+    """``metadata.shared`` of ``launch`` compiled for sm_90 by the Triton first on ``sys.path``:
+    the kernel's own argument binder specialises the arguments as a launch would (tensors are
+    16-byte aligned CPU stand-ins), and the compiler's stages run up to Triton's shared-memory
+    allocation (``ttg.shared``, what the launcher checks against the device): the lowering to
+    LLVM, PTX and ptxas, most of the time of a large kernel, would not change it (``full``: run
+    the lowering too, the check of :func:`_allocated`)."""
+    from triton._C.libtriton import ir
+
+    _, backend, target, src, options = _bound(launch)
     # triton.compile's pipeline (triton/compiler/compiler.py), without its cache and last stages
-    src = ASTSource(jit, signature, constexprs, attrs)
     options = backend.parse_options(options.__dict__)
     metadata = {"target": target, **options.__dict__}
     stages: dict = {}

@@ -243,34 +243,6 @@ def default_config(gate: str, score: str, expert: str, d: int, k: int, *, gauss_
     return LaunchConfig(block_n=128 // split, num_warps=4, num_stages=1, split=split, waves=16)
 
 
-def launch_constants(lay: _Layout, cfg: LaunchConfig, *, d: int, k: int, p_out: int,
-                     fp32_gpu: bool) -> dict:
-    """The compile-time arguments and launch options both pass kernels take (``p_out``: the
-    length of ``J^T r``, 0 for the loss alone). ``benchmarks/sass.py`` compiles with these too."""
-    dot_x, dot_q = _uses_dot(lay)
-    return dict(
-        SOFTMAX=lay.softmax, HAS_LIN=lay.has_lin, HAS_QUAD=lay.has_quad, SLOPE=lay.slope,
-        EXPERT=lay.expert_code, POWER=lay.power, DOT_X=dot_x, DOT_Q=dot_q, ACC3=cfg.acc3,
-        # Score and gradient dots (d, k >= 16) on tensor cores in three tf32 passes (~fp32
-        # accuracy): an ieee float32 tl.dot runs on FMA units, where ptxas spilled 4.8 KB per
-        # thread and the d = 32, k = 9 gradient pass took 11.2 ms on an H100 (NOTES.md).
-        PRECISION="tf32x3" if fp32_gpu else "ieee",
-        BN=cfg.block_n, DP=lay.DP, KP=lay.KP, QP=lay.QP,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
-        d=d, k=k, kf=lay.kf, pg=lay.pg, pe=lay.pe, p=p_out, qoff=lay.qoff, nq=lay.nq,
-    )
-
-
-def grad_flags(lay: _Layout, cfg: LaunchConfig, *, jacobian: bool, gram: bool,
-               with_rows: bool) -> dict:
-    """The gradient kernel's own compile-time arguments: what it computes and its lane split
-    (1 where the contractions are dots)."""
-    dot_x, dot_q = _uses_dot(lay)
-    return dict(WITH_GRAD=jacobian, WITH_U=gram, WITH_ROWS=with_rows,
-                SPLIT=1 if dot_x or dot_q else min(cfg.split, lay.KP))
-
-
 def _uses_dot(lay: _Layout) -> tuple[bool, bool]:
     """Whether the score and gradient products use tl.dot (all sides >= 16) or broadcast sums."""
     return lay.DP >= 16 and lay.KP >= 16, lay.QP >= 16 and lay.KP >= 16
@@ -482,6 +454,7 @@ def triton_moe_pass(
     iu, iv, qc, blocks, pairs = _device_tables(lay, X.device, X.dtype)
     X, Y = X.contiguous(), Y.contiguous()
     gp, ep = gate_params.contiguous(), expert_params.contiguous()
+    dot_x, dot_q = _uses_dot(lay)
     fp32_gpu = on_gpu and X.dtype == torch.float32
 
     n_tiles = triton.cdiv(n, cfg.block_n)
@@ -497,8 +470,19 @@ def triton_moe_pass(
     # [J^T r, loss] per problem and split; the loss alone without the Jacobian.
     p_out = lay.p if jacobian else 0
     out_g = _empty((R, n_split, p_out + 1), dtype=torch.float64, device=X.device)
-    common = launch_constants(lay, cfg, d=d, k=k, p_out=p_out, fp32_gpu=fp32_gpu)
+    common = dict(
+        SOFTMAX=lay.softmax, HAS_LIN=lay.has_lin, HAS_QUAD=lay.has_quad, SLOPE=lay.slope,
+        EXPERT=lay.expert_code, POWER=lay.power, DOT_X=dot_x, DOT_Q=dot_q, ACC3=cfg.acc3,
+        # Score and gradient dots (d, k >= 16) on tensor cores in three tf32 passes (~fp32
+        # accuracy): an ieee float32 tl.dot runs on FMA units, where ptxas spilled 4.8 KB per
+        # thread and the d = 32, k = 9 gradient pass took 11.2 ms on an H100 (NOTES.md).
+        PRECISION="tf32x3" if fp32_gpu else "ieee",
+        BN=cfg.block_n, DP=lay.DP, KP=lay.KP, QP=lay.QP,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
+    )
     sizes = (n, tiles_per_prog, n_split)
+    common.update(d=d, k=k, kf=lay.kf, pg=lay.pg, pe=lay.pe, p=p_out, qoff=lay.qoff, nq=lay.nq)
     U = None
     if gn_pairs:
         out_t = _empty((R, n_split, lay.s_tiles), dtype=X.dtype, device=X.device)
@@ -513,8 +497,8 @@ def triton_moe_pass(
              else torch.empty(1, dtype=X.dtype, device=X.device))
         _moe_grad_kernel[(1, n_split, R)](
             X, Y, gp, ep, iu, iv, qc, out_g, U, U if rows is None else rows, *sizes,
-            **grad_flags(lay, cfg, jacobian=jacobian, gram=gram, with_rows=rows is not None),
-            **common,
+            WITH_GRAD=jacobian, WITH_U=gram, WITH_ROWS=rows is not None,
+            SPLIT=1 if dot_x or dot_q else min(cfg.split, lay.KP), **common,
         )
     sums = out_g.sum(1)
     loss = sums[:, p_out].to(X.dtype)
