@@ -160,3 +160,27 @@ def test_the_committed_large_n_and_box_tables_give_the_readme_numbers(many_start
     assert round(slopes.slope[10.0, "D1", 5], 2) == -0.51
     assert round(slopes.slope[10.0, "err_eta_over", 5], 2) == -0.32
     assert round(slopes.slope[10.0, "err_eta_over", 8], 2) == -0.15
+
+
+def test_the_committed_yan2025_iteration_cap_tables_give_the_readme_numbers(many_starts):
+    """paper_figures/README.md (yan2025, "Finishing those softmax fits") quotes these: the dense
+    quadratic softmax fits at the sweep's cap of 200 iterations and at 2000."""
+    folder = ROOT / "paper_figures" / "yan2025" / "starts"
+    nu = 1e-4  # the yan2025 dense settings' noise variance
+    rows = {}
+    for experts, cap, name in (("linear", 200, "many_starts_dense_linear_softmax"),
+                               ("linear", 2000, "yan_dense_linear_softmax_iter2000"),
+                               ("poly2", 200, "yan_dense_poly2_softmax_iter200"),
+                               ("poly2", 2000, "yan_dense_poly2_softmax_iter2000")):
+        table, _ = many_starts.read_tables([folder / f"{name}.csv.gz"], 10.0)
+        out = many_starts.summary(table, nu, sizes=(16,))
+        out = out[out.starts == 16].set_index("n")
+        slope = many_starts.slopes(table, nu, sizes=(16,)).set_index(["loss", "starts"]).loc[
+            ("err_eta_over", 16)]
+        rows[experts, cap] = (out.on_tolerance.min(), out.on_box.max(),
+                              round(out.err_eta_over[1000], 2), round(slope.slope, 2),
+                              int(slope.dropped))
+    assert rows["linear", 200] == (0.0, 0.0, 0.65, -0.29, 0)
+    assert rows["linear", 2000] == (0.9, 0.3, 2.84, -0.58, 22)
+    assert rows["poly2", 200] == (0.0, 0.0, 0.11, -0.26, 0)
+    assert rows["poly2", 2000] == (0.55, 0.15, 1.0, -1.01, 8)
