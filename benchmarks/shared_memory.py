@@ -163,7 +163,7 @@ def compile_key(launch: dict) -> str:
 
 
 def _bound(launch: dict):
-    """``launch``'s kernel, bound as a GPU launch binds it: ``(jit, backend, target, source,
+    """``launch``'s kernel, bound as a GPU launch binds it: ``(backend, target, source,
     options)``. The kernel's own argument binder specialises the arguments (tensors are 16-byte
     aligned CPU stand-ins)."""
     from triton.backends.compiler import GPUTarget
@@ -182,7 +182,7 @@ def _bound(launch: dict):
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound, specialization,
                                                            options)
-    return jit, backend, target, ASTSource(jit, signature, constexprs, attrs), options
+    return backend, target, ASTSource(jit, signature, constexprs, attrs), options
 
 
 def compile_launch(launch: dict):
@@ -190,7 +190,7 @@ def compile_launch(launch: dict):
     ``sys.path``, as :func:`compile_shared` binds it (``benchmarks/sass.py`` reads its code)."""
     import triton
 
-    _, _, target, src, options = _bound(launch)
+    _, target, src, options = _bound(launch)
     return triton.compile(src, target=target, options=options.__dict__)
 
 
@@ -203,7 +203,7 @@ def compile_shared(launch: dict, full: bool = False) -> int:
     the lowering too, the check of :func:`_allocated`)."""
     from triton._C.libtriton import ir
 
-    _, backend, target, src, options = _bound(launch)
+    backend, target, src, options = _bound(launch)
     # triton.compile's pipeline (triton/compiler/compiler.py), without its cache and last stages
     options = backend.parse_options(options.__dict__)
     metadata = {"target": target, **options.__dict__}

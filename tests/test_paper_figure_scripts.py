@@ -27,6 +27,11 @@ def many_starts():
     return _load("many_starts")
 
 
+@pytest.fixture(scope="module")
+def starts():
+    return _load("starts")
+
+
 def _table(ssr: dict[int, list[float]], n: int = 1000, loss: float = 1.0) -> pd.DataFrame:
     """One row per (rep, start): the given SSRs, a loss equal to the SSR rank."""
     rows = []
@@ -184,3 +189,41 @@ def test_the_committed_yan2025_iteration_cap_tables_give_the_readme_numbers(many
     assert rows["linear", 2000] == (0.9, 0.3, 2.84, -0.58, 22)
     assert rows["poly2", 200] == (0.0, 0.0, 0.11, -0.26, 0)
     assert rows["poly2", 2000] == (0.55, 0.15, 1.0, -1.01, 8)
+
+
+def test_starts_summary_judges_each_set_of_starts(starts):
+    """starts.py's sets: the sweep's split (split 0) with 2, 5 or 8 jittered starts, each atom
+    split with 2 starts, all. One replication, SSRs chosen so that each set's answer is known."""
+    rows = []
+    # split 0: starts 0-8; the best of 0-2 is 10.0 (start 1), reached again by start 2 (half
+    # a nu away); start 4 finds 9.0 alone; start 7 comes back to 9.0 + nu / 2
+    ssr0 = [11.0, 10.0, 10.0 + NU / 2, 12.0, 9.0, 13.0, 14.0, 9.0 + NU / 2, 15.0]
+    rows += [{"n": 1000, "rep": 0, "split": 0, "start": j, "ssr": v, "err": float(j)}
+             for j, v in enumerate(ssr0)]
+    # splits 1 and 2: two starts each, the deepest of all (8.0) by split 2's start 1 alone
+    rows += [{"n": 1000, "rep": 0, "split": 1, "start": j, "ssr": v, "err": 10.0 + j}
+             for j, v in enumerate([12.0, 12.5])]
+    rows += [{"n": 1000, "rep": 0, "split": 2, "start": j, "ssr": v, "err": 20.0 + j}
+             for j, v in enumerate([13.0, 8.0])]
+    out = starts.summary(pd.DataFrame(rows), NU).set_index("starts")
+    assert out.loc["near-reference + 2 jittered", "second_start"] == "1/1"
+    assert out.loc["near-reference + 2 jittered", "median_err"] == 1.0  # start 1 kept
+    assert out.loc["near-reference + 5 jittered", "second_start"] == "0/1"  # 9.0 alone
+    assert out.loc["near-reference + 8 jittered", "second_start"] == "1/1"  # start 7 joins
+    # every set's kept SSR above the best of all (8.0), in nu
+    assert out.loc["near-reference + 2 jittered", "gap_nu"] == pytest.approx(2.0 / NU, abs=0.1)
+    assert out.loc["near-reference + 5 jittered", "gap_nu"] == pytest.approx(1.0 / NU, abs=0.1)
+    # starts 0-1 of every split: split 2's start 1 (8.0) kept, alone
+    assert out.loc["each of G*'s 3 atoms split, 2 starts each", "median_err"] == 21.0
+    assert out.loc["all 21", "second_start"] == "0/1" and out.loc["all 21", "gap_nu"] == 0
+
+
+def test_starts_committed_table_gives_the_readme_numbers(starts):
+    """paper_figures/README.md ("Why more or other starts do not rescue the ReLU softmax
+    curve") quotes these from per_start.csv."""
+    out = starts.summary(pd.read_csv(STARTS / "per_start.csv"), NU).set_index(["n", "starts"])
+    assert out.loc[(10000, "near-reference + 2 jittered")].tolist() == ["3/8", 0.73, 8.0]
+    assert out.loc[(20000, "near-reference + 8 jittered")].tolist() == ["3/8", 1.84, 0.3]
+    assert out.loc[(10000, "each of G*'s 3 atoms split, 2 starts each")].tolist() == [
+        "4/8", 0.52, 6.7]
+    assert out.loc[(20000, "all 21")].tolist() == ["3/8", 1.84, 0.0]
