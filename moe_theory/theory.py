@@ -21,13 +21,13 @@ class TheoryRate:
 
 
 PARAMETRIC = -0.5
-OVER_SPECIFIED = -0.25
+FOURTH_ROOT = -0.25  # over-specified atoms of strongly identifiable experts
 SLOWER_THAN_POLYNOMIAL = 0.0
 
 
 def _rate(exponent: float | None, source: str, label: str | None = None) -> TheoryRate:
     if label is None:
-        label = {PARAMETRIC: "n^-1/2", OVER_SPECIFIED: "n^-1/4",
+        label = {PARAMETRIC: "n^-1/2", FOURTH_ROOT: "n^-1/4",
                  SLOWER_THAN_POLYNOMIAL: "slower than any polynomial"}.get(exponent, "none")
     return TheoryRate(exponent, label, source)
 
@@ -72,7 +72,7 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
         if loss_name == "D1":
             return _rate(PARAMETRIC, src)
         if group_cell is not None:
-            return _rate(PARAMETRIC if group_cell[1] == "exact" else OVER_SPECIFIED, src)
+            return _rate(PARAMETRIC if group_cell[1] == "exact" else FOURTH_ROOT, src)
         return NO_THEORY
 
     # softmax fits (N24 Table 1, after N24b; A24 for quadratic: docs/bibliography.md)
@@ -96,7 +96,7 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     if loss_name == "D1":
         return _rate(PARAMETRIC, src)
     if group_cell is not None:
-        return _rate(PARAMETRIC if group_cell[1] == "exact" else OVER_SPECIFIED, src)
+        return _rate(PARAMETRIC if group_cell[1] == "exact" else FOURTH_ROOT, src)
     return NO_THEORY
 
 

@@ -184,23 +184,19 @@ def groups_at_bound(measure: MixingMeasure, bounds: Bounds) -> dict[str, torch.T
     """Per parameter group of ``measure``'s model, whether some entry of it (of any atom) sits on
     its face of ``bounds``: ``{group: (R,) bool}``, the groups the model has, in
     ``PARAMETER_GROUPS`` order. Says which group holds a fit whose ``bound_active`` is set (a
-    softmax atom's vanishing weight is ``beta0`` on its face, an escaping expert ``a`` or ``b``)."""
-    d = measure.d
-    gate = {"beta0": measure.gate_params[..., :1]}
-    col = 1
-    if models.score_has_linear(measure.score):
-        gate["beta1"] = measure.gate_params[..., col:col + d]
-        col += d
-    if models.score_has_quadratic(measure.score):
-        gate["A"] = measure.gate_params[..., col:]
-    ex = measure.expert_params
-    expert = ({"a": ex[..., :d], "b": ex[..., d:]} if models.get_expert(measure.expert).has_slope
-              else {"b": ex})
+    softmax atom's vanishing weight is ``beta0`` on its face, an escaping expert ``a`` or ``b``).
+
+    An atom's row ``[gate params, expert params]`` has the layout of one free atom in
+    :meth:`Bounds.packed`, which says where each group's columns are."""
+    rows = torch.cat([measure.gate_params, measure.expert_params], -1).abs()  # (R, k, pg + pe)
     out = {}
-    for name, values in {**gate, **expert}.items():
+    for name in PARAMETER_GROUPS:
+        _, cols = Bounds(**{name: 1.0}).packed(measure.score, measure.expert, measure.d, 1, 1)
+        cols = torch.isfinite(cols).to(rows.device)
+        if not cols.any():
+            continue  # the model has no such group
         width = getattr(bounds, name)
-        flat = values.reshape(values.shape[0], -1).abs()
         # the tolerance of _on_faces: AT_BOUND_RTOL of the box's width 2 * width
-        out[name] = (flat >= width * (1 - 2 * AT_BOUND_RTOL)).any(-1) if math.isfinite(width) \
-            else torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
+        on_face = rows[..., cols] >= width * (1 - 2 * AT_BOUND_RTOL)
+        out[name] = on_face.flatten(1).any(-1)
     return out

@@ -364,7 +364,7 @@ def test_certificates_of_another_config_count_as_not_run(regular):
 #: pair's weights sum to 1, the truth's sigmoid weights do not; misfit 7e-5 in mean square against
 #: nu = 1e-4) and smooth, so the sandwich limit holds. Measured 2026-12-02: predicted ratio 2.15,
 #: Monte Carlo mean 2.14 +- 0.11 (128 data sets at n = 5000).
-MISSPECIFIED = Setting(
+SOFTMAX_OF_SIGMOID = Setting(
     name="test-softmax-of-sigmoid-gelu", truth_gate="sigmoid", score="linear", expert="gelu", d=2,
     k_true=2, k_fit=2, regime="dense", beta0_sd=0.0, beta1_sd=1.0, expert_sd=0.0,
     atoms=SMALL_ATOMS, fit_gates=("softmax",), noise_var=1e-4,
@@ -378,17 +378,17 @@ def test_predicted_overfit_ratio_of_a_misspecified_reference_is_the_monte_carlo_
     errors of the mean of 128 independent ratios (CLT; the data are seeded, so the outcome is
     fixed, and 4 SE leaves room for the O(n^-1/2) terms and the cached G_bar's design error,
     predicted 0.12 x the statistical error)."""
-    monkeypatch.setitem(settings._SETTINGS, MISSPECIFIED.name, MISSPECIFIED)
+    monkeypatch.setitem(settings._SETTINGS, SOFTMAX_OF_SIGMOID.name, SOFTMAX_OF_SIGMOID)
     n, reps = 5000, 128
-    cert = reference_certificate(MISSPECIFIED, "softmax", [n, n], ["D3"], restarts=1)
-    assert cert.kind == "G_bar" and cert.misspecification > 0.5 * MISSPECIFIED.noise_var
+    cert = reference_certificate(SOFTMAX_OF_SIGMOID, "softmax", [n, n], ["D3"], restarts=1)
+    assert cert.kind == "G_bar" and cert.misspecification > 0.5 * SOFTMAX_OF_SIGMOID.noise_var
     assert 1.5 < cert.overfit_ratio < 3.0
-    _, g_bar = population.reference_measure(MISSPECIFIED, "softmax")
-    X, Y = mt.sample(MISSPECIFIED.truth(), n, reps, seed=7, noise_var=MISSPECIFIED.noise_var)
+    _, g_bar = population.reference_measure(SOFTMAX_OF_SIGMOID, "softmax")
+    X, Y = mt.sample(SOFTMAX_OF_SIGMOID.truth(), n, reps, seed=7, noise_var=SOFTMAX_OF_SIGMOID.noise_var)
     fit = mt.fit_lse(X, Y, 2, "softmax", "gelu", "linear", init=g_bar, max_iter=500, ftol=1e-14,
                      gtol=1e-14)
     delta = n * (((Y - g_bar(X)) ** 2).mean(1) - ((Y - fit.measure(X)) ** 2).mean(1))
-    ratio = (delta / (MISSPECIFIED.noise_var * cert.p)).numpy()
+    ratio = (delta / (SOFTMAX_OF_SIGMOID.noise_var * cert.p)).numpy()
     se = ratio.std(ddof=1) / math.sqrt(reps)
     assert abs(ratio.mean() - cert.overfit_ratio) < 4 * se
     assert abs(ratio.mean() - 1.0) > 4 * se  # and Wilks' 1 is rejected: the test has power

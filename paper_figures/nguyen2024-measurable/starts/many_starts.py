@@ -117,7 +117,7 @@ def _theory(d: pd.DataFrame, gate: str, loss: str, default: float) -> float:
     return float("nan") if rate.exponent is None else rate.exponent
 
 
-def _with_scale(table: pd.DataFrame, scale: float = float("nan")) -> pd.DataFrame:
+def _with_box_and_cap(table: pd.DataFrame, scale: float = float("nan")) -> pd.DataFrame:
     """Tables written before the box was a column (the 256- and 64-start ones) were fitted in
     the config's box: ``scale`` where it is missing. The iteration cap, a later column, is NaN
     where missing (those tables ran the config's)."""
@@ -135,7 +135,7 @@ def read_tables(paths, scale: float) -> tuple[pd.DataFrame, int]:
     start-fit once: tables that share fits (a start of one n, box and replication is the same
     problem in every table, from the same seeds) count it from the first table given. Returns
     the table and how many rows were shared."""
-    table = pd.concat([_with_scale(pd.read_csv(path), scale) for path in paths],
+    table = pd.concat([_with_box_and_cap(pd.read_csv(path), scale) for path in paths],
                       ignore_index=True)
     shared = table.duplicated(["gate", "bound_scale", "max_iter", "n", "rep", "start"])
     return table[~shared].reset_index(drop=True), int(shared.sum())
@@ -158,7 +158,7 @@ def summary(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
     box and, where the table records it, on each group's face (``box_beta0``: an atom's weight
     sent to the box)."""
     out = []
-    table = _with_scale(table)
+    table = _with_box_and_cap(table)
     faces = [c for c in table.columns if c.startswith("bound_") and c != "bound_scale"]
     for (gate, scale, cap, n), d in table.groupby(["gate", "bound_scale", "max_iter", "n"],
                                                  dropna=False):
@@ -186,7 +186,7 @@ def slopes(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
     curve of ``CURVES`` per box when each fit keeps the best of its first m starts (``sizes``
     and every n's own number of starts), over the n fitted from at least m starts (3 or more)."""
     out = []
-    table = _with_scale(table)
+    table = _with_box_and_cap(table)
     for (gate, loss, theory), ((scale, cap), d) in itertools.product(
             CURVES, table.groupby(["bound_scale", "max_iter"], dropna=False)):
         d = d[d.gate == gate]
