@@ -23,13 +23,14 @@ from benchmarks import (
     moe,
     sass,
     shared_memory,
+    stacked_dot,
     sweep_scaling,
     warm_start,
 )
 
 SUBCOMMANDS = (moe, attention, fit_profile, fit_agreement, lm_parts, memory_check, sweep_scaling,
                compare_tables, gpu_tests, certified_figure, shared_memory, data_draw,
-               warm_start, sass)
+               warm_start, sass, stacked_dot)
 
 
 def main(argv: list[str] | None = None) -> int:
