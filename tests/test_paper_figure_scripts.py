@@ -167,6 +167,67 @@ def test_the_committed_large_n_and_box_tables_give_the_readme_numbers(many_start
     assert round(slopes.slope[10.0, "err_eta_over", 8], 2) == -0.15
 
 
+def test_the_committed_tight_box_tables_give_the_readme_numbers(many_starts):
+    """paper_figures/README.md ("A box of 1.5x") quotes these: both fits in a box of 1.5x the
+    reference's scale, the softmax fit to n = 2.56e6."""
+    names = ("box1.5_softmax", "box1.5_large_n_softmax", "box1.5_sigmoid")
+    table, shared = many_starts.read_tables([STARTS / f"{n}.csv.gz" for n in names], 10.0)
+    assert shared == 0 and set(table.bound_scale) == {1.5}
+    out = many_starts.summary(table, NU, sizes=(5, 16)).set_index(["gate", "n", "starts"])
+    soft = out.loc["softmax"].xs(16, level="starts")
+    # found twice by 95-100% of fits at every n with 16 starts (5: 60-75%)
+    assert soft.second_start.min() == 0.95 and soft.second_start.max() == 1.0
+    assert out.loc["softmax"].xs(5, level="starts").second_start.tolist() == [
+        0.75, 0.75, 0.6, 0.65, 0.75]
+    # the box holds one atom's beta0 in 35-85% of the kept fits, no other group
+    assert soft.on_box.min() == 0.35 and soft.on_box.max() == 0.85
+    assert (soft.on_box == soft.box_beta0).all()
+    assert soft.w_min.round(3).between(0.069, 0.071).all()
+    # 64 starts: every fit reached twice, and 16 starts 0.3-0.6 nu above them on average
+    assert (out.loc["softmax"].xs(64, level="starts").second_start == 1.0).all()
+    assert soft.gap_nu.drop(2_560_000).round(2).tolist() == [0.58, 0.36, 0.45, 0.29]
+    sig = out.loc["sigmoid"].xs(16, level="starts")
+    assert (sig.on_box == 0).all() and sig.second_start.min() == 0.95
+    r = many_starts.slopes(table, NU, sizes=(5, 16)).set_index(["gate", "loss", "starts"])
+    kept = r[["slope_box_kept", "ci_low_box_kept", "ci_high_box_kept"]].round(2)
+    assert kept.loc[("softmax", "err_eta_over", 16)].tolist() == [-0.36, -0.41, -0.30]
+    assert kept.loc[("softmax", "err_eta_over", 5)].tolist() == [-0.34, -0.40, -0.29]
+    assert kept.loc[("softmax", "D1", 16)].tolist() == [-0.55, -0.57, -0.53]
+    assert kept.loc[("softmax", "err_eta_over", 64)].tolist() == [-0.31, -0.41, -0.22]
+    dropped = r[["slope", "ci_low", "ci_high"]].round(2)
+    assert dropped.loc[("softmax", "err_eta_over", 16)].tolist() == [-0.37, -0.52, -0.23]
+    assert r.dropped[("softmax", "err_eta_over", 16)] == 53
+    assert dropped.loc[("sigmoid", "D3", 16)].tolist() == [-0.53, -0.59, -0.47]
+    # the gap: the two intervals do not meet
+    assert r.ci_high[("sigmoid", "D3", 16)] < r.ci_low_box_kept[("softmax", "err_eta_over", 16)]
+
+
+def test_the_64_start_box2_table_extends_the_16_start_one(many_starts):
+    """Its first 16 starts are the 16-start table's fits (other batches: to rounding)."""
+    cols = ["n", "rep", "start", "ssr", "bound", "err_eta_over"]
+    a = pd.read_csv(STARTS / "box2_softmax.csv.gz")[cols]
+    b = pd.read_csv(STARTS / "box2_64starts_softmax.csv.gz")[cols]
+    both = a.merge(b[b.start < 16], on=["n", "rep", "start"], suffixes=("", "_64"))
+    assert len(both) == len(a) == 1280
+    assert (np.abs(both.ssr - both.ssr_64) / NU).max() < 1e-8
+    assert (both.bound == both.bound_64).all()
+
+
+def test_the_gap_figure_draws_both_readings(many_starts, tmp_path):
+    names = ("box1.5_softmax", "box1.5_sigmoid")
+    table, _ = many_starts.read_tables([STARTS / f"{n}.csv.gz" for n in names], 10.0)
+    small = table[table.n <= 40_000]
+    paths = many_starts.gap_figure(small, NU, str(tmp_path / "gap"))
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size for p in paths)
+    kept = many_starts.tidy(small, NU, 16, box=False)
+    assert "bound_active" not in kept and set(kept.loss_name) == {"D3", "err_eta_over", "D1"}
+    # one row per (gate, loss, n, replication): the best of the first 16 starts
+    assert not kept.duplicated(["fit_gate", "loss_name", "n", "rep"]).any()
+    with pytest.raises(ValueError, match="bound_scale"):
+        many_starts.gap_figure(pd.concat([small, small.assign(bound_scale=2.0)]), NU,
+                               str(tmp_path / "two"))
+
+
 def test_the_committed_yan2025_iteration_cap_tables_give_the_readme_numbers(many_starts):
     """paper_figures/README.md (yan2025, "Finishing those softmax fits") quotes these: the dense
     quadratic softmax fits at the sweep's cap of 200 iterations and at 2000."""

@@ -12,7 +12,8 @@ starts, every start's fit kept), so that the table holds every start's SSR, loss
 of its lightest atom and which parameter groups sit on the box (``--bound-scale`` changes the
 box, ``--n`` may go beyond the sweep's), and any set of starts can be judged afterwards
 (``--summary``: the table; ``--figure STEM``: the start study's figure, ``--n-figure STEM``
-the softmax fit against n and box; from one or more tables):
+the softmax fit against n and box, ``--gap-figure STEM`` both fits of one box with the fits
+on the box dropped and kept; from one or more tables):
 
     python paper_figures/nguyen2024-measurable/starts/many_starts.py --summary OUT.csv
         [OUT2.csv] [--figure STEM]
@@ -31,7 +32,7 @@ import pandas as pd
 
 from moe_theory.config import load_config
 from moe_theory.estimators import box_bounds, fit_lse, groups_at_bound, starting_measures
-from moe_theory.plotting import GATE_COLORS, save_figure, use_style
+from moe_theory.plotting import GATE_COLORS, draw_rates, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
 from moe_theory.settings import get_setting
@@ -184,7 +185,10 @@ def summary(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
 def slopes(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
     """The slope (rates.fit_rate: log-mean OLS, bootstrap 95% CI, box fits dropped) of every
     curve of ``CURVES`` per box when each fit keeps the best of its first m starts (``sizes``
-    and every n's own number of starts), over the n fitted from at least m starts (3 or more)."""
+    and every n's own number of starts), over the n fitted from at least m starts (3 or more).
+    Beside it, ``*_box_kept``: the same slope with the fits on the box kept, the least-squares
+    estimate over the box taken as the compact set (the certified protocol drops them,
+    docs/theory.md#rate-estimation)."""
     out = []
     table = _with_box_and_cap(table)
     for (gate, loss, theory), ((scale, cap), d) in itertools.product(
@@ -206,11 +210,14 @@ def slopes(table: pd.DataFrame, nu: float, sizes=SIZES) -> pd.DataFrame:
                 values.append(kept[loss].to_numpy())
                 bound.append(kept.bound.to_numpy())
             fit = fit_rate(np.array(ns, float), values, bound_per_n=bound)
+            kept_all = fit_rate(np.array(ns, float), values)
             out.append({"gate": gate, "loss": loss, "theory": _theory(d, gate, loss, theory),
                         "bound_scale": scale,
                         "max_iter": cap, "starts": m, "n_min": min(ns), "n_max": max(ns), "n_count": len(ns),
                         "slope": fit.slope, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
-                        "slope_median": fit.median.slope, "dropped": fit.n_dropped})
+                        "slope_median": fit.median.slope, "dropped": fit.n_dropped,
+                        "slope_box_kept": kept_all.slope, "ci_low_box_kept": kept_all.ci_low,
+                        "ci_high_box_kept": kept_all.ci_high})
     return pd.DataFrame(out)
 
 
@@ -282,7 +289,7 @@ def n_figure(table: pd.DataFrame, nu: float, stem: str) -> list:
     color = GATE_COLORS["softmax"]
     with use_style():
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-        for scale, dash in ((10.0, "-"), (2.0, "--")):
+        for scale, dash in ((10.0, "-"), (2.0, "--"), (1.5, "-.")):
             for rows, marker, words in ((first, "o", "5 starts"), (last, "s", f"{MANY} starts")):
                 r = rows[rows.bound_scale == scale].sort_values("n")
                 if r.empty:
@@ -318,6 +325,58 @@ def n_figure(table: pd.DataFrame, nu: float, stem: str) -> list:
     return paths
 
 
+#: the curves of the gap figure: (gate, loss) as the sweep's figure plots them
+GAP_CURVES = (("sigmoid", "D3"), ("softmax", "err_eta_over"), ("softmax", "D1"))
+
+
+def tidy(table: pd.DataFrame, nu: float, starts: int, box: bool = True) -> pd.DataFrame:
+    """The kept fits (each data set's best of its first ``starts``) as rows of the sweep's
+    results table (docs/theory.md#results-table), one per (gate, n, replication, loss of
+    ``GAP_CURVES``), for :func:`moe_theory.plotting.draw_rates`. ``box``: with the
+    ``bound_active`` column (fits on the box dropped from the slopes, as the certified protocol
+    does); otherwise without it (the least-squares estimate over the box, every fit kept)."""
+    setting = get_setting(table.setting.iloc[0] if "setting" in table else SETTING)
+    rows = []
+    for (gate, loss), (n, d) in itertools.product(GAP_CURVES, table.groupby("n")):
+        d = d[d.gate == gate]
+        if d.empty or loss not in d or d[loss].isna().all():
+            continue
+        kept, _ = _first(d, starts, nu)
+        rows.append(pd.DataFrame({
+            "setting": setting.name, "truth_gate": setting.truth_gate, "fit_gate": gate,
+            "score": setting.score, "regime": setting.regime, "expert": setting.expert,
+            "d": setting.d, "k_true": setting.k_true, "k_fit": setting.k_fit,
+            "reference": setting.reference_kind(gate), "n": n, "rep": kept.index,
+            "loss_name": loss, "loss_value": kept[loss].to_numpy(),
+            **({"bound_active": kept.bound.to_numpy()} if box else {})}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def gap_figure(table: pd.DataFrame, nu: float, stem: str, starts: int = 16) -> list:
+    """The ReLU gap in one box: the sigmoid fit's D3 against G_bar beside the softmax fit's
+    over-specified expert error and D1 against G*, every fit the best of its first ``starts``,
+    two panels: fits on the box dropped from the slopes (the certified protocol's reading) and
+    kept (the least-squares estimate over the box as the compact set). A study: no curve
+    carries certificates here, so every fitted line is drawn as not measurable."""
+    scales = table.bound_scale.dropna().unique()
+    if len(scales) != 1:
+        raise ValueError(f"bound_scale: the gap figure draws one box, got {sorted(scales)}")
+    with use_style():
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+        for ax, box, words in ((axes[0], True, "fits on the box dropped (the protocol's reading)"),
+                               (axes[1], False, "fits on the box kept (the LSE over the box)")):
+            draw_rates(ax, tidy(table, nu, starts, box), GAP_CURVES,
+                       ylabel="loss (see legend)")
+            ax.set_title(words, fontsize=8)
+        fig.suptitle("N24's comparison on a truth the data identify (ReLU experts, d = 8, "
+                     f"k* = 3, k = 4), box {scales[0]:g}x the reference's scale\n20 data sets "
+                     f"per n, each fit the best of {starts} starts (a study: no certificates)",
+                     fontsize=9)
+        paths = save_figure(fig, stem)
+        plt.close(fig)
+    return paths
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", nargs="+", help="the table to write (one), or tables to read")
@@ -325,6 +384,9 @@ def main() -> None:
     p.add_argument("--figure", metavar="STEM", help="with --summary: draw STEM.png and .pdf")
     p.add_argument("--n-figure", metavar="STEM",
                    help="with --summary: the softmax fit against n and box (STEM.png and .pdf)")
+    p.add_argument("--gap-figure", metavar="STEM",
+                   help="with --summary: the sigmoid and softmax fits of one box, best of 16 "
+                   "starts, fits on the box dropped and kept (STEM.png and .pdf)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--gate", default="softmax", choices=("sigmoid", "softmax"))
     p.add_argument("--config", default=CONFIG, help="the sweep config whose data and starts")
@@ -360,6 +422,9 @@ def main() -> None:
             print(path)
     if args.n_figure:
         for path in n_figure(table, nu, args.n_figure):
+            print(path)
+    if args.gap_figure:
+        for path in gap_figure(table, nu, args.gap_figure):
             print(path)
 
 
