@@ -82,14 +82,21 @@ def read_manifest_config(folder: Path) -> SweepConfig:
 
 
 def variants(config: SweepConfig) -> dict[str, SweepConfig]:
-    """The check's two refit configs: 10x max_iter, and 10x jitter of every start (of the
-    default jitter when the sweep's is 0, which 10x would leave at 0)."""
+    """The check's two refit configs: 10x the iteration budget, and 10x jitter of every start
+    (of the default jitter when the sweep's is 0, which 10x would leave at 0).
+
+    The budget is ``max_iter``, and for N24's SGD protocol also its epochs: ``sgd-paper`` runs
+    a fixed number of epochs and never reads ``max_iter``, so scaling that alone would refit
+    the sweep's own fits and call them a check."""
     jitter = config.jitter if config.jitter > 0 else DEFAULT_JITTER
     start_jitter = None if config.start_jitter is None else (
         config.start_jitter * CHECK_JITTER_FACTOR)
+    budget = replace(config, max_iter=config.max_iter * CHECK_MAX_ITER_FACTOR)
+    if config.algorithm == "sgd-paper":
+        budget = replace(budget, sgd={
+            **config.sgd, "epochs": config.sgd_protocol().epochs * CHECK_MAX_ITER_FACTOR})
     return {
-        f"max_iter x{CHECK_MAX_ITER_FACTOR}":
-            replace(config, max_iter=config.max_iter * CHECK_MAX_ITER_FACTOR),
+        f"max_iter x{CHECK_MAX_ITER_FACTOR}": budget,
         f"jitter x{CHECK_JITTER_FACTOR}":
             replace(config, jitter=jitter * CHECK_JITTER_FACTOR, start_jitter=start_jitter),
     }

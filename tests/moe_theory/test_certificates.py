@@ -15,6 +15,7 @@ import torch
 import moe_theory as mt
 from moe_theory import certificates, population, settings
 from moe_theory.certificates import (
+    CHECK_MAX_ITER_FACTOR,
     FAIL,
     NOT_RUN,
     PASS,
@@ -437,3 +438,19 @@ def test_missing_certificates_say_why_they_are_missing():
                                         regex=False).all()
     assert not study["reason"].str.contains("moe-theory check", regex=False).any()
     pd.testing.assert_frame_equal(sweep.drop(columns="reason"), study.drop(columns="reason"))
+
+
+def test_the_checks_budget_variant_scales_what_each_algorithm_runs():
+    """``max_iter x10`` must change the fit's budget: Levenberg-Marquardt reads max_iter, N24's
+    SGD protocol runs a fixed number of epochs and never reads it."""
+    from moe_theory.check import variants
+    from moe_theory.config import load_config
+
+    sgd = load_config("nguyen2024-sgd")
+    budget = variants(sgd)[f"max_iter x{CHECK_MAX_ITER_FACTOR}"]
+    assert budget.sgd_protocol().epochs == CHECK_MAX_ITER_FACTOR * sgd.sgd_protocol().epochs
+    assert budget.sgd_protocol().lr == sgd.sgd_protocol().lr
+    assert budget.hash != sgd.hash
+    lm = load_config("nguyen2024")
+    budget = variants(lm)[f"max_iter x{CHECK_MAX_ITER_FACTOR}"]
+    assert budget.max_iter == CHECK_MAX_ITER_FACTOR * lm.max_iter and budget.sgd == lm.sgd
