@@ -99,6 +99,8 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
     return pd.DataFrame(rows)
 
 
+#: the figures' setting in words (their titles name no config)
+WORDS = "N24's comparison on a truth the data identify (ReLU experts, d = 8, k* = 3, k = 4)"
 #: numbers of starts judged: the sweep's 5, then about doubling
 SIZES = (5, 9, 17, 33, 64, 128, 256)
 #: the curves whose slope is followed as starts are added: (gate, loss, theory exponent of the
@@ -265,8 +267,8 @@ def figure(table: pd.DataFrame, nu: float, stem: str) -> list:
             ax.set_xticks(SIZES, [str(m) for m in SIZES])
             ax.set_xlabel("starts per data set (the sweep runs 5)")
             ax.legend(fontsize=7, loc="best")
-        fig.suptitle("nguyen2024-measurable, ReLU experts: 20 data sets at each of 5 n "
-                     "($10^4$ to $1.6\\cdot 10^5$); each fit keeps the best of its first m starts")
+        fig.suptitle(f"{WORDS}: 20 data sets at each of 5 n ($10^4$ to $1.6\\cdot 10^5$); each "
+                     "fit keeps the best of its first m starts")
         paths = save_figure(fig, stem)
         plt.close(fig)
     return paths
@@ -317,9 +319,8 @@ def n_figure(table: pd.DataFrame, nu: float, stem: str) -> list:
             ax.set_xscale("log")
             ax.set_xlabel("n")
             ax.legend(fontsize=6.5, loc="best")
-        fig.suptitle("nguyen2024-measurable, ReLU experts, softmax fit: 20 data sets per n; "
-                     f"{MANY} starts: the first {MANY} of each data set's (8 at $10^7$) "
-                     "(a study: no certificates)")
+        fig.suptitle(f"{WORDS}, softmax fit: 20 data sets per n; {MANY} starts: the first "
+                     f"{MANY} of each data set's (8 at $10^7$) (a study: no certificates)")
         paths = save_figure(fig, stem)
         plt.close(fig)
     return paths
@@ -368,8 +369,7 @@ def gap_figure(table: pd.DataFrame, nu: float, stem: str, starts: int = 16) -> l
             draw_rates(ax, tidy(table, nu, starts, box), GAP_CURVES,
                        ylabel="loss (see legend)")
             ax.set_title(words, fontsize=8)
-        fig.suptitle("N24's comparison on a truth the data identify (ReLU experts, d = 8, "
-                     f"k* = 3, k = 4), box {scales[0]:g}x the reference's scale\n20 data sets "
+        fig.suptitle(f"{WORDS}, box {scales[0]:g}x the reference's scale\n20 data sets "
                      f"per n, each fit the best of {starts} starts (a study: no certificates)",
                      fontsize=9)
         paths = save_figure(fig, stem)
