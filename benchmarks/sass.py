@@ -50,17 +50,23 @@ def compile_sass(gate: str, score: str, expert: str, d: int, k: int, dtype: str,
     point = dict(gate=gate, score=score, expert=expert, d=d, k=k, dtype=dtype, kernel="gradient",
                  config=dataclasses.asdict(cfg))
     launch = shared_memory.capture(point, gauss_newton=False)
-    kernel = shared_memory.compile_launch(launch)
+    sass, registers = disassemble(shared_memory.compile_launch(launch))
+    return sass, dict(launch["kwargs"], registers=registers)
+
+
+def disassemble(compiled) -> tuple[str, int | None]:
+    """The SASS of a kernel compiled by ``triton.compile`` and its registers per thread, read by
+    the ``cuobjdump`` bundled with Triton."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
         with open(cubin, "wb") as f:
-            f.write(kernel.asm["cubin"])
+            f.write(compiled.asm["cubin"])
         sass = subprocess.run([_tool("cuobjdump"), "--dump-sass", cubin], check=True,
                               capture_output=True, text=True).stdout
         usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", cubin], check=True,
                                capture_output=True, text=True).stdout
     registers = re.search(r"REG:(\d+)", usage)
-    return sass, dict(launch["kwargs"], registers=int(registers.group(1)) if registers else None)
+    return sass, int(registers.group(1)) if registers else None
 
 
 def loop_mix(sass: str) -> collections.Counter:

@@ -164,18 +164,22 @@ def compile_key(launch: dict) -> str:
 
 def _bound(launch: dict):
     """``launch``'s kernel, bound as a GPU launch binds it: ``(backend, target, source,
-    options)``. The kernel's own argument binder specialises the arguments (tensors are 16-byte
-    aligned CPU stand-ins)."""
+    options)`` (:func:`bind`)."""
+    import kernels.moe.triton_kernels as tk
+
+    args = [torch.empty(64, dtype=getattr(torch, a["tensor"])) if isinstance(a, dict) else a
+            for a in launch["args"]]
+    return bind(getattr(tk, launch["kernel"]), args, dict(launch["kwargs"]))
+
+
+def bind(jit, args: list, kwargs: dict):
+    """The jit function ``jit`` bound for sm_90 as a launch with ``args`` and ``kwargs`` binds
+    it: ``(backend, target, source, options)``. The kernel's own argument binder specialises the
+    arguments (tensors are 16-byte aligned CPU stand-ins)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    import kernels.moe.triton_kernels as tk
-
-    jit = getattr(tk, launch["kernel"])
-    args = [torch.empty(64, dtype=getattr(torch, a["tensor"])) if isinstance(a, dict) else a
-            for a in launch["args"]]
-    kwargs = dict(launch["kwargs"])
     target = GPUTarget(*TARGET)
     backend = make_backend(target)
     binder = create_function_from_signature(jit.signature, jit.params, backend)

@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 import torch
 import triton
@@ -199,42 +196,20 @@ def _time_shapes() -> dict:
 
 def _sass_counts() -> dict:
     """Instructions of the sample loop per sample, compiled for sm_90 without a GPU."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
+    from benchmarks.sass import disassemble, loop_mix
+    from benchmarks.shared_memory import bind
 
-    from benchmarks.sass import _tool, loop_mix
-    from benchmarks.shared_memory import TARGET
-
-    jit = stacked_dot_kernel
-    target = GPUTarget(*TARGET)
-    backend = make_backend(target)
-    binder = create_function_from_signature(jit.signature, jit.params, backend)
     counts = []
     for block_n, num_warps in dict.fromkeys((b, w) for b, w, _ in VARIANTS):
-        X = torch.empty(1, 64, 8)
-        grid, ints, kwargs, _ = _launch(X, torch.empty(1, 8, 9), gate="sigmoid",
-                                        expert="relu", block_n=block_n, programs=8,
-                                        num_warps=num_warps, precision="tf32x3")
-        # 16-byte aligned CPU stand-ins for the tensors, as a launch binds them
+        _, _, kwargs, _ = _launch(torch.empty(1, 64, 8), torch.empty(1, 8, 9),
+                                  gate="sigmoid", expert="relu", block_n=block_n,
+                                  programs=8, num_warps=num_warps, precision="tf32x3")
         args = [torch.empty(64)] * 4 + [torch.empty(64, dtype=torch.float64), 100_000, 5, 8]
-        bound, spec, options = binder(*args, **kwargs)
-        options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound, spec,
-                                                               options)
-        compiled = triton.compile(ASTSource(jit, signature, constexprs, attrs), target=target,
-                                  options=options.__dict__)
-        with tempfile.TemporaryDirectory() as tmp:
-            cubin = os.path.join(tmp, "kernel.cubin")
-            with open(cubin, "wb") as fh:
-                fh.write(compiled.asm["cubin"])
-            sass = subprocess.run([_tool("cuobjdump"), "--dump-sass", cubin], check=True,
-                                  capture_output=True, text=True).stdout
-            usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", cubin],
-                                   check=True, capture_output=True, text=True).stdout
+        _, target, src, options = bind(stacked_dot_kernel, args, kwargs)
+        compiled = triton.compile(src, target=target, options=options.__dict__)
+        sass, registers = disassemble(compiled)
         mix = loop_mix(sass)
-        registers = re.search(r"REG:(\d+)", usage)
-        row = dict(block_n=block_n, num_warps=num_warps,
-                   registers=int(registers.group(1)) if registers else None,
+        row = dict(block_n=block_n, num_warps=num_warps, registers=registers,
                    shared_bytes=compiled.metadata.shared,
                    loop_instructions_per_thread=sum(mix.values()),
                    loop_instructions_per_sample=sum(mix.values()) * 32 * num_warps / block_n,

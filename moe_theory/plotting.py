@@ -90,6 +90,12 @@ PNG_DPI = 200
 # One panel of a multi-panel figure: three side by side fill a two-column page (~7 in). The
 # height is the axes' share; each panel's legend below it adds its own height (:func:`save_figure`).
 PANEL_SIZE_IN = (2.3, 2.0)
+#: The narrowest multi-panel figure: one panel alone would leave the shared key (two entries a
+#: row, ~1.7 in each) and the panel's own legend entries (a rate with its CI) wider than the
+#: page, and cut at its edges.
+MIN_FIGURE_WIDTH_IN = 3.6
+#: The width of one entry of the shared key.
+KEY_ENTRY_IN = 1.7
 
 PLOT_COLUMNS = ("setting", "fit_gate", "loss_name", "score", "regime", "expert", "n", "loss_value")
 
@@ -613,7 +619,8 @@ def panels_figure(
     nrows = math.ceil(len(kept) / ncols)
     ylabels = {ylabel or axis_label([_parse_curve(c)[1] for c in curves])
                for _, _, curves in kept}
-    fig = Figure(figsize=(PANEL_SIZE_IN[0] * ncols, PANEL_SIZE_IN[1] * nrows))
+    fig = Figure(figsize=(max(PANEL_SIZE_IN[0] * ncols, MIN_FIGURE_WIDTH_IN),
+                          PANEL_SIZE_IN[1] * nrows))
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for i, (ax, (panel_title, rows, curves)) in enumerate(zip(axes, kept, strict=False)):
@@ -628,8 +635,8 @@ def panels_figure(
     _wrap_titles(fig, ncols)
     styles = {line.get_linestyle() for ax in axes[: len(kept)] for line in ax.get_lines()}
     handles = key_handles(styles=styles)
-    # as many key entries per row as fit the figure's width (~1.7 in each)
-    per_row = max(2, min(len(handles), int(fig.get_size_inches()[0] / 1.7)))
+    # as many key entries per row as fit the figure's width
+    per_row = max(1, min(len(handles), int(fig.get_size_inches()[0] / KEY_ENTRY_IN)))
     fig.legend(handles=handles, loc="outside lower center", ncols=per_row, title=LEGEND_TITLE)
     if title is not None:
         _suptitle(fig, title)

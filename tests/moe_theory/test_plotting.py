@@ -259,10 +259,14 @@ def test_key_defines_the_error_bars_and_plus_minus(df):
     assert "fitted rate, not measurable" in labels and "fitted rate, certified" not in labels
 
 
-def test_legends_are_inside_the_figure_and_below_their_panel():
+@pytest.mark.parametrize("panels", [2, 1])
+def test_legends_are_inside_the_figure_and_below_their_panel(panels):
+    """Also for one panel alone (the CPU preset's figure), whose shared key is wider than a
+    panel."""
     df = results_table(MIXED, sigma=1.0, **SHORT)
     curves = [("sigmoid", "D3"), ("softmax", "err_eta_over")]
-    fig = laid_out(df, [("a", "toy-dense", curves), ("b", "toy-dense", curves[:1])], title="t")
+    fig = laid_out(df, [("a", "toy-dense", curves), ("b", "toy-dense", curves[:1])][:panels],
+                   title="t")
     renderer = fig.canvas.get_renderer()
     page = fig.bbox
     legends = [ax.get_legend() for ax in fig.axes] + list(fig.legends)
