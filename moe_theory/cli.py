@@ -18,6 +18,10 @@ from moe_theory.store import StoreWarning
 from moe_theory.voronoi import ALL_KINDS
 
 DEVICES = ("cpu", "cuda")
+#: What `moe-theory reproduce` runs without a name, with --fast --certify: the sigmoid-vs-softmax
+#: comparison on the truth the data identify, whose small CPU preset prints every certificate
+#: (simulations/configs/nguyen2024-measurable.toml, [fast]).
+DEFAULT_FIGURE = "nguyen2024-measurable"
 DIR_HELP = "results folder of a sweep (holds manifest.json and shards/)"
 JSON_HELP = "print the table as JSON records instead of text"
 
@@ -172,10 +176,12 @@ def _cmd_report(args) -> int:
 def _cmd_reproduce(args) -> int:
     from moe_theory.reproduce import reproduce
 
-    name = args.name or "nguyen2024"
+    # no name: the CPU preset of the measurable comparison, certified (DEFAULT_FIGURE)
+    name = args.name or DEFAULT_FIGURE
     fast = args.fast or args.name is None
+    certify = args.certify if args.certify is not None else args.name is None
     reproduce(name, fast=fast, out=args.out, device=args.device, backend=args.backend,
-              workers=args.workers, certify=args.certify, gpus=args.gpus,
+              workers=args.workers, certify=certify, gpus=args.gpus,
               local_workers=args.local_workers, force=args.force)
     return 0
 
@@ -299,20 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
     device_args(p)
     p.set_defaults(run=_cmd_certify)
 
-    p = sub.add_parser("reproduce", help="regenerate a paper figure (default: nguyen2024 --fast)")
+    p = sub.add_parser("reproduce", help=f"regenerate a paper figure (default: {DEFAULT_FIGURE} "
+                                         "--fast --certify)")
     p.add_argument("name", nargs="?",
                    help=f"a config ({', '.join(named_configs())}), an experiment of "
                         "moe_theory.reproduce.EXPERIMENTS (attention-teacher, attention-regularity), "
-                        "or all (default: nguyen2024 with --fast)")
+                        f"or all (default: {DEFAULT_FIGURE} with --fast --certify, the "
+                        "certified comparison on a small CPU preset)")
     p.add_argument("--fast", action="store_true", help="the config's small CPU preset")
     p.add_argument("--out", help="output folder (default results/NAME[-fast], which git ignores; "
                                  "the committed figures: --out paper_figures/NAME)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes that share the device, one shard each (default: "
                         "moe_theory.executors.GPU_PROCESSES on cuda, 1 on cpu)")
-    p.add_argument("--certify", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--certify", action=argparse.BooleanOptionalAction, default=None,
                    help="also run the optimiser check of `moe-theory check` before the report "
-                        "(default off: it refits a subsample twice, up to 10x as long)")
+                        "(default off for a named figure: it refits a subsample twice, up to 10x "
+                        "as long; on for the default preset)")
     p.add_argument("--gpus", nargs="?", const="all", metavar="0,1",
                    help="one Dask cluster with a worker per GPU (all visible ones by default) for "
                         "every figure, largest work first (docs/design.md#scheduling)")

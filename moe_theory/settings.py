@@ -197,8 +197,8 @@ def _small(name: str, gate: str, expert: str, regime: str, desc: str, **kw) -> S
                    description=desc, source="small variant of the N24 recipe", **params)
 
 
-#: The CPU preset's truth (simulations/configs/nguyen2024.toml [fast]): a softmax gate over three
-#: atoms in d = 2, fitted with k = 4. Why not SMALL_ATOMS: with k* = 2, softmax(s_0, s_1) =
+#: nguyen2024's CPU preset's truth (simulations/configs/nguyen2024.toml [fast]): a softmax gate
+#: over three atoms in d = 2, fitted with k = 4. Why not SMALL_ATOMS: with k* = 2, softmax(s_0, s_1) =
 #: sigmoid(s_0 - s_1), so a sigmoid fit reproduces the dense truth and has no G_bar; and constant
 #: sigmoid gates on ReLU experts trade weight with scale (sigma(b) relu(z) = relu(sigma(b) z)), so
 #: the sparse settings' G* is singular. These atoms passed the reference certificate at n =
@@ -243,7 +243,7 @@ SMALL_K3_NOISE_VAR = 1e-4
 def _small_k3(expert: str) -> Setting:
     return _small(f"small-k3-dense-{expert}", "softmax", expert, "dense",
                   f"d=2, k*=3, k=4: softmax truth with input-dependent gates, {expert} experts "
-                  "(the CPU preset)", k_true=3, k_fit=4, atoms=SMALL_K3_ATOMS,
+                  "(nguyen2024's CPU preset)", k_true=3, k_fit=4, atoms=SMALL_K3_ATOMS,
                   noise_var=SMALL_K3_NOISE_VAR, sparse_zero="all")
 
 

@@ -80,3 +80,21 @@ def test_reproduce_gpus_on_the_cpu_is_refused_naming_the_field(tmp_path, capsys)
                  "--out", str(out)]) == 2
     assert "--gpus" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], ("nguyen2024-measurable", True, True)),
+    (["--no-certify"], ("nguyen2024-measurable", True, False)),
+    (["nguyen2024", "--fast"], ("nguyen2024", True, False)),
+    (["nguyen2024-measurable", "--certify"], ("nguyen2024-measurable", False, True)),
+])
+def test_reproduce_without_a_name_runs_the_certified_cpu_preset(monkeypatch, argv, expected):
+    """The README's first command: the measurable comparison's CPU preset with the optimiser
+    check, so that its table can show certified curves; a named figure certifies on request."""
+    import moe_theory.reproduce
+
+    calls = []
+    monkeypatch.setattr(moe_theory.reproduce, "reproduce",
+                        lambda name, **kw: calls.append((name, kw["fast"], kw["certify"])))
+    assert main(["reproduce", *argv]) == 0
+    assert calls == [expected]
