@@ -77,9 +77,9 @@ SSR_GAP_MAX = 1.0
 CHECK_MAX_ITER_FACTOR = 10
 CHECK_JITTER_FACTOR = 10
 #: optimiser check: replications refitted per (setting, n), the first ones of the sweep. Two
-#: variants of 2 replications refit 2 * 2 / reps of the sweep (50% at nguyen2024's CPU preset's 8,
-#: 100% at the default preset's 4); a
-#: per-n mean or slope that moves under a changed optimiser moves on any subsample.
+#: variants of 2 replications refit 2 * 2 / reps of the sweep (50% at nguyen2024's CPU preset's
+#: 8, 100% at the default preset's 4); a per-n mean or slope that moves under a changed
+#: optimiser moves on any subsample.
 CHECK_REPS = 2
 #: overfit: accepted range of the mean over replications of ``Delta SSR / (nu p)`` at each n.
 #: For a regular model ``Delta SSR / nu ~ chi^2_p`` (mean p, sd sqrt(2p)): with p >= 9 and 8
