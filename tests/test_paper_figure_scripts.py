@@ -202,6 +202,34 @@ def test_the_committed_tight_box_tables_give_the_readme_numbers(many_starts):
     assert r.ci_high[("sigmoid", "D3", 16)] < r.ci_low_box_kept[("softmax", "err_eta_over", 16)]
 
 
+def test_the_tight_box_sweep_gives_the_readme_verdicts():
+    """paper_figures/README.md ("A box of 1.5x") quotes the protocol's run of that box
+    (starts/box1.5/): every certificate but the optimiser one passes for both fits, and the
+    check's wider starts beat 7 of 10 softmax fits by up to 10.6 nu."""
+    import json
+
+    folder = STARTS / "box1.5"
+    check = json.loads((folder / "check.json").read_text())["curves"]
+    soft = check["nguyen2024-measurable-relu/softmax/err_eta_over"]
+    assert soft["status"] == "fail" and round(soft["ssr_gap_max"], 1) == 10.6
+    assert any(r.startswith("7 of 10 refitted fits beaten") for r in soft["reasons"])
+    assert round(soft["slope_shift"]["jitter x10"], 2) == 0.66
+    assert round(check["nguyen2024-measurable-relu/softmax/D1"]["slope_shift"]["jitter x10"],
+                 2) == 0.40
+    sig = check["nguyen2024-measurable-relu/sigmoid/D3"]
+    assert sig["ssr_gap_max"] < 1 and round(sig["mean_shift"]["jitter x10"], 2) == 0.21
+    assert round(sig["slope_shift"]["jitter x10"], 3) == 0.060
+    assert round(sig["slope_tolerance"], 3) == 0.059
+    rates = pd.read_csv(folder / "rates.csv").set_index(["fit_gate", "loss_name"])
+    for curve in (("sigmoid", "D3"), ("softmax", "err_eta_over"), ("softmax", "D1")):
+        row = rates.loc[curve]
+        assert (row.cert_reference, row.cert_converged, row.cert_optimiser, row.cert_overfit) == (
+            "pass", "pass", "fail", "pass")
+    results = pd.read_csv(folder / "results.csv")
+    on_box = results[results.fit_gate == "softmax"].drop_duplicates(["n", "rep"])
+    assert on_box.groupby("n").bound_active.mean()[10_000] == 0.85
+
+
 def test_the_64_start_box2_table_extends_the_16_start_one(many_starts):
     """Its first 16 starts are the 16-start table's fits (other batches: to rounding)."""
     cols = ["n", "rep", "start", "ssr", "bound", "err_eta_over"]
