@@ -185,8 +185,12 @@ def test_process_pool_interrupted_then_resumed(config_path, local_run, tmp_path)
     shards = plan(load_config(config_path))
     cmd = [sys.executable, "-m", "moe_theory.cli", "sweep", str(config_path), "--out",
            str(tmp_path), "--executor", "processes", "--local-workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    # the sweep's stderr is kept (a file, which a full pipe cannot block) for the message of a
+    # failure: an exit code alone does not say which exception ended the run
+    err = tmp_path.parent / f"{tmp_path.name}-stderr.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
     deadline = time.monotonic() + 120
     while (proc.poll() is None and time.monotonic() < deadline
            and not any(shard_path(tmp_path, s).exists() for s in shards)):
@@ -194,7 +198,8 @@ def test_process_pool_interrupted_then_resumed(config_path, local_run, tmp_path)
     interrupted = proc.poll() is None
     if interrupted:
         os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=60) == (130 if interrupted else 0)
+    code = proc.wait(timeout=60)
+    assert code == (130 if interrupted else 0), err.read_text()[-3000:]
     assert interrupted, "the sweep finished before the first shard was seen"
     for s in shards:
         if shard_path(tmp_path, s).exists():
