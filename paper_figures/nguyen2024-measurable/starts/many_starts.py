@@ -338,18 +338,20 @@ def tidy(table: pd.DataFrame, nu: float, starts: int, box: bool = True) -> pd.Da
     does); otherwise without it (the least-squares estimate over the box, every fit kept)."""
     setting = get_setting(table.setting.iloc[0] if "setting" in table else SETTING)
     rows = []
-    for (gate, loss), (n, d) in itertools.product(GAP_CURVES, table.groupby("n")):
-        d = d[d.gate == gate]
-        if d.empty or loss not in d or d[loss].isna().all():
+    for (gate, n), d in table.groupby(["gate", "n"]):
+        losses = [loss for g, loss in GAP_CURVES
+                  if g == gate and loss in d and d[loss].notna().any()]
+        if not losses:
             continue
-        kept, _ = _first(d, starts, nu)
-        rows.append(pd.DataFrame({
-            "setting": setting.name, "truth_gate": setting.truth_gate, "fit_gate": gate,
-            "score": setting.score, "regime": setting.regime, "expert": setting.expert,
-            "d": setting.d, "k_true": setting.k_true, "k_fit": setting.k_fit,
-            "reference": setting.reference_kind(gate), "n": n, "rep": kept.index,
-            "loss_name": loss, "loss_value": kept[loss].to_numpy(),
-            **({"bound_active": kept.bound.to_numpy()} if box else {})}))
+        kept, _ = _first(d, starts, nu)  # once per data set, whatever the number of losses
+        for loss in losses:
+            rows.append(pd.DataFrame({
+                "setting": setting.name, "truth_gate": setting.truth_gate, "fit_gate": gate,
+                "score": setting.score, "regime": setting.regime, "expert": setting.expert,
+                "d": setting.d, "k_true": setting.k_true, "k_fit": setting.k_fit,
+                "reference": setting.reference_kind(gate), "n": n, "rep": kept.index,
+                "loss_name": loss, "loss_value": kept[loss].to_numpy(),
+                **({"bound_active": kept.bound.to_numpy()} if box else {})}))
     return pd.concat(rows, ignore_index=True)
 
 
