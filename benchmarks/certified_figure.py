@@ -51,11 +51,11 @@ from kernels.moe.gram import GRAM_DTYPES
 from moe_theory import baseline
 from moe_theory.certificates import certify_references
 from moe_theory.config import load_config
-from moe_theory.estimators import box_bounds, fit_lse
+from moe_theory.estimators import fit_lse
 from moe_theory.estimators.levenberg_marquardt import STOP_TESTS, stop_reason
 from moe_theory.population import population_lse
 from moe_theory.provenance import provenance
-from moe_theory.sweep import applicable_losses, shard_data, shard_init
+from moe_theory.sweep import applicable_losses, shard_box, shard_data, shard_init
 from moe_theory.voronoi import voronoi_loss
 
 #: The issue's agreement criterion between the float64 and the mixed-precision run.
@@ -169,8 +169,7 @@ def _fit(config, setting, X, Y, n: int, gate: str, ref, gram_dtype: str, backend
     return fit_lse(X, Y, setting.k_fit, gate, setting.expert, setting.score,
                    init=shard_init(config, setting, n, gate, ref), algorithm=config.algorithm,
                    backend=backend, reference=ref,
-                   bounds=box_bounds(ref, setting.k_fit, config.bound_scale, gate=gate,
-                                     split=setting.split),
+                   bounds=shard_box(config, setting, gate, ref),
                    noise_var=setting.noise_var, max_iter=config.max_iter,
                    sgd=config.sgd_protocol(), rep_ids=list(range(X.shape[0])),
                    gram_dtype=gram_dtype)

@@ -20,10 +20,10 @@ import torch
 
 from benchmarks.output import add_output_arguments, output_path, write_json
 from moe_theory.config import load_config
-from moe_theory.estimators import box_bounds, fit_lse
+from moe_theory.estimators import fit_lse
 from moe_theory.population import reference_measure
 from moe_theory.provenance import provenance
-from moe_theory.sweep import applicable_losses, reference_split, shard_data, shard_init
+from moe_theory.sweep import applicable_losses, shard_box, shard_data, shard_init
 from moe_theory.voronoi import voronoi_loss
 
 #: losses compared between the warm and the cold fit, those the sweep measures against the
@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     X, Y = shard_data(config, setting, n, 0, args.reps, device)
     _sync(device)
     out["data_s"] = time.perf_counter() - start
-    box = box_bounds(ref, setting.k_fit, config.bound_scale, gate=args.gate,
-                     split=reference_split(setting, ref))
+    box = shard_box(config, setting, args.gate, ref)
     options = dict(reference=ref, bounds=box, noise_var=setting.noise_var,
                    max_iter=config.max_iter, rep_ids=list(range(args.reps)))
 

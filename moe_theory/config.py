@@ -58,9 +58,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "simulations" / "configs"
+#: values of ``start_splits`` (SweepConfig)
+START_SPLITS = ("reference", "every")
 _KEYS = {"name", "description", "settings", "fit_gates", "n", "reps", "rep_block", "seed",
          "algorithm", "max_iter", "jitter", "k_fit", "losses", "sgd", "plot", "fast", "panels",
-         "bound_scale", "starts", "start_jitter", "gram_dtype"}
+         "bound_scale", "starts", "start_jitter", "start_splits", "gram_dtype"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,10 @@ class SweepConfig:
     #: jitter (None: :data:`~moe_theory.initialization.START_JITTER_FACTOR` x ``jitter``)
     starts: int = DEFAULT_EXTRA_STARTS
     start_jitter: float | None = None
+    #: docs/theory.md#multi-start: which of the reference's atoms the extra starts copy where the
+    #: fit has more atoms: ``reference`` (the setting's split, as the near-reference start) or
+    #: ``every`` (they cycle through every split, and the box holds every split's start)
+    start_splits: str = "reference"
     #: docs/kernels.md#mixed-precision-gauss-newton: precision of the Gram products of LM's
     #: ``J^T J`` (:data:`kernels.moe.gram.GRAM_DTYPES`); loss, gradient and stopping stay float64
     gram_dtype: str = "float64"
@@ -126,6 +132,8 @@ class SweepConfig:
             d.pop("start_jitter")
         if self.gram_dtype == "float64":
             d.pop("gram_dtype")
+        if self.start_splits == "reference":
+            d.pop("start_splits")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -270,6 +278,9 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     if starts and start_jitter is None and jitter == 0:
         raise _err("start_jitter", "jitter = 0 leaves the extra starts on the near-reference one "
                    "(their default jitter is 10 x jitter): set start_jitter, or starts = 0")
+    start_splits = raw.get("start_splits", "reference")
+    if start_splits not in START_SPLITS:
+        raise _err("start_splits", f"must be one of {', '.join(START_SPLITS)}, got {start_splits!r}")
     gram_dtype = raw.get("gram_dtype", "float64")
     if gram_dtype not in GRAM_DTYPES:
         raise _err("gram_dtype", f"must be one of {', '.join(GRAM_DTYPES)}, got {gram_dtype!r}")
@@ -304,7 +315,8 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         rep_block=min(_int(raw, "rep_block", 20), reps), seed=_int(raw, "seed", 0, minimum=0),
         algorithm=algorithm, max_iter=_int(raw, "max_iter", 200), jitter=float(jitter),
         bound_scale=float(bound_scale), starts=starts,
-        start_jitter=None if start_jitter is None else float(start_jitter), gram_dtype=gram_dtype,
+        start_jitter=None if start_jitter is None else float(start_jitter),
+        start_splits=start_splits, gram_dtype=gram_dtype,
         fit_gates=tuple(fit_gates) if fit_gates else None, k_fit=k_fit,
         losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
         panels=tuple(panels), description=str(raw.get("description", "")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,13 +50,24 @@ def default_split(movable: int, n_extra: int) -> tuple[int, ...]:
     return tuple(i % max(movable, 1) for i in range(n_extra))
 
 
+def all_splits(k0: int, k: int) -> list[tuple[int, ...]]:
+    """Every way to over-specify ``k0`` atoms to ``k``: the multisets of ``k - k0`` atoms to
+    copy, each sorted, in lexicographic order (``[()]`` when ``k == k0``). An over-specified
+    least-squares fit can put its extra atoms in any of the truth's Voronoi cells, and which
+    one its minimum uses is decided by the data (docs/theory.md#multi-start)."""
+    return list(itertools.combinations_with_replacement(range(k0), k - k0))
+
+
 def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = None) -> MixingMeasure:
     """Over-specify a measure to ``k`` atoms by copying designated atoms, splitting their weight.
 
     A sigmoid atom copied c times gives each copy ``logit(sigma(beta0)/c)``, a softmax atom
     ``beta0 - log c``, so that ``f_G`` is unchanged where the atom's gate is input-independent
     (exactly unchanged for softmax). ``split`` lists the atoms to copy (default: the first
-    non-pinned ones, cycling). For softmax the pinned atom stays last.
+    non-pinned ones, cycling). For softmax the pinned atom stays last; copying it (index
+    ``k0 - 1``) adds movable copies with its zero gate parameters, and ``log c`` of the pinned
+    atom to every ``beta0``, the softmax's free constant, so that the pinned atom keeps
+    ``beta0 = 0`` and each of its c copies a c-th of its weight.
     """
     k0 = measure.k
     if k < k0:
@@ -64,11 +76,8 @@ def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = 
     movable = k0 - 1 if measure.gate == "softmax" else k0
     if split is None:
         split = default_split(movable, n_extra)
-    if len(split) != n_extra or any(not 0 <= s < movable for s in split):
-        raise ValueError(
-            f"split: needs {n_extra} atom indices in [0, {movable - 1}] (the pinned softmax atom "
-            f"cannot be split), got {list(split)}"
-        )
+    if len(split) != n_extra or any(not 0 <= s < k0 for s in split):
+        raise ValueError(f"split: needs {n_extra} atom indices in [0, {k0 - 1}], got {list(split)}")
     copies = np.bincount(np.asarray(split, dtype=int), minlength=k0) + 1
     order = list(range(movable)) + list(split) + list(range(movable, k0))
     gp = measure.gate_params[:, order].clone()
@@ -78,6 +87,8 @@ def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = 
         gp[..., 0] = torch.logit(torch.sigmoid(gp[..., 0]) / c)
     else:
         gp[..., 0] = gp[..., 0] - torch.log(c)
+        if copies[k0 - 1] > 1:  # back to the gauge that pins the last atom at beta0 = 0
+            gp[..., 0] = gp[..., 0] + float(np.log(copies[k0 - 1]))
     return measure.replace(gp, ep)
 
 
@@ -138,12 +149,17 @@ def multi_start(
     extra: int = DEFAULT_EXTRA_STARTS,
     start_jitter: float | None = None,
     split: tuple[int, ...] | None = None,
+    every_split: bool = False,
 ) -> list[NearTruth]:
     """The starts of a multi-start fit (docs/theory.md#multi-start): the near-reference start
     ``near_truth(reference, k, seed, jitter)``, then ``extra`` starts around the same centre with
     jitter ``start_jitter`` (default ``START_JITTER_FACTOR * jitter``), start s seeded by
     ``(seed, "start", s)``; with each replication's own number (see :class:`NearTruth`), a start
     depends on its coordinates alone, never on the batch.
+
+    ``every_split``: where the reference has fewer atoms than the fit, the extra starts cycle
+    through :func:`all_splits` of its atoms, from the one after ``split`` (the near-reference
+    start's), instead of all copying ``split``.
 
     Perturbed near-reference starts rather than uniform draws over the box: the theorems' LSE is
     the best point of the box, but a uniform start in hundreds of dimensions lands in a basin far
@@ -158,8 +174,14 @@ def multi_start(
             not start_jitter > 0 or np.isinf(start_jitter):
         raise ValueError(f"start_jitter: must be a positive finite number, got {start_jitter!r}")
     first = near_truth(reference, k, seed, jitter=jitter, split=split)
+    splits = [split] * (extra + 1)
+    if every_split and reference.k < k:
+        cycle = all_splits(reference.k, k)
+        movable = reference.k - 1 if reference.gate == "softmax" else reference.k
+        at = cycle.index(tuple(sorted(split or default_split(movable, k - reference.k))))
+        splits = [cycle[(at + s) % len(cycle)] for s in range(extra + 1)]
     return [first] + [near_truth(reference, k, stable_seed(seed, "start", s), jitter=start_jitter,
-                                 split=split) for s in range(1, extra + 1)]
+                                 split=splits[s]) for s in range(1, extra + 1)]
 
 
 def near_truth(

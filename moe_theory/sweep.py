@@ -27,7 +27,7 @@ from moe_theory import models
 from moe_theory.certificates import certify_references, reference_path
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
-from moe_theory.estimators import box_bounds, fit_lse
+from moe_theory.estimators import Bounds, box_bounds, fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus, shard_cost
 from moe_theory.initialization import NearTruth, multi_start
 from moe_theory.measure import MixingMeasure
@@ -103,7 +103,16 @@ def shard_init(config: SweepConfig, setting: Setting, n: int, gate: str, ref: Mi
     seeded by (setting, seed, n, gate, start, rep) alone, never by the data."""
     return multi_start(ref, setting.k_fit, seed=stable_seed(setting.name, config.seed, n, gate),
                        jitter=config.jitter, extra=config.starts, start_jitter=config.start_jitter,
-                       split=reference_split(setting, ref))
+                       split=reference_split(setting, ref),
+                       every_split=config.start_splits == "every")
+
+
+def shard_box(config: SweepConfig, setting: Setting, gate: str, ref: MixingMeasure) -> Bounds:
+    """The box of the fits of ``gate`` (docs/theory.md#compact-parameter-set): around the
+    reference as the starts split it, every split where they cycle through them."""
+    return box_bounds(ref, setting.k_fit, config.bound_scale, gate=gate,
+                      split=reference_split(setting, ref),
+                      every_split=config.start_splits == "every")
 
 
 def reference_split(setting: Setting, ref: MixingMeasure) -> tuple[int, ...] | None:
@@ -124,8 +133,7 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
     for gate in config.gates_for(setting):
         ref_kind, ref = reference_measure(setting, gate, device=device, backend=backend)
         init = shard_init(config, setting, shard.n, gate, ref)
-        bounds = box_bounds(ref, setting.k_fit, config.bound_scale, gate=gate,
-                            split=reference_split(setting, ref))
+        bounds = shard_box(config, setting, gate, ref)
         fit = fit_lse(X, Y, setting.k_fit, gate, setting.expert, setting.score, init=init,
                       algorithm=config.algorithm, backend=backend, reference=ref, bounds=bounds,
                       noise_var=setting.noise_var, max_iter=config.max_iter,

@@ -316,3 +316,55 @@ def test_starts_committed_table_gives_the_readme_numbers(starts):
     assert out.loc[(10000, "each of G*'s 3 atoms split, 2 starts each")].tolist() == [
         "4/8", 0.52, 6.7]
     assert out.loc[(20000, "all 21")].tolist() == ["3/8", 1.84, 0.0]
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return _load("splits")
+
+
+def _split_table(ssr: dict[tuple[float, int], list[float]]) -> pd.DataFrame:
+    """Rows of splits.py's table for one (box, n): per (jitter factor, rep), the given SSRs,
+    each start's errors equal to its SSR (so the kept fit's error names the fit kept), on the
+    box below 6."""
+    rows = []
+    for (jf, rep), values in ssr.items():
+        for start, value in enumerate(values):
+            rows.append(dict(box=1.5, jf=jf, n=1000, rep=rep, split=start % 3, start=start,
+                             ssr_nu=value, ref_ssr_nu=100.0, D1=value, err_eta_over=value,
+                             err_eta_exact=value, w_min=0.1, bound=value < 6,
+                             stop="tolerance", n_iter=10))
+    return pd.DataFrame(rows)
+
+
+def test_splits_keeps_the_near_and_the_overall_best(splits):
+    """"near" is the best of the smallest jitter's starts, "all" the best of every start; a
+    second start counts within one noise variance; "deeper" is how far all go below near."""
+    table = _split_table({(1.0, 0): [10.0, 10.5, 12.0], (10.0, 0): [7.0, 9.0],
+                          (1.0, 1): [5.0, 8.0, 9.0], (10.0, 1): [5.5, 20.0]})
+    k = splits.kept(table).set_index("rep")
+    assert k.loc[0, "near_err_eta_over"] == 10.0 and k.loc[0, "all_err_eta_over"] == 7.0
+    assert bool(k.loc[0, "near_twice"]) and not bool(k.loc[0, "all_twice"])
+    assert k.loc[0, "deeper"] == pytest.approx(-3.0)
+    assert k.loc[1, "all_err_eta_over"] == 5.0 and bool(k.loc[1, "all_twice"])
+    assert not bool(k.loc[1, "near_twice"]) and k.loc[1, "deeper"] == 0.0
+    assert bool(k.loc[1, "near_bound"]) and not bool(k.loc[0, "all_bound"])
+    s = splits.summary(table).iloc[0]
+    assert s.near_beaten == 0.5 and s.deeper_max == pytest.approx(3.0)
+
+
+def test_splits_fits_every_cell_on_the_sweeps_data(splits):
+    """A tiny fit: every (cell, jitter) start for every data set, with the sweep's data."""
+    table = splits.fit_all([300], [1.5], [(1.0, 1), (10.0, 1)], 2, "cpu")
+    assert len(table) == 3 * 2 * 2
+    assert sorted(table.split.unique()) == [0, 1, 2] and sorted(table.jf.unique()) == [1.0, 10.0]
+    assert np.isfinite(table.ssr_nu).all() and (table.ssr_nu > 0).all()
+
+
+def test_the_committed_splits_table_gives_the_readme_numbers(splits):
+    s = splits.summary(pd.read_csv(STARTS / "splits_softmax.csv.gz")).set_index(["box", "n"])
+    assert s.loc[(1.5, 160000), "all_twice"] == pytest.approx(0.95)
+    assert s.loc[(1.5, 40000), "deeper_max"] == pytest.approx(18.07, abs=0.01)
+    assert s.loc[(1.5, 160000), "all_err"] == pytest.approx(2.015, abs=1e-3)
+    assert s.loc[(1.5, 160000), "near_err"] == pytest.approx(0.163, abs=1e-3)
+    assert s.loc[(3.0, 160000), "all_cells"] == "4/8/8"

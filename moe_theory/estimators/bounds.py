@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from moe_theory import models
-from moe_theory.initialization import convert_gate, split_atoms
+from moe_theory.initialization import all_splits, convert_gate, split_atoms
 from moe_theory.measure import MixingMeasure
 
 #: Parameter groups of a packed atom, in their order (gate ``[beta0, beta1, triu(A)]``, then
@@ -78,7 +78,7 @@ class Bounds:
 
 def box_bounds(truth: MixingMeasure, k: int, scale: float = DEFAULT_BOUND_SCALE, *,
                gate: str | None = None, split: tuple[int, ...] | None = None,
-               floor: float = BOUND_FLOOR) -> Bounds:
+               floor: float = BOUND_FLOOR, every_split: bool = False) -> Bounds:
     """The default box around a reference measure (docs/theory.md#compact-parameter-set).
 
     Group ``g`` gets the half-width ``B_g = scale * max(max |entry of g|, floor)``, the maximum
@@ -86,7 +86,10 @@ def box_bounds(truth: MixingMeasure, k: int, scale: float = DEFAULT_BOUND_SCALE,
     writes it: gate converted to ``gate`` (default the truth's) and atoms split to ``k``
     (:func:`~moe_theory.initialization.split_atoms`, which makes the split copies' ``beta0``
     larger), so that the near-truth start's centre lies inside the box. Softmax gate parameters
-    are taken in the pinned gauge, the one the fit uses. ``scale = inf`` gives no box.
+    are taken in the pinned gauge, the one the fit uses. ``every_split``: the largest half-width
+    over every split of the truth's atoms (:func:`~moe_theory.initialization.all_splits`), the
+    box of starts that cycle through them: one box, whichever cell the extra atoms start in.
+    ``scale = inf`` gives no box.
     """
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
         raise ValueError(f"bound_scale: must be a positive number (inf for no bounds), got {scale!r}")
@@ -95,12 +98,15 @@ def box_bounds(truth: MixingMeasure, k: int, scale: float = DEFAULT_BOUND_SCALE,
         raise ValueError(f"floor: must be a positive finite number, got {floor!r}")
     if math.isinf(scale):
         return Bounds()
-    base = split_atoms(convert_gate(truth.select(0), gate or truth.gate), k, split)
-    parts = {"beta0": base.beta0, "beta1": base.beta1, "A": base.A, "a": base.a, "b": base.b}
+    centre = convert_gate(truth.select(0), gate or truth.gate)
+    splits = all_splits(truth.k, k) if every_split and truth.k < k else [split]
     widths = {}
-    for name, values in parts.items():
-        biggest = 0.0 if values is None else float(values.abs().max())
-        widths[name] = float(scale) * max(biggest, float(floor))
+    for one in splits:
+        base = split_atoms(centre, k, one)
+        parts = {"beta0": base.beta0, "beta1": base.beta1, "A": base.A, "a": base.a, "b": base.b}
+        for name, values in parts.items():
+            biggest = 0.0 if values is None else float(values.abs().max())
+            widths[name] = max(widths.get(name, 0.0), float(scale) * max(biggest, float(floor)))
     return Bounds(**widths)
 
 

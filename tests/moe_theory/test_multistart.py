@@ -181,3 +181,70 @@ def test_a_setting_split_applies_to_g_star_not_to_g_bar():
                         split=reference_split(setting, g_bar_like))[1].draw(1, "softmax")
     assert start.k == setting.k_fit
     box_bounds(g_bar_like, setting.k_fit, 10.0, split=reference_split(setting, g_bar_like))
+
+
+def test_every_split_of_a_softmax_truth_keeps_its_regression_function():
+    """Copying any atom, the pinned one included (re-gauged), leaves f_G unchanged, and the
+    pinned atom stays last with zero gate parameters: a start in any Voronoi cell starts at the
+    truth."""
+    from moe_theory.initialization import all_splits, split_atoms
+
+    truth = mt.get_setting("small-k3-dense-relu").truth()
+    assert all_splits(3, 4) == [(0,), (1,), (2,)]
+    assert len(all_splits(3, 5)) == 6 and all_splits(3, 3) == [()]
+    X = torch.rand(1, 257, truth.d, dtype=torch.float64) * 2 - 1
+    for split in all_splits(3, 5):
+        four = split_atoms(truth, 5, split)
+        assert four.k == 5
+        torch.testing.assert_close(four(X), truth(X), rtol=1e-13, atol=1e-13)
+        assert torch.equal(four.gate_params[:, -1], torch.zeros_like(four.gate_params[:, -1]))
+    with pytest.raises(ValueError, match="split"):
+        split_atoms(truth, 4, (3,))
+
+
+def test_starts_that_cycle_through_every_split_and_their_box():
+    """``every_split``: the extra starts copy each atom in turn, from the one after the
+    near-reference start's; the box is the largest over the splits, and without the option
+    starts and box are as before."""
+    from moe_theory.initialization import all_splits
+
+    truth = mt.get_setting("small-k3-dense-relu").truth()
+    plain = multi_start(truth, 4, seed=3, extra=4)
+    assert [s.split for s in plain] == [None] * 5
+    cycled = multi_start(truth, 4, seed=3, extra=4, every_split=True)
+    assert [s.split for s in cycled] == [None, (1,), (2,), (0,), (1,)]
+    # the same seeds and jitters: only the copied atom differs
+    assert [(s.seed, s.jitter) for s in cycled] == [(s.seed, s.jitter) for s in plain]
+    g_bar_like = mt.initialization.split_atoms(truth, 4)
+    assert [s.split for s in multi_start(g_bar_like, 4, extra=2, every_split=True)] == [None] * 3
+    one = box_bounds(truth, 4, 2.0, gate="softmax")
+    every = box_bounds(truth, 4, 2.0, gate="softmax", every_split=True)
+    each = [box_bounds(truth, 4, 2.0, gate="softmax", split=s) for s in all_splits(3, 4)]
+    assert one == each[0]
+    for group in ("beta0", "beta1", "a", "b"):
+        assert getattr(every, group) == max(getattr(b, group) for b in each)
+    # re-gauging the pinned atom's split adds log 2 to the others' beta0
+    assert every.beta0 >= one.beta0
+
+
+def test_config_start_splits(tmp_path):
+    """``start_splits``: ``reference`` (default, the hash of a config without the key) or
+    ``every``; anything else names the key."""
+    from moe_theory.config import parse_config
+    from moe_theory.sweep import shard_box, shard_init
+
+    raw = {"name": "t", "settings": ["small-k3-dense-relu"], "n": [1000], "reps": 2}
+    base = parse_config(dict(raw))
+    assert parse_config(dict(raw, start_splits="reference")).hash == base.hash
+    every = parse_config(dict(raw, start_splits="every"))
+    assert every.hash != base.hash
+    with pytest.raises(ValueError, match="start_splits"):
+        parse_config(dict(raw, start_splits="all"))
+    setting = every.setting("small-k3-dense-relu")
+    truth = setting.truth()
+    assert [s.split for s in shard_init(every, setting, 1000, "softmax", truth)] == \
+        [None, (1,), (2,), (0,), (1,)]
+    assert shard_box(every, setting, "softmax", truth) == \
+        box_bounds(truth, 4, every.bound_scale, gate="softmax", every_split=True)
+    assert shard_box(base, setting, "softmax", truth) == \
+        box_bounds(truth, 4, base.bound_scale, gate="softmax")

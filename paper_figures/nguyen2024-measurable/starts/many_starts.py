@@ -31,12 +31,12 @@ import numpy as np
 import pandas as pd
 
 from moe_theory.config import load_config
-from moe_theory.estimators import box_bounds, fit_lse, groups_at_bound, starting_measures
+from moe_theory.estimators import fit_lse, groups_at_bound, starting_measures
 from moe_theory.plotting import GATE_COLORS, draw_rates, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
 from moe_theory.settings import get_setting
-from moe_theory.sweep import applicable_losses, reference_split, shard_data, shard_init
+from moe_theory.sweep import applicable_losses, shard_box, shard_data, shard_init
 from moe_theory.theory import predicted_rate
 from moe_theory.voronoi import voronoi_loss
 
@@ -62,8 +62,7 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
     kind, ref = reference_measure(setting, gate, device=device)
     losses_kept = applicable_losses(setting, kind, LOSSES)
     X, Y = shard_data(config, setting, n, 0, reps, device)
-    box = box_bounds(ref, setting.k_fit, config.bound_scale, gate=gate,
-                     split=reference_split(setting, ref))
+    box = shard_box(config, setting, gate, ref)
     init = shard_init(config, setting, n, gate, ref)
     rows = []
     for first in range(0, starts, block):
