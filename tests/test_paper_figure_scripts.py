@@ -368,3 +368,23 @@ def test_the_committed_splits_table_gives_the_readme_numbers(splits):
     assert s.loc[(1.5, 160000), "all_err"] == pytest.approx(2.015, abs=1e-3)
     assert s.loc[(1.5, 160000), "near_err"] == pytest.approx(0.163, abs=1e-3)
     assert s.loc[(3.0, 160000), "all_cells"] == "4/8/8"
+
+
+def test_splits_atoms_describes_every_atom_of_both_fits(splits):
+    """``atoms``: per data set, the near and the overall best fit, each atom's gate mass and
+    dominant region (shares of the cube: they sum to one over the atoms), on the sweep's data."""
+    table = splits.atoms([300], [1.5], [(1.0, 1), (10.0, 1)], 2, "cpu")
+    assert len(table) == 2 * 2 * 4  # data sets x fits x atoms
+    per_fit = table.groupby(["rep", "fit"])
+    np.testing.assert_allclose(per_fit.mass.sum(), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(per_fit.region.sum(), 1.0, rtol=1e-12)
+    assert (table.expert_dist >= 0).all() and (table.beta0.abs() <= 1.5 + 1e-12).all()
+
+
+def test_the_committed_splits_atoms_table_gives_the_readme_numbers(splits):
+    a = pd.read_csv(STARTS / "splits_atoms.csv.gz")
+    extra = a.loc[a.groupby(["box", "n", "rep", "fit"]).expert_dist.idxmax()]
+    best = extra[extra.fit == "all"].groupby("box")
+    assert best.mass.median().loc[1.5] == pytest.approx(0.073, abs=0.01)
+    assert best.region.max().loc[1.5] < 0.06
+    assert extra[extra.fit == "all"].groupby(["box", "n"]).expert_dist.median().between(1.1, 2.05).all()

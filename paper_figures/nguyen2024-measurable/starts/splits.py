@@ -4,6 +4,7 @@ n (paper_figures/README.md, nguyen2024-measurable, "Starts in every cell")?
 
     python paper_figures/nguyen2024-measurable/starts/splits.py fit OUT.csv [--device cuda]
         [--n 10000,40000,160000] [--box 1.5,3] [--starts 1:8,10:32,100:24] [--reps 20]
+    python paper_figures/nguyen2024-measurable/starts/splits.py atoms OUT.csv [same options]
     python paper_figures/nguyen2024-measurable/starts/splits.py summary OUT.csv [--figure STEM]
 
 ``fit``: the sweep's data (replications 0 to reps - 1), and per data set, for each of the
@@ -14,6 +15,8 @@ to the box), 192 starts per data set, each fitted as its own problem and kept. O
 start (``box_bounds(..., every_split=True)``). ``summary``: per box and n, the fit kept by the
 near-reference kind of start (the best of the 1x starts) and the best of all starts: how often a
 second start reaches each, by how much the wider starts go deeper, and both fits' errors.
+``atoms``: the same fits again, and per data set every atom of those two fits: its gate mass
+over the cube, where it dominates, its ``beta0`` and its expert's distance to G*'s.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
 from moe_theory.config import load_config
 from moe_theory.data import stable_seed
@@ -41,35 +45,49 @@ LOSSES = ("D1", "err_eta_over", "err_eta_exact")
 WORDS = "N24's comparison on a truth the data identify (ReLU experts, d = 8, k* = 3, k = 4)"
 
 
-def fit_all(ns, boxes, mix, reps: int, device: str) -> pd.DataFrame:
+def _setup():
     config = load_config(CONFIG)
     setting = config.setting(SETTING)
     _, ref = reference_measure(setting, GATE, device="cpu")
-    k, nu = setting.k_fit, setting.noise_var
+    return config, setting, ref
+
+
+def _fit(config, setting, ref, scale: float, n: int, mix, reps: int, device: str):
+    """Every start of every data set at (box, n): the fit of the S * reps problems (start-major)
+    and each start's (cell, jitter factor)."""
+    k = setting.k_fit
+    box = box_bounds(ref, k, scale, gate=GATE, every_split=True)
+    X, Y = shard_data(config, setting, n, 0, reps, device)
+    init, labels = [], []
+    for cell, split in enumerate(all_splits(ref.k, k)):
+        for factor, count in mix:
+            # count jittered starts (the near-reference one, item 0, is left out: the 1x starts
+            # are of its kind), seeded by (cell, jitter) and the start's number
+            got = multi_start(ref, k, seed=stable_seed(setting.name, config.seed, n, GATE, cell,
+                                                       factor),
+                              jitter=config.jitter, extra=count,
+                              start_jitter=10 * config.jitter * factor, split=split)[1:]
+            init += got
+            labels += [(cell, factor)] * len(got)
+    S = len(init)
+    start = starting_measures(init, reps, GATE, setting.score, setting.expert, k, setting.d,
+                              list(range(reps)), device)
+    t0 = time.perf_counter()
+    fit = fit_lse(X.repeat(S, 1, 1), Y.repeat(S, 1), k, GATE, setting.expert, setting.score,
+                  init=start, reference=ref.to(device=device), bounds=box,
+                  noise_var=setting.noise_var, max_iter=config.max_iter)
+    print(f"box {scale:g}x, n = {n}: {S} starts x {reps} data sets in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return fit, labels, box
+
+
+def fit_all(ns, boxes, mix, reps: int, device: str) -> pd.DataFrame:
+    config, setting, ref = _setup()
+    nu = setting.noise_var
     rows = []
     for scale in boxes:
-        box = box_bounds(ref, k, scale, gate=GATE, every_split=True)
         for n in ns:
-            X, Y = shard_data(config, setting, n, 0, reps, device)
-            init, labels = [], []
-            for cell, split in enumerate(all_splits(ref.k, k)):
-                for factor, count in mix:
-                    # count jittered starts (the near-reference one, item 0, is left out: the
-                    # 1x starts are of its kind), seeded by (cell, jitter) and the start's number
-                    got = multi_start(ref, k, seed=stable_seed(setting.name, config.seed, n, GATE,
-                                                               cell, factor),
-                                      jitter=config.jitter, extra=count,
-                                      start_jitter=10 * config.jitter * factor, split=split)[1:]
-                    init += got
-                    labels += [(cell, factor)] * len(got)
-            S = len(init)
-            start = starting_measures(init, reps, GATE, setting.score, setting.expert, k,
-                                      setting.d, list(range(reps)), device)
-            t0 = time.perf_counter()
-            fit = fit_lse(X.repeat(S, 1, 1), Y.repeat(S, 1), k, GATE, setting.expert,
-                          setting.score, init=start, reference=ref.to(device=device),
-                          bounds=box, noise_var=nu, max_iter=config.max_iter)
-            wall = time.perf_counter() - t0
+            fit, labels, box = _fit(config, setting, ref, scale, n, mix, reps, device)
             fitted = fit.measure.to(device="cpu")
             losses = {name: voronoi_loss(fitted, ref, name).numpy() for name in LOSSES}
             weights = fitted.weights
@@ -79,7 +97,7 @@ def fit_all(ns, boxes, mix, reps: int, device: str) -> pd.DataFrame:
             ref_ssr = (fit.ref_loss * n / nu).cpu().numpy()
             bound = fit.bound_active.cpu().numpy()
             n_iter = fit.n_iter.cpu().numpy()
-            for row in range(S * reps):
+            for row in range(len(ssr)):
                 cell, factor = labels[row // reps]
                 rows.append(dict(box=scale, jf=factor, n=n, rep=row % reps, split=cell,
                                  start=row // reps, ssr_nu=ssr[row], ref_ssr_nu=ref_ssr[row],
@@ -87,8 +105,44 @@ def fit_all(ns, boxes, mix, reps: int, device: str) -> pd.DataFrame:
                                  w_min=w_min[row], bound=bool(bound[row]),
                                  **{f"b_{g}": bool(v[row]) for g, v in faces.items()},
                                  stop=fit.stop_reason[row], n_iter=int(n_iter[row])))
-            print(f"box {scale:g}x, n = {n}: {S} starts x {reps} data sets in {wall:.1f} s",
-                  flush=True)
+    return pd.DataFrame(rows)
+
+
+#: inputs drawn to measure where an atom's gate dominates (the data's uniform cube)
+REGION_POINTS = 200_000
+
+
+def atoms(ns, boxes, mix, reps: int, device: str) -> pd.DataFrame:
+    """Per (box, n, data set), every atom of two fits: the best of the 1x starts ("near") and
+    of all starts ("all"): its gate weight averaged over the cube (``mass``), the share of the
+    cube where it has the largest gate weight (``region``), and the distance of its expert
+    ``(a, b)`` to the nearest expert of G* (``expert_dist``)."""
+    config, setting, ref = _setup()
+    gen = torch.Generator().manual_seed(0)
+    U = torch.rand(REGION_POINTS, setting.d, generator=gen, dtype=torch.float64) * 2 - 1
+    true_experts = ref.expert_params[0]  # (k*, d + 1)
+    rows = []
+    for scale in boxes:
+        for n in ns:
+            fit, labels, _ = _fit(config, setting, ref, scale, n, mix, reps, device)
+            ssr = fit.fit_loss.cpu().numpy().reshape(-1, reps)
+            smallest = min(factor for factor, _ in mix)
+            is_near = np.array([factor == smallest for _, factor in labels])
+            fitted = fit.measure.to(device="cpu")
+            for rep in range(reps):
+                for name, pick in (("near", np.where(is_near)[0]), ("all", np.arange(len(labels)))):
+                    s = pick[np.argmin(ssr[pick, rep])]
+                    one = fitted.select([int(s) * reps + rep])
+                    gp, ep = one.gate_params[0], one.expert_params[0]
+                    probs = torch.softmax(gp[:, 0] + U @ gp[:, 1:].T, dim=-1)
+                    top = probs.argmax(-1)
+                    dist = torch.cdist(ep, true_experts).min(-1).values
+                    for atom in range(one.k):
+                        rows.append(dict(box=scale, n=n, rep=rep, fit=name, atom=atom,
+                                         mass=float(probs[:, atom].mean()),
+                                         region=float((top == atom).double().mean()),
+                                         beta0=float(gp[atom, 0]),
+                                         expert_dist=float(dist[atom])))
     return pd.DataFrame(rows)
 
 
@@ -181,7 +235,7 @@ def figure(table: pd.DataFrame, stem: str) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("fit", "summary"))
+    parser.add_argument("what", choices=("fit", "atoms", "summary"))
     parser.add_argument("table")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", default="10000,40000,160000")
@@ -191,10 +245,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--figure", help="STEM of the figure (summary)")
     args = parser.parse_args()
-    if args.what == "fit":
+    if args.what in ("fit", "atoms"):
         mix = [(float(f), int(c)) for f, c in (v.split(":") for v in args.starts.split(","))]
-        table = fit_all([int(float(v)) for v in args.n.split(",")],
-                        [float(v) for v in args.box.split(",")], mix, args.reps, args.device)
+        table = (fit_all if args.what == "fit" else atoms)(
+            [int(float(v)) for v in args.n.split(",")], [float(v) for v in args.box.split(",")],
+            mix, args.reps, args.device)
         table.to_csv(args.table, index=False)
         return
     table = pd.read_csv(args.table)
