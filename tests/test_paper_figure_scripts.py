@@ -355,8 +355,11 @@ def test_splits_keeps_the_near_and_the_overall_best(splits):
 
 def test_splits_fits_every_cell_on_the_sweeps_data(splits):
     """A tiny fit: every (cell, jitter) start for every data set, with the sweep's data."""
-    table = splits.fit_all([300], [1.5], [(1.0, 1), (10.0, 1)], 2, "cpu")
-    assert len(table) == 3 * 2 * 2
+    table, atoms = splits.fit_all([300], [1.5], [(1.0, 1), (10.0, 1)], 2, "cpu")
+    assert len(table) == 3 * 2 * 2 and len(atoms) == 2 * 2 * 4
+    # in blocks of starts: the same fits
+    blocked, _ = splits.fit_all([300], [1.5], [(1.0, 1), (10.0, 1)], 2, "cpu", block=4)
+    np.testing.assert_allclose(blocked.ssr_nu, table.ssr_nu, rtol=1e-9)
     assert sorted(table.split.unique()) == [0, 1, 2] and sorted(table.jf.unique()) == [1.0, 10.0]
     assert np.isfinite(table.ssr_nu).all() and (table.ssr_nu > 0).all()
 
@@ -373,7 +376,7 @@ def test_the_committed_splits_table_gives_the_readme_numbers(splits):
 def test_splits_atoms_describes_every_atom_of_both_fits(splits):
     """``atoms``: per data set, the near and the overall best fit, each atom's gate mass and
     dominant region (shares of the cube: they sum to one over the atoms), on the sweep's data."""
-    table = splits.atoms([300], [1.5], [(1.0, 1), (10.0, 1)], 2, "cpu")
+    _, table = splits.fit_all([300], [1.5], [(1.0, 1), (10.0, 1)], 2, "cpu")
     assert len(table) == 2 * 2 * 4  # data sets x fits x atoms
     per_fit = table.groupby(["rep", "fit"])
     np.testing.assert_allclose(per_fit.mass.sum(), 1.0, rtol=1e-12)
@@ -387,4 +390,4 @@ def test_the_committed_splits_atoms_table_gives_the_readme_numbers(splits):
     best = extra[extra.fit == "all"].groupby("box")
     assert best.mass.median().loc[1.5] == pytest.approx(0.073, abs=0.01)
     assert best.region.max().loc[1.5] < 0.06
-    assert extra[extra.fit == "all"].groupby(["box", "n"]).expert_dist.median().between(1.1, 2.05).all()
+    assert extra[extra.fit == "all"].groupby(["box", "n"]).expert_dist.median().between(0.9, 2.05).all()

@@ -5,6 +5,8 @@ n (paper_figures/README.md, nguyen2024-measurable, "Starts in every cell")?
     python paper_figures/nguyen2024-measurable/starts/splits.py fit OUT.csv [--device cuda]
         [--n 10000,40000,160000] [--box 1.5,3] [--starts 1:8,10:32,100:24] [--reps 20]
     python paper_figures/nguyen2024-measurable/starts/splits.py atoms OUT.csv [same options]
+    (``fit`` with ``--atoms ATOMS.csv`` writes both tables from one set of fits; ``--block B``
+    fits B starts at a time, where all of them at once do not fit in memory)
     python paper_figures/nguyen2024-measurable/starts/splits.py summary OUT.csv [--figure STEM]
 
 ``fit``: the sweep's data (replications 0 to reps - 1), and per data set, for each of the
@@ -52,10 +54,13 @@ def _setup():
     return config, setting, ref
 
 
-def _fit(config, setting, ref, scale: float, n: int, mix, reps: int, device: str):
-    """Every start of every data set at (box, n): the fit of the S * reps problems (start-major)
-    and each start's (cell, jitter factor)."""
-    k = setting.k_fit
+def _fit(config, setting, ref, scale: float, n: int, mix, reps: int, device: str,
+         block: int | None = None) -> dict:
+    """Every start of every data set at (box, n), in batches of at most ``block`` starts (all at
+    once by default): per problem (start-major, row ``s * reps + r``) its SSR and reference
+    SSR in noise variances, box, stop and iterations, the fitted measures (on the CPU), each
+    start's (cell, jitter factor), and the box."""
+    k, nu = setting.k_fit, setting.noise_var
     box = box_bounds(ref, k, scale, gate=GATE, every_split=True)
     X, Y = shard_data(config, setting, n, 0, reps, device)
     init, labels = [], []
@@ -69,81 +74,93 @@ def _fit(config, setting, ref, scale: float, n: int, mix, reps: int, device: str
                               start_jitter=10 * config.jitter * factor, split=split)[1:]
             init += got
             labels += [(cell, factor)] * len(got)
-    S = len(init)
-    start = starting_measures(init, reps, GATE, setting.score, setting.expert, k, setting.d,
-                              list(range(reps)), device)
+    block = block or len(init)
+    parts = []
     t0 = time.perf_counter()
-    fit = fit_lse(X.repeat(S, 1, 1), Y.repeat(S, 1), k, GATE, setting.expert, setting.score,
-                  init=start, reference=ref.to(device=device), bounds=box,
-                  noise_var=setting.noise_var, max_iter=config.max_iter)
-    print(f"box {scale:g}x, n = {n}: {S} starts x {reps} data sets in "
+    for first in range(0, len(init), block):
+        chunk = init[first:first + block]
+        S = len(chunk)
+        start = starting_measures(chunk, reps, GATE, setting.score, setting.expert, k, setting.d,
+                                  list(range(reps)), device)
+        parts.append(fit_lse(X.repeat(S, 1, 1), Y.repeat(S, 1), k, GATE, setting.expert,
+                             setting.score, init=start, reference=ref.to(device=device),
+                             bounds=box, noise_var=nu, max_iter=config.max_iter))
+    print(f"box {scale:g}x, n = {n}: {len(init)} starts x {reps} data sets in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
-    return fit, labels, box
+    measures = [f.measure.to(device="cpu") for f in parts]
+    return dict(
+        ssr=np.concatenate([(f.fit_loss * n / nu).cpu().numpy() for f in parts]),
+        ref_ssr=np.concatenate([(f.ref_loss * n / nu).cpu().numpy() for f in parts]),
+        bound=np.concatenate([f.bound_active.cpu().numpy() for f in parts]),
+        n_iter=np.concatenate([f.n_iter.cpu().numpy() for f in parts]),
+        stop=[reason for f in parts for reason in f.stop_reason],
+        measure=measures[0].replace(torch.cat([m.gate_params for m in measures]),
+                                    torch.cat([m.expert_params for m in measures])),
+        labels=labels, box=box)
 
 
-def fit_all(ns, boxes, mix, reps: int, device: str) -> pd.DataFrame:
-    config, setting, ref = _setup()
-    nu = setting.noise_var
+def _start_rows(fit: dict, ref, scale: float, n: int, reps: int) -> list[dict]:
+    fitted = fit["measure"]
+    losses = {name: voronoi_loss(fitted, ref, name).numpy() for name in LOSSES}
+    weights = fitted.weights
+    w_min = (weights / weights.sum(-1, keepdim=True)).min(-1).values.numpy()
+    faces = groups_at_bound(fitted, fit["box"])
     rows = []
-    for scale in boxes:
-        for n in ns:
-            fit, labels, box = _fit(config, setting, ref, scale, n, mix, reps, device)
-            fitted = fit.measure.to(device="cpu")
-            losses = {name: voronoi_loss(fitted, ref, name).numpy() for name in LOSSES}
-            weights = fitted.weights
-            w_min = (weights / weights.sum(-1, keepdim=True)).min(-1).values.numpy()
-            faces = groups_at_bound(fitted, box)
-            ssr = (fit.fit_loss * n / nu).cpu().numpy()
-            ref_ssr = (fit.ref_loss * n / nu).cpu().numpy()
-            bound = fit.bound_active.cpu().numpy()
-            n_iter = fit.n_iter.cpu().numpy()
-            for row in range(len(ssr)):
-                cell, factor = labels[row // reps]
-                rows.append(dict(box=scale, jf=factor, n=n, rep=row % reps, split=cell,
-                                 start=row // reps, ssr_nu=ssr[row], ref_ssr_nu=ref_ssr[row],
-                                 **{name: v[row] for name, v in losses.items()},
-                                 w_min=w_min[row], bound=bool(bound[row]),
-                                 **{f"b_{g}": bool(v[row]) for g, v in faces.items()},
-                                 stop=fit.stop_reason[row], n_iter=int(n_iter[row])))
-    return pd.DataFrame(rows)
+    for row in range(len(fit["ssr"])):
+        cell, factor = fit["labels"][row // reps]
+        rows.append(dict(box=scale, jf=factor, n=n, rep=row % reps, split=cell,
+                         start=row // reps, ssr_nu=fit["ssr"][row],
+                         ref_ssr_nu=fit["ref_ssr"][row],
+                         **{name: v[row] for name, v in losses.items()},
+                         w_min=w_min[row], bound=bool(fit["bound"][row]),
+                         **{f"b_{g}": bool(v[row]) for g, v in faces.items()},
+                         stop=fit["stop"][row], n_iter=int(fit["n_iter"][row])))
+    return rows
 
 
 #: inputs drawn to measure where an atom's gate dominates (the data's uniform cube)
 REGION_POINTS = 200_000
 
 
-def atoms(ns, boxes, mix, reps: int, device: str) -> pd.DataFrame:
-    """Per (box, n, data set), every atom of two fits: the best of the 1x starts ("near") and
-    of all starts ("all"): its gate weight averaged over the cube (``mass``), the share of the
-    cube where it has the largest gate weight (``region``), and the distance of its expert
-    ``(a, b)`` to the nearest expert of G* (``expert_dist``)."""
+def _atom_rows(fit: dict, ref, scale: float, n: int, reps: int, mix, U) -> list[dict]:
+    """Every atom of two fits per data set: the best of the 1x starts ("near") and of all
+    starts ("all"): its gate weight averaged over the cube (``mass``), the share of the cube
+    where it has the largest gate weight (``region``), its ``beta0`` and the distance of its
+    expert ``(a, b)`` to the nearest expert of G* (``expert_dist``)."""
+    ssr = fit["ssr"].reshape(-1, reps)
+    smallest = min(factor for factor, _ in mix)
+    is_near = np.array([factor == smallest for _, factor in fit["labels"]])
+    true_experts = ref.expert_params[0]  # (k*, d + 1)
+    rows = []
+    for rep in range(reps):
+        for name, pick in (("near", np.where(is_near)[0]), ("all", np.arange(len(is_near)))):
+            s = pick[np.argmin(ssr[pick, rep])]
+            one = fit["measure"].select([int(s) * reps + rep])
+            gp, ep = one.gate_params[0], one.expert_params[0]
+            probs = torch.softmax(gp[:, 0] + U @ gp[:, 1:].T, dim=-1)
+            top = probs.argmax(-1)
+            dist = torch.cdist(ep, true_experts).min(-1).values
+            for atom in range(one.k):
+                rows.append(dict(box=scale, n=n, rep=rep, fit=name, atom=atom,
+                                 mass=float(probs[:, atom].mean()),
+                                 region=float((top == atom).double().mean()),
+                                 beta0=float(gp[atom, 0]), expert_dist=float(dist[atom])))
+    return rows
+
+
+def fit_all(ns, boxes, mix, reps: int, device: str, block: int | None = None
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every start's row (``fit``'s table) and the two kept fits' atoms (``atoms``' table)."""
     config, setting, ref = _setup()
     gen = torch.Generator().manual_seed(0)
     U = torch.rand(REGION_POINTS, setting.d, generator=gen, dtype=torch.float64) * 2 - 1
-    true_experts = ref.expert_params[0]  # (k*, d + 1)
-    rows = []
+    starts, atoms = [], []
     for scale in boxes:
         for n in ns:
-            fit, labels, _ = _fit(config, setting, ref, scale, n, mix, reps, device)
-            ssr = fit.fit_loss.cpu().numpy().reshape(-1, reps)
-            smallest = min(factor for factor, _ in mix)
-            is_near = np.array([factor == smallest for _, factor in labels])
-            fitted = fit.measure.to(device="cpu")
-            for rep in range(reps):
-                for name, pick in (("near", np.where(is_near)[0]), ("all", np.arange(len(labels)))):
-                    s = pick[np.argmin(ssr[pick, rep])]
-                    one = fitted.select([int(s) * reps + rep])
-                    gp, ep = one.gate_params[0], one.expert_params[0]
-                    probs = torch.softmax(gp[:, 0] + U @ gp[:, 1:].T, dim=-1)
-                    top = probs.argmax(-1)
-                    dist = torch.cdist(ep, true_experts).min(-1).values
-                    for atom in range(one.k):
-                        rows.append(dict(box=scale, n=n, rep=rep, fit=name, atom=atom,
-                                         mass=float(probs[:, atom].mean()),
-                                         region=float((top == atom).double().mean()),
-                                         beta0=float(gp[atom, 0]),
-                                         expert_dist=float(dist[atom])))
-    return pd.DataFrame(rows)
+            fit = _fit(config, setting, ref, scale, n, mix, reps, device, block)
+            starts += _start_rows(fit, ref, scale, n, reps)
+            atoms += _atom_rows(fit, ref, scale, n, reps, mix, U)
+    return pd.DataFrame(starts), pd.DataFrame(atoms)
 
 
 def kept(table: pd.DataFrame) -> pd.DataFrame:
@@ -243,14 +260,18 @@ def main() -> None:
     parser.add_argument("--starts", default="1:8,10:32,100:24",
                         help="jitter factor:count per cell, comma-separated")
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--block", type=int, help="starts fitted at once (default all)")
+    parser.add_argument("--atoms", help="fit: also write the atoms table here")
     parser.add_argument("--figure", help="STEM of the figure (summary)")
     args = parser.parse_args()
     if args.what in ("fit", "atoms"):
         mix = [(float(f), int(c)) for f, c in (v.split(":") for v in args.starts.split(","))]
-        table = (fit_all if args.what == "fit" else atoms)(
-            [int(float(v)) for v in args.n.split(",")], [float(v) for v in args.box.split(",")],
-            mix, args.reps, args.device)
-        table.to_csv(args.table, index=False)
+        starts, atoms = fit_all([int(float(v)) for v in args.n.split(",")],
+                                [float(v) for v in args.box.split(",")], mix, args.reps,
+                                args.device, args.block)
+        (starts if args.what == "fit" else atoms).to_csv(args.table, index=False)
+        if args.atoms:
+            atoms.to_csv(args.atoms, index=False)
         return
     table = pd.read_csv(args.table)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
