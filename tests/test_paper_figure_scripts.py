@@ -391,3 +391,14 @@ def test_the_committed_splits_atoms_table_gives_the_readme_numbers(splits):
     assert best.mass.median().loc[1.5] == pytest.approx(0.073, abs=0.01)
     assert best.region.max().loc[1.5] < 0.06
     assert extra[extra.fit == "all"].groupby(["box", "n"]).expert_dist.median().between(0.9, 2.05).all()
+
+
+def test_the_committed_largest_n_splits_tables_give_the_readme_numbers(splits):
+    s = splits.summary(pd.read_csv(STARTS / "splits_1280k_box3_softmax.csv.gz")).iloc[0]
+    assert (s.box, s.n) == (3.0, 1280000)
+    assert s.all_err == pytest.approx(1.985, abs=1e-3) and s.near_err == pytest.approx(0.126, abs=1e-3)
+    a = pd.read_csv(STARTS / "splits_atoms_1280k_box3.csv.gz")
+    extra = a.loc[a.groupby(["rep", "fit"]).expert_dist.idxmax()]
+    deepest = extra[extra.fit == "all"]
+    assert deepest.beta0.median() == pytest.approx(-2.889, abs=1e-3)
+    assert deepest.mass.median() == pytest.approx(0.017, abs=1e-3)
