@@ -85,7 +85,8 @@ def _cmd_rates(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from moe_theory.plotting import plot_panels
+    from moe_theory import plotting
+    from moe_theory.certificates import FolderCertificates
     from moe_theory.report import read_config
     from moe_theory.reproduce import figure_panels
     from moe_theory.store import load_results
@@ -95,8 +96,10 @@ def _cmd_plot(args) -> int:
         raise ValueError(f"DIR: {out} has no manifest.json (not a sweep folder)")
     df = load_results(out)
     config, _ = read_config(out, df)
-    paths = plot_panels(df, figure_panels(df, config), out / config.name,
-                        title=config.name)
+    # the folder's certificates, as reproduce and report draw it: without them every curve
+    # would be drawn "not measurable"
+    paths = plotting.plot_panels(df, figure_panels(df, config), out / config.name,
+                                 title=config.name, certificates=FolderCertificates.load(out))
     print("\n".join(map(str, paths)))
     return 0
 

@@ -37,6 +37,7 @@ from matplotlib.transforms import offset_copy
 
 from moe_theory.certificates import FolderCertificates
 from moe_theory.rates import (
+    CI_HALF_WIDTH_MAX,
     MIN_REPS_PER_N,
     PLUS_MINUS,
     RateFit,
@@ -194,7 +195,12 @@ def curve_label(gate: str, loss: str, rows: pd.DataFrame) -> str:
 
 
 def _rate_label(label: str, fit: RateFit, certified: bool = True) -> str:
+    """A curve's legend entry: its rate, and why it has no verdict where it has none: "not
+    measurable" (a certificate failed or was not run), or, certified, "inconclusive" when the
+    CI is wider than a verdict allows (docs/theory.md#verdicts)."""
     suffix = "" if certified else "\n(not measurable)"
+    if certified and fit.half_width > CI_HALF_WIDTH_MAX:
+        suffix = "\n(inconclusive: CI too wide)"
     if math.isnan(fit.slope):
         return f"{label}: no rate (< 2 sample sizes){suffix}"
     return rf"{label}: $n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}${suffix}"

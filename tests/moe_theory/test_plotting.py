@@ -371,3 +371,16 @@ def test_y_labels_fit_beside_their_axes():
         assert ax.get_ylabel() == label
         box = ax.yaxis.label.get_window_extent(fig.canvas.get_renderer())
         assert ax.bbox.y0 - 1 <= box.y0 and box.y1 <= ax.bbox.y1 + 1
+
+
+def test_a_certified_curve_with_a_wide_ci_is_named_inconclusive():
+    """Every certificate passes, but the CI is wider than a verdict allows: the legend says
+    so, as the verdict table does, instead of showing a bare certified rate."""
+    from moe_theory.rates import CI_HALF_WIDTH_MAX
+
+    noisy = results_table(CURVES, sigma=3.0, seed=1)
+    ax, (fit,) = draw(noisy, [("sigmoid", "D3")], certificates=passing_certificates(noisy))
+    assert fit.half_width > CI_HALF_WIDTH_MAX
+    assert len(lines(ax, "-")) == 1  # drawn as certified
+    label = ax.get_legend().get_texts()[0].get_text()
+    assert label.endswith("(inconclusive: CI too wide)")
