@@ -248,3 +248,20 @@ def test_config_start_splits(tmp_path):
         box_bounds(truth, 4, every.bound_scale, gate="softmax", every_split=True)
     assert shard_box(base, setting, "softmax", truth) == \
         box_bounds(truth, 4, base.bound_scale, gate="softmax")
+
+
+def test_a_sweep_with_starts_in_every_cell(tmp_path):
+    """``start_splits = "every"`` end to end: a softmax sweep whose starts copy each atom of G*
+    in turn: every replication records its 4 starts, and the manifest records the key."""
+    from moe_theory.config import parse_config
+    from moe_theory.sweep import run_sweep
+
+    config = parse_config({"name": "every-cell", "settings": ["small-k3-dense-relu"],
+                           "fit_gates": ["softmax"], "n": [300], "reps": 2, "starts": 3,
+                           "max_iter": 30, "start_splits": "every"})
+    df = run_sweep(config, tmp_path / "sweep", log=lambda msg: None)
+    fits = df.drop_duplicates(["n", "rep"])
+    assert len(fits) == 2 and (fits["n_starts"] == 4).all()
+    assert df["loss_value"].notna().any()
+    manifest = (tmp_path / "sweep" / "manifest.json").read_text()
+    assert '"start_splits": "every"' in manifest
