@@ -85,10 +85,8 @@ def _cmd_rates(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from moe_theory import plotting
-    from moe_theory.certificates import FolderCertificates
     from moe_theory.report import read_config
-    from moe_theory.reproduce import figure_panels
+    from moe_theory.reproduce import write_figure
     from moe_theory.store import load_results
 
     out = Path(args.dir)
@@ -96,10 +94,7 @@ def _cmd_plot(args) -> int:
         raise ValueError(f"DIR: {out} has no manifest.json (not a sweep folder)")
     df = load_results(out)
     config, _ = read_config(out, df)
-    # the folder's certificates, as reproduce and report draw it: without them every curve
-    # would be drawn "not measurable"
-    paths = plotting.plot_panels(df, figure_panels(df, config), out / config.name,
-                                 title=config.name, certificates=FolderCertificates.load(out))
+    paths = write_figure(df, config, out)  # as reproduce draws it, certificates included
     print("\n".join(map(str, paths)))
     return 0
 

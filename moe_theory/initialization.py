@@ -58,6 +58,13 @@ def all_splits(k0: int, k: int) -> list[tuple[int, ...]]:
     return list(itertools.combinations_with_replacement(range(k0), k - k0))
 
 
+def resolved_split(measure: MixingMeasure, k: int, split: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The atoms :func:`split_atoms` copies: ``split``, or by default the first non-pinned ones
+    (a softmax's last atom is pinned), cycling."""
+    movable = measure.k - 1 if measure.gate == "softmax" else measure.k
+    return tuple(split) if split is not None else default_split(movable, k - measure.k)
+
+
 def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = None) -> MixingMeasure:
     """Over-specify a measure to ``k`` atoms by copying designated atoms, splitting their weight.
 
@@ -74,8 +81,7 @@ def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = 
         raise ValueError(f"k: the fitted number of atoms ({k}) must be >= k* = {k0}")
     n_extra = k - k0
     movable = k0 - 1 if measure.gate == "softmax" else k0
-    if split is None:
-        split = default_split(movable, n_extra)
+    split = resolved_split(measure, k, split)
     if len(split) != n_extra or any(not 0 <= s < k0 for s in split):
         raise ValueError(f"split: needs {n_extra} atom indices in [0, {k0 - 1}], got {list(split)}")
     copies = np.bincount(np.asarray(split, dtype=int), minlength=k0) + 1
@@ -177,8 +183,7 @@ def multi_start(
     splits = [split] * (extra + 1)
     if every_split and reference.k < k:
         cycle = all_splits(reference.k, k)
-        movable = reference.k - 1 if reference.gate == "softmax" else reference.k
-        at = cycle.index(tuple(sorted(split or default_split(movable, k - reference.k))))
+        at = cycle.index(tuple(sorted(resolved_split(reference, k, split))))
         splits = [cycle[(at + s) % len(cycle)] for s in range(extra + 1)]
     return [first] + [near_truth(reference, k, stable_seed(seed, "start", s), jitter=start_jitter,
                                  split=splits[s]) for s in range(1, extra + 1)]

@@ -37,7 +37,6 @@ from matplotlib.transforms import offset_copy
 
 from moe_theory.certificates import FolderCertificates
 from moe_theory.rates import (
-    CI_HALF_WIDTH_MAX,
     MIN_REPS_PER_N,
     PLUS_MINUS,
     RateFit,
@@ -47,6 +46,7 @@ from moe_theory.rates import (
     check_n,
     curve_fit,
     curve_rate,
+    curve_verdict,
     drop_reasons,
     resolve_theory,
     values_by_n,
@@ -194,12 +194,12 @@ def curve_label(gate: str, loss: str, rows: pd.DataFrame) -> str:
     return label
 
 
-def _rate_label(label: str, fit: RateFit, certified: bool = True) -> str:
+def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str = "") -> str:
     """A curve's legend entry: its rate, and why it has no verdict where it has none: "not
-    measurable" (a certificate failed or was not run), or, certified, "inconclusive" when the
-    CI is wider than a verdict allows (docs/theory.md#verdicts)."""
+    measurable" (a certificate failed or was not run), or, certified, "inconclusive" when
+    :func:`~moe_theory.rates.curve_verdict` says so (docs/theory.md#verdicts)."""
     suffix = "" if certified else "\n(not measurable)"
-    if certified and fit.half_width > CI_HALF_WIDTH_MAX:
+    if certified and verdict.startswith("inconclusive"):
         suffix = "\n(inconclusive: CI too wide)"
     if math.isnan(fit.slope):
         return f"{label}: no rate (< 2 sample sizes){suffix}"
@@ -332,7 +332,8 @@ def draw_rates(
         fit = curve_fit(curve)
         fits.append(fit)
         name = (settings[0], gate, loss)
-        certified = all(s.passed for s in certificates.evaluate(curve, name).values())
+        statuses = certificates.evaluate(curve, name)
+        certified = all(s.passed for s in statuses.values())
         n_all, values = values_by_n(curve)
         bounds = bounds_by_n(curve) or [None] * len(values)
         kept = {m: v[drop_reasons(v, b) == ""] for m, v, b in zip(n_all, values, bounds,
@@ -366,7 +367,8 @@ def draw_rates(
             styles.add(OVERLAY_LINESTYLE)
             ax.plot(*overlay, color=color, lw=1.0, ls=OVERLAY_LINESTYLE, zorder=1)
         handles.append(Line2D([], [], color=color, marker=marker, mfc=face, ls=line_style,
-                              label=_rate_label(label, fit, certified)))
+                              label=_rate_label(label, fit, certified,
+                                                curve_verdict(rate.exponent, fit, statuses)[0])))
     if key:
         handles += key_handles(styles=styles)
     ax.set_xscale("log")

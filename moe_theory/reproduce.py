@@ -118,6 +118,18 @@ def write_run(out: Path, run: dict, device: str) -> dict:
     return run
 
 
+def write_figure(df: pd.DataFrame, config: SweepConfig, out: Path, panels: list | None = None,
+                 certificates: FolderCertificates | None = None) -> list[Path]:
+    """The config's figure of a results folder, ``out/<config name>.png`` and ``.pdf``, drawn
+    with the certificates the folder holds (without them every curve would be "not
+    measurable"); ``panels`` and ``certificates`` when the caller has them already."""
+    panels = figure_panels(df, config) if panels is None else panels
+    if not panels:
+        return []
+    certificates = FolderCertificates.load(out) if certificates is None else certificates
+    return plot_panels(df, panels, out / config.name, title=config.name, certificates=certificates)
+
+
 def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFrame:
     """Rates table (text, CSV, JSON) and the figure of a finished sweep in ``out``, with the
     certificates the folder holds (docs/theory.md#certificates)."""
@@ -127,8 +139,7 @@ def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFra
     drawn = {(setting, gate, loss) for setting, _, curves in panels for gate, loss in curves}
     table["plotted"] = [(r.setting, r.fit_gate, r.loss_name) in drawn for r in table.itertuples()]
     write_table(out, table, format_rates_table(table))
-    if panels:
-        plot_panels(df, panels, out / config.name, title=config.name, certificates=certificates)
+    write_figure(df, config, out, panels, certificates)
     return table
 
 

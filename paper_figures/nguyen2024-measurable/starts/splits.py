@@ -122,14 +122,14 @@ def _start_rows(fit: dict, ref, scale: float, n: int, reps: int) -> list[dict]:
 REGION_POINTS = 200_000
 
 
-def _atom_rows(fit: dict, ref, scale: float, n: int, reps: int, mix, U) -> list[dict]:
+def _atom_rows(fit: dict, ref, scale: float, n: int, reps: int, U) -> list[dict]:
     """Every atom of two fits per data set: the best of the 1x starts ("near") and of all
     starts ("all"): its gate weight averaged over the cube (``mass``), the share of the cube
     where it has the largest gate weight (``region``), its ``beta0`` and the distance of its
     expert ``(a, b)`` to the nearest expert of G* (``expert_dist``)."""
     ssr = fit["ssr"].reshape(-1, reps)
-    smallest = min(factor for factor, _ in mix)
-    is_near = np.array([factor == smallest for _, factor in fit["labels"]])
+    factors = np.array([factor for _, factor in fit["labels"]])
+    is_near = factors == factors.min()  # as kept(): the starts of the smallest jitter
     true_experts = ref.expert_params[0]  # (k*, d + 1)
     rows = []
     for rep in range(reps):
@@ -159,7 +159,7 @@ def fit_all(ns, boxes, mix, reps: int, device: str, block: int | None = None
         for n in ns:
             fit = _fit(config, setting, ref, scale, n, mix, reps, device, block)
             starts += _start_rows(fit, ref, scale, n, reps)
-            atoms += _atom_rows(fit, ref, scale, n, reps, mix, U)
+            atoms += _atom_rows(fit, ref, scale, n, reps, U)
     return pd.DataFrame(starts), pd.DataFrame(atoms)
 
 
