@@ -276,6 +276,8 @@ def main() -> None:
     table = pd.read_csv(args.table)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary(table).round(3).to_string(index=False))
+        print("slopes of the per-n mean, every fit kept (bootstrap 95% CI): a study of starts, "
+              "no certificates, so no verdict (docs/theory.md#certificates)")
         print(slopes(table).round(3).to_string(index=False))
     if args.figure:
         for path in figure(table, args.figure):
