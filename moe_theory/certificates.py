@@ -10,7 +10,9 @@ A rate is the LSE's only when four things hold for its curve:
   the population LSE from another start is better or equally good elsewhere, and the cached
   G_bar's own design error is small. Computed once per (setting, fitted gate) by
   :func:`reference_certificate`, which also predicts each plotted loss from the local normal
-  limit (the asymptotic overlay).
+  limit (the asymptotic overlay). Per loss, an over-specified fit's reference also fails when a
+  measure the data cannot tell from G* (same regression function) is far from it in that loss
+  (:func:`unidentified_losses`).
 - ``converged``: at least 95% of the fits at every ``n`` stopped on a tolerance, not on the cap.
 - ``optimiser``: no fit is beaten by a known candidate (the reference, another start, the check
   refits) by more than ``SSR_GAP_MAX`` noise variances, and ``moe-theory check`` found the
@@ -47,7 +49,7 @@ from moe_theory.config import SweepConfig
 from moe_theory.data import sample_inputs
 from moe_theory.estimators import fit_lse
 from moe_theory.estimators.problem import LeastSquaresProblem
-from moe_theory.initialization import near_truth
+from moe_theory.initialization import near_truth, resolved_split, split_atoms
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import DESIGN_SEED, GBAR_MAX_ITER, design_size_for, reference_measure
 from moe_theory.settings import Setting, get_setting, list_settings
@@ -130,6 +132,17 @@ OVERLAY_SEED = 2718
 #: of 20 replications of a loss with log-sd 0.75 (relative sd sqrt((e^0.5625 - 1) / 20) = 0.19,
 #: times t_19 = 2.09), the spread of the certified curves measured so far.
 OVERLAY_FACTOR = 1.5
+#: reference (over-specified fits of G*): two measures are indistinguishable at the sweep's
+#: largest n when their regression functions differ by at most one noise variance of expected SSR
+#: there, ``n_max * mean((f_G' - f_G*)^2) / nu <= 1``, well under the SSR_GAP_MAX by which the
+#: optimiser certificate tells two fits apart; a loss that is above UNIDENTIFIED_LOSS_MIN at such
+#: a G' does not measure what the data determine. The trades of an atom's expert among its copies
+#: (``t`` below) cover the two exact degeneracies of the expert classes: positive homogeneity
+#: (ReLU, linear: ``h(x; t eta) = t h(x; eta)``) and a zero expert (``h(x; 0) = 0``: any expert
+#: under sigmoid gating, where weights do not sum to one).
+INDISTINGUISHABLE_SSR = 1.0
+UNIDENTIFIED_LOSS_MIN = 1e-8
+EXPERT_TRADES = (0.5, 1.0)
 #: Bytes of autograd workspace the residual-Hessian term of the sandwich may take per chunk.
 HESSIAN_CHUNK_BYTES = 256 * 2**20
 
@@ -189,6 +202,10 @@ class ReferenceCertificate:
     restarts : :class:`Refits` of the population LSE as a dict (G_bar only, and only when the
         other criteria pass: they are the expensive part); ``restart_tolerance`` the bound on
         their spread
+    unidentified : ``{loss: reason}`` for the losses of an over-specified fit of G* that a
+        measure indistinguishable from G* by the data puts away from it
+        (:func:`unidentified_losses`); ``{}`` when none, None where not tested (a certificate
+        made before the test, or a reference without over-specified atoms)
     n_min, n_max : the sweep's grid ends
     overlay : ``{loss: {"n": [...], "mean": [...], "median": [...]}}``, the loss of
         ``theta ~ N(theta_ref, Sigma / n)`` against the reference; empty where no local normal
@@ -220,6 +237,7 @@ class ReferenceCertificate:
     overfit_ratio: float | None = None
     restarts: dict | None = None
     restart_tolerance: float | None = None
+    unidentified: dict | None = None
     overlay: dict = field(default_factory=dict)
     overlay_note: str = ""
     status: str = PASS
@@ -417,6 +435,63 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
     )
 
 
+def expert_trades(ref: MixingMeasure, k: int) -> list[tuple[str, MixingMeasure]]:
+    """``k``-atom measures that copy one atom of the k*-atom ``ref`` and trade its expert
+    among the copies, each with what it did (docs/theory.md#identified-losses).
+
+    Atom ``j`` is copied ``c = k - k* + 1`` times, each copy keeping its gate slope, and copy
+    ``i`` gets the expert ``t_i eta_j``. Softmax copies split the atom's weight evenly
+    (:func:`~moe_theory.initialization.split_atoms`) and ``t`` has mean 1; sigmoid copies keep
+    the whole gate (a sigmoid weight does not split into sigmoid weights) and ``t`` sums to 1.
+    Where the expert is positively homogeneous, or ``t_i = 0`` with ``h(x; 0) = 0``, the
+    regression function is exactly ``f_ref``; elsewhere it is not, and the test it serves
+    (:func:`unidentified_losses`) measures which."""
+    k0 = ref.k
+    out = []
+    for j in range(k0):
+        split = (j,) * (k - k0)
+        copy = split_atoms(ref, k, resolved_split(ref, k, split))
+        movable = k0 - 1 if ref.gate == "softmax" else k0
+        order = list(range(movable)) + list(split) + list(range(movable, k0))
+        idx = [i for i, o in enumerate(order) if o == j]
+        for spread in EXPERT_TRADES:
+            t = 1 + spread * torch.linspace(-1, 1, len(idx), dtype=ref.expert_params.dtype)
+            gp, ep = copy.gate_params.clone(), copy.expert_params.clone()
+            if ref.gate == "sigmoid":
+                t = t / len(idx)
+                gp[:, idx] = ref.gate_params[:, [j]]
+            ep[:, idx] = ep[:, idx] * t.to(ep.device)[:, None]
+            words = ", ".join(f"{v:.2g}" for v in t.tolist())
+            out.append((f"atom {j} copied {len(idx)} times with experts ({words}) x its own",
+                        copy.replace(gp, ep)))
+    return out
+
+
+def unidentified_losses(ref: MixingMeasure, k: int, losses: Sequence[str], X: torch.Tensor,
+                        n_max: int, nu: float) -> dict[str, str]:
+    """The losses of a ``k``-atom fit of ``ref`` (``k > k*``) that the data do not determine:
+    ``{loss: reason}`` for each loss above UNIDENTIFIED_LOSS_MIN at a measure of
+    :func:`expert_trades` whose regression function the sweep's largest sample cannot tell
+    from ``ref``'s (INDISTINGUISHABLE_SSR). Such a loss need not fall with n whatever the
+    estimator does: the least-squares fit may sit anywhere among these measures."""
+    ref = ref.to(device=X.device)
+    with torch.no_grad():
+        f_ref = ref(X)
+    found: dict[str, tuple[float, str]] = {}
+    for words, other in expert_trades(ref, k):
+        with torch.no_grad():
+            ssr = float(((other(X) - f_ref) ** 2).mean()) * n_max / nu
+        if not ssr <= INDISTINGUISHABLE_SSR:
+            continue
+        for loss in losses:
+            value = float(voronoi_loss(other.to(device="cpu"), ref.to(device="cpu"), loss)[0])
+            if value > UNIDENTIFIED_LOSS_MIN and value > found.get(loss, (0.0, ""))[0]:
+                found[loss] = (value, (
+                    f"{loss} not identified: G* with {words} has the same regression function "
+                    f"(n_max x mean square difference / nu = {ssr:.1e}) and {loss} = {value:.2g}"))
+    return {loss: reason for loss, (_, reason) in found.items()}
+
+
 def reference_certificate(
     setting: Setting, fit_gate: str, n_grid: Sequence[int], losses: Sequence[str], *,
     design_size: int = CERT_DESIGN_SIZE, device: str = "cpu", backend: str = "auto",
@@ -530,6 +605,9 @@ def reference_certificate(
         reasons.append(f"the {setting.k_fit}-atom {fit_gate} fit reproduces f_G* to "
                        f"{misspecification:.1e} in mean square, below nu p / n_max = "
                        f"{misspecification_scale:.1e}: the data cannot single out G_bar")
+    unidentified = None
+    if kind == "G*" and setting.k_fit > model.k:
+        unidentified = unidentified_losses(ref, setting.k_fit, losses, X, n_max, nu)
     return ReferenceCertificate(
         setting=setting.name, fit_gate=fit_gate, kind=kind,
         model={"gate": model.gate, "score": model.score, "expert": model.expert, "k": model.k},
@@ -540,7 +618,8 @@ def reference_certificate(
         design_error_ratio=design_error_ratio, overfit_ratio=overfit_ratio,
         g_bar_design_size=cache_size if kind == "G_bar" else None,
         restarts=None if refits is None else asdict(refits),
-        restart_tolerance=restart_tolerance, overlay=overlay, overlay_note=note,
+        restart_tolerance=restart_tolerance, unidentified=unidentified, overlay=overlay,
+        overlay_note=note,
         status=FAIL if reasons else PASS, reasons=reasons, version=CERTIFICATE_VERSION,
     )
 
@@ -601,6 +680,17 @@ def certify_references(
                     log(f"reference certificate {setting.name} / {gate}: {cert.status}"
                         + (f" ({'; '.join(cert.reasons)})" if cert.reasons else "")
                         + f" ({cert.wall_s:.1f} s)")
+            elif (cert.kind == "G*" and cert.unidentified is None
+                  and setting.k_fit > setting.k_true):
+                # made before the identified-losses test: add it, the rest stands as computed
+                _, ref = reference_measure(setting, gate, device=device, backend=backend)
+                cert.unidentified = unidentified_losses(
+                    ref, setting.k_fit, losses(setting, "G*"),
+                    design(setting, cert.design_size, device), cert.n_max, cert.noise_var)
+                write_reference_certificate(out, cert)
+                if log is not None:
+                    log(f"reference certificate {setting.name} / {gate}: losses not identified: "
+                        + (", ".join(cert.unidentified) or "none"))
             certs.append(cert)
     return certs
 
@@ -762,10 +852,16 @@ def overlay_agreement(n: Sequence[float], values: Sequence[np.ndarray],
     return start
 
 
-def reference_status(cert: ReferenceCertificate | None, missing: str = HOW_TO_CERTIFY) -> Status:
+def reference_status(cert: ReferenceCertificate | None, missing: str = HOW_TO_CERTIFY,
+                     loss: str | None = None) -> Status:
+    """The reference certificate of one curve: the (setting, gate)'s, failed for a ``loss``
+    the certificate found not identified."""
     if cert is None:
         return Status(NOT_RUN, f"no reference certificate ({missing})")
-    return Status(cert.status, "; ".join(cert.reasons))
+    reasons = list(cert.reasons)
+    if loss is not None and loss in (cert.unidentified or {}):
+        reasons.append(cert.unidentified[loss])
+    return Status(FAIL if reasons else cert.status, "; ".join(reasons))
 
 
 def noise_variance(curve: pd.DataFrame, cert: ReferenceCertificate | None) -> float | None:
@@ -814,7 +910,7 @@ class FolderCertificates:
         if check is not None and stale and hashes and stale not in hashes:
             check = None
         return {
-            "reference": reference_status(cert, self.missing),
+            "reference": reference_status(cert, self.missing, loss),
             "converged": converged_certificate(curve),
             "optimiser": optimiser_certificate(curve, check, self.missing),
             "overfit": overfit_certificate(curve, noise_variance(curve, cert),

@@ -3,6 +3,7 @@ regular setting passes them all, a non-identifiable one is "not measurable" with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -454,3 +455,74 @@ def test_the_checks_budget_variant_scales_what_each_algorithm_runs():
     lm = load_config("nguyen2024")
     budget = variants(lm)[f"max_iter x{CHECK_MAX_ITER_FACTOR}"]
     assert budget.max_iter == CHECK_MAX_ITER_FACTOR * lm.max_iter and budget.sgd == lm.sgd
+
+
+# ---- losses the data do not determine ---------------------------------------------------------
+
+
+def _measurable(expert: str) -> Setting:
+    """nguyen2024-measurable-relu's truth (softmax, d = 8, k* = 3, k = 4) with ``expert``."""
+    return settings._n24_measurable(f"test-measurable-{expert}", expert, "test", gate_var=3.0,
+                                    expert_sd=0.7, noise_var=0.02)
+
+
+@pytest.mark.parametrize(("gate", "expert", "exact"), [
+    # softmax copies split the weight: only a positively homogeneous expert trades exactly
+    ("softmax", "relu", {0.5: True, 1.0: True}), ("softmax", "linear", {0.5: True, 1.0: True}),
+    ("softmax", "gelu", {0.5: False, 1.0: False}),
+    # sigmoid copies keep the whole gate: a zero expert (spread 1) is free for any h(x; 0) = 0
+    ("sigmoid", "relu", {0.5: True, 1.0: True}), ("sigmoid", "gelu", {0.5: False, 1.0: True}),
+])
+def test_expert_trades_keep_the_regression_function_exactly_where_the_expert_allows(
+        gate, expert, exact):
+    truth = dataclasses.replace(_measurable(expert), truth_gate=gate).truth()
+    X = torch.rand(1, 3000, truth.d, dtype=torch.float64, generator=torch.Generator().manual_seed(
+        1)) * 2 - 1
+    trades = certificates.expert_trades(truth, 4)  # one extra atom: two copies
+    assert len(trades) == truth.k * len(certificates.EXPERT_TRADES)
+    for (words, other), spread in zip(trades, certificates.EXPERT_TRADES * truth.k, strict=True):
+        assert other.k == 4 and "copied 2 times" in words
+        gap = float((other(X) - truth(X)).abs().max())
+        # rounding of a sum of a few O(1) terms when exact; O(0.01..1) when not
+        assert (gap < 1e-12) == exact[spread], (words, gap)
+        # the experts really moved: the measure is not G* split
+        assert float(voronoi_loss(other, truth, "err_eta_over")[0]) > 0.1
+
+
+def test_over_specified_losses_the_data_cannot_determine_fail_the_reference():
+    # softmax fit of a ReLU truth: G* is identified as a k*-atom model (the certificate passes),
+    # but two copies of an atom can split its expert's scale (0 and 2 times it) at no cost in f,
+    # so the over-specified expert error and D1 fail; the exact-cell error does not
+    relu = reference_certificate(_measurable("relu"), "softmax", [10_000, 160_000],
+                                 ["D1", "err_eta_over", "err_eta_exact"])
+    assert relu.status == PASS and set(relu.unidentified) == {"D1", "err_eta_over"}
+    assert "experts (0, 2) x its own" in relu.unidentified["err_eta_over"]
+    df = results_table({("softmax", "err_eta_over"): -0.25, ("softmax", "err_eta_exact"): -0.5})
+    certs = FolderCertificates({("toy-dense", "softmax"): relu})
+    curves = {loss: df[df.loss_name == loss] for loss in ("err_eta_over", "err_eta_exact")}
+    over = certs.evaluate(curves["err_eta_over"], ("toy-dense", "softmax", "err_eta_over"))
+    assert over["reference"].status == FAIL and "err_eta_over not identified" in \
+        over["reference"].reason
+    exact = certs.evaluate(curves["err_eta_exact"], ("toy-dense", "softmax", "err_eta_exact"))
+    assert exact["reference"].status == PASS
+    # GELU is not homogeneous, and a softmax zero-expert copy changes every weight: identified
+    gelu = reference_certificate(_measurable("gelu"), "softmax", [10_000, 160_000],
+                                 ["D1", "err_eta_over"])
+    assert gelu.status == PASS and gelu.unidentified == {}
+    back = certificates.ReferenceCertificate.from_dict(json.loads(json.dumps(relu.to_dict())))
+    assert back.unidentified == relu.unidentified
+
+
+def test_certify_adds_the_identified_losses_test_to_an_older_certificate(tmp_path, monkeypatch):
+    setting = _measurable("relu")
+    monkeypatch.setitem(settings._SETTINGS, setting.name, setting)
+    config = parse_config({"name": "older", "settings": [setting.name], "n": [10_000, 20_000],
+                           "reps": 2, "fit_gates": ["softmax"]})
+    old = reference_certificate(setting, "softmax", config.n, ["err_eta_over"])
+    old.unidentified, old.config_hash, old.wall_s = None, config.hash, 1.25
+    write_reference_certificate(tmp_path, old)
+    (cert,) = certificates.certify_references(config, tmp_path,
+                                              losses=lambda s, kind: ["err_eta_over"])
+    (saved,) = load_reference_certificates(tmp_path).values()
+    assert set(saved.unidentified) == {"err_eta_over"} == set(cert.unidentified)
+    assert saved.wall_s == 1.25  # the rest of the certificate is kept as it was computed

@@ -8,6 +8,8 @@ n (paper_figures/README.md, nguyen2024-measurable, "Starts in every cell")?
     (``fit`` with ``--atoms ATOMS.csv`` writes both tables from one set of fits; ``--block B``
     fits B starts at a time, where all of them at once do not fit in memory)
     python paper_figures/nguyen2024-measurable/starts/splits.py summary OUT.csv [--figure STEM]
+    (``--setting`` fits another setting of the config, ``--nu`` replaces its noise variance:
+    the same data sets' inputs and noise draws, rescaled)
 
 ``fit``: the sweep's data (replications 0 to reps - 1), and per data set, for each of the
 truth's 3 atoms as the one the fit's extra atom copies (``moe_theory.initialization.all_splits``;
@@ -24,6 +26,7 @@ over the cube, where it dominates, its ``beta0`` and its expert's distance to G*
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import matplotlib.pyplot as plt
@@ -47,9 +50,11 @@ LOSSES = ("D1", "err_eta_over", "err_eta_exact")
 WORDS = "N24's comparison on a truth the data identify (ReLU experts, d = 8, k* = 3, k = 4)"
 
 
-def _setup():
+def _setup(name: str = SETTING, nu: float | None = None):
     config = load_config(CONFIG)
-    setting = config.setting(SETTING)
+    setting = config.setting(name)
+    if nu is not None:
+        setting = dataclasses.replace(setting, noise_var=nu)
     _, ref = reference_measure(setting, GATE, device="cpu")
     return config, setting, ref
 
@@ -148,10 +153,11 @@ def _atom_rows(fit: dict, ref, scale: float, n: int, reps: int, U) -> list[dict]
     return rows
 
 
-def fit_all(ns, boxes, mix, reps: int, device: str, block: int | None = None
-            ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every start's row (``fit``'s table) and the two kept fits' atoms (``atoms``' table)."""
-    config, setting, ref = _setup()
+def fit_all(ns, boxes, mix, reps: int, device: str, block: int | None = None,
+            name: str = SETTING, nu: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every start's row (``fit``'s table) and the two kept fits' atoms (``atoms``' table), of
+    setting ``name`` (its noise variance replaced by ``nu`` if given)."""
+    config, setting, ref = _setup(name, nu)
     gen = torch.Generator().manual_seed(0)
     U = torch.rand(REGION_POINTS, setting.d, generator=gen, dtype=torch.float64) * 2 - 1
     starts, atoms = [], []
@@ -263,12 +269,14 @@ def main() -> None:
     parser.add_argument("--block", type=int, help="starts fitted at once (default all)")
     parser.add_argument("--atoms", help="fit: also write the atoms table here")
     parser.add_argument("--figure", help="STEM of the figure (summary)")
+    parser.add_argument("--setting", default=SETTING, help=f"setting of {CONFIG} (default %(default)s)")
+    parser.add_argument("--nu", type=float, help="noise variance (default the setting's)")
     args = parser.parse_args()
     if args.what in ("fit", "atoms"):
         mix = [(float(f), int(c)) for f, c in (v.split(":") for v in args.starts.split(","))]
         starts, atoms = fit_all([int(float(v)) for v in args.n.split(",")],
                                 [float(v) for v in args.box.split(",")], mix, args.reps,
-                                args.device, args.block)
+                                args.device, args.block, args.setting, args.nu)
         (starts if args.what == "fit" else atoms).to_csv(args.table, index=False)
         if args.atoms:
             atoms.to_csv(args.atoms, index=False)
