@@ -47,7 +47,7 @@ from kernels.moe.torch_pass import jacobian_chunk
 from moe_theory import models
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample_inputs
-from moe_theory.estimators import fit_lse
+from moe_theory.estimators import Bounds, fit_lse
 from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.initialization import near_truth, resolved_split, split_atoms
 from moe_theory.measure import MixingMeasure
@@ -467,18 +467,32 @@ def expert_trades(ref: MixingMeasure, k: int) -> list[tuple[str, MixingMeasure]]
     return out
 
 
+def inside(measure: MixingMeasure, box: Bounds | None) -> bool:
+    """Is every parameter of ``measure`` within the half-widths of ``box`` (None: no box)?"""
+    if box is None:
+        return True
+    for group in ("beta0", "beta1", "A", "a", "b"):
+        values = getattr(measure, group)
+        if values is not None and float(values.abs().max()) > getattr(box, group) * (1 + 1e-12):
+            return False
+    return True
+
+
 def unidentified_losses(ref: MixingMeasure, k: int, losses: Sequence[str], X: torch.Tensor,
-                        n_max: int, nu: float) -> dict[str, str]:
+                        n_max: int, nu: float, box: Bounds | None = None) -> dict[str, str]:
     """The losses of a ``k``-atom fit of ``ref`` (``k > k*``) that the data do not determine:
     ``{loss: reason}`` for each loss above UNIDENTIFIED_LOSS_MIN at a measure of
-    :func:`expert_trades` whose regression function the sweep's largest sample cannot tell
-    from ``ref``'s (INDISTINGUISHABLE_SSR). Such a loss need not fall with n whatever the
-    estimator does: the least-squares fit may sit anywhere among these measures."""
+    :func:`expert_trades` inside the fit's ``box`` (the estimator's parameter set) whose
+    regression function the sweep's largest sample cannot tell from ``ref``'s
+    (INDISTINGUISHABLE_SSR). Such a loss need not fall with n whatever the estimator does: the
+    least-squares fit may sit anywhere among these measures."""
     ref = ref.to(device=X.device)
     with torch.no_grad():
         f_ref = ref(X)
     found: dict[str, tuple[float, str]] = {}
     for words, other in expert_trades(ref, k):
+        if not inside(other, box):
+            continue
         with torch.no_grad():
             ssr = float(((other(X) - f_ref) ** 2).mean()) * n_max / nu
         if not ssr <= INDISTINGUISHABLE_SSR:
@@ -496,6 +510,7 @@ def reference_certificate(
     setting: Setting, fit_gate: str, n_grid: Sequence[int], losses: Sequence[str], *,
     design_size: int = CERT_DESIGN_SIZE, device: str = "cpu", backend: str = "auto",
     restarts: int = RESTARTS, g_bar: tuple[MixingMeasure, int] | None = None,
+    box: Bounds | None = None,
 ) -> ReferenceCertificate:
     """Is the reference of ``fit_gate`` fits of ``setting`` identified at the grid ``n_grid``?
 
@@ -510,6 +525,8 @@ def reference_certificate(
     g_bar : a G_bar already fitted and the size of the design it was fitted on (a folder's
         recorded reference, :func:`certify_references`); default the cached G_bar of
         ``device``'s design size (fitted if not cached)
+    box : the fits' box (G* only: the measures :func:`unidentified_losses` weighs must lie in
+        it); None for no box
     """
     kind = setting.reference_kind(fit_gate)
     if kind == "G_bar" and g_bar is not None:
@@ -607,7 +624,7 @@ def reference_certificate(
                        f"{misspecification_scale:.1e}: the data cannot single out G_bar")
     unidentified = None
     if kind == "G*" and setting.k_fit > model.k:
-        unidentified = unidentified_losses(ref, setting.k_fit, losses, X, n_max, nu)
+        unidentified = unidentified_losses(ref, setting.k_fit, losses, X, n_max, nu, box)
     return ReferenceCertificate(
         setting=setting.name, fit_gate=fit_gate, kind=kind,
         model={"gate": model.gate, "score": model.score, "expert": model.expert, "k": model.k},
@@ -641,7 +658,7 @@ def write_reference_certificate(folder: str | Path, cert: ReferenceCertificate) 
 def certify_references(
     config: SweepConfig, out: str | Path, *, losses: Callable[[Setting, str], Sequence[str]],
     device: str = "cpu", backend: str = "auto", log: Callable[[str], None] | None = None,
-    force: bool = False,
+    force: bool = False, box: Callable[[Setting, str, MixingMeasure], Bounds] | None = None,
 ) -> list[ReferenceCertificate]:
     """The reference certificate of every (setting, fitted gate) of ``config``, saved in
     ``out/certificates/``; one already there for this config is read, not recomputed (unless
@@ -653,13 +670,20 @@ def certify_references(
     first, and ``moe-theory certify`` asks for the size), so that a folder fitted on a GPU is
     certified on a CPU against its own G_bar. Other references are those
     of :func:`~moe_theory.population.reference_measure` on ``device``.
-    ``losses(setting, reference_kind)`` lists the losses the sweep measures (the overlay's).
+    ``losses(setting, reference_kind)`` lists the losses the sweep measures (the overlay's);
+    ``box(setting, gate, reference)`` is the fits' box (None: no box).
     """
     done = load_reference_certificates(out)
     manifest = read_manifest(Path(out)) or {}
     recorded = manifest.get("references", {})
     sizes = manifest.get("reference_design_sizes", {})
     certs = []
+
+    def fit_box(setting: Setting, gate: str) -> Bounds | None:
+        if box is None or setting.reference_kind(gate) != "G*":
+            return None
+        return box(setting, gate, reference_measure(setting, gate, device=device)[1])
+
     for setting in config.setting_objects():
         for gate in config.gates_for(setting):
             cert = done.get((setting.name, gate))
@@ -673,7 +697,8 @@ def certify_references(
                 start = time.perf_counter()
                 cert = reference_certificate(setting, gate, config.n,
                                              losses(setting, setting.reference_kind(gate)),
-                                             device=device, backend=backend, g_bar=g_bar)
+                                             device=device, backend=backend, g_bar=g_bar,
+                                             box=fit_box(setting, gate))
                 cert.config_hash, cert.wall_s = config.hash, time.perf_counter() - start
                 write_reference_certificate(out, cert)
                 if log is not None:
@@ -686,7 +711,8 @@ def certify_references(
                 _, ref = reference_measure(setting, gate, device=device, backend=backend)
                 cert.unidentified = unidentified_losses(
                     ref, setting.k_fit, losses(setting, "G*"),
-                    design(setting, cert.design_size, device), cert.n_max, cert.noise_var)
+                    design(setting, cert.design_size, device), cert.n_max, cert.noise_var,
+                    fit_box(setting, gate))
                 write_reference_certificate(out, cert)
                 if log is not None:
                     log(f"reference certificate {setting.name} / {gate}: losses not identified: "

@@ -46,7 +46,6 @@ from moe_theory.certificates import (
     OPTIMISER_SHARE_MIN,
     PASS,
     SSR_GAP_MAX,
-    certify_references,
     json_ready,
     noise_variance,
 )
@@ -63,7 +62,7 @@ from moe_theory.store import (
     verified_shards,
     write_shard,
 )
-from moe_theory.sweep import applicable_losses, run_shard
+from moe_theory.sweep import certify, run_shard
 
 CHECK_TABLE = "check.parquet"
 #: The refits as they finish, so that an interrupted check resumes (:func:`refit_store`).
@@ -309,9 +308,7 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
     config = read_manifest_config(folder)
     results = load_results(folder)
     start = time.perf_counter()
-    certs = certify_references(
-        config, folder, losses=functools.partial(applicable_losses, wanted=config.losses),
-        device=device, backend=backend, log=log)
+    certs = certify(config, folder, device=device, backend=backend, log=log)
     cert_by = {(c.setting, c.fit_gate): c for c in certs}
     reps = min(reps, config.reps)
     if refits is None:

@@ -120,14 +120,11 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_certify(args) -> int:
-    import functools
-
-    from moe_theory.certificates import certify_references
     from moe_theory.population import DESIGN_SIZE
     from moe_theory.report import read_config, read_results
     from moe_theory.reproduce import write_report
     from moe_theory.store import read_manifest, record_references
-    from moe_theory.sweep import applicable_losses
+    from moe_theory.sweep import certify
 
     out = Path(args.dir)
     manifest = read_manifest(out) if out.is_dir() else None
@@ -152,10 +149,8 @@ def _cmd_certify(args) -> int:
         # stated once, then recorded: a later certify or resumption reads it from the manifest
         record_references(out, {key: recorded[key] for key in missing},
                           {key: args.design_size for key in missing})
-    certs = certify_references(config, out, device=args.device, backend=args.backend,
-                               losses=functools.partial(applicable_losses, wanted=config.losses),
-                               log=lambda msg: print(msg, file=sys.stderr, flush=True),
-                               force=True)
+    certs = certify(config, out, device=args.device, backend=args.backend,
+                    log=lambda msg: print(msg, file=sys.stderr, flush=True), force=True)
     write_report(df, config, out)
     for cert in certs:
         print(f"{cert.setting} / {cert.fit_gate} ({cert.kind}): {cert.status}"

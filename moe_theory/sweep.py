@@ -24,7 +24,7 @@ from kernels.memory import free_memory, physical_memory
 from kernels.moe import precompile, resolve_backend
 from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import models
-from moe_theory.certificates import certify_references, reference_path
+from moe_theory.certificates import ReferenceCertificate, certify_references, reference_path
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
 from moe_theory.estimators import Bounds, box_bounds, fit_lse
@@ -307,8 +307,18 @@ def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "c
                     f"({time.perf_counter() - t0:.1f} s)")
     check_references(Path(out), refs, force=force, log=log, design_size=design_size_for(device))
     # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
-    certify_references(config, out, device=device, backend=backend, log=log,
-                       losses=functools.partial(applicable_losses, wanted=config.losses))
+    certify(config, out, device=device, backend=backend, log=log)
+
+
+def certify(config: SweepConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
+            log: Callable[[str], None] | None = None, force: bool = False
+            ) -> list[ReferenceCertificate]:
+    """The reference certificates of ``config``'s fits in ``out``
+    (:func:`~moe_theory.certificates.certify_references`), with the losses the sweep measures
+    and the box its fits use."""
+    return certify_references(config, out, device=device, backend=backend, log=log, force=force,
+                              losses=functools.partial(applicable_losses, wanted=config.losses),
+                              box=functools.partial(shard_box, config))
 
 
 def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, force: bool,

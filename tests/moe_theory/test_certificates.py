@@ -526,3 +526,29 @@ def test_certify_adds_the_identified_losses_test_to_an_older_certificate(tmp_pat
     (saved,) = load_reference_certificates(tmp_path).values()
     assert set(saved.unidentified) == {"err_eta_over"} == set(cert.unidentified)
     assert saved.wall_s == 1.25  # the rest of the certificate is kept as it was computed
+
+
+def test_only_measures_inside_the_fits_box_make_a_loss_unidentified(tmp_path, monkeypatch):
+    # the least-squares fit ranges over the box: a trade outside it is not one the fit can make
+    from moe_theory.estimators import Bounds, box_bounds
+    from moe_theory.sweep import certify
+
+    setting = _measurable("relu")
+    truth = setting.truth()
+    X = torch.rand(1, 2000, truth.d, dtype=torch.float64,
+                   generator=torch.Generator().manual_seed(2)) * 2 - 1
+    losses = ["D1", "err_eta_over"]
+    free = certificates.unidentified_losses(truth, 4, losses, X, 160_000, 0.02)
+    wide = box_bounds(truth, 4, 10.0, gate="softmax", split=setting.split)
+    assert set(free) == set(losses)
+    assert certificates.unidentified_losses(truth, 4, losses, X, 160_000, 0.02, wide) == free
+    # expert entries held far below G*'s: no trade of G*'s experts lies in the box
+    tight = Bounds(a=1e-3, b=1e-3)
+    assert not certificates.inside(truth, tight) and certificates.inside(truth, Bounds())
+    assert certificates.unidentified_losses(truth, 4, losses, X, 160_000, 0.02, tight) == {}
+    # the sweep's certify hands the config's box to the test (bound_scale 10: the trades fit)
+    monkeypatch.setitem(settings._SETTINGS, setting.name, setting)
+    config = parse_config({"name": "boxed", "settings": [setting.name], "n": [10_000, 20_000],
+                           "reps": 2, "fit_gates": ["softmax"], "losses": ["err_eta_over"]})
+    (cert,) = certify(config, tmp_path)
+    assert set(cert.unidentified) == {"err_eta_over"}
