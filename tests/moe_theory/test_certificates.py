@@ -31,6 +31,7 @@ from moe_theory.certificates import (
 )
 from moe_theory.cli import main
 from moe_theory.config import parse_config
+from moe_theory.estimators import Bounds, box_bounds
 from moe_theory.measure import MixingMeasure
 from moe_theory.rates import CERT_COLUMNS, rates_table
 from moe_theory.settings import SMALL_ATOMS, Setting
@@ -493,10 +494,12 @@ def test_over_specified_losses_the_data_cannot_determine_fail_the_reference():
     # softmax fit of a ReLU truth: G* is identified as a k*-atom model (the certificate passes),
     # but two copies of an atom can split its expert's scale (0 and 2 times it) at no cost in f,
     # so the over-specified expert error and D1 fail; the exact-cell error does not
+    # (in a box of 3x G*'s scale, where a light atom is not free: the next test)
+    box = box_bounds(_measurable("relu").truth(), 4, 3.0, gate="softmax", split=(0,))
     relu = reference_certificate(_measurable("relu"), "softmax", [10_000, 160_000],
-                                 ["D1", "err_eta_over", "err_eta_exact"])
+                                 ["D1", "err_eta_over", "err_eta_exact"], box=box)
     assert relu.status == PASS and set(relu.unidentified) == {"D1", "err_eta_over"}
-    assert "experts (0, 2) x its own" in relu.unidentified["err_eta_over"]
+    assert "experts (0, 2) x its own" in relu.unidentified["err_eta_over"]["reason"]
     df = results_table({("softmax", "err_eta_over"): -0.25, ("softmax", "err_eta_exact"): -0.5})
     certs = FolderCertificates({("toy-dense", "softmax"): relu})
     curves = {loss: df[df.loss_name == loss] for loss in ("err_eta_over", "err_eta_exact")}
@@ -507,7 +510,7 @@ def test_over_specified_losses_the_data_cannot_determine_fail_the_reference():
     assert exact["reference"].status == PASS
     # GELU is not homogeneous, and a softmax zero-expert copy changes every weight: identified
     gelu = reference_certificate(_measurable("gelu"), "softmax", [10_000, 160_000],
-                                 ["D1", "err_eta_over"])
+                                 ["D1", "err_eta_over"], box=box)
     assert gelu.status == PASS and gelu.unidentified == {}
     back = certificates.ReferenceCertificate.from_dict(json.loads(json.dumps(relu.to_dict())))
     assert back.unidentified == relu.unidentified
@@ -530,7 +533,6 @@ def test_certify_adds_the_identified_losses_test_to_an_older_certificate(tmp_pat
 
 def test_only_measures_inside_the_fits_box_make_a_loss_unidentified(tmp_path, monkeypatch):
     # the least-squares fit ranges over the box: a trade outside it is not one the fit can make
-    from moe_theory.estimators import Bounds, box_bounds
     from moe_theory.sweep import certify
 
     setting = _measurable("relu")
@@ -541,7 +543,8 @@ def test_only_measures_inside_the_fits_box_make_a_loss_unidentified(tmp_path, mo
     free = certificates.unidentified_losses(truth, 4, losses, X, 160_000, 0.02)
     wide = box_bounds(truth, 4, 10.0, gate="softmax", split=setting.split)
     assert set(free) == set(losses)
-    assert certificates.unidentified_losses(truth, 4, losses, X, 160_000, 0.02, wide) == free
+    assert set(certificates.unidentified_losses(truth, 4, losses, X, 160_000, 0.02, wide)) == \
+        set(free)
     # expert entries held far below G*'s: no trade of G*'s experts lies in the box
     tight = Bounds(a=1e-3, b=1e-3)
     assert not certificates.inside(truth, tight) and certificates.inside(truth, Bounds())
@@ -552,3 +555,38 @@ def test_only_measures_inside_the_fits_box_make_a_loss_unidentified(tmp_path, mo
                            "reps": 2, "fit_gates": ["softmax"], "losses": ["err_eta_over"]})
     (cert,) = certify(config, tmp_path)
     assert set(cert.unidentified) == {"err_eta_over"}
+
+
+def test_a_light_atom_frees_the_unweighted_error_and_the_curve_judges_the_weighted_one():
+    # GELU experts trade nothing exactly, but an extra softmax atom held at the box's lower face
+    # of beta0 weighs e^-10 of its atom in the sweep's 10x box: its expert is free at n = 1.6e5
+    # (n msd / nu ~ 0.02, measured), so the unweighted over-specified error is not determined,
+    # while D1, which weighs that atom by its gate, moves by ~1e-3 only
+    setting = _measurable("gelu")
+    truth = setting.truth()
+    X = torch.rand(1, 2000, truth.d, dtype=torch.float64,
+                   generator=torch.Generator().manual_seed(3)) * 2 - 1
+    box10 = box_bounds(truth, 4, 10.0, gate="softmax", split=setting.split)
+    box3 = box_bounds(truth, 4, 3.0, gate="softmax", split=setting.split)
+    found = certificates.unidentified_losses(truth, 4, ["D1", "err_eta_over"], X, 160_000, 0.02,
+                                             box10)
+    assert "light atom" in found["err_eta_over"]["reason"] and found["err_eta_over"]["value"] > 1
+    assert 1e-8 < found["D1"]["value"] < 1e-2
+    # in a 3x box the face is e^-3 of the weight: the data tell it apart (n msd / nu ~ 1e4)
+    assert certificates.unidentified_losses(truth, 4, ["D1", "err_eta_over"], X, 160_000, 0.02,
+                                            box3) == {}
+    for light in certificates.light_atoms(truth, 4, box10):
+        assert certificates.inside(light[1], box10) and light[1].k == 4
+        assert torch.equal(light[1].gate_params[:, -1], truth.gate_params[:, -1])  # pinned last
+    # a curve fails only where the free drift is at least a tenth of its smallest median
+    for loss, scale, status in (("D1", 0.1, PASS), ("D1", 1e-3, FAIL),
+                                ("err_eta_over", 0.1, FAIL)):
+        df = results_table({("softmax", loss): -0.5})
+        cert = dataclasses.replace(passing_certificates(df).reference[("toy-dense", "softmax")],
+                                   unidentified=found)
+        df["loss_value"] = df["loss_value"] / df["loss_value"].min() * scale
+        got = FolderCertificates({("toy-dense", "softmax"): cert}).evaluate(
+            df[df.loss_name == loss], ("toy-dense", "softmax", loss))["reference"]
+        assert got.status == status, (loss, scale, got)
+        if status == FAIL:
+            assert "smallest median" in got.reason
