@@ -204,8 +204,10 @@ def test_the_committed_tight_box_tables_give_the_readme_numbers(many_starts):
 
 def test_the_tight_box_sweep_gives_the_readme_verdicts():
     """paper_figures/README.md ("A box of 1.5x") quotes the protocol's run of that box
-    (starts/box1.5/): every certificate but the optimiser one passes for both fits, and the
-    check's wider starts beat 7 of 10 softmax fits by up to 10.6 nu."""
+    (starts/box1.5/): the converged and over-fit certificates pass for both fits, the optimiser
+    one fails, the reference one fails for the softmax losses (an expert traded between two
+    copies lies in this box too: docs/theory.md#identified-losses), and the check's wider
+    starts beat 7 of 10 softmax fits by up to 10.6 nu."""
     import json
 
     folder = STARTS / "box1.5"
@@ -224,7 +226,9 @@ def test_the_tight_box_sweep_gives_the_readme_verdicts():
     for curve in (("sigmoid", "D3"), ("softmax", "err_eta_over"), ("softmax", "D1")):
         row = rates.loc[curve]
         assert (row.cert_reference, row.cert_converged, row.cert_optimiser, row.cert_overfit) == (
-            "pass", "pass", "fail", "pass")
+            "pass" if curve[0] == "sigmoid" else "fail", "pass", "fail", "pass")
+        if curve[0] == "softmax":
+            assert f"{curve[1]} not identified" in row.reason
     results = pd.read_csv(folder / "results.csv")
     on_box = results[results.fit_gate == "softmax"].drop_duplicates(["n", "rep"])
     assert on_box.groupby("n").bound_active.mean()[10_000] == 0.85
