@@ -19,7 +19,7 @@ import time
 import pandas as pd
 import torch
 
-from moe_theory.config import load_config
+from moe_theory.config import SweepConfig
 from moe_theory.estimators import fit_lse
 from moe_theory.sweep import shard_data, shard_init
 
@@ -32,9 +32,8 @@ SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
                      "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def _run(config_name: str, fast: bool, setting_name: str, gate: str, n: int) -> dict:
+def _run(config: SweepConfig, setting_name: str, gate: str, n: int) -> dict:
     torch.set_num_threads(1)
-    config = load_config(config_name, fast=fast)
     setting = config.setting(setting_name)
     X, Y = shard_data(config, setting, n, 0, BASELINE_REPS)
     # the near-reference start alone: the price per evaluation is that of one start
@@ -50,7 +49,7 @@ def _run(config_name: str, fast: bool, setting_name: str, gate: str, n: int) -> 
             "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS")}
 
 
-def start(config, fast: bool) -> cf.Future | None:
+def start(config: SweepConfig) -> cf.Future | None:
     """Start the baseline in a worker process; None when the config has no LM fits to compare."""
     if config.algorithm != "lm":
         return None
@@ -63,8 +62,9 @@ def start(config, fast: bool) -> cf.Future | None:
     saved = {var: os.environ.get(var) for var in SINGLE_THREAD_ENV}
     os.environ.update(dict.fromkeys(SINGLE_THREAD_ENV, "1"))
     try:
-        future = pool.submit(_run, config.name, fast, setting.name, setting.truth_gate,
-                             min(config.n))
+        # the config itself, not its name: a config read from a file outside
+        # simulations/configs has no name to load it by
+        future = pool.submit(_run, config, setting.name, setting.truth_gate, min(config.n))
     finally:
         for var, value in saved.items():
             if value is None:

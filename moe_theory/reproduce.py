@@ -337,7 +337,7 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
     # on a GPU, the CPU baseline runs beside the sweep (the ratio it is judged by,
     # docs/kernels.md#measuring-speed)
     with _BASELINE_START:
-        pending = baseline.start(config, fast) if device.startswith("cuda") else None
+        pending = baseline.start(config) if device.startswith("cuda") else None
     stages = 3 if certify else 2
     _stage(1, stages, f"{config.name}: sweep: G_bar references (cached in {cache_dir()}) and "
                       "their certificates, then the fits", start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -47,8 +48,16 @@ def test_summarise_reports_failures():
     assert "no fits" in baseline.summarise(_done(other), _sweep_rows())["error"]
 
 
-def test_baseline_run_times_scipy_on_the_sweeps_data():
-    got = baseline._run("nguyen2024", True, "small-dense-relu", "softmax", 200)
+def test_baseline_run_times_scipy_on_the_sweeps_data(tmp_path):
+    from moe_theory.config import load_config
+
+    # a config read from a file outside simulations/configs (it has no name to load it by)
+    source = Path(__file__).parents[2] / "simulations" / "configs" / "nguyen2024.toml"
+    (tmp_path / "elsewhere.toml").write_text(
+        source.read_text().replace('name = "nguyen2024"', 'name = "elsewhere"'))
+    config = load_config(tmp_path / "elsewhere.toml", fast=True)
+    assert config.name == "elsewhere"
+    got = baseline._run(config, "small-dense-relu", "softmax", 200)
     assert got["reps"] == baseline.BASELINE_REPS
     assert 0 < got["scipy_evaluations"] <= baseline.BASELINE_REPS * baseline.BASELINE_EVALS
     assert got["scipy_s_per_evaluation"] > 0
@@ -60,7 +69,7 @@ def test_baseline_process_runs_with_one_blas_thread(monkeypatch):
     monkeypatch.setattr(baseline, "_run", _env_probe)
     from moe_theory.config import load_config
 
-    future = baseline.start(load_config("nguyen2024", fast=True), True)
+    future = baseline.start(load_config("nguyen2024", fast=True))
     assert future.result(timeout=120) == "1"
     assert "OPENBLAS_NUM_THREADS" not in os.environ
 
