@@ -67,6 +67,9 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 THEORY_LINESTYLE = "-."
 OVERLAY_LINESTYLE = ":"
 UNCERTIFIED_LINESTYLE = "--"
+#: characters per line of a legend entry's "(not measurable: ...)" reason, so that the legend
+#: stays as wide as its rate line (the legend sits under the axes, inside the figure)
+LEGEND_REASON_WIDTH = 40
 MEDIAN_MARKER = "x"
 #: The legend's title: what "±" means, in the rates table's own words (one convention everywhere).
 LEGEND_TITLE = PLUS_MINUS
@@ -196,11 +199,18 @@ def curve_label(gate: str, loss: str, rows: pd.DataFrame) -> str:
 
 def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str = "") -> str:
     """A curve's legend entry: its rate, and why it has no verdict where it has none: "not
-    measurable" (a certificate failed or was not run), or, certified, "inconclusive" when
+    measurable" with the certificates that failed or were not run, or, certified, "inconclusive" when
     :func:`~moe_theory.rates.curve_verdict` says so (docs/theory.md#verdicts)."""
     suffix = "" if certified else "\n(not measurable)"
+    if not certified and verdict.startswith("not measurable ("):
+        # which certificates failed, as the printed table says: a reader of the figure alone
+        # should not have to look up why
+        suffix = "\n" + textwrap.fill("(not measurable: " + verdict[len("not measurable ("):],
+                                      width=LEGEND_REASON_WIDTH)
     if certified and verdict.startswith("inconclusive"):
         suffix = "\n(inconclusive: CI too wide)"
+    elif certified and verdict in ("consistent", "inconsistent"):
+        suffix = f"\n(certified, {verdict} with theory)"
     if math.isnan(fit.slope):
         return f"{label}: no rate (< 2 sample sizes){suffix}"
     return rf"{label}: $n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}${suffix}"

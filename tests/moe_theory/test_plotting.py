@@ -110,7 +110,8 @@ def test_draw_rates_legend_fit_line_and_theory_guide(df):
     assert labels[2:] == [BARS_LABEL, "median", "fitted rate, certified", "theory exponent"]
     assert legend.get_title().get_text() == LEGEND_TITLE == PLUS_MINUS
     for label, name, fit in zip(labels, ["sigmoid D3", "softmax MoE"], fits, strict=False):
-        assert label == rf"{name}: $n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$"
+        # (a second line names the verdict where there is one: the tests below)
+        assert label.split("\n")[0] == rf"{name}: $n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$"
     assert fits[0].slope == pytest.approx(-0.5, abs=0.06)
     assert fits[1].slope == pytest.approx(-0.25, abs=0.06)
 
@@ -150,7 +151,9 @@ def test_uncertified_curves_are_dashed_and_named_not_measurable(df):
     assert y == pytest.approx(np.exp(fit.intercept) * x**fit.slope)
     assert lines(ax, "-") == []
     label = ax.get_legend().get_texts()[0].get_text()
-    assert label.endswith("(not measurable)")
+    # the legend says which certificates are missing, as the printed table does
+    assert label.split("\n", 1)[1].replace("\n", " ") == \
+        "(not measurable: reference, optimiser, overfit not run)"
 
 
 def test_medians_are_drawn_beside_the_means(df):
@@ -384,3 +387,13 @@ def test_a_certified_curve_with_a_wide_ci_is_named_inconclusive():
     assert len(lines(ax, "-")) == 1  # drawn as certified
     label = ax.get_legend().get_texts()[0].get_text()
     assert label.endswith("(inconclusive: CI too wide)")
+
+
+def test_a_certified_curve_names_its_verdict():
+    """Every certificate passes and the CI is narrow: the legend gives the verdict against the
+    theory, as the verdict table does."""
+    df = results_table(CURVES, sigma=0.05, seed=2)
+    ax, (fit,) = draw(df, [("sigmoid", "D3")], certificates=passing_certificates(df))
+    label = ax.get_legend().get_texts()[0].get_text()
+    assert len(lines(ax, "-")) == 1
+    assert label.endswith("(certified, consistent with theory)"), (label, fit)
