@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import moe_theory as mt
-from moe_theory import certificates, population, settings
+from moe_theory import certificates, identified_losses, population, settings
 from moe_theory.certificates import (
     CHECK_MAX_ITER_FACTOR,
     FAIL,
@@ -479,9 +479,9 @@ def test_expert_trades_keep_the_regression_function_exactly_where_the_expert_all
     truth = dataclasses.replace(_measurable(expert), truth_gate=gate).truth()
     X = torch.rand(1, 3000, truth.d, dtype=torch.float64, generator=torch.Generator().manual_seed(
         1)) * 2 - 1
-    trades = certificates.expert_trades(truth, 4)  # one extra atom: two copies
-    assert len(trades) == truth.k * len(certificates.EXPERT_TRADES)
-    for (words, other), spread in zip(trades, certificates.EXPERT_TRADES * truth.k, strict=True):
+    trades = identified_losses.expert_trades(truth, 4)  # one extra atom: two copies
+    assert len(trades) == truth.k * len(identified_losses.EXPERT_TRADES)
+    for (words, other), spread in zip(trades, identified_losses.EXPERT_TRADES * truth.k, strict=True):
         assert other.k == 4 and "copied 2 times" in words
         gap = float((other(X) - truth(X)).abs().max())
         # rounding of a sum of a few O(1) terms when exact; O(0.01..1) when not
@@ -540,15 +540,15 @@ def test_only_measures_inside_the_fits_box_make_a_loss_unidentified(tmp_path, mo
     X = torch.rand(1, 2000, truth.d, dtype=torch.float64,
                    generator=torch.Generator().manual_seed(2)) * 2 - 1
     losses = ["D1", "err_eta_over"]
-    free = certificates.unidentified_losses(truth, 4, losses, X, 160_000, 0.02)
+    free = identified_losses.unidentified_losses(truth, 4, losses, X, 160_000, 0.02)
     wide = box_bounds(truth, 4, 10.0, gate="softmax", split=setting.split)
     assert set(free) == set(losses)
-    assert set(certificates.unidentified_losses(truth, 4, losses, X, 160_000, 0.02, wide)) == \
+    assert set(identified_losses.unidentified_losses(truth, 4, losses, X, 160_000, 0.02, wide)) == \
         set(free)
     # expert entries held far below G*'s: no trade of G*'s experts lies in the box
     tight = Bounds(a=1e-3, b=1e-3)
-    assert not certificates.inside(truth, tight) and certificates.inside(truth, Bounds())
-    assert certificates.unidentified_losses(truth, 4, losses, X, 160_000, 0.02, tight) == {}
+    assert not identified_losses.inside(truth, tight) and identified_losses.inside(truth, Bounds())
+    assert identified_losses.unidentified_losses(truth, 4, losses, X, 160_000, 0.02, tight) == {}
     # the sweep's certify hands the config's box to the test (bound_scale 10: the trades fit)
     monkeypatch.setitem(settings._SETTINGS, setting.name, setting)
     config = parse_config({"name": "boxed", "settings": [setting.name], "n": [10_000, 20_000],
@@ -568,15 +568,15 @@ def test_a_light_atom_frees_the_unweighted_error_and_the_curve_judges_the_weight
                    generator=torch.Generator().manual_seed(3)) * 2 - 1
     box10 = box_bounds(truth, 4, 10.0, gate="softmax", split=setting.split)
     box3 = box_bounds(truth, 4, 3.0, gate="softmax", split=setting.split)
-    found = certificates.unidentified_losses(truth, 4, ["D1", "err_eta_over"], X, 160_000, 0.02,
+    found = identified_losses.unidentified_losses(truth, 4, ["D1", "err_eta_over"], X, 160_000, 0.02,
                                              box10)
     assert "light atom" in found["err_eta_over"]["reason"] and found["err_eta_over"]["value"] > 1
     assert 1e-8 < found["D1"]["value"] < 1e-2
     # in a 3x box the face is e^-3 of the weight: the data tell it apart (n msd / nu ~ 1e4)
-    assert certificates.unidentified_losses(truth, 4, ["D1", "err_eta_over"], X, 160_000, 0.02,
+    assert identified_losses.unidentified_losses(truth, 4, ["D1", "err_eta_over"], X, 160_000, 0.02,
                                             box3) == {}
-    for light in certificates.light_atoms(truth, 4, box10):
-        assert certificates.inside(light[1], box10) and light[1].k == 4
+    for light in identified_losses.light_atoms(truth, 4, box10):
+        assert identified_losses.inside(light[1], box10) and light[1].k == 4
         assert torch.equal(light[1].gate_params[:, -1], truth.gate_params[:, -1])  # pinned last
     # a curve fails only where the free drift is at least a tenth of its smallest median
     for loss, scale, status in (("D1", 0.1, PASS), ("D1", 1e-3, FAIL),
