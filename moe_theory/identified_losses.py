@@ -82,24 +82,42 @@ def light_atoms(ref: MixingMeasure, k: int, box: Bounds | None = None
     slope, held at the least weight the fits' ``box`` allows (``beta0`` on its lower face,
     ``-LIGHT_BETA0`` without a box), and expert 0 or minus the atom's: the weight-shrinking
     near-degeneracy of an over-specified fit (docs/theory.md#identified-losses). Each comes
-    with what it did; the softmax pinned atom stays last."""
+    with what it did.
+
+    Softmax measures come twice: with the pinned atom last as in ``ref``, and written in the
+    gauge where a light atom is the pinned one (every gate shifted by the light atom's, as far
+    as the box lets the other atoms' ``beta0`` rise). The regression function is the same up
+    to the smaller shift; the losses, which compare ``exp(beta0)`` and gate slopes in the fit's
+    pinned gauge, are not."""
     k0 = ref.k
     boxed = box is not None and not math.isinf(box.beta0)
     low, where = (box.beta0, "the box's lower face") if boxed else (LIGHT_BETA0, "no box")
     at = k0 - 1 if ref.gate == "softmax" else k0
     out = []
     for j in range(k0):
-        gate = ref.gate_params[:, [j]].clone()
-        gate[..., 0] = -low
         for sign, words in ((0.0, "0"), (-1.0, f"minus atom {j}'s")):
             expert = ref.expert_params[:, [j]] * sign
-            gp = torch.cat([ref.gate_params[:, :at], gate.expand(-1, k - k0, -1),
-                            ref.gate_params[:, at:]], dim=1)
             ep = torch.cat([ref.expert_params[:, :at], expert.expand(-1, k - k0, -1),
                             ref.expert_params[:, at:]], dim=1)
-            out.append((f"{k - k0} light atom(s) added, with atom {j}'s gate slope, beta0 = "
-                        f"{-low:.3g} ({where}) and expert {words}",
-                        ref.replace(gp, ep)))
+            gate = ref.gate_params[:, [j]].clone()
+            gate[..., 0] = -low
+            gp = torch.cat([ref.gate_params[:, :at], gate.expand(-1, k - k0, -1),
+                            ref.gate_params[:, at:]], dim=1)
+            added = (f"{k - k0} light atom(s) added, with atom {j}'s gate slope, beta0 = "
+                     f"{-low:.3g} ({where}) and expert {words}")
+            out.append((added, ref.replace(gp, ep)))
+            if ref.gate != "softmax":
+                continue
+            # the light atom pinned: the others' beta0 rise by its depth, at most to the face
+            depth = min(low, low - float(ref.gate_params[..., 0].max())) if boxed else low
+            gate[..., 0] = -depth
+            gp = torch.cat([ref.gate_params[:, :at], gate.expand(-1, k - k0, -1),
+                            ref.gate_params[:, at:]], dim=1) - gate
+            order = [i for i in range(k) if i != at] + [at]
+            out.append((f"{k - k0} light atom(s) added, with atom {j}'s gate slope, "
+                        f"{depth:.3g} below the others in beta0, written as the pinned atom "
+                        f"(the other gates shifted by its own), and expert {words}",
+                        ref.replace(gp[:, order], ep[:, order])))
     return out
 
 
