@@ -808,7 +808,9 @@ def reference_status(cert: ReferenceCertificate | None, missing: str = HOW_TO_CE
     reasons = list(cert.reasons)
     entry = (cert.unidentified or {}).get(loss) if loss is not None else None
     if entry is not None:
-        value, why = entry["value"], entry["reason"]
+        # an entry without its value (a bare reason) fails at any scale
+        value, why = ((entry["value"], entry["reason"]) if isinstance(entry, Mapping)
+                      else (math.inf, str(entry)))
         if smallest is None or not value < UNIDENTIFIED_SHARE * smallest:
             reasons.append(why if smallest is None else
                            f"{why}, against the curve's smallest median {smallest:.2g}")

@@ -600,3 +600,8 @@ def test_a_light_atom_frees_the_over_specified_error_and_pinned_it_frees_d1():
         assert got.status == status, (scale, got)
         if status == FAIL:
             assert "smallest median" in got.reason
+    # a bare reason, without the value, fails whatever the curve's scale
+    cert = dataclasses.replace(cert, unidentified={"D1": "D1 not identified: a trade"})
+    got = FolderCertificates({("toy-dense", "softmax"): cert}).evaluate(
+        df, ("toy-dense", "softmax", "D1"))["reference"]
+    assert got.status == FAIL and got.reason.startswith("D1 not identified: a trade")
