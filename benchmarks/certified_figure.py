@@ -29,7 +29,6 @@ then prices a whole fit).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -49,13 +48,12 @@ import torch
 from benchmarks.output import add_output_arguments, output_path, write_json
 from kernels.moe.gram import GRAM_DTYPES
 from moe_theory import baseline
-from moe_theory.certificates import certify_references
 from moe_theory.config import load_config
 from moe_theory.estimators import fit_lse
 from moe_theory.estimators.levenberg_marquardt import STOP_TESTS, stop_reason
 from moe_theory.population import population_lse
 from moe_theory.provenance import provenance
-from moe_theory.sweep import applicable_losses, shard_box, shard_data, shard_init
+from moe_theory.sweep import applicable_losses, certify, shard_box, shard_data, shard_init
 from moe_theory.voronoi import voronoi_loss
 
 #: The issue's agreement criterion between the float64 and the mixed-precision run.
@@ -198,15 +196,13 @@ def figure(args: argparse.Namespace) -> dict:
            "n": grid, "reps": config.reps, "starts": config.starts + 1,
            "max_iter": config.max_iter, "gram": variants, "device": device,
            "startup_s": _process_age(), "complete": False}
-    pending = baseline.start(config, args.fast) if args.scipy else None
+    pending = baseline.start(config) if args.scipy else None
     records, fits = [], []
     with _fresh_cache(args.keep_cache), tempfile.TemporaryDirectory() as folder:
         refs = _references(config, device, backend, phases, args.design_size)
         if not args.no_certificates:
             with phases("certificates"):
-                certify_references(config, folder, device=device, backend=backend,
-                                   losses=functools.partial(applicable_losses,
-                                                            wanted=config.losses))
+                certify(config, folder, device=device, backend=backend)
         for n in grid:
             if args.max_time_s and time.perf_counter() - started > args.max_time_s:
                 out["stopped_at_n"] = n

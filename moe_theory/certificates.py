@@ -425,6 +425,12 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
     )
 
 
+def over_specified_g_star(setting: Setting, fit_gate: str) -> bool:
+    """Are ``fit_gate`` fits of ``setting`` over-specified fits measured against G* (the
+    references whose losses :func:`unidentified_losses` tests)?"""
+    return setting.reference_kind(fit_gate) == "G*" and setting.k_fit > setting.k_true
+
+
 def reference_certificate(
     setting: Setting, fit_gate: str, n_grid: Sequence[int], losses: Sequence[str], *,
     design_size: int = CERT_DESIGN_SIZE, device: str = "cpu", backend: str = "auto",
@@ -542,7 +548,7 @@ def reference_certificate(
                        f"{misspecification:.1e} in mean square, below nu p / n_max = "
                        f"{misspecification_scale:.1e}: the data cannot single out G_bar")
     unidentified = None
-    if kind == "G*" and setting.k_fit > model.k:
+    if over_specified_g_star(setting, fit_gate):
         unidentified = unidentified_losses(ref, setting.k_fit, losses, X, n_max, nu, box)
     return ReferenceCertificate(
         setting=setting.name, fit_gate=fit_gate, kind=kind,
@@ -598,10 +604,9 @@ def certify_references(
     sizes = manifest.get("reference_design_sizes", {})
     certs = []
 
-    def fit_box(setting: Setting, gate: str) -> Bounds | None:
-        if box is None or setting.reference_kind(gate) != "G*":
-            return None
-        return box(setting, gate, reference_measure(setting, gate, device=device)[1])
+    def g_star_and_box(setting: Setting, gate: str) -> tuple[MixingMeasure, Bounds | None]:
+        _, ref = reference_measure(setting, gate, device=device, backend=backend)
+        return ref, None if box is None else box(setting, gate, ref)
 
     for setting in config.setting_objects():
         for gate in config.gates_for(setting):
@@ -613,25 +618,26 @@ def certify_references(
                 if key in recorded and setting.reference_kind(gate) == "G_bar":
                     size = sizes.get(key) or design_size_for(device)
                     g_bar = (MixingMeasure.from_json(recorded[key]), size)
+                fit_box = (g_star_and_box(setting, gate)[1]
+                           if over_specified_g_star(setting, gate) else None)
                 start = time.perf_counter()
                 cert = reference_certificate(setting, gate, config.n,
                                              losses(setting, setting.reference_kind(gate)),
                                              device=device, backend=backend, g_bar=g_bar,
-                                             box=fit_box(setting, gate))
+                                             box=fit_box)
                 cert.config_hash, cert.wall_s = config.hash, time.perf_counter() - start
                 write_reference_certificate(out, cert)
                 if log is not None:
                     log(f"reference certificate {setting.name} / {gate}: {cert.status}"
                         + (f" ({'; '.join(cert.reasons)})" if cert.reasons else "")
                         + f" ({cert.wall_s:.1f} s)")
-            elif (cert.kind == "G*" and cert.unidentified is None
-                  and setting.k_fit > setting.k_true):
+            elif cert.unidentified is None and over_specified_g_star(setting, gate):
                 # made before the identified-losses test: add it, the rest stands as computed
-                _, ref = reference_measure(setting, gate, device=device, backend=backend)
+                ref, fit_box = g_star_and_box(setting, gate)
                 cert.unidentified = unidentified_losses(
                     ref, setting.k_fit, losses(setting, "G*"),
                     design(setting, cert.design_size, device), cert.n_max, cert.noise_var,
-                    fit_box(setting, gate))
+                    fit_box)
                 write_reference_certificate(out, cert)
                 if log is not None:
                     log(f"reference certificate {setting.name} / {gate}: losses not identified: "

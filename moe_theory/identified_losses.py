@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from moe_theory.estimators import Bounds
-from moe_theory.initialization import resolved_split, split_atoms
+from moe_theory.initialization import split_atoms, split_order
 from moe_theory.measure import MixingMeasure
 from moe_theory.voronoi import voronoi_loss
 
@@ -59,10 +59,8 @@ def expert_trades(ref: MixingMeasure, k: int) -> list[tuple[str, MixingMeasure]]
     out = []
     for j in range(k0):
         split = (j,) * (k - k0)
-        copy = split_atoms(ref, k, resolved_split(ref, k, split))
-        movable = k0 - 1 if ref.gate == "softmax" else k0
-        order = list(range(movable)) + list(split) + list(range(movable, k0))
-        idx = [i for i, o in enumerate(order) if o == j]
+        copy = split_atoms(ref, k, split)
+        idx = [i for i, o in enumerate(split_order(ref, k, split)) if o == j]
         for spread in EXPERT_TRADES:
             t = 1 + spread * torch.linspace(-1, 1, len(idx), dtype=ref.expert_params.dtype)
             gp, ep = copy.gate_params.clone(), copy.expert_params.clone()
@@ -143,7 +141,7 @@ def unidentified_losses(ref: MixingMeasure, k: int, losses: Sequence[str], X: to
     (INDISTINGUISHABLE_SSR). Such a loss need not fall below ``v`` with n whatever the estimator
     does: the least-squares fit may sit anywhere among these measures (a curve judges ``v``
     against its own values: :func:`reference_status`)."""
-    ref = ref.to(device=X.device)
+    ref_cpu, ref = ref.to(device="cpu"), ref.to(device=X.device)
     with torch.no_grad():
         f_ref = ref(X)
     found: dict[str, tuple[float, str]] = {}
@@ -154,8 +152,9 @@ def unidentified_losses(ref: MixingMeasure, k: int, losses: Sequence[str], X: to
             ssr = float(((other(X) - f_ref) ** 2).mean()) * n_max / nu
         if not ssr <= INDISTINGUISHABLE_SSR:
             continue
+        other_cpu = other.to(device="cpu")
         for loss in losses:
-            value = float(voronoi_loss(other.to(device="cpu"), ref.to(device="cpu"), loss)[0])
+            value = float(voronoi_loss(other_cpu, ref_cpu, loss)[0])
             if value > UNIDENTIFIED_LOSS_MIN and value > found.get(loss, (0.0, ""))[0]:
                 found[loss] = (value, (
                     f"{loss} not identified: G* with {words} has the same regression function "

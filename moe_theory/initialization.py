@@ -65,6 +65,14 @@ def resolved_split(measure: MixingMeasure, k: int, split: tuple[int, ...] | None
     return tuple(split) if split is not None else default_split(movable, k - measure.k)
 
 
+def split_order(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = None) -> list[int]:
+    """Which atom of ``measure`` each of the ``k`` atoms of :func:`split_atoms` copies, in its
+    order: the movable atoms, then the copies ``split`` adds, then the softmax pinned atom."""
+    movable = measure.k - 1 if measure.gate == "softmax" else measure.k
+    split = resolved_split(measure, k, split)
+    return list(range(movable)) + list(split) + list(range(movable, measure.k))
+
+
 def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = None) -> MixingMeasure:
     """Over-specify a measure to ``k`` atoms by copying designated atoms, splitting their weight.
 
@@ -80,12 +88,11 @@ def split_atoms(measure: MixingMeasure, k: int, split: tuple[int, ...] | None = 
     if k < k0:
         raise ValueError(f"k: the fitted number of atoms ({k}) must be >= k* = {k0}")
     n_extra = k - k0
-    movable = k0 - 1 if measure.gate == "softmax" else k0
     split = resolved_split(measure, k, split)
     if len(split) != n_extra or any(not 0 <= s < k0 for s in split):
         raise ValueError(f"split: needs {n_extra} atom indices in [0, {k0 - 1}], got {list(split)}")
     copies = np.bincount(np.asarray(split, dtype=int), minlength=k0) + 1
-    order = list(range(movable)) + list(split) + list(range(movable, k0))
+    order = split_order(measure, k, split)
     gp = measure.gate_params[:, order].clone()
     ep = measure.expert_params[:, order].clone()
     c = torch.as_tensor(copies[order], dtype=gp.dtype, device=gp.device)

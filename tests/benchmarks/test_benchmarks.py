@@ -298,3 +298,25 @@ def test_sass_counts_the_sample_loop_of_the_gradient_kernel(tmp_path):
     assert not sass.loop_mix("        /*0000*/                   EXIT ;\n")
     # under the interpreter there is no compiler: said, not a traceback
     assert main(["sass", "--d", "2", "--k", "2"]) == 2
+
+
+def test_certified_figure_with_certificates_and_the_scipy_baseline(tmp_path, monkeypatch):
+    """The paths the toy run above leaves out: the reference certificates (through
+    moe_theory.sweep.certify, the call that brings the fits' losses and box; recorded here, not
+    computed: they take minutes and tests/moe_theory/test_certificates.py computes them) and
+    the scipy baseline beside the run (computed)."""
+    from benchmarks import certified_figure
+
+    calls = []
+    monkeypatch.setattr(certified_figure, "certify",
+                        lambda config, folder, **kw: calls.append((config.name, kw)) or [])
+    path = tmp_path / "fig.json"
+    assert main(["certified-figure", "--fast", "--n-num", "1", "--reps", "2", "--max-iter", "4",
+                 "--gram", "float64", "--design-size", "500", "--scipy", "--device", "cpu",
+                 "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert out["complete"] and "certificates" in out["phases_s"]
+    assert calls == [("nguyen2024", {"device": "cpu", "backend": "auto"})]
+    (summary,) = out["scipy_baseline"].values()
+    assert "error" not in summary, summary
+    assert summary["scipy_s_per_evaluation"] > 0

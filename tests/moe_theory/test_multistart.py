@@ -265,3 +265,22 @@ def test_a_sweep_with_starts_in_every_cell(tmp_path):
     assert df["loss_value"].notna().any()
     manifest = (tmp_path / "sweep" / "manifest.json").read_text()
     assert '"start_splits": "every"' in manifest
+
+
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("split", [(0,), (2,), (1, 1)])
+def test_split_order_names_the_atom_each_split_atom_copies(gate, split):
+    # expert parameters are copied unchanged by split_atoms: each row is its source atom's
+    from moe_theory.initialization import split_atoms, split_order
+
+    truth = mt.get_setting("nguyen2024-measurable-relu").truth()
+    if gate == "sigmoid":
+        truth = mt.MixingMeasure("sigmoid", truth.score, truth.expert, truth.d, truth.gate_params,
+                                 truth.expert_params)
+    k = truth.k + len(split)
+    order = split_order(truth, k, split)
+    assert sorted(set(order)) == list(range(truth.k)) and len(order) == k
+    assert torch.equal(split_atoms(truth, k, split).expert_params,
+                       truth.expert_params[:, order])
+    if gate == "softmax":
+        assert order[-1] == truth.k - 1  # the pinned atom stays last
