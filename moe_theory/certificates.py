@@ -54,7 +54,7 @@ from moe_theory.initialization import near_truth
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import DESIGN_SEED, GBAR_MAX_ITER, design_size_for, reference_measure
 from moe_theory.settings import Setting, get_setting, list_settings
-from moe_theory.store import read_manifest
+from moe_theory.store import atomic_write, read_manifest
 from moe_theory.voronoi import voronoi_loss
 
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
@@ -573,10 +573,9 @@ def reference_path(folder: str | Path, setting: str, fit_gate: str) -> Path:
 def write_reference_certificate(folder: str | Path, cert: ReferenceCertificate) -> Path:
     """Save ``cert`` beside the sweep's shards (written whole or not at all)."""
     path = reference_path(folder, cert.setting, cert.fit_gate)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(cert.to_dict(), indent=1))
-    tmp.replace(path)
+    # a temporary file of this writer's own: two sweeps sharing a folder certify the same
+    # reference at once, and a shared temporary name let one rename the other's away
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(cert.to_dict(), indent=1)))
     return path
 
 

@@ -605,3 +605,23 @@ def test_a_light_atom_frees_the_over_specified_error_and_pinned_it_frees_d1():
     got = FolderCertificates({("toy-dense", "softmax"): cert}).evaluate(
         df, ("toy-dense", "softmax", "D1"))["reference"]
     assert got.status == FAIL and got.reason.startswith("D1 not identified: a trade")
+
+
+def test_writers_of_one_certificate_at_once_do_not_collide(tmp_path):
+    # two sweeps sharing a folder certify the same reference at the same time: each writes
+    # through a temporary file of its own, so neither renames the other's away (a shared
+    # temporary name failed one of two concurrent sweeps on a 2-core CI machine)
+    import concurrent.futures
+
+    cert = reference_certificate(_measurable("relu"), "softmax", [10_000, 20_000],
+                                 ["err_eta_over"])
+
+    def write_many(_):
+        for _ in range(200):
+            write_reference_certificate(tmp_path, cert)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(write_many, range(4)))  # re-raises a writer's error
+    (saved,) = load_reference_certificates(tmp_path).values()
+    assert saved.unidentified == json.loads(json.dumps(cert.unidentified))
+    assert not [p for p in (tmp_path / "certificates").iterdir() if p.name.startswith(".")]
