@@ -593,7 +593,8 @@ def certify_references(
     where the manifest predates that record: a sweep checks its G_bar against the recorded one
     first, and ``moe-theory certify`` asks for the size), so that a folder fitted on a GPU is
     certified on a CPU against its own G_bar. Other references are those
-    of :func:`~moe_theory.population.reference_measure` on ``device``.
+    of :func:`~moe_theory.population.reference_measure` on ``device``, G_bar on the config's
+    ``g_bar_design_size`` design points where it sets one.
     ``losses(setting, reference_kind)`` lists the losses the sweep measures (the overlay's);
     ``box(setting, gate, reference)`` is the fits' box (None: no box).
     """
@@ -614,9 +615,13 @@ def certify_references(
                     or cert.version != CERTIFICATE_VERSION):
                 key = f"{setting.name}/{gate}"
                 g_bar = None
-                if key in recorded and setting.reference_kind(gate) == "G_bar":
-                    size = sizes.get(key) or design_size_for(device)
-                    g_bar = (MixingMeasure.from_json(recorded[key]), size)
+                if setting.reference_kind(gate) == "G_bar":
+                    size = design_size_for(device, config.g_bar_design_size)
+                    if key in recorded:
+                        g_bar = (MixingMeasure.from_json(recorded[key]), sizes.get(key) or size)
+                    else:
+                        g_bar = (reference_measure(setting, gate, device=device, backend=backend,
+                                                   design_size=size)[1], size)
                 fit_box = (g_star_and_box(setting, gate)[1]
                            if over_specified_g_star(setting, gate) else None)
                 start = time.perf_counter()

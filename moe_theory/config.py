@@ -62,7 +62,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "simulations" / "configs"
 START_SPLITS = ("reference", "every")
 _KEYS = {"name", "description", "settings", "fit_gates", "n", "reps", "rep_block", "seed",
          "algorithm", "max_iter", "jitter", "k_fit", "losses", "sgd", "plot", "fast", "panels",
-         "bound_scale", "starts", "start_jitter", "start_splits", "gram_dtype"}
+         "bound_scale", "starts", "start_jitter", "start_splits", "gram_dtype",
+         "g_bar_design_size"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ class SweepConfig:
     #: docs/kernels.md#mixed-precision-gauss-newton: precision of the Gram products of LM's
     #: ``J^T J`` (:data:`kernels.moe.gram.GRAM_DTYPES`); loss, gradient and stopping stay float64
     gram_dtype: str = "float64"
+    #: docs/theory.md#the-reference-measure-g_bar: design points of the population fit G_bar
+    #: (None: the device's, :data:`~moe_theory.population.DESIGN_SIZE`); a grid whose largest n
+    #: approaches the default design needs more, or G_bar's own error fails its certificate
+    g_bar_design_size: int | None = None
     fit_gates: tuple[str, ...] | None = None
     k_fit: int | None = None
     losses: tuple[str, ...] | None = None
@@ -134,6 +139,8 @@ class SweepConfig:
             d.pop("gram_dtype")
         if self.start_splits == "reference":
             d.pop("start_splits")
+        if self.g_bar_design_size is None:
+            d.pop("g_bar_design_size")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -284,6 +291,10 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     gram_dtype = raw.get("gram_dtype", "float64")
     if gram_dtype not in GRAM_DTYPES:
         raise _err("gram_dtype", f"must be one of {', '.join(GRAM_DTYPES)}, got {gram_dtype!r}")
+    g_bar_design_size = raw.get("g_bar_design_size")
+    if g_bar_design_size is not None:
+        # too small a design fails G_bar's certificate (its design error), which says so
+        g_bar_design_size = _int(raw, "g_bar_design_size")
     sgd = raw.get("sgd", {})
     if not isinstance(sgd, dict) or set(sgd) - {"epochs", "lr", "batch_size", "seed"}:
         raise _err("sgd", "allowed sub-keys: epochs, lr, batch_size, seed")
@@ -316,7 +327,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         algorithm=algorithm, max_iter=_int(raw, "max_iter", 200), jitter=float(jitter),
         bound_scale=float(bound_scale), starts=starts,
         start_jitter=None if start_jitter is None else float(start_jitter),
-        start_splits=start_splits, gram_dtype=gram_dtype,
+        start_splits=start_splits, gram_dtype=gram_dtype, g_bar_design_size=g_bar_design_size,
         fit_gates=tuple(fit_gates) if fit_gates else None, k_fit=k_fit,
         losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
         panels=tuple(panels), description=str(raw.get("description", "")),

@@ -72,9 +72,10 @@ def _cache_key(setting: Setting, fit_gate: str, design_size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def design_size_for(device: str | torch.device) -> int:
-    """The design size of the G_bar a sweep on ``device`` fits (:data:`DESIGN_SIZE`)."""
-    return DESIGN_SIZE.get(torch.device(device).type, DESIGN_SIZE["cpu"])
+def design_size_for(device: str | torch.device, requested: int | None = None) -> int:
+    """The design size of the G_bar a sweep on ``device`` fits: ``requested`` (a config's
+    ``g_bar_design_size``), else the device's :data:`DESIGN_SIZE`."""
+    return requested or DESIGN_SIZE.get(torch.device(device).type, DESIGN_SIZE["cpu"])
 
 
 def population_lse(

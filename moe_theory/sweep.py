@@ -131,7 +131,8 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
     rep_ids = list(range(shard.rep_start, shard.rep_stop))
     frames = []
     for gate in config.gates_for(setting):
-        ref_kind, ref = reference_measure(setting, gate, device=device, backend=backend)
+        ref_kind, ref = reference_measure(setting, gate, device=device, backend=backend,
+                                          design_size=design_size_for(device, config.g_bar_design_size))
         init = shard_init(config, setting, shard.n, gate, ref)
         bounds = shard_box(config, setting, gate, ref)
         fit = fit_lse(X, Y, setting.k_fit, gate, setting.expert, setting.score, init=init,
@@ -301,11 +302,13 @@ def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "c
         for gate in config.gates_for(setting):
             if setting.reference_kind(gate) == "G_bar":
                 t0 = time.perf_counter()
-                _, refs[setting.name, gate] = reference_measure(setting, gate, device=device,
-                                                                backend=backend)
+                _, refs[setting.name, gate] = reference_measure(
+                    setting, gate, device=device, backend=backend,
+                    design_size=design_size_for(device, config.g_bar_design_size))
                 log(f"reference G_bar for {setting.name} / {gate} fit ready "
                     f"({time.perf_counter() - t0:.1f} s)")
-    check_references(Path(out), refs, force=force, log=log, design_size=design_size_for(device))
+    check_references(Path(out), refs, force=force, log=log,
+                     design_size=design_size_for(device, config.g_bar_design_size))
     # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
     certify(config, out, device=device, backend=backend, log=log)
 

@@ -355,6 +355,24 @@ def test_cli_rates_json_carries_the_certificates(regular, capsys):
     assert (rows.query("loss_name == 'D3'")[list(CERT_COLUMNS)] == PASS).all().all()
 
 
+def test_a_configs_g_bar_design_size_is_the_one_fitted_recorded_and_certified(tmp_path, cache):
+    """``g_bar_design_size`` replaces the device's design for the sweep's G_bar: the shards are
+    measured against the G_bar of that design, the manifest records its size and the
+    certificate's design error is computed for it."""
+    size = population.DESIGN_SIZE["cpu"] // 4
+    config = parse_config({**REGULAR_SWEEP, "n": [500, 1000], "reps": 2, "starts": 0,
+                           "g_bar_design_size": size})
+    run_sweep(config, tmp_path, log=lambda msg: None)
+    key = f"{REGULAR.name}/sigmoid"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["reference_design_sizes"] == {key: size}
+    fitted = population.population_lse(REGULAR, "sigmoid", design_size=size)
+    default = population.population_lse(REGULAR, "sigmoid")
+    assert manifest["references"][key] == fitted.to_json() != default.to_json()
+    cert = FolderCertificates.load(tmp_path).reference[(REGULAR.name, "sigmoid")]
+    assert cert.g_bar_design_size == size and cert.config_hash == config.hash
+
+
 def test_certificates_of_another_config_count_as_not_run(regular):
     out, df = regular
     certs = FolderCertificates.load(out)

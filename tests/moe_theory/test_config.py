@@ -89,6 +89,18 @@ def test_gram_dtype_key():
         parse_config({**BASE, "gram_dtype": "bf16"})
 
 
+def test_g_bar_design_size_key():
+    """Unset, G_bar takes the device's design and the hash is as before the key existed; set, the
+    references differ (another design), so the results are told apart. A bad value is named."""
+    assert parse_config(BASE).g_bar_design_size is None
+    sized = parse_config({**BASE, "g_bar_design_size": 4_000_000})
+    assert sized.g_bar_design_size == 4_000_000 and sized.hash != parse_config(BASE).hash
+    assert parse_config(sized.to_dict()) == sized
+    for bad in (0, -5, 2.5e6, "big"):
+        with pytest.raises(ValueError, match="g_bar_design_size"):
+            parse_config({**BASE, "g_bar_design_size": bad})
+
+
 def _rows(losses: dict[str, dict[str, list[float]]]):
     """A results table of one setting: per (gate, loss), the values at n = 100 and 200."""
     import pandas as pd
