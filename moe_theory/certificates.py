@@ -52,7 +52,15 @@ from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.identified_losses import UNIDENTIFIED_SHARE, unidentified_losses
 from moe_theory.initialization import near_truth
 from moe_theory.measure import MixingMeasure
-from moe_theory.population import DESIGN_SEED, GBAR_MAX_ITER, design_size_for, reference_measure
+from moe_theory.population import (
+    DESIGN_SEED,
+    GBAR_MAX_ITER,
+    GBAR_STARTS,
+    design_size_for,
+    jittered_starts,
+    reference_measure,
+    screen,
+)
 from moe_theory.settings import Setting, get_setting, list_settings
 from moe_theory.store import atomic_write, read_manifest
 from moe_theory.voronoi import voronoi_loss
@@ -118,6 +126,10 @@ DESIGN_ERROR_RATIO_MAX = 0.3
 #: optimiser check) and the design they are fitted on.
 RESTARTS = 4
 RESTART_JITTER = 0.1
+#: reference (G_bar): the refits also search for deeper basins with starts drawn as G_bar's own
+#: (population.GBAR_STARTS, seeds offset by this), screened, the SEARCH_REFINED best refitted
+SEARCH_SEED_OFFSET = 100_000
+SEARCH_REFINED = 4
 #: Design of the certificate's Fisher matrix and refits: the Monte Carlo error of a mean over N
 #: design points is relative ~ 1/sqrt(N) = 0.7%, and the whitened Fisher matrix's relative error
 #: ~ sqrt(p / N), under 0.2 for p <= 600; 2e4 points keep it to seconds on a CPU.
@@ -142,7 +154,8 @@ CHECK_FILE = "check.json"
 HOW_TO_CERTIFY = "run moe-theory check DIR"
 #: Bumped when a reference certificate gains a field its verdicts read (2: ``overfit_ratio``):
 #: a sweep resumed on a folder recomputes older certificates instead of reading them.
-CERTIFICATE_VERSION = 2
+#: 3: the refits of G_bar include a wide search for deeper basins (SEARCH_REFINED).
+CERTIFICATE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -386,8 +399,9 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
                      Y: torch.Tensor, tie: float, *, backend: str = "auto",
                      restarts: int = RESTARTS) -> Refits:
     """Refit the population LSE on the design ``X`` (noise-free ``Y = f_G*``) from the cached
-    ``G_bar`` (the anchor) and from ``restarts`` jittered near-truth starts, in one batch, and
-    compare the refits' population losses and positions with the anchor's.
+    ``G_bar`` (the anchor), from ``restarts`` jittered near-truth starts and from the
+    SEARCH_REFINED best of a screen of wide starts (drawn as G_bar's own, other seeds), in one
+    batch, and compare the refits' population losses and positions with the anchor's.
 
     A refit *ties* with the anchor when their mean squared misfits differ by at most ``tie``
     plus twice the design's standard error of that difference (a paired comparison on the same
@@ -402,6 +416,11 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
         init = near_truth(truth, setting.k_fit, seed=DESIGN_SEED + 1 + i, jitter=RESTART_JITTER,
                           split=setting.split)
         starts.append(init.draw(1, fit_gate, device=X.device))
+    # a search for deeper basins, as wide as G_bar's own but from other seeds: the refits near
+    # the truth test ties, these whether G_bar is the population minimiser at all
+    starts += screen(X, Y, setting, fit_gate,
+                     jittered_starts(setting, GBAR_STARTS, DESIGN_SEED + SEARCH_SEED_OFFSET),
+                     SEARCH_REFINED, backend)
     batch = MixingMeasure(fit_gate, setting.score, setting.expert, setting.d,
                           torch.cat([s.gate_params for s in starts]),
                           torch.cat([s.expert_params for s in starts]))
@@ -535,7 +554,9 @@ def reference_certificate(
                                                  [n_max], ["D3"])["D3"]
         restart_tolerance = RESTART_RATIO_MAX * d3["mean"][-1]
         if refits.better:
-            reasons.append(f"{refits.better} of {restarts} refits from other starts reach a lower "
+            reasons.append(f"{refits.better} of {refits.better + refits.tied + refits.worse} "
+                           "refits from other starts (near the truth and screened wide ones) "
+                           "reach a lower "
                            "population loss than G_bar: G_bar is not the population LSE")
         if not refits.spread <= restart_tolerance:
             reasons.append(f"refits of G_bar with the same population loss end up D3 = "

@@ -26,6 +26,7 @@ from moe_theory import certificates as cert
 from moe_theory.certificates import FolderCertificates, ReferenceCertificate
 from moe_theory.config import SweepConfig, load_config, named_configs, parse_config
 from moe_theory.plotting import figure_title, plot_panels, setting_words
+from moe_theory.population import GBAR_STARTS
 from moe_theory.rates import (
     CERT_COLUMNS,
     CERT_SHORT,
@@ -348,7 +349,8 @@ CERTIFICATE_NOTE = (
     "Certificates (docs/theory.md#certificates): reference identified (Fisher condition number "
     f"≤ {cert.FISHER_COND_MAX:.0e}, positive-definite Hessian, predicted parameter error at the "
     f"smallest n ≤ {cert.ERROR_RATIO_MAX} × the smallest distance between atoms; for G_bar "
-    f"refits from {cert.RESTARTS} other starts neither better nor apart by more than "
+    f"refits from {cert.RESTARTS} near and the {cert.SEARCH_REFINED} best of "
+    f"{sum(c for _, c in GBAR_STARTS)} wide other starts neither better nor apart by more than "
     f"{cert.RESTART_RATIO_MAX} × the predicted D3 at the largest n, design error ≤ "
     f"{cert.DESIGN_ERROR_RATIO_MAX}); converged (≥ {cert.CONVERGED_SHARE_MIN:.0%} of fits per "
     "n stopped on tolerance); optimiser (fits no worse than the reference, their best SSR "
