@@ -196,7 +196,7 @@ def build_report(folder: str | Path) -> FolderReport:
     panels = figure_panels(drawable, config)
     plotted = frozenset((setting, curve[0], curve[1]) for _, setting, curves in panels
                         for curve in curves)
-    title = figure_title(config.name)
+    title = figure_title(config.description or config.name)
     if panels:
         png = plot_panels(drawable, panels, folder / config.name, title=title,
                           certificates=certificates)[0]

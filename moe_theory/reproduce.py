@@ -127,7 +127,9 @@ def write_figure(df: pd.DataFrame, config: SweepConfig, out: Path, panels: list 
     if not panels:
         return []
     certificates = FolderCertificates.load(out) if certificates is None else certificates
-    return plot_panels(df, panels, out / config.name, title=config.name, certificates=certificates)
+    # a config read from a file has no entry in simulations/configs/ to name it in words
+    return plot_panels(df, panels, out / config.name, title=config.description or config.name,
+                       certificates=certificates)
 
 
 def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFrame:

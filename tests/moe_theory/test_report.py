@@ -102,11 +102,16 @@ def small_sweep(tmp_path_factory):
     return out, df, make_report(out, html=True)
 
 
+#: the synthetic folder's config is nowhere in simulations/configs/: its figure is titled by this
+SYNTHETIC_DESCRIPTION = "A synthetic sweep, D1 decaying too slowly"
+
+
 def write_synthetic(folder, certify=True):
     """A results folder whose D1 decays as n^-0.05 (theory: n^-1/2), with its manifest and,
     with ``certify``, passing certificates (a reference certificate and an optimiser check)."""
     config = parse_config({"name": "synthetic", "settings": [SPARSE.name],
-                           "n": [1000, 100000], "reps": 20, "fit_gates": ["sigmoid"]})
+                           "n": [1000, 100000], "reps": 20, "fit_gates": ["sigmoid"],
+                           "description": SYNTHETIC_DESCRIPTION})
     write_manifest(folder, config)
     df = as_small_sparse_relu(results_table(SYNTHETIC_CURVES), config.hash)
     df.to_csv(folder / "results.csv", index=False)
@@ -287,6 +292,7 @@ def test_cli_plot_draws_with_the_folders_certificates(tmp_path, monkeypatch, cap
     assert main(["plot", str(folder)]) == 0
     stored = FolderCertificates.load(folder)
     assert seen["certificates"].check == stored.check and stored.check
+    assert seen["title"] == SYNTHETIC_DESCRIPTION
     assert sorted(seen["certificates"].reference) == sorted(stored.reference)
     assert capsys.readouterr().out.split() == [str(folder / f"synthetic.{ext}")
                                                 for ext in ("png", "pdf")]
