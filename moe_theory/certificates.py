@@ -47,7 +47,7 @@ from kernels.moe.torch_pass import jacobian_chunk
 from moe_theory import models
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample_inputs
-from moe_theory.estimators import Bounds, fit_lse
+from moe_theory.estimators import Bounds
 from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.identified_losses import UNIDENTIFIED_SHARE, unidentified_losses
 from moe_theory.initialization import near_truth
@@ -57,6 +57,7 @@ from moe_theory.population import (
     GBAR_MAX_ITER,
     GBAR_STARTS,
     design_size_for,
+    fit_each,
     jittered_starts,
     reference_measure,
     screen,
@@ -411,23 +412,16 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
     cannot tell two minimisers apart.
     """
     truth = setting.truth()
-    starts = [g_bar.to(device=X.device)]
-    for i in range(restarts):
-        init = near_truth(truth, setting.k_fit, seed=DESIGN_SEED + 1 + i, jitter=RESTART_JITTER,
-                          split=setting.split)
-        starts.append(init.draw(1, fit_gate, device=X.device))
+    starts = [g_bar] + [near_truth(truth, setting.k_fit, seed=DESIGN_SEED + 1 + i,
+                                   jitter=RESTART_JITTER, split=setting.split)
+                        for i in range(restarts)]
     # a search for deeper basins, as wide as G_bar's own but from other seeds: the refits near
     # the truth test ties, these whether G_bar is the population minimiser at all
     starts += screen(X, Y, setting, fit_gate,
                      jittered_starts(setting, GBAR_STARTS, DESIGN_SEED + SEARCH_SEED_OFFSET),
                      SEARCH_REFINED, backend)
-    batch = MixingMeasure(fit_gate, setting.score, setting.expert, setting.d,
-                          torch.cat([s.gate_params for s in starts]),
-                          torch.cat([s.expert_params for s in starts]))
-    R = batch.R
-    fit = fit_lse(X.repeat(R, 1, 1), Y.repeat(R, 1), setting.k_fit, fit_gate, setting.expert,
-                  setting.score, init=batch, max_iter=GBAR_MAX_ITER, ftol=1e-13, gtol=1e-13,
-                  backend=backend)
+    fit = fit_each(X, Y, setting, fit_gate, starts, GBAR_MAX_ITER, backend)
+    R = fit.measure.R
     with torch.no_grad():
         sq = ((Y - fit.measure(X.repeat(R, 1, 1))) ** 2).cpu()
     diff = sq[1:] - sq[:1]

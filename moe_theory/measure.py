@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +154,14 @@ class MixingMeasure:
     def replace(self, gate_params: torch.Tensor, expert_params: torch.Tensor) -> MixingMeasure:
         return MixingMeasure(self.gate, self.score, self.expert, self.d, gate_params, expert_params)
 
+    @classmethod
+    def concat(cls, measures: Sequence[MixingMeasure]) -> MixingMeasure:
+        """One batch of the replications of ``measures`` in order (the first's model: callers
+        check that the batch is homogeneous)."""
+        head = measures[0]
+        return head.replace(torch.cat([m.gate_params for m in measures]),
+                            torch.cat([m.expert_params for m in measures]))
+
     def select(self, index: Any) -> MixingMeasure:
         """The replications ``index`` (an int keeps a batch of one)."""
         if isinstance(index, int):
@@ -225,9 +234,7 @@ class MixingMeasure:
                                                           head.k):
                 raise ValueError(f"measure[{r}]: gate/score/expert/d/number of atoms differ from "
                                  "measure[0]; a batch must be homogeneous")
-        return cls(head.gate, head.score, head.expert, head.d,
-                   torch.cat([m.gate_params for m in parsed]),
-                   torch.cat([m.expert_params for m in parsed]))
+        return cls.concat(parsed)
 
     @classmethod
     def from_json(cls, text: str, dtype: torch.dtype = torch.float64) -> MixingMeasure:

@@ -289,5 +289,4 @@ def starting_measures(init: Init | Sequence[Init], R: int, gate: str, score: str
         blocks.append(m.to(device=device, dtype=PARAM_DTYPE))
     if len(blocks) == 1:
         return blocks[0]
-    return blocks[0].replace(torch.cat([m.gate_params for m in blocks]),
-                             torch.cat([m.expert_params for m in blocks]))
+    return MixingMeasure.concat(blocks)
