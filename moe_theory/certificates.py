@@ -210,6 +210,8 @@ class ReferenceCertificate:
         G* that a measure indistinguishable from G* by the data puts away from it
         (:func:`unidentified_losses`); ``{}`` when none, None where not tested (a certificate
         made before the test, or a reference without over-specified atoms)
+    rivals : where the rival starts of the refits were found (the folders whose G_bar of this
+        setting the refits also started from, ``moe-theory certify --rivals-from``); None without
     n_min, n_max : the sweep's grid ends
     overlay : ``{loss: {"n": [...], "mean": [...], "median": [...]}}``, the loss of
         ``theta ~ N(theta_ref, Sigma / n)`` against the reference; empty where no local normal
@@ -242,6 +244,7 @@ class ReferenceCertificate:
     restarts: dict | None = None
     restart_tolerance: float | None = None
     unidentified: dict | None = None
+    rivals: list[str] | None = None
     overlay: dict = field(default_factory=dict)
     overlay_note: str = ""
     status: str = PASS
@@ -398,11 +401,13 @@ class Refits:
 
 def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: torch.Tensor,
                      Y: torch.Tensor, tie: float, *, backend: str = "auto",
-                     restarts: int = RESTARTS) -> Refits:
+                     restarts: int = RESTARTS, rivals: Sequence[MixingMeasure] = ()) -> Refits:
     """Refit the population LSE on the design ``X`` (noise-free ``Y = f_G*``) from the cached
     ``G_bar`` (the anchor), from ``restarts`` jittered near-truth starts and from the
-    SEARCH_REFINED best of a screen of wide starts (drawn as G_bar's own, other seeds), in one
-    batch, and compare the refits' population losses and positions with the anchor's.
+    SEARCH_REFINED best of a screen of wide starts (drawn as G_bar's own, other seeds) and from
+    ``rivals`` (population minimisers found elsewhere, e.g. another folder's G_bar of the same
+    setting on another design), in one batch, and compare the refits' population losses and
+    positions with the anchor's.
 
     A refit *ties* with the anchor when their mean squared misfits differ by at most ``tie``
     plus twice the design's standard error of that difference (a paired comparison on the same
@@ -420,6 +425,7 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
     starts += screen(X, Y, setting, fit_gate,
                      jittered_starts(setting, GBAR_STARTS, DESIGN_SEED + SEARCH_SEED_OFFSET),
                      SEARCH_REFINED, backend)
+    starts += [rival.to(device=X.device) for rival in rivals]
     fit = fit_each(X, Y, setting, fit_gate, starts, GBAR_MAX_ITER, backend)
     R = fit.measure.R
     with torch.no_grad():
@@ -429,7 +435,8 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
     margin = tie + 2 * diff.std(-1) / math.sqrt(X.shape[1])
     fitted = fit.measure.to(device="cpu")
     anchor = fitted.select(0)
-    d3 = voronoi_loss(fitted.select(slice(1, R)), anchor, "D3")
+    d3 = (voronoi_loss(fitted.select(slice(1, R)), anchor, "D3") if R > 1
+          else torch.zeros(0, dtype=gap.dtype))  # no other start: nothing to compare
     tied = gap.abs() <= margin
     return Refits(
         spread=float(d3[tied].max()) if bool(tied.any()) else 0.0,
@@ -448,7 +455,7 @@ def reference_certificate(
     setting: Setting, fit_gate: str, n_grid: Sequence[int], losses: Sequence[str], *,
     design_size: int = CERT_DESIGN_SIZE, device: str = "cpu", backend: str = "auto",
     restarts: int = RESTARTS, g_bar: tuple[MixingMeasure, int] | None = None,
-    box: Bounds | None = None,
+    box: Bounds | None = None, rivals: Mapping[str, MixingMeasure] | None = None,
 ) -> ReferenceCertificate:
     """Is the reference of ``fit_gate`` fits of ``setting`` identified at the grid ``n_grid``?
 
@@ -465,6 +472,9 @@ def reference_certificate(
         ``device``'s design size (fitted if not cached)
     box : the fits' box (G* only: the measures :func:`unidentified_losses` weighs must lie in
         it); None for no box
+    rivals : other population minimisers of this (setting, gate) by where they were found (G_bar
+        only): the refits start from them too, so that a basin found once, on another design,
+        counts against every G_bar that has not beaten it
     """
     kind = setting.reference_kind(fit_gate)
     if kind == "G_bar" and g_bar is not None:
@@ -543,14 +553,16 @@ def reference_certificate(
     # may still pass
     if kind == "G_bar" and not reasons:
         refits = refit_population(setting, fit_gate, ref, X, f_star, SSR_GAP_MAX * nu / n_max,
-                                  backend=backend, restarts=restarts)
+                                  backend=backend, restarts=restarts,
+                                  rivals=list((rivals or {}).values()))
         d3 = overlay.get("D3") or overlay_losses(problem, theta, ref.to(device="cpu"), cov,
                                                  [n_max], ["D3"])["D3"]
         restart_tolerance = RESTART_RATIO_MAX * d3["mean"][-1]
+        where = "near the truth and screened wide ones" + (
+            f", and {len(rivals)} found elsewhere" if rivals else "")
         if refits.better:
             reasons.append(f"{refits.better} of {refits.better + refits.tied + refits.worse} "
-                           "refits from other starts (near the truth and screened wide ones) "
-                           "reach a lower "
+                           f"refits from other starts ({where}) reach a lower "
                            "population loss than G_bar: G_bar is not the population LSE")
         if not refits.spread <= restart_tolerance:
             reasons.append(f"refits of G_bar with the same population loss end up D3 = "
@@ -575,7 +587,8 @@ def reference_certificate(
         design_error_ratio=design_error_ratio, overfit_ratio=overfit_ratio,
         g_bar_design_size=cache_size if kind == "G_bar" else None,
         restarts=None if refits is None else asdict(refits),
-        restart_tolerance=restart_tolerance, unidentified=unidentified, overlay=overlay,
+        restart_tolerance=restart_tolerance, unidentified=unidentified,
+        rivals=sorted(rivals) if rivals and refits is not None else None, overlay=overlay,
         overlay_note=note,
         status=FAIL if reasons else PASS, reasons=reasons, version=CERTIFICATE_VERSION,
     )
@@ -611,12 +624,15 @@ def certify_references(
     of :func:`~moe_theory.population.reference_measure` on ``device``, G_bar on the config's
     ``g_bar_design_size`` design points where it sets one.
     ``losses(setting, reference_kind)`` lists the losses the sweep measures (the overlay's);
-    ``box(setting, gate, reference)`` is the fits' box (None: no box).
+    ``box(setting, gate, reference)`` is the fits' box (None: no box). The manifest's
+    ``rival_references`` (``"<setting>/<gate>"`` -> {where found: measure JSON}, recorded by
+    ``moe-theory certify --rivals-from``) are further starts of G_bar's refits.
     """
     done = load_reference_certificates(out)
     manifest = read_manifest(Path(out)) or {}
     recorded = manifest.get("references", {})
     sizes = manifest.get("reference_design_sizes", {})
+    rivals = manifest.get("rival_references", {})
     certs = []
 
     def g_star_and_box(setting: Setting, gate: str) -> tuple[MixingMeasure, Bounds | None]:
@@ -640,10 +656,11 @@ def certify_references(
                 fit_box = (g_star_and_box(setting, gate)[1]
                            if over_specified_g_star(setting, gate) else None)
                 start = time.perf_counter()
-                cert = reference_certificate(setting, gate, config.n,
-                                             losses(setting, setting.reference_kind(gate)),
-                                             device=device, backend=backend, g_bar=g_bar,
-                                             box=fit_box)
+                cert = reference_certificate(
+                    setting, gate, config.n, losses(setting, setting.reference_kind(gate)),
+                    device=device, backend=backend, g_bar=g_bar, box=fit_box,
+                    rivals={where: MixingMeasure.from_json(text)
+                            for where, text in rivals.get(key, {}).items()})
                 cert.config_hash, cert.wall_s = config.hash, time.perf_counter() - start
                 write_reference_certificate(out, cert)
                 if log is not None:

@@ -123,7 +123,7 @@ def _cmd_certify(args) -> int:
     from moe_theory.population import DESIGN_SIZE
     from moe_theory.report import read_config, read_results
     from moe_theory.reproduce import write_report
-    from moe_theory.store import read_manifest, record_references
+    from moe_theory.store import read_manifest, record_references, record_rivals
     from moe_theory.sweep import certify
 
     out = Path(args.dir)
@@ -149,6 +149,21 @@ def _cmd_certify(args) -> int:
         # stated once, then recorded: a later certify or resumption reads it from the manifest
         record_references(out, {key: recorded[key] for key in missing},
                           {key: args.design_size for key in missing})
+    rivals: dict[str, dict[str, str]] = {}
+    for other in args.rivals_from:
+        theirs = read_manifest(Path(other)) if Path(other).is_dir() else None
+        if theirs is None:
+            raise ValueError(f"--rivals-from: {other} has no manifest.json (not a sweep folder)")
+        # named relative to this folder, so that the record stays true wherever it is cloned
+        where = Path(os.path.relpath(Path(other).resolve(), out.resolve())).as_posix()
+        for key, text in theirs.get("references", {}).items():
+            if key in recorded and text != recorded[key]:
+                rivals.setdefault(key, {})[where] = text
+        if not any(where in found for found in rivals.values()):
+            raise ValueError(f"--rivals-from: {other} has no G_bar of {out}'s settings that "
+                             "differs from this folder's")
+    if rivals:
+        record_rivals(out, rivals)
     certs = certify(config, out, device=args.device, backend=args.backend,
                     log=lambda msg: print(msg, file=sys.stderr, flush=True), force=True)
     write_report(df, config, out)
@@ -295,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--design-size", type=_positive_int, metavar="N",
                    help="the design size the recorded G_bar was fitted on, for manifests that "
                         "do not record it (folders swept before it was); recorded in the manifest")
+    p.add_argument("--rivals-from", action="append", default=[], metavar="OTHER_DIR",
+                   help="another sweep folder whose G_bar of the same (setting, gate) the refits "
+                        "of this folder's G_bar also start from (a basin found on another design "
+                        "must not be deeper); recorded in the manifest for later certificates; "
+                        "repeatable")
     device_args(p)
     p.set_defaults(run=_cmd_certify)
 

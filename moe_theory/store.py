@@ -4,8 +4,9 @@
 Layout of a results folder ``OUT``::
 
     manifest.json                              the config (and its hash) the shards belong to,
-                                               the G_bar references they use and the design
-                                               size each was fitted on
+                                               the G_bar references they use, the design
+                                               size each was fitted on, rival minimisers
+                                               their certificates refit from
     shards/<setting>/<shard>.parquet           one shard's rows
     shards/<setting>/<shard>.parquet.sha256    its sha256 and row count, written before it
     claims/<setting>/<shard>.claim             the writer computing that shard now
@@ -491,9 +492,9 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> No
     manifest = {"config_hash": config.hash, "config": config.to_dict(), "torch": torch.__version__,
                 "cpu_threads": torch.get_num_threads()}
     if old is not None and old.get("config_hash") == config.hash:
-        # the references the shards were measured against (and their designs) outlive a
-        # resumption
-        for key in ("references", "reference_design_sizes"):
+        # the references the shards were measured against (and their designs), and the rivals
+        # their certificates start from, outlive a resumption
+        for key in ("references", "reference_design_sizes", "rival_references"):
             if key in old:
                 manifest[key] = old[key]
     _write_manifest_dict(out, manifest)
@@ -516,6 +517,20 @@ def record_references(out: Path, references: dict[str, str],
     if design_sizes:
         manifest["reference_design_sizes"] = {**manifest.get("reference_design_sizes", {}),
                                               **design_sizes}
+    _write_manifest_dict(Path(out), manifest)
+
+
+def record_rivals(out: Path, rivals: dict[str, dict[str, str]]) -> None:
+    """Record in the manifest rival population minimisers of the folder's G_bar references
+    (``"<setting>/<gate>"`` -> {where found: the measure's JSON}), kept for every later
+    certificate of the folder (moe_theory.certificates.certify_references)."""
+    manifest = read_manifest(Path(out))
+    if manifest is None:
+        raise ValueError(f"out: {out} has no manifest.json to record rivals in")
+    merged = {key: dict(value) for key, value in manifest.get("rival_references", {}).items()}
+    for key, found in rivals.items():
+        merged.setdefault(key, {}).update(found)
+    manifest["rival_references"] = merged
     _write_manifest_dict(Path(out), manifest)
 
 

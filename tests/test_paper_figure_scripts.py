@@ -469,3 +469,46 @@ def test_the_yan2025_studies_give_the_readme_verdicts():
     medians = wide.loss_value.groupby(level="n").median()
     assert 2.3 <= medians.min() and medians.max() <= 3.4
     assert near.loss_value.groupby(level="n").median().max() < 0.021
+
+
+def test_the_yan2025_rerun_and_its_rivals_give_the_readme_verdicts():
+    """paper_figures/README.md (yan2025, "Re-run against the G_bar of the wide search") quotes
+    these: two consistent curves, and the quadratic GELU panel failing its reference certificate
+    once dense_sigmoid's G_bar joined the refits as a rival (a tie 11 apart in D3)."""
+    import json
+
+    rates = pd.read_csv(YAN / "rates.csv")
+    plotted = rates[rates.plotted]
+    consistent = {(row.setting, row.fit_gate, row.loss_name, round(row.slope, 2))
+                  for row in plotted.itertuples() if row.verdict == "consistent"}
+    assert consistent == {
+        ("yan2025-quadratic-sigmoid-sparse-gelu", "softmax", "D3", -0.47),
+        ("yan2025-monomial-softmax-dense-linear", "sigmoid", "D3", -0.53)}
+    assert (plotted.verdict != "consistent").sum() == 34
+    gelu = plotted.set_index(["setting", "fit_gate"]).loc[
+        ("yan2025-quadratic-softmax-dense-gelu", "sigmoid")]
+    assert gelu.verdict == "not measurable (reference failed)"
+    cert = json.loads((YAN / "certificates" /
+                       "reference-yan2025-quadratic-softmax-dense-gelu-sigmoid.json").read_text())
+    assert cert["rivals"] == ["dense_sigmoid"] and round(cert["restarts"]["spread"], 1) == 11.0
+    rivals = json.loads((YAN / "manifest.json").read_text())["rival_references"]
+    assert all(list(found) == ["dense_sigmoid"] for found in rivals.values())
+
+
+def test_the_finished_gelu_softmax_fits_give_the_readme_numbers():
+    """paper_figures/README.md (nguyen2024-measurable, "GELU in the sweep's 10x box, the fits
+    finished"): every fit on a tolerance, yet the optimiser certificate and check fail."""
+    import json
+
+    folder = ROOT / "paper_figures" / "nguyen2024-measurable" / "gelu_softmax_finished"
+    results = pd.read_csv(folder / "results.csv").query("loss_name == 'D1'")
+    assert results.converged.all()
+    reached_once = (results.starts_near_best < 2).groupby(results.n).mean()
+    assert (round(reached_once.min(), 2), round(reached_once.max(), 2)) == (0.05, 0.3)
+    on_box = results.bound_active.groupby(results.n).mean()
+    assert (on_box.min(), on_box.max()) == (0.1, 0.4)
+    rates = pd.read_csv(folder / "rates.csv").set_index("loss_name")
+    assert [round(rates.loc[loss].slope, 2) for loss in ("D1", "err_eta_over")] == [-0.59, -0.46]
+    check = json.loads((folder / "check.json").read_text())["curves"][
+        "nguyen2024-measurable-gelu/softmax/D1"]
+    assert check["status"] == "fail" and check["reasons"][0].startswith("5 of 10 refitted")

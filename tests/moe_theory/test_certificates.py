@@ -4,6 +4,7 @@ regular setting passes them all, a non-identifiable one is "not measurable" with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -344,6 +345,41 @@ def test_cli_certify_recomputes_the_certificates_against_the_recorded_g_bar(
     assert "contradicts" in capsys.readouterr().err
 
 
+def test_cli_certify_refits_from_the_rivals_another_folder_found(regular, tmp_path, capsys):
+    """``certify --rivals-from OTHER``: OTHER's G_bar of the same (setting, gate) joins the
+    refits (recorded in the manifest, so later certificates keep it, and named relative to the
+    folder). A rival in G_bar's own basin (the recorded one, moved by 0.05) refines back to it:
+    a tie at rounding distance, so the certificate still passes; a folder without a differing
+    G_bar, or without a manifest, is refused by name."""
+    out, _ = regular
+    folder, other = tmp_path / "figures" / "copy", tmp_path / "elsewhere" / "other"
+    shutil.copytree(out, folder)
+    shutil.copytree(out, other)
+    key = f"{REGULAR.name}/sigmoid"
+    assert main(["certify", str(folder), "--rivals-from", str(other)]) == 2
+    assert "--rivals-from" in capsys.readouterr().err
+    manifest = json.loads((other / "manifest.json").read_text())
+    g_bar = MixingMeasure.from_json(manifest["references"][key])
+    moved = g_bar.replace(g_bar.gate_params + 0.05, g_bar.expert_params - 0.05)
+    manifest["references"][key] = moved.to_json()
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["certify", str(folder), "--rivals-from", str(other)]) == 0
+    recorded = json.loads((folder / "manifest.json").read_text())["rival_references"]
+    assert recorded == {key: {"../../elsewhere/other": moved.to_json()}}
+    cert = FolderCertificates.load(folder).reference[(REGULAR.name, "sigmoid")]
+    assert cert.rivals == ["../../elsewhere/other"] and cert.status == PASS
+    before = FolderCertificates.load(out).reference[(REGULAR.name, "sigmoid")]
+    # one refit more than without the rival, and none of them better or far
+    assert sum(cert.restarts[k] for k in ("better", "tied", "worse")) == 1 + sum(
+        before.restarts[k] for k in ("better", "tied", "worse"))
+    assert cert.restarts["better"] == 0 and cert.restarts["spread"] <= cert.restart_tolerance
+    assert main(["certify", str(folder)]) == 0  # the rival stays recorded
+    assert FolderCertificates.load(folder).reference[(REGULAR.name, "sigmoid")].rivals == [
+        "../../elsewhere/other"]
+    assert main(["certify", str(folder), "--rivals-from", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
 def test_cli_rates_json_carries_the_certificates(regular, capsys):
     out, _ = regular
     assert main(["rates", str(out), "--json"]) == 0
@@ -420,6 +456,7 @@ def test_cli_check_of_a_folder_without_manifest_exits_2(tmp_path, capsys):
     assert "DIR:" in capsys.readouterr().err
 
 
+@functools.cache
 def _g_bar_and_near_truth_fit(name: str, size: int):
     """The sigmoid G_bar of setting ``name`` on a design of ``size`` points, the population fit
     from the near-truth start alone on that design, the misfit on it and the design ``(X, Y)``."""
@@ -464,6 +501,24 @@ def test_g_bar_and_its_refits_search_wide_starts_for_the_deepest_basin():
     tie = certificates.SSR_GAP_MAX * setting.noise_var / 10**5
     assert certificates.refit_population(setting, "sigmoid", near, X, Y, tie).better >= 1
     assert certificates.refit_population(setting, "sigmoid", g_bar, X, Y, tie).better == 0
+
+
+def test_a_rival_minimiser_found_elsewhere_counts_against_g_bar(monkeypatch):
+    """A basin that G_bar's search missed but another search found (``rivals``, e.g. another
+    folder's G_bar of the setting) must fail a G_bar left above it even where the certificate's
+    own search finds nothing: with the wide screen switched off and no near-truth restarts, the
+    near-truth basin of the test above passes alone and is beaten once the deeper G_bar joins
+    as a rival (3% apart, far beyond the design's cancelling Monte Carlo error)."""
+    name = "yan2025-quadratic-softmax-dense-poly2"
+    g_bar, near, misfit, (X, Y) = _g_bar_and_near_truth_fit(name, 5000)
+    setting = settings.get_setting(name)
+    tie = certificates.SSR_GAP_MAX * setting.noise_var / 10**5
+    monkeypatch.setattr(certificates, "screen", lambda *args, **kwargs: [])
+    alone = certificates.refit_population(setting, "sigmoid", near, X, Y, tie, restarts=0)
+    assert (alone.better, alone.tied, alone.worse) == (0, 0, 0)
+    rivalled = certificates.refit_population(setting, "sigmoid", near, X, Y, tie, restarts=0,
+                                             rivals=[g_bar])
+    assert rivalled.better == 1
 
 
 def test_g_bar_of_an_exactly_representable_truth_stays_the_near_truth_one():
