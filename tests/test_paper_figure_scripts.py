@@ -452,7 +452,7 @@ def test_the_yan2025_studies_give_the_readme_verdicts():
     assert found == {
         "monomial gelu": (-0.50, "consistent"), "monomial linear": (-0.53, "consistent"),
         "quadratic poly2": (-0.56, "consistent"),
-        "monomial poly2": (-0.49, "not measurable (optimiser failed)"),
+        "monomial poly2": (-0.49, "not measurable (reference, optimiser failed)"),
         "quadratic gelu": (-0.53, "not measurable (reference, optimiser failed)"),
         "quadratic linear": (-0.56, "not measurable (reference, optimiser failed)")}
     large = pd.read_csv(YAN / "large_n" / "rates.csv").set_index(["fit_gate", "loss_name"])
