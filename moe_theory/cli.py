@@ -120,6 +120,7 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_certify(args) -> int:
+    from moe_theory.measure import MixingMeasure
     from moe_theory.population import DESIGN_SIZE
     from moe_theory.report import read_config, read_results
     from moe_theory.reproduce import write_report
@@ -157,7 +158,9 @@ def _cmd_certify(args) -> int:
         # named relative to this folder, so that the record stays true wherever it is cloned
         where = Path(os.path.relpath(Path(other).resolve(), out.resolve())).as_posix()
         for key, text in theirs.get("references", {}).items():
-            if key in recorded and text != recorded[key]:
+            # a G_bar with another number of atoms (a config's k_fit) minimises another model
+            if (key in recorded and text != recorded[key] and MixingMeasure.from_json(text).k
+                    == MixingMeasure.from_json(recorded[key]).k):
                 rivals.setdefault(key, {})[where] = text
         if not any(where in found for found in rivals.values()):
             raise ValueError(f"--rivals-from: {other} has no G_bar of {out}'s settings that "
