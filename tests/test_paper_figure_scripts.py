@@ -504,7 +504,7 @@ def test_the_yan2025_rerun_and_its_rivals_give_the_readme_verdicts():
     assert cert["rivals"] == ["dense_sigmoid"] and round(cert["restarts"]["spread"], 1) == 11.0
     rivals = json.loads((YAN / "manifest.json").read_text())["rival_references"]
     assert {where for found in rivals.values() for where in found} == {
-        "dense_sigmoid", "large_n", "large_n_monomial"}
+        "dense_sigmoid", "large_n", "large_n_monomial", "gbar_search_2e6", "gbar_search_3e6"}
 
 
 def test_the_finished_gelu_softmax_fits_give_the_readme_numbers():
