@@ -524,3 +524,25 @@ def test_the_finished_gelu_softmax_fits_give_the_readme_numbers():
     check = json.loads((folder / "check.json").read_text())["curves"][
         "nguyen2024-measurable-gelu/softmax/D1"]
     assert check["status"] == "fail" and check["reasons"][0].startswith("5 of 10 refitted")
+
+
+def test_the_large_n_sigmoid_runs_give_the_readme_verdicts():
+    """paper_figures/README.md (yan2025, "To n = 1.6·10^6, the two certified panels"): with 20
+    replications every certificate passes and the CIs are too wide; with 60, whose first 20
+    replications are the same fits bit for bit, both slopes are consistent with -1/2."""
+    found = {}
+    for folder in ("large_n_sigmoid", "large_n_sigmoid_60"):
+        rates = pd.read_csv(YAN / folder / "rates.csv").query("loss_name == 'D3'")
+        assert (rates[["cert_reference", "cert_converged", "cert_optimiser", "cert_overfit"]]
+                == "pass").all().all()
+        found[folder] = {row.expert: (round(row.slope, 2), round(row.ci_half_width, 2),
+                                      row.verdict) for row in rates.itertuples()}
+    assert found == {
+        "large_n_sigmoid": {"gelu": (-0.52, 0.08, "inconclusive (CI too wide)"),
+                            "linear": (-0.53, 0.13, "inconclusive (CI too wide)")},
+        "large_n_sigmoid_60": {"gelu": (-0.52, 0.04, "consistent"),
+                               "linear": (-0.51, 0.06, "consistent")}}
+    first = pd.read_csv(YAN / "large_n_sigmoid" / "results.csv")
+    more = pd.read_csv(YAN / "large_n_sigmoid_60" / "results.csv")
+    same = first.merge(more, on=["setting", "n", "rep", "loss_name"], suffixes=("", "_60"))
+    assert len(same) == len(first) and (same.fit_loss == same.fit_loss_60).all()
