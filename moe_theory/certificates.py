@@ -390,6 +390,9 @@ class Refits:
     spread : largest D3 to the anchor among refits whose population loss ties with it
     better, tied, worse : refits whose loss is below, level with or above the anchor's
     drift : D3 of the anchor (the refit started at the cached G_bar) to the cached G_bar
+    rivals : per rival start, by where it was found: its refit's ``outcome`` (``better``,
+        ``tied`` or ``worse``), its ``d3`` to the anchor and ``gap``, its mean squared misfit
+        minus the anchor's
     """
 
     spread: float
@@ -397,16 +400,18 @@ class Refits:
     tied: int
     worse: int
     drift: float
+    rivals: dict = field(default_factory=dict)
 
 
 def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: torch.Tensor,
                      Y: torch.Tensor, tie: float, *, backend: str = "auto",
-                     restarts: int = RESTARTS, rivals: Sequence[MixingMeasure] = ()) -> Refits:
+                     restarts: int = RESTARTS, rivals: Mapping[str, MixingMeasure] | None = None
+                     ) -> Refits:
     """Refit the population LSE on the design ``X`` (noise-free ``Y = f_G*``) from the cached
     ``G_bar`` (the anchor), from ``restarts`` jittered near-truth starts and from the
     SEARCH_REFINED best of a screen of wide starts (drawn as G_bar's own, other seeds) and from
-    ``rivals`` (population minimisers found elsewhere, e.g. another folder's G_bar of the same
-    setting on another design), in one batch, and compare the refits' population losses and
+    ``rivals`` (population minimisers by where they were found, e.g. another folder's G_bar of
+    the same setting on another design), in one batch, and compare the refits' population losses and
     positions with the anchor's.
 
     A refit *ties* with the anchor when their mean squared misfits differ by at most ``tie``
@@ -425,7 +430,8 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
     starts += screen(X, Y, setting, fit_gate,
                      jittered_starts(setting, GBAR_STARTS, DESIGN_SEED + SEARCH_SEED_OFFSET),
                      SEARCH_REFINED, backend)
-    starts += [rival.to(device=X.device) for rival in rivals]
+    rivals = dict(rivals or {})
+    starts += [rival.to(device=X.device) for rival in rivals.values()]
     fit = fit_each(X, Y, setting, fit_gate, starts, GBAR_MAX_ITER, backend)
     R = fit.measure.R
     with torch.no_grad():
@@ -438,10 +444,15 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
     d3 = (voronoi_loss(fitted.select(slice(1, R)), anchor, "D3") if R > 1
           else torch.zeros(0, dtype=gap.dtype))  # no other start: nothing to compare
     tied = gap.abs() <= margin
+    outcome = ["tied" if t else "better" if g < 0 else "worse"
+               for t, g in zip(tied.tolist(), gap.tolist(), strict=True)]
+    first = R - 1 - len(rivals)  # the rivals' refits come last
     return Refits(
         spread=float(d3[tied].max()) if bool(tied.any()) else 0.0,
         better=int((gap < -margin).sum()), tied=int(tied.sum()), worse=int((gap > margin).sum()),
         drift=float(voronoi_loss(anchor, g_bar, "D3")[0]),
+        rivals={where: {"outcome": outcome[first + i], "d3": float(d3[first + i]),
+                        "gap": float(gap[first + i])} for i, where in enumerate(rivals)},
     )
 
 
@@ -553,21 +564,28 @@ def reference_certificate(
     # may still pass
     if kind == "G_bar" and not reasons:
         refits = refit_population(setting, fit_gate, ref, X, f_star, SSR_GAP_MAX * nu / n_max,
-                                  backend=backend, restarts=restarts,
-                                  rivals=list((rivals or {}).values()))
+                                  backend=backend, restarts=restarts, rivals=rivals)
         d3 = overlay.get("D3") or overlay_losses(problem, theta, ref.to(device="cpu"), cov,
                                                  [n_max], ["D3"])["D3"]
         restart_tolerance = RESTART_RATIO_MAX * d3["mean"][-1]
         where = "near the truth and screened wide ones" + (
             f", and {len(rivals)} found elsewhere" if rivals else "")
+
+        def rivals_that(outcome: str) -> str:
+            named = [f"{place}'s G_bar at D3 = {r['d3']:.2g}"
+                     for place, r in refits.rivals.items() if r["outcome"] == outcome]
+            return f" (among them {', '.join(named)})" if named else ""
+
         if refits.better:
             reasons.append(f"{refits.better} of {refits.better + refits.tied + refits.worse} "
                            f"refits from other starts ({where}) reach a lower "
-                           "population loss than G_bar: G_bar is not the population LSE")
+                           "population loss than G_bar" + rivals_that("better")
+                           + ": G_bar is not the population LSE")
         if not refits.spread <= restart_tolerance:
             reasons.append(f"refits of G_bar with the same population loss end up D3 = "
-                           f"{refits.spread:.2g} apart, above {RESTART_RATIO_MAX} x the predicted "
-                           f"D3 at n={n_max} ({restart_tolerance:.2g})")
+                           f"{refits.spread:.2g} apart" + rivals_that("tied") + ", above "
+                           f"{RESTART_RATIO_MAX} x the predicted D3 at n={n_max} "
+                           f"({restart_tolerance:.2g})")
     degenerate = not (cond <= FISHER_COND_MAX and float(eig_H[0]) > 0) or (
         refits is not None and not refits.spread <= restart_tolerance)
     if degenerate and kind == "G_bar" and misspecification < misspecification_scale:

@@ -40,6 +40,13 @@ class Expert(model.Expert):
     def strongly_identifiable(self) -> bool:
         return self.name in STRONGLY_IDENTIFIABLE
 
+    @property
+    def sign_symmetric(self) -> bool:
+        """``h(x; -eta) = h(x; eta)``: even powers, ``(-(a^T x + b))^p = (a^T x + b)^p``. The
+        parameters ``eta`` and ``-eta`` are then one expert, and a loss must not tell them apart
+        (docs/theory.md#voronoi-losses)."""
+        return self.power is not None and self.power % 2 == 0
+
 
 def get_expert(name: str) -> Expert:
     return Expert(check_expert(name))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from moe_theory.measure import MixingMeasure
+from moe_theory.models import get_expert
 from moe_theory.validation import check_choice
 
 LOSS_KINDS = ("D1", "D2", "D3")
@@ -62,10 +63,22 @@ def voronoi_cells(fitted: MixingMeasure, reference: MixingMeasure) -> Cells:
     reference = _broadcast(fitted, reference)
     omega, omega_ref = fitted.omega, reference.omega
     dist = torch.cdist(omega, omega_ref)  # (R, k, k0)
+    if get_expert(fitted.expert).sign_symmetric:
+        # eta and -eta are one expert (even powers): measure each atom by the nearer of the two
+        # (a distance between experts, not between their parameters), so that two fits of one
+        # regression function are not far apart in any loss
+        q_eta = fitted.expert_params.shape[-1]
+        signs = torch.ones(omega.shape[-1], dtype=omega.dtype, device=omega.device)
+        signs[-q_eta:] = -1.0
+        flipped_dist = torch.cdist(omega * signs, omega_ref)
+        flip = flipped_dist < dist
+        dist = torch.where(flip, flipped_dist, dist)
     assign = dist.argmin(-1)  # first minimum: ties go to the lowest j
     k0 = reference.k
     count = torch.nn.functional.one_hot(assign, k0).sum(1)
     over = torch.gather(count, 1, assign) > 1
+    if get_expert(fitted.expert).sign_symmetric:
+        omega = torch.where(torch.gather(flip, 2, assign[..., None]), omega * signs, omega)
     idx = assign[..., None].expand(-1, -1, omega.shape[-1])
     diff_omega = omega - torch.gather(omega_ref, 1, idx)
     diff_beta0 = fitted.beta0 - torch.gather(reference.beta0, 1, assign)

@@ -373,6 +373,8 @@ def test_cli_certify_refits_from_the_rivals_another_folder_found(regular, tmp_pa
     assert sum(cert.restarts[k] for k in ("better", "tied", "worse")) == 1 + sum(
         before.restarts[k] for k in ("better", "tied", "worse"))
     assert cert.restarts["better"] == 0 and cert.restarts["spread"] <= cert.restart_tolerance
+    rival = cert.restarts["rivals"]["../../elsewhere/other"]
+    assert rival["outcome"] == "tied" and rival["d3"] <= cert.restart_tolerance
     assert main(["certify", str(folder)]) == 0  # the rival stays recorded
     assert FolderCertificates.load(folder).reference[(REGULAR.name, "sigmoid")].rivals == [
         "../../elsewhere/other"]
@@ -517,8 +519,10 @@ def test_a_rival_minimiser_found_elsewhere_counts_against_g_bar(monkeypatch):
     alone = certificates.refit_population(setting, "sigmoid", near, X, Y, tie, restarts=0)
     assert (alone.better, alone.tied, alone.worse) == (0, 0, 0)
     rivalled = certificates.refit_population(setting, "sigmoid", near, X, Y, tie, restarts=0,
-                                             rivals=[g_bar])
+                                             rivals={"elsewhere": g_bar})
     assert rivalled.better == 1
+    found = rivalled.rivals["elsewhere"]
+    assert found["outcome"] == "better" and found["gap"] < 0 and found["d3"] > 1
 
 
 def test_g_bar_of_an_exactly_representable_truth_stays_the_near_truth_one():

@@ -92,6 +92,30 @@ def test_zero_at_truth_and_permutation_invariant(name, kind):
     assert bool((finite > 0).all()) if kind.startswith("D") else bool((finite >= 0).all())
 
 
+@pytest.mark.parametrize("expert, symmetric", [("poly2", True), ("poly4", True),
+                                                ("poly3", False), ("gelu", False)])
+def test_even_power_experts_are_measured_up_to_their_sign(expert, symmetric):
+    """``(a^T x + b)^p`` is unchanged by ``(a, b) -> -(a, b)`` for even ``p``: a fit whose atom
+    carries the flipped expert has the same regression function, so every loss must be the
+    unflipped fit's (yan2025's two quadratic poly2 G_bars were 7.8 apart in D3 that way). For
+    odd powers and GELU the flip changes the function and the loss sees it."""
+    def poly(atoms):
+        return MixingMeasure.from_dict({"gate": "sigmoid", "score": "linear", "expert": expert,
+                                        "d": 1, "atoms": [{"beta0": b0, "beta1": [b1], "A": None,
+                                                           "a": [a], "b": b}
+                                                          for b0, b1, a, b in atoms]})
+    truth = poly([(0.3, 1.0, 2.0, 0.5), (-0.2, -1.0, -1.0, 1.0)])
+    near = poly([(0.35, 1.1, 2.1, 0.4), (-0.25, -0.9, -1.2, 1.1)])
+    flipped = poly([(0.35, 1.1, -2.1, -0.4), (-0.25, -0.9, -1.2, 1.1)])  # atom 0's expert negated
+    X = torch.linspace(-1, 1, 101, dtype=torch.float64)[None, :, None]
+    assert torch.allclose(near(X), flipped(X)) == symmetric
+    for kind in ("D1", "D3", "err_eta_exact", "err_beta1_exact"):
+        a, b = voronoi_loss(near, truth, kind), voronoi_loss(flipped, truth, kind)
+        assert torch.allclose(a, b) == symmetric, kind
+    every_flipped = poly([(0.3, 1.0, -2.0, -0.5), (-0.2, -1.0, 1.0, -1.0)])
+    assert (float(voronoi_loss(every_flipped, truth, "D3")) == 0.0) == symmetric
+
+
 def test_gate_mismatch_and_unknown_kind_are_named():
     f, t = measure("sigmoid", FITTED), measure("softmax", TRUTH)
     with pytest.raises(ValueError, match="reference: gate"):
