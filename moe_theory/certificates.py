@@ -203,15 +203,14 @@ class ReferenceCertificate:
     overfit_ratio : the predicted mean of ``Delta SSR / (nu p)`` for fits against this reference,
         ``tr(H^-1 (F + M / nu)) / p`` (G_bar with a positive definite Hessian; None otherwise,
         where the over-fit certificate takes the chi^2_p law's 1)
-    restarts : :class:`Refits` of the population LSE as a dict (G_bar only, and only when the
-        other criteria pass: they are the expensive part); ``restart_tolerance`` the bound on
+    restarts : :class:`Refits` of the population LSE as a dict, each rival start's outcome
+        included (``moe-theory certify --rivals-from``); G_bar only, and only when the other
+        criteria pass (they are the expensive part); ``restart_tolerance`` the bound on
         their spread
     unidentified : ``{loss: {"value", "reason"}}`` for the losses of an over-specified fit of
         G* that a measure indistinguishable from G* by the data puts away from it
         (:func:`unidentified_losses`); ``{}`` when none, None where not tested (a certificate
         made before the test, or a reference without over-specified atoms)
-    rivals : where the rival starts of the refits were found (the folders whose G_bar of this
-        setting the refits also started from, ``moe-theory certify --rivals-from``); None without
     n_min, n_max : the sweep's grid ends
     overlay : ``{loss: {"n": [...], "mean": [...], "median": [...]}}``, the loss of
         ``theta ~ N(theta_ref, Sigma / n)`` against the reference; empty where no local normal
@@ -244,7 +243,6 @@ class ReferenceCertificate:
     restarts: dict | None = None
     restart_tolerance: float | None = None
     unidentified: dict | None = None
-    rivals: list[str] | None = None
     overlay: dict = field(default_factory=dict)
     overlay_note: str = ""
     status: str = PASS
@@ -411,8 +409,8 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
     ``G_bar`` (the anchor), from ``restarts`` jittered near-truth starts and from the
     SEARCH_REFINED best of a screen of wide starts (drawn as G_bar's own, other seeds) and from
     ``rivals`` (population minimisers by where they were found, e.g. another folder's G_bar of
-    the same setting on another design), in one batch, and compare the refits' population losses and
-    positions with the anchor's.
+    the same setting on another design), in one batch, and compare the refits' population
+    losses and positions with the anchor's.
 
     A refit *ties* with the anchor when their mean squared misfits differ by at most ``tie``
     plus twice the design's standard error of that difference (a paired comparison on the same
@@ -605,8 +603,7 @@ def reference_certificate(
         design_error_ratio=design_error_ratio, overfit_ratio=overfit_ratio,
         g_bar_design_size=cache_size if kind == "G_bar" else None,
         restarts=None if refits is None else asdict(refits),
-        restart_tolerance=restart_tolerance, unidentified=unidentified,
-        rivals=sorted(rivals) if rivals and refits is not None else None, overlay=overlay,
+        restart_tolerance=restart_tolerance, unidentified=unidentified, overlay=overlay,
         overlay_note=note,
         status=FAIL if reasons else PASS, reasons=reasons, version=CERTIFICATE_VERSION,
     )

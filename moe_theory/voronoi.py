@@ -63,7 +63,8 @@ def voronoi_cells(fitted: MixingMeasure, reference: MixingMeasure) -> Cells:
     reference = _broadcast(fitted, reference)
     omega, omega_ref = fitted.omega, reference.omega
     dist = torch.cdist(omega, omega_ref)  # (R, k, k0)
-    if get_expert(fitted.expert).sign_symmetric:
+    symmetric = get_expert(fitted.expert).sign_symmetric
+    if symmetric:
         # eta and -eta are one expert (even powers): measure each atom by the nearer of the two
         # (a distance between experts, not between their parameters), so that two fits of one
         # regression function are not far apart in any loss
@@ -77,7 +78,7 @@ def voronoi_cells(fitted: MixingMeasure, reference: MixingMeasure) -> Cells:
     k0 = reference.k
     count = torch.nn.functional.one_hot(assign, k0).sum(1)
     over = torch.gather(count, 1, assign) > 1
-    if get_expert(fitted.expert).sign_symmetric:
+    if symmetric:
         omega = torch.where(torch.gather(flip, 2, assign[..., None]), omega * signs, omega)
     idx = assign[..., None].expand(-1, -1, omega.shape[-1])
     diff_omega = omega - torch.gather(omega_ref, 1, idx)
