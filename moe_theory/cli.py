@@ -216,6 +216,31 @@ def _cmd_loss(args) -> int:
     return 0
 
 
+def _cmd_remeasure(args) -> int:
+    import numpy as np
+
+    from moe_theory.remeasure import remeasure
+
+    table = remeasure(args.dir, write=args.write)
+    old, new = table["old"].to_numpy(), table["new"].to_numpy()
+    same = (old == new) | (np.isnan(old) & np.isnan(new))
+    table = table.assign(same=same, change=np.abs(new - old) / np.maximum(np.abs(old), 1e-300))
+    rows = []
+    for (where, setting, gate, loss), g in table.groupby(
+            ["table", "setting", "fit_gate", "loss_name"], sort=True):
+        missing = int((np.isnan(g["new"]) & ~np.isnan(g["old"])).sum())
+        largest = g.loc[~g["same"], "change"].max()
+        rows.append([where, setting, gate, loss, str(len(g)), str(int((~g["same"]).sum())),
+                     "-" if np.isnan(largest) else f"{largest:.3g}", str(missing)])
+    _print_table(["table", "setting", "fit", "loss", "values", "changed", "largest rel. change",
+                  "unmeasured"], rows)
+    changed = int((~table["same"]).sum())
+    print(f"{changed} of {len(table)} loss values differ from those measured again from the "
+          "stored estimates" + ("; the tables, the optimiser check, the rates and the figure "
+                                "were rewritten" if args.write and changed else ""))
+    return 0
+
+
 def _cmd_settings(args) -> int:
     from moe_theory.settings import get_setting, list_settings
 
@@ -357,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "{exact,over}; one of: %(choices)s (default D1)")
     p.add_argument("--r", type=float, default=2.0, help="exponent r of D2 (default 2)")
     p.set_defaults(run=_cmd_loss)
+
+    p = sub.add_parser("remeasure", help="measure a finished sweep's stored estimates again "
+                       "against its references (a loss whose definition changed, or a check "
+                       "that the tables are what the fits measure)")
+    p.add_argument("dir", help=DIR_HELP)
+    p.add_argument("--write", action="store_true",
+                   help="put the new values in the folder's tables and redo the optimiser "
+                        "check's comparison, the rates and the figure")
+    p.set_defaults(run=_cmd_remeasure)
 
     p = sub.add_parser("settings", help="list the named settings")
     p.add_argument("--json", action="store_true", help=JSON_HELP)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import hashlib
 import json
 import os
@@ -61,6 +62,13 @@ from moe_theory.errors import StorageError
 SORT_KEYS = ["setting", "fit_gate", "loss_name", "n", "rep"]
 #: Below this many rows the merged table also gets a CSV copy, easy to open anywhere.
 CSV_MAX_ROWS = 200_000
+#: The column holding each fit's estimate (the measure's JSON, the same on every loss row of a
+#: fit). The merged CSV leaves it out, to stay one line of numbers per row; the estimates go to
+#: :data:`FITS_FILE`, one row per fit, which a figure folder keeps beside its ``results.csv``.
+FIT_MEASURE = "fit_measure"
+FITS_FILE = "fits.csv.gz"
+#: What names one fit of a sweep.
+FIT_KEYS = ["setting", "fit_gate", "n", "rep"]
 #: A claim or temporary file untouched this long belongs to a writer that is gone (one on another
 #: host, whose process cannot be looked up, or a reused pid). A live claim is touched every
 #: :data:`HEARTBEAT_S`; a temporary file lives for the seconds a parquet write takes.
@@ -634,7 +642,47 @@ def _write_merged(out: Path, df: pd.DataFrame, finished: dict[Shard, str]) -> No
                                            SHARDS_METADATA_KEY: record})
     atomic_write(out / "results.parquet", lambda tmp: pq.write_table(table, tmp))
     if len(df) <= CSV_MAX_ROWS:
-        atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+        atomic_write(out / "results.csv",
+                     lambda tmp: df.drop(columns=FIT_MEASURE, errors="ignore").to_csv(tmp, index=False))
+    fits = fit_table(df)
+    if len(fits):
+        write_fits(out, fits)
+
+
+def fit_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per fit of a tidy table (:data:`FIT_KEYS` and :data:`FIT_MEASURE`), sorted; empty
+    for a table written before fits were stored."""
+    if FIT_MEASURE not in df.columns:
+        return pd.DataFrame(columns=[*FIT_KEYS, FIT_MEASURE])
+    fits = df.loc[df[FIT_MEASURE].notna(), [*FIT_KEYS, FIT_MEASURE]]
+    fits = fits.drop_duplicates(FIT_KEYS).sort_values(FIT_KEYS, kind="stable")
+    return fits.reset_index(drop=True)
+
+
+def write_fits(out: Path, fits: pd.DataFrame) -> None:
+    """:data:`FITS_FILE`, gzip with neither time nor file name in its header, so that the same
+    fits give the same bytes."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                    mtime=0) as gz:
+            gz.write(fits.to_csv(index=False).encode())
+
+    atomic_write(Path(out) / FITS_FILE, write)
+
+
+def load_fits(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.DataFrame:
+    """The estimates of a results folder, one row per fit (:data:`FIT_KEYS`, and
+    :data:`FIT_MEASURE`: the measure's JSON, ``MixingMeasure.from_json`` reads it): from its
+    shards or ``results.parquet`` where they hold them, else from :data:`FITS_FILE`."""
+    out = Path(out)
+    if (out / "shards").is_dir() or (out / "results.parquet").exists():
+        fits = fit_table(load_results(out, report=report))
+        if len(fits):
+            return fits
+    if (out / FITS_FILE).exists():
+        return pd.read_csv(out / FITS_FILE)
+    raise ValueError(f"DIR: {out} holds no fitted measures (its sweep ran before the estimates "
+                     "were stored; re-running it stores them)")
 
 
 def _finished(out: Path, report: Callable[[str], None]) -> tuple[dict[Shard, str], Completeness | None]:

@@ -10,6 +10,7 @@ folder share the work. The merged table is rebuilt from the shard files.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -34,6 +35,7 @@ from moe_theory.measure import MixingMeasure
 from moe_theory.population import design_size_for, reference_measure
 from moe_theory.settings import Setting, get_setting
 from moe_theory.store import (
+    FIT_MEASURE,
     HOST,
     SORT_KEYS,
     Claim,
@@ -60,7 +62,7 @@ RESULT_COLUMNS = [
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
     "k_fit", "n", "rep", "seed", "loss_name", "loss_value", "converged", "stop_reason", "certified",
     "n_iter", "fit_loss", "ref_loss", "bound_active", "proj_grad_max", "n_starts", "ssr_spread",
-    "starts_near_best", "wall_s", "device", "backend", "algorithm", "config_hash",
+    "starts_near_best", "wall_s", "device", "backend", "algorithm", "config_hash", FIT_MEASURE,
 ]
 #: Bytes one replication needs, per sample and input coordinate (float64): X and Y themselves,
 #: then gate/expert values, residuals and the trial point of LM hold a few more copies of that
@@ -155,6 +157,10 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
             # one batched fit serves R replications: each row carries its share of the time
             "wall_s": fit.wall_s / R, "device": device, "backend": fit.backend,
             "algorithm": config.algorithm, "config_hash": config.hash,
+            # the estimate itself, so that a loss can be measured again without refitting
+            # (moe_theory.remeasure); compact JSON, exact for float64 (repr round-trips)
+            FIT_MEASURE: [json.dumps(fitted.select(r).to_dict(), separators=(",", ":"))
+                          for r in range(R)],
         }
         for loss in applicable_losses(setting, ref_kind, config.losses):
             values = voronoi_loss(fitted, ref, loss).numpy()

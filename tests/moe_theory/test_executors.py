@@ -27,8 +27,9 @@ from moe_theory.data import sample
 from moe_theory.estimators import fit_lse
 from moe_theory.executors import largest_first, map_shards, shard_cost
 from moe_theory.initialization import near_truth
+from moe_theory.measure import MixingMeasure
 from moe_theory.settings import get_setting
-from moe_theory.store import SORT_KEYS, Shard, merge, plan, shard_path
+from moe_theory.store import FIT_MEASURE, SORT_KEYS, Shard, merge, plan, shard_path
 from moe_theory.studies import StudyOutput
 from moe_theory.sweep import compute_shard, run_sweep
 from moe_theory.voronoi import voronoi_loss
@@ -68,6 +69,13 @@ def assert_same_table(got: pd.DataFrame, want: pd.DataFrame, *, batched: bool = 
     got, want = (df.drop(columns="wall_s").reset_index(drop=True) for df in (got, want))
     assert not got.duplicated(SORT_KEYS).any()
     if batched:
+        # the estimates (JSON text) to the same rounding, parameter by parameter; parameters are
+        # of order one, so the rounding bound serves as an absolute one too
+        fits = [torch.stack([torch.cat([m.gate_params.flatten(), m.expert_params.flatten()])
+                             for m in map(MixingMeasure.from_json, df[FIT_MEASURE])])
+                for df in (got, want)]
+        torch.testing.assert_close(fits[0], fits[1], rtol=BATCH_RTOL, atol=BATCH_RTOL)
+        got, want = (df.drop(columns=FIT_MEASURE) for df in (got, want))
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=BATCH_RTOL, atol=0)
     else:
         pd.testing.assert_frame_equal(got, want, check_exact=True)

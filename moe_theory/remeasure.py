@@ -1,0 +1,152 @@
+"""``moe-theory remeasure DIR``: measure a finished sweep's stored estimates again.
+
+A sweep stores each fit's estimate beside its losses (the ``fit_measure`` column, and
+``fits.csv.gz`` in a figure folder: :mod:`moe_theory.store`). Measuring them again against the
+references the folder records (``G*`` from the setting, ``G_bar`` from ``manifest.json``) gives
+the table's loss values back, bit for bit on the machine that wrote them: a committed table is
+then evidence anyone can recompute, and a change to a loss's definition (as when the Voronoi
+cells began to measure even-power experts up to their sign, docs/theory.md#voronoi-losses)
+reaches every committed figure without a refit. ``write`` puts the new values in the folder's
+tables and redoes what depends on them: the optimiser check's comparison (from its stored refits,
+:func:`moe_theory.check.run_check`), the rates and the figure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moe_theory.check import CHECK_TABLE, REFIT_DIR, read_manifest_config, run_check
+from moe_theory.config import SweepConfig
+from moe_theory.measure import MixingMeasure
+from moe_theory.store import (
+    FIT_KEYS,
+    FIT_MEASURE,
+    atomic_write,
+    fit_table,
+    load_fits,
+    load_results,
+    read_manifest,
+)
+from moe_theory.voronoi import voronoi_loss
+
+#: The columns of :func:`remeasure`'s answer: one row per loss value the folder's tables hold.
+CHANGE_COLUMNS = ["table", "setting", "fit_gate", "loss_name", "n", "rep", "old", "new"]
+
+
+def references(folder: Path, config: SweepConfig) -> dict[tuple[str, str], MixingMeasure]:
+    """The measure each (setting, fit gate) of the folder is measured against."""
+    recorded = (read_manifest(folder) or {}).get("references", {})
+    refs = {}
+    for setting in config.setting_objects():
+        for gate in config.gates_for(setting):
+            key = f"{setting.name}/{gate}"
+            if setting.reference_kind(gate) == "G*":
+                refs[setting.name, gate] = setting.truth()
+            elif key in recorded:
+                refs[setting.name, gate] = MixingMeasure.from_json(recorded[key])
+            else:
+                raise ValueError(f"DIR: {folder / 'manifest.json'} records no G_bar for {key}, "
+                                 "so its fits cannot be measured again")
+    return refs
+
+
+def measure_table(table: pd.DataFrame, fits: pd.DataFrame,
+                  refs: dict[tuple[str, str], MixingMeasure]) -> np.ndarray:
+    """The loss value of every row of a tidy ``table``, measured from the estimates ``fits``
+    (one row per fit, :data:`FIT_KEYS` and :data:`FIT_MEASURE`); NaN where a row's fit is not
+    stored."""
+    index = table.set_index(FIT_KEYS).index
+    stored = fits.set_index(FIT_KEYS)[FIT_MEASURE]
+    values = np.full(len(table), np.nan)
+    for (setting, gate), rows in table.groupby(["setting", "fit_gate"], sort=True).groups.items():
+        if (setting, gate) not in refs:
+            raise ValueError(f"DIR: the table has fits of {setting}/{gate}, which the config "
+                             "does not run")
+        positions = table.index.get_indexer(rows)
+        keys = index[positions]
+        have = keys.isin(stored.index)
+        positions, keys = positions[have], keys[have]
+        if not len(keys):
+            continue
+        unique = keys.unique()
+        measure = MixingMeasure.from_dict([json.loads(text) for text in stored.loc[unique]])
+        where = unique.get_indexer(keys)
+        names = table["loss_name"].to_numpy()[positions]
+        for loss in np.unique(names):
+            per_fit = voronoi_loss(measure, refs[setting, gate], loss).numpy()
+            mine = names == loss
+            values[positions[mine]] = per_fit[where[mine]]
+    return values
+
+
+def _changes(name: str, table: pd.DataFrame, new: np.ndarray) -> pd.DataFrame:
+    old = table["loss_value"].to_numpy(dtype=float)
+    out = table[["setting", "fit_gate", "loss_name", "n", "rep"]].assign(old=old, new=new)
+    return out.assign(table=name)[CHANGE_COLUMNS]
+
+
+def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
+    """Every loss value of a finished sweep's tables (``results`` and, where its refits stored
+    their estimates, the optimiser check's ``check.parquet``) measured again from the stored
+    estimates: :data:`CHANGE_COLUMNS`, ``new`` NaN where a fit is not stored.
+
+    ``write``: where a value differs, put the new values in ``results.csv`` (and
+    ``results.parquet``, ``check.parquet``), re-evaluate the optimiser check from its stored
+    refits and rewrite the rates and figure. Only
+    for a finished folder: one that still holds a sweep's ``shards/`` or the check's refit store
+    would merge its stored rows over the new values.
+    """
+    from moe_theory.reproduce import write_report
+
+    folder = Path(folder)
+    config = read_manifest_config(folder)
+    refs = references(folder, config)
+    results = load_results(folder)
+    fits = load_fits(folder)
+    new = measure_table(results, fits, refs)
+    changes = [_changes("results", results, new)]
+    check = None
+    if (folder / CHECK_TABLE).exists():
+        check = pd.read_parquet(folder / CHECK_TABLE)
+        check_fits = fit_table(check.drop(columns="variant"))
+        if len(check_fits):
+            check_new = {}
+            for variant, rows in check.groupby("variant", sort=True):
+                check_new[variant] = measure_table(rows.reset_index(drop=True),
+                                                   fit_table(rows), refs)
+                changes.append(_changes(f"check:{variant}", rows, check_new[variant]))
+        else:
+            check = None
+    table = pd.concat(changes, ignore_index=True)
+    same = (table["old"] == table["new"]) | (table["old"].isna() & table["new"].isna())
+    if not write or same.all():
+        return table
+    for store in ("shards", REFIT_DIR):
+        if (folder / store).is_dir():
+            raise ValueError(f"DIR: {folder} still holds {store}/, whose rows would be merged "
+                             "over the new values; remeasure --write rewrites a finished "
+                             "folder's tables (remove it, or re-run the sweep)")
+    unstored = int((~results.set_index(FIT_KEYS).index.isin(fits.set_index(FIT_KEYS).index))
+                   .sum())
+    if unstored:
+        raise ValueError(f"DIR: {unstored} loss values of {folder} have no stored estimate; "
+                         "nothing was rewritten")
+    results = results.assign(loss_value=new)
+    atomic_write(folder / "results.csv",
+                 lambda tmp: results.drop(columns=FIT_MEASURE, errors="ignore")
+                 .to_csv(tmp, index=False))
+    if (folder / "results.parquet").exists():
+        atomic_write(folder / "results.parquet",
+                     lambda tmp: results.to_parquet(tmp, index=False))
+    if check is not None:
+        parts = [rows.assign(loss_value=check_new[variant])
+                 for variant, rows in check.groupby("variant", sort=False)]
+        check = pd.concat(parts).loc[check.index]
+        reps = int(check["rep"].max()) + 1
+        run_check(folder, reps=reps, refits=check.reset_index(drop=True))
+    write_report(load_results(folder), config, folder)
+    return table

@@ -1,0 +1,181 @@
+"""A sweep stores every fit's estimate, and `moe-theory remeasure` measures them again
+(moe_theory.remeasure): the table comes back bit for bit on the machine that wrote it, a changed
+value is put back with the optimiser check and the rates redone from it, and a folder that
+cannot be rewritten safely is refused with nothing touched.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moe_theory import remeasure as remeasure_module
+from moe_theory.check import run_check
+from moe_theory.cli import main
+from moe_theory.config import parse_config
+from moe_theory.measure import MixingMeasure
+from moe_theory.remeasure import remeasure
+from moe_theory.reproduce import write_report
+from moe_theory.store import FIT_KEYS, FIT_MEASURE, FITS_FILE, load_results, merge
+from moe_theory.sweep import run_sweep
+
+#: Both references: the sigmoid fit of the sparse sigmoid truth is measured against G*, the
+#: softmax fit (misspecified) against its G_bar from the manifest.
+TINY = {"name": "tiny-remeasure", "settings": ["small-sparse-relu"],
+        "fit_gates": ["sigmoid", "softmax"], "n": [100, 200], "reps": 2, "rep_block": 2}
+PAPER_FIGURES = Path(__file__).resolve().parents[2] / "paper_figures"
+#: Committed tables are measured on the machine that ran the sweep (an H200 host, another torch):
+#: the same float64 operations in another library build may round the last bits differently,
+#: and Voronoi losses are sums of a few dozen terms, so their relative error stays near 1e-15;
+#: 1e-9 is far below any change a loss definition makes and far above rounding.
+COMMITTED_RTOL = 1e-9
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOE_THEORY_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    """A finished, checked sweep, as `reproduce --certify` leaves it."""
+    out = tmp_path_factory.mktemp("swept")
+    config = parse_config(TINY)
+    run_sweep(config, out, log=lambda msg: None)
+    run_check(out, reps=1)
+    write_report(load_results(out), config, out)
+    return out
+
+
+@pytest.fixture
+def finished(swept, tmp_path) -> Path:
+    """The sweep as a figure folder is committed: no shards, refit store or merged parquet."""
+    out = tmp_path / "figure"
+    shutil.copytree(swept, out, ignore=shutil.ignore_patterns(
+        "shards", "claims", "check-refits", "results.parquet"))
+    return out
+
+
+def test_each_fit_is_stored_once_and_measures_to_the_table_bit_for_bit(swept):
+    results = pd.read_csv(swept / "results.csv")
+    assert FIT_MEASURE not in results.columns  # the CSV stays one line of numbers per row
+    fits = pd.read_csv(swept / FITS_FILE)
+    assert list(fits.columns) == [*FIT_KEYS, FIT_MEASURE]
+    assert len(fits) == 2 * 2 * 2  # gates x n x reps
+    assert set(map(tuple, fits[FIT_KEYS].to_numpy())) == set(
+        map(tuple, results[FIT_KEYS].drop_duplicates().to_numpy()))
+    for row in fits.itertuples():
+        measure = MixingMeasure.from_json(getattr(row, FIT_MEASURE))
+        assert (measure.gate, measure.k, measure.R) == (row.fit_gate, 3, 1)
+    table = remeasure(swept)
+    assert set(table["table"]) == {"results", "check:max_iter x10", "check:jitter x10"}
+    assert len(table[table["table"] == "results"]) == len(results)
+    assert table["new"].notna().sum() == table["old"].notna().sum() > 0
+    np.testing.assert_array_equal(table["new"].to_numpy(), table["old"].to_numpy())
+
+
+def test_fits_file_has_the_same_bytes_when_written_again(swept, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(swept, out)
+    (out / FITS_FILE).unlink()
+    merge(out)
+    assert (out / FITS_FILE).read_bytes() == (swept / FITS_FILE).read_bytes()
+    with gzip.open(out / FITS_FILE) as f:  # plain gzip: any tool reads it
+        assert f.readline().decode().strip() == ",".join([*FIT_KEYS, FIT_MEASURE])
+
+
+def test_write_puts_back_a_changed_value_and_redoes_check_and_rates(finished, capsys):
+    before = {name: (finished / name).read_bytes() for name in ("results.csv", "rates.txt")}
+    check_before = json.loads((finished / "check.json").read_text())
+    results = pd.read_csv(finished / "results.csv")
+    row = results.index[(results["loss_name"] == "D3") & results["loss_value"].notna()][0]
+    results.loc[row, "loss_value"] *= 3.0
+    results.to_csv(finished / "results.csv", index=False)
+    refits = pd.read_parquet(finished / "check.parquet")
+    refits.loc[refits["loss_value"].notna().idxmax(), "loss_value"] += 1.0
+    refits.to_parquet(finished / "check.parquet", index=False)
+
+    assert main(["remeasure", str(finished), "--write"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^2 of \d+ loss values differ", out, re.M) and "were rewritten" in out
+    assert {name: (finished / name).read_bytes() for name in before} == before
+    check_after = json.loads((finished / "check.json").read_text())
+    assert ({k: v for k, v in check_after.items() if k != "wall_s"}
+            == {k: v for k, v in check_before.items() if k != "wall_s"})
+    assert remeasure(finished)["new"].equals(remeasure(finished)["old"])
+
+
+def test_a_changed_loss_definition_reaches_the_tables(finished, monkeypatch):
+    """What remeasure is for: a loss defined anew is measured on every stored fit, and the
+    rates follow, with no refit."""
+    old = pd.read_csv(finished / "results.csv")
+    old_rates = pd.read_csv(finished / "rates.csv")
+    real = remeasure_module.voronoi_loss
+    monkeypatch.setattr(remeasure_module, "voronoi_loss",
+                        lambda fitted, ref, kind: 2.0 * real(fitted, ref, kind))
+    remeasure(finished, write=True)
+    new = pd.read_csv(finished / "results.csv")
+    np.testing.assert_array_equal(new["loss_value"].to_numpy(), 2.0 * old["loss_value"].to_numpy())
+    pd.testing.assert_frame_equal(new.drop(columns="loss_value"), old.drop(columns="loss_value"))
+    rates = pd.read_csv(finished / "rates.csv")
+    # doubling every value moves the log of each mean by log 2: the slopes stay (to rounding)
+    assert rates["slope"].notna().any()
+    np.testing.assert_allclose(rates["slope"], old_rates["slope"], rtol=1e-9, atol=1e-12)
+
+
+def test_folder_with_shards_is_refused_and_left_alone(swept, tmp_path, capsys, monkeypatch):
+    """Its stored rows would be merged over new values: a changed loss is not written there."""
+    out = tmp_path / "working"
+    shutil.copytree(swept, out)
+    real = remeasure_module.voronoi_loss
+    monkeypatch.setattr(remeasure_module, "voronoi_loss",
+                        lambda fitted, ref, kind: 2.0 * real(fitted, ref, kind))
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert main(["remeasure", str(out), "--write"]) == 2
+    assert "still holds shards/" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_unstored_fit_is_refused_and_nothing_written(finished):
+    fits = pd.read_csv(finished / FITS_FILE)
+    fits.iloc[1:].to_csv(finished / FITS_FILE, index=False, compression="gzip")
+    results = pd.read_csv(finished / "results.csv")
+    results.loc[0, "loss_value"] = 99.0
+    results.to_csv(finished / "results.csv", index=False)
+    before = (finished / "results.csv").read_bytes()
+    table = remeasure(finished)
+    first = fits.iloc[0]
+    unstored = table[(table["table"] == "results") & (table["setting"] == first["setting"])
+                     & (table["fit_gate"] == first["fit_gate"]) & (table["n"] == first["n"])
+                     & (table["rep"] == first["rep"])]
+    assert len(unstored) and unstored["new"].isna().all()
+    with pytest.raises(ValueError, match="have no stored estimate; nothing was rewritten"):
+        remeasure(finished, write=True)
+    assert (finished / "results.csv").read_bytes() == before
+
+
+def test_folder_without_fits_names_itself(finished, capsys):
+    (finished / FITS_FILE).unlink()
+    assert main(["remeasure", str(finished)]) == 2
+    err = capsys.readouterr().err
+    assert str(finished) in err and "holds no fitted measures" in err
+
+
+@pytest.mark.parametrize("folder", sorted(
+    str(path.parent.relative_to(PAPER_FIGURES)) for path in PAPER_FIGURES.rglob(FITS_FILE)))
+def test_committed_tables_are_what_their_committed_fits_measure(folder):
+    """Every committed figure that keeps its estimates: today's loss code, run on them against
+    the references its manifest records, gives its table (and its optimiser check's) back."""
+    table = remeasure(PAPER_FIGURES / folder)
+    old, new = table["old"].to_numpy(), table["new"].to_numpy()
+    assert np.isnan(new).sum() == np.isnan(old).sum()  # every value measured, none lost
+    np.testing.assert_allclose(new, old, rtol=COMMITTED_RTOL, atol=0)
