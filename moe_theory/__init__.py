@@ -16,7 +16,7 @@ from moe_theory.initialization import multi_start, near_truth, random_init
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import population_lse, reference_measure
 from moe_theory.settings import Setting, get_setting, list_settings, register
-from moe_theory.store import load_results, merge
+from moe_theory.store import load_fits, load_results, merge
 from moe_theory.sweep import run_sweep
 from moe_theory.theory import predicted_rate, theory_table
 from moe_theory.threads import apply_thread_default
@@ -30,8 +30,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attention_moe", "Bounds", "box_bounds", "fit_lse", "FitResult", "get_setting", "list_settings",
-    "load_config", "load_results", "merge", "MixingMeasure", "models", "multi_start", "near_truth",
-    "objective", "parse_config", "population_lse", "predicted_rate", "random_init",
+    "load_config", "load_fits", "load_results", "merge", "MixingMeasure", "models", "multi_start",
+    "near_truth", "objective", "parse_config", "population_lse", "predicted_rate", "random_init",
     "reference_measure", "register", "run_sweep", "sample", "Setting", "SGDProtocol",
     "theory_table", "voronoi_cells", "voronoi_loss",
 ]

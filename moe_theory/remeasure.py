@@ -94,12 +94,13 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     their estimates, the optimiser check's ``check.parquet``) measured again from the stored
     estimates: :data:`CHANGE_COLUMNS`, ``new`` NaN where a fit is not stored.
 
-    ``write``: where a value differs, put the new values in ``results.csv`` (and
-    ``results.parquet``, ``check.parquet``), re-evaluate the optimiser check from its stored
-    refits and rewrite the rates and figure. Only
-    for a finished folder: one that still holds a sweep's ``shards/`` or the check's refit store
-    would merge its stored rows over the new values.
+    ``write``: where a value differs, put the new values in the folder's ``results.csv`` and
+    ``results.parquet`` and its ``check.parquet``, re-evaluate the optimiser check from its
+    stored refits and rewrite the rates and figure. Only for a finished folder: one that still
+    holds a sweep's ``shards/`` or the check's refit store would merge its stored rows over the
+    new values.
     """
+    # the report draws the figure: matplotlib loads only where a folder is rewritten
     from moe_theory.reproduce import write_report
 
     folder = Path(folder)
@@ -136,9 +137,10 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
         raise ValueError(f"DIR: {unstored} loss values of {folder} have no stored estimate; "
                          "nothing was rewritten")
     results = results.assign(loss_value=new)
-    atomic_write(folder / "results.csv",
-                 lambda tmp: results.drop(columns=FIT_MEASURE, errors="ignore")
-                 .to_csv(tmp, index=False))
+    if (folder / "results.csv").exists():
+        atomic_write(folder / "results.csv",
+                     lambda tmp: results.drop(columns=FIT_MEASURE, errors="ignore")
+                     .to_csv(tmp, index=False))
     if (folder / "results.parquet").exists():
         atomic_write(folder / "results.parquet",
                      lambda tmp: results.to_parquet(tmp, index=False))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import moe_theory as mt
 from moe_theory import remeasure as remeasure_module
 from moe_theory.check import run_check
 from moe_theory.cli import main
@@ -73,6 +74,8 @@ def test_each_fit_is_stored_once_and_measures_to_the_table_bit_for_bit(swept):
     assert len(fits) == 2 * 2 * 2  # gates x n x reps
     assert set(map(tuple, fits[FIT_KEYS].to_numpy())) == set(
         map(tuple, results[FIT_KEYS].drop_duplicates().to_numpy()))
+    # the Python interface reads the same estimates from the shards as from the file
+    pd.testing.assert_frame_equal(mt.load_fits(swept), fits)
     for row in fits.itertuples():
         measure = MixingMeasure.from_json(getattr(row, FIT_MEASURE))
         assert (measure.gate, measure.k, measure.R) == (row.fit_gate, 3, 1)
