@@ -29,7 +29,12 @@ from moe_theory.store import (
     fit_table,
     load_fits,
     load_results,
+    merge,
     read_manifest,
+    shard_path,
+    shards_on_disk,
+    verified_shards,
+    write_shard,
 )
 from moe_theory.voronoi import voronoi_loss
 
@@ -96,9 +101,9 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
 
     ``write``: where a value differs, put the new values in the folder's ``results.csv`` and
     ``results.parquet`` and its ``check.parquet``, re-evaluate the optimiser check from its
-    stored refits and rewrite the rates and figure. Only for a finished folder: one that still
-    holds a sweep's ``shards/`` or the check's refit store would merge its stored rows over the
-    new values.
+    stored refits and rewrite the rates and figure. A working folder's stored rows (its
+    ``shards/`` and the check's refit store, which a later merge or resumed check reads) are
+    measured again first, each shard stored anew with its checksum.
     """
     # the report draws the figure: matplotlib loads only where a folder is rewritten
     from moe_theory.reproduce import write_report
@@ -126,24 +131,25 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     same = (table["old"] == table["new"]) | (table["old"].isna() & table["new"].isna())
     if not write or same.all():
         return table
-    for store in ("shards", REFIT_DIR):
-        if (folder / store).is_dir():
-            raise ValueError(f"DIR: {folder} still holds {store}/, whose rows would be merged "
-                             "over the new values; remeasure --write rewrites a finished "
-                             "folder's tables (remove it, or re-run the sweep)")
     unstored = int((~results.set_index(FIT_KEYS).index.isin(fits.set_index(FIT_KEYS).index))
                    .sum())
     if unstored:
         raise ValueError(f"DIR: {unstored} loss values of {folder} have no stored estimate; "
                          "nothing was rewritten")
+    # a working folder's stored rows come first: a later merge or resumed check reads them
+    for store in [folder, *sorted((folder / REFIT_DIR).glob("*"))]:
+        _rewrite_shards(store, refs)
     results = results.assign(loss_value=new)
-    if (folder / "results.csv").exists():
-        atomic_write(folder / "results.csv",
-                     lambda tmp: results.drop(columns=FIT_MEASURE, errors="ignore")
-                     .to_csv(tmp, index=False))
-    if (folder / "results.parquet").exists():
-        atomic_write(folder / "results.parquet",
-                     lambda tmp: results.to_parquet(tmp, index=False))
+    if (folder / "shards").is_dir():
+        merge(folder)
+    else:
+        if (folder / "results.csv").exists():
+            atomic_write(folder / "results.csv",
+                         lambda tmp: results.drop(columns=FIT_MEASURE, errors="ignore")
+                         .to_csv(tmp, index=False))
+        if (folder / "results.parquet").exists():
+            atomic_write(folder / "results.parquet",
+                         lambda tmp: results.to_parquet(tmp, index=False))
     if check is not None:
         parts = [rows.assign(loss_value=check_new[variant])
                  for variant, rows in check.groupby("variant", sort=False)]
@@ -152,3 +158,12 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
         run_check(folder, reps=reps, refits=check.reset_index(drop=True))
     write_report(load_results(folder), config, folder)
     return table
+
+
+def _rewrite_shards(store: Path, refs: dict[tuple[str, str], MixingMeasure]) -> None:
+    """Measure the rows of every verified shard under ``store`` again from the estimates they
+    hold, and store each anew (atomically, with its checksum)."""
+    for shard in verified_shards(store, shards_on_disk(store), report=lambda msg: None):
+        rows = pd.read_parquet(shard_path(store, shard))
+        values = measure_table(rows, fit_table(rows), refs)
+        write_shard(store, shard, rows.assign(loss_value=values))

@@ -606,7 +606,7 @@ def completeness(out: str | Path, *, report: Callable[[str], None] = _warn) -> C
 
 # ---- the merged table -------------------------------------------------------------------------
 
-def _shards_on_disk(out: Path) -> list[Shard]:
+def shards_on_disk(out: Path) -> list[Shard]:
     """Shards found under ``OUT/shards`` (for a folder without manifest)."""
     shards = []
     for path in sorted((out / "shards").rglob("*.parquet")):
@@ -687,7 +687,7 @@ def load_fits(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.D
 
 def _finished(out: Path, report: Callable[[str], None]) -> tuple[dict[Shard, str], Completeness | None]:
     manifest = read_manifest(out)
-    expected = manifest_shards(manifest) if manifest is not None else _shards_on_disk(out)
+    expected = manifest_shards(manifest) if manifest is not None else shards_on_disk(out)
     finished = verified_shards(out, expected, report=report)
     state = None if manifest is None else Completeness(
         tuple(expected), tuple(s for s in expected if s in finished))

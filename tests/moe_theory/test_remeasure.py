@@ -135,17 +135,28 @@ def test_a_changed_loss_definition_reaches_the_tables(finished, monkeypatch):
     np.testing.assert_allclose(rates["slope"], old_rates["slope"], rtol=1e-9, atol=1e-12)
 
 
-def test_folder_with_shards_is_refused_and_left_alone(swept, tmp_path, capsys, monkeypatch):
-    """Its stored rows would be merged over new values: a changed loss is not written there."""
+def test_a_working_folder_gets_its_stored_rows_measured_anew(swept, tmp_path, monkeypatch):
+    """A folder that still holds its shards and the check's refit store: those are measured
+    again too, so that a later merge, and a check resumed from its stored refits, read the new
+    values, not the old ones."""
     out = tmp_path / "working"
     shutil.copytree(swept, out)
+    old = pd.read_parquet(out / "results.parquet")
+    old_check = pd.read_parquet(out / "check.parquet")
     real = remeasure_module.voronoi_loss
     monkeypatch.setattr(remeasure_module, "voronoi_loss",
                         lambda fitted, ref, kind: 2.0 * real(fitted, ref, kind))
-    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    assert main(["remeasure", str(out), "--write"]) == 2
-    assert "still holds shards/" in capsys.readouterr().err
-    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    remeasure(out, write=True)
+    monkeypatch.undo()
+    for stale in ("results.parquet", "results.csv", "check.parquet"):
+        (out / stale).unlink()
+    merged = merge(out)  # from the shards alone
+    np.testing.assert_array_equal(merged["loss_value"], 2.0 * old["loss_value"])
+    run_check(out, reps=1)  # every refit read back from the store, none computed
+    check = pd.read_parquet(out / "check.parquet")
+    np.testing.assert_array_equal(check["loss_value"], 2.0 * old_check["loss_value"])
+    pd.testing.assert_frame_equal(check.drop(columns=["loss_value", "wall_s"]),
+                                  old_check.drop(columns=["loss_value", "wall_s"]))
 
 
 def test_unstored_fit_is_refused_and_nothing_written(finished):
