@@ -223,8 +223,7 @@ def _cmd_remeasure(args) -> int:
 
     table = remeasure(args.dir, write=args.write)
     old, new = table["old"].to_numpy(), table["new"].to_numpy()
-    same = (old == new) | (np.isnan(old) & np.isnan(new))
-    table = table.assign(same=same, change=np.abs(new - old) / np.maximum(np.abs(old), 1e-300))
+    table = table.assign(change=np.abs(new - old) / np.maximum(np.abs(old), 1e-300))
     rows = []
     for (where, setting, gate, loss), g in table.groupby(
             ["table", "setting", "fit_gate", "loss_name"], sort=True):

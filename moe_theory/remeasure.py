@@ -38,8 +38,9 @@ from moe_theory.store import (
 )
 from moe_theory.voronoi import voronoi_loss
 
-#: The columns of :func:`remeasure`'s answer: one row per loss value the folder's tables hold.
-CHANGE_COLUMNS = ["table", "setting", "fit_gate", "loss_name", "n", "rep", "old", "new"]
+#: The columns of :func:`remeasure`'s answer: one row per loss value the folder's tables hold,
+#: ``same`` where the value measured again equals the stored one (NaN equal to NaN).
+CHANGE_COLUMNS = ["table", "setting", "fit_gate", "loss_name", "n", "rep", "old", "new", "same"]
 
 
 def references(folder: Path, config: SweepConfig) -> dict[tuple[str, str], MixingMeasure]:
@@ -90,7 +91,9 @@ def measure_table(table: pd.DataFrame, fits: pd.DataFrame,
 
 def _changes(name: str, table: pd.DataFrame, new: np.ndarray) -> pd.DataFrame:
     old = table["loss_value"].to_numpy(dtype=float)
-    out = table[["setting", "fit_gate", "loss_name", "n", "rep"]].assign(old=old, new=new)
+    same = (old == new) | (np.isnan(old) & np.isnan(new))
+    out = table[["setting", "fit_gate", "loss_name", "n", "rep"]].assign(old=old, new=new,
+                                                                          same=same)
     return out.assign(table=name)[CHANGE_COLUMNS]
 
 
@@ -128,8 +131,7 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
         else:
             check = None
     table = pd.concat(changes, ignore_index=True)
-    same = (table["old"] == table["new"]) | (table["old"].isna() & table["new"].isna())
-    if not write or same.all():
+    if not write or table["same"].all():
         return table
     unstored = int((~results.set_index(FIT_KEYS).index.isin(fits.set_index(FIT_KEYS).index))
                    .sum())

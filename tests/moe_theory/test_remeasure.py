@@ -84,6 +84,7 @@ def test_each_fit_is_stored_once_and_measures_to_the_table_bit_for_bit(swept):
     assert len(table[table["table"] == "results"]) == len(results)
     assert table["new"].notna().sum() == table["old"].notna().sum() > 0
     np.testing.assert_array_equal(table["new"].to_numpy(), table["old"].to_numpy())
+    assert table["same"].all()
 
 
 def test_fits_file_has_the_same_bytes_when_written_again(swept, tmp_path):
