@@ -227,12 +227,12 @@ def _cmd_remeasure(args) -> int:
     rows = []
     for (where, setting, gate, loss), g in table.groupby(
             ["table", "setting", "fit_gate", "loss_name"], sort=True):
-        missing = int((np.isnan(g["new"]) & ~np.isnan(g["old"])).sum())
+        missing = int((~g["stored"]).sum())
         largest = g.loc[~g["same"], "change"].max()
         rows.append([where, setting, gate, loss, str(len(g)), str(int((~g["same"]).sum())),
                      "-" if np.isnan(largest) else f"{largest:.3g}", str(missing)])
     _print_table(["table", "setting", "fit", "loss", "values", "changed", "largest rel. change",
-                  "unmeasured"], rows)
+                  "no estimate"], rows)
     changed = int((~table["same"]).sum())
     print(f"{changed} of {len(table)} loss values differ from those measured again from the "
           "stored estimates" + ("; the tables, the optimiser check, the rates and the figure "

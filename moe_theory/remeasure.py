@@ -38,9 +38,11 @@ from moe_theory.store import (
 )
 from moe_theory.voronoi import voronoi_loss
 
-#: The columns of :func:`remeasure`'s answer: one row per loss value the folder's tables hold,
-#: ``same`` where the value measured again equals the stored one (NaN equal to NaN).
-CHANGE_COLUMNS = ["table", "setting", "fit_gate", "loss_name", "n", "rep", "old", "new", "same"]
+#: The columns of :func:`remeasure`'s answer: one row per loss value the folder's tables hold;
+#: ``stored`` where its fit's estimate is stored, ``same`` where the value measured again equals
+#: the stored one (NaN equal to NaN).
+CHANGE_COLUMNS = ["table", "setting", "fit_gate", "loss_name", "n", "rep", "old", "new", "stored",
+                  "same"]
 
 
 def references(folder: Path, config: SweepConfig) -> dict[tuple[str, str], MixingMeasure]:
@@ -61,23 +63,23 @@ def references(folder: Path, config: SweepConfig) -> dict[tuple[str, str], Mixin
 
 
 def measure_table(table: pd.DataFrame, fits: pd.DataFrame,
-                  refs: dict[tuple[str, str], MixingMeasure]) -> np.ndarray:
+                  refs: dict[tuple[str, str], MixingMeasure]) -> tuple[np.ndarray, np.ndarray]:
     """The loss value of every row of a tidy ``table``, measured from the estimates ``fits``
-    (one row per fit, :data:`FIT_KEYS` and :data:`FIT_MEASURE`); NaN where a row's fit is not
-    stored."""
+    (one row per fit, :data:`FIT_KEYS` and :data:`FIT_MEASURE`), and whether the row's fit is
+    stored (its value NaN where not)."""
     index = table.set_index(FIT_KEYS).index
     stored = fits.set_index(FIT_KEYS)[FIT_MEASURE]
+    have = index.isin(stored.index)
     values = np.full(len(table), np.nan)
     for (setting, gate), rows in table.groupby(["setting", "fit_gate"], sort=True).groups.items():
         if (setting, gate) not in refs:
             raise ValueError(f"DIR: the table has fits of {setting}/{gate}, which the config "
                              "does not run")
         positions = table.index.get_indexer(rows)
-        keys = index[positions]
-        have = keys.isin(stored.index)
-        positions, keys = positions[have], keys[have]
-        if not len(keys):
+        positions = positions[have[positions]]
+        if not len(positions):
             continue
+        keys = index[positions]
         unique = keys.unique()
         measure = MixingMeasure.from_dict([json.loads(text) for text in stored.loc[unique]])
         where = unique.get_indexer(keys)
@@ -86,21 +88,34 @@ def measure_table(table: pd.DataFrame, fits: pd.DataFrame,
             per_fit = voronoi_loss(measure, refs[setting, gate], loss).numpy()
             mine = names == loss
             values[positions[mine]] = per_fit[where[mine]]
-    return values
+    return values, have
 
 
-def _changes(name: str, table: pd.DataFrame, new: np.ndarray) -> pd.DataFrame:
+def _changes(name: str, table: pd.DataFrame, new: np.ndarray, stored: np.ndarray
+             ) -> pd.DataFrame:
     old = table["loss_value"].to_numpy(dtype=float)
     same = (old == new) | (np.isnan(old) & np.isnan(new))
-    out = table[["setting", "fit_gate", "loss_name", "n", "rep"]].assign(old=old, new=new,
-                                                                          same=same)
+    out = table[["setting", "fit_gate", "loss_name", "n", "rep"]].assign(
+        old=old, new=new, stored=stored, same=same)
     return out.assign(table=name)[CHANGE_COLUMNS]
+
+
+def _measure_check(check: pd.DataFrame, refs: dict[tuple[str, str], MixingMeasure]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`measure_table` for the optimiser check's refits, whose fits are named by their
+    variant too."""
+    values, stored = np.full(len(check), np.nan), np.zeros(len(check), dtype=bool)
+    for rows in check.groupby("variant", sort=True).groups.values():
+        positions = check.index.get_indexer(rows)
+        part = check.iloc[positions].reset_index(drop=True)
+        values[positions], stored[positions] = measure_table(part, fit_table(part), refs)
+    return values, stored
 
 
 def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     """Every loss value of a finished sweep's tables (``results`` and, where its refits stored
     their estimates, the optimiser check's ``check.parquet``) measured again from the stored
-    estimates: :data:`CHANGE_COLUMNS`, ``new`` NaN where a fit is not stored.
+    estimates: :data:`CHANGE_COLUMNS`.
 
     ``write``: where a value differs, put the new values in the folder's ``results.csv`` and
     ``results.parquet`` and its ``check.parquet``, re-evaluate the optimiser check from its
@@ -115,36 +130,37 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     config = read_manifest_config(folder)
     refs = references(folder, config)
     results = load_results(folder)
-    fits = load_fits(folder)
-    new = measure_table(results, fits, refs)
-    changes = [_changes("results", results, new)]
+    # a table read from shards or parquet holds the estimates; a committed one keeps them apart
+    fits = fit_table(results)
+    if fits.empty:
+        fits = load_fits(folder)
+    new, stored = measure_table(results, fits, refs)
+    changes = [_changes("results", results, new, stored)]
     check = None
     if (folder / CHECK_TABLE).exists():
-        check = pd.read_parquet(folder / CHECK_TABLE)
-        check_fits = fit_table(check.drop(columns="variant"))
-        if len(check_fits):
-            check_new = {}
-            for variant, rows in check.groupby("variant", sort=True):
-                check_new[variant] = measure_table(rows.reset_index(drop=True),
-                                                   fit_table(rows), refs)
-                changes.append(_changes(f"check:{variant}", rows, check_new[variant]))
+        check = pd.read_parquet(folder / CHECK_TABLE).reset_index(drop=True)
+        if FIT_MEASURE in check.columns and check[FIT_MEASURE].notna().any():
+            check_new, check_stored = _measure_check(check, refs)
+            for variant, rows in check.groupby("variant", sort=True).groups.items():
+                positions = check.index.get_indexer(rows)
+                changes.append(_changes(f"check:{variant}", check.iloc[positions],
+                                        check_new[positions], check_stored[positions]))
         else:
-            check = None
+            check = None  # refits stored before their estimates: left as they are
     table = pd.concat(changes, ignore_index=True)
     if not write or table["same"].all():
         return table
-    unstored = int((~results.set_index(FIT_KEYS).index.isin(fits.set_index(FIT_KEYS).index))
-                   .sum())
+    unstored = int((~table["stored"]).sum())
     if unstored:
         raise ValueError(f"DIR: {unstored} loss values of {folder} have no stored estimate; "
                          "nothing was rewritten")
     # a working folder's stored rows come first: a later merge or resumed check reads them
     for store in [folder, *sorted((folder / REFIT_DIR).glob("*"))]:
         _rewrite_shards(store, refs)
-    results = results.assign(loss_value=new)
     if (folder / "shards").is_dir():
         merge(folder)
     else:
+        results = results.assign(loss_value=new)
         if (folder / "results.csv").exists():
             atomic_write(folder / "results.csv",
                          lambda tmp: results.drop(columns=FIT_MEASURE, errors="ignore")
@@ -153,11 +169,8 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
             atomic_write(folder / "results.parquet",
                          lambda tmp: results.to_parquet(tmp, index=False))
     if check is not None:
-        parts = [rows.assign(loss_value=check_new[variant])
-                 for variant, rows in check.groupby("variant", sort=False)]
-        check = pd.concat(parts).loc[check.index]
         reps = int(check["rep"].max()) + 1
-        run_check(folder, reps=reps, refits=check.reset_index(drop=True))
+        run_check(folder, reps=reps, refits=check.assign(loss_value=check_new))
     write_report(load_results(folder), config, folder)
     return table
 
@@ -167,5 +180,5 @@ def _rewrite_shards(store: Path, refs: dict[tuple[str, str], MixingMeasure]) -> 
     hold, and store each anew (atomically, with its checksum)."""
     for shard in verified_shards(store, shards_on_disk(store), report=lambda msg: None):
         rows = pd.read_parquet(shard_path(store, shard))
-        values = measure_table(rows, fit_table(rows), refs)
+        values, _ = measure_table(rows, fit_table(rows), refs)
         write_shard(store, shard, rows.assign(loss_value=values))

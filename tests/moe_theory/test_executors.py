@@ -34,6 +34,8 @@ from moe_theory.studies import StudyOutput
 from moe_theory.sweep import compute_shard, run_sweep
 from moe_theory.voronoi import voronoi_loss
 
+pytestmark = pytest.mark.usefixtures("module_cache")
+
 TINY = """name = "tiny"
 settings = ["small-sparse-relu"]
 fit_gates = ["sigmoid"]
@@ -79,13 +81,6 @@ def assert_same_table(got: pd.DataFrame, want: pd.DataFrame, *, batched: bool = 
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=BATCH_RTOL, atol=0)
     else:
         pd.testing.assert_frame_equal(got, want, check_exact=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MOE_THEORY_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")

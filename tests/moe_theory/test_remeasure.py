@@ -27,6 +27,8 @@ from moe_theory.reproduce import write_report
 from moe_theory.store import FIT_KEYS, FIT_MEASURE, FITS_FILE, load_results, merge
 from moe_theory.sweep import run_sweep
 
+pytestmark = pytest.mark.usefixtures("module_cache")
+
 #: Both references: the sigmoid fit of the sparse sigmoid truth is measured against G*, the
 #: softmax fit (misspecified) against its G_bar from the manifest.
 TINY = {"name": "tiny-remeasure", "settings": ["small-sparse-relu"],
@@ -37,13 +39,6 @@ PAPER_FIGURES = Path(__file__).resolve().parents[2] / "paper_figures"
 #: and Voronoi losses are sums of a few dozen terms, so their relative error stays near 1e-15;
 #: 1e-9 is far below any change a loss definition makes and far above rounding.
 COMMITTED_RTOL = 1e-9
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MOE_THEORY_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +59,14 @@ def finished(swept, tmp_path) -> Path:
     shutil.copytree(swept, out, ignore=shutil.ignore_patterns(
         "shards", "claims", "check-refits", "results.parquet"))
     return out
+
+
+@pytest.fixture
+def doubled_losses(monkeypatch):
+    """A loss defined anew, as remeasure sees it: every value twice today's."""
+    real = remeasure_module.voronoi_loss
+    monkeypatch.setattr(remeasure_module, "voronoi_loss",
+                        lambda fitted, ref, kind: 2.0 * real(fitted, ref, kind))
 
 
 def test_each_fit_is_stored_once_and_measures_to_the_table_bit_for_bit(swept):
@@ -118,14 +121,11 @@ def test_write_puts_back_a_changed_value_and_redoes_check_and_rates(finished, ca
     assert remeasure(finished)["new"].equals(remeasure(finished)["old"])
 
 
-def test_a_changed_loss_definition_reaches_the_tables(finished, monkeypatch):
+def test_a_changed_loss_definition_reaches_the_tables(finished, doubled_losses):
     """What remeasure is for: a loss defined anew is measured on every stored fit, and the
     rates follow, with no refit."""
     old = pd.read_csv(finished / "results.csv")
     old_rates = pd.read_csv(finished / "rates.csv")
-    real = remeasure_module.voronoi_loss
-    monkeypatch.setattr(remeasure_module, "voronoi_loss",
-                        lambda fitted, ref, kind: 2.0 * real(fitted, ref, kind))
     remeasure(finished, write=True)
     new = pd.read_csv(finished / "results.csv")
     np.testing.assert_array_equal(new["loss_value"].to_numpy(), 2.0 * old["loss_value"].to_numpy())
@@ -136,7 +136,7 @@ def test_a_changed_loss_definition_reaches_the_tables(finished, monkeypatch):
     np.testing.assert_allclose(rates["slope"], old_rates["slope"], rtol=1e-9, atol=1e-12)
 
 
-def test_a_working_folder_gets_its_stored_rows_measured_anew(swept, tmp_path, monkeypatch):
+def test_a_working_folder_gets_its_stored_rows_measured_anew(swept, tmp_path, doubled_losses):
     """A folder that still holds its shards and the check's refit store: those are measured
     again too, so that a later merge, and a check resumed from its stored refits, read the new
     values, not the old ones."""
@@ -144,11 +144,7 @@ def test_a_working_folder_gets_its_stored_rows_measured_anew(swept, tmp_path, mo
     shutil.copytree(swept, out)
     old = pd.read_parquet(out / "results.parquet")
     old_check = pd.read_parquet(out / "check.parquet")
-    real = remeasure_module.voronoi_loss
-    monkeypatch.setattr(remeasure_module, "voronoi_loss",
-                        lambda fitted, ref, kind: 2.0 * real(fitted, ref, kind))
     remeasure(out, write=True)
-    monkeypatch.undo()
     for stale in ("results.parquet", "results.csv", "check.parquet"):
         (out / stale).unlink()
     merged = merge(out)  # from the shards alone
@@ -172,7 +168,8 @@ def test_unstored_fit_is_refused_and_nothing_written(finished):
     unstored = table[(table["table"] == "results") & (table["setting"] == first["setting"])
                      & (table["fit_gate"] == first["fit_gate"]) & (table["n"] == first["n"])
                      & (table["rep"] == first["rep"])]
-    assert len(unstored) and unstored["new"].isna().all()
+    assert len(unstored) and unstored["new"].isna().all() and not unstored["stored"].any()
+    assert table.loc[table.index.difference(unstored.index), "stored"].all()
     with pytest.raises(ValueError, match="have no stored estimate; nothing was rewritten"):
         remeasure(finished, write=True)
     assert (finished / "results.csv").read_bytes() == before

@@ -27,6 +27,8 @@ from moe_theory.config import parse_config
 from moe_theory.errors import EXIT_ENVIRONMENT
 from moe_theory.store import plan, shard_path
 
+pytestmark = pytest.mark.usefixtures("module_cache")
+
 #: Four shards of one replication each: small enough to compute in about a second apiece.
 TINY = {"name": "tiny-store", "settings": ["small-sparse-relu"], "fit_gates": ["sigmoid"],
         "n": [100, 200], "reps": 2, "rep_block": 1}
@@ -55,13 +57,6 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", ""])
     proc.wait()
     return proc.pid
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MOE_THEORY_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")
