@@ -7,11 +7,13 @@ it sees the summed loss).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from moe_theory import models
+from moe_theory.data import stable_seed
 from moe_theory.estimators.bounds import binding, projected_gradient_max
 from moe_theory.estimators.levenberg_marquardt import (
     EPOCHS,
@@ -133,17 +135,28 @@ def lbfgs(problem: LeastSquaresProblem, theta0: torch.Tensor, stop: StopRule = S
 
 def sgd_paper(problem: LeastSquaresProblem, theta0: torch.Tensor,
               protocol: SGDProtocol = SGDProtocol(), *,
-              box: tuple[torch.Tensor, torch.Tensor] | None = None) -> SolverOutput:
-    """Plain minibatch SGD; each replication shuffles its own samples every epoch (with a box,
-    each step is projected onto it). It runs its fixed budget of epochs by design: N24's protocol
-    does not claim an LSE, and the fit reports the stop test ``epochs`` (reason ``max_iter``)."""
+              box: tuple[torch.Tensor, torch.Tensor] | None = None,
+              streams: Sequence[object] | None = None) -> SolverOutput:
+    """Plain minibatch SGD; each problem shuffles its own samples every epoch (with a box, each
+    step is projected onto it). It runs its fixed budget of epochs by design: N24's protocol
+    does not claim an LSE, and the fit reports the stop test ``epochs`` (reason ``max_iter``).
+
+    ``streams``: one label per problem (default its row), the only thing its minibatch order is
+    seeded by besides ``protocol.seed``. :func:`~moe_theory.estimators.lse.fit_lse` passes
+    (replication, start), so a replication's fit does not depend on which or how many
+    replications share its batch: the optimiser check's refits of two replications then differ
+    from the sweep's fits by the variant alone, not by a reshuffle."""
     theta = theta0.clone().requires_grad_(True)
     opt = torch.optim.SGD([theta], lr=protocol.lr)
     R, n = theta0.shape[0], problem.n
-    gen = torch.Generator(device="cpu").manual_seed(protocol.seed)
+    streams = range(R) if streams is None else streams
+    if len(streams) != R:
+        raise ValueError(f"streams: {len(streams)} labels for {R} problems")
+    gens = [torch.Generator(device="cpu").manual_seed(stable_seed("sgd", protocol.seed, label))
+            for label in streams]
     steps = 0
     for _ in range(protocol.epochs):
-        order = torch.argsort(torch.rand(R, n, generator=gen), dim=1).to(problem.X.device)
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(problem.X.device)
         for start in range(0, n, protocol.batch_size):
             opt.zero_grad()
             _mean_loss(problem, theta, order[:, start : start + protocol.batch_size]).sum().backward()

@@ -216,7 +216,9 @@ def fit_lse(
     elif algorithm == "lbfgs":
         out = lbfgs(problem, theta0, stop)
     else:
-        out = sgd_paper(problem, theta0, sgd or SGDProtocol(), box=box)
+        reps = range(R) if rep_ids is None else rep_ids
+        out = sgd_paper(problem, theta0, sgd or SGDProtocol(), box=box,
+                        streams=[(rep, s) for s in range(S) for rep in reps])
 
     # a start that ended non-finite never wins, and counts as infinitely far from the best
     ssr = out.loss.view(S, R)

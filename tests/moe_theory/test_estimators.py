@@ -120,6 +120,28 @@ def test_first_order_algorithms_lower_the_loss(sparse_relu, algorithm):
     assert bool((fit.fit_loss < start_loss).all())
 
 
+def test_a_replications_sgd_fit_does_not_depend_on_its_batch(sparse_relu):
+    """SGD's minibatch order is seeded by the replication (and start) alone: replication 2 fitted
+    alone is the same fit as in a batch of four, as the optimiser check's refits of the first
+    replications must be to compare with a sweep's fits. Two replications of the same data are
+    shuffled differently. Tolerance: a batch of one and of four run the same float64 operations
+    row by row; 1e-12 allows the last-bit differences a batched matmul may make over 40 steps."""
+    X, Y = mt.sample(sparse_relu, n=200, reps=4, seed=8)
+    start = mt.near_truth(sparse_relu, 3, seed=9, jitter=0.2)
+    sgd = mt.SGDProtocol(epochs=2, batch_size=10)
+    batch = mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=start, algorithm="sgd-paper", sgd=sgd)
+    alone = mt.fit_lse(X[2:3], Y[2:3], 3, "sigmoid", "relu", init=start, algorithm="sgd-paper",
+                       sgd=sgd, rep_ids=[2])
+    for got, want in ((alone.measure.gate_params, batch.measure.gate_params[2:3]),
+                      (alone.measure.expert_params, batch.measure.expert_params[2:3])):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # the same data and start (no jitter) under two replication numbers: only the order differs
+    same_start = mt.near_truth(sparse_relu, 3, seed=9, jitter=0.0)
+    twin = mt.fit_lse(X[[2, 2]], Y[[2, 2]], 3, "sigmoid", "relu", init=same_start,
+                      algorithm="sgd-paper", sgd=sgd, rep_ids=[2, 3])
+    assert float((twin.measure.expert_params[0] - twin.measure.expert_params[1]).abs().max()) > 1e-6
+
+
 def test_random_multistart_keeps_the_best_start(sparse_relu):
     X, Y = mt.sample(sparse_relu, n=600, reps=2, seed=10)
     fit = mt.fit_lse(X, Y, 2, "sigmoid", "relu", init=mt.random_init(seed=1, n_starts=4))
