@@ -114,51 +114,58 @@ def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str =
     """The check's refits: replications ``0..reps-1`` of every (setting, n) under each variant,
     with a ``variant`` column.
 
+    A job is one fitted gate of one (variant, setting, n): half a shard of the sweep, so that
+    the longest job, and what an interrupted check loses, is one gate's fit (an SGD refit of
+    100 epochs at n = 10^5 runs for minutes). The table's rows come in the order of whole
+    shards, whatever the jobs.
     ``executor``: where the refits run (:func:`moe_theory.executors.map_shards`' options;
     default here, one after the other), largest first; the table is the same wherever they run.
     ``folder``: the sweep's results folder; each refit is then stored there as it finishes
     (:func:`refit_store`), and a check that was interrupted resumes from the stored ones.
     """
     configs = variants(config)
-    jobs = [(name, Shard(setting, n, 0, reps))
-            for name in configs for setting in config.settings for n in config.n]
-    stores = ({name: refit_store(Path(folder), cfg) for name, cfg in configs.items()}
+    gates = {setting: config.gates_for(config.setting(setting)) for setting in config.settings}
+    jobs = [(name, gate, Shard(setting, n, 0, reps))
+            for name in configs for setting in config.settings for n in config.n
+            for gate in gates[setting]]
+    stores = ({(name, gate): refit_store(Path(folder), cfg, gate)
+               for name, cfg in configs.items() for gate in sorted(set().union(*gates.values()))}
               if folder is not None else {})
     frames = {}
     if stores:
         _remove_stale_refits(Path(folder), set(stores.values()))
-        for name, store in stores.items():
-            mine = [shard for job_name, shard in jobs if job_name == name]
+        for (name, gate), store in stores.items():
+            mine = [shard for *key, shard in jobs if tuple(key) == (name, gate)]
             for shard in verified_shards(store, mine, **({"report": log} if log else {})):
-                frames[name, shard] = pd.read_parquet(shard_path(store, shard))
+                frames[name, gate, shard] = pd.read_parquet(shard_path(store, shard))
     todo = [job for job in jobs if job not in frames]
     if log is not None and frames:
         log(f"check: {len(frames)} of {len(jobs)} refits stored by an earlier run, "
             f"{len(todo)} to go")
     work = functools.partial(_refit_job, configs=configs, device=device, backend=backend)
     started, done = time.perf_counter(), 0
-    for name, shard, rows, seconds in map_shards(
-            work, todo, device=device, cost=lambda job: shard_cost(configs[job[0]], job[1]),
-            **executor):
-        frames[name, shard] = rows
-        if name in stores:
-            write_shard(stores[name], shard, rows)
+    for name, gate, shard, rows, seconds in map_shards(
+            work, todo, device=device,
+            cost=lambda job: shard_cost(configs[job[0]], job[2], gates=[job[1]]), **executor):
+        frames[name, gate, shard] = rows
+        if (name, gate) in stores:
+            write_shard(stores[name, gate], shard, rows)
         done += 1
         if log is not None:
             elapsed = time.perf_counter() - started
-            log(f"[check {len(frames)}/{len(jobs)}] {name}: {shard.setting} n={shard.n} "
+            log(f"[check {len(frames)}/{len(jobs)}] {name}: {shard.setting} {gate} n={shard.n} "
                 f"({seconds:.1f} s; {elapsed:.0f} s elapsed, ETA "
                 f"{elapsed / done * (len(todo) - done):.0f} s)")
     return pd.concat([frames[job].assign(variant=job[0]) for job in jobs], ignore_index=True)
 
 
-def refit_store(folder: Path, variant: SweepConfig) -> Path:
-    """Where one variant's refits of the sweep in ``folder`` are stored, as verified shards
-    (moe_theory.store): ``check-refits/<key>/``, the key a hash of the variant's config and of
-    the G_bar references the sweep's manifest records, so that refits of another config or
-    measured against another reference are never read back."""
+def refit_store(folder: Path, variant: SweepConfig, gate: str) -> Path:
+    """Where one variant's refits of one fitted gate of the sweep in ``folder`` are stored, as
+    verified shards (moe_theory.store): ``check-refits/<key>/``, the key a hash of the variant's
+    config, the gate and the G_bar references the sweep's manifest records, so that refits of
+    another config or measured against another reference are never read back."""
     references = (read_manifest(folder) or {}).get("references", {})
-    blob = json.dumps([variant.hash, references], sort_keys=True)
+    blob = json.dumps([variant.hash, gate, references], sort_keys=True)
     return folder / REFIT_DIR / hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -171,14 +178,14 @@ def _remove_stale_refits(folder: Path, keep: set[Path]) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _refit_job(job: tuple[str, Shard], *, configs: dict[str, SweepConfig], device: str,
-               backend: str) -> tuple[str, Shard, pd.DataFrame, float]:
-    """One refit (variant name, shard): its rows and seconds (a module-level function, so that
-    a worker process can run it)."""
-    name, shard = job
+def _refit_job(job: tuple[str, str, Shard], *, configs: dict[str, SweepConfig], device: str,
+               backend: str) -> tuple[str, str, Shard, pd.DataFrame, float]:
+    """One refit (variant name, fitted gate, shard): its rows and seconds (a module-level
+    function, so that a worker process can run it)."""
+    name, gate, shard = job
     start = time.perf_counter()
-    rows = run_shard(configs[name], shard, device=device, backend=backend)
-    return name, shard, rows, time.perf_counter() - start
+    rows = run_shard(configs[name], shard, device=device, backend=backend, gates=[gate])
+    return name, gate, shard, rows, time.perf_counter() - start
 
 
 def _log_mean(values: np.ndarray) -> float:

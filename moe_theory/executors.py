@@ -87,7 +87,7 @@ LM_SAMPLE_S = 8.9e-3 / (20 * 10**5)  # per problem and sample, at LM_REFERENCE_P
 LM_REFERENCE_P = 594
 
 
-def shard_cost(config: SweepConfig, shard: Shard) -> float:
+def shard_cost(config: SweepConfig, shard: Shard, gates: Sequence[str] | None = None) -> float:
     """A shard's GPU seconds at its iteration cap, by the model of :data:`LM_ITERATION_FIXED_S`:
     the order in which shards are handed out and, across the sweeps of one cluster, the Dask
     priority; only the order matters, not the seconds themselves.
@@ -97,12 +97,13 @@ def shard_cost(config: SweepConfig, shard: Shard) -> float:
     passes over the samples (``n p^2`` per problem; ``n p`` for first-order algorithms, which
     solve nothing). The number of iterations is not known before the fit: it is taken as its
     cap, ``max_iter`` (so the optimiser check's 10x ``max_iter`` refits, small batches, weigh
-    by their fixed cost, which dominates them).
+    by their fixed cost, which dominates them). ``gates``: the fitted gates the job runs
+    (default every gate of the setting; the optimiser check runs one per job).
     """
     setting = config.setting(shard.setting)
     problems = (shard.rep_stop - shard.rep_start) * (1 + config.starts)
     per_iteration = 0.0
-    for gate in config.gates_for(setting):
+    for gate in config.gates_for(setting) if gates is None else gates:
         scale = free_parameters(gate, setting.score, setting.expert, setting.d,
                                 setting.k_fit) / LM_REFERENCE_P
         if config.algorithm == "lm":

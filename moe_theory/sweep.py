@@ -123,16 +123,19 @@ def reference_split(setting: Setting, ref: MixingMeasure) -> tuple[int, ...] | N
     return setting.split if ref.k < setting.k_fit else None
 
 
-def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto"
-              ) -> pd.DataFrame:
-    """Fit every gate of the shard's setting on one draw of data; one row per (rep, gate, loss)."""
+def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto",
+              gates: Sequence[str] | None = None) -> pd.DataFrame:
+    """Fit every gate of the shard's setting (or ``gates``, a subset in that order) on one draw
+    of data; one row per (rep, gate, loss). A gate's rows do not depend on the other gates
+    fitted beside it: the optimiser check fits one gate per job, so that its longest job (and
+    what an interrupted check loses) is half a shard."""
     setting = config.setting(shard.setting)
     data_seed = stable_seed(setting.name, config.seed)
     R = shard.rep_stop - shard.rep_start
     X, Y = shard_data(config, setting, shard.n, shard.rep_start, R, device)
     rep_ids = list(range(shard.rep_start, shard.rep_stop))
     frames = []
-    for gate in config.gates_for(setting):
+    for gate in config.gates_for(setting) if gates is None else gates:
         ref_kind, ref = reference_measure(setting, gate, device=device, backend=backend,
                                           design_size=design_size_for(device, config.g_bar_design_size))
         init = shard_init(config, setting, shard.n, gate, ref)

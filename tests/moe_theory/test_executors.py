@@ -500,14 +500,37 @@ def test_check_interrupted_then_resumed_refits_only_what_is_missing(local_run, t
     monkeypatch.setattr(check, "_refit_job", lambda job, **kw: (calls.append(job),
                                                                 original(job, **kw))[1])
     run_check(out, reps=1, log=lines.append)
-    total = len(check.variants(check.read_manifest_config(out))) * 2  # 2 variants x 2 n
+    config = check.read_manifest_config(out)
+    # one job per fitted gate: variants x n x gates (TINY fits one gate)
+    total = len(check.variants(config)) * len(config.n) * len(config.fit_gates)
     assert len(calls) == total - 2, "the stored refits were computed again"
-    assert any("2 of 4 refits stored" in line for line in lines)
+    assert any(f"2 of {total} refits stored" in line for line in lines)
     got, want = (pd.read_parquet(folder / check.CHECK_TABLE).drop(columns="wall_s")
                  for folder in (out, whole))
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert json.loads((out / "check.json").read_text())["curves"] == json.loads(
         (whole / "check.json").read_text())["curves"]
+
+
+def test_a_gate_fitted_alone_gives_the_rows_of_the_whole_shard(config_path, local_run):
+    """The optimiser check fits one gate per job (run_shard's ``gates``): each gate's rows are
+    those of the sweep's shard, which fits every gate on the same data, bit for bit but the
+    wall time, so a check split by gate compares the same fits."""
+    from dataclasses import replace
+
+    config = replace(load_config(config_path), fit_gates=("sigmoid", "softmax"))
+    shard = store.Shard(config.settings[0], config.n[0], 0, config.rep_block)
+    whole = sweep.run_shard(config, shard).drop(columns="wall_s")
+    assert list(whole["fit_gate"].unique()) == ["sigmoid", "softmax"]
+    split = pd.concat([sweep.run_shard(config, shard, gates=[gate])
+                       for gate in ("sigmoid", "softmax")], ignore_index=True).drop(columns="wall_s")
+    pd.testing.assert_frame_equal(split, whole, check_exact=True)
+    # and the sweep's own sigmoid rows of that shard are those of the sigmoid job
+    swept = local_run[1].query(f"n == {shard.n} and rep < {shard.rep_stop}").drop(columns="wall_s")
+    mine = split[split["fit_gate"] == "sigmoid"]
+    mine, swept = (df.drop(columns="config_hash").sort_values(["rep", "loss_name"])
+                   .reset_index(drop=True) for df in (mine, swept))
+    pd.testing.assert_frame_equal(mine, swept, check_exact=True)
 
 
 def test_check_refits_of_another_reference_are_not_read_back(local_run, tmp_path):
@@ -519,12 +542,13 @@ def test_check_refits_of_another_reference_are_not_read_back(local_run, tmp_path
     shutil.copytree(local_run[0], out)
     run_check(out, reps=1)
     config = read_manifest_config(out)
-    before = {refit_store(out, v) for v in variants(config).values()}
+    gates = config.fit_gates
+    before = {refit_store(out, v, g) for v in variants(config).values() for g in gates}
     assert all(path.is_dir() for path in before)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest.setdefault("references", {})["small-sparse-relu/sigmoid"] = "another"
     (out / "manifest.json").write_text(json.dumps(manifest))
-    after = {refit_store(out, v) for v in variants(config).values()}
+    after = {refit_store(out, v, g) for v in variants(config).values() for g in gates}
     assert not before & after
     run_check(out, reps=1)
     assert {p for p in (out / REFIT_DIR).iterdir()} == after
