@@ -128,9 +128,8 @@ def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str =
     jobs = [(name, gate, Shard(setting, n, 0, reps))
             for name in configs for setting in config.settings for n in config.n
             for gate in gates[setting]]
-    stores = ({(name, gate): refit_store(Path(folder), cfg, gate)
-               for name, cfg in configs.items() for gate in sorted(set().union(*gates.values()))}
-              if folder is not None else {})
+    stores = ({(name, gate): refit_store(Path(folder), configs[name], gate)
+               for name, gate, _ in jobs} if folder is not None else {})
     frames = {}
     if stores:
         _remove_stale_refits(Path(folder), set(stores.values()))
