@@ -52,6 +52,7 @@ from moe_theory.certificates import (
 from moe_theory.config import SweepConfig, parse_config
 from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
+from moe_theory.measure import MixingMeasure
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
 from moe_theory.store import (
     Shard,
@@ -120,11 +121,15 @@ def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str =
     shards, whatever the jobs.
     ``executor``: where the refits run (:func:`moe_theory.executors.map_shards`' options;
     default here, one after the other), largest first; the table is the same wherever they run.
-    ``folder``: the sweep's results folder; each refit is then stored there as it finishes
-    (:func:`refit_store`), and a check that was interrupted resumes from the stored ones.
+    ``folder``: the sweep's results folder; the refits then start near, and are measured
+    against, the G_bar references its manifest records (those of the sweep's own fits, wherever
+    the check runs: :func:`~moe_theory.sweep.run_shard`), each refit is stored there as it
+    finishes (:func:`refit_store`), and a check that was interrupted resumes from the stored
+    ones.
     """
     configs = variants(config)
     gates = {setting: config.gates_for(config.setting(setting)) for setting in config.settings}
+    references = _recorded_references(Path(folder), config, gates) if folder is not None else None
     jobs = [(name, gate, Shard(setting, n, 0, reps))
             for name in configs for setting in config.settings for n in config.n
             for gate in gates[setting]]
@@ -141,7 +146,8 @@ def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str =
     if log is not None and frames:
         log(f"check: {len(frames)} of {len(jobs)} refits stored by an earlier run, "
             f"{len(todo)} to go")
-    work = functools.partial(_refit_job, configs=configs, device=device, backend=backend)
+    work = functools.partial(_refit_job, configs=configs, device=device, backend=backend,
+                             references=references)
     started, done = time.perf_counter(), 0
     for name, gate, shard, rows, seconds in map_shards(
             work, todo, device=device,
@@ -177,13 +183,32 @@ def _remove_stale_refits(folder: Path, keep: set[Path]) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def _recorded_references(folder: Path, config: SweepConfig,
+                         gates: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """The G_bar references (``"setting/gate"`` -> JSON) the sweep in ``folder`` recorded, one
+    for each of its fits measured against a G_bar."""
+    recorded = (read_manifest(folder) or {}).get("references", {})
+    wanted = [f"{setting}/{gate}" for setting in config.settings for gate in gates[setting]
+              if config.setting(setting).reference_kind(gate) == "G_bar"]
+    missing = [key for key in wanted if key not in recorded]
+    if missing:
+        raise ValueError(
+            f"references: {folder}/manifest.json records no G_bar for {', '.join(missing)}; the "
+            f"check refits against the sweep's own G_bar (resume the sweep there to record it)")
+    return {key: recorded[key] for key in wanted}
+
+
 def _refit_job(job: tuple[str, str, Shard], *, configs: dict[str, SweepConfig], device: str,
-               backend: str) -> tuple[str, str, Shard, pd.DataFrame, float]:
+               backend: str, references: dict[str, str] | None = None
+               ) -> tuple[str, str, Shard, pd.DataFrame, float]:
     """One refit (variant name, fitted gate, shard): its rows and seconds (a module-level
-    function, so that a worker process can run it)."""
+    function, so that a worker process can run it; the references travel as JSON)."""
     name, gate, shard = job
     start = time.perf_counter()
-    rows = run_shard(configs[name], shard, device=device, backend=backend, gates=[gate])
+    refs = ({key: MixingMeasure.from_json(text) for key, text in references.items()}
+            if references is not None else None)
+    rows = run_shard(configs[name], shard, device=device, backend=backend, gates=[gate],
+                     references=refs)
     return name, gate, shard, rows, time.perf_counter() - start
 
 

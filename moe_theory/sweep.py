@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -124,11 +124,18 @@ def reference_split(setting: Setting, ref: MixingMeasure) -> tuple[int, ...] | N
 
 
 def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto",
-              gates: Sequence[str] | None = None) -> pd.DataFrame:
+              gates: Sequence[str] | None = None,
+              references: Mapping[str, MixingMeasure] | None = None) -> pd.DataFrame:
     """Fit every gate of the shard's setting (or ``gates``, a subset in that order) on one draw
     of data; one row per (rep, gate, loss). A gate's rows do not depend on the other gates
     fitted beside it: the optimiser check fits one gate per job, so that its longest job (and
-    what an interrupted check loses) is half a shard."""
+    what an interrupted check loses) is half a shard.
+
+    ``references``: the G_bar of each ``"setting/gate"`` to start near and measure against,
+    where it is given (the optimiser check passes those its sweep's manifest records); else
+    G_bar is computed, or read from the cache, for ``device``. G_bar's design, so G_bar itself,
+    depends on the device type: a GPU sweep checked on a CPU would otherwise be refitted near,
+    and measured against, another reference than its own fits."""
     setting = config.setting(shard.setting)
     data_seed = stable_seed(setting.name, config.seed)
     R = shard.rep_stop - shard.rep_start
@@ -136,8 +143,13 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
     rep_ids = list(range(shard.rep_start, shard.rep_stop))
     frames = []
     for gate in config.gates_for(setting) if gates is None else gates:
-        ref_kind, ref = reference_measure(setting, gate, device=device, backend=backend,
-                                          design_size=design_size_for(device, config.g_bar_design_size))
+        recorded = (references or {}).get(f"{setting.name}/{gate}")
+        if recorded is not None and setting.reference_kind(gate) == "G_bar":
+            ref_kind, ref = "G_bar", recorded
+        else:
+            ref_kind, ref = reference_measure(
+                setting, gate, device=device, backend=backend,
+                design_size=design_size_for(device, config.g_bar_design_size))
         init = shard_init(config, setting, shard.n, gate, ref)
         bounds = shard_box(config, setting, gate, ref)
         fit = fit_lse(X, Y, setting.k_fit, gate, setting.expert, setting.score, init=init,

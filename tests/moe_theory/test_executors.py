@@ -727,3 +727,46 @@ def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_pa
     pd.testing.assert_frame_equal(shared.drop(columns="wall_s"), serial.drop(columns="wall_s"),
                                   check_exact=True)
     assert executors._shared == []  # the session ended with the call
+
+
+def test_check_refits_against_the_g_bar_its_sweep_recorded(tmp_path, monkeypatch):
+    """The check's refits start near, and are measured against, the G_bar the sweep's manifest
+    records, not one computed again where the check runs: G_bar's design depends on the device
+    type, so a GPU sweep checked on a CPU would otherwise be refitted against another
+    reference. Here G_bar computed again is made another one; the refits must not change."""
+    from dataclasses import replace
+
+    path = tmp_path / "softmax.toml"
+    # a softmax fit of TINY's sigmoid-gated truth is measured against its own G_bar
+    path.write_text(TINY.replace('fit_gates = ["sigmoid"]', 'fit_gates = ["softmax"]')
+                    .replace("n = [200, 300]", "n = [200]"))
+    config = load_config(path)
+    out = tmp_path / "run"
+    run_sweep(config, out, log=lambda msg: None)
+    key = f"{config.settings[0]}/softmax"
+    assert key in json.loads((out / "manifest.json").read_text())["references"]
+    want = refit(config, 1, folder=out).drop(columns="wall_s")
+    shutil.rmtree(out / "check-refits")
+    real = sweep.reference_measure
+
+    def elsewhere(setting, gate, **kw):
+        kind, ref = real(setting, gate, **kw)
+        if kind == "G_bar":
+            ref = replace(ref, gate_params=ref.gate_params + 0.05,
+                          expert_params=ref.expert_params - 0.05)
+        return kind, ref
+
+    monkeypatch.setattr(sweep, "reference_measure", elsewhere)
+    # the monkeypatch takes: a shard fitted without the recorded references sees the other G_bar
+    shard = store.Shard(config.settings[0], config.n[0], 0, 1)
+    moved = sweep.run_shard(config, shard, gates=["softmax"])
+    first = want[want["variant"] == want["variant"].iloc[0]]
+    assert (moved["ref_loss"].to_numpy() != first["ref_loss"].to_numpy()[: len(moved)]).all()
+    got = refit(config, 1, folder=out).drop(columns="wall_s")
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    # a manifest without the G_bar is refused, naming the field and the key
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["references"][key]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"references: .*{key}"):
+        refit(config, 1, folder=out)
