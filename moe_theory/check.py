@@ -52,7 +52,6 @@ from moe_theory.certificates import (
 from moe_theory.config import SweepConfig, parse_config
 from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
-from moe_theory.measure import MixingMeasure
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
 from moe_theory.store import (
     Shard,
@@ -63,7 +62,7 @@ from moe_theory.store import (
     verified_shards,
     write_shard,
 )
-from moe_theory.sweep import certify, run_shard
+from moe_theory.sweep import certify, recorded_references, run_shard
 
 CHECK_TABLE = "check.parquet"
 #: The refits as they finish, so that an interrupted check resumes (:func:`refit_store`).
@@ -186,8 +185,9 @@ def _remove_stale_refits(folder: Path, keep: set[Path]) -> None:
 def _recorded_references(folder: Path, config: SweepConfig,
                          gates: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """The G_bar references (``"setting/gate"`` -> JSON) the sweep in ``folder`` recorded, one
-    for each of its fits measured against a G_bar."""
-    recorded = (read_manifest(folder) or {}).get("references", {})
+    for each of its fits measured against a G_bar; a missing one is an error (the refits must
+    compare with the sweep's own fits)."""
+    recorded = recorded_references(folder)
     wanted = [f"{setting}/{gate}" for setting in config.settings for gate in gates[setting]
               if config.setting(setting).reference_kind(gate) == "G_bar"]
     missing = [key for key in wanted if key not in recorded]
@@ -202,13 +202,11 @@ def _refit_job(job: tuple[str, str, Shard], *, configs: dict[str, SweepConfig], 
                backend: str, references: dict[str, str] | None = None
                ) -> tuple[str, str, Shard, pd.DataFrame, float]:
     """One refit (variant name, fitted gate, shard): its rows and seconds (a module-level
-    function, so that a worker process can run it; the references travel as JSON)."""
+    function, so that a worker process can run it)."""
     name, gate, shard = job
     start = time.perf_counter()
-    refs = ({key: MixingMeasure.from_json(text) for key, text in references.items()}
-            if references is not None else None)
     rows = run_shard(configs[name], shard, device=device, backend=backend, gates=[gate],
-                     references=refs)
+                     references=references)
     return name, gate, shard, rows, time.perf_counter() - start
 
 

@@ -125,17 +125,19 @@ def reference_split(setting: Setting, ref: MixingMeasure) -> tuple[int, ...] | N
 
 def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto",
               gates: Sequence[str] | None = None,
-              references: Mapping[str, MixingMeasure] | None = None) -> pd.DataFrame:
+              references: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Fit every gate of the shard's setting (or ``gates``, a subset in that order) on one draw
     of data; one row per (rep, gate, loss). A gate's rows do not depend on the other gates
     fitted beside it: the optimiser check fits one gate per job, so that its longest job (and
     what an interrupted check loses) is half a shard.
 
-    ``references``: the G_bar of each ``"setting/gate"`` to start near and measure against,
-    where it is given (the optimiser check passes those its sweep's manifest records); else
-    G_bar is computed, or read from the cache, for ``device``. G_bar's design, so G_bar itself,
-    depends on the device type: a GPU sweep checked on a CPU would otherwise be refitted near,
-    and measured against, another reference than its own fits."""
+    ``references``: the G_bar of each ``"setting/gate"`` (its JSON, as a results folder's
+    manifest records it) to start near and measure against, where it is given; else G_bar is
+    computed, or read from the cache, for ``device``. The sweep's shards and the optimiser
+    check's refits pass their folder's record (:func:`recorded_references`): G_bar's design, so
+    G_bar itself, depends on the device type, and its computation on the library's version, so
+    a sweep resumed or checked elsewhere would otherwise fit near, and measure against, another
+    reference than its first shards."""
     setting = config.setting(shard.setting)
     data_seed = stable_seed(setting.name, config.seed)
     R = shard.rep_stop - shard.rep_start
@@ -145,7 +147,7 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
     for gate in config.gates_for(setting) if gates is None else gates:
         recorded = (references or {}).get(f"{setting.name}/{gate}")
         if recorded is not None and setting.reference_kind(gate) == "G_bar":
-            ref_kind, ref = "G_bar", recorded
+            ref_kind, ref = "G_bar", MixingMeasure.from_json(recorded)
         else:
             ref_kind, ref = reference_measure(
                 setting, gate, device=device, backend=backend,
@@ -244,7 +246,8 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
         if verified_shards(out, [shard], report=lambda msg: None):
             return {**meta, "status": "stored"}
         with heartbeat(claim):
-            rows, block, retries = _fit_in_blocks(shard, config, device, backend)
+            rows, block, retries = _fit_in_blocks(shard, config, device, backend,
+                                                  recorded_references(out))
             write_shard(out, shard, rows)
     finally:
         claim.release()
@@ -252,8 +255,15 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
             "wall_s": time.perf_counter() - start}
 
 
-def _fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str
-                   ) -> tuple[pd.DataFrame, int, int]:
+def recorded_references(out: str | Path) -> dict[str, str]:
+    """The G_bar references (``"setting/gate"`` -> JSON) the manifest in ``out`` records: those
+    its shards were measured against (:func:`check_references`); empty before any is recorded
+    (a sweep on a Dask scheduler's workers, which compute their own)."""
+    return dict((read_manifest(Path(out)) or {}).get("references", {}))
+
+
+def _fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
+                   references: Mapping[str, str]) -> tuple[pd.DataFrame, int, int]:
     """The shard's rows, the block size that fitted and the number of out-of-memory retries."""
     block = shard.rep_stop - shard.rep_start
     cap = memory_rep_block(config, shard.setting, shard.n, device)
@@ -264,7 +274,8 @@ def _fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str
     while first < shard.rep_stop:
         sub = Shard(shard.setting, shard.n, first, min(first + block, shard.rep_stop))
         try:
-            frames.append(run_shard(config, sub, device=device, backend=backend))
+            frames.append(run_shard(config, sub, device=device, backend=backend,
+                                    references=references))
             first = sub.rep_stop
             continue
         except (MemoryError, RuntimeError) as err:
@@ -359,7 +370,7 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
     Shards written before references were recorded cannot be checked and are refused alike.
     Each new record carries ``design_size``, the design its G_bar was fitted on.
     """
-    recorded = (read_manifest(out) or {}).get("references", {})
+    recorded = recorded_references(out)
     changed = {}
     for (setting, gate), ref in refs.items():
         key, text = f"{setting}/{gate}", ref.to_json()
@@ -372,10 +383,11 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
                       for a, b in ((before.gate_params, ref.gate_params),
                                    (before.expert_params, ref.expert_params)))
             if gap <= REFERENCE_RTOL:
-                # the record stays: later resumptions compare with the shards' own reference
-                log(f"warning: the G_bar of {key} differs from the one recorded in {out} by "
-                    f"{gap:.1e} (relative; rounding): rows computed now may differ from the "
-                    f"stored ones in the last bits")
+                # the record stays, and the shards computed now are measured against it
+                # (run_shard's references), so no curve mixes two references
+                log(f"warning: the G_bar of {key} computed here differs from the one recorded "
+                    f"in {out} by {gap:.1e} (relative; rounding, in the last bits): the shards "
+                    f"computed now start near, and are measured against, the recorded one")
                 continue
             why = f"it differs by {gap:.1e} (relative) from the one recorded in the manifest"
         else:
