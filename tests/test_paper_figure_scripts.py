@@ -489,6 +489,42 @@ def test_wide_starts_move_the_3x_box_slopes():
     assert gap_nu.max() == pytest.approx(34.0, abs=0.1)
 
 
+def test_the_d4_truth_gives_the_readme_verdicts():
+    """paper_figures/README.md (nguyen2024-measurable, "A smaller model: d = 4") quotes these from
+    gelu_d4_box{10,3}/: the sigmoid fit passes every certificate (its D3 CI a hair too wide for
+    a verdict), the softmax fit fails the optimiser check in both boxes, and in the 10x box also
+    the reference (the light-atom gauge) and converged certificates."""
+    import json
+
+    from moe_theory.rates import curve_fit
+
+    measurable = ROOT / "paper_figures" / "nguyen2024-measurable"
+    certificates = ["cert_reference", "cert_converged", "cert_optimiser", "cert_overfit"]
+    expected = {"10": ["fail", "fail", "fail", "pass"], "3": ["pass", "pass", "fail", "pass"]}
+    for box, softmax_certs in expected.items():
+        folder = measurable / f"gelu_d4_box{box}"
+        rates = pd.read_csv(folder / "rates.csv").set_index(["fit_gate", "loss_name"])
+        d3 = rates.loc[("sigmoid", "D3")]
+        assert (round(d3.slope, 2), round(d3.ci_high - d3.slope, 3)) == (-0.56, 0.077)
+        assert list(d3[certificates]) == ["pass"] * 4
+        assert d3.verdict == "inconclusive (CI too wide)"
+        assert rates.loc[("sigmoid", "err_beta1_exact")].verdict == "consistent"
+        for loss in ("err_eta_over", "D1"):
+            assert list(rates.loc[("softmax", loss)][certificates]) == softmax_certs
+        check = json.loads((folder / "check.json").read_text())["curves"]
+        entry = check["nguyen2024-measurable-gelu-d4/softmax/D1"]
+        assert entry["status"] == "fail"
+        assert round(entry["ssr_gap_max"], 1) == {"10": 14.2, "3": 11.3}[box]
+    results = pd.read_csv(measurable / "gelu_d4_box3" / "results.csv")
+    kept = {}
+    for loss in ("err_eta_over", "D1"):
+        curve = results[(results.fit_gate == "softmax") & (results.loss_name == loss)].copy()
+        curve["bound_active"] = False  # every fit kept, as the README quotes
+        fit = curve_fit(curve)
+        kept[loss] = [round(fit.slope, 2), round(fit.ci_low, 2), round(fit.ci_high, 2)]
+    assert kept == {"err_eta_over": [-0.29, -0.48, -0.11], "D1": [-0.51, -0.77, -0.24]}
+
+
 YAN = ROOT / "paper_figures" / "yan2025"
 
 
