@@ -8,6 +8,8 @@ names the machine itself (host name, user, paths) is recorded.
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -38,6 +40,60 @@ def _git_state() -> tuple[str | None, bool | None]:
     # tracked files only: untracked outputs (results folders, caches) do not change the code
     status = _git("status", "--porcelain", "--untracked-files=no")
     return commit, None if status is None else status != ""
+
+
+#: The code a result depends on: the Python files of these packages, beside the source root.
+SOURCE_PACKAGES = ("moe_theory", "kernels")
+
+
+def _digest(files: list[tuple[str, bytes]]) -> str:
+    """sha256 over (path, length, bytes) of each file, sorted by path: equal only for the same
+    files with the same contents, wherever the tree lies."""
+    h = hashlib.sha256()
+    for path, data in sorted(files):
+        name = path.encode()
+        h.update(b"%d:%s:%d:" % (len(name), name, len(data)))
+        h.update(data)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def source_hash(root: Path | None = None) -> str | None:
+    """sha256 of the Python files of :data:`SOURCE_PACKAGES` under ``root`` (default: where this
+    package was imported from), None where none is found. Unlike ``git_commit`` it describes the
+    code that ran whatever git says: a copy of a working tree whose git metadata is older than
+    its files, an installed wheel, uncommitted edits. Compare with :func:`source_hash_at`."""
+    root = _SOURCE_ROOT if root is None else Path(root)
+    files = [(p.relative_to(root).as_posix(), p.read_bytes())
+             for package in SOURCE_PACKAGES for p in (root / package).rglob("*.py")
+             if "__pycache__" not in p.parts]
+    return _digest(files) if files else None
+
+
+def source_hash_at(commit: str, root: Path | None = None) -> str | None:
+    """:func:`source_hash` of the tree of ``commit`` in the git checkout at ``root`` (default:
+    this package's), read from git's objects: does a result's ``source_sha256`` belong to that
+    commit? None where git or the commit is missing."""
+    root = _SOURCE_ROOT if root is None else Path(root)
+
+    def git(*args: str) -> bytes | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  timeout=60, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    listing = git("ls-tree", "-r", "--name-only", "-z", commit, "--", *SOURCE_PACKAGES)
+    if listing is None:
+        return None
+    files = []
+    for path in (p.decode() for p in listing.split(b"\0") if p.endswith(b".py")):
+        data = git("show", f"{commit}:{path}")
+        if data is None:
+            return None
+        files.append((path, data))
+    return _digest(files) if files else None
 
 
 def _cpu_name() -> str:
@@ -88,7 +144,7 @@ def provenance(device: str | torch.device | None = None) -> dict:
         modified; None outside a checkout), ``device`` (``"cuda:0"``, ``"cpu"``), ``device_name``
         (GPU name or CPU model), ``torch``, ``cuda`` (the CUDA version torch was built with, None
         for CPU builds), ``triton`` (None when not installed), ``python``, ``date`` (UTC, ISO 8601
-        to the second).
+        to the second), ``source_sha256`` (:func:`source_hash` of the code imported).
     """
     dev = _resolve_device(device)
     commit, dirty = _git_state()
@@ -102,4 +158,5 @@ def provenance(device: str | torch.device | None = None) -> dict:
         "triton": _version("triton"),
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source_sha256": source_hash(),
     }
