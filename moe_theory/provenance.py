@@ -57,7 +57,7 @@ def _digest(files: list[tuple[str, bytes]]) -> str:
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source_hash(root: Path | None = None) -> str | None:
     """sha256 of the Python files of :data:`SOURCE_PACKAGES` under ``root`` (default: where this
     package was imported from), None where none is found. Unlike ``git_commit`` it describes the
