@@ -523,6 +523,22 @@ def test_the_d4_truth_gives_the_readme_verdicts():
         fit = curve_fit(curve)
         kept[loss] = [round(fit.slope, 2), round(fit.ci_low, 2), round(fit.ci_high, 2)]
     assert kept == {"err_eta_over": [-0.29, -0.48, -0.11], "D1": [-0.51, -0.77, -0.24]}
+    # 40 replications make the sigmoid curve's CI narrow enough for a verdict; the first 20 are
+    # gelu_d4_box10's fits bit for bit (same data seeds)
+    forty = measurable / "gelu_d4_sigmoid_40"
+    rates = pd.read_csv(forty / "rates.csv").set_index("loss_name")
+    verdicts = {loss: (round(rates.loc[loss].slope, 2), rates.loc[loss].verdict)
+                for loss in ("D3", "err_beta1_exact", "err_eta_exact")}
+    assert verdicts == {"D3": (-0.55, "consistent"), "err_beta1_exact": (-0.55, "consistent"),
+                        "err_eta_exact": (-0.52, "consistent")}
+    assert rates.loc["D3"].ci_high - rates.loc["D3"].slope < 0.075
+    new = pd.read_csv(forty / "results.csv").query("rep < 20")
+    old = pd.read_csv(measurable / "gelu_d4_box10" / "results.csv").query("fit_gate == 'sigmoid'")
+    key = ["n", "rep", "loss_name"]
+    both = new.merge(old, on=key, suffixes=("", "_20"))
+    assert len(both) == len(old) == len(new)
+    assert (both.fit_loss == both.fit_loss_20).all()
+    assert ((both.loss_value == both.loss_value_20) | both.loss_value.isna()).all()
 
 
 YAN = ROOT / "paper_figures" / "yan2025"
