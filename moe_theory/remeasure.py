@@ -31,9 +31,11 @@ from moe_theory.store import (
     load_results,
     merge,
     read_manifest,
+    results_csv,
     shard_path,
     shards_on_disk,
     verified_shards,
+    write_results_csv,
     write_shard,
 )
 from moe_theory.voronoi import voronoi_loss
@@ -161,10 +163,8 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
         merge(folder)
     else:
         results = results.assign(loss_value=new)
-        if (folder / "results.csv").exists():
-            atomic_write(folder / "results.csv",
-                         lambda tmp: results.drop(columns=FIT_MEASURE, errors="ignore")
-                         .to_csv(tmp, index=False))
+        if results_csv(folder).exists():
+            write_results_csv(folder, results)
         if (folder / "results.parquet").exists():
             atomic_write(folder / "results.parquet",
                          lambda tmp: results.to_parquet(tmp, index=False))

@@ -46,7 +46,7 @@ from moe_theory.plotting import plot_panels
 from moe_theory.population import cache_dir
 from moe_theory.provenance import provenance
 from moe_theory.rates import format_rates_table, rates_table
-from moe_theory.store import atomic_write, plan, read_manifest, write_manifest
+from moe_theory.store import atomic_write, plan, read_manifest, write_manifest, write_results_csv
 from moe_theory.studies import StudyOutput, attention_regularity, attention_teacher
 from moe_theory.sweep import prepare_references, run_sweep
 from moe_theory.validation import check_device
@@ -108,7 +108,7 @@ def write_table(out: Path, table: pd.DataFrame, text: str, *, name: str = "rates
     atomic_write(out / f"{name}.json",
                  lambda tmp: Path(tmp).write_text(table.to_json(orient="records", indent=1)))
     if results is not None:
-        atomic_write(out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
+        write_results_csv(out, results)
 
 
 def write_run(out: Path, run: dict, device: str) -> dict:

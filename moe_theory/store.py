@@ -67,6 +67,10 @@ CSV_MAX_ROWS = 200_000
 #: :data:`FITS_FILE`, one row per fit, which a figure folder keeps beside its ``results.csv``.
 FIT_MEASURE = "fit_measure"
 FITS_FILE = "fits.csv.gz"
+#: The merged table's CSV copy, and its gzip form: a committed figure folder whose table is large
+#: keeps the latter (paper_figures/README.md), and whatever rewrites the table keeps its form.
+RESULTS_CSV = "results.csv"
+RESULTS_CSV_GZ = "results.csv.gz"
 #: What names one fit of a sweep.
 FIT_KEYS = ["setting", "fit_gate", "n", "rep"]
 #: A claim or temporary file untouched this long belongs to a writer that is gone (one on another
@@ -642,8 +646,7 @@ def _write_merged(out: Path, df: pd.DataFrame, finished: dict[Shard, str]) -> No
                                            SHARDS_METADATA_KEY: record})
     atomic_write(out / "results.parquet", lambda tmp: pq.write_table(table, tmp))
     if len(df) <= CSV_MAX_ROWS:
-        atomic_write(out / "results.csv",
-                     lambda tmp: df.drop(columns=FIT_MEASURE, errors="ignore").to_csv(tmp, index=False))
+        write_results_csv(out, df)
     fits = fit_table(df)
     if len(fits):
         write_fits(out, fits)
@@ -659,15 +662,37 @@ def fit_table(df: pd.DataFrame) -> pd.DataFrame:
     return fits.reset_index(drop=True)
 
 
+def _write_csv(path: Path, table: pd.DataFrame) -> None:
+    """``table`` as CSV at ``path``; gzip where the name ends in ``.gz``, with neither time nor
+    file name in its header, so that the same table gives the same bytes."""
+    if path.name.endswith(".gz"):
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                        mtime=0) as gz:
+                gz.write(table.to_csv(index=False).encode())
+    else:
+        def write(tmp: str) -> None:
+            table.to_csv(tmp, index=False)
+    atomic_write(path, write)
+
+
+def results_csv(out: str | Path) -> Path:
+    """The CSV file of the tidy table in folder ``out``: :data:`RESULTS_CSV_GZ` where the folder
+    keeps that one, else :data:`RESULTS_CSV` (whether or not it exists yet)."""
+    out = Path(out)
+    return out / RESULTS_CSV_GZ if (out / RESULTS_CSV_GZ).exists() else out / RESULTS_CSV
+
+
+def write_results_csv(out: str | Path, table: pd.DataFrame) -> None:
+    """Write the tidy table's CSV copy into ``out``, in the form the folder keeps
+    (:func:`results_csv`), without the estimates' column (they go to :data:`FITS_FILE`)."""
+    _write_csv(results_csv(out), table.drop(columns=FIT_MEASURE, errors="ignore"))
+
+
 def write_fits(out: Path, fits: pd.DataFrame) -> None:
     """:data:`FITS_FILE`, gzip with neither time nor file name in its header, so that the same
     fits give the same bytes."""
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                    mtime=0) as gz:
-            gz.write(fits.to_csv(index=False).encode())
-
-    atomic_write(Path(out) / FITS_FILE, write)
+    _write_csv(Path(out) / FITS_FILE, fits)
 
 
 def load_fits(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.DataFrame:
@@ -710,24 +735,25 @@ def merge(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.DataF
 
 
 def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.DataFrame:
-    """The tidy table of a results folder (or of a ``results.csv`` file).
+    """The tidy table of a results folder (or of a ``results.csv`` or ``results.csv.gz`` file).
 
     With shards: from the shards, verified, through ``results.parquet`` only while the
     checksums it records are those of the shards on disk (else merged anew, and rewritten where
     the folder can be written). Warns (:class:`StoreWarning`, or through ``report``) when the
     sweep is incomplete or a shard was damaged. Without shards, ``results.parquet`` as it is,
-    else ``results.csv`` (a committed figure folder keeps only that: paper_figures/README.md).
+    else ``results.csv`` or ``results.csv.gz`` (a committed figure folder keeps only that:
+    paper_figures/README.md).
     """
     out = Path(out)
-    if out.is_file() and out.suffix == ".csv":
+    if out.is_file() and out.name.endswith((".csv", ".csv.gz")):
         return pd.read_csv(out)
     if not (out / "shards").is_dir():
         if (out / "results.parquet").exists():
             return pd.read_parquet(out / "results.parquet")
-        if (out / "results.csv").exists():
-            return pd.read_csv(out / "results.csv")
-        raise ValueError(f"DIR: {out} has no results (no results.parquet, shards/ or "
-                         "results.csv)")
+        if results_csv(out).exists():
+            return pd.read_csv(results_csv(out))
+        raise ValueError(f"DIR: {out} has no results (no results.parquet, shards/, "
+                         "results.csv or results.csv.gz)")
     finished, state = _finished(out, report)
     if state is not None and not state.complete:
         report(f"incomplete sweep in {out}: {state.summary()}; rerun the sweep to finish it")

@@ -682,7 +682,8 @@ def test_the_nguyen2024_optimiser_check_gives_the_readme_numbers():
                if "-relu/" in key) < 1e-4
     assert round(curves["nguyen2024-dense-linear/softmax/D1"]["slope_shift"]["max_iter x10"],
                  2) == 0.51
-    fits = pd.read_csv(folder / "results.csv").drop_duplicates(["setting", "fit_gate", "n", "rep"])
+    fits = pd.read_csv(folder / "results.csv.gz").drop_duplicates(
+        ["setting", "fit_gate", "n", "rep"])
     share = fits.groupby(["setting", "fit_gate"]).converged.mean()
     assert (round(share["nguyen2024-dense-relu", "sigmoid"], 2),
             round(share["nguyen2024-dense-relu", "softmax"], 2)) == (0.66, 0.86)

@@ -136,6 +136,22 @@ def test_a_changed_loss_definition_reaches_the_tables(finished, doubled_losses):
     np.testing.assert_allclose(rates["slope"], old_rates["slope"], rtol=1e-9, atol=1e-12)
 
 
+def test_a_gzipped_table_is_rewritten_gzipped(finished, doubled_losses):
+    """A folder that keeps its table as results.csv.gz (the large committed ones) gets the new
+    values there, in that form, and no plain results.csv beside it."""
+    plain = (finished / "results.csv").read_bytes()
+    (finished / "results.csv").unlink()
+    (finished / "results.csv.gz").write_bytes(gzip.compress(plain, mtime=0))
+    old = pd.read_csv(finished / "results.csv.gz")
+    remeasure(finished, write=True)
+    assert not (finished / "results.csv").exists()
+    new = pd.read_csv(finished / "results.csv.gz")
+    np.testing.assert_array_equal(new["loss_value"].to_numpy(), 2.0 * old["loss_value"].to_numpy())
+    # the header names neither a time nor a file: the same table gives the same bytes
+    head = (finished / "results.csv.gz").read_bytes()[:8]
+    assert head[3] & 0x08 == 0 and head[4:8] == b"\0\0\0\0"  # no FNAME flag, MTIME 0
+
+
 def test_a_working_folder_gets_its_stored_rows_measured_anew(swept, tmp_path, doubled_losses):
     """A folder that still holds its shards and the check's refit store: those are measured
     again too, so that a later merge, and a check resumed from its stored refits, read the new

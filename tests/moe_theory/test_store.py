@@ -8,6 +8,8 @@ Tables are compared exactly (up to ``wall_s``, a timing): the same config gives 
 from __future__ import annotations
 
 import errno
+import gzip
+import io
 import json
 import os
 import shutil
@@ -385,6 +387,32 @@ def test_a_committed_figure_folder_loads_from_its_csv(tmp_path, local_run):
     (tmp_path / "results.csv").unlink()
     with pytest.raises(ValueError, match="DIR: .* has no results"):
         mt.load_results(tmp_path)
+
+
+def test_a_folder_keeps_its_table_gzipped_when_it_was(tmp_path, local_run):
+    """A committed figure folder may keep its table as results.csv.gz (the large ones do): it
+    loads the same, and a merge writes the table back in that form, the same bytes each time,
+    with no plain results.csv beside it."""
+    out, table = local_run
+    folder = tmp_path / "figure"
+    shutil.copytree(out, folder)
+    plain = (folder / "results.csv").read_bytes()
+    (folder / "results.csv").unlink()
+    (folder / "results.csv.gz").write_bytes(gzip.compress(plain, mtime=0))
+    assert store.results_csv(folder).name == "results.csv.gz"
+    (folder / "results.parquet").unlink()
+    store.merge(folder)
+    assert not (folder / "results.csv").exists()
+    first = (folder / "results.csv.gz").read_bytes()
+    assert gzip.decompress(first) == plain
+    (folder / "results.parquet").unlink()
+    store.merge(folder)
+    assert (folder / "results.csv.gz").read_bytes() == first
+    shutil.rmtree(folder / "shards")
+    (folder / "results.parquet").unlink()
+    loaded = mt.load_results(folder)
+    pd.testing.assert_frame_equal(loaded, pd.read_csv(io.BytesIO(plain)))
+    pd.testing.assert_frame_equal(mt.load_results(folder / "results.csv.gz"), loaded)
 
 
 def test_reproduce_refuses_another_configs_folder_unless_forced(tmp_path, config_path):
