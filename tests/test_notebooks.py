@@ -63,3 +63,8 @@ def test_runs_top_to_bottom_in_fast_mode(path, monkeypatch):
     client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
     client.execute()
+    # a notebook that reads a committed figure folder must find its table, not print the
+    # fallback written for a checkout without it
+    printed = "".join(output.get("text", "") for cell in notebook.cells
+                      if cell.cell_type == "code" for output in cell.outputs)
+    assert "is not there yet" not in printed, f"{path.name}: a committed table was not found"
