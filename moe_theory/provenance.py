@@ -76,24 +76,33 @@ def source_hash_at(commit: str, root: Path | None = None) -> str | None:
     commit? None where git or the commit is missing."""
     root = _SOURCE_ROOT if root is None else Path(root)
 
-    def git(*args: str) -> bytes | None:
+    def git(*args: str, stdin: bytes | None = None) -> bytes | None:
         try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                                  timeout=60, check=False)
+            done = subprocess.run(["git", "-C", str(root), *args], input=stdin,
+                                  capture_output=True, timeout=60, check=False)
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout if done.returncode == 0 else None
 
-    listing = git("ls-tree", "-r", "--name-only", "-z", commit, "--", *SOURCE_PACKAGES)
+    # "<mode> blob <sha>\t<path>" per file, then every blob in one `cat-file --batch` call
+    listing = git("ls-tree", "-r", "-z", commit, "--", *SOURCE_PACKAGES)
     if listing is None:
         return None
-    files = []
-    for path in (p.decode() for p in listing.split(b"\0") if p.endswith(b".py")):
-        data = git("show", f"{commit}:{path}")
-        if data is None:
-            return None
-        files.append((path, data))
-    return _digest(files) if files else None
+    entries = [(path.decode(), meta.split()[2].decode())
+               for meta, path in (e.split(b"\t", 1) for e in listing.split(b"\0") if e)
+               if path.endswith(b".py") and meta.split()[1] == b"blob"]
+    if not entries:
+        return None
+    batch = git("cat-file", "--batch", stdin="".join(f"{sha}\n" for _, sha in entries).encode())
+    if batch is None:
+        return None
+    files, at = [], 0
+    for path, _ in entries:
+        header_end = batch.index(b"\n", at)
+        size = int(batch[at:header_end].split()[2])
+        files.append((path, batch[header_end + 1:header_end + 1 + size]))
+        at = header_end + 1 + size + 1  # the blob, then its newline
+    return _digest(files)
 
 
 def _cpu_name() -> str:

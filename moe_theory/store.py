@@ -750,8 +750,9 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
     if not (out / "shards").is_dir():
         if (out / "results.parquet").exists():
             return pd.read_parquet(out / "results.parquet")
-        if results_csv(out).exists():
-            return pd.read_csv(results_csv(out))
+        csv = results_csv(out)
+        if csv.exists():
+            return pd.read_csv(csv)
         raise ValueError(f"DIR: {out} has no results (no results.parquet, shards/, "
                          "results.csv or results.csv.gz)")
     finished, state = _finished(out, report)

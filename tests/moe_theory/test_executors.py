@@ -729,6 +729,18 @@ def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_pa
     assert executors._shared == []  # the session ended with the call
 
 
+def _move_computed_g_bar(monkeypatch, move) -> None:
+    """Make every G_bar computed from now on ``move(G_bar)``: a reference computed again
+    elsewhere (another device type's design, another machine's rounding)."""
+    real = sweep.reference_measure
+
+    def elsewhere(setting, gate, **kw):
+        kind, ref = real(setting, gate, **kw)
+        return kind, move(ref) if kind == "G_bar" else ref
+
+    monkeypatch.setattr(sweep, "reference_measure", elsewhere)
+
+
 def test_check_refits_against_the_g_bar_its_sweep_recorded(tmp_path, monkeypatch):
     """The check's refits start near, and are measured against, the G_bar the sweep's manifest
     records, not one computed again where the check runs: G_bar's design depends on the device
@@ -747,16 +759,8 @@ def test_check_refits_against_the_g_bar_its_sweep_recorded(tmp_path, monkeypatch
     assert key in json.loads((out / "manifest.json").read_text())["references"]
     want = refit(config, 1, folder=out).drop(columns="wall_s")
     shutil.rmtree(out / "check-refits")
-    real = sweep.reference_measure
-
-    def elsewhere(setting, gate, **kw):
-        kind, ref = real(setting, gate, **kw)
-        if kind == "G_bar":
-            ref = replace(ref, gate_params=ref.gate_params + 0.05,
-                          expert_params=ref.expert_params - 0.05)
-        return kind, ref
-
-    monkeypatch.setattr(sweep, "reference_measure", elsewhere)
+    _move_computed_g_bar(monkeypatch, lambda ref: replace(
+        ref, gate_params=ref.gate_params + 0.05, expert_params=ref.expert_params - 0.05))
     # the monkeypatch takes: a shard fitted without the recorded references sees the other G_bar
     shard = store.Shard(config.settings[0], config.n[0], 0, 1)
     moved = sweep.run_shard(config, shard, gates=["softmax"])
@@ -789,15 +793,8 @@ def test_a_resumed_sweep_measures_against_the_recorded_g_bar(tmp_path, monkeypat
     shutil.copytree(whole, out)
     lost = plan(config)[0]
     shard_path(out, lost).unlink()
-    real = sweep.reference_measure
-
-    def elsewhere(setting, gate, **kw):
-        kind, ref = real(setting, gate, **kw)
-        if kind == "G_bar":
-            ref = replace(ref, gate_params=ref.gate_params * (1 + 1e-9))
-        return kind, ref
-
-    monkeypatch.setattr(sweep, "reference_measure", elsewhere)
+    _move_computed_g_bar(monkeypatch,
+                         lambda ref: replace(ref, gate_params=ref.gate_params * (1 + 1e-9)))
     lines: list[str] = []
     got = run_sweep(config, out, log=lines.append)
     assert [line.split()[1] for line in done(lines)] == [lost.key]
