@@ -718,7 +718,6 @@ def test_the_d4_wide_starts_give_the_readme_numbers():
     reached twice, on the box and on a tolerance; the optimiser check's refits below the fits;
     refits within 1 nu of a fit that lie far away in D1; the wide starts against gelu_d4_box3's
     near starts on the same data; and the every-fit-kept slopes of both sweeps read as one."""
-    import json
 
     from moe_theory.rates import curve_fit
 
