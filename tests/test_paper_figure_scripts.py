@@ -781,3 +781,33 @@ def test_the_d4_wide_starts_give_the_readme_numbers():
                         round(fit.median.slope, 2)]
     assert slopes == {"err_eta_over": [-0.2, -0.27, -0.13, -0.25],
                       "D1": [-0.38, -0.52, -0.25, -0.48]}
+
+
+def test_the_d4_per_start_ties_give_the_readme_numbers():
+    """paper_figures/README.md ("The d = 4 softmax fit with wide starts", per start) quotes these
+    from starts/d4_ties_128k{,_jitter10}_softmax.csv.gz: pooling each data set's 128 starts, how
+    far apart in D1 the starts within nu of the best SSR lie, and that the first 48 jitter-1
+    starts are the sweep's (gelu_d4_box3_wide_large_n) fits."""
+    nu = 0.02
+    one = pd.read_csv(STARTS / "d4_ties_128k_softmax.csv.gz").assign(jitter=1.0)
+    ten = pd.read_csv(STARTS / "d4_ties_128k_jitter10_softmax.csv.gz").assign(jitter=10.0)
+    pooled = pd.concat([one, ten], ignore_index=True)
+    assert set(pooled.n) == {128_000} and pooled.groupby("jitter").start.nunique().tolist() == [64, 64]
+    ratio, over, tied, missed = [], [], [], {1.0: [], 10.0: []}
+    for _, d in pooled.groupby("rep"):
+        near = d[d.ssr - d.ssr.min() <= nu]
+        tied.append(len(near) >= 2)
+        ratio.append(near.D1.max() / near.D1.min())
+        over.append(near.err_eta_over.max() / near.err_eta_over.min())
+        for jitter in missed:
+            missed[jitter].append((d[d.jitter == jitter].ssr.min() - d.ssr.min()) / nu)
+    ratio, tied = np.array(ratio), np.array(tied)
+    assert ((ratio > 10).sum(), (ratio > 2).sum()) == (10, 12)
+    assert (round(float(np.median(ratio[tied]))), round(float(ratio.max()))) == (30, 384)
+    assert round(max(over), 1) == 7.4
+    assert {j: (int((np.array(m) > 1).sum()), round(max(m), 1)) for j, m in missed.items()} == {
+        1.0: (2, 6.3), 10.0: (5, 2.0)}
+    sweep = pd.read_csv(STARTS / "gelu_d4_box3_wide_large_n" / "results.csv").query(
+        "loss_name == 'D1' and n == 128000").set_index("rep").fit_loss * 128_000
+    first48 = one[one.start < 48].groupby("rep").ssr.min()
+    assert float((sweep - first48).abs().max()) / nu < 1e-8
