@@ -13,6 +13,7 @@ import sys
 from benchmarks import (
     attention,
     certified_figure,
+    chunk_bytes,
     compare_tables,
     data_draw,
     fit_agreement,
@@ -30,7 +31,7 @@ from benchmarks import (
 
 SUBCOMMANDS = (moe, attention, fit_profile, fit_agreement, lm_parts, memory_check, sweep_scaling,
                compare_tables, gpu_tests, certified_figure, shared_memory, data_draw,
-               warm_start, sass, stacked_dot)
+               warm_start, sass, stacked_dot, chunk_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import torch
 from moe_theory.certificates import free_parameters
 from moe_theory.config import SweepConfig
 from moe_theory.store import Shard
-from moe_theory.threads import apply_thread_default
+from moe_theory.threads import apply_thread_default, usable_cores
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -53,7 +53,10 @@ GPU_PROCESSES = 3
 
 def device_workers(workers: int | None, device: str) -> int:
     """Processes that share ``device`` (``--workers``): the count given, checked, or by default
-    :data:`GPU_PROCESSES` on a GPU and 1 on the CPU (whose BLAS already uses every core)."""
+    :data:`GPU_PROCESSES` on a GPU and 1 on the CPU: worker processes know only the settings
+    registered at import, so a setting registered at run time (a notebook's, a test's) is seen
+    by one process alone. The CLI's default preset, whose settings are all built in, asks for
+    one per core (``moe_theory.cli``)."""
     if workers is None:
         return GPU_PROCESSES if device.startswith("cuda") else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -211,7 +214,7 @@ def _start_cluster(*, local_workers: int | None, gpus: tuple[int, ...] | None,
             workers=workers,
             scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}},
             silence_logs=logging.WARNING)
-    return LocalCluster(n_workers=local_workers or os.cpu_count() or 1, threads_per_worker=1,
+    return LocalCluster(n_workers=local_workers or usable_cores(), threads_per_worker=1,
                         processes=True, host="127.0.0.1", dashboard_address=None,
                         preload=[__name__])
 
@@ -368,7 +371,7 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
             yield fn(shard)
         return
     if executor == "processes":
-        default = GPU_PROCESSES if device.startswith("cuda") else os.cpu_count() or 1
+        default = GPU_PROCESSES if device.startswith("cuda") else usable_cores()
         yield from _map_processes(fn, shards, local_workers or default)
         return
     from distributed import as_completed  # optional dependency, as in dask_client

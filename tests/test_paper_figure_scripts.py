@@ -783,16 +783,14 @@ def test_the_d4_wide_starts_give_the_readme_numbers():
                       "D1": [-0.38, -0.52, -0.25, -0.48]}
 
 
-def test_the_d4_per_start_ties_give_the_readme_numbers():
-    """paper_figures/README.md ("The d = 4 softmax fit with wide starts", per start) quotes these
-    from starts/d4_ties_128k{,_jitter10}_softmax.csv.gz: pooling each data set's 128 starts, how
-    far apart in D1 the starts within nu of the best SSR lie, and that the first 48 jitter-1
-    starts are the sweep's (gelu_d4_box3_wide_large_n) fits."""
+def _ties(size: str) -> dict:
+    """Per data set of starts/d4_ties_<size>{,_jitter10}_softmax.csv.gz, both spreads of starts
+    pooled: how far apart in D1 and in the over-specified error the starts within nu of the best
+    SSR lie, and by how much (in nu) each spread's best misses the pooled best."""
     nu = 0.02
-    one = pd.read_csv(STARTS / "d4_ties_128k_softmax.csv.gz").assign(jitter=1.0)
-    ten = pd.read_csv(STARTS / "d4_ties_128k_jitter10_softmax.csv.gz").assign(jitter=10.0)
+    one = pd.read_csv(STARTS / f"d4_ties_{size}_softmax.csv.gz").assign(jitter=1.0)
+    ten = pd.read_csv(STARTS / f"d4_ties_{size}_jitter10_softmax.csv.gz").assign(jitter=10.0)
     pooled = pd.concat([one, ten], ignore_index=True)
-    assert set(pooled.n) == {128_000} and pooled.groupby("jitter").start.nunique().tolist() == [64, 64]
     ratio, over, tied, missed = [], [], [], {1.0: [], 10.0: []}
     for _, d in pooled.groupby("rep"):
         near = d[d.ssr - d.ssr.min() <= nu]
@@ -802,12 +800,36 @@ def test_the_d4_per_start_ties_give_the_readme_numbers():
         for jitter in missed:
             missed[jitter].append((d[d.jitter == jitter].ssr.min() - d.ssr.min()) / nu)
     ratio, tied = np.array(ratio), np.array(tied)
-    assert ((ratio > 10).sum(), (ratio > 2).sum()) == (10, 12)
-    assert (round(float(np.median(ratio[tied]))), round(float(ratio.max()))) == (30, 384)
-    assert round(max(over), 1) == 7.4
-    assert {j: (int((np.array(m) > 1).sum()), round(max(m), 1)) for j, m in missed.items()} == {
-        1.0: (2, 6.3), 10.0: (5, 2.0)}
-    sweep = pd.read_csv(STARTS / "gelu_d4_box3_wide_large_n" / "results.csv").query(
-        "loss_name == 'D1' and n == 128000").set_index("rep").fit_loss * 128_000
-    first48 = one[one.start < 48].groupby("rep").ssr.min()
-    assert float((sweep - first48).abs().max()) / nu < 1e-8
+    return dict(starts=pooled.groupby("jitter").start.nunique().tolist(), n=set(pooled.n),
+                over10=int((ratio > 10).sum()), over2=int((ratio > 2).sum()),
+                median_tied=round(float(np.median(ratio[tied]))), max=round(float(ratio.max())),
+                over_max=round(max(over), 1),
+                missed={j: (int((np.array(m) > 1).sum()), round(max(m), 1))
+                        for j, m in missed.items()}, first=one)
+
+
+def test_the_d4_per_start_ties_give_the_readme_numbers():
+    """paper_figures/README.md ("The d = 4 softmax fit with wide starts", per start) quotes these
+    from starts/d4_ties_{128k,1024k}{,_jitter10}_softmax.csv.gz: pooling each data set's starts,
+    how far apart in D1 the starts within nu of the best SSR lie, at n = 1.28e5 and 1.024e6;
+    and that the jitter-1 starts are the sweep's (gelu_d4_box3_wide_large_n) first starts."""
+    nu = 0.02
+    small, large = _ties("128k"), _ties("1024k")
+    for found in (small, large):
+        first = found.pop("first")
+        n = next(iter(found["n"]))
+        sweep = pd.read_csv(STARTS / "gelu_d4_box3_wide_large_n" / "results.csv").query(
+            f"loss_name == 'D1' and n == {n}").set_index("rep").fit_loss * n
+        # the same starts as the sweep's first ones, each fitted as its own problem: at
+        # n = 1.28e5 (all 48 of the sweep's starts) its fits to rounding; at 1.024e6 (the first
+        # 32) never below its best of 48 by a noise variance (a GPU's sums depend on the
+        # batch, and along these near-flat directions rounding moves a fit by up to 0.4 nu)
+        gap = (first[first.start < 48].groupby("rep").ssr.min() - sweep) / nu
+        if first.start.nunique() == 64:
+            assert gap.abs().max() < 1e-8
+        else:
+            assert gap.min() > -1
+    assert small == dict(starts=[64, 64], n={128_000}, over10=10, over2=12, median_tied=30,
+                         max=384, over_max=7.4, missed={1.0: (2, 6.3), 10.0: (5, 2.0)})
+    assert large == dict(starts=[32, 32], n={1_024_000}, over10=9, over2=13, median_tied=263,
+                         max=5021, over_max=27.9, missed={1.0: (3, 3.0), 10.0: (4, 6.4)})

@@ -29,8 +29,34 @@ import torch
 from kernels.memory import available_cuda_memory
 from kernels.moe.model import Expert, check_expert, n_free_gates, score_has_quadratic
 
-#: Bytes the ``W`` and ``V`` chunks may take together (as ``JACOBIAN_CHUNK_BYTES`` for ``J``).
-CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
+#: Bytes a chunk of samples may take: on a GPU the ``W`` and ``V`` chunks of all the batch's
+#: problems together (as ``JACOBIAN_CHUNK_BYTES`` for ``J``), where fewer, larger products run
+#: closer to its peak; on a CPU each problem's (:data:`PER_PROBLEM`). A CPU chunk stays in cache:
+#: its gathers and products are memory-bound there, and chunks of this size made a Gauss-Newton
+#: pass up to 3.6x faster than the 256 MiB (all problems together) used before, on a 2-core
+#: machine (2026-12-04, benchmarks/README.md "CPU chunk size").
+CHUNK_BYTES = {"cpu": 128 * 2**10, "cuda": 2 * 2**30}
+#: Device types whose budget is per problem: there a chunk's samples do not depend on how many
+#: problems share the batch, so each problem's sums, hence its iterates, are the same bit for bit
+#: in any batch (a refit of a subsample, the accepted rows of an iteration). On a GPU the sweep
+#: plans its memory with the batch's total.
+PER_PROBLEM = frozenset({"cpu"})
+#: Fewest samples a CPU chunk takes whatever its bytes: a wide problem (d = 32, p = 594) would
+#: otherwise be streamed a few samples at a time, and the per-chunk calls would cost more than the
+#: arithmetic. On a GPU the byte budget alone bounds a chunk.
+MIN_CHUNK_SAMPLES = {"cpu": 32, "cuda": 1}
+
+
+def chunk_samples(budget: int, problems: int, bytes_per_sample: int, n: int,
+                  device: torch.device) -> int:
+    """Samples per chunk of n: as many as ``budget`` bytes hold, per problem where the device
+    type's budget is (:data:`PER_PROBLEM`), else for the ``problems`` together, at
+    ``bytes_per_sample`` bytes per sample of one problem; at least the device type's
+    :data:`MIN_CHUNK_SAMPLES`, at most n."""
+    kind = device.type
+    per_sample = bytes_per_sample if kind in PER_PROBLEM else problems * bytes_per_sample
+    floor = MIN_CHUNK_SAMPLES.get(kind, MIN_CHUNK_SAMPLES["cpu"])
+    return max(1, min(n, max(floor, budget // max(1, per_sample))))
 
 
 #: docs/kernels.md#mixed-precision-gauss-newton: the precision of the ``W^T V`` products.
@@ -181,8 +207,8 @@ def feature_pairs(X: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Te
     Q = (d + 1) * (d + 2) // 2
     dtype = dtype or X.dtype
     out = X.new_empty(R, n, Q, dtype=dtype)
-    step = max(1, min(n, CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
-                      // (3 * R * Q * X.element_size())))
+    step = chunk_samples(CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"]), R,
+                         3 * Q * X.element_size(), n, X.device)
     for s in range(0, n, step):
         out[:, s : s + step] = _feature_pairs(X[:, s : s + step].to(dtype))
     return out
@@ -276,7 +302,7 @@ def accumulate_gram(out: torch.Tensor, U: torch.Tensor, X: torch.Tensor, start: 
     pdtype = product_dtype(gram_dtype, X.dtype)
     budget = CHUNK_BYTES.get(X.device.type, CHUNK_BYTES["cpu"])
     per_sample = A + (0 if V is not None and rows is None else Q + d + 1)
-    step = max(1, min(c, budget // (R * per_sample * X.element_size())))
+    step = chunk_samples(budget, R, per_sample * X.element_size(), c, X.device)
     if rows is not None and plan is None:
         plan = row_plan(rows, X.shape[0])
     grouped = None if rows is None else plan.grouped
@@ -410,5 +436,5 @@ def _add_product(out: torch.Tensor, W: torch.Tensor, Vc: torch.Tensor, mixed: bo
 
 
 __all__ = ["GRAM_DTYPES", "Tables", "accumulate_gram", "applies", "cache_fits", "check_gram_dtype",
-           "device_tables", "feature_pairs", "gather_jtj", "gram_jtj", "n_roles",
+           "chunk_samples", "device_tables", "feature_pairs", "gather_jtj", "gram_jtj", "n_roles",
            "product_dtype", "role_pairs", "row_plan", "tables", "with_constant"]

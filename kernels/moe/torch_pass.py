@@ -27,8 +27,9 @@ from kernels.moe.model import (
 )
 
 #: Bytes a chunk of the Jacobian may take; n = 10^6 samples then costs no more memory than 10^3.
-#: A GPU has room for larger chunks, and fewer, larger matrix products run closer to its peak.
-JACOBIAN_CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
+#: On a CPU per problem and small, on a GPU for the batch and large (as ``gram.CHUNK_BYTES``,
+#: which says why), with the same floor of samples (``gram.MIN_CHUNK_SAMPLES``).
+JACOBIAN_CHUNK_BYTES = {"cpu": 128 * 2**10, "cuda": 2 * 2**30}
 
 
 class MoEPass(NamedTuple):
@@ -41,7 +42,7 @@ class MoEPass(NamedTuple):
 
 def _chunk_size(R: int, p: int, itemsize: int, n: int, device: torch.device) -> int:
     budget = JACOBIAN_CHUNK_BYTES.get(device.type, JACOBIAN_CHUNK_BYTES["cpu"])
-    return max(1, min(n, budget // max(1, 4 * R * p * itemsize)))
+    return gram.chunk_samples(budget, R, 4 * p * itemsize, n, device)
 
 
 def _chunk_terms(Xc, gate_params, expert_params, gate, score, expert: Expert):

@@ -20,7 +20,7 @@ from benchmarks.output import gpu_label, result_path, write_json
 
 NAMES = ("moe", "attention", "fit-profile", "fit-agreement", "lm-parts", "memory-check",
          "sweep-scaling", "compare-tables", "gpu-tests", "certified-figure", "shared-memory",
-         "data-draw", "warm-start", "sass", "stacked-dot")
+         "data-draw", "warm-start", "sass", "stacked-dot", "chunk-bytes")
 
 
 def test_every_benchmark_is_a_subcommand():

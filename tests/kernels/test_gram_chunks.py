@@ -55,6 +55,9 @@ def test_small_chunks_equal_one_chunk(gate, kept, rows, monkeypatch):
     monkeypatch.setattr(gram, "accumulate_gram", spy)
     monkeypatch.setitem(torch_pass.JACOBIAN_CHUNK_BYTES, "cpu", 4 * 3 * (2 * k + d) * 8 * 3)
     monkeypatch.setitem(gram.CHUNK_BYTES, "cpu", 3 * 1000)
+    # budgets for all problems together and no floor: these alone size the chunks
+    monkeypatch.setitem(gram.MIN_CHUNK_SAMPLES, "cpu", 1)
+    monkeypatch.setattr(gram, "PER_PROBLEM", frozenset())
     got = reference_moe_pass(X, Y, gp, ep, gate=gate, score="linear", expert=ex, gram_features=V,
                              rows=idx)
     assert 1 < len(widths) and max(widths) <= 3 and sum(widths) == n
@@ -69,6 +72,8 @@ def test_rows_gather_each_chunk_only(monkeypatch):
     idx = torch.tensor([1, 1, 0, 2, 1])
     gp, ep = gp[idx % 3], ep[idx % 3]
     monkeypatch.setitem(torch_pass.JACOBIAN_CHUNK_BYTES, "cpu", 4 * 5 * 8 * 8 * 3)
+    monkeypatch.setitem(gram.MIN_CHUNK_SAMPLES, "cpu", 1)
+    monkeypatch.setattr(gram, "PER_PROBLEM", frozenset())
     seen = []
     real = torch_pass._chunk
     monkeypatch.setattr(torch_pass, "_chunk",
@@ -136,6 +141,8 @@ def test_starts_sharing_data_take_one_product_per_data_set(gram_dtype, kept, row
     real = gram._groups
     monkeypatch.setattr(gram, "_groups", lambda *a: (lambda r: used.append(r) or r)(real(*a)))
     monkeypatch.setitem(gram.CHUNK_BYTES, "cpu", len(rows) * (10 + 6 + 3) * 8 * 4)
+    monkeypatch.setitem(gram.MIN_CHUNK_SAMPLES, "cpu", 1)
+    monkeypatch.setattr(gram, "PER_PROBLEM", frozenset())
     got = reference_moe_pass(X, Y, gp, ep, gate="sigmoid", score="linear", expert=ex, rows=rows,
                              gram_features=gram.feature_pairs(X, pdtype) if kept else None,
                              gram_dtype=gram_dtype)
@@ -168,3 +175,46 @@ def test_tf32_heads_and_remainders():
     want = torch.bmm(W.double(), V.double())
     got = gram._product(W, V, split=True).double()
     assert _rel(got, want) <= 1e-6
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_chunk_samples_floor_and_budget(device):
+    """A chunk holds what its budget holds, per problem on a CPU and for all problems on a GPU,
+    never fewer than the device type's floor (a CPU's 32 samples: a wide problem would
+    otherwise be streamed a few samples at a time), never more than n, at least one sample."""
+    dev = torch.device(device)
+    floor = gram.MIN_CHUNK_SAMPLES[device]
+    per_problem = device in gram.PER_PROBLEM
+    assert per_problem == (device == "cpu")
+    want = 2**20 // (1000 if per_problem else 10 * 1000)
+    assert gram.chunk_samples(2**20, 10, 1000, 10**6, dev) == want
+    assert gram.chunk_samples(2**20, 10, 10**9, 10**6, dev) == floor
+    assert gram.chunk_samples(2**20, 10, 10**9, 5, dev) == min(floor, 5)
+    assert gram.chunk_samples(2**20, 10, 1, 100, dev) == 100
+    assert gram.chunk_samples(0, 10, 10, 100, dev) >= 1
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
+def test_a_problem_gives_the_same_pass_in_any_batch_on_a_cpu(gate):
+    """On a CPU a chunk's samples do not depend on the batch (a budget per problem), so a
+    problem's loss, J^T r and J^T J are the same bit for bit alone or in its whole batch, and as
+    one of any subset of rows on shared data (a route of its own, which sums ``J^T J`` in
+    another order), over n large enough to take several chunks."""
+    R, n, d, k = 6, 5000, 3, 3
+    X, Y, gp, ep = _problem(gate, d, k, R, n, seed=21)
+    ex = models.get_expert("gelu")
+    kw = dict(gate=gate, score="linear", expert=ex, backend="torch")
+    assert gram.chunk_samples(gram.CHUNK_BYTES["cpu"], R, 8 * (2 * k + d), n,
+                              torch.device("cpu")) < n  # several chunks
+    whole = moe_pass(X, Y, gp, ep, **kw)
+    rows = torch.tensor([4, 1])
+    for i in (0, 4):
+        alone = moe_pass(X[i:i + 1], Y[i:i + 1], gp[i:i + 1], ep[i:i + 1], **kw)
+        for a, b in zip(alone, whole, strict=True):
+            assert torch.equal(a[0], b[i])
+    subset = moe_pass(X, Y, gp[rows], ep[rows], rows=rows, **kw)
+    for more in ([4], [4, 1, 0, 5]):
+        other = torch.tensor(more)
+        again = moe_pass(X, Y, gp[other], ep[other], rows=other, **kw)
+        for a, b in zip(again, subset, strict=True):
+            assert torch.equal(a[0], b[0])  # problem 4
