@@ -833,3 +833,16 @@ def test_the_d4_per_start_ties_give_the_readme_numbers():
                          max=384, over_max=7.4, missed={1.0: (2, 6.3), 10.0: (5, 2.0)})
     assert large == dict(starts=[32, 32], n={1_024_000}, over10=9, over2=13, median_tied=263,
                          max=5021, over_max=27.9, missed={1.0: (3, 3.0), 10.0: (4, 6.4)})
+
+
+def test_every_start_hands_over_each_block(many_starts):
+    """fit_every_start gives the rows so far after each block of starts (what main writes, so
+    that a study cut short by a device call's limit keeps the starts it fitted): here 2 blocks
+    of 2 starts on 2 replications, the last hand-over the returned table."""
+    seen = []
+    table = many_starts.fit_every_start(
+        2000, 2, 4, 2, "cpu", "softmax", str(STARTS / "gelu_d4_box3_wide.toml"),
+        "nguyen2024-measurable-gelu-d4", on_block=seen.append)
+    assert [len(t) for t in seen] == [4, 8]
+    assert sorted(seen[0].start.unique()) == [0, 1]
+    pd.testing.assert_frame_equal(seen[-1], table)

@@ -49,8 +49,10 @@ LOSSES = ("D3", "D1", "err_eta_over", "err_eta_exact", "err_beta1_exact")
 
 def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gate: str,
                     config_name: str = CONFIG, setting_name: str = SETTING,
-                    bound_scale: float | None = None, max_iter: int | None = None
-                    ) -> pd.DataFrame:
+                    bound_scale: float | None = None, max_iter: int | None = None,
+                    on_block=None) -> pd.DataFrame:
+    """Every start's fit at n; ``on_block(table)``, if given, receives the rows so far after
+    each block of starts (main writes them, so that a run cut short keeps what it fitted)."""
     config = dataclasses.replace(load_config(config_name), starts=starts - 1)
     # the box the data and starts are fitted in, and the iteration cap; both stay the sweep's
     # unless given (the data and starts do not depend on them)
@@ -95,6 +97,8 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
                 "stop": fit.stop_reason[row], "n_iter": int(fit.n_iter[row]),
                 "wall_s": wall / (S * reps)})
         print(f"n = {n}: starts {first}-{first + S - 1} in {wall:.1f} s", flush=True)
+        if on_block is not None:
+            on_block(pd.DataFrame(rows))
     return pd.DataFrame(rows)
 
 
@@ -405,11 +409,17 @@ def main() -> None:
         if len(args.out) != 1:
             raise SystemExit("out: give one table to write")
         tables = []
+
+        def write(partial: pd.DataFrame | None = None) -> None:
+            # after every block: a run cut short (a device call's time limit) keeps its starts
+            pd.concat(tables + ([] if partial is None else [partial])).to_csv(args.out[0],
+                                                                             index=False)
+
         for n in (int(v) for v in args.n.split(",")):
             tables.append(fit_every_start(n, args.reps, args.starts, args.block, args.device,
                                           args.gate, args.config, args.setting,
-                                          args.bound_scale, args.max_iter))
-            pd.concat(tables).to_csv(args.out[0], index=False)
+                                          args.bound_scale, args.max_iter, on_block=write))
+            write()
     table, shared = read_tables(args.out, config.bound_scale)
     if shared:
         print(f"{shared} start-fits held by two tables counted once (the first table's)")
