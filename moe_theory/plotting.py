@@ -70,6 +70,9 @@ UNCERTIFIED_LINESTYLE = "--"
 #: characters per line of a legend entry's "(not measurable: ...)" reason, so that the legend
 #: stays as wide as its rate line (the legend sits under the axes, inside the figure)
 LEGEND_REASON_WIDTH = 40
+#: visible characters of a curve's name past which its rate goes to the next line (the rate
+#: takes ~14)
+LEGEND_NAME_WIDTH = 26
 MEDIAN_MARKER = "x"
 #: The legend's title: what "±" means, in the rates table's own words (one convention everywhere).
 LEGEND_TITLE = PLUS_MINUS
@@ -149,6 +152,18 @@ def loss_words(loss: str) -> str:
     return loss
 
 
+def legend_words(loss: str) -> str:
+    """A loss as a legend names it, on one line: a parameter error in words
+    (``err_eta_over`` -> "over-specified expert error", ``err_beta1_exact`` -> "exact
+    gate-slope error"), a Voronoi loss by its name (``D3``: the legend adds its reference)."""
+    match = re.fullmatch(r"err_([A-Za-z0-9]+)_(exact|over)", loss)
+    if match:
+        group, cell = match.groups()
+        cell_words = "over-specified" if cell == "over" else "exact"
+        return f"{cell_words} {PARAMETER_WORDS.get(group, group)} error"
+    return loss
+
+
 def axis_label(loss_names: Sequence[str]) -> str:
     """The y label of an axes showing ``loss_names``: the loss in words when there is one, the
     names joined by " / " when there are two and they fit (D3 / err_eta_over: the axis says
@@ -159,10 +174,12 @@ def axis_label(loss_names: Sequence[str]) -> str:
     if len(names) == 1:
         return loss_words(names[0])
     if len(names) == 2:
-        if len(" / ".join(names)) <= AXIS_LABEL_CHARS:
-            return " / ".join(names)
-        if max(map(len, names)) + 2 <= AXIS_LABEL_CHARS:
-            return " /\n".join(names)
+        # as the legend names them (a parameter error in words)
+        words = [legend_words(name) for name in names]
+        if len(" / ".join(words)) <= AXIS_LABEL_CHARS:
+            return " / ".join(words)
+        if max(map(len, words)) + 2 <= AXIS_LABEL_CHARS:
+            return " /\n".join(words)
     if all(re.fullmatch(r"D[123].*", name) for name in names):
         family = "Voronoi losses"
     elif all(name.startswith("err_") for name in names):
@@ -187,9 +204,10 @@ def setting_words(rows: pd.DataFrame) -> str:
 
 
 def curve_label(gate: str, loss: str, rows: pd.DataFrame) -> str:
-    """A curve's default legend name: fitted gate, loss, and its reference measure when the
-    results table has one ("sigmoid D3 vs G_bar")."""
-    label = f"{gate} {loss}"
+    """A curve's default legend name: fitted gate, loss (:func:`legend_words`), and its reference
+    measure when the results table has one ("sigmoid D3 vs G_bar", "softmax over-specified
+    expert error vs G*")."""
+    label = f"{gate} {legend_words(loss)}"
     if "reference" in rows.columns:
         refs = rows["reference"].dropna().unique()
         if len(refs) == 1:
@@ -211,9 +229,12 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
         suffix = "\n(inconclusive: CI too wide)"
     elif certified and verdict in ("consistent", "inconsistent"):
         suffix = f"\n(certified, {verdict} with theory)"
-    if math.isnan(fit.slope):
-        return f"{label}: no rate (< 2 sample sizes){suffix}"
-    return rf"{label}: $n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}${suffix}"
+    rate = ("no rate (< 2 sample sizes)" if math.isnan(fit.slope)
+            else rf"$n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$")
+    # a long name (a parameter error in words) takes a line of its own, so that the entry stays
+    # as wide as its reason lines and the panels keep their width
+    sep = "\n" if len(re.sub(r"\$[^$]*\$", "xx", label)) > LEGEND_NAME_WIDTH else " "
+    return f"{label}:{sep}{rate}{suffix}"
 
 
 def _below_axes(ax: Axes):

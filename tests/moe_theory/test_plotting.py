@@ -237,9 +237,13 @@ def test_y_axis_names_the_loss():
     assert ax.get_ylabel() == "Voronoi loss D3"
     ax, _ = draw(df, [("softmax", "err_eta_over")])
     assert ax.get_ylabel() == "expert error\nover-specified cells"
-    # two losses on one axis: the axis says which (no bare "loss")
+    # two losses on one axis: the axis says which where their names fit, else their family and
+    # the legend, which names them in words (no bare "loss")
+    both = results_table({("sigmoid", "D3"): -0.5, ("softmax", "D1"): -0.5}, **SHORT)
+    ax, _ = draw(both, [("sigmoid", "D3"), ("softmax", "D1")])
+    assert ax.get_ylabel() == "D3 / D1"
     ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "err_eta_over")])
-    assert ax.get_ylabel() == "D3 / err_eta_over"
+    assert ax.get_ylabel() == "losses\n(see legend)"
 
 
 def test_curves_are_labelled_with_their_reference():
@@ -248,7 +252,8 @@ def test_curves_are_labelled_with_their_reference():
     ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "err_eta_over")])
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
     assert labels[0].startswith(r"sigmoid D3 vs $\bar G$: $n^")
-    assert labels[1].startswith("softmax err_eta_over vs $G^*$: $n^")
+    # a long name puts its rate on the next line
+    assert labels[1].startswith("softmax over-specified expert error vs $G^*$:\n$n^")
 
 
 def test_key_defines_the_error_bars_and_plus_minus(df):
@@ -367,7 +372,7 @@ def test_y_labels_fit_beside_their_axes():
     losses = ["err_beta1_exact", "err_eta_exact", "err_beta1_over", "err_eta_over"]
     df = results_table({("sigmoid", loss): -0.5 for loss in losses}, **SHORT)
     for shown, label in ((losses[:1], "gate-slope error\nexact cells"),
-                         (losses[:2], "err_beta1_exact /\nerr_eta_exact"),
+                         (losses[:2], "parameter errors\n(see legend)"),
                          (losses, "parameter errors\n(see legend)")):
         fig = laid_out(df, [(None, "toy-dense", [("sigmoid", loss) for loss in shown])])
         (ax,) = fig.axes
