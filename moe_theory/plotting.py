@@ -115,6 +115,7 @@ LOSS_WORDS = {
 }
 PARAMETER_WORDS = {"eta": "expert", "beta1": "gate-slope", "A": "gate-form", "W": "W", "V": "V"}
 CELL_WORDS = {"exact": "exact cells", "over": "over-specified cells"}
+CELL_ADJECTIVES = {"exact": "exact", "over": "over-specified"}
 EXPERT_WORDS = {"relu": "ReLU", "gelu": "GELU"}
 REFERENCE_WORDS = {"G_bar": r"$\bar G$", "G*": r"$G^*$"}
 
@@ -139,16 +140,25 @@ def _parse_curve(curve: Curve) -> tuple[str, str, str | None]:
     return curve[0], curve[1], curve[2] if len(curve) == 3 else None
 
 
+def _parameter_error(loss: str) -> tuple[str, str] | None:
+    """``err_<group>_<cell>``: the group in words and the cell (``exact`` or ``over``); None
+    for any other loss."""
+    match = re.fullmatch(r"err_([A-Za-z0-9]+)_(exact|over)", loss)
+    if match is None:
+        return None
+    group, cell = match.groups()
+    return PARAMETER_WORDS.get(group, group), cell
+
+
 def loss_words(loss: str) -> str:
     """A loss in words for an axis label: ``D3`` -> "Voronoi loss D3", ``err_eta_over`` ->
     "expert error" over "over-specified cells" (two lines); other names are returned as they
     are."""
     if loss in LOSS_WORDS:
         return LOSS_WORDS[loss]
-    match = re.fullmatch(r"err_([A-Za-z0-9]+)_(exact|over)", loss)
-    if match:
-        group, cell = match.groups()
-        return f"{PARAMETER_WORDS.get(group, group)} error\n{CELL_WORDS[cell]}"
+    error = _parameter_error(loss)
+    if error:
+        return f"{error[0]} error\n{CELL_WORDS[error[1]]}"
     return loss
 
 
@@ -156,18 +166,17 @@ def legend_words(loss: str) -> str:
     """A loss as a legend names it, on one line: a parameter error in words
     (``err_eta_over`` -> "over-specified expert error", ``err_beta1_exact`` -> "exact
     gate-slope error"), a Voronoi loss by its name (``D3``: the legend adds its reference)."""
-    match = re.fullmatch(r"err_([A-Za-z0-9]+)_(exact|over)", loss)
-    if match:
-        group, cell = match.groups()
-        cell_words = "over-specified" if cell == "over" else "exact"
-        return f"{cell_words} {PARAMETER_WORDS.get(group, group)} error"
+    error = _parameter_error(loss)
+    if error:
+        return f"{CELL_ADJECTIVES[error[1]]} {error[0]} error"
     return loss
 
 
 def axis_label(loss_names: Sequence[str]) -> str:
     """The y label of an axes showing ``loss_names``: the loss in words when there is one, the
-    names joined by " / " when there are two and they fit (D3 / err_eta_over: the axis says
-    which losses share it; on two lines if need be), else the family ("Voronoi losses",
+    two as the legend names them (:func:`legend_words`) joined by " / " when there are two and
+    they fit ("D3 / D1": the axis says which losses share it; on two lines if need be), else the
+    family ("Voronoi losses",
     "parameter errors", "losses") with the names left to the legend. No line is longer than
     ``AXIS_LABEL_CHARS``."""
     names = list(dict.fromkeys(loss_names))

@@ -410,16 +410,15 @@ def main() -> None:
             raise SystemExit("out: give one table to write")
         tables = []
 
-        def write(partial: pd.DataFrame | None = None) -> None:
-            # after every block: a run cut short (a device call's time limit) keeps its starts
-            pd.concat(tables + ([] if partial is None else [partial])).to_csv(args.out[0],
-                                                                             index=False)
+        def write(rows_of_n: pd.DataFrame) -> None:
+            # after every block (the last one of an n writes its whole table): a run cut short
+            # by a device call's time limit keeps its starts
+            pd.concat(tables + [rows_of_n]).to_csv(args.out[0], index=False)
 
         for n in (int(v) for v in args.n.split(",")):
             tables.append(fit_every_start(n, args.reps, args.starts, args.block, args.device,
                                           args.gate, args.config, args.setting,
                                           args.bound_scale, args.max_iter, on_block=write))
-            write()
     table, shared = read_tables(args.out, config.bound_scale)
     if shared:
         print(f"{shared} start-fits held by two tables counted once (the first table's)")
