@@ -129,7 +129,7 @@ def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str =
     configs = variants(config)
     gates = {setting: config.gates_for(config.setting(setting)) for setting in config.settings}
     references = _recorded_references(Path(folder), config, gates) if folder is not None else None
-    jobs = [(name, gate, Shard(setting, n, 0, reps))
+    jobs = [(name, gate, Shard(setting, n, 0, min(reps, config.reps_of(gate))))
             for name in configs for setting in config.settings for n in config.n
             for gate in gates[setting]]
     stores = ({(name, gate): refit_store(Path(folder), configs[name], gate)

@@ -9,6 +9,8 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
     fit_gates = ["sigmoid", "softmax"]         # optional; default: each setting's own
     n = [1000, 2000]  or  n = {min = 1000, max = 100000, num = 15}   # log-spaced
     reps = 20
+    gate_reps = {softmax = 8}                  # optional: fewer replications of a fitted gate
+                                               # (a multiple of rep_block: whole shards)
     rep_block = 20                             # replications per shard (one batched fit)
     seed = 0
     algorithm = "lm"                           # lm | lbfgs | adam | sgd-paper
@@ -63,7 +65,7 @@ START_SPLITS = ("reference", "every")
 _KEYS = {"name", "description", "settings", "fit_gates", "n", "reps", "rep_block", "seed",
          "algorithm", "max_iter", "jitter", "k_fit", "losses", "sgd", "plot", "fast", "panels",
          "bound_scale", "starts", "start_jitter", "start_splits", "gram_dtype",
-         "g_bar_design_size"}
+         "g_bar_design_size", "gate_reps"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,11 @@ class SweepConfig:
     #: approaches the default design needs more, or G_bar's own error fails its certificate
     g_bar_design_size: int | None = None
     fit_gates: tuple[str, ...] | None = None
+    #: replications of a fitted gate where fewer than ``reps`` (whole shards: replications
+    #: ``0..gate_reps[gate]-1``, the same data as the other gates' first ones); a gate that
+    #: cannot be measured (the over-specified softmax fit, docs/theory.md#identified-losses)
+    #: need not cost what a certified curve's CI does
+    gate_reps: dict = field(default_factory=dict)
     k_fit: int | None = None
     losses: tuple[str, ...] | None = None
     sgd: dict = field(default_factory=dict)
@@ -114,6 +121,15 @@ class SweepConfig:
 
     def gates_for(self, setting: Setting) -> tuple[str, ...]:
         return self.fit_gates or setting.fit_gates
+
+    def reps_of(self, gate: str) -> int:
+        """Replications ``0..reps_of(gate)-1`` are fitted with ``gate``."""
+        return self.gate_reps.get(gate, self.reps)
+
+    def gates_in(self, setting: Setting, rep_start: int) -> tuple[str, ...]:
+        """The gates fitted in a shard of ``setting`` whose replications start at ``rep_start``
+        (``gate_reps`` is whole shards, so a gate fits a shard whole or not at all)."""
+        return tuple(g for g in self.gates_for(setting) if rep_start < self.reps_of(g))
 
     def sgd_protocol(self) -> SGDProtocol:
         return SGDProtocol(**self.sgd)
@@ -141,6 +157,8 @@ class SweepConfig:
             d.pop("start_splits")
         if self.g_bar_design_size is None:
             d.pop("g_bar_design_size")
+        if not self.gate_reps:
+            d.pop("gate_reps")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -321,9 +339,13 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         _check_parameter_groups(f"plot.{gate}", [loss for names in curves for loss in names],
                                 settings)
     reps = _int(raw, "reps")
+    rep_block = min(_int(raw, "rep_block", 20), reps)
+    gate_reps = _gate_reps(raw.get("gate_reps", {}), reps, rep_block,
+                           fit_gates or sorted({g for s in settings
+                                                for g in get_setting(s).fit_gates}))
     return SweepConfig(
         name=name, settings=tuple(settings), n=_n_grid(raw["n"]), reps=reps,
-        rep_block=min(_int(raw, "rep_block", 20), reps), seed=_int(raw, "seed", 0, minimum=0),
+        rep_block=rep_block, gate_reps=gate_reps, seed=_int(raw, "seed", 0, minimum=0),
         algorithm=algorithm, max_iter=_int(raw, "max_iter", 200), jitter=float(jitter),
         bound_scale=float(bound_scale), starts=starts,
         start_jitter=None if start_jitter is None else float(start_jitter),
@@ -332,6 +354,24 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
         panels=tuple(panels), description=str(raw.get("description", "")),
     )
+
+
+def _gate_reps(raw: Any, reps: int, rep_block: int, gates: list[str]) -> dict:
+    if not isinstance(raw, dict):
+        raise _err("gate_reps", f"must be a table mapping a fitted gate to its replications, "
+                   f"got {raw!r}")
+    out = {}
+    for gate, value in sorted(raw.items()):
+        key = f"gate_reps.{gate}"
+        if gate not in gates:
+            raise _err(key, f"not a fitted gate of this config (fitted: {', '.join(gates)})")
+        value = _int(raw, gate, name=key)
+        if value > reps or value % rep_block:
+            raise _err(key, f"{value} must be at most reps = {reps} and a multiple of "
+                       f"rep_block = {rep_block} (a gate fits whole shards)")
+        if value < reps:  # = reps is the default: the config hashes as without it
+            out[gate] = value
+    return out
 
 
 def load_config(path_or_name: str | Path, *, fast: bool = False) -> SweepConfig:

@@ -106,7 +106,7 @@ def shard_cost(config: SweepConfig, shard: Shard, gates: Sequence[str] | None = 
     setting = config.setting(shard.setting)
     problems = (shard.rep_stop - shard.rep_start) * (1 + config.starts)
     per_iteration = 0.0
-    for gate in config.gates_for(setting) if gates is None else gates:
+    for gate in config.gates_in(setting, shard.rep_start) if gates is None else gates:
         scale = free_parameters(gate, setting.score, setting.expert, setting.d,
                                 setting.k_fit) / LM_REFERENCE_P
         if config.algorithm == "lm":

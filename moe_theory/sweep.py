@@ -126,10 +126,11 @@ def reference_split(setting: Setting, ref: MixingMeasure) -> tuple[int, ...] | N
 def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend: str = "auto",
               gates: Sequence[str] | None = None,
               references: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Fit every gate of the shard's setting (or ``gates``, a subset in that order) on one draw
-    of data; one row per (rep, gate, loss). A gate's rows do not depend on the other gates
-    fitted beside it: the optimiser check fits one gate per job, so that its longest job (and
-    what an interrupted check loses) is half a shard.
+    """Fit every gate of the shard's setting that fits its replications (``gate_reps``), or
+    ``gates``, a subset in that order, on one draw of data; one row per (rep, gate, loss). A
+    gate's rows do not depend on the other gates fitted beside it: the optimiser check fits
+    one gate per job, so that its longest job (and what an interrupted check loses) is half a
+    shard.
 
     ``references``: the G_bar of each ``"setting/gate"`` (its JSON, as a results folder's
     manifest records it) to start near and measure against, where it is given; else G_bar is
@@ -144,7 +145,7 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
     X, Y = shard_data(config, setting, shard.n, shard.rep_start, R, device)
     rep_ids = list(range(shard.rep_start, shard.rep_stop))
     frames = []
-    for gate in config.gates_for(setting) if gates is None else gates:
+    for gate in config.gates_in(setting, shard.rep_start) if gates is None else gates:
         recorded = (references or {}).get(f"{setting.name}/{gate}")
         if recorded is not None and setting.reference_kind(gate) == "G_bar":
             ref_kind, ref = "G_bar", MixingMeasure.from_json(recorded)

@@ -776,6 +776,30 @@ def test_check_refits_against_the_g_bar_its_sweep_recorded(tmp_path, monkeypatch
         refit(config, 1, folder=out)
 
 
+def test_gate_reps_fits_a_gate_on_the_first_replications_only(tmp_path):
+    """``gate_reps``: the softmax fit takes replications 0-1 of 4, whole shards, on the same
+    data as the sigmoid fit's; the sigmoid rows are bit for bit those of the sweep that fits
+    both gates on every replication (a gate's rows do not depend on the gates beside it), and
+    the optimiser check refits each gate within its replications."""
+    both = TINY.replace('fit_gates = ["sigmoid"]', 'fit_gates = ["sigmoid", "softmax"]') \
+        .replace("n = [200, 300]", "n = [200]")
+    full_path, fewer_path = tmp_path / "full.toml", tmp_path / "fewer.toml"
+    full_path.write_text(both)
+    fewer_path.write_text(both + "gate_reps = { softmax = 2 }\n")
+    full = run_sweep(load_config(full_path), tmp_path / "full", log=lambda msg: None)
+    fewer = run_sweep(load_config(fewer_path), tmp_path / "fewer", log=lambda msg: None)
+    soft = fewer[fewer["fit_gate"] == "softmax"]
+    assert sorted(set(soft["rep"])) == [0, 1]
+    assert sorted(set(fewer.loc[fewer["fit_gate"] == "sigmoid", "rep"])) == [0, 1, 2, 3]
+    want = full[(full["fit_gate"] == "sigmoid") | (full["rep"] < 2)]
+    assert (fewer["config_hash"] != want["config_hash"].iloc[0]).all()  # other results
+    assert_same_table(*(df.sort_values(SORT_KEYS).drop(columns="config_hash")
+                        for df in (fewer, want)))
+    refits = refit(load_config(fewer_path), 4, folder=tmp_path / "fewer")
+    for gate, reps in (("sigmoid", [0, 1, 2, 3]), ("softmax", [0, 1])):
+        assert sorted(set(refits.loc[refits["fit_gate"] == gate, "rep"])) == reps
+
+
 def test_a_resumed_sweep_measures_against_the_recorded_g_bar(tmp_path, monkeypatch):
     """A resumption whose G_bar, computed again, differs from the recorded one by rounding (another
     machine's arithmetic: accepted with a warning, the record kept) fits its shards near, and
