@@ -287,7 +287,8 @@ for _s in (
     # G_bar passes the reference certificate on n = 4 * 10^3 to 6.4 * 10^4 (the others: predicted
     # error 0.8-18 atom distances, or a Hessian not positive definite). On an H200 (2026-12-04)
     # its sigmoid D3 is certified, -0.55 +- 0.05 with 40 replications, and its softmax fit fails
-    # the optimiser check in boxes of 10x and 3x alike.
+    # the optimiser check in boxes of 10x and 3x alike. Since 2026-12-04 also the truth of the
+    # CPU preset (nguyen2024-measurable.toml, [fast]): certified on 2 cores in minutes.
     _n24_measurable("nguyen2024-measurable-gelu-d4", "gelu",
                     "d=4, k*=3, k=4: dense softmax truth with O(1) gates, GELU experts",
                     gate_var=5.0, expert_sd=1.5, noise_var=0.02, d=4, truth_seed=2),

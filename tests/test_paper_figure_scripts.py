@@ -846,3 +846,31 @@ def test_every_start_hands_over_each_block(many_starts):
     assert [len(t) for t in seen] == [4, 8]
     assert sorted(seen[0].start.unique()) == [0, 1]
     pd.testing.assert_frame_equal(seen[-1], table)
+
+
+def test_the_cpu_preset_record_gives_the_readme_verdicts():
+    """``moe-theory reproduce`` without an argument, as README.md's first command reports it:
+    the record is of today's preset (its config hash), on a 2-core CPU and on an H200, with the
+    sigmoid D3 certified and consistent and the softmax curves not measurable on three
+    certificates, and the wall times the READMEs quote."""
+    import json
+
+    from moe_theory.config import load_config
+
+    folder = ROOT / "paper_figures" / "nguyen2024-measurable" / "preset"
+    preset = load_config("nguyen2024-measurable", fast=True)
+    assert preset.gate_reps == {"softmax": 4} and preset.reps == 60
+    for device, wall in (("cpu", 330), ("cuda", 44)):
+        run = json.loads((folder / f"{device}_run.json").read_text())
+        assert run["config_hash"] == preset.hash and run["fast"] is True
+        assert round(run["wall_s_this_call"]) == wall
+        rows = {tuple(line.split()[1:3]): line
+                for line in (folder / f"{device}_rates.txt").read_text().splitlines()
+                if line.startswith("nguyen2024-measurable-gelu-d4 ")}
+        d3 = rows["sigmoid", "D3"]
+        assert "-0.50 ± 0.07" in d3 and "4 x 60" in d3 and d3.endswith("consistent")
+        assert d3.split()[-5:-1] == ["pass"] * 4
+        for loss in ("D1", "err_eta_over"):
+            assert rows["softmax", loss].endswith(
+                "not measurable (reference, converged, optimiser failed)")
+    assert (folder / "nguyen2024-measurable-fast.png").stat().st_size > 10_000
