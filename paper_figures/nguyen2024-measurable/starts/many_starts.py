@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import time
 
 import matplotlib.pyplot as plt
@@ -36,6 +37,7 @@ from moe_theory.plotting import GATE_COLORS, draw_rates, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
 from moe_theory.settings import get_setting
+from moe_theory.store import FIT_MEASURE
 from moe_theory.sweep import applicable_losses, shard_box, shard_data, shard_init
 from moe_theory.theory import predicted_rate
 from moe_theory.voronoi import voronoi_loss
@@ -50,9 +52,11 @@ LOSSES = ("D3", "D1", "err_eta_over", "err_eta_exact", "err_beta1_exact")
 def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gate: str,
                     config_name: str = CONFIG, setting_name: str = SETTING,
                     bound_scale: float | None = None, max_iter: int | None = None,
-                    on_block=None) -> pd.DataFrame:
+                    on_block=None, estimates: bool = False) -> pd.DataFrame:
     """Every start's fit at n; ``on_block(table)``, if given, receives the rows so far after
-    each block of starts (main writes them, so that a run cut short keeps what it fitted)."""
+    each block of starts (main writes them, so that a run cut short keeps what it fitted).
+    ``estimates``: each row also keeps its fitted measure (the sweeps' ``fit_measure`` JSON), so
+    that other losses of every start can be computed later without refitting."""
     config = dataclasses.replace(load_config(config_name), starts=starts - 1)
     # the box the data and starts are fitted in, and the iteration cap; both stay the sweep's
     # unless given (the data and starts do not depend on them)
@@ -95,7 +99,9 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
                 "bound_scale": config.bound_scale, "max_iter": config.max_iter,
                 **{f"bound_{g}": bool(v[row]) for g, v in on_face.items()},
                 "stop": fit.stop_reason[row], "n_iter": int(fit.n_iter[row]),
-                "wall_s": wall / (S * reps)})
+                "wall_s": wall / (S * reps),
+                **({FIT_MEASURE: json.dumps(fitted.select(row).to_dict(), separators=(",", ":"))}
+                   if estimates else {})})
         print(f"n = {n}: starts {first}-{first + S - 1} in {wall:.1f} s", flush=True)
         if on_block is not None:
             on_block(pd.DataFrame(rows))
@@ -402,6 +408,8 @@ def main() -> None:
     p.add_argument("--block", type=int, default=16)
     p.add_argument("--bound-scale", type=float, help="the box's multiple (default the config's)")
     p.add_argument("--max-iter", type=int, help="the iteration cap (default the config's)")
+    p.add_argument("--estimates", action="store_true",
+                   help="keep every start's fitted measure in the table (fit_measure, JSON)")
     args = p.parse_args()
     config = load_config(args.config)
     nu = config.setting(args.setting).noise_var
@@ -418,7 +426,8 @@ def main() -> None:
         for n in (int(v) for v in args.n.split(",")):
             tables.append(fit_every_start(n, args.reps, args.starts, args.block, args.device,
                                           args.gate, args.config, args.setting,
-                                          args.bound_scale, args.max_iter, on_block=write))
+                                          args.bound_scale, args.max_iter, on_block=write,
+                                          estimates=args.estimates))
     table, shared = read_tables(args.out, config.bound_scale)
     if shared:
         print(f"{shared} start-fits held by two tables counted once (the first table's)")
