@@ -933,3 +933,20 @@ def test_the_tied_starts_agree_up_to_the_gauge(gauge):
         assert int((several["D1_matched_spread"] > 2).sum()) == over2_matched
         assert round(several["D1_matched_spread"].median(), 2) == median_matched
         assert float(f"{spreads['D1_matched_best'].median():.3g}") == best
+
+
+def test_the_gauge_barely_moves_the_wide_start_sweeps_d1_slope(gauge):
+    """The d = 4 wide-start sweeps read as one curve from their stored estimates: D1's slope
+    in the pinned gauge is the README's n^-0.38 [-0.52, -0.25], and in the matched gauge
+    n^-0.41 [-0.53, -0.29] (README numbers)."""
+    from moe_theory.config import load_config
+
+    truth = load_config("nguyen2024-measurable").setting(gauge.SETTING).truth()
+    folders = [str(STARTS / name) for name in ("gelu_d4_box3_wide", "gelu_d4_box3_wide_large_n")]
+    both = gauge.sweep_slopes(folders, truth).set_index("folder").loc["all"]
+    assert both["n_count"] == 9 and both["fits"] == 180
+    for loss, want in (("D1", (-0.38, -0.52, -0.25, 20.9, 2.6)),
+                       ("D1_matched", (-0.41, -0.53, -0.29, 12.1, 1.2))):
+        got = [both[f"{loss}_{key}"] for key in ("slope", "ci_low", "ci_high")]
+        assert [round(v, 2) for v in got] == list(want[:3])
+        assert (round(both[f"{loss}_mean_first"], 1), round(both[f"{loss}_mean_last"], 1)) == want[3:]

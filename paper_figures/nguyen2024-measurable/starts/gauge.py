@@ -20,6 +20,10 @@ far apart the starts that tie within one noise variance of a data set's best SSR
 in D1_matched.
 
     python paper_figures/nguyen2024-measurable/starts/gauge.py TABLE.csv.gz [TABLE ...]
+    python paper_figures/nguyen2024-measurable/starts/gauge.py --sweeps FOLDER [FOLDER ...]
+
+The second form reads sweep folders' stored estimates (``fits.csv.gz``) and fits the rate of
+the softmax fit's D1 in both gauges, every fit kept (no certificates: a study).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,6 +39,7 @@ import torch
 
 from moe_theory.config import load_config
 from moe_theory.measure import MixingMeasure
+from moe_theory.rates import fit_rate
 from moe_theory.store import FIT_MEASURE
 from moe_theory.voronoi import voronoi_loss
 
@@ -112,14 +118,50 @@ def tie_spreads(table: pd.DataFrame, nu: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sweep_slopes(folders: list[str], reference: MixingMeasure) -> pd.DataFrame:
+    """Per folder, and for all of them read as one curve: the slope of the softmax fit's D1 in
+    the pinned gauge and in the matched one (rates.fit_rate: log-mean OLS, bootstrap 95% CI),
+    every fit kept, the box's faces included (the sweeps' tables mark them, not these
+    estimates), and the mean of each at the smallest and largest n."""
+    frames = []
+    for folder in folders:
+        fits = pd.read_csv(Path(folder) / "fits.csv.gz")
+        fits = fits[fits["fit_gate"] == "softmax"].reset_index(drop=True)
+        measures = MixingMeasure.from_dict([json.loads(v) for v in fits[FIT_MEASURE]])
+        matched, d1 = matched_d1(measures, reference)
+        frames.append(fits[["n", "rep"]].assign(folder=Path(folder).name, D1=d1,
+                                                D1_matched=matched))
+    table = pd.concat(frames, ignore_index=True)
+    rows = []
+    for name, d in [*table.groupby("folder"), ("all", table)]:
+        ns = sorted(d["n"].unique())
+        row = {"folder": name, "n_min": ns[0], "n_max": ns[-1], "n_count": len(ns),
+               "fits": len(d)}
+        for loss in ("D1", "D1_matched"):
+            fit = fit_rate(np.array(ns, float), [d.loc[d["n"] == n, loss].to_numpy() for n in ns])
+            means = d.groupby("n")[loss].mean()
+            row.update({f"{loss}_slope": fit.slope, f"{loss}_ci_low": fit.ci_low,
+                        f"{loss}_ci_high": fit.ci_high, f"{loss}_median_slope": fit.median.slope,
+                        f"{loss}_mean_first": means.iloc[0], f"{loss}_mean_last": means.iloc[-1]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("tables", nargs="+", help="many_starts.py tables with fit_measure")
+    p.add_argument("tables", nargs="+", help="many_starts.py tables with fit_measure, or with "
+                   "--sweeps, sweep folders (fits.csv.gz) of the d = 4 truth")
+    p.add_argument("--sweeps", action="store_true", help="the tables are sweep folders")
     p.add_argument("--config", default="nguyen2024-measurable")
     p.add_argument("--out", help="write the per-start table with D1_matched here (csv)")
     args = p.parse_args()
     setting = load_config(args.config).setting(SETTING)
     truth = setting.truth()
+    if args.sweeps:
+        with pd.option_context("display.width", 250, "display.max_columns", 30):
+            print(sweep_slopes(args.tables, truth).round(3).to_string(index=False))
+        print("(every fit kept, no certificates: a study of the gauge, not a verdict)")
+        return
     table = pd.concat([pd.read_csv(path) for path in args.tables], ignore_index=True)
     table = table.drop_duplicates(["n", "rep", "start", "ssr"])
     table = pd.concat([with_matched_d1(d, truth) for _, d in table.groupby("n")])
