@@ -939,14 +939,25 @@ def test_the_gauge_barely_moves_the_wide_start_sweeps_d1_slope(gauge):
     """The d = 4 wide-start sweeps read as one curve from their stored estimates: D1's slope
     in the pinned gauge is the README's n^-0.38 [-0.52, -0.25], and in the matched gauge
     n^-0.41 [-0.53, -0.29] (README numbers)."""
-    from moe_theory.config import load_config
-
-    truth = load_config("nguyen2024-measurable").setting(gauge.SETTING).truth()
     folders = [str(STARTS / name) for name in ("gelu_d4_box3_wide", "gelu_d4_box3_wide_large_n")]
-    both = gauge.sweep_slopes(folders, truth).set_index("folder").loc["all"]
+    both = gauge.sweep_slopes(folders).set_index("folder").loc["all"]
     assert both["n_count"] == 9 and both["fits"] == 180
     for loss, want in (("D1", (-0.38, -0.52, -0.25, 20.9, 2.6)),
                        ("D1_matched", (-0.41, -0.53, -0.29, 12.1, 1.2))):
         got = [both[f"{loss}_{key}"] for key in ("slope", "ci_low", "ci_high")]
         assert [round(v, 2) for v in got] == list(want[:3])
         assert (round(both[f"{loss}_mean_first"], 1), round(both[f"{loss}_mean_last"], 1)) == want[3:]
+
+
+def test_the_d8_wide_start_sweeps_d1_falls_in_the_matched_gauge(gauge):
+    """The d = 8 GELU sweeps with wide starts or starts in every cell: D1's mean is flat or
+    rising in the pinned gauge and falls in the matched one (README numbers); the near starts'
+    3x-box fits are the same in both."""
+    want = {"gelu_box3_wide": (0.04, -0.89, 1.96, 0.14), "gelu_box1.5_wide": (0.06, -0.76, 0.73, 0.11),
+            "gelu_every": (0.49, -0.87, 1.79, 0.16), "gelu_box3": (-0.52, -0.52, 0.61, 0.14)}
+    rows = gauge.sweep_slopes([str(STARTS / name) for name in want])
+    for name, (pinned, matched, first, last) in want.items():
+        row = rows[rows["folder"] == f"{name}/nguyen2024-measurable-gelu"].iloc[0]
+        assert (round(row["D1_slope"], 2), round(row["D1_matched_slope"], 2)) == (pinned, matched)
+        assert (round(row["D1_matched_mean_first"], 2), round(row["D1_matched_mean_last"], 2)) == (
+            first, last)

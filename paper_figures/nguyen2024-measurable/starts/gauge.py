@@ -118,22 +118,26 @@ def tie_spreads(table: pd.DataFrame, nu: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sweep_slopes(folders: list[str], reference: MixingMeasure) -> pd.DataFrame:
+def sweep_slopes(folders: list[str], config: str = "nguyen2024-measurable") -> pd.DataFrame:
     """Per folder, and for all of them read as one curve: the slope of the softmax fit's D1 in
     the pinned gauge and in the matched one (rates.fit_rate: log-mean OLS, bootstrap 95% CI),
     every fit kept, the box's faces included (the sweeps' tables mark them, not these
-    estimates), and the mean of each at the smallest and largest n."""
+    estimates), and the mean of each at the smallest and largest n. Each fit is measured
+    against G* of its own setting (the folders' settings are ``config``'s)."""
     frames = []
     for folder in folders:
         fits = pd.read_csv(Path(folder) / "fits.csv.gz")
         fits = fits[fits["fit_gate"] == "softmax"].reset_index(drop=True)
-        measures = MixingMeasure.from_dict([json.loads(v) for v in fits[FIT_MEASURE]])
-        matched, d1 = matched_d1(measures, reference)
-        frames.append(fits[["n", "rep"]].assign(folder=Path(folder).name, D1=d1,
-                                                D1_matched=matched))
+        for setting, part in fits.groupby("setting"):
+            truth = load_config(config).setting(setting).truth()
+            measures = MixingMeasure.from_dict([json.loads(v) for v in part[FIT_MEASURE]])
+            matched, d1 = matched_d1(measures, truth)
+            frames.append(part[["n", "rep"]].assign(folder=f"{Path(folder).name}/{setting}",
+                                                    D1=d1, D1_matched=matched))
     table = pd.concat(frames, ignore_index=True)
     rows = []
-    for name, d in [*table.groupby("folder"), ("all", table)]:
+    groups = [*table.groupby("folder")]
+    for name, d in groups + ([("all", table)] if len(groups) > 1 else []):
         ns = sorted(d["n"].unique())
         row = {"folder": name, "n_min": ns[0], "n_max": ns[-1], "n_count": len(ns),
                "fits": len(d)}
@@ -149,8 +153,8 @@ def sweep_slopes(folders: list[str], reference: MixingMeasure) -> pd.DataFrame:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("tables", nargs="+", help="many_starts.py tables with fit_measure, or with "
-                   "--sweeps, sweep folders (fits.csv.gz) of the d = 4 truth")
+    p.add_argument("tables", nargs="+", help="many_starts.py tables with fit_measure (the d = 4 truth), or "
+                   "with --sweeps, sweep folders (fits.csv.gz) of --config's settings")
     p.add_argument("--sweeps", action="store_true", help="the tables are sweep folders")
     p.add_argument("--config", default="nguyen2024-measurable")
     p.add_argument("--out", help="write the per-start table with D1_matched here (csv)")
@@ -159,7 +163,7 @@ def main() -> None:
     truth = setting.truth()
     if args.sweeps:
         with pd.option_context("display.width", 250, "display.max_columns", 30):
-            print(sweep_slopes(args.tables, truth).round(3).to_string(index=False))
+            print(sweep_slopes(args.tables, args.config).round(3).to_string(index=False))
         print("(every fit kept, no certificates: a study of the gauge, not a verdict)")
         return
     table = pd.concat([pd.read_csv(path) for path in args.tables], ignore_index=True)
