@@ -154,6 +154,21 @@ class MixingMeasure:
     def replace(self, gate_params: torch.Tensor, expert_params: torch.Tensor) -> MixingMeasure:
         return MixingMeasure(self.gate, self.score, self.expert, self.d, gate_params, expert_params)
 
+    def in_gauge(self, shift: torch.Tensor) -> MixingMeasure:
+        """This softmax measure with ``shift`` (R, q) added to the first ``q`` gate parameters of
+        every atom (``beta0``, then ``beta1``...), left in that gauge: the same ``f_G``, written
+        with the last atom's score no longer zero. Every other construction pins it
+        (docs/theory.md#gates-scores-and-experts); a loss that compares ``exp(beta0)`` reads
+        another gauge through this (:func:`moe_theory.voronoi.matched_gauge_d1`)."""
+        if self.gate != "softmax":
+            raise ValueError(f"gate: only softmax measures have a gauge, this one is {self.gate!r}")
+        gp = self.gate_params.clone()
+        q = shift.shape[-1]
+        gp[..., :q] += shift.to(gp)[:, None, :]
+        out = self.replace(self.gate_params, self.expert_params)
+        object.__setattr__(out, "gate_params", gp)  # after __post_init__, which would pin it
+        return out
+
     @classmethod
     def concat(cls, measures: Sequence[MixingMeasure]) -> MixingMeasure:
         """One batch of the replications of ``measures`` in order (the first's model: callers

@@ -139,6 +139,54 @@ def voronoi_loss(
     return weight_term + atom_term.sum(-1)
 
 
+#: compass search of :func:`matched_gauge_d1` over the slopes' common shift: first and last step
+MATCH_STEP_FIRST, MATCH_STEP_LAST = 4.0, 1e-7
+
+
+def matched_gauge_d1(fitted: MixingMeasure, reference: MixingMeasure) -> torch.Tensor:
+    """The softmax ``D1`` of each replication with the gates' common shift matched to the
+    reference (docs/theory.md#identified-losses): the intercepts shifted so that the fitted
+    ``exp(beta0)`` add up to the reference's, the slopes by the common shift that brings the fit
+    nearest the reference in ``D1`` (a compass search from each shift that zeroes one atom's
+    slope, the fit's own gauge among them). It depends on the regression function's parameter
+    class alone, where the pinned ``D1`` moves with which atom the fit's parametrisation puts
+    last. The minimum over the intercepts' shift too would not do: as it tends to ``-inf`` every
+    fitted weight vanishes and ``D1`` tends to the reference's total weight for any fit.
+    Linear scores only (a quadratic score's common shift has more parameters). Returns (R,)."""
+    if fitted.gate != "softmax" or fitted.score != "linear":
+        raise ValueError("fitted: the matched gauge is defined for softmax gates with linear "
+                         f"scores, got {fitted.gate!r} with {fitted.score!r} scores")
+    reference = _broadcast(fitted, reference)
+    R, k, d = fitted.R, fitted.k, fitted.d
+    device = fitted.gate_params.device
+    # one search per (replication, atom whose slope the start zeroes), on the measures as
+    # selecting writes them (pinned: ``fitted`` may be in another gauge, selecting re-pins)
+    rows = torch.arange(R, device=device).repeat_interleave(k)
+    many, ref = fitted.select(rows), reference.select(rows)
+    gp = many.gate_params
+    base = (ref.beta0.exp().sum(-1).log() - many.beta0.exp().sum(-1).log())[:, None]
+    slopes = -gp[torch.arange(R * k, device=device), torch.arange(k, device=device).repeat(R),
+                 1:1 + d]
+
+    def d1_at(measure, ref_, intercepts, slopes_):
+        return voronoi_loss(measure.in_gauge(torch.cat([intercepts, slopes_], -1)), ref_, "D1")
+
+    best = d1_at(many, ref, base, slopes)
+    moves = torch.cat([torch.eye(d), -torch.eye(d)]).to(gp)  # (2d, d)
+    step = torch.full((R * k,), MATCH_STEP_FIRST, dtype=gp.dtype, device=device)
+    tile = torch.arange(R * k, device=device).repeat(2 * d)
+    wide, wide_ref, wide_base = many.select(tile), ref.select(tile), base[tile]
+    cols = torch.arange(R * k, device=device)
+    while bool((step > MATCH_STEP_LAST).any()):
+        trial = slopes.repeat(2 * d, 1) + moves.repeat_interleave(R * k, 0) * step.repeat(2 * d)[:, None]
+        low, which = d1_at(wide, wide_ref, wide_base, trial).reshape(2 * d, R * k).min(0)
+        better = low < best
+        slopes = torch.where(better[:, None], trial.reshape(2 * d, R * k, d)[which, cols], slopes)
+        best = torch.where(better, low, best)
+        step = torch.where(better, step, step / 2)
+    return best.reshape(R, k).min(1).values
+
+
 def _parameter_error(fitted: MixingMeasure, cells: Cells, kind: str) -> torch.Tensor:
     _, group, cell_type = kind.split("_")
     q_beta1 = 0 if fitted.beta1 is None else fitted.d

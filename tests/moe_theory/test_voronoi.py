@@ -122,3 +122,38 @@ def test_gate_mismatch_and_unknown_kind_are_named():
         voronoi_loss(f, t, "D1")
     with pytest.raises(ValueError, match="kind"):
         voronoi_loss(f, measure("sigmoid", TRUTH), "D9")
+
+
+def test_in_gauge_keeps_the_regression_function_and_unpins_the_last_atom():
+    fitted = measure("softmax", FITTED)
+    shift = torch.tensor([[1.5, -0.7]], dtype=torch.float64)
+    moved = fitted.in_gauge(shift)
+    assert moved.beta0[0, -1] == 1.5 and moved.beta1[0, -1, 0] == -0.7
+    X = torch.rand(1, 50, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(moved(X), fitted(X), rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="gate"):
+        measure("sigmoid", FITTED).in_gauge(shift)
+
+
+def test_matched_gauge_d1_ignores_the_gauge_the_fit_is_written_in():
+    """The same mixture written with each of its atoms pinned (the constructor pins the last):
+    the pinned D1 differs from writing to writing, the matched one does not; zero at the
+    reference; by hand where the intercepts' shift is all there is to match."""
+    from moe_theory.voronoi import matched_gauge_d1
+
+    truth = measure("softmax", TRUTH)
+    assert float(matched_gauge_d1(truth, truth)[0]) < 1e-9
+    # the truth written in another gauge: the matched shift, (-log 2, -0.5), undoes it exactly,
+    # where the pinned D1 counts the doubled weights
+    moved = truth.in_gauge(torch.tensor([[math.log(2.0), 0.5]], dtype=torch.float64))
+    assert float(voronoi_loss(moved, truth, "D1")[0]) > 1.0
+    assert float(matched_gauge_d1(moved, truth)[0]) < 1e-9
+    atoms = [(0.4, 0.3, 1.1, 0.0), (-2.5, -1.0, 0.9, 0.1), (0.3, 0.2, -1.0, 0.0)]
+    writings = [measure("softmax", atoms[i + 1:] + atoms[:i + 1]) for i in range(3)]
+    batch = MixingMeasure.concat(writings)
+    pinned = voronoi_loss(batch, truth, "D1")
+    matched = matched_gauge_d1(batch, truth)
+    assert float(pinned.max() / pinned.min()) > 2
+    torch.testing.assert_close(matched, matched[:1].expand(3), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="fitted"):
+        matched_gauge_d1(measure("sigmoid", FITTED), measure("sigmoid", TRUTH))

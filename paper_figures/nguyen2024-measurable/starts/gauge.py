@@ -1,23 +1,13 @@
 """Is the spread of D1 among tied starts the softmax gauge? A study of the per-start tables.
 
-A softmax mixture is unchanged when the same affine function is added to every atom's score, so
-its gate parameters are defined up to a common shift ``t = (t0, t1)`` of ``(beta0, beta1)``. The
-toolkit measures a softmax fit in the pinned gauge (its last atom's score is zero,
-docs/theory.md#gates-scores-and-experts), and the gate-weighted D1 compares ``exp(beta0)`` in
-that gauge: a fit whose last atom is one copy of a split atom, or a light atom, is the same
-function as one whose last atom is G*'s, yet is far from G* in D1. This script computes, for
-every start of a table written by ``many_starts.py --estimates``, D1 in the matched gauge,
-
-    D1_matched(G) = min over t1 of D1(G shifted by (t0(G), t1), G*),
-    t0(G) = log(sum_j exp(beta0*_j) / sum_i exp(beta0_i)),
-
-the intercepts shifted so that the fit's ``exp(beta0)`` add up to G*'s, and the slopes' common
-shift chosen to bring the fit nearest G*. It depends on the regression function's parameter
-class alone (shifting G shifts t0(G) back). The minimum over ``t0`` as well would not do: as
-``t0 -> -inf`` every fitted weight vanishes and D1 tends to ``sum_j exp(beta0*_j)`` (3.30 on
-this truth) whatever the fit, a floor that would hide every far fit. The script compares how
-far apart the starts that tie within one noise variance of a data set's best SSR are in D1 and
-in D1_matched.
+A softmax mixture is unchanged when the same affine function is added to every atom's score;
+the toolkit writes a softmax fit in the gauge that pins its last atom's score to zero, and the
+gate-weighted D1 compares ``exp(beta0)`` in that gauge, so a fit whose last atom is one copy of
+a split atom, or a light atom, is far from G* in D1 while being the same kind of function as
+one whose last atom is G*'s. This script measures every start of a table written by
+``many_starts.py --estimates`` in the matched gauge as well (``D1_matched``:
+:func:`moe_theory.voronoi.matched_gauge_d1`, docs/theory.md#identified-losses) and compares how
+far apart the starts that tie within one noise variance of a data set's best SSR are in each.
 
     python paper_figures/nguyen2024-measurable/starts/gauge.py TABLE.csv.gz [TABLE ...]
     python paper_figures/nguyen2024-measurable/starts/gauge.py --sweeps FOLDER [FOLDER ...]
@@ -29,71 +19,26 @@ the softmax fit's D1 in both gauges, every fit kept (no certificates: a study).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from moe_theory.config import load_config
 from moe_theory.measure import MixingMeasure
 from moe_theory.rates import fit_rate
 from moe_theory.store import FIT_MEASURE
-from moe_theory.voronoi import voronoi_loss
+from moe_theory.voronoi import matched_gauge_d1, voronoi_loss
 
 SETTING = "nguyen2024-measurable-gelu-d4"
-#: compass search over the shift: first step, last step (in units of the gate parameters)
-STEP_FIRST, STEP_LAST = 4.0, 1e-7
-
-
-def shifted(measure: MixingMeasure, t: torch.Tensor) -> MixingMeasure:
-    """``measure`` with ``t`` (R, 1 + d) added to every atom's ``(beta0, beta1)``, kept in that
-    gauge: the constructor would pin the last atom again, so the shifted parameters are set
-    after it (the regression function is the same whatever ``t``)."""
-    out = dataclasses.replace(measure)
-    gp = measure.gate_params.clone()
-    gp[..., : t.shape[-1]] += t[:, None, :]
-    object.__setattr__(out, "gate_params", gp)
-    return out
 
 
 def matched_d1(fitted: MixingMeasure, reference: MixingMeasure) -> tuple[np.ndarray, np.ndarray]:
-    """``(D1_matched, D1)`` per replication of ``fitted`` (R measures): D1 with the intercepts'
-    common shift matching the total weight to the reference's and the smallest value over the
-    slopes' common shift, by a compass search from each shift that zeroes one atom's slope (the
-    fit's own among them); D1 is the fit's pinned-gauge value."""
-    R, k, d = fitted.R, fitted.k, fitted.d
-    d1 = voronoi_loss(fitted, reference, "D1")
-    ref_total = reference.beta0.exp().sum(-1)
-    t0 = (ref_total.log() - fitted.beta0.exp().sum(-1).log()).expand(R)
-    # one search per (replication, atom whose slope the start zeroes)
-    rows = torch.arange(R).repeat_interleave(k)
-    many = fitted.select(rows)
-    ref = reference.select(torch.zeros(R * k, dtype=torch.long)) if reference.R == 1 \
-        else reference.select(rows)
-    t1 = -fitted.gate_params[:, :, 1:1 + d].reshape(R * k, d)
-    base = t0[rows][:, None]
-
-    def value(measure, ref_, slopes, intercepts):
-        return voronoi_loss(shifted(measure, torch.cat([intercepts, slopes], -1)), ref_, "D1")
-
-    best = value(many, ref, t1, base)
-    moves = torch.cat([torch.eye(d), -torch.eye(d)]).to(t1)  # (2d, d)
-    step = torch.full((R * k,), STEP_FIRST, dtype=t1.dtype)
-    tile = torch.arange(R * k).repeat(2 * d)
-    big, big_ref, big_base = many.select(tile), ref.select(tile), base[tile]
-    while (step > STEP_LAST).any():
-        trial = t1.repeat(2 * d, 1) + moves.repeat_interleave(R * k, 0) * step.repeat(2 * d)[:, None]
-        values = value(big, big_ref, trial, big_base).reshape(2 * d, R * k)
-        low, which = values.min(0)
-        better = low < best
-        t1 = torch.where(better[:, None], trial.reshape(2 * d, R * k, d)[which, torch.arange(R * k)],
-                         t1)
-        best = torch.where(better, low, best)
-        step = torch.where(better, step, step / 2)
-    return best.reshape(R, k).min(1).values.numpy(), d1.numpy()
+    """``(D1_matched, D1)`` per replication of ``fitted``: the matched gauge's
+    (:func:`moe_theory.voronoi.matched_gauge_d1`) and the fit's pinned one."""
+    return (matched_gauge_d1(fitted, reference).numpy(),
+            voronoi_loss(fitted, reference, "D1").numpy())
 
 
 def with_matched_d1(table: pd.DataFrame, reference: MixingMeasure) -> pd.DataFrame:
