@@ -638,7 +638,8 @@ def certify_references(
     certified on a CPU against its own G_bar. Other references are those
     of :func:`~moe_theory.population.reference_measure` on ``device``, G_bar on the config's
     ``g_bar_design_size`` design points where it sets one.
-    ``losses(setting, reference_kind)`` lists the losses the sweep measures (the overlay's);
+    ``losses(setting, reference_kind, gate=gate)`` lists the losses the sweep measures (the
+    overlay's);
     ``box(setting, gate, reference)`` is the fits' box (None: no box). The manifest's
     ``rival_references`` (``"<setting>/<gate>"`` -> {where found: measure JSON}, recorded by
     ``moe-theory certify --rivals-from``) are further starts of G_bar's refits.
@@ -672,7 +673,8 @@ def certify_references(
                            if over_specified_g_star(setting, gate) else None)
                 start = time.perf_counter()
                 cert = reference_certificate(
-                    setting, gate, config.n, losses(setting, setting.reference_kind(gate)),
+                    setting, gate, config.n,
+                    losses(setting, setting.reference_kind(gate), gate=gate),
                     device=device, backend=backend, g_bar=g_bar, box=fit_box,
                     rivals={where: MixingMeasure.from_json(text)
                             for where, text in rivals.get(key, {}).items()})
@@ -686,7 +688,7 @@ def certify_references(
                 # made before the identified-losses test: add it, the rest stands as computed
                 ref, fit_box = g_star_and_box(setting, gate)
                 cert.unidentified = unidentified_losses(
-                    ref, setting.k_fit, losses(setting, "G*"),
+                    ref, setting.k_fit, losses(setting, "G*", gate=gate),
                     design(setting, cert.design_size, device), cert.n_max, cert.noise_var,
                     fit_box)
                 write_reference_certificate(out, cert)

@@ -112,6 +112,7 @@ AXIS_LABEL_CHARS = 22
 #: Short names of the losses (docs/theory.md#voronoi-losses), for axis labels.
 LOSS_WORDS = {
     "D1": "Voronoi loss D1", "D2": "Voronoi loss D2", "D3": "Voronoi loss D3",
+    "D1_matched": "Voronoi loss D1\n(gates matched)",
 }
 PARAMETER_WORDS = {"eta": "expert", "beta1": "gate-slope", "A": "gate-form", "W": "W", "V": "V"}
 CELL_WORDS = {"exact": "exact cells", "over": "over-specified cells"}
@@ -169,6 +170,8 @@ def legend_words(loss: str) -> str:
     error = _parameter_error(loss)
     if error:
         return f"{CELL_ADJECTIVES[error[1]]} {error[0]} error"
+    if loss == "D1_matched":
+        return "D1 (gates matched)"
     return loss
 
 

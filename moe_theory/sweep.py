@@ -56,7 +56,7 @@ from moe_theory.store import (
     write_shard,
 )
 from moe_theory.validation import check_device
-from moe_theory.voronoi import PARAMETER_ERRORS, voronoi_loss
+from moe_theory.voronoi import GAUGE_KINDS, PARAMETER_ERRORS, voronoi_loss
 
 RESULT_COLUMNS = [
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
@@ -82,11 +82,18 @@ REFERENCE_RTOL = 1e-6
 CLAIM_POLL_S = 2.0
 
 
-def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] | None) -> list[str]:
+def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] | None,
+                      gate: str | None = None) -> list[str]:
+    """The losses a fit of ``setting`` against ``reference`` (``G*`` or ``G_bar``) is measured
+    by (those of ``wanted`` only, where given). ``gate``: the fitted gate, where known; a softmax
+    fit of a linear score against G* is also measured in the matched gauge (``D1_matched``,
+    docs/theory.md#identified-losses)."""
     kinds = ["D3"] if reference == "G_bar" else ["D1", "D2"]
     groups = ["eta"] + (["beta1"] if models.score_has_linear(setting.score) else []) + (
         ["A"] if models.score_has_quadratic(setting.score) else [])
     kinds += [e for e in PARAMETER_ERRORS if e.split("_")[1] in groups]
+    if reference == "G*" and gate == "softmax" and setting.score == "linear":
+        kinds += list(GAUGE_KINDS)
     return [k for k in kinds if wanted is None or k in wanted]
 
 
@@ -180,7 +187,7 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
             FIT_MEASURE: [json.dumps(fitted.select(r).to_dict(), separators=(",", ":"))
                           for r in range(R)],
         }
-        for loss in applicable_losses(setting, ref_kind, config.losses):
+        for loss in applicable_losses(setting, ref_kind, config.losses, gate):
             values = voronoi_loss(fitted, ref, loss).numpy()
             frames.append(pd.DataFrame({**base, "loss_name": loss, "loss_value": values}))
     return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]

@@ -48,6 +48,8 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     if (group == "beta1" and not models.score_has_linear(score)) or (
             group == "A" and not models.score_has_quadratic(score)):
         return NO_THEORY  # the score has no such parameter
+    if loss_name == "D1_matched" and (fit_gate != "softmax" or score != "linear"):
+        return NO_THEORY  # a softmax gauge of linear scores (moe_theory.voronoi.matched_gauge_d1)
     strong = models.get_expert(expert).strongly_identifiable
     quadratic = score != "linear"
     if reference is None:
@@ -89,11 +91,16 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     # copies of an over-specified atom share one gate and can trade expert parameters exactly
     # (e^{b_1} h_1 + e^{b_2} h_2 = e^{b*} h*), so the same label is kept for both scores
     src = "A24 (reconstruction)" if quadratic else "N24 Table 1"
+    # D1 in the gauge matched to G* (docs/theory.md#identified-losses) is bounded by the pinned
+    # D1 the sources bound, at the same rate
+    d1 = loss_name in ("D1", "D1_matched")
+    if loss_name == "D1_matched":
+        src += " (matched gauge: reconstruction)"
     if not strong:
-        if loss_name in ("D1", "D2") or group_cell is not None:
+        if d1 or loss_name == "D2" or group_cell is not None:
             return _rate(SLOWER_THAN_POLYNOMIAL, src, "~1/log n")
         return NO_THEORY
-    if loss_name == "D1":
+    if d1:
         return _rate(PARAMETRIC, src)
     if group_cell is not None:
         return _rate(PARAMETRIC if group_cell[1] == "exact" else FOURTH_ROOT, src)

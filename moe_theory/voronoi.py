@@ -20,7 +20,9 @@ LOSS_KINDS = ("D1", "D2", "D3")
 PARAMETER_GROUPS = ("eta", "beta1", "A")
 CELL_TYPES = ("exact", "over")
 PARAMETER_ERRORS = tuple(f"err_{g}_{c}" for g in PARAMETER_GROUPS for c in CELL_TYPES)
-ALL_KINDS = LOSS_KINDS + PARAMETER_ERRORS
+#: losses measured in another gauge than the fit's pinned one (softmax fits, linear scores)
+GAUGE_KINDS = ("D1_matched",)
+ALL_KINDS = LOSS_KINDS + PARAMETER_ERRORS + GAUGE_KINDS
 #: Default exponent r of D2r (N24 Thm 3/4 hold for any r >= 1).
 DEFAULT_R = 2.0
 
@@ -102,8 +104,10 @@ def voronoi_loss(
     fitted : R measures with k atoms
     reference : one measure (broadcast) or R of them; ``G*``, or ``G_bar`` for ``D3``
     kind : ``D1`` (N24 Thm 2; gate-weighted for softmax), ``D2`` (D2r of N24 Thm 3/4, exponent
-        ``r``), ``D3`` (dense regime, against ``G_bar``), or ``err_{eta,beta1,A}_{exact,over}``
-        (max over cells of that type of the parameter-group error; NaN without such a cell)
+        ``r``), ``D3`` (dense regime, against ``G_bar``), ``err_{eta,beta1,A}_{exact,over}``
+        (max over cells of that type of the parameter-group error; NaN without such a cell), or
+        ``D1_matched`` (a softmax fit's D1 in the gauge matched to the reference:
+        :func:`matched_gauge_d1`; NaN for other gates and scores)
     """
     check_choice("kind", kind, ALL_KINDS)
     if fitted.gate != reference.gate:
@@ -113,6 +117,12 @@ def voronoi_loss(
         )
     if kind == "D2" and r < 1:
         raise ValueError(f"r: D2r needs r >= 1, got {r}")
+    if kind == "D1_matched":
+        if fitted.gate != "softmax" or fitted.score != "linear":
+            # no gauge to match (sigmoid), or one this loss does not search (quadratic scores):
+            # undefined, as a parameter error is without its cell
+            return torch.full((fitted.R,), float("nan"), dtype=fitted.gate_params.dtype)
+        return matched_gauge_d1(fitted, reference)
     reference = _broadcast(fitted, reference)
     cells = voronoi_cells(fitted, reference)
     norm = cells.diff_omega.norm(dim=-1)

@@ -635,7 +635,7 @@ def test_certify_adds_the_identified_losses_test_to_an_older_certificate(tmp_pat
     old.unidentified, old.config_hash, old.wall_s = None, config.hash, 1.25
     write_reference_certificate(tmp_path, old)
     (cert,) = certificates.certify_references(config, tmp_path,
-                                              losses=lambda s, kind: ["err_eta_over"])
+                                              losses=lambda s, kind, gate=None: ["err_eta_over"])
     (saved,) = load_reference_certificates(tmp_path).values()
     assert set(saved.unidentified) == {"err_eta_over"} == set(cert.unidentified)
     assert saved.wall_s == 1.25  # the rest of the certificate is kept as it was computed

@@ -157,3 +157,29 @@ def test_matched_gauge_d1_ignores_the_gauge_the_fit_is_written_in():
     torch.testing.assert_close(matched, matched[:1].expand(3), rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="fitted"):
         matched_gauge_d1(measure("sigmoid", FITTED), measure("sigmoid", TRUTH))
+
+
+def test_a_softmax_sweep_measures_d1_in_the_matched_gauge_too(tmp_path):
+    """A softmax fit of a softmax truth (reference G*) gets D1_matched rows, the matched gauge's
+    D1 of its stored estimate; the loss is NaN for a sigmoid fit and listed for no G_bar one."""
+    import json
+
+    from moe_theory.config import parse_config
+    from moe_theory.store import FIT_MEASURE
+    from moe_theory.sweep import applicable_losses, run_sweep
+    from moe_theory.voronoi import matched_gauge_d1
+
+    setting = get_setting("small-dense-relu")
+    assert "D1_matched" in applicable_losses(setting, "G*", None, "softmax")
+    assert "D1_matched" not in applicable_losses(setting, "G*", None, "sigmoid")
+    assert "D1_matched" not in applicable_losses(setting, "G_bar", None, "softmax")
+    config = parse_config({"name": "t", "settings": ["small-dense-relu"], "fit_gates": ["softmax"],
+                           "n": [200], "reps": 2, "starts": 1})
+    table = run_sweep(config, tmp_path / "out", log=lambda msg: None)
+    rows = table[table["loss_name"] == "D1_matched"].sort_values("rep")
+    assert len(rows) == 2 and bool((rows["loss_value"] > 0).all())
+    fits = MixingMeasure.from_dict([json.loads(v) for v in rows[FIT_MEASURE]])
+    torch.testing.assert_close(torch.tensor(rows["loss_value"].to_numpy()),
+                               matched_gauge_d1(fits, setting.truth()), rtol=0, atol=0)
+    sigmoid = voronoi_loss(measure("sigmoid", FITTED), measure("sigmoid", TRUTH), "D1_matched")
+    assert bool(torch.isnan(sigmoid).all())
