@@ -966,3 +966,21 @@ def test_the_d8_wide_start_sweeps_d1_falls_in_the_matched_gauge(gauge):
         assert (round(row["D1_slope"], 2), round(row["D1_matched_slope"], 2)) == (pinned, matched)
         assert (round(row["D1_matched_mean_first"], 2), round(row["D1_matched_mean_last"], 2)) == (
             first, last)
+
+
+def test_the_d8_wide_start_rerun_with_d1_matched_gives_the_readme_verdict():
+    """The 3x box's wide-start sweep re-run with the loss D1_matched: it passes the reference
+    and converged certificates and fails the optimiser one, -1.08 ± 0.41 on 3 kept values per n
+    (README numbers)."""
+    import json
+
+    folder = STARTS / "gelu_box3_wide" / "d1_matched"
+    rates = pd.read_csv(folder / "rates.csv").set_index(["fit_gate", "loss_name"])
+    row = rates.loc[("softmax", "D1_matched")]
+    assert (round(row.slope, 2), round(row.ci_half_width, 2)) == (-1.08, 0.41)
+    assert (row.cert_reference, row.cert_converged, row.cert_optimiser) == ("pass", "pass", "fail")
+    assert row.verdict == "not measurable (optimiser failed)" and row.n_dropped == 77
+    check = json.loads((folder / "check.json").read_text())["curves"]
+    entry = check["nguyen2024-measurable-gelu/softmax/D1_matched"]
+    assert round(entry["ssr_gap_max"], 1) == 3.4
+    assert round(entry["slope_shift"]["jitter x10"], 2) == 0.55
