@@ -56,7 +56,7 @@ from moe_theory.store import (
     write_shard,
 )
 from moe_theory.validation import check_device
-from moe_theory.voronoi import GAUGE_KINDS, PARAMETER_ERRORS, voronoi_loss
+from moe_theory.voronoi import GAUGE_KINDS, MATCH_D_MAX, PARAMETER_ERRORS, voronoi_loss
 
 RESULT_COLUMNS = [
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
@@ -87,12 +87,13 @@ def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] 
     """The losses a fit of ``setting`` against ``reference`` (``G*`` or ``G_bar``) is measured
     by (those of ``wanted`` only, where given). ``gate``: the fitted gate, where known; a softmax
     fit of a linear score against G* is also measured in the matched gauge (``D1_matched``,
-    docs/theory.md#identified-losses)."""
+    docs/theory.md#identified-losses), up to ``d = MATCH_D_MAX`` (its search's cost)."""
     kinds = ["D3"] if reference == "G_bar" else ["D1", "D2"]
     groups = ["eta"] + (["beta1"] if models.score_has_linear(setting.score) else []) + (
         ["A"] if models.score_has_quadratic(setting.score) else [])
     kinds += [e for e in PARAMETER_ERRORS if e.split("_")[1] in groups]
-    if reference == "G*" and gate == "softmax" and setting.score == "linear":
+    if (reference == "G*" and gate == "softmax" and setting.score == "linear"
+            and setting.d <= MATCH_D_MAX):
         kinds += list(GAUGE_KINDS)
     return [k for k in kinds if wanted is None or k in wanted]
 
