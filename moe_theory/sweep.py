@@ -56,7 +56,13 @@ from moe_theory.store import (
     write_shard,
 )
 from moe_theory.validation import check_device
-from moe_theory.voronoi import GAUGE_KINDS, MATCH_D_MAX, PARAMETER_ERRORS, voronoi_loss
+from moe_theory.voronoi import (
+    GAUGE_KINDS,
+    MATCH_D_MAX,
+    PARAMETER_ERRORS,
+    has_matched_gauge,
+    voronoi_loss,
+)
 
 RESULT_COLUMNS = [
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
@@ -92,7 +98,7 @@ def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] 
     groups = ["eta"] + (["beta1"] if models.score_has_linear(setting.score) else []) + (
         ["A"] if models.score_has_quadratic(setting.score) else [])
     kinds += [e for e in PARAMETER_ERRORS if e.split("_")[1] in groups]
-    if (reference == "G*" and gate == "softmax" and setting.score == "linear"
+    if (reference == "G*" and gate is not None and has_matched_gauge(gate, setting.score)
             and setting.d <= MATCH_D_MAX):
         kinds += list(GAUGE_KINDS)
     return [k for k in kinds if wanted is None or k in wanted]

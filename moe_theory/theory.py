@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moe_theory import models
+from moe_theory.voronoi import has_matched_gauge
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     if (group == "beta1" and not models.score_has_linear(score)) or (
             group == "A" and not models.score_has_quadratic(score)):
         return NO_THEORY  # the score has no such parameter
-    if loss_name == "D1_matched" and (fit_gate != "softmax" or score != "linear"):
-        return NO_THEORY  # a softmax gauge of linear scores (moe_theory.voronoi.matched_gauge_d1)
+    if loss_name == "D1_matched" and not has_matched_gauge(fit_gate, score):
+        return NO_THEORY  # undefined there (moe_theory.voronoi.voronoi_loss gives NaN)
     strong = models.get_expert(expert).strongly_identifiable
     quadratic = score != "linear"
     if reference is None:
@@ -91,8 +92,8 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     # copies of an over-specified atom share one gate and can trade expert parameters exactly
     # (e^{b_1} h_1 + e^{b_2} h_2 = e^{b*} h*), so the same label is kept for both scores
     src = "A24 (reconstruction)" if quadratic else "N24 Table 1"
-    # D1 in the gauge matched to G* (docs/theory.md#identified-losses) is bounded by the pinned
-    # D1 the sources bound, at the same rate
+    # D1 in the gauge matched to G* (docs/theory.md#identified-losses) gets D1's rate, marked a
+    # reconstruction: the sources bound D1 of a fit written in a fixed gauge
     d1 = loss_name in ("D1", "D1_matched")
     if loss_name == "D1_matched":
         src += " (matched gauge: reconstruction)"

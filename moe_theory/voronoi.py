@@ -20,7 +20,7 @@ LOSS_KINDS = ("D1", "D2", "D3")
 PARAMETER_GROUPS = ("eta", "beta1", "A")
 CELL_TYPES = ("exact", "over")
 PARAMETER_ERRORS = tuple(f"err_{g}_{c}" for g in PARAMETER_GROUPS for c in CELL_TYPES)
-#: losses measured in another gauge than the fit's pinned one (softmax fits, linear scores)
+#: losses measured in another gauge than the fit's pinned one (:func:`has_matched_gauge`)
 GAUGE_KINDS = ("D1_matched",)
 ALL_KINDS = LOSS_KINDS + PARAMETER_ERRORS + GAUGE_KINDS
 #: Default exponent r of D2r (N24 Thm 3/4 hold for any r >= 1).
@@ -118,8 +118,7 @@ def voronoi_loss(
     if kind == "D2" and r < 1:
         raise ValueError(f"r: D2r needs r >= 1, got {r}")
     if kind == "D1_matched":
-        if fitted.gate != "softmax" or fitted.score != "linear":
-            # no gauge to match (sigmoid), or one this loss does not search (quadratic scores):
+        if not has_matched_gauge(fitted.gate, fitted.score):
             # undefined, as a parameter error is without its cell
             return torch.full((fitted.R,), float("nan"), dtype=fitted.gate_params.dtype)
         return matched_gauge_d1(fitted, reference)
@@ -157,6 +156,12 @@ MATCH_STEP_FIRST, MATCH_STEP_LAST = 4.0, 1e-7
 MATCH_D_MAX = 8
 
 
+def has_matched_gauge(gate: str, score: str) -> bool:
+    """Whether ``D1_matched`` is defined: a softmax gate (a sigmoid one has no gauge) with a
+    linear score (a quadratic score's common shift has more parameters than the search)."""
+    return gate == "softmax" and score == "linear"
+
+
 def matched_gauge_d1(fitted: MixingMeasure, reference: MixingMeasure) -> torch.Tensor:
     """The softmax ``D1`` of each replication with the gates' common shift matched to the
     reference (docs/theory.md#identified-losses): the intercepts shifted so that the fitted
@@ -166,8 +171,8 @@ def matched_gauge_d1(fitted: MixingMeasure, reference: MixingMeasure) -> torch.T
     class alone, where the pinned ``D1`` moves with which atom the fit's parametrisation puts
     last. The minimum over the intercepts' shift too would not do: as it tends to ``-inf`` every
     fitted weight vanishes and ``D1`` tends to the reference's total weight for any fit.
-    Linear scores only (a quadratic score's common shift has more parameters). Returns (R,)."""
-    if fitted.gate != "softmax" or fitted.score != "linear":
+    Where :func:`has_matched_gauge` only. Returns (R,)."""
+    if not has_matched_gauge(fitted.gate, fitted.score):
         raise ValueError("fitted: the matched gauge is defined for softmax gates with linear "
                          f"scores, got {fitted.gate!r} with {fitted.score!r} scores")
     reference = _broadcast(fitted, reference)

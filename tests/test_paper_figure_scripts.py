@@ -929,9 +929,8 @@ def test_the_tied_starts_agree_up_to_the_gauge(gauge):
     truth = load_config("nguyen2024-measurable").setting(gauge.SETTING).truth()
     for n, over10, over10_matched, over2_matched, median_matched, best in (
             ("128k", 10, 1, 4, 1.03, 1.35), ("1024k", 9, 2, 6, 1.36, 0.168)):
-        table = pd.concat([pd.read_csv(STARTS / f"d4_ties_{n}{tag}_softmax.csv.gz")
-                           for tag in ("", "_jitter10")], ignore_index=True)
-        spreads = gauge.tie_spreads(gauge.with_matched_d1(table, truth), NU)
+        spreads = gauge.tie_spreads(gauge.read_ties(
+            [STARTS / f"d4_ties_{n}{tag}_softmax.csv.gz" for tag in ("", "_jitter10")], truth), NU)
         several = spreads[spreads["tied"] > 1]
         assert int((several["D1_spread"] > 10).sum()) == over10
         assert int((several["D1_matched_spread"] > 10).sum()) == over10_matched

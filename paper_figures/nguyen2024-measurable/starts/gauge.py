@@ -49,6 +49,14 @@ def with_matched_d1(table: pd.DataFrame, reference: MixingMeasure) -> pd.DataFra
     return table.assign(D1_matched=matched)
 
 
+def read_ties(paths, reference: MixingMeasure) -> pd.DataFrame:
+    """The per-start tables of ``paths`` as one, each start once (the spreads' tables share
+    their near-reference start, fitted alike in both), with ``D1_matched``."""
+    table = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+    table = table.drop_duplicates(["n", "rep", "start", "ssr"])
+    return pd.concat([with_matched_d1(d, reference) for _, d in table.groupby("n")])
+
+
 def tie_spreads(table: pd.DataFrame, nu: float) -> pd.DataFrame:
     """Per (n, rep): how many starts lie within ``nu`` of the best SSR, and the ratio of the
     largest to the smallest D1 and D1_matched among them; D1 and D1_matched of the best start."""
@@ -98,8 +106,9 @@ def sweep_slopes(folders: list[str], config: str = "nguyen2024-measurable") -> p
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("tables", nargs="+", help="many_starts.py tables with fit_measure (the d = 4 truth), or "
-                   "with --sweeps, sweep folders (fits.csv.gz) of --config's settings")
+    p.add_argument("tables", nargs="+",
+                   help="many_starts.py tables with fit_measure (the d = 4 truth), or with "
+                   "--sweeps, sweep folders (fits.csv.gz) of --config's settings")
     p.add_argument("--sweeps", action="store_true", help="the tables are sweep folders")
     p.add_argument("--config", default="nguyen2024-measurable")
     p.add_argument("--out", help="write the per-start table with D1_matched here (csv)")
@@ -111,9 +120,7 @@ def main() -> None:
             print(sweep_slopes(args.tables, args.config).round(3).to_string(index=False))
         print("(every fit kept, no certificates: a study of the gauge, not a verdict)")
         return
-    table = pd.concat([pd.read_csv(path) for path in args.tables], ignore_index=True)
-    table = table.drop_duplicates(["n", "rep", "start", "ssr"])
-    table = pd.concat([with_matched_d1(d, truth) for _, d in table.groupby("n")])
+    table = read_ties(args.tables, truth)
     if args.out:
         table.drop(columns=FIT_MEASURE).to_csv(args.out, index=False)
     spreads = tie_spreads(table, setting.noise_var)
