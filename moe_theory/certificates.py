@@ -211,6 +211,8 @@ class ReferenceCertificate:
         G* that a measure indistinguishable from G* by the data puts away from it
         (:func:`unidentified_losses`); ``{}`` when none, None where not tested (a certificate
         made before the test, or a reference without over-specified atoms)
+    identified_tested : the losses that test was run on (None in certificates made before it
+        was recorded); a sweep that measures a loss outside it runs the test again
     n_min, n_max : the sweep's grid ends
     overlay : ``{loss: {"n": [...], "mean": [...], "median": [...]}}``, the loss of
         ``theta ~ N(theta_ref, Sigma / n)`` against the reference; empty where no local normal
@@ -243,6 +245,7 @@ class ReferenceCertificate:
     restarts: dict | None = None
     restart_tolerance: float | None = None
     unidentified: dict | None = None
+    identified_tested: list[str] | None = None
     overlay: dict = field(default_factory=dict)
     overlay_note: str = ""
     status: str = PASS
@@ -590,9 +593,10 @@ def reference_certificate(
         reasons.append(f"the {setting.k_fit}-atom {fit_gate} fit reproduces f_G* to "
                        f"{misspecification:.1e} in mean square, below nu p / n_max = "
                        f"{misspecification_scale:.1e}: the data cannot single out G_bar")
-    unidentified = None
+    unidentified = tested = None
     if over_specified_g_star(setting, fit_gate):
         unidentified = unidentified_losses(ref, setting.k_fit, losses, X, n_max, nu, box)
+        tested = list(losses)
     return ReferenceCertificate(
         setting=setting.name, fit_gate=fit_gate, kind=kind,
         model={"gate": model.gate, "score": model.score, "expert": model.expert, "k": model.k},
@@ -603,7 +607,8 @@ def reference_certificate(
         design_error_ratio=design_error_ratio, overfit_ratio=overfit_ratio,
         g_bar_design_size=cache_size if kind == "G_bar" else None,
         restarts=None if refits is None else asdict(refits),
-        restart_tolerance=restart_tolerance, unidentified=unidentified, overlay=overlay,
+        restart_tolerance=restart_tolerance, unidentified=unidentified,
+        identified_tested=tested, overlay=overlay,
         overlay_note=note,
         status=FAIL if reasons else PASS, reasons=reasons, version=CERTIFICATE_VERSION,
     )
@@ -684,13 +689,18 @@ def certify_references(
                     log(f"reference certificate {setting.name} / {gate}: {cert.status}"
                         + (f" ({'; '.join(cert.reasons)})" if cert.reasons else "")
                         + f" ({cert.wall_s:.1f} s)")
-            elif cert.unidentified is None and over_specified_g_star(setting, gate):
-                # made before the identified-losses test: add it, the rest stands as computed
+            elif over_specified_g_star(setting, gate) and (
+                    cert.unidentified is None or set(cert.identified_tested or ())
+                    != set(losses(setting, "G*", gate=gate))):
+                # made before the identified-losses test, or on other losses than the sweep
+                # measures today (D1_matched came later): run it on today's, the rest stands
+                # as computed
                 ref, fit_box = g_star_and_box(setting, gate)
+                measured = losses(setting, "G*", gate=gate)
                 cert.unidentified = unidentified_losses(
-                    ref, setting.k_fit, losses(setting, "G*", gate=gate),
-                    design(setting, cert.design_size, device), cert.n_max, cert.noise_var,
-                    fit_box)
+                    ref, setting.k_fit, measured, design(setting, cert.design_size, device),
+                    cert.n_max, cert.noise_var, fit_box)
+                cert.identified_tested = list(measured)
                 write_reference_certificate(out, cert)
                 if log is not None:
                     log(f"reference certificate {setting.name} / {gate}: losses not identified: "

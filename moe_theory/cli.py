@@ -237,15 +237,19 @@ def _cmd_remeasure(args) -> int:
     for (where, setting, gate, loss), g in table.groupby(
             ["table", "setting", "fit_gate", "loss_name"], sort=True):
         missing = int((~g["stored"]).sum())
-        largest = g.loc[~g["same"], "change"].max()
-        rows.append([where, setting, gate, loss, str(len(g)), str(int((~g["same"]).sum())),
+        largest = g.loc[~g["same"] & ~g["added"], "change"].max()
+        rows.append([where, setting, gate, loss, str(len(g)),
+                     str(int((~g["same"] & ~g["added"]).sum())), str(int(g["added"].sum())),
                      "-" if np.isnan(largest) else f"{largest:.3g}", str(missing)])
-    _print_table(["table", "setting", "fit", "loss", "values", "changed", "largest rel. change",
-                  "no estimate"], rows)
-    changed = int((~table["same"]).sum())
-    print(f"{changed} of {len(table)} loss values differ from those measured again from the "
-          "stored estimates" + ("; the tables, the optimiser check, the rates and the figure "
-                                "were rewritten" if args.write and changed else ""))
+    _print_table(["table", "setting", "fit", "loss", "values", "changed", "added",
+                  "largest rel. change", "no estimate"], rows)
+    added = int(table["added"].sum())
+    changed = int((~table["same"]).sum()) - added
+    print(f"{changed} of {len(table) - added} loss values differ from those measured again from "
+          "the stored estimates" + (f"; {added} values of losses the tables lacked were measured"
+                                    if added else "")
+          + ("; the tables, the optimiser check, the rates and the figure were rewritten"
+             if args.write and changed + added else ""))
     return 0
 
 

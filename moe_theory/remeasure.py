@@ -6,9 +6,12 @@ references the folder records (``G*`` from the setting, ``G_bar`` from ``manifes
 the table's loss values back, bit for bit on the machine that wrote them: a committed table is
 then evidence anyone can recompute, and a change to a loss's definition (as when the Voronoi
 cells began to measure even-power experts up to their sign, docs/theory.md#voronoi-losses)
-reaches every committed figure without a refit. ``write`` puts the new values in the folder's
-tables and redoes what depends on them: the optimiser check's comparison (from its stored refits,
-:func:`moe_theory.check.run_check`), the rates and the figure.
+reaches every committed figure without a refit, and so does a loss the toolkit measures since
+the sweep ran (as ``D1_matched``): its rows are *added*, each a copy of its fit's other rows with
+the new loss measured. ``write`` puts the new values in the folder's tables and redoes what
+depends on them: the optimiser check's comparison (from its stored refits,
+:func:`moe_theory.check.run_check`, which also runs the reference certificate's identified-losses
+test on an added loss), the rates and the figure.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from moe_theory.measure import MixingMeasure
 from moe_theory.store import (
     FIT_KEYS,
     FIT_MEASURE,
+    SORT_KEYS,
     atomic_write,
     fit_table,
     load_fits,
@@ -38,13 +42,20 @@ from moe_theory.store import (
     write_results_csv,
     write_shard,
 )
+from moe_theory.sweep import applicable_losses
 from moe_theory.voronoi import voronoi_loss
 
-#: The columns of :func:`remeasure`'s answer: one row per loss value the folder's tables hold;
-#: ``stored`` where its fit's estimate is stored, ``same`` where the value measured again equals
-#: the stored one (NaN equal to NaN).
+#: A value measured again within this relative distance of the stored one is that value: the
+#: Voronoi losses are sums of a few dozen float64 terms, which another torch build or device
+#: rounds differently by ~1e-15 relative, while a changed definition moves them by far more. It
+#: is kept as stored, so that a table's bytes change only where a loss did.
+ROUNDING_RTOL = 1e-12
+#: The columns of :func:`remeasure`'s answer: one row per loss value the folder's tables hold or
+#: lack; ``stored`` where its fit's estimate is stored, ``same`` where the value measured again
+#: equals the stored one to :data:`ROUNDING_RTOL` (NaN equal to NaN), ``added`` where the table
+#: lacks the row (``old`` NaN).
 CHANGE_COLUMNS = ["table", "setting", "fit_gate", "loss_name", "n", "rep", "old", "new", "stored",
-                  "same"]
+                  "same", "added"]
 
 
 def references(folder: Path, config: SweepConfig) -> dict[tuple[str, str], MixingMeasure]:
@@ -62,6 +73,48 @@ def references(folder: Path, config: SweepConfig) -> dict[tuple[str, str], Mixin
                 raise ValueError(f"DIR: {folder / 'manifest.json'} records no G_bar for {key}, "
                                  "so its fits cannot be measured again")
     return refs
+
+
+def missing_rows(table: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
+    """The rows ``table`` lacks: for every fit, one per loss that a sweep of ``config`` measures
+    it by today (:func:`~moe_theory.sweep.applicable_losses`) and the table does not hold, a copy
+    of the fit's first row with that ``loss_name`` and a NaN ``loss_value``; in the order a
+    sweep writes them (its losses' order, then the table's fits')."""
+    settings = {s.name: s for s in config.setting_objects()}
+    keys = FIT_KEYS + (["variant"] if "variant" in table.columns else [])
+    extra = []
+    for (setting, gate, reference), rows in table.groupby(
+            ["setting", "fit_gate", "reference"], sort=True):
+        have = set(rows["loss_name"])
+        first = rows.drop_duplicates(keys)
+        for loss in applicable_losses(settings[setting], reference, config.losses, gate):
+            if loss not in have:
+                extra.append(first.assign(loss_name=loss, loss_value=np.nan))
+    return (pd.concat(extra, ignore_index=True) if extra
+            else table.iloc[:0].copy())
+
+
+def with_missing_rows(table: pd.DataFrame, config: SweepConfig, *, merged: bool
+                      ) -> tuple[pd.DataFrame, np.ndarray]:
+    """``table`` with :func:`missing_rows` added, and which rows were added. A ``merged`` table
+    is sorted again as a merge sorts it (:data:`~moe_theory.store.SORT_KEYS`); a table of shard
+    or refit rows gets the added rows of each of its fitted batches (one ``variant``, setting,
+    ``n`` and gate) after that batch's rows, where a sweep writes them (its losses are listed
+    loss by loss, today's additions last)."""
+    extra = missing_rows(table, config)
+    if extra.empty:
+        return table, np.zeros(len(table), dtype=bool)
+    both = pd.concat([table.assign(_added=False), extra.assign(_added=True)], ignore_index=True)
+    if merged:
+        both = both.sort_values(SORT_KEYS, kind="stable")
+    else:
+        batch = [c for c in ("variant", "setting", "n", "fit_gate") if c in both.columns]
+        first_seen = both.groupby(batch, sort=False).ngroup()
+        both = both.assign(_batch=first_seen).sort_values(["_batch", "_added"], kind="stable")
+        both = both.drop(columns="_batch")
+    both = both.reset_index(drop=True)
+    added = both.pop("_added").to_numpy(dtype=bool)
+    return both, added
 
 
 def measure_table(table: pd.DataFrame, fits: pd.DataFrame,
@@ -93,12 +146,22 @@ def measure_table(table: pd.DataFrame, fits: pd.DataFrame,
     return values, have
 
 
-def _changes(name: str, table: pd.DataFrame, new: np.ndarray, stored: np.ndarray
-             ) -> pd.DataFrame:
+def _same(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Where ``new`` is ``old`` to rounding (:data:`ROUNDING_RTOL`; NaN equal to NaN)."""
+    return np.isclose(new, old, rtol=ROUNDING_RTOL, atol=0.0) | (np.isnan(old) & np.isnan(new))
+
+
+def _kept(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The values to write: ``old`` where ``new`` is it to rounding, else ``new``."""
+    return np.where(_same(old, new), old, new)
+
+
+def _changes(name: str, table: pd.DataFrame, new: np.ndarray, stored: np.ndarray,
+             added: np.ndarray) -> pd.DataFrame:
     old = table["loss_value"].to_numpy(dtype=float)
-    same = (old == new) | (np.isnan(old) & np.isnan(new))
+    same = _same(old, new) & ~added
     out = table[["setting", "fit_gate", "loss_name", "n", "rep"]].assign(
-        old=old, new=new, stored=stored, same=same)
+        old=old, new=new, stored=stored, same=same, added=added)
     return out.assign(table=name)[CHANGE_COLUMNS]
 
 
@@ -119,11 +182,11 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     their estimates, the optimiser check's ``check.parquet``) measured again from the stored
     estimates: :data:`CHANGE_COLUMNS`.
 
-    ``write``: where a value differs, put the new values in the folder's ``results.csv`` and
-    ``results.parquet`` and its ``check.parquet``, re-evaluate the optimiser check from its
-    stored refits and rewrite the rates and figure. A working folder's stored rows (its
-    ``shards/`` and the check's refit store, which a later merge or resumed check reads) are
-    measured again first, each shard stored anew with its checksum.
+    ``write``: where a value differs or a row was added, put the new values in the folder's
+    ``results.csv`` and ``results.parquet`` and its ``check.parquet``, re-evaluate the optimiser
+    check from its stored refits and rewrite the rates and figure. A working folder's stored
+    rows (its ``shards/`` and the check's refit store, which a later merge or resumed check
+    reads) are measured again first, each shard stored anew with its checksum.
     """
     # the report draws the figure: matplotlib loads only where a folder is rewritten
     from moe_theory.reproduce import write_report
@@ -136,17 +199,20 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     fits = fit_table(results)
     if fits.empty:
         fits = load_fits(folder)
+    results, added = with_missing_rows(results, config, merged=True)
     new, stored = measure_table(results, fits, refs)
-    changes = [_changes("results", results, new, stored)]
+    changes = [_changes("results", results, new, stored, added)]
     check = None
     if (folder / CHECK_TABLE).exists():
         check = pd.read_parquet(folder / CHECK_TABLE).reset_index(drop=True)
         if FIT_MEASURE in check.columns and check[FIT_MEASURE].notna().any():
+            check, check_added = with_missing_rows(check, config, merged=False)
             check_new, check_stored = _measure_check(check, refs)
             for variant, rows in check.groupby("variant", sort=True).groups.items():
                 positions = check.index.get_indexer(rows)
                 changes.append(_changes(f"check:{variant}", check.iloc[positions],
-                                        check_new[positions], check_stored[positions]))
+                                        check_new[positions], check_stored[positions],
+                                        check_added[positions]))
         else:
             check = None  # refits stored before their estimates: left as they are
     table = pd.concat(changes, ignore_index=True)
@@ -158,11 +224,11 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
                          "nothing was rewritten")
     # a working folder's stored rows come first: a later merge or resumed check reads them
     for store in [folder, *sorted((folder / REFIT_DIR).glob("*"))]:
-        _rewrite_shards(store, refs)
+        _rewrite_shards(store, refs, config)
     if (folder / "shards").is_dir():
         merge(folder)
     else:
-        results = results.assign(loss_value=new)
+        results = results.assign(loss_value=_kept(results["loss_value"].to_numpy(float), new))
         if results_csv(folder).exists():
             write_results_csv(folder, results)
         if (folder / "results.parquet").exists():
@@ -170,15 +236,20 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
                          lambda tmp: results.to_parquet(tmp, index=False))
     if check is not None:
         reps = int(check["rep"].max()) + 1
-        run_check(folder, reps=reps, refits=check.assign(loss_value=check_new))
+        run_check(folder, reps=reps, refits=check.assign(
+            loss_value=_kept(check["loss_value"].to_numpy(float), check_new)))
     write_report(load_results(folder), config, folder)
     return table
 
 
-def _rewrite_shards(store: Path, refs: dict[tuple[str, str], MixingMeasure]) -> None:
+def _rewrite_shards(store: Path, refs: dict[tuple[str, str], MixingMeasure],
+                    config: SweepConfig) -> None:
     """Measure the rows of every verified shard under ``store`` again from the estimates they
-    hold, and store each anew (atomically, with its checksum)."""
+    hold, with the rows of losses they lack added (:func:`with_missing_rows`), and store each
+    anew (atomically, with its checksum)."""
     for shard in verified_shards(store, shards_on_disk(store), report=lambda msg: None):
-        rows = pd.read_parquet(shard_path(store, shard))
+        rows, _ = with_missing_rows(pd.read_parquet(shard_path(store, shard)), config,
+                                    merged=False)
         values, _ = measure_table(rows, fit_table(rows), refs)
-        write_shard(store, shard, rows.assign(loss_value=values))
+        write_shard(store, shard, rows.assign(
+            loss_value=_kept(rows["loss_value"].to_numpy(float), values)))
