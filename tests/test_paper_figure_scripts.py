@@ -982,3 +982,61 @@ def test_the_d8_wide_start_rerun_with_d1_matched_gives_the_readme_verdict():
     entry = check["nguyen2024-measurable-gelu/softmax/D1_matched"]
     assert round(entry["ssr_gap_max"], 1) == 3.4
     assert round(entry["slope_shift"]["jitter x10"], 2) == 0.55
+
+
+@pytest.fixture(scope="module")
+def extra_atom():
+    return _load("extra_atom")
+
+
+def test_extra_atom_kinds_tell_a_split_from_a_light_atom(extra_atom, tmp_path):
+    """G* with its first atom split in halves is a split, with a 5:95 split in between, with
+    an atom of beta0 = -30 added light; the shares do not depend on the softmax gauge."""
+    import json
+    import math
+
+    import torch
+
+    from moe_theory.config import load_config
+    from moe_theory.identified_losses import light_atoms
+
+    setting = "nguyen2024-measurable-gelu-d4"
+    truth = load_config("nguyen2024-measurable").setting(setting).truth()
+
+    def copied(share: float):
+        gp, ep = truth.gate_params.clone(), truth.expert_params
+        first, copy = gp[:, [0]].clone(), gp[:, [0]].clone()
+        first[..., 0] += math.log(1 - share)
+        copy[..., 0] += math.log(share)
+        return truth.replace(torch.cat([first, gp[:, 1:-1], copy, gp[:, -1:]], 1),
+                             torch.cat([ep[:, :1], ep[:, 1:-1], ep[:, :1], ep[:, -1:]], 1))
+
+    light = light_atoms(truth, 4)[0][1]
+    measures = [copied(0.5), copied(0.05), light,
+                copied(0.5).in_gauge(torch.tensor([[3.0, 0.5, -1.0, 2.0, 0.25]]))]
+    fits = pd.DataFrame({"setting": setting, "fit_gate": "softmax", "n": 1000,
+                         "rep": range(len(measures)),
+                         "fit_measure": [json.dumps(m.to_dict()) for m in measures]})
+    fits.to_csv(tmp_path / "fits.csv.gz", index=False)
+    table = extra_atom.extra_atom_kinds(tmp_path)
+    assert table["kind"].tolist() == ["split", "between", "light", "split"]
+    # the light atom has atom 0's slope, so it shares atom 0's cell: e^-30 against its e^beta0
+    light_share = math.exp(-30) / (math.exp(-30) + math.exp(float(truth.beta0[0, 0])))
+    np.testing.assert_allclose(table["min_share"], [0.5, 0.05, light_share, 0.5], rtol=1e-6)
+
+
+def test_the_committed_sweeps_give_the_readme_extra_atom_shares(extra_atom):
+    """paper_figures/README.md, nguyen2024-measurable, "What the extra atom does"."""
+    folder = STARTS.parent
+    shares = extra_atom.shares_by_n(extra_atom.extra_atom_kinds(folder))
+    relu = shares.loc["nguyen2024-measurable-relu"]
+    assert relu.loc[10_000, "split"] == pytest.approx(0.5)
+    assert relu.loc[160_000, "split"] == pytest.approx(0.75)
+    gelu = shares.loc["nguyen2024-measurable-gelu"]
+    assert gelu.loc[10_000, "light"] == pytest.approx(0.7)
+    assert gelu.loc[160_000, "split"] == pytest.approx(0.45)
+    large = extra_atom.shares_by_n(extra_atom.extra_atom_kinds(
+        folder / "gelu_softmax_finished_large_n")).loc["nguyen2024-measurable-gelu"]
+    assert large["split"].tolist() == pytest.approx([0.05, 0.3, 0.3, 0.5])
+    assert large["light"].tolist() == pytest.approx([0.4, 0.3, 0.45, 0.45])
+    assert (shares["cell empty"] == 0).all()
