@@ -41,15 +41,18 @@ PAPER_FIGURES = Path(__file__).resolve().parents[2] / "paper_figures"
 COMMITTED_RTOL = 1e-9
 
 
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> Path:
-    """A finished, checked sweep, as `reproduce --certify` leaves it."""
-    out = tmp_path_factory.mktemp("swept")
-    config = parse_config(TINY)
+def _checked_sweep(out: Path, spec: dict) -> Path:
+    """A finished, checked sweep of ``spec`` in ``out``, as `reproduce --certify` leaves it."""
+    config = parse_config(spec)
     run_sweep(config, out, log=lambda msg: None)
     run_check(out, reps=1)
     write_report(load_results(out), config, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    return _checked_sweep(tmp_path_factory.mktemp("swept"), TINY)
 
 
 @pytest.fixture
@@ -242,12 +245,7 @@ GAUGED = {"name": "tiny-remeasure-gauged", "settings": ["small-dense-relu"],
 @pytest.fixture(scope="module")
 def gauged(tmp_path_factory) -> Path:
     """A finished, checked sweep whose softmax fits are measured by D1_matched."""
-    out = tmp_path_factory.mktemp("gauged")
-    config = parse_config(GAUGED)
-    run_sweep(config, out, log=lambda msg: None)
-    run_check(out, reps=1)
-    write_report(load_results(out), config, out)
-    return out
+    return _checked_sweep(tmp_path_factory.mktemp("gauged"), GAUGED)
 
 
 def _assert_close(got, want, where: str = "") -> None:
