@@ -186,45 +186,34 @@ def test_process_pool_interrupted_then_resumed(config_path, local_run, tmp_path)
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) stops a ``processes`` sweep
     with exit code 130 and no hang; what landed is whole, and a rerun finishes the table."""
     shards = plan(load_config(config_path))
-    # the signal goes out when the first shard lands; on a loaded 2-core machine the last of
-    # the 4 small shards can land before the sweep handles it, and the sweep then ends as a
-    # finished one (exit 0). That attempt tests nothing: the next one, in a fresh folder,
-    # does. A sweep that ignored the signal would end 0 every time, and fail here.
-    for attempt in range(3):
-        out = tmp_path / f"attempt{attempt}"
-        code, err = _interrupt_sweep(config_path, out, shards)
-        if code != 0:
-            break
-    assert code == 130, err[-3000:]
-    for s in shards:
-        if shard_path(out, s).exists():
-            assert len(pd.read_parquet(shard_path(out, s))) == SHARD_ROWS
-    subprocess.run(_sweep_command(config_path, out), check=True, timeout=300,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert_same_table(pd.read_parquet(out / "results.parquet"), local_run[1])
-
-
-def _sweep_command(config_path, out) -> list[str]:
-    return [sys.executable, "-m", "moe_theory.cli", "sweep", str(config_path), "--out",
-            str(out), "--executor", "processes", "--local-workers", "2"]
-
-
-def _interrupt_sweep(config_path, out, shards) -> tuple[int, str]:
-    """Start a ``processes`` sweep into ``out``, send SIGINT to its process group when its
-    first shard lands (unless it has ended by then), and return its exit code and stderr."""
+    cmd = [sys.executable, "-m", "moe_theory.cli", "sweep", str(config_path), "--out",
+           str(tmp_path), "--executor", "processes", "--local-workers", "2"]
     # the sweep's stderr is kept (a file, which a full pipe cannot block) for the message of a
     # failure: an exit code alone does not say which exception ended the run
-    err = out.parent / f"{out.name}-stderr.txt"
+    err = tmp_path.parent / f"{tmp_path.name}-stderr.txt"
     with open(err, "w") as stderr:
-        proc = subprocess.Popen(_sweep_command(config_path, out), stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True)
+        # SIGINT at its default in the sweep whatever this process was started with: a test run
+        # started in a shell's background ignores SIGINT, the sweep would inherit that, and
+        # Python then installs no KeyboardInterrupt handler (the sweep ran to its end, exit 0)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while (proc.poll() is None and time.monotonic() < deadline
-           and not any(shard_path(out, s).exists() for s in shards)):
+           and not any(shard_path(tmp_path, s).exists() for s in shards)):
         time.sleep(0.01)
-    if proc.poll() is None:  # else it ended first: a finished sweep, exit 0
+    interrupted = proc.poll() is None
+    if interrupted:
         os.killpg(proc.pid, signal.SIGINT)
-    return proc.wait(timeout=60), err.read_text()
+    code = proc.wait(timeout=60)
+    assert code == (130 if interrupted else 0), err.read_text()[-3000:]
+    assert interrupted, "the sweep finished before the first shard was seen"
+    for s in shards:
+        if shard_path(tmp_path, s).exists():
+            assert len(pd.read_parquet(shard_path(tmp_path, s))) == SHARD_ROWS
+    subprocess.run(cmd, check=True, timeout=300, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    assert_same_table(pd.read_parquet(tmp_path / "results.parquet"), local_run[1])
 
 
 def test_worker_killed_mid_shard_is_recomputed(cluster, config_path, local_run, tmp_path):
