@@ -627,6 +627,11 @@ def write_reference_certificate(folder: str | Path, cert: ReferenceCertificate) 
     return path
 
 
+def _identified_tested_on(cert: ReferenceCertificate, losses: Sequence[str]) -> bool:
+    """Whether ``cert``'s identified-losses test was run, on exactly ``losses``."""
+    return cert.unidentified is not None and set(cert.identified_tested or ()) == set(losses)
+
+
 def certify_references(
     config: SweepConfig, out: str | Path, *, losses: Callable[[Setting, str], Sequence[str]],
     device: str = "cpu", backend: str = "auto", log: Callable[[str], None] | None = None,
@@ -689,14 +694,12 @@ def certify_references(
                     log(f"reference certificate {setting.name} / {gate}: {cert.status}"
                         + (f" ({'; '.join(cert.reasons)})" if cert.reasons else "")
                         + f" ({cert.wall_s:.1f} s)")
-            elif over_specified_g_star(setting, gate) and (
-                    cert.unidentified is None or set(cert.identified_tested or ())
-                    != set(losses(setting, "G*", gate=gate))):
+            elif over_specified_g_star(setting, gate) and not _identified_tested_on(
+                    cert, measured := losses(setting, "G*", gate=gate)):
                 # made before the identified-losses test, or on other losses than the sweep
                 # measures today (D1_matched came later): run it on today's, the rest stands
                 # as computed
                 ref, fit_box = g_star_and_box(setting, gate)
-                measured = losses(setting, "G*", gate=gate)
                 cert.unidentified = unidentified_losses(
                     ref, setting.k_fit, measured, design(setting, cert.design_size, device),
                     cert.n_max, cert.noise_var, fit_box)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,6 +235,17 @@ class MixingMeasure:
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+    def to_json_rows(self) -> list[str]:
+        """Each replication as its own compact JSON text (a stored fit's ``fit_measure``, one
+        per table row: moe_theory.store), exact for float64 (``repr`` round-trips)."""
+        return [json.dumps(self.select(r).to_dict(), separators=(",", ":")) for r in range(self.R)]
+
+    @classmethod
+    def from_json_rows(cls, texts: Iterable[str], dtype: torch.dtype = torch.float64
+                       ) -> MixingMeasure:
+        """One batch of the measures :meth:`to_json_rows` wrote, in order."""
+        return cls.from_dict([json.loads(text) for text in texts], dtype=dtype)
 
     @classmethod
     def from_dict(cls, data: dict | list[dict], dtype: torch.dtype = torch.float64) -> MixingMeasure:

@@ -16,7 +16,6 @@ test on an added loss), the rates and the figure.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +135,7 @@ def measure_table(table: pd.DataFrame, fits: pd.DataFrame,
             continue
         keys = index[positions]
         unique = keys.unique()
-        measure = MixingMeasure.from_dict([json.loads(text) for text in stored.loc[unique]])
+        measure = MixingMeasure.from_json_rows(stored.loc[unique])
         where = unique.get_indexer(keys)
         names = table["loss_name"].to_numpy()[positions]
         for loss in np.unique(names):

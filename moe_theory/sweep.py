@@ -10,7 +10,6 @@ folder share the work. The merged table is rebuilt from the shard files.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
@@ -191,8 +190,7 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
             "algorithm": config.algorithm, "config_hash": config.hash,
             # the estimate itself, so that a loss can be measured again without refitting
             # (moe_theory.remeasure); compact JSON, exact for float64 (repr round-trips)
-            FIT_MEASURE: [json.dumps(fitted.select(r).to_dict(), separators=(",", ":"))
-                          for r in range(R)],
+            FIT_MEASURE: fitted.to_json_rows(),
         }
         for loss in applicable_losses(setting, ref_kind, config.losses, gate):
             values = voronoi_loss(fitted, ref, loss).numpy()

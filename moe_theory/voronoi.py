@@ -191,13 +191,14 @@ def matched_gauge_d1(fitted: MixingMeasure, reference: MixingMeasure) -> torch.T
         return voronoi_loss(measure.in_gauge(torch.cat([intercepts, slopes_], -1)), ref_, "D1")
 
     best = d1_at(many, ref, base, slopes)
-    moves = torch.cat([torch.eye(d), -torch.eye(d)]).to(gp)  # (2d, d)
+    # each search's 2d compass moves, move-major: (2d R k, d)
+    moves = torch.cat([torch.eye(d), -torch.eye(d)]).to(gp).repeat_interleave(R * k, 0)
     step = torch.full((R * k,), MATCH_STEP_FIRST, dtype=gp.dtype, device=device)
     tile = torch.arange(R * k, device=device).repeat(2 * d)
     wide, wide_ref, wide_base = many.select(tile), ref.select(tile), base[tile]
     cols = torch.arange(R * k, device=device)
     while bool((step > MATCH_STEP_LAST).any()):
-        trial = slopes.repeat(2 * d, 1) + moves.repeat_interleave(R * k, 0) * step.repeat(2 * d)[:, None]
+        trial = slopes.repeat(2 * d, 1) + moves * step.repeat(2 * d)[:, None]
         low, which = d1_at(wide, wide_ref, wide_base, trial).reshape(2 * d, R * k).min(0)
         better = low < best
         slopes = torch.where(better[:, None], trial.reshape(2 * d, R * k, d)[which, cols], slopes)

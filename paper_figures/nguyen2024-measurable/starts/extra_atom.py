@@ -25,7 +25,6 @@ always the least-squares estimate (paper_figures/README.md, nguyen2024-measurabl
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch
 
 from moe_theory.config import load_config
 from moe_theory.measure import MixingMeasure
-from moe_theory.store import FIT_MEASURE
+from moe_theory.store import FIT_MEASURE, load_fits
 from moe_theory.voronoi import voronoi_cells
 
 #: an over-specified cell's atom with at least this share of the cell's weight is a copy
@@ -49,12 +48,12 @@ def extra_atom_kinds(folder: str | Path, config: str = "nguyen2024-measurable") 
     share of its cell's weight that an atom of an over-specified cell carries (1 where no cell
     is over-specified), and ``kind`` (:data:`KINDS`). Each fit is read against G* of its own
     setting (``config``'s)."""
-    fits = pd.read_csv(Path(folder) / "fits.csv.gz")
+    fits = load_fits(folder)
     fits = fits[fits["fit_gate"] == "softmax"].reset_index(drop=True)
     frames = []
     for setting, part in fits.groupby("setting", sort=True):
         truth = load_config(config).setting(setting).truth()
-        fitted = MixingMeasure.from_dict([json.loads(v) for v in part[FIT_MEASURE]])
+        fitted = MixingMeasure.from_json_rows(part[FIT_MEASURE])
         cells = voronoi_cells(fitted, truth)
         weight = fitted.beta0.exp()
         cell_weight = torch.zeros(fitted.R, truth.k, dtype=weight.dtype).scatter_add(

@@ -19,7 +19,6 @@ the softmax fit's D1 in both gauges, every fit kept (no certificates: a study).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import pandas as pd
 from moe_theory.config import load_config
 from moe_theory.measure import MixingMeasure
 from moe_theory.rates import fit_rate
-from moe_theory.store import FIT_MEASURE
+from moe_theory.store import FIT_MEASURE, load_fits
 from moe_theory.voronoi import matched_gauge_d1, voronoi_loss
 
 SETTING = "nguyen2024-measurable-gelu-d4"
@@ -42,7 +41,7 @@ def matched_d1(fitted: MixingMeasure, reference: MixingMeasure) -> tuple[np.ndar
 
 
 def with_matched_d1(table: pd.DataFrame, reference: MixingMeasure) -> pd.DataFrame:
-    fits = MixingMeasure.from_dict([json.loads(s) for s in table[FIT_MEASURE]])
+    fits = MixingMeasure.from_json_rows(table[FIT_MEASURE])
     matched, d1 = matched_d1(fits, reference)
     if not np.allclose(d1, table["D1"].to_numpy(), rtol=1e-9, atol=0):
         raise ValueError("the table's D1 is not that of its estimates against G*")
@@ -79,11 +78,11 @@ def sweep_slopes(folders: list[str], config: str = "nguyen2024-measurable") -> p
     against G* of its own setting (the folders' settings are ``config``'s)."""
     frames = []
     for folder in folders:
-        fits = pd.read_csv(Path(folder) / "fits.csv.gz")
+        fits = load_fits(folder)
         fits = fits[fits["fit_gate"] == "softmax"].reset_index(drop=True)
         for setting, part in fits.groupby("setting"):
             truth = load_config(config).setting(setting).truth()
-            measures = MixingMeasure.from_dict([json.loads(v) for v in part[FIT_MEASURE]])
+            measures = MixingMeasure.from_json_rows(part[FIT_MEASURE])
             matched, d1 = matched_d1(measures, truth)
             frames.append(part[["n", "rep"]].assign(folder=f"{Path(folder).name}/{setting}",
                                                     D1=d1, D1_matched=matched))

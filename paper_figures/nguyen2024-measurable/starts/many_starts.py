@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import time
 
 import matplotlib.pyplot as plt
@@ -100,8 +99,7 @@ def fit_every_start(n: int, reps: int, starts: int, block: int, device: str, gat
                 **{f"bound_{g}": bool(v[row]) for g, v in on_face.items()},
                 "stop": fit.stop_reason[row], "n_iter": int(fit.n_iter[row]),
                 "wall_s": wall / (S * reps),
-                **({FIT_MEASURE: json.dumps(fitted.select(row).to_dict(), separators=(",", ":"))}
-                   if estimates else {})})
+                **({FIT_MEASURE: fitted.select(row).to_json_rows()[0]} if estimates else {})})
         print(f"n = {n}: starts {first}-{first + S - 1} in {wall:.1f} s", flush=True)
         if on_block is not None:
             on_block(pd.DataFrame(rows))
