@@ -17,7 +17,9 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
     max_iter = 200
     jitter = 0.01
     bound_scale = 10.0                         # box half-width per parameter group, in units of
-                                               # the reference's scale (inf: no box)
+                                               # the reference's scale (inf: no box), or one per
+                                               # group: {beta0 = 10, beta1 = 3, a = 3, b = 3}
+                                               # (groups not named: 10)
     starts = 4                                 # starts per replication beside the near-reference one
     start_jitter = 0.1                         # their jitter (default 10 x jitter)
     gram_dtype = "float64"                     # float64 | float32 | tf32 | tf32x3: the
@@ -49,7 +51,7 @@ import numpy as np
 from kernels.moe.gram import GRAM_DTYPES
 from moe_theory import models
 from moe_theory.estimators import ALGORITHMS, SGDProtocol
-from moe_theory.estimators.bounds import DEFAULT_BOUND_SCALE
+from moe_theory.estimators.bounds import DEFAULT_BOUND_SCALE, PARAMETER_GROUPS, group_scales
 from moe_theory.initialization import DEFAULT_EXTRA_STARTS
 from moe_theory.settings import Setting, get_setting
 from moe_theory.voronoi import ALL_KINDS
@@ -80,8 +82,9 @@ class SweepConfig:
     max_iter: int = 200
     jitter: float = 0.01
     #: docs/theory.md#compact-parameter-set: the box's half-width per parameter group in units of
-    #: the reference's scale (:func:`~moe_theory.estimators.bounds.box_bounds`); inf: no box
-    bound_scale: float = DEFAULT_BOUND_SCALE
+    #: the reference's scale (:func:`~moe_theory.estimators.bounds.box_bounds`); inf: no box; a
+    #: dict (every group of :data:`~moe_theory.estimators.bounds.PARAMETER_GROUPS`): one per group
+    bound_scale: float | dict = DEFAULT_BOUND_SCALE
     #: docs/theory.md#multi-start: starts per replication beside the near-reference one, and their
     #: jitter (None: :data:`~moe_theory.initialization.START_JITTER_FACTOR` x ``jitter``)
     starts: int = DEFAULT_EXTRA_STARTS
@@ -134,6 +137,11 @@ class SweepConfig:
     def sgd_protocol(self) -> SGDProtocol:
         return SGDProtocol(**self.sgd)
 
+    @property
+    def has_box(self) -> bool:
+        """Whether some parameter group is bounded (``bound_scale`` not inf everywhere)."""
+        return not all(math.isinf(v) for v in group_scales(self.bound_scale).values())
+
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
@@ -146,7 +154,7 @@ class SweepConfig:
         d = self.to_dict()
         for key in ("description", "plot", "panels", "name"):
             d.pop(key)
-        if math.isinf(self.bound_scale):
+        if not self.has_box:
             d.pop("bound_scale")
         if self.starts == 0:
             d.pop("starts")
@@ -289,11 +297,8 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     jitter = raw.get("jitter", 0.01)
     if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < math.inf:
         raise _err("jitter", f"must be a finite number >= 0, got {jitter!r}")
-    bound_scale = raw.get("bound_scale", DEFAULT_BOUND_SCALE)
-    if isinstance(bound_scale, bool) or not isinstance(bound_scale, (int, float)) or \
-            not bound_scale > 0:
-        raise _err("bound_scale", f"must be a positive number (inf for no box), got {bound_scale!r}")
-    if algorithm == "lbfgs" and not math.isinf(bound_scale):
+    bound_scale = _bound_scale(raw.get("bound_scale", DEFAULT_BOUND_SCALE))
+    if algorithm == "lbfgs" and not all(math.isinf(v) for v in group_scales(bound_scale).values()):
         raise _err("bound_scale", "algorithm 'lbfgs' takes no box: set bound_scale = inf")
     starts = _int(raw, "starts", DEFAULT_EXTRA_STARTS, minimum=0)
     start_jitter = raw.get("start_jitter")
@@ -347,13 +352,28 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         name=name, settings=tuple(settings), n=_n_grid(raw["n"]), reps=reps,
         rep_block=rep_block, gate_reps=gate_reps, seed=_int(raw, "seed", 0, minimum=0),
         algorithm=algorithm, max_iter=_int(raw, "max_iter", 200), jitter=float(jitter),
-        bound_scale=float(bound_scale), starts=starts,
+        bound_scale=bound_scale, starts=starts,
         start_jitter=None if start_jitter is None else float(start_jitter),
         start_splits=start_splits, gram_dtype=gram_dtype, g_bar_design_size=g_bar_design_size,
         fit_gates=tuple(fit_gates) if fit_gates else None, k_fit=k_fit,
         losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
         panels=tuple(panels), description=str(raw.get("description", "")),
     )
+
+
+def _bound_scale(raw: Any) -> float | dict:
+    """One multiple, or a table of them per parameter group (every group, in order); a table
+    whose groups all take one multiple is that multiple, so that it hashes as the plain key."""
+    if not isinstance(raw, dict) and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
+        raise _err("bound_scale", f"must be a positive number (inf for no box) or a table of one "
+                   f"per parameter group ({', '.join(PARAMETER_GROUPS)}), got {raw!r}")
+    try:
+        scales = group_scales(raw)
+    except ValueError as err:
+        key, _, msg = str(err).partition(": ")
+        raise ValueError(f"config key {key!r}: {msg}") from None
+    values = set(scales.values())
+    return values.pop() if len(values) == 1 else scales
 
 
 def _gate_reps(raw: Any, reps: int, rep_block: int, gates: list[str]) -> dict:

@@ -9,6 +9,7 @@ how atoms are labelled), and enforce it in the solvers by projection onto the bo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import torch
@@ -76,12 +77,40 @@ class Bounds:
         return -hi, hi
 
 
-def box_bounds(truth: MixingMeasure, k: int, scale: float = DEFAULT_BOUND_SCALE, *,
+def group_scales(scale: float | Mapping[str, float]) -> dict[str, float]:
+    """The box's multiple per parameter group: ``scale`` is one multiple for every group, or a
+    table naming some of :data:`PARAMETER_GROUPS` (the others take
+    :data:`DEFAULT_BOUND_SCALE`). ``inf`` leaves a group unbounded.
+
+    Why per group: an over-specified softmax fit makes an extra atom light by moving its
+    ``beta0`` and makes a *spike* (a light atom fitting a few points) with steep gate slopes and a
+    large expert; one multiple cannot leave the first free while holding the second
+    (docs/theory.md#compact-parameter-set)."""
+    def checked(name: str, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name}: must be a positive number (inf for no bounds), got "
+                             f"{value!r}")
+        return float(value)
+
+    if isinstance(scale, Mapping):
+        unknown = sorted(set(scale) - set(PARAMETER_GROUPS))
+        if unknown:
+            raise ValueError(f"bound_scale.{unknown[0]}: not a parameter group; allowed: "
+                             f"{', '.join(PARAMETER_GROUPS)}")
+        if not scale:
+            raise ValueError("bound_scale: a table must name at least one parameter group")
+        return {g: checked(f"bound_scale.{g}", scale.get(g, DEFAULT_BOUND_SCALE))
+                for g in PARAMETER_GROUPS}
+    return dict.fromkeys(PARAMETER_GROUPS, checked("bound_scale", scale))
+
+
+def box_bounds(truth: MixingMeasure, k: int,
+               scale: float | Mapping[str, float] = DEFAULT_BOUND_SCALE, *,
                gate: str | None = None, split: tuple[int, ...] | None = None,
                floor: float = BOUND_FLOOR, every_split: bool = False) -> Bounds:
     """The default box around a reference measure (docs/theory.md#compact-parameter-set).
 
-    Group ``g`` gets the half-width ``B_g = scale * max(max |entry of g|, floor)``, the maximum
+    Group ``g`` gets the half-width ``B_g = scale_g * max(max |entry of g|, floor)``, the maximum
     over all atoms of ``truth`` (its first replication) after it is written as the fitted model
     writes it: gate converted to ``gate`` (default the truth's) and atoms split to ``k``
     (:func:`~moe_theory.initialization.split_atoms`, which makes the split copies' ``beta0``
@@ -89,14 +118,14 @@ def box_bounds(truth: MixingMeasure, k: int, scale: float = DEFAULT_BOUND_SCALE,
     are taken in the pinned gauge, the one the fit uses. ``every_split``: the largest half-width
     over every split of the truth's atoms (:func:`~moe_theory.initialization.all_splits`), the
     box of starts that cycle through them: one box, whichever cell the extra atoms start in.
-    ``scale = inf`` gives no box.
+    ``scale``: one multiple, or one per group (:func:`group_scales`); ``inf`` for every group
+    gives no box.
     """
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"bound_scale: must be a positive number (inf for no bounds), got {scale!r}")
+    scales = group_scales(scale)
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not floor > 0 or \
             math.isinf(floor):
         raise ValueError(f"floor: must be a positive finite number, got {floor!r}")
-    if math.isinf(scale):
+    if all(math.isinf(v) for v in scales.values()):
         return Bounds()
     centre = convert_gate(truth.select(0), gate or truth.gate)
     splits = all_splits(truth.k, k) if every_split and truth.k < k else [split]
@@ -106,7 +135,7 @@ def box_bounds(truth: MixingMeasure, k: int, scale: float = DEFAULT_BOUND_SCALE,
         parts = {"beta0": base.beta0, "beta1": base.beta1, "A": base.A, "a": base.a, "b": base.b}
         for name, values in parts.items():
             biggest = 0.0 if values is None else float(values.abs().max())
-            widths[name] = max(widths.get(name, 0.0), float(scale) * max(biggest, float(floor)))
+            widths[name] = max(widths.get(name, 0.0), scales[name] * max(biggest, float(floor)))
     return Bounds(**widths)
 
 

@@ -206,9 +206,27 @@ def test_box_bounds_rule():
     assert bool(((centre > lo) & (centre < hi)).all())
 
 
+def test_box_bounds_per_group():
+    """Each group's half-width is its own multiple of the same scale as a single multiple's."""
+    truth = mt.get_setting("small-sparse-relu").truth()
+    scales = {"beta0": 10.0, "beta1": 2.0, "a": 3.0, "b": math.inf}
+    box = box_bounds(truth, 3, scales)
+    for group, scale in scales.items():
+        assert getattr(box, group) == pytest.approx(
+            scale / 10.0 * getattr(box_bounds(truth, 3, 10.0), group))
+    # a group the table leaves out takes the default multiple
+    assert box_bounds(truth, 3, {"b": 3.0}).a == box_bounds(truth, 3).a
+    assert box_bounds(truth, 3, dict.fromkeys(("beta0", "beta1", "A", "a", "b"),
+                                              math.inf)).unbounded
+
+
 @pytest.mark.parametrize(
     ("call", "field"),
-    [(lambda: Bounds(beta0=0.0), "bounds.beta0"), (lambda: Bounds(a=-1.0), "bounds.a"),
+    [(lambda: Bounds(beta0=0.0), "bounds.beta0"),
+     (lambda: box_bounds(mt.get_setting("small-sparse-relu").truth(), 3, {"gamma": 2.0}),
+      "bound_scale.gamma"),
+     (lambda: box_bounds(mt.get_setting("small-sparse-relu").truth(), 3, {"a": -2.0}),
+      "bound_scale.a"), (lambda: Bounds(a=-1.0), "bounds.a"),
      (lambda: Bounds(b=float("nan")), "bounds.b"),
      (lambda: box_bounds(mt.get_setting("small-sparse-relu").truth(), 3, 0.0), "bound_scale"),
      (lambda: box_bounds(mt.get_setting("small-sparse-relu").truth(), 3, -2.0), "bound_scale")],

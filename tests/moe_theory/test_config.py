@@ -54,6 +54,36 @@ def test_shipped_configs_parse_and_state_their_protocol():
                 assert (1 <= config.starts <= 4) if fast else config.starts == 4
 
 
+def test_a_box_per_parameter_group():
+    """A table sets some groups' multiples, the others keep the default; it survives the
+    manifest; a table with one multiple for every group is that multiple (same fits, same
+    hash); inf everywhere is no box."""
+    config = parse_config({**BASE, "bound_scale": {"beta0": 10, "a": 3, "b": 3}})
+    assert config.bound_scale == {"beta0": 10.0, "beta1": 10.0, "A": 10.0, "a": 3.0, "b": 3.0}
+    assert config.has_box and config.hash not in {parse_config({**BASE, "bound_scale": s}).hash
+                                                  for s in (3, 10)}
+    back = parse_config(config.to_dict())
+    assert back == config and back.hash == config.hash
+    same = {g: 3 for g in ("beta0", "beta1", "A", "a", "b")}
+    assert parse_config({**BASE, "bound_scale": same}).hash == \
+        parse_config({**BASE, "bound_scale": 3}).hash
+    none = parse_config({**BASE, "bound_scale": dict.fromkeys(same, math.inf), "starts": 0})
+    assert not none.has_box and none.hash == parse_config(
+        {**BASE, "bound_scale": math.inf, "starts": 0}).hash
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [({"bound_scale": {"beta2": 3}}, "bound_scale.beta2"),
+     ({"bound_scale": {"a": 0}}, "bound_scale.a"), ({"bound_scale": {"b": "big"}}, "bound_scale.b"),
+     ({"bound_scale": {}}, "bound_scale"),
+     ({"bound_scale": {"b": 3}, "algorithm": "lbfgs"}, "bound_scale")],
+)
+def test_a_bad_group_box_names_the_group(extra, field):
+    with pytest.raises(ValueError, match=f"config key '{field}'"):
+        parse_config({**BASE, **extra})
+
+
 @pytest.mark.parametrize(
     ("extra", "field"),
     [({"bound_scale": 0}, "bound_scale"), ({"bound_scale": -1.0}, "bound_scale"),
