@@ -1040,3 +1040,61 @@ def test_the_committed_sweeps_give_the_readme_extra_atom_shares(extra_atom):
     assert large["split"].tolist() == pytest.approx([0.05, 0.3, 0.3, 0.5])
     assert large["light"].tolist() == pytest.approx([0.4, 0.3, 0.45, 0.45])
     assert (shares["cell empty"] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def sublevel():
+    return _load("sublevel")
+
+
+def test_the_sublevel_envelope_reads_only_starts_no_worse_than_the_reference(sublevel):
+    """Per data set the envelope is over the starts whose SSR is at most the reference's (a
+    start above it is not in the set the theorems bound, however large its loss), the best is
+    the lowest-SSR start's loss, and a power law in every statistic gives its exponent."""
+    rows = []
+    for n in (1000, 4000, 16000):
+        scale = (n / 1000) ** -0.5
+        for rep in range(3):
+            # start 2 is worse than the reference, with the largest loss of all
+            for start, (ssr, loss) in enumerate([(5.0, 1.0), (4.0, 3.0), (20.0, 50.0), (6.0, 2.0)]):
+                rows.append({"n": n, "rep": rep, "start": start, "ssr": ssr, "ref_ssr": 10.0,
+                             "D3": loss * scale * (1 + 0.01 * rep)})
+    per = sublevel.sublevel(pd.DataFrame(rows), "D3")
+    assert (per["starts"] == 4).all() and (per["certified"] == 3).all()
+    first = per[per["n"] == 1000].set_index("rep").loc[0]
+    assert (first["best"], first["median"], first["max"]) == (3.0, 2.0, 3.0)
+    slopes = sublevel.envelope_slopes(per).set_index("statistic")
+    assert np.allclose(slopes["slope"], -0.5, atol=1e-12)
+
+
+def test_first_keeps_each_tables_first_starts(sublevel, tmp_path):
+    """--first m keeps the first m starts of each table, and a start two tables share (the
+    near-reference one) once."""
+    base = {"gate": "sigmoid", "n": 1000, "rep": 0, "ref_ssr": 10.0}
+    for name, ssrs in (("a", [1.0, 2.0, 3.0]), ("b", [1.0, 5.0, 6.0])):
+        pd.DataFrame([{**base, "start": s, "ssr": v, "D3": v} for s, v in enumerate(ssrs)]).to_csv(
+            tmp_path / f"{name}.csv", index=False)
+    table = sublevel.read_starts([tmp_path / "a.csv", tmp_path / "b.csv"], "D3", first=2)
+    assert sorted(table["ssr"]) == [1.0, 2.0, 5.0]
+
+
+def test_the_committed_sublevel_envelopes(sublevel):
+    """README numbers: the sigmoid fit's (d = 8 ReLU, 64 starts) largest D3 among the starts no
+    worse than G_bar falls as n^-0.54 [-0.59, -0.48], every start in the set; the d = 4 softmax
+    fit's (3x box, 64 starts per data set) largest D1_matched among those no worse than G* falls
+    from 15.5 to 9.6 over n = 1.28e5 to 1.024e6, n^-0.23 [-0.41, -0.04], its median n^-0.60."""
+    sig = sublevel.sublevel(sublevel.read_starts([STARTS / "many_starts_sigmoid.csv.gz"], "D3"),
+                            "D3")
+    assert (sig["certified"] == sig["starts"]).all()
+    row = sublevel.envelope_slopes(sig).set_index("statistic").loc["max"]
+    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.54, -0.59, -0.48]
+    tables = [STARTS / f"d4_ties_{n}{tag}_softmax.csv.gz" for n in ("128k", "1024k")
+              for tag in ("", "_jitter10")]
+    soft = sublevel.sublevel(sublevel.read_starts(tables, "D1_matched", first=32), "D1_matched")
+    assert soft.groupby("n")["certified"].sum().tolist() == [937, 959]
+    slopes = sublevel.envelope_slopes(soft).set_index("statistic")
+    assert [round(slopes.loc["max", k], 2) for k in ("slope", "ci_low", "ci_high")] == \
+        [-0.23, -0.41, -0.04]
+    assert (round(slopes.loc["max", "mean_first"], 1), round(slopes.loc["max", "mean_last"], 1)) \
+        == (15.5, 9.6)
+    assert round(slopes.loc["median", "slope"], 2) == -0.60

@@ -1,0 +1,113 @@
+"""How far apart are the fits the data cannot reject against the reference? A study of the
+per-start tables (paper_figures/README.md, nguyen2024-measurable, "Every fit as good as the
+reference").
+
+The argument behind a least-squares rate (van de Geer's, which N24's regression-function rate
+follows) uses one property of the estimate: its sum of squared residuals is no larger than the
+reference's. Every point of the compact set with ``SSR <= SSR(reference)`` has it, so the bound
+the theorems derive holds for all of them at once, not for the global minimiser alone. Every
+start of a multi-start fit that ends there is such a point, found or not by the same optimiser
+that misses the LSE: the largest loss among them is a lower bound on what the theorems bound,
+whatever the LSE is. Where that envelope shrinks at the theory's rate with n, the bound is
+informative at these n; where it does not, no estimate from that set, the LSE included, is
+predicted to show the rate with a constant of order one.
+
+    python paper_figures/nguyen2024-measurable/starts/sublevel.py TABLE.csv.gz [TABLE ...]
+        [--loss D3] [--first 32]
+
+A table of ``many_starts.py``; several tables are one study's spreads of starts on the same data
+sets (each start once). ``--loss D1_matched`` (the default for softmax tables, which must hold
+the estimates: ``many_starts.py --estimates``) is measured from the estimates against G*;
+``--first m`` keeps each table's first m starts, so that every n has as many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moe_theory.config import load_config
+from moe_theory.rates import fit_rate
+from moe_theory.store import FIT_MEASURE
+
+#: the statistics of a data set's certified starts whose rate against n is fitted
+ENVELOPE = ("best", "median", "max")
+
+
+def _gauge():
+    """The sibling study script that measures D1 in the matched gauge."""
+    spec = importlib.util.spec_from_file_location("gauge", Path(__file__).with_name("gauge.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_starts(paths, loss: str, first: int | None = None,
+                config: str = "nguyen2024-measurable") -> pd.DataFrame:
+    """The tables of ``paths`` as one, each start once (spreads share their near-reference
+    start), the first ``first`` starts of each; ``D1_matched`` measured where it is the loss."""
+    tables = [pd.read_csv(path) for path in paths]
+    if first is not None:
+        tables = [t[t["start"] < first] for t in tables]
+    table = pd.concat(tables, ignore_index=True).drop_duplicates(["n", "rep", "start", "ssr"])
+    if loss == "D1_matched" and loss not in table:
+        if FIT_MEASURE not in table:
+            raise ValueError(f"{paths}: D1_matched needs the estimates (many_starts.py "
+                             "--estimates)")
+        gauge = _gauge()
+        truth = load_config(config).setting(table["setting"].iloc[0]).truth()
+        table = pd.concat([gauge.with_matched_d1(d, truth) for _, d in table.groupby("n")])
+    if loss not in table:
+        raise ValueError(f"--loss: {loss!r} is not a column of {paths}")
+    return table.drop(columns=[FIT_MEASURE], errors="ignore")
+
+
+def sublevel(table: pd.DataFrame, loss: str) -> pd.DataFrame:
+    """Per (n, rep): the starts, those no worse than the reference (``ssr <= ref_ssr``), the
+    loss of the best one and the median and largest loss among the certified ones."""
+    rows = []
+    for (n, rep), d in table.groupby(["n", "rep"]):
+        certified = d.loc[d["ssr"] <= d["ref_ssr"], loss]
+        rows.append({"n": n, "rep": rep, "starts": len(d), "certified": len(certified),
+                     "best": d.loc[d["ssr"].idxmin(), loss],
+                     "median": certified.median() if len(certified) else np.nan,
+                     "max": certified.max() if len(certified) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def envelope_slopes(per: pd.DataFrame) -> pd.DataFrame:
+    """Per statistic of :data:`ENVELOPE`: its mean over data sets at the smallest and largest n
+    and the slope of its log-mean on log n with the bootstrap 95% CI (rates.fit_rate)."""
+    ns = sorted(per["n"].unique())
+    rows = []
+    for stat in ENVELOPE:
+        fit = fit_rate(np.array(ns, float), [per.loc[per["n"] == n, stat].to_numpy() for n in ns])
+        means = per.groupby("n")[stat].mean()
+        rows.append({"statistic": stat, "mean_first": means.iloc[0], "mean_last": means.iloc[-1],
+                     "slope": fit.slope, "ci_low": fit.ci_low, "ci_high": fit.ci_high})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("tables", nargs="+", help="many_starts.py tables of one study")
+    p.add_argument("--loss", help="default: D1_matched for softmax tables, D3 for sigmoid ones")
+    p.add_argument("--first", type=int, help="keep each table's first m starts")
+    p.add_argument("--config", default="nguyen2024-measurable")
+    args = p.parse_args()
+    gate = pd.read_csv(args.tables[0], usecols=["gate"])["gate"].iloc[0]
+    loss = args.loss or ("D1_matched" if gate == "softmax" else "D3")
+    per = sublevel(read_starts(args.tables, loss, args.first, args.config), loss)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        counts = per.groupby("n")[["starts", "certified"]].sum()
+        print(f"{gate} fit, {loss}; starts no worse than the reference, per n (all data sets):")
+        print(counts.to_string())
+        print(envelope_slopes(per).round(3).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
