@@ -1076,6 +1076,13 @@ def test_first_keeps_each_tables_first_starts(sublevel, tmp_path):
             tmp_path / f"{name}.csv", index=False)
     table = sublevel.read_starts([tmp_path / "a.csv", tmp_path / "b.csv"], "D3", first=2)
     assert sorted(table["ssr"]) == [1.0, 2.0, 5.0]
+    # splits.py's tables: SSRs in noise variances, several boxes in one table
+    pd.DataFrame([{"box": box, "n": 1000, "rep": 0, "start": 0, "ssr_nu": box, "ref_ssr_nu": 5.0,
+                   "D1": box} for box in (3.0, 10.0)]).to_csv(tmp_path / "c.csv", index=False)
+    table = sublevel.read_starts([tmp_path / "c.csv"], "D1", box=3.0)
+    assert table["ssr"].tolist() == [3.0] and table["ref_ssr"].tolist() == [5.0]
+    with pytest.raises(ValueError, match="--box"):
+        sublevel.read_starts([tmp_path / "a.csv"], "D3", box=3.0)
 
 
 def test_the_committed_sublevel_envelopes(sublevel):
@@ -1098,3 +1105,12 @@ def test_the_committed_sublevel_envelopes(sublevel):
     assert (round(slopes.loc["max", "mean_first"], 1), round(slopes.loc["max", "mean_last"], 1)) \
         == (15.5, 9.6)
     assert round(slopes.loc["median", "slope"], 2) == -0.60
+    gelu = sublevel.sublevel(sublevel.read_starts([STARTS / "splits_gelu_softmax.csv.gz"],
+                                                  "err_eta_over", box=3.0), "err_eta_over")
+    assert gelu.groupby("n")["certified"].sum().tolist() == [1821, 1804, 1838]
+    slopes = sublevel.envelope_slopes(gelu).set_index("statistic")
+    assert [round(slopes.loc["max", k], 2) for k in ("slope", "ci_low", "ci_high")] == \
+        [-0.11, -0.17, -0.06]
+    assert (round(slopes.loc["max", "mean_first"], 1), round(slopes.loc["max", "mean_last"], 1)) \
+        == (11.6, 8.5)
+    assert round(slopes.loc["median", "slope"], 2) == -0.40

@@ -13,7 +13,7 @@ informative at these n; where it does not, no estimate from that set, the LSE in
 predicted to show the rate with a constant of order one.
 
     python paper_figures/nguyen2024-measurable/starts/sublevel.py TABLE.csv.gz [TABLE ...]
-        [--loss D3] [--first 32]
+        [--loss D3] [--first 32] [--box 3]
 
 A table of ``many_starts.py``; several tables are one study's spreads of starts on the same data
 sets (each start once). ``--loss D1_matched`` (the default for softmax tables, which must hold
@@ -47,13 +47,24 @@ def _gauge():
 
 
 def read_starts(paths, loss: str, first: int | None = None,
-                config: str = "nguyen2024-measurable") -> pd.DataFrame:
+                config: str = "nguyen2024-measurable", box: float | None = None) -> pd.DataFrame:
     """The tables of ``paths`` as one, each start once (spreads share their near-reference
-    start), the first ``first`` starts of each; ``D1_matched`` measured where it is the loss."""
-    tables = [pd.read_csv(path) for path in paths]
+    start), the first ``first`` starts of each, those fitted in the box of multiple ``box``
+    where the tables hold several (``splits.py``'s); ``D1_matched`` measured where it is the
+    loss. SSRs in noise variances (``splits.py``'s ``ssr_nu``) serve as well: only their order
+    against the reference's is read."""
+    tables = [pd.read_csv(path).rename(columns={"ssr_nu": "ssr", "ref_ssr_nu": "ref_ssr"})
+              for path in paths]
+    if box is not None:
+        column = next((c for c in ("box", "bound_scale") if c in tables[0]), None)
+        if column is None:
+            raise ValueError(f"--box: {paths[0]} records no box")
+        tables = [t[t[column] == box] for t in tables]
     if first is not None:
         tables = [t[t["start"] < first] for t in tables]
     table = pd.concat(tables, ignore_index=True).drop_duplicates(["n", "rep", "start", "ssr"])
+    if table.empty:
+        raise ValueError(f"{paths}: no start left (--box, --first)")
     if loss == "D1_matched" and loss not in table:
         if FIT_MEASURE not in table:
             raise ValueError(f"{paths}: D1_matched needs the estimates (many_starts.py "
@@ -97,11 +108,14 @@ def main() -> None:
     p.add_argument("tables", nargs="+", help="many_starts.py tables of one study")
     p.add_argument("--loss", help="default: D1_matched for softmax tables, D3 for sigmoid ones")
     p.add_argument("--first", type=int, help="keep each table's first m starts")
+    p.add_argument("--box", type=float, help="keep the starts fitted in this box (tables of "
+                   "several boxes)")
     p.add_argument("--config", default="nguyen2024-measurable")
     args = p.parse_args()
-    gate = pd.read_csv(args.tables[0], usecols=["gate"])["gate"].iloc[0]
+    head = pd.read_csv(args.tables[0], nrows=1)
+    gate = head["gate"].iloc[0] if "gate" in head else "softmax"  # splits.py's: softmax only
     loss = args.loss or ("D1_matched" if gate == "softmax" else "D3")
-    per = sublevel(read_starts(args.tables, loss, args.first, args.config), loss)
+    per = sublevel(read_starts(args.tables, loss, args.first, args.config, args.box), loss)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         counts = per.groupby("n")[["starts", "certified"]].sum()
         print(f"{gate} fit, {loss}; starts no worse than the reference, per n (all data sets):")
