@@ -1114,3 +1114,31 @@ def test_the_committed_sublevel_envelopes(sublevel):
     assert (round(slopes.loc["max", "mean_first"], 1), round(slopes.loc["max", "mean_last"], 1)) \
         == (11.6, 8.5)
     assert round(slopes.loc["median", "slope"], 2) == -0.40
+
+
+def test_the_presets_sublevel_sets(sublevel):
+    """README numbers, the CPU preset's setting (16 starts, 10 data sets, n = 4e3..3.2e4): the
+    sigmoid fit's starts all end on one fit (largest D3 within 3.5% of the best), n^-0.60
+    [-0.81, -0.40]; the softmax fit's largest D1_matched is more than twice the best start's in
+    3, 3, 2 and 2 of 10 data sets per n (up to 26 times), 114 and 18 at most at the ends of the
+    grid, its mean n^-1.0 [-1.86, -0.16]; its exact cells' expert error n^-0.56 [-0.69, -0.43]."""
+    sig = sublevel.sublevel(sublevel.read_starts([STARTS / "d4_preset_sigmoid.csv.gz"], "D3"), "D3")
+    assert (sig["certified"] == sig["starts"]).all() and (sig["starts"] == 16).all()
+    assert (sig["max"] / sig["best"]).max() < 1.035
+    row = sublevel.envelope_slopes(sig).set_index("statistic").loc["max"]
+    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.60, -0.81, -0.40]
+    soft = sublevel.sublevel(sublevel.read_starts([STARTS / "d4_preset_softmax.csv.gz"],
+                                                  "D1_matched"), "D1_matched")
+    assert (soft["certified"] == soft["starts"]).all()
+    ratio = soft["max"] / soft["best"]
+    assert (ratio > 2).groupby(soft["n"]).sum().tolist() == [3, 3, 2, 2]
+    assert round(ratio.max()) == 26
+    worst = soft.groupby("n")["max"].max()
+    assert (round(worst.iloc[0]), round(worst.iloc[-1])) == (114, 18)
+    row = sublevel.envelope_slopes(soft).set_index("statistic").loc["max"]
+    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-1.01, -1.86, -0.16]
+    exact = sublevel.sublevel(sublevel.read_starts([STARTS / "d4_preset_softmax.csv.gz"],
+                                                   "err_eta_exact"), "err_eta_exact")
+    row = sublevel.envelope_slopes(exact).set_index("statistic").loc["max"]
+    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.56, -0.69, -0.43]
+    assert ((exact["max"] / exact["best"]).groupby(exact["n"]).median() <= 1.2).all()
