@@ -1142,3 +1142,15 @@ def test_the_presets_sublevel_sets(sublevel):
     row = sublevel.envelope_slopes(exact).set_index("statistic").loc["max"]
     assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.56, -0.69, -0.43]
     assert ((exact["max"] / exact["best"]).groupby(exact["n"]).median() <= 1.2).all()
+
+
+def test_the_sublevel_figure_draws_each_panel(sublevel, tmp_path):
+    """The figure reads each panel's tables and writes STEM.png and .pdf."""
+    rows = [{"gate": "sigmoid", "n": n, "rep": rep, "start": start, "ssr": 1.0 + start,
+             "ref_ssr": 10.0, "D3": (1 + start) * n ** -0.5}
+            for n in (1000, 4000) for rep in range(2) for start in range(3)]
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    panel = ("a test", ("t.csv",), "D3", "D3", None, None, "sigmoid", -0.5)
+    paths = sublevel.figure(str(tmp_path / "fig"), panels=(panel, panel), folder=tmp_path)
+    assert sorted(p.suffix for p in map(Path, paths)) == [".pdf", ".png"]
+    assert all(Path(p).stat().st_size > 0 for p in paths)

@@ -14,6 +14,7 @@ predicted to show the rate with a constant of order one.
 
     python paper_figures/nguyen2024-measurable/starts/sublevel.py TABLE.csv.gz [TABLE ...]
         [--loss D3] [--first 32] [--box 3]
+    python paper_figures/nguyen2024-measurable/starts/sublevel.py --figure STEM
 
 A table of ``many_starts.py``; several tables are one study's spreads of starts on the same data
 sets (each start once). ``--loss D1_matched`` (the default for softmax tables, which must hold
@@ -103,15 +104,74 @@ def envelope_slopes(per: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: the committed figure's panels: title, tables (relative to this folder), loss, axis label,
+#: read_starts' first and box, the gate's colour, the theory's exponent (N24: n^-1/2 for D3 and
+#: D1, n^-1/4 for an over-specified softmax expert)
+PANELS = (
+    ("Sigmoid fit, d = 8, ReLU experts, 10x box\n64 starts per data set",
+     ("many_starts_sigmoid.csv.gz",), "D3", "D3 against $\\bar G$", None, None, "sigmoid",
+     -0.5),
+    ("Softmax fit, d = 8, GELU experts, 3x box\n96 starts per data set, in every cell",
+     ("splits_gelu_softmax.csv.gz",), "err_eta_over",
+     "over-specified expert error against $G_*$", None, 3.0, "softmax", -0.25),
+    ("Softmax fit, d = 4, GELU experts, 3x box\n64 starts per data set (two spreads)",
+     tuple(f"d4_ties_{n}{tag}_softmax.csv.gz" for n in ("128k", "1024k")
+           for tag in ("", "_jitter10")), "D1_matched",
+     "D1 in the matched gauge against $G_*$", 32, None, "softmax", -0.5),
+)
+#: how each statistic of the starts in the set is drawn
+STYLES = {"best": ("o-", "the best-SSR start"), "median": ("s--", "their median"),
+          "max": ("^:", "their largest (a lower bound on\nwhat the theorem's bound covers)")}
+
+
+def figure(stem: str, panels=PANELS, folder: Path | None = None) -> list:
+    """One panel per table set: the mean over data sets of each statistic of
+    :data:`STYLES` against n, log-log, with the theory's rate through the best start's first
+    point. Returns the written paths (``STEM.png`` and ``.pdf``)."""
+    import matplotlib.pyplot as plt
+
+    from moe_theory.plotting import GATE_COLORS, save_figure, use_style
+
+    folder = folder or Path(__file__).parent
+    with use_style():
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.6))
+        for ax, (title, tables, loss, label, first, box, gate, theory) in zip(
+                np.atleast_1d(axes), panels, strict=True):
+            per = sublevel(read_starts([folder / t for t in tables], loss, first, box=box), loss)
+            means = per.groupby("n")[list(STYLES)].mean()
+            for stat, (fmt, words) in STYLES.items():
+                ax.plot(means.index, means[stat], fmt, color=GATE_COLORS[gate], ms=4,
+                        mfc="white" if stat != "best" else GATE_COLORS[gate], label=words)
+            n = means.index.to_numpy(float)
+            ax.plot(n, means["best"].iloc[0] * (n / n[0]) ** theory, color="0.4", lw=0.8,
+                    label=f"theory $n^{{{theory:g}}}$")
+            ax.set(xscale="log", yscale="log", xlabel="sample size n", ylabel=label,
+                   title=title)
+            ax.legend(fontsize=7, loc="best")
+        fig.suptitle("Every start at least as good as the reference in SSR, which N24's bound "
+                     "covers whatever the LSE is (means over 20 data sets)")
+        paths = save_figure(fig, stem)
+        plt.close(fig)
+    return paths
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("tables", nargs="+", help="many_starts.py tables of one study")
+    p.add_argument("tables", nargs="*", help="many_starts.py tables of one study")
+    p.add_argument("--figure", metavar="STEM",
+                   help="draw the committed figure (PANELS) into STEM.png and .pdf instead")
     p.add_argument("--loss", help="default: D1_matched for softmax tables, D3 for sigmoid ones")
     p.add_argument("--first", type=int, help="keep each table's first m starts")
     p.add_argument("--box", type=float, help="keep the starts fitted in this box (tables of "
                    "several boxes)")
     p.add_argument("--config", default="nguyen2024-measurable")
     args = p.parse_args()
+    if args.figure:
+        for path in figure(args.figure):
+            print(path)
+        return
+    if not args.tables:
+        p.error("give the tables of a study, or --figure STEM")
     head = pd.read_csv(args.tables[0], nrows=1)
     gate = head["gate"].iloc[0] if "gate" in head else "softmax"  # splits.py's: softmax only
     loss = args.loss or ("D1_matched" if gate == "softmax" else "D3")
