@@ -51,7 +51,12 @@ import numpy as np
 from kernels.moe.gram import GRAM_DTYPES
 from moe_theory import models
 from moe_theory.estimators import ALGORITHMS, SGDProtocol
-from moe_theory.estimators.bounds import DEFAULT_BOUND_SCALE, PARAMETER_GROUPS, group_scales
+from moe_theory.estimators.bounds import (
+    DEFAULT_BOUND_SCALE,
+    PARAMETER_GROUPS,
+    group_scales,
+    no_box,
+)
 from moe_theory.initialization import DEFAULT_EXTRA_STARTS
 from moe_theory.settings import Setting, get_setting
 from moe_theory.voronoi import ALL_KINDS
@@ -140,7 +145,7 @@ class SweepConfig:
     @property
     def has_box(self) -> bool:
         """Whether some parameter group is bounded (``bound_scale`` not inf everywhere)."""
-        return not all(math.isinf(v) for v in group_scales(self.bound_scale).values())
+        return not no_box(self.bound_scale)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -298,7 +303,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < math.inf:
         raise _err("jitter", f"must be a finite number >= 0, got {jitter!r}")
     bound_scale = _bound_scale(raw.get("bound_scale", DEFAULT_BOUND_SCALE))
-    if algorithm == "lbfgs" and not all(math.isinf(v) for v in group_scales(bound_scale).values()):
+    if algorithm == "lbfgs" and not no_box(bound_scale):
         raise _err("bound_scale", "algorithm 'lbfgs' takes no box: set bound_scale = inf")
     starts = _int(raw, "starts", DEFAULT_EXTRA_STARTS, minimum=0)
     start_jitter = raw.get("start_jitter")

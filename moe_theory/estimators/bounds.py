@@ -104,6 +104,11 @@ def group_scales(scale: float | Mapping[str, float]) -> dict[str, float]:
     return dict.fromkeys(PARAMETER_GROUPS, checked("bound_scale", scale))
 
 
+def no_box(scale: float | Mapping[str, float]) -> bool:
+    """Whether ``scale`` (:func:`group_scales`) leaves every group unbounded."""
+    return all(math.isinf(v) for v in group_scales(scale).values())
+
+
 def box_bounds(truth: MixingMeasure, k: int,
                scale: float | Mapping[str, float] = DEFAULT_BOUND_SCALE, *,
                gate: str | None = None, split: tuple[int, ...] | None = None,
@@ -125,7 +130,7 @@ def box_bounds(truth: MixingMeasure, k: int,
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not floor > 0 or \
             math.isinf(floor):
         raise ValueError(f"floor: must be a positive finite number, got {floor!r}")
-    if all(math.isinf(v) for v in scales.values()):
+    if no_box(scales):
         return Bounds()
     centre = convert_gate(truth.select(0), gate or truth.gate)
     splits = all_splits(truth.k, k) if every_split and truth.k < k else [split]
