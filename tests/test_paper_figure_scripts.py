@@ -1114,6 +1114,11 @@ def test_the_committed_sublevel_envelopes(sublevel):
     assert (round(slopes.loc["max", "mean_first"], 1), round(slopes.loc["max", "mean_last"], 1)) \
         == (11.6, 8.5)
     assert round(slopes.loc["median", "slope"], 2) == -0.40
+    # the d = 8 ReLU softmax fit's exact cells (64 of its 256 starts): a tight set
+    relu = sublevel.sublevel(sublevel.read_starts([STARTS / "many_starts_softmax.csv.gz"],
+                                                  "err_eta_exact", first=64), "err_eta_exact")
+    row = sublevel.envelope_slopes(relu).set_index("statistic").loc["max"]
+    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.48, -0.54, -0.43]
 
 
 def test_the_presets_sublevel_sets(sublevel):
