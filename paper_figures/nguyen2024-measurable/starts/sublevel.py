@@ -148,8 +148,9 @@ def figure(stem: str, panels=PANELS, folder: Path | None = None) -> list:
             ax.set(xscale="log", yscale="log", xlabel="sample size n", ylabel=label,
                    title=title)
             ax.legend(fontsize=7, loc="best")
-        fig.suptitle("Every start at least as good as the reference in SSR, which N24's bound "
-                     "covers whatever the LSE is (means over 20 data sets)")
+        fig.suptitle("The starts at least as good as the reference in SSR (for a softmax fit "
+                     "of its own truth, the set N24's bound covers whatever the LSE is); means "
+                     "over 20 data sets")
         paths = save_figure(fig, stem)
         plt.close(fig)
     return paths
