@@ -51,12 +51,7 @@ import numpy as np
 from kernels.moe.gram import GRAM_DTYPES
 from moe_theory import models
 from moe_theory.estimators import ALGORITHMS, SGDProtocol
-from moe_theory.estimators.bounds import (
-    DEFAULT_BOUND_SCALE,
-    PARAMETER_GROUPS,
-    group_scales,
-    no_box,
-)
+from moe_theory.estimators.bounds import DEFAULT_BOUND_SCALE, group_scales, no_box
 from moe_theory.initialization import DEFAULT_EXTRA_STARTS
 from moe_theory.settings import Setting, get_setting
 from moe_theory.voronoi import ALL_KINDS
@@ -368,10 +363,8 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
 
 def _bound_scale(raw: Any) -> float | dict:
     """One multiple, or a table of them per parameter group (every group, in order); a table
-    whose groups all take one multiple is that multiple, so that it hashes as the plain key."""
-    if not isinstance(raw, dict) and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
-        raise _err("bound_scale", f"must be a positive number (inf for no box) or a table of one "
-                   f"per parameter group ({', '.join(PARAMETER_GROUPS)}), got {raw!r}")
+    whose groups all take one multiple is that multiple, so that it hashes as the plain key.
+    :func:`~moe_theory.estimators.bounds.group_scales` validates; its errors name the key."""
     try:
         scales = group_scales(raw)
     except ValueError as err:

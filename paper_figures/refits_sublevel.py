@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moe_theory.rates import CURVE_KEYS
 from moe_theory.store import load_results
 
 HERE = Path(__file__).resolve().parent
-CURVE = ["setting", "fit_gate", "loss_name"]
+CURVE = list(CURVE_KEYS)
 FIT = ["n", "rep"]
 #: a data set counts as loose when some certified fit's loss is this many times the sweep's
 LOOSE = 2.0

@@ -15,8 +15,8 @@ STARTS = ROOT / "paper_figures" / "nguyen2024-measurable" / "starts"
 NU = 0.02
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, STARTS / f"{name}.py")
+def _load(name: str, folder: Path = STARTS):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -1047,6 +1047,13 @@ def sublevel():
     return _load("sublevel")
 
 
+def _envelope(slopes: pd.DataFrame, stat: str = "max") -> list[float]:
+    """``[slope, ci_low, ci_high]`` of a statistic of ``sublevel.envelope_slopes``' table, to 2
+    decimals."""
+    row = slopes.set_index("statistic").loc[stat]
+    return [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")]
+
+
 def test_the_sublevel_envelope_reads_only_starts_no_worse_than_the_reference(sublevel):
     """Per data set the envelope is over the starts whose SSR is at most the reference's (a
     start above it is not in the set the theorems bound, however large its loss), the best is
@@ -1093,32 +1100,30 @@ def test_the_committed_sublevel_envelopes(sublevel):
     sig = sublevel.sublevel(sublevel.read_starts([STARTS / "many_starts_sigmoid.csv.gz"], "D3"),
                             "D3")
     assert (sig["certified"] == sig["starts"]).all()
-    row = sublevel.envelope_slopes(sig).set_index("statistic").loc["max"]
-    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.54, -0.59, -0.48]
+    assert _envelope(sublevel.envelope_slopes(sig)) == [-0.54, -0.59, -0.48]
     tables = [STARTS / f"d4_ties_{n}{tag}_softmax.csv.gz" for n in ("128k", "1024k")
               for tag in ("", "_jitter10")]
     soft = sublevel.sublevel(sublevel.read_starts(tables, "D1_matched", first=32), "D1_matched")
     assert soft.groupby("n")["certified"].sum().tolist() == [937, 959]
-    slopes = sublevel.envelope_slopes(soft).set_index("statistic")
-    assert [round(slopes.loc["max", k], 2) for k in ("slope", "ci_low", "ci_high")] == \
-        [-0.23, -0.41, -0.04]
+    table = sublevel.envelope_slopes(soft)
+    slopes = table.set_index("statistic")
+    assert _envelope(table) == [-0.23, -0.41, -0.04]
     assert (round(slopes.loc["max", "mean_first"], 1), round(slopes.loc["max", "mean_last"], 1)) \
         == (15.5, 9.6)
     assert round(slopes.loc["median", "slope"], 2) == -0.60
     gelu = sublevel.sublevel(sublevel.read_starts([STARTS / "splits_gelu_softmax.csv.gz"],
                                                   "err_eta_over", box=3.0), "err_eta_over")
     assert gelu.groupby("n")["certified"].sum().tolist() == [1821, 1804, 1838]
-    slopes = sublevel.envelope_slopes(gelu).set_index("statistic")
-    assert [round(slopes.loc["max", k], 2) for k in ("slope", "ci_low", "ci_high")] == \
-        [-0.11, -0.17, -0.06]
+    table = sublevel.envelope_slopes(gelu)
+    slopes = table.set_index("statistic")
+    assert _envelope(table) == [-0.11, -0.17, -0.06]
     assert (round(slopes.loc["max", "mean_first"], 1), round(slopes.loc["max", "mean_last"], 1)) \
         == (11.6, 8.5)
     assert round(slopes.loc["median", "slope"], 2) == -0.40
     # the d = 8 ReLU softmax fit's exact cells (64 of its 256 starts): a tight set
     relu = sublevel.sublevel(sublevel.read_starts([STARTS / "many_starts_softmax.csv.gz"],
                                                   "err_eta_exact", first=64), "err_eta_exact")
-    row = sublevel.envelope_slopes(relu).set_index("statistic").loc["max"]
-    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.48, -0.54, -0.43]
+    assert _envelope(sublevel.envelope_slopes(relu)) == [-0.48, -0.54, -0.43]
 
 
 def test_the_presets_sublevel_sets(sublevel):
@@ -1130,8 +1135,7 @@ def test_the_presets_sublevel_sets(sublevel):
     sig = sublevel.sublevel(sublevel.read_starts([STARTS / "d4_preset_sigmoid.csv.gz"], "D3"), "D3")
     assert (sig["certified"] == sig["starts"]).all() and (sig["starts"] == 16).all()
     assert (sig["max"] / sig["best"]).max() < 1.035
-    row = sublevel.envelope_slopes(sig).set_index("statistic").loc["max"]
-    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.60, -0.81, -0.40]
+    assert _envelope(sublevel.envelope_slopes(sig)) == [-0.60, -0.81, -0.40]
     soft = sublevel.sublevel(sublevel.read_starts([STARTS / "d4_preset_softmax.csv.gz"],
                                                   "D1_matched"), "D1_matched")
     assert (soft["certified"] == soft["starts"]).all()
@@ -1140,12 +1144,10 @@ def test_the_presets_sublevel_sets(sublevel):
     assert round(ratio.max()) == 26
     worst = soft.groupby("n")["max"].max()
     assert (round(worst.iloc[0]), round(worst.iloc[-1])) == (114, 18)
-    row = sublevel.envelope_slopes(soft).set_index("statistic").loc["max"]
-    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-1.01, -1.86, -0.16]
+    assert _envelope(sublevel.envelope_slopes(soft)) == [-1.01, -1.86, -0.16]
     exact = sublevel.sublevel(sublevel.read_starts([STARTS / "d4_preset_softmax.csv.gz"],
                                                    "err_eta_exact"), "err_eta_exact")
-    row = sublevel.envelope_slopes(exact).set_index("statistic").loc["max"]
-    assert [round(row[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.56, -0.69, -0.43]
+    assert _envelope(sublevel.envelope_slopes(exact)) == [-0.56, -0.69, -0.43]
     assert ((exact["max"] / exact["best"]).groupby(exact["n"]).median() <= 1.2).all()
 
 
@@ -1167,13 +1169,11 @@ def test_every_consistent_curve_has_a_tight_set_of_fits_as_good_as_its_reference
     1.5% farther than the sweep's in the curve's loss (README numbers: 13 curves, 150 data
     sets), while 95 of the 110 other plotted curves have a data set where one lies more than
     twice as far. A consistent verdict on a loose set would be an optimiser's verdict."""
-    spec = importlib.util.spec_from_file_location("refits_sublevel",
-                                                  ROOT / "paper_figures" / "refits_sublevel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    table = pd.concat([module.summary(f) for f in module.folders()], ignore_index=True)
+    module = _load("refits_sublevel", ROOT / "paper_figures")
+    folders = module.folders()
+    table = pd.concat([module.summary(f) for f in folders], ignore_index=True)
     consistent = table["verdict"].str.startswith("consistent")
-    assert len(module.folders()) == 24 and len(table) == 123
+    assert len(folders) == 24 and len(table) == 123
     assert consistent.sum() == 13 and table.loc[consistent, "data_sets"].sum() == 150
     assert (table.loc[consistent, "ratio_max"] <= 1.015).all()
     assert (table.loc[consistent, "loose"] == 0).all()

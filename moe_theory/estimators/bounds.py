@@ -86,10 +86,10 @@ def group_scales(scale: float | Mapping[str, float]) -> dict[str, float]:
     ``beta0`` and makes a *spike* (a light atom fitting a few points) with steep gate slopes and a
     large expert; one multiple cannot leave the first free while holding the second
     (docs/theory.md#compact-parameter-set)."""
-    def checked(name: str, value) -> float:
+    def checked(name: str, value, table: str = "") -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name}: must be a positive number (inf for no bounds), got "
-                             f"{value!r}")
+            raise ValueError(f"{name}: must be a positive number (inf for no bounds){table}, "
+                             f"got {value!r}")
         return float(value)
 
     if isinstance(scale, Mapping):
@@ -101,7 +101,8 @@ def group_scales(scale: float | Mapping[str, float]) -> dict[str, float]:
             raise ValueError("bound_scale: a table must name at least one parameter group")
         return {g: checked(f"bound_scale.{g}", scale.get(g, DEFAULT_BOUND_SCALE))
                 for g in PARAMETER_GROUPS}
-    return dict.fromkeys(PARAMETER_GROUPS, checked("bound_scale", scale))
+    return dict.fromkeys(PARAMETER_GROUPS, checked(
+        "bound_scale", scale, f" or a table of one per group ({', '.join(PARAMETER_GROUPS)})"))
 
 
 def no_box(scale: float | Mapping[str, float]) -> bool:

@@ -25,6 +25,7 @@ the estimates: ``many_starts.py --estimates``) is measured from the estimates ag
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -39,8 +40,9 @@ from moe_theory.store import FIT_MEASURE
 ENVELOPE = ("best", "median", "max")
 
 
+@functools.cache
 def _gauge():
-    """The sibling study script that measures D1 in the matched gauge."""
+    """The sibling study script that measures D1 in the matched gauge (loaded once)."""
     spec = importlib.util.spec_from_file_location("gauge", Path(__file__).with_name("gauge.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
