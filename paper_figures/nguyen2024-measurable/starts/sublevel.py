@@ -154,7 +154,7 @@ def figure(stem: str, panels=PANELS, folder: Path | None = None) -> list:
             ax.legend(fontsize=7, loc="best")
         fig.suptitle("The starts at least as good as the reference in SSR (for a softmax fit "
                      "of its own truth, the set N24's bound covers whatever the LSE is); means "
-                     "over 20 data sets")
+                     "over 20 data sets; a study: no certificates, no verdict")
         paths = save_figure(fig, stem)
         plt.close(fig)
     return paths
@@ -186,6 +186,8 @@ def main() -> None:
         print(f"{gate} fit, {loss}; starts no worse than the reference, per n (all data sets):")
         print(counts.to_string())
         print(envelope_slopes(per).round(3).to_string(index=False))
+        print("(a study of sets of starts: these slopes carry no certificates and no verdict; "
+              "the sweeps' curves have theirs in their folders' rates.txt)")
 
 
 if __name__ == "__main__":
