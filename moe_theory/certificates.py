@@ -85,6 +85,11 @@ OPTIMISER_SHARE_MIN = 0.95
 #: statistical error has ``n |e|_F^2 ~ nu chi^2_p``: a gap of one nu is a displacement of
 #: 1/sqrt(p) of the statistical error, invisible in the losses.
 SSR_GAP_MAX = 1.0
+#: optimiser check, evidence beside it: a checked data set counts as loose when a fit of it at
+#: least as good as the reference (its SSR at most the reference's) has a loss this many times
+#: the sweep fit's. The rate bound covers every such fit; at 2x the bound must reach twice as far
+#: as the plotted point, a factor no per-n CI of a few replications mistakes for noise.
+SUBLEVEL_LOOSE = 2.0
 #: optimiser check: the factors applied to max_iter and to the start's jitter.
 CHECK_MAX_ITER_FACTOR = 10
 CHECK_JITTER_FACTOR = 10
@@ -928,6 +933,16 @@ class FolderCertificates:
             return None
         return self.check.get("curves", {}).get(f"{setting}/{fit_gate}/{loss}")
 
+    def current_check(self, curve: pd.DataFrame, name: tuple[str, str, str]) -> Mapping | None:
+        """The optimiser check's entry of the curve ``name``; None where the check was not run
+        or was computed for another config than the curve's (``config_hash``)."""
+        check = self.curve_check(*name)
+        stale = self.check is not None and self.check.get("config_hash")
+        hashes = set(curve["config_hash"].astype(str)) if "config_hash" in curve else None
+        if check is not None and stale and hashes and stale not in hashes:
+            return None
+        return check
+
     def evaluate(self, curve: pd.DataFrame, name: tuple[str, str, str]) -> dict[str, Status]:
         """The four certificates of the curve ``name = (setting, fit_gate, loss_name)``.
 
@@ -938,10 +953,7 @@ class FolderCertificates:
         cert = self.reference.get((setting, fit_gate))
         if cert is not None and cert.config_hash and hashes and cert.config_hash not in hashes:
             cert = None
-        check = self.curve_check(setting, fit_gate, loss)
-        stale = self.check is not None and self.check.get("config_hash")
-        if check is not None and stale and hashes and stale not in hashes:
-            check = None
+        check = self.current_check(curve, name)
         return {
             "reference": reference_status(cert, self.missing, loss, smallest_median(curve)),
             "converged": converged_certificate(curve),

@@ -29,7 +29,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,7 +46,9 @@ from moe_theory.certificates import (
     OPTIMISER_SHARE_MIN,
     PASS,
     SSR_GAP_MAX,
+    SUBLEVEL_LOOSE,
     json_ready,
+    load_check,
     noise_variance,
 )
 from moe_theory.config import SweepConfig, parse_config
@@ -210,6 +212,50 @@ def _refit_job(job: tuple[str, str, Shard], *, configs: dict[str, SweepConfig], 
     return name, gate, shard, rows, time.perf_counter() - start
 
 
+def sublevel_ratios(base: pd.DataFrame, refits: pd.DataFrame,
+                    keys: Sequence[str] = ("n", "rep")) -> pd.DataFrame:
+    """Per checked data set (``keys``): the sweep fit's loss (``sweep``), the largest loss among
+    the data set's fits that are at least as good as the reference (``largest``: the sweep's and
+    the refits, ``certified``), and their ratio (docs/theory.md#optimiser-independent).
+
+    The argument behind a least-squares rate bounds the loss of every point whose SSR is at most
+    the reference's; ``largest`` is one such point's loss, so the ratio is a lower bound on how
+    far beyond the sweep's fit the bound must reach on that data set: about 1 where the data pin
+    the estimate down, far above 1 where the set the bound covers is wide at that n. Data sets
+    whose sweep loss is not finite and positive have no ratio (NaN)."""
+    keys = list(keys)
+    base = base.drop_duplicates(keys)
+    if "certified" not in base.columns or "certified" not in refits.columns:
+        return pd.DataFrame(columns=[*keys, "sweep", "largest", "ratio"])
+    every = pd.concat([base[[*keys, "loss_value", "certified"]],
+                       refits[[*keys, "loss_value", "certified"]]], ignore_index=True)
+    every = every.merge(refits[keys].drop_duplicates(), on=keys)  # the checked data sets only
+    inside = every[every["certified"].astype(bool) & np.isfinite(every["loss_value"])]
+    largest = inside.groupby(keys)["loss_value"].max().rename("largest")
+    out = (base.merge(refits[keys].drop_duplicates(), on=keys).set_index(keys)["loss_value"]
+           .rename("sweep").to_frame().join(largest))
+    sweep = out["sweep"].to_numpy(float)
+    ok = np.isfinite(sweep) & (sweep > 0)
+    out["ratio"] = np.where(ok, out["largest"].to_numpy(float) / np.where(ok, sweep, 1.0),
+                            np.nan)
+    return out.reset_index()
+
+
+def sublevel_summary(ratios: pd.DataFrame) -> dict | None:
+    """A curve's :func:`sublevel_ratios` in a few numbers (None without a finite ratio):
+    ``data_sets`` with a ratio, its median and largest (``ratio_max`` at ``ratio_max_n``), the
+    largest per n (``by_n``), and ``loose``, the data sets above SUBLEVEL_LOOSE."""
+    ratios = ratios[np.isfinite(ratios["ratio"].to_numpy(float))]
+    if ratios.empty:
+        return None
+    worst = ratios.loc[ratios["ratio"].idxmax()]
+    by_n = ratios.groupby("n")["ratio"].max()
+    return {"data_sets": len(ratios), "ratio_median": float(ratios["ratio"].median()),
+            "ratio_max": float(worst["ratio"]), "ratio_max_n": int(worst["n"]),
+            "by_n": {str(int(m)): float(r) for m, r in by_n.items()},
+            "loose": int((ratios["ratio"] > SUBLEVEL_LOOSE).sum())}
+
+
 def _log_mean(values: np.ndarray) -> float:
     v = usable(values)
     return float(np.log(v.mean())) if v.size else math.nan
@@ -229,9 +275,11 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     Returns
     -------
     ``{"status", "reasons", "ssr_gap_max", "ssr_gap_share", "mean_shift", "mean_tolerance",
-    "slope", "slope_shift", "slope_tolerance"}``: gaps in noise variances; ``mean_shift`` the
+    "slope", "slope_shift", "slope_tolerance", "sublevel"}``: gaps in noise variances; ``mean_shift`` the
     largest |change of log-mean| over n per variant, ``mean_tolerance`` the smallest 95% CI
-    half-width of a log-mean over n, ``slope_shift`` the slope's change per variant.
+    half-width of a log-mean over n, ``slope_shift`` the slope's change per variant,
+    ``sublevel`` the :func:`sublevel_summary` of the checked data sets (evidence, not part of
+    the status).
     """
     reasons: list[str] = []
     out: dict = {}
@@ -275,6 +323,8 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
         if np.isfinite(full_fit.half_width) and not shift <= full_fit.half_width:
             reasons.append(f"{name}: the slope moves by {shift:.3f}, more than its 95% CI "
                            f"half-width {full_fit.half_width:.3f}")
+    # evidence, not a test: how much the rate bound covers on the checked data sets
+    out["sublevel"] = sublevel_summary(sublevel_ratios(base.reset_index(), refits, keys))
     usable_any = any(usable(v).size for m, v in base_by_n.items() if np.isfinite(half[m]))
     out["status"] = (FAIL if reasons else PASS) if usable_any else NOT_RUN
     out["reasons"] = reasons if usable_any else ["no usable loss among the refitted fits"]
@@ -318,7 +368,8 @@ def _subsample_slope(by_n: dict) -> float:
 
 def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu",
               backend: str = "auto", log: Callable[[str], None] | None = None,
-              refits: pd.DataFrame | None = None, **executor) -> dict:
+              refits: pd.DataFrame | None = None, write_refits: bool = True,
+              **executor) -> dict:
     """Run the optimiser check (and any missing reference certificate) on a finished sweep.
 
     Parameters
@@ -332,6 +383,8 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
     refits : the refits, computed beforehand by :func:`refit` with ``min(reps, sweep's reps)``
         (they do not depend on the sweep's fits, so they can run beside its shards); default:
         computed here
+    write_refits : write the refits to ``DIR/check.parquet`` (False where they were read from
+        it, as :func:`rejudge` does, so that its bytes stay as they are)
 
     Returns
     -------
@@ -339,6 +392,8 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
     "refit_wall_s", "curves": {"setting/fit_gate/loss": curve_check(...)}}``; ``wall_s`` is this
     call's time (seconds where the refits are read back, as ``moe-theory remeasure`` does),
     ``refit_wall_s`` the refits' own fit time, read from their rows wherever they were computed.
+    Where the refits are given and the folder's earlier check.json is of the same config, its
+    ``wall_s`` is kept: the time the check took when it refitted, not that of reading it back.
     """
     folder = Path(folder)
     if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
@@ -349,6 +404,7 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
     certs = certify(config, folder, device=device, backend=backend, log=log)
     cert_by = {(c.setting, c.fit_gate): c for c in certs}
     reps = min(reps, config.reps)
+    given = refits is not None
     if refits is None:
         refits = refit(config, reps, device=device, backend=backend, log=log, folder=folder,
                        **executor)
@@ -359,7 +415,8 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
         if got != expected or set(refits["rep"]) != set(range(reps)):
             raise ValueError(f"refits: not the refits of {folder}'s config with reps = {reps} "
                              "(moe_theory.check.refit computes them)")
-    atomic_write(folder / CHECK_TABLE, lambda tmp: write_check_table(refits, tmp))
+    if write_refits:
+        atomic_write(folder / CHECK_TABLE, lambda tmp: write_check_table(refits, tmp))
     curves = {}
     for name, full in results.groupby(list(CURVE_KEYS), sort=True):
         base = full[full["rep"] < reps]
@@ -367,15 +424,38 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
                       & (refits["loss_name"] == name[2])]
         nu = noise_variance(full, cert_by.get(name[:2]))
         curves["/".join(map(str, name))] = curve_check(full, base, mine, nu)
+    wall_s = round(time.perf_counter() - start, 2)
+    earlier = load_check(folder) if given else None
+    if earlier is not None and earlier.get("config_hash") == config.hash and "wall_s" in earlier:
+        wall_s = earlier["wall_s"]
     report = {"config_hash": config.hash, "reps": reps,
               "variants": {name: {"max_iter": cfg.max_iter, "jitter": cfg.jitter,
                                   "start_jitter": cfg.start_jitter}
                            for name, cfg in variants(config).items()},
-              "wall_s": round(time.perf_counter() - start, 2),
+              "wall_s": wall_s,
               # each row carries its fit's share of its batch's time, repeated on its loss rows
               "refit_wall_s": round(float(refits.drop_duplicates(
                   ["variant", "setting", "fit_gate", "n", "rep"])["wall_s"].sum()), 2),
               "curves": curves}
     text = json.dumps(json_ready(report), indent=1)
     atomic_write(folder / CHECK_FILE, lambda tmp: Path(tmp).write_text(text))
+    return report
+
+
+def rejudge(folder: str | Path) -> dict:
+    """The optimiser check of ``folder`` judged again from the refits it keeps
+    (``DIR/check.parquet``), with no refit, and the folder's rates table and figure rewritten:
+    for a folder checked before the check's evaluation changed (as when it began to report the
+    sublevel ratios). Returns the new ``check.json`` content."""
+    from moe_theory.reproduce import write_report  # matplotlib loads only where it draws
+
+    folder = Path(folder)
+    path = folder / CHECK_TABLE
+    if not path.exists():
+        raise ValueError(f"DIR: {folder} keeps no {CHECK_TABLE} (run `moe-theory check DIR` to "
+                         "refit)")
+    refits = pd.read_parquet(path)
+    report = run_check(folder, reps=int(refits["rep"].max()) + 1, refits=refits,
+                       write_refits=False)
+    write_report(load_results(folder), read_manifest_config(folder), folder)
     return report

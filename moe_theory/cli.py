@@ -101,21 +101,31 @@ def _cmd_plot(args) -> int:
 
 def _cmd_check(args) -> int:
     from moe_theory.certificates import CHECK_REPS
-    from moe_theory.check import run_check
+    from moe_theory.check import rejudge, run_check
     from moe_theory.executors import device_workers, process_options
 
     out = Path(args.dir)
     if not out.is_dir():
         raise ValueError(f"DIR: no folder {args.dir!r}")
-    reps = CHECK_REPS if args.reps is None else args.reps
-    workers = device_workers(args.workers, args.device)
-    report = run_check(out, reps=reps, device=args.device, backend=args.backend,
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True),
-                       **process_options(workers))
+    if args.stored:
+        if args.reps is not None:
+            raise ValueError("--reps: the stored refits fix the replications; leave it out with "
+                             "--stored")
+        report = rejudge(out)
+    else:
+        reps = CHECK_REPS if args.reps is None else args.reps
+        workers = device_workers(args.workers, args.device)
+        report = run_check(out, reps=reps, device=args.device, backend=args.backend,
+                           log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                           **process_options(workers))
     for name, curve in report["curves"].items():
         reasons = "; ".join(curve["reasons"])
         print(f"{name}: {curve['status']}" + (f" ({reasons})" if reasons else ""))
-    print(f"wrote {out / 'check.json'} ({report['wall_s']:.0f} s)")
+    if args.stored:
+        print(f"wrote {out / 'check.json'} and the rates table and figure, judged again from "
+              f"{out / 'check.parquet'}")
+    else:
+        print(f"wrote {out / 'check.json'} ({report['wall_s']:.0f} s)")
     return 0
 
 
@@ -337,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, metavar="M",
                    help="replications refitted per (setting, n), the first ones (default "
                         "moe_theory.certificates.CHECK_REPS)")
+    p.add_argument("--stored", action="store_true",
+                   help="no refit: judge the refits DIR keeps (check.parquet) again and rewrite "
+                        "check.json, the rates table and the figure (a folder checked before "
+                        "the check's evaluation changed)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes that share the device, one refit each (default: "
                         "moe_theory.executors.GPU_PROCESSES on cuda, 1 on cpu)")

@@ -13,6 +13,7 @@ bootstrap 95% confidence interval of the slope (:data:`PLUS_MINUS`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from moe_theory.certificates import (
     FAIL,
     NOT_RUN,
     PASS,
+    SUBLEVEL_LOOSE,
     FolderCertificates,
     Status,
     overlay_agreement,
@@ -58,6 +60,10 @@ REQUIRED_COLUMNS = CURVE_KEYS + DESCRIPTIVE_COLUMNS + ROW_COLUMNS
 #: Why a loss value is left out of a slope, in the order they are tested.
 DROP_REASONS = ("nan", "inf", "nonpositive", "bound")
 CERT_COLUMNS = tuple(f"cert_{name}" for name in CERTIFICATES)
+#: The optimiser check's reading of the set a rate bound covers (moe_theory.check.sublevel_summary):
+#: per curve, the largest and median ratio over its checked data sets, how many of them are loose
+#: and how many have a ratio; NaN without a check.
+SUBLEVEL_COLUMNS = ("sublevel_max", "sublevel_median", "sublevel_loose", "sublevel_data_sets")
 RATES_COLUMNS = (
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "d", "k_true", "k_fit",
     "loss_name",
@@ -68,6 +74,7 @@ RATES_COLUMNS = (
     "theory_exponent", "theory_label", "theory_source",
     *CERT_COLUMNS, "verdict", "reason", "overlay_from_n",
     "certified_share", "converged_share", "wall_s",
+    *SUBLEVEL_COLUMNS,
 )
 
 # (fit_gate, score, regime, expert, loss_name) -> object with exponent, label, source.
@@ -497,6 +504,9 @@ def rates_table(
         exponent = None if rate.exponent is None else float(rate.exponent)
         statuses = certificates.evaluate(curve, name)
         label, reason = curve_verdict(exponent, fit, statuses)
+        check = certificates.current_check(curve, name)
+        sublevel = (check or {}).get("sublevel") or {}
+        reason = "; ".join(filter(None, [reason, sublevel_note(sublevel)]))
         n_all, values = values_by_n(curve)
         used = np.asarray(fit.n_used if fit.n_used else n_all)
         cert = certificates.reference.get(name[:2])
@@ -519,16 +529,37 @@ def rates_table(
             certified_share=float(curve["certified"].astype(float).mean()),
             converged_share=float(curve["converged"].astype(float).mean()),
             wall_s=float(curve["wall_s"].sum()),
+            sublevel_max=sublevel.get("ratio_max", math.nan),
+            sublevel_median=sublevel.get("ratio_median", math.nan),
+            sublevel_loose=sublevel.get("loose", math.nan),
+            sublevel_data_sets=sublevel.get("data_sets", math.nan),
         )
         rows.append(row)
     return pd.DataFrame(rows, columns=list(RATES_COLUMNS))
 
 
+def sublevel_note(sublevel: Mapping[str, Any]) -> str:
+    """A curve's note where some checked data set is loose (moe_theory.check.sublevel_summary):
+    fits the least-squares argument cannot tell from the reference lie far beyond the plotted
+    fit, so the theorem's bound must reach that far at those n (docs/theory.md#optimiser-
+    independent); empty otherwise."""
+    if not sublevel or not sublevel.get("loose"):
+        return ""
+    return (f"sublevel: a fit at least as good as the reference has {sublevel['ratio_max']:.3g}x "
+            f"the sweep fit's loss (n={sublevel['ratio_max_n']}), over {SUBLEVEL_LOOSE:g}x on "
+            f"{sublevel['loose']} of {sublevel['data_sets']} checked data sets: the rate bound "
+            "must cover those fits too")
+
+
 FORMAT_COLUMNS = (
     "setting", "fit_gate", "loss_name", "slope", "ci_half_width", "slope_median", "r2",
     "n_used", "reps_used", "n_dropped", "theory_exponent", "theory_label", *CERT_COLUMNS,
-    "verdict", "reason",
+    "sublevel_max", "verdict", "reason",
 )
+#: The table's legend of its ``sublevel`` column.
+SUBLEVEL_LEGEND = ("sublevel: largest loss among the checked data sets' fits at least as good as "
+                   "the reference (the sweep's and the check's refits) over the sweep fit's, which "
+                   "the rate bound covers too; - without an optimiser check")
 CERT_SHORT = {PASS: "pass", FAIL: "FAIL", NOT_RUN: "-"}
 
 
@@ -536,12 +567,18 @@ def _signed(value: float, digits: int = 2) -> str:
     return "-" if pd.isna(value) else f"{value:+.{digits}f}"
 
 
+def _ratio(value: float) -> str:
+    """A ratio of losses: two decimals near 1, where a tight curve's lies, three digits above."""
+    return "-" if pd.isna(value) else f"{value:.2f}" if value < 10 else f"{value:.0f}"
+
+
 def format_rates_table(table: pd.DataFrame) -> str:
     """Render a rates table as fixed-width text for the terminal.
 
     Columns: setting, fit gate, loss, slope of the log-mean ``±`` its CI half-width (the header
     says so), slope of the log-median, R^2, used sample sizes x replications, dropped values,
-    theory exponent (label), the four certificates and the verdict; rows sorted by setting,
+    theory exponent (label), the four certificates, the largest sublevel ratio (the optimiser
+    check's, :data:`SUBLEVEL_LEGEND`) and the verdict; rows sorted by setting,
     fit_gate, loss_name. Where the table has a boolean ``plotted`` column (the curves a figure
     draws, set by :func:`moe_theory.reproduce.write_report`), those rows come first and a rule
     separates them from the other curves. Below the table, one note per curve whose verdict has
@@ -549,7 +586,8 @@ def format_rates_table(table: pd.DataFrame) -> str:
     """
     check_columns(table, FORMAT_COLUMNS)
     header = ["setting", "fit", "loss", f"slope (± {CI_LEVEL:.0%} CI)", "median",
-              "R^2", "n x reps", "dropped", "theory", "ref", "conv", "opt", "fit", "verdict"]
+              "R^2", "n x reps", "dropped", "theory", "ref", "conv", "opt", "fit", "sublevel",
+              "verdict"]
     lines = [header]
     notes: dict[str, list[str]] = {}  # reason -> the curves it explains
     order = table.sort_values(list(CURVE_KEYS))
@@ -568,7 +606,8 @@ def format_rates_table(table: pd.DataFrame) -> str:
             str(r["setting"]), str(r["fit_gate"]), str(r["loss_name"]), slope,
             _signed(r["slope_median"]), "-" if pd.isna(r["r2"]) else f"{r['r2']:.3f}",
             f"{r['n_used']} x {r['reps_used']}", str(r["n_dropped"]), theory,
-            *(CERT_SHORT.get(r[c], str(r[c])) for c in CERT_COLUMNS), str(r["verdict"]),
+            *(CERT_SHORT.get(r[c], str(r[c])) for c in CERT_COLUMNS),
+            _ratio(r["sublevel_max"]), str(r["verdict"]),
         ])
         if isinstance(r["reason"], str) and r["reason"]:
             notes.setdefault(r["reason"], []).append(
@@ -590,6 +629,7 @@ def format_rates_table(table: pd.DataFrame) -> str:
     text.append(f"{PLUS_MINUS} (t interval on bootstrap variances); median: slope of "
                 "log(median); certificates ref(erence), conv(erged), opt(imiser), (over-)fit: "
                 "pass, FAIL or - (not run)")
+    text.append(SUBLEVEL_LEGEND)
     if notes:
         text += ["", "notes:"]
         for reason, curves in notes.items():

@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moe_theory.certificates import SUBLEVEL_LOOSE as LOOSE
+from moe_theory.check import sublevel_ratios
 from moe_theory.rates import CURVE_KEYS
 from moe_theory.store import load_results
 
 HERE = Path(__file__).resolve().parent
 CURVE = list(CURVE_KEYS)
 FIT = ["n", "rep"]
-#: a data set counts as loose when some certified fit's loss is this many times the sweep's
-LOOSE = 2.0
 
 
 def folders(root: Path = HERE) -> list[Path]:
@@ -43,18 +43,12 @@ def folders(root: Path = HERE) -> list[Path]:
 
 def ratios(folder: Path) -> pd.DataFrame:
     """Per curve and checked data set: the sweep fit's loss, the largest loss among the
-    certified fits of the data set (the sweep's and the check's refits), and their ratio."""
+    certified fits of the data set (the sweep's and the check's refits), and their ratio
+    (:func:`moe_theory.check.sublevel_ratios`, which the check itself reports per curve)."""
     refits = pd.read_parquet(folder / "check.parquet", columns=CURVE + FIT + [
         "loss_value", "certified"])
     sweep = load_results(folder)[CURVE + FIT + ["loss_value", "certified"]]
-    checked = refits[CURVE + FIT].drop_duplicates()
-    sweep = sweep.merge(checked, on=CURVE + FIT)
-    every = pd.concat([sweep, refits], ignore_index=True)
-    inside = every[every["certified"].astype(bool) & np.isfinite(every["loss_value"])]
-    largest = inside.groupby(CURVE + FIT)["loss_value"].max().rename("largest")
-    out = sweep.set_index(CURVE + FIT)["loss_value"].rename("sweep").to_frame().join(largest)
-    out["ratio"] = out["largest"] / out["sweep"]
-    return out.reset_index()
+    return sublevel_ratios(sweep, refits, CURVE + FIT)
 
 
 def summary(folder: Path, all_curves: bool = False) -> pd.DataFrame:
@@ -64,7 +58,7 @@ def summary(folder: Path, all_curves: bool = False) -> pd.DataFrame:
     if not all_curves and "plotted" in rates:
         rates = rates[rates["plotted"].astype(bool)]
     per = ratios(folder)
-    per = per[np.isfinite(per["ratio"]) & (per["sweep"] > 0)]
+    per = per[np.isfinite(per["ratio"])]
     stats = per.groupby(CURVE)["ratio"].agg(
         data_sets="size", ratio_median="median", ratio_max="max",
         loose=lambda r: int((r > LOOSE).sum()))

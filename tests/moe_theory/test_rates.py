@@ -26,6 +26,7 @@ from moe_theory.rates import (
     MIN_POINTS,
     PLUS_MINUS,
     RATES_COLUMNS,
+    SUBLEVEL_LEGEND,
     VERDICT_WIDEN,
     curve_verdict,
     fit_rate,
@@ -475,8 +476,9 @@ def test_format_rates_table():
     row = table.iloc[2]
     assert f"{row['slope']:+.2f} ± {row['ci_half_width']:.2f}" in softmax
     assert f"{row['n_used']} x {row['reps_used']}" in softmax
-    assert softmax.rstrip().endswith("pass  pass  pass  pass  inconsistent")
-    assert PLUS_MINUS in text
+    # no check entry reports the sublevel ratios here: "-"
+    assert softmax.rstrip().endswith("pass  pass  pass  pass  -         inconsistent")
+    assert PLUS_MINUS in text and SUBLEVEL_LEGEND in text
     # Fixed width: every column starts at the same offset on every line.
     assert len({line.index(line.split()[1]) for line in lines[2:2 + len(table)]}) == 1
 
@@ -502,6 +504,33 @@ def test_format_rates_table_notes_the_reasons_once():
     # the three curves share one reason (no reference certificate, no check): one note
     assert notes.count("reference: not run") == 1
     assert "toy-dense / sigmoid / D1, toy-dense / sigmoid / D3, toy-dense / softmax / D3" in notes
+
+
+def test_the_sublevel_ratios_of_the_check_reach_the_table_and_a_loose_curve_gets_a_note():
+    """The check's sublevel summary (moe_theory.check.sublevel_summary) becomes the rates
+    columns and the table's ``sublevel`` cell; a curve with a loose data set gets a note naming
+    the ratio, its n and the count, whatever its verdict; a tight one gets none."""
+    df = results_table(CURVES)
+    certs = passing_certificates(df)
+    tight = {"data_sets": 4, "ratio_median": 1.0, "ratio_max": 1.004, "ratio_max_n": 2000,
+             "by_n": {"2000": 1.004}, "loose": 0}
+    loose = {"data_sets": 8, "ratio_median": 1.5, "ratio_max": 26.8, "ratio_max_n": 64000,
+             "by_n": {"64000": 26.8}, "loose": 3}
+    certs.check["curves"]["toy-dense/sigmoid/D3"]["sublevel"] = tight
+    certs.check["curves"]["toy-dense/softmax/D3"]["sublevel"] = loose
+    table = rates_table(df, THEORY, n_boot=50, certificates=certs).set_index("loss_name",
+                                                                              append=True)
+    row = {(r.fit_gate, r.Index[1]): r for r in table.itertuples()}
+    assert row["softmax", "D3"].sublevel_max == 26.8 and row["softmax", "D3"].sublevel_loose == 3
+    assert row["sigmoid", "D3"].sublevel_max == 1.004 and row["sigmoid", "D3"].sublevel_loose == 0
+    assert np.isnan(row["sigmoid", "D1"].sublevel_max)  # no entry: NaN, not 0
+    assert "sublevel" not in row["sigmoid", "D3"].reason
+    assert ("sublevel: a fit at least as good as the reference has 26.8x the sweep fit's loss "
+            "(n=64000), over 2x on 3 of 8 checked data sets") in row["softmax", "D3"].reason
+    assert row["softmax", "D3"].verdict == "inconsistent"  # evidence beside, not in, the verdict
+    lines = {line.split()[1] + "/" + line.split()[2]: line
+             for line in format_rates_table(table.reset_index("loss_name")).splitlines()[2:5]}
+    assert "pass  1.00      " in lines["sigmoid/D3"] and "pass  27        " in lines["softmax/D3"]
 
 
 def test_format_rates_table_missing_column_is_named():

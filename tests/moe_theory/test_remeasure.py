@@ -22,6 +22,7 @@ from moe_theory.check import run_check
 from moe_theory.cli import main
 from moe_theory.config import parse_config
 from moe_theory.measure import MixingMeasure
+from moe_theory.rates import RATES_COLUMNS
 from moe_theory.remeasure import remeasure
 from moe_theory.reproduce import write_report
 from moe_theory.store import FIT_KEYS, FIT_MEASURE, FITS_FILE, load_results, merge
@@ -119,11 +120,42 @@ def test_write_puts_back_a_changed_value_and_redoes_check_and_rates(finished, ca
     assert re.search(r"^2 of \d+ loss values differ", out, re.M) and "were rewritten" in out
     assert {name: (finished / name).read_bytes() for name in before} == before
     check_after = json.loads((finished / "check.json").read_text())
-    # the re-evaluation's own time differs; the refits' fit time is theirs, read from their rows
-    assert ({k: v for k, v in check_after.items() if k != "wall_s"}
-            == {k: v for k, v in check_before.items() if k != "wall_s"})
-    assert check_after["refit_wall_s"] > 0
+    # the check's time is the refitting run's, kept; the refits' fit time read from their rows
+    assert check_after == check_before and check_after["refit_wall_s"] > 0
     assert remeasure(finished)["new"].equals(remeasure(finished)["old"])
+
+
+def test_check_stored_judges_the_kept_refits_again_and_rewrites_what_depends_on_them(
+        finished, capsys):
+    """`moe-theory check DIR --stored` refits nothing: from a check.json written before the
+    check reported the sublevel ratios, it gives back the check a run today writes, keeps the
+    refits' table and the check's time, and rewrites the rates table with the new column."""
+    kept = {name: (finished / name).read_bytes()
+            for name in ("check.json", "check.parquet", "rates.txt", "rates.csv")}
+    older = json.loads(kept["check.json"])
+    for entry in older["curves"].values():
+        del entry["sublevel"]
+    (finished / "check.json").write_text(json.dumps(older))
+    rates = pd.read_csv(finished / "rates.csv").drop(columns=[c for c in RATES_COLUMNS
+                                                              if c.startswith("sublevel")])
+    rates.to_csv(finished / "rates.csv", index=False)
+    assert main(["check", str(finished), "--stored"]) == 0
+    assert "judged again from" in capsys.readouterr().out
+    assert json.loads((finished / "check.json").read_text()) == json.loads(kept["check.json"])
+    for name in ("check.parquet", "rates.txt", "rates.csv"):
+        assert (finished / name).read_bytes() == kept[name], name
+    assert any(e["sublevel"] for e in json.loads(kept["check.json"])["curves"].values())
+
+
+def test_check_stored_needs_kept_refits_and_takes_no_reps(finished, capsys):
+    assert main(["check", str(finished), "--stored", "--reps", "1"]) == 2
+    assert "--reps" in capsys.readouterr().err
+    (finished / "check.parquet").unlink()
+    before = (finished / "check.json").read_bytes()
+    assert main(["check", str(finished), "--stored"]) == 2
+    err = capsys.readouterr().err
+    assert str(finished) in err and "check.parquet" in err
+    assert (finished / "check.json").read_bytes() == before  # nothing written
 
 
 def test_a_value_off_by_rounding_is_kept_as_stored(finished, doubled_losses):
