@@ -1178,6 +1178,14 @@ def test_every_consistent_curve_has_a_tight_set_of_fits_as_good_as_its_reference
     assert (table.loc[consistent, "ratio_max"] <= 1.015).all()
     assert (table.loc[consistent, "loose"] == 0).all()
     assert int((table.loc[~consistent, "loose"] > 0).sum()) == 95
+    # every folder's rates table carries the same numbers, from its check.json
+    rates = pd.concat([pd.read_csv(f / "rates.csv").assign(
+        folder=str(f.relative_to(ROOT / "paper_figures"))) for f in folders])
+    rates = rates[rates["plotted"].astype(bool)]
+    both = table.merge(rates, on=["folder", "setting", "fit_gate", "loss_name"])
+    assert len(both) == len(table)
+    np.testing.assert_allclose(both["sublevel_max"], both["ratio_max"], rtol=1e-12)
+    np.testing.assert_array_equal(both["sublevel_loose"], both["loose"])
 
 
 def test_the_d4_sets_at_one_n(sublevel):
