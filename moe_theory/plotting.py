@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -48,6 +48,7 @@ from moe_theory.rates import (
     curve_rate,
     curve_verdict,
     drop_reasons,
+    format_ratio,
     resolve_theory,
     values_by_n,
 )
@@ -227,10 +228,14 @@ def curve_label(gate: str, loss: str, rows: pd.DataFrame) -> str:
     return label
 
 
-def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str = "") -> str:
+def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str = "",
+                sublevel: Mapping | None = None) -> str:
     """A curve's legend entry: its rate, and why it has no verdict where it has none: "not
     measurable" with the certificates that failed or were not run, or, certified, "inconclusive" when
-    :func:`~moe_theory.rates.curve_verdict` says so (docs/theory.md#verdicts)."""
+    :func:`~moe_theory.rates.curve_verdict` says so (docs/theory.md#verdicts); and, where the
+    optimiser check reports it (``sublevel``, its check.json entry), how far the checked fits as
+    good as the reference lie, over the plotted fit's loss (docs/theory.md#optimiser-independent):
+    1.00 where the data pin the estimate down, far above where the theorem's bound is loose."""
     suffix = "" if certified else "\n(not measurable)"
     if not certified and verdict.startswith("not measurable ("):
         # which certificates failed, as the printed table says: a reader of the figure alone
@@ -241,6 +246,10 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
         suffix = "\n(inconclusive: CI too wide)"
     elif certified and verdict in ("consistent", "inconsistent"):
         suffix = f"\n(certified, {verdict} with theory)"
+    if sublevel:
+        suffix += "\n" + textwrap.fill(
+            f"(fits as good as the reference: up to {format_ratio(sublevel['ratio_max'])}x the "
+            "loss)", width=LEGEND_REASON_WIDTH)
     rate = ("no rate (< 2 sample sizes)" if math.isnan(fit.slope)
             else rf"$n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$")
     # a long name (a parameter error in words) takes a line of its own, so that the entry stays
@@ -411,7 +420,9 @@ def draw_rates(
             ax.plot(*overlay, color=color, lw=1.0, ls=OVERLAY_LINESTYLE, zorder=1)
         handles.append(Line2D([], [], color=color, marker=marker, mfc=face, ls=line_style,
                               label=_rate_label(label, fit, certified,
-                                                curve_verdict(rate.exponent, fit, statuses)[0])))
+                                                curve_verdict(rate.exponent, fit, statuses)[0],
+                                                (certificates.current_check(curve, name) or {})
+                                                .get("sublevel"))))
     if key:
         handles += key_handles(styles=styles)
     ax.set_xscale("log")

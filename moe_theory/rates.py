@@ -567,8 +567,9 @@ def _signed(value: float, digits: int = 2) -> str:
     return "-" if pd.isna(value) else f"{value:+.{digits}f}"
 
 
-def _ratio(value: float) -> str:
-    """A ratio of losses: two decimals near 1, where a tight curve's lies, three digits above."""
+def format_ratio(value: float) -> str:
+    """A ratio of losses (a sublevel ratio): two decimals near 1, where a tight curve's lies,
+    whole numbers from 10 on."""
     return "-" if pd.isna(value) else f"{value:.2f}" if value < 10 else f"{value:.0f}"
 
 
@@ -607,7 +608,7 @@ def format_rates_table(table: pd.DataFrame) -> str:
             _signed(r["slope_median"]), "-" if pd.isna(r["r2"]) else f"{r['r2']:.3f}",
             f"{r['n_used']} x {r['reps_used']}", str(r["n_dropped"]), theory,
             *(CERT_SHORT.get(r[c], str(r[c])) for c in CERT_COLUMNS),
-            _ratio(r["sublevel_max"]), str(r["verdict"]),
+            format_ratio(r["sublevel_max"]), str(r["verdict"]),
         ])
         if isinstance(r["reason"], str) and r["reason"]:
             notes.setdefault(r["reason"], []).append(

@@ -4,6 +4,7 @@ tables whose answers are known by construction, and on the committed tables."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -860,24 +861,48 @@ def test_the_cpu_preset_record_gives_the_readme_verdicts():
     folder = ROOT / "paper_figures" / "nguyen2024-measurable" / "preset"
     preset = load_config("nguyen2024-measurable", fast=True)
     assert preset.gate_reps == {"softmax": 4} and preset.reps == 60
-    for device, wall in (("cpu", 304), ("cuda", 59)):
+    certs = ["ref", "conv", "opt", "overfit"]
+    for device, wall in (("cpu", 303), ("cuda", 59)):
         run = json.loads((folder / f"{device}_run.json").read_text())
         assert run["config_hash"] == preset.hash and run["fast"] is True
         assert round(run["wall_s_this_call"]) == wall
-        rows = {tuple(line.split()[1:3]): line
-                for line in (folder / f"{device}_rates.txt").read_text().splitlines()
-                if line.startswith("nguyen2024-measurable-gelu-d4 ")}
+        rows = _table_rows((folder / f"{device}_rates.txt").read_text())
         d3 = rows["sigmoid", "D3"]
-        assert "-0.50 ± 0.07" in d3 and "4 x 60" in d3 and d3.endswith("consistent")
-        assert d3.split()[-5:-1] == ["pass"] * 4
+        assert d3["slope (± 95% CI)"] == "-0.50 ± 0.07" and d3["n x reps"] == "4 x 60"
+        assert [d3[c] for c in certs] == ["pass"] * 4 and d3["verdict"] == "consistent"
         for loss in ("D1", "err_eta_over"):
-            assert rows["softmax", loss].endswith(
+            assert rows["softmax", loss]["verdict"] == (
                 "not measurable (reference, converged, optimiser failed)")
         # the matched gauge's D1 (a row since commit 9505273): its reference certificate passes
         line = rows["softmax", "D1_matched"]
-        assert line.split()[-9:-5] == ["pass", "FAIL", "FAIL", "pass"]
-        assert line.endswith("not measurable (converged, optimiser failed)")
+        assert [line[c] for c in certs] == ["pass", "FAIL", "FAIL", "pass"]
+        assert line["verdict"] == "not measurable (converged, optimiser failed)"
+    # the CPU record is of a check that reports the sublevel ratios (since commit c49763d): the
+    # sigmoid fit's checked fits as good as G_bar all at its D3, the softmax fit's up to 30x
+    rows = _table_rows((folder / "cpu_rates.txt").read_text())
+    assert rows["sigmoid", "D3"]["sublevel"] == "1.00"
+    assert rows["softmax", "D1_matched"]["sublevel"] == "30"
     assert (folder / "nguyen2024-measurable-fast.png").stat().st_size > 10_000
+
+
+def _table_rows(text: str) -> dict[tuple[str, str], dict[str, str]]:
+    """A printed rates table's rows above its legend, by (fit, loss), each cell by its header
+    (columns are where their header starts: headers hold single spaces, cells are left-aligned)."""
+    lines = text.splitlines()
+    starts = [(m.start(), m.group()) for m in re.finditer(r"\S+(?: \S+)*", lines[0])]
+    rows = {}
+    for line in lines[2:]:
+        if not line.strip():  # the legend follows
+            break
+        if line.startswith("·"):  # the rule before the curves the figure leaves out
+            continue
+        cells = [line[a:b].strip() for (a, _), (b, _) in
+                 zip(starts, [*starts[1:], (None, "")], strict=True)]
+        # the over-fit certificate's header repeats the fitted gate's ("fit"): "gate", "overfit"
+        names = [name for _, name in starts]
+        names = [names[0], "gate", *("overfit" if name == "fit" else name for name in names[2:])]
+        rows[cells[1], cells[2]] = dict(zip(names, cells, strict=True))
+    return rows
 
 
 @pytest.fixture(scope="module")

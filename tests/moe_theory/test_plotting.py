@@ -156,6 +156,22 @@ def test_uncertified_curves_are_dashed_and_named_not_measurable(df):
         "(not measurable: reference, optimiser, overfit not run)"
 
 
+def test_a_curve_says_how_far_the_fits_as_good_as_the_reference_lie(df):
+    """The optimiser check's sublevel summary reaches the legend: how far the checked fits as
+    good as the reference lie, tight or loose."""
+    certs = passing_certificates(df)
+    certs.check["curves"]["toy-dense/softmax/D3"]["sublevel"] = {
+        "data_sets": 8, "ratio_median": 1.5, "ratio_max": 26.8, "ratio_max_n": 64000,
+        "by_n": {"64000": 26.8}, "loose": 3}
+    certs.check["curves"]["toy-dense/sigmoid/D3"]["sublevel"] = {
+        "data_sets": 8, "ratio_median": 1.0, "ratio_max": 1.01, "ratio_max_n": 1000,
+        "by_n": {"1000": 1.01}, "loose": 0}
+    ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "D3")], certificates=certs)
+    sigmoid, softmax = (t.get_text().replace("\n", " ") for t in ax.get_legend().get_texts()[:2])
+    assert "(fits as good as the reference: up to 27x the loss)" in softmax
+    assert "(fits as good as the reference: up to 1.01x the loss)" in sigmoid
+
+
 def test_medians_are_drawn_beside_the_means(df):
     ax, _ = draw(df, [("sigmoid", "D3")])
     sigmoid = df[(df["fit_gate"] == "sigmoid") & (df["loss_name"] == "D3")]
