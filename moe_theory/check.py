@@ -415,6 +415,14 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
         if got != expected or set(refits["rep"]) != set(range(reps)):
             raise ValueError(f"refits: not the refits of {folder}'s config with reps = {reps} "
                              "(moe_theory.check.refit computes them)")
+        if "config_hash" in refits.columns:
+            # refits kept from before a sweep was rerun with --force: same grid, other fits
+            for name, cfg in variants(config).items():
+                hashes = set(refits.loc[refits["variant"] == name, "config_hash"].astype(str))
+                if hashes != {cfg.hash}:
+                    raise ValueError(
+                        f"refits: the {name} refits are of config {', '.join(sorted(hashes))}, "
+                        f"not of {folder}'s ({cfg.hash}); refit them (`moe-theory check DIR`)")
     if write_refits:
         atomic_write(folder / CHECK_TABLE, lambda tmp: write_check_table(refits, tmp))
     curves = {}

@@ -158,6 +158,19 @@ def test_check_stored_needs_kept_refits_and_takes_no_reps(finished, capsys):
     assert (finished / "check.json").read_bytes() == before  # nothing written
 
 
+def test_check_stored_refuses_refits_of_another_config(finished, capsys):
+    """Refits kept from before the sweep was rerun with other settings (same grid) are not the
+    check of today's fits: refused by name, nothing rewritten."""
+    refits = pd.read_parquet(finished / "check.parquet")
+    refits.loc[refits["variant"] == "jitter x10", "config_hash"] = "0123456789ab"
+    refits.to_parquet(finished / "check.parquet", index=False)
+    before = {name: (finished / name).read_bytes() for name in ("check.json", "rates.txt")}
+    assert main(["check", str(finished), "--stored"]) == 2
+    err = capsys.readouterr().err
+    assert "refits: the jitter x10 refits are of config 0123456789ab" in err
+    assert {name: (finished / name).read_bytes() for name in before} == before
+
+
 def test_a_value_off_by_rounding_is_kept_as_stored(finished, doubled_losses):
     """Another torch build rounds a loss's last bits differently: such a value is the stored
     one, and a rewrite keeps its bytes, while the values a changed definition moves are
