@@ -506,7 +506,8 @@ def rates_table(
         label, reason = curve_verdict(exponent, fit, statuses)
         check = certificates.current_check(curve, name)
         sublevel = (check or {}).get("sublevel") or {}
-        reason = "; ".join(filter(None, [reason, sublevel_note(sublevel)]))
+        reason = "; ".join(filter(None, [reason, sublevel_note(
+            sublevel, exponent is not None and not math.isnan(exponent))]))
         n_all, values = values_by_n(curve)
         used = np.asarray(fit.n_used if fit.n_used else n_all)
         cert = certificates.reference.get(name[:2])
@@ -538,17 +539,18 @@ def rates_table(
     return pd.DataFrame(rows, columns=list(RATES_COLUMNS))
 
 
-def sublevel_note(sublevel: Mapping[str, Any]) -> str:
+def sublevel_note(sublevel: Mapping[str, Any], has_theory: bool = True) -> str:
     """A curve's note where some checked data set is loose (moe_theory.check.sublevel_summary):
     fits the least-squares argument cannot tell from the reference lie far beyond the plotted
-    fit, so the theorem's bound must reach that far at those n (docs/theory.md#optimiser-
-    independent); empty otherwise."""
+    fit, so the theorem's bound, where the curve has one (``has_theory``), must reach that far
+    at those n (docs/theory.md#optimiser-independent); empty otherwise."""
     if not sublevel or not sublevel.get("loose"):
         return ""
-    return (f"sublevel: a fit at least as good as the reference has {sublevel['ratio_max']:.3g}x "
-            f"the sweep fit's loss (n={sublevel['ratio_max_n']}), over {SUBLEVEL_LOOSE:g}x on "
-            f"{sublevel['loose']} of {sublevel['data_sets']} checked data sets: the rate bound "
-            "must cover those fits too")
+    return (f"sublevel: a fit at least as good as the reference has "
+            f"{format_ratio(sublevel['ratio_max'])}x the sweep fit's loss "
+            f"(n={sublevel['ratio_max_n']}), over {SUBLEVEL_LOOSE:g}x on "
+            f"{sublevel['loose']} of {sublevel['data_sets']} checked data sets"
+            + (": the rate bound must cover those fits too" if has_theory else ""))
 
 
 FORMAT_COLUMNS = (
