@@ -85,11 +85,6 @@ OPTIMISER_SHARE_MIN = 0.95
 #: statistical error has ``n |e|_F^2 ~ nu chi^2_p``: a gap of one nu is a displacement of
 #: 1/sqrt(p) of the statistical error, invisible in the losses.
 SSR_GAP_MAX = 1.0
-#: optimiser check, evidence beside it: a checked data set counts as loose when a fit of it at
-#: least as good as the reference (its SSR at most the reference's) has a loss this many times
-#: the sweep fit's. The rate bound covers every such fit; at 2x the bound must reach twice as far
-#: as the plotted point, a factor no per-n CI of a few replications mistakes for noise.
-SUBLEVEL_LOOSE = 2.0
 #: optimiser check: the factors applied to max_iter and to the start's jitter.
 CHECK_MAX_ITER_FACTOR = 10
 CHECK_JITTER_FACTOR = 10

@@ -29,13 +29,14 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from moe_theory import sublevel
 from moe_theory.certificates import (
     CHECK_FILE,
     CHECK_JITTER_FACTOR,
@@ -46,7 +47,6 @@ from moe_theory.certificates import (
     OPTIMISER_SHARE_MIN,
     PASS,
     SSR_GAP_MAX,
-    SUBLEVEL_LOOSE,
     json_ready,
     load_check,
     noise_variance,
@@ -212,50 +212,6 @@ def _refit_job(job: tuple[str, str, Shard], *, configs: dict[str, SweepConfig], 
     return name, gate, shard, rows, time.perf_counter() - start
 
 
-def sublevel_ratios(base: pd.DataFrame, refits: pd.DataFrame,
-                    keys: Sequence[str] = ("n", "rep")) -> pd.DataFrame:
-    """Per checked data set (``keys``): the sweep fit's loss (``sweep``), the largest loss among
-    the data set's fits that are at least as good as the reference (``largest``: the sweep's and
-    the refits, ``certified``), and their ratio (docs/theory.md#optimiser-independent).
-
-    The argument behind a least-squares rate bounds the loss of every point whose SSR is at most
-    the reference's; ``largest`` is one such point's loss, so the ratio is a lower bound on how
-    far beyond the sweep's fit the bound must reach on that data set: about 1 where the data pin
-    the estimate down, far above 1 where the set the bound covers is wide at that n. Data sets
-    whose sweep loss is not finite and positive have no ratio (NaN)."""
-    keys = list(keys)
-    base = base.drop_duplicates(keys)
-    if "certified" not in base.columns or "certified" not in refits.columns:
-        return pd.DataFrame(columns=[*keys, "sweep", "largest", "ratio"])
-    every = pd.concat([base[[*keys, "loss_value", "certified"]],
-                       refits[[*keys, "loss_value", "certified"]]], ignore_index=True)
-    every = every.merge(refits[keys].drop_duplicates(), on=keys)  # the checked data sets only
-    inside = every[every["certified"].astype(bool) & np.isfinite(every["loss_value"])]
-    largest = inside.groupby(keys)["loss_value"].max().rename("largest")
-    out = (base.merge(refits[keys].drop_duplicates(), on=keys).set_index(keys)["loss_value"]
-           .rename("sweep").to_frame().join(largest))
-    sweep = out["sweep"].to_numpy(float)
-    ok = np.isfinite(sweep) & (sweep > 0)
-    out["ratio"] = np.where(ok, out["largest"].to_numpy(float) / np.where(ok, sweep, 1.0),
-                            np.nan)
-    return out.reset_index()
-
-
-def sublevel_summary(ratios: pd.DataFrame) -> dict | None:
-    """A curve's :func:`sublevel_ratios` in a few numbers (None without a finite ratio):
-    ``data_sets`` with a ratio, its median and largest (``ratio_max`` at ``ratio_max_n``), the
-    largest per n (``by_n``), and ``loose``, the data sets above SUBLEVEL_LOOSE."""
-    ratios = ratios[np.isfinite(ratios["ratio"].to_numpy(float))]
-    if ratios.empty:
-        return None
-    worst = ratios.loc[ratios["ratio"].idxmax()]
-    by_n = ratios.groupby("n")["ratio"].max()
-    return {"data_sets": len(ratios), "ratio_median": float(ratios["ratio"].median()),
-            "ratio_max": float(worst["ratio"]), "ratio_max_n": int(worst["n"]),
-            "by_n": {str(int(m)): float(r) for m, r in by_n.items()},
-            "loose": int((ratios["ratio"] > SUBLEVEL_LOOSE).sum())}
-
-
 def _log_mean(values: np.ndarray) -> float:
     v = usable(values)
     return float(np.log(v.mean())) if v.size else math.nan
@@ -278,8 +234,8 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     "slope", "slope_shift", "slope_tolerance", "sublevel"}``: gaps in noise variances; ``mean_shift`` the
     largest |change of log-mean| over n per variant, ``mean_tolerance`` the smallest 95% CI
     half-width of a log-mean over n, ``slope_shift`` the slope's change per variant,
-    ``sublevel`` the :func:`sublevel_summary` of the checked data sets (evidence, not part of
-    the status).
+    ``sublevel`` the :func:`moe_theory.sublevel.check_entry` of the checked data sets (the
+    sweep's fit and the refits, every start of each: evidence, not part of the status).
     """
     reasons: list[str] = []
     out: dict = {}
@@ -324,7 +280,8 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
             reasons.append(f"{name}: the slope moves by {shift:.3f}, more than its 95% CI "
                            f"half-width {full_fit.half_width:.3f}")
     # evidence, not a test: how much the rate bound covers on the checked data sets
-    out["sublevel"] = sublevel_summary(sublevel_ratios(base.reset_index(), refits, keys))
+    out["sublevel"] = sublevel.check_entry(sublevel.data_set_ratios(base.reset_index(), refits,
+                                                                    keys))
     usable_any = any(usable(v).size for m, v in base_by_n.items() if np.isfinite(half[m]))
     out["status"] = (FAIL if reasons else PASS) if usable_any else NOT_RUN
     out["reasons"] = reasons if usable_any else ["no usable loss among the refitted fits"]

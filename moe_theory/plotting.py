@@ -48,10 +48,10 @@ from moe_theory.rates import (
     curve_rate,
     curve_verdict,
     drop_reasons,
-    format_ratio,
     resolve_theory,
     values_by_n,
 )
+from moe_theory.sublevel import curve_summary, format_ratio
 
 STYLE_FILE = "moe_theory.mplstyle"
 
@@ -229,13 +229,14 @@ def curve_label(gate: str, loss: str, rows: pd.DataFrame) -> str:
 
 
 def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str = "",
-                sublevel: Mapping | None = None) -> str:
+                reach: Mapping | None = None) -> str:
     """A curve's legend entry: its rate, and why it has no verdict where it has none: "not
     measurable" with the certificates that failed or were not run, or, certified, "inconclusive" when
     :func:`~moe_theory.rates.curve_verdict` says so (docs/theory.md#verdicts); and, where the
-    optimiser check reports it (``sublevel``, its check.json entry), how far the checked fits as
-    good as the reference lie, over the plotted fit's loss (docs/theory.md#optimiser-independent):
-    1.00 where the data pin the estimate down, far above where the theorem's bound is loose."""
+    sweep or the optimiser check recorded it (``reach``, :func:`moe_theory.sublevel.curve_summary`),
+    how far the fits as good as the reference lie, over the kept fit's loss
+    (docs/theory.md#optimiser-independent): 1.00 where the data pin the estimate down, far above
+    where the theorem's bound is loose."""
     suffix = "" if certified else "\n(not measurable)"
     if not certified and verdict.startswith("not measurable ("):
         # which certificates failed, as the printed table says: a reader of the figure alone
@@ -246,9 +247,9 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
         suffix = "\n(inconclusive: CI too wide)"
     elif certified and verdict in ("consistent", "inconsistent"):
         suffix = f"\n(certified, {verdict} with theory)"
-    if sublevel:
+    if reach:
         suffix += "\n" + textwrap.fill(
-            f"(fits as good as the reference: up to {format_ratio(sublevel['ratio_max'])}x the "
+            f"(fits as good as the reference: up to {format_ratio(reach['ratio_max'])}x the "
             "loss)", width=LEGEND_REASON_WIDTH)
     rate = ("no rate (< 2 sample sizes)" if math.isnan(fit.slope)
             else rf"$n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$")
@@ -421,8 +422,8 @@ def draw_rates(
         handles.append(Line2D([], [], color=color, marker=marker, mfc=face, ls=line_style,
                               label=_rate_label(label, fit, certified,
                                                 curve_verdict(rate.exponent, fit, statuses)[0],
-                                                (certificates.current_check(curve, name) or {})
-                                                .get("sublevel"))))
+                                                curve_summary(curve, (certificates.current_check(
+                                                    curve, name) or {}).get("sublevel")))))
     if key:
         handles += key_handles(styles=styles)
     ax.set_xscale("log")

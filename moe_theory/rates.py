@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 from scipy.special import stdtrit
 
+from moe_theory import sublevel
 from moe_theory.certificates import (
     CERTIFICATES,
     FAIL,
     NOT_RUN,
     PASS,
-    SUBLEVEL_LOOSE,
     FolderCertificates,
     Status,
     overlay_agreement,
@@ -60,9 +60,9 @@ REQUIRED_COLUMNS = CURVE_KEYS + DESCRIPTIVE_COLUMNS + ROW_COLUMNS
 #: Why a loss value is left out of a slope, in the order they are tested.
 DROP_REASONS = ("nan", "inf", "nonpositive", "bound")
 CERT_COLUMNS = tuple(f"cert_{name}" for name in CERTIFICATES)
-#: The optimiser check's reading of the set a rate bound covers (moe_theory.check.sublevel_summary):
-#: per curve, the largest and median ratio over its checked data sets, how many of them are loose
-#: and how many have a ratio; NaN without a check.
+#: The set a rate bound covers (moe_theory.sublevel.curve_summary): per curve, the largest and
+#: median ratio over its data sets (every sweep fit's starts, the check's refits), how many are
+#: loose and how many have a ratio; NaN where neither the sweep nor a check recorded one.
 SUBLEVEL_COLUMNS = ("sublevel_max", "sublevel_median", "sublevel_loose", "sublevel_data_sets")
 RATES_COLUMNS = (
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "d", "k_true", "k_fit",
@@ -504,10 +504,10 @@ def rates_table(
         exponent = None if rate.exponent is None else float(rate.exponent)
         statuses = certificates.evaluate(curve, name)
         label, reason = curve_verdict(exponent, fit, statuses)
-        check = certificates.current_check(curve, name)
-        sublevel = (check or {}).get("sublevel") or {}
-        reason = "; ".join(filter(None, [reason, sublevel_note(
-            sublevel, exponent is not None and not math.isnan(exponent))]))
+        reach = sublevel.curve_summary(
+            curve, (certificates.current_check(curve, name) or {}).get("sublevel")) or {}
+        reason = "; ".join(filter(None, [reason, sublevel.note(
+            reach, exponent is not None and not math.isnan(exponent))]))
         n_all, values = values_by_n(curve)
         used = np.asarray(fit.n_used if fit.n_used else n_all)
         cert = certificates.reference.get(name[:2])
@@ -530,27 +530,13 @@ def rates_table(
             certified_share=float(curve["certified"].astype(float).mean()),
             converged_share=float(curve["converged"].astype(float).mean()),
             wall_s=float(curve["wall_s"].sum()),
-            sublevel_max=sublevel.get("ratio_max", math.nan),
-            sublevel_median=sublevel.get("ratio_median", math.nan),
-            sublevel_loose=sublevel.get("loose", math.nan),
-            sublevel_data_sets=sublevel.get("data_sets", math.nan),
+            sublevel_max=reach.get("ratio_max", math.nan),
+            sublevel_median=reach.get("ratio_median", math.nan),
+            sublevel_loose=reach.get("loose", math.nan),
+            sublevel_data_sets=reach.get("data_sets", math.nan),
         )
         rows.append(row)
     return pd.DataFrame(rows, columns=list(RATES_COLUMNS))
-
-
-def sublevel_note(sublevel: Mapping[str, Any], has_theory: bool = True) -> str:
-    """A curve's note where some checked data set is loose (moe_theory.check.sublevel_summary):
-    fits the least-squares argument cannot tell from the reference lie far beyond the plotted
-    fit, so the theorem's bound, where the curve has one (``has_theory``), must reach that far
-    at those n (docs/theory.md#optimiser-independent); empty otherwise."""
-    if not sublevel or not sublevel.get("loose"):
-        return ""
-    return (f"sublevel: a fit at least as good as the reference has "
-            f"{format_ratio(sublevel['ratio_max'])}x the sweep fit's loss "
-            f"(n={sublevel['ratio_max_n']}), over {SUBLEVEL_LOOSE:g}x on "
-            f"{sublevel['loose']} of {sublevel['data_sets']} checked data sets"
-            + (": the rate bound must cover those fits too" if has_theory else ""))
 
 
 FORMAT_COLUMNS = (
@@ -559,20 +545,14 @@ FORMAT_COLUMNS = (
     "sublevel_max", "verdict", "reason",
 )
 #: The table's legend of its ``sublevel`` column.
-SUBLEVEL_LEGEND = ("sublevel: largest loss among the checked data sets' fits at least as good as "
-                   "the reference (the sweep's and the check's refits) over the sweep fit's, which "
-                   "the rate bound covers too; - without an optimiser check")
+SUBLEVEL_LEGEND = ("sublevel: on the worst data set, the largest loss among its fits at least as "
+                   "good as the reference (every start of the kept fit and of the check's refits), "
+                   "over the kept fit's; the rate bound covers them too; - where none was recorded")
 CERT_SHORT = {PASS: "pass", FAIL: "FAIL", NOT_RUN: "-"}
 
 
 def _signed(value: float, digits: int = 2) -> str:
     return "-" if pd.isna(value) else f"{value:+.{digits}f}"
-
-
-def format_ratio(value: float) -> str:
-    """A ratio of losses (a sublevel ratio): two decimals near 1, where a tight curve's lies,
-    whole numbers from 10 on."""
-    return "-" if pd.isna(value) else f"{value:.2f}" if value < 10 else f"{value:.0f}"
 
 
 def format_rates_table(table: pd.DataFrame) -> str:
@@ -610,7 +590,7 @@ def format_rates_table(table: pd.DataFrame) -> str:
             _signed(r["slope_median"]), "-" if pd.isna(r["r2"]) else f"{r['r2']:.3f}",
             f"{r['n_used']} x {r['reps_used']}", str(r["n_dropped"]), theory,
             *(CERT_SHORT.get(r[c], str(r[c])) for c in CERT_COLUMNS),
-            format_ratio(r["sublevel_max"]), str(r["verdict"]),
+            sublevel.format_ratio(r["sublevel_max"]), str(r["verdict"]),
         ])
         if isinstance(r["reason"], str) and r["reason"]:
             notes.setdefault(r["reason"], []).append(

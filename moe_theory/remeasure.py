@@ -41,6 +41,7 @@ from moe_theory.store import (
     write_results_csv,
     write_shard,
 )
+from moe_theory.sublevel import SUBLEVEL_LOSS
 from moe_theory.sweep import applicable_losses
 from moe_theory.voronoi import voronoi_loss
 
@@ -155,6 +156,19 @@ def _kept(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     return np.where(_same(old, new), old, new)
 
 
+def _with_values(rows: pd.DataFrame, new: np.ndarray, added: np.ndarray) -> pd.DataFrame:
+    """``rows`` with the values to write (:func:`_kept`). Where a value changed or its row was
+    added, the fit's other starts' largest loss (:data:`~moe_theory.sublevel.SUBLEVEL_LOSS`) is
+    unknown: only the kept start's estimate is stored, so it becomes NaN rather than a value of
+    another definition or another loss's."""
+    old = rows["loss_value"].to_numpy(float)
+    out = rows.assign(loss_value=_kept(old, new))
+    if SUBLEVEL_LOSS in out:
+        stale = added | ~_same(old, new)
+        out[SUBLEVEL_LOSS] = np.where(stale, np.nan, out[SUBLEVEL_LOSS].to_numpy(float))
+    return out
+
+
 def _changes(name: str, table: pd.DataFrame, new: np.ndarray, stored: np.ndarray,
              added: np.ndarray) -> pd.DataFrame:
     old = table["loss_value"].to_numpy(dtype=float)
@@ -227,7 +241,7 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     if (folder / "shards").is_dir():
         merge(folder)
     else:
-        results = results.assign(loss_value=_kept(results["loss_value"].to_numpy(float), new))
+        results = _with_values(results, new, added)
         if results_csv(folder).exists():
             write_results_csv(folder, results)
         if (folder / "results.parquet").exists():
@@ -235,8 +249,7 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
                          lambda tmp: results.to_parquet(tmp, index=False))
     if check is not None:
         reps = int(check["rep"].max()) + 1
-        run_check(folder, reps=reps, refits=check.assign(
-            loss_value=_kept(check["loss_value"].to_numpy(float), check_new)))
+        run_check(folder, reps=reps, refits=_with_values(check, check_new, check_added))
     write_report(load_results(folder), config, folder)
     return table
 
@@ -247,8 +260,7 @@ def _rewrite_shards(store: Path, refs: dict[tuple[str, str], MixingMeasure],
     hold, with the rows of losses they lack added (:func:`with_missing_rows`), and store each
     anew (atomically, with its checksum)."""
     for shard in verified_shards(store, shards_on_disk(store), report=lambda msg: None):
-        rows, _ = with_missing_rows(pd.read_parquet(shard_path(store, shard)), config,
-                                    merged=False)
+        rows, added = with_missing_rows(pd.read_parquet(shard_path(store, shard)), config,
+                                        merged=False)
         values, _ = measure_table(rows, fit_table(rows), refs)
-        write_shard(store, shard, rows.assign(
-            loss_value=_kept(rows["loss_value"].to_numpy(float), values)))
+        write_shard(store, shard, _with_values(rows, values, added))

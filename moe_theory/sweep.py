@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -54,6 +55,7 @@ from moe_theory.store import (
     write_manifest,
     write_shard,
 )
+from moe_theory.sublevel import SUBLEVEL_LOSS, start_sublevel
 from moe_theory.validation import check_device
 from moe_theory.voronoi import (
     GAUGE_KINDS,
@@ -65,7 +67,8 @@ from moe_theory.voronoi import (
 
 RESULT_COLUMNS = [
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
-    "k_fit", "n", "rep", "seed", "loss_name", "loss_value", "converged", "stop_reason", "certified",
+    "k_fit", "n", "rep", "seed", "loss_name", "loss_value", SUBLEVEL_LOSS, "converged",
+    "stop_reason", "certified",
     "n_iter", "fit_loss", "ref_loss", "bound_active", "proj_grad_max", "n_starts", "ssr_spread",
     "starts_near_best", "wall_s", "device", "backend", "algorithm", "config_hash", FIT_MEASURE,
 ]
@@ -192,10 +195,17 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
             # (moe_theory.remeasure); compact JSON, exact for float64 (repr round-trips)
             FIT_MEASURE: fitted.to_json_rows(),
         }
+        # with one start there is no other fit of the data to read: NaN, not the kept loss
+        starts = fit.start_measure.to(device="cpu") if fit.n_starts > 1 else None
         for loss in applicable_losses(setting, ref_kind, config.losses, gate):
             values = voronoi_loss(fitted, ref, loss).numpy()
-            frames.append(pd.DataFrame({**base, "loss_name": loss, "loss_value": values}))
+            reach = np.full(R, np.nan) if starts is None else start_sublevel(
+                voronoi_loss(starts, ref, loss).numpy().reshape(fit.n_starts, R).T,
+                fit.start_certified.cpu().numpy())
+            frames.append(pd.DataFrame({**base, "loss_name": loss, "loss_value": values,
+                                        SUBLEVEL_LOSS: reach}))
     return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
+
 
 
 # ---- memory-aware batching -------------------------------------------------------------------

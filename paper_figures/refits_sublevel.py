@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moe_theory.certificates import SUBLEVEL_LOOSE as LOOSE
-from moe_theory.check import sublevel_ratios
 from moe_theory.rates import CURVE_KEYS
 from moe_theory.store import load_results
+from moe_theory.sublevel import LOOSE, data_set_ratios
 
 HERE = Path(__file__).resolve().parent
 CURVE = list(CURVE_KEYS)
@@ -44,11 +43,11 @@ def folders(root: Path = HERE) -> list[Path]:
 def ratios(folder: Path) -> pd.DataFrame:
     """Per curve and checked data set: the sweep fit's loss, the largest loss among the
     certified fits of the data set (the sweep's and the check's refits), and their ratio
-    (:func:`moe_theory.check.sublevel_ratios`, which the check itself reports per curve)."""
+    (:func:`moe_theory.sublevel.data_set_ratios`, which the check itself reports per curve)."""
     refits = pd.read_parquet(folder / "check.parquet", columns=CURVE + FIT + [
         "loss_value", "certified"])
     sweep = load_results(folder)[CURVE + FIT + ["loss_value", "certified"]]
-    return sublevel_ratios(sweep, refits, CURVE + FIT)
+    return data_set_ratios(sweep, refits, CURVE + FIT)
 
 
 def summary(folder: Path, all_curves: bool = False) -> pd.DataFrame:

@@ -67,6 +67,10 @@ class FitResult:
         (inf when a start ended non-finite); None when ``noise_var`` is not given
     starts_near_best : (R,) starts whose SSR is within the noise variance of the best; None
         when ``noise_var`` is not given
+    start_measure : the measure each start ended at, S * R of them, start-major (start ``s`` of
+        replication ``r`` at ``s * R + r``); the kept ones are ``measure``
+    start_certified : (R, S) each start's end is no worse than the reference (the test of
+        ``certified``); None without a reference
     """
 
     measure: MixingMeasure
@@ -84,6 +88,8 @@ class FitResult:
     start_n_iter: torch.Tensor
     ssr_spread: torch.Tensor | None
     starts_near_best: torch.Tensor | None
+    start_measure: MixingMeasure
+    start_certified: torch.Tensor | None
     wall_s: float
     algorithm: str
     backend: str
@@ -234,14 +240,17 @@ def fit_lse(
         ssr_spread = (ssr.amax(0) - best) / noise_var
         starts_near_best = (ssr - best <= noise_var).sum(0)
     tests = [STOP_TESTS[i] for i in out.stop[pick].tolist()]
-    fitted = LeastSquaresProblem(X, Y, gate, score, expert, k, kernel_backend).measure(theta)
+    start_measure = problem.measure(out.theta)
+    fitted = start_measure.select(pick)
     fit_loss = out.loss[pick] / X.shape[1]
-    ref_loss = certified = None
+    ref_loss = certified = start_certified = None
     if reference is not None:
         ref_loss = objective(X, Y, reference, kernel_backend)
         # the floor only matters for a noise-free reference, whose loss is exactly 0
         floor = torch.finfo(X.dtype).eps * (Y * Y).mean(-1)
         certified = fit_loss <= ref_loss * (1 + CERTIFY_RTOL) + floor
+        start_certified = out.loss.view(S, R).T / X.shape[1] <= (
+            ref_loss * (1 + CERTIFY_RTOL) + floor)[:, None]
     if X.device.type == "cuda":
         torch.cuda.synchronize(X.device)
     return FitResult(
@@ -251,6 +260,7 @@ def fit_lse(
         proj_grad_max=out.proj_grad_max[pick], n_starts=S, start_ssr=out.loss.view(S, R).T,
         start_n_iter=out.n_iter.view(S, R).T,
         ssr_spread=ssr_spread, starts_near_best=starts_near_best,
+        start_measure=start_measure, start_certified=start_certified,
         wall_s=time.perf_counter() - start, algorithm=algorithm, backend=resolved,
         device=str(X.device), extra={"gram_dtype": gram_dtype},
     )

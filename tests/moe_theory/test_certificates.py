@@ -16,7 +16,6 @@ import torch
 
 import moe_theory as mt
 from moe_theory import certificates, identified_losses, population, settings
-from moe_theory import check as check_module
 from moe_theory.certificates import (
     CHECK_MAX_ITER_FACTOR,
     FAIL,
@@ -551,34 +550,6 @@ def test_missing_certificates_say_why_they_are_missing():
                                         regex=False).all()
     assert not study["reason"].str.contains("moe-theory check", regex=False).any()
     pd.testing.assert_frame_equal(sweep.drop(columns="reason"), study.drop(columns="reason"))
-
-
-def test_sublevel_ratios_take_the_largest_certified_fit_of_each_checked_data_set():
-    """Per checked data set, the largest loss among its fits at least as good as the reference
-    (the sweep's and the refits) over the sweep fit's: an uncertified refit does not count,
-    however far it lies; a data set no refit covers has no ratio; a sweep loss of 0 or NaN gives
-    NaN, not a division's inf."""
-    base = pd.DataFrame({"n": [100, 100, 200, 200, 400], "rep": [0, 1, 0, 1, 0],
-                         "loss_value": [1.0, 2.0, 0.5, np.nan, 1.0],
-                         "certified": [True, True, False, True, True]})
-    refits = pd.DataFrame({"n": [100, 100, 100, 100, 200, 200, 200, 200],
-                           "rep": [0, 0, 1, 1, 0, 0, 1, 1],
-                           "loss_value": [3.0, 100.0, 1.0, 2.5, 0.5, 0.4, 7.0, 8.0],
-                           "certified": [True, False, True, True, False, True, True, True],
-                           "variant": ["a", "b"] * 4})
-    ratios = check_module.sublevel_ratios(base, refits).set_index(["n", "rep"])
-    assert list(ratios.index) == [(100, 0), (100, 1), (200, 0), (200, 1)]  # n = 400 unchecked
-    assert ratios.loc[(100, 0), "ratio"] == 3.0  # the uncertified 100 is left out
-    assert ratios.loc[(100, 1), "ratio"] == 1.25
-    # the sweep fit itself is not certified here: the certified refit's 0.4 is the largest
-    assert ratios.loc[(200, 0), "ratio"] == pytest.approx(0.8)
-    assert np.isnan(ratios.loc[(200, 1), "ratio"])
-    summary = check_module.sublevel_summary(ratios.reset_index())
-    assert summary == {"data_sets": 3, "ratio_median": 1.25, "ratio_max": 3.0, "ratio_max_n": 100,
-                       "by_n": {"100": 3.0, "200": pytest.approx(0.8)}, "loose": 1}
-    # without the certified column (a table from before it) there is nothing to read
-    assert check_module.sublevel_summary(check_module.sublevel_ratios(
-        base.drop(columns="certified"), refits)) is None
 
 
 def test_a_regular_curves_checked_fits_are_tight_and_in_its_check(regular):

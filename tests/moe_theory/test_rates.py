@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from moe_theory import sublevel
 from moe_theory.certificates import (
     FAIL,
     NOT_RUN,
@@ -32,7 +33,6 @@ from moe_theory.rates import (
     fit_rate,
     format_rates_table,
     rates_table,
-    sublevel_note,
     verdict,
 )
 
@@ -526,12 +526,12 @@ def test_the_sublevel_ratios_of_the_check_reach_the_table_and_a_loose_curve_gets
     assert row["sigmoid", "D3"].sublevel_max == 1.004 and row["sigmoid", "D3"].sublevel_loose == 0
     assert np.isnan(row["sigmoid", "D1"].sublevel_max)  # no entry: NaN, not 0
     assert "sublevel" not in row["sigmoid", "D3"].reason
-    assert ("sublevel: a fit at least as good as the reference has 27x the sweep fit's loss "
-            "(n=64000), over 2x on 3 of 8 checked data sets") in row["softmax", "D3"].reason
+    assert ("sublevel: a fit at least as good as the reference has 27x the kept fit's loss "
+            "(n=64000), over 2x on 3 of 8 data sets") in row["softmax", "D3"].reason
     assert row["softmax", "D3"].verdict == "inconsistent"  # evidence beside, not in, the verdict
     # a curve without a theory exponent has no rate bound to speak of
-    assert sublevel_note(loose, has_theory=False).endswith("over 2x on 3 of 8 checked data sets")
-    assert sublevel_note(tight) == sublevel_note({}) == ""
+    assert sublevel.note(loose, has_theory=False).endswith("over 2x on 3 of 8 data sets")
+    assert sublevel.note(tight) == sublevel.note({}) == ""
     lines = {line.split()[1] + "/" + line.split()[2]: line
              for line in format_rates_table(table.reset_index("loss_name")).splitlines()[2:5]}
     assert "pass  1.00      " in lines["sigmoid/D3"] and "pass  27        " in lines["softmax/D3"]

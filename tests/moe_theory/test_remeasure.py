@@ -7,6 +7,7 @@ cannot be rewritten safely is refused with nothing touched.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
 import shutil
@@ -22,10 +23,11 @@ from moe_theory.check import run_check
 from moe_theory.cli import main
 from moe_theory.config import parse_config
 from moe_theory.measure import MixingMeasure
-from moe_theory.rates import RATES_COLUMNS
+from moe_theory.rates import RATES_COLUMNS, SUBLEVEL_COLUMNS
 from moe_theory.remeasure import remeasure
 from moe_theory.reproduce import write_report
 from moe_theory.store import FIT_KEYS, FIT_MEASURE, FITS_FILE, load_results, merge
+from moe_theory.sublevel import SUBLEVEL_LOSS
 from moe_theory.sweep import run_sweep
 
 pytestmark = pytest.mark.usefixtures("module_cache")
@@ -106,6 +108,7 @@ def test_fits_file_has_the_same_bytes_when_written_again(swept, tmp_path):
 
 def test_write_puts_back_a_changed_value_and_redoes_check_and_rates(finished, capsys):
     before = {name: (finished / name).read_bytes() for name in ("results.csv", "rates.txt")}
+    before_rates = pd.read_csv(finished / "rates.csv")
     check_before = json.loads((finished / "check.json").read_text())
     results = pd.read_csv(finished / "results.csv")
     row = results.index[(results["loss_name"] == "D3") & results["loss_value"].notna()][0]
@@ -118,10 +121,25 @@ def test_write_puts_back_a_changed_value_and_redoes_check_and_rates(finished, ca
     assert main(["remeasure", str(finished), "--write"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^2 of \d+ loss values differ", out, re.M) and "were rewritten" in out
-    assert {name: (finished / name).read_bytes() for name in before} == before
+    # the values come back; the changed row's reach over its starts cannot be measured again
+    # (only the kept start's estimate is stored), so it is NaN, not a stale number
+    after = pd.read_csv(finished / "results.csv")
+    assert np.isnan(after.loc[row, SUBLEVEL_LOSS])
+    expected = pd.read_csv(io.BytesIO(before["results.csv"]))
+    assert np.isfinite(expected.loc[row, SUBLEVEL_LOSS])
+    expected.loc[row, SUBLEVEL_LOSS] = np.nan
+    pd.testing.assert_frame_equal(after, expected)
     check_after = json.loads((finished / "check.json").read_text())
-    # the check's time is the refitting run's, kept; the refits' fit time read from their rows
-    assert check_after == check_before and check_after["refit_wall_s"] > 0
+    # the check's time is the refitting run's, kept; the refits' fit time read from their rows;
+    # every verdict and number but the sublevel readings as before
+    assert check_after["wall_s"] == check_before["wall_s"] and check_after["refit_wall_s"] > 0
+    for curve in check_before["curves"].values():
+        curve.pop("sublevel")
+    for curve in check_after["curves"].values():
+        curve.pop("sublevel")
+    assert check_after == check_before
+    table = pd.read_csv(finished / "rates.csv").drop(columns=[*SUBLEVEL_COLUMNS, "reason"])
+    pd.testing.assert_frame_equal(table, before_rates.drop(columns=[*SUBLEVEL_COLUMNS, "reason"]))
     assert remeasure(finished)["new"].equals(remeasure(finished)["old"])
 
 
@@ -198,7 +216,13 @@ def test_a_changed_loss_definition_reaches_the_tables(finished, doubled_losses):
     remeasure(finished, write=True)
     new = pd.read_csv(finished / "results.csv")
     np.testing.assert_array_equal(new["loss_value"].to_numpy(), 2.0 * old["loss_value"].to_numpy())
-    pd.testing.assert_frame_equal(new.drop(columns="loss_value"), old.drop(columns="loss_value"))
+    pd.testing.assert_frame_equal(new.drop(columns=["loss_value", SUBLEVEL_LOSS]),
+                                  old.drop(columns=["loss_value", SUBLEVEL_LOSS]))
+    # the starts' reach was measured by the old definition and their estimates are not kept:
+    # NaN wherever a value changed, as it was wherever none did
+    changed = (old["loss_value"] != 0) & old["loss_value"].notna()
+    assert changed.any() and new.loc[changed, SUBLEVEL_LOSS].isna().all()
+    pd.testing.assert_series_equal(new.loc[~changed, SUBLEVEL_LOSS], old.loc[~changed, SUBLEVEL_LOSS])
     rates = pd.read_csv(finished / "rates.csv")
     # doubling every value moves the log of each mean by log 2: the slopes stay (to rounding)
     assert rates["slope"].notna().any()
@@ -237,8 +261,11 @@ def test_a_working_folder_gets_its_stored_rows_measured_anew(swept, tmp_path, do
     run_check(out, reps=1)  # every refit read back from the store, none computed
     check = pd.read_parquet(out / "check.parquet")
     np.testing.assert_array_equal(check["loss_value"], 2.0 * old_check["loss_value"])
-    pd.testing.assert_frame_equal(check.drop(columns=["loss_value", "wall_s"]),
-                                  old_check.drop(columns=["loss_value", "wall_s"]))
+    pd.testing.assert_frame_equal(check.drop(columns=["loss_value", "wall_s", SUBLEVEL_LOSS]),
+                                  old_check.drop(columns=["loss_value", "wall_s", SUBLEVEL_LOSS]))
+    # a changed value's reach over the starts is unknown: NaN in the stored rows too
+    changed = (old_check["loss_value"] != 0) & old_check["loss_value"].notna()
+    assert changed.any() and check.loc[changed, SUBLEVEL_LOSS].isna().all()
 
 
 def test_unstored_fit_is_refused_and_nothing_written(finished):
@@ -363,12 +390,21 @@ def test_a_loss_added_since_the_sweep_gets_the_rows_a_sweep_writes_today(gauged,
     assert table["added"].sum() == 8 and set(table.loc[table["added"], "loss_name"]) == {
         "D1_matched"}
     assert table.loc[table["added"], "new"].notna().all()
-    assert (out / "results.csv").read_bytes() == results
+    # the rows a sweep writes today, but for the added rows' reach over the fits' other starts,
+    # whose estimates are not kept: NaN
+    want = pd.read_csv(io.BytesIO(results))
+    want.loc[want["loss_name"] == "D1_matched", SUBLEVEL_LOSS] = np.nan
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), want)
     # the refits' D1_matched: measured per refitted batch by the check, per variant here; the
     # search's float64 sums may round differently with the batch (rounding, ROUNDING_RTOL)
+    check.loc[check["loss_name"] == "D1_matched", SUBLEVEL_LOSS] = np.nan
     pd.testing.assert_frame_equal(pd.read_parquet(out / "check.parquet"), check,
                                   check_exact=False, rtol=1e-12, atol=0)
-    _assert_close(json.loads((out / "check.json").read_text())["curves"], curves)
+    got = json.loads((out / "check.json").read_text())["curves"]
+    for key in curves:
+        if key.endswith("/D1_matched"):  # its reach: the kept fits' only
+            got[key].pop("sublevel"), curves[key].pop("sublevel")
+    _assert_close(got, curves)
     cert = json.loads(next((out / "certificates").glob("*softmax.json")).read_text())
     assert "D1_matched" in cert["identified_tested"]
     assert "D1_matched" in pd.read_csv(out / "rates.csv")["loss_name"].tolist()
@@ -385,6 +421,9 @@ def test_a_working_folder_gets_the_added_rows_in_its_shards(gauged, tmp_path):
     remeasure(out, write=True)
     for stale in ("results.parquet", "results.csv", "check.parquet"):
         (out / stale).unlink()
+    # as the sweep wrote them, but for the added rows' reach over the other starts: NaN
+    for table in (merged, check):
+        table.loc[table["loss_name"] == "D1_matched", SUBLEVEL_LOSS] = np.nan
     pd.testing.assert_frame_equal(merge(out), merged)
     run_check(out, reps=1)  # every refit read back from the store, none computed
     pd.testing.assert_frame_equal(pd.read_parquet(out / "check.parquet").drop(columns="wall_s"),
