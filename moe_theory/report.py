@@ -43,6 +43,7 @@ from moe_theory.rates import (
 )
 from moe_theory.reproduce import figure_panels
 from moe_theory.store import atomic_write, load_results
+from moe_theory.sublevel import format_ratio
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -228,13 +229,22 @@ def _signed(value: float) -> str:
     return "-" if pd.isna(value) else f"{value:+.2f}"
 
 
+def _sublevel(r: pd.Series) -> str:
+    """A curve's sublevel reading: the largest ratio, then how many of its data sets are loose."""
+    if "sublevel_max" not in r or pd.isna(r["sublevel_max"]):
+        return "-"
+    return (f"{format_ratio(r['sublevel_max'])} ({int(r['sublevel_loose'])} / "
+            f"{int(r['sublevel_data_sets'])})")
+
+
 def curve_rows(rates: pd.DataFrame) -> Table:
     """The per-curve table: rates (mean and median), theory, certificates, verdict, the overlay,
-    optimisation health, time and device."""
+    optimisation health (the sublevel reading among it: moe_theory.sublevel), time and
+    device."""
     header = ["setting", "fit", "loss", f"slope (± {CI_LEVEL:.0%} CI)", "median slope", "R²",
               "n (used) × reps", "dropped", "theory", "source", "verdict", "reference",
               "converged", "optimiser", "over-fit", "follows overlay from n", "certified",
-              "fit time (s)", "device"]
+              "sublevel (loose / data sets)", "fit time (s)", "device"]
     rows = []
     for _, r in rates.iterrows():
         slope = _signed(r["slope"]) + ("" if pd.isna(r["ci_half_width"])
@@ -248,7 +258,7 @@ def curve_rows(rates: pd.DataFrame) -> Table:
             theory, str(r["theory_source"] or "-"), str(r["verdict"]),
             *(CERT_SHORT.get(r[c], str(r[c])) for c in CERT_COLUMNS),
             "-" if pd.isna(r["overlay_from_n"]) else f"{r['overlay_from_n']:g}",
-            _share(r["certified_share"]), f"{r['wall_s']:.1f}",
+            _share(r["certified_share"]), _sublevel(r), f"{r['wall_s']:.1f}",
             f"{r['device']} ({r['backend']})",
         ])
     return header, rows

@@ -24,6 +24,7 @@ from moe_theory.report import (
 )
 from moe_theory.settings import Setting
 from moe_theory.store import write_manifest
+from moe_theory.sublevel import format_ratio
 from moe_theory.sweep import run_sweep
 from tests.moe_theory.test_rates import passing_certificates, results_table
 
@@ -149,7 +150,11 @@ def test_small_sweep_report_has_one_row_per_curve_with_its_verdict(small_sweep):
     assert got[SPARSE.name, "sigmoid", "D2"] == "no theory"
     d1 = next(r for r in rows if r[2] == "D1")
     assert d1[8].startswith("-0.50") and d1[9] == "N24 Thm 2"
-    assert d1[16] == "100%" and d1[18] == "cpu (torch)"  # certified share, device
+    assert d1[16] == "100%" and d1[19] == "cpu (torch)"  # certified share, device
+    # the sublevel reading: the largest ratio, then loose data sets / data sets with a ratio
+    row = expected[(expected.fit_gate == "sigmoid") & (expected.loss_name == "D1")].iloc[0]
+    assert d1[17] == (f"{format_ratio(row.sublevel_max)} ({int(row.sublevel_loose)} / "
+                      f"{int(row.sublevel_data_sets)})")
 
 
 def test_small_sweep_report_figures_are_written_and_embedded(small_sweep):
