@@ -1289,3 +1289,17 @@ def test_the_committed_wide_group_box_run_gives_the_readme_numbers():
     assert (rates.loc["D1_matched", "sublevel_loose"], rates.loc["D1_matched", "sublevel_data_sets"]
             ) == (69, 80)
     assert rates.loc["D1_matched", "verdict"] == "not measurable (optimiser failed)"
+
+
+def test_the_d4_sigmoid_set_stays_a_point_to_1024k(sublevel):
+    """README numbers: the sigmoid fit of the d = 4 truth, 16 starts on 20 data sets at
+    n = 1.28e5 (2-core CPU) and 2.56e5..1.024e6 (H200): every start at least as good as G_bar,
+    the largest D3 within 0.6% of the best start's, and that largest D3 falling as n^-0.50
+    [-0.60, -0.39]."""
+    per = sublevel.sublevel(sublevel.read_starts(
+        [STARTS / "d4_ties_128k_sigmoid.csv.gz", STARTS / "d4_ties_large_n_sigmoid.csv.gz"], "D3"),
+        "D3")
+    assert sorted(per["n"].unique()) == [128000, 256000, 512000, 1024000] and len(per) == 80
+    assert (per["certified"] == 16).all() and (per["max"] / per["best"]).max() < 1.0061
+    largest = sublevel.envelope_slopes(per).set_index("statistic").loc["max"]
+    assert [round(largest[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.5, -0.6, -0.39]
