@@ -64,6 +64,7 @@ from moe_theory.population import (
 )
 from moe_theory.settings import Setting, get_setting, list_settings
 from moe_theory.store import atomic_write, read_manifest
+from moe_theory.sublevel import curve_summary
 from moe_theory.voronoi import voronoi_loss
 
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
@@ -937,6 +938,11 @@ class FolderCertificates:
         if check is not None and stale and hashes and stale not in hashes:
             return None
         return check
+
+    def sublevel(self, curve: pd.DataFrame, name: tuple[str, str, str]) -> dict | None:
+        """The curve's sublevel reading (:func:`moe_theory.sublevel.curve_summary`): its sweep's
+        recorded starts joined with the current optimiser check's data sets."""
+        return curve_summary(curve, (self.current_check(curve, name) or {}).get("sublevel"))
 
     def evaluate(self, curve: pd.DataFrame, name: tuple[str, str, str]) -> dict[str, Status]:
         """The four certificates of the curve ``name = (setting, fit_gate, loss_name)``.

@@ -51,7 +51,7 @@ from moe_theory.rates import (
     resolve_theory,
     values_by_n,
 )
-from moe_theory.sublevel import curve_summary, format_ratio
+from moe_theory.sublevel import format_ratio
 
 STYLE_FILE = "moe_theory.mplstyle"
 
@@ -422,8 +422,7 @@ def draw_rates(
         handles.append(Line2D([], [], color=color, marker=marker, mfc=face, ls=line_style,
                               label=_rate_label(label, fit, certified,
                                                 curve_verdict(rate.exponent, fit, statuses)[0],
-                                                curve_summary(curve, (certificates.current_check(
-                                                    curve, name) or {}).get("sublevel")))))
+                                                certificates.sublevel(curve, name))))
     if key:
         handles += key_handles(styles=styles)
     ax.set_xscale("log")

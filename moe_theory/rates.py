@@ -504,8 +504,7 @@ def rates_table(
         exponent = None if rate.exponent is None else float(rate.exponent)
         statuses = certificates.evaluate(curve, name)
         label, reason = curve_verdict(exponent, fit, statuses)
-        reach = sublevel.curve_summary(
-            curve, (certificates.current_check(curve, name) or {}).get("sublevel")) or {}
+        reach = certificates.sublevel(curve, name) or {}
         reason = "; ".join(filter(None, [reason, sublevel.note(
             reach, exponent is not None and not math.isnan(exponent))]))
         n_all, values = values_by_n(curve)
@@ -560,8 +559,9 @@ def format_rates_table(table: pd.DataFrame) -> str:
 
     Columns: setting, fit gate, loss, slope of the log-mean ``±`` its CI half-width (the header
     says so), slope of the log-median, R^2, used sample sizes x replications, dropped values,
-    theory exponent (label), the four certificates, the largest sublevel ratio (the optimiser
-    check's, :data:`SUBLEVEL_LEGEND`) and the verdict; rows sorted by setting,
+    theory exponent (label), the four certificates, the largest sublevel ratio (the sweep's
+    starts and the optimiser check's refits, :data:`SUBLEVEL_LEGEND`) and the verdict; rows
+    sorted by setting,
     fit_gate, loss_name. Where the table has a boolean ``plotted`` column (the curves a figure
     draws, set by :func:`moe_theory.reproduce.write_report`), those rows come first and a rule
     separates them from the other curves. Below the table, one note per curve whose verdict has

@@ -197,15 +197,14 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
         }
         # with one start there is no other fit of the data to read: NaN, not the kept loss
         starts = fit.start_measure.to(device="cpu") if fit.n_starts > 1 else None
+        inside = None if starts is None else fit.start_certified.cpu().numpy()
         for loss in applicable_losses(setting, ref_kind, config.losses, gate):
             values = voronoi_loss(fitted, ref, loss).numpy()
             reach = np.full(R, np.nan) if starts is None else start_sublevel(
-                voronoi_loss(starts, ref, loss).numpy().reshape(fit.n_starts, R).T,
-                fit.start_certified.cpu().numpy())
+                voronoi_loss(starts, ref, loss).numpy().reshape(fit.n_starts, R).T, inside)
             frames.append(pd.DataFrame({**base, "loss_name": loss, "loss_value": values,
                                         SUBLEVEL_LOSS: reach}))
     return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
-
 
 
 # ---- memory-aware batching -------------------------------------------------------------------

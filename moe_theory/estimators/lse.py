@@ -248,9 +248,9 @@ def fit_lse(
         ref_loss = objective(X, Y, reference, kernel_backend)
         # the floor only matters for a noise-free reference, whose loss is exactly 0
         floor = torch.finfo(X.dtype).eps * (Y * Y).mean(-1)
-        certified = fit_loss <= ref_loss * (1 + CERTIFY_RTOL) + floor
-        start_certified = out.loss.view(S, R).T / X.shape[1] <= (
-            ref_loss * (1 + CERTIFY_RTOL) + floor)[:, None]
+        worst = ref_loss * (1 + CERTIFY_RTOL) + floor
+        certified = fit_loss <= worst
+        start_certified = out.loss.view(S, R).T / X.shape[1] <= worst[:, None]
     if X.device.type == "cuda":
         torch.cuda.synchronize(X.device)
     return FitResult(
