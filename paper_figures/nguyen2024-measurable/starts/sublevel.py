@@ -106,24 +106,30 @@ def envelope_slopes(per: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: the committed figure's panels: title, tables (relative to this folder), loss, axis label,
+#: the n of the d = 4 softmax fit's per-start tables (``d4_ties_{n}{,_jitter10}_softmax``)
+D4_SOFTMAX_N = ("128k", "1024k")
+#: the committed figure's panels, two by two (the d = 4 truth's two fits of the same data sets
+#: first): title, tables (relative to this folder), loss, axis label,
 #: read_starts' first and box, the gate's colour, the theory's exponent (N24: n^-1/2 for D3 and
 #: D1, n^-1/4 for an over-specified softmax expert)
 PANELS = (
+    ("Sigmoid fit, d = 4, GELU experts, 10x box\n16 starts per data set",
+     ("d4_ties_128k_sigmoid.csv.gz", "d4_ties_large_n_sigmoid.csv.gz"), "D3",
+     "D3 against $\\bar G$", None, None, "sigmoid", -0.5),
+    ("Softmax fit of the same data, 3x box\n64 starts per data set (two spreads)",
+     tuple(f"d4_ties_{n}{tag}_softmax.csv.gz" for n in D4_SOFTMAX_N
+           for tag in ("", "_jitter10")), "D1_matched",
+     "D1 in the matched gauge against $G_*$", 32, None, "softmax", -0.5),
     ("Sigmoid fit, d = 8, ReLU experts, 10x box\n64 starts per data set",
      ("many_starts_sigmoid.csv.gz",), "D3", "D3 against $\\bar G$", None, None, "sigmoid",
      -0.5),
     ("Softmax fit, d = 8, GELU experts, 3x box\n96 starts per data set, in every cell",
      ("splits_gelu_softmax.csv.gz",), "err_eta_over",
      "over-specified expert error against $G_*$", None, 3.0, "softmax", -0.25),
-    ("Softmax fit, d = 4, GELU experts, 3x box\n64 starts per data set (two spreads)",
-     tuple(f"d4_ties_{n}{tag}_softmax.csv.gz" for n in ("128k", "1024k")
-           for tag in ("", "_jitter10")), "D1_matched",
-     "D1 in the matched gauge against $G_*$", 32, None, "softmax", -0.5),
 )
 #: how each statistic of the starts in the set is drawn
 STYLES = {"best": ("o-", "the best-SSR start"), "median": ("s--", "their median"),
-          "max": ("^:", "their largest (a lower bound on\nwhat the theorem's bound covers)")}
+          "max": ("^:", "their largest (a lower bound\non what the theorem's bound covers)")}
 
 
 def figure(stem: str, panels=PANELS, folder: Path | None = None) -> list:
@@ -136,16 +142,22 @@ def figure(stem: str, panels=PANELS, folder: Path | None = None) -> list:
 
     folder = folder or Path(__file__).parent
     with use_style():
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.6))
+        cols = min(len(panels), 2)
+        rows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.7 * rows), squeeze=False)
+        for ax in axes.ravel()[len(panels):]:  # an odd count's empty corner
+            ax.set_axis_off()
         for ax, (title, tables, loss, label, first, box, gate, theory) in zip(
-                np.atleast_1d(axes), panels, strict=True):
+                axes.ravel(), panels, strict=False):
             per = sublevel(read_starts([folder / t for t in tables], loss, first, box=box), loss)
             means = per.groupby("n")[list(STYLES)].mean()
+            slopes = envelope_slopes(per).set_index("statistic")["slope"]
             for stat, (fmt, words) in STYLES.items():
                 if stat == "max" and gate != "softmax":  # N24's bound is about the softmax fit
                     words = "their largest"
                 ax.plot(means.index, means[stat], fmt, color=GATE_COLORS[gate], ms=4,
-                        mfc="white" if stat != "best" else GATE_COLORS[gate], label=words)
+                        mfc="white" if stat != "best" else GATE_COLORS[gate],
+                        label=f"{words}: $n^{{{slopes[stat]:+.2f}}}$")
             n = means.index.to_numpy(float)
             ax.plot(n, means["best"].iloc[0] * (n / n[0]) ** theory, color="0.4", lw=0.8,
                     label=f"theory $n^{{{theory:g}}}$")
@@ -153,7 +165,7 @@ def figure(stem: str, panels=PANELS, folder: Path | None = None) -> list:
                    title=title)
             ax.legend(fontsize=7, loc="best")
         fig.suptitle("The starts at least as good as the reference in SSR (for a softmax fit "
-                     "of its own truth, the set N24's bound covers whatever the LSE is); means "
+                     "of its own truth, the set N24's bound\ncovers whatever the LSE is); means "
                      "over 20 data sets; a study: no certificates, no verdict")
         paths = save_figure(fig, stem)
         plt.close(fig)
