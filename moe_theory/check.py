@@ -412,7 +412,7 @@ def rejudge(folder: str | Path) -> dict:
     (``DIR/check.parquet``), with no refit, and the folder's rates table and figure rewritten:
     for a folder checked before the check's evaluation changed (as when it began to report the
     sublevel ratios). Returns the new ``check.json`` content."""
-    from moe_theory.reproduce import write_report  # matplotlib loads only where it draws
+    from moe_theory.outputs import write_report  # matplotlib loads only where it draws
 
     folder = Path(folder)
     path = folder / CHECK_TABLE

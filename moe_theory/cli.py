@@ -45,7 +45,7 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def _cmd_sweep(args) -> int:
     from moe_theory.config import load_config
-    from moe_theory.reproduce import write_report
+    from moe_theory.outputs import write_report
     from moe_theory.sweep import run_sweep
 
     config = load_config(args.config, fast=args.fast)
@@ -85,8 +85,8 @@ def _cmd_rates(args) -> int:
 
 
 def _cmd_plot(args) -> int:
+    from moe_theory.outputs import write_figure
     from moe_theory.report import read_config
-    from moe_theory.reproduce import write_figure
     from moe_theory.store import load_results
 
     out = Path(args.dir)
@@ -131,9 +131,9 @@ def _cmd_check(args) -> int:
 
 def _cmd_certify(args) -> int:
     from moe_theory.measure import MixingMeasure
+    from moe_theory.outputs import write_report
     from moe_theory.population import DESIGN_SIZE
     from moe_theory.report import read_config, read_results
-    from moe_theory.reproduce import write_report
     from moe_theory.store import read_manifest, record_references, record_rivals
     from moe_theory.sweep import certify
 

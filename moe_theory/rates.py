@@ -563,7 +563,7 @@ def format_rates_table(table: pd.DataFrame) -> str:
     starts and the optimiser check's refits, :data:`SUBLEVEL_LEGEND`) and the verdict; rows
     sorted by setting,
     fit_gate, loss_name. Where the table has a boolean ``plotted`` column (the curves a figure
-    draws, set by :func:`moe_theory.reproduce.write_report`), those rows come first and a rule
+    draws, set by :func:`moe_theory.outputs.write_report`), those rows come first and a rule
     separates them from the other curves. Below the table, one note per curve whose verdict has
     a reason.
     """

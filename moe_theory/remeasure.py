@@ -202,7 +202,7 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     reads) are measured again first, each shard stored anew with its checksum.
     """
     # the report draws the figure: matplotlib loads only where a folder is rewritten
-    from moe_theory.reproduce import write_report
+    from moe_theory.outputs import write_report
 
     folder = Path(folder)
     config = read_manifest_config(folder)

@@ -6,7 +6,7 @@ writes ``DIR/report.md``, which links the figures next to it, and with ``html=Tr
 ``DIR/report.html``, which embeds them, so that the one file can be mailed or archived.
 
 Rates, verdicts and figures come from :func:`moe_theory.rates.rates_table`,
-:func:`moe_theory.reproduce.figure_panels` and :func:`moe_theory.plotting.plot_panels`; this module
+:func:`moe_theory.outputs.figure_panels` and :func:`moe_theory.plotting.plot_panels`; this module
 only gathers and lays them out.
 """
 
@@ -25,6 +25,7 @@ import pandas as pd
 from moe_theory import certificates as cert
 from moe_theory.certificates import FolderCertificates, ReferenceCertificate
 from moe_theory.config import SweepConfig, load_config, named_configs, parse_config
+from moe_theory.outputs import figure_panels
 from moe_theory.plotting import figure_title, plot_panels, setting_words
 from moe_theory.population import GBAR_STARTS
 from moe_theory.rates import (
@@ -41,7 +42,6 @@ from moe_theory.rates import (
     check_columns,
     rates_table,
 )
-from moe_theory.reproduce import figure_panels
 from moe_theory.store import atomic_write, load_results
 from moe_theory.sublevel import format_ratio
 

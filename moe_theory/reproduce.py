@@ -4,7 +4,7 @@ studies that are not sweeps (:mod:`moe_theory.studies`), written by the same wri
 Every figure folder gets its summary table (``rates`` or another name) as text, CSV and JSON, its
 figure as PNG and PDF, its tidy results as CSV, and ``run.json``: wall times and the provenance
 of the run (git commit and whether the tree was dirty, device, library versions;
-docs/design.md#provenance).
+docs/design.md#provenance), written by :mod:`moe_theory.outputs`.
 
 With a Dask cluster (``gpus`` or ``local_workers``), every figure of the call runs on one cluster,
 started in the background while this process computes the largest figure's references, and the
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import json
 import sys
 import threading
 import time
@@ -26,13 +25,12 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from moe_theory import baseline
-from moe_theory.certificates import CHECK_REPS, FolderCertificates
+from moe_theory.certificates import CHECK_REPS
 from moe_theory.check import refit, run_check
-from moe_theory.config import SweepConfig, load_config, named_configs, plot_curves
+from moe_theory.config import SweepConfig, load_config, named_configs
 from moe_theory.executors import (
     device_workers,
     map_shards,
@@ -42,18 +40,18 @@ from moe_theory.executors import (
     shared_cluster,
     shared_cluster_ready,
 )
-from moe_theory.plotting import plot_panels
+from moe_theory.outputs import (
+    write_report,
+    write_run,
+    write_table,
+)
 from moe_theory.population import cache_dir
-from moe_theory.provenance import provenance
-from moe_theory.rates import format_rates_table, rates_table
-from moe_theory.store import atomic_write, plan, read_manifest, write_manifest, write_results_csv
+from moe_theory.rates import format_rates_table
+from moe_theory.store import plan, read_manifest, write_manifest
 from moe_theory.studies import StudyOutput, attention_regularity, attention_teacher
 from moe_theory.sweep import prepare_references, run_sweep
 from moe_theory.validation import check_device
 
-#: What a fitted gate is drawn with when the config's [plot] table does not say: the first loss
-#: of this list that the results hold for that curve.
-DEFAULT_PLOT_LOSSES = ("D3", "D1")
 #: Where a run goes without --out: a folder git ignores. The committed figures of paper_figures/
 #: are written with an explicit ``--out paper_figures/<name>``.
 DEFAULT_OUT = Path("results")
@@ -68,81 +66,6 @@ STUDY_PRIORITY = sys.float_info.max
 #: Held while a figure starts its baseline: baseline.start sets and restores environment
 #: variables around the spawn, which two figures' threads doing it at once would leave changed.
 _BASELINE_START = threading.Lock()
-
-
-def plot_losses(config: SweepConfig, gate: str) -> tuple[tuple[str, ...], ...]:
-    """The curves drawn for ``gate``: one tuple of candidate losses per curve, the first a
-    curve has being drawn (``[plot]`` of the config: a loss, a list of candidates, or a list of
-    such lists for several curves)."""
-    chosen = config.plot.get(gate)
-    if chosen is None:
-        return (DEFAULT_PLOT_LOSSES,)
-    return tuple(tuple(curve) for curve in plot_curves(chosen))
-
-
-def figure_panels(df: pd.DataFrame, config: SweepConfig) -> list[tuple[str, str, list]]:
-    panels = []
-    for setting in config.settings:
-        sub = df[df.setting == setting]
-        curves = []
-        for gate in sorted(sub.fit_gate.unique()):
-            rows = sub[(sub.fit_gate == gate) & (sub.loss_value > 0) & np.isfinite(sub.loss_value)]
-            # a loss that is NaN or 0 in every fit (no over-specified cell, say) cannot be drawn
-            # on log axes: fall through to the next candidate
-            have = {name for name, g in rows.groupby("loss_name") if g.n.nunique() >= 2}
-            for candidates in plot_losses(config, gate):
-                loss = next((loss for loss in candidates if loss in have), None)
-                if loss is not None and (gate, loss) not in curves:
-                    curves.append((gate, loss))
-        if curves:
-            panels.append((setting, setting, curves))
-    return panels
-
-
-def write_table(out: Path, table: pd.DataFrame, text: str, *, name: str = "rates",
-                results: pd.DataFrame | None = None) -> None:
-    """A summary table as ``<name>.txt`` (``text``), ``.csv`` and ``.json`` in ``out``, and the tidy
-    ``results`` as ``results.csv`` when given (a sweep's store writes its own)."""
-    atomic_write(out / f"{name}.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
-    atomic_write(out / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write(out / f"{name}.json",
-                 lambda tmp: Path(tmp).write_text(table.to_json(orient="records", indent=1)))
-    if results is not None:
-        write_results_csv(out, results)
-
-
-def write_run(out: Path, run: dict, device: str) -> dict:
-    """``run.json``: the run's own record and its provenance (commit, dirty tree, device)."""
-    run = {**run, **provenance(device)}
-    atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
-    return run
-
-
-def write_figure(df: pd.DataFrame, config: SweepConfig, out: Path, panels: list | None = None,
-                 certificates: FolderCertificates | None = None) -> list[Path]:
-    """The config's figure of a results folder, ``out/<config name>.png`` and ``.pdf``, drawn
-    with the certificates the folder holds (without them every curve would be "not
-    measurable"); ``panels`` and ``certificates`` when the caller has them already."""
-    panels = figure_panels(df, config) if panels is None else panels
-    if not panels:
-        return []
-    certificates = FolderCertificates.load(out) if certificates is None else certificates
-    # a config read from a file has no entry in simulations/configs/ to name it in words
-    return plot_panels(df, panels, out / config.name, title=config.description or config.name,
-                       certificates=certificates)
-
-
-def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFrame:
-    """Rates table (text, CSV, JSON) and the figure of a finished sweep in ``out``, with the
-    certificates the folder holds (docs/theory.md#certificates)."""
-    certificates = FolderCertificates.load(out)
-    table = rates_table(df, certificates=certificates)
-    panels = figure_panels(df, config)
-    drawn = {(setting, gate, loss) for setting, _, curves in panels for gate, loss in curves}
-    table["plotted"] = [(r.setting, r.fit_gate, r.loss_name) in drawn for r in table.itertuples()]
-    write_table(out, table, format_rates_table(table))
-    write_figure(df, config, out, panels, certificates)
-    return table
 
 
 def _stage(step: int, stages: int, what: str, start: float) -> None:

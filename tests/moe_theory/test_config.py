@@ -168,7 +168,7 @@ def _rows(losses: dict[str, dict[str, list[float]]]):
 
 
 def test_plot_draws_one_curve_per_list_each_from_its_candidates():
-    from moe_theory.reproduce import figure_panels, plot_losses
+    from moe_theory.outputs import figure_panels, plot_losses
 
     raw = {"name": "p", "n": [100, 200], "reps": 2, "settings": ["small-dense-relu"],
            "plot": {"softmax": [["err_eta_over", "D2"], ["D1"], "D1"], "sigmoid": ["D3", "D1"]}}

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from moe_theory import executors, population, reproduce, store, sweep
+from moe_theory import executors, outputs, population, reproduce, store, sweep
 from moe_theory.check import refit, run_check
 from moe_theory.cli import main
 from moe_theory.config import load_config, parse_config
@@ -693,7 +693,7 @@ def test_figures_share_one_cluster_and_equal_the_serial_run(counted_gbar, tmp_pa
     serial run's."""
     distributed = pytest.importorskip("distributed")
     # the figures' drawing (seconds of matplotlib each) is not what is compared
-    monkeypatch.setattr(reproduce, "plot_panels", lambda *args, **kwargs: None)
+    monkeypatch.setattr(outputs, "plot_panels", lambda *args, **kwargs: None)
     monkeypatch.setitem(reproduce.EXPERIMENTS, "toy-study", toy_study)
     paths = []
     for text in (FIGURE_A, FIGURE_B):

@@ -283,17 +283,17 @@ def test_curves_figure_titles_are_words(synthetic):
 def test_cli_plot_draws_with_the_folders_certificates(tmp_path, monkeypatch, capsys):
     """``moe-theory plot DIR`` draws the figure as reproduce and report do: with the folder's
     certificates (without them every curve would be drawn "not measurable")."""
-    from moe_theory import reproduce
+    from moe_theory import outputs
 
     folder = write_synthetic(tmp_path)
     seen = {}
-    real = reproduce.plot_panels
+    real = outputs.plot_panels
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reproduce, "plot_panels", spy)
+    monkeypatch.setattr(outputs, "plot_panels", spy)
     assert main(["plot", str(folder)]) == 0
     stored = FolderCertificates.load(folder)
     assert seen["certificates"].check == stored.check and stored.check
