@@ -107,7 +107,7 @@ def envelope_slopes(per: pd.DataFrame) -> pd.DataFrame:
 
 
 #: the n of the d = 4 softmax fit's per-start tables (``d4_ties_{n}{,_jitter10}_softmax``)
-D4_SOFTMAX_N = ("128k", "1024k")
+D4_SOFTMAX_N = ("128k", "256k", "512k", "1024k")
 #: the committed figure's panels, two by two (the d = 4 truth's two fits of the same data sets
 #: first): title, tables (relative to this folder), loss, axis label,
 #: read_starts' first and box, the gate's colour, the theory's exponent (N24: n^-1/2 for D3 and
