@@ -3,10 +3,9 @@ CSV, JSON) and the config's figure, drawn with the certificates the folder holds
 (docs/theory.md#certificates), and the run's record (``run.json``, with its provenance:
 docs/design.md#provenance).
 
-One writer for every command that finishes a folder: ``reproduce`` after a sweep, ``check``
-after the optimiser check (and ``check --stored``), ``remeasure --write``, ``moe-theory plot``
-and ``moe-theory rates``; the studies that are not sweeps (:mod:`moe_theory.studies`) go through
-:func:`write_table` and :func:`write_run` too.
+One writer for every command that finishes a folder: ``reproduce`` after a sweep, ``sweep``,
+``check --stored``, ``certify``, ``remeasure --write`` and ``plot``; the studies that are not
+sweeps (:mod:`moe_theory.studies`) go through :func:`write_table` and :func:`write_run` too.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from moe_theory.store import atomic_write, write_results_csv
 #: What a fitted gate is drawn with when the config's [plot] table does not say: the first loss
 #: of this list that the results hold for that curve.
 DEFAULT_PLOT_LOSSES = ("D3", "D1")
+
 
 def plot_losses(config: SweepConfig, gate: str) -> tuple[tuple[str, ...], ...]:
     """The curves drawn for ``gate``: one tuple of candidate losses per curve, the first a
