@@ -544,9 +544,10 @@ FORMAT_COLUMNS = (
     "sublevel_max", "verdict", "reason",
 )
 #: The table's legend of its ``sublevel`` column.
-SUBLEVEL_LEGEND = ("sublevel: on the worst data set, the largest loss among its fits at least as "
-                   "good as the reference (every start of the kept fit and of the check's refits), "
-                   "over the kept fit's; the rate bound covers them too; - where none was recorded")
+SUBLEVEL_LEGEND = ("sublevel: on the worst data set, the largest loss among the recorded fits at "
+                   "least as good as the reference (the kept fit and the check's refits, every "
+                   "start of each where the sweep recorded its starts), over the kept fit's; the "
+                   "rate bound covers them too; - where none was recorded")
 CERT_SHORT = {PASS: "pass", FAIL: "FAIL", NOT_RUN: "-"}
 
 
