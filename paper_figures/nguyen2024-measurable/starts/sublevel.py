@@ -166,7 +166,9 @@ def figure(stem: str, panels=PANELS, folder: Path | None = None) -> list:
             ax.legend(fontsize=7, loc="best")
         fig.suptitle("The starts at least as good as the reference in SSR (for a softmax fit "
                      "of its own truth, the set N24's bound\ncovers whatever the LSE is); means "
-                     "over 20 data sets; a study: no certificates, no verdict")
+                     "over 20 data sets. A study of sets of starts: its slopes are not the "
+                     "estimator's rates\n(not measurable as rates: no certificates), and "
+                     "carry no verdict")
         paths = save_figure(fig, stem)
         plt.close(fig)
     return paths
