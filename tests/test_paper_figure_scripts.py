@@ -4,6 +4,7 @@ tables whose answers are known by construction, and on the committed tables."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -1337,3 +1338,73 @@ def test_the_d4_sigmoid_set_stays_a_point_to_1024k(sublevel):
     assert (per["certified"] == 16).all() and (per["max"] / per["best"]).max() < 1.0061
     largest = sublevel.envelope_slopes(per).set_index("statistic").loc["max"]
     assert [round(largest[k], 2) for k in ("slope", "ci_low", "ci_high")] == [-0.5, -0.6, -0.39]
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def d1():
+    module = _load("d1")
+    module.register_truths()
+    return module
+
+
+def test_d1_summary_reads_the_best_and_the_near_truth_start(d1):
+    """Per n the summary takes the lowest-SSR start as the estimate, start 0 as the near-truth
+    one, the function error in units of nu / n, and over the starts no worse than G* the
+    largest loss over the best's; a second start within nu of the best counts."""
+    name = d1.TRUTHS["hand"].name
+    rows = []
+    for rep in range(2):
+        # start 1 is the best; start 2 ties it within nu; start 3 is worse than G*
+        for start, (ssr, loss) in enumerate([(10.0, 2.0), (9.0, 1.0), (9.01, 4.0), (12.0, 50.0)]):
+            rows.append({"setting": name, "n": 1000, "rep": rep, "start": start, "ssr": ssr,
+                         "ref_ssr": 11.0, "err_eta_over": loss, "D1_matched": 10 * loss,
+                         "l2": loss * NU / 1000, "bound": start == 1})
+    row = d1.summary(pd.DataFrame(rows)).iloc[0]
+    assert (row.reps, row.starts) == (2, 4)
+    assert (row.l2_n_over_nu, row.err_eta_over, row.D1_matched) == pytest.approx((1.0, 1.0, 10.0))
+    assert (row.start0_err_eta_over, row.start0_D1_matched) == pytest.approx((2.0, 20.0))
+    assert row.gain_nu == pytest.approx((11.0 - 9.0) / NU)
+    assert (row.on_box, row.second_start) == (1.0, 1.0)
+    # start 3's loss 50 is outside the set (SSR above G*'s); start 2's 4 is the largest in it
+    assert (row.sublevel_err_eta_over, row.sublevel_D1_matched) == pytest.approx((4.0, 4.0))
+
+
+def test_the_d1_truths_fail_the_reference_certificate_as_the_readme_says(d1):
+    """paper_figures/README.md ("The smallest model: d = 1") quotes the committed certificates
+    of both d = 1 truths; the hand-picked truth's is recomputed here (a Fisher matrix on the
+    certificate's design: about a second) and must be the committed one."""
+    folder = STARTS / "d1"
+    drawn, hand = (_json(folder / "certificates" /
+                             f"reference-{d1.TRUTHS[key].name}-softmax.json")
+                   for key in ("drawn", "hand"))
+    assert drawn["status"] == hand["status"] == "fail"
+    assert f"{drawn['fisher_cond']:.1e}" == "3.3e+12" and f"{hand['fisher_cond']:.1e}" == "5.1e+08"
+    assert round(hand["error_scale"]) == 73 and f"{drawn['error_scale']:.1e}" == "2.1e+04"
+    from moe_theory.certificates import reference_certificate
+    from moe_theory.config import load_config
+    from moe_theory.sweep import shard_box
+    config, setting = load_config(d1.CONFIG), d1.TRUTHS["hand"]
+    again = reference_certificate(setting, "softmax", config.n,
+                                  ["err_eta_over", "D1", "D1_matched"],
+                                  box=shard_box(config, setting, "softmax", setting.truth()))
+    assert again.fisher_cond == pytest.approx(hand["fisher_cond"], rel=1e-9)
+    assert again.reasons == hand["reasons"]
+
+
+def test_the_d1_conditioning_scan_gives_the_readme_table(d1):
+    """The scan over d (starts/d1/conditioning.json): how many of each d's eight draws pass,
+    as the README's table says, and its d = 4 draw of seed 2 is the studies' d = 4 truth, whose
+    committed certificate (gelu_d4_box3/) has the same Fisher condition number."""
+    scan = pd.read_json(STARTS / "d1" / "conditioning.json")
+    passing = scan.assign(ok=scan.status == "pass").groupby("d").ok.sum().to_dict()
+    assert passing == {1: 0, 2: 1, 3: 6, 4: 7, 8: 8}
+    medians = scan.groupby("d").fisher_cond.median()
+    assert medians[1] > 1e10 > 1e5 > medians[2] > medians[3] > medians[4] > medians[8]
+    d4 = _json(ROOT / "paper_figures" / "nguyen2024-measurable" / "gelu_d4_box3" /
+                   "certificates" / "reference-nguyen2024-measurable-gelu-d4-softmax.json")
+    seed2 = scan[(scan.d == 4) & (scan.truth_seed == 2)].iloc[0]
+    assert seed2.fisher_cond == pytest.approx(d4["fisher_cond"], rel=1e-6)
