@@ -488,6 +488,13 @@ def fit_figure_height(fig: Figure) -> None:
     if getattr(fig, "_moe_theory_fitted", False):
         return
     fig._moe_theory_fitted = True
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + _legends_height(fig))
+
+
+def _legends_height(fig: Figure) -> float:
+    """Inches the legends below ``fig``'s panels (the tallest of each row), its panel titles'
+    lines past the first and its own legends take beyond the panels' height."""
     renderer = fig.canvas.get_renderer()
     rows: dict[int, float] = {}
     # a panel's size allows one line of title: each further line adds its height
@@ -503,10 +510,8 @@ def fit_figure_height(fig: Figure) -> None:
         height += (lines - 1) * line
         row = spec.rowspan.start
         rows[row] = max(rows.get(row, 0.0), height)
-    extra = sum(rows.values()) + sum(lg.get_window_extent(renderer).height / fig.dpi
-                                     for lg in fig.legends)
-    width, height = fig.get_size_inches()
-    fig.set_size_inches(width, height + extra)
+    return sum(rows.values()) + sum(lg.get_window_extent(renderer).height / fig.dpi
+                                    for lg in fig.legends)
 
 
 def save_figure(fig: Figure, path_stem: str | Path) -> list[Path]:
@@ -528,7 +533,14 @@ def _wrap_titles(fig: Figure, ncols: int) -> None:
     neighbouring titles neither overlap nor leave the figure."""
     engine = fig.get_layout_engine()
     if engine is not None:
+        # Laid out at the height the legends below the panels will be given (fit_figure_height
+        # grows the figure once the titles are final): at the panels' own height tall legends
+        # leave the axes no room, the layout is not applied and matplotlib warns. Only the
+        # panels' horizontal extents are read here, and the height does not change them.
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width, height + _legends_height(fig))
         engine.execute(fig)
+        fig.set_size_inches(width, height)
     renderer = fig.canvas.get_renderer()
     by_cell = {(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start): ax
                for ax in fig.axes if ax.get_subplotspec() is not None}

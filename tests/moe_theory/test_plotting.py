@@ -6,6 +6,7 @@ data, no panel is empty, and titles are words."""
 from __future__ import annotations
 
 import re
+import warnings
 
 import matplotlib
 import matplotlib.image
@@ -395,6 +396,24 @@ def test_y_labels_fit_beside_their_axes():
         assert ax.get_ylabel() == label
         box = ax.yaxis.label.get_window_extent(fig.canvas.get_renderer())
         assert ax.bbox.y0 - 1 <= box.y0 and box.y1 <= ax.bbox.y1 + 1
+
+
+def test_legends_taller_than_their_panel_leave_the_layout_applied():
+    """Four curves' legend below one panel is taller than the panel: the titles are wrapped on a
+    layout at the height the figure will have, so constrained layout applies (it warned, and
+    the titles were wrapped to the unlaid-out axes' widths) and the title stays inside its
+    axes' column."""
+    losses = ["err_beta1_exact", "err_eta_exact", "err_beta1_over", "err_eta_over"]
+    df = results_table({("sigmoid", loss): -0.5 for loss in losses}, **SHORT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = laid_out(df, [(None, "toy-dense", [("sigmoid", loss) for loss in losses])])
+    (ax,) = fig.axes
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.height > ax.bbox.height  # the case that warned
+    title = ax.title.get_window_extent(renderer)
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width
 
 
 def test_a_certified_curve_with_a_wide_ci_is_named_inconclusive():
