@@ -440,7 +440,9 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
         sq = ((Y - fit.measure(X.repeat(R, 1, 1))) ** 2).cpu()
     diff = sq[1:] - sq[:1]
     gap = diff.mean(-1)
-    margin = tie + 2 * diff.std(-1) / math.sqrt(X.shape[1])
+    # no other start: no spread to take (torch warns on the std of no rows)
+    spread = diff.std(-1) if R > 1 else torch.zeros(0, dtype=diff.dtype)
+    margin = tie + 2 * spread / math.sqrt(X.shape[1])
     fitted = fit.measure.to(device="cpu")
     anchor = fitted.select(0)
     d3 = (voronoi_loss(fitted.select(slice(1, R)), anchor, "D3") if R > 1
