@@ -1408,3 +1408,35 @@ def test_the_d1_conditioning_scan_gives_the_readme_table(d1):
                    "certificates" / "reference-nguyen2024-measurable-gelu-d4-softmax.json")
     seed2 = scan[(scan.d == 4) & (scan.truth_seed == 2)].iloc[0]
     assert seed2.fisher_cond == pytest.approx(d4["fisher_cond"], rel=1e-6)
+
+
+def test_the_committed_d1_tables_give_the_readme_numbers(d1):
+    """paper_figures/README.md ("The smallest model: d = 1") quotes these medians from
+    starts/d1_{drawn,hand}_softmax.csv.gz: the function error near the fit's free parameters
+    while the parameters stay far, every best start on the box."""
+    tables = [pd.read_csv(STARTS / f"d1_{key}_softmax.csv.gz") for key in ("drawn", "hand")]
+    table = d1.summary(pd.concat(tables, ignore_index=True)).set_index(["setting", "n"])
+    drawn, hand = (table.loc[d1.TRUTHS[key].name] for key in ("drawn", "hand"))
+    assert (table.reps == 10).all() and (table.starts == 16).all() and (table.on_box == 1).all()
+    assert list(drawn.l2_n_over_nu.round(1)) == [12.1, 11.9, 11.6]
+    assert list(hand.l2_n_over_nu.round(1)) == [13.6, 10.3, 11.8]
+    assert list(drawn.err_eta_over.round(2)) == [3.21, 3.59, 3.23]
+    assert list(hand.err_eta_over.round(2)) == [4.58, 4.84, 4.91]
+    assert list(drawn.D1_matched.round(1)) == [28.9, 16.7, 11.9]
+    assert list(hand.D1_matched.round(1)) == [25.0, 23.5, 16.5]
+    assert list(drawn.start0_D1_matched.round(1)) == [19.6, 15.1, 10.4]
+    assert list(hand.start0_D1_matched.round(1)) == [14.8, 16.9, 9.1]
+    assert list(drawn.gain_nu.round(1)) == [12.6, 12.8, 11.7]
+    assert list(hand.gain_nu.round(1)) == [13.7, 11.8, 12.4]
+    assert table.sublevel_err_eta_over.min().round(2) == 1.85
+    assert table.sublevel_err_eta_over.max().round(1) == 6.0
+    assert table.sublevel_D1_matched.min().round(1) == 3.8
+    assert table.sublevel_D1_matched.max().round(0) == 13
+    # the rows' D1_matched and function error are those of their stored estimates
+    from moe_theory.measure import MixingMeasure
+    from moe_theory.store import FIT_MEASURE
+    from moe_theory.voronoi import matched_gauge_d1
+    rows = tables[1].iloc[:4]
+    fits, star = MixingMeasure.from_json_rows(rows[FIT_MEASURE]), d1.TRUTHS["hand"].truth()
+    assert np.allclose(matched_gauge_d1(fits, star).numpy(), rows.D1_matched, rtol=1e-9)
+    assert np.allclose(d1.function_error(fits, star), rows.l2, rtol=1e-9)
