@@ -1,9 +1,16 @@
 """The smallest model: the softmax fit of a d = 1 truth from many starts (paper_figures/README.md,
 nguyen2024-measurable, "The smallest model: d = 1").
 
-    python paper_figures/nguyen2024-measurable/starts/d1.py OUT.csv.gz --truth drawn
+    python paper_figures/nguyen2024-measurable/starts/d1.py OUT.csv.gz --truth drawn|hand
         [--n 4000,16000] [--reps 10] [--starts 16]
     python paper_figures/nguyen2024-measurable/starts/d1.py --summary OUT.csv.gz [OUT2.csv.gz ...]
+    python paper_figures/nguyen2024-measurable/starts/d1.py --kept SWEEP_FOLDER [...]
+    python paper_figures/nguyen2024-measurable/starts/d1.py --certify FOLDER
+    python paper_figures/nguyen2024-measurable/starts/d1.py --conditioning [--summary] OUT.json
+
+(``--kept``: the same medians for a sweep's kept softmax fits; ``--certify``: both truths'
+reference certificates into ``FOLDER/certificates/``; ``--conditioning``: the certificate's
+criteria over the recipe's draws at d = 1, 2, 3, 4 and 8.)
 
 Does a smaller model still make the softmax fit's over-specified losses measurable? The d = 4
 truth (``nguyen2024-measurable-gelu-d4``) was the smaller-d lever; this asks the same of d = 1,
