@@ -19,8 +19,8 @@ recipe's k* = 3, k = 4, GELU experts and noise (nu = 0.02): ``drawn``, the recip
 d = 1 (seed 1), and ``hand``, three atoms chosen separated (opposite gate slopes and experts).
 Every start is fitted as its own problem in the study config's 3x box (``gelu_d1.toml``;
 ``many_starts.fit_every_start``) and the table keeps, besides its losses, ``D1_matched`` and the
-mean square distance of the fitted regression function from the truth's over a fixed design of
-``DESIGN`` uniform points (``l2``): the fit's error as a function, against its error as
+mean square distance of the fitted regression function from the truth's over ``DESIGN`` points
+of the certificate's design (``l2``): the fit's error as a function, against its error as
 parameters.
 """
 
@@ -35,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from moe_theory.certificates import reference_certificate, write_reference_certificate
+from moe_theory.certificates import design, reference_certificate, write_reference_certificate
 from moe_theory.config import load_config
 from moe_theory.measure import MixingMeasure
 from moe_theory.settings import Setting, get_setting, list_settings, register
@@ -46,21 +45,29 @@ from moe_theory.sweep import shard_box
 from moe_theory.voronoi import matched_gauge_d1, voronoi_loss
 
 CONFIG = Path(__file__).with_name("gelu_d1.toml")
-#: the d = 4 truth's recipe (moe_theory/settings.py, nguyen2024-measurable-gelu-d4) at d = 1
-RECIPE = dict(truth_gate="softmax", score="linear", expert="gelu", d=1, k_true=3, k_fit=4,
-              regime="dense", beta0_sd=0.5, beta1_sd=float(np.sqrt(5.0)), expert_sd=1.5,
-              noise_var=0.02, source="paper_figures/nguyen2024-measurable/starts/d1.py")
+#: the d = 4 truth whose recipe the study takes to other d (moe_theory/settings.py) and the
+#: variance of its gate scores, which sets its gate slopes' sd, sqrt(GATE_VAR / d)
+D4, GATE_VAR = "nguyen2024-measurable-gelu-d4", 5.0
+
+
+def recipe(name: str, d: int, truth_seed: int, description: str = "") -> Setting:
+    """The d = 4 truth's recipe (its k*, k, experts, scales and noise) drawn at ``d``."""
+    return dataclasses.replace(get_setting(D4), name=name, d=d, truth_seed=truth_seed,
+                               beta1_sd=float(np.sqrt(GATE_VAR / d)), description=description,
+                               source="paper_figures/nguyen2024-measurable/starts/d1.py")
+
+
 TRUTHS = {
-    "drawn": Setting(name="nguyen2024-measurable-gelu-d1", truth_seed=1,
-                     description="d=1, k*=3, k=4: the d = 4 GELU truth's recipe at d = 1",
-                     **RECIPE),
+    "drawn": recipe("nguyen2024-measurable-gelu-d1", 1, 1,
+                    "d=1, k*=3, k=4: the d = 4 GELU truth's recipe at d = 1"),
     # rows: beta0, beta1 | a, b; the last atom's gate is the softmax gauge's zero
-    "hand": Setting(name="nguyen2024-measurable-gelu-d1-hand",
-                    atoms=((0.0, 3.0, 2.0, -1.0), (0.0, -3.0, -2.0, 1.0), (0.0, 0.0, 0.5, 1.5)),
-                    description="d=1, k*=3, k=4: three separated atoms chosen by hand", **RECIPE),
+    "hand": dataclasses.replace(
+        recipe("nguyen2024-measurable-gelu-d1-hand", 1, 0,
+               "d=1, k*=3, k=4: three separated atoms chosen by hand"),
+        atoms=((0.0, 3.0, 2.0, -1.0), (0.0, -3.0, -2.0, 1.0), (0.0, 0.0, 0.5, 1.5))),
 }
-#: the fixed design of the function-space error: the covariates' law (uniform on [-1, 1])
-DESIGN, DESIGN_SEED = 200_000, 0
+#: design points of the function-space error (the certificate's design: the covariates' law)
+DESIGN = 200_000
 
 
 @functools.cache
@@ -79,11 +86,17 @@ def register_truths() -> None:
             register(setting)
 
 
-def function_error(fits: MixingMeasure, truth: MixingMeasure) -> np.ndarray:
-    """Mean square of ``f_fit - f_truth`` over the fixed design, per fit."""
-    gen = torch.Generator().manual_seed(DESIGN_SEED)
-    X = torch.rand(1, DESIGN, truth.d, dtype=torch.float64, generator=gen) * 2 - 1
-    f_truth = truth(X)
+def study_config():
+    """The study's config (``CONFIG``), which names the truths: registered first."""
+    register_truths()
+    return load_config(CONFIG)
+
+
+def function_error(fits: MixingMeasure, setting: Setting) -> np.ndarray:
+    """Mean square of ``f_fit - f_truth`` over ``DESIGN`` points of the setting's covariates (the
+    certificate's design), per fit."""
+    X = design(setting, DESIGN)
+    f_truth = setting.truth()(X)
     out = [((fits.select([r])(X) - f_truth) ** 2).mean().item() for r in range(fits.R)]
     return np.asarray(out)
 
@@ -93,12 +106,12 @@ def run(truth: str, ns: list[int], reps: int, starts: int, out: Path) -> pd.Data
     setting = TRUTHS[truth]
     tables = []
     for n in ns:
-        table = _many_starts().fit_every_start(n, reps, starts, starts, "cpu", "softmax", config_name=CONFIG,
-                                setting_name=setting.name, estimates=True)
+        table = _many_starts().fit_every_start(n, reps, starts, starts, "cpu", "softmax",
+                                               config_name=CONFIG, setting_name=setting.name,
+                                               estimates=True)
         fits = MixingMeasure.from_json_rows(table[FIT_MEASURE])
-        star = setting.truth()
-        tables.append(table.assign(D1_matched=matched_gauge_d1(fits, star).numpy(),
-                                   l2=function_error(fits, star)))
+        tables.append(table.assign(D1_matched=matched_gauge_d1(fits, setting.truth()).numpy(),
+                                   l2=function_error(fits, setting)))
         pd.concat(tables).to_csv(out, index=False)  # a run cut short keeps its finished n
     return pd.concat(tables)
 
@@ -111,7 +124,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     least as good as G*, the largest over-specified error and ``D1_matched`` over the best's."""
     out = []
     for (name, n), d in table.groupby(["setting", "n"]):
-        nu = get_setting(name).noise_var if name in list_settings() else float("nan")
+        nu = get_setting(name).noise_var
         best = d.loc[d.groupby("rep").ssr.idxmin()].set_index("rep")
         first = d[d.start == 0].set_index("rep").loc[best.index]
         sub = d[d.ssr <= d.ref_ssr]
@@ -142,7 +155,7 @@ def kept_summary(folder: Path) -> pd.DataFrame:
         setting, measures = get_setting(name), MixingMeasure.from_json_rows(d[FIT_MEASURE])
         star = setting.truth()
         out.append({"folder": folder.name, "setting": name, "n": n, "reps": len(d),
-                    "l2_n_over_nu": float(np.median(function_error(measures, star) * n
+                    "l2_n_over_nu": float(np.median(function_error(measures, setting) * n
                                                     / setting.noise_var)),
                     "err_eta_over": float(np.median(voronoi_loss(measures, star,
                                                                  "err_eta_over").numpy())),
@@ -154,7 +167,7 @@ def certify(folder: Path) -> None:
     """Each truth's reference certificate for the softmax fit (G*'s own k*-atom model, the
     study's box and n range), written to ``folder/certificates/``: does the reference pass before
     any fit is run?"""
-    config = load_config(CONFIG)
+    config = study_config()
     for setting in TRUTHS.values():
         t0 = time.perf_counter()
         cert = reference_certificate(setting, "softmax", config.n,
@@ -169,17 +182,16 @@ def certify(folder: Path) -> None:
 SCAN_D, SCAN_SEEDS = (1, 2, 3, 4, 8), range(8)
 
 
-def conditioning(out: Path) -> pd.DataFrame:
-    """The recipe's truths drawn at each d of ``SCAN_D`` (``SCAN_SEEDS``): the Fisher condition
+def conditioning(out: Path | None = None, seeds=SCAN_SEEDS) -> pd.DataFrame:
+    """The recipe's truths drawn at each d of ``SCAN_D`` (``seeds``): the Fisher condition
     number of G*'s own k*-atom model and the predicted parameter error at the study's smallest n
     over the atoms' smallest distance (the reference certificate's criteria for the softmax
-    fit: at most 1e10 and 0.25). Written to ``out`` (JSON records) and returned."""
-    config = load_config(CONFIG)
+    fit: at most 1e10 and 0.25). Written to ``out`` (JSON records) where given, and returned."""
+    config = study_config()
     rows = []
     for d in SCAN_D:
-        for seed in SCAN_SEEDS:
-            setting = dataclasses.replace(TRUTHS["drawn"], name=f"scan-d{d}-seed{seed}", d=d,
-                                          truth_seed=seed, beta1_sd=float(np.sqrt(5.0 / d)))
+        for seed in seeds:
+            setting = recipe(f"scan-d{d}-seed{seed}", d, seed)
             cert = reference_certificate(setting, "softmax", config.n, [])
             rows.append({"d": d, "truth_seed": seed, "status": cert.status,
                          "fisher_cond": cert.fisher_cond, "fisher_min_eig": cert.fisher_min_eig,
@@ -187,7 +199,8 @@ def conditioning(out: Path) -> pd.DataFrame:
                          "min_atom_distance": cert.min_atom_distance,
                          "error_over_distance": cert.error_scale / cert.min_atom_distance})
     table = pd.DataFrame(rows)
-    out.write_text(table.to_json(orient="records", indent=1))
+    if out is not None:
+        out.write_text(table.to_json(orient="records", indent=1))
     return table
 
 
