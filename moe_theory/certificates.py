@@ -215,9 +215,10 @@ class ReferenceCertificate:
     identified_tested : the losses that test was run on (None in certificates made before it
         was recorded); a sweep that measures a loss outside it runs the test again
     n_min, n_max : the sweep's grid ends
-    overlay : ``{loss: {"n": [...], "mean": [...], "median": [...]}}``, the loss of
-        ``theta ~ N(theta_ref, Sigma / n)`` against the reference; empty where no local normal
-        limit exists, with the reason in ``overlay_note``
+    overlay : ``{loss: {"n": [...], "mean": [...], "median": [...], "sd": [...]}}``, the loss
+        of ``theta ~ N(theta_ref, Sigma / n)`` against the reference (``sd``: one replication's
+        standard deviation; certificates made before 2026-12-05 lack it); empty where no local
+        normal limit exists, with the reason in ``overlay_note``
     status, reasons : ``pass`` or ``fail`` and what failed
     config_hash : of the sweep it was computed for (a rerun with another config recomputes it)
     wall_s : computing time
@@ -365,13 +366,16 @@ def overlay_losses(problem: LeastSquaresProblem, theta: torch.Tensor, reference:
                    cov: torch.Tensor, n_grid: Sequence[int], losses: Sequence[str],
                    samples: int = OVERLAY_SAMPLES) -> dict:
     """The plotted losses of ``theta ~ N(theta_ref, cov / n)`` against ``reference``, by Monte
-    Carlo (docs/theory.md#asymptotic-overlay): mean and median per n, the same normal draws at
-    every n. This is the local asymptotic prediction mapped exactly onto each plotted loss."""
+    Carlo (docs/theory.md#asymptotic-overlay): mean, median and standard deviation per n, the
+    same normal draws at every n. This is the local asymptotic prediction mapped exactly onto
+    each plotted loss; the standard deviation predicts a sweep's CI before it runs
+    (docs/theory.md#planning)."""
     evals, evecs = torch.linalg.eigh(cov)
     root = evecs * evals.clamp_min(0).sqrt()
     gen = torch.Generator(device="cpu").manual_seed(OVERLAY_SEED)
     z = torch.randn(samples, theta.shape[-1], generator=gen, dtype=torch.float64).to(theta.device)
-    out: dict[str, dict] = {loss: {"n": [], "mean": [], "median": []} for loss in losses}
+    out: dict[str, dict] = {loss: {"n": [], "mean": [], "median": [], "sd": []}
+                            for loss in losses}
     for n in n_grid:
         draws = problem.measure(theta + z @ root.T / math.sqrt(n)).to(device="cpu")
         for loss in losses:
@@ -380,6 +384,8 @@ def overlay_losses(problem: LeastSquaresProblem, theta: torch.Tensor, reference:
             out[loss]["n"].append(int(n))
             out[loss]["mean"].append(float(values.mean()) if values.size else math.nan)
             out[loss]["median"].append(float(np.median(values)) if values.size else math.nan)
+            # one replication's spread: what a sweep's CI will be, before it is run
+            out[loss]["sd"].append(float(values.std(ddof=1)) if values.size > 1 else math.nan)
     return out
 
 
@@ -460,6 +466,50 @@ def refit_population(setting: Setting, fit_gate: str, g_bar: MixingMeasure, X: t
     )
 
 
+def local_model(setting: Setting, ref: MixingMeasure, X: torch.Tensor, kind: str) -> tuple:
+    """The model about a reference on the design ``X``: ``(problem, theta, m, F, M, H)``, the
+    least-squares problem of the noise-free truth, the reference's packed parameters, the misfit
+    ``m = f_G* - f_ref``, the Fisher blocks and the population loss's Hessian (F at G*). Its
+    model is the fitted k-atom one at G_bar; at G* the truth's own k*-atom model (an
+    over-specified fit is singular at G*, where its rates are not n^-1/2)."""
+    f_star = setting.truth().to(device=X.device)(X)
+    model = ref.to(device=X.device)
+    problem = LeastSquaresProblem(X, f_star, model.gate, model.score, model.expert, model.k,
+                                  "torch")
+    theta = problem.pack(model)
+    with torch.no_grad():
+        m = f_star - model(X)
+    F, M = fisher_blocks(problem, theta, m)
+    H = F - residual_hessian(problem, theta, m) if kind == "G_bar" else F
+    return problem, theta, m, F, M, H
+
+
+def limit_covariance(kind: str, nu: float, F: torch.Tensor, M: torch.Tensor,
+                     H_inv: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The covariance of ``sqrt(n) (theta_hat - theta_ref)`` and its name: ``nu F^-1`` at G*,
+    the sandwich ``H^-1 (nu F + M) H^-1`` at a misspecified G_bar."""
+    if kind == "G*":
+        cov, covariance = nu * H_inv, "inverse Fisher"
+    else:
+        cov, covariance = H_inv @ (nu * F + M) @ H_inv, "sandwich"
+    return 0.5 * (cov + cov.T), covariance
+
+
+def normal_limit(setting: Setting, fit_gate: str, ref: MixingMeasure, n_grid: Sequence[int],
+                 losses: Sequence[str], *, design_size: int = CERT_DESIGN_SIZE,
+                 device: str = "cpu") -> dict:
+    """The reference certificate's overlay alone (:func:`overlay_losses`: each loss's mean,
+    median and sd per n in the local normal limit about ``ref``), without its criteria and
+    G_bar's refits: for a reference already certified, e.g. the predicted CIs of committed
+    sweeps (docs/theory.md#planning)."""
+    kind = setting.reference_kind(fit_gate)
+    X = design(setting, design_size, device)
+    problem, theta, _, F, M, H = local_model(setting, ref, X, kind)
+    cov, _ = limit_covariance(kind, float(setting.noise_var), F, M,
+                              torch.linalg.pinv(H, hermitian=True))
+    return overlay_losses(problem, theta, ref.to(device="cpu"), cov, n_grid, losses)
+
+
 def over_specified_g_star(setting: Setting, fit_gate: str) -> bool:
     """Are ``fit_gate`` fits of ``setting`` over-specified fits measured against G* (the
     references whose losses :func:`unidentified_losses` tests)?"""
@@ -497,21 +547,12 @@ def reference_certificate(
     else:
         kind, ref = reference_measure(setting, fit_gate, device=device, backend=backend)
         cache_size = design_size_for(device)
-    truth = setting.truth()
     n_min, n_max = int(min(n_grid)), int(max(n_grid))
     nu = float(setting.noise_var)
     X = design(setting, design_size, device)
-    f_star = truth.to(device=X.device)(X)
-    # The model whose Fisher matrix decides: the fitted k-atom model at G_bar; at G* the truth's
-    # own k*-atom model (an over-specified fit is singular at G*, where its rates are not n^-1/2)
+    problem, theta, m, F, M, H = local_model(setting, ref, X, kind)
+    f_star = problem.Y
     model = ref.to(device=X.device)
-    problem = LeastSquaresProblem(X, f_star, model.gate, model.score, model.expert, model.k,
-                                  "torch")
-    theta = problem.pack(model)
-    with torch.no_grad():
-        m = f_star - model(X)
-    F, M = fisher_blocks(problem, theta, m)
-    H = F - residual_hessian(problem, theta, m) if kind == "G_bar" else F
     eig_F = torch.linalg.eigvalsh(F)
     eig_H = torch.linalg.eigvalsh(H)
     fisher_min, fisher_max = float(eig_F[0]), float(eig_F[-1])
@@ -523,11 +564,7 @@ def reference_certificate(
         reasons.append(f"population-loss Hessian not positive definite (smallest eigenvalue "
                        f"{float(eig_H[0]):.1e}): the reference is not a strict local minimiser")
     H_inv = torch.linalg.pinv(H, hermitian=True)
-    if kind == "G*":
-        cov, covariance = nu * H_inv, "inverse Fisher"
-    else:
-        cov, covariance = H_inv @ (nu * F + M) @ H_inv, "sandwich"
-    cov = 0.5 * (cov + cov.T)
+    cov, covariance = limit_covariance(kind, nu, F, M, H_inv)
     trace = float(torch.trace(cov))
     error_scale = math.sqrt(trace / n_min) if trace >= 0 else math.inf
     distance = min_atom_distance(model.to(device="cpu"))
@@ -615,6 +652,38 @@ def reference_certificate(
         overlay_note=note,
         status=FAIL if reasons else PASS, reasons=reasons, version=CERTIFICATE_VERSION,
     )
+
+
+def fixed_failure(cert: ReferenceCertificate) -> str | None:
+    """The first failed criterion of ``cert`` that no range of n mends, or None: a singular or
+    ill-conditioned Fisher matrix, a reference that is no strict local minimiser, or (G_bar)
+    refits that reach a lower population loss. The truth, the model or the design must change."""
+    if not cert.fisher_cond <= FISHER_COND_MAX:
+        return f"Fisher condition number {cert.fisher_cond:.1e} > {FISHER_COND_MAX:.0e}"
+    if not cert.hessian_min_eig > 0:
+        return "the population loss's Hessian is not positive definite"
+    if cert.restarts and cert.restarts.get("better"):
+        return f"{cert.restarts['better']} refits reach a lower population loss than G_bar"
+    return None
+
+
+def allowed_n(cert: ReferenceCertificate) -> tuple[float, float]:
+    """The sample sizes over which the n-dependent criteria of ``cert`` hold, as far as it
+    measured them: ``(n_from, n_to)``. Every error they compare scales as n^-1/2 in the local
+    limit: the predicted parameter error at the grid's smallest n must stay under
+    ERROR_RATIO_MAX of the atoms' distance (from below), and, for G_bar, the cached G_bar's
+    design error (fixed) under DESIGN_ERROR_RATIO_MAX of the statistical error at the largest n
+    and the refits' spread (fixed) under RESTART_RATIO_MAX of the predicted D3 there (from
+    above; ``inf`` where the certificate did not get that far: it skips both once another
+    criterion fails)."""
+    n_from = cert.n_min * (cert.error_ratio / ERROR_RATIO_MAX) ** 2
+    n_to = math.inf
+    if cert.design_error_ratio:
+        n_to = cert.n_max * (DESIGN_ERROR_RATIO_MAX / cert.design_error_ratio) ** 2
+    spread = (cert.restarts or {}).get("spread")
+    if spread and cert.restart_tolerance is not None:
+        n_to = min(n_to, cert.n_max * (cert.restart_tolerance / spread) ** 2)
+    return n_from, n_to
 
 
 def reference_path(folder: str | Path, setting: str, fit_gate: str) -> Path:

@@ -216,6 +216,26 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _cmd_preflight(args) -> int:
+    from moe_theory.config import load_config
+    from moe_theory.outputs import default_folder
+    from moe_theory.preflight import format_preflight, preflight
+
+    # no name: the default preset's, as `moe-theory reproduce` runs it (DEFAULT_FIGURE)
+    fast = args.fast or args.name is None
+    config = load_config(args.name or DEFAULT_FIGURE, fast=fast)
+    out = Path(args.out) if args.out else default_folder(config.name, fast)
+    table = preflight(config, out, device=args.device, backend=args.backend, force=args.force,
+                      log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+    else:
+        print(format_preflight(table, config))
+        print(f"\nwritten to {out / 'preflight.txt'} (and .csv, .json); a sweep into {out} "
+              "reuses its references and certificates")
+    return 0
+
+
 def _cmd_loss(args) -> int:
     from moe_theory.measure import MixingMeasure
     from moe_theory.voronoi import voronoi_loss
@@ -400,6 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard shards of a different config, or measured against another G_bar")
     device_args(p)
     p.set_defaults(run=_cmd_reproduce)
+
+    p = sub.add_parser("preflight", help="before a sweep: which plotted curves its grid and "
+                       "replications can measure (the reference certificates and the CI their "
+                       "normal limit predicts), into the folder the sweep will use")
+    p.add_argument("name", nargs="?",
+                   help=f"a config's name ({', '.join(named_configs())}) or TOML path (default: "
+                        f"{DEFAULT_FIGURE} with --fast, what `moe-theory reproduce` runs)")
+    p.add_argument("--fast", action="store_true", help="the config's small CPU preset")
+    p.add_argument("--out", help="the sweep's folder (default results/NAME[-fast], as reproduce)")
+    p.add_argument("--force", action="store_true",
+                   help="discard shards of a different config, or measured against another G_bar")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    device_args(p)
+    p.set_defaults(run=_cmd_preflight)
 
     p = sub.add_parser("loss", help="Voronoi loss between two measures in JSON")
     p.add_argument("fitted", help="JSON file of the fitted mixing measure")

@@ -23,6 +23,16 @@ from moe_theory.provenance import provenance
 from moe_theory.rates import format_rates_table, rates_table
 from moe_theory.store import atomic_write, write_results_csv
 
+#: Where a run goes without --out: a folder git ignores. The committed figures of paper_figures/
+#: are written with an explicit ``--out paper_figures/<name>``.
+DEFAULT_OUT = Path("results")
+
+
+def default_folder(name: str, fast: bool) -> Path:
+    """A config's or study's folder without --out: ``results/<name>[-fast]``."""
+    return DEFAULT_OUT / (name + ("-fast" if fast else ""))
+
+
 #: What a fitted gate is drawn with when the config's [plot] table does not say: the first loss
 #: of this list that the results hold for that curve.
 DEFAULT_PLOT_LOSSES = ("D3", "D1")

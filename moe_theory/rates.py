@@ -188,6 +188,22 @@ def _slope_fit(x: np.ndarray, y: np.ndarray, variances: np.ndarray, reps: np.nda
     return SlopeFit(slope, intercept, float(np.sqrt(var)), slope - half, slope + half)
 
 
+def predicted_half_width(n: Sequence[float], mean: Sequence[float], sd: Sequence[float],
+                         reps: int) -> tuple[float, float]:
+    """The slope and CI half-width a curve would get from ``reps`` replications per n whose
+    loss has this ``mean`` and standard deviation ``sd`` (a prediction, e.g. the local normal
+    limit's: docs/theory.md#planning): the log-mean of R values has variance about
+    ``(sd / mean)^2 / R`` (the delta method), which enters the same t interval as a measured
+    curve's bootstrap variances. NaN where a value is missing or ``reps`` < MIN_REPS_PER_N."""
+    mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
+    if reps < MIN_REPS_PER_N or len(mean) < 2 or not (
+            np.isfinite(mean).all() and (mean > 0).all() and np.isfinite(sd).all()):
+        return float("nan"), float("nan")
+    fit = _slope_fit(np.log(np.asarray(n, dtype=float)), np.log(mean), (sd / mean) ** 2 / reps,
+                     np.full(len(mean), float(reps)))
+    return fit.slope, (fit.ci_high - fit.ci_low) / 2
+
+
 def log_stat_variance(values: np.ndarray, draws: np.ndarray, statistic: str) -> float:
     """Bootstrap variance of ``log(statistic(values))``, scaled by ``R / (R - 1)``: resampling
     R values spreads them by the plug-in variance, ``(R - 1) / R`` of the unbiased one, and the

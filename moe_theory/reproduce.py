@@ -41,6 +41,7 @@ from moe_theory.executors import (
     shared_cluster_ready,
 )
 from moe_theory.outputs import (
+    default_folder,
     write_report,
     write_run,
     write_table,
@@ -52,9 +53,6 @@ from moe_theory.studies import StudyOutput, attention_regularity, attention_teac
 from moe_theory.sweep import prepare_references, run_sweep
 from moe_theory.validation import check_device
 
-#: Where a run goes without --out: a folder git ignores. The committed figures of paper_figures/
-#: are written with an explicit ``--out paper_figures/<name>``.
-DEFAULT_OUT = Path("results")
 #: Figures that are not sweeps of a config: name -> the study's ``run(fast=, device=)``.
 EXPERIMENTS: dict[str, Callable[..., StudyOutput]] = {
     "attention-teacher": attention_teacher.run,
@@ -147,8 +145,7 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
 
 def _config_folder(fig: str | Path, folder: Path | None, fast: bool) -> tuple[SweepConfig, Path]:
     config = load_config(fig, fast=fast)
-    return config, Path(folder) if folder is not None else DEFAULT_OUT / (
-        config.name + ("-fast" if fast else ""))
+    return config, Path(folder) if folder is not None else default_folder(config.name, fast)
 
 
 def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict, *,
@@ -327,7 +324,7 @@ def reproduce_experiment(name: str, *, fast: bool = False, out: str | Path | Non
 def _write_study(name: str, study: StudyOutput, out: str | Path | None, *, fast: bool,
                  device: str, start: float) -> pd.DataFrame:
     """A study's tables, figure and ``run.json``; its summary."""
-    folder = Path(out) if out is not None else DEFAULT_OUT / (name + ("-fast" if fast else ""))
+    folder = Path(out) if out is not None else default_folder(name, fast)
     write_table(folder, study.table, study.text, name=study.table_name, results=study.results)
     study.draw(folder / name)
     run = write_run(folder, {"experiment": name, "fast": fast,

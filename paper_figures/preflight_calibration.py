@@ -1,0 +1,106 @@
+"""The preflight's predicted CIs against the measured ones of every certified curve here.
+
+``moe-theory preflight`` predicts a curve's CI half-width before the sweep, from the local normal
+limit about its reference (docs/theory.md#planning). This reads every committed folder whose
+curves pass all four certificates (verdict consistent, inconsistent or inconclusive: the curves
+whose reference has a normal limit), computes that limit about the G_bar the folder recorded, at
+the folder's n and the curve's replications, and sets the prediction beside the half-width its
+rates table measured. Curves fitted on the same data (the same setting, gate, grid, replications
+and G_bar in several folders) are counted once. Writes ``preflight_calibration.json``;
+``--summary`` prints the table from it.
+
+    python paper_figures/preflight_calibration.py            # about 3 min on 2 CPU cores
+    python paper_figures/preflight_calibration.py --summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from moe_theory.certificates import CERTIFICATES, normal_limit
+from moe_theory.config import parse_config
+from moe_theory.measure import MixingMeasure
+from moe_theory.rates import predicted_half_width
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "preflight_calibration.json"
+#: The verdicts of curves whose certificates all passed.
+JUDGED = ("consistent", "inconsistent", "inconclusive")
+
+
+def folders() -> list[Path]:
+    """Every committed sweep folder with a rates table and reference certificates."""
+    return sorted(m.parent for m in HERE.rglob("manifest.json")
+                  if (m.parent / "rates.json").exists() and (m.parent / "certificates").is_dir())
+
+
+def calibration() -> pd.DataFrame:
+    rows, seen = [], {}
+    for folder in folders():
+        rates = [r for r in json.loads((folder / "rates.json").read_text())
+                 if str(r["verdict"]).startswith(JUDGED)
+                 and all(r[f"cert_{c}"] == "pass" for c in CERTIFICATES)]
+        if not rates:
+            continue
+        manifest = json.loads((folder / "manifest.json").read_text())
+        config = parse_config(manifest["config"], source=str(folder / "manifest.json"))
+        by_curve = {}
+        for r in rates:
+            by_curve.setdefault((r["setting"], r["fit_gate"]), []).append(r)
+        for (name, gate), curves in sorted(by_curve.items()):
+            setting = next(s for s in config.setting_objects() if s.name == name)
+            key = f"{name}/{gate}"
+            ref_text = manifest["references"][key]
+            cert = json.loads((folder / "certificates" /
+                               f"reference-{name}-{gate}.json").read_text())
+            same = (name, gate, tuple(config.n), config.reps_of(gate), ref_text)
+            where = str(folder.relative_to(HERE))
+            if same in seen:
+                seen[same].append(where)
+                continue
+            seen[same] = [where]
+            limit = normal_limit(setting, gate, MixingMeasure.from_json(ref_text), config.n,
+                                 [r["loss_name"] for r in curves],
+                                 design_size=int(cert["design_size"]))
+            for r in curves:
+                if int(r["n_used"]) != len(config.n):
+                    continue  # a dropped n: the measured CI is of another grid
+                entry = limit[r["loss_name"]]
+                slope, half = predicted_half_width(entry["n"], entry["mean"], entry["sd"],
+                                                   int(r["reps_used"]))
+                rows.append({"folder": where, "also": seen[same], "setting": name,
+                             "fit_gate": gate, "loss_name": r["loss_name"],
+                             "n_min": min(config.n), "n_max": max(config.n),
+                             "n_points": len(config.n), "reps": int(r["reps_used"]),
+                             "measured_slope": r["slope"], "limit_slope": slope,
+                             "measured_half_width": r["ci_half_width"],
+                             "predicted_half_width": half,
+                             "ratio": r["ci_half_width"] / half, "verdict": r["verdict"]})
+    return pd.DataFrame(rows)
+
+
+def summary(table: pd.DataFrame) -> str:
+    cols = ["folder", "setting", "fit_gate", "loss_name", "reps", "measured_half_width",
+            "predicted_half_width", "ratio", "verdict"]
+    q = table["ratio"].quantile([0, 0.5, 1]).round(2).tolist()
+    return (table[cols].round(3).to_string(index=False) + "\n\n"
+            f"{len(table)} curves; measured / predicted half-width: min {q[0]}, median {q[1]}, "
+            f"max {q[2]}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--summary", action="store_true", help="print the committed table")
+    args = p.parse_args()
+    if not args.summary:
+        table = calibration()
+        OUT.write_text(table.to_json(orient="records", indent=1, double_precision=15) + "\n")
+    print(summary(pd.read_json(OUT)))
+
+
+if __name__ == "__main__":
+    main()
