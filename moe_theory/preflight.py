@@ -30,13 +30,15 @@ from moe_theory.certificates import (
     fixed_failure,
     free_parameters,
     load_reference_certificates,
+    normal_limit,
 )
-from moe_theory.config import SweepConfig
+from moe_theory.config import SweepConfig, parse_config
 from moe_theory.identified_losses import UNIDENTIFIED_SHARE
+from moe_theory.measure import MixingMeasure
 from moe_theory.outputs import plot_losses, write_table
 from moe_theory.rates import CI_HALF_WIDTH_MAX, MIN_POINTS, predicted_half_width
 from moe_theory.settings import Setting
-from moe_theory.store import make_folder, write_manifest
+from moe_theory.store import folder_references, make_folder, read_manifest, write_manifest
 from moe_theory.sweep import applicable_losses, prepare_references
 from moe_theory.theory import predicted_rate
 
@@ -94,8 +96,9 @@ def reps_advised(entry: dict, reps: int) -> int | None:
 
 
 def curve_outlook(config: SweepConfig, setting: Setting, gate: str, loss: str,
-                  cert: ReferenceCertificate) -> dict:
-    """One plotted curve's row of the preflight table (:data:`PREFLIGHT_COLUMNS`)."""
+                  cert: ReferenceCertificate, limit: dict | None = None) -> dict:
+    """One plotted curve's row of the preflight table (:data:`PREFLIGHT_COLUMNS`). ``limit``:
+    the loss's normal limit (mean and sd per n), where not the certificate's overlay."""
     theory = predicted_rate(gate, setting.score, setting.regime, setting.expert, loss,
                             reference=cert.kind)
     n_min, n_max, reps = min(config.n), max(config.n), config.reps_of(gate)
@@ -139,15 +142,12 @@ def curve_outlook(config: SweepConfig, setting: Setting, gate: str, loss: str,
     if not overfit_n:
         blockers.append(f"the over-fit certificate cannot run: every n < {OVERFIT_MIN_N_PER_P} p "
                         f"= {OVERFIT_MIN_N_PER_P * p}")
-    entry = cert.overlay.get(loss)
+    entry = limit if limit is not None else cert.overlay.get(loss)
     slope = half = math.nan
     advised = None
     if entry is not None and "sd" in entry:
         slope, half = predicted_half_width(entry["n"], entry["mean"], entry["sd"], reps)
         advised = reps_advised(entry, reps)
-    elif entry is not None:
-        notes.append("CI not predicted: the certificate predates the overlay's spread "
-                     "(run again with --force)")
     elif cert.overlay_note:
         notes.append(f"CI not predicted: {cert.overlay_note}")
     if blockers:
@@ -182,13 +182,44 @@ def preflight(config: SweepConfig, out: str | Path, *, device: str = "cpu",
     make_folder(out)
     write_manifest(out, config, force=force)
     prepare_references(config, out, device=device, backend=backend, log=log, force=force)
-    certs = load_reference_certificates(out)
-    rows = [curve_outlook(config, setting, gate, loss, certs[setting.name, gate])
-            for setting in config.setting_objects() for gate in config.gates_for(setting)
-            for loss in plotted_losses(config, setting, gate)]
-    table = pd.DataFrame(rows, columns=list(PREFLIGHT_COLUMNS))
+    table = outlook_table(config, load_reference_certificates(out),
+                          folder_references(out, config), device=device)
     write_table(out, table, format_preflight(table, config), name="preflight")
     return table
+
+
+def outlook_table(config: SweepConfig, certs: dict[tuple[str, str], ReferenceCertificate],
+                  refs: dict[tuple[str, str], MixingMeasure], *, device: str = "cpu"
+                  ) -> pd.DataFrame:
+    """The preflight table of ``config`` from its reference certificates ``certs`` and the
+    references ``refs`` they certify. A passing certificate whose overlay predates its spread
+    (before 2026-12-05) has its normal limit computed again about the reference, on the
+    certificate's design: no refit, seconds."""
+    rows = []
+    for setting in config.setting_objects():
+        for gate in config.gates_for(setting):
+            cert, losses = certs[setting.name, gate], plotted_losses(config, setting, gate)
+            limits: dict = {}
+            if any("sd" not in cert.overlay[loss] for loss in losses if loss in cert.overlay):
+                limits = normal_limit(setting, gate, refs[setting.name, gate], config.n,
+                                      [loss for loss in losses if loss in cert.overlay],
+                                      design_size=cert.design_size, device=device)
+            rows += [curve_outlook(config, setting, gate, loss, cert, limits.get(loss))
+                     for loss in losses]
+    return pd.DataFrame(rows, columns=list(PREFLIGHT_COLUMNS))
+
+
+def folder_outlook(folder: str | Path) -> pd.DataFrame:
+    """The preflight table of a sweep folder that holds its reference certificates, read from
+    them and the references its manifest records (nothing fitted): what the preflight would have
+    said before that sweep, to set beside its verdicts."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")
+    config = parse_config(manifest["config"], source=str(folder / "manifest.json"))
+    return outlook_table(config, load_reference_certificates(folder),
+                         folder_references(folder, config))
 
 
 def _n(value: float) -> str:

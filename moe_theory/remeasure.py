@@ -30,10 +30,10 @@ from moe_theory.store import (
     SORT_KEYS,
     atomic_write,
     fit_table,
+    folder_references,
     load_fits,
     load_results,
     merge,
-    read_manifest,
     results_csv,
     shard_path,
     shards_on_disk,
@@ -56,23 +56,6 @@ ROUNDING_RTOL = 1e-12
 #: lacks the row (``old`` NaN).
 CHANGE_COLUMNS = ["table", "setting", "fit_gate", "loss_name", "n", "rep", "old", "new", "stored",
                   "same", "added"]
-
-
-def references(folder: Path, config: SweepConfig) -> dict[tuple[str, str], MixingMeasure]:
-    """The measure each (setting, fit gate) of the folder is measured against."""
-    recorded = (read_manifest(folder) or {}).get("references", {})
-    refs = {}
-    for setting in config.setting_objects():
-        for gate in config.gates_for(setting):
-            key = f"{setting.name}/{gate}"
-            if setting.reference_kind(gate) == "G*":
-                refs[setting.name, gate] = setting.truth()
-            elif key in recorded:
-                refs[setting.name, gate] = MixingMeasure.from_json(recorded[key])
-            else:
-                raise ValueError(f"DIR: {folder / 'manifest.json'} records no G_bar for {key}, "
-                                 "so its fits cannot be measured again")
-    return refs
 
 
 def missing_rows(table: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
@@ -206,7 +189,7 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
 
     folder = Path(folder)
     config = read_manifest_config(folder)
-    refs = references(folder, config)
+    refs = folder_references(folder, config)
     results = load_results(folder)
     # a table read from shards or parquet holds the estimates; a committed one keeps them apart
     fits = fit_table(results)

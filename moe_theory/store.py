@@ -57,6 +57,7 @@ import torch
 
 from moe_theory.config import SweepConfig
 from moe_theory.errors import StorageError
+from moe_theory.measure import MixingMeasure
 
 #: The merged table's order (and each shard file's): independent of finishing order and block size.
 SORT_KEYS = ["setting", "fit_gate", "loss_name", "n", "rep"]
@@ -514,6 +515,24 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> No
 
 def _write_manifest_dict(out: Path, manifest: dict) -> None:
     atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+
+
+def folder_references(folder: Path, config: SweepConfig) -> dict[tuple[str, str], MixingMeasure]:
+    """The measure each (setting, fit gate) of the folder is measured against: G*, or the G_bar
+    its manifest records."""
+    recorded = (read_manifest(folder) or {}).get("references", {})
+    refs = {}
+    for setting in config.setting_objects():
+        for gate in config.gates_for(setting):
+            key = f"{setting.name}/{gate}"
+            if setting.reference_kind(gate) == "G*":
+                refs[setting.name, gate] = setting.truth()
+            elif key in recorded:
+                refs[setting.name, gate] = MixingMeasure.from_json(recorded[key])
+            else:
+                raise ValueError(f"DIR: {folder / 'manifest.json'} records no G_bar for {key}, "
+                                 "so its fits cannot be measured again")
+    return refs
 
 
 def record_references(out: Path, references: dict[str, str],

@@ -1,4 +1,4 @@
-"""The preflight's predicted CIs against the measured ones of every certified curve here.
+"""The preflight's outlooks and predicted CIs against the verdicts and CIs measured here.
 
 ``moe-theory preflight`` predicts a curve's CI half-width before the sweep, from the local normal
 limit about its reference (docs/theory.md#planning). This reads every committed folder whose
@@ -6,10 +6,14 @@ curves pass all four certificates (verdict consistent, inconsistent or inconclus
 whose reference has a normal limit), computes that limit about the G_bar the folder recorded, at
 the folder's n and the curve's replications, and sets the prediction beside the half-width its
 rates table measured. Curves fitted on the same data (the same setting, gate, grid, replications
-and G_bar in several folders) are counted once. Writes ``preflight_calibration.json``;
-``--summary`` prints the table from it.
+and G_bar in several folders) are counted once. Writes ``preflight_calibration.json``.
 
-    python paper_figures/preflight_calibration.py            # about 3 min on 2 CPU cores
+It also reads what the preflight would have said before each of those sweeps, for every plotted
+curve of every committed folder with reference certificates, from its certificates and recorded
+references (``moe_theory.preflight.folder_outlook``), beside the verdict the sweep got:
+``preflight_outlooks.json``. ``--summary`` prints both from the files.
+
+    python paper_figures/preflight_calibration.py            # about 15 s on 2 CPU cores
     python paper_figures/preflight_calibration.py --summary
 """
 
@@ -24,10 +28,12 @@ import pandas as pd
 from moe_theory.certificates import CERTIFICATES, normal_limit
 from moe_theory.config import parse_config
 from moe_theory.measure import MixingMeasure
+from moe_theory.preflight import folder_outlook
 from moe_theory.rates import predicted_half_width
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "preflight_calibration.json"
+OUTLOOKS = HERE / "preflight_outlooks.json"
 #: The verdicts of curves whose certificates all passed.
 JUDGED = ("consistent", "inconsistent", "inconclusive")
 
@@ -83,6 +89,30 @@ def calibration() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def outlooks() -> pd.DataFrame:
+    """Every committed folder's preflight table beside its rates table's verdicts."""
+    tables = []
+    for folder in folders():
+        rates = pd.DataFrame(json.loads((folder / "rates.json").read_text()))
+        table = folder_outlook(folder).merge(
+            rates[["setting", "fit_gate", "loss_name", "verdict", "ci_half_width", "reps_used"]],
+            on=["setting", "fit_gate", "loss_name"], how="left", validate="one_to_one")
+        tables.append(table.assign(folder=str(folder.relative_to(HERE))))
+    out = pd.concat(tables, ignore_index=True)
+    return out[["folder", *[c for c in out.columns if c != "folder"]]]
+
+
+def verdict_kind(verdict: str) -> str:
+    """A verdict without its reason: consistent, inconsistent, inconclusive, not measurable."""
+    return str(verdict).split(" (")[0]
+
+
+def outlook_summary(table: pd.DataFrame) -> str:
+    counts = pd.crosstab(table["outlook"], table["verdict"].map(verdict_kind))
+    return (f"{len(table)} plotted curves of {table['folder'].nunique()} folders: the preflight's "
+            "outlook (rows) against the sweep's verdict (columns)\n\n" + counts.to_string())
+
+
 def summary(table: pd.DataFrame) -> str:
     cols = ["folder", "setting", "fit_gate", "loss_name", "reps", "measured_half_width",
             "predicted_half_width", "ratio", "verdict"]
@@ -97,9 +127,10 @@ def main() -> None:
     p.add_argument("--summary", action="store_true", help="print the committed table")
     args = p.parse_args()
     if not args.summary:
-        table = calibration()
-        OUT.write_text(table.to_json(orient="records", indent=1, double_precision=15) + "\n")
-    print(summary(pd.read_json(OUT)))
+        for path, table in ((OUT, calibration()), (OUTLOOKS, outlooks())):
+            path.write_text(table.to_json(orient="records", indent=1, double_precision=15)
+                            + "\n")
+    print(summary(pd.read_json(OUT)) + "\n\n" + outlook_summary(pd.read_json(OUTLOOKS)))
 
 
 if __name__ == "__main__":

@@ -214,11 +214,11 @@ def test_too_few_sample_sizes_or_too_small_n_rule_the_curve_out():
     assert row["outlook"] == NOT_MEASURABLE and "over-fit certificate cannot run" in row["reasons"]
 
 
-def test_a_certificate_without_the_overlays_spread_says_so():
-    old = certificate()
-    old.overlay["D3"].pop("sd")
-    row = curve_outlook(config(), REGULAR, "sigmoid", "D3", old)
-    assert math.isnan(row["limit_half_width"]) and "predates" in row["reasons"]
+def test_a_given_limit_is_read_before_the_certificates_overlay():
+    cert = certificate()
+    wide = {**cert.overlay["D3"], "sd": list(np.array(cert.overlay["D3"]["sd"]) * 4)}
+    row = curve_outlook(config(), REGULAR, "sigmoid", "D3", cert, wide)
+    assert row["outlook"] == INCONCLUSIVE
 
 
 # ---- the command, then the sweep in its folder -------------------------------------------------
@@ -314,3 +314,33 @@ def test_an_unknown_config_exits_2_naming_it_and_writes_nothing(tmp_path, capsys
     assert main(["preflight", "no-such-config", "--out", str(out)]) == 2
     assert "config" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---- what the preflight would have said before every committed sweep -------------------------
+
+OUTLOOKS = ROOT / "paper_figures" / "preflight_outlooks.json"
+
+
+def test_the_preflight_never_rules_out_a_curve_a_committed_sweep_certified():
+    """paper_figures/preflight_outlooks.json: every plotted curve of the committed folders with
+    reference certificates. A curve the preflight calls not measurable before any fit got no
+    verdict from its sweep either, and every verdict the sweeps gave is on a curve it let
+    through; it rules many out (the docs quote the counts)."""
+    table = pd.read_json(OUTLOOKS)
+    kinds = table.verdict.str.split(" (", regex=False).str[0]
+    ruled_out = table.outlook == NOT_MEASURABLE
+    assert (kinds[ruled_out] == "not measurable").all()
+    assert len(table) == 146 and table.folder.nunique() == 33
+    assert ruled_out.sum() == 87 and (kinds == "consistent").sum() == 13
+
+
+def test_the_outlooks_are_what_the_preflight_reads_from_a_folder():
+    """One folder's rows recomputed from its certificates (no fit: seconds)."""
+    from moe_theory.preflight import folder_outlook
+    committed = pd.read_json(OUTLOOKS)
+    name = "nguyen2024-measurable/gelu_d4_box3"
+    mine = committed[committed.folder == name].reset_index(drop=True)
+    again = folder_outlook(ROOT / "paper_figures" / name)
+    assert list(again.outlook) == list(mine.outlook) and len(again) == 4
+    np.testing.assert_allclose(again.limit_half_width.to_numpy(dtype=float),
+                               mine.limit_half_width.to_numpy(dtype=float), rtol=1e-9)
