@@ -232,7 +232,9 @@ def _cmd_preflight(args) -> int:
     else:
         print(format_preflight(table, config))
         print(f"\nwritten to {out / 'preflight.txt'} (and .csv, .json); a sweep into {out} "
-              "reuses its references and certificates")
+              f"on {args.device} reuses its references and certificates (on another device "
+              "type G_bar is fitted on another design: the sweep refuses the folder unless "
+              "--force, so give it another --out)")
     return 0
 
 
