@@ -896,9 +896,20 @@ def test_the_cpu_preset_record_gives_the_readme_verdicts():
 def _table_rows(text: str) -> dict[tuple[str, str], dict[str, str]]:
     """A printed rates table's rows above its legend, by (fit, loss), each cell by its header
     (columns are where their header starts: headers hold single spaces, cells are left-aligned)."""
+    return {(row["gate"], row["loss"]): row for row in _table_cells(text)}
+
+
+def _curve_rows(text: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    """:func:`_table_rows` by (setting, fit, loss): for tables of several settings."""
+    return {(row["setting"], row["gate"], row["loss"]): row for row in _table_cells(text)}
+
+
+def _table_cells(text: str) -> list[dict[str, str]]:
+    """The rows of a printed table (a rates or preflight table, its header the first line) above
+    its legend, each cell by its header; the fitted gate's column is called ``gate``."""
     lines = text.splitlines()
     starts = [(m.start(), m.group()) for m in re.finditer(r"\S+(?: \S+)*", lines[0])]
-    rows = {}
+    rows = []
     for line in lines[2:]:
         if not line.strip():  # the legend follows
             break
@@ -909,7 +920,7 @@ def _table_rows(text: str) -> dict[tuple[str, str], dict[str, str]]:
         # the over-fit certificate's header repeats the fitted gate's ("fit"): "gate", "overfit"
         names = [name for _, name in starts]
         names = [names[0], "gate", *("overfit" if name == "fit" else name for name in names[2:])]
-        rows[cells[1], cells[2]] = dict(zip(names, cells, strict=True))
+        rows.append(dict(zip(names, cells, strict=True)))
     return rows
 
 
@@ -1450,3 +1461,59 @@ def test_the_d4_kept_fits_give_the_readme_comparison(d1):
     assert list(kept.l2_n_over_nu.round(1)) == [43.3, 40.2, 40.6]
     assert list(kept.err_eta_over.round(2)) == [7.53, 1.73, 1.78]
     assert list(kept.D1_matched.round(2)) == [6.41, 1.07, 0.47]
+
+
+# ---- the other CPU presets' records (2026-12-05) ------------------------------------------------
+
+#: preset -> its wall time from the call (s), as paper_figures/README.md's index quotes it
+OTHER_PRESETS = {"nguyen2024": 486, "nguyen2024-sgd": 285, "yan2025": 986}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_PRESETS))
+def test_the_other_cpu_presets_records_are_of_todays_presets(name):
+    """paper_figures/NAME/preset/: `moe-theory reproduce NAME --fast --certify` from a clean
+    clone on a 2-core CPU, of today's preset (its config hash), with its table and what the
+    preflight said from its certificates: every curve the preflight rules out is not measurable
+    in the table, and no plotted curve of these presets gets a verdict."""
+    import json
+
+    from moe_theory.config import load_config
+
+    folder = ROOT / "paper_figures" / name / "preset"
+    run = json.loads((folder / "cpu_run.json").read_text())
+    assert run["config_hash"] == load_config(name, fast=True).hash and run["fast"] is True
+    assert run["device"] == "cpu" and run["git_dirty"] is False
+    assert round(run["wall_s_this_call"]) == OTHER_PRESETS[name]
+    table = (folder / "cpu_rates.txt").read_text()
+    rates = _curve_rows(table)
+    plotted = table.split("\n·")[0]
+    preflight_text = (folder / "cpu_preflight.txt").read_text().split("\n", 2)[2]
+    preflight = _curve_rows(preflight_text)
+    # the figure's curves, above the table's dotted rule, and those it left out because their
+    # loss is NaN in every fit (nguyen2024-sgd's sparse linear softmax fit), which only fits tell
+    assert set(_curve_rows(plotted)) <= set(preflight) <= set(rates)
+    for key, row in preflight.items():
+        verdict = rates[key]["verdict"]
+        if row["outlook"] == "not measurable":
+            assert verdict.startswith(("not measurable", "no theory")), key
+        assert verdict.split(" (")[0] not in ("consistent", "inconsistent"), key
+    assert (folder / f"{name}-fast.png").stat().st_size > 10_000
+
+
+def test_the_yan2025_presets_certified_curves_want_the_replications_the_preflight_says():
+    """yan2025's CPU preset: its four D3 curves pass every certificate and are inconclusive
+    with 8 replications, as the preflight predicted (CI ±0.13 to ±0.19), which advises 46 to 104
+    (paper_figures/README.md, yan2025)."""
+    folder = ROOT / "paper_figures" / "yan2025" / "preset"
+    rates = _curve_rows((folder / "cpu_rates.txt").read_text())
+    preflight = _curve_rows((folder / "cpu_preflight.txt").read_text().split("\n", 2)[2])
+    d3 = [key for key in preflight if key[2] == "D3"]
+    assert len(d3) == 4
+    for key in d3:
+        row = rates[key]
+        assert [row[c] for c in ("ref", "conv", "opt", "overfit")] == ["pass"] * 4
+        assert row["verdict"] == "inconclusive (CI too wide)"
+        assert preflight[key]["outlook"] == "inconclusive (CI too wide)"
+    advised = sorted(int(preflight[key]["reps (advised)"].split("(")[1].rstrip(")"))
+                     for key in d3)
+    assert advised == [46, 59, 97, 104]
