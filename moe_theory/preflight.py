@@ -56,10 +56,10 @@ PREFLIGHT_COLUMNS = (
     "theory_label", "n_min", "n_max", "n_points", "reps", "n_from", "n_to", "identified",
     "overfit_n", "limit_slope", "limit_half_width", "reps_advised", "outlook", "reasons",
 )
-#: The outlooks, from worst to best.
-NOT_MEASURABLE, INCONCLUSIVE, BORDERLINE, MEASURABLE_IF = (
-    "not measurable", "inconclusive (CI too wide)", "measurable if the fits pass, CI borderline",
-    "measurable if the fits pass")
+#: The outlooks, from worst to best (``no theory`` first, as the verdicts have it).
+NO_THEORY, NOT_MEASURABLE, INCONCLUSIVE, BORDERLINE, MEASURABLE_IF = (
+    "no theory", "not measurable", "inconclusive (CI too wide)",
+    "measurable if the fits pass, CI borderline", "measurable if the fits pass")
 
 
 def plotted_losses(config: SweepConfig, setting: Setting, gate: str) -> list[str]:
@@ -103,8 +103,7 @@ def curve_outlook(config: SweepConfig, setting: Setting, gate: str, loss: str,
                             reference=cert.kind)
     n_min, n_max, reps = min(config.n), max(config.n), config.reps_of(gate)
     blockers, notes = [], []
-    if theory.exponent is None or math.isnan(theory.exponent):
-        blockers.append("no theory rate for this curve")
+    no_theory = theory.exponent is None or math.isnan(theory.exponent)
     if len(config.n) < MIN_POINTS:
         blockers.append(f"{len(config.n)} sample sizes < {MIN_POINTS}")
     n_from, n_to = allowed_n(cert)
@@ -150,7 +149,9 @@ def curve_outlook(config: SweepConfig, setting: Setting, gate: str, loss: str,
         advised = reps_advised(entry, reps)
     elif cert.overlay_note:
         notes.append(f"CI not predicted: {cert.overlay_note}")
-    if blockers:
+    if no_theory:  # nothing to hold a slope to, whatever else stands in the way
+        outlook = NO_THEORY
+    elif blockers:
         outlook = NOT_MEASURABLE
     elif not half < CI_HALF_WIDTH_MAX:  # NaN (no prediction) is neither
         outlook = INCONCLUSIVE if math.isfinite(half) else MEASURABLE_IF

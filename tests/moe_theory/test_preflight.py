@@ -206,6 +206,15 @@ def test_an_unidentified_loss_is_ruled_out_only_above_the_atoms_distance():
     assert row["outlook"] == MEASURABLE_IF and "below medians of 0.001" in row["reasons"]
 
 
+def test_a_curve_without_a_theory_rate_says_so_first():
+    """As the verdicts: no exponent, no verdict, whatever the certificates (D2 of a softmax fit
+    has none in the theory table)."""
+    row = curve_outlook(config(), REGULAR, "sigmoid", "D3",
+                        certificate(status="fail", fisher_cond=1e12, reasons=["x"], kind="G*"))
+    assert row["theory_exponent"] is None and row["outlook"] == preflight.NO_THEORY
+    assert "no range of n mends it" in row["reasons"]
+
+
 def test_too_few_sample_sizes_or_too_small_n_rule_the_curve_out():
     row = curve_outlook(config(n=GRID[:3]), REGULAR, "sigmoid", "D3", certificate())
     assert row["outlook"] == NOT_MEASURABLE and "3 sample sizes < 4" in row["reasons"]
