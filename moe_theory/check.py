@@ -51,7 +51,7 @@ from moe_theory.certificates import (
     load_check,
     noise_variance,
 )
-from moe_theory.config import SweepConfig, parse_config
+from moe_theory.config import SweepConfig
 from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
@@ -60,6 +60,7 @@ from moe_theory.store import (
     atomic_write,
     load_results,
     read_manifest,
+    read_manifest_config,
     shard_path,
     verified_shards,
     write_shard,
@@ -76,17 +77,6 @@ def write_check_table(refits: pd.DataFrame, path: str | Path) -> None:
     estimates (JSON text) take a third of snappy's bytes under zstd (1.3 MB against 3.1 MB for
     nguyen2024's 240 refits)."""
     refits.to_parquet(path, index=False, compression="zstd")
-
-
-def read_manifest_config(folder: Path) -> SweepConfig:
-    """The config a sweep folder was run with (its ``manifest.json``)."""
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")
-    if not isinstance(manifest.get("config"), dict):
-        raise ValueError(f"DIR: {folder / 'manifest.json'} is not a sweep manifest (no 'config' "
-                         "object)")
-    return parse_config(manifest["config"], source=str(folder / "manifest.json"))
 
 
 def variants(config: SweepConfig) -> dict[str, SweepConfig]:

@@ -32,13 +32,18 @@ from moe_theory.certificates import (
     load_reference_certificates,
     normal_limit,
 )
-from moe_theory.config import SweepConfig, parse_config
+from moe_theory.config import SweepConfig
 from moe_theory.identified_losses import UNIDENTIFIED_SHARE
 from moe_theory.measure import MixingMeasure
 from moe_theory.outputs import plot_losses, write_table
 from moe_theory.rates import CI_HALF_WIDTH_MAX, MIN_POINTS, predicted_half_width
 from moe_theory.settings import Setting
-from moe_theory.store import folder_references, make_folder, read_manifest, write_manifest
+from moe_theory.store import (
+    folder_references,
+    make_folder,
+    read_manifest_config,
+    write_manifest,
+)
 from moe_theory.sweep import applicable_losses, prepare_references
 from moe_theory.theory import predicted_rate
 
@@ -215,10 +220,7 @@ def folder_outlook(folder: str | Path) -> pd.DataFrame:
     them and the references its manifest records (nothing fitted): what the preflight would have
     said before that sweep, to set beside its verdicts."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")
-    config = parse_config(manifest["config"], source=str(folder / "manifest.json"))
+    config = read_manifest_config(folder)
     return outlook_table(config, load_reference_certificates(folder),
                          folder_references(folder, config))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moe_theory.check import CHECK_TABLE, REFIT_DIR, read_manifest_config, run_check
+from moe_theory.check import CHECK_TABLE, REFIT_DIR, run_check
 from moe_theory.config import SweepConfig
 from moe_theory.measure import MixingMeasure
 from moe_theory.store import (
@@ -34,6 +34,7 @@ from moe_theory.store import (
     load_fits,
     load_results,
     merge,
+    read_manifest_config,
     results_csv,
     shard_path,
     shards_on_disk,

@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from moe_theory.config import SweepConfig
+from moe_theory.config import SweepConfig, parse_config
 from moe_theory.errors import StorageError
 from moe_theory.measure import MixingMeasure
 
@@ -489,6 +489,17 @@ def read_manifest(out: Path) -> dict | None:
         raise ValueError(f"DIR: {path} is not valid JSON ({err})") from None
 
 
+def read_manifest_config(folder: Path) -> SweepConfig:
+    """The config a sweep folder was run with (its ``manifest.json``)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")
+    if not isinstance(manifest.get("config"), dict):
+        raise ValueError(f"DIR: {folder / 'manifest.json'} is not a sweep manifest (no 'config' "
+                         "object)")
+    return parse_config(manifest["config"], source=str(folder / "manifest.json"))
+
+
 def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> None:
     """Record the config; refuse to mix shards of a different config unless ``force``."""
     out = Path(out)
@@ -531,7 +542,7 @@ def folder_references(folder: Path, config: SweepConfig) -> dict[tuple[str, str]
                 refs[setting.name, gate] = MixingMeasure.from_json(recorded[key])
             else:
                 raise ValueError(f"DIR: {folder / 'manifest.json'} records no G_bar for {key}, "
-                                 "so its fits cannot be measured again")
+                                 "the reference its fits were measured against")
     return refs
 
 

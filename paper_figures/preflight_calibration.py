@@ -25,11 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from moe_theory.certificates import CERTIFICATES, normal_limit
-from moe_theory.config import parse_config
-from moe_theory.measure import MixingMeasure
+from moe_theory.certificates import CERTIFICATES, load_reference_certificates, normal_limit
 from moe_theory.preflight import folder_outlook
 from moe_theory.rates import predicted_half_width
+from moe_theory.store import folder_references, read_manifest_config
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "preflight_calibration.json"
@@ -52,26 +51,22 @@ def calibration() -> pd.DataFrame:
                  and all(r[f"cert_{c}"] == "pass" for c in CERTIFICATES)]
         if not rates:
             continue
-        manifest = json.loads((folder / "manifest.json").read_text())
-        config = parse_config(manifest["config"], source=str(folder / "manifest.json"))
+        config = read_manifest_config(folder)
+        refs, certs = folder_references(folder, config), load_reference_certificates(folder)
         by_curve = {}
         for r in rates:
             by_curve.setdefault((r["setting"], r["fit_gate"]), []).append(r)
         for (name, gate), curves in sorted(by_curve.items()):
             setting = next(s for s in config.setting_objects() if s.name == name)
-            key = f"{name}/{gate}"
-            ref_text = manifest["references"][key]
-            cert = json.loads((folder / "certificates" /
-                               f"reference-{name}-{gate}.json").read_text())
-            same = (name, gate, tuple(config.n), config.reps_of(gate), ref_text)
+            same = (name, gate, tuple(config.n), config.reps_of(gate), refs[name, gate].to_json())
             where = str(folder.relative_to(HERE))
             if same in seen:
                 seen[same].append(where)
                 continue
             seen[same] = [where]
-            limit = normal_limit(setting, gate, MixingMeasure.from_json(ref_text), config.n,
+            limit = normal_limit(setting, gate, refs[name, gate], config.n,
                                  [r["loss_name"] for r in curves],
-                                 design_size=int(cert["design_size"]))
+                                 design_size=certs[name, gate].design_size)
             for r in curves:
                 if int(r["n_used"]) != len(config.n):
                     continue  # a dropped n: the measured CI is of another grid
