@@ -52,6 +52,10 @@ def _cmd_sweep(args) -> int:
     out = Path(args.out or Path("results") / config.name)
     # --gpus pins each worker to one GPU: the device is then CUDA unless said otherwise
     device = args.device or ("cuda" if args.gpus is not None else "cpu")
+    if args.references_from:
+        from moe_theory.sweep import adopt_references
+
+        adopt_references(config, out, args.references_from, device=device, force=args.force)
     df = run_sweep(config, out, device=device, backend=args.backend, force=args.force,
                    executor=args.executor, scheduler=args.scheduler,
                    local_workers=args.local_workers, gpus=args.gpus)
@@ -212,7 +216,8 @@ def _cmd_reproduce(args) -> int:
         workers = usable_cores()
     reproduce(name, fast=fast, out=args.out, device=args.device, backend=args.backend,
               workers=workers, certify=certify, gpus=args.gpus,
-              local_workers=args.local_workers, force=args.force)
+              local_workers=args.local_workers, force=args.force,
+              references_from=args.references_from)
     return 0
 
 
@@ -341,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="discard shards of a different config, or measured against another G_bar")
     p.add_argument("--fast", action="store_true", help="apply the config's [fast] overrides")
+    p.add_argument("--references-from", metavar="DIR",
+                   help="fit against the G_bar references the folder DIR of the same config "
+                        "records, fitted on this device type, instead of fitting them again "
+                        "(a committed figure re-run to record more: docs/design.md#results-store)")
     device_args(p)
     p.set_defaults(run=_cmd_sweep, device=None)
 
@@ -420,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--gpus path on this machine's device)")
     p.add_argument("--force", action="store_true",
                    help="discard shards of a different config, or measured against another G_bar")
+    p.add_argument("--references-from", metavar="DIR",
+                   help="fit against the G_bar references the folder DIR of the same config "
+                        "records, fitted on this device type, instead of fitting them again "
+                        "(a committed figure re-run to record more: docs/design.md#results-store)")
     device_args(p)
     p.set_defaults(run=_cmd_reproduce)
 

@@ -50,7 +50,7 @@ from moe_theory.population import cache_dir
 from moe_theory.rates import format_rates_table
 from moe_theory.store import plan, read_manifest, write_manifest
 from moe_theory.studies import StudyOutput, attention_regularity, attention_teacher
-from moe_theory.sweep import prepare_references, run_sweep
+from moe_theory.sweep import adopt_references, prepare_references, run_sweep
 from moe_theory.validation import check_device
 
 #: Figures that are not sweeps of a config: name -> the study's ``run(fast=, device=)``.
@@ -75,7 +75,8 @@ def _stage(step: int, stages: int, what: str, start: float) -> None:
 def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
               device: str = "cpu", backend: str = "auto", workers: int | None = None,
               certify: bool = False, gpus: str | Sequence[int] | None = None,
-              local_workers: int | None = None, force: bool = False) -> pd.DataFrame:
+              local_workers: int | None = None, force: bool = False,
+              references_from: str | Path | None = None) -> pd.DataFrame:
     """Run a named config into ``results/<name>[-fast]/`` (or ``out``) and write its report there.
 
     ``certify``: also run the optimiser check (:func:`moe_theory.check.run_check`) before the
@@ -91,9 +92,19 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
 
     ``force``: discard a folder's shards of another config, or measured against another G_bar
     (docs/design.md#results-store), instead of refusing.
+
+    ``references_from``: a folder of the same config whose recorded G_bar references (fitted on
+    this device type) the fits use instead of fitting them again
+    (:func:`moe_theory.sweep.adopt_references`); one config only.
     """
     workers = device_workers(workers, device)
     check_device("device", device)
+    if references_from is not None:
+        if name == "all" or name in EXPERIMENTS:
+            raise ValueError(f"references_from: give one config, not {name!r} (a study or "
+                             "every figure has no single folder of references to adopt)")
+        config, folder = _config_folder(name, None if out is None else Path(out), fast)
+        adopt_references(config, folder, references_from, device=device, force=force)
     if name == "all":
         # one folder per config: a shared one would mix configs (refused by the manifest check)
         suffix = "-fast" if fast else ""

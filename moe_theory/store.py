@@ -517,8 +517,10 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> No
                 "cpu_threads": torch.get_num_threads()}
     if old is not None and old.get("config_hash") == config.hash:
         # the references the shards were measured against (and their designs), and the rivals
-        # their certificates start from, outlive a resumption
-        for key in ("references", "reference_design_sizes", "rival_references"):
+        # their certificates start from, and the folder they were adopted from, outlive a
+        # resumption
+        for key in ("references", "reference_design_sizes", "rival_references",
+                    "references_from"):
             if key in old:
                 manifest[key] = old[key]
     _write_manifest_dict(out, manifest)
@@ -559,6 +561,17 @@ def record_references(out: Path, references: dict[str, str],
     if design_sizes:
         manifest["reference_design_sizes"] = {**manifest.get("reference_design_sizes", {}),
                                               **design_sizes}
+    _write_manifest_dict(Path(out), manifest)
+
+
+def record_references_from(out: Path, source: str | Path) -> None:
+    """Record in the manifest that the folder's G_bar references were adopted from the folder
+    ``source`` (``references_from``; moe_theory.sweep.adopt_references), so that a sweep reads
+    them instead of fitting them, now and when it resumes."""
+    manifest = read_manifest(Path(out))
+    if manifest is None:
+        raise ValueError(f"out: {out} has no manifest.json to record references in")
+    manifest["references_from"] = str(source)
     _write_manifest_dict(Path(out), manifest)
 
 

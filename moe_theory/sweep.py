@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,12 @@ from kernels.memory import free_memory, physical_memory
 from kernels.moe import precompile, resolve_backend
 from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import models
-from moe_theory.certificates import ReferenceCertificate, certify_references, reference_path
+from moe_theory.certificates import (
+    REFERENCE_DIR,
+    ReferenceCertificate,
+    certify_references,
+    reference_path,
+)
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
 from moe_theory.estimators import Bounds, box_bounds, fit_lse
@@ -48,6 +54,8 @@ from moe_theory.store import (
     plan,
     read_manifest,
     record_references,
+    record_references_from,
+    record_rivals,
     remove_stale_temp_files,
     setting_shards,
     try_claim,
@@ -352,9 +360,16 @@ def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "c
     (:func:`check_references`), and their certificates saved in ``out``; workers of this machine
     then read the cache instead of racing to compute the same reference."""
     refs = {}
+    adopted = _adopted_references(Path(out), design_size_for(device, config.g_bar_design_size))
     for setting in config.setting_objects():
         for gate in config.gates_for(setting):
             if setting.reference_kind(gate) == "G_bar":
+                key = f"{setting.name}/{gate}"
+                if key in adopted:
+                    refs[setting.name, gate] = MixingMeasure.from_json(adopted[key])
+                    log(f"reference G_bar for {setting.name} / {gate} fit read from the "
+                        "folder's manifest (adopted with --references-from)")
+                    continue
                 t0 = time.perf_counter()
                 _, refs[setting.name, gate] = reference_measure(
                     setting, gate, device=device, backend=backend,
@@ -365,6 +380,76 @@ def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "c
                      design_size=design_size_for(device, config.g_bar_design_size))
     # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
     certify(config, out, device=device, backend=backend, log=log)
+
+
+def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *,
+                     device: str = "cpu", force: bool = False) -> list[str]:
+    """Start ``out`` from the G_bar references another folder of the same config records
+    (``--references-from``): a figure re-run to record more than its first run did, whose fits
+    must be measured against the references the committed ones were, without fitting them again.
+
+    ``source``'s manifest must record the same config (hash) and, for every G_bar the config
+    uses, a reference fitted on the design ``device`` fits (:func:`design_size_for`: G_bar
+    depends on the device type, docs/design.md#results-store). Its references, their design
+    sizes and rivals are recorded in ``out``'s manifest with ``references_from``, which makes
+    :func:`prepare_references` read them instead of fitting them, now and when the sweep
+    resumes; its reference certificates are copied where ``out`` has none. A folder whose
+    manifest already records other references is refused. Returns the adopted keys."""
+    out, source = Path(out), Path(source)
+    theirs = read_manifest(source)
+    if theirs is None:
+        raise ValueError(f"references_from: {source} has no manifest.json (not a sweep folder)")
+    if theirs.get("config_hash") != config.hash:
+        raise ValueError(f"references_from: {source} holds results of another config (hash "
+                         f"{theirs.get('config_hash')}, this one {config.hash})")
+    size = design_size_for(device, config.g_bar_design_size)
+    recorded, sizes = theirs.get("references", {}), theirs.get("reference_design_sizes", {})
+    keys = [f"{s.name}/{g}" for s in config.setting_objects() for g in config.gates_for(s)
+            if s.reference_kind(g) == "G_bar"]
+    for key in keys:
+        if key not in recorded:
+            raise ValueError(f"references_from: {source / 'manifest.json'} records no G_bar "
+                             f"for {key}")
+        if sizes.get(key) != size:
+            raise ValueError(
+                f"references_from: the G_bar of {key} in {source} was fitted on "
+                f"{sizes.get(key)} design points, a sweep on {device} fits {size} (G_bar "
+                f"depends on the device type): run it on the device that made {source}")
+    make_folder(out)
+    write_manifest(out, config, force=force)
+    mine = read_manifest(out) or {}
+    clash = [k for k in keys if k in mine.get("references", {})
+             and mine["references"][k] != recorded[k]]
+    if clash:
+        raise ValueError(f"references_from: {out} already records other references for "
+                         f"{', '.join(clash)}; use another --out")
+    record_references(out, {k: recorded[k] for k in keys}, {k: size for k in keys})
+    rivals = {k: v for k, v in theirs.get("rival_references", {}).items() if k in keys}
+    if rivals:
+        record_rivals(out, rivals)
+    record_references_from(out, source)
+    for path in sorted((source / REFERENCE_DIR).glob("*.json")):
+        target = out / REFERENCE_DIR / path.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    return keys
+
+
+def _adopted_references(out: Path, design_size: int) -> dict[str, str]:
+    """The G_bar references ``out``'s manifest adopted from another folder
+    (:func:`adopt_references`), refused where this device fits another design."""
+    manifest = read_manifest(out) or {}
+    if manifest.get("references_from") is None:
+        return {}
+    sizes = manifest.get("reference_design_sizes", {})
+    wrong = {k: v for k, v in sizes.items() if v != design_size}
+    if wrong:
+        key, size = next(iter(wrong.items()))
+        raise ValueError(f"reference: {out} adopted the G_bar of {key}, fitted on {size} design "
+                         f"points, and this device fits {design_size}: resume the sweep on the "
+                         f"device type that made {manifest['references_from']}")
+    return dict(manifest.get("references", {}))
 
 
 def certify(config: SweepConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",

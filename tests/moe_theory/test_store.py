@@ -425,3 +425,70 @@ def test_reproduce_refuses_another_configs_folder_unless_forced(tmp_path, config
     table = reproduce(str(config_path), out=tmp_path, force=True)
     assert len(table) > 0
     assert store.read_manifest(tmp_path)["config_hash"] == parse_config(TINY).hash
+
+
+#: TINY's data with the softmax fit, whose reference is G_bar (a population fit on the CPU).
+TINY_GBAR = {**TINY, "name": "tiny-gbar", "fit_gates": ["softmax"]}
+
+
+def test_a_rerun_adopts_the_references_its_source_folder_records(tmp_path, monkeypatch):
+    """--references-from: a re-run of a folder fits against the G_bars the folder records,
+    without fitting any G_bar again, and gives its table bit for bit; a folder of another
+    config, without the reference, fitted on another device type's design, or already holding
+    other references is refused, naming the field, with nothing written to the source."""
+    config = parse_config(TINY_GBAR)
+    first = sweep.run_sweep(config, tmp_path / "a", log=lambda msg: None)
+    source = store.read_manifest(tmp_path / "a")
+    key = "small-sparse-relu/softmax"
+    assert key in source["references"] and "references_from" not in source
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").rglob("*.json")}
+
+    # a fresh G_bar cache whose fit fails: the re-run must read the recorded G_bar only
+    monkeypatch.setenv("MOE_THEORY_CACHE", str(tmp_path / "empty-cache"))
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("G_bar fitted again")
+
+    monkeypatch.setattr(mt.population, "_fit_population", no_fit)
+    lines: list[str] = []
+    assert main(["sweep", str(_tiny_gbar_toml(tmp_path)), "--out", str(tmp_path / "b"),
+                 "--references-from", str(tmp_path / "a")]) == 0
+    again = store.load_results(tmp_path / "b")
+    same_table(again, first)
+    adopted = store.read_manifest(tmp_path / "b")
+    assert adopted["references"][key] == source["references"][key]
+    assert adopted["references_from"] == str(tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "b" / "certificates").glob("*.json")) == \
+        sorted(p.name for p in (tmp_path / "a" / "certificates").glob("*.json"))
+    # a resumption keeps reading them (the record outlives write_manifest)
+    sweep.prepare_references(config, tmp_path / "b", log=lines.append)
+    assert any("read from the folder's manifest" in line for line in lines)
+
+    from moe_theory.reproduce import reproduce
+
+    with pytest.raises(ValueError, match="references_from: give one config"):
+        reproduce("all", references_from=tmp_path / "a")
+    other = parse_config({**TINY_GBAR, "reps": 3})
+    with pytest.raises(ValueError, match="references_from: .* another config"):
+        sweep.adopt_references(other, tmp_path / "c", tmp_path / "a")
+    with pytest.raises(ValueError, match="references_from: .* no manifest.json"):
+        sweep.adopt_references(config, tmp_path / "c", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=f"references_from: the G_bar of {key} .* design points"):
+        sweep.adopt_references(config, tmp_path / "c", tmp_path / "a", device="cuda")
+    store.write_manifest(tmp_path / "d", config)
+    store.record_references(tmp_path / "d", {key: config.setting_objects()[0].truth().to_json()})
+    with pytest.raises(ValueError, match=f"references_from: .* other references for {key}"):
+        sweep.adopt_references(config, tmp_path / "d", tmp_path / "a")
+    # a folder that adopted a G_bar of another design refuses to resume on this device
+    manifest = store.read_manifest(tmp_path / "b")
+    manifest["reference_design_sizes"][key] += 1
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"reference: .* adopted the G_bar of {key}"):
+        sweep.prepare_references(config, tmp_path / "b", log=lines.append)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").rglob("*.json")} == before
+
+
+def _tiny_gbar_toml(folder: Path) -> Path:
+    path = folder / "tiny-gbar.toml"
+    path.write_text(toml(TINY_GBAR))
+    return path
