@@ -1,5 +1,5 @@
 """The moe-theory command line. Exit codes (moe_theory.errors, docs/design.md#exit-codes): 0
-success, 2 bad input (the message names the field), 3 the file system or the device refused (the
+success, 1 `compare` found values that differ, 2 bad input (the message names the field), 3 the file system or the device refused (the
 message names the path or device; finished shards are kept), 130 interrupted (finished shards are
 kept)."""
 
@@ -219,6 +219,20 @@ def _cmd_reproduce(args) -> int:
               local_workers=args.local_workers, force=args.force,
               references_from=args.references_from)
     return 0
+
+
+def _cmd_compare(args) -> int:
+    from moe_theory.compare import compare_folders, differs, format_comparison
+    from moe_theory.errors import EXIT_DIFFERENT, EXIT_OK
+
+    if args.rtol < 0:
+        raise ValueError(f"rtol: must be >= 0, got {args.rtol}")
+    table = compare_folders(args.a, args.b, rtol=args.rtol)
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+    else:
+        print(format_comparison(table, args.a, args.b, rtol=args.rtol))
+    return EXIT_DIFFERENT if differs(table) else EXIT_OK
 
 
 def _cmd_preflight(args) -> int:
@@ -467,6 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="put the new values in the folder's tables and redo the optimiser "
                         "check's comparison, the rates and the figure")
     p.set_defaults(run=_cmd_remeasure)
+
+    p = sub.add_parser("compare", help="two results folders of one config, value by value: "
+                       "the tidy table, the estimates, the check's refits and the rates (a "
+                       "re-run against the committed folder; exit 1 where they differ)")
+    p.add_argument("a", help="a results folder (e.g. a committed figure's)")
+    p.add_argument("b", help="another folder of the same config (e.g. its re-run)")
+    p.add_argument("--rtol", type=float, default=0.0,
+                   help="relative tolerance for numbers (default 0: bit for bit)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(run=_cmd_compare)
 
     p = sub.add_parser("settings", help="list the named settings")
     p.add_argument("--json", action="store_true", help=JSON_HELP)

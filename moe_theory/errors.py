@@ -3,6 +3,8 @@
 Exit codes of ``moe-theory``:
 
 - :data:`EXIT_OK` (0): success;
+- :data:`EXIT_DIFFERENT` (1): ``moe-theory compare`` found values that are not the same (as
+  ``cmp`` and ``diff`` say it);
 - :data:`EXIT_BAD_INPUT` (2): bad input, a ``ValueError``: a config key, a flag, a file's
   content; the message names the field and the allowed values;
 - :data:`EXIT_ENVIRONMENT` (3): the machine refused, a :class:`ResourceError` or an ``OSError``:
@@ -15,6 +17,7 @@ Exit codes of ``moe-theory``:
 from __future__ import annotations
 
 EXIT_OK = 0
+EXIT_DIFFERENT = 1
 EXIT_BAD_INPUT = 2
 EXIT_ENVIRONMENT = 3
 EXIT_INTERRUPTED = 130

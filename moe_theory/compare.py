@@ -1,0 +1,187 @@
+"""Two results folders of one config, value by value (``moe-theory compare A B``).
+
+The toolkit promises that the same config and seed give the same table, bit for bit, whatever
+the interruptions, executors or worker counts (docs/design.md#results-store). This module checks
+that promise for a re-run: a committed figure computed again (``moe-theory reproduce NAME --out
+NEW --references-from paper_figures/NAME`` on the device type that made it) is compared with the
+committed folder, table by table: the tidy table, the fits' estimates, the optimiser check's
+refits, and the slopes and verdicts of the rates table.
+
+Rows are matched on their keys (a table sorted otherwise is the same table); timings are never
+compared (they are the machine's, not the fits'); a column one side lacks is listed, not failed
+(a re-run records what the toolkit measures since, e.g. ``sublevel_loss``). A value is the same
+when it is bit for bit (NaN equal to NaN), or within ``rtol`` where one is given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moe_theory.store import FIT_KEYS, FIT_MEASURE, SORT_KEYS, load_fits, load_results, read_manifest
+
+#: Columns that time the run: the machine's, never compared.
+TIMING_COLUMNS = ("wall_s",)
+#: The optimiser check's refits: one row per variant, data set and loss.
+CHECK_KEYS = ["variant", *SORT_KEYS]
+#: What a rates table's curve is compared on.
+RATES_KEYS = ["setting", "fit_gate", "loss_name"]
+RATES_COLUMNS = ("slope", "slope_median", "ci_half_width", "verdict", "cert_reference",
+                 "cert_converged", "cert_optimiser", "cert_overfit")
+
+#: One row of a comparison: a column of one table of both folders.
+COLUMNS = ["table", "column", "status", "differing", "rows", "max_rel_diff", "example"]
+
+
+def same_values(a: pd.Series, b: pd.Series, rtol: float = 0.0) -> np.ndarray:
+    """Where two aligned columns hold the same value: numbers bit for bit or within ``rtol``
+    (NaN equal to NaN), anything else as the same text."""
+    if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b) \
+            and not pd.api.types.is_bool_dtype(a) and not pd.api.types.is_bool_dtype(b):
+        x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
+        same = (x == y) | (np.isnan(x) & np.isnan(y))
+        if rtol > 0:
+            same |= np.isclose(y, x, rtol=rtol, atol=0.0)
+        return same
+    return (a.astype(str).to_numpy() == b.astype(str).to_numpy())
+
+
+def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str], *,
+                   rtol: float = 0.0) -> pd.DataFrame:
+    """One row per column of two tables matched on ``keys`` (:data:`COLUMNS`): ``same``,
+    ``differs`` (with how many rows and the largest relative difference), ``only in A`` /
+    ``only in B``; a first row ``rows`` says whether both hold the same keys."""
+    a = a.drop(columns=[c for c in TIMING_COLUMNS if c in a], errors="ignore")
+    b = b.drop(columns=[c for c in TIMING_COLUMNS if c in b], errors="ignore")
+    missing = [k for k in keys if k not in a or k not in b]
+    if missing:
+        raise ValueError(f"{name}: a table lacks the key column(s) {missing}")
+    a = a.sort_values(keys, kind="stable").reset_index(drop=True)
+    b = b.sort_values(keys, kind="stable").reset_index(drop=True)
+    rows = [{"table": name, "column": "(rows)", "rows": max(len(a), len(b)), "differing": 0,
+             "max_rel_diff": np.nan, "example": ""}]
+    key_a = a[keys].astype(str).agg("/".join, axis=1)
+    key_b = b[keys].astype(str).agg("/".join, axis=1)
+    if len(a) != len(b) or not (key_a.to_numpy() == key_b.to_numpy()).all():
+        only_a = sorted(set(key_a) - set(key_b))
+        only_b = sorted(set(key_b) - set(key_a))
+        rows[0].update(status="differs", differing=len(only_a) + len(only_b),
+                       example=f"{len(only_a)} only in A (e.g. {only_a[:1]}), "
+                               f"{len(only_b)} only in B (e.g. {only_b[:1]})")
+        return pd.DataFrame(rows, columns=COLUMNS)
+    rows[0]["status"] = "same"
+    for column in [c for c in a.columns if c not in keys] + [c for c in b.columns
+                                                              if c not in a.columns]:
+        row = {"table": name, "column": column, "rows": len(a), "differing": 0,
+               "max_rel_diff": np.nan, "example": ""}
+        if column not in b:
+            row["status"] = "only in A"
+        elif column not in a:
+            row["status"] = "only in B"
+        else:
+            same = same_values(a[column], b[column], rtol)
+            row["differing"] = int((~same).sum())
+            row["status"] = "same" if same.all() else "differs"
+            if not same.all():
+                first = int(np.flatnonzero(~same)[0])
+                row["example"] = (f"{key_a.iloc[first]}: {_show(a[column].iloc[first])} vs "
+                                  f"{_show(b[column].iloc[first])}")
+                if pd.api.types.is_numeric_dtype(a[column]) and \
+                        pd.api.types.is_numeric_dtype(b[column]):
+                    x = a[column].to_numpy(dtype=float)[~same]
+                    y = b[column].to_numpy(dtype=float)[~same]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        rel = np.abs(x - y) / np.maximum(np.abs(x), np.abs(y))
+                    row["max_rel_diff"] = float(np.nanmax(rel)) if np.isfinite(rel).any() \
+                        else np.inf
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _show(value: object) -> str:
+    """A value as its shortest exact text (a float's repr round-trips)."""
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return str(value)
+
+
+def _rates(folder: Path) -> pd.DataFrame | None:
+    path = folder / "rates.json"
+    if not path.exists():
+        return None
+    table = pd.DataFrame(json.loads(path.read_text()))
+    return table[[c for c in (*RATES_KEYS, *RATES_COLUMNS) if c in table]]
+
+
+def compare_folders(a: str | Path, b: str | Path, *, rtol: float = 0.0) -> pd.DataFrame:
+    """Every table both folders hold, compared (:func:`compare_tables`): ``results``, ``fits``
+    (the estimates), ``check`` (the optimiser check's refits, ``check.parquet``) and ``rates``
+    (each curve's slopes, certificates and verdict). Folders of two configs are refused."""
+    a, b = Path(a), Path(b)
+    hashes = []
+    for side, folder in (("A", a), ("B", b)):
+        manifest = read_manifest(folder)
+        if manifest is None:
+            raise ValueError(f"{side}: {folder} has no manifest.json (not a sweep folder)")
+        hashes.append(manifest.get("config_hash"))
+    if hashes[0] != hashes[1]:
+        raise ValueError(f"B: {b} holds results of another config (hash {hashes[1]}, "
+                         f"A's {hashes[0]}): only runs of one config can be the same")
+    quiet = {"report": lambda msg: None}
+    # the estimates' column is compared as the fits table (a committed table's CSV lacks it)
+    tables = [load_results(f, **quiet).drop(columns=FIT_MEASURE, errors="ignore") for f in (a, b)]
+    parts = [compare_tables("results", *tables, SORT_KEYS, rtol=rtol)]
+    fits = []
+    for folder in (a, b):
+        try:
+            fits.append(load_fits(folder, **quiet))
+        except ValueError:
+            fits.append(None)
+    if all(f is not None for f in fits):
+        parts.append(compare_tables("fits", *fits, FIT_KEYS, rtol=rtol))
+    if (a / "check.parquet").exists() and (b / "check.parquet").exists():
+        parts.append(compare_tables("check", pd.read_parquet(a / "check.parquet"),
+                                    pd.read_parquet(b / "check.parquet"), CHECK_KEYS,
+                                    rtol=rtol))
+    rates = [_rates(a), _rates(b)]
+    if all(r is not None for r in rates):
+        parts.append(compare_tables("rates", *rates, RATES_KEYS, rtol=rtol))
+    return pd.concat(parts, ignore_index=True)
+
+
+def differs(table: pd.DataFrame) -> bool:
+    """Whether a comparison found a value or a row that is not the same (a column that one side
+    lacks does not count)."""
+    return bool((table["status"] == "differs").any())
+
+
+def format_comparison(table: pd.DataFrame, a: str | Path, b: str | Path, *,
+                      rtol: float = 0.0) -> str:
+    """The comparison in words: per table, the columns that differ (how many rows, the largest
+    relative difference, a first example), those one side lacks, and how many are the same."""
+    same_as = "bit for bit" if rtol == 0 else f"to a relative {rtol:g}"
+    lines = [f"A: {a}", f"B: {b}", f"values compared {same_as}; timings ({', '.join(TIMING_COLUMNS)}) "
+             "not compared", ""]
+    for name, part in table.groupby("table", sort=False):
+        head = part.iloc[0]
+        if head["status"] == "differs":
+            lines.append(f"{name}: the rows differ: {head['example']}")
+            continue
+        cols = part.iloc[1:]
+        same = cols[cols["status"] == "same"]
+        lines.append(f"{name} ({int(head['rows'])} rows): {len(same)} of {len(cols)} columns "
+                     "the same")
+        for row in cols[cols["status"] != "same"].itertuples():
+            if row.status == "differs":
+                rel = "" if np.isnan(row.max_rel_diff) else \
+                    f", largest relative difference {row.max_rel_diff:.2g}"
+                lines.append(f"  {row.column}: differs in {row.differing} of {row.rows} rows"
+                             f"{rel} (e.g. {row.example})")
+            else:
+                lines.append(f"  {row.column}: {row.status}")
+    verdict = ("DIFFERENT: some values or rows are not the same" if differs(table) else
+               f"SAME: every value both folders hold is the same ({same_as})")
+    return "\n".join([*lines, "", verdict])

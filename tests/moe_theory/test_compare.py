@@ -1,0 +1,99 @@
+"""``moe-theory compare``: two folders of one config are the same where every value is, bit for
+bit (or within ``--rtol``), whatever the rows' order, the timings and the columns one side adds;
+a value off by one unit in the last place, or a missing row, is found and named, exit 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moe_theory import store
+from moe_theory.cli import main
+from moe_theory.compare import compare_folders, differs, same_values
+from moe_theory.config import parse_config
+
+TINY = {"name": "tiny-compare", "settings": ["small-sparse-relu"], "fit_gates": ["sigmoid"],
+        "n": [100, 200], "reps": 2, "rep_block": 1}
+
+
+def _folder(path: Path, config: dict = TINY) -> Path:
+    """A finished folder's files, made by hand: a tidy table, its estimates, a check's refits
+    and a rates table, with random values (so that a change of one bit is one of many)."""
+    rng = np.random.default_rng(0)
+    store.write_manifest(path, parse_config(config))
+    rows = [{"setting": "small-sparse-relu", "fit_gate": "sigmoid", "loss_name": loss, "n": n,
+             "rep": rep, "loss_value": rng.random() / 3, "converged": bool(rep),
+             "stop_reason": "ftol", "wall_s": rng.random()}
+            for loss in ("D1", "D3") for n in (100, 200) for rep in (0, 1)]
+    table = pd.DataFrame(rows)
+    table.loc[0, "loss_value"] = np.nan  # NaN equals NaN
+    store.write_results_csv(path, table)
+    fits = table.drop_duplicates(store.FIT_KEYS)[store.FIT_KEYS].assign(
+        fit_measure=[json.dumps({"a": float(v)}) for v in rng.random(4)])
+    store.write_fits(path, fits)
+    table.assign(variant="jitter x10").to_parquet(path / "check.parquet")
+    (path / "rates.json").write_text(json.dumps([
+        {"setting": "small-sparse-relu", "fit_gate": "sigmoid", "loss_name": loss,
+         "slope": -0.5 + i / 10, "verdict": "consistent"} for i, loss in enumerate(("D1", "D3"))]))
+    return path
+
+
+def test_the_same_run_is_the_same_whatever_order_timings_and_added_columns(tmp_path, capsys):
+    a = _folder(tmp_path / "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    table = pd.read_csv(b / "results.csv")
+    # another order, other timings, a column the re-run records since: still the same run
+    table = table.iloc[::-1].assign(wall_s=table["wall_s"] * 2, sublevel_loss=1.0)
+    store.write_results_csv(b, table)
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "sublevel_loss: only in B" in out and out.rstrip().endswith("(bit for bit)")
+    assert "wall_s" not in out.split("not compared")[1]
+    result = compare_folders(a, b)
+    assert sorted(result["table"].unique()) == ["check", "fits", "rates", "results"]
+    assert not differs(result)
+
+
+def test_one_unit_in_the_last_place_is_found_and_named(tmp_path, capsys):
+    a = _folder(tmp_path / "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    table = pd.read_csv(b / "results.csv")
+    table.loc[3, "loss_value"] = np.nextafter(table.loc[3, "loss_value"], 1.0)
+    store.write_results_csv(b, table)
+    assert main(["compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    key = "/".join(str(table.loc[3, k]) for k in store.SORT_KEYS)
+    assert "loss_value: differs in 1 of 8 rows" in out and key in out
+    assert out.rstrip().endswith("not the same")
+    # within a relative tolerance it is the same
+    assert main(["compare", str(a), str(b), "--rtol", "1e-12"]) == 0
+    # a missing row: the rows differ
+    store.write_results_csv(b, table.iloc[1:])
+    result = compare_folders(a, b)
+    head = result[(result["table"] == "results") & (result["column"] == "(rows)")].iloc[0]
+    assert head["status"] == "differs" and head["example"].startswith("1 only in A")
+
+
+def test_another_config_or_a_negative_tolerance_is_refused(tmp_path, capsys):
+    a = _folder(tmp_path / "a")
+    b = _folder(tmp_path / "b", {**TINY, "reps": 3})
+    with pytest.raises(ValueError, match="B: .* another config"):
+        compare_folders(a, b)
+    assert main(["compare", str(a), str(b)]) == 2
+    assert main(["compare", str(a), str(a), "--rtol", "-1"]) == 2
+    assert "rtol" in capsys.readouterr().err
+
+
+def test_same_values_matches_nan_and_text():
+    x = pd.Series([1.0, np.nan, 3.0])
+    assert same_values(x, pd.Series([1.0, np.nan, 3.0])).all()
+    assert same_values(x, pd.Series([1.0, np.nan, 3.0 + 1e-15])).tolist() == [True, True, False]
+    assert same_values(x, pd.Series([1.0, np.nan, 3.0 + 1e-15]), rtol=1e-12).all()
+    assert same_values(pd.Series(["a", "b"]), pd.Series(["a", "c"])).tolist() == [True, False]
