@@ -1,7 +1,7 @@
 """The moe-theory command line. Exit codes (moe_theory.errors, docs/design.md#exit-codes): 0
-success, 1 `compare` found values that differ, 2 bad input (the message names the field), 3 the file system or the device refused (the
-message names the path or device; finished shards are kept), 130 interrupted (finished shards are
-kept)."""
+success, 1 `compare` found values that differ, 2 bad input (the message names the field), 3 the
+file system or the device refused (the message names the path or device; finished shards are
+kept), 130 interrupted (finished shards are kept)."""
 
 from __future__ import annotations
 
@@ -488,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="a results folder (e.g. a committed figure's)")
     p.add_argument("b", help="another folder of the same config (e.g. its re-run)")
     p.add_argument("--rtol", type=float, default=0.0,
-                   help="relative tolerance for numbers (default 0: bit for bit)")
+                   help="relative tolerance: a number to itself, an estimate to its largest "
+                        "parameter (default 0: bit for bit)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=_cmd_compare)
 

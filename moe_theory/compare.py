@@ -10,7 +10,8 @@ refits, and the slopes and verdicts of the rates table.
 Rows are matched on their keys (a table sorted otherwise is the same table); timings are never
 compared (they are the machine's, not the fits'); a column one side lacks is listed, not failed
 (a re-run records what the toolkit measures since, e.g. ``sublevel_loss``). A value is the same
-when it is bit for bit (NaN equal to NaN), or within ``rtol`` where one is given.
+when it is bit for bit (NaN equal to NaN), or within ``rtol`` where one is given: a number
+relative to itself, an estimate (the measure's JSON) relative to its largest parameter.
 """
 
 from __future__ import annotations
@@ -36,9 +37,46 @@ RATES_COLUMNS = ("slope", "slope_median", "ci_half_width", "verdict", "cert_refe
 COLUMNS = ["table", "column", "status", "differing", "rows", "max_rel_diff", "example"]
 
 
+def _numbers(text: str) -> list[float] | None:
+    """The numbers of a JSON text (an estimate's measure), in order; None if it is not JSON."""
+    try:
+        tree = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    out: list[float] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            out.append(float(node))
+
+    walk(tree)
+    return out
+
+
+def _same_json(x: str, y: str, rtol: float) -> bool:
+    """Two JSON texts of the same shape whose numbers agree within ``rtol`` of the largest of
+    them (the estimates' column: a measure's parameters are one vector, and a parameter near
+    zero carries the rounding of the others)."""
+    a, b = _numbers(x), _numbers(y)
+    if a is None or b is None or len(a) != len(b):
+        return False
+    a, b = np.asarray(a), np.asarray(b)
+    if not np.array_equal(np.isnan(a), np.isnan(b)):
+        return False
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    return bool(a.size == 0 or np.max(np.abs(a - b)) <= rtol * np.max(np.abs(a)))
+
+
 def same_values(a: pd.Series, b: pd.Series, rtol: float = 0.0) -> np.ndarray:
     """Where two aligned columns hold the same value: numbers bit for bit or within ``rtol``
-    (NaN equal to NaN), anything else as the same text."""
+    (NaN equal to NaN), anything else as the same text, or, within ``rtol``, as JSON texts of
+    the same shape whose numbers agree (the estimates' measures)."""
     if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b) \
             and not pd.api.types.is_bool_dtype(a) and not pd.api.types.is_bool_dtype(b):
         x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
@@ -46,7 +84,12 @@ def same_values(a: pd.Series, b: pd.Series, rtol: float = 0.0) -> np.ndarray:
         if rtol > 0:
             same |= np.isclose(y, x, rtol=rtol, atol=0.0)
         return same
-    return (a.astype(str).to_numpy() == b.astype(str).to_numpy())
+    x, y = a.astype(str).to_numpy(), b.astype(str).to_numpy()
+    same = x == y
+    if rtol > 0:
+        for i in np.flatnonzero(~same):
+            same[i] = _same_json(x[i], y[i], rtol)
+    return same
 
 
 def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str], *,
@@ -101,11 +144,16 @@ def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str],
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+#: A text value is shown up to this many characters (an estimate's JSON runs to thousands).
+SHOW_CHARS = 60
+
+
 def _show(value: object) -> str:
-    """A value as its shortest exact text (a float's repr round-trips)."""
+    """A value as its shortest exact text (a float's repr round-trips), a long text cut."""
     if isinstance(value, (float, np.floating)):
         return repr(float(value))
-    return str(value)
+    text = str(value)
+    return text if len(text) <= SHOW_CHARS else text[:SHOW_CHARS] + "..."
 
 
 def _rates(folder: Path) -> pd.DataFrame | None:

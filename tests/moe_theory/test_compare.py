@@ -97,3 +97,15 @@ def test_same_values_matches_nan_and_text():
     assert same_values(x, pd.Series([1.0, np.nan, 3.0 + 1e-15])).tolist() == [True, True, False]
     assert same_values(x, pd.Series([1.0, np.nan, 3.0 + 1e-15]), rtol=1e-12).all()
     assert same_values(pd.Series(["a", "b"]), pd.Series(["a", "c"])).tolist() == [True, False]
+
+
+def test_an_estimate_within_rtol_is_the_same_relative_to_its_largest_parameter():
+    """A measure's parameters are one vector: a parameter near zero carries the others'
+    rounding, so an estimate is compared relative to its largest parameter."""
+    a = json.dumps({"atoms": [{"beta0": 2.0, "a": [1.0, 1e-6]}]})
+    near = json.dumps({"atoms": [{"beta0": 2.0, "a": [1.0, 1e-6 + 1e-15]}]})  # 1e-9 of itself
+    other = json.dumps({"atoms": [{"beta0": 2.0, "a": [1.0]}]})
+    x = pd.Series([a, a, a])
+    y = pd.Series([a, near, other])
+    assert same_values(x, y).tolist() == [True, False, False]
+    assert same_values(x, y, rtol=1e-12).tolist() == [True, True, False]
