@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import re
 import sys
 import threading
 import time
@@ -47,6 +48,7 @@ from moe_theory.outputs import (
     write_table,
 )
 from moe_theory.population import cache_dir
+from moe_theory.preflight import NOT_MEASURABLE, folder_outlook
 from moe_theory.rates import format_rates_table
 from moe_theory.store import plan, read_manifest, write_manifest
 from moe_theory.studies import StudyOutput, attention_regularity, attention_teacher
@@ -246,6 +248,41 @@ def _log_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+#: A reason in the early outlook is cut here: the whole of it is in `moe-theory preflight`.
+OUTLOOK_REASON_CHARS = 110
+
+
+def _without_parentheses(text: str) -> str:
+    """A reason without its parenthesised numbers and explanations (the whole table has them):
+    "error at n=1000 (31) exceeds ... (1.1)" -> "error at n=1000 exceeds ..."."""
+    while True:
+        shorter = re.sub(r" \([^()]*\)", "", text)
+        if shorter == text:
+            return text
+        text = shorter
+
+
+def _log_outlook(folder: Path) -> None:
+    """Before the fits, what the references already say of each plotted curve (the preflight's
+    outlook, docs/theory.md#planning), so that a long run says early which curves it cannot
+    measure and why; the verdicts at its end are the fits'. An outlook that cannot be read
+    (a folder's certificates of an older version) is said, and the run goes on."""
+    try:
+        table = folder_outlook(folder)
+    except (ValueError, KeyError) as err:
+        _log_stderr(f"preflight outlook not available ({err}); the run goes on")
+        return
+    _log_stderr("preflight, from the references before any fit (the whole table: "
+                "`moe-theory preflight`):")
+    for row in table.itertuples():
+        reason = _without_parentheses(row.reasons.split("; ")[0]) \
+            if row.outlook == NOT_MEASURABLE else ""
+        if len(reason) > OUTLOOK_REASON_CHARS:
+            reason = reason[:OUTLOOK_REASON_CHARS] + "..."
+        _log_stderr(f"  {row.setting} / {row.fit_gate} / {row.loss_name}: {row.outlook}"
+                    + (f" ({reason})" if reason else ""))
+
+
 def _prepare_references(config: SweepConfig, *, folder: str, device: str, backend: str,
                         force: bool = False) -> None:
     """A figure's references and their certificates (a cluster task)."""
@@ -285,7 +322,7 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
                             backend=backend, folder=folder,
                             **on_cluster) if certify and on_cluster else None
         df = run_sweep(config, folder, device=device, backend=backend, force=force,
-                       **sweep_options)
+                       on_references=functools.partial(_log_outlook, folder), **sweep_options)
         sweep_s = time.perf_counter() - start
         refits = early.result() if early is not None else None
     finally:

@@ -521,7 +521,7 @@ def run_sweep(
     config: SweepConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
     force: bool = False, log: Callable[[str], None] | None = None, executor: str = "local",
     scheduler: str | None = None, local_workers: int | None = None,
-    gpus: str | Sequence[int] | None = None,
+    gpus: str | Sequence[int] | None = None, on_references: Callable[[], None] | None = None,
 ) -> pd.DataFrame:
     """Run (or finish) a sweep into ``out`` and return the merged table.
 
@@ -537,6 +537,9 @@ def run_sweep(
     scheduler, local_workers, gpus : where the ``dask`` executor runs: an existing scheduler's
         address, a ``LocalCluster`` of that many processes, or one worker per GPU (``"all"``,
         ``"0,1"`` or ordinals); see :mod:`moe_theory.executors`
+    on_references : called once the references and their certificates are ready, before any
+        shard is fitted (where this process prepares them: not with a remote scheduler, nor
+        for a folder already finished)
 
     Finished shards are never recomputed; the merged table is the same whatever the executor,
     the number of workers or the order in which shards finish.
@@ -572,6 +575,8 @@ def run_sweep(
     if scheduler is None:
         prepare_references(config, out, device=device, backend=backend, log=log,
                            force=force)
+        if on_references is not None:
+            on_references()
     if device.startswith("cuda") and executor != "local":
         # the references' fits leave memory in this process's cache that the workers need
         torch.cuda.empty_cache()

@@ -267,6 +267,25 @@ def test_preflight_then_the_sweep_reuses_its_certificates_and_meets_its_predicti
         preflight.preflight(parse_config({**raw, "reps": 7}), out)
 
 
+def test_reproduce_says_the_outlook_before_the_fits(tmp_path, cache, capsys):
+    """A run prints, once its references are ready and before its first shard, each plotted
+    curve's outlook: a long run says early what it cannot measure (docs/theory.md#planning)."""
+    raw = {"name": "pre", "settings": [REGULAR.name], "n": [500, 1000, 2000, 4000], "reps": 4,
+           "fit_gates": ["sigmoid"]}
+    path = tmp_path / "pre.toml"
+    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in raw.items()) + "\n")
+    assert main(["reproduce", str(path), "--out", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("preflight, from the "))
+    first_fit = next(i for i, line in enumerate(lines) if " done on " in line)
+    assert head < first_fit
+    outlook = preflight.folder_outlook(tmp_path / "run")
+    assert len(outlook) >= 1
+    for offset, row in enumerate(outlook.itertuples(), start=1):
+        assert lines[head + offset].startswith(
+            f"  {row.setting} / {row.fit_gate} / {row.loss_name}: {row.outlook}")
+
+
 def test_the_default_preflight_is_the_default_preset(monkeypatch):
     """No name: the config `moe-theory reproduce` runs without one, with --fast."""
     seen = {}
