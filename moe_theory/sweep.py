@@ -410,19 +410,24 @@ def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *
         if key not in recorded:
             raise ValueError(f"references_from: {source / 'manifest.json'} records no G_bar "
                              f"for {key}")
-        if sizes.get(key) != size:
+        if key not in sizes:
+            raise ValueError(f"references_from: {source / 'manifest.json'} records no design "
+                             f"size for the G_bar of {key} (written before they were recorded)")
+        if sizes[key] != size:
             raise ValueError(
-                f"references_from: the G_bar of {key} in {source} was fitted on "
-                f"{sizes.get(key)} design points, a sweep on {device} fits {size} (G_bar "
-                f"depends on the device type): run it on the device that made {source}")
+                f"references_from: the G_bar of {key} in {source} was fitted on {sizes[key]} "
+                f"design points, a sweep on {device} fits {size} (G_bar depends on the device "
+                f"type): run it on the device that made {source}")
+    # refused before anything is written into ``out``
+    mine = read_manifest(out) or {}
+    if mine.get("config_hash") == config.hash:
+        clash = [k for k in keys if k in mine.get("references", {})
+                 and mine["references"][k] != recorded[k]]
+        if clash:
+            raise ValueError(f"references_from: {out} already records other references for "
+                             f"{', '.join(clash)}; use another --out")
     make_folder(out)
     write_manifest(out, config, force=force)
-    mine = read_manifest(out) or {}
-    clash = [k for k in keys if k in mine.get("references", {})
-             and mine["references"][k] != recorded[k]]
-    if clash:
-        raise ValueError(f"references_from: {out} already records other references for "
-                         f"{', '.join(clash)}; use another --out")
     record_references(out, {k: recorded[k] for k in keys}, {k: size for k in keys})
     rivals = {k: v for k, v in theirs.get("rival_references", {}).items() if k in keys}
     if rivals:

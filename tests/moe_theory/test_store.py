@@ -477,8 +477,16 @@ def test_a_rerun_adopts_the_references_its_source_folder_records(tmp_path, monke
         sweep.adopt_references(config, tmp_path / "c", tmp_path / "a", device="cuda")
     store.write_manifest(tmp_path / "d", config)
     store.record_references(tmp_path / "d", {key: config.setting_objects()[0].truth().to_json()})
+    held = (tmp_path / "d" / "manifest.json").read_bytes()
     with pytest.raises(ValueError, match=f"references_from: .* other references for {key}"):
         sweep.adopt_references(config, tmp_path / "d", tmp_path / "a")
+    assert (tmp_path / "d" / "manifest.json").read_bytes() == held  # refused before writing
+    older = store.read_manifest(tmp_path / "a")
+    del older["reference_design_sizes"]
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "manifest.json").write_text(json.dumps(older))
+    with pytest.raises(ValueError, match="references_from: .* records no design size"):
+        sweep.adopt_references(config, tmp_path / "c", tmp_path / "e")
     # a folder that adopted a G_bar of another design refuses to resume on this device
     manifest = store.read_manifest(tmp_path / "b")
     manifest["reference_design_sizes"][key] += 1
