@@ -361,9 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard shards of a different config, or measured against another G_bar")
     p.add_argument("--fast", action="store_true", help="apply the config's [fast] overrides")
     p.add_argument("--references-from", metavar="DIR",
-                   help="fit against the G_bar references the folder DIR of the same config "
-                        "records, fitted on this device type, instead of fitting them again "
-                        "(a committed figure re-run to record more: docs/design.md#results-store)")
+                   help="fit against the G_bar references the folder DIR records for the same "
+                        "settings, fitted on this device type, instead of fitting them again (a "
+                        "committed figure re-run, or run further: docs/design.md#results-store)")
     device_args(p)
     p.set_defaults(run=_cmd_sweep, device=None)
 
@@ -444,9 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="discard shards of a different config, or measured against another G_bar")
     p.add_argument("--references-from", metavar="DIR",
-                   help="fit against the G_bar references the folder DIR of the same config "
-                        "records, fitted on this device type, instead of fitting them again "
-                        "(a committed figure re-run to record more: docs/design.md#results-store)")
+                   help="fit against the G_bar references the folder DIR records for the same "
+                        "settings, fitted on this device type, instead of fitting them again (a "
+                        "committed figure re-run, or run further: docs/design.md#results-store)")
     device_args(p)
     p.set_defaults(run=_cmd_reproduce)
 

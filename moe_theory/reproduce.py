@@ -95,8 +95,8 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     ``force``: discard a folder's shards of another config, or measured against another G_bar
     (docs/design.md#results-store), instead of refusing.
 
-    ``references_from``: a folder of the same config whose recorded G_bar references (fitted on
-    this device type) the fits use instead of fitting them again
+    ``references_from``: a folder whose recorded G_bar references of the same settings (fitted
+    on this device type) the fits use instead of fitting them again
     (:func:`moe_theory.sweep.adopt_references`); one config only.
     """
     workers = device_workers(workers, device)

@@ -384,32 +384,38 @@ def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "c
 
 def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *,
                      device: str = "cpu", force: bool = False) -> list[str]:
-    """Start ``out`` from the G_bar references another folder of the same config records
-    (``--references-from``): a figure re-run to record more than its first run did, whose fits
-    must be measured against the references the committed ones were, without fitting them again.
+    """Start ``out`` from the G_bar references another folder records (``--references-from``):
+    a figure re-run to record more than its first run did, or run further (more sample sizes or
+    replications), whose fits must be measured against the references the first run's were,
+    without fitting them again.
 
-    ``source``'s manifest must record the same config (hash) and, for every G_bar the config
-    uses, a reference fitted on the design ``device`` fits (:func:`design_size_for`: G_bar
-    depends on the device type, docs/design.md#results-store). Its references, their design
-    sizes and rivals are recorded in ``out``'s manifest with ``references_from``, which makes
-    :func:`prepare_references` read them instead of fitting them, now and when the sweep
-    resumes; its reference certificates are copied where ``out`` has none. A folder whose
-    manifest already records other references is refused. Returns the adopted keys."""
+    G_bar depends on the setting, the fitted gate and the design (:func:`design_size_for`: the
+    device type, or the config's ``g_bar_design_size``), not on the grid: ``source`` must record,
+    for every G_bar this config uses, one of the same setting (fitted with as many atoms) on the
+    design ``device`` fits. Its references, their design sizes and rivals are recorded in
+    ``out``'s manifest with ``references_from``, which makes :func:`prepare_references` read
+    them instead of fitting them, now and when the sweep resumes; where ``source`` ran this very
+    config its reference certificates are copied too (another grid's are recomputed, against the
+    adopted G_bar). The setting's name stands for its definition (the registry's; the tests pin
+    the committed folders'). A folder that already records other references is refused before
+    anything is written into it. Returns the adopted keys."""
     out, source = Path(out), Path(source)
     theirs = read_manifest(source)
     if theirs is None:
         raise ValueError(f"references_from: {source} has no manifest.json (not a sweep folder)")
-    if theirs.get("config_hash") != config.hash:
-        raise ValueError(f"references_from: {source} holds results of another config (hash "
-                         f"{theirs.get('config_hash')}, this one {config.hash})")
     size = design_size_for(device, config.g_bar_design_size)
     recorded, sizes = theirs.get("references", {}), theirs.get("reference_design_sizes", {})
+    k_fits = {s.name: s.k_fit for s in config.setting_objects()}
     keys = [f"{s.name}/{g}" for s in config.setting_objects() for g in config.gates_for(s)
             if s.reference_kind(g) == "G_bar"]
     for key in keys:
         if key not in recorded:
             raise ValueError(f"references_from: {source / 'manifest.json'} records no G_bar "
                              f"for {key}")
+        atoms = MixingMeasure.from_json(recorded[key]).k
+        if atoms != k_fits[key.split("/")[0]]:
+            raise ValueError(f"references_from: the G_bar of {key} in {source} has {atoms} "
+                             f"atoms, this config fits {k_fits[key.split('/')[0]]}")
         if key not in sizes:
             raise ValueError(f"references_from: {source / 'manifest.json'} records no design "
                              f"size for the G_bar of {key} (written before they were recorded)")
@@ -417,7 +423,7 @@ def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *
             raise ValueError(
                 f"references_from: the G_bar of {key} in {source} was fitted on {sizes[key]} "
                 f"design points, a sweep on {device} fits {size} (G_bar depends on the device "
-                f"type): run it on the device that made {source}")
+                f"type, or the config's g_bar_design_size): run it where {source} ran")
     # refused before anything is written into ``out``
     mine = read_manifest(out) or {}
     if mine.get("config_hash") == config.hash:
@@ -433,11 +439,13 @@ def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *
     if rivals:
         record_rivals(out, rivals)
     record_references_from(out, source)
-    for path in sorted((source / REFERENCE_DIR).glob("*.json")):
-        target = out / REFERENCE_DIR / path.name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+    if theirs.get("config_hash") == config.hash:
+        # a certificate depends on the grid too: only this config's are the ones it would write
+        for path in sorted((source / REFERENCE_DIR).glob("*.json")):
+            target = out / REFERENCE_DIR / path.name
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
     return keys
 
 

@@ -433,9 +433,10 @@ TINY_GBAR = {**TINY, "name": "tiny-gbar", "fit_gates": ["softmax"]}
 
 def test_a_rerun_adopts_the_references_its_source_folder_records(tmp_path, monkeypatch):
     """--references-from: a re-run of a folder fits against the G_bars the folder records,
-    without fitting any G_bar again, and gives its table bit for bit; a folder of another
-    config, without the reference, fitted on another device type's design, or already holding
-    other references is refused, naming the field, with nothing written to the source."""
+    without fitting any G_bar again, and gives its table bit for bit; a config of another grid
+    adopts them too; a source without the reference, with another number of atoms, fitted on
+    another device type's design, or a folder already holding other references is refused,
+    naming the field, with nothing written to the source."""
     config = parse_config(TINY_GBAR)
     first = sweep.run_sweep(config, tmp_path / "a", log=lambda msg: None)
     source = store.read_manifest(tmp_path / "a")
@@ -468,9 +469,18 @@ def test_a_rerun_adopts_the_references_its_source_folder_records(tmp_path, monke
 
     with pytest.raises(ValueError, match="references_from: give one config"):
         reproduce("all", references_from=tmp_path / "a")
-    other = parse_config({**TINY_GBAR, "reps": 3})
-    with pytest.raises(ValueError, match="references_from: .* another config"):
-        sweep.adopt_references(other, tmp_path / "c", tmp_path / "a")
+    # a config of another grid adopts them too (G_bar does not depend on the grid); its
+    # certificates are its own, computed against the adopted G_bar, with no G_bar fitted
+    more = parse_config({**TINY_GBAR, "name": "tiny-gbar-more", "reps": 3, "n": [100, 200, 400]})
+    assert sweep.adopt_references(more, tmp_path / "more", tmp_path / "a") == [key]
+    assert not (tmp_path / "more" / "certificates").exists()
+    sweep.run_sweep(more, tmp_path / "more", log=lambda msg: None)
+    (cert,) = mt.certificates.load_reference_certificates(tmp_path / "more").values()
+    assert cert.config_hash == more.hash and cert.n_max == 400
+    with pytest.raises(ValueError, match=f"references_from: the G_bar of {key} .* 3 atoms, "
+                                          "this config fits 4"):
+        sweep.adopt_references(parse_config({**TINY_GBAR, "k_fit": 4}), tmp_path / "c",
+                               tmp_path / "a")
     with pytest.raises(ValueError, match="references_from: .* no manifest.json"):
         sweep.adopt_references(config, tmp_path / "c", tmp_path / "nowhere")
     with pytest.raises(ValueError, match=f"references_from: the G_bar of {key} .* design points"):
