@@ -45,11 +45,11 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def _cmd_sweep(args) -> int:
     from moe_theory.config import load_config
-    from moe_theory.outputs import write_report
+    from moe_theory.outputs import DEFAULT_OUT, write_report
     from moe_theory.sweep import run_sweep
 
     config = load_config(args.config, fast=args.fast)
-    out = Path(args.out or Path("results") / config.name)
+    out = Path(args.out) if args.out else DEFAULT_OUT / config.name
     # --gpus pins each worker to one GPU: the device is then CUDA unless said otherwise
     device = args.device or ("cuda" if args.gpus is not None else "cpu")
     if args.references_from:

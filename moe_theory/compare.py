@@ -104,8 +104,11 @@ def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str],
         raise ValueError(f"{name}: a table lacks the key column(s) {missing}")
     a = a.sort_values(keys, kind="stable").reset_index(drop=True)
     b = b.sort_values(keys, kind="stable").reset_index(drop=True)
-    rows = [{"table": name, "column": "(rows)", "rows": max(len(a), len(b)), "differing": 0,
-             "max_rel_diff": np.nan, "example": ""}]
+    def row(column: str, count: int) -> dict:
+        return {"table": name, "column": column, "rows": count, "differing": 0,
+                "max_rel_diff": np.nan, "example": ""}
+
+    rows = [row("(rows)", max(len(a), len(b)))]
     key_a = a[keys].astype(str).agg("/".join, axis=1)
     key_b = b[keys].astype(str).agg("/".join, axis=1)
     if len(a) != len(b) or not (key_a.to_numpy() == key_b.to_numpy()).all():
@@ -118,29 +121,28 @@ def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str],
     rows[0]["status"] = "same"
     for column in [c for c in a.columns if c not in keys] + [c for c in b.columns
                                                               if c not in a.columns]:
-        row = {"table": name, "column": column, "rows": len(a), "differing": 0,
-               "max_rel_diff": np.nan, "example": ""}
+        entry = row(column, len(a))
         if column not in b:
-            row["status"] = "only in A"
+            entry["status"] = "only in A"
         elif column not in a:
-            row["status"] = "only in B"
+            entry["status"] = "only in B"
         else:
             same = same_values(a[column], b[column], rtol)
-            row["differing"] = int((~same).sum())
-            row["status"] = "same" if same.all() else "differs"
+            entry["differing"] = int((~same).sum())
+            entry["status"] = "same" if same.all() else "differs"
             if not same.all():
                 first = int(np.flatnonzero(~same)[0])
-                row["example"] = (f"{key_a.iloc[first]}: {_show(a[column].iloc[first])} vs "
-                                  f"{_show(b[column].iloc[first])}")
+                entry["example"] = (f"{key_a.iloc[first]}: {_show(a[column].iloc[first])} vs "
+                                    f"{_show(b[column].iloc[first])}")
                 if pd.api.types.is_numeric_dtype(a[column]) and \
                         pd.api.types.is_numeric_dtype(b[column]):
                     x = a[column].to_numpy(dtype=float)[~same]
                     y = b[column].to_numpy(dtype=float)[~same]
                     with np.errstate(divide="ignore", invalid="ignore"):
                         rel = np.abs(x - y) / np.maximum(np.abs(x), np.abs(y))
-                    row["max_rel_diff"] = float(np.nanmax(rel)) if np.isfinite(rel).any() \
+                    entry["max_rel_diff"] = float(np.nanmax(rel)) if np.isfinite(rel).any() \
                         else np.inf
-        rows.append(row)
+        rows.append(entry)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

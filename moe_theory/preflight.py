@@ -188,8 +188,7 @@ def preflight(config: SweepConfig, out: str | Path, *, device: str = "cpu",
     make_folder(out)
     write_manifest(out, config, force=force)
     prepare_references(config, out, device=device, backend=backend, log=log, force=force)
-    table = outlook_table(config, load_reference_certificates(out),
-                          folder_references(out, config), device=device)
+    table = folder_outlook(out, config, device=device)
     write_table(out, table, format_preflight(table, config), name="preflight")
     return table
 
@@ -215,14 +214,16 @@ def outlook_table(config: SweepConfig, certs: dict[tuple[str, str], ReferenceCer
     return pd.DataFrame(rows, columns=list(PREFLIGHT_COLUMNS))
 
 
-def folder_outlook(folder: str | Path) -> pd.DataFrame:
+def folder_outlook(folder: str | Path, config: SweepConfig | None = None, *,
+                   device: str = "cpu") -> pd.DataFrame:
     """The preflight table of a sweep folder that holds its reference certificates, read from
-    them and the references its manifest records (nothing fitted): what the preflight would have
-    said before that sweep, to set beside its verdicts."""
+    them and the references its manifest records (nothing fitted): what the preflight says
+    before a sweep once its references are ready, or would have said before a finished one, to
+    set beside its verdicts. ``config``: the folder's (default: read from its manifest)."""
     folder = Path(folder)
-    config = read_manifest_config(folder)
+    config = config if config is not None else read_manifest_config(folder)
     return outlook_table(config, load_reference_certificates(folder),
-                         folder_references(folder, config))
+                         folder_references(folder, config), device=device)
 
 
 def _n(value: float) -> str:

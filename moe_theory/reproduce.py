@@ -262,13 +262,13 @@ def _without_parentheses(text: str) -> str:
         text = shorter
 
 
-def _log_outlook(folder: Path) -> None:
+def _log_outlook(folder: Path, config: SweepConfig) -> None:
     """Before the fits, what the references already say of each plotted curve (the preflight's
     outlook, docs/theory.md#planning), so that a long run says early which curves it cannot
     measure and why; the verdicts at its end are the fits'. An outlook that cannot be read
     (a folder's certificates of an older version) is said, and the run goes on."""
     try:
-        table = folder_outlook(folder)
+        table = folder_outlook(folder, config)
     except (ValueError, KeyError) as err:
         _log_stderr(f"preflight outlook not available ({err}); the run goes on")
         return
@@ -322,7 +322,8 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
                             backend=backend, folder=folder,
                             **on_cluster) if certify and on_cluster else None
         df = run_sweep(config, folder, device=device, backend=backend, force=force,
-                       on_references=functools.partial(_log_outlook, folder), **sweep_options)
+                       on_references=functools.partial(_log_outlook, folder, config),
+                       **sweep_options)
         sweep_s = time.perf_counter() - start
         refits = early.result() if early is not None else None
     finally:

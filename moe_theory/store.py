@@ -549,11 +549,14 @@ def folder_references(folder: Path, config: SweepConfig) -> dict[tuple[str, str]
 
 
 def record_references(out: Path, references: dict[str, str],
-                      design_sizes: dict[str, int] | None = None) -> None:
+                      design_sizes: dict[str, int] | None = None, *,
+                      adopted_from: str | Path | None = None) -> None:
     """Record in the manifest the references (``"<setting>/<gate>"`` -> the measure's JSON) that
     the folder's shards are measured against (checked by ``moe_theory.sweep`` on resumption),
     and the design size each G_bar was fitted on (``reference_design_sizes``: its certificate
-    needs it, moe_theory.certificates.certify_references)."""
+    needs it, moe_theory.certificates.certify_references). ``adopted_from``: the folder they were
+    adopted from (``references_from``; moe_theory.sweep.adopt_references), so that a sweep reads
+    them instead of fitting them, now and when it resumes."""
     manifest = read_manifest(Path(out))
     if manifest is None:
         raise ValueError(f"out: {out} has no manifest.json to record references in")
@@ -561,17 +564,8 @@ def record_references(out: Path, references: dict[str, str],
     if design_sizes:
         manifest["reference_design_sizes"] = {**manifest.get("reference_design_sizes", {}),
                                               **design_sizes}
-    _write_manifest_dict(Path(out), manifest)
-
-
-def record_references_from(out: Path, source: str | Path) -> None:
-    """Record in the manifest that the folder's G_bar references were adopted from the folder
-    ``source`` (``references_from``; moe_theory.sweep.adopt_references), so that a sweep reads
-    them instead of fitting them, now and when it resumes."""
-    manifest = read_manifest(Path(out))
-    if manifest is None:
-        raise ValueError(f"out: {out} has no manifest.json to record references in")
-    manifest["references_from"] = str(source)
+    if adopted_from is not None:
+        manifest["references_from"] = str(adopted_from)
     _write_manifest_dict(Path(out), manifest)
 
 

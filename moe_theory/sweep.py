@@ -54,7 +54,6 @@ from moe_theory.store import (
     plan,
     read_manifest,
     record_references,
-    record_references_from,
     record_rivals,
     remove_stale_temp_files,
     setting_shards,
@@ -434,11 +433,11 @@ def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *
                              f"{', '.join(clash)}; use another --out")
     make_folder(out)
     write_manifest(out, config, force=force)
-    record_references(out, {k: recorded[k] for k in keys}, {k: size for k in keys})
+    record_references(out, {k: recorded[k] for k in keys}, {k: size for k in keys},
+                      adopted_from=source)
     rivals = {k: v for k, v in theirs.get("rival_references", {}).items() if k in keys}
     if rivals:
         record_rivals(out, rivals)
-    record_references_from(out, source)
     if theirs.get("config_hash") == config.hash:
         # a certificate depends on the grid too: only this config's are the ones it would write
         for path in sorted((source / REFERENCE_DIR).glob("*.json")):
