@@ -200,7 +200,9 @@ def matched_gauge_d1(fitted: MixingMeasure, reference: MixingMeasure) -> torch.T
     while bool((step > MATCH_STEP_LAST).any()):
         trial = slopes.repeat(2 * d, 1) + moves * step.repeat(2 * d)[:, None]
         low, which = d1_at(wide, wide_ref, wide_base, trial).reshape(2 * d, R * k).min(0)
-        better = low < best
+        # a finished search stays where it stopped: moving it on while others run would make a
+        # replication's value depend on the batch it was measured in (docs/design.md#reproducibility)
+        better = (low < best) & (step > MATCH_STEP_LAST)
         slopes = torch.where(better[:, None], trial.reshape(2 * d, R * k, d)[which, cols], slopes)
         best = torch.where(better, low, best)
         step = torch.where(better, step, step / 2)
