@@ -74,6 +74,9 @@ LEGEND_REASON_WIDTH = 40
 #: visible characters of a curve's name past which its rate goes to the next line (the rate
 #: takes ~14)
 LEGEND_NAME_WIDTH = 26
+#: a legend's words for each reason a loss value is left out of a curve (rates.DROP_REASONS)
+DROP_WORDS = {"nan": "NaN", "inf": "infinite", "nonpositive": "zero or negative",
+              "bound": "fits on the box"}
 MEDIAN_MARKER = "x"
 #: The legend's title: what "±" means, in the rates table's own words (one convention everywhere).
 LEGEND_TITLE = PLUS_MINUS
@@ -229,14 +232,15 @@ def curve_label(gate: str, loss: str, rows: pd.DataFrame) -> str:
 
 
 def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str = "",
-                reach: Mapping | None = None) -> str:
+                reach: Mapping | None = None, values: int | None = None) -> str:
     """A curve's legend entry: its rate, and why it has no verdict where it has none: "not
     measurable" with the certificates that failed or were not run, or, certified, "inconclusive" when
     :func:`~moe_theory.rates.curve_verdict` says so (docs/theory.md#verdicts); and, where the
     sweep or the optimiser check recorded it (``reach``, :func:`moe_theory.sublevel.curve_summary`),
     how far the fits as good as the reference lie, over the kept fit's loss
     (docs/theory.md#optimiser-independent): 1.00 where the data pin the estimate down, far above
-    where the theorem's bound is loose."""
+    where the theorem's bound is loose. ``values``: the curve's number of loss values, of which
+    the entry counts those left out."""
     suffix = "" if certified else "\n(not measurable)"
     if not certified and verdict.startswith("not measurable ("):
         # which certificates failed, as the printed table says: a reader of the figure alone
@@ -251,6 +255,13 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
         suffix += "\n" + textwrap.fill(
             f"(fits as good as the reference: up to {format_ratio(reach['ratio_max'])}x the "
             "loss)", width=LEGEND_REASON_WIDTH)
+    left_out = [f"{count} {DROP_WORDS[reason]}" for reason, count in fit.dropped.items() if count]
+    if left_out:
+        # the standard of the printed table's "dropped" column: a point drawn from fewer fits
+        # than the config ran says how many it lost and why (docs/theory.md#rate-estimation)
+        of = "" if values is None else f" of {values}"
+        suffix += "\n" + textwrap.fill(f"(left out{of}: {', '.join(left_out)})",
+                                       width=LEGEND_REASON_WIDTH)
     rate = ("no rate (< 2 sample sizes)" if math.isnan(fit.slope)
             else rf"$n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$")
     # a long name (a parameter error in words) takes a line of its own, so that the entry stays
@@ -422,7 +433,8 @@ def draw_rates(
         handles.append(Line2D([], [], color=color, marker=marker, mfc=face, ls=line_style,
                               label=_rate_label(label, fit, certified,
                                                 curve_verdict(rate.exponent, fit, statuses)[0],
-                                                certificates.sublevel(curve, name))))
+                                                certificates.sublevel(curve, name),
+                                                len(curve))))
     if key:
         handles += key_handles(styles=styles)
     ax.set_xscale("log")

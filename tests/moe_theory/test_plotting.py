@@ -437,3 +437,20 @@ def test_a_certified_curve_names_its_verdict():
     label = ax.get_legend().get_texts()[0].get_text()
     assert len(lines(ax, "-")) == 1
     assert label.endswith("(certified, consistent with theory)"), (label, fit)
+
+
+def test_a_curve_says_how_many_values_it_left_out_and_why(df):
+    """Values a curve cannot use (a fit on the box, a NaN loss) are counted in its legend entry,
+    as the printed table's "dropped" column counts them; a curve that lost none says nothing."""
+    lossy = df.assign(bound_active=False)
+    softmax = (lossy["fit_gate"] == "softmax").to_numpy()
+    rows = np.flatnonzero(softmax)
+    lossy.loc[lossy.index[rows[:3]], "bound_active"] = True
+    lossy.loc[lossy.index[rows[5]], "loss_value"] = np.nan
+    ax, fits = draw(lossy, [("sigmoid", "D3"), ("softmax", "D3")])
+    sigmoid, softmax_label = (t.get_text().replace("\n", " ")
+                              for t in ax.get_legend().get_texts()[:2])
+    assert fits[1].n_dropped == 4
+    values = int(softmax.sum())
+    assert f"(left out of {values}: 1 NaN, 3 fits on the box)" in softmax_label
+    assert "left out" not in sigmoid
