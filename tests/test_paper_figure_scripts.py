@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from moe_theory.store import results_csv
+
 ROOT = Path(__file__).resolve().parent.parent
 STARTS = ROOT / "paper_figures" / "nguyen2024-measurable" / "starts"
 NU = 0.02
@@ -231,7 +233,7 @@ def test_the_tight_box_sweep_gives_the_readme_verdicts():
             "pass" if curve[0] == "sigmoid" else "fail", "pass", "fail", "pass")
         if curve[0] == "softmax":
             assert f"{curve[1]} not identified" in row.reason
-    results = pd.read_csv(folder / "results.csv")
+    results = pd.read_csv(results_csv(folder))
     on_box = results[results.fit_gate == "softmax"].drop_duplicates(["n", "rep"])
     assert on_box.groupby("n").bound_active.mean()[10_000] == 0.85
 
@@ -424,7 +426,7 @@ def test_the_3x_box_gelu_sweep_gives_the_readme_slopes():
         assert (row.cert_reference, row.cert_converged, row.cert_optimiser, row.cert_overfit) == (
             "pass", "pass", "fail", "pass")
     assert rates.loc[("sigmoid", "D3")].verdict == "consistent"
-    results = pd.read_csv(folder / "results.csv")
+    results = pd.read_csv(results_csv(folder))
     soft = results[results.fit_gate == "softmax"]
     on_box = soft.drop_duplicates(["n", "rep"]).groupby("n").bound_active.mean()
     assert (on_box.min(), on_box.max()) == (0.7, 0.85)
@@ -449,7 +451,7 @@ def test_wide_starts_move_the_3x_box_slopes():
     from moe_theory.rates import curve_fit
 
     def softmax(folder):
-        results = pd.read_csv(STARTS / folder / "results.csv")
+        results = pd.read_csv(results_csv(STARTS / folder))
         return results[results.fit_gate == "softmax"]
 
     found = {}
@@ -517,7 +519,7 @@ def test_the_d4_truth_gives_the_readme_verdicts():
         entry = check["nguyen2024-measurable-gelu-d4/softmax/D1"]
         assert entry["status"] == "fail"
         assert round(entry["ssr_gap_max"], 1) == {"10": 14.2, "3": 11.3}[box]
-    results = pd.read_csv(measurable / "gelu_d4_box3" / "results.csv")
+    results = pd.read_csv(results_csv(measurable / "gelu_d4_box3"))
     kept = {}
     for loss in ("err_eta_over", "D1"):
         curve = results[(results.fit_gate == "softmax") & (results.loss_name == loss)].copy()
@@ -534,8 +536,8 @@ def test_the_d4_truth_gives_the_readme_verdicts():
     assert verdicts == {"D3": (-0.55, "consistent"), "err_beta1_exact": (-0.55, "consistent"),
                         "err_eta_exact": (-0.52, "consistent")}
     assert rates.loc["D3"].ci_high - rates.loc["D3"].slope < 0.075
-    new = pd.read_csv(forty / "results.csv").query("rep < 20")
-    old = pd.read_csv(measurable / "gelu_d4_box10" / "results.csv").query("fit_gate == 'sigmoid'")
+    new = pd.read_csv(results_csv(forty)).query("rep < 20")
+    old = pd.read_csv(results_csv(measurable / "gelu_d4_box10")).query("fit_gate == 'sigmoid'")
     key = ["n", "rep", "loss_name"]
     both = new.merge(old, on=key, suffixes=("", "_20"))
     assert len(both) == len(old) == len(new)
@@ -575,9 +577,9 @@ def test_the_yan2025_studies_give_the_readme_verdicts():
     for folder, other in (("large_n", "../dense_sigmoid"), ("dense_sigmoid", "../large_n")):
         rival = certs[folder]["restarts"]["rivals"][other]
         assert rival["outcome"] == "tied" and rival["d3"] < certs[folder]["restart_tolerance"]
-    near = pd.read_csv(YAN / "large_n" / "results.csv").query(
+    near = pd.read_csv(results_csv(YAN / "large_n")).query(
         "fit_gate == 'softmax' and loss_name == 'err_eta_over'").set_index(["n", "rep"])
-    wide = pd.read_csv(YAN / "large_n_wide" / "results.csv").query(
+    wide = pd.read_csv(results_csv(YAN / "large_n_wide")).query(
         "loss_name == 'err_eta_over'").set_index(["n", "rep"])
     nu = get_setting("yan2025-quadratic-softmax-dense-poly2").noise_var
     gap = (near.fit_loss - wide.fit_loss) * near.index.get_level_values("n") / nu
@@ -620,7 +622,7 @@ def test_the_finished_gelu_softmax_fits_give_the_readme_numbers():
     import json
 
     folder = ROOT / "paper_figures" / "nguyen2024-measurable" / "gelu_softmax_finished"
-    results = pd.read_csv(folder / "results.csv").query("loss_name == 'D1'")
+    results = pd.read_csv(results_csv(folder)).query("loss_name == 'D1'")
     assert results.converged.all()
     reached_once = (results.starts_near_best < 2).groupby(results.n).mean()
     assert (round(reached_once.min(), 2), round(reached_once.max(), 2)) == (0.05, 0.3)
@@ -649,8 +651,8 @@ def test_the_large_n_sigmoid_runs_give_the_readme_verdicts():
                             "linear": (-0.53, 0.13, "inconclusive (CI too wide)")},
         "large_n_sigmoid_60": {"gelu": (-0.52, 0.04, "consistent"),
                                "linear": (-0.51, 0.06, "consistent")}}
-    first = pd.read_csv(YAN / "large_n_sigmoid" / "results.csv")
-    more = pd.read_csv(YAN / "large_n_sigmoid_60" / "results.csv")
+    first = pd.read_csv(results_csv(YAN / "large_n_sigmoid"))
+    more = pd.read_csv(results_csv(YAN / "large_n_sigmoid_60"))
     same = first.merge(more, on=["setting", "n", "rep", "loss_name"], suffixes=("", "_60"))
     assert len(same) == len(first) and (same.fit_loss == same.fit_loss_60).all()
 
@@ -729,7 +731,7 @@ def test_the_d4_wide_starts_give_the_readme_numbers():
         folder = STARTS / f"gelu_d4_box3_wide{part}"
         rates = pd.read_csv(folder / "rates.csv")
         assert set(rates.verdict) == {"not measurable (optimiser failed)", "no theory"}
-        results = pd.read_csv(folder / "results.csv")
+        results = pd.read_csv(results_csv(folder))
         tables[part] = results
         d1 = results[results.loss_name == "D1"]
         per_n = d1.groupby("n")
@@ -761,7 +763,7 @@ def test_the_d4_wide_starts_give_the_readme_numbers():
     }
     # the same data sets as gelu_d4_box3 (same seeds): the wide starts' best SSR is never above
     # the 12 near starts' (beyond 1e-3 nu) and below it by more than nu in 84% of them
-    near_table = pd.read_csv(STARTS.parent / "gelu_d4_box3" / "results.csv").query(
+    near_table = pd.read_csv(results_csv(STARTS.parent / "gelu_d4_box3")).query(
         "fit_gate == 'softmax'")
     near = near_table.query("loss_name == 'D1'").set_index(key).fit_loss
     wide = tables[""].query("loss_name == 'D1'").set_index(key).fit_loss
@@ -820,7 +822,7 @@ def test_the_d4_per_start_ties_give_the_readme_numbers():
     for found in (small, large):
         first = found.pop("first")
         n = next(iter(found["n"]))
-        sweep = pd.read_csv(STARTS / "gelu_d4_box3_wide_large_n" / "results.csv").query(
+        sweep = pd.read_csv(results_csv(STARTS / "gelu_d4_box3_wide_large_n")).query(
             f"loss_name == 'D1' and n == {n}").set_index("rep").fit_loss * n
         # the same starts as the sweep's first ones, each fitted as its own problem: at
         # n = 1.28e5 (all 48 of the sweep's starts) its fits to rounding; at 1.024e6 (the first
@@ -863,7 +865,7 @@ def test_the_cpu_preset_record_gives_the_readme_verdicts():
     preset = load_config("nguyen2024-measurable", fast=True)
     assert preset.gate_reps == {"softmax": 4} and preset.reps == 60
     certs = ["ref", "conv", "opt", "overfit"]
-    for device, wall in (("cpu", 302), ("cuda", 55)):
+    for device, wall in (("cpu", 341), ("cuda", 55)):
         run = json.loads((folder / f"{device}_run.json").read_text())
         assert run["config_hash"] == preset.hash and run["fast"] is True
         assert round(run["wall_s_this_call"]) == wall
@@ -1220,7 +1222,6 @@ def test_every_consistent_curve_has_a_tight_set_of_fits_as_good_as_its_reference
     1.5% farther than the sweep's in the curve's loss (README numbers: 13 curves, 150 data
     sets), while 101 of the 116 other plotted curves have a data set where one lies more than
     twice as far. A consistent verdict on a loose set would be an optimiser's verdict."""
-    from moe_theory.store import results_csv
 
     module = _load("refits_sublevel", ROOT / "paper_figures")
     folders = module.folders()
@@ -1316,7 +1317,7 @@ def test_the_committed_group_box_runs_give_the_readme_numbers():
     }
     for name, (faces, beaten, gap, slope, reach, loose) in expected.items():
         folder = root / name
-        results = pd.read_csv(folder / "results.csv")
+        results = pd.read_csv(results_csv(folder))
         d1 = results[results["loss_name"] == "D1_matched"]
         assert (d1.groupby("n")["bound_active"].mean() * 100).round().astype(int).tolist() == faces
         assert d1["converged"].all()
@@ -1337,7 +1338,7 @@ def test_the_committed_wide_group_box_run_gives_the_readme_numbers():
     put 55-70% of fits on a face, reach the best SSR twice in 45-70% of fits, and fits as good as
     G* lie more than twice as far in D1_matched in 69 of 80 data sets (up to 1123 times)."""
     folder = ROOT / "paper_figures" / "nguyen2024-measurable" / "gelu_d4_groupbox_wide_large_n"
-    results = pd.read_csv(folder / "results.csv")
+    results = pd.read_csv(results_csv(folder))
     d1 = results[results["loss_name"] == "D1_matched"]
     by_n = d1.groupby("n")
     assert (by_n["bound_active"].mean() * 100).round().astype(int).tolist() == [55, 65, 70, 70]
