@@ -98,3 +98,19 @@ def test_reproduce_without_a_name_runs_the_certified_cpu_preset(monkeypatch, arg
                         lambda name, **kw: calls.append((name, kw["fast"], kw["certify"])))
     assert main(["reproduce", *argv]) == 0
     assert calls == [expected]
+
+
+def test_every_command_is_in_the_documented_command_table():
+    """docs/theory.md#public-interface lists every `moe-theory` command with its options: a
+    command added to the parser but not to the table is a command a reader cannot find."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "theory.md").read_text()
+    table = docs[docs.index("The command line, `moe-theory`"):]
+    table = table[:table.index("\n\n", table.index("| command |"))]
+    documented = set()
+    for cell in re.findall(r"^\| `([^|]*(?:\\\|[^|]*)*)` \|", table, flags=re.M):
+        documented |= {name.strip("`") for name in re.findall(r"(?:^|`, `)([a-z]+)", cell)}
+    assert documented == set(subparsers()), (sorted(set(subparsers()) - documented),
+                                            sorted(documented - set(subparsers())))
