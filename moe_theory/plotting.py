@@ -92,9 +92,11 @@ ERRORBAR_FLOOR = 0.1
 Y_MARGIN = 0.06
 Y_MARGIN_MIN_DECADES = 0.05
 
-#: An x range narrower than this many decades has at most one labelled power of ten; its
-#: sample sizes (up to SHORT_GRID_TICKS of them, else the ends and the middle) are labelled.
-SHORT_GRID_DECADES = 1.2
+#: An x range holding fewer powers of ten than this has too few labelled ticks to read a sample
+#: size off; its sample sizes (up to SHORT_GRID_TICKS of them, else the ends and the middle)
+#: are labelled instead. Counted, not judged by width: 4e3..6.4e4 spans 1.2 decades and holds
+#: 10^4 alone.
+SHORT_GRID_POWERS = 2
 SHORT_GRID_TICKS = 5
 
 PNG_DPI = 200
@@ -281,6 +283,27 @@ def _below_axes(ax: Axes):
     return offset_copy(ax.transAxes, fig=ax.figure, y=-points, units="points")
 
 
+def powers_of_ten(low: float, high: float) -> int:
+    """How many powers of ten lie in ``[low, high]`` (both positive): the labelled major ticks
+    of a log axis over that range. Rounded first, so that 1000 given as 999.9999 counts."""
+    first = math.ceil(round(math.log10(low), 9))
+    last = math.floor(round(math.log10(high), 9))
+    return max(last - first + 1, 0)
+
+
+def sample_size_label(n: float) -> str:
+    """A tick label for sample size ``n``: its digits up to 99999, beyond as a mantissa times a
+    power of ten ("1.28·10^5", mathtext), which a reader takes in where "1.28e+05" or "128000"
+    is read digit by digit."""
+    if n < 1e5:
+        return f"{n:g}"
+    exponent = math.floor(math.log10(n))
+    mantissa = float(f"{n / 10**exponent:.4g}")
+    if mantissa == 1:
+        return rf"$10^{{{exponent}}}$"
+    return rf"${mantissa:g}\cdot10^{{{exponent}}}$"
+
+
 def data_extent(ax: Axes) -> tuple[float, float] | None:
     """Smallest and largest y of the data drawn by :func:`draw_rates` on ``ax``: means and their
     error bars, and medians (not fitted lines, guides or overlays); None when nothing is drawn."""
@@ -442,11 +465,11 @@ def draw_rates(
     # grids under a decade get labelled minor ticks, which collide on a narrow panel
     ax.xaxis.set_minor_formatter(NullFormatter())
     grid = sorted({m for fit in fits for m in fit.n_used})
-    if grid and math.log10(grid[-1] / grid[0]) < SHORT_GRID_DECADES:
+    if grid and powers_of_ten(grid[0], grid[-1]) < SHORT_GRID_POWERS:
         # a short grid shows at most one power of ten: label its sample sizes instead
         ticks = grid if len(grid) <= SHORT_GRID_TICKS else [grid[0], grid[len(grid) // 2],
                                                               grid[-1]]
-        ax.set_xticks(ticks, [f"{m:g}" for m in ticks])
+        ax.set_xticks(ticks, [sample_size_label(m) for m in ticks])
     ax.set_xlabel(r"sample size $n$")
     ax.set_ylabel(ylabel if ylabel is not None else axis_label([loss for _, loss, _ in parsed]))
     fit_ylim(ax)

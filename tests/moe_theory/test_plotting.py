@@ -382,6 +382,32 @@ def test_a_short_grid_labels_its_sample_sizes():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["500", "1000", "2000", "4000"]
     ax, _ = draw(results_table(CURVES), [("sigmoid", "D3")])  # 1e3..1e5: powers of ten
     assert "1000" not in [t.get_text() for t in ax.get_xticklabels()]
+    # wider than 1.2 decades, yet 10^4 is its only power of ten: labelled by its sample sizes
+    one_power = results_table(CURVES, n=np.array([4000, 8000, 16000, 32000, 64000]))
+    ax, _ = draw(one_power, [("sigmoid", "D3")])
+    ax.figure.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4000", "8000", "16000", "32000",
+                                                           "64000"]
+
+
+def test_large_sample_sizes_are_labelled_as_powers_of_ten():
+    from moe_theory.plotting import sample_size_label
+
+    assert [sample_size_label(m) for m in (500, 64000, 128000, 1024000, 1e6)] == [
+        "500", "64000", r"$1.28\cdot10^{5}$", r"$1.024\cdot10^{6}$", r"$10^{6}$"]
+    wide = results_table(CURVES, n=np.array([128000, 256000, 512000, 1024000, 2048000]))
+    ax, _ = draw(wide, [("sigmoid", "D3")])
+    ax.figure.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == r"$2.048\cdot10^{6}$"
+
+
+def test_powers_of_ten_counts_the_labelled_ticks_of_a_range():
+    from moe_theory.plotting import powers_of_ten
+
+    assert powers_of_ten(4000, 64000) == 1
+    assert powers_of_ten(1000, 10000) == 2
+    assert powers_of_ten(999.9999999999, 1e5) == 3
+    assert powers_of_ten(2000, 9000) == 0
 
 
 def test_y_labels_fit_beside_their_axes():
