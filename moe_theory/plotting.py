@@ -37,6 +37,7 @@ from matplotlib.transforms import offset_copy
 
 from moe_theory.certificates import FolderCertificates
 from moe_theory.rates import (
+    DROP_WORDS,
     MIN_REPS_PER_N,
     PLUS_MINUS,
     RateFit,
@@ -74,9 +75,6 @@ LEGEND_REASON_WIDTH = 40
 #: visible characters of a curve's name past which its rate goes to the next line (the rate
 #: takes ~14)
 LEGEND_NAME_WIDTH = 26
-#: a legend's words for each reason a loss value is left out of a curve (rates.DROP_REASONS)
-DROP_WORDS = {"nan": "NaN", "inf": "infinite", "nonpositive": "zero or negative",
-              "bound": "fits on the box"}
 MEDIAN_MARKER = "x"
 #: The legend's title: what "±" means, in the rates table's own words (one convention everywhere).
 LEGEND_TITLE = PLUS_MINUS

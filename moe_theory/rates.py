@@ -59,6 +59,9 @@ ROW_COLUMNS = ("n", "rep", "loss_value", "converged", "certified", "wall_s")
 REQUIRED_COLUMNS = CURVE_KEYS + DESCRIPTIVE_COLUMNS + ROW_COLUMNS
 #: Why a loss value is left out of a slope, in the order they are tested.
 DROP_REASONS = ("nan", "inf", "nonpositive", "bound")
+#: each reason in a reader's words (figure legends: "left out of 300: 289 fits on the box")
+DROP_WORDS = {"nan": "NaN", "inf": "infinite", "nonpositive": "zero or negative",
+              "bound": "fits on the box"}
 CERT_COLUMNS = tuple(f"cert_{name}" for name in CERTIFICATES)
 #: The set a rate bound covers (moe_theory.sublevel.curve_summary): per curve, the largest and
 #: median ratio over its data sets (every sweep fit's starts, the check's refits), how many are

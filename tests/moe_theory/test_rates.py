@@ -540,3 +540,9 @@ def test_the_sublevel_ratios_of_the_check_reach_the_table_and_a_loose_curve_gets
 def test_format_rates_table_missing_column_is_named():
     with pytest.raises(ValueError, match="verdict"):
         format_rates_table(pd.DataFrame(columns=[c for c in RATES_COLUMNS if c != "verdict"]))
+
+
+def test_every_drop_reason_has_words_for_a_legend():
+    from moe_theory.rates import DROP_REASONS, DROP_WORDS
+
+    assert set(DROP_WORDS) == set(DROP_REASONS) and all(DROP_WORDS.values())
