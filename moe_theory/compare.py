@@ -109,9 +109,9 @@ def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str],
                 "max_rel_diff": np.nan, "example": ""}
 
     rows = [row("(rows)", max(len(a), len(b)))]
-    key_a = a[keys].astype(str).agg("/".join, axis=1)
-    key_b = b[keys].astype(str).agg("/".join, axis=1)
-    if len(a) != len(b) or not (key_a.to_numpy() == key_b.to_numpy()).all():
+    if len(a) != len(b) or not all(np.array_equal(a[k].astype(str).to_numpy(),
+                                                  b[k].astype(str).to_numpy()) for k in keys):
+        key_a, key_b = _keys(a, keys), _keys(b, keys)
         only_a = sorted(set(key_a) - set(key_b))
         only_b = sorted(set(key_b) - set(key_a))
         rows[0].update(status="differs", differing=len(only_a) + len(only_b),
@@ -132,7 +132,8 @@ def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str],
             entry["status"] = "same" if same.all() else "differs"
             if not same.all():
                 first = int(np.flatnonzero(~same)[0])
-                entry["example"] = (f"{key_a.iloc[first]}: {_show(a[column].iloc[first])} vs "
+                entry["example"] = (f"{_keys(a.iloc[[first]], keys)[0]}: "
+                                    f"{_show(a[column].iloc[first])} vs "
                                     f"{_show(b[column].iloc[first])}")
                 if pd.api.types.is_numeric_dtype(a[column]) and \
                         pd.api.types.is_numeric_dtype(b[column]):
@@ -144,6 +145,13 @@ def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str],
                         else np.inf
         rows.append(entry)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _keys(table: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Each row's keys as one text ("a/b/c"): to name rows in a message. Built only there, the
+    rows being matched column by column (a Python join per row of a 10^5-row table took seconds)."""
+    return ["/".join(map(str, values)) for values in zip(*(table[k].astype(str) for k in keys),
+                                                         strict=True)]
 
 
 #: A text value is shown up to this many characters (an estimate's JSON runs to thousands).
