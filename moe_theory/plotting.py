@@ -253,7 +253,7 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
         suffix = f"\n(certified, {verdict} with theory)"
     if reach:
         suffix += "\n" + textwrap.fill(
-            f"(fits as good as the reference: up to {format_ratio(reach['ratio_max'])}x the "
+            f"(fits as good as the reference: up to {ratio_label(reach['ratio_max'])}x the "
             "loss)", width=LEGEND_REASON_WIDTH)
     left_out = [f"{count} {DROP_WORDS[reason]}" for reason, count in fit.dropped.items() if count]
     if left_out:
@@ -293,13 +293,32 @@ def sample_size_label(n: float) -> str:
     """A tick label for sample size ``n``: its digits up to 99999, beyond as a mantissa times a
     power of ten ("1.28·10^5", mathtext), which a reader takes in where "1.28e+05" or "128000"
     is read digit by digit."""
-    if n < 1e5:
-        return f"{n:g}"
-    exponent = math.floor(math.log10(n))
-    mantissa = float(f"{n / 10**exponent:.4g}")
+    return f"{n:g}" if n < 1e5 else power_of_ten_label(n, digits=4)
+
+
+def power_of_ten_label(value: float, digits: int) -> str:
+    """``value`` (positive) as a mantissa of ``digits`` significant digits times a power of ten,
+    in mathtext: "1.28·10^5", "10^6" where the mantissa is 1."""
+    exponent = math.floor(math.log10(value))
+    mantissa = float(f"{value / 10**exponent:.{digits}g}")
+    if mantissa == 10:  # rounded up to the next power
+        mantissa, exponent = 1.0, exponent + 1
     if mantissa == 1:
         return rf"$10^{{{exponent}}}$"
     return rf"${mantissa:g}\cdot10^{{{exponent}}}$"
+
+
+#: A legend's ratio of losses from this on reads as a power of ten ("8.8·10^5", not "878321").
+RATIO_POWER_FROM = 1e4
+
+
+def ratio_label(value: float) -> str:
+    """A ratio of losses in a legend: the tables' digits (:func:`moe_theory.sublevel.format_ratio`)
+    below :data:`RATIO_POWER_FROM`, two significant digits times a power of ten above, where
+    the digits past the second say nothing."""
+    if value is not None and math.isfinite(value) and value >= RATIO_POWER_FROM:
+        return power_of_ten_label(value, digits=2)
+    return format_ratio(value)
 
 
 def data_extent(ax: Axes) -> tuple[float, float] | None:

@@ -401,6 +401,16 @@ def test_large_sample_sizes_are_labelled_as_powers_of_ten():
     assert [t.get_text() for t in ax.get_xticklabels()][-1] == r"$2.048\cdot10^{6}$"
 
 
+def test_large_ratios_in_a_legend_read_as_powers_of_ten():
+    from moe_theory.plotting import power_of_ten_label, ratio_label
+
+    # below 10^4 the tables' digits; above, two significant digits (878321 says no more than
+    # 8.8·10^5), a mantissa rounded up to 10 carried into the exponent
+    assert [ratio_label(v) for v in (1.0041, 9.994, 3922.6, 878321.4, 9.96e6, float("nan"))] == [
+        "1.00", "9.99", "3923", r"$8.8\cdot10^{5}$", r"$10^{7}$", "-"]
+    assert power_of_ten_label(99999.0, digits=4) == r"$10^{5}$"
+
+
 def test_powers_of_ten_counts_the_labelled_ticks_of_a_range():
     from moe_theory.plotting import powers_of_ten
 
