@@ -1030,6 +1030,29 @@ def test_the_d8_wide_start_rerun_with_d1_matched_gives_the_readme_verdict():
     assert round(entry["slope_shift"]["jitter x10"], 2) == 0.55
 
 
+def test_the_linear_sigmoid_g_bar_saddles_along_a_flat_gated_atom():
+    """paper_figures/README.md ("Linear experts: not certifiable in reach") quotes these, from
+    the G_bars nguyen2024-measurable records, on their certificates' designs: the linear one's
+    Hessian has the certificate's negative eigenvalue, its weakest eigenvector lies mostly (87%)
+    on the one atom with a nearly flat gate and close (cos 0.90) to that atom's level/scale
+    trade; the ReLU and GELU G_bars have no flat gate and a positive definite Hessian."""
+    import json
+
+    table = _load("flat_gate").flat_gate_table()
+    folder = ROOT / "paper_figures" / "nguyen2024-measurable" / "certificates"
+    for setting, part in table.groupby("setting"):
+        cert = json.loads((folder / f"reference-{setting}-sigmoid.json").read_text())
+        # the same design and G_bar as the certificate: its eigenvalue to rounding
+        assert part["hessian_min"].iloc[0] == pytest.approx(cert["hessian_min_eig"], rel=1e-6)
+    linear = table[table["setting"] == "nguyen2024-measurable-linear"].set_index("atom")
+    flat = int(linear["slope"].idxmin())
+    assert round(linear.loc[flat, "slope"], 2) == 0.63
+    assert linear.drop(flat)["slope"].min() > 3.5
+    assert round(linear.loc[flat, "share"], 2) == 0.87 and round(linear.loc[flat, "cos"], 2) == 0.90
+    others = table[table["setting"] != "nguyen2024-measurable-linear"]
+    assert others["slope"].min() > 2.0 and (others["hessian_min"] > 0).all()
+
+
 @pytest.fixture(scope="module")
 def extra_atom():
     return _load("extra_atom")
