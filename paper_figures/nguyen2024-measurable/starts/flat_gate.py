@@ -5,7 +5,9 @@ the population loss, which has a negative eigenvalue at G_bar (paper_figures/REA
 nguyen2024-measurable, "Linear experts: not certifiable in reach"). This script reads where
 that weakest direction lies. For each atom j of a sigmoid G_bar it measures
 
-- ``slope``: the norm of its gate's slope ``beta1_j`` (a flat gate weighs every x alike);
+- ``slope``: the norm of its score's non-constant coefficients, and ``gate_sd``: the standard
+  deviation of its gate ``sigmoid(s_j(x))`` over the design (a flat gate weighs every x alike;
+  a saturated one, ``s_j`` large on most of the design, is flat too);
 - the curvature of the population loss along the atom's *level/scale trade*, the direction
   that raises ``beta0_j`` by one and shrinks its expert by ``1 - sigmoid(beta0_j)`` of itself.
   To first order it changes the atom's term ``sigmoid(s_j(x)) E_j(x)`` by
@@ -35,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kernels.moe.model import score_features
 from moe_theory.certificates import design, local_model
 from moe_theory.measure import MixingMeasure
 from moe_theory.settings import get_setting
@@ -45,6 +48,7 @@ DEFAULT = ROOT / "paper_figures" / "nguyen2024-measurable"
 
 def flat_gate_table(folder: str | Path = DEFAULT) -> pd.DataFrame:
     """One row per (setting, atom) of every sigmoid G_bar ``folder`` records: ``slope``,
+    ``gate_sd``,
     ``trade_curvature`` (``v^T H v`` for the unit level/scale direction ``v``), ``cos``,
     ``share``, and the setting's ``hessian_min`` and ``hessian_max`` eigenvalues."""
     folder = Path(folder)
@@ -58,12 +62,13 @@ def flat_gate_table(folder: str | Path = DEFAULT) -> pd.DataFrame:
                           .read_text())
         ref = MixingMeasure.from_json(text).to(dtype=torch.float64)
         setting = get_setting(setting_name)
-        problem, _, _, _, _, H = local_model(setting, ref, design(setting, cert["design_size"]),
-                                             "G_bar")
+        X = design(setting, cert["design_size"])
+        problem, _, _, _, _, H = local_model(setting, ref, X, "G_bar")
         eigenvalues, vectors = torch.linalg.eigh(H)
         gate_v, expert_v = problem.unpack(vectors[:, 0][None])
         share = (gate_v[0] ** 2).sum(1) + (expert_v[0] ** 2).sum(1)
         gp, ep = ref.gate_params[0], ref.expert_params[0]
+        gate_sd = torch.sigmoid(score_features(X, ref.score) @ gp.T).reshape(-1, ref.k).std(0)
         for j in range(ref.k):
             d_gate, d_expert = torch.zeros_like(gp), torch.zeros_like(ep)
             d_gate[j, 0] = 1.0
@@ -72,7 +77,7 @@ def flat_gate_table(folder: str | Path = DEFAULT) -> pd.DataFrame:
                                            d_gate[None], d_expert[None]))[0]
             v = v / v.norm()
             rows.append({"setting": setting_name, "atom": j,
-                         "slope": float(gp[j, 1:].norm()),
+                         "slope": float(gp[j, 1:].norm()), "gate_sd": float(gate_sd[j]),
                          "trade_curvature": float(v @ H @ v),
                          "cos": float((v @ vectors[:, 0]).abs()),
                          "share": float(share[j]),
