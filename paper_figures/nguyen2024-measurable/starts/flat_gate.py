@@ -52,7 +52,10 @@ def flat_gate_table(folder: str | Path = DEFAULT) -> pd.DataFrame:
     ``trade_curvature`` (``v^T H v`` for the unit level/scale direction ``v``), ``cos``,
     ``share``, and the setting's ``hessian_min`` and ``hessian_max`` eigenvalues."""
     folder = Path(folder)
-    references = json.loads((folder / "manifest.json").read_text())["references"]
+    manifest = folder / "manifest.json"
+    references = json.loads(manifest.read_text()).get("references") if manifest.exists() else None
+    if not references:
+        raise ValueError(f"FOLDER: {folder} records no G_bar (no references in a manifest.json)")
     rows = []
     for key, text in sorted(references.items()):
         setting_name, gate = key.split("/")
