@@ -92,7 +92,10 @@ def flat_gate_table(folder: str | Path = DEFAULT) -> pd.DataFrame:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", nargs="?", default=str(DEFAULT))
-    table = flat_gate_table(p.parse_args().folder)
+    try:
+        table = flat_gate_table(p.parse_args().folder)
+    except ValueError as error:
+        p.error(str(error))
     with pd.option_context("display.float_format", "{:.3g}".format, "display.width", 120):
         print(table.to_string(index=False))
     print("\n(the recorded G_bars on their certificates' designs: no fit, no verdict)")
