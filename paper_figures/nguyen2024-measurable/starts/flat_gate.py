@@ -5,9 +5,8 @@ the population loss, which has a negative eigenvalue at G_bar (paper_figures/REA
 nguyen2024-measurable, "Linear experts: not certifiable in reach"). This script reads where
 that weakest direction lies. For each atom j of a sigmoid G_bar it measures
 
-- ``slope``: the norm of its score's non-constant coefficients, and ``gate_sd``: the standard
-  deviation of its gate ``sigmoid(s_j(x))`` over the design (a flat gate weighs every x alike;
-  a saturated one, ``s_j`` large on most of the design, is flat too);
+- ``gate_sd``: the standard deviation of its gate ``sigmoid(s_j(x))`` over the design (a flat
+  gate weighs every x alike; a saturated one, ``s_j`` large on most of the design, is flat too);
 - the curvature of the population loss along the atom's *level/scale trade*, the direction
   that raises ``beta0_j`` by one and shrinks its expert by ``1 - sigmoid(beta0_j)`` of itself.
   To first order it changes the atom's term ``sigmoid(s_j(x)) E_j(x)`` by
@@ -37,9 +36,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kernels.moe.model import score_features
 from moe_theory.certificates import design, local_model
 from moe_theory.measure import MixingMeasure
+from moe_theory.models import gate_probabilities, score_features
 from moe_theory.settings import get_setting
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -47,10 +46,9 @@ DEFAULT = ROOT / "paper_figures" / "nguyen2024-measurable"
 
 
 def flat_gate_table(folder: str | Path = DEFAULT) -> pd.DataFrame:
-    """One row per (setting, atom) of every sigmoid G_bar ``folder`` records: ``slope``,
-    ``gate_sd``,
+    """One row per (setting, atom) of every sigmoid G_bar ``folder`` records: ``gate_sd``,
     ``trade_curvature`` (``v^T H v`` for the unit level/scale direction ``v``), ``cos``,
-    ``share``, and the setting's ``hessian_min`` and ``hessian_max`` eigenvalues."""
+    ``share``, and the setting's ``hessian_min`` (the certificate's smallest eigenvalue)."""
     folder = Path(folder)
     manifest = folder / "manifest.json"
     references = json.loads(manifest.read_text()).get("references") if manifest.exists() else None
@@ -63,7 +61,7 @@ def flat_gate_table(folder: str | Path = DEFAULT) -> pd.DataFrame:
             continue
         cert = json.loads((folder / "certificates" / f"reference-{setting_name}-{gate}.json")
                           .read_text())
-        ref = MixingMeasure.from_json(text).to(dtype=torch.float64)
+        ref = MixingMeasure.from_json(text)
         setting = get_setting(setting_name)
         X = design(setting, cert["design_size"])
         problem, _, _, _, _, H = local_model(setting, ref, X, "G_bar")
@@ -71,7 +69,8 @@ def flat_gate_table(folder: str | Path = DEFAULT) -> pd.DataFrame:
         gate_v, expert_v = problem.unpack(vectors[:, 0][None])
         share = (gate_v[0] ** 2).sum(1) + (expert_v[0] ** 2).sum(1)
         gp, ep = ref.gate_params[0], ref.expert_params[0]
-        gate_sd = torch.sigmoid(score_features(X, ref.score) @ gp.T).reshape(-1, ref.k).std(0)
+        gates = gate_probabilities(score_features(X, ref.score) @ gp.T, ref.gate)
+        gate_sd = gates.reshape(-1, ref.k).std(0)
         for j in range(ref.k):
             d_gate, d_expert = torch.zeros_like(gp), torch.zeros_like(ep)
             d_gate[j, 0] = 1.0
@@ -80,12 +79,11 @@ def flat_gate_table(folder: str | Path = DEFAULT) -> pd.DataFrame:
                                            d_gate[None], d_expert[None]))[0]
             v = v / v.norm()
             rows.append({"setting": setting_name, "atom": j,
-                         "slope": float(gp[j, 1:].norm()), "gate_sd": float(gate_sd[j]),
+                         "gate_sd": float(gate_sd[j]),
                          "trade_curvature": float(v @ H @ v),
                          "cos": float((v @ vectors[:, 0]).abs()),
                          "share": float(share[j]),
-                         "hessian_min": float(eigenvalues[0]),
-                         "hessian_max": float(eigenvalues[-1])})
+                         "hessian_min": float(eigenvalues[0])})
     return pd.DataFrame(rows)
 
 
