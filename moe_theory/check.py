@@ -65,7 +65,7 @@ from moe_theory.store import (
     verified_shards,
     write_shard,
 )
-from moe_theory.sweep import certify, recorded_references, run_shard
+from moe_theory.sweep import certify, fit_in_blocks, recorded_references
 
 CHECK_TABLE = "check.parquet"
 #: The refits as they finish, so that an interrupted check resumes (:func:`refit_store`).
@@ -197,8 +197,10 @@ def _refit_job(job: tuple[str, str, Shard], *, configs: dict[str, SweepConfig], 
     function, so that a worker process can run it)."""
     name, gate, shard = job
     start = time.perf_counter()
-    rows = run_shard(configs[name], shard, device=device, backend=backend, gates=[gate],
-                     references=references)
+    # in blocks that fit the device, as the sweep's shards: a GPU shared with other processes
+    # may not hold a refit of every checked replication at once
+    rows, _, _ = fit_in_blocks(shard, configs[name], device, backend, references, gates=[gate],
+                               sort=False)
     return name, gate, shard, rows, time.perf_counter() - start
 
 

@@ -235,11 +235,23 @@ def memory_rep_block(config: SweepConfig, setting: str, n: int, device: str) -> 
     return max(1, int(budget // (BYTES_PER_REP_SAMPLE_COORD * n * (d + 1))))
 
 
+#: What a CUDA library says when it cannot create its handle, which allocates device memory on
+#: first use in each process: with the GPU full (several sweeps sharing it, each planning its
+#: blocks against the same free memory) cuSOLVER fails ``cusolverDnCreate`` with
+#: CUSOLVER_STATUS_INTERNAL_ERROR, not "out of memory" (an H100, 2026-12-06: three sweeps of
+#: 4-6 processes, every one stopped by it at its first Cholesky solve).
+_HANDLE_CREATION = ("cusolverDnCreate(", "cublasCreate(", "cublasLtCreate(", "STATUS_ALLOC_FAILED")
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """torch.cuda.OutOfMemoryError is a RuntimeError saying "out of memory", as is the CPU
-    allocator's failure inside some torch kernels; Python's own is MemoryError."""
-    return isinstance(err, MemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err))
+    allocator's failure inside some torch kernels; Python's own is MemoryError; a CUDA library
+    that cannot allocate its handle says so in its own words (:data:`_HANDLE_CREATION`)."""
+    if isinstance(err, MemoryError):
+        return True
+    message = str(err)
+    return isinstance(err, RuntimeError) and (
+        "out of memory" in message or any(word in message for word in _HANDLE_CREATION))
 
 
 def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device: str = "cpu",
@@ -275,8 +287,8 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
         if verified_shards(out, [shard], report=lambda msg: None):
             return {**meta, "status": "stored"}
         with heartbeat(claim):
-            rows, block, retries = _fit_in_blocks(shard, config, device, backend,
-                                                  recorded_references(out))
+            rows, block, retries = fit_in_blocks(shard, config, device, backend,
+                                                 recorded_references(out))
             write_shard(out, shard, rows)
     finally:
         claim.release()
@@ -291,9 +303,16 @@ def recorded_references(out: str | Path) -> dict[str, str]:
     return dict((read_manifest(Path(out)) or {}).get("references", {}))
 
 
-def _fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
-                   references: Mapping[str, str]) -> tuple[pd.DataFrame, int, int]:
-    """The shard's rows, the block size that fitted and the number of out-of-memory retries."""
+def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
+                  references: Mapping[str, str] | None,
+                  gates: Sequence[str] | None = None, *, sort: bool = True
+                  ) -> tuple[pd.DataFrame, int, int]:
+    """The shard's rows (:func:`run_shard`), the block size that fitted and the number of
+    out-of-memory retries: the sweep's shards and the optimiser check's refits alike.
+
+    The rows come sorted by the store's keys (a sweep's shard), or with ``sort=False`` in
+    :func:`run_shard`'s own order (gate, loss, replication: the check's refits, stored in that
+    order since their first run); either order is the same whatever the blocks."""
     block = shard.rep_stop - shard.rep_start
     cap = memory_rep_block(config, shard.setting, shard.n, device)
     if cap is not None:
@@ -303,7 +322,7 @@ def _fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
     while first < shard.rep_stop:
         sub = Shard(shard.setting, shard.n, first, min(first + block, shard.rep_stop))
         try:
-            frames.append(run_shard(config, sub, device=device, backend=backend,
+            frames.append(run_shard(config, sub, device=device, backend=backend, gates=gates,
                                     references=references))
             first = sub.rep_stop
             continue
@@ -314,7 +333,14 @@ def _fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
         block, retries = block // 2, retries + 1
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    rows = pd.concat(frames, ignore_index=True).sort_values(SORT_KEYS, kind="stable")
+    rows = pd.concat(frames, ignore_index=True)
+    if sort:
+        rows = rows.sort_values(SORT_KEYS, kind="stable")
+    elif len(frames) > 1:
+        rank = {key: i for i, key in enumerate(dict.fromkeys(
+            zip(frames[0]["fit_gate"], frames[0]["loss_name"], strict=True)))}
+        rows = rows.iloc[np.lexsort((rows["rep"].to_numpy(), [
+            rank[key] for key in zip(rows["fit_gate"], rows["loss_name"], strict=True)]))]
     return rows.reset_index(drop=True), block, retries
 
 
