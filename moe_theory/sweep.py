@@ -86,6 +86,11 @@ BYTES_PER_REP_SAMPLE_COORD = 8 * 8
 #: Share of the device memory (:func:`memory_rep_block`) a shard's batch may plan to use; the rest
 #: absorbs what the estimate misses (allocator fragmentation, the G_bar reference, other processes).
 MEMORY_FRACTION = 0.5
+#: Seconds to wait, one after the other, when even one replication finds no memory on a GPU, or
+#: the plan cannot ask (the driver's own query needs some): the memory is then held by other
+#: processes on the GPU, whose batches end and free it (on an H100, 2026-12-06, eleven sweeps of
+#: 2-3 processes each filled it and stopped every one). About 5 minutes in all, then the error.
+GPU_MEMORY_WAITS_S = (5, 10, 20, 30, 60, 60, 60, 60)
 
 #: Largest relative change of a recorded G_bar (max |change| over max |parameter|) that a
 #: resumed sweep accepts as rounding (another machine's or library's arithmetic) rather than
@@ -303,6 +308,13 @@ def recorded_references(out: str | Path) -> dict[str, str]:
     return dict((read_manifest(Path(out)) or {}).get("references", {}))
 
 
+def _memory_waits(device: str) -> tuple[float, ...]:
+    """The waits for memory (:data:`GPU_MEMORY_WAITS_S`) on a GPU, which several processes share
+    by design (:data:`moe_theory.executors.GPU_PROCESSES`); none on the CPU, whose one
+    replication too large for the machine will stay so."""
+    return GPU_MEMORY_WAITS_S if device.startswith("cuda") else ()
+
+
 def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
                   references: Mapping[str, str] | None,
                   gates: Sequence[str] | None = None, *, sort: bool = True
@@ -310,29 +322,43 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
     """The shard's rows (:func:`run_shard`), the block size that fitted and the number of
     out-of-memory retries: the sweep's shards and the optimiser check's refits alike.
 
+    Memory short halves the block; with one replication per block, or where the device cannot
+    say how much is free, it waits for other processes to free some (:func:`_memory_waits`)
+    before the error ends the shard (stored shards are kept: a resumed sweep goes on).
+
     The rows come sorted by the store's keys (a sweep's shard), or with ``sort=False`` in
     :func:`run_shard`'s own order (gate, loss, replication: the check's refits, stored in that
     order since their first run); either order is the same whatever the blocks."""
     block = shard.rep_stop - shard.rep_start
-    cap = memory_rep_block(config, shard.setting, shard.n, device)
-    if cap is not None:
-        block = min(block, cap)
+    waits = iter(_memory_waits(device))
     frames: list[pd.DataFrame] = []
-    first, retries = shard.rep_start, 0
+    first, retries, planned = shard.rep_start, 0, False
     while first < shard.rep_stop:
-        sub = Shard(shard.setting, shard.n, first, min(first + block, shard.rep_stop))
+        wait = None
         try:
+            if not planned:
+                cap = memory_rep_block(config, shard.setting, shard.n, device)
+                block, planned = block if cap is None else min(block, cap), True
+            sub = Shard(shard.setting, shard.n, first, min(first + block, shard.rep_stop))
             frames.append(run_shard(config, sub, device=device, backend=backend, gates=gates,
                                     references=references))
             first = sub.rep_stop
             continue
         except (MemoryError, RuntimeError) as err:
-            if not is_out_of_memory(err) or block == 1:
+            if not is_out_of_memory(err):
                 raise
+            if not planned or block == 1:  # other processes hold the memory: wait, or give up
+                wait = next(waits, None)
+                if wait is None:
+                    raise
         # outside the except clause: its traceback no longer pins the failed batch's tensors
-        block, retries = block // 2, retries + 1
+        retries += 1
+        if wait is None:
+            block //= 2
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
+        if wait is not None:
+            time.sleep(wait)
     rows = pd.concat(frames, ignore_index=True)
     if sort:
         rows = rows.sort_values(SORT_KEYS, kind="stable")

@@ -344,6 +344,49 @@ def test_host_out_of_memory_is_retried_too(monkeypatch, config_path, local_run, 
                       pd.read_parquet(shard_path(local_run[0], shard)), batched=True)
 
 
+def test_one_replication_without_memory_waits_for_it(monkeypatch, config_path, local_run,
+                                                    tmp_path):
+    """On a GPU other processes hold memory for a while: with one replication per block, or a
+    plan that cannot ask how much is free, the shard waits for memory (instant waits here, as
+    many as GPU_MEMORY_WAITS_S allows) and then the error ends it."""
+    real, calls, waited = sweep.run_shard, [], []
+    monkeypatch.setattr(sweep, "_memory_waits", lambda device: (0.0, 0.0))
+    monkeypatch.setattr(sweep.time, "sleep", waited.append)
+    plan_fails = iter([True])
+    real_plan = sweep.memory_rep_block
+
+    def plan_without_memory(*args):
+        if next(plan_fails, False):
+            raise torch.OutOfMemoryError("CUDA error: out of memory")  # the driver's own query
+        return real_plan(*args)
+
+    def frees_memory_at_the_third_call(config, shard, **kwargs):
+        calls.append(shard.rep_stop - shard.rep_start)
+        if len(calls) < 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(config, shard, **kwargs)
+
+    monkeypatch.setattr(sweep, "memory_rep_block", plan_without_memory)
+    monkeypatch.setattr(sweep, "run_shard", frees_memory_at_the_third_call)
+    config = load_config(config_path)
+    shard = plan(config)[-1]
+    meta = compute_shard(shard, config=config, out=tmp_path)
+    # the plan waited once; 2 replications halved to 1; that one waited once more, then fitted
+    assert calls == [2, 1, 1, 1] and waited == [0.0, 0.0]
+    assert (meta["rep_block"], meta["oom_retries"]) == (1, 3)
+    assert_same_table(pd.read_parquet(shard_path(tmp_path, shard)),
+                      pd.read_parquet(shard_path(local_run[0], shard)), batched=True)
+
+    # the waits spent, the error ends the shard and nothing is stored
+    monkeypatch.setattr(sweep, "memory_rep_block", real_plan)
+    monkeypatch.setattr(sweep, "run_shard", lambda *a, **k: (_ for _ in ()).throw(
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")))
+    waited.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="9.00 GiB"):
+        compute_shard(shard, config=config, out=tmp_path / "never")
+    assert waited == [0.0, 0.0] and not (tmp_path / "never" / "shards").exists()
+
+
 def test_the_checks_refits_halve_their_block_too(monkeypatch, config_path):
     """The optimiser check's refits are fitted in blocks as the sweep's shards are: memory short
     on a shared GPU halves the block instead of ending the check, and the rows come in the
