@@ -356,7 +356,11 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
         if wait is None:
             block //= 2
         if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except RuntimeError as err:  # a context the full GPU had no room for: nothing cached
+                if not is_out_of_memory(err):
+                    raise
         if wait is not None:
             time.sleep(wait)
     rows = pd.concat(frames, ignore_index=True)
