@@ -387,6 +387,33 @@ def test_one_replication_without_memory_waits_for_it(monkeypatch, config_path, l
     assert waited == [0.0, 0.0] and not (tmp_path / "never" / "shards").exists()
 
 
+def test_a_gpu_too_full_for_a_context_still_waits(monkeypatch, config_path, local_run):
+    """On "cuda" (simulated here: the fits run on the CPU) a batch without memory waits the GPU's
+    own waits, and emptying the cache on a GPU too full for a CUDA context is no error."""
+    real, calls, waited = sweep.run_shard, [], []
+    monkeypatch.setattr(sweep, "memory_rep_block", lambda *args: None)
+    monkeypatch.setattr(sweep.time, "sleep", waited.append)
+
+    def no_context():
+        raise torch.AcceleratorError("CUDA error: out of memory")
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", no_context)
+
+    def fits_on_the_cpu(config, shard, **kwargs):
+        calls.append(shard.rep_stop - shard.rep_start)
+        if len(calls) < 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(config, shard, **{**kwargs, "device": "cpu"})
+
+    monkeypatch.setattr(sweep, "run_shard", fits_on_the_cpu)
+    config = load_config(config_path)
+    shard = plan(config)[-1]
+    rows, block, retries = sweep.fit_in_blocks(shard, config, "cuda", "auto", None)
+    assert calls == [2, 1, 1, 1] and waited == [sweep.GPU_MEMORY_WAITS_S[0]]
+    assert (block, retries) == (1, 2)
+    assert_same_table(rows, pd.read_parquet(shard_path(local_run[0], shard)), batched=True)
+
+
 def test_the_checks_refits_halve_their_block_too(monkeypatch, config_path):
     """The optimiser check's refits are fitted in blocks as the sweep's shards are: memory short
     on a shared GPU halves the block instead of ending the check, and the rows come in the
