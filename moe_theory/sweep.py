@@ -366,11 +366,8 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
     rows = pd.concat(frames, ignore_index=True)
     if sort:
         rows = rows.sort_values(SORT_KEYS, kind="stable")
-    elif len(frames) > 1:
-        rank = {key: i for i, key in enumerate(dict.fromkeys(
-            zip(frames[0]["fit_gate"], frames[0]["loss_name"], strict=True)))}
-        rows = rows.iloc[np.lexsort((rows["rep"].to_numpy(), [
-            rank[key] for key in zip(rows["fit_gate"], rows["loss_name"], strict=True)]))]
+    elif len(frames) > 1:  # each block's (gate, loss) groups in turn, their reps in block order
+        rows = pd.concat([group for _, group in rows.groupby(["fit_gate", "loss_name"], sort=False)])
     return rows.reset_index(drop=True), block, retries
 
 
