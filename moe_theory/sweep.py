@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,8 @@ from moe_theory.voronoi import (
     has_matched_gauge,
     voronoi_loss,
 )
+
+T = TypeVar("T")
 
 RESULT_COLUMNS = [
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
@@ -315,6 +318,40 @@ def _memory_waits(device: str) -> tuple[float, ...]:
     return GPU_MEMORY_WAITS_S if device.startswith("cuda") else ()
 
 
+def _empty_cache(device: str) -> None:
+    """Give the failed batch's cached blocks back to the GPU, for the other processes too."""
+    if device.startswith("cuda"):
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError as err:  # a context the full GPU had no room for: nothing cached
+            if not is_out_of_memory(err):
+                raise
+
+
+def waiting_for_memory(run: Callable[[], T], device: str, what: str,
+                       log: Callable[[str], None]) -> T:
+    """``run()``, and again after each wait for memory (:func:`_memory_waits`) while the GPU has
+    too little: for a stage that cannot be split into smaller batches without changing its
+    result (a G_bar search on its whole design, the reference certificates), which waits for
+    other processes' batches to end as a shard's one replication does. The same computation is
+    repeated, so the result is the one an undisturbed run gives; the waits spent, the error."""
+    waits = iter(_memory_waits(device))
+    while True:
+        try:
+            return run()
+        except (MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            wait = next(waits, None)
+            if wait is None:
+                raise
+        # outside the except clause, as in fit_in_blocks: the failed attempt's tensors are free
+        _empty_cache(device)
+        log(f"{what}: the GPU has too little memory free (other processes hold it); "
+            f"trying again in {wait:g} s")
+        time.sleep(wait)
+
+
 def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
                   references: Mapping[str, str] | None,
                   gates: Sequence[str] | None = None, *, sort: bool = True
@@ -355,12 +392,7 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
         retries += 1
         if wait is None:
             block //= 2
-        if device.startswith("cuda"):
-            try:
-                torch.cuda.empty_cache()
-            except RuntimeError as err:  # a context the full GPU had no room for: nothing cached
-                if not is_out_of_memory(err):
-                    raise
+        _empty_cache(device)
         if wait is not None:
             time.sleep(wait)
     rows = pd.concat(frames, ignore_index=True)
@@ -410,7 +442,21 @@ def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "c
     """The sweep's G_bar references, each computed once here (or read from the cache) before any
     shard needs it, checked against those the folder's shards were measured against
     (:func:`check_references`), and their certificates saved in ``out``; workers of this machine
-    then read the cache instead of racing to compute the same reference."""
+    then read the cache instead of racing to compute the same reference.
+
+    Neither can be split into batches, so on a GPU that other processes fill each waits for
+    memory and runs again (:func:`waiting_for_memory`): G_bars found before the wait are read
+    from the cache, and the result is the one an undisturbed run gives."""
+    waiting_for_memory(
+        lambda: _fit_references(config, out, device=device, backend=backend, log=log,
+                                force=force),
+        device, "the G_bar references", log)
+    # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
+    certify(config, out, device=device, backend=backend, log=log)
+
+
+def _fit_references(config: SweepConfig, out: str | Path, *, device: str, backend: str,
+                    log: Callable[[str], None], force: bool) -> None:
     refs = {}
     adopted = _adopted_references(Path(out), design_size_for(device, config.g_bar_design_size))
     for setting in config.setting_objects():
@@ -430,8 +476,6 @@ def prepare_references(config: SweepConfig, out: str | Path, *, device: str = "c
                     f"({time.perf_counter() - t0:.1f} s)")
     check_references(Path(out), refs, force=force, log=log,
                      design_size=design_size_for(device, config.g_bar_design_size))
-    # is each reference identified? (docs/theory.md#certificates; saved beside the shards)
-    certify(config, out, device=device, backend=backend, log=log)
 
 
 def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *,
@@ -522,10 +566,14 @@ def certify(config: SweepConfig, out: str | Path, *, device: str = "cpu", backen
             ) -> list[ReferenceCertificate]:
     """The reference certificates of ``config``'s fits in ``out``
     (:func:`~moe_theory.certificates.certify_references`), with the losses the sweep measures
-    and the box its fits use."""
-    return certify_references(config, out, device=device, backend=backend, log=log, force=force,
-                              losses=functools.partial(applicable_losses, wanted=config.losses),
-                              box=functools.partial(shard_box, config))
+    and the box its fits use; on a GPU that other processes fill they wait for memory and are
+    computed again (:func:`waiting_for_memory`), each the same as undisturbed."""
+    return waiting_for_memory(
+        lambda: certify_references(
+            config, out, device=device, backend=backend, log=log, force=force,
+            losses=functools.partial(applicable_losses, wanted=config.losses),
+            box=functools.partial(shard_box, config)),
+        device, "the reference certificates", log or (lambda msg: None))
 
 
 def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, force: bool,

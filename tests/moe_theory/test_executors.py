@@ -438,6 +438,81 @@ def test_the_checks_refits_halve_their_block_too(monkeypatch, config_path):
                           whole[whole["variant"] == variant].drop(columns="variant"), batched=True)
 
 
+def test_the_references_stage_waits_for_memory_and_runs_again(monkeypatch, config_path,
+                                                             tmp_path):
+    """The G_bar references and their certificates cannot be fitted in smaller batches: on a GPU
+    that other processes fill (simulated: an out-of-memory error from the certificates) the stage
+    waits and runs again, and writes what an undisturbed stage writes (every value; the timings
+    aside); the waits spent, the error ends it; another error is not retried."""
+    config, logs, waited = load_config(config_path), [], []
+    sweep.prepare_references(config, tmp_path / "calm", log=lambda msg: None)
+    monkeypatch.setattr(sweep, "_memory_waits", lambda device: (0.0, 0.0))
+    monkeypatch.setattr(sweep.time, "sleep", waited.append)
+    real, calls = sweep.certify_references, []
+
+    def full_gpu_at_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "certify_references", full_gpu_at_first)
+    sweep.prepare_references(config, tmp_path / "shared", log=logs.append)
+    assert len(calls) == 2 and waited == [0.0]
+    assert any("too little memory" in line and "trying again" in line for line in logs)
+
+    def written(folder: Path) -> dict:  # every file, a JSON one without its timing
+        return {p.relative_to(folder): ({k: v for k, v in json.loads(p.read_text()).items()
+                                         if k != "wall_s"} if p.suffix == ".json" else p.read_bytes())
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    calm = written(tmp_path / "calm")
+    assert calm and any(p.parts[0] == sweep.REFERENCE_DIR for p in calm)
+    assert written(tmp_path / "shared") == calm
+
+    def always_full(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.00 GiB")
+
+    monkeypatch.setattr(sweep, "certify_references", always_full)
+    waited.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="7.00 GiB"):
+        sweep.prepare_references(config, tmp_path / "full", log=lambda msg: None)
+    assert waited == [0.0, 0.0]
+
+    monkeypatch.setattr(sweep, "certify_references", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("shape mismatch")))
+    waited.clear()
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        sweep.prepare_references(config, tmp_path / "broken", log=lambda msg: None)
+    assert waited == []
+
+
+def test_the_g_bar_search_waits_for_memory_too(monkeypatch, tmp_path):
+    """A G_bar search that finds the GPU full (simulated) waits, then the stage runs again and
+    records the G_bar an undisturbed sweep records."""
+    (tmp_path / "fig-a.toml").write_text(FIGURE_A)
+    config = load_config(tmp_path / "fig-a.toml")
+    for name in ("calm", "shared"):  # as a sweep starts its folder
+        store.make_folder(tmp_path / name)
+        store.write_manifest(tmp_path / name, config, force=False)
+    sweep.prepare_references(config, tmp_path / "calm", log=lambda msg: None)
+    monkeypatch.setattr(sweep, "_memory_waits", lambda device: (0.0,))
+    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
+    real, calls, logs = sweep.reference_measure, [], []
+
+    def full_gpu_at_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "reference_measure", full_gpu_at_first)
+    sweep.prepare_references(config, tmp_path / "shared", log=logs.append)
+    assert len(calls) == 2 and any("G_bar references: the GPU" in line for line in logs)
+    assert (sweep.recorded_references(tmp_path / "shared")
+            == sweep.recorded_references(tmp_path / "calm") != {})
+
+
 def test_other_errors_are_not_retried(monkeypatch, config_path, tmp_path):
     def broken(config, shard, **kwargs):
         raise RuntimeError("shape mismatch")
