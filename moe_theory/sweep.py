@@ -92,7 +92,7 @@ MEMORY_FRACTION = 0.5
 #: Seconds to wait, one after the other, when even one replication finds no memory on a GPU, or
 #: the plan cannot ask (the driver's own query needs some): the memory is then held by other
 #: processes on the GPU, whose batches end and free it (on an H100, 2026-12-06, eleven sweeps of
-#: 2-3 processes each filled it and stopped every one). About 5 minutes in all, then the error.
+#: 2-3 processes each filled it and stopped every one). About 5 minutes per batch, then the error.
 GPU_MEMORY_WAITS_S = (5, 10, 20, 30, 60, 60, 60, 60)
 
 #: Largest relative change of a recorded G_bar (max |change| over max |parameter|) that a
@@ -331,10 +331,10 @@ def _empty_cache(device: str) -> None:
 def waiting_for_memory(run: Callable[[], T], device: str, what: str,
                        log: Callable[[str], None]) -> T:
     """``run()``, and again after each wait for memory (:func:`_memory_waits`) while the GPU has
-    too little: for a stage that cannot be split into smaller batches without changing its
-    result (a G_bar search on its whole design, the reference certificates), which waits for
-    other processes' batches to end as a shard's one replication does. The same computation is
-    repeated, so the result is the one an undisturbed run gives; the waits spent, the error."""
+    too little: for work that cannot be split into smaller batches (one replication, the memory
+    plan's own query, a G_bar search on its whole design, the reference certificates), which
+    waits for other processes' batches to end. The same computation is repeated, so the result
+    is the one an undisturbed run gives; the waits spent, the error."""
     waits = iter(_memory_waits(device))
     while True:
         try:
@@ -360,47 +360,44 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
     out-of-memory retries: the sweep's shards and the optimiser check's refits alike.
 
     Memory short halves the block; with one replication per block, or where the device cannot
-    say how much is free, it waits for other processes to free some (:func:`_memory_waits`)
-    before the error ends the shard (stored shards are kept: a resumed sweep goes on).
+    say how much is free, nothing is left to halve and the batch waits for other processes to
+    free some (:func:`waiting_for_memory`) before the error ends the shard (stored shards are
+    kept: a resumed sweep goes on). Each wait counts as a retry.
 
     The rows come sorted by the store's keys (a sweep's shard), or with ``sort=False`` in
     :func:`run_shard`'s own order (gate, loss, replication: the check's refits, stored in that
     order since their first run); either order is the same whatever the blocks."""
+    waited: list[str] = []  # one line per wait (a worker has no log of its own to write to)
+    cap = waiting_for_memory(lambda: memory_rep_block(config, shard.setting, shard.n, device),
+                             device, f"{shard.key}: the memory plan", waited.append)
     block = shard.rep_stop - shard.rep_start
-    waits = iter(_memory_waits(device))
+    block = block if cap is None else min(block, cap)
     frames: list[pd.DataFrame] = []
-    first, retries, planned = shard.rep_start, 0, False
+    first, halvings = shard.rep_start, 0
     while first < shard.rep_stop:
-        wait = None
+        sub = Shard(shard.setting, shard.n, first, min(first + block, shard.rep_stop))
+        fit = functools.partial(run_shard, config, sub, device=device, backend=backend,
+                                gates=gates, references=references)
+        if block == 1:
+            frames.append(waiting_for_memory(fit, device, sub.key, waited.append))
+            first = sub.rep_stop
+            continue
         try:
-            if not planned:
-                cap = memory_rep_block(config, shard.setting, shard.n, device)
-                block, planned = block if cap is None else min(block, cap), True
-            sub = Shard(shard.setting, shard.n, first, min(first + block, shard.rep_stop))
-            frames.append(run_shard(config, sub, device=device, backend=backend, gates=gates,
-                                    references=references))
+            frames.append(fit())
             first = sub.rep_stop
             continue
         except (MemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):
                 raise
-            if not planned or block == 1:  # other processes hold the memory: wait, or give up
-                wait = next(waits, None)
-                if wait is None:
-                    raise
         # outside the except clause: its traceback no longer pins the failed batch's tensors
-        retries += 1
-        if wait is None:
-            block //= 2
+        block, halvings = block // 2, halvings + 1
         _empty_cache(device)
-        if wait is not None:
-            time.sleep(wait)
     rows = pd.concat(frames, ignore_index=True)
     if sort:
         rows = rows.sort_values(SORT_KEYS, kind="stable")
     elif len(frames) > 1:  # each block's (gate, loss) groups in turn, their reps in block order
         rows = pd.concat([group for _, group in rows.groupby(["fit_gate", "loss_name"], sort=False)])
-    return rows.reset_index(drop=True), block, retries
+    return rows.reset_index(drop=True), block, halvings + len(waited)
 
 
 # ---- running ----------------------------------------------------------------------------------
