@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 
-import pandas as pd
-
 from benchmarks.checks import AGREEMENT_RTOL
+from moe_theory.store import read_csv
 
 KEYS = ["setting", "fit_gate", "loss_name", "n", "rep"]
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the differences of ``args.a`` relative to ``args.b``."""
-    a, b = pd.read_csv(args.a), pd.read_csv(args.b)
+    a, b = read_csv(args.a), read_csv(args.b)
     m = a.merge(b, on=KEYS, suffixes=("_a", "_b"))
     rel = (m.loss_value_a - m.loss_value_b).abs() / m.loss_value_b.abs().clip(lower=1e-300)
     print(f"{args.a} vs {args.b}: {len(a)} and {len(b)} rows, {len(m)} matched")

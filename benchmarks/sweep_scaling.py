@@ -35,6 +35,7 @@ from moe_theory.config import load_config, named_configs, parse_config
 from moe_theory.executors import device_workers
 from moe_theory.provenance import provenance
 from moe_theory.reproduce import EXPERIMENTS, reproduce_figures
+from moe_theory.store import read_csv
 from moe_theory.sweep import run_sweep
 
 # N24's dense settings (d = 32, k* = 8, k = 9) at the large end of its n grid. The softmax fit is
@@ -132,7 +133,7 @@ def figure_hashes(folder: Path) -> dict:
                 out["rows"] = len(df)
     for path in sorted(folder.glob("*.csv")):
         if path.name != "results.csv" or "results_sha256" not in out:
-            out[f"{path.stem}_sha256"] = table_hash(pd.read_csv(path))
+            out[f"{path.stem}_sha256"] = table_hash(read_csv(path))
     return out
 
 

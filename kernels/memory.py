@@ -14,16 +14,29 @@ def available_cuda_memory(device: torch.device | str) -> int:
     return torch.cuda.mem_get_info(device)[0] + reserve
 
 
-def free_memory(device: str | torch.device) -> int | None:
-    """Free bytes on ``device`` (CUDA: :func:`available_cuda_memory`; CPU: available physical
-    pages), or None where the platform does not say."""
+def total_memory(device: str | torch.device) -> int | None:
+    """Bytes ``device`` has in all, a fixed number (a GPU's, or the machine's physical memory),
+    or None where the platform does not say: a plan made against it is the same whatever other
+    processes hold when it is made."""
     device = torch.device(device)
     if device.type == "cuda":
-        return available_cuda_memory(device)
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+        return torch.cuda.get_device_properties(device).total_memory
+    return physical_memory()
+
+
+#: Bytes of a GPU that one process takes outside PyTorch's caching allocator: its CUDA context,
+#: the libraries' handles and the loaded kernels (about 0.5-1 GB on an H100 with torch 2.11).
+#: Used memory beyond this and the allocator's reserve is other processes'.
+CONTEXT_BYTES = 2 * 2**30
+
+
+def held_by_others(device: str | torch.device) -> bool:
+    """Whether other processes hold memory on the GPU ``device``: what the driver counts as used,
+    less this process's allocator reserve and :data:`CONTEXT_BYTES`, is still above zero. The
+    reserve is this process's whatever it holds, so the answer does not depend on the tensors a
+    failed batch still pins."""
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free - torch.cuda.memory_reserved(device) > CONTEXT_BYTES
 
 
 def physical_memory() -> int | None:
@@ -35,4 +48,5 @@ def physical_memory() -> int | None:
         return None
 
 
-__all__ = ["available_cuda_memory", "free_memory", "physical_memory"]
+__all__ = ["CONTEXT_BYTES", "available_cuda_memory", "held_by_others",
+           "physical_memory", "total_memory"]

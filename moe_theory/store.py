@@ -699,6 +699,20 @@ def fit_table(df: pd.DataFrame) -> pd.DataFrame:
     return fits.reset_index(drop=True)
 
 
+#: pandas before 3.1 parses floats with a fast converter that is not correctly rounded (3.1
+#: rounds correctly and deprecates the choice): there the round-trip one is asked for.
+_EXACT_FLOATS = ({} if tuple(int(v) for v in pd.__version__.split(".")[:2]) >= (3, 1)
+                 else {"float_precision": "round_trip"})
+
+
+def read_csv(path: str | Path, **kwargs) -> pd.DataFrame:
+    """A table the toolkit wrote as CSV (``.csv`` or ``.csv.gz``), every float the number it
+    held, whatever the pandas version (:data:`_EXACT_FLOATS`): with the default converter of
+    pandas 3.0.6, ``moe-theory compare`` read a committed SSR 0.020017540400954822 as
+    0.0200175404009548 on the GPU machine (2026-12-06) and called the same fits different."""
+    return pd.read_csv(path, **_EXACT_FLOATS, **kwargs)
+
+
 def _write_csv(path: Path, table: pd.DataFrame) -> None:
     """``table`` as CSV at ``path``; gzip where the name ends in ``.gz``, with neither time nor
     file name in its header, so that the same table gives the same bytes."""
@@ -742,7 +756,7 @@ def load_fits(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.D
         if len(fits):
             return fits
     if (out / FITS_FILE).exists():
-        return pd.read_csv(out / FITS_FILE)
+        return read_csv(out / FITS_FILE)
     raise ValueError(f"DIR: {out} holds no fitted measures (its sweep ran before the estimates "
                      "were stored; re-running it stores them)")
 
@@ -783,13 +797,13 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
     """
     out = Path(out)
     if out.is_file() and out.name.endswith((".csv", ".csv.gz")):
-        return pd.read_csv(out)
+        return read_csv(out)
     if not (out / "shards").is_dir():
         if (out / "results.parquet").exists():
             return pd.read_parquet(out / "results.parquet")
         csv = results_csv(out)
         if csv.exists():
-            return pd.read_csv(csv)
+            return read_csv(csv)
         raise ValueError(f"DIR: {out} has no results (no results.parquet, shards/, "
                          "results.csv or results.csv.gz)")
     finished, state = _finished(out, report)

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from kernels.memory import free_memory, physical_memory
+from kernels.memory import held_by_others, total_memory
 from kernels.moe import precompile, resolve_backend
 from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import models
@@ -228,14 +228,14 @@ def memory_rep_block(config: SweepConfig, setting: str, n: int, device: str) -> 
     """The most replications one batched fit of ``n`` samples should take on ``device`` (at least
     1), or None when its memory is unknown.
 
-    On the CPU the plan is made against the machine's physical memory, a fixed number: the free
-    count moves with the page cache and other processes, and a block chosen from it made a
-    resumed sweep's rows differ in the last bits from an uninterrupted one's (the rows depend on
-    the block through rounding, :func:`compute_shard`). On CUDA it is made against the free
-    memory, which the G_bar references and the other processes on the GPU take from; tables
-    computed on a GPU are reproducible to rounding, not bit for bit.
+    The plan is made against the device's whole memory (the machine's physical memory, a GPU's
+    total), a fixed number, never the free count: that moves with the page cache and the other
+    processes on a GPU, and a block chosen from it made a resumed CPU sweep's rows, and a GPU
+    sweep's beside other processes, differ in the last bits from an undisturbed run's (the rows
+    depend on the block through rounding, :func:`compute_shard`). What other processes hold
+    when the batch runs it waits for (:func:`fit_in_blocks`).
     """
-    memory = free_memory(device) if device.startswith("cuda") else physical_memory()
+    memory = total_memory(device)
     if memory is None:
         return None
     d = get_setting(setting).d
@@ -270,23 +270,24 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
     (``status`` says so); the claim is released whatever happens, and one left by a killed
     writer goes stale (:mod:`moe_theory.store`).
 
-    The replications are fitted in blocks of at most :func:`memory_rep_block`; an out-of-memory
-    error halves the block and retries it. Every replication's data and start are seeded by its
-    own number, and the batched solvers treat each replication on its own, so the rows depend on
-    the block size only through rounding (sums over samples are chunked by the batch's size);
+    The replications are fitted in blocks of at most :func:`memory_rep_block`, waiting for
+    memory that other processes hold and halving a block that does not fit the device alone
+    (:func:`fit_in_blocks`). Every replication's data and start are seeded by its own number,
+    and the batched solvers treat each replication on its own, so the rows depend on the block
+    size only through rounding (on a GPU, sums over samples are chunked by the batch's size);
     weakly identified fits, which creep along flat directions for all their iterations, can
-    amplify that rounding, so the block is kept at the config's unless memory is short.
+    amplify that rounding, so the block is kept at the config's unless the device is too small.
 
     Returns
     -------
-    ``{"shard", "status", "rows", "rep_block", "oom_retries", "wall_s", "worker"}``: small, so
-    that a remote worker sends back no table. ``status`` is ``computed``, ``stored`` (finished
+    ``{"shard", "status", "rows", "reps", "rep_block", "oom_retries", "wall_s", "worker"}``:
+    small, so that a remote worker sends back no table. ``status`` is ``computed``, ``stored`` (finished
     meanwhile by another writer) or ``claimed`` (another writer holds it: ``worker`` names it).
     """
     out = Path(out)
     start = time.perf_counter()
-    meta = {"shard": shard.key, "status": "computed", "rows": 0, "rep_block": 0,
-            "oom_retries": 0, "wall_s": 0.0, "worker": f"{HOST}:{os.getpid()}"}
+    meta = {"shard": shard.key, "status": "computed", "rows": 0, "reps": shard.rep_stop - shard.rep_start,
+            "rep_block": 0, "oom_retries": 0, "wall_s": 0.0, "worker": f"{HOST}:{os.getpid()}"}
     claim = try_claim(out, shard)
     if not isinstance(claim, Claim):
         return {**meta, "status": "claimed", "worker": str(claim)}
@@ -298,6 +299,9 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
             rows, block, retries = fit_in_blocks(shard, config, device, backend,
                                                  recorded_references(out))
             write_shard(out, shard, rows)
+        # the other processes on the GPU wait for the memory this shard's batches cached rather
+        # than shrink their blocks (fit_in_blocks): give it back between shards
+        _empty_cache(device)
     finally:
         claim.release()
     return {**meta, "rows": len(rows), "rep_block": block, "oom_retries": retries,
@@ -328,13 +332,31 @@ def _empty_cache(device: str) -> None:
                 raise
 
 
+def _others_hold_memory(device: str) -> bool:
+    """Whether other processes hold memory on the GPU ``device`` (:func:`held_by_others`); a GPU
+    too full to answer is held by them. Never on the CPU."""
+    if not device.startswith("cuda"):
+        return False
+    try:
+        return held_by_others(device)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        return True
+
+
 def waiting_for_memory(run: Callable[[], T], device: str, what: str,
-                       log: Callable[[str], None]) -> T:
+                       log: Callable[[str], None], *, divisible: bool = False) -> T:
     """``run()``, and again after each wait for memory (:func:`_memory_waits`) while the GPU has
-    too little: for work that cannot be split into smaller batches (one replication, the memory
-    plan's own query, a G_bar search on its whole design, the reference certificates), which
-    waits for other processes' batches to end. The same computation is repeated, so the result
-    is the one an undisturbed run gives; the waits spent, the error."""
+    too little: the same computation is repeated, so the result is the one an undisturbed run
+    gives; the waits spent, the error.
+
+    For work that cannot be split into smaller batches (one replication, the memory plan's own
+    query, a G_bar search on its whole design, the reference certificates) every shortage is
+    waited for. ``divisible``: work that can (a block of replications, :func:`fit_in_blocks`),
+    whose rows a smaller block would change in the last bits; it waits only while other
+    processes hold memory (:func:`_others_hold_memory`), and otherwise the error returns at
+    once: the block does not fit the GPU alone, and a wait would not change that."""
     waits = iter(_memory_waits(device))
     while True:
         try:
@@ -342,10 +364,11 @@ def waiting_for_memory(run: Callable[[], T], device: str, what: str,
         except (MemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):
                 raise
-            wait = next(waits, None)
+            # the reserve this process holds is subtracted, failed batch or not (held_by_others)
+            wait = next(waits, None) if not divisible or _others_hold_memory(device) else None
             if wait is None:
                 raise
-        # outside the except clause, as in fit_in_blocks: the failed attempt's tensors are free
+        # outside the except clause: its traceback no longer pins the failed attempt's tensors
         _empty_cache(device)
         log(f"{what}: the GPU has too little memory free (other processes hold it); "
             f"trying again in {wait:g} s")
@@ -359,10 +382,14 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
     """The shard's rows (:func:`run_shard`), the block size that fitted and the number of
     out-of-memory retries: the sweep's shards and the optimiser check's refits alike.
 
-    Memory short halves the block; with one replication per block, or where the device cannot
-    say how much is free, nothing is left to halve and the batch waits for other processes to
-    free some (:func:`waiting_for_memory`) before the error ends the shard (stored shards are
-    kept: a resumed sweep goes on). Each wait counts as a retry.
+    The block is the shard's unless the memory plan (:func:`memory_rep_block`, made against the
+    device's whole memory) caps it, so the rows are the same bit for bit whatever other
+    processes hold. On a GPU that other processes fill, a block without memory waits for their
+    batches to end and runs again whole (:func:`waiting_for_memory`); one that does not fit
+    alone, or whose waits are spent, is halved (its rows then differ from an undisturbed run's
+    in the last bits: :func:`_log_shard` says so). One replication, or a plan that cannot ask
+    the device, waits in any case, and the waits spent, the error ends the shard (stored shards
+    are kept: a resumed sweep goes on). Each wait and each halving counts as a retry.
 
     The rows come sorted by the store's keys (a sweep's shard), or with ``sort=False`` in
     :func:`run_shard`'s own order (gate, loss, replication: the check's refits, stored in that
@@ -378,16 +405,13 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
         sub = Shard(shard.setting, shard.n, first, min(first + block, shard.rep_stop))
         fit = functools.partial(run_shard, config, sub, device=device, backend=backend,
                                 gates=gates, references=references)
-        if block == 1:
-            frames.append(waiting_for_memory(fit, device, sub.key, waited.append))
-            first = sub.rep_stop
-            continue
         try:
-            frames.append(fit())
+            frames.append(waiting_for_memory(fit, device, sub.key, waited.append,
+                                             divisible=block > 1))
             first = sub.rep_stop
             continue
         except (MemoryError, RuntimeError) as err:
-            if not is_out_of_memory(err):
+            if block == 1 or not is_out_of_memory(err):
                 raise
         # outside the except clause: its traceback no longer pins the failed batch's tensors
         block, halvings = block // 2, halvings + 1
@@ -424,8 +448,15 @@ def _kernel_models(config: SweepConfig) -> list[tuple[str, str, str, int, int]]:
 def _log_shard(meta: dict, log: Callable[[str], None], bar, *, index: int, total: int,
                elapsed: float, computed: int) -> None:
     """Advance the progress bar, or (stderr not a terminal) log one line, for a computed shard:
-    the ``index``-th finished of ``total``, the ``computed``-th this run, ``elapsed`` s in."""
+    the ``index``-th finished of ``total``, the ``computed``-th this run, ``elapsed`` s in. A
+    shard fitted in smaller blocks than its own is logged in any case: its rows are another
+    block's, the same as an undisturbed run's only to rounding (:func:`fit_in_blocks`)."""
     bar.update(1)
+    if meta["rep_block"] < meta["reps"]:
+        message = (f"{meta['shard']}: fitted in blocks of {meta['rep_block']} of its "
+                   f"{meta['reps']} replications (memory short): its rows equal a run with these "
+                   "blocks bit for bit, one with the shard's own blocks to rounding")
+        log(message)
     if bar.disable:
         eta = elapsed / computed * (total - index)
         retried = f", {meta['oom_retries']} OOM retries" if meta["oom_retries"] else ""

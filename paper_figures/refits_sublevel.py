@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from moe_theory.rates import CURVE_KEYS
-from moe_theory.store import load_results
+from moe_theory.store import load_results, read_csv
 from moe_theory.sublevel import LOOSE, data_set_ratios
 
 HERE = Path(__file__).resolve().parent
@@ -53,7 +53,7 @@ def ratios(folder: Path) -> pd.DataFrame:
 def summary(folder: Path, all_curves: bool = False) -> pd.DataFrame:
     """Per curve of ``folder``: its verdict, the checked data sets with a ratio, the median and
     largest ratio, and how many exceed :data:`LOOSE`."""
-    rates = pd.read_csv(folder / "rates.csv")
+    rates = read_csv(folder / "rates.csv")
     if not all_curves and "plotted" in rates:
         rates = rates[rates["plotted"].astype(bool)]
     per = ratios(folder)

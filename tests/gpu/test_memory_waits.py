@@ -1,5 +1,7 @@
-"""On a real GPU, a sweep's G_bar search and reference certificates wait for memory that another
-process holds, then give what an undisturbed run gives (``moe_theory.sweep.waiting_for_memory``).
+"""On a real GPU, a sweep's G_bar search, reference certificates and blocks of replications wait
+for memory that another process holds, then give what an undisturbed run gives
+(``moe_theory.sweep.waiting_for_memory``): a block keeps its size, so its rows are the same bit for
+bit.
 
 On a CPU nothing here runs (the ``gpu`` marker skips it): tests/moe_theory/test_executors.py
 simulates the error; only a device shows that a G_bar search's real out-of-memory error is
@@ -11,11 +13,14 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 
+from kernels.memory import CONTEXT_BYTES, held_by_others
 from moe_theory import store, sweep
 from moe_theory.config import load_config
+from moe_theory.store import Shard
 
 pytestmark = pytest.mark.gpu
 
@@ -79,3 +84,44 @@ def test_the_g_bar_search_waits_for_another_processes_memory(tmp_path, monkeypat
                for line in logs)
     assert refs == calm_refs != {}
     assert certs == calm_certs != []
+
+
+def _hold(tmp_path, left_free_mib: int, hold_s: float) -> subprocess.Popen:
+    """Start the other process and return once it holds the GPU but ``left_free_mib``."""
+    torch.cuda.empty_cache()  # this process's cached blocks back to the GPU, for the holder
+    flag = tmp_path / "held"
+    flag.unlink(missing_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(left_free_mib), str(flag),
+                               str(hold_s)])
+    while not flag.exists():
+        assert holder.poll() is None, "the holding process ended before it held the memory"
+        time.sleep(0.1)
+    return holder
+
+
+def test_a_block_waits_for_another_processes_memory_and_keeps_its_size(tmp_path, monkeypatch):
+    """A block of 4 replications at n = 10^5 (tens of MiB) fitted alone, then while another
+    process leaves the GPU 64 MiB: it waits, runs again whole, and its rows are the calm
+    block's bit for bit. Alone, this process's own context is not counted as another's."""
+    (tmp_path / "block.toml").write_text(CONFIG.replace("n = [200, 400]", "n = [100000]")
+                                         .replace("reps = 2", "reps = 4"))
+    config = load_config(tmp_path / "block.toml")
+    shard = Shard("small-sparse-relu", 100_000, 0, 4)
+    monkeypatch.setenv("MOE_THEORY_CACHE", str(tmp_path / "cache"))  # a G_bar of its own
+    references = None
+    calm, calm_block, calm_retries = sweep.fit_in_blocks(shard, config, "cuda", "auto", references)
+    free, total = torch.cuda.mem_get_info()
+    outside = total - free - torch.cuda.memory_reserved()
+    print(f"this process outside its allocator's reserve: {outside / 2**20:.0f} MiB")
+    assert not held_by_others("cuda") and outside < CONTEXT_BYTES
+    assert (calm_block, calm_retries) == (4, 0)
+
+    holder = _hold(tmp_path, LEFT_FREE_MIB, HOLD_S)
+    try:
+        assert held_by_others("cuda")
+        rows, block, retries = sweep.fit_in_blocks(shard, config, "cuda", "auto", references)
+    finally:
+        holder.wait()
+    assert block == 4 and retries >= 1
+    pd.testing.assert_frame_equal(rows.drop(columns="wall_s"), calm.drop(columns="wall_s"),
+                                  check_exact=True)

@@ -389,9 +389,11 @@ def test_one_replication_without_memory_waits_for_it(monkeypatch, config_path, l
 
 def test_a_gpu_too_full_for_a_context_still_waits(monkeypatch, config_path, local_run):
     """On "cuda" (simulated here: the fits run on the CPU) a batch without memory waits the GPU's
-    own waits, and emptying the cache on a GPU too full for a CUDA context is no error."""
+    own waits, and emptying the cache on a GPU too full for a CUDA context is no error. The
+    GPU is this process's alone here: a block of 2 that does not fit is halved at once."""
     real, calls, waited = sweep.run_shard, [], []
     monkeypatch.setattr(sweep, "memory_rep_block", lambda *args: None)
+    monkeypatch.setattr(sweep, "held_by_others", lambda device: False)
     monkeypatch.setattr(sweep.time, "sleep", waited.append)
 
     def no_context():
@@ -412,6 +414,54 @@ def test_a_gpu_too_full_for_a_context_still_waits(monkeypatch, config_path, loca
     assert calls == [2, 1, 1, 1] and waited == [sweep.GPU_MEMORY_WAITS_S[0]]
     assert (block, retries) == (1, 2)
     assert_same_table(rows, pd.read_parquet(shard_path(local_run[0], shard)), batched=True)
+
+
+@pytest.mark.parametrize("others", ["hold memory", "fill the GPU past a query"])
+def test_a_block_waits_while_other_processes_hold_the_gpu(monkeypatch, config_path, local_run,
+                                                          others):
+    """On a GPU that other processes fill, a block without memory waits for them and runs again
+    whole: the rows are an undisturbed run's bit for bit, not a smaller block's (simulated
+    "cuda", the fits on the CPU). Its waits spent, it is halved, and the log says the rows
+    are another block's."""
+    real, calls, waited = sweep.run_shard, [], []
+    monkeypatch.setattr(sweep, "memory_rep_block", lambda *args: 8)  # planned: the shard's 2
+    monkeypatch.setattr(sweep.time, "sleep", waited.append)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+
+    def held_by_others(device):
+        if others == "hold memory":
+            return True
+        raise torch.AcceleratorError("CUDA error: out of memory")  # no room for the query
+
+    monkeypatch.setattr(sweep, "held_by_others", held_by_others)
+    freed_after = 3
+
+    def fits_on_the_cpu(config, shard, **kwargs):
+        calls.append(shard.rep_stop - shard.rep_start)
+        if len(calls) <= freed_after:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(config, shard, **{**kwargs, "device": "cpu"})
+
+    monkeypatch.setattr(sweep, "run_shard", fits_on_the_cpu)
+    config = load_config(config_path)
+    shard = plan(config)[-1]
+    rows, block, retries = sweep.fit_in_blocks(shard, config, "cuda", "auto", None)
+    assert calls == [2, 2, 2, 2] and waited == list(sweep.GPU_MEMORY_WAITS_S[:3])
+    assert (block, retries) == (2, 3)
+    assert_same_table(rows, pd.read_parquet(shard_path(local_run[0], shard)))
+
+    # other processes that never let go: the block's waits spent, it is halved
+    calls.clear(), waited.clear()
+    freed_after = len(sweep.GPU_MEMORY_WAITS_S) + 1
+    rows, block, retries = sweep.fit_in_blocks(shard, config, "cuda", "auto", None)
+    assert calls == [2] * freed_after + [1, 1] and waited == list(sweep.GPU_MEMORY_WAITS_S)
+    assert (block, retries) == (1, len(sweep.GPU_MEMORY_WAITS_S) + 1)
+    assert_same_table(rows, pd.read_parquet(shard_path(local_run[0], shard)), batched=True)
+    lines = []
+    meta = {"shard": shard.key, "reps": 2, "rep_block": 1, "oom_retries": retries, "worker": "w"}
+    sweep._log_shard(meta, lines.append, sweep._progress(1, 0, "t"), index=1, total=1,
+                     elapsed=1.0, computed=1)
+    assert "fitted in blocks of 1 of its 2 replications" in lines[0]
 
 
 def test_the_checks_refits_halve_their_block_too(monkeypatch, config_path):
@@ -529,10 +579,11 @@ def test_block_follows_the_machine_memory(monkeypatch, config_path, local_run, t
     shard = Shard("small-sparse-relu", 300, 0, 2)
     assert sweep.memory_rep_block(config, shard.setting, shard.n, "cpu") >= 2
     # room for one replication of n = 300, d = 2 next to no Jacobian chunk (CPU reserves one)
+    import kernels.memory
     from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 
     one_rep = sweep.BYTES_PER_REP_SAMPLE_COORD * shard.n * 3
-    monkeypatch.setattr(sweep, "physical_memory",
+    monkeypatch.setattr(kernels.memory, "physical_memory",
                         lambda: (JACOBIAN_CHUNK_BYTES["cpu"] + 1.5 * one_rep) / 0.5)
     assert sweep.memory_rep_block(config, shard.setting, shard.n, "cpu") == 1
     meta = compute_shard(shard, config=config, out=tmp_path)

@@ -18,11 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import moe_theory as mt
+from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import store, sweep
 from moe_theory.cli import main
 from moe_theory.config import parse_config
@@ -283,14 +285,41 @@ def test_triton_on_the_cpu_without_the_interpreter_is_refused_before_any_file(tm
 
 # ---- reproducibility --------------------------------------------------------------------------
 
+def test_a_csv_table_reads_back_every_float_bit_for_bit(tmp_path):
+    """A committed table (results.csv.gz, fits.csv.gz) is read back as the numbers written, on
+    every pandas: 3.0.6's default parser read 0.020017540400954822 as 0.0200175404009548, and
+    `moe-theory compare` called the same fits different (store.read_csv)."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([[0.020017540400954822, 7.281019131421747e-10, 5e-324],
+                             rng.standard_normal(5000) * 10.0 ** rng.integers(-300, 300, 5000)])
+    store._write_csv(tmp_path / "t.csv.gz", pd.DataFrame({"x": values}))
+    back = store.read_csv(tmp_path / "t.csv.gz")["x"].to_numpy()
+    assert back.dtype == np.float64 and np.array_equal(back.view(np.int64), values.view(np.int64))
+
+
 def test_block_is_planned_against_fixed_memory_not_the_free_count(monkeypatch):
     """The free count moves with the page cache and other processes; a block chosen from it made
-    a resumed sweep's rows differ in the last bits from an uninterrupted one's."""
+    a resumed sweep's rows differ in the last bits from an uninterrupted one's (on a GPU, one
+    run beside other processes from one alone)."""
+    import kernels.memory
+
     before = sweep.memory_rep_block(parse_config(TINY), "small-sparse-relu", 200, "cpu")
-    monkeypatch.setattr(sweep, "free_memory", lambda device: 1)
+    sysconf = os.sysconf
+    monkeypatch.setattr(kernels.memory.os, "sysconf", lambda name: (
+        1 if name == "SC_AVPHYS_PAGES" else sysconf(name)))  # one free page
     assert sweep.memory_rep_block(parse_config(TINY), "small-sparse-relu", 200, "cpu") == before
-    monkeypatch.setattr(sweep, "physical_memory", lambda: 1)
+    monkeypatch.setattr(kernels.memory, "physical_memory", lambda: 1)
     assert sweep.memory_rep_block(parse_config(TINY), "small-sparse-relu", 200, "cpu") == 1
+
+    # a GPU's: its total, whatever the free count (simulated: its properties and driver query)
+    class H100:
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: H100)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1, H100.total_memory))
+    cap = sweep.memory_rep_block(parse_config(TINY), "small-sparse-relu", 10**6, "cuda")
+    budget = sweep.MEMORY_FRACTION * H100.total_memory - JACOBIAN_CHUNK_BYTES["cuda"]
+    assert cap == int(budget // (sweep.BYTES_PER_REP_SAMPLE_COORD * 10**6 * 3)) > 1
 
 
 def test_resume_with_another_thread_count_warns(copy, monkeypatch):

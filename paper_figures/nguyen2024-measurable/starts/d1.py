@@ -40,7 +40,7 @@ from moe_theory.certificates import design, reference_certificate, write_referen
 from moe_theory.config import load_config
 from moe_theory.measure import MixingMeasure
 from moe_theory.settings import Setting, get_setting, list_settings, register
-from moe_theory.store import FIT_MEASURE, load_fits
+from moe_theory.store import FIT_MEASURE, load_fits, read_csv
 from moe_theory.sweep import shard_box
 from moe_theory.voronoi import matched_gauge_d1, voronoi_loss
 
@@ -246,7 +246,7 @@ def main() -> None:
         print(table.round(3).to_string(index=False))
         return
     if args.summary:
-        table = pd.concat([pd.read_csv(path) for path in args.tables], ignore_index=True)
+        table = pd.concat([read_csv(path) for path in args.tables], ignore_index=True)
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(summary(table).round(3).to_string(index=False))
         return

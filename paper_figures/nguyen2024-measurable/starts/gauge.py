@@ -27,7 +27,7 @@ import pandas as pd
 from moe_theory.config import load_config
 from moe_theory.measure import MixingMeasure
 from moe_theory.rates import fit_rate
-from moe_theory.store import FIT_MEASURE, load_fits
+from moe_theory.store import FIT_MEASURE, load_fits, read_csv
 from moe_theory.voronoi import matched_gauge_d1, voronoi_loss
 
 SETTING = "nguyen2024-measurable-gelu-d4"
@@ -51,7 +51,7 @@ def with_matched_d1(table: pd.DataFrame, reference: MixingMeasure) -> pd.DataFra
 def read_ties(paths, reference: MixingMeasure) -> pd.DataFrame:
     """The per-start tables of ``paths`` as one, each start once (the spreads' tables share
     their near-reference start, fitted alike in both), with ``D1_matched``."""
-    table = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+    table = pd.concat([read_csv(path) for path in paths], ignore_index=True)
     table = table.drop_duplicates(["n", "rep", "start", "ssr"])
     return pd.concat([with_matched_d1(d, reference) for _, d in table.groupby("n")])
 

@@ -36,7 +36,7 @@ from moe_theory.plotting import GATE_COLORS, draw_rates, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
 from moe_theory.settings import get_setting
-from moe_theory.store import FIT_MEASURE
+from moe_theory.store import FIT_MEASURE, read_csv
 from moe_theory.sweep import applicable_losses, shard_box, shard_data, shard_init
 from moe_theory.theory import predicted_rate
 from moe_theory.voronoi import voronoi_loss
@@ -145,7 +145,7 @@ def read_tables(paths, scale: float) -> tuple[pd.DataFrame, int]:
     start-fit once: tables that share fits (a start of one n, box and replication is the same
     problem in every table, from the same seeds) count it from the first table given. Returns
     the table and how many rows were shared."""
-    table = pd.concat([_with_box_and_cap(pd.read_csv(path), scale) for path in paths],
+    table = pd.concat([_with_box_and_cap(read_csv(path), scale) for path in paths],
                       ignore_index=True)
     shared = table.duplicated(["gate", "bound_scale", "max_iter", "n", "rep", "start"])
     return table[~shared].reset_index(drop=True), int(shared.sum())

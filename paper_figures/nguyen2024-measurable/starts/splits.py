@@ -41,6 +41,7 @@ from moe_theory.initialization import all_splits, multi_start
 from moe_theory.plotting import GATE_COLORS, save_figure, use_style
 from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
+from moe_theory.store import read_csv
 from moe_theory.sweep import shard_data
 from moe_theory.voronoi import voronoi_loss
 
@@ -281,7 +282,7 @@ def main() -> None:
         if args.atoms:
             atoms.to_csv(args.atoms, index=False)
         return
-    table = pd.read_csv(args.table)
+    table = read_csv(args.table)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary(table).round(3).to_string(index=False))
         print("slopes of the per-n mean, every fit kept (bootstrap 95% CI): a study of starts, "

@@ -29,6 +29,7 @@ from moe_theory.estimators import box_bounds, fit_lse
 from moe_theory.initialization import NearTruth
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import reference_measure
+from moe_theory.store import read_csv
 from moe_theory.sweep import reference_split, shard_data
 from moe_theory.voronoi import voronoi_loss
 
@@ -123,7 +124,7 @@ def summary(per_start: pd.DataFrame, nu: float) -> pd.DataFrame:
 def main(argv: list[str]) -> None:
     if argv[:1] == ["summary"]:
         nu = load_config("nguyen2024-measurable").setting("nguyen2024-measurable-relu").noise_var
-        per_start = pd.read_csv(HERE / "per_start.csv")
+        per_start = read_csv(HERE / "per_start.csv")
         print(summary(per_start, nu).to_string(index=False))
         # deeper minima, larger errors: per fit, the rank correlation over its 21 starts
         rho = per_start.groupby(["n", "rep"]).apply(
@@ -131,7 +132,7 @@ def main(argv: list[str]) -> None:
         print("median Spearman correlation of SSR gap and error:",
               ", ".join(f"{r:.2f} at n = {n}" for n, r in rho.items()))
         # the 8 wide starts beside the 21: how often they go deeper, and the best of all 29
-        wide = pd.read_csv(HERE / "wide_starts.csv")
+        wide = read_csv(HERE / "wide_starts.csv")
         for n, d in pd.concat([per_start, wide.assign(split=-1)], ignore_index=True).groupby("n"):
             best21 = per_start[per_start.n == n].groupby("rep").ssr.min()
             gap = (best21 - wide[wide.n == n].groupby("rep").ssr.min()) / nu
@@ -147,7 +148,7 @@ def main(argv: list[str]) -> None:
     table, name = (fit_starts(n), "per_start.csv") if what == "fit" else (wide_starts(n),
                                                                           "wide_starts.csv")
     path = HERE / name
-    old = pd.read_csv(path) if path.exists() else table.iloc[:0]
+    old = read_csv(path) if path.exists() else table.iloc[:0]
     pd.concat([old[old.n != n], table]).to_csv(path, index=False)
 
 

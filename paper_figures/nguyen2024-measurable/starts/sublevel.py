@@ -34,7 +34,7 @@ import pandas as pd
 
 from moe_theory.config import load_config
 from moe_theory.rates import fit_rate
-from moe_theory.store import FIT_MEASURE
+from moe_theory.store import FIT_MEASURE, read_csv
 
 #: the statistics of a data set's certified starts whose rate against n is fitted
 ENVELOPE = ("best", "median", "max")
@@ -56,7 +56,7 @@ def read_starts(paths, loss: str, first: int | None = None,
     where the tables hold several (``splits.py``'s); ``D1_matched`` measured where it is the
     loss. SSRs in noise variances (``splits.py``'s ``ssr_nu``) serve as well: only their order
     against the reference's is read."""
-    tables = [pd.read_csv(path).rename(columns={"ssr_nu": "ssr", "ref_ssr_nu": "ref_ssr"})
+    tables = [read_csv(path).rename(columns={"ssr_nu": "ssr", "ref_ssr_nu": "ref_ssr"})
               for path in paths]
     if box is not None:
         column = next((c for c in ("box", "bound_scale") if c in tables[0]), None)
@@ -191,7 +191,7 @@ def main() -> None:
         return
     if not args.tables:
         p.error("give the tables of a study, or --figure STEM")
-    head = pd.read_csv(args.tables[0], nrows=1)
+    head = read_csv(args.tables[0], nrows=1)
     gate = head["gate"].iloc[0] if "gate" in head else "softmax"  # splits.py's: softmax only
     loss = args.loss or ("D1_matched" if gate == "softmax" else "D3")
     per = sublevel(read_starts(args.tables, loss, args.first, args.config, args.box), loss)
