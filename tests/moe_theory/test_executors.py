@@ -387,6 +387,18 @@ def test_one_replication_without_memory_waits_for_it(monkeypatch, config_path, l
     assert waited == [0.0, 0.0] and not (tmp_path / "never" / "shards").exists()
 
 
+def _gpu_full_for(failures: int, run_shard, calls: list[int]):
+    """A ``run_shard`` on a simulated "cuda" whose first ``failures`` batches find no memory;
+    then it fits on the CPU. Each batch's size is appended to ``calls``."""
+    def fits_on_the_cpu(config, shard, **kwargs):
+        calls.append(shard.rep_stop - shard.rep_start)
+        if len(calls) <= failures:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return run_shard(config, shard, **{**kwargs, "device": "cpu"})
+
+    return fits_on_the_cpu
+
+
 def test_a_gpu_too_full_for_a_context_still_waits(monkeypatch, config_path, local_run):
     """On "cuda" (simulated here: the fits run on the CPU) a batch without memory waits the GPU's
     own waits, and emptying the cache on a GPU too full for a CUDA context is no error. The
@@ -401,13 +413,7 @@ def test_a_gpu_too_full_for_a_context_still_waits(monkeypatch, config_path, loca
 
     monkeypatch.setattr(torch.cuda, "empty_cache", no_context)
 
-    def fits_on_the_cpu(config, shard, **kwargs):
-        calls.append(shard.rep_stop - shard.rep_start)
-        if len(calls) < 3:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(config, shard, **{**kwargs, "device": "cpu"})
-
-    monkeypatch.setattr(sweep, "run_shard", fits_on_the_cpu)
+    monkeypatch.setattr(sweep, "run_shard", _gpu_full_for(2, real, calls))
     config = load_config(config_path)
     shard = plan(config)[-1]
     rows, block, retries = sweep.fit_in_blocks(shard, config, "cuda", "auto", None)
@@ -434,15 +440,7 @@ def test_a_block_waits_while_other_processes_hold_the_gpu(monkeypatch, config_pa
         raise torch.AcceleratorError("CUDA error: out of memory")  # no room for the query
 
     monkeypatch.setattr(sweep, "held_by_others", held_by_others)
-    freed_after = 3
-
-    def fits_on_the_cpu(config, shard, **kwargs):
-        calls.append(shard.rep_stop - shard.rep_start)
-        if len(calls) <= freed_after:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(config, shard, **{**kwargs, "device": "cpu"})
-
-    monkeypatch.setattr(sweep, "run_shard", fits_on_the_cpu)
+    monkeypatch.setattr(sweep, "run_shard", _gpu_full_for(3, real, calls))
     config = load_config(config_path)
     shard = plan(config)[-1]
     rows, block, retries = sweep.fit_in_blocks(shard, config, "cuda", "auto", None)
@@ -453,6 +451,7 @@ def test_a_block_waits_while_other_processes_hold_the_gpu(monkeypatch, config_pa
     # other processes that never let go: the block's waits spent, it is halved
     calls.clear(), waited.clear()
     freed_after = len(sweep.GPU_MEMORY_WAITS_S) + 1
+    monkeypatch.setattr(sweep, "run_shard", _gpu_full_for(freed_after, real, calls))
     rows, block, retries = sweep.fit_in_blocks(shard, config, "cuda", "auto", None)
     assert calls == [2] * freed_after + [1, 1] and waited == list(sweep.GPU_MEMORY_WAITS_S)
     assert (block, retries) == (1, len(sweep.GPU_MEMORY_WAITS_S) + 1)
