@@ -86,13 +86,15 @@ RESULT_COLUMNS = [
 #: then gate/expert values, residuals and the trial point of LM hold a few more copies of that
 #: size. The Jacobian is chunked (kernels.moe.torch_pass) and reserved for separately.
 BYTES_PER_REP_SAMPLE_COORD = 8 * 8
-#: Share of the device memory (:func:`memory_rep_block`) a shard's batch may plan to use; the rest
-#: absorbs what the estimate misses (allocator fragmentation, the G_bar reference, other processes).
+#: Share of the device's whole memory (:func:`memory_rep_block`) a shard's batch may plan to use;
+#: the rest absorbs what the estimate misses (allocator fragmentation, the G_bar reference). What
+#: other processes hold is waited for, not planned around (:func:`fit_in_blocks`).
 MEMORY_FRACTION = 0.5
-#: Seconds to wait, one after the other, when even one replication finds no memory on a GPU, or
-#: the plan cannot ask (the driver's own query needs some): the memory is then held by other
-#: processes on the GPU, whose batches end and free it (on an H100, 2026-12-06, eleven sweeps of
-#: 2-3 processes each filled it and stopped every one). About 5 minutes per batch, then the error.
+#: Seconds to wait, one after the other, when a batch finds the GPU's memory held by other
+#: processes, whose batches end and free it (on an H100, 2026-12-06, eleven sweeps of 2-3
+#: processes each filled it and stopped every one), or when even one replication finds no memory
+#: or the plan cannot ask (the driver's own query needs some). About 5 minutes per batch, then
+#: the error (one replication) or a halved block.
 GPU_MEMORY_WAITS_S = (5, 10, 20, 30, 60, 60, 60, 60)
 
 #: Largest relative change of a recorded G_bar (max |change| over max |parameter|) that a
