@@ -627,13 +627,26 @@ def figure_title(title: str) -> str:
     return title
 
 
+#: A number in e-notation within words ("1.6e6", "4.1e+06"), not part of a name ("gelu_d4e6").
+_E_NOTATION = re.compile(r"(?<!\w)(?<!\d\.)\d+(?:\.\d+)?e\+?\d+(?!\w|\.\d)")
+
+
+def readable_numbers(text: str) -> str:
+    """``text`` with its numbers in e-notation written as the axes write them ("n = 1.6e6" ->
+    "n = 1.6·10^6", :func:`power_of_ten_label`): a description's own text cannot change without
+    changing its config's hash."""
+    return _E_NOTATION.sub(lambda m: power_of_ten_label(float(m.group(0)), digits=4), text)
+
+
 def _suptitle(fig: Figure, title: str) -> None:
     """The figure title in words, wrapped to the figure's width."""
     size = matplotlib.font_manager.FontProperties(
         size=matplotlib.rcParams["figure.titlesize"]).get_size_in_points()
     # an average glyph of DejaVu Sans is ~0.55 em wide
     chars = max(20, int(fig.get_size_inches()[0] * 72 / (0.55 * size)))
-    fig.suptitle("\n".join(textwrap.wrap(figure_title(title), chars)))
+    # wrapped before its numbers become mathtext, whose source is longer than what it draws
+    lines = textwrap.wrap(figure_title(title), chars)
+    fig.suptitle("\n".join(map(readable_numbers, lines)))
 
 
 def plot_rates(

@@ -35,6 +35,7 @@ from moe_theory.plotting import (
     panels_figure,
     plot_panels,
     plot_rates,
+    readable_numbers,
     use_style,
 )
 from moe_theory.rates import PLUS_MINUS
@@ -361,6 +362,25 @@ def test_titles_are_words_not_ids(df):
     assert "nguyen2024" not in suptitle and suptitle.replace("\n", " ") == figure_title(
         "nguyen2024")
     assert figure_title("my own title") == "my own title"
+
+
+def test_a_titles_numbers_read_as_the_axes_write_them(df):
+    """A description's "n = 1.6e6" is drawn as the tick labels draw sample sizes; names and
+    versions are left alone; the title wraps as its plain text does (mathtext's source is
+    longer than what it draws, and a title wrapped on it took a fourth line)."""
+    assert readable_numbers("sigmoid vs softmax to n = 1.6e6") == (
+        r"sigmoid vs softmax to n = $1.6\cdot10^{6}$")
+    assert readable_numbers("n = 4e3..3.2e4, 1e+05") == (
+        r"n = $4\cdot10^{3}$..$3.2\cdot10^{4}$, $10^{5}$")
+    assert readable_numbers("gelu_d4e6, v1.2e3x, 1.2.3e4") == "gelu_d4e6, v1.2e3x, 1.2.3e4"
+    title = ("Softmax MoE on a d = 4 dense softmax truth, GELU experts, box 10x in beta0 and 3x "
+             "in the rest, 2000 iterations, 32 wide starts, n 5.1e5 to 4.1e6")
+    fig = laid_out(df, [("toy-dense", "toy-dense", [("sigmoid", "D3")])], title=title)
+    lines = fig.get_suptitle().split("\n")
+    assert lines[-1].endswith(r"$5.1\cdot10^{5}$ to $4.1\cdot10^{6}$") and "e6" not in lines[-1]
+    plain = laid_out(df, [("toy-dense", "toy-dense", [("sigmoid", "D3")])],
+                     title=title.replace("5.1e5", "5.1x").replace("4.1e6", "4.1y"))
+    assert len(lines) == len(plain.get_suptitle().split("\n"))
 
 
 def test_titles_of_neighbouring_panels_do_not_overlap():
