@@ -41,6 +41,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 import threading
@@ -701,8 +702,8 @@ def fit_table(df: pd.DataFrame) -> pd.DataFrame:
 
 #: pandas before 3.1 parses floats with a fast converter that is not correctly rounded (3.1
 #: rounds correctly and deprecates the choice): there the round-trip one is asked for.
-_EXACT_FLOATS = ({} if tuple(int(v) for v in pd.__version__.split(".")[:2]) >= (3, 1)
-                 else {"float_precision": "round_trip"})
+_EXACT_FLOATS = ({} if tuple(map(int, re.match(r"(\d+)\.(\d+)", pd.__version__).groups()))
+                 >= (3, 1) else {"float_precision": "round_trip"})
 
 
 def read_csv(path: str | Path, **kwargs) -> pd.DataFrame:

@@ -283,13 +283,15 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
     Returns
     -------
     ``{"shard", "status", "rows", "reps", "rep_block", "oom_retries", "wall_s", "worker"}``:
-    small, so that a remote worker sends back no table. ``status`` is ``computed``, ``stored`` (finished
-    meanwhile by another writer) or ``claimed`` (another writer holds it: ``worker`` names it).
+    small, so that a remote worker sends back no table. ``status`` is ``computed``, ``stored``
+    (finished meanwhile by another writer) or ``claimed`` (another writer holds it: ``worker``
+    names it).
     """
     out = Path(out)
     start = time.perf_counter()
-    meta = {"shard": shard.key, "status": "computed", "rows": 0, "reps": shard.rep_stop - shard.rep_start,
-            "rep_block": 0, "oom_retries": 0, "wall_s": 0.0, "worker": f"{HOST}:{os.getpid()}"}
+    meta = {"shard": shard.key, "status": "computed", "rows": 0,
+            "reps": shard.rep_stop - shard.rep_start, "rep_block": 0, "oom_retries": 0,
+            "wall_s": 0.0, "worker": f"{HOST}:{os.getpid()}"}
     claim = try_claim(out, shard)
     if not isinstance(claim, Claim):
         return {**meta, "status": "claimed", "worker": str(claim)}
@@ -455,10 +457,9 @@ def _log_shard(meta: dict, log: Callable[[str], None], bar, *, index: int, total
     block's, the same as an undisturbed run's only to rounding (:func:`fit_in_blocks`)."""
     bar.update(1)
     if meta["rep_block"] < meta["reps"]:
-        message = (f"{meta['shard']}: fitted in blocks of {meta['rep_block']} of its "
-                   f"{meta['reps']} replications (memory short): its rows equal a run with these "
-                   "blocks bit for bit, one with the shard's own blocks to rounding")
-        log(message)
+        log(f"{meta['shard']}: fitted in blocks of {meta['rep_block']} of its {meta['reps']} "
+            "replications (memory short): its rows equal a run with these blocks bit for bit, "
+            "one with the shard's own blocks to rounding")
     if bar.disable:
         eta = elapsed / computed * (total - index)
         retried = f", {meta['oom_retries']} OOM retries" if meta["oom_retries"] else ""

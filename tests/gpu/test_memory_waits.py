@@ -65,27 +65,6 @@ def _references_stage(config, out, monkeypatch, cache, holder=None):
     return logs, sweep.recorded_references(out), certificates
 
 
-def test_the_g_bar_search_waits_for_another_processes_memory(tmp_path, monkeypatch):
-    (tmp_path / "memory-waits.toml").write_text(CONFIG)
-    config = load_config(tmp_path / "memory-waits.toml")
-    _, calm_refs, calm_certs = _references_stage(config, tmp_path / "calm", monkeypatch,
-                                                 tmp_path / "cache-calm")
-    torch.cuda.empty_cache()  # the calm search's cached blocks back to the GPU, for the holder
-    flag = tmp_path / "held"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(LEFT_FREE_MIB), str(flag),
-                               str(HOLD_S)])
-    while not flag.exists():
-        assert holder.poll() is None, "the holding process ended before it held the memory"
-        time.sleep(0.1)
-    assert torch.cuda.mem_get_info()[0] < 2 * LEFT_FREE_MIB * 2**20
-    logs, refs, certs = _references_stage(config, tmp_path / "shared", monkeypatch,
-                                          tmp_path / "cache-shared", holder)
-    assert any(line.startswith("the G_bar references: the GPU has too little memory")
-               for line in logs)
-    assert refs == calm_refs != {}
-    assert certs == calm_certs != []
-
-
 def _hold(tmp_path, left_free_mib: int, hold_s: float) -> subprocess.Popen:
     """Start the other process and return once it holds the GPU but ``left_free_mib``."""
     torch.cuda.empty_cache()  # this process's cached blocks back to the GPU, for the holder
@@ -97,6 +76,21 @@ def _hold(tmp_path, left_free_mib: int, hold_s: float) -> subprocess.Popen:
         assert holder.poll() is None, "the holding process ended before it held the memory"
         time.sleep(0.1)
     return holder
+
+
+def test_the_g_bar_search_waits_for_another_processes_memory(tmp_path, monkeypatch):
+    (tmp_path / "memory-waits.toml").write_text(CONFIG)
+    config = load_config(tmp_path / "memory-waits.toml")
+    _, calm_refs, calm_certs = _references_stage(config, tmp_path / "calm", monkeypatch,
+                                                 tmp_path / "cache-calm")
+    holder = _hold(tmp_path, LEFT_FREE_MIB, HOLD_S)
+    assert torch.cuda.mem_get_info()[0] < 2 * LEFT_FREE_MIB * 2**20
+    logs, refs, certs = _references_stage(config, tmp_path / "shared", monkeypatch,
+                                          tmp_path / "cache-shared", holder)
+    assert any(line.startswith("the G_bar references: the GPU has too little memory")
+               for line in logs)
+    assert refs == calm_refs != {}
+    assert certs == calm_certs != []
 
 
 def test_a_block_waits_for_another_processes_memory_and_keeps_its_size(tmp_path, monkeypatch):
