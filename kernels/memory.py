@@ -14,6 +14,13 @@ def available_cuda_memory(device: torch.device | str) -> int:
     return torch.cuda.mem_get_info(device)[0] + reserve
 
 
+def free_bytes(device: torch.device | str) -> int:
+    """Bytes the driver counts free on the GPU ``device``: what a wait for other processes'
+    memory watches (this process's own cached reserve, which :func:`available_cuda_memory`
+    adds, does not change while it waits)."""
+    return torch.cuda.mem_get_info(device)[0]
+
+
 def total_memory(device: str | torch.device) -> int | None:
     """Bytes ``device`` has in all, a fixed number (a GPU's, or the machine's physical memory),
     or None where the platform does not say: a plan made against it is the same whatever other
@@ -48,5 +55,5 @@ def physical_memory() -> int | None:
         return None
 
 
-__all__ = ["CONTEXT_BYTES", "available_cuda_memory", "held_by_others",
+__all__ = ["CONTEXT_BYTES", "available_cuda_memory", "free_bytes", "held_by_others",
            "physical_memory", "total_memory"]

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from kernels.memory import held_by_others, total_memory
+from kernels.memory import free_bytes, held_by_others, total_memory
 from kernels.moe import precompile, resolve_backend
 from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import models
@@ -94,8 +94,13 @@ MEMORY_FRACTION = 0.5
 #: processes, whose batches end and free it (on an H100, 2026-12-06, eleven sweeps of 2-3
 #: processes each filled it and stopped every one), or when even one replication finds no memory
 #: or the plan cannot ask (the driver's own query needs some). About 5 minutes per batch, then
-#: the error (one replication) or a halved block.
+#: the error (one replication) or a halved block. A block of replications ends its wait early
+#: once the GPU has what it is planned to need free (:func:`_wait_for_memory`); the part left
+#: over is waited at the next shortage before the next wait begins, so a batch waits no longer
+#: in all, and halves no sooner, than these sum.
 GPU_MEMORY_WAITS_S = (5, 10, 20, 30, 60, 60, 60, 60)
+#: Seconds between looks at the GPU's free memory during a wait (a look is one driver query).
+MEMORY_POLL_S = 1.0
 
 #: Largest relative change of a recorded G_bar (max |change| over max |parameter|) that a
 #: resumed sweep accepts as rounding (another machine's or library's arithmetic) rather than
@@ -240,9 +245,24 @@ def memory_rep_block(config: SweepConfig, setting: str, n: int, device: str) -> 
     memory = total_memory(device)
     if memory is None:
         return None
-    d = get_setting(setting).d
-    budget = MEMORY_FRACTION * memory - JACOBIAN_CHUNK_BYTES.get(device.split(":")[0], 0)
-    return max(1, int(budget // (BYTES_PER_REP_SAMPLE_COORD * n * (d + 1))))
+    budget = MEMORY_FRACTION * memory - _jacobian_bytes(device)
+    return max(1, int(budget // _rep_bytes(setting, n)))
+
+
+def memory_need(setting: str, n: int, reps: int, device: str) -> int:
+    """Bytes a batched fit of ``reps`` replications of ``n`` samples is planned to need on
+    ``device``: what :func:`memory_rep_block` plans with, and what a block that waits for memory
+    waits to see free."""
+    return reps * _rep_bytes(setting, n) + _jacobian_bytes(device)
+
+
+def _rep_bytes(setting: str, n: int) -> int:
+    return BYTES_PER_REP_SAMPLE_COORD * n * (get_setting(setting).d + 1)
+
+
+def _jacobian_bytes(device: str) -> int:
+    """The Jacobian's chunk, reserved once per batch (kernels.moe.torch_pass)."""
+    return JACOBIAN_CHUNK_BYTES.get(device.split(":")[0], 0)
 
 
 #: What a CUDA library says when it cannot create its handle, which allocates device memory on
@@ -336,6 +356,36 @@ def _empty_cache(device: str) -> None:
                 raise
 
 
+def _free_memory(device: str) -> int | None:
+    """Bytes the driver counts free on the GPU ``device``, or None where a GPU too full for
+    the query cannot say (or no GPU: nothing to watch)."""
+    if not device.startswith("cuda"):
+        return None
+    try:
+        return free_bytes(device)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        return None
+
+
+def _wait_for_memory(device: str, seconds: float, need: int | None) -> float:
+    """Sleep up to ``seconds``, looking every :data:`MEMORY_POLL_S` at the GPU's free memory, and
+    stop at the first look that finds ``need`` bytes free: the seconds slept. Without a need
+    (work with no memory plan) the wait is whole; a look the driver cannot answer (a GPU too
+    full for its query) finds nothing free. Waiting for the planned need, not for any memory
+    freed, keeps processes that wait side by side from waking each other: each one's failed
+    attempt frees what it took, which is no sign that a batch fits (on an H100, two sweeps of
+    four processes woken by any 1 GiB freed retried one block 16 times)."""
+    start = time.monotonic()
+    while (slept := time.monotonic() - start) < seconds:
+        time.sleep(min(MEMORY_POLL_S, seconds - slept))
+        free = _free_memory(device) if need is not None else None
+        if free is not None and free >= need:
+            return time.monotonic() - start
+    return slept
+
+
 def _others_hold_memory(device: str) -> bool:
     """Whether other processes hold memory on the GPU ``device`` (:func:`held_by_others`); a GPU
     too full to answer is held by them. Never on the CPU."""
@@ -350,7 +400,8 @@ def _others_hold_memory(device: str) -> bool:
 
 
 def waiting_for_memory(run: Callable[[], T], device: str, what: str,
-                       log: Callable[[str], None], *, divisible: bool = False) -> T:
+                       log: Callable[[str], None], *, divisible: bool = False,
+                       need: int | None = None) -> T:
     """``run()``, and again after each wait for memory (:func:`_memory_waits`) while the GPU has
     too little: the same computation is repeated, so the result is the one an undisturbed run
     gives; the waits spent, the error.
@@ -360,8 +411,9 @@ def waiting_for_memory(run: Callable[[], T], device: str, what: str,
     waited for. ``divisible``: work that can (a block of replications, :func:`fit_in_blocks`),
     whose rows a smaller block would change in the last bits; it waits only while other
     processes hold memory (:func:`_others_hold_memory`), and otherwise the error returns at
-    once: the block does not fit the GPU alone, and a wait would not change that."""
-    waits = iter(_memory_waits(device))
+    once: the block does not fit the GPU alone, and a wait would not change that. ``need``: the
+    bytes the work is planned to need (:func:`memory_need`); a wait ends once they are free."""
+    waits, left = iter(_memory_waits(device)), 0.0  # left: a wait that memory freed cut short
     while True:
         try:
             return run()
@@ -369,14 +421,17 @@ def waiting_for_memory(run: Callable[[], T], device: str, what: str,
             if not is_out_of_memory(err):
                 raise
             # the reserve this process holds is subtracted, failed batch or not (held_by_others)
-            wait = next(waits, None) if not divisible or _others_hold_memory(device) else None
-            if wait is None:
+            if divisible and not _others_hold_memory(device):
                 raise
+            if left <= 0:
+                left = next(waits, None)
+                if left is None:
+                    raise
         # outside the except clause: its traceback no longer pins the failed attempt's tensors
         _empty_cache(device)
         log(f"{what}: the GPU has too little memory free (other processes hold it); "
-            f"trying again in {wait:g} s")
-        time.sleep(wait)
+            f"trying again in {left:.3g} s" + (", or once it is free" if need else ""))
+        left -= _wait_for_memory(device, left, need)
 
 
 def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
@@ -410,8 +465,9 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
         fit = functools.partial(run_shard, config, sub, device=device, backend=backend,
                                 gates=gates, references=references)
         try:
+            need = memory_need(shard.setting, shard.n, sub.rep_stop - sub.rep_start, device)
             frames.append(waiting_for_memory(fit, device, sub.key, waited.append,
-                                             divisible=block > 1))
+                                             divisible=block > 1, need=need))
             first = sub.rep_stop
             continue
         except (MemoryError, RuntimeError) as err:

@@ -344,6 +344,16 @@ def test_host_out_of_memory_is_retried_too(monkeypatch, config_path, local_run, 
                       pd.read_parquet(shard_path(local_run[0], shard)), batched=True)
 
 
+def _whole_waits(waited: list[float]):
+    """A ``_wait_for_memory`` that takes no time: each wait is appended to ``waited`` and
+    counted whole (no other process frees memory during it)."""
+    def wait(device: str, seconds: float, need: int | None) -> float:
+        waited.append(seconds)
+        return seconds
+
+    return wait
+
+
 def test_one_replication_without_memory_waits_for_it(monkeypatch, config_path, local_run,
                                                     tmp_path):
     """On a GPU other processes hold memory for a while: with one replication per block, or a
@@ -351,7 +361,7 @@ def test_one_replication_without_memory_waits_for_it(monkeypatch, config_path, l
     many as GPU_MEMORY_WAITS_S allows) and then the error ends it."""
     real, calls, waited = sweep.run_shard, [], []
     monkeypatch.setattr(sweep, "_memory_waits", lambda device: (0.0, 0.0))
-    monkeypatch.setattr(sweep.time, "sleep", waited.append)
+    monkeypatch.setattr(sweep, "_wait_for_memory", _whole_waits(waited))
     plan_fails = iter([True])
     real_plan = sweep.memory_rep_block
 
@@ -406,7 +416,7 @@ def test_a_gpu_too_full_for_a_context_still_waits(monkeypatch, config_path, loca
     real, calls, waited = sweep.run_shard, [], []
     monkeypatch.setattr(sweep, "memory_rep_block", lambda *args: None)
     monkeypatch.setattr(sweep, "held_by_others", lambda device: False)
-    monkeypatch.setattr(sweep.time, "sleep", waited.append)
+    monkeypatch.setattr(sweep, "_wait_for_memory", _whole_waits(waited))
 
     def no_context():
         raise torch.AcceleratorError("CUDA error: out of memory")
@@ -431,7 +441,7 @@ def test_a_block_waits_while_other_processes_hold_the_gpu(monkeypatch, config_pa
     are another block's."""
     real, calls, waited = sweep.run_shard, [], []
     monkeypatch.setattr(sweep, "memory_rep_block", lambda *args: 8)  # planned: the shard's 2
-    monkeypatch.setattr(sweep.time, "sleep", waited.append)
+    monkeypatch.setattr(sweep, "_wait_for_memory", _whole_waits(waited))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
 
     def held_by_others(device):
@@ -461,6 +471,96 @@ def test_a_block_waits_while_other_processes_hold_the_gpu(monkeypatch, config_pa
     sweep._log_shard(meta, lines.append, sweep._progress(1, 0, "t"), index=1, total=1,
                      elapsed=1.0, computed=1)
     assert "fitted in blocks of 1 of its 2 replications" in lines[0]
+
+
+class _SharedGpu:
+    """A clock and a GPU's free memory for :func:`sweep._wait_for_memory`: sleeping moves the
+    clock; 1 GiB is free, and 4 GiB from second ``at`` on (never, if None), when another
+    process's batch ends; the driver cannot answer before second ``answers_from``."""
+
+    def __init__(self, monkeypatch, at: float | None, answers_from: float = 0.0):
+        self.now, self.slept, self.at, self.answers_from = 0.0, [], at, answers_from
+        monkeypatch.setattr(sweep.time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(sweep.time, "sleep", self.sleep)
+        monkeypatch.setattr(sweep, "free_bytes", self.free)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def free(self, device) -> int:
+        if self.now < self.answers_from:
+            raise torch.AcceleratorError("CUDA error: out of memory")
+        return (4 if self.at is not None and self.now >= self.at else 1) * 2**30
+
+
+@pytest.mark.parametrize("at, need, slept", [
+    (3.0, 3 * 2**30, 3.0), (None, 3 * 2**30, 7.5), (0.5, 3 * 2**30, 1.0), (3.0, 5 * 2**30, 7.5),
+    (3.0, None, 7.5)], ids=["freed at 3 s", "never freed", "freed within the first look",
+                           "freed too little", "no need planned"])
+def test_a_wait_ends_once_the_planned_need_is_free(monkeypatch, at, need, slept):
+    """A wait for memory looks at the GPU's free memory every MEMORY_POLL_S and ends at the
+    first look that finds the batch's planned need free; otherwise (memory freed but not
+    enough, or work without a plan) it is whole, its last look cut to the time left."""
+    gpu = _SharedGpu(monkeypatch, at)
+    assert sweep._wait_for_memory("cuda", 7.5, need) == slept
+    assert gpu.slept == [1.0] * int(slept) + ([0.5] if slept == 7.5 else [])
+
+
+def test_a_look_the_driver_cannot_answer_finds_nothing_free(monkeypatch):
+    """A GPU too full for the driver's query at a look: that look finds nothing free, and the
+    next one that can answer ends the wait."""
+    gpu = _SharedGpu(monkeypatch, 0.0, answers_from=2.5)
+    assert sweep._wait_for_memory("cuda", 7.5, 2**30) == 3.0 and gpu.slept == [1.0] * 3
+    assert sweep._wait_for_memory("cpu", 2.0, 1) == 2.0  # no GPU to watch
+
+
+def test_a_block_waits_for_its_planned_need(monkeypatch, config_path, local_run):
+    """A block of replications waits for the memory its plan says it needs (sweep.memory_need,
+    the numbers memory_rep_block plans with), for the block it runs."""
+    real, calls, needs = sweep.run_shard, [], []
+    monkeypatch.setattr(sweep, "memory_rep_block", lambda *args: 8)
+    monkeypatch.setattr(sweep, "held_by_others", lambda device: True)
+    monkeypatch.setattr(sweep, "_wait_for_memory", lambda device, s, need: needs.append(need) or s)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(sweep, "run_shard", _gpu_full_for(1, real, calls))
+    config = load_config(config_path)
+    shard = plan(config)[-1]
+    sweep.fit_in_blocks(shard, config, "cuda", "auto", None)
+    setting = config.setting_objects()[0]
+    per_rep = sweep.BYTES_PER_REP_SAMPLE_COORD * shard.n * (setting.d + 1)
+    assert needs == [2 * per_rep + sweep.JACOBIAN_CHUNK_BYTES["cuda"]]
+    assert needs == [sweep.memory_need(shard.setting, shard.n, 2, "cuda")]
+    # the plan and the need are one formula: a block of the planned size needs at most its share
+    cap = sweep.memory_rep_block(config, shard.setting, shard.n, "cpu")
+    if cap is not None and cap > 1:
+        assert sweep.memory_need(shard.setting, shard.n, cap, "cpu") <= (
+            sweep.MEMORY_FRACTION * sweep.total_memory("cpu"))
+
+
+def test_a_wait_cut_short_is_finished_at_the_next_shortage(monkeypatch):
+    """A wait that ended early (the need free) leaves its rest for the next shortage, before the
+    next wait of GPU_MEMORY_WAITS_S: the waits never sum to more than those, nor run out
+    sooner. Other processes here free the need 2 s into every wait, and then take it again."""
+    waits, calls = [], []
+
+    def two_seconds(device, seconds, need):
+        waits.append(seconds)
+        return min(seconds, 2.0)
+
+    def never_fits():
+        calls.append(1)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(sweep, "_memory_waits", lambda device: (5.0, 3.0))
+    monkeypatch.setattr(sweep, "_wait_for_memory", two_seconds)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    lines = []
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        sweep.waiting_for_memory(never_fits, "cuda", "block", lines.append, need=2**30)
+    assert waits == [5.0, 3.0, 1.0, 3.0, 1.0] and len(calls) == len(waits) + 1
+    assert sum(min(w, 2.0) for w in waits) == 8.0 and len(lines) == len(waits)
+    assert "in 5 s, or once it is free" in lines[0] and "in 1 s" in lines[2]
 
 
 def test_the_checks_refits_halve_their_block_too(monkeypatch, config_path):
@@ -496,7 +596,7 @@ def test_the_references_stage_waits_for_memory_and_runs_again(monkeypatch, confi
     config, logs, waited = load_config(config_path), [], []
     sweep.prepare_references(config, tmp_path / "calm", log=lambda msg: None)
     monkeypatch.setattr(sweep, "_memory_waits", lambda device: (0.0, 0.0))
-    monkeypatch.setattr(sweep.time, "sleep", waited.append)
+    monkeypatch.setattr(sweep, "_wait_for_memory", _whole_waits(waited))
     real, calls = sweep.certify_references, []
 
     def full_gpu_at_first(*args, **kwargs):
@@ -546,7 +646,7 @@ def test_the_g_bar_search_waits_for_memory_too(monkeypatch, tmp_path):
         store.write_manifest(tmp_path / name, config, force=False)
     sweep.prepare_references(config, tmp_path / "calm", log=lambda msg: None)
     monkeypatch.setattr(sweep, "_memory_waits", lambda device: (0.0,))
-    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
+    monkeypatch.setattr(sweep, "_wait_for_memory", _whole_waits([]))
     real, calls, logs = sweep.reference_measure, [], []
 
     def full_gpu_at_first(*args, **kwargs):
