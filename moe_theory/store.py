@@ -706,12 +706,21 @@ _EXACT_FLOATS = ({} if tuple(map(int, re.match(r"(\d+)\.(\d+)", pd.__version__).
                  >= (3, 1) else {"float_precision": "round_trip"})
 
 
+#: Columns of text that can look like numbers: a config hash is 12 hex digits, and one such as
+#: ``441737e34545`` reads as a float (infinite), or one of digits alone as an integer; read as
+#: numbers, a certificate's hash no longer matched its table's and counted as not run, and a
+#: table written back held ``inf`` for its hash.
+TEXT_COLUMNS = ("config_hash",)
+
+
 def read_csv(path: str | Path, **kwargs) -> pd.DataFrame:
-    """A table the toolkit wrote as CSV (``.csv`` or ``.csv.gz``), every float the number it
-    held, whatever the pandas version (:data:`_EXACT_FLOATS`): with the default converter of
-    pandas 3.0.6, ``moe-theory compare`` read a committed SSR 0.020017540400954822 as
-    0.0200175404009548 on the GPU machine (2026-12-06) and called the same fits different."""
-    return pd.read_csv(path, **_EXACT_FLOATS, **kwargs)
+    """A table the toolkit wrote as CSV (``.csv`` or ``.csv.gz``), every value the one it held:
+    every float the number, whatever the pandas version (:data:`_EXACT_FLOATS`: with the
+    default converter of pandas 3.0.6, ``moe-theory compare`` read a committed SSR
+    0.020017540400954822 as 0.0200175404009548 on the GPU machine, 2026-12-06, and called the
+    same fits different), and :data:`TEXT_COLUMNS` as text."""
+    dtype = {column: str for column in TEXT_COLUMNS} | kwargs.pop("dtype", {})
+    return pd.read_csv(path, **_EXACT_FLOATS, dtype=dtype, **kwargs)
 
 
 def _write_csv(path: Path, table: pd.DataFrame) -> None:

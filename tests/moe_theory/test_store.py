@@ -297,6 +297,35 @@ def test_a_csv_table_reads_back_every_float_bit_for_bit(tmp_path):
     assert back.dtype == np.float64 and np.array_equal(back.view(np.int64), values.view(np.int64))
 
 
+@pytest.mark.parametrize("digest", ["441737e34545", "123456789012", "00000000001e", "0x1f"])
+def test_a_config_hash_reads_back_as_text(tmp_path, digest):
+    """A config hash that reads as a number (12 hex digits in e-notation read as inf, digits
+    alone as an integer) comes back as the text written, so a folder's certificates still match
+    its table's hash, and a table written back keeps it."""
+    table = pd.DataFrame({"loss_value": [1.5, 2.5], "config_hash": [digest, digest]})
+    store._write_csv(tmp_path / "t.csv.gz", table)
+    back = store.read_csv(tmp_path / "t.csv.gz")
+    assert list(back["config_hash"]) == [digest, digest]
+    assert back["loss_value"].dtype == np.float64
+    store._write_csv(tmp_path / "again.csv.gz", back)
+    assert (tmp_path / "again.csv.gz").read_bytes() == (tmp_path / "t.csv.gz").read_bytes()
+
+
+def test_a_committed_folder_reads_its_certificates():
+    """The committed pilot whose config hash reads as a number: its reference certificate
+    applies to its curves (not "not run")."""
+    from moe_theory.certificates import FolderCertificates
+    from moe_theory.rates import rates_table
+
+    folder = (Path(__file__).parents[2]
+              / "paper_figures/nguyen2024-measurable/starts/gelu_d4_groupbox15_pilot")
+    results = store.load_results(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(results["config_hash"]) == {manifest["config_hash"]} == {"441737e34545"}
+    table = rates_table(results, certificates=FolderCertificates.load(folder))
+    assert set(table["cert_reference"]) == {"pass", "fail"}
+
+
 def test_block_is_planned_against_fixed_memory_not_the_free_count(monkeypatch):
     """The free count moves with the page cache and other processes; a block chosen from it made
     a resumed sweep's rows differ in the last bits from an uninterrupted one's (on a GPU, one
