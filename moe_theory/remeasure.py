@@ -51,6 +51,14 @@ from moe_theory.voronoi import voronoi_loss
 #: rounds differently by ~1e-15 relative, while a changed definition moves them by far more. It
 #: is kept as stored, so that a table's bytes change only where a loss did.
 ROUNDING_RTOL = 1e-12
+#: A value measured again that moved by less than this (relative) is the same loss found by a
+#: search that stopped elsewhere, not another definition: the matched gauge's compass search
+#: (``D1_matched``), once it stopped per replication rather than per batch, moved eight
+#: committed folders' values by up to 3e-10 (the batch-wide stop had moved them by up to
+#: 1.5e-7 between batches), while a changed definition moves them by a factor. The new value
+#: is written, and the fit's reach over its starts (:data:`~moe_theory.sublevel.SUBLEVEL_LOSS`),
+#: measured by the same definition to that precision, is kept.
+SEARCH_RTOL = 1e-6
 #: The columns of :func:`remeasure`'s answer: one row per loss value the folder's tables hold or
 #: lack; ``stored`` where its fit's estimate is stored, ``same`` where the value measured again
 #: equals the stored one to :data:`ROUNDING_RTOL` (NaN equal to NaN), ``added`` where the table
@@ -141,15 +149,20 @@ def _kept(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 
 def _with_values(rows: pd.DataFrame, new: np.ndarray, added: np.ndarray) -> pd.DataFrame:
-    """``rows`` with the values to write (:func:`_kept`). Where a value changed or its row was
-    added, the fit's other starts' largest loss (:data:`~moe_theory.sublevel.SUBLEVEL_LOSS`) is
-    unknown: only the kept start's estimate is stored, so it becomes NaN rather than a value of
-    another definition or another loss's."""
+    """``rows`` with the values to write (:func:`_kept`). Where a value changed beyond
+    :data:`SEARCH_RTOL` or its row was added, the fit's other starts' largest loss
+    (:data:`~moe_theory.sublevel.SUBLEVEL_LOSS`) is unknown: only the kept start's estimate is
+    stored, so it becomes NaN rather than a value of another definition or another loss's. Where
+    it moved less, the starts' reach stands, raised to the new value where the kept start was
+    the largest."""
     old = rows["loss_value"].to_numpy(float)
     out = rows.assign(loss_value=_kept(old, new))
     if SUBLEVEL_LOSS in out:
-        stale = added | ~_same(old, new)
-        out[SUBLEVEL_LOSS] = np.where(stale, np.nan, out[SUBLEVEL_LOSS].to_numpy(float))
+        reach = out[SUBLEVEL_LOSS].to_numpy(float)
+        searched = np.isclose(new, old, rtol=SEARCH_RTOL, atol=0.0) & ~added
+        reach = np.where(searched & (reach == old), out["loss_value"].to_numpy(float), reach)
+        stale = added | (~_same(old, new) & ~searched)
+        out[SUBLEVEL_LOSS] = np.where(stale, np.nan, reach)
     return out
 
 

@@ -208,6 +208,37 @@ def test_a_value_off_by_rounding_is_kept_as_stored(finished, doubled_losses):
                                   2.0 * results.loc[others, "loss_value"])
 
 
+def test_a_value_a_search_found_elsewhere_is_written_and_keeps_its_reach(finished):
+    """A stored value that a search stopping elsewhere measured (here 1e-9 off the value measured
+    again, below SEARCH_RTOL) is the same loss: the new value is written and the fit's reach
+    over its starts stays, raised to the new value where the kept start was the largest. One
+    moved by a factor (another definition) loses its reach, as before."""
+    results = pd.read_csv(finished / "results.csv")
+    positive = results.index[(results["loss_value"] > 0) & results[SUBLEVEL_LOSS].notna()]
+    top = positive[results.loc[positive, SUBLEVEL_LOSS] == results.loc[positive, "loss_value"]][0]
+    below = positive[results.loc[positive, SUBLEVEL_LOSS] > results.loc[positive, "loss_value"]]
+    assert len(below), "the tiny sweep should have a fit whose other start reaches farther"
+    below, redefined = below[0], positive[-1]
+    assert len({top, below, redefined}) == 3
+    true = results["loss_value"].copy()
+    stored = results.copy()
+    stored.loc[[top, below], "loss_value"] *= 1 + 1e-9
+    stored.loc[top, SUBLEVEL_LOSS] = stored.loc[top, "loss_value"]  # the kept start is the largest
+    stored.loc[redefined, "loss_value"] *= 3.0
+    stored.to_csv(finished / "results.csv", index=False)
+
+    table = remeasure(finished, write=True)
+    assert int((~table["same"]).sum()) == 3
+    after = pd.read_csv(finished / "results.csv")
+    np.testing.assert_array_equal(after["loss_value"], true)
+    assert after.loc[top, SUBLEVEL_LOSS] == true[top]
+    assert after.loc[below, SUBLEVEL_LOSS] == results.loc[below, SUBLEVEL_LOSS]
+    assert np.isnan(after.loc[redefined, SUBLEVEL_LOSS])
+    others = ~after.index.isin([top, below, redefined])
+    pd.testing.assert_series_equal(after.loc[others, SUBLEVEL_LOSS],
+                                   results.loc[others, SUBLEVEL_LOSS])
+
+
 def test_a_changed_loss_definition_reaches_the_tables(finished, doubled_losses):
     """What remeasure is for: a loss defined anew is measured on every stored fit, and the
     rates follow, with no refit."""
