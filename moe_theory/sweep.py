@@ -356,17 +356,22 @@ def _empty_cache(device: str) -> None:
                 raise
 
 
-def _free_memory(device: str) -> int | None:
-    """Bytes the driver counts free on the GPU ``device``, or None where a GPU too full for
-    the query cannot say (or no GPU: nothing to watch)."""
+def _ask_driver(query: Callable[[str], T], device: str, *, no_gpu: T, too_full: T) -> T:
+    """``query(device)`` on a GPU; ``no_gpu`` on the CPU, ``too_full`` where the GPU has no
+    memory left for the driver's own query (the context or the query's allocation fails)."""
     if not device.startswith("cuda"):
-        return None
+        return no_gpu
     try:
-        return free_bytes(device)
+        return query(device)
     except (MemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):
             raise
-        return None
+        return too_full
+
+
+def _free_memory(device: str) -> int | None:
+    """Bytes the driver counts free on the GPU ``device``; None where it cannot say."""
+    return _ask_driver(free_bytes, device, no_gpu=None, too_full=None)
 
 
 def _wait_for_memory(device: str, seconds: float, need: int | None) -> float:
@@ -389,14 +394,7 @@ def _wait_for_memory(device: str, seconds: float, need: int | None) -> float:
 def _others_hold_memory(device: str) -> bool:
     """Whether other processes hold memory on the GPU ``device`` (:func:`held_by_others`); a GPU
     too full to answer is held by them. Never on the CPU."""
-    if not device.startswith("cuda"):
-        return False
-    try:
-        return held_by_others(device)
-    except (MemoryError, RuntimeError) as err:
-        if not is_out_of_memory(err):
-            raise
-        return True
+    return _ask_driver(held_by_others, device, no_gpu=False, too_full=True)
 
 
 def waiting_for_memory(run: Callable[[], T], device: str, what: str,
