@@ -7,18 +7,18 @@ import os
 import torch
 
 
-def available_cuda_memory(device: torch.device | str) -> int:
-    """Bytes this process can still allocate: the driver's free count plus what PyTorch's caching
-    allocator holds in reserve (freed blocks it keeps; the driver counts them as used)."""
-    reserve = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return torch.cuda.mem_get_info(device)[0] + reserve
-
-
 def free_bytes(device: torch.device | str) -> int:
     """Bytes the driver counts free on the GPU ``device``: what a wait for other processes'
     memory watches (this process's own cached reserve, which :func:`available_cuda_memory`
     adds, does not change while it waits)."""
     return torch.cuda.mem_get_info(device)[0]
+
+
+def available_cuda_memory(device: torch.device | str) -> int:
+    """Bytes this process can still allocate: the driver's free count plus what PyTorch's caching
+    allocator holds in reserve (freed blocks it keeps; the driver counts them as used)."""
+    reserve = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return free_bytes(device) + reserve
 
 
 def total_memory(device: str | torch.device) -> int | None:
