@@ -142,7 +142,8 @@ def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str =
     started, done = time.perf_counter(), 0
     for name, gate, shard, rows, seconds in map_shards(
             work, todo, device=device,
-            cost=lambda job: shard_cost(configs[job[0]], job[2], gates=[job[1]]), **executor):
+            cost=lambda job: shard_cost(configs[job[0]], job[2], gates=[job[1]]), log=log,
+            **executor):
         frames[name, gate, shard] = rows
         if (name, gate) in stores:
             write_shard(stores[name, gate], shard, rows)

@@ -26,7 +26,9 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -36,6 +38,7 @@ import torch
 
 from moe_theory.certificates import free_parameters
 from moe_theory.config import SweepConfig
+from moe_theory.errors import DeviceLost, is_device_lost
 from moe_theory.store import Shard
 from moe_theory.threads import apply_thread_default, usable_cores
 
@@ -75,6 +78,72 @@ def process_options(workers: int) -> dict:
 WARM_CUDA_ENV = "MOE_THEORY_WARM_CUDA"
 T = TypeVar("T")
 S = TypeVar("S")  # a unit of work: a Shard, or another picklable item (the check's refits)
+
+#: How many times a shard whose process lost its GPU context (:func:`is_device_lost`) runs
+#: again, each time in a process that has not lost one. A shard's rows do not depend on the
+#: process that computes them, so a retry costs time, never bits; a shard lost more often than
+#: this ends the run (:class:`DeviceLost`, exit code 3; the finished shards are kept).
+DEVICE_LOST_RETRIES = 2
+#: Exit status of a Dask worker that lost its GPU context (its nanny starts a fresh one).
+DEVICE_LOST_EXIT = 75
+#: Seconds between the ``processes`` executor's looks for a shard handed back to the queue.
+REQUEUE_POLL_S = 0.2
+
+#: The error that lost this process's GPU context, once one has (None until then). CUDA fails
+#: every later call of a process whose context a fault ended, so such a process computes no
+#: more shards: a spawned worker answers each with :class:`DeviceLost` at once, and this
+#: process leaves them to its workers in every later :func:`map_shards` call.
+_lost: str | None = None
+
+
+def _lose(err: BaseException) -> DeviceLost:
+    """Mark this process's GPU context lost by ``err``; the error that says so."""
+    global _lost
+    _lost = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    return DeviceLost(f"process {os.getpid()} lost its GPU context ({_lost})")
+
+
+def _in_worker(fn: Callable[[S], T], shard: S) -> T:
+    """``fn(shard)`` in a spawned worker process; a worker whose GPU context is lost answers
+    :class:`DeviceLost` (at once, for every later shard), and the parent gives the shard to a
+    new process (:func:`_map_processes`)."""
+    if _lost is not None:
+        raise DeviceLost(f"process {os.getpid()} lost its GPU context earlier ({_lost})")
+    try:
+        return fn(shard)
+    except Exception as err:
+        if not is_device_lost(err):
+            raise
+        raise _lose(err) from err
+
+
+def _in_dask_worker(fn: Callable[[S], T], shard: S) -> T:
+    """``fn(shard)`` on a Dask worker; a worker whose GPU context is lost ends its process: its
+    nanny starts a fresh one, and the scheduler runs the task again (up to its allowed
+    failures), as for a worker killed mid-shard. The shard's claim was released on the way out
+    of ``fn``, and an unfinished shard leaves no file."""
+    try:
+        return fn(shard)
+    except Exception as err:
+        if not is_device_lost(err):
+            raise
+        logging.getLogger(__name__).error("%s; this worker exits, its task runs again", _lose(err))
+        logging.shutdown()
+        os._exit(DEVICE_LOST_EXIT)
+
+
+def _shard_name(shard: object) -> str:
+    """A shard's key; the check's jobs are tuples that hold one."""
+    if isinstance(shard, tuple):
+        return " ".join(_shard_name(part) for part in shard)
+    return getattr(shard, "key", None) or str(shard)
+
+
+def _given_up(lost: DeviceLost, shard: object, runs: int) -> DeviceLost:
+    """The error that ends a run: ``shard`` lost its process's GPU context ``runs`` times."""
+    return DeviceLost(f"{lost}, computing {_shard_name(shard)} ({runs} time(s) in all, each in "
+                      "another process); the finished shards are kept: run the same command "
+                      "again to finish")
 
 
 # ---- scheduling -------------------------------------------------------------------------------
@@ -344,7 +413,8 @@ def dask_client(*, scheduler: str | None = None, local_workers: int | None = Non
 def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "local",
                scheduler: str | None = None, local_workers: int | None = None,
                gpus: tuple[int, ...] | None = None, device: str = "cpu",
-               cost: Callable[[S], float] | None = None) -> Iterator[T]:
+               cost: Callable[[S], float] | None = None,
+               log: Callable[[str], None] | None = None) -> Iterator[T]:
     """Run ``fn(shard)`` for every shard and yield the results as the shards finish.
 
     Parameters
@@ -359,20 +429,26 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
     cost : the shards' relative work (:func:`shard_cost`); given, they are started largest
         first (:func:`largest_first`), and Dask receives it as their priority (higher first, also
         against the tasks of other sweeps on the same cluster); otherwise in the given order
+    log : receives a line for each shard run again (below); default stderr
 
     A worker that dies mid-shard (``kill -9``, out of host memory) is replaced by Dask and its
-    shard is run again elsewhere; an error raised by ``fn`` itself stops the sweep.
+    shard is run again elsewhere; so is, under ``processes`` and ``dask``, a shard whose
+    process lost its GPU context (:func:`moe_theory.errors.is_device_lost`), up to
+    :data:`DEVICE_LOST_RETRIES` times (Dask: its allowed failures) and never in that process
+    again. Any other error raised by ``fn`` stops the sweep, as does a lost context with no other
+    process to take over (``local``, one process).
     """
     check_executor(executor, scheduler=scheduler, local_workers=local_workers, gpus=gpus)
     if cost is not None:
         shards = largest_first(shards, cost)
     if executor == "local":
         for shard in shards:
-            yield fn(shard)
+            yield _here(fn, shard)
         return
     if executor == "processes":
         default = GPU_PROCESSES if device.startswith("cuda") else usable_cores()
-        yield from _map_processes(fn, shards, local_workers or default)
+        yield from _map_processes(fn, shards, local_workers or default,
+                                  log or (lambda msg: print(msg, file=sys.stderr, flush=True)))
         return
     from distributed import as_completed  # optional dependency, as in dask_client
 
@@ -381,7 +457,7 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
         # another sweep's task on the same scheduler. The scheduler queues tasks beyond what the
         # workers hold and hands out the highest priority first as a worker frees up; tasks it
         # placed on a worker early are stolen back by idle ones: largest first, to the end
-        futures = [client.submit(fn, shard, pure=False,
+        futures = [client.submit(_in_dask_worker, fn, shard, pure=False,
                                  priority=0 if cost is None else cost(shard))
                    for shard in shards]
         try:
@@ -393,38 +469,91 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
             client.cancel(futures)
 
 
-def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int) -> Iterator[T]:
+def _here(fn: Callable[[S], T], shard: S) -> T:
+    """``fn(shard)`` in this process, with no other to take over: a lost GPU context ends the
+    run (:class:`DeviceLost`)."""
+    try:
+        return fn(shard)
+    except Exception as err:
+        if not is_device_lost(err):
+            raise
+        raise _given_up(_lose(err), shard, 1) from err
+
+
+def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
+                   log: Callable[[str], None]) -> Iterator[T]:
     """``workers`` processes in all: this one and ``workers - 1`` spawned ones, taking shards
     from one queue in the order given. This process needs no start-up (its modules are loaded, its
     CUDA context may exist), so it computes shards while the others import (~9 s on an H100 host);
-    a thread keeps one shard in flight per spawned worker."""
-    todo = deque(shards)
-    lock = threading.Lock()
+    a thread keeps one shard in flight per spawned worker.
 
-    def take() -> S | None:
+    A process that loses its GPU context computes no more shards; the one it was computing goes
+    back to the front of the queue (at most :data:`DEVICE_LOST_RETRIES` times). A spawned
+    worker's pool is then retired (its other workers finish their shards; its lost worker answers
+    any shard it still takes at once, which goes back too) and a new pool takes the queue. This
+    process, once lost, leaves the shards to the workers, in this call and every later one."""
+    todo = deque(enumerate(shards))
+    tries = [0] * len(shards)  # runs of each shard that lost their process's GPU context
+    lock = threading.Lock()
+    here = _lost is None  # whether this process takes shards
+    helpers = min(workers - 1, len(shards) - 1) if here else min(max(workers - 1, 1), len(shards))
+    if helpers < 1:
+        for shard in shards:
+            yield _here(fn, shard)
+        return
+
+    def take() -> tuple[int, S] | None:
         with lock:
             return todo.popleft() if todo else None
 
-    helpers = min(workers - 1, len(shards) - 1)
-    if helpers < 1:
-        while (shard := take()) is not None:
-            yield fn(shard)
-        return
-    # spawn: a fork would copy this process's CUDA state, which CUDA does not allow
-    pool = cf.ProcessPoolExecutor(max_workers=helpers, mp_context=mp.get_context("spawn"),
-                                  initializer=apply_thread_default)
+    def again(item: tuple[int, S], lost: DeviceLost) -> bool:
+        """Hand a shard whose process lost its GPU context back to the queue, unless it has
+        been lost :data:`DEVICE_LOST_RETRIES` times already."""
+        i, shard = item
+        if tries[i] >= DEVICE_LOST_RETRIES:
+            return False
+        tries[i] += 1
+        with lock:
+            todo.appendleft(item)
+        log(f"{lost}; {_shard_name(shard)} runs again in another process (retry {tries[i]} of "
+            f"{DEVICE_LOST_RETRIES}); its rows do not depend on the process")
+        return True
+
+    def new_pool() -> cf.ProcessPoolExecutor:
+        # spawn: a fork would copy this process's CUDA state, which CUDA does not allow
+        return cf.ProcessPoolExecutor(max_workers=helpers, mp_context=mp.get_context("spawn"),
+                                      initializer=apply_thread_default)
+
+    pools = [new_pool()]  # the last takes new shards; the others finish what they hold
     finished: queue.Queue = queue.Queue()
+    busy_here = threading.Event()  # this process may still hand a shard back
+    if here:
+        busy_here.set()
 
     def feed() -> None:
-        in_flight: set = set()
+        in_flight: dict[cf.Future, tuple[tuple[int, S], cf.ProcessPoolExecutor]] = {}
         try:
             while True:
-                while len(in_flight) < helpers and (shard := take()) is not None:
-                    in_flight.add(pool.submit(fn, shard))
+                while len(in_flight) < helpers and (item := take()) is not None:
+                    in_flight[pools[-1].submit(_in_worker, fn, item[1])] = (item, pools[-1])
                 if not in_flight:
-                    return
-                done, in_flight = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                    if not busy_here.is_set():
+                        return
+                    time.sleep(REQUEUE_POLL_S)
+                    continue
+                done, _ = cf.wait(in_flight, timeout=REQUEUE_POLL_S,
+                                  return_when=cf.FIRST_COMPLETED)
                 for future in done:
+                    item, pool = in_flight.pop(future)
+                    lost = future.exception()
+                    if isinstance(lost, DeviceLost):
+                        if again(item, lost):
+                            if pool is pools[-1]:  # its lost worker would take shards again
+                                pool.shutdown(wait=False)
+                                pools.append(new_pool())
+                            continue
+                        future = cf.Future()
+                        future.set_exception(_given_up(lost, item[1], tries[item[0]] + 1))
                     finished.put(future)
         except BaseException as err:  # e.g. the pool broke: hand it to the consumer
             failed: cf.Future = cf.Future()
@@ -437,21 +566,35 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int) -> I
     feeder.start()
     ended = False  # the feeder's end mark (None) was read
     try:
-        while (shard := take()) is not None:
-            yield fn(shard)
+        while busy_here.is_set() and (item := take()) is not None:
+            try:
+                result = fn(item[1])
+            except Exception as err:
+                if not is_device_lost(err):
+                    raise
+                lost = _lose(err)
+                if not again(item, lost):
+                    raise _given_up(lost, item[1], tries[item[0]] + 1) from err
+                busy_here.clear()  # after the shard is back in the queue: the feeder takes it
+                continue
+            yield result
             # the spawned workers' shards that ended meanwhile
             while not ended and not finished.empty():
                 future = finished.get()
                 ended = future is None
                 if not ended:
                     yield future.result()
+        busy_here.clear()
         while not ended and (future := finished.get()) is not None:
             yield future.result()
     except BaseException:
         # an error or an interrupt: drop the shards not started and do not wait for the running
         # ones (an unfinished shard leaves no file; the interrupt reaches the workers too)
+        busy_here.clear()
         with lock:
             todo.clear()
-        pool.shutdown(wait=False, cancel_futures=True)
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
+    for pool in pools:
+        pool.shutdown(wait=True)

@@ -35,6 +35,7 @@ from moe_theory.certificates import (
 )
 from moe_theory.config import SweepConfig
 from moe_theory.data import sample, stable_seed
+from moe_theory.errors import is_out_of_memory
 from moe_theory.estimators import Bounds, box_bounds, fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus, shard_cost
 from moe_theory.initialization import NearTruth, multi_start
@@ -263,25 +264,6 @@ def _rep_bytes(setting: str, n: int) -> int:
 def _jacobian_bytes(device: str) -> int:
     """The Jacobian's chunk, reserved once per batch (kernels.moe.torch_pass)."""
     return JACOBIAN_CHUNK_BYTES.get(device.split(":")[0], 0)
-
-
-#: What a CUDA library says when it cannot create its handle, which allocates device memory on
-#: first use in each process: with the GPU full (several sweeps sharing it, each planning its
-#: blocks against the same free memory) cuSOLVER fails ``cusolverDnCreate`` with
-#: CUSOLVER_STATUS_INTERNAL_ERROR, not "out of memory" (an H100, 2026-12-06: three sweeps of
-#: 4-6 processes, every one stopped by it at its first Cholesky solve).
-_HANDLE_CREATION = ("cusolverDnCreate(", "cublasCreate(", "cublasLtCreate(", "STATUS_ALLOC_FAILED")
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError is a RuntimeError saying "out of memory", as is the CPU
-    allocator's failure inside some torch kernels; Python's own is MemoryError; a CUDA library
-    that cannot allocate its handle says so in its own words (:data:`_HANDLE_CREATION`)."""
-    if isinstance(err, MemoryError):
-        return True
-    message = str(err)
-    return isinstance(err, RuntimeError) and (
-        "out of memory" in message or any(word in message for word in _HANDLE_CREATION))
 
 
 def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device: str = "cpu",
@@ -799,7 +781,7 @@ def run_sweep(
                 index = len(finished)
                 for meta in map_shards(work, free, executor=executor, scheduler=scheduler,
                                        local_workers=local_workers, gpus=gpu_ids, device=device,
-                                       cost=functools.partial(shard_cost, config)):
+                                       cost=functools.partial(shard_cost, config), log=log):
                     if meta["status"] == "computed":
                         computed, index = computed + 1, index + 1
                         _log_shard(meta, log, bar, index=index, total=len(shards),

@@ -4,6 +4,7 @@ scheduling (largest first, one cluster for several figures, G_bar computed once)
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import random
@@ -112,9 +113,9 @@ def test_local_cluster_equals_local(cluster, config_path, local_run, tmp_path, m
     submitted: list[tuple[Shard, float]] = []
     real_submit = Client.submit
 
-    def recording_submit(self, fn, shard, **kwargs):
-        submitted.append((shard, kwargs["priority"]))
-        return real_submit(self, fn, shard, **kwargs)
+    def recording_submit(self, *args, **kwargs):
+        submitted.append((args[-1], kwargs["priority"]))  # (the wrapper, the function,) shard
+        return real_submit(self, *args, **kwargs)
 
     monkeypatch.setattr(Client, "submit", recording_submit)
     config = load_config(config_path)
@@ -1155,3 +1156,171 @@ def test_a_resumed_sweep_measures_against_the_recorded_g_bar(tmp_path, monkeypat
     assert [line.split()[1] for line in done(lines)] == [lost.key]
     assert any("G_bar" in line and "recorded one" in line for line in lines)
     assert_same_table(got, want)
+
+
+# ---- a process that loses its GPU context ------------------------------------------------------
+
+#: What torch raises once a kernel has faulted (the first line of its message); CUDA repeats it
+#: at every later call of that process.
+CUDA_FAULT = "CUDA error: an illegal memory access was encountered"
+
+
+def _lose_context(marker: str, who: str, parent: int, always: object, shard):
+    """A shard function for spawned workers: the first shard that a process of kind ``who``
+    (``"worker"``, ``"here"``: the calling process) computes loses its GPU context, once in the
+    whole run (``marker`` records the process), or every time for the shard ``always``.
+    Otherwise ``(shard, pid)``."""
+    mine = (os.getpid() == parent) == (who == "here")
+    if shard == always:
+        raise RuntimeError(f"{CUDA_FAULT}\nCUDA kernel errors might be asynchronously reported")
+    if mine:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            raise RuntimeError(f"{CUDA_FAULT}\nCUDA kernel errors might be asynchronously reported")
+    time.sleep(0.05)  # long enough for the processes to share the shards
+    return shard, os.getpid()
+
+
+@pytest.fixture
+def fresh_context(monkeypatch):
+    """This process's context as not lost, and so again after the test."""
+    monkeypatch.setattr(executors, "_lost", None)
+
+
+@pytest.mark.parametrize(("err", "lost"), [
+    (RuntimeError(CUDA_FAULT), True),
+    (RuntimeError("CUDA error: device-side assert triggered"), True),
+    (RuntimeError("Triton Error [CUDA]: unspecified launch failure"), True),
+    (RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasDgemm( handle, ...)`"), True),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("CUDA error: out of memory"), False),
+    (RuntimeError("cusolverDnCreate(handle) failed: CUSOLVER_STATUS_INTERNAL_ERROR"), False),
+    (RuntimeError("shape mismatch"), False),
+    (ValueError("expert: CUDA error is not an expert"), False),
+])
+def test_a_lost_gpu_context_is_told_from_a_lack_of_memory(err, lost):
+    """A lack of memory is waited for in the same process (sweep.waiting_for_memory); any other
+    CUDA error ends the process's part (executors.map_shards)."""
+    from moe_theory.errors import is_device_lost, is_out_of_memory
+
+    assert is_device_lost(err) is lost
+    assert not (is_device_lost(err) and is_out_of_memory(err))
+
+
+@pytest.mark.parametrize("who", ["worker", "here"])
+def test_a_shard_whose_process_lost_its_gpu_runs_again_elsewhere(who, fresh_context, tmp_path):
+    """``processes``: the shard whose process lost its GPU context is computed by another
+    process, and the lost process computes nothing after: a spawned worker's pool is replaced;
+    this process leaves every later shard to its workers, in a later call too."""
+    marker, lines = tmp_path / "lost", []
+    fn = functools.partial(_lose_context, str(marker), who, os.getpid(), None)
+    shards = list(range(8))
+    got = list(map_shards(fn, shards, executor="processes", local_workers=3, log=lines.append))
+    lost_pid = int(marker.read_text())
+    assert sorted(shard for shard, _ in got) == shards  # each once
+    assert lost_pid not in {pid for _, pid in got}
+    assert (lost_pid == os.getpid()) == (who == "here")
+    assert len(lines) == 1 and "runs again in another process (retry 1 of 2)" in lines[0]
+    assert "illegal memory access" in lines[0] and "CUDA kernel errors" not in lines[0]
+    if who == "here":
+        again = list(map_shards(fn, shards, executor="processes", local_workers=2))
+        assert sorted(s for s, _ in again) == shards
+        assert os.getpid() not in {pid for _, pid in again}
+
+
+@pytest.mark.parametrize("who", ["worker", "here"])
+def test_a_shard_lost_too_often_ends_the_run(who, fresh_context, tmp_path):
+    """A shard that loses its process's context at every run (a fault that is the shard's, not
+    the device's) ends the run after DEVICE_LOST_RETRIES runs again, naming the shard; the
+    error maps to exit code 3 (moe_theory.errors)."""
+    from moe_theory.errors import DeviceLost, ResourceError
+
+    # "here" takes the first shard, a worker the second
+    always = 0 if who == "here" else 1
+    fn = functools.partial(_lose_context, str(tmp_path / "unused"), "nobody", os.getpid(), always)
+    lines: list[str] = []
+    with pytest.raises(DeviceLost, match=rf"computing {always} \(3 time\(s\) in all.*run the same "
+                                         "command again") as err:
+        list(map_shards(fn, range(6), executor="processes", local_workers=2, log=lines.append))
+    assert isinstance(err.value, ResourceError)
+    # (a lost worker may have taken another shard before its pool was replaced: that one runs
+    # again too)
+    retried = [line.split("(retry ")[1][:6] for line in lines if f"; {always} runs again" in line]
+    assert retried == ["1 of 2", "2 of 2"]
+
+
+def test_a_lost_context_with_no_other_process_ends_the_run(fresh_context, tmp_path):
+    from moe_theory.errors import DeviceLost
+
+    fn = functools.partial(_lose_context, str(tmp_path / "lost"), "here", os.getpid(), None)
+    with pytest.raises(DeviceLost, match="computing 0 .*run the same command again"):
+        list(map_shards(fn, range(3)))
+
+
+def test_other_errors_of_a_worker_still_stop_the_run(fresh_context):
+    with pytest.raises(ValueError, match="invalid literal"):
+        list(map_shards(int, ["1", "2", "x", "4"], executor="processes", local_workers=2))
+
+
+def test_a_dask_worker_that_lost_its_gpu_is_replaced(cluster, fresh_context, tmp_path):
+    """Dask: the worker exits (its nanny starts another) and the scheduler runs its task again."""
+    marker = tmp_path / "lost"
+    fn = functools.partial(_lose_context, str(marker), "worker", os.getpid(), None)
+    got = list(map_shards(fn, range(4), executor="dask", scheduler=cluster.scheduler_address))
+    assert sorted(shard for shard, _ in got) == list(range(4))
+    assert int(marker.read_text()) not in {pid for _, pid in got}
+
+
+#: ``moe-theory`` whose spawned workers' first shard loses its GPU context (a fault CUDA repeats
+#: at every later call): the file is each worker's ``__mp_main__``, so its patch of the sweep
+#: runs there too; the first process to fault records itself in $LOSE_MARKER.
+LOSE_FIRST_SHARD_CLI = """
+import os, sys
+from moe_theory import sweep
+
+_fit = sweep.fit_in_blocks
+
+
+def _lose_once(*args, **kwargs):
+    if __name__ != "__main__":
+        try:
+            fd = os.open(os.environ["LOSE_MARKER"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            raise RuntimeError("CUDA error: unspecified launch failure")
+    return _fit(*args, **kwargs)
+
+
+sweep.fit_in_blocks = _lose_once
+if __name__ == "__main__":
+    from moe_theory.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_sweep_goes_on_when_a_worker_loses_its_gpu(config_path, local_run, tmp_path):
+    """The whole sweep through the command line: the lost worker's shard is computed again by
+    another process and the table is bit for bit the undisturbed one."""
+    script = tmp_path.parent / f"{tmp_path.name}-lose.py"
+    script.write_text(LOSE_FIRST_SHARD_CLI)
+    marker = tmp_path.parent / f"{tmp_path.name}-lost"
+    proc = subprocess.run(
+        [sys.executable, str(script), "sweep", str(config_path), "--out", str(tmp_path),
+         "--executor", "processes", "--local-workers", "3"],
+        capture_output=True, text=True, timeout=300,
+        # the script's folder, not the repository, heads its path: the package from the latter
+        env={**os.environ, "LOSE_MARKER": str(marker), "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists(), "no worker computed a shard"
+    assert f"process {marker.read_text()} lost its GPU context" in proc.stderr
+    assert "runs again in another process (retry 1 of 2)" in proc.stderr
+    assert_same_table(pd.read_parquet(tmp_path / "results.parquet"), local_run[1])
