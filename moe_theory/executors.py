@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,7 +39,7 @@ import torch
 
 from moe_theory.certificates import free_parameters
 from moe_theory.config import SweepConfig
-from moe_theory.errors import DeviceLost, is_device_lost
+from moe_theory.errors import DeviceLost, ResourceError, is_device_lost
 from moe_theory.store import Shard
 from moe_theory.threads import apply_thread_default, usable_cores
 
@@ -432,10 +433,11 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
     log : receives a line for each shard run again (below); default stderr
 
     A worker that dies mid-shard (``kill -9``, out of host memory) is replaced by Dask and its
-    shard is run again elsewhere; so is, under ``processes`` and ``dask``, a shard whose
-    process lost its GPU context (:func:`moe_theory.errors.is_device_lost`), up to
-    :data:`DEVICE_LOST_RETRIES` times (Dask: its allowed failures) and never in that process
-    again. Any other error raised by ``fn`` stops the sweep, as does a lost context with no other
+    shard is run again elsewhere; under ``processes`` it breaks the pool and ends the run as an
+    environment error (exit code 3; the finished shards are kept). Under ``processes`` and
+    ``dask`` a shard whose process lost its GPU context (:func:`moe_theory.errors.is_device_lost`)
+    is run again, up to :data:`DEVICE_LOST_RETRIES` times (Dask: its allowed failures), never in
+    that process again. Any other error raised by ``fn`` stops the sweep, as does a lost context with no other
     process to take over (``local``, one process).
     """
     check_executor(executor, scheduler=scheduler, local_workers=local_workers, gpus=gpus)
@@ -478,6 +480,18 @@ def _here(fn: Callable[[S], T], shard: S) -> T:
         if not is_device_lost(err):
             raise
         raise _given_up(_lose(err), shard, 1) from err
+
+
+def _result(future: cf.Future) -> Any:
+    """A spawned worker's result; a worker that died mid-shard (a signal, the host's
+    out-of-memory killer) breaks its pool, which ends the run as an environment error."""
+    try:
+        return future.result()
+    except BrokenProcessPool as err:
+        raise ResourceError(
+            f"a worker process died mid-shard ({err}): killed by a signal or by the host's "
+            "out-of-memory killer; the finished shards are kept: run the same command again "
+            "to finish (with fewer worker processes if memory ran out)") from err
 
 
 def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
@@ -583,10 +597,10 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
                 future = finished.get()
                 ended = future is None
                 if not ended:
-                    yield future.result()
+                    yield _result(future)
         busy_here.clear()
         while not ended and (future := finished.get()) is not None:
-            yield future.result()
+            yield _result(future)
     except BaseException:
         # an error or an interrupt: drop the shards not started and do not wait for the running
         # ones (an unfinished shard leaves no file; the interrupt reaches the workers too)

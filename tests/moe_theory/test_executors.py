@@ -1324,3 +1324,23 @@ def test_a_sweep_goes_on_when_a_worker_loses_its_gpu(config_path, local_run, tmp
     assert f"process {marker.read_text()} lost its GPU context" in proc.stderr
     assert "runs again in another process (retry 1 of 2)" in proc.stderr
     assert_same_table(pd.read_parquet(tmp_path / "results.parquet"), local_run[1])
+
+
+def _die_in_worker(parent: int, shard):
+    """A shard function whose spawned workers are killed mid-shard (as by the host's
+    out-of-memory killer)."""
+    if os.getpid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    return shard
+
+
+def test_a_worker_killed_mid_shard_ends_the_run_as_an_environment_error(fresh_context):
+    """``processes``: a killed worker breaks its pool; the run ends with exit code 3's error,
+    which says what happened and that a rerun finishes (no traceback of the pool's)."""
+    from moe_theory.errors import ResourceError
+
+    fn = functools.partial(_die_in_worker, os.getpid())
+    with pytest.raises(ResourceError, match="a worker process died mid-shard .*run the same "
+                                            "command again"):
+        list(map_shards(fn, range(6), executor="processes", local_workers=2))
