@@ -25,43 +25,9 @@ reps = 4
 rep_block = 2
 """
 
-#: ``moe-theory`` in which the first shard that a process of kind $LOSE_WHO (``worker``: a
-#: spawned one; ``here``: the sweep's own) computes faults for real: an index out of bounds on
-#: the GPU, a device-side assert. The file is each worker's ``__mp_main__``, so its patch of the
-#: sweep runs there too; the faulting process records itself in $LOSE_MARKER.
-FAULT_CLI = """
-import os, sys
-from moe_theory import sweep
-
-_fit = sweep.fit_in_blocks
-
-
-def _fault_once(*args, **kwargs):
-    mine = (__name__ == "__main__") == (os.environ["LOSE_WHO"] == "here")
-    if mine:
-        try:
-            fd = os.open(os.environ["LOSE_MARKER"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            import torch
-            x = torch.zeros(2, device="cuda")
-            x[torch.tensor([5], device="cuda")] += 1.0
-            torch.cuda.synchronize()
-    return _fit(*args, **kwargs)
-
-
-sweep.fit_in_blocks = _fault_once
-if __name__ == "__main__":
-    from moe_theory.cli import main
-    sys.exit(main(sys.argv[1:]))
-"""
-
-
 def _sweep(config: Path, out: Path, script: Path | None, env: dict) -> subprocess.CompletedProcess:
     repo = str(Path(__file__).resolve().parents[2])
+    # tests/scripts/lose_gpu_cli.py: the sweep with a real fault (a device-side assert) in one process
     head = [str(script)] if script is not None else ["-m", "moe_theory.cli"]
     return subprocess.run(
         [sys.executable, *head, "sweep", str(config), "--out", str(out), "--device", "cuda",
@@ -84,10 +50,10 @@ def undisturbed(tmp_path_factory):
 @pytest.mark.parametrize("who", ["worker", "here"])
 def test_a_real_fault_costs_a_run_of_its_shard_not_the_sweep(undisturbed, who, tmp_path):
     config, want = undisturbed
-    script, marker = tmp_path / "fault.py", tmp_path / "lost"
-    script.write_text(FAULT_CLI)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "lose_gpu_cli.py"
+    marker = tmp_path / "lost"
     proc = _sweep(config, tmp_path / "out", script,
-                  {"LOSE_WHO": who, "LOSE_MARKER": str(marker)})
+                  {"LOSE_WHO": who, "LOSE_HOW": "assert", "LOSE_MARKER": str(marker)})
     print(proc.stderr[-4000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.exists(), "no process of that kind computed a shard"

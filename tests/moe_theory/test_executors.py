@@ -1276,49 +1276,19 @@ def test_a_dask_worker_that_lost_its_gpu_is_replaced(cluster, fresh_context, tmp
     assert int(marker.read_text()) not in {pid for _, pid in got}
 
 
-#: ``moe-theory`` whose spawned workers' first shard loses its GPU context (a fault CUDA repeats
-#: at every later call): the file is each worker's ``__mp_main__``, so its patch of the sweep
-#: runs there too; the first process to fault records itself in $LOSE_MARKER.
-LOSE_FIRST_SHARD_CLI = """
-import os, sys
-from moe_theory import sweep
-
-_fit = sweep.fit_in_blocks
-
-
-def _lose_once(*args, **kwargs):
-    if __name__ != "__main__":
-        try:
-            fd = os.open(os.environ["LOSE_MARKER"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            raise RuntimeError("CUDA error: unspecified launch failure")
-    return _fit(*args, **kwargs)
-
-
-sweep.fit_in_blocks = _lose_once
-if __name__ == "__main__":
-    from moe_theory.cli import main
-    sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_a_sweep_goes_on_when_a_worker_loses_its_gpu(config_path, local_run, tmp_path):
     """The whole sweep through the command line: the lost worker's shard is computed again by
     another process and the table is bit for bit the undisturbed one."""
-    script = tmp_path.parent / f"{tmp_path.name}-lose.py"
-    script.write_text(LOSE_FIRST_SHARD_CLI)
     marker = tmp_path.parent / f"{tmp_path.name}-lost"
+    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, str(script), "sweep", str(config_path), "--out", str(tmp_path),
-         "--executor", "processes", "--local-workers", "3"],
+        [sys.executable, str(repo / "tests" / "scripts" / "lose_gpu_cli.py"), "sweep",
+         str(config_path), "--out", str(tmp_path), "--executor", "processes",
+         "--local-workers", "3"],
         capture_output=True, text=True, timeout=300,
         # the script's folder, not the repository, heads its path: the package from the latter
-        env={**os.environ, "LOSE_MARKER": str(marker), "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])})
+        env={**os.environ, "LOSE_WHO": "worker", "LOSE_HOW": "raise", "LOSE_MARKER": str(marker),
+             "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.exists(), "no worker computed a shard"
     assert f"process {marker.read_text()} lost its GPU context" in proc.stderr
