@@ -97,11 +97,21 @@ REQUEUE_POLL_S = 0.2
 _lost: str | None = None
 
 
-def _lose(err: BaseException) -> DeviceLost:
-    """Mark this process's GPU context lost by ``err``; the error that says so."""
+def _run(fn: Callable[[S], T], shard: S) -> T:
+    """``fn(shard)``; a CUDA fault that loses this process's GPU context
+    (:func:`is_device_lost`) marks it lost and is raised as :class:`DeviceLost`, the one place
+    where the executors tell a lost context from any other error."""
     global _lost
-    _lost = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-    return DeviceLost(f"process {os.getpid()} lost its GPU context ({_lost})")
+    try:
+        return fn(shard)
+    except DeviceLost:  # a lost context that ``fn``'s own executor reports: said already
+        raise
+    except Exception as err:
+        if not is_device_lost(err):
+            raise
+        # the first line: torch adds lines of advice (CUDA_LAUNCH_BLOCKING) to the message
+        _lost = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+        raise DeviceLost(f"process {os.getpid()} lost its GPU context ({_lost})") from err
 
 
 def _in_worker(fn: Callable[[S], T], shard: S) -> T:
@@ -110,12 +120,7 @@ def _in_worker(fn: Callable[[S], T], shard: S) -> T:
     new process (:func:`_map_processes`)."""
     if _lost is not None:
         raise DeviceLost(f"process {os.getpid()} lost its GPU context earlier ({_lost})")
-    try:
-        return fn(shard)
-    except Exception as err:
-        if not is_device_lost(err):
-            raise
-        raise _lose(err) from err
+    return _run(fn, shard)
 
 
 def _in_dask_worker(fn: Callable[[S], T], shard: S) -> T:
@@ -124,11 +129,9 @@ def _in_dask_worker(fn: Callable[[S], T], shard: S) -> T:
     failures), as for a worker killed mid-shard. The shard's claim was released on the way out
     of ``fn``, and an unfinished shard leaves no file."""
     try:
-        return fn(shard)
-    except Exception as err:
-        if not is_device_lost(err):
-            raise
-        logging.getLogger(__name__).error("%s; this worker exits, its task runs again", _lose(err))
+        return _run(fn, shard)
+    except DeviceLost as lost:
+        logging.getLogger(__name__).error("%s; this worker exits, its task runs again", lost)
         logging.shutdown()
         os._exit(DEVICE_LOST_EXIT)
 
@@ -437,8 +440,8 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
     environment error (exit code 3; the finished shards are kept). Under ``processes`` and
     ``dask`` a shard whose process lost its GPU context (:func:`moe_theory.errors.is_device_lost`)
     is run again, up to :data:`DEVICE_LOST_RETRIES` times (Dask: its allowed failures), never in
-    that process again. Any other error raised by ``fn`` stops the sweep, as does a lost context with no other
-    process to take over (``local``, one process).
+    that process again. Any other error raised by ``fn`` stops the sweep, as does a lost context
+    with no other process to take over (``local``, one process).
     """
     check_executor(executor, scheduler=scheduler, local_workers=local_workers, gpus=gpus)
     if cost is not None:
@@ -475,11 +478,9 @@ def _here(fn: Callable[[S], T], shard: S) -> T:
     """``fn(shard)`` in this process, with no other to take over: a lost GPU context ends the
     run (:class:`DeviceLost`)."""
     try:
-        return fn(shard)
-    except Exception as err:
-        if not is_device_lost(err):
-            raise
-        raise _given_up(_lose(err), shard, 1) from err
+        return _run(fn, shard)
+    except DeviceLost as lost:
+        raise _given_up(lost, shard, 1) from lost
 
 
 def _result(future: cf.Future) -> Any:
@@ -582,13 +583,10 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
     try:
         while busy_here.is_set() and (item := take()) is not None:
             try:
-                result = fn(item[1])
-            except Exception as err:
-                if not is_device_lost(err):
-                    raise
-                lost = _lose(err)
+                result = _run(fn, item[1])
+            except DeviceLost as lost:
                 if not again(item, lost):
-                    raise _given_up(lost, item[1], tries[item[0]] + 1) from err
+                    raise _given_up(lost, item[1], tries[item[0]] + 1) from lost
                 busy_here.clear()  # after the shard is back in the queue: the feeder takes it
                 continue
             yield result
