@@ -80,11 +80,17 @@ WARM_CUDA_ENV = "MOE_THEORY_WARM_CUDA"
 T = TypeVar("T")
 S = TypeVar("S")  # a unit of work: a Shard, or another picklable item (the check's refits)
 
-#: How many times a shard whose process lost its GPU context (:func:`is_device_lost`) runs
-#: again, each time in a process that has not lost one. A shard's rows do not depend on the
-#: process that computes them, so a retry costs time, never bits; a shard lost more often than
-#: this ends the run (:class:`DeviceLost`, exit code 3; the finished shards are kept).
+#: How many times a shard whose process lost its GPU context (:func:`is_device_lost`), or was
+#: killed mid-shard, runs again, each time in another process. A shard's rows do not depend on
+#: the process that computes them, so a retry costs time, never bits; a shard lost more often
+#: than this ends the run (:class:`DeviceLost` or :class:`ResourceError`, exit code 3; the
+#: finished shards are kept).
 DEVICE_LOST_RETRIES = 2
+#: Seconds the ``processes`` executor waits, once a worker's death broke its pool, for this
+#: process's own interrupt before it runs the pool's shards again: Ctrl-C reaches the whole
+#: process group, and idle workers that die of it break the pool as a killed one does. The
+#: interrupt is seen within milliseconds wherever this process runs Python code or waits.
+KILLED_GRACE_S = 1.0
 #: Exit status of a Dask worker that lost its GPU context (its nanny starts a fresh one).
 DEVICE_LOST_EXIT = 75
 #: Seconds between the ``processes`` executor's looks for a shard handed back to the queue.
@@ -435,13 +441,13 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
         against the tasks of other sweeps on the same cluster); otherwise in the given order
     log : receives a line for each shard run again (below); default stderr
 
-    A worker that dies mid-shard (``kill -9``, out of host memory) is replaced by Dask and its
-    shard is run again elsewhere; under ``processes`` it breaks the pool and ends the run as an
-    environment error (exit code 3; the finished shards are kept). Under ``processes`` and
-    ``dask`` a shard whose process lost its GPU context (:func:`moe_theory.errors.is_device_lost`)
-    is run again, up to :data:`DEVICE_LOST_RETRIES` times (Dask: its allowed failures), never in
-    that process again. Any other error raised by ``fn`` stops the sweep, as does a lost context
-    with no other process to take over (``local``, one process).
+    Under ``processes`` and ``dask`` a shard whose process lost its GPU context
+    (:func:`moe_theory.errors.is_device_lost`) or died mid-shard (``kill -9``, the host's
+    out-of-memory killer) is run again, up to :data:`DEVICE_LOST_RETRIES` times (Dask: its allowed
+    failures), never in that process again; a shard lost more often ends the run as an
+    environment error (exit code 3; the finished shards are kept). Any other error raised by
+    ``fn`` stops the sweep, as does a lost context with no other process to take over
+    (``local``, one process).
     """
     check_executor(executor, scheduler=scheduler, local_workers=local_workers, gpus=gpus)
     if cost is not None:
@@ -483,16 +489,13 @@ def _here(fn: Callable[[S], T], shard: S) -> T:
         raise _given_up(lost, shard, 1) from lost
 
 
-def _result(future: cf.Future) -> Any:
-    """A spawned worker's result; a worker that died mid-shard (a signal, the host's
-    out-of-memory killer) breaks its pool, which ends the run as an environment error."""
-    try:
-        return future.result()
-    except BrokenProcessPool as err:
-        raise ResourceError(
-            f"a worker process died mid-shard ({err}): killed by a signal or by the host's "
-            "out-of-memory killer; the finished shards are kept: run the same command again "
-            "to finish (with fewer worker processes if memory ran out)") from err
+def _killed(err: BrokenProcessPool, shard: object, runs: int) -> ResourceError:
+    """The error that ends a run: ``shard``'s worker process died mid-shard ``runs`` times."""
+    return ResourceError(
+        f"a worker process died mid-shard ({err}), computing {_shard_name(shard)} ({runs} "
+        "time(s) in all, each in another process): killed by a signal or by the host's "
+        "out-of-memory killer; the finished shards are kept: run the same command again to "
+        "finish (with fewer worker processes if memory ran out)")
 
 
 def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
@@ -506,7 +509,13 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
     back to the front of the queue (at most :data:`DEVICE_LOST_RETRIES` times). A spawned
     worker's pool is then retired (its other workers finish their shards; its lost worker answers
     any shard it still takes at once, which goes back too) and a new pool takes the queue. This
-    process, once lost, leaves the shards to the workers, in this call and every later one."""
+    process, once lost, leaves the shards to the workers, in this call and every later one.
+
+    A spawned worker that dies mid-shard breaks its pool, which ends its other workers and fails
+    every shard the pool held: once the pool's processes are gone (their shards' claims then
+    read as stale) and this process has not been interrupted meanwhile
+    (:data:`KILLED_GRACE_S`), those shards go back to the front of the queue, each counted as a
+    run lost, and a new pool takes the queue."""
     todo = deque(enumerate(shards))
     tries = [0] * len(shards)  # runs of each shard that lost their process's GPU context
     lock = threading.Lock()
@@ -534,6 +543,20 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
             f"{DEVICE_LOST_RETRIES}); its rows do not depend on the process")
         return True
 
+    def killed(item: tuple[int, S]) -> bool:
+        """Hand a shard of a pool that a worker's death broke back to the queue, unless it has
+        been lost :data:`DEVICE_LOST_RETRIES` times already."""
+        i, shard = item
+        if tries[i] >= DEVICE_LOST_RETRIES:
+            return False
+        tries[i] += 1
+        with lock:
+            todo.appendleft(item)
+        log(f"a worker process died mid-shard (a signal: the host's out-of-memory killer, say); "
+            f"{_shard_name(shard)} runs again in a new process (retry {tries[i]} of "
+            f"{DEVICE_LOST_RETRIES}); its rows do not depend on the process")
+        return True
+
     def new_pool() -> cf.ProcessPoolExecutor:
         # spawn: a fork would copy this process's CUDA state, which CUDA does not allow
         return cf.ProcessPoolExecutor(max_workers=helpers, mp_context=mp.get_context("spawn"),
@@ -544,13 +567,33 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
     busy_here = threading.Event()  # this process may still hand a shard back
     if here:
         busy_here.set()
+    stopping = threading.Event()  # this process is interrupted or failed: hand out no more
+    broken: dict[cf.ProcessPoolExecutor, bool] = {}  # a broken pool: do its shards run again?
+
+    def rerun_broken(pool: cf.ProcessPoolExecutor) -> bool:
+        """Whether the shards of ``pool``, which a worker's death broke, run again; decided once
+        per pool, after its processes are reaped (a dead worker's claim is then stale to the
+        next writer) and a moment for this process's own interrupt (:data:`KILLED_GRACE_S`).
+        A new pool takes the queue."""
+        if pool not in broken:
+            pool.shutdown(wait=True)
+            broken[pool] = not stopping.wait(KILLED_GRACE_S)
+            if broken[pool] and pool is pools[-1]:
+                pools.append(new_pool())
+        return broken[pool]
 
     def feed() -> None:
         in_flight: dict[cf.Future, tuple[tuple[int, S], cf.ProcessPoolExecutor]] = {}
         try:
-            while True:
+            while not stopping.is_set():  # told to stop: the consumer ends the pools' work
                 while len(in_flight) < helpers and (item := take()) is not None:
-                    in_flight[pools[-1].submit(_in_worker, fn, item[1])] = (item, pools[-1])
+                    try:
+                        in_flight[pools[-1].submit(_in_worker, fn, item[1])] = (item, pools[-1])
+                    except BrokenProcessPool:  # a worker died, idle or before its shard ended
+                        with lock:
+                            todo.appendleft(item)  # not run: no retry counted
+                        if not rerun_broken(pools[-1]):
+                            raise
                 if not in_flight:
                     if not busy_here.is_set():
                         return
@@ -569,6 +612,11 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
                             continue
                         future = cf.Future()
                         future.set_exception(_given_up(lost, item[1], tries[item[0]] + 1))
+                    elif isinstance(lost, BrokenProcessPool):
+                        if rerun_broken(pool) and killed(item):
+                            continue
+                        future = cf.Future()
+                        future.set_exception(_killed(lost, item[1], tries[item[0]] + 1))
                     finished.put(future)
         except BaseException as err:  # e.g. the pool broke: hand it to the consumer
             failed: cf.Future = cf.Future()
@@ -595,16 +643,19 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
                 future = finished.get()
                 ended = future is None
                 if not ended:
-                    yield _result(future)
+                    yield future.result()
         busy_here.clear()
         while not ended and (future := finished.get()) is not None:
-            yield _result(future)
+            yield future.result()
     except BaseException:
         # an error or an interrupt: drop the shards not started and do not wait for the running
-        # ones (an unfinished shard leaves no file; the interrupt reaches the workers too)
+        # ones (an unfinished shard leaves no file; the interrupt reaches the workers too); the
+        # feeder, told first, starts no pool after the loop below
+        stopping.set()
         busy_here.clear()
         with lock:
             todo.clear()
+        feeder.join(timeout=KILLED_GRACE_S + 2 * REQUEUE_POLL_S)
         for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)
         raise

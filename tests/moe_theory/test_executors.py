@@ -1276,9 +1276,12 @@ def test_a_dask_worker_that_lost_its_gpu_is_replaced(cluster, fresh_context, tmp
     assert int(marker.read_text()) not in {pid for _, pid in got}
 
 
-def test_a_sweep_goes_on_when_a_worker_loses_its_gpu(config_path, local_run, tmp_path):
-    """The whole sweep through the command line: the lost worker's shard is computed again by
-    another process and the table is bit for bit the undisturbed one."""
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_a_sweep_goes_on_when_a_worker_loses_its_gpu_or_dies(how, config_path, local_run,
+                                                              tmp_path):
+    """The whole sweep through the command line: the shard of a worker that lost its GPU
+    context, or was killed mid-shard (its claim left behind), is computed again by another
+    process and the table is bit for bit the undisturbed one."""
     marker = tmp_path.parent / f"{tmp_path.name}-lost"
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
@@ -1287,30 +1290,67 @@ def test_a_sweep_goes_on_when_a_worker_loses_its_gpu(config_path, local_run, tmp
          "--local-workers", "3"],
         capture_output=True, text=True, timeout=300,
         # the script's folder, not the repository, heads its path: the package from the latter
-        env={**os.environ, "LOSE_WHO": "worker", "LOSE_HOW": "raise", "LOSE_MARKER": str(marker),
+        env={**os.environ, "LOSE_WHO": "worker", "LOSE_HOW": how, "LOSE_MARKER": str(marker),
              "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.exists(), "no worker computed a shard"
-    assert f"process {marker.read_text()} lost its GPU context" in proc.stderr
-    assert "runs again in another process (retry 1 of 2)" in proc.stderr
+    if how == "raise":
+        assert f"process {marker.read_text()} lost its GPU context" in proc.stderr
+        assert "runs again in another process (retry 1 of 2)" in proc.stderr
+    else:
+        assert "a worker process died mid-shard" in proc.stderr
+        assert "runs again in a new process (retry 1 of 2)" in proc.stderr
+    assert not list((tmp_path / "claims").rglob("*.claim"))  # the dead worker's claim is gone
     assert_same_table(pd.read_parquet(tmp_path / "results.parquet"), local_run[1])
 
 
-def _die_in_worker(parent: int, shard):
-    """A shard function whose spawned workers are killed mid-shard (as by the host's
-    out-of-memory killer)."""
+def _die_in_worker(marker: str, parent: int, always: object, shard):
+    """A shard function whose spawned worker is killed mid-shard (as by the host's out-of-memory
+    killer): the first worker to compute a shard, once in the whole run (``marker`` records it),
+    or every worker that computes the shard ``always``. Otherwise ``(shard, pid)``."""
     if os.getpid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.05)
-    return shard
+        if shard == always:
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)  # long enough for the processes to share the shards
+    return shard, os.getpid()
 
 
-def test_a_worker_killed_mid_shard_ends_the_run_as_an_environment_error(fresh_context):
-    """``processes``: a killed worker breaks its pool; the run ends with exit code 3's error,
-    which says what happened and that a rerun finishes (no traceback of the pool's)."""
+def test_a_worker_killed_mid_shard_costs_a_run_of_its_shard(fresh_context, tmp_path):
+    """``processes``: a killed worker breaks its pool, whose shards run again in a new one, each
+    computed once in the end and never by the dead process; the log says so in a line per
+    shard that ran again."""
+    marker, lines = tmp_path / "killed", []
+    fn = functools.partial(_die_in_worker, str(marker), os.getpid(), None)
+    shards = list(range(8))
+    got = list(map_shards(fn, shards, executor="processes", local_workers=3, log=lines.append))
+    assert sorted(shard for shard, _ in got) == shards  # each once
+    assert int(marker.read_text()) not in {pid for _, pid in got}
+    # the dead worker's shard, and its pool mate's if it held one
+    assert 1 <= len(lines) <= 2, lines
+    assert all("a worker process died mid-shard" in line and "(retry 1 of 2)" in line
+               for line in lines)
+
+
+def test_a_shard_killed_too_often_ends_the_run(fresh_context, monkeypatch, tmp_path):
+    """A shard whose worker dies at every run ends the run after DEVICE_LOST_RETRIES runs again,
+    naming it, as an environment error (exit code 3) that says a rerun finishes."""
     from moe_theory.errors import ResourceError
 
-    fn = functools.partial(_die_in_worker, os.getpid())
-    with pytest.raises(ResourceError, match="a worker process died mid-shard .*run the same "
-                                            "command again"):
-        list(map_shards(fn, range(6), executor="processes", local_workers=2))
+    # this process lost: every shard goes to the (one) spawned worker
+    monkeypatch.setattr(executors, "_lost", "RuntimeError: CUDA error: (a test)")
+    fn = functools.partial(_die_in_worker, str(tmp_path / "unused"), os.getpid(), 1)
+    (tmp_path / "unused").write_text("")  # no first-worker kill: only shard 1's
+    lines: list[str] = []
+    with pytest.raises(ResourceError, match=r"a worker process died mid-shard .*computing 1 \(3 "
+                                            r"time\(s\) in all.*run the same command again"):
+        list(map_shards(fn, range(4), executor="processes", local_workers=2, log=lines.append))
+    retried = [line.split("(retry ")[1][:6] for line in lines if "; 1 runs again" in line]
+    assert retried == ["1 of 2", "2 of 2"]

@@ -2,7 +2,8 @@
 GPU context, once in the whole run (the process records itself in ``$LOSE_MARKER``):
 ``worker`` a spawned worker, ``here`` the sweep's own process. ``$LOSE_HOW``: ``raise`` raises
 CUDA's message (any device), ``assert`` faults for real on the GPU (an index out of bounds: a
-device-side assert, after which CUDA fails every call of that process).
+device-side assert, after which CUDA fails every call of that process), ``kill`` ends the process
+instead, mid-shard (SIGKILL, as the host's out-of-memory killer does: a worker only).
 
 Run as a script (``python tests/scripts/lose_gpu_cli.py sweep ...``, the repository on
 ``PYTHONPATH``): the file is then each spawned worker's ``__mp_main__``, so its patch of the sweep
@@ -11,6 +12,7 @@ where ``tests/moe_theory`` would shadow the package.
 """
 
 import os
+import signal
 import sys
 
 from moe_theory import sweep
@@ -33,6 +35,8 @@ def _claim_the_fault() -> bool:
 
 def _lose_once(*args, **kwargs):
     if _claim_the_fault():
+        if os.environ["LOSE_HOW"] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
         if os.environ["LOSE_HOW"] == "raise":
             raise RuntimeError("CUDA error: unspecified launch failure")
         import torch
