@@ -489,6 +489,9 @@ def _here(fn: Callable[[S], T], shard: S) -> T:
         raise _given_up(lost, shard, 1) from lost
 
 
+_KILLED = "a worker process died mid-shard (a signal: the host's out-of-memory killer, say)"
+
+
 def _killed(err: BrokenProcessPool, shard: object, runs: int) -> ResourceError:
     """The error that ends a run: ``shard``'s worker process died mid-shard ``runs`` times."""
     return ResourceError(
@@ -530,30 +533,16 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
         with lock:
             return todo.popleft() if todo else None
 
-    def again(item: tuple[int, S], lost: DeviceLost) -> bool:
-        """Hand a shard whose process lost its GPU context back to the queue, unless it has
-        been lost :data:`DEVICE_LOST_RETRIES` times already."""
+    def again(item: tuple[int, S], why: object) -> bool:
+        """Hand a shard whose process was lost (its GPU context, or the process itself: ``why``)
+        back to the queue, unless it has been lost :data:`DEVICE_LOST_RETRIES` times already."""
         i, shard = item
         if tries[i] >= DEVICE_LOST_RETRIES:
             return False
         tries[i] += 1
         with lock:
             todo.appendleft(item)
-        log(f"{lost}; {_shard_name(shard)} runs again in another process (retry {tries[i]} of "
-            f"{DEVICE_LOST_RETRIES}); its rows do not depend on the process")
-        return True
-
-    def killed(item: tuple[int, S]) -> bool:
-        """Hand a shard of a pool that a worker's death broke back to the queue, unless it has
-        been lost :data:`DEVICE_LOST_RETRIES` times already."""
-        i, shard = item
-        if tries[i] >= DEVICE_LOST_RETRIES:
-            return False
-        tries[i] += 1
-        with lock:
-            todo.appendleft(item)
-        log(f"a worker process died mid-shard (a signal: the host's out-of-memory killer, say); "
-            f"{_shard_name(shard)} runs again in a new process (retry {tries[i]} of "
+        log(f"{why}; {_shard_name(shard)} runs again in another process (retry {tries[i]} of "
             f"{DEVICE_LOST_RETRIES}); its rows do not depend on the process")
         return True
 
@@ -613,7 +602,7 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
                         future = cf.Future()
                         future.set_exception(_given_up(lost, item[1], tries[item[0]] + 1))
                     elif isinstance(lost, BrokenProcessPool):
-                        if rerun_broken(pool) and killed(item):
+                        if rerun_broken(pool) and again(item, _KILLED):
                             continue
                         future = cf.Future()
                         future.set_exception(_killed(lost, item[1], tries[item[0]] + 1))

@@ -1165,6 +1165,17 @@ def test_a_resumed_sweep_measures_against_the_recorded_g_bar(tmp_path, monkeypat
 CUDA_FAULT = "CUDA error: an illegal memory access was encountered"
 
 
+def _first(marker: str) -> bool:
+    """Whether this process is the first to get here in the whole run (``marker`` records it)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
 def _lose_context(marker: str, who: str, parent: int, always: object, shard):
     """A shard function for spawned workers: the first shard that a process of kind ``who``
     (``"worker"``, ``"here"``: the calling process) computes loses its GPU context, once in the
@@ -1173,15 +1184,8 @@ def _lose_context(marker: str, who: str, parent: int, always: object, shard):
     mine = (os.getpid() == parent) == (who == "here")
     if shard == always:
         raise RuntimeError(f"{CUDA_FAULT}\nCUDA kernel errors might be asynchronously reported")
-    if mine:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            raise RuntimeError(f"{CUDA_FAULT}\nCUDA kernel errors might be asynchronously reported")
+    if mine and _first(marker):
+        raise RuntimeError(f"{CUDA_FAULT}\nCUDA kernel errors might be asynchronously reported")
     time.sleep(0.05)  # long enough for the processes to share the shards
     return shard, os.getpid()
 
@@ -1299,7 +1303,7 @@ def test_a_sweep_goes_on_when_a_worker_loses_its_gpu_or_dies(how, config_path, l
         assert "runs again in another process (retry 1 of 2)" in proc.stderr
     else:
         assert "a worker process died mid-shard" in proc.stderr
-        assert "runs again in a new process (retry 1 of 2)" in proc.stderr
+        assert "runs again in another process (retry 1 of 2)" in proc.stderr
     assert not list((tmp_path / "claims").rglob("*.claim"))  # the dead worker's claim is gone
     assert_same_table(pd.read_parquet(tmp_path / "results.parquet"), local_run[1])
 
@@ -1311,13 +1315,7 @@ def _die_in_worker(marker: str, parent: int, always: object, shard):
     if os.getpid() != parent:
         if shard == always:
             os.kill(os.getpid(), signal.SIGKILL)
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
+        if _first(marker):
             os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.05)  # long enough for the processes to share the shards
     return shard, os.getpid()
