@@ -91,6 +91,9 @@ DEVICE_LOST_RETRIES = 2
 #: process group, and idle workers that die of it break the pool as a killed one does. The
 #: interrupt is seen within milliseconds wherever this process runs Python code or waits.
 KILLED_GRACE_S = 1.0
+#: Seconds at most that the ``processes`` executor waits for a broken pool's processes to be
+#: reaped (a few milliseconds as a rule): some Python versions' pools could hang there.
+REAP_TIMEOUT_S = 30.0
 #: Exit status of a Dask worker that lost its GPU context (its nanny starts a fresh one).
 DEVICE_LOST_EXIT = 75
 #: Seconds between the ``processes`` executor's looks for a shard handed back to the queue.
@@ -520,7 +523,7 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
     (:data:`KILLED_GRACE_S`), those shards go back to the front of the queue, each counted as a
     run lost, and a new pool takes the queue."""
     todo = deque(enumerate(shards))
-    tries = [0] * len(shards)  # runs of each shard that lost their process's GPU context
+    tries = [0] * len(shards)  # runs of each shard that lost their process (its GPU context)
     lock = threading.Lock()
     here = _lost is None  # whether this process takes shards
     helpers = min(workers - 1, len(shards) - 1) if here else min(max(workers - 1, 1), len(shards))
@@ -565,7 +568,9 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
         next writer) and a moment for this process's own interrupt (:data:`KILLED_GRACE_S`).
         A new pool takes the queue."""
         if pool not in broken:
-            pool.shutdown(wait=True)
+            reaper = threading.Thread(target=pool.shutdown, name="pool-reaper", daemon=True)
+            reaper.start()  # shutdown(wait=True) by default
+            reaper.join(REAP_TIMEOUT_S)
             broken[pool] = not stopping.wait(KILLED_GRACE_S)
             if broken[pool] and pool is pools[-1]:
                 pools.append(new_pool())
