@@ -152,11 +152,17 @@ def _shard_name(shard: object) -> str:
     return getattr(shard, "key", None) or str(shard)
 
 
-def _given_up(lost: DeviceLost, shard: object, runs: int) -> DeviceLost:
-    """The error that ends a run: ``shard`` lost its process's GPU context ``runs`` times."""
-    return DeviceLost(f"{lost}, computing {_shard_name(shard)} ({runs} time(s) in all, each in "
-                      "another process); the finished shards are kept: run the same command "
-                      "again to finish")
+#: Why a shard's run was lost when its worker process died (the pool cannot say which signal).
+_KILLED = "a worker process died mid-shard (a signal: the host's out-of-memory killer, say)"
+
+
+def _given_up(why: object, shard: object, runs: int, error: type[ResourceError] = DeviceLost,
+              hint: str = "") -> ResourceError:
+    """The error that ends a run: ``shard`` lost its process ``runs`` times (``why``: its GPU
+    context, or the process itself)."""
+    return error(f"{why}, computing {_shard_name(shard)} ({runs} time(s) in all, each in another "
+                 f"process); the finished shards are kept: run the same command again to "
+                 f"finish{hint}")
 
 
 # ---- scheduling -------------------------------------------------------------------------------
@@ -492,18 +498,6 @@ def _here(fn: Callable[[S], T], shard: S) -> T:
         raise _given_up(lost, shard, 1) from lost
 
 
-_KILLED = "a worker process died mid-shard (a signal: the host's out-of-memory killer, say)"
-
-
-def _killed(err: BrokenProcessPool, shard: object, runs: int) -> ResourceError:
-    """The error that ends a run: ``shard``'s worker process died mid-shard ``runs`` times."""
-    return ResourceError(
-        f"a worker process died mid-shard ({err}), computing {_shard_name(shard)} ({runs} "
-        "time(s) in all, each in another process): killed by a signal or by the host's "
-        "out-of-memory killer; the finished shards are kept: run the same command again to "
-        "finish (with fewer worker processes if memory ran out)")
-
-
 def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
                    log: Callable[[str], None]) -> Iterator[T]:
     """``workers`` processes in all: this one and ``workers - 1`` spawned ones, taking shards
@@ -523,7 +517,7 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
     (:data:`KILLED_GRACE_S`), those shards go back to the front of the queue, each counted as a
     run lost, and a new pool takes the queue."""
     todo = deque(enumerate(shards))
-    tries = [0] * len(shards)  # runs of each shard that lost their process (its GPU context)
+    tries = [0] * len(shards)  # runs of each shard lost with its process (GPU context or kill)
     lock = threading.Lock()
     here = _lost is None  # whether this process takes shards
     helpers = min(workers - 1, len(shards) - 1) if here else min(max(workers - 1, 1), len(shards))
@@ -610,7 +604,9 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
                         if rerun_broken(pool) and again(item, _KILLED):
                             continue
                         future = cf.Future()
-                        future.set_exception(_killed(lost, item[1], tries[item[0]] + 1))
+                        future.set_exception(_given_up(
+                            f"{_KILLED} ({lost})", item[1], tries[item[0]] + 1, ResourceError,
+                            " (with fewer worker processes if memory ran out)"))
                     finished.put(future)
         except BaseException as err:  # e.g. the pool broke: hand it to the consumer
             failed: cf.Future = cf.Future()
