@@ -42,15 +42,13 @@ from moe_theory.rates import (
     PLUS_MINUS,
     RateFit,
     TheoryLookup,
-    bounds_by_n,
     check_columns,
     check_n,
     curve_fit,
     curve_rate,
     curve_verdict,
-    drop_reasons,
+    kept_by_n,
     resolve_theory,
-    values_by_n,
 )
 from moe_theory.sublevel import format_ratio
 
@@ -75,6 +73,8 @@ LEGEND_REASON_WIDTH = 40
 #: visible characters of a curve's name past which its rate goes to the next line (the rate
 #: takes ~14)
 LEGEND_NAME_WIDTH = 26
+#: sample sizes a legend entry lists by name when they are left out; more are counted instead
+LEGEND_MAX_SIZES = 3
 MEDIAN_MARKER = "x"
 #: The legend's title: what "±" means, in the rates table's own words (one convention everywhere).
 LEGEND_TITLE = PLUS_MINUS
@@ -242,9 +242,9 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
     where the theorem's bound is loose. ``values``: the curve's number of loss values, of which
     the entry counts those left out."""
     suffix = "" if certified else "\n(not measurable)"
-    if not certified and verdict.startswith("not measurable ("):
-        # which certificates failed, as the printed table says: a reader of the figure alone
-        # should not have to look up why
+    if verdict.startswith("not measurable ("):
+        # why, as the printed table says (failed certificates, or too few sample sizes for a
+        # certified curve): a reader of the figure alone should not have to look it up
         suffix = "\n" + textwrap.fill("(not measurable: " + verdict[len("not measurable ("):],
                                       width=LEGEND_REASON_WIDTH)
     if certified and verdict.startswith("inconclusive"):
@@ -262,6 +262,15 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
         of = "" if values is None else f" of {values}"
         suffix += "\n" + textwrap.fill(f"(left out{of}: {', '.join(left_out)})",
                                        width=LEGEND_REASON_WIDTH)
+    if fit.dropped_n and fit.n_points:
+        # a sample size with too few usable values is no point of the curve, however many of
+        # its values the line above counts: the table's dropped_n
+        which = (f"n = {', '.join(sample_size_label(m) for m in fit.dropped_n)}"
+                 if len(fit.dropped_n) <= LEGEND_MAX_SIZES else
+                 f"{len(fit.dropped_n)} of {len(fit.dropped_n) + fit.n_points} sample sizes")
+        suffix += "\n" + textwrap.fill(
+            f"({which} left out: fewer than {MIN_REPS_PER_N} usable values)",
+            width=LEGEND_REASON_WIDTH)
     rate = ("no rate (< 2 sample sizes)" if math.isnan(fit.slope)
             else rf"$n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$")
     # a long name (a parameter error in words) takes a line of its own, so that the entry stays
@@ -357,10 +366,7 @@ def drawable_curve(df: pd.DataFrame, gate: str, loss: str) -> bool:
     curve = df[(df["fit_gate"] == gate) & (df["loss_name"] == loss)]
     if curve.empty:
         return False
-    _, values = values_by_n(curve)
-    bounds = bounds_by_n(curve) or [None] * len(values)
-    return any((drop_reasons(v, b) == "").sum() >= MIN_REPS_PER_N
-               for v, b in zip(values, bounds, strict=True))
+    return any(v.size >= MIN_REPS_PER_N for v in kept_by_n(curve)[1])
 
 
 def draw_rates(
@@ -438,10 +444,7 @@ def draw_rates(
         name = (settings[0], gate, loss)
         statuses = certificates.evaluate(curve, name)
         certified = all(s.passed for s in statuses.values())
-        n_all, values = values_by_n(curve)
-        bounds = bounds_by_n(curve) or [None] * len(values)
-        kept = {m: v[drop_reasons(v, b) == ""] for m, v, b in zip(n_all, values, bounds,
-                                                                  strict=True)}
+        kept = dict(zip(*kept_by_n(curve), strict=True))
         n = np.asarray(fit.n_used, dtype=float)
         if n.size:
             mean = np.array([kept[m].mean() for m in n])
@@ -454,13 +457,17 @@ def draw_rates(
                 artist.set_alpha(0.55)
             ax.plot(n, [np.median(kept[m]) for m in n], ls="None", marker=MEDIAN_MARKER,
                     color=color, ms=4, zorder=4, gid="median")
-        line_style = "-" if certified else UNCERTIFIED_LINESTYLE
+        rate = curve_rate(lookup, curve, name, loss)
+        verdict = curve_verdict(rate.exponent, fit, statuses)[0]
+        # solid only for a curve with a verdict or a certified rate without theory: too few
+        # sample sizes leave a certified curve as unmeasurable as a failed certificate does
+        measurable = certified and not verdict.startswith("not measurable")
+        line_style = "-" if measurable else UNCERTIFIED_LINESTYLE
         if not math.isnan(fit.slope):
             styles.add(line_style)
             ends = n[[0, -1]]
             ax.plot(ends, np.exp(fit.intercept) * ends**fit.slope, color=color, zorder=2,
                     ls=line_style)
-        rate = curve_rate(lookup, curve, name, loss)
         if n.size and rate.exponent is not None and not math.isnan(rate.exponent):
             styles.add(THEORY_LINESTYLE)
             ends = n[[0, -1]]
@@ -471,8 +478,7 @@ def draw_rates(
             styles.add(OVERLAY_LINESTYLE)
             ax.plot(*overlay, color=color, lw=1.0, ls=OVERLAY_LINESTYLE, zorder=1)
         handles.append(Line2D([], [], color=color, marker=marker, mfc=face, ls=line_style,
-                              label=_rate_label(label, fit, certified,
-                                                curve_verdict(rate.exponent, fit, statuses)[0],
+                              label=_rate_label(label, fit, certified, verdict,
                                                 certificates.sublevel(curve, name),
                                                 len(curve))))
     if key:

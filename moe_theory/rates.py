@@ -184,8 +184,11 @@ def _slope_fit(x: np.ndarray, y: np.ndarray, variances: np.ndarray, reps: np.nda
     c = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
     w = c**2 * variances
     var = float(w.sum())
-    if var <= 0:
-        return SlopeFit(slope, intercept, 0.0, slope, slope)
+    if not var > 0:
+        # every replication tied at every n: no spread is no evidence of a precise slope (a
+        # zero-width CI would give a firm verdict on ties), so no CI at all
+        nan = float("nan")
+        return SlopeFit(slope, intercept, nan, nan, nan)
     df = var**2 / float((w**2 / (reps - 1)).sum())
     half = float(stdtrit(df, 0.5 + CI_LEVEL / 2)) * np.sqrt(var)
     return SlopeFit(slope, intercept, float(np.sqrt(var)), slope - half, slope + half)
@@ -294,6 +297,7 @@ def fit_rate(
     for statistic in ("mean", "median"):
         y = np.log([v.mean() if statistic == "mean" else np.median(v) for v in kept])
         variances = np.array([log_stat_variance(v, d, statistic)
+                              if np.ptp(v) > 0 else 0.0  # ties: rounding, not a spread
                               for v, d in zip(kept, draws, strict=True)])
         fits[statistic] = (_slope_fit(x, y, variances, reps), y)
     mean, y = fits["mean"]
@@ -378,9 +382,10 @@ def curve_verdict(
             [f"{', '.join(missing)} not run"] if missing else [])
         return f"not measurable ({'; '.join(parts)})", reason
     if not fit.half_width < half_width_max:
-        return "inconclusive (CI too wide)", (
-            f"CI half-width {fit.half_width:.3f} > {half_width_max}" + (f"; {reason}" if reason
-                                                                          else ""))
+        why = (f"CI half-width {fit.half_width:.3f} > {half_width_max}"
+               if np.isfinite(fit.half_width) else
+               "no CI: the replications are tied at every n, so their spread is unknown")
+        return "inconclusive (CI too wide)", why + (f"; {reason}" if reason else "")
     return verdict(theory_exponent, fit.ci_low, fit.ci_high, widen), reason
 
 
@@ -422,6 +427,16 @@ def bounds_by_n(curve: pd.DataFrame) -> list[np.ndarray] | None:
     if "bound_active" not in curve.columns:
         return None
     return [g.to_numpy(dtype=bool) for _, g in curve.groupby("n", sort=True)["bound_active"]]
+
+
+def kept_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per sample size, the loss values a rate fit of the curve uses: :func:`drop_reasons` finds
+    nothing against them (finite, positive, not at a bound). Everything measured along a curve
+    (its figure's means, the overlay's agreement) uses these, so that it describes the fits the
+    slope describes."""
+    n, values = values_by_n(curve)
+    bounds = bounds_by_n(curve) or [None] * len(values)
+    return n, [v[drop_reasons(v, b) == ""] for v, b in zip(values, bounds, strict=True)]
 
 
 def curve_fit(curve: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> RateFit:
@@ -526,7 +541,7 @@ def rates_table(
         reach = certificates.sublevel(curve, name) or {}
         reason = "; ".join(filter(None, [reason, sublevel.note(
             reach, exponent is not None and not math.isnan(exponent))]))
-        n_all, values = values_by_n(curve)
+        n_all, kept = kept_by_n(curve)
         used = np.asarray(fit.n_used if fit.n_used else n_all)
         cert = certificates.reference.get(name[:2])
         overlay = None if cert is None else cert.overlay.get(name[2])
@@ -544,7 +559,7 @@ def rates_table(
             theory_exponent=exponent, theory_label=rate.label, theory_source=rate.source,
             **{f"cert_{k}": s.status for k, s in statuses.items()},
             verdict=label, reason=reason,
-            overlay_from_n=overlay_agreement(n_all, [usable(v) for v in values], overlay),
+            overlay_from_n=overlay_agreement(n_all, kept, overlay),
             certified_share=float(curve["certified"].astype(float).mean()),
             converged_share=float(curve["converged"].astype(float).mean()),
             wall_s=float(curve["wall_s"].sum()),

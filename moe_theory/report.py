@@ -190,16 +190,15 @@ def build_report(folder: str | Path) -> FolderReport:
         curve_devices(results), on=list(CURVE_KEYS), how="left")
     run = read_run(folder / "run.json")
     figures = []
-    # A loss can be undefined for every fit of a curve (an over-specified error without an
-    # over-specified cell is NaN): leave such rows out, so that the figure shows the config's
-    # next loss for that curve, or no curve, instead of an empty one.
-    drawable = results[np.isfinite(results["loss_value"]) & (results["loss_value"] > 0)]
-    panels = figure_panels(drawable, config)
+    # The figures get every row, as the table does: their legends' certificates and left-out
+    # counts are read from the same fits (figure_panels and plot_panels skip a loss undefined in
+    # every fit, an over-specified error without an over-specified cell, themselves).
+    panels = figure_panels(results, config)
     plotted = frozenset((setting, curve[0], curve[1]) for _, setting, curves in panels
                         for curve in curves)
     title = figure_title(config.description or config.name)
     if panels:
-        png = plot_panels(drawable, panels, folder / config.name, title=title,
+        png = plot_panels(results, panels, folder / config.name, title=title,
                           certificates=certificates)[0]
         figures.append((png, f"{config.name}: the curves the config plots (listed first in the "
                              "table): means ± 2 sd and medians, fitted rates (solid when "
@@ -207,7 +206,7 @@ def build_report(folder: str | Path) -> FolderReport:
                              "and the asymptotic overlay (dotted)"))
     panels = curves_figure_panels(rates)
     if panels:
-        png = plot_panels(drawable, panels, folder / f"{config.name}{CURVES_FIGURE_SUFFIX}",
+        png = plot_panels(results, panels, folder / f"{config.name}{CURVES_FIGURE_SUFFIX}",
                           ncols=min(len(panels), CURVES_FIGURE_NCOLS), title=title,
                           certificates=certificates)[0]
         figures.append((png, "every curve with a rate, one panel per setting, fitted gate and "

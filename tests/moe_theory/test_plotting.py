@@ -510,3 +510,48 @@ def test_a_curve_says_how_many_values_it_left_out_and_why(df):
     values = int(softmax.sum())
     assert f"(left out of {values}: 1 NaN, 3 fits on the box)" in softmax_label
     assert "left out" not in sigmoid
+
+
+def test_a_certified_curve_on_too_few_sample_sizes_is_drawn_not_measurable():
+    """Every certificate passes, but three sample sizes allow no verdict (the table says "not
+    measurable (3 usable n < 4)"): the legend says why and the line is dashed, as for a
+    failed certificate, instead of a solid line a reader takes for a certified rate."""
+    from tests.moe_theory.test_rates import N_GRID
+
+    short = results_table(CURVES, n=N_GRID[:3], sigma=0.05, seed=2)
+    ax, (fit,) = draw(short, [("sigmoid", "D3")], certificates=passing_certificates(short))
+    assert fit.n_points == 3
+    assert lines(ax, "-") == [] and len(lines(ax, "--")) == 1
+    label = ax.get_legend().get_texts()[0].get_text().replace("\n", " ")
+    assert label.endswith("(not measurable: 3 usable n < 4)")
+
+
+def test_a_sample_size_left_out_is_named_in_the_legend(df):
+    """An n left with one usable value is no point of the curve: the legend names it, as the
+    table's dropped_n does, beside the count of the values that were unusable."""
+    first = df["n"].min()
+    lossy = df.copy()
+    gone = (lossy["fit_gate"] == "softmax") & (lossy["n"] == first) & (lossy["rep"] > 0)
+    lossy.loc[gone, "loss_value"] = np.nan
+    ax, fits = draw(lossy, [("sigmoid", "D3"), ("softmax", "D3")])
+    assert fits[1].dropped_n == (float(first),)
+    sigmoid, softmax = (t.get_text().replace("\n", " ") for t in ax.get_legend().get_texts()[:2])
+    assert f"(n = {first:g} left out: fewer than 2 usable values)" in softmax
+    assert "left out" not in sigmoid
+
+
+def test_many_sample_sizes_left_out_are_counted_not_listed(df):
+    """More than LEGEND_MAX_SIZES sample sizes left out would take a legend line each: the entry
+    counts them against the grid instead."""
+    from moe_theory.plotting import LEGEND_MAX_SIZES
+
+    grid = sorted(df["n"].unique())
+    lost = grid[: LEGEND_MAX_SIZES + 1]
+    lossy = df.copy()
+    gone = (lossy["fit_gate"] == "softmax") & lossy["n"].isin(lost) & (lossy["rep"] > 0)
+    lossy.loc[gone, "loss_value"] = np.nan
+    ax, fits = draw(lossy, [("softmax", "D3")])
+    assert len(fits[0].dropped_n) == len(lost)
+    label = ax.get_legend().get_texts()[0].get_text().replace("\n", " ")
+    assert (f"({len(lost)} of {len(grid)} sample sizes left out: fewer than 2 usable values)"
+            in label)

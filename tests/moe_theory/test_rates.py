@@ -196,9 +196,8 @@ def test_exact_power_law_is_recovered_exactly():
     assert fit.slope == pytest.approx(-0.5, rel=1e-12)
     assert fit.intercept == pytest.approx(np.log(3.0), rel=1e-12)
     assert fit.r2 == pytest.approx(1.0, abs=1e-12)
-    assert fit.slope_se == pytest.approx(0.0, abs=1e-12)
-    assert fit.ci_low == pytest.approx(-0.5, rel=1e-12)
-    assert fit.ci_high == pytest.approx(-0.5, rel=1e-12)
+    # no spread among the replications: no CI (test_tied_replications_give_no_ci_and_no_verdict)
+    assert np.isnan(fit.slope_se) and np.isnan(fit.half_width)
 
 
 def test_bootstrap_is_reproducible_for_a_fixed_seed():
@@ -324,6 +323,18 @@ def test_wide_ci_is_inconclusive_even_when_the_theory_lies_inside():
 def test_fewer_than_four_usable_sample_sizes_get_no_verdict():
     fit = narrow_fit(points=3)
     assert curve_verdict(-0.5, fit, ALL_PASS)[0] == "not measurable (3 usable n < 4)"
+
+
+def test_tied_replications_give_no_ci_and_no_verdict():
+    """Replications equal at every n (a loss stuck at one value) pass the two-per-n rule but
+    show no spread: the bootstrap cannot size the slope's error, so there is no CI, and no
+    firm verdict, rather than a zero-width CI that would reject any exponent but the slope."""
+    n = N_GRID[:5]
+    fit = fit_rate(n, [np.full(3, m**-0.4) for m in n])
+    assert fit.slope == pytest.approx(-0.4)
+    assert np.isnan(fit.half_width) and np.isnan(fit.ci_low) and np.isnan(fit.ci_high)
+    label, reason = curve_verdict(-0.5, fit, ALL_PASS)
+    assert label == "inconclusive (CI too wide)" and "tied" in reason
 
 
 def test_one_huge_value_cannot_make_a_curve_consistent():
@@ -546,3 +557,24 @@ def test_every_drop_reason_has_words_for_a_legend():
     from moe_theory.rates import DROP_REASONS, DROP_WORDS
 
     assert set(DROP_WORDS) == set(DROP_REASONS) and all(DROP_WORDS.values())
+
+
+def test_the_overlays_agreement_reads_the_values_the_slope_uses():
+    """Fits on the box are left out of the slope and of the figure's means; the overlay's
+    agreement must leave them out too, or a table would say its curve never follows the
+    overlay while the figure's means do from the first n."""
+    df = results_table({("sigmoid", "D3"): -0.5}, sigma=0.05, seed=3)
+    df["bound_active"] = False
+    worst = df["n"].eq(df["n"].max()) & df["rep"].isin([2, 3, 4])
+    df.loc[worst, "bound_active"] = True
+    df.loc[worst, "loss_value"] *= 50
+    certs = passing_certificates(df)
+    grid = sorted(df["n"].unique())
+    cert = certs.reference[("toy-dense", "sigmoid")]
+    # the overlay predicts the curve's law, the mean of n^-1/2 under the table's noise
+    cert.overlay["D3"] = {"n": [int(m) for m in grid],
+                          "mean": [float(df[(df.n == m) & ~df.bound_active].loss_value.mean())
+                                   for m in grid]}
+    (row,) = rates_table(df, certificates=certs).itertuples()
+    assert row.dropped_bound == 3
+    assert row.overlay_from_n == grid[0]

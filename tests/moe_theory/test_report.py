@@ -10,6 +10,7 @@ import matplotlib.image
 import pytest
 import torch
 
+from moe_theory import report as report_module
 from moe_theory import settings
 from moe_theory.certificates import CHECK_FILE, FolderCertificates, write_reference_certificate
 from moe_theory.cli import main
@@ -107,14 +108,17 @@ def small_sweep(tmp_path_factory):
 SYNTHETIC_DESCRIPTION = "A synthetic sweep, D1 decaying too slowly"
 
 
-def write_synthetic(folder, certify=True):
+def write_synthetic(folder, certify=True, edit=None):
     """A results folder whose D1 decays as n^-0.05 (theory: n^-1/2), with its manifest and,
-    with ``certify``, passing certificates (a reference certificate and an optimiser check)."""
+    with ``certify``, passing certificates (a reference certificate and an optimiser check);
+    ``edit`` changes the results table before it is written."""
     config = parse_config({"name": "synthetic", "settings": [SPARSE.name],
                            "n": [1000, 100000], "reps": 20, "fit_gates": ["sigmoid"],
                            "description": SYNTHETIC_DESCRIPTION})
     write_manifest(folder, config)
     df = as_small_sparse_relu(results_table(SYNTHETIC_CURVES), config.hash)
+    if edit is not None:
+        df = edit(df)
     df.to_csv(folder / "results.csv", index=False)
     if certify:
         certs = passing_certificates(df)
@@ -193,6 +197,35 @@ def test_without_certificates_the_report_says_not_measurable(tmp_path):
     assert {r[10] for r in rows} == {"not measurable (reference, optimiser not run)"}
     assert "No reference certificates in this folder" in markdown
     assert "## Notes" in markdown and "reference: not run" in markdown
+
+
+def test_the_figures_read_every_row_the_table_reads(tmp_path, monkeypatch):
+    """Two fits at the first n stop at the iteration cap with their over-specified error
+    undefined (NaN): they still count in that curve's converged certificate, so the table calls
+    the curve not measurable, and the report's figures must be drawn from the same rows, or
+    their legend would call it certified and consistent."""
+    def capped(df):
+        fits = df["n"].eq(df["n"].min()) & df["rep"].isin([2, 3])
+        undefined = fits & df["loss_name"].eq("err_eta_over")
+        return df.assign(loss_value=df["loss_value"].mask(undefined),
+                         converged=df["converged"] & ~fits)
+
+    folder = write_synthetic(tmp_path, edit=capped)
+    drawn = []
+    real = report_module.plot_panels
+
+    def spy(df, *args, **kwargs):
+        drawn.append(df)
+        return real(df, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "plot_panels", spy)
+    report = build_report(folder)
+    verdicts = report.rates.set_index("loss_name")["verdict"]
+    assert verdicts["err_eta_over"] == "not measurable (converged failed)"
+    assert drawn and all(len(df) == len(report.results) for df in drawn)
+    for df in drawn:
+        again = rates_table(df, certificates=report.certificates).set_index("loss_name")
+        assert again["verdict"].to_dict() == verdicts.to_dict()
 
 
 def test_inconsistent_verdict_is_flagged_in_html(synthetic):
