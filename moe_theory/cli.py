@@ -15,6 +15,7 @@ from pathlib import Path
 from moe_theory.config import named_configs
 from moe_theory.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, ResourceError
 from moe_theory.store import StoreWarning
+from moe_theory.validation import check_number
 from moe_theory.voronoi import ALL_KINDS
 
 DEVICES = ("cpu", "cuda")
@@ -225,8 +226,7 @@ def _cmd_compare(args) -> int:
     from moe_theory.compare import compare_folders, differs, format_comparison
     from moe_theory.errors import EXIT_DIFFERENT, EXIT_OK
 
-    if args.rtol < 0:
-        raise ValueError(f"rtol: must be >= 0, got {args.rtol}")
+    check_number("--rtol", args.rtol)  # NaN compares false both ways: it would pass as >= 0
     table = compare_folders(args.a, args.b, rtol=args.rtol)
     if args.json:
         print(table.to_json(orient="records", indent=1))
@@ -270,6 +270,7 @@ def _cmd_loss(args) -> int:
         except ValueError as err:
             raise ValueError(f"{field} ({path}): {err}") from None
 
+    check_number("--r", args.r, 1)  # NaN passes r >= 1 as a comparison and prints NaN losses
     fitted, truth = read(args.fitted, "FITTED"), read(args.true, "TRUE")
     values = voronoi_loss(fitted, truth, args.kind, r=args.r).tolist()
     print(json.dumps(values[0] if len(values) == 1 else values))

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from moe_theory.store import FIT_KEYS, FIT_MEASURE, SORT_KEYS, load_fits, load_results, read_manifest
+from moe_theory.validation import check_number
 
 #: Columns that time the run: the machine's, never compared.
 TIMING_COLUMNS = ("wall_s",)
@@ -178,6 +179,7 @@ def compare_folders(a: str | Path, b: str | Path, *, rtol: float = 0.0) -> pd.Da
     """Every table both folders hold, compared (:func:`compare_tables`): ``results``, ``fits``
     (the estimates), ``check`` (the optimiser check's refits, ``check.parquet``) and ``rates``
     (each curve's slopes, certificates and verdict). Folders of two configs are refused."""
+    rtol = check_number("rtol", rtol)
     a, b = Path(a), Path(b)
     hashes = []
     for side, folder in (("A", a), ("B", b)):

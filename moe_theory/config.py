@@ -176,6 +176,10 @@ def _err(key: str, msg: str) -> ValueError:
 
 def _int(raw: dict, key: str, default: Any = None, minimum: int = 1, name: str | None = None
          ) -> int:
+    """``raw[key]``, an integer >= ``minimum``; ``name`` is the key as the config spells it
+    (``n.num`` for ``num`` of the table ``n``). Without a default the key is required."""
+    if key not in raw and default is None:
+        raise _err(name or key, "missing")
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _err(name or key, f"must be an integer, got {value!r}")
@@ -212,9 +216,9 @@ def _n_grid(value: Any) -> tuple[int, ...]:
         unknown = set(value) - {"min", "max", "num"}
         if unknown:
             raise _err("n", f"unknown sub-key(s) {sorted(unknown)}; allowed: min, max, num")
-        lo, hi, num = (_int(value, "min"), _int(value, "max"), _int(value, "num"))
+        lo, hi, num = (_int(value, key, name=f"n.{key}") for key in ("min", "max", "num"))
         if hi < lo:
-            raise _err("n", f"max ({hi}) must be >= min ({lo})")
+            raise _err("n.max", f"must be >= n.min = {lo}, got {hi}")
         grid = np.unique(np.round(np.geomspace(lo, hi, num)).astype(int))
         return tuple(int(v) for v in grid)
     if not isinstance(value, list) or not value:
@@ -257,9 +261,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     for key in ("name", "settings", "n", "reps"):
         if key not in raw:
             raise _err(key, "missing")
-    name = raw["name"]
-    if not isinstance(name, str) or not name:
-        raise _err("name", "must be a non-empty string")
+    name = _plain_name(raw["name"])
     settings = raw["settings"]
     if not isinstance(settings, list) or not settings:
         raise _err("settings", "must be a non-empty list of setting names")
@@ -324,9 +326,11 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     for key in ("epochs", "batch_size", "seed"):
         if key in sgd:
             _int(sgd, key, minimum=0 if key == "seed" else 1, name=f"sgd.{key}")
-    lr = sgd.get("lr", 0.1)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise _err("sgd.lr", f"must be a positive number, got {lr!r}")
+    try:  # the protocol checks the rest (lr finite and positive); its errors name sgd.<key>
+        SGDProtocol(**sgd)
+    except ValueError as err:
+        key, _, msg = str(err).partition(": ")
+        raise _err(key, msg) from None
     panels = raw.get("panels", [])
     if not isinstance(panels, list):
         raise _err("panels", f"must be a list, got {panels!r}")
@@ -359,6 +363,16 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
         panels=tuple(panels), description=str(raw.get("description", "")),
     )
+
+
+def _plain_name(name: Any) -> str:
+    """The config's name, which names files inside ``--out`` (its figure, ``NAME.png``): a plain
+    file name, or ``../run1/audit`` would write outside the folder, over another run's."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or name != name.strip()
+            or any(c in name for c in "/\\\0")):
+        raise _err("name", "must be a plain file name (no '/' or '\\', not '.' or '..', no "
+                   f"leading or trailing space), got {name!r}")
+    return name
 
 
 def _bound_scale(raw: Any) -> float | dict:
@@ -402,7 +416,11 @@ def load_config(path_or_name: str | Path, *, fast: bool = False) -> SweepConfig:
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
         raise ValueError(f"config: no file {str(path_or_name)!r}; named configs: {known}")
     try:
-        raw = tomllib.loads(path.read_text())
+        # TOML is UTF-8 whatever the locale; a decoding error alone would not say which file
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config: {path} is not UTF-8 text (byte {err.start}: {err.reason})"
+                         ) from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"config: {path.name} is not valid TOML ({err})") from None
     return parse_config(raw, fast=fast, source=path.name)

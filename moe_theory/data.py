@@ -22,6 +22,7 @@ from moe_theory.validation import (
     check_device,
     check_positive_float,
     check_positive_int,
+    check_seed,
 )
 
 X_DISTRIBUTIONS = ("uniform", "normal")
@@ -92,6 +93,7 @@ def sample(
     """
     n = check_positive_int("n", n)
     reps = check_positive_int("reps", reps)
+    seed = check_seed("seed", seed)
     noise_var = check_positive_float("noise_var", noise_var)
     check_choice("x_dist", x_dist, X_DISTRIBUTIONS)
     if device is not None:

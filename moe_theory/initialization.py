@@ -12,7 +12,12 @@ import torch
 from moe_theory import models
 from moe_theory.data import stable_seed
 from moe_theory.measure import MixingMeasure
-from moe_theory.validation import check_positive_int
+from moe_theory.validation import (
+    check_number,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+)
 
 #: Default standard deviation of the Gaussian jitter added to every free parameter. Large enough
 #: to separate split copies (identical copies get identical Gauss-Newton updates and would never
@@ -182,6 +187,8 @@ def multi_start(
     """
     if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
         raise ValueError(f"starts: the number of extra starts must be an integer >= 0, got {extra!r}")
+    # before the default start_jitter is derived from it, which would take the blame for it
+    jitter = check_number("jitter", jitter)
     start_jitter = START_JITTER_FACTOR * jitter if start_jitter is None else start_jitter
     if isinstance(start_jitter, bool) or not isinstance(start_jitter, (int, float)) or \
             not start_jitter > 0 or np.isinf(start_jitter):
@@ -208,12 +215,14 @@ def near_truth(
     k = check_positive_int("k", k)
     if k < truth.k:
         raise ValueError(f"k: the fitted number of atoms ({k}) must be >= k* = {truth.k}")
-    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not jitter >= 0 or \
-            np.isinf(jitter):
-        raise ValueError(f"jitter: must be a finite number >= 0, got {jitter!r}")
-    return NearTruth(truth, k, seed, float(jitter), None if split is None else tuple(split))
+    jitter = check_number("jitter", jitter)
+    # the jitter's generator is seeded by the seed's text: "1.0" would draw other numbers than 1
+    seed = check_seed("seed", seed)
+    return NearTruth(truth, k, seed, jitter, None if split is None else tuple(split))
 
 
 def random_init(seed: int = 0, *, n_starts: int = 5, scale: float = 1.0) -> RandomInit:
     """Random initialisation with multi-start: the best fit per replication is kept."""
-    return RandomInit(seed, check_positive_int("n_starts", n_starts), float(scale))
+    # scale = NaN or inf makes every start, hence every estimate, NaN; 0 makes them identical
+    return RandomInit(check_seed("seed", seed), check_positive_int("n_starts", n_starts),
+                      check_positive_float("scale", scale))

@@ -5,6 +5,8 @@ A setting lives here once; configs and tests refer to it by name.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -13,7 +15,13 @@ import torch
 from moe_theory import models
 from moe_theory.data import DEFAULT_NOISE_VAR, X_DISTRIBUTIONS
 from moe_theory.measure import MixingMeasure
-from moe_theory.validation import check_choice
+from moe_theory.validation import (
+    check_choice,
+    check_number,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+)
 
 REGIMES = ("dense", "sparse")
 
@@ -55,18 +63,61 @@ class Setting:
     sparse_zero: str = "all"
 
     def __post_init__(self) -> None:
+        # users register their own: a bad field is named here, not by numpy or torch when the
+        # truth is drawn (or never, as a NaN truth or a noise variance of -1 would be)
+        for key in ("name", "description", "source"):
+            if not isinstance(getattr(self, key), str) or (key == "name" and not self.name):
+                raise ValueError(f"{key}: must be a{' non-empty' if key == 'name' else ''} "
+                                 f"string, got {getattr(self, key)!r}")
         models.check_gate(self.truth_gate)
         models.check_score(self.score)
         models.get_expert(self.expert)
         check_choice("regime", self.regime, REGIMES)
         check_choice("x_dist", self.x_dist, X_DISTRIBUTIONS)
         check_choice("sparse_zero", self.sparse_zero, ("all", "over_specified"))
-        for gate in self.fit_gates:
+        # integers and sequences are stored normalised (2.0 -> 2, a list -> a tuple), numbers
+        # as given: to_dict() keys the population fit's cache, and 0 -> 0.0 would miss it
+        fixed = {key: check_positive_int(key, getattr(self, key)) for key in ("d", "k_true", "k_fit")}
+        for key in ("beta0_sd", "beta1_sd", "expert_sd", "A_sd"):
+            check_number(key, getattr(self, key))
+        check_positive_float("noise_var", self.noise_var)
+        fixed["truth_seed"] = check_seed("truth_seed", self.truth_seed)
+        fixed["fit_gates"] = self._sequence("fit_gates", self.fit_gates, allow_empty=False)
+        for gate in fixed["fit_gates"]:
             models.check_gate(gate)
+        if self.split is not None:
+            fixed["split"] = self._sequence("split", self.split)
+            if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in fixed["split"]):
+                raise ValueError(f"split: must be atom indices (integers >= 0), got {self.split!r}")
+        for key, value in fixed.items():
+            object.__setattr__(self, key, value)
+        if self.atoms is not None:
+            self._check_atoms()
         if self.k_fit < self.k_true:
             raise ValueError(f"k_fit: must be >= k_true = {self.k_true}, got {self.k_fit}")
         if self.regime == "dense" and self.beta1_sd == 0 and self.A_sd == 0 and self.atoms is None:
             raise ValueError(f"{self.name}: a dense setting needs beta1_sd > 0 or A_sd > 0")
+
+    @staticmethod
+    def _sequence(key: str, value: object, allow_empty: bool = True) -> tuple:
+        """A list or tuple as a tuple (a string is no sequence of names here)."""
+        if not isinstance(value, (list, tuple)) or not (value or allow_empty):
+            raise ValueError(f"{key}: must be a{'' if allow_empty else ' non-empty'} tuple, "
+                             f"got {value!r}")
+        return tuple(value)
+
+    def _check_atoms(self) -> None:
+        """``atoms``: k_true rows of gate + expert parameters, finite numbers."""
+        width = models.gate_dim(self.score, self.d) + models.get_expert(self.expert).dim(self.d)
+        rows = self._sequence("atoms", self.atoms)
+        if len(rows) != self.k_true or any(
+                not isinstance(row, (list, tuple)) or len(row) != width for row in rows):
+            raise ValueError(f"atoms: setting {self.name!r} needs {self.k_true} rows of "
+                             f"gate + expert parameters ({width} each)")
+        for row in rows:
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
+                   for v in row):
+                raise ValueError(f"atoms: must be finite numbers, got the row {row!r}")
 
     def truth(self) -> MixingMeasure:
         """``G*`` as a batch of one measure (float64)."""

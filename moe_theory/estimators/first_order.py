@@ -26,6 +26,7 @@ from moe_theory.estimators.levenberg_marquardt import (
     StopRule,
 )
 from moe_theory.estimators.problem import LeastSquaresProblem
+from moe_theory.validation import check_number, check_positive_int, check_seed
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class SGDProtocol:
     lr: float = 0.1
     batch_size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # an infinite or NaN rate gives NaN fits that only their stop reason reports; the
+        # errors say ``sgd.`` as a config's ``sgd`` table and fit_lse's ``sgd`` argument do
+        for key, value in (("epochs", check_positive_int("sgd.epochs", self.epochs)),
+                           ("lr", check_number("sgd.lr", self.lr, 0, strict=True)),
+                           ("batch_size", check_positive_int("sgd.batch_size", self.batch_size)),
+                           ("seed", check_seed("sgd.seed", self.seed))):
+            object.__setattr__(self, key, value)
 
 
 def _mean_loss(problem: LeastSquaresProblem, theta: torch.Tensor, idx: torch.Tensor | None = None):

@@ -114,3 +114,19 @@ def test_every_command_is_in_the_documented_command_table():
     documented = {name for cell in first_cells for name in re.findall(r"(?:^|, )`([a-z]+)", cell)}
     assert documented == set(subparsers()), (sorted(set(subparsers()) - documented),
                                             sorted(documented - set(subparsers())))
+
+
+@pytest.mark.parametrize("r", ["nan", "inf", "0.5"])
+def test_loss_refuses_an_exponent_that_is_not_a_finite_number_ge_1(tmp_path, capsys, r):
+    """``--r nan`` printed NaN with exit 0: NaN passes the loss's own check ``r < 1``."""
+    from moe_theory.settings import get_setting
+
+    path = tmp_path / "g.json"
+    path.write_text(get_setting("small-sparse-relu").truth().to_json())
+    assert main(["loss", str(path), str(path), "--kind", "D2", "--r", "2"]) == 0
+    capsys.readouterr()
+    assert main(["loss", str(path), str(path), "--kind", "D2", "--r", r]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("moe-theory: error: --r: must be a finite number >= 1")
+    assert len(captured.err.splitlines()) == 1

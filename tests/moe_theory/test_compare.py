@@ -109,3 +109,16 @@ def test_an_estimate_within_rtol_is_the_same_relative_to_its_largest_parameter()
     y = pd.Series([a, near, other])
     assert same_values(x, y).tolist() == [True, False, False]
     assert same_values(x, y, rtol=1e-12).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("rtol", ["nan", "inf", "-1"])
+def test_a_tolerance_that_is_not_a_finite_number_ge_0_is_refused(tmp_path, capsys, rtol):
+    """NaN passed the check ``rtol < 0`` (a comparison with NaN is false) and compared nothing
+    as the same; the CLI and the function refuse it, naming it."""
+    a = _folder(tmp_path / "a")
+    assert main(["compare", str(a), str(a), "--rtol", rtol]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-theory: error: --rtol: must be a finite number >= 0")
+    assert len(err.splitlines()) == 1
+    with pytest.raises(ValueError, match="^rtol: must be a finite number >= 0"):
+        compare_folders(a, a, rtol=float(rtol))

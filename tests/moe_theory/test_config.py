@@ -1,6 +1,7 @@
 """Sweep configs: the estimator's keys (box, starts) and their validation."""
 
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -190,3 +191,62 @@ def test_bad_plot_entries_name_the_field(plot):
     with pytest.raises(ValueError, match=f"config key 'plot.{gate}'"):
         parse_config({"name": "p", "n": [100, 200], "reps": 2, "settings": ["small-dense-relu"],
                       "plot": plot})
+
+
+@pytest.mark.parametrize("name", ["../run1/audit", "a/b", "a\\b", ".", "..", "", " t", "t ", 3])
+def test_a_name_that_is_not_a_plain_file_name_is_refused(name):
+    """The name names the figure inside --out: ``../run1/audit`` overwrote another run's."""
+    with pytest.raises(ValueError, match="config key 'name': must be a plain file name"):
+        parse_config({**BASE, "name": name})
+
+
+def test_a_path_in_the_name_writes_nothing(tmp_path: Path, capsys):
+    path = tmp_path / "clobber.toml"
+    path.write_text('name = "../run1/audit"\nsettings = ["small-sparse-relu"]\nn = [100]\n'
+                    "reps = 2\n")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "run_x")]) == 2
+    err = capsys.readouterr().err
+    assert "config key 'name'" in err and "'../run1/audit'" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clobber.toml"]
+
+
+@pytest.mark.parametrize(("sgd", "field"), [
+    ({"lr": math.inf}, "sgd.lr"), ({"lr": math.nan}, "sgd.lr"), ({"lr": 0.0}, "sgd.lr"),
+    ({"lr": True}, "sgd.lr"), ({"lr": "fast"}, "sgd.lr"), ({"epochs": 0}, "sgd.epochs"),
+    ({"epochs": 2.0}, "sgd.epochs"), ({"batch_size": -1}, "sgd.batch_size"),
+    ({"seed": -1}, "sgd.seed")])
+def test_every_sgd_entry_is_checked_and_named(sgd, field):
+    """An infinite rate was accepted (NaN fits that only their stop reason reports), while an
+    infinite jitter was refused: every entry of the table is checked, as its key."""
+    with pytest.raises(ValueError, match=f"config key '{field}'"):
+        parse_config({**BASE, "algorithm": "sgd-paper", "bound_scale": math.inf, "sgd": sgd})
+
+
+def test_a_valid_sgd_table_is_kept_as_written():
+    """The table is hashed as written, so checking it must not rewrite it (1 stays 1)."""
+    sgd = {"epochs": 3, "lr": 1, "batch_size": 16, "seed": 5}
+    config = parse_config({**BASE, "sgd": sgd})
+    assert config.sgd == sgd and config.sgd_protocol().lr == 1.0
+
+
+@pytest.mark.parametrize(("n", "message"), [
+    ({"min": 100.0, "max": 1000, "num": 3}, "config key 'n.min': must be an integer, got 100.0"),
+    ({"min": 100, "max": 1000}, "config key 'n.num': missing"),
+    ({"min": 100, "max": 10, "num": 3}, "config key 'n.max': must be >= n.min = 100, got 10"),
+    ({"min": 100, "max": 1000, "num": 0}, "config key 'n.num': must be >= 1, got 0")])
+def test_a_key_of_the_n_table_is_named_with_its_table(n, message):
+    """``min`` alone does not say which table; a missing key is "missing", not "got None"."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_config({**BASE, "n": n})
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path: Path, capsys):
+    """The decoder's own message ("'utf-8' codec can't decode byte 0xff") does not say which
+    file; the config's path does."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('name = "t"\ndescription = "caf\xe9"\n'.encode("latin-1") + b"\xff\n")
+    with pytest.raises(ValueError, match=f"config: {re.escape(str(path))} is not UTF-8"):
+        load_config(path)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and len(err.splitlines()) == 1

@@ -258,3 +258,47 @@ def test_gram_dtype_is_named(sparse_relu):
     X, Y = mt.sample(sparse_relu, n=20, reps=1)
     with pytest.raises(ValueError, match="gram_dtype"):
         mt.fit_lse(X, Y, 3, "sigmoid", "relu", gram_dtype="half")
+
+
+@pytest.mark.parametrize("seed", ["a", None, -1, 1.5, 1.0, True, 2**63])
+def test_a_seed_that_is_not_a_non_negative_integer_is_named(sparse_relu, seed):
+    """-1 drew the data of 2**63 - 1 (masked to 63 bits) and 1.5 those of 1 (truncated): a seed
+    that would silently alias another is refused, as are ones numpy could not take."""
+    with pytest.raises(ValueError, match="^seed: must be an integer"):
+        mt.sample(sparse_relu, 5, 1, seed=seed)
+
+
+def test_a_valid_seed_draws_what_it_drew(sparse_relu):
+    """The check changes no valid seed's numbers (committed results depend on them): the inputs
+    are the generator's of (seed, n, rep), a numpy integer's as a Python int's."""
+    import numpy as np
+
+    X, _ = mt.sample(sparse_relu, 5, 2, seed=2**63 - 1)
+    want = np.random.default_rng([2**63 - 1, 5, 1]).uniform(-1.0, 1.0, size=(5, 2))
+    assert np.array_equal(X[1].numpy(), want)
+    assert all(torch.equal(a, b) for a, b in zip(mt.sample(sparse_relu, 5, 2, seed=3),
+                                                 mt.sample(sparse_relu, 5, 2, seed=np.int64(3)),
+                                                 strict=True))
+
+
+def test_empty_data_and_mixed_dtypes_are_named(sparse_relu):
+    """No sample gave NaN fit losses (0 / 0), no replication a ZeroDivisionError, and float32 X
+    with float64 Y a torch error naming neither tensor."""
+    X, Y = mt.sample(sparse_relu, n=20, reps=2)
+    with pytest.raises(ValueError, match=r"^X: must hold at least one sample \(n >= 1\)"):
+        mt.fit_lse(X[:, :0], Y[:, :0], 3, "sigmoid", "relu")
+    with pytest.raises(ValueError, match=r"^X: must hold at least one replication \(R >= 1\)"):
+        mt.fit_lse(X[:0], Y[:0], 3, "sigmoid", "relu")
+    for x, y in ((X.float(), Y), (X, Y.float())):
+        with pytest.raises(ValueError, match="^X, Y: must have the same dtype, got torch.float"):
+            mt.fit_lse(x, y, 3, "sigmoid", "relu")
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"lr": float("inf")}, "sgd.lr"), ({"lr": float("nan")}, "sgd.lr"), ({"lr": -0.1}, "sgd.lr"),
+    ({"epochs": 0}, "sgd.epochs"), ({"batch_size": True}, "sgd.batch_size"),
+    ({"seed": -1}, "sgd.seed")])
+def test_a_bad_sgd_protocol_is_named(kwargs, field):
+    """fit_lse's ``sgd`` is checked where it is made, as a config's ``sgd`` table is."""
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        mt.SGDProtocol(**kwargs)

@@ -697,7 +697,7 @@ MALFORMED = [
     ("reps = 0\n", "reps"),
     ("reps = '4'\n", "reps"),
     ("n = []\n", "'n'"),
-    ("n = {min = 400, max = 200, num = 3}\n", "'n'"),
+    ("n = {min = 400, max = 200, num = 3}\n", "'n.max'"),
     ("n = [200, -400]\n", "'n'"),
     ("seed = -1\n", "seed"),
     ("rep_block = 1.5\n", "rep_block"),

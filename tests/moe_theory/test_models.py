@@ -130,3 +130,37 @@ def test_dimension_mismatch_between_measure_and_X_is_named():
     m = random_measure(d=2)
     with pytest.raises(ValueError, match="X: last dimension"):
         m(torch.rand(2, 5, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"d": 0}, "d"), ({"d": -1}, "d"), ({"d": 2.5}, "d"), ({"d": True}, "d"),
+    ({"k_true": 0}, "k_true"), ({"k_fit": 0}, "k_fit"), ({"k_fit": "3"}, "k_fit"),
+    ({"noise_var": float("nan")}, "noise_var"), ({"noise_var": -1}, "noise_var"),
+    ({"beta1_sd": float("nan")}, "beta1_sd"), ({"expert_sd": -1}, "expert_sd"),
+    ({"A_sd": float("inf")}, "A_sd"), ({"beta0_sd": True}, "beta0_sd"),
+    ({"truth_seed": -1}, "truth_seed"), ({"truth_seed": 1.5}, "truth_seed"),
+    ({"fit_gates": "sigmoid"}, "fit_gates"), ({"fit_gates": ()}, "fit_gates"),
+    ({"split": (0.5,)}, "split"), ({"name": ""}, "name"), ({"description": None}, "description"),
+    ({"atoms": ((0.0,) * 6,)}, "atoms"), ({"atoms": ((float("nan"),) * 6,) * 2}, "atoms"),
+    ({"k_fit": 1}, "k_fit: must be >= k_true = 2")])
+def test_a_bad_setting_field_is_named_at_construction(change, field):
+    """Users register their own settings: d = 0 or noise_var = -1 were accepted, beta1_sd = NaN
+    gave a truth of NaN parameters, and d = -1 or expert_sd = -1 failed in numpy's words."""
+    from dataclasses import replace
+
+    from moe_theory.settings import get_setting
+
+    with pytest.raises(ValueError, match=f"^{field}"):
+        replace(get_setting("small-sparse-relu"), **change)
+
+
+def test_every_registered_setting_passes_its_checks_unchanged():
+    """The checks keep every registered setting as it was (to_dict() keys G_bar's cache)."""
+    from dataclasses import asdict, replace
+
+    from moe_theory.settings import get_setting, list_settings
+
+    for name in list_settings():
+        setting = get_setting(name)
+        again = replace(setting)
+        assert again == setting and json.dumps(asdict(again)) == json.dumps(setting.to_dict())

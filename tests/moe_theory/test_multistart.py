@@ -284,3 +284,32 @@ def test_split_order_names_the_atom_each_split_atom_copies(gate, split):
                        truth.expert_params[:, order])
     if gate == "softmax":
         assert order[-1] == truth.k - 1  # the pinned atom stays last
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"scale": float("nan")}, "scale"), ({"scale": -1.0}, "scale"), ({"scale": 0.0}, "scale"),
+    ({"scale": float("inf")}, "scale"), ({"n_starts": 0}, "n_starts"), ({"seed": -1}, "seed"),
+    ({"seed": 1.5}, "seed"), ({"seed": "a"}, "seed")])
+def test_bad_random_starts_name_the_field(kwargs, field):
+    """scale = NaN made every start, hence every estimate, NaN without a word."""
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        mt.random_init(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.0, "7", None, True])
+def test_a_near_truth_seed_must_be_a_non_negative_integer(seed):
+    """The jitter is seeded by the seed's text: 1.0 drew other starts than 1, "7" those of 7."""
+    truth = mt.get_setting("small-dense-relu").truth()
+    with pytest.raises(ValueError, match="^seed: "):
+        mt.near_truth(truth, 3, seed=seed)
+    with pytest.raises(ValueError, match="^seed: "):
+        multi_start(truth, 3, seed=seed)
+
+
+@pytest.mark.parametrize("jitter", [float("nan"), -1.0, "0.1"])
+def test_a_bad_jitter_is_named_jitter_not_start_jitter(jitter):
+    """The extra starts' jitter is derived from it (10 x jitter) and was checked first, so a bad
+    jitter was reported as a bad start_jitter."""
+    truth = mt.get_setting("small-dense-relu").truth()
+    with pytest.raises(ValueError, match="^jitter: must be a finite number >= 0"):
+        multi_start(truth, 3, jitter=jitter)
