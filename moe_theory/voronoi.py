@@ -14,7 +14,7 @@ import torch
 
 from moe_theory.measure import MixingMeasure
 from moe_theory.models import get_expert
-from moe_theory.validation import check_choice
+from moe_theory.validation import check_choice, check_number
 
 LOSS_KINDS = ("D1", "D2", "D3")
 PARAMETER_GROUPS = ("eta", "beta1", "A")
@@ -115,8 +115,8 @@ def voronoi_loss(
             f"reference: gate {reference.gate!r} differs from the fitted gate {fitted.gate!r}; "
             "a misspecified fit is measured against G_bar of its own gate"
         )
-    if kind == "D2" and r < 1:
-        raise ValueError(f"r: D2r needs r >= 1, got {r}")
+    if kind == "D2":
+        check_number("r", r, 1)  # NaN compares false both ways: it passed r < 1
     if kind == "D1_matched":
         if not has_matched_gauge(fitted.gate, fitted.score):
             # undefined, as a parameter error is without its cell

@@ -118,6 +118,14 @@ def test_even_power_experts_are_measured_up_to_their_sign(expert, symmetric):
     assert (float(voronoi_loss(every_flipped, truth, "D3")) == 0.0) == symmetric
 
 
+@pytest.mark.parametrize("r", [0.5, math.nan, math.inf, True, "2"])
+def test_a_d2_exponent_that_is_not_a_finite_number_ge_1_is_named(r):
+    """NaN compares false both ways, so a check written as ``r < 1`` let it through to a NaN
+    loss."""
+    with pytest.raises(ValueError, match="^r: must be a finite number >= 1"):
+        voronoi_loss(measure("sigmoid", FITTED), measure("sigmoid", TRUTH), "D2", r=r)
+
+
 def test_gate_mismatch_and_unknown_kind_are_named():
     f, t = measure("sigmoid", FITTED), measure("softmax", TRUTH)
     with pytest.raises(ValueError, match="reference: gate"):
