@@ -50,7 +50,7 @@ from moe_theory.outputs import (
 from moe_theory.population import cache_dir
 from moe_theory.preflight import NOT_MEASURABLE, folder_outlook
 from moe_theory.rates import format_rates_table
-from moe_theory.store import plan, read_manifest, write_manifest
+from moe_theory.store import plan, read_manifest, refuse_sweep_folder, write_manifest
 from moe_theory.studies import StudyOutput, attention_regularity, attention_teacher
 from moe_theory.sweep import adopt_references, prepare_references, run_sweep
 from moe_theory.validation import check_device
@@ -215,6 +215,7 @@ def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict,
     sweeps = []
     for i, (fig, folder) in enumerate(figures):
         if str(fig) in EXPERIMENTS:
+            refuse_sweep_folder(folder if folder is not None else default_folder(str(fig), fast))
             threads.append(threading.Thread(target=study, args=(i, str(fig), folder),
                                             daemon=True, name=f"study-{fig}"))
             continue
@@ -365,6 +366,7 @@ def reproduce_experiment(name: str, *, fast: bool = False, out: str | Path | Non
     """Run a study of :data:`EXPERIMENTS` into ``results/<name>[-fast]/`` (or ``out``); its
     summary."""
     check_device("device", device)
+    refuse_sweep_folder(Path(out) if out is not None else default_folder(name, fast))
     start = time.perf_counter()
     return _write_study(name, _run_study(name, fast=fast, device=device), out, fast=fast,
                         device=device, start=start)

@@ -480,14 +480,33 @@ def verified_shards(out: Path, shards: Iterable[Shard], *, report: Callable[[str
 
 # ---- manifest and completeness ----------------------------------------------------------------
 
+#: What a manifest's config must hold for its shards to be planned (:func:`manifest_shards`).
+MANIFEST_PLAN_KEYS = {"settings": list, "n": list, "reps": int, "rep_block": int}
+#: Files a run that is not a sweep (a study, ``moe-theory reproduce`` of one) writes into its
+#: folder without a manifest: a sweep must not write its own beside or over them.
+OTHER_RUN_FILES = ("results.csv", "results.csv.gz", "run.json", "rates.json")
+
+
 def read_manifest(out: Path) -> dict | None:
+    """A sweep folder's ``manifest.json``; None where there is none. One that is not a sweep's
+    manifest (another JSON document) is refused, naming it, before anything reads or replaces
+    it."""
     path = Path(out) / "manifest.json"
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except ValueError as err:
         raise ValueError(f"DIR: {path} is not valid JSON ({err})") from None
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"DIR: {path} is not a sweep manifest (no 'config' object)")
+    wrong = [key for key, kind in MANIFEST_PLAN_KEYS.items()
+             if isinstance(config.get(key), bool) or not isinstance(config.get(key), kind)]
+    if wrong:
+        raise ValueError(f"DIR: {path} is not a sweep manifest (its config lacks a valid "
+                         f"{', '.join(wrong)})")
+    return manifest
 
 
 def read_manifest_config(folder: Path) -> SweepConfig:
@@ -495,10 +514,15 @@ def read_manifest_config(folder: Path) -> SweepConfig:
     manifest = read_manifest(folder)
     if manifest is None:
         raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")
-    if not isinstance(manifest.get("config"), dict):
-        raise ValueError(f"DIR: {folder / 'manifest.json'} is not a sweep manifest (no 'config' "
-                         "object)")
     return parse_config(manifest["config"], source=str(folder / "manifest.json"))
+
+
+def refuse_sweep_folder(folder: Path, field: str = "out") -> None:
+    """A run that is not a sweep writes its own results table and ``run.json``: into a sweep's
+    folder (it has a manifest) they would replace the sweep's."""
+    if (Path(folder) / "manifest.json").exists():
+        raise ValueError(f"{field}: {folder} is a sweep's folder (it holds manifest.json); this "
+                         "run writes its own results there: use another --out")
 
 
 def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> None:
@@ -506,6 +530,10 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> No
     out = Path(out)
     make_folder(out)
     old = read_manifest(out)
+    others = [name for name in OTHER_RUN_FILES if (out / name).exists()]
+    if old is None and others and not force:
+        raise ValueError(f"out: {out} holds another run's results ({', '.join(others)}) and no "
+                         "sweep manifest; use another --out or --force to write over them")
     if old is not None and old.get("config_hash") != config.hash:
         if not force:
             raise ValueError(

@@ -568,3 +568,50 @@ def _tiny_gbar_toml(folder: Path) -> Path:
     path = folder / "tiny-gbar.toml"
     path.write_text(toml(TINY_GBAR))
     return path
+
+
+@pytest.mark.parametrize("manifest", ["[]", "{}", '{"config": 5}', '{"config": {"name": "a"}}',
+                                      '{"config": {"settings": ["s"], "n": [100], "reps": true, '
+                                      '"rep_block": 1}}'])
+@pytest.mark.parametrize("command", ["rates", "merge", "plot", "sweep"])
+def test_a_manifest_that_is_not_a_sweeps_is_named_and_kept(tmp_path, capsys, config_path,
+                                                           manifest, command):
+    """Valid JSON that is no sweep's manifest gave tracebacks (TypeError, KeyError) and exit 1,
+    the code of `compare` finding a difference: it is bad input, named, and left as it was."""
+    (tmp_path / "manifest.json").write_text(manifest)
+    (tmp_path / "shards").mkdir()  # a sweep folder's, so that every command reads the manifest
+    args = [command, str(config_path), "--out", str(tmp_path)] if command == "sweep" else [
+        command, str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'manifest.json'} is not a sweep manifest" in err
+    assert len(err.splitlines()) == 1
+    assert (tmp_path / "manifest.json").read_text() == manifest
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["manifest.json", "shards"]
+
+
+def test_a_sweep_refuses_a_studys_folder_unless_forced(tmp_path, capsys, config_path):
+    """A study's folder has results and run.json but no manifest: a sweep there replaced its
+    tables and left its run.json and figure, a folder of two runs."""
+    kept = {"results.csv.gz": b"study rows", "run.json": b'{"experiment": "x"}',
+            "rates.json": b"[]"}
+    for name, data in kept.items():
+        (tmp_path / name).write_bytes(data)
+    assert main(["sweep", str(config_path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds another run's results (results.csv.gz, run.json, rates.json)" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept
+    # forced, the sweep writes its own manifest and table there
+    assert main(["sweep", str(config_path), "--out", str(tmp_path), "--force"]) == 0
+    assert store.read_manifest(tmp_path)["config_hash"] == parse_config(TINY).hash
+
+
+def test_a_study_refuses_a_sweeps_folder(tmp_path):
+    """The mirror: a study writes results.csv and run.json, which would replace a sweep's."""
+    from moe_theory.reproduce import reproduce
+
+    store.write_manifest(tmp_path, parse_config(TINY))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="out: .* is a sweep's folder"):
+        reproduce("attention-regularity", fast=True, out=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
