@@ -332,8 +332,11 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         key, _, msg = str(err).partition(": ")
         raise _err(key, msg) from None
     panels = raw.get("panels", [])
-    if not isinstance(panels, list):
-        raise _err("panels", f"must be a list, got {panels!r}")
+    if panels != []:
+        # no figure reads it (each setting is a panel; `plot` picks its losses): a config that
+        # sets it would be drawn as if it had not, without a word. Manifests carry it empty.
+        raise _err("panels", f"is not read by any figure (one panel per setting; choose the "
+                   f"losses with `plot`): remove it, got {panels!r}")
     plot = raw.get("plot", {})
     if not isinstance(plot, dict):
         raise _err("plot", "must be a table mapping a fitted gate to a loss name")

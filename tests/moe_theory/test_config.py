@@ -250,3 +250,12 @@ def test_a_config_that_is_not_utf8_is_named(tmp_path: Path, capsys):
     assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("panels", [["a", "b"], [1, 2], "x"])
+def test_panels_are_refused_since_no_figure_reads_them(panels):
+    """A key the figures ignore would let a config look as if it chose its panels; manifests
+    written with it empty still read."""
+    with pytest.raises(ValueError, match="config key 'panels': is not read by any figure"):
+        parse_config({**BASE, "panels": panels})
+    assert parse_config({**BASE, "panels": []}).panels == ()
