@@ -43,6 +43,7 @@ from moe_theory.rates import (
     RateFit,
     TheoryLookup,
     check_columns,
+    check_flags,
     check_n,
     curve_fit,
     curve_rate,
@@ -411,6 +412,7 @@ def draw_rates(
     """
     check_columns(df, PLOT_COLUMNS)
     check_n(df)
+    check_flags(df)
     settings = df["setting"].unique()
     if len(settings) != 1:
         raise ValueError(f"setting: draw one setting per axes, got {sorted(map(str, settings))}")

@@ -406,6 +406,26 @@ def check_n(df: pd.DataFrame) -> None:
                          f"(first: {df['n'].iloc[int(np.argmax(bad))]!r})")
 
 
+#: Per-fit flags the certificates and the slope's drops read as booleans.
+FLAG_COLUMNS = ("converged", "certified", "bound_active")
+
+
+def check_flags(df: pd.DataFrame) -> None:
+    """Raise ValueError naming a flag column of :data:`FLAG_COLUMNS` with a row that holds
+    neither true nor false: a missing flag (a table merged from shards written with and without
+    the column) would read as true, so a fit of unknown state would count as converged, or be
+    dropped as if it sat on the box, without a word."""
+    for column in FLAG_COLUMNS:
+        if column not in df.columns:
+            continue
+        values = df[column]
+        bad = values.isna() | ~values.isin([True, False, 0, 1])
+        if bad.any():
+            raise ValueError(f"{column}: {int(bad.sum())} row(s) hold neither true nor false "
+                             f"(first: {values[bad].iloc[0]!r}); the table mixes rows with and "
+                             "without this flag")
+
+
 def values_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
     """Split one curve's rows by sample size.
 
@@ -526,6 +546,7 @@ def rates_table(
     """
     check_columns(df, REQUIRED_COLUMNS)
     check_n(df)
+    check_flags(df)
     lookup = resolve_theory(theory)
     certificates = certificates or FolderCertificates()
     rows = []

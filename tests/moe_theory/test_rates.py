@@ -578,3 +578,15 @@ def test_the_overlays_agreement_reads_the_values_the_slope_uses():
     (row,) = rates_table(df, certificates=certs).itertuples()
     assert row.dropped_bound == 3
     assert row.overlay_from_n == grid[0]
+
+
+@pytest.mark.parametrize("column", ["converged", "certified", "bound_active"])
+def test_a_flag_without_a_value_is_named_not_read_as_true(column):
+    """NaN is truthy: a table merged from shards with and without a flag column would count
+    those fits as converged (or drop them as on the box) silently."""
+    df = results_table({("sigmoid", "D3"): -0.5})
+    df[column] = df.get(column, False)
+    df[column] = df[column].astype(object)
+    df.loc[df.index[:3], column] = np.nan
+    with pytest.raises(ValueError, match=f"^{column}: 3 row\\(s\\) hold neither true nor false"):
+        rates_table(df)
