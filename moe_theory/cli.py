@@ -13,7 +13,13 @@ import warnings
 from pathlib import Path
 
 from moe_theory.config import named_configs
-from moe_theory.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, ResourceError
+from moe_theory.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    ResourceError,
+)
 from moe_theory.store import StoreWarning
 from moe_theory.validation import check_number
 from moe_theory.voronoi import ALL_KINDS
@@ -534,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader stopped early (`moe-theory theory | head`): quiet the flush at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return EXIT_BROKEN_PIPE
     except OSError as err:
         # a file the command reads or writes outside the results store
         where = f"{err.filename}: " if err.filename else ""

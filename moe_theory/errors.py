@@ -13,7 +13,9 @@ Exit codes of ``moe-theory``:
   (:class:`DeviceLost`), a worker process killed mid-shard at every retry; the message names the path, the
   device or the shard. Every finished shard is kept and no partial
   file is left under its final name, so a rerun after the cause is fixed finishes the sweep;
-- :data:`EXIT_INTERRUPTED` (130): interrupted (Ctrl-C); finished shards are kept.
+- :data:`EXIT_INTERRUPTED` (130): interrupted (Ctrl-C); finished shards are kept;
+- :data:`EXIT_BROKEN_PIPE` (141): the reader of the output stopped early (``moe-theory theory |
+  head``), as a shell reports a command its pipe's reader left (128 + SIGPIPE).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ EXIT_DIFFERENT = 1
 EXIT_BAD_INPUT = 2
 EXIT_ENVIRONMENT = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 class ResourceError(Exception):
