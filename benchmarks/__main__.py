@@ -26,12 +26,13 @@ from benchmarks import (
     shared_memory,
     stacked_dot,
     sweep_scaling,
+    test_suite,
     warm_start,
 )
 
 SUBCOMMANDS = (moe, attention, fit_profile, fit_agreement, lm_parts, memory_check, sweep_scaling,
                compare_tables, gpu_tests, certified_figure, shared_memory, data_draw,
-               warm_start, sass, stacked_dot, chunk_bytes)
+               warm_start, sass, stacked_dot, chunk_bytes, test_suite)
 
 
 def main(argv: list[str] | None = None) -> int:

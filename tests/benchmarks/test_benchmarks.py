@@ -20,7 +20,7 @@ from benchmarks.output import gpu_label, result_path, write_json
 
 NAMES = ("moe", "attention", "fit-profile", "fit-agreement", "lm-parts", "memory-check",
          "sweep-scaling", "compare-tables", "gpu-tests", "certified-figure", "shared-memory",
-         "data-draw", "warm-start", "sass", "stacked-dot", "chunk-bytes")
+         "data-draw", "warm-start", "sass", "stacked-dot", "chunk-bytes", "test-suite")
 
 
 def test_every_benchmark_is_a_subcommand():
@@ -320,3 +320,26 @@ def test_certified_figure_with_certificates_and_the_scipy_baseline(tmp_path, mon
     (summary,) = out["scipy_baseline"].values()
     assert "error" not in summary, summary
     assert summary["scipy_s_per_evaluation"] > 0
+
+
+def test_test_suite_records_pytests_counts_and_status(tmp_path):
+    """The timing of a suite carries pytest's counts and exit status, so a failed suite's time
+    is never read as a passing one's."""
+    from benchmarks.test_suite import parse_summary
+
+    assert parse_summary("....\n1133 passed, 245 skipped in 578.41s (0:09:38)\n") == {
+        "counts": {"passed": 1133, "skipped": 245}, "pytest_s": 578.41}
+    assert parse_summary("no summary here") == {}
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_a.py").write_text(
+        "import pytest\ndef test_pass(): pass\ndef test_skip(): pytest.skip('no')\n"
+        "def test_fail(): assert False\n")
+    out = tmp_path / "run.json"
+    code = main(["test-suite", "--json", str(out), "--", str(suite), "-p", "no:xdist",
+                 "-p", "no:cacheprovider"])
+    record = json.loads(out.read_text())
+    assert code == record["returncode"] == 1
+    assert record["counts"] == {"failed": 1, "passed": 1, "skipped": 1}
+    assert record["command"].endswith(f"{suite} -p no:xdist -p no:cacheprovider")
+    assert record["wall_s"] >= record["pytest_s"] > 0 and record["provenance"]["git_commit"]
