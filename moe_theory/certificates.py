@@ -152,6 +152,8 @@ HESSIAN_CHUNK_BYTES = 256 * 2**20
 
 REFERENCE_DIR = "certificates"
 CHECK_FILE = "check.json"
+#: The optimiser check's refits, beside its verdicts.
+CHECK_TABLE = "check.parquet"
 #: What a "not run" reference or optimiser certificate tells the user to do.
 HOW_TO_CERTIFY = "run moe-theory check DIR"
 #: Bumped when a reference certificate gains a field its verdicts read (2: ``overfit_ratio``):
@@ -943,13 +945,22 @@ def overlay_agreement(n: Sequence[float], values: Sequence[np.ndarray],
 
 
 def reference_status(cert: ReferenceCertificate | None, missing: str = HOW_TO_CERTIFY,
-                     loss: str | None = None, smallest: float | None = None) -> Status:
+                     loss: str | None = None, smallest: float | None = None,
+                     over_specified: bool = False) -> Status:
     """The reference certificate of one curve: the (setting, gate)'s, failed for a ``loss``
     the certificate found not identified at a value of at least UNIDENTIFIED_SHARE of
-    ``smallest``, the curve's smallest per-n median (any value where it is unknown)."""
+    ``smallest``, the curve's smallest per-n median (any value where it is unknown); for an
+    ``over_specified`` fit against G* (the fits whose losses can be unidentified), not run
+    where that test never ran on ``loss``."""
     if cert is None:
         return Status(NOT_RUN, f"no reference certificate ({missing})")
     reasons = list(cert.reasons)
+    untested = (over_specified and cert.kind == "G*" and loss is not None and (
+        cert.unidentified is None or loss not in (cert.identified_tested or ())))
+    if untested and not reasons and cert.status == PASS:
+        # a certificate older than the test, or one made for other losses: silence about this
+        # loss is no evidence that the data identify it
+        return Status(NOT_RUN, f"the identified-losses test was not run on {loss} ({missing})")
     entry = (cert.unidentified or {}).get(loss) if loss is not None else None
     if entry is not None:
         # an entry without its value (a bare reason) fails at any scale
@@ -959,6 +970,13 @@ def reference_status(cert: ReferenceCertificate | None, missing: str = HOW_TO_CE
             reasons.append(why if smallest is None else
                            f"{why}, against the curve's smallest median {smallest:.2g}")
     return Status(FAIL if reasons else cert.status, "; ".join(reasons))
+
+
+def _over_specified(curve: pd.DataFrame) -> bool:
+    """Does the curve fit more atoms than the truth has (from its table's columns)?"""
+    if not {"k_fit", "k_true"} <= set(curve.columns) or curve.empty:
+        return False
+    return int(curve["k_fit"].iloc[0]) > int(curve["k_true"].iloc[0])
 
 
 def smallest_median(curve: pd.DataFrame) -> float | None:
@@ -1027,7 +1045,8 @@ class FolderCertificates:
             cert = None
         check = self.current_check(curve, name)
         return {
-            "reference": reference_status(cert, self.missing, loss, smallest_median(curve)),
+            "reference": reference_status(cert, self.missing, loss, smallest_median(curve),
+                                          _over_specified(curve)),
             "converged": converged_certificate(curve),
             "optimiser": optimiser_certificate(curve, check, self.missing),
             "overfit": overfit_certificate(curve, noise_variance(curve, cert),

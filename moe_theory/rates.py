@@ -376,7 +376,8 @@ def curve_verdict(
     if fit.n_points < MIN_POINTS:
         return f"not measurable ({fit.n_points} usable n < {MIN_POINTS})", reason
     failed = [name for name, s in certificates.items() if s.status == FAIL]
-    missing = [name for name, s in certificates.items() if s.status == NOT_RUN]
+    # anything but pass or fail (not run, or a status a malformed file holds) is no evidence
+    missing = [name for name, s in certificates.items() if s.status not in (PASS, FAIL)]
     if failed or missing:
         parts = ([f"{', '.join(failed)} failed"] if failed else []) + (
             [f"{', '.join(missing)} not run"] if missing else [])

@@ -28,6 +28,8 @@ from kernels.moe import precompile, resolve_backend
 from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import models
 from moe_theory.certificates import (
+    CHECK_FILE,
+    CHECK_TABLE,
     REFERENCE_DIR,
     ReferenceCertificate,
     certify_references,
@@ -695,6 +697,15 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
         changed[key] = text
     if changed:
         record_references(out, changed, {key: design_size for key in changed})
+        # the optimiser check's verdicts and refits measured the fits against the G_bar replaced
+        # here, and its config hash (the same config) would not tell: kept beside, never read
+        for stale in (out / CHECK_FILE, out / CHECK_TABLE):
+            if stale.exists():
+                aside = stale.with_name(f"{stale.stem}.replaced-"
+                                        f"{time.strftime('%Y%m%dT%H%M%S')}{stale.suffix}")
+                os.replace(stale, aside)
+                log(f"{stale} measured another G_bar of {', '.join(sorted(changed))}: moved to "
+                    f"{aside.name}; run moe-theory check again")
 
 
 def run_sweep(

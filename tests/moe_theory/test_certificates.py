@@ -749,3 +749,94 @@ def test_writers_of_one_certificate_at_once_do_not_collide(tmp_path):
     (saved,) = load_reference_certificates(tmp_path).values()
     assert saved.unidentified == json.loads(json.dumps(cert.unidentified))
     assert not [p for p in (tmp_path / "certificates").iterdir() if p.name.startswith(".")]
+
+
+# ---- the certificates never pass on missing evidence ------------------------------------------
+
+
+def _one_curve(**kw):
+    """One softmax D3 curve (over-specified, against G*) whose fits all converged and passed."""
+    df = results_table({("softmax", "D3"): -0.5}, **kw)
+    return df.assign(converged=True, certified=True)
+
+
+def test_the_optimiser_check_without_refits_of_a_curve_is_not_run():
+    """A check that compared nothing (no refit of the curve, or none by one of its variants:
+    a loss the stored refits lack) passed: NaN shares compare false and the per-variant loop
+    never ran."""
+    from moe_theory.check import curve_check
+
+    df = _one_curve()
+    base = df[df["rep"] < 2]
+    variants = ("max_iter x10", "jitter x10")
+    none = curve_check(df, base, df.iloc[:0].assign(variant=pd.Series(dtype=str)), NU,
+                       expected=variants)
+    one = curve_check(df, base, base.assign(variant="jitter x10"), NU, expected=variants)
+    both = curve_check(df, base, pd.concat([base.assign(variant=v) for v in variants]), NU,
+                       expected=variants)
+    assert none["status"] == one["status"] == certificates.NOT_RUN
+    assert one["reasons"] == ["no refit of this curve by max_iter x10"]
+    assert both["status"] == certificates.PASS
+
+
+def test_the_ssr_gap_is_judged_at_each_n():
+    """Pooled over ten n of two refitted fits each, one fit beaten by 1000 nu was 1 in 20,
+    within the 95% share; at its n it is 1 in 2."""
+    from moe_theory.check import curve_check
+
+    df = _one_curve(n=np.geomspace(1e3, 1e5, 10))
+    base = df[df["rep"] < 2]
+    beaten = base.assign(variant="max_iter x10")
+    first = int(base["n"].min())
+    at = (beaten["n"] == first) & (beaten["rep"] == 0)
+    beaten.loc[at, "fit_loss"] = beaten.loc[at, "fit_loss"] - 1000 * NU / first
+    entry = curve_check(df, base, pd.concat([beaten, base.assign(variant="jitter x10")]), NU)
+    assert entry["ssr_gap_share"] == pytest.approx(0.95)
+    assert entry["status"] == certificates.FAIL
+    assert f"n={first}: 50%" in entry["reasons"][0]
+
+
+def test_an_over_specified_loss_the_identification_test_never_saw_is_not_run():
+    """An over-specified fit's loss can be unidentified (docs/theory.md#identified-losses): a
+    certificate that never tested it (older than the test, or made for other losses) is no
+    evidence that the data identify it."""
+    df = _one_curve()
+    certs = passing_certificates(df)
+    cert = certs.reference[("toy-dense", "softmax")]
+    name = ("toy-dense", "softmax", "D3")
+    assert certs.evaluate(df, name)["reference"].status == certificates.PASS
+    cert.unidentified, cert.identified_tested = {}, ["D1"]
+    status = certs.evaluate(df, name)["reference"]
+    assert status.status == certificates.NOT_RUN and "not run on D3" in status.reason
+    cert.unidentified = cert.identified_tested = None
+    assert certs.evaluate(df, name)["reference"].status == certificates.NOT_RUN
+    # an exactly specified fit has no such freedom: its certificate stands
+    exact = df.assign(k_fit=df["k_true"])
+    assert certs.evaluate(exact, name)["reference"].status == certificates.PASS
+
+
+def test_a_replaced_g_bar_moves_the_optimiser_check_aside(tmp_path):
+    """--force recomputes a setting whose G_bar changed (another device's design); the check's
+    verdicts and refits measured the old one under the same config hash, so they are kept
+    beside and no longer read."""
+    from moe_theory.config import SweepConfig
+    from moe_theory.store import record_references, write_manifest
+    from moe_theory.sweep import check_references
+
+    setting = settings.get_setting("small-sparse-relu")
+    config = SweepConfig(name="x", settings=(setting.name,), n=(100, 200), reps=2)
+    write_manifest(tmp_path, config)
+    old = setting.truth()
+    new = setting.truth()
+    with torch.no_grad():
+        new.expert_params.mul_(1.5)
+    record_references(tmp_path, {f"{setting.name}/softmax": old.to_json()})
+    (tmp_path / "check.json").write_text(json.dumps({"config_hash": config.hash, "curves": {}}))
+    (tmp_path / "check.parquet").write_bytes(b"refits")
+    said = []
+    check_references(tmp_path, {(setting.name, "softmax"): new}, force=True, log=said.append,
+                     design_size=1)
+    assert not (tmp_path / "check.json").exists() and not (tmp_path / "check.parquet").exists()
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("check."))
+    assert [name.split(".replaced-")[0] for name in kept] == ["check", "check"]
+    assert any("moved to check.replaced-" in line for line in said)

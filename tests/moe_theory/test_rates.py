@@ -122,7 +122,9 @@ def passing_certificates(df, *, noise_var=NU):
             setting=setting, fit_gate=gate, kind="G*", model={"k": 2}, p=9, noise_var=noise_var,
             design_size=100, n_min=1000, n_max=100000, fisher_min_eig=1.0, fisher_cond=10.0,
             hessian_min_eig=1.0, covariance="inverse Fisher", error_scale=0.1,
-            min_atom_distance=1.0, misspecification=0.0, misspecification_scale=1e-6)
+            min_atom_distance=1.0, misspecification=0.0, misspecification_scale=1e-6,
+            # the identified-losses test ran on every loss and found each identified
+            unidentified={}, identified_tested=sorted(df["loss_name"].unique()))
     curves = df[["setting", "fit_gate", "loss_name"]].drop_duplicates()
     check = {"curves": {"/".join(c): {"status": PASS, "reasons": []}
                         for c in curves.itertuples(index=False)}}
@@ -590,3 +592,12 @@ def test_a_flag_without_a_value_is_named_not_read_as_true(column):
     df.loc[df.index[:3], column] = np.nan
     with pytest.raises(ValueError, match=f"^{column}: 3 row\\(s\\) hold neither true nor false"):
         rates_table(df)
+
+
+@pytest.mark.parametrize("status", [None, "error", ""])
+def test_a_status_that_is_neither_pass_nor_fail_blocks_the_verdict(status):
+    """A malformed check.json's status (None, a word) passed straight to the verdict, which
+    blocked only fail and not run."""
+    fit = narrow_fit()
+    label, reason = curve_verdict(-0.5, fit, {**ALL_PASS, "optimiser": Status(status)})
+    assert label == "not measurable (optimiser not run)"
