@@ -189,10 +189,8 @@ def multi_start(
         raise ValueError(f"starts: the number of extra starts must be an integer >= 0, got {extra!r}")
     # before the default start_jitter is derived from it, which would take the blame for it
     jitter = check_number("jitter", jitter)
-    start_jitter = START_JITTER_FACTOR * jitter if start_jitter is None else start_jitter
-    if isinstance(start_jitter, bool) or not isinstance(start_jitter, (int, float)) or \
-            not start_jitter > 0 or np.isinf(start_jitter):
-        raise ValueError(f"start_jitter: must be a positive finite number, got {start_jitter!r}")
+    start_jitter = check_number("start_jitter", START_JITTER_FACTOR * jitter
+                                if start_jitter is None else start_jitter, 0, strict=True)
     first = near_truth(reference, k, seed, jitter=jitter, split=split)
     splits = [split] * (extra + 1)
     if every_split and reference.k < k:

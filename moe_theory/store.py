@@ -484,7 +484,7 @@ def verified_shards(out: Path, shards: Iterable[Shard], *, report: Callable[[str
 MANIFEST_PLAN_KEYS = {"settings": list, "n": list, "reps": int, "rep_block": int}
 #: Files a run that is not a sweep (a study, ``moe-theory reproduce`` of one) writes into its
 #: folder without a manifest: a sweep must not write its own beside or over them.
-OTHER_RUN_FILES = ("results.csv", "results.csv.gz", "run.json", "rates.json")
+OTHER_RUN_FILES = (RESULTS_CSV, RESULTS_CSV_GZ, "run.json", "rates.json")
 
 
 def read_manifest(out: Path) -> dict | None:

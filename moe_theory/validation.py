@@ -31,15 +31,14 @@ def check_positive_int(field: str, value: Any) -> int:
 
 
 def check_positive_float(field: str, value: Any) -> float:
+    """:func:`check_number` ``> 0`` of anything ``float()`` reads (a NumPy or PyTorch scalar)."""
     if isinstance(value, bool):  # float(True) is 1.0: a flag is no number
         raise ValueError(f"{field}: must be a positive number, got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{field}: must be a positive number, got {value!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{field}: must be a positive finite number, got {value}")
-    return value
+    return check_number(field, value, 0, strict=True)
 
 
 def check_number(field: str, value: Any, minimum: float = 0.0, *, strict: bool = False
