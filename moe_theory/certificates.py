@@ -51,6 +51,7 @@ from moe_theory.estimators import Bounds
 from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.identified_losses import UNIDENTIFIED_SHARE, unidentified_losses
 from moe_theory.initialization import near_truth
+from moe_theory.kept_values import kept_by_n
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import (
     DESIGN_SEED,
@@ -853,7 +854,9 @@ def overfit_ratios(curve: pd.DataFrame, noise_var: float) -> pd.Series:
     p = free_parameters(row["fit_gate"], row["score"], row["expert"], int(row["d"]),
                         int(row["k_fit"]))
     delta = fits["n"] * (fits["ref_loss"].astype(float) - fits["fit_loss"].astype(float))
-    return (delta / (noise_var * p)).groupby(fits["n"]).mean()
+    ratio = delta / (noise_var * p)
+    # NaN where a fit has no SSR: the mean of the fits that have one would be a selected subset
+    return ratio.groupby(fits["n"]).mean().where(~ratio.isna().groupby(fits["n"]).any())
 
 
 def overfit_certificate(curve: pd.DataFrame, noise_var: float | None,
@@ -872,6 +875,14 @@ def overfit_certificate(curve: pd.DataFrame, noise_var: float | None,
     judged = ratios[ratios.index >= OVERFIT_MIN_N_PER_P * p]
     if judged.empty:
         return Status(NOT_RUN, f"every n < {OVERFIT_MIN_N_PER_P} p = {OVERFIT_MIN_N_PER_P * p}")
+    if judged.isna().any():
+        # a fit without an SSR (a diverged fit, or a reference whose loss was not computed) is
+        # not left out of the mean: the fits that remain would be a selected subset
+        fits = fits_of(curve)
+        missing = fits["fit_loss"].isna() | fits["ref_loss"].isna()
+        m = judged.index[judged.isna()][0]
+        return Status(FAIL, f"{int(missing[fits['n'] == m].sum())} fit(s) at n={m} have no SSR "
+                            "(fit_loss or ref_loss NaN)")
     scale = 1.0 if expected is None or not math.isfinite(expected) else float(expected)
     low, high = OVERFIT_RATIO_MIN * scale, OVERFIT_RATIO_MAX * scale
     bad = judged[~judged.between(low, high)]
@@ -898,7 +909,9 @@ def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None,
     tests = []
     if "certified" in fits.columns:
         tests.append(("fits worse than the reference measure", fits["certified"].astype(bool)))
-    if {"starts_near_best", "n_starts"} <= set(fits.columns) and (fits["n_starts"] > 1).all():
+    if {"starts_near_best", "n_starts"} <= set(fits.columns) and (fits["n_starts"] > 1).any():
+        # a curve of multi-start fits: a fit from one start has no second start to confirm its
+        # SSR either, and counts against the share rather than switching the test off
         tests.append(("fits whose best SSR no second start reached",
                       fits["starts_near_best"] >= 2))
     if "bound_active" in fits.columns:
@@ -980,18 +993,21 @@ def _over_specified(curve: pd.DataFrame) -> bool:
 
 
 def smallest_median(curve: pd.DataFrame) -> float | None:
-    """The smallest per-n median of a curve's finite positive loss values (None if none)."""
-    values = pd.to_numeric(curve["loss_value"], errors="coerce")
-    ok = np.isfinite(values) & (values > 0)
-    medians = values[ok].groupby(curve.loc[ok, "n"]).median()
-    return float(medians.min()) if len(medians) else None
+    """The smallest per-n median of the loss values a curve's slope uses
+    (:func:`~moe_theory.kept_values.kept_by_n`: a fit on the box, dropped from the slope, does not
+    set the scale its unidentified values are judged against); None if it has none."""
+    medians = [float(np.median(v)) for v in kept_by_n(curve)[1] if v.size]
+    return min(medians) if medians else None
 
 
 def noise_variance(curve: pd.DataFrame, cert: ReferenceCertificate | None) -> float | None:
     """nu of a curve: its ``noise_var`` column, else its reference certificate's, else the named
     setting's; None when none of them is known."""
     if "noise_var" in curve.columns:
-        return float(curve["noise_var"].iloc[0])
+        nu = float(curve["noise_var"].iloc[0])
+        # a NaN or non-positive nu is as good as none: every test in its units would pass or
+        # fail on the comparison's accident
+        return nu if math.isfinite(nu) and nu > 0 else None
     if cert is not None:
         return cert.noise_var
     name = str(curve["setting"].iloc[0])
@@ -1022,9 +1038,9 @@ class FolderCertificates:
         """The optimiser check's entry of the curve ``name``; None where the check was not run
         or was computed for another config than the curve's (``config_hash``)."""
         check = self.curve_check(*name)
-        stale = self.check is not None and self.check.get("config_hash")
         hashes = set(curve["config_hash"].astype(str)) if "config_hash" in curve else None
-        if check is not None and stale and hashes and stale not in hashes:
+        # a check that records no config cannot be shown to be of this curve's
+        if check is not None and hashes and self.check.get("config_hash") not in hashes:
             return None
         return check
 
@@ -1041,8 +1057,8 @@ class FolderCertificates:
         setting, fit_gate, loss = name
         hashes = set(curve["config_hash"].astype(str)) if "config_hash" in curve else None
         cert = self.reference.get((setting, fit_gate))
-        if cert is not None and cert.config_hash and hashes and cert.config_hash not in hashes:
-            cert = None
+        if cert is not None and hashes and cert.config_hash not in hashes:
+            cert = None  # of another config, or of none recorded (then not shown to be current)
         check = self.current_check(curve, name)
         return {
             "reference": reference_status(cert, self.missing, loss, smallest_median(curve),

@@ -219,7 +219,8 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     full : the curve's rows in the sweep (every replication)
     base : the sweep's rows of the replications that were refitted
     refits : the refits' rows of this curve (column ``variant``)
-    noise_var : nu, or None when unknown (the SSR test is then not run)
+    noise_var : nu, or None when unknown (the check is then not run: without it no refit can be
+        judged better than the sweep's fit or a worse local minimum)
     expected : the variants the check ran; one without a refit of this curve leaves the check
         ``not run`` (a comparison with nothing is no evidence)
 
@@ -241,23 +242,27 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     if refits.empty or unrefitted:
         what = ", ".join(unrefitted) if unrefitted else "any variant"
         return {**out, "status": NOT_RUN, "reasons": [f"no refit of this curve by {what}"]}
-    if noise_var is not None:
-        best = refits.groupby(keys)["fit_loss"].min()
-        joined = base[["fit_loss"]].join(best.rename("best"), how="inner")
-        n = joined.index.get_level_values("n").to_numpy(dtype=float)
-        gap = n * (joined["fit_loss"] - np.minimum(joined["fit_loss"], joined["best"])) / noise_var
-        within = gap <= SSR_GAP_MAX
-        out.update(ssr_gap_max=float(gap.max()), ssr_gap_share=float(within.mean()))
-        # at each n, as the constant says: pooled over n, one fit beaten by any margin at an n
-        # of two refitted fits would pass among twenty
-        per_n = within.groupby(level="n").mean()
-        short = per_n[per_n < OPTIMISER_SHARE_MIN]
-        if not short.empty:
-            m = short.idxmin()
-            reasons.append(f"{int((~within).sum())} of {len(within)} refitted fits beaten by a "
-                           f"refit by more than {SSR_GAP_MAX} nu (largest gap {gap.max():.3g} nu; "
-                           f"{len(short)} n below {OPTIMISER_SHARE_MIN:.0%}, n={m}: "
-                           f"{short[m]:.0%})")
+    if noise_var is None:
+        # without nu no refit can be told a better fit or a worse local minimum than the sweep's:
+        # neither the SSR test nor the estimate the shifts compare stands
+        return {**out, "status": NOT_RUN,
+                "reasons": ["noise variance unknown: the refits' SSR cannot be judged"]}
+    best = refits.groupby(keys)["fit_loss"].min()
+    joined = base[["fit_loss"]].join(best.rename("best"), how="inner")
+    n = joined.index.get_level_values("n").to_numpy(dtype=float)
+    gap = n * (joined["fit_loss"] - np.minimum(joined["fit_loss"], joined["best"])) / noise_var
+    within = gap <= SSR_GAP_MAX
+    out.update(ssr_gap_max=float(gap.max()), ssr_gap_share=float(within.mean()))
+    # at each n, as the constant says: pooled over n, one fit beaten by any margin at an n
+    # of two refitted fits would pass among twenty
+    per_n = within.groupby(level="n").mean()
+    short = per_n[per_n < OPTIMISER_SHARE_MIN]
+    if not short.empty:
+        m = short.idxmin()
+        reasons.append(f"{int((~within).sum())} of {len(within)} refitted fits beaten by a "
+                       f"refit by more than {SSR_GAP_MAX} nu (largest gap {gap.max():.3g} nu; "
+                       f"{len(short)} n below {OPTIMISER_SHARE_MIN:.0%}, n={m}: "
+                       f"{short[m]:.0%})")
     full_n = sorted(full["n"].unique())
     half = {m: log_mean_half_width(full.loc[full["n"] == m, "loss_value"].to_numpy(float))
             for m in full_n}
@@ -290,12 +295,20 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     out["sublevel"] = sublevel.check_entry(sublevel.data_set_ratios(base.reset_index(), refits,
                                                                     keys))
     usable_any = any(usable(v).size for m, v in base_by_n.items() if np.isfinite(half[m]))
-    out["status"] = (FAIL if reasons else PASS) if usable_any else NOT_RUN
-    out["reasons"] = reasons if usable_any else ["no usable loss among the refitted fits"]
+    if not usable_any:
+        out.update(status=NOT_RUN, reasons=["no usable loss among the refitted fits"])
+    elif reasons:
+        out.update(status=FAIL, reasons=reasons)
+    elif not np.isfinite(full_fit.half_width):
+        # a test that could not be run is no evidence the slope stays put
+        out.update(status=NOT_RUN, reasons=[
+            "the slope test was not run: the curve's slope has no finite 95% CI half-width"])
+    else:
+        out.update(status=PASS, reasons=[])
     return out
 
 
-def _estimate(base: pd.DataFrame, variant: pd.DataFrame, noise_var: float | None) -> pd.Series:
+def _estimate(base: pd.DataFrame, variant: pd.DataFrame, noise_var: float) -> pd.Series:
     """Per fit ``(n, rep)``, the loss of the estimate the variant protocol stands for: its own
     fit where its SSR is no more than SSR_GAP_MAX noise variances above the sweep's (a better
     fit, or one the data cannot tell from it), the sweep's fit where the variant only found a
@@ -303,8 +316,6 @@ def _estimate(base: pd.DataFrame, variant: pd.DataFrame, noise_var: float | None
     joined = base[["fit_loss", "loss_value"]].merge(
         variant[["fit_loss", "loss_value"]], left_index=True, right_index=True,
         suffixes=("", "_variant"))
-    if noise_var is None:
-        return joined["loss_value_variant"]
     n = joined.index.get_level_values("n").to_numpy(dtype=float)
     worse = n * (joined["fit_loss_variant"] - joined["fit_loss"]) / noise_var > SSR_GAP_MAX
     return joined["loss_value_variant"].where(~worse, joined["loss_value"])

@@ -32,6 +32,14 @@ from moe_theory.certificates import (
     Status,
     overlay_agreement,
 )
+from moe_theory.kept_values import (
+    DROP_REASONS,
+    bounds_by_n,
+    drop_reasons,
+    kept_by_n,
+    usable,
+    values_by_n,
+)
 
 # The theory gives asymptotic exponents; at n = 10^3..10^5 the loss still carries lower-order
 # terms (log factors, the n^-1/4 parts of a mixed loss, a reference G_bar that is itself only
@@ -57,8 +65,6 @@ CURVE_KEYS = ("setting", "fit_gate", "loss_name")
 DESCRIPTIVE_COLUMNS = ("truth_gate", "score", "expert", "regime", "d", "k_true", "k_fit")
 ROW_COLUMNS = ("n", "rep", "loss_value", "converged", "certified", "wall_s")
 REQUIRED_COLUMNS = CURVE_KEYS + DESCRIPTIVE_COLUMNS + ROW_COLUMNS
-#: Why a loss value is left out of a slope, in the order they are tested.
-DROP_REASONS = ("nan", "inf", "nonpositive", "bound")
 #: each reason in a reader's words (figure legends: "left out of 300: 289 fits on the box")
 DROP_WORDS = {"nan": "NaN", "inf": "infinite", "nonpositive": "zero or negative",
               "bound": "fits on the box"}
@@ -145,25 +151,6 @@ class RateFit:
     def half_width(self) -> float:
         """``±`` of the slope: half-width of its bootstrap 95% CI."""
         return (self.ci_high - self.ci_low) / 2
-
-
-def drop_reasons(values: np.ndarray, bound: np.ndarray | None = None) -> np.ndarray:
-    """Per value, the first reason of ``DROP_REASONS`` it is left out for, or ``""`` (usable):
-    NaN, infinite, non-positive (no logarithm), or fitted with a parameter at its box bound
-    (an estimate on the edge of the compact set is not the interior LSE the theorems describe)."""
-    values = np.asarray(values, dtype=float)
-    reason = np.full(values.shape, "", dtype=object)
-    bound = np.zeros(values.shape, dtype=bool) if bound is None else np.asarray(bound, dtype=bool)
-    for name, mask in (("bound", bound), ("nonpositive", values <= 0), ("inf", np.isinf(values)),
-                       ("nan", np.isnan(values))):
-        reason[mask] = name  # tested last wins: NaN before inf before <= 0 before bound
-    return reason
-
-
-def usable(values: np.ndarray) -> np.ndarray:
-    """Return the entries of ``values`` that a log-log fit can use: finite and positive."""
-    values = np.asarray(values, dtype=float)
-    return values[np.isfinite(values) & (values > 0)]
 
 
 def _ols_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -425,39 +412,6 @@ def check_flags(df: pd.DataFrame) -> None:
             raise ValueError(f"{column}: {int(bad.sum())} row(s) hold neither true nor false "
                              f"(first: {values[bad].iloc[0]!r}); the table mixes rows with and "
                              "without this flag")
-
-
-def values_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Split one curve's rows by sample size.
-
-    Returns
-    -------
-    n : (P,) sorted sample sizes.
-    values : P arrays of ``loss_value``, one entry per replication (unfiltered).
-    """
-    groups = curve.groupby("n", sort=True)["loss_value"]
-    return (
-        np.asarray(list(groups.groups), dtype=float),
-        [g.to_numpy(dtype=float) for _, g in groups],
-    )
-
-
-def bounds_by_n(curve: pd.DataFrame) -> list[np.ndarray] | None:
-    """Per sample size, whether each fit had a parameter at its bound (``bound_active``); None
-    for tables without that column."""
-    if "bound_active" not in curve.columns:
-        return None
-    return [g.to_numpy(dtype=bool) for _, g in curve.groupby("n", sort=True)["bound_active"]]
-
-
-def kept_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per sample size, the loss values a rate fit of the curve uses: :func:`drop_reasons` finds
-    nothing against them (finite, positive, not at a bound). Everything measured along a curve
-    (its figure's means, the overlay's agreement) uses these, so that it describes the fits the
-    slope describes."""
-    n, values = values_by_n(curve)
-    bounds = bounds_by_n(curve) or [None] * len(values)
-    return n, [v[drop_reasons(v, b) == ""] for v, b in zip(values, bounds, strict=True)]
 
 
 def curve_fit(curve: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> RateFit:

@@ -222,6 +222,7 @@ def test_non_identifiable_setting_is_not_measurable_with_the_reason(cache, monke
     df = results_table({("sigmoid", "D3"): -0.5}).assign(
         setting=WEAK.name, truth_gate="softmax", expert="linear", d=2, k_true=3, k_fit=4)
     certs = passing_certificates(df)
+    cert.config_hash = certs.check["config_hash"]  # as `moe-theory certify` records it
     certs = FolderCertificates({(WEAK.name, "sigmoid"): cert}, certs.check)
     (row,) = rates_table(df, certificates=certs, n_boot=50).itertuples()
     assert row.cert_reference == FAIL
@@ -625,6 +626,7 @@ def test_over_specified_losses_the_data_cannot_determine_fail_the_reference():
     assert relu.status == PASS and set(relu.unidentified) == {"D1", "err_eta_over"}
     assert "experts (0, 2) x its own" in relu.unidentified["err_eta_over"]["reason"]
     df = results_table({("softmax", "err_eta_over"): -0.25, ("softmax", "err_eta_exact"): -0.5})
+    relu.config_hash = str(df["config_hash"].iloc[0])  # as `moe-theory certify` records it
     certs = FolderCertificates({("toy-dense", "softmax"): relu})
     curves = {loss: df[df.loss_name == loss] for loss in ("err_eta_over", "err_eta_exact")}
     over = certs.evaluate(curves["err_eta_over"], ("toy-dense", "softmax", "err_eta_over"))
@@ -840,3 +842,88 @@ def test_a_replaced_g_bar_moves_the_optimiser_check_aside(tmp_path):
     kept = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("check."))
     assert [name.split(".replaced-")[0] for name in kept] == ["check", "check"]
     assert any("moved to check.replaced-" in line for line in said)
+
+
+def test_the_optimiser_check_without_nu_or_a_slope_ci_is_not_run():
+    """Without nu no refit can be judged a better fit or a worse local minimum than the sweep's
+    (the check passed, its SSR test skipped); a curve whose slope has no finite CI (one sample
+    size) had its slope test skipped and passed."""
+    from moe_theory.check import curve_check
+
+    variants = ("max_iter x10", "jitter x10")
+
+    def check(df, nu):
+        base = df[df["rep"] < 2]
+        refits = pd.concat([base.assign(variant=v) for v in variants])
+        return curve_check(df, base, refits, nu, expected=variants)
+
+    df = _one_curve()
+    assert check(df, NU)["status"] == certificates.PASS
+    unknown = check(df, None)
+    assert unknown["status"] == certificates.NOT_RUN and "noise variance" in unknown["reasons"][0]
+    one_n = check(df[df["n"] == df["n"].max()], NU)
+    assert one_n["status"] == certificates.NOT_RUN and "slope test" in one_n["reasons"][0]
+    assert math.isnan(one_n["slope_tolerance"])
+
+
+def test_a_single_start_fit_in_a_multi_start_curve_counts_against_the_share():
+    """The second-start test was switched off for a whole curve by one fit from one start; that
+    fit has no second start to confirm its SSR, and counts as one that none reached."""
+    df = results_table({("sigmoid", "D3"): -0.5}).assign(n_starts=5, starts_near_best=3)
+    single = df["rep"] < 2  # 2 of 20 at every n: beyond the 5% a straggler may take
+    df.loc[single, "n_starts"], df.loc[single, "starts_near_best"] = 1, 1
+    status = optimiser_certificate(df, {"status": PASS})
+    assert status.status == FAIL and "second start" in status.reason
+    # a curve fitted from one start throughout has no second start to ask for
+    one = df.assign(n_starts=1, starts_near_best=1)
+    assert optimiser_certificate(one, {"status": PASS}).status == PASS
+
+
+def test_a_fit_without_an_ssr_fails_the_overfit_certificate():
+    """The over-fit ratio's mean left out fits whose SSR is NaN, judging the rest alone."""
+    df = results_table({("sigmoid", "D3"): -0.5})
+    assert overfit_certificate(df, NU).status == PASS
+    last = df["n"] == df["n"].max()
+    df.loc[last & (df["rep"] == 3), "fit_loss"] = math.nan
+    status = overfit_certificate(df, NU)
+    assert status.status == FAIL
+    assert f"1 fit(s) at n={df['n'].max()} have no SSR" in status.reason
+
+
+def test_a_nan_or_nonpositive_noise_variance_is_unknown():
+    df = results_table({("sigmoid", "D3"): -0.5})
+    assert certificates.noise_variance(df.assign(noise_var=2e-3), None) == 2e-3
+    for bad in (math.nan, 0.0, -1.0, math.inf):
+        assert certificates.noise_variance(df.assign(noise_var=bad), None) is None
+    assert overfit_certificate(df, None).status == NOT_RUN
+
+
+def test_certificates_that_record_no_config_count_as_not_run():
+    """A certificate or check with no config hash cannot be shown to be of the curve's config
+    (the staleness test was skipped and it was read as current)."""
+    df = _one_curve()
+    name = ("toy-dense", "softmax", "D3")
+    certs = passing_certificates(df)
+    statuses = certs.evaluate(df, name)
+    assert statuses["reference"].status == statuses["optimiser"].status == PASS
+    certs.reference[("toy-dense", "softmax")].config_hash = ""
+    del certs.check["config_hash"]
+    statuses = certs.evaluate(df, name)
+    assert statuses["reference"].status == statuses["optimiser"].status == NOT_RUN
+    # a table without the column has nothing to compare with: the certificates stand
+    bare = df.drop(columns="config_hash")
+    assert certs.evaluate(bare, name)["reference"].status == PASS
+
+
+def test_the_scale_of_an_unidentified_loss_is_the_slopes_values():
+    """The identified-losses test judges an unidentified value against the curve's smallest
+    per-n median; fits on the box are dropped from the slope and no longer set that scale."""
+    df = _one_curve().assign(bound_active=False)
+    smallest = certificates.smallest_median(df)
+    first = df["n"] == df["n"].min()
+    # the smallest n's fits fall a millionfold, below every other n's, but all sit on the box
+    df.loc[first, "loss_value"] *= 1e-6
+    assert certificates.smallest_median(df) < smallest / 100  # inside the box they would count
+    df.loc[first, "bound_active"] = True
+    assert certificates.smallest_median(df) == smallest
+    assert certificates.smallest_median(df.assign(bound_active=True)) is None

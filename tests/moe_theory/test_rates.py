@@ -115,7 +115,8 @@ def results_table(curves, n=N_GRID, reps=REPS, sigma=SIGMA, seed=0, setting="toy
 def passing_certificates(df, *, noise_var=NU):
     """Certificates under which every curve of ``df`` can pass: a passing reference certificate
     per (setting, fit_gate) and a passing optimiser check per curve (converged and over-fit are
-    judged from the table's own columns)."""
+    judged from the table's own columns), each recorded for the table's config."""
+    config_hash = str(df["config_hash"].iloc[0]) if "config_hash" in df.columns else ""
     reference = {}
     for setting, gate in df[["setting", "fit_gate"]].drop_duplicates().itertuples(index=False):
         reference[(setting, gate)] = ReferenceCertificate(
@@ -124,9 +125,11 @@ def passing_certificates(df, *, noise_var=NU):
             hessian_min_eig=1.0, covariance="inverse Fisher", error_scale=0.1,
             min_atom_distance=1.0, misspecification=0.0, misspecification_scale=1e-6,
             # the identified-losses test ran on every loss and found each identified
-            unidentified={}, identified_tested=sorted(df["loss_name"].unique()))
+            unidentified={}, identified_tested=sorted(df["loss_name"].unique()),
+            config_hash=config_hash)
     curves = df[["setting", "fit_gate", "loss_name"]].drop_duplicates()
-    check = {"curves": {"/".join(c): {"status": PASS, "reasons": []}
+    check = {"config_hash": config_hash,
+             "curves": {"/".join(c): {"status": PASS, "reasons": []}
                         for c in curves.itertuples(index=False)}}
     return FolderCertificates(reference, check)
 

@@ -1,0 +1,63 @@
+"""Which loss values a rate uses (docs/theory.md#rate-estimation): the one rule that the slope,
+its figure, the overlay's agreement and the certificates' scale of a curve share, below both
+:mod:`moe_theory.rates` and :mod:`moe_theory.certificates` so that each reads the same values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Why a loss value is left out of a slope, in the order they are tested.
+DROP_REASONS = ("nan", "inf", "nonpositive", "bound")
+
+
+def drop_reasons(values: np.ndarray, bound: np.ndarray | None = None) -> np.ndarray:
+    """Per value, the first reason of ``DROP_REASONS`` it is left out for, or ``""`` (usable):
+    NaN, infinite, non-positive (no logarithm), or fitted with a parameter at its box bound
+    (an estimate on the edge of the compact set is not the interior LSE the theorems describe)."""
+    values = np.asarray(values, dtype=float)
+    reason = np.full(values.shape, "", dtype=object)
+    bound = np.zeros(values.shape, dtype=bool) if bound is None else np.asarray(bound, dtype=bool)
+    for name, mask in (("bound", bound), ("nonpositive", values <= 0), ("inf", np.isinf(values)),
+                       ("nan", np.isnan(values))):
+        reason[mask] = name  # tested last wins: NaN before inf before <= 0 before bound
+    return reason
+
+
+def usable(values: np.ndarray) -> np.ndarray:
+    """Return the entries of ``values`` that a log-log fit can use: finite and positive."""
+    values = np.asarray(values, dtype=float)
+    return values[np.isfinite(values) & (values > 0)]
+
+
+def values_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Split one curve's rows by sample size.
+
+    Returns
+    -------
+    n : (P,) sorted sample sizes.
+    values : P arrays of ``loss_value``, one entry per replication (unfiltered).
+    """
+    groups = curve.groupby("n", sort=True)["loss_value"]
+    return (
+        np.asarray(list(groups.groups), dtype=float),
+        [g.to_numpy(dtype=float) for _, g in groups],
+    )
+
+
+def bounds_by_n(curve: pd.DataFrame) -> list[np.ndarray] | None:
+    """Per sample size, whether each fit had a parameter at its bound (``bound_active``); None
+    for tables without that column."""
+    if "bound_active" not in curve.columns:
+        return None
+    return [g.to_numpy(dtype=bool) for _, g in curve.groupby("n", sort=True)["bound_active"]]
+
+
+def kept_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per sample size, the loss values a rate fit of the curve uses: :func:`drop_reasons` finds
+    nothing against them (finite, positive, not at a bound). Everything measured along a curve
+    (its figure's means, the overlay's agreement, the scale the identified-losses test judges
+    against) uses these, so that it describes the fits the slope describes."""
+    n, values = values_by_n(curve)
+    bounds = bounds_by_n(curve) or [None] * len(values)
+    return n, [v[drop_reasons(v, b) == ""] for v, b in zip(values, bounds, strict=True)]
