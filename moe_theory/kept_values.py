@@ -30,15 +30,22 @@ def usable(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values) & (values > 0)]
 
 
+def _in_rep_order(curve: pd.DataFrame) -> pd.DataFrame:
+    """The curve's rows by replication within each n: the bootstrap draws index positions, so a
+    caller's unsorted frame would otherwise get other CIs than the table it came from."""
+    return curve.sort_values("rep", kind="stable") if "rep" in curve.columns else curve
+
+
 def values_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
     """Split one curve's rows by sample size.
 
     Returns
     -------
     n : (P,) sorted sample sizes.
-    values : P arrays of ``loss_value``, one entry per replication (unfiltered).
+    values : P arrays of ``loss_value``, one entry per replication (unfiltered), in replication
+        order.
     """
-    groups = curve.groupby("n", sort=True)["loss_value"]
+    groups = _in_rep_order(curve).groupby("n", sort=True)["loss_value"]
     return (
         np.asarray(list(groups.groups), dtype=float),
         [g.to_numpy(dtype=float) for _, g in groups],
@@ -46,11 +53,12 @@ def values_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def bounds_by_n(curve: pd.DataFrame) -> list[np.ndarray] | None:
-    """Per sample size, whether each fit had a parameter at its bound (``bound_active``); None
-    for tables without that column."""
+    """Per sample size, whether each fit had a parameter at its bound (``bound_active``), in the
+    order of :func:`values_by_n`; None for tables without that column."""
     if "bound_active" not in curve.columns:
         return None
-    return [g.to_numpy(dtype=bool) for _, g in curve.groupby("n", sort=True)["bound_active"]]
+    groups = _in_rep_order(curve).groupby("n", sort=True)["bound_active"]
+    return [g.to_numpy(dtype=bool) for _, g in groups]
 
 
 def kept_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -604,3 +604,16 @@ def test_a_status_that_is_neither_pass_nor_fail_blocks_the_verdict(status):
     fit = narrow_fit()
     label, reason = curve_verdict(-0.5, fit, {**ALL_PASS, "optimiser": Status(status)})
     assert label == "not measurable (optimiser not run)"
+
+
+def test_the_rates_do_not_depend_on_the_order_of_the_tables_rows():
+    """The bootstrap draws positions within each n: a caller's shuffled frame gave other last
+    digits of every CI than the sorted table it came from."""
+    df = results_table({("sigmoid", "D3"): -0.5, ("softmax", "D1"): -0.25}).assign(
+        bound_active=False)
+    df.loc[df["rep"] == 5, "bound_active"] = True  # the drop must follow its row, too
+    certs = passing_certificates(df)
+    table = rates_table(df, certificates=certs)
+    shuffled = df.sample(frac=1.0, random_state=3)
+    assert not shuffled["rep"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(rates_table(shuffled, certificates=certs), table)
