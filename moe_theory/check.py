@@ -263,10 +263,12 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
                        f"refit by more than {SSR_GAP_MAX} nu (largest gap {gap.max():.3g} nu; "
                        f"{len(short)} n below {OPTIMISER_SHARE_MIN:.0%}, n={m}: "
                        f"{short[m]:.0%})")
-    full_n = sorted(full["n"].unique())
+    # every finite positive loss, box fits included: a refit that moves a fit onto the box (or
+    # off it) moves the estimate, though the slope would drop the value; the slope's tolerance
+    # is the rates table's own half-width (its bootstrap, its number of draws)
     half = {m: log_mean_half_width(full.loc[full["n"] == m, "loss_value"].to_numpy(float))
-            for m in full_n}
-    full_fit = curve_fit(full, n_boot=500)
+            for m in sorted(full["n"].unique())}
+    full_fit = curve_fit(full)
     out.update(slope=full_fit.slope, slope_tolerance=full_fit.half_width, mean_shift={},
                slope_shift={},
                mean_tolerance=min((h for h in half.values() if np.isfinite(h)), default=math.nan))
@@ -286,9 +288,15 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
             reasons.append(f"{name}: the log-mean at {len(moved)} n moves by more than its 95% "
                            f"CI half-width (n={m}: {shifts[m]:.2f} against "
                            f"{half.get(m, math.nan):.2f})")
-        shift = abs(_subsample_slope(by_n) - base_slope)
+        variant_slope = _subsample_slope(by_n)
+        shift = abs(variant_slope - base_slope)
         out["slope_shift"][name] = shift
-        if np.isfinite(full_fit.half_width) and not shift <= full_fit.half_width:
+        if math.isnan(variant_slope) and not math.isnan(base_slope):
+            # the refits lost the losses the sweep's fits have (NaN or non-positive)
+            reasons.append(f"{name}: its estimates have a usable loss at fewer than 2 n, the "
+                           "sweep's at 2 or more: no slope left to compare")
+        elif np.isfinite(full_fit.half_width) and np.isfinite(shift) and not (
+                shift <= full_fit.half_width):
             reasons.append(f"{name}: the slope moves by {shift:.3f}, more than its 95% CI "
                            f"half-width {full_fit.half_width:.3f}")
     # evidence, not a test: how much the rate bound covers on the checked data sets
@@ -303,6 +311,9 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
         # a test that could not be run is no evidence the slope stays put
         out.update(status=NOT_RUN, reasons=[
             "the slope test was not run: the curve's slope has no finite 95% CI half-width"])
+    elif math.isnan(base_slope):
+        out.update(status=NOT_RUN, reasons=[
+            "the slope test was not run: the checked fits have a usable loss at fewer than 2 n"])
     else:
         out.update(status=PASS, reasons=[])
     return out

@@ -927,3 +927,31 @@ def test_the_scale_of_an_unidentified_loss_is_the_slopes_values():
     df.loc[first, "bound_active"] = True
     assert certificates.smallest_median(df) == smallest
     assert certificates.smallest_median(df.assign(bound_active=True)) is None
+
+
+def test_the_checks_slope_tolerance_is_the_rates_tables_half_width():
+    """The check judged the slope's move against a half-width from 500 bootstrap draws, not the
+    table's 2000: near the edge (box1.5's sigmoid D3: 0.060 against 0.059, and 0.060 in the
+    table) the two disagree."""
+    from moe_theory.check import curve_check
+    from moe_theory.rates import curve_fit
+
+    df = _one_curve()
+    base = df[df["rep"] < 2]
+    variants = ("max_iter x10", "jitter x10")
+    entry = curve_check(df, base, pd.concat([base.assign(variant=v) for v in variants]), NU,
+                        expected=variants)
+    assert entry["slope_tolerance"] == curve_fit(df).half_width
+
+
+def test_a_variant_that_loses_the_losses_has_no_slope_and_fails():
+    from moe_theory.check import curve_check
+
+    df = _one_curve()
+    base = df[df["rep"] < 2]
+    lost = base.assign(variant="jitter x10", loss_value=math.nan)
+    entry = curve_check(df, base, pd.concat([base.assign(variant="max_iter x10"), lost]), NU,
+                        expected=("max_iter x10", "jitter x10"))
+    assert entry["status"] == certificates.FAIL
+    assert any("no slope left to compare" in r for r in entry["reasons"])
+    assert not any("moves by nan" in r for r in entry["reasons"])
