@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted sweep (always on: finished shards are never redone)")
     p.add_argument("--force", action="store_true",
-                   help="discard shards of a different config, or measured against another G_bar")
+                   help="set aside (into DIR/replaced-<time>/) another config's outputs, or recompute shards "
+                        "measured against another G_bar")
     p.add_argument("--fast", action="store_true", help="apply the config's [fast] overrides")
     p.add_argument("--references-from", metavar="DIR",
                    help="fit against the G_bar references the folder DIR records for the same "
@@ -449,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one Dask cluster of N local worker processes for every figure (the "
                         "--gpus path on this machine's device)")
     p.add_argument("--force", action="store_true",
-                   help="discard shards of a different config, or measured against another G_bar")
+                   help="set aside (into DIR/replaced-<time>/) another config's outputs, or recompute shards "
+                        "measured against another G_bar")
     p.add_argument("--references-from", metavar="DIR",
                    help="fit against the G_bar references the folder DIR records for the same "
                         "settings, fitted on this device type, instead of fitting them again (a "
@@ -466,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="the config's small CPU preset")
     p.add_argument("--out", help="the sweep's folder (default results/NAME[-fast], as reproduce)")
     p.add_argument("--force", action="store_true",
-                   help="discard shards of a different config, or measured against another G_bar")
+                   help="set aside (into DIR/replaced-<time>/) another config's outputs, or recompute shards "
+                        "measured against another G_bar")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     device_args(p)
     p.set_defaults(run=_cmd_preflight)

@@ -183,10 +183,10 @@ def preflight(config: SweepConfig, out: str | Path, *, device: str = "cpu",
     """The preflight table of ``config`` (:data:`PREFLIGHT_COLUMNS`), its references and their
     certificates computed into ``out`` as the sweep computes them (which a sweep into ``out``
     then reuses), the table written there as ``preflight.txt``, ``.csv`` and ``.json``.
-    ``force``: as the sweep's (a folder of another config is emptied of its shards)."""
+    ``force``: as the sweep's (another config's outputs in ``out`` are set aside)."""
     out = Path(out)
     make_folder(out)
-    write_manifest(out, config, force=force)
+    write_manifest(out, config, force=force, log=log)
     prepare_references(config, out, device=device, backend=backend, log=log, force=force)
     table = folder_outlook(out, config, device=device)
     write_table(out, table, format_preflight(table, config), name="preflight")

@@ -44,6 +44,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -525,22 +526,65 @@ def refuse_sweep_folder(folder: Path, field: str = "out") -> None:
                          "run writes its own results there: use another --out")
 
 
-def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> None:
-    """Record the config; refuse to mix shards of a different config unless ``force``."""
+#: What a run writes into its folder (beside its figure, named after its config): what a
+#: ``--force`` over another run's folder sets aside (:func:`set_aside`).
+RUN_OUTPUTS = ("shards", "results.parquet", RESULTS_CSV, RESULTS_CSV_GZ, FITS_FILE, "rates.txt",
+               "rates.csv", "rates.json", "run.json", "check.json", "check.parquet",
+               "check-refits", "certificates", "report.md", "report.html", "preflight.txt",
+               "preflight.csv", "preflight.json", "manifest.json")
+
+
+def set_aside(out: Path, figure_name: str | None = None) -> Path | None:
+    """Move another run's outputs in ``out`` (:data:`RUN_OUTPUTS`, and its figure
+    ``<figure_name>.png``/``.pdf``) into ``out/replaced-<time>/``, whence nothing reads them:
+    a ``--force`` that starts over keeps them (the user may have wanted them after all) rather
+    than deleting them, and leaves no table or figure of the old run beside the new one's
+    (an interrupted new run would otherwise show the old run's figure as its own). Returns the
+    folder, or None where there was nothing to move. Other files (a study's sub-folders) stay."""
+    out = Path(out)
+    names = list(RUN_OUTPUTS)
+    if figure_name:
+        names += [f"{figure_name}.png", f"{figure_name}.pdf"]
+    present = [name for name in names if (out / name).exists()]
+    if not present:
+        return None
+    dest = out / f"replaced-{time.strftime('%Y%m%dT%H%M%S')}"
+    while dest.exists():  # two in one second
+        dest = dest.with_name(dest.name + "x")
+    make_folder(dest)
+    for name in present:
+        try:
+            os.replace(out / name, dest / name)
+        except OSError as err:
+            raise _os_error(dest / name, err) from None
+    return dest
+
+
+def write_manifest(out: Path, config: SweepConfig, *, force: bool = False,
+                   log: Callable[[str], None] | None = None) -> Path | None:
+    """Record the config; refuse to mix shards of a different config unless ``force``, which
+    sets the other run's outputs aside (:func:`set_aside`; returns where they went and says so
+    to ``log``, default standard error)."""
     out = Path(out)
     make_folder(out)
     old = read_manifest(out)
     others = [name for name in OTHER_RUN_FILES if (out / name).exists()]
+    replaced = None
     if old is None and others and not force:
         raise ValueError(f"out: {out} holds another run's results ({', '.join(others)}) and no "
                          "sweep manifest; use another --out or --force to write over them")
+    if old is None and others:
+        replaced = set_aside(out)
     if old is not None and old.get("config_hash") != config.hash:
         if not force:
             raise ValueError(
                 f"out: {out} holds results of another config (hash {old.get('config_hash')}, "
                 f"this one {config.hash}); use another --out or --force to start over")
-        for stale in (out / "shards").rglob("*.parquet*"):
-            stale.unlink()
+        name = (old.get("config") or {}).get("name")
+        # a figure named by a plain file name only: a manifest's name is not trusted with a path
+        plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+        replaced = set_aside(out, name if plain else None)
+        old = None
     # the thread count changes a CPU's rounding: a resumed sweep compares it (moe_theory.sweep)
     manifest = {"config_hash": config.hash, "config": config.to_dict(), "torch": torch.__version__,
                 "cpu_threads": torch.get_num_threads()}
@@ -553,6 +597,14 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False) -> No
             if key in old:
                 manifest[key] = old[key]
     _write_manifest_dict(out, manifest)
+    if replaced is not None:
+        (log or _print_stderr)(f"--force: {out} held another run's outputs; moved to "
+                               f"{replaced.name}/ (nothing reads them there)")
+    return replaced
+
+
+def _print_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _write_manifest_dict(out: Path, manifest: dict) -> None:

@@ -722,7 +722,8 @@ def run_sweep(
     out : results folder (``manifest.json``, ``shards/``, ``results.parquet``); with a remote
         scheduler, a path that every worker can write to
     device, backend : where and how each shard's fits run (with ``gpus``, ``device="cuda"``)
-    force : discard the shards of a different config instead of refusing
+    force : set a different config's outputs aside (``moe_theory.store.set_aside``) instead of
+        refusing
     log : receives one line per finished shard when stderr is not a terminal
     executor : ``local`` (in-process, the default) or ``dask``
     scheduler, local_workers, gpus : where the ``dask`` executor runs: an existing scheduler's
@@ -748,7 +749,7 @@ def run_sweep(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     make_folder(out)
     before = read_manifest(out)
-    write_manifest(out, config, force=force)
+    write_manifest(out, config, force=force, log=log)
     threads = before.get("cpu_threads") if before is not None else None
     if device == "cpu" and threads is not None and threads != torch.get_num_threads():
         # a CPU's reductions split by thread count: the rows differ in the last bits

@@ -615,3 +615,42 @@ def test_a_study_refuses_a_sweeps_folder(tmp_path):
     with pytest.raises(ValueError, match="out: .* is a sweep's folder"):
         reproduce("attention-regularity", fast=True, out=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_forced_sweep_sets_another_configs_run_aside(tmp_path, capsys):
+    """--force over another config's folder deleted its shards and left its tables, rates and
+    figure beside the new run's: an interrupted new run showed the old figure as its own. They
+    now go, whole, to replaced-<time>/; a study's sub-folder and other files stay."""
+    old = parse_config({**TINY, "name": "another", "n": [100]})
+    store.write_manifest(tmp_path, old)
+    outputs = {"shards/a/b.parquet": b"shard", "results.csv.gz": b"rows", "rates.txt": b"rates",
+               "run.json": b"{}", "check.json": b"{}", "certificates/c.json": b"{}",
+               "another.png": b"png", "another.pdf": b"pdf"}
+    others = {"notes.txt": b"mine", "study/results.csv.gz": b"a study's"}
+    for name, data in {**outputs, **others}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    before = (tmp_path / "manifest.json").read_bytes()
+    replaced = store.write_manifest(tmp_path, parse_config(TINY), force=True)
+    assert replaced is not None and replaced.parent == tmp_path
+    assert replaced.name.startswith("replaced-")
+    assert f"moved to {replaced.name}/" in capsys.readouterr().err
+    for name, data in outputs.items():
+        assert not (tmp_path / name).exists() and (replaced / name).read_bytes() == data
+    assert (replaced / "manifest.json").read_bytes() == before
+    for name, data in others.items():
+        assert (tmp_path / name).read_bytes() == data
+    assert store.read_manifest(tmp_path)["config_hash"] == parse_config(TINY).hash
+    # resumed, the same config sets nothing aside
+    assert store.write_manifest(tmp_path, parse_config(TINY), force=True) is None
+
+
+def test_a_manifests_name_never_moves_a_file_outside_its_folder(tmp_path):
+    out = tmp_path / "run"
+    store.write_manifest(out, parse_config({**TINY, "name": "another", "n": [100]}))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["name"] = "../outside"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "outside.png").write_bytes(b"not the run's")
+    store.write_manifest(out, parse_config(TINY), force=True)
+    assert (tmp_path / "outside.png").read_bytes() == b"not the run's"
