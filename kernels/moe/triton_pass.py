@@ -56,6 +56,14 @@ MAX_QUAD_ELEMENTS = 4096
 #: over more samples runs in sample chunks (float64 at n = 10^7 with 100 problems: 144 GB).
 U_BYTES = 4 * 2**30
 
+#: The kernels index a problem's samples in int32 (a row times ``d`` into X, an atom's row
+#: times ``n`` into U): a pass whose ``n * max(d, k_free + k)`` would pass this runs in sample
+#: chunks that stay below it, rather than wrapping into other rows' memory (at d = 32, from
+#: n = 6.7e7 on).
+INT32_OFFSETS = 2**31 - 1
+#: More rows than any tile of the kernels spans (their block sizes are at most a few hundred).
+MAX_TILE_ROWS = 2**16
+
 #: Partial ``J^T J`` sums may take at most this many bytes; the number of sample splits ``T``
 #: shrinks to fit (it never drops below 1, where the buffer is about the size of the output).
 PARTIAL_BYTES = 2 * 2**30
@@ -426,17 +434,23 @@ def triton_moe_pass(
     gram = gn and gram_applies(score)
     gn_pairs = gn and not gram
     m = n_free_gates(gate, k) + k
-    if gram and n > 1 and R * m * n * X.element_size() > U_BYTES:
+    step = n
+    if gram and R * m * n * X.element_size() > U_BYTES:
         # the Gram route writes U for every sample before its product: cut the samples so that
         # U stays bounded (each part re-reads its chunk of X, a copy; only past U_BYTES)
         step = max(1, U_BYTES // (R * m * X.element_size()))
+    if n * max(d, m) > INT32_OFFSETS:
+        # a tile past the last sample still forms its (masked) offsets: keep one tile's margin
+        step = min(step, (INT32_OFFSETS - MAX_TILE_ROWS * max(d, m)) // max(d, m))
+    if n > 1 and step < n:
         parts = [triton_moe_pass(
             X[:, s : s + step], Y[:, s : s + step], gate_params, expert_params, gate=gate,
-            score=score, expert=expert, config=config, gram_config=gram_config, rows=rows,
+            score=score, expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
+            config=config, gram_config=gram_config, rows=rows,
             gram_features=None if gram_features is None else gram_features[:, s : s + step],
             gram_dtype=gram_dtype) for s in range(0, n, step)]
-        return MoEPass(*(sum(t.double() for t in ts).to(X.dtype) for ts in zip(*parts,
-                                                                                 strict=True)))
+        return MoEPass(*(None if ts[0] is None else sum(t.double() for t in ts).to(X.dtype)
+                         for ts in zip(*parts, strict=True)))
     if config is not None:
         cfg = config
     elif X.is_cuda:  # _check found one that fits

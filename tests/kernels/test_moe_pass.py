@@ -368,3 +368,35 @@ def test_gram_route_streams_over_samples(kept, rows, poisoned, monkeypatch):
     assert calls == [9, 9, 9, 9, 4]
     for name, a, b in zip(want._fields, got, want, strict=True):
         assert a.shape == b.shape and _rel(a, b) <= 1e-12, (name, _rel(a, b))
+
+
+@pytest.mark.parametrize("score,jacobian,gauss_newton", [
+    ("linear", True, True), ("quadratic", True, True), ("linear", True, False),
+    ("linear", False, False)])
+def test_samples_past_int32_offsets_run_in_chunks(score, jacobian, gauss_newton, poisoned,
+                                                  monkeypatch):
+    """The kernels index a problem's samples in int32 (row * d, atom row * n): past 2^31 - 1 the
+    offsets would wrap into other rows (d = 32 from n = 6.7e7). Such a pass runs in sample
+    chunks below the limit (here the limit shrunk to 36 and the tile margin to one row: n = 37,
+    d = 3, k = 2 go as 11 + 11 + 11 + 4): the reference's outputs, float64 1e-12 (the summation
+    order differs), with the outputs a pass without a Jacobian leaves out still None."""
+    R, d, k, n = 3, 3, 2, 37
+    (X, Y, gp, ep), ex = _problem("softmax", score, "relu", d, k, R, n, torch.float64,
+                                  _seed("int32", score, jacobian, gauss_newton))
+    monkeypatch.setattr(tp, "INT32_OFFSETS", 36)
+    monkeypatch.setattr(tp, "MAX_TILE_ROWS", 1)
+    sizes = []
+    real = tp.triton_moe_pass
+    monkeypatch.setattr(tp, "triton_moe_pass", lambda X, *a, **kw: sizes.append(X.shape[1])
+                        or real(X, *a, **kw))
+    config = tp.LaunchConfig(block_n=16, num_warps=1, num_stages=1, waves=2)
+    got = tp.triton_moe_pass(X, Y, gp, ep, gate="softmax", score=score, expert=ex,
+                             jacobian=jacobian, gauss_newton=gauss_newton, config=config)
+    want = reference_moe_pass(X, Y, gp, ep, gate="softmax", score=score, expert=ex,
+                              jacobian=jacobian, gauss_newton=gauss_newton, structured=False)
+    assert sizes == [37, 11, 11, 11, 4]
+    for name, a, b in zip(want._fields, got, want, strict=True):
+        if b is None:
+            assert a is None, name
+        else:
+            assert a.shape == b.shape and _rel(a, b) <= 1e-12, (name, _rel(a, b))
