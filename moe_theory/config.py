@@ -174,6 +174,12 @@ def _err(key: str, msg: str) -> ValueError:
     return ValueError(f"config key {key!r}: {msg}")
 
 
+#: Each shard is a file and a job of the sweep's plan: past this many the plan itself (listed in
+#: memory, a folder of that many files) is the problem, not the fits (the committed figures plan
+#: at most a few hundred). A grid of 10^9 replications failed late, out of memory while planning.
+MAX_SHARDS = 100_000
+
+
 def _int(raw: dict, key: str, default: Any = None, minimum: int = 1, name: str | None = None
          ) -> int:
     """``raw[key]``, an integer >= ``minimum``; ``name`` is the key as the config spells it
@@ -355,8 +361,14 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     gate_reps = _gate_reps(raw.get("gate_reps", {}), reps, rep_block,
                            fit_gates or sorted({g for s in settings
                                                 for g in get_setting(s).fit_gates}))
+    n = _n_grid(raw["n"])
+    shards = len(settings) * len(n) * -(-reps // rep_block)
+    if shards > MAX_SHARDS:
+        raise _err("reps", f"{reps} replications in blocks of rep_block = {rep_block} over "
+                           f"{len(n)} sample size(s) and {len(settings)} setting(s) make {shards} "
+                           f"shards, more than {MAX_SHARDS}; raise rep_block or lower reps")
     return SweepConfig(
-        name=name, settings=tuple(settings), n=_n_grid(raw["n"]), reps=reps,
+        name=name, settings=tuple(settings), n=n, reps=reps,
         rep_block=rep_block, gate_reps=gate_reps, seed=_int(raw, "seed", 0, minimum=0),
         algorithm=algorithm, max_iter=_int(raw, "max_iter", 200), jitter=float(jitter),
         bound_scale=bound_scale, starts=starts,

@@ -259,3 +259,13 @@ def test_panels_are_refused_since_no_figure_reads_them(panels):
     with pytest.raises(ValueError, match="config key 'panels': is not read by any figure"):
         parse_config({**BASE, "panels": panels})
     assert parse_config({**BASE, "panels": []}).panels == ()
+
+
+def test_a_grid_of_too_many_shards_is_named_before_anything_is_planned():
+    """reps = 10^9 parsed, and the sweep ran out of memory listing its shards."""
+    with pytest.raises(ValueError, match=r"config key 'reps': 1000000000 replications in blocks "
+                                         r"of rep_block = 20 .* more than 100000"):
+        parse_config({**BASE, "reps": 10**9})
+    # the bound is on shards: the same replications in large blocks plan few
+    config = parse_config({**BASE, "reps": 10**6, "rep_block": 10**5})
+    assert config.reps == 10**6
