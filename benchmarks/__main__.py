@@ -16,6 +16,7 @@ from benchmarks import (
     chunk_bytes,
     compare_tables,
     data_draw,
+    first_command,
     fit_agreement,
     fit_profile,
     gpu_tests,
@@ -32,7 +33,7 @@ from benchmarks import (
 
 SUBCOMMANDS = (moe, attention, fit_profile, fit_agreement, lm_parts, memory_check, sweep_scaling,
                compare_tables, gpu_tests, certified_figure, shared_memory, data_draw,
-               warm_start, sass, stacked_dot, chunk_bytes, test_suite)
+               warm_start, sass, stacked_dot, chunk_bytes, test_suite, first_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -343,3 +344,27 @@ def test_test_suite_records_pytests_counts_and_status(tmp_path):
     assert record["counts"] == {"failed": 1, "passed": 1, "skipped": 1}
     assert record["command"].endswith(f"{suite} -p no:xdist -p no:cacheprovider")
     assert record["wall_s"] >= record["pytest_s"] > 0 and record["provenance"]["git_commit"]
+
+
+def test_the_first_command_is_judged_against_the_committed_preset(tmp_path):
+    """The first-command benchmark calls a run the committed preset's only when it printed the
+    committed table line for line (but for the run's own time) and drew the same figure."""
+    from benchmarks.first_command import FIGURES, PRINTED, compare
+
+    repo = Path(__file__).resolve().parents[2]
+    committed = (repo / PRINTED).read_text()
+    figure = tmp_path / FIGURES[0]
+    figure.parent.mkdir(parents=True)
+    figure.write_bytes((repo / FIGURES[1]).read_bytes())
+    (tmp_path / PRINTED).parent.mkdir(parents=True)
+    (tmp_path / PRINTED).write_text(committed)
+    (tmp_path / FIGURES[1]).write_bytes(figure.read_bytes())
+    own_time = committed.replace(" s on cpu", "0 s on cpu")  # another run's time: still the same
+    same = compare(own_time, tmp_path)
+    assert same["printed_table"]["same"] and same["figure"]["same"]
+    lines = committed.splitlines()
+    lines[5] = lines[5] + " "
+    moved = compare("\n".join(lines), tmp_path)
+    assert not moved["printed_table"]["same"] and moved["printed_table"]["first_difference"] == 6
+    figure.write_bytes(b"another figure")
+    assert not compare(committed, tmp_path)["figure"]["same"]
