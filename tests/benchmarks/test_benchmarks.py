@@ -21,7 +21,8 @@ from benchmarks.output import gpu_label, result_path, write_json
 
 NAMES = ("moe", "attention", "fit-profile", "fit-agreement", "lm-parts", "memory-check",
          "sweep-scaling", "compare-tables", "gpu-tests", "certified-figure", "shared-memory",
-         "data-draw", "warm-start", "sass", "stacked-dot", "chunk-bytes", "test-suite")
+         "data-draw", "warm-start", "sass", "stacked-dot", "chunk-bytes", "test-suite",
+         "first-command")
 
 
 def test_every_benchmark_is_a_subcommand():
