@@ -441,7 +441,7 @@ def triton_moe_pass(
         step = max(1, U_BYTES // (R * m * X.element_size()))
     if n * max(d, m) > INT32_OFFSETS:
         # a tile past the last sample still forms its (masked) offsets: keep one tile's margin
-        step = min(step, (INT32_OFFSETS - MAX_TILE_ROWS * max(d, m)) // max(d, m))
+        step = min(step, max(1, (INT32_OFFSETS - MAX_TILE_ROWS * max(d, m)) // max(d, m)))
     if n > 1 and step < n:
         parts = [triton_moe_pass(
             X[:, s : s + step], Y[:, s : s + step], gate_params, expert_params, gate=gate,
