@@ -8,10 +8,10 @@ packages, and runs the README's first command in it, ``pip install torch==2.13.0
 installs and the reproduction apart. It then compares what the run wrote with the committed
 preset (``paper_figures/nguyen2024-measurable/preset/``): the printed slope table, line by line
 (``cpu_rates.txt``, but for its last line, which gives that run's own time), and the figure, byte
-for byte. It
-records the times, the machine's CPU count, the comparison and the run's exit status, and exits
-with the run's status, so that a timing is never recorded as a success when the run failed. The
-README's time of its first command points to these files (``results/first_command/``).
+for byte. It records the times, the machine's CPU count, the comparison and the run's exit
+status, and exits with the run's status, so that a timing is never recorded as a success when
+the run failed. The README's time of its first command points to these files
+(``results/first_command/``).
 """
 
 from __future__ import annotations

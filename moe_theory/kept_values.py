@@ -36,29 +36,24 @@ def _in_rep_order(curve: pd.DataFrame) -> pd.DataFrame:
     return curve.sort_values("rep", kind="stable") if "rep" in curve.columns else curve
 
 
-def values_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Split one curve's rows by sample size.
+def split_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray],
+                                              list[np.ndarray] | None]:
+    """Split one curve's rows by sample size, in one pass.
 
     Returns
     -------
     n : (P,) sorted sample sizes.
     values : P arrays of ``loss_value``, one entry per replication (unfiltered), in replication
         order.
+    bounds : P arrays of ``bound_active`` in the same order (whether each fit had a parameter at
+        its bound); None for tables without that column.
     """
-    groups = _in_rep_order(curve).groupby("n", sort=True)["loss_value"]
-    return (
-        np.asarray(list(groups.groups), dtype=float),
-        [g.to_numpy(dtype=float) for _, g in groups],
-    )
-
-
-def bounds_by_n(curve: pd.DataFrame) -> list[np.ndarray] | None:
-    """Per sample size, whether each fit had a parameter at its bound (``bound_active``), in the
-    order of :func:`values_by_n`; None for tables without that column."""
+    groups = [g for _, g in _in_rep_order(curve).groupby("n", sort=True)]
+    n = np.asarray([g["n"].iloc[0] for g in groups], dtype=float)
+    values = [g["loss_value"].to_numpy(dtype=float) for g in groups]
     if "bound_active" not in curve.columns:
-        return None
-    groups = _in_rep_order(curve).groupby("n", sort=True)["bound_active"]
-    return [g.to_numpy(dtype=bool) for _, g in groups]
+        return n, values, None
+    return n, values, [g["bound_active"].to_numpy(dtype=bool) for g in groups]
 
 
 def kept_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -66,6 +61,6 @@ def kept_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
     nothing against them (finite, positive, not at a bound). Everything measured along a curve
     (its figure's means, the overlay's agreement, the scale the identified-losses test judges
     against) uses these, so that it describes the fits the slope describes."""
-    n, values = values_by_n(curve)
-    bounds = bounds_by_n(curve) or [None] * len(values)
+    n, values, bounds = split_by_n(curve)
+    bounds = bounds or [None] * len(values)
     return n, [v[drop_reasons(v, b) == ""] for v, b in zip(values, bounds, strict=True)]

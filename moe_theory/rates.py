@@ -32,14 +32,7 @@ from moe_theory.certificates import (
     Status,
     overlay_agreement,
 )
-from moe_theory.kept_values import (
-    DROP_REASONS,
-    bounds_by_n,
-    drop_reasons,
-    kept_by_n,
-    usable,
-    values_by_n,
-)
+from moe_theory.kept_values import DROP_REASONS, drop_reasons, kept_by_n, split_by_n, usable
 
 # The theory gives asymptotic exponents; at n = 10^3..10^5 the loss still carries lower-order
 # terms (log factors, the n^-1/4 parts of a mixed loss, a reference G_bar that is itself only
@@ -416,8 +409,8 @@ def check_flags(df: pd.DataFrame) -> None:
 
 def curve_fit(curve: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> RateFit:
     """:func:`fit_rate` of one curve's rows (bound-active fits dropped and counted)."""
-    n, values = values_by_n(curve)
-    return fit_rate(n, values, bound_per_n=bounds_by_n(curve), n_boot=n_boot, seed=seed)
+    n, values, bounds = split_by_n(curve)
+    return fit_rate(n, values, bound_per_n=bounds, n_boot=n_boot, seed=seed)
 
 
 def resolve_theory(theory: TheoryLookup | None) -> TheoryLookup:

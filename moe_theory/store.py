@@ -528,10 +528,9 @@ def refuse_sweep_folder(folder: Path, field: str = "out") -> None:
 
 #: What a run writes into its folder (beside its figure, named after its config): what a
 #: ``--force`` over another run's folder sets aside (:func:`set_aside`).
-RUN_OUTPUTS = ("shards", "results.parquet", RESULTS_CSV, RESULTS_CSV_GZ, FITS_FILE, "rates.txt",
-               "rates.csv", "rates.json", "run.json", "check.json", "check.parquet",
-               "check-refits", "certificates", "report.md", "report.html", "preflight.txt",
-               "preflight.csv", "preflight.json", "manifest.json")
+RUN_OUTPUTS = (*OTHER_RUN_FILES, "shards", "results.parquet", FITS_FILE, "rates.txt", "rates.csv",
+               "check.json", "check.parquet", "check-refits", "certificates", "report.md",
+               "report.html", "preflight.txt", "preflight.csv", "preflight.json", "manifest.json")
 
 
 def set_aside(out: Path, figure_name: str | None = None) -> Path | None:
@@ -584,7 +583,6 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False,
         # a figure named by a plain file name only: a manifest's name is not trusted with a path
         plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
         replaced = set_aside(out, name if plain else None)
-        old = None
     # the thread count changes a CPU's rounding: a resumed sweep compares it (moe_theory.sweep)
     manifest = {"config_hash": config.hash, "config": config.to_dict(), "torch": torch.__version__,
                 "cpu_threads": torch.get_num_threads()}
