@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from moe_theory.config import named_configs
+from moe_theory.console import log_stderr
 from moe_theory.errors import (
     EXIT_BAD_INPUT,
     EXIT_BROKEN_PIPE,
@@ -127,7 +128,7 @@ def _cmd_check(args) -> int:
         reps = CHECK_REPS if args.reps is None else args.reps
         workers = device_workers(args.workers, args.device)
         report = run_check(out, reps=reps, device=args.device, backend=args.backend,
-                           log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                           log=log_stderr,
                            **process_options(workers))
     for name, curve in report["curves"].items():
         reasons = "; ".join(curve["reasons"])
@@ -189,7 +190,7 @@ def _cmd_certify(args) -> int:
     if rivals:
         record_rivals(out, rivals)
     certs = certify(config, out, device=args.device, backend=args.backend,
-                    log=lambda msg: print(msg, file=sys.stderr, flush=True), force=True)
+                    log=log_stderr, force=True)
     write_report(df, config, out)
     for cert in certs:
         print(f"{cert.setting} / {cert.fit_gate} ({cert.kind}): {cert.status}"
@@ -251,7 +252,7 @@ def _cmd_preflight(args) -> int:
     config = load_config(args.name or DEFAULT_FIGURE, fast=fast)
     out = Path(args.out) if args.out else default_folder(config.name, fast)
     table = preflight(config, out, device=args.device, backend=args.backend, force=args.force,
-                      log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                      log=log_stderr)
     if args.json:
         print(table.to_json(orient="records", indent=1))
     else:

@@ -26,7 +26,6 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -39,6 +38,7 @@ import torch
 
 from moe_theory.certificates import free_parameters
 from moe_theory.config import SweepConfig
+from moe_theory.console import log_stderr
 from moe_theory.errors import DeviceLost, ResourceError, is_device_lost
 from moe_theory.store import Shard
 from moe_theory.threads import apply_thread_default, usable_cores
@@ -468,7 +468,7 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
     if executor == "processes":
         default = GPU_PROCESSES if device.startswith("cuda") else usable_cores()
         yield from _map_processes(fn, shards, local_workers or default,
-                                  log or (lambda msg: print(msg, file=sys.stderr, flush=True)))
+                                  log or log_stderr)
         return
     from distributed import as_completed  # optional dependency, as in dask_client
 

@@ -32,6 +32,7 @@ from moe_theory import baseline
 from moe_theory.certificates import CHECK_REPS
 from moe_theory.check import refit, run_check
 from moe_theory.config import SweepConfig, load_config, named_configs
+from moe_theory.console import log_stderr
 from moe_theory.executors import (
     device_workers,
     map_shards,
@@ -70,8 +71,7 @@ _BASELINE_START = threading.Lock()
 
 def _stage(step: int, stages: int, what: str, start: float) -> None:
     """A stage line of a long run on stderr; the sweep's shard lines carry the ETA."""
-    print(f"[stage {step}/{stages}] {what} ({time.perf_counter() - start:.0f} s elapsed)",
-          file=sys.stderr, flush=True)
+    log_stderr(f"[stage {step}/{stages}] {what} ({time.perf_counter() - start:.0f} s elapsed)")
 
 
 def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
@@ -245,10 +245,6 @@ def figure_cost(config: SweepConfig) -> float:
     return sum(shard_cost(config, shard) for shard in plan(config))
 
 
-def _log_stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 #: A reason in the early outlook is cut here: the whole of it is in `moe-theory preflight`.
 OUTLOOK_REASON_CHARS = 110
 
@@ -271,23 +267,23 @@ def _log_outlook(folder: Path, config: SweepConfig) -> None:
     try:
         table = folder_outlook(folder, config)
     except (ValueError, KeyError) as err:
-        _log_stderr(f"preflight outlook not available ({err}); the run goes on")
+        log_stderr(f"preflight outlook not available ({err}); the run goes on")
         return
-    _log_stderr("preflight, from the references before any fit (the whole table: "
+    log_stderr("preflight, from the references before any fit (the whole table: "
                 "`moe-theory preflight`):")
     for row in table.itertuples():
         reason = _without_parentheses(row.reasons.split("; ")[0]) \
             if row.outlook == NOT_MEASURABLE else ""
         if len(reason) > OUTLOOK_REASON_CHARS:
             reason = reason[:OUTLOOK_REASON_CHARS] + "..."
-        _log_stderr(f"  {row.setting} / {row.fit_gate} / {row.loss_name}: {row.outlook}"
+        log_stderr(f"  {row.setting} / {row.fit_gate} / {row.loss_name}: {row.outlook}"
                     + (f" ({reason})" if reason else ""))
 
 
 def _prepare_references(config: SweepConfig, *, folder: str, device: str, backend: str,
                         force: bool = False) -> None:
     """A figure's references and their certificates (a cluster task)."""
-    prepare_references(config, folder, device=device, backend=backend, log=_log_stderr,
+    prepare_references(config, folder, device=device, backend=backend, log=log_stderr,
                        force=force)
 
 
@@ -332,7 +328,7 @@ def _sweep_figure(config: SweepConfig, folder: Path, *, fast: bool, device: str,
     if certify:
         _stage(2, stages, f"{config.name}: certificates: the optimiser check", start)
         with driver if not on_cluster else nullcontext():
-            run_check(folder, device=device, backend=backend, refits=refits, log=_log_stderr,
+            run_check(folder, device=device, backend=backend, refits=refits, log=log_stderr,
                       **sweep_options)
     scipy_baseline = baseline.summarise(pending, df)  # waits for it: not while drawing
     with driver:

@@ -44,7 +44,6 @@ import os
 import re
 import secrets
 import socket
-import sys
 import threading
 import time
 import warnings
@@ -58,6 +57,7 @@ import pyarrow.parquet as pq
 import torch
 
 from moe_theory.config import SweepConfig, parse_config
+from moe_theory.console import log_stderr
 from moe_theory.errors import StorageError
 from moe_theory.measure import MixingMeasure
 
@@ -596,13 +596,9 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False,
                 manifest[key] = old[key]
     _write_manifest_dict(out, manifest)
     if replaced is not None:
-        (log or _print_stderr)(f"--force: {out} held another run's outputs; moved to "
+        (log or log_stderr)(f"--force: {out} held another run's outputs; moved to "
                                f"{replaced.name}/ (nothing reads them there)")
     return replaced
-
-
-def _print_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _write_manifest_dict(out: Path, manifest: dict) -> None:

@@ -36,6 +36,7 @@ from moe_theory.certificates import (
     reference_path,
 )
 from moe_theory.config import SweepConfig
+from moe_theory.console import log_stderr
 from moe_theory.data import sample, stable_seed
 from moe_theory.errors import is_out_of_memory
 from moe_theory.estimators import Bounds, box_bounds, fit_lse
@@ -746,7 +747,7 @@ def run_sweep(
         # a remote scheduler's workers may hold GPUs (and kernels) that this machine lacks;
         # here, refuse before any file is written
         resolve_backend(backend, check_device("device", device))
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or log_stderr
     make_folder(out)
     before = read_manifest(out)
     write_manifest(out, config, force=force, log=log)
