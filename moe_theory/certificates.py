@@ -52,6 +52,7 @@ from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.identified_losses import UNIDENTIFIED_SHARE, unidentified_losses
 from moe_theory.initialization import near_truth
 from moe_theory.kept_values import kept_by_n
+from moe_theory.layout import CHECK_FILE, REFERENCE_DIR
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import (
     DESIGN_SEED,
@@ -151,10 +152,6 @@ OVERLAY_FACTOR = 1.5
 #: Bytes of autograd workspace the residual-Hessian term of the sandwich may take per chunk.
 HESSIAN_CHUNK_BYTES = 256 * 2**20
 
-REFERENCE_DIR = "certificates"
-CHECK_FILE = "check.json"
-#: The optimiser check's refits, beside its verdicts.
-CHECK_TABLE = "check.parquet"
 #: What a "not run" reference or optimiser certificate tells the user to do.
 HOW_TO_CERTIFY = "run moe-theory check DIR"
 #: Bumped when a reference certificate gains a field its verdicts read (2: ``overfit_ratio``):

@@ -38,11 +38,9 @@ import pandas as pd
 
 from moe_theory import sublevel
 from moe_theory.certificates import (
-    CHECK_FILE,
     CHECK_JITTER_FACTOR,
     CHECK_MAX_ITER_FACTOR,
     CHECK_REPS,
-    CHECK_TABLE,
     FAIL,
     NOT_RUN,
     OPTIMISER_SHARE_MIN,
@@ -55,6 +53,7 @@ from moe_theory.certificates import (
 from moe_theory.config import SweepConfig
 from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
+from moe_theory.layout import CHECK_FILE, CHECK_TABLE, REFIT_DIR
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
 from moe_theory.store import (
     Shard,
@@ -67,9 +66,6 @@ from moe_theory.store import (
     write_shard,
 )
 from moe_theory.sweep import certify, fit_in_blocks, recorded_references
-
-#: The refits as they finish, so that an interrupted check resumes (:func:`refit_store`).
-REFIT_DIR = "check-refits"
 
 
 def write_check_table(refits: pd.DataFrame, path: str | Path) -> None:

@@ -21,6 +21,7 @@ from moe_theory.errors import (
     EXIT_INTERRUPTED,
     ResourceError,
 )
+from moe_theory.layout import MANIFEST_FILE
 from moe_theory.store import StoreWarning
 from moe_theory.validation import check_number
 from moe_theory.voronoi import ALL_KINDS
@@ -102,7 +103,7 @@ def _cmd_plot(args) -> int:
     from moe_theory.store import load_results
 
     out = Path(args.dir)
-    if not (out / "manifest.json").exists():
+    if not (out / MANIFEST_FILE).exists():
         raise ValueError(f"DIR: {out} has no manifest.json (not a sweep folder)")
     df = load_results(out)
     config, _ = read_config(out, df)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moe_theory.layout import RATES_TABLE
 from moe_theory.store import FIT_KEYS, FIT_MEASURE, SORT_KEYS, load_fits, load_results, read_manifest
 from moe_theory.validation import check_number
 
@@ -168,7 +169,7 @@ def _show(value: object) -> str:
 
 
 def _rates(folder: Path) -> pd.DataFrame | None:
-    path = folder / "rates.json"
+    path = folder / f"{RATES_TABLE}.json"
     if not path.exists():
         return None
     table = pd.DataFrame(json.loads(path.read_text()))

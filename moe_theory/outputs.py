@@ -18,6 +18,7 @@ import pandas as pd
 
 from moe_theory.certificates import FolderCertificates
 from moe_theory.config import SweepConfig, plot_curves
+from moe_theory.layout import RATES_TABLE, RUN_FILE
 from moe_theory.plotting import plot_panels
 from moe_theory.provenance import provenance
 from moe_theory.rates import format_rates_table, rates_table
@@ -67,7 +68,7 @@ def figure_panels(df: pd.DataFrame, config: SweepConfig) -> list[tuple[str, str,
     return panels
 
 
-def write_table(out: Path, table: pd.DataFrame, text: str, *, name: str = "rates",
+def write_table(out: Path, table: pd.DataFrame, text: str, *, name: str = RATES_TABLE,
                 results: pd.DataFrame | None = None) -> None:
     """A summary table as ``<name>.txt`` (``text``), ``.csv`` and ``.json`` in ``out``, and the tidy
     ``results`` as ``results.csv`` when given (a sweep's store writes its own)."""
@@ -82,7 +83,7 @@ def write_table(out: Path, table: pd.DataFrame, text: str, *, name: str = "rates
 def write_run(out: Path, run: dict, device: str) -> dict:
     """``run.json``: the run's own record and its provenance (commit, dirty tree, device)."""
     run = {**run, **provenance(device)}
-    atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
+    atomic_write(out / RUN_FILE, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
     return run
 
 

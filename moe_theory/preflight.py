@@ -34,6 +34,7 @@ from moe_theory.certificates import (
 )
 from moe_theory.config import SweepConfig
 from moe_theory.identified_losses import UNIDENTIFIED_SHARE
+from moe_theory.layout import PREFLIGHT_TABLE
 from moe_theory.measure import MixingMeasure
 from moe_theory.outputs import plot_losses, write_table
 from moe_theory.rates import CI_HALF_WIDTH_MAX, MIN_POINTS, predicted_half_width
@@ -189,7 +190,7 @@ def preflight(config: SweepConfig, out: str | Path, *, device: str = "cpu",
     write_manifest(out, config, force=force, log=log)
     prepare_references(config, out, device=device, backend=backend, log=log, force=force)
     table = folder_outlook(out, config, device=device)
-    write_table(out, table, format_preflight(table, config), name="preflight")
+    write_table(out, table, format_preflight(table, config), name=PREFLIGHT_TABLE)
     return table
 
 

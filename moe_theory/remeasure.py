@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moe_theory.check import CHECK_TABLE, REFIT_DIR, run_check
+from moe_theory.check import run_check
 from moe_theory.config import SweepConfig
+from moe_theory.layout import CHECK_TABLE, REFIT_DIR, RESULTS_PARQUET, SHARDS_DIR
 from moe_theory.measure import MixingMeasure
 from moe_theory.store import (
     FIT_KEYS,
@@ -235,14 +236,14 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     # a working folder's stored rows come first: a later merge or resumed check reads them
     for store in [folder, *sorted((folder / REFIT_DIR).glob("*"))]:
         _rewrite_shards(store, refs, config)
-    if (folder / "shards").is_dir():
+    if (folder / SHARDS_DIR).is_dir():
         merge(folder)
     else:
         results = _with_values(results, new, added)
         if results_csv(folder).exists():
             write_results_csv(folder, results)
-        if (folder / "results.parquet").exists():
-            atomic_write(folder / "results.parquet",
+        if (folder / RESULTS_PARQUET).exists():
+            atomic_write(folder / RESULTS_PARQUET,
                          lambda tmp: results.to_parquet(tmp, index=False))
     if check is not None:
         reps = int(check["rep"].max()) + 1

@@ -25,6 +25,7 @@ import pandas as pd
 from moe_theory import certificates as cert
 from moe_theory.certificates import FolderCertificates, ReferenceCertificate
 from moe_theory.config import SweepConfig, load_config, named_configs, parse_config
+from moe_theory.layout import MANIFEST_FILE, REPORT_HTML, REPORT_MD, RUN_FILE
 from moe_theory.outputs import figure_panels
 from moe_theory.plotting import figure_title, plot_panels, setting_words
 from moe_theory.population import GBAR_STARTS
@@ -45,8 +46,6 @@ from moe_theory.rates import (
 from moe_theory.store import atomic_write, load_results
 from moe_theory.sublevel import format_ratio
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
 #: Suffix of the figure that shows every curve, one panel per (setting, fitted gate, loss family).
 CURVES_FIGURE_SUFFIX = "-curves"
 #: Panels per row of that figure: four 2.3 in panels fill a 9 in wide page or screen.
@@ -112,7 +111,7 @@ def read_config(folder: Path, results: pd.DataFrame) -> tuple[SweepConfig, str]:
     ``description``) from the named config of the same name and hash, so that a figure redrawn
     from committed results follows the config file as it is now: those keys do not change the
     results (:attr:`moe_theory.config.SweepConfig.hash`)."""
-    manifest = folder / "manifest.json"
+    manifest = folder / MANIFEST_FILE
     if manifest.exists():
         try:
             raw = json.loads(manifest.read_text())["config"]
@@ -122,7 +121,7 @@ def read_config(folder: Path, results: pd.DataFrame) -> tuple[SweepConfig, str]:
         named = _named_config({config.hash}, [config.name])
         if named is not None:
             config = replace(config, plot=named[0].plot, description=named[0].description)
-        return config, "manifest.json"
+        return config, MANIFEST_FILE
     hashes = set(results["config_hash"].astype(str))
     named = _named_config(hashes, named_configs())
     if named is not None:
@@ -188,7 +187,7 @@ def build_report(folder: str | Path) -> FolderReport:
     certificates = FolderCertificates.load(folder)
     rates = rates_table(results, certificates=certificates).merge(
         curve_devices(results), on=list(CURVE_KEYS), how="left")
-    run = read_run(folder / "run.json")
+    run = read_run(folder / RUN_FILE)
     figures = []
     # The figures get every row, as the table does: their legends' certificates and left-out
     # counts are read from the same fits (figure_panels and plot_panels skip a loss undefined in

@@ -59,6 +59,25 @@ import torch
 from moe_theory.config import SweepConfig, parse_config
 from moe_theory.console import log_stderr
 from moe_theory.errors import StorageError
+from moe_theory.layout import (
+    CHECK_FILE,
+    CHECK_TABLE,
+    DAMAGED_DIR,
+    FITS_FILE,
+    MANIFEST_FILE,
+    PREFLIGHT_TABLE,
+    RATES_TABLE,
+    REFERENCE_DIR,
+    REFIT_DIR,
+    REPORT_HTML,
+    REPORT_MD,
+    RESULTS_CSV,
+    RESULTS_CSV_GZ,
+    RESULTS_PARQUET,
+    RUN_FILE,
+    SHARDS_DIR,
+    table_files,
+)
 from moe_theory.measure import MixingMeasure
 
 #: The merged table's order (and each shard file's): independent of finishing order and block size.
@@ -69,11 +88,6 @@ CSV_MAX_ROWS = 200_000
 #: fit). The merged CSV leaves it out, to stay one line of numbers per row; the estimates go to
 #: :data:`FITS_FILE`, one row per fit, which a figure folder keeps beside its ``results.csv``.
 FIT_MEASURE = "fit_measure"
-FITS_FILE = "fits.csv.gz"
-#: The merged table's CSV copy, and its gzip form: a committed figure folder whose table is large
-#: keeps the latter (paper_figures/README.md), and whatever rewrites the table keeps its form.
-RESULTS_CSV = "results.csv"
-RESULTS_CSV_GZ = "results.csv.gz"
 #: What names one fit of a sweep.
 FIT_KEYS = ["setting", "fit_gate", "n", "rep"]
 #: A claim or temporary file untouched this long belongs to a writer that is gone (one on another
@@ -122,7 +136,7 @@ def plan_grid(settings: Sequence[str], ns: Sequence[int], reps: int, rep_block: 
 
 
 def shard_path(out: Path, shard: Shard) -> Path:
-    return Path(out) / "shards" / f"{shard.key}.parquet"
+    return Path(out) / SHARDS_DIR / f"{shard.key}.parquet"
 
 
 def checksum_path(path: Path) -> Path:
@@ -438,7 +452,7 @@ def check_shard(path: Path) -> str:
 def move_aside(out: Path, path: Path) -> Path:
     """Move a damaged shard file (and its record) to ``OUT/damaged/``; returns where it went."""
     out = Path(out)
-    dest = out / "damaged" / path.relative_to(out / "shards")
+    dest = out / DAMAGED_DIR / path.relative_to(out / SHARDS_DIR)
     if dest.exists():
         dest = dest.with_name(f"{dest.name}.{time.strftime('%Y%m%dT%H%M%S')}")
     make_folder(dest.parent)
@@ -485,14 +499,14 @@ def verified_shards(out: Path, shards: Iterable[Shard], *, report: Callable[[str
 MANIFEST_PLAN_KEYS = {"settings": list, "n": list, "reps": int, "rep_block": int}
 #: Files a run that is not a sweep (a study, ``moe-theory reproduce`` of one) writes into its
 #: folder without a manifest: a sweep must not write its own beside or over them.
-OTHER_RUN_FILES = (RESULTS_CSV, RESULTS_CSV_GZ, "run.json", "rates.json")
+OTHER_RUN_FILES = (RESULTS_CSV, RESULTS_CSV_GZ, RUN_FILE, f"{RATES_TABLE}.json")
 
 
 def read_manifest(out: Path) -> dict | None:
     """A sweep folder's ``manifest.json``; None where there is none. One that is not a sweep's
     manifest (another JSON document) is refused, naming it, before anything reads or replaces
     it."""
-    path = Path(out) / "manifest.json"
+    path = Path(out) / MANIFEST_FILE
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
@@ -515,22 +529,23 @@ def read_manifest_config(folder: Path) -> SweepConfig:
     manifest = read_manifest(folder)
     if manifest is None:
         raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")
-    return parse_config(manifest["config"], source=str(folder / "manifest.json"))
+    return parse_config(manifest["config"], source=str(folder / MANIFEST_FILE))
 
 
 def refuse_sweep_folder(folder: Path, field: str = "out") -> None:
     """A run that is not a sweep writes its own results table and ``run.json``: into a sweep's
     folder (it has a manifest) they would replace the sweep's."""
-    if (Path(folder) / "manifest.json").exists():
+    if (Path(folder) / MANIFEST_FILE).exists():
         raise ValueError(f"{field}: {folder} is a sweep's folder (it holds manifest.json); this "
                          "run writes its own results there: use another --out")
 
 
 #: What a run writes into its folder (beside its figure, named after its config): what a
 #: ``--force`` over another run's folder sets aside (:func:`set_aside`).
-RUN_OUTPUTS = (*OTHER_RUN_FILES, "shards", "results.parquet", FITS_FILE, "rates.txt", "rates.csv",
-               "check.json", "check.parquet", "check-refits", "certificates", "report.md",
-               "report.html", "preflight.txt", "preflight.csv", "preflight.json", "manifest.json")
+RUN_OUTPUTS = tuple(dict.fromkeys((
+    *OTHER_RUN_FILES, SHARDS_DIR, RESULTS_PARQUET, FITS_FILE, *table_files(RATES_TABLE),
+    CHECK_FILE, CHECK_TABLE, REFIT_DIR, REFERENCE_DIR, REPORT_MD, REPORT_HTML,
+    *table_files(PREFLIGHT_TABLE), MANIFEST_FILE)))
 
 
 def set_aside(out: Path, figure_name: str | None = None) -> Path | None:
@@ -602,7 +617,7 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False,
 
 
 def _write_manifest_dict(out: Path, manifest: dict) -> None:
-    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+    atomic_write(out / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
 
 
 def folder_references(folder: Path, config: SweepConfig) -> dict[tuple[str, str], MixingMeasure]:
@@ -660,7 +675,7 @@ def record_rivals(out: Path, rivals: dict[str, dict[str, str]]) -> None:
 
 def setting_shards(out: Path, setting: str) -> list[Path]:
     """The stored shard files of one setting (finished or not yet verified)."""
-    return sorted((Path(out) / "shards" / setting).glob("*.parquet"))
+    return sorted((Path(out) / SHARDS_DIR / setting).glob("*.parquet"))
 
 
 def discard_setting(out: Path, setting: str) -> int:
@@ -725,7 +740,7 @@ def completeness(out: str | Path, *, report: Callable[[str], None] = _warn) -> C
 def shards_on_disk(out: Path) -> list[Shard]:
     """Shards found under ``OUT/shards`` (for a folder without manifest)."""
     shards = []
-    for path in sorted((out / "shards").rglob("*.parquet")):
+    for path in sorted((out / SHARDS_DIR).rglob("*.parquet")):
         name = path.stem  # n000001000_reps00000-00004
         try:
             n_part, reps_part = name.split("_reps")
@@ -756,7 +771,7 @@ def _write_merged(out: Path, df: pd.DataFrame, finished: dict[Shard, str]) -> No
     record = json.dumps({s.key: sha for s, sha in finished.items()}, sort_keys=True).encode()
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            SHARDS_METADATA_KEY: record})
-    atomic_write(out / "results.parquet", lambda tmp: pq.write_table(table, tmp))
+    atomic_write(out / RESULTS_PARQUET, lambda tmp: pq.write_table(table, tmp))
     if len(df) <= CSV_MAX_ROWS:
         write_results_csv(out, df)
     fits = fit_table(df)
@@ -835,7 +850,7 @@ def load_fits(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.D
     :data:`FIT_MEASURE`: the measure's JSON, ``MixingMeasure.from_json`` reads it): from its
     shards or ``results.parquet`` where they hold them, else from :data:`FITS_FILE`."""
     out = Path(out)
-    if (out / "shards").is_dir() or (out / "results.parquet").exists():
+    if (out / SHARDS_DIR).is_dir() or (out / RESULTS_PARQUET).exists():
         fits = fit_table(load_results(out, report=report))
         if len(fits):
             return fits
@@ -882,9 +897,9 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
     out = Path(out)
     if out.is_file() and out.name.endswith((".csv", ".csv.gz")):
         return read_csv(out)
-    if not (out / "shards").is_dir():
-        if (out / "results.parquet").exists():
-            return pd.read_parquet(out / "results.parquet")
+    if not (out / SHARDS_DIR).is_dir():
+        if (out / RESULTS_PARQUET).exists():
+            return pd.read_parquet(out / RESULTS_PARQUET)
         csv = results_csv(out)
         if csv.exists():
             return read_csv(csv)
@@ -893,9 +908,9 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
     finished, state = _finished(out, report)
     if state is not None and not state.complete:
         report(f"incomplete sweep in {out}: {state.summary()}; rerun the sweep to finish it")
-    recorded = _recorded_shards(out / "results.parquet")
+    recorded = _recorded_shards(out / RESULTS_PARQUET)
     if recorded == {s.key: sha for s, sha in finished.items()}:
-        return pd.read_parquet(out / "results.parquet")
+        return pd.read_parquet(out / RESULTS_PARQUET)
     df = _table(out, finished)
     with contextlib.suppress(StorageError):  # reading needs no write access
         _write_merged(out, df, finished)

@@ -28,9 +28,6 @@ from kernels.moe import precompile, resolve_backend
 from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import models
 from moe_theory.certificates import (
-    CHECK_FILE,
-    CHECK_TABLE,
-    REFERENCE_DIR,
     ReferenceCertificate,
     certify_references,
     reference_path,
@@ -42,6 +39,7 @@ from moe_theory.errors import is_out_of_memory
 from moe_theory.estimators import Bounds, box_bounds, fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus, shard_cost
 from moe_theory.initialization import NearTruth, multi_start
+from moe_theory.layout import CHECK_FILE, CHECK_TABLE, REFERENCE_DIR
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import design_size_for, reference_measure
 from moe_theory.settings import Setting, get_setting

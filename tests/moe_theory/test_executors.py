@@ -868,7 +868,8 @@ def test_a_gate_fitted_alone_gives_the_rows_of_the_whole_shard(config_path, loca
 def test_check_refits_of_another_reference_are_not_read_back(local_run, tmp_path):
     """Stored refits are keyed by the variant's config and the manifest's G_bar references: a
     folder whose references changed (a forced recompute) refits from scratch and drops them."""
-    from moe_theory.check import REFIT_DIR, read_manifest_config, refit_store, variants
+    from moe_theory.check import read_manifest_config, refit_store, variants
+    from moe_theory.layout import REFIT_DIR
 
     out = tmp_path / "run"
     shutil.copytree(local_run[0], out)

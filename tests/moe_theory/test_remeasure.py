@@ -22,11 +22,12 @@ from moe_theory import remeasure as remeasure_module
 from moe_theory.check import run_check
 from moe_theory.cli import main
 from moe_theory.config import parse_config
+from moe_theory.layout import FITS_FILE
 from moe_theory.measure import MixingMeasure
 from moe_theory.outputs import write_report
 from moe_theory.rates import RATES_COLUMNS, SUBLEVEL_COLUMNS
 from moe_theory.remeasure import remeasure
-from moe_theory.store import FIT_KEYS, FIT_MEASURE, FITS_FILE, load_results, merge
+from moe_theory.store import FIT_KEYS, FIT_MEASURE, load_results, merge
 from moe_theory.sublevel import SUBLEVEL_LOSS
 from moe_theory.sweep import run_sweep
 

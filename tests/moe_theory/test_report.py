@@ -12,9 +12,10 @@ import torch
 
 from moe_theory import report as report_module
 from moe_theory import settings
-from moe_theory.certificates import CHECK_FILE, FolderCertificates, write_reference_certificate
+from moe_theory.certificates import FolderCertificates, write_reference_certificate
 from moe_theory.cli import main
 from moe_theory.config import load_config, parse_config
+from moe_theory.layout import CHECK_FILE
 from moe_theory.rates import rates_table
 from moe_theory.report import (
     REPORT_HTML,
