@@ -548,15 +548,17 @@ RUN_OUTPUTS = tuple(dict.fromkeys((
     *table_files(PREFLIGHT_TABLE), MANIFEST_FILE)))
 
 
-def set_aside(out: Path, figure_name: str | None = None) -> Path | None:
-    """Move another run's outputs in ``out`` (:data:`RUN_OUTPUTS`, and its figure
-    ``<figure_name>.png``/``.pdf``) into ``out/replaced-<time>/``, whence nothing reads them:
-    a ``--force`` that starts over keeps them (the user may have wanted them after all) rather
-    than deleting them, and leaves no table or figure of the old run beside the new one's
-    (an interrupted new run would otherwise show the old run's figure as its own). Returns the
-    folder, or None where there was nothing to move. Other files (a study's sub-folders) stay."""
+def set_aside(out: Path, figure_name: str | None = None,
+              names: Sequence[str] = RUN_OUTPUTS) -> Path | None:
+    """Move outputs that no longer describe ``out``'s run (``names``, by default another run's
+    :data:`RUN_OUTPUTS`, and its figure ``<figure_name>.png``/``.pdf``) into
+    ``out/replaced-<time>/``, whence nothing reads them: a ``--force`` that starts over keeps
+    them (the user may have wanted them after all) rather than deleting them, and leaves no
+    table or figure of the old run beside the new one's (an interrupted new run would otherwise
+    show the old run's figure as its own). Returns the folder, or None where there was nothing
+    to move. Other files (a study's sub-folders) stay."""
     out = Path(out)
-    names = list(RUN_OUTPUTS)
+    names = list(names)
     if figure_name:
         names += [f"{figure_name}.png", f"{figure_name}.pdf"]
     present = [name for name in names if (out / name).exists()]

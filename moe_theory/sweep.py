@@ -59,6 +59,7 @@ from moe_theory.store import (
     record_references,
     record_rivals,
     remove_stale_temp_files,
+    set_aside,
     setting_shards,
     try_claim,
     verified_shards,
@@ -698,13 +699,11 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
         record_references(out, changed, {key: design_size for key in changed})
         # the optimiser check's verdicts and refits measured the fits against the G_bar replaced
         # here, and its config hash (the same config) would not tell: kept beside, never read
-        for stale in (out / CHECK_FILE, out / CHECK_TABLE):
-            if stale.exists():
-                aside = stale.with_name(f"{stale.stem}.replaced-"
-                                        f"{time.strftime('%Y%m%dT%H%M%S')}{stale.suffix}")
-                os.replace(stale, aside)
-                log(f"{stale} measured another G_bar of {', '.join(sorted(changed))}: moved to "
-                    f"{aside.name}; run moe-theory check again")
+        aside = set_aside(out, names=(CHECK_FILE, CHECK_TABLE))
+        if aside is not None:
+            log(f"the optimiser check in {out} measured another G_bar of "
+                f"{', '.join(sorted(changed))}: moved to {aside.name}/; run moe-theory check "
+                "again")
 
 
 def run_sweep(

@@ -839,9 +839,11 @@ def test_a_replaced_g_bar_moves_the_optimiser_check_aside(tmp_path):
     check_references(tmp_path, {(setting.name, "softmax"): new}, force=True, log=said.append,
                      design_size=1)
     assert not (tmp_path / "check.json").exists() and not (tmp_path / "check.parquet").exists()
-    kept = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("check."))
-    assert [name.split(".replaced-")[0] for name in kept] == ["check", "check"]
-    assert any("moved to check.replaced-" in line for line in said)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("replaced-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == [
+        "check.json", "check.parquet"]
+    assert (aside[0] / "check.parquet").read_bytes() == b"refits"
+    assert any(f"moved to {aside[0].name}/" in line for line in said)
 
 
 def test_the_optimiser_check_without_nu_or_a_slope_ci_is_not_run():
