@@ -250,6 +250,7 @@ def attention_forward(
         return out, lse.fill_(float("-inf"))
     flags = _flags(args, q.dtype)
     cfg = (configs or default_configs(head_dim, q.dtype)).fwd
+    _check_head_spans(max(cfg.block_m, cfg.block_n), q=q, k=k, v=v)
     coef = _coefficients(args, flags["FAST"])
     k_src, v_src, stream = _streamed(k, v, cfg.block_n, cfg)
     _attn_fwd_kernel[_grid(_cdiv(n_q, cfg.block_m), batch * heads)](
@@ -264,6 +265,25 @@ def attention_forward(
 
 #: CUDA's limit on a launch grid's y and z extents.
 GRID_YZ_MAX = 65535
+#: The kernels index a head's rows in int32 (row offset times row stride, and row times D for
+#: the outputs; the batch and head offsets are int64): a head whose rows span more elements
+#: would wrap into other rows, so such inputs are refused (:func:`_check_head_spans`).
+INT32_OFFSETS = 2**31 - 1
+
+
+def _check_head_spans(block: int, **tensors: torch.Tensor) -> None:
+    """Refuse a tensor whose rows within one head, padded by a tile of ``block`` rows past the
+    last (the ragged tail's masked offsets are computed too), span past :data:`INT32_OFFSETS`
+    elements, at its row stride or at D (the outputs' layout)."""
+    for name, t in tensors.items():
+        rows, head_dim = t.shape[2], t.shape[3]
+        span = (rows + block) * max(t.stride(2), head_dim) + head_dim
+        if span > INT32_OFFSETS:
+            raise ValueError(
+                f"{name}: {rows} rows of stride {t.stride(2)} (head dimension {head_dim}) span "
+                f"{span} elements within one head, past the kernels' int32 offsets "
+                f"({INT32_OFFSETS}); split the sequence, or use sigmoid_attention_reference")
+
 
 
 def _grid(blocks: int, pairs: int) -> tuple[int, int, int]:
@@ -320,6 +340,8 @@ def attention_backward(
         return dq, dk, dv
     flags = _flags(args, q.dtype)
     configs = configs or default_configs(head_dim, q.dtype)
+    _check_head_spans(max(max(c.block_m, c.block_n) for c in (configs.dkdv, configs.dq)),
+                      q=q, k=k, v=v, grad_out=grad_out)
     coef = _coefficients(args, flags["FAST"])
     if args.gate == "softmax":
         # rowsum(dO * O) = rowsum(P * dP): the softmax normaliser's share of dS.

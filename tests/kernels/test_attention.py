@@ -338,3 +338,31 @@ def test_batch_head_pairs_fold_past_the_grid_limit(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(importlib.import_module("kernels.attention.sigmoid_attention"),
                         "GRID_YZ_MAX", 2)
     _check_forward_backward((5, 1, 19, 23, 16, True, "scalar", True, gate), torch.float32, seed=11)
+
+
+def test_a_head_past_int32_offsets_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels index a head's rows in int32: a head whose rows span past that (here the limit
+    lowered to a few thousand elements) is refused, naming the tensor, before any launch, in the
+    forward and the backward; one just inside it still matches the reference."""
+    import importlib
+
+    module = importlib.import_module("kernels.attention.sigmoid_attention")
+    case = (1, 2, 40, 40, 16, True, "scalar", False, "sigmoid")
+    q, k, v, grad_out, options = _inputs(case, torch.float32, seed=5)
+    args = check_attention_args(q, k, v, scale=None, precise=True, **options)
+    configs = KernelConfigs(*(TileConfig(16, 16, 4, 1),) * 3)
+    # rows 40 + a 16-row tile past the last, at D = 16, plus D: 912 elements
+    monkeypatch.setattr(module, "INT32_OFFSETS", 911)
+    with pytest.raises(ValueError, match=r"^q: 40 rows of stride 16 .* int32 offsets \(911\)"):
+        attention_forward(q, k, v, args, configs=configs)
+    with pytest.raises(ValueError, match="int32 offsets"):
+        attention_backward(grad_out, q, k, v, _poisoned(q)[0], torch.empty(0), args,
+                           configs=configs)
+    # a strided key tensor (rows 3 x D apart) spans farther than its contiguous twin
+    wide = torch.randn(1, 2, 40, 48, dtype=torch.float32, device=DEVICE)[..., :16]
+    monkeypatch.setattr(module, "INT32_OFFSETS", 912)
+    with pytest.raises(ValueError, match=r"^k: 40 rows of stride 48"):
+        attention_forward(q, wide, v, args, configs=configs)
+    got, _ = attention_forward(q, k, v, args, out=_poisoned(q)[0], configs=configs)
+    want = sigmoid_attention_reference(q.double(), k.double(), v.double(), **options)
+    _assert_close("out", got, want, RTOL[torch.float32])
