@@ -101,14 +101,22 @@ def write_figure(df: pd.DataFrame, config: SweepConfig, out: Path, panels: list 
                        certificates=certificates)
 
 
+def mark_plotted(table: pd.DataFrame, panels: list) -> pd.DataFrame:
+    """Add the rates table's ``plotted`` column: the curves the figure's ``panels``
+    (:func:`figure_panels`) draw, which the printed table lists first and pairs for the gap
+    between the gates (:func:`moe_theory.rates.gap_table`)."""
+    drawn = {(setting, gate, loss) for setting, _, curves in panels for gate, loss in curves}
+    table["plotted"] = [(r.setting, r.fit_gate, r.loss_name) in drawn for r in table.itertuples()]
+    return table
+
+
 def write_report(df: pd.DataFrame, config: SweepConfig, out: Path) -> pd.DataFrame:
     """Rates table (text, CSV, JSON) and the figure of a finished sweep in ``out``, with the
     certificates the folder holds (docs/theory.md#certificates)."""
     certificates = FolderCertificates.load(out)
     table = rates_table(df, certificates=certificates)
     panels = figure_panels(df, config)
-    drawn = {(setting, gate, loss) for setting, _, curves in panels for gate, loss in curves}
-    table["plotted"] = [(r.setting, r.fit_gate, r.loss_name) in drawn for r in table.itertuples()]
+    mark_plotted(table, panels)
     write_table(out, table, format_rates_table(table))
     write_figure(df, config, out, panels, certificates)
     return table

@@ -38,7 +38,9 @@ from matplotlib.transforms import offset_copy
 from moe_theory.certificates import FolderCertificates
 from moe_theory.rates import (
     DROP_WORDS,
+    MEASURED_VERDICTS,
     MIN_REPS_PER_N,
+    NOT_MEASURABLE_PREFIX,
     PLUS_MINUS,
     RateFit,
     TheoryLookup,
@@ -243,14 +245,14 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
     where the theorem's bound is loose. ``values``: the curve's number of loss values, of which
     the entry counts those left out."""
     suffix = "" if certified else "\n(not measurable)"
-    if verdict.startswith("not measurable ("):
+    if verdict.startswith(NOT_MEASURABLE_PREFIX):
         # why, as the printed table says (failed certificates, or too few sample sizes for a
         # certified curve): a reader of the figure alone should not have to look it up
-        suffix = "\n" + textwrap.fill("(not measurable: " + verdict[len("not measurable ("):],
+        suffix = "\n" + textwrap.fill("(not measurable: " + verdict[len(NOT_MEASURABLE_PREFIX):],
                                       width=LEGEND_REASON_WIDTH)
     if certified and verdict.startswith("inconclusive"):
         suffix = "\n(inconclusive: CI too wide)"
-    elif certified and verdict in ("consistent", "inconsistent"):
+    elif certified and verdict in MEASURED_VERDICTS:
         suffix = f"\n(certified, {verdict} with theory)"
     if reach:
         suffix += "\n" + textwrap.fill(

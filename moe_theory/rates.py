@@ -330,6 +330,14 @@ def verdict(
     return "inconsistent"
 
 
+#: The verdicts of a curve whose slope is the estimator's: every certificate passed, enough sample
+#: sizes, a narrow CI (whether or not the theory's exponent lies in it).
+MEASURED_VERDICTS = ("consistent", "inconsistent")
+#: How the verdict of a curve whose slope is not the estimator's begins (the reason follows in
+#: parentheses).
+NOT_MEASURABLE_PREFIX = "not measurable ("
+
+
 def curve_verdict(
     theory_exponent: float | None,
     fit: RateFit,
@@ -354,14 +362,14 @@ def curve_verdict(
     if theory_exponent is None or np.isnan(theory_exponent):
         return "no theory", reason
     if fit.n_points < MIN_POINTS:
-        return f"not measurable ({fit.n_points} usable n < {MIN_POINTS})", reason
+        return f"{NOT_MEASURABLE_PREFIX}{fit.n_points} usable n < {MIN_POINTS})", reason
     failed = [name for name, s in certificates.items() if s.status == FAIL]
     # anything but pass or fail (not run, or a status a malformed file holds) is no evidence
     missing = [name for name, s in certificates.items() if s.status not in (PASS, FAIL)]
     if failed or missing:
         parts = ([f"{', '.join(failed)} failed"] if failed else []) + (
             [f"{', '.join(missing)} not run"] if missing else [])
-        return f"not measurable ({'; '.join(parts)})", reason
+        return f"{NOT_MEASURABLE_PREFIX}{'; '.join(parts)})", reason
     if not fit.half_width < half_width_max:
         why = (f"CI half-width {fit.half_width:.3f} > {half_width_max}"
                if np.isfinite(fit.half_width) else
@@ -621,4 +629,101 @@ def format_rates_table(table: pd.DataFrame) -> str:
         text += ["", "notes:"]
         for reason, curves in notes.items():
             text += [f"  {', '.join(curves)}:", f"    {reason}"]
+    gaps = gap_table(table) if "plotted" in table.columns else None
+    if gaps is not None and len(gaps):
+        text += ["", format_gap_table(gaps)]
     return "\n".join(text)
+
+
+# ---- the gap between the gates ----------------------------------------------------------------
+
+GAP_COLUMNS = ("setting", "sigmoid_loss", "softmax_loss", "theory_sigmoid", "theory_softmax",
+               "sigmoid_slope", "sigmoid_ci_low", "sigmoid_ci_high", "sigmoid_verdict",
+               "softmax_slope", "softmax_ci_low", "softmax_ci_high", "softmax_verdict",
+               "difference_low", "difference_high", "gap")
+#: The gap's outcomes (docs/theory.md#the-gap-between-the-gates).
+GAP_EXHIBITED = "exhibited"
+GAP_REVERSED = "reversed: softmax faster, against the theory"
+GAP_UNRESOLVED = "not resolved: the two CIs overlap"
+GAP_NOT_MEASURABLE = "not measurable"
+
+
+def gap_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The gap between the gates that a rates table shows (docs/theory.md#the-gap-between-the-gates).
+
+    One row per setting and pair of plotted curves, one of the sigmoid fit and one of the softmax
+    fit, whose theory exponents say the sigmoid fit's loss falls faster. ``gap`` is
+    ``not measurable: ...`` where either curve is not measurable (a certificate failed or was not
+    run, or too few sample sizes), naming it and why; otherwise both slopes are the estimator's
+    (a CI too wide for a verdict against one exponent included: the gap's test is the two CIs
+    apart, not either CI's width) and ``gap`` is :data:`GAP_EXHIBITED` where the sigmoid slope's
+    CI lies wholly below the softmax slope's, :data:`GAP_REVERSED` where the softmax one lies
+    wholly below, and :data:`GAP_UNRESOLVED` where they overlap. ``difference_low``/``high`` bound the
+    softmax slope minus the sigmoid one from the two CIs' ends: wherever the two CIs do not
+    overlap the difference differs from 0 at more than their level, whatever the two slopes'
+    correlation (the standard error of a difference is at most the sum of the two). A table
+    without a ``plotted`` column (no figure chose its curves) has no pairs."""
+    rows = []
+    if "plotted" not in table.columns:
+        return pd.DataFrame(columns=list(GAP_COLUMNS))
+    drawn = table[table["plotted"].astype(bool) & table["theory_exponent"].notna()]
+    for setting, curves in drawn.groupby("setting", sort=True):
+        sigmoid = curves[curves["fit_gate"] == "sigmoid"].sort_values("loss_name")
+        softmax = curves[curves["fit_gate"] == "softmax"].sort_values("loss_name")
+        for _, sig in sigmoid.iterrows():
+            for _, soft in softmax.iterrows():
+                if not sig["theory_exponent"] < soft["theory_exponent"]:
+                    continue
+                rows.append(_gap_row(str(setting), sig, soft))
+    return pd.DataFrame(rows, columns=list(GAP_COLUMNS))
+
+
+def _gap_row(setting: str, sig: pd.Series, soft: pd.Series) -> dict[str, Any]:
+    row = {"setting": setting, "sigmoid_loss": sig["loss_name"], "softmax_loss": soft["loss_name"],
+           "theory_sigmoid": float(sig["theory_exponent"]),
+           "theory_softmax": float(soft["theory_exponent"])}
+    for gate, r in (("sigmoid", sig), ("softmax", soft)):
+        row.update({f"{gate}_slope": float(r["slope"]), f"{gate}_ci_low": float(r["ci_low"]),
+                    f"{gate}_ci_high": float(r["ci_high"]), f"{gate}_verdict": str(r["verdict"])})
+    row["difference_low"] = row["softmax_ci_low"] - row["sigmoid_ci_high"]
+    row["difference_high"] = row["softmax_ci_high"] - row["sigmoid_ci_low"]
+    # a CI too wide for a verdict against one exponent may still lie apart from the other's
+    unmeasured = [f"{gate} {r['loss_name']} ({r['verdict'][len(NOT_MEASURABLE_PREFIX):-1]})"
+                  for gate, r in (("sigmoid", sig), ("softmax", soft))
+                  if str(r["verdict"]).startswith(NOT_MEASURABLE_PREFIX)]
+    if unmeasured:
+        row["gap"] = f"{GAP_NOT_MEASURABLE}: {'; '.join(unmeasured)}"
+    elif row["difference_low"] > 0:
+        row["gap"] = GAP_EXHIBITED
+    elif row["difference_high"] < 0:
+        row["gap"] = GAP_REVERSED
+    else:
+        row["gap"] = GAP_UNRESOLVED
+    return row
+
+
+def _gap_curve(g: pd.Series, gate: str) -> str:
+    """``loss slope ± half-width`` of one side of a gap row (its CI is symmetric)."""
+    half = (g[f"{gate}_ci_high"] - g[f"{gate}_ci_low"]) / 2
+    text = f"{g[f'{gate}_loss']} {_signed(g[f'{gate}_slope'])}"
+    return text + (f" ± {half:.2f}" if math.isfinite(half) else "")
+
+
+def format_gap_table(gaps: pd.DataFrame) -> str:
+    """The gap rows as text: per pair, both slopes with their CI half-widths, the theory's two
+    exponents, and the outcome (with the range of the difference where it is exhibited or
+    reversed)."""
+    lines = [["setting", "sigmoid fit", "softmax fit", "theory", "gap"]]
+    for _, g in gaps.iterrows():
+        outcome = str(g["gap"])
+        if outcome in (GAP_EXHIBITED, GAP_REVERSED):
+            outcome += (f" (softmax slope minus sigmoid slope in [{g['difference_low']:+.2f}, "
+                        f"{g['difference_high']:+.2f}])")
+        lines.append([str(g["setting"]), _gap_curve(g, "sigmoid"), _gap_curve(g, "softmax"),
+                      f"{g['theory_sigmoid']:+.2f} vs {g['theory_softmax']:+.2f}", outcome])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
+    text = ["  ".join([*(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)),
+                       line[-1]]).rstrip() for line in lines]
+    return "\n".join(["gap between the gates (plotted curves whose theory rates differ; "
+                      "exhibited only where both slopes are the estimator's and their CIs are "
+                      "apart):", *text])

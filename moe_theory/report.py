@@ -41,6 +41,7 @@ from moe_theory.rates import (
     REQUIRED_COLUMNS,
     VERDICT_WIDEN,
     check_columns,
+    gap_table,
     rates_table,
 )
 from moe_theory.store import atomic_write, load_results
@@ -262,6 +263,25 @@ def curve_rows(rates: pd.DataFrame) -> Table:
     return header, rows
 
 
+GAP_NOTE = ("Each plotted curve of the sigmoid fit against each plotted curve of the softmax "
+            "fit whose theory rate is slower: exhibited only where both slopes are the "
+            "estimator's (not measurable otherwise, naming the curve and why) and their 95% "
+            "intervals lie apart (docs/theory.md#the-gap-between-the-gates).")
+
+
+def gap_rows(gaps: pd.DataFrame) -> Table:
+    """The gap between the gates (:func:`moe_theory.rates.gap_table`), one row per pair."""
+    header = ["setting", "sigmoid fit", "softmax fit", "theory", "gap"]
+    rows = []
+    for _, g in gaps.iterrows():
+        sides = [f"{g[f'{gate}_loss']} {_signed(g[f'{gate}_slope'])} "
+                 f"[{_signed(g[f'{gate}_ci_low'])}, {_signed(g[f'{gate}_ci_high'])}]"
+                 for gate in ("sigmoid", "softmax")]
+        rows.append([str(g["setting"]), *sides,
+                     f"{g['theory_sigmoid']:+.2f} vs {g['theory_softmax']:+.2f}", str(g["gap"])])
+    return header, rows
+
+
 def reference_rows(certificates: FolderCertificates) -> Table:
     """One row per reference certificate: what identifies the reference, and the outcome."""
     header = ["setting", "fit", "reference", "p", "Fisher cond", "min eig", "error at n_min / "
@@ -392,6 +412,9 @@ def _blocks(report: FolderReport) -> list[tuple]:
     notes = note_lines(report.rates)
     if notes:
         blocks += [("h2", "Notes")] + [("p", line) for line in notes]
+    gaps = gap_table(report.rates.assign(plotted=shown))
+    if len(gaps):
+        blocks += [("h2", "The gap between the gates"), ("p", GAP_NOTE), ("table", gap_rows(gaps))]
     blocks += [("h2", "Certificates"), ("p", CERTIFICATE_NOTE)]
     if report.certificates.reference:
         blocks.append(("table", reference_rows(report.certificates)))

@@ -24,6 +24,9 @@ from moe_theory.certificates import (
 from moe_theory.rates import (
     CERT_COLUMNS,
     CI_HALF_WIDTH_MAX,
+    GAP_EXHIBITED,
+    GAP_REVERSED,
+    GAP_UNRESOLVED,
     MIN_POINTS,
     PLUS_MINUS,
     RATES_COLUMNS,
@@ -32,6 +35,7 @@ from moe_theory.rates import (
     curve_verdict,
     fit_rate,
     format_rates_table,
+    gap_table,
     rates_table,
     verdict,
 )
@@ -617,3 +621,78 @@ def test_the_rates_do_not_depend_on_the_order_of_the_tables_rows():
     shuffled = df.sample(frac=1.0, random_state=3)
     assert not shuffled["rep"].is_monotonic_increasing
     pd.testing.assert_frame_equal(rates_table(shuffled, certificates=certs), table)
+
+
+# ---- the gap between the gates ----------------------------------------------------------------
+
+GAP_THEORY = stub_theory({("sigmoid", "D3"): -0.5, ("softmax", "err_eta_over"): -0.25,
+                          ("softmax", "D1"): -0.5})
+
+
+def gap_rates(softmax_exponent, *, certify_softmax=True, sigma=SIGMA, plotted=True):
+    """A rates table of a sigmoid D3 curve falling as n^-1/2 and softmax err_eta_over and D1
+    curves falling as ``n^softmax_exponent`` (theory: -1/2, -1/4 and -1/2), every curve
+    certified unless ``certify_softmax`` is False (the softmax fit's reference certificate then
+    absent), all plotted."""
+    df = results_table({("sigmoid", "D3"): -0.5, ("softmax", "err_eta_over"): softmax_exponent,
+                        ("softmax", "D1"): softmax_exponent}, sigma=sigma)
+    certificates = passing_certificates(df)
+    if not certify_softmax:
+        certificates.reference.pop(("toy-dense", "softmax"))
+    table = rates_table(df, GAP_THEORY, n_boot=200, certificates=certificates)
+    if plotted:
+        table["plotted"] = True
+    return table
+
+
+def test_the_gap_is_exhibited_only_between_certified_slopes_whose_cis_are_apart():
+    """Sigmoid D3 at n^-1/2 against softmax err_eta_over at n^0 (SIGMA 0.3 over 20 replications
+    and two decades: half-widths near 0.03, so the slopes, 1/2 apart, lie some 15 half-widths
+    apart): exhibited, with the difference's range from the CIs' ends; D1 (-1/2 in theory, like
+    D3) is no pair."""
+    table = gap_rates(0.0)
+    gaps = gap_table(table)
+    assert list(gaps["softmax_loss"]) == ["err_eta_over"]
+    g = gaps.iloc[0]
+    assert g["gap"] == GAP_EXHIBITED
+    sig = table[table.fit_gate.eq("sigmoid")].iloc[0]
+    soft = table[table.loss_name.eq("err_eta_over")].iloc[0]
+    assert g["difference_low"] == soft["ci_low"] - sig["ci_high"] > 0
+    assert g["difference_high"] == soft["ci_high"] - sig["ci_low"]
+    assert g["difference_low"] < 0.5 < g["difference_high"]
+    text = format_rates_table(table)
+    section = text.split("gap between the gates", 1)[1]
+    assert "toy-dense" in section
+    for loss, r in (("D3", sig), ("err_eta_over", soft)):  # as the table above prints them
+        assert f"{loss} {r['slope']:+.2f} ± {r['ci_half_width']:.2f}" in section
+    assert "exhibited (softmax slope minus sigmoid slope in [" in section
+
+
+@pytest.mark.parametrize("exponent, outcome", [(-1.0, GAP_REVERSED), (-0.5, GAP_UNRESOLVED)])
+def test_a_softmax_slope_as_fast_or_faster_is_said_so(exponent, outcome):
+    """Certified softmax slopes at n^-1 (CIs apart the other way: against the theory, said
+    plainly) and at n^-1/2 (the CIs overlap)."""
+    gaps = gap_table(gap_rates(exponent))
+    assert list(gaps["gap"]) == [outcome]
+
+
+def test_a_gap_with_a_curve_that_is_not_measurable_says_which_and_why():
+    gaps = gap_table(gap_rates(0.0, certify_softmax=False))
+    assert list(gaps["gap"]) == ["not measurable: softmax err_eta_over (reference, overfit not run)"]
+
+
+def test_a_ci_too_wide_for_a_verdict_still_shows_a_gap_its_cis_clear():
+    """Noise 4x (half-widths near 0.1): each curve is inconclusive against its own exponent,
+    but n^-1/2 against n^+1/2 leaves the CIs apart: the gap's test is the two CIs, not their
+    width."""
+    table = gap_rates(0.5, sigma=1.2)
+    assert set(table["verdict"]) == {"inconclusive (CI too wide)"}
+    assert list(gap_table(table)["gap"]) == [GAP_EXHIBITED]
+
+
+def test_no_gap_section_without_the_figures_choice_of_curves():
+    table = gap_rates(0.0, plotted=False)
+    assert len(gap_table(table)) == 0
+    assert "gap between the gates" not in format_rates_table(table)
+    table["plotted"] = table["fit_gate"].eq("softmax")  # one gate drawn: no pair
+    assert len(gap_table(table)) == 0

@@ -28,7 +28,7 @@ from moe_theory.settings import Setting
 from moe_theory.store import write_manifest
 from moe_theory.sublevel import format_ratio
 from moe_theory.sweep import run_sweep
-from tests.moe_theory.test_rates import passing_certificates, results_table
+from tests.moe_theory.test_rates import gap_rates, passing_certificates, results_table
 
 #: The report's own sparse ReLU setting (the CPU preset's settings may change): a sigmoid truth in
 #: d = 2 with k* = 2 hand-picked atoms, constant gates, fitted with k = 3 (N24 Thm 2).
@@ -335,3 +335,21 @@ def test_cli_plot_draws_with_the_folders_certificates(tmp_path, monkeypatch, cap
     assert sorted(seen["certificates"].reference) == sorted(stored.reference)
     assert capsys.readouterr().out.split() == [str(folder / f"synthetic.{ext}")
                                                 for ext in ("png", "pdf")]
+
+
+def test_the_report_lists_the_gap_between_the_gates_with_both_intervals():
+    """The report's gap table: per pair both slopes with their 95% intervals, the theory's two
+    exponents, and the outcome (here the sigmoid n^-1/2 against a softmax n^0, both certified:
+    exhibited)."""
+    from moe_theory.rates import GAP_EXHIBITED, gap_table
+    from moe_theory.report import gap_rows
+
+    table = gap_rates(0.0)
+    header, rows = gap_rows(gap_table(table))
+    assert header == ["setting", "sigmoid fit", "softmax fit", "theory", "gap"]
+    sig = table[table.fit_gate.eq("sigmoid")].iloc[0]
+    soft = table[table.loss_name.eq("err_eta_over")].iloc[0]
+    assert rows == [["toy-dense",
+                     f"D3 {sig['slope']:+.2f} [{sig['ci_low']:+.2f}, {sig['ci_high']:+.2f}]",
+                     f"err_eta_over {soft['slope']:+.2f} [{soft['ci_low']:+.2f}, "
+                     f"{soft['ci_high']:+.2f}]", "-0.50 vs -0.25", GAP_EXHIBITED]]
