@@ -9,8 +9,8 @@ installs and the reproduction apart. It then compares what the run wrote with th
 preset (``paper_figures/nguyen2024-measurable/preset/``): the printed slope table, line by line
 (``cpu_rates.txt``, but for its last line, which gives that run's own time), and the figure, byte
 for byte. It records the times, the machine's CPU count, the comparison and the run's exit
-status, and exits with the run's status, so that a timing is never recorded as a success when
-the run failed. The README's time of its first command points to these files
+status, and what the run printed, and exits with the run's status, so that a timing is never
+recorded as a success when the run failed. The README's time of its first command points to these files
 (``results/first_command/``).
 """
 
@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         results["returncode"] = returncode
         if not returncode:
             results["matches_committed_preset"] = compare(printed, clone)
+            # what it printed, whole: the committed preset's cpu_rates.txt is a run's output
+            results["printed"] = printed
         write_json(path, results)
     phases = results["phases"]
     total = sum(p["wall_s"] for p in phases.values())
