@@ -629,8 +629,8 @@ def format_rates_table(table: pd.DataFrame) -> str:
         text += ["", "notes:"]
         for reason, curves in notes.items():
             text += [f"  {', '.join(curves)}:", f"    {reason}"]
-    gaps = gap_table(table) if "plotted" in table.columns else None
-    if gaps is not None and len(gaps):
+    gaps = gap_table(table)
+    if len(gaps):
         text += ["", format_gap_table(gaps)]
     return "\n".join(text)
 
@@ -663,9 +663,9 @@ def gap_table(table: pd.DataFrame) -> pd.DataFrame:
     overlap the difference differs from 0 at more than their level, whatever the two slopes'
     correlation (the standard error of a difference is at most the sum of the two). A table
     without a ``plotted`` column (no figure chose its curves) has no pairs."""
-    rows = []
     if "plotted" not in table.columns:
         return pd.DataFrame(columns=list(GAP_COLUMNS))
+    rows = []
     drawn = table[table["plotted"].astype(bool) & table["theory_exponent"].notna()]
     for setting, curves in drawn.groupby("setting", sort=True):
         sigmoid = curves[curves["fit_gate"] == "sigmoid"].sort_values("loss_name")
@@ -687,7 +687,8 @@ def _gap_row(setting: str, sig: pd.Series, soft: pd.Series) -> dict[str, Any]:
                     f"{gate}_ci_high": float(r["ci_high"]), f"{gate}_verdict": str(r["verdict"])})
     row["difference_low"] = row["softmax_ci_low"] - row["sigmoid_ci_high"]
     row["difference_high"] = row["softmax_ci_high"] - row["sigmoid_ci_low"]
-    # a CI too wide for a verdict against one exponent may still lie apart from the other's
+    # only a curve that is not measurable stops the comparison: an inconclusive one's CI, too
+    # wide to tell n^-1/2 from n^-1/4 against one exponent, may still lie apart from the other
     unmeasured = [f"{gate} {r['loss_name']} ({r['verdict'][len(NOT_MEASURABLE_PREFIX):-1]})"
                   for gate, r in (("sigmoid", sig), ("softmax", soft))
                   if str(r["verdict"]).startswith(NOT_MEASURABLE_PREFIX)]
@@ -724,6 +725,6 @@ def format_gap_table(gaps: pd.DataFrame) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
     text = ["  ".join([*(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)),
                        line[-1]]).rstrip() for line in lines]
-    return "\n".join(["gap between the gates (plotted curves whose theory rates differ; "
-                      "exhibited only where both slopes are the estimator's and their CIs are "
-                      "apart):", *text])
+    return "\n".join(["gap between the gates (the plotted curves the theory says the sigmoid fit "
+                      "estimates faster; exhibited only where both slopes are the estimator's and "
+                      "their CIs lie apart):", *text])
