@@ -542,10 +542,9 @@ def refuse_sweep_folder(folder: Path, field: str = "out") -> None:
 
 #: What a run writes into its folder (beside its figure, named after its config): what a
 #: ``--force`` over another run's folder sets aside (:func:`set_aside`).
-RUN_OUTPUTS = tuple(dict.fromkeys((
-    *OTHER_RUN_FILES, SHARDS_DIR, RESULTS_PARQUET, FITS_FILE, *table_files(RATES_TABLE),
-    CHECK_FILE, CHECK_TABLE, REFIT_DIR, REFERENCE_DIR, REPORT_MD, REPORT_HTML,
-    *table_files(PREFLIGHT_TABLE), MANIFEST_FILE)))
+RUN_OUTPUTS = (SHARDS_DIR, RESULTS_PARQUET, RESULTS_CSV, RESULTS_CSV_GZ, FITS_FILE, RUN_FILE,
+               *table_files(RATES_TABLE), CHECK_FILE, CHECK_TABLE, REFIT_DIR, REFERENCE_DIR,
+               REPORT_MD, REPORT_HTML, *table_files(PREFLIGHT_TABLE), MANIFEST_FILE)
 
 
 def set_aside(out: Path, figure_name: str | None = None,
