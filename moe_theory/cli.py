@@ -88,11 +88,11 @@ def _cmd_rates(args) -> int:
     from moe_theory.certificates import FolderCertificates
     from moe_theory.outputs import figure_panels, mark_plotted
     from moe_theory.rates import format_rates_table, rates_table
-    from moe_theory.store import load_results, read_manifest, read_manifest_config
+    from moe_theory.store import load_results, read_manifest_config
 
     results = load_results(args.dir)
     table = rates_table(results, certificates=FolderCertificates.load(args.dir))
-    if read_manifest(Path(args.dir)) is not None:
+    if (Path(args.dir) / MANIFEST_FILE).exists():
         # a sweep's folder: its config's figure says which curves are drawn (and paired)
         mark_plotted(table, figure_panels(results, read_manifest_config(Path(args.dir))))
     if args.json:

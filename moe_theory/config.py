@@ -443,3 +443,28 @@ def load_config(path_or_name: str | Path, *, fast: bool = False) -> SweepConfig:
 
 def named_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def named_config(hashes: set[str], names) -> tuple[SweepConfig, str] | None:
+    """The first of the named configs ``names`` (plain or ``--fast``) whose hash is one of
+    ``hashes``, with where it comes from; None if none."""
+    for name in names:
+        for fast in (False, True):
+            try:
+                config = load_config(name, fast=fast)
+            except ValueError:
+                continue  # no such named config, or one without a [fast] table
+            if config.hash in hashes:
+                return config, f"simulations/configs/{name}.toml{' --fast' if fast else ''}"
+    return None
+
+
+def presented(config: SweepConfig) -> SweepConfig:
+    """``config`` with its presentation (``plot``, ``description``) taken from the named config
+    of the same name and hash, if there is one: a figure or table redrawn from a folder's
+    recorded config follows the config file as it is now. Those keys do not change the results
+    (:attr:`SweepConfig.hash`)."""
+    named = named_config({config.hash}, [config.name])
+    if named is None:
+        return config
+    return replace(config, plot=named[0].plot, description=named[0].description)

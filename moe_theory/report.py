@@ -16,17 +16,16 @@ import base64
 import html
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from moe_theory import certificates as cert
 from moe_theory.certificates import FolderCertificates, ReferenceCertificate
-from moe_theory.config import SweepConfig, load_config, named_configs, parse_config
+from moe_theory.config import SweepConfig, named_config, named_configs
 from moe_theory.layout import MANIFEST_FILE, REPORT_HTML, REPORT_MD, RUN_FILE
-from moe_theory.outputs import figure_panels
+from moe_theory.outputs import figure_panels, mark_plotted
 from moe_theory.plotting import figure_title, plot_panels, setting_words
 from moe_theory.population import GBAR_STARTS
 from moe_theory.rates import (
@@ -44,7 +43,7 @@ from moe_theory.rates import (
     gap_table,
     rates_table,
 )
-from moe_theory.store import atomic_write, load_results
+from moe_theory.store import atomic_write, load_results, read_manifest_config
 from moe_theory.sublevel import format_ratio
 
 #: Suffix of the figure that shows every curve, one panel per (setting, fitted gate, loss family).
@@ -65,12 +64,12 @@ class FolderReport:
     config : the sweep config that produced the results.
     config_source : where the config was found (``manifest.json`` or a named config).
     results : tidy results table (docs/theory.md#results-table).
-    rates : :func:`~moe_theory.rates.rates_table` plus ``device`` and ``backend`` per curve.
+    rates : :func:`~moe_theory.rates.rates_table` plus ``device`` and ``backend`` per curve and
+        ``plotted``, the curves the config's figure draws (:func:`~moe_theory.outputs.mark_plotted`):
+        the report lists them first, the other curves below.
     run : the folder's ``run.json`` (written by ``reproduce``), or empty.
     figures : PNG files written for the report, each with a caption.
     certificates : the folder's reference certificates and optimiser check.
-    plotted : the ``(setting, fit_gate, loss_name)`` of the curves the config's figure draws:
-        the report lists them first, the other curves below.
     """
 
     folder: Path
@@ -81,7 +80,6 @@ class FolderReport:
     run: dict
     figures: list[tuple[Path, str]]
     certificates: FolderCertificates
-    plotted: frozenset = frozenset()
 
 
 def read_results(folder: Path) -> pd.DataFrame:
@@ -91,40 +89,15 @@ def read_results(folder: Path) -> pd.DataFrame:
     return load_results(folder)
 
 
-def _named_config(hashes: set[str], names) -> tuple[SweepConfig, str] | None:
-    """The first of the named configs ``names`` (plain or ``--fast``) whose hash is one of
-    ``hashes``, with where it comes from; None if none."""
-    for name in names:
-        for fast in (False, True):
-            try:
-                config = load_config(name, fast=fast)
-            except ValueError:
-                continue  # no such named config, or one without a [fast] table
-            if config.hash in hashes:
-                return config, f"simulations/configs/{name}.toml{' --fast' if fast else ''}"
-    return None
-
-
 def read_config(folder: Path, results: pd.DataFrame) -> tuple[SweepConfig, str]:
-    """The config of ``folder``: ``manifest.json``, else the named config (plain or ``--fast``)
+    """The config of ``folder``: ``manifest.json`` (presented as its named config is now:
+    :func:`moe_theory.store.read_manifest_config`), else the named config (plain or ``--fast``)
     whose hash the results carry (folders committed before manifests were: the hash still ties
-    them to their config). A manifest's config takes its presentation (``plot``,
-    ``description``) from the named config of the same name and hash, so that a figure redrawn
-    from committed results follows the config file as it is now: those keys do not change the
-    results (:attr:`moe_theory.config.SweepConfig.hash`)."""
-    manifest = folder / MANIFEST_FILE
-    if manifest.exists():
-        try:
-            raw = json.loads(manifest.read_text())["config"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"DIR: {manifest} is not a sweep manifest (no 'config' object)") from None
-        config = parse_config(raw, source=str(manifest))
-        named = _named_config({config.hash}, [config.name])
-        if named is not None:
-            config = replace(config, plot=named[0].plot, description=named[0].description)
-        return config, MANIFEST_FILE
+    them to their config)."""
+    if (folder / MANIFEST_FILE).exists():
+        return read_manifest_config(folder), MANIFEST_FILE
     hashes = set(results["config_hash"].astype(str))
-    named = _named_config(hashes, named_configs())
+    named = named_config(hashes, named_configs())
     if named is not None:
         return named
     raise ValueError(f"DIR: {folder} has no manifest.json and its config_hash "
@@ -194,8 +167,7 @@ def build_report(folder: str | Path) -> FolderReport:
     # counts are read from the same fits (figure_panels and plot_panels skip a loss undefined in
     # every fit, an over-specified error without an over-specified cell, themselves).
     panels = figure_panels(results, config)
-    plotted = frozenset((setting, curve[0], curve[1]) for _, setting, curves in panels
-                        for curve in curves)
+    mark_plotted(rates, panels)
     title = figure_title(config.description or config.name)
     if panels:
         png = plot_panels(results, panels, folder / config.name, title=title,
@@ -211,8 +183,7 @@ def build_report(folder: str | Path) -> FolderReport:
                           certificates=certificates)[0]
         figures.append((png, "every curve with a rate, one panel per setting, fitted gate and "
                              "loss family"))
-    return FolderReport(folder, config, source, results, rates, run, figures, certificates,
-                        plotted)
+    return FolderReport(folder, config, source, results, rates, run, figures, certificates)
 
 
 # ---- the document: blocks rendered to Markdown or HTML ----------------------------------------
@@ -396,9 +367,7 @@ def _blocks(report: FolderReport) -> list[tuple]:
     blocks: list[tuple] = [("h1", title)]
     blocks += [("p", line) for line in summary_lines(report)]
     blocks += [("h2", "Curves"), ("p", VERDICT_NOTE)]
-    keys = list(zip(report.rates["setting"], report.rates["fit_gate"], report.rates["loss_name"],
-                    strict=True))
-    shown = np.array([key in report.plotted for key in keys], dtype=bool)
+    shown = report.rates["plotted"].to_numpy(dtype=bool)
     if shown.any():
         # the curves a reader sees in the figure come first; the rest follow
         blocks += [("p", f"Plotted in `{report.config.name}.png`:"),
@@ -412,7 +381,7 @@ def _blocks(report: FolderReport) -> list[tuple]:
     notes = note_lines(report.rates)
     if notes:
         blocks += [("h2", "Notes")] + [("p", line) for line in notes]
-    gaps = gap_table(report.rates.assign(plotted=shown))
+    gaps = gap_table(report.rates)
     if len(gaps):
         blocks += [("h2", "The gap between the gates"), ("p", GAP_NOTE), ("table", gap_rows(gaps))]
     blocks += [("h2", "Certificates"), ("p", CERTIFICATE_NOTE)]

@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from moe_theory.config import SweepConfig, parse_config
+from moe_theory.config import SweepConfig, parse_config, presented
 from moe_theory.console import log_stderr
 from moe_theory.errors import StorageError
 from moe_theory.layout import (
@@ -525,11 +525,13 @@ def read_manifest(out: Path) -> dict | None:
 
 
 def read_manifest_config(folder: Path) -> SweepConfig:
-    """The config a sweep folder was run with (its ``manifest.json``)."""
+    """The config a sweep folder was run with (its ``manifest.json``), presented as its named
+    config is now (:func:`moe_theory.config.presented`): every command that draws or tables a
+    folder (reproduce, check, plot, rates, report) marks the same curves as plotted."""
     manifest = read_manifest(folder)
     if manifest is None:
         raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")
-    return parse_config(manifest["config"], source=str(folder / MANIFEST_FILE))
+    return presented(parse_config(manifest["config"], source=str(folder / MANIFEST_FILE)))
 
 
 def refuse_sweep_folder(folder: Path, field: str = "out") -> None:
