@@ -50,6 +50,8 @@ from moe_theory.rates import (
     curve_fit,
     curve_rate,
     curve_verdict,
+    gap_outcome,
+    gap_table,
     kept_by_n,
     resolve_theory,
 )
@@ -282,6 +284,17 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
     return f"{label}:{sep}{rate}{suffix}"
 
 
+def _gap_label(gaps: pd.DataFrame) -> str:
+    """The legend entry of a panel's gap between the gates: per pair of its curves, the two
+    losses and the outcome (which curve is not measurable, not why: their own entries say)."""
+    lines = ["gap between the gates:"]
+    for _, g in gaps.iterrows():
+        pair = f"sigmoid {legend_words(g['sigmoid_loss'])} vs softmax {legend_words(g['softmax_loss'])}"
+        lines.append(textwrap.fill(f"{pair}: {gap_outcome(g, reasons=False)}",
+                                   width=LEGEND_REASON_WIDTH))
+    return "\n".join(lines)
+
+
 def _below_axes(ax: Axes):
     """A transform whose origin sits under the x axis's tick labels and label, so that a legend
     anchored there at "upper center" clears them. The offset is computed from the style (tick
@@ -428,6 +441,7 @@ def draw_rates(
     gate_seen: dict[str, int] = {}
     other_gates: list[str] = []
     styles: set[str] = set()
+    drawn: list[dict] = []  # each curve as the rates table has it, for the gap between the gates
     for gate, loss, label in parsed:
         curve = df[(df["fit_gate"] == gate) & (df["loss_name"] == loss)]
         if curve.empty:
@@ -485,6 +499,15 @@ def draw_rates(
                               label=_rate_label(label, fit, certified, verdict,
                                                 certificates.sublevel(curve, name),
                                                 len(curve))))
+        drawn.append({"setting": settings[0], "fit_gate": gate, "loss_name": loss,
+                      "slope": fit.slope, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
+                      "verdict": verdict, "plotted": True,
+                      "theory_exponent": math.nan if rate.exponent is None else rate.exponent})
+    gaps = gap_table(pd.DataFrame(drawn))
+    if len(gaps):
+        # the comparison the figure is drawn for, in the panel's own legend: as the rates table's
+        # gap section says it (docs/theory.md#the-gap-between-the-gates)
+        handles.append(Line2D([], [], ls="None", label=_gap_label(gaps)))
     if key:
         handles += key_handles(styles=styles)
     ax.set_xscale("log")

@@ -703,6 +703,22 @@ def _gap_row(setting: str, sig: pd.Series, soft: pd.Series) -> dict[str, Any]:
     return row
 
 
+def gap_outcome(g: pd.Series, *, reasons: bool = True) -> str:
+    """A gap row's outcome in words: with the range of the difference where it is exhibited or
+    reversed; where it is not measurable, the curves that are not, each with why (``reasons``)
+    or only which (a figure's legend, whose curve entries give the why)."""
+    outcome = str(g["gap"])
+    if outcome in (GAP_EXHIBITED, GAP_REVERSED):
+        return outcome + (f" (softmax slope minus sigmoid slope in [{g['difference_low']:+.2f}, "
+                          f"{g['difference_high']:+.2f}])")
+    if reasons or not outcome.startswith(GAP_NOT_MEASURABLE):
+        return outcome
+    which = [gate for gate in ("sigmoid", "softmax")
+             if str(g[f"{gate}_verdict"]).startswith(NOT_MEASURABLE_PREFIX)]
+    return (f"{GAP_NOT_MEASURABLE} (the "
+            f"{' and the '.join(which)} curve{'s' if len(which) > 1 else ''})")
+
+
 def _gap_curve(g: pd.Series, gate: str) -> str:
     """``loss slope ± half-width`` of one side of a gap row (its CI is symmetric)."""
     half = (g[f"{gate}_ci_high"] - g[f"{gate}_ci_low"]) / 2
@@ -716,12 +732,9 @@ def format_gap_table(gaps: pd.DataFrame) -> str:
     reversed)."""
     lines = [["setting", "sigmoid fit", "softmax fit", "theory", "gap"]]
     for _, g in gaps.iterrows():
-        outcome = str(g["gap"])
-        if outcome in (GAP_EXHIBITED, GAP_REVERSED):
-            outcome += (f" (softmax slope minus sigmoid slope in [{g['difference_low']:+.2f}, "
-                        f"{g['difference_high']:+.2f}])")
         lines.append([str(g["setting"]), _gap_curve(g, "sigmoid"), _gap_curve(g, "softmax"),
-                      f"{g['theory_sigmoid']:+.2f} vs {g['theory_softmax']:+.2f}", outcome])
+                      f"{g['theory_sigmoid']:+.2f} vs {g['theory_softmax']:+.2f}",
+                      gap_outcome(g)])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
     text = ["  ".join([*(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)),
                        line[-1]]).rstrip() for line in lines]

@@ -38,8 +38,14 @@ from moe_theory.plotting import (
     readable_numbers,
     use_style,
 )
-from moe_theory.rates import PLUS_MINUS
-from tests.moe_theory.test_rates import passing_certificates, results_table, stub_theory
+from moe_theory.rates import PLUS_MINUS, format_rates_table
+from tests.moe_theory.test_rates import (
+    GAP_THEORY,
+    gap_rates,
+    passing_certificates,
+    results_table,
+    stub_theory,
+)
 
 CURVES = {("sigmoid", "D3"): -0.5, ("softmax", "D3"): -0.25}
 THEORY = stub_theory({("sigmoid", "D3"): -0.5})
@@ -555,3 +561,53 @@ def test_many_sample_sizes_left_out_are_counted_not_listed(df):
     label = ax.get_legend().get_texts()[0].get_text().replace("\n", " ")
     assert (f"({len(lost)} of {len(grid)} sample sizes left out: fewer than 2 usable values)"
             in label)
+
+
+# ---- the gap between the gates in a panel's legend ---------------------------------------------
+
+def gap_entry(ax):
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    gap = [label for label in labels if label.startswith("gap between the gates:")]
+    assert len(gap) <= 1
+    return gap[0] if gap else None
+
+
+def test_a_panel_says_the_gap_between_its_gates_as_the_table_does():
+    """Sigmoid D3 at n^-1/2 against softmax err_eta_over at n^0 (theory -1/4), every curve
+    certified: the table's gap section calls it exhibited (SIGMA 0.3 over 20 replications: the
+    slopes lie some 15 half-widths apart, tests/moe_theory/test_rates.py), and so does the panel,
+    with the same range of the difference; softmax D1 (theory -1/2, as D3's) is no pair."""
+    curves = {("sigmoid", "D3"): -0.5, ("softmax", "err_eta_over"): 0.0, ("softmax", "D1"): 0.0}
+    table_df = results_table(curves)
+    ax, _ = draw(table_df, list(curves), theory=GAP_THEORY,
+                 certificates=passing_certificates(table_df))
+    entry = gap_entry(ax)
+    assert entry is not None and entry.count("\n") >= 1
+    words = " ".join(entry.split())
+    assert words.startswith("gap between the gates: sigmoid D3 vs softmax over-specified expert "
+                            "error: exhibited (softmax slope minus sigmoid slope in [")
+    assert "D1" not in words
+    table = format_rates_table(gap_rates(0.0))  # the same curves through the rates table
+    section = table.split("gap between the gates", 1)[1]
+    difference = re.search(r"in \[([^]]+)\]", words).group(1)
+    assert f"in [{difference}]" in section
+
+
+def test_a_panel_names_the_curve_that_keeps_its_gap_unmeasured():
+    curves = {("sigmoid", "D3"): -0.5, ("softmax", "err_eta_over"): 0.0}
+    table_df = results_table(curves)
+    ax, _ = draw(table_df, list(curves), theory=GAP_THEORY)  # no certificates
+    assert " ".join(gap_entry(ax).split()).endswith(
+        "not measurable (the sigmoid and the softmax curves)")
+    certificates = passing_certificates(table_df)
+    certificates.reference.pop(("toy-dense", "softmax"))
+    ax, _ = draw(table_df, list(curves), theory=GAP_THEORY, certificates=certificates)
+    assert " ".join(gap_entry(ax).split()).endswith("not measurable (the softmax curve)")
+
+
+def test_a_panel_of_one_gate_or_without_a_slower_softmax_curve_has_no_gap_entry(df):
+    ax, _ = draw(df, [("sigmoid", "D3")], certificates=passing_certificates(df))
+    assert gap_entry(ax) is None
+    # softmax D3 has no theory exponent here: nothing to compare the sigmoid rate with
+    ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "D3")], certificates=passing_certificates(df))
+    assert gap_entry(ax) is None
