@@ -867,9 +867,8 @@ def test_the_cpu_preset_record_gives_the_readme_verdicts():
     preset = load_config("nguyen2024-measurable", fast=True)
     assert preset.gate_reps == {"softmax": 4} and preset.reps == 60
     certs = ["ref", "conv", "opt", "overfit"]
-    # the CPU record: the first command at 33d1c1a (2026-12-07), a slower day than its
-    # 296-396 s ones (README.md, "How long")
-    for device, wall in (("cpu", 587), ("cuda", 55)):
+    # the CPU record: the first command at b6eb8dc (2026-12-07; README.md, "How long")
+    for device, wall in (("cpu", 357), ("cuda", 55)):
         run = json.loads((folder / f"{device}_run.json").read_text())
         assert run["config_hash"] == preset.hash and run["fast"] is True
         assert round(run["wall_s_this_call"]) == wall
