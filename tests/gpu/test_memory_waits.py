@@ -8,6 +8,7 @@ simulates the error; only a device shows that a G_bar search's real out-of-memor
 recognised as one, and that the search, repeated once the memory is back, is the same search.
 """
 
+import gc
 import json
 import subprocess
 import sys
@@ -68,7 +69,17 @@ def _references_stage(config, out, monkeypatch, cache, holder=None):
 
 def _hold(tmp_path, left_free_mib: int, hold_s: float) -> subprocess.Popen:
     """Start the other process and return once it holds the GPU but ``left_free_mib``."""
-    torch.cuda.empty_cache()  # this process's cached blocks back to the GPU, for the holder
+    # this process's cached blocks back to the GPU, for the holder. A block still in use pins its
+    # whole segment: after test_int32_offsets.py's passes cuBLAS's 32 MiB workspace kept an 8 GiB
+    # segment reserved through empty_cache (H100, 2026-12-07), which the work then fitted in
+    # without waiting; the workspaces are let go first (PyTorch makes them again when needed)
+    gc.collect()
+    getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()
+    torch.cuda.empty_cache()
+    spare = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    assert spare < LEFT_FREE_MIB * 2**20, (
+        f"this process keeps {spare / 2**20:.0f} MiB reserved and unused, room the test's work "
+        "would use instead of waiting")
     flag = tmp_path / "held"
     flag.unlink(missing_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(left_free_mib), str(flag),
@@ -115,6 +126,7 @@ def test_a_block_waits_for_another_processes_memory_and_keeps_its_size(tmp_path,
     start = time.monotonic()
     try:
         assert held_by_others("cuda")
+        assert torch.cuda.mem_get_info()[0] < 2 * LEFT_FREE_MIB * 2**20
         rows, block, retries = sweep.fit_in_blocks(shard, config, "cuda", "auto", references)
     finally:
         holder.wait()
