@@ -40,6 +40,7 @@ from moe_theory.rates import (
     REQUIRED_COLUMNS,
     VERDICT_WIDEN,
     check_columns,
+    gap_outcome,
     gap_table,
     rates_table,
 )
@@ -241,7 +242,9 @@ GAP_NOTE = ("Each plotted curve of the sigmoid fit against each plotted curve of
 
 
 def gap_rows(gaps: pd.DataFrame) -> Table:
-    """The gap between the gates (:func:`moe_theory.rates.gap_table`), one row per pair."""
+    """The gap between the gates (:func:`moe_theory.rates.gap_table`), one row per pair: the two
+    slopes with their intervals, and the outcome as the rates table words it
+    (:func:`moe_theory.rates.gap_outcome`: the difference's range where exhibited or reversed)."""
     header = ["setting", "sigmoid fit", "softmax fit", "theory", "gap"]
     rows = []
     for _, g in gaps.iterrows():
@@ -249,7 +252,7 @@ def gap_rows(gaps: pd.DataFrame) -> Table:
                  f"[{_signed(g[f'{gate}_ci_low'])}, {_signed(g[f'{gate}_ci_high'])}]"
                  for gate in ("sigmoid", "softmax")]
         rows.append([str(g["setting"]), *sides,
-                     f"{g['theory_sigmoid']:+.2f} vs {g['theory_softmax']:+.2f}", str(g["gap"])])
+                     f"{g['theory_sigmoid']:+.2f} vs {g['theory_softmax']:+.2f}", gap_outcome(g)])
     return header, rows
 
 

@@ -339,8 +339,8 @@ def test_cli_plot_draws_with_the_folders_certificates(tmp_path, monkeypatch, cap
 
 def test_the_report_lists_the_gap_between_the_gates_with_both_intervals():
     """The report's gap table: per pair both slopes with their 95% intervals, the theory's two
-    exponents, and the outcome (here the sigmoid n^-1/2 against a softmax n^0, both certified:
-    exhibited)."""
+    exponents, and the outcome as the rates table words it (here the sigmoid n^-1/2 against a
+    softmax n^0, both certified: exhibited, with the range of the difference)."""
     from moe_theory.rates import GAP_EXHIBITED, gap_table
     from moe_theory.report import gap_rows
 
@@ -352,4 +352,6 @@ def test_the_report_lists_the_gap_between_the_gates_with_both_intervals():
     assert rows == [["toy-dense",
                      f"D3 {sig['slope']:+.2f} [{sig['ci_low']:+.2f}, {sig['ci_high']:+.2f}]",
                      f"err_eta_over {soft['slope']:+.2f} [{soft['ci_low']:+.2f}, "
-                     f"{soft['ci_high']:+.2f}]", "-0.50 vs -0.25", GAP_EXHIBITED]]
+                     f"{soft['ci_high']:+.2f}]", "-0.50 vs -0.25",
+                     f"{GAP_EXHIBITED} (softmax slope minus sigmoid slope in "
+                     f"[{soft['ci_low'] - sig['ci_high']:+.2f}, {soft['ci_high'] - sig['ci_low']:+.2f}])"]]
