@@ -449,11 +449,16 @@ def named_config(hashes: set[str], names) -> tuple[SweepConfig, str] | None:
     """The first of the named configs ``names`` (plain or ``--fast``) whose hash is one of
     ``hashes``, with where it comes from; None if none."""
     for name in names:
+        # by file, never through load_config's name-or-path reading: a name with a dot
+        # (nguyen2024-measurable-box1.5) would be read as a path, a results folder of that name
+        path = CONFIG_DIR / f"{name}.toml"
+        if not path.is_file():
+            continue
         for fast in (False, True):
             try:
-                config = load_config(name, fast=fast)
+                config = load_config(path, fast=fast)
             except ValueError:
-                continue  # no such named config, or one without a [fast] table
+                continue  # a config without a [fast] table
             if config.hash in hashes:
                 return config, f"simulations/configs/{name}.toml{' --fast' if fast else ''}"
     return None

@@ -269,3 +269,22 @@ def test_a_grid_of_too_many_shards_is_named_before_anything_is_planned():
     # the bound is on shards: the same replications in large blocks plan few
     config = parse_config({**BASE, "reps": 10**6, "rep_block": 10**5})
     assert config.reps == 10**6
+
+
+def test_presenting_a_config_named_with_a_dot_reads_no_folder_of_that_name(tmp_path, monkeypatch):
+    """A study's config named ``...-box1.5`` is no named config; a results folder of that name
+    where the command runs (``results/NAME`` or a sweep's own folder) is not read as one (it
+    raised IsADirectoryError through load_config's name-or-path reading)."""
+    from dataclasses import replace
+
+    from moe_theory.config import named_config, presented
+
+    monkeypatch.chdir(tmp_path)
+    study = replace(load_config("nguyen2024", fast=True), name="nguyen2024-box1.5")
+    (tmp_path / study.name).mkdir()
+    assert named_config({study.hash}, [study.name]) is None
+    assert presented(study) is study
+    # a named config is still found, by its file
+    fast = load_config("nguyen2024", fast=True)
+    found, source = named_config({fast.hash}, ["nguyen2024"])
+    assert found.hash == fast.hash and source == "simulations/configs/nguyen2024.toml --fast"

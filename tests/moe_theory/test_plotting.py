@@ -38,10 +38,9 @@ from moe_theory.plotting import (
     readable_numbers,
     use_style,
 )
-from moe_theory.rates import PLUS_MINUS, format_rates_table
+from moe_theory.rates import PLUS_MINUS, gap_outcome, gap_table, rates_table
 from tests.moe_theory.test_rates import (
     GAP_THEORY,
-    gap_rates,
     passing_certificates,
     results_table,
     stub_theory,
@@ -587,10 +586,12 @@ def test_a_panel_says_the_gap_between_its_gates_as_the_table_does():
     assert words.startswith("gap between the gates: sigmoid D3 vs softmax over-specified expert "
                             "error: exhibited (softmax slope minus sigmoid slope in [")
     assert "D1" not in words
-    table = format_rates_table(gap_rates(0.0))  # the same curves through the rates table
-    section = table.split("gap between the gates", 1)[1]
-    difference = re.search(r"in \[([^]]+)\]", words).group(1)
-    assert f"in [{difference}]" in section
+    # the same curves through the rates table, with the figure's bootstrap (curve_fit's
+    # defaults): the panel's words are the table's, to every digit they print
+    table = rates_table(table_df, GAP_THEORY, certificates=passing_certificates(table_df))
+    (g,) = [g for _, g in gap_table(table.assign(plotted=True)).iterrows()]
+    assert words.endswith(f"expert error: {gap_outcome(g, reasons=False)}")
+    assert gap_outcome(g).startswith("exhibited (softmax slope minus sigmoid slope in [")
 
 
 def test_a_panel_names_the_curve_that_keeps_its_gap_unmeasured():
