@@ -19,7 +19,7 @@ import pandas as pd
 from moe_theory.certificates import FolderCertificates
 from moe_theory.config import SweepConfig, plot_curves
 from moe_theory.layout import RATES_TABLE, RUN_FILE
-from moe_theory.plotting import plot_panels
+from moe_theory.plotting import drawable_curve, plot_panels
 from moe_theory.provenance import provenance
 from moe_theory.rates import format_rates_table, rates_table
 from moe_theory.store import atomic_write, write_results_csv
@@ -57,8 +57,10 @@ def figure_panels(df: pd.DataFrame, config: SweepConfig) -> list[tuple[str, str,
         for gate in sorted(sub.fit_gate.unique()):
             rows = sub[(sub.fit_gate == gate) & (sub.loss_value > 0) & np.isfinite(sub.loss_value)]
             # a loss that is NaN or 0 in every fit (no over-specified cell, say) cannot be drawn
-            # on log axes: fall through to the next candidate
-            have = {name for name, g in rows.groupby("loss_name") if g.n.nunique() >= 2}
+            # on log axes, nor one without a point (every fit on the box, say), which the figure
+            # would leave out while the table marked it plotted: fall through to the next candidate
+            have = {name for name, g in rows.groupby("loss_name")
+                    if g.n.nunique() >= 2 and drawable_curve(g, gate, name)}
             for candidates in plot_losses(config, gate):
                 loss = next((loss for loss in candidates if loss in have), None)
                 if loss is not None and (gate, loss) not in curves:

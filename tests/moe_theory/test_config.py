@@ -184,6 +184,25 @@ def test_plot_draws_one_curve_per_list_each_from_its_candidates():
     assert panel[2] == [("sigmoid", "D3"), ("softmax", "D2"), ("softmax", "D1")]
 
 
+def test_a_loss_with_every_fit_on_the_box_falls_back_as_a_nan_one_does():
+    """Values but no point: every err_eta_over fit has a parameter at its bound, so the figure
+    would leave the curve out (plotting.drawable_curve) while the table marked it plotted and
+    paired it in the gap between the gates: the candidate falls through to D2 instead."""
+    from moe_theory.outputs import figure_panels
+
+    raw = {"name": "p", "n": [100, 200], "reps": 2, "settings": ["small-dense-relu"],
+           "plot": {"softmax": [["err_eta_over", "D2"]], "sigmoid": ["D3"]}}
+    config = parse_config(raw)
+    df = _rows({"softmax": {"err_eta_over": [1, 2, 0.5, 0.6], "D2": [1, 2, 0.5, 0.6]},
+                "sigmoid": {"D3": [3, 3, 2, 2]}})
+    df["bound_active"] = df["loss_name"].eq("err_eta_over")
+    (panel,) = figure_panels(df, config)
+    assert panel[2] == [("sigmoid", "D3"), ("softmax", "D2")]
+    df["bound_active"] = False  # off the box, the first candidate is drawn
+    (panel,) = figure_panels(df, config)
+    assert panel[2] == [("sigmoid", "D3"), ("softmax", "err_eta_over")]
+
+
 @pytest.mark.parametrize("plot", [{"softmax": [["D1"], []]}, {"softmax": [["D1", "bogus"]]},
                                   {"softmax": [["D1"], 3]}, {"softmax": 3}, {"tanh": "D1"}])
 def test_bad_plot_entries_name_the_field(plot):
