@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from kernels.memory import free_bytes, held_by_others, total_memory
+from kernels.memory import free_bytes, held_by_others, release_cache, total_memory
 from kernels.moe import precompile, resolve_backend
 from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import models
@@ -331,13 +331,13 @@ def _memory_waits(device: str) -> tuple[float, ...]:
 
 
 def _empty_cache(device: str) -> None:
-    """Give the failed batch's cached blocks back to the GPU, for the other processes too."""
-    if device.startswith("cuda"):
-        try:
-            torch.cuda.empty_cache()
-        except RuntimeError as err:  # a context the full GPU had no room for: nothing cached
-            if not is_out_of_memory(err):
-                raise
+    """Give the failed batch's cached blocks back to the GPU, for the other processes too
+    (:func:`kernels.memory.release_cache`)."""
+    try:
+        release_cache(device)
+    except RuntimeError as err:  # a context the full GPU had no room for: nothing cached
+        if not is_out_of_memory(err):
+            raise
 
 
 def _ask_driver(query: Callable[[str], T], device: str, *, no_gpu: T, too_full: T) -> T:
@@ -769,7 +769,7 @@ def run_sweep(
             on_references()
     if device.startswith("cuda") and executor != "local":
         # the references' fits leave memory in this process's cache that the workers need
-        torch.cuda.empty_cache()
+        release_cache(device)
     work = functools.partial(compute_shard, config=config, out=str(out.resolve()), device=device,
                              backend=backend)
     bar = _progress(len(shards), len(finished), config.name)

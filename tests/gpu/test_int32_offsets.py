@@ -10,6 +10,7 @@ On a CPU nothing here runs (the ``gpu`` marker skips it).
 import pytest
 import torch
 
+from kernels.memory import release_cache
 from kernels.moe import triton_pass as tp
 from kernels.moe.model import Expert
 from kernels.moe.torch_pass import moe_pass as reference_moe_pass
@@ -31,10 +32,8 @@ def test_a_pass_past_int32_offsets_is_the_references():
         loss_rel, jtr_rel = _relative_errors()
     finally:
         # the tests after this one in the process (tests/gpu/test_memory_waits.py) need the GPU
-        # back, whatever the outcome: the tensors died with the helper's frame; cuBLAS's live
-        # workspace would pin a whole segment through empty_cache
-        getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()
-        torch.cuda.empty_cache()
+        # back, whatever the outcome: the tensors died with the helper's frame
+        release_cache("cuda")
     assert loss_rel <= 1e-5 and jtr_rel <= 1e-5, (loss_rel, jtr_rel)
 
 

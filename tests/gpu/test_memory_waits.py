@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kernels.memory import CONTEXT_BYTES, held_by_others
+from kernels.memory import CONTEXT_BYTES, held_by_others, release_cache
 from moe_theory import store, sweep
 from moe_theory.config import load_config
 from moe_theory.store import Shard
@@ -69,13 +69,11 @@ def _references_stage(config, out, monkeypatch, cache, holder=None):
 
 def _hold(tmp_path, left_free_mib: int, hold_s: float) -> subprocess.Popen:
     """Start the other process and return once it holds the GPU but ``left_free_mib``."""
-    # this process's cached blocks back to the GPU, for the holder. A block still in use pins its
-    # whole segment: after test_int32_offsets.py's passes cuBLAS's 32 MiB workspace kept an 8 GiB
-    # segment reserved through empty_cache (H100, 2026-12-07), which the work then fitted in
-    # without waiting; the workspaces are let go first (PyTorch makes them again when needed)
+    # this process's cached memory back to the GPU, for the holder: memory it kept (a segment a
+    # live cuBLAS workspace pinned after test_int32_offsets.py, H100, 2026-12-07) the work would
+    # fit in without waiting
     gc.collect()
-    getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()
-    torch.cuda.empty_cache()
+    release_cache("cuda")
     spare = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
     assert spare < LEFT_FREE_MIB * 2**20, (
         f"this process keeps {spare / 2**20:.0f} MiB reserved and unused, room the test's work "

@@ -1353,3 +1353,25 @@ def test_a_shard_killed_too_often_ends_the_run(fresh_context, monkeypatch, tmp_p
         list(map_shards(fn, range(4), executor="processes", local_workers=2, log=lines.append))
     retried = [line.split("(retry ")[1][:6] for line in lines if "; 1 runs again" in line]
     assert retried == ["1 of 2", "2 of 2"]
+
+
+def test_a_process_gives_back_cublas_workspaces_before_its_cache(monkeypatch):
+    """kernels.memory.release_cache, the sweep's between shards and after a failed batch: cuBLAS's
+    workspaces go first (a live one pins its segment through empty_cache), then the cached
+    blocks; off a GPU nothing is touched."""
+    import kernels.memory
+    from moe_theory.sweep import _empty_cache
+
+    calls = []
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces",
+                        lambda: calls.append("workspaces"), raising=False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("cache"))
+    kernels.memory.release_cache("cpu")
+    _empty_cache("cpu")
+    assert calls == []
+    _empty_cache("cuda")
+    assert calls == ["workspaces", "cache"]
+    # a PyTorch without the private hook still empties the cache
+    monkeypatch.delattr(torch._C, "_cuda_clearCublasWorkspaces")
+    kernels.memory.release_cache("cuda:0")
+    assert calls == ["workspaces", "cache", "cache"]
