@@ -284,12 +284,18 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
     return f"{label}:{sep}{rate}{suffix}"
 
 
-def _gap_label(gaps: pd.DataFrame) -> str:
+def _gap_label(gaps: pd.DataFrame, labels: dict | None = None) -> str:
     """The legend entry of a panel's gap between the gates: per pair of its curves, the two
-    losses and the outcome (which curve is not measurable, not why: their own entries say)."""
+    losses and the outcome (which curve is not measurable, not why: their own entries say).
+    A curve given its own label (``labels[(gate, loss)]``) is named by it, as its entry is."""
+    labels = labels or {}
+
+    def name(gate: str, loss: str) -> str:
+        return labels.get((gate, loss)) or f"{gate} {legend_words(loss)}"
+
     lines = ["gap between the gates:"]
     for _, g in gaps.iterrows():
-        pair = f"sigmoid {legend_words(g['sigmoid_loss'])} vs softmax {legend_words(g['softmax_loss'])}"
+        pair = f"{name('sigmoid', g['sigmoid_loss'])} vs {name('softmax', g['softmax_loss'])}"
         lines.append(textwrap.fill(f"{pair}: {gap_outcome(g, reasons=False)}",
                                    width=LEGEND_REASON_WIDTH))
     return "\n".join(lines)
@@ -507,7 +513,8 @@ def draw_rates(
     if len(gaps):
         # the comparison the figure is drawn for, in the panel's own legend: as the rates table's
         # gap section says it (docs/theory.md#the-gap-between-the-gates)
-        handles.append(Line2D([], [], ls="None", label=_gap_label(gaps)))
+        handles.append(Line2D([], [], ls="None", label=_gap_label(
+            gaps, {(gate, loss): label for gate, loss, label in parsed if label is not None})))
     if key:
         handles += key_handles(styles=styles)
     ax.set_xscale("log")

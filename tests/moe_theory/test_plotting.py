@@ -612,3 +612,21 @@ def test_a_panel_of_one_gate_or_without_a_slower_softmax_curve_has_no_gap_entry(
     # softmax D3 has no theory exponent here: nothing to compare the sigmoid rate with
     ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "D3")], certificates=passing_certificates(df))
     assert gap_entry(ax) is None
+
+
+def test_a_curve_given_its_own_label_is_named_by_it_in_the_gap_entry():
+    """A panel whose curves carry their own labels names them so in its gap entry too: the
+    reader matches the gap's pair to the curves' entries above it by those words."""
+    curves = {("sigmoid", "D3"): -0.5, ("softmax", "err_eta_over"): 0.0}
+    table_df = results_table(curves)
+    ax, _ = draw(table_df, [("sigmoid", "D3", "sigmoid atoms"),
+                            ("softmax", "err_eta_over", "softmax split experts")],
+                 theory=GAP_THEORY)
+    words = " ".join(gap_entry(ax).split())
+    assert words.startswith("gap between the gates: sigmoid atoms vs softmax split experts: "
+                            "not measurable")
+    # one curve labelled, the other named by its loss as before
+    ax, _ = draw(table_df, [("sigmoid", "D3"), ("softmax", "err_eta_over", "split experts")],
+                 theory=GAP_THEORY)
+    assert " ".join(gap_entry(ax).split()).startswith(
+        "gap between the gates: sigmoid D3 vs split experts: not measurable")
