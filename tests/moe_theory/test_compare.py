@@ -99,6 +99,21 @@ def test_same_values_matches_nan_and_text():
     assert same_values(pd.Series(["a", "b"]), pd.Series(["a", "c"])).tolist() == [True, False]
 
 
+def test_a_missing_value_on_both_sides_is_the_same(tmp_path, capsys):
+    """A not-measurable curve's slope is null in rates.json: under pandas 3 a missing value stays
+    missing through astype(str), and NaN != NaN made a folder differ from itself (exit 1)."""
+    both = pd.Series(["x", None, np.nan], dtype=object)
+    assert same_values(both, both.copy()).all()
+    assert same_values(both, pd.Series(["x", None, "y"], dtype=object)).tolist() == [
+        True, True, False]
+    a = _folder(tmp_path / "a")
+    rates = json.loads((a / "rates.json").read_text())
+    rates[0].update(slope=None, verdict=None)
+    (a / "rates.json").write_text(json.dumps(rates))
+    assert main(["compare", str(a), str(a)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("(bit for bit)")
+
+
 def test_an_estimate_within_rtol_is_the_same_relative_to_its_largest_parameter():
     """A measure's parameters are one vector: a parameter near zero carries the others'
     rounding, so an estimate is compared relative to its largest parameter."""
