@@ -244,16 +244,20 @@ class MixingMeasure:
     @classmethod
     def from_json_rows(cls, texts: Iterable[str], dtype: torch.dtype = torch.float64
                        ) -> MixingMeasure:
-        """One batch of the measures :meth:`to_json_rows` wrote, in order."""
-        return cls.from_dict([json.loads(text) for text in texts], dtype=dtype)
+        """One batch of the measures :meth:`to_json_rows` wrote, in order. A fit that diverged
+        is stored with its NaN parameters and read back so (its losses are NaN, counted as
+        dropped), where :meth:`from_dict` refuses non-finite numbers as bad input."""
+        return cls.from_dict([json.loads(text) for text in texts], dtype=dtype,
+                             _finite=False)
 
     @classmethod
-    def from_dict(cls, data: dict | list[dict], dtype: torch.dtype = torch.float64) -> MixingMeasure:
+    def from_dict(cls, data: dict | list[dict], dtype: torch.dtype = torch.float64, *,
+                  _finite: bool = True) -> MixingMeasure:
         items = data if isinstance(data, list) else [data]
         if not items:
             raise ValueError("measure: an empty list holds no measure")
-        parsed = [_parse_one(item, f"measure[{r}]" if isinstance(data, list) else "measure", dtype)
-                  for r, item in enumerate(items)]
+        parsed = [_parse_one(item, f"measure[{r}]" if isinstance(data, list) else "measure",
+                             dtype, _finite) for r, item in enumerate(items)]
         head = parsed[0]
         for r, m in enumerate(parsed[1:], start=1):
             if (m.gate, m.score, m.expert, m.d, m.k) != (head.gate, head.score, head.expert, head.d,
@@ -268,10 +272,12 @@ class MixingMeasure:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"measure: not valid JSON ({err})") from None
+        except RecursionError:  # nested deeper than the parser goes: no measure is
+            raise ValueError("measure: not valid JSON (nested too deep)") from None
         return cls.from_dict(data, dtype=dtype)
 
 
-def _parse_one(item: Any, where: str, dtype: torch.dtype) -> MixingMeasure:
+def _parse_one(item: Any, where: str, dtype: torch.dtype, finite: bool = True) -> MixingMeasure:
     if not isinstance(item, dict):
         raise ValueError(f"{where}: expected an object, got {type(item).__name__}")
     for key in ("gate", "score", "expert", "d", "atoms"):
@@ -297,11 +303,13 @@ def _parse_one(item: Any, where: str, dtype: torch.dtype) -> MixingMeasure:
             raise ValueError(f"{field}: required, got null")
         try:
             t = torch.tensor(value, dtype=dtype)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            # an integer literal past float range ("1" and 400 zeros); lists nested past the
+            # interpreter's depth
             raise ValueError(f"{field}: must be numbers of shape {shape}") from None
         if tuple(t.shape) != shape:
             raise ValueError(f"{field}: expected shape {shape}, got {tuple(t.shape)}")
-        if not bool(torch.isfinite(t).all()):
+        if finite and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{field}: contains NaN or infinity")
         return t
 

@@ -130,3 +130,32 @@ def test_loss_refuses_an_exponent_that_is_not_a_finite_number_ge_1(tmp_path, cap
     assert captured.out == ""
     assert captured.err.startswith("moe-theory: error: --r: must be a finite number >= 1")
     assert len(captured.err.splitlines()) == 1
+
+
+def test_loss_names_a_bad_file_and_prints_strict_json(tmp_path, capsys):
+    """A folder for FITTED was exit 3 ("Is a directory", no field); an integer past float range
+    (OverflowError) and lists nested past the interpreter's depth (RecursionError) were
+    tracebacks; a loss that does not apply to the pair printed the non-standard NaN token."""
+    from moe_theory.settings import get_setting
+
+    good = tmp_path / "g.json"
+    good.write_text(get_setting("small-sparse-linear").truth().to_json())
+    huge = json.loads(good.read_text())
+    huge["atoms"][0]["beta0"] = 10**400
+    (tmp_path / "huge.json").write_text(json.dumps(huge))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    # an atom's number nested 5000 lists deep (too deep for json.dumps to write it)
+    deep_atom = json.loads(good.read_text())
+    deep_atom["atoms"][0]["beta0"] = "DEEP"
+    (tmp_path / "deep_atom.json").write_text(
+        json.dumps(deep_atom).replace('"DEEP"', "[" * 5000 + "0.5" + "]" * 5000))
+    (tmp_path / "folder").mkdir()
+    for name, words in [("folder", "FITTED: "), ("huge.json", "FITTED ("),
+                        ("deep.json", "FITTED ("), ("deep_atom.json", "FITTED (")]:
+        assert main(["loss", str(tmp_path / name), str(good), "--kind", "D1"]) == 2, name
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.splitlines()) == 1, name
+        assert captured.err.startswith(f"moe-theory: error: {words}"), captured.err
+    # err_A_over has no quadratic part to measure on linear scores: NaN, printed as null
+    assert main(["loss", str(good), str(good), "--kind", "err_A_over"]) == 0
+    assert json.loads(capsys.readouterr().out) is None

@@ -463,3 +463,25 @@ def test_a_working_folder_gets_the_added_rows_in_its_shards(gauged, tmp_path):
     run_check(out, reps=1)  # every refit read back from the store, none computed
     pd.testing.assert_frame_equal(pd.read_parquet(out / "check.parquet").drop(columns="wall_s"),
                                   check.drop(columns="wall_s"))
+
+
+def test_a_diverged_fit_is_read_back_and_measured_again_as_nan(tmp_path, capsys):
+    """A fit that diverged (SGD at a rate of 1e300) is stored with its NaN parameters, as the
+    NaN its losses are. The stored rows are the toolkit's own: they read back so and measure
+    the same NaN (remeasure exit 0, nothing changed), where a measure given by a person with a
+    NaN in it stays bad input (the stored estimate made remeasure exit 2, blaming measure[0])."""
+    spec = {"name": "tiny-diverged", "settings": ["small-sparse-linear"],
+            "fit_gates": ["sigmoid"], "n": [200], "reps": 2, "algorithm": "sgd-paper",
+            "sgd": {"lr": 1e300, "epochs": 1}, "bound_scale": float("inf"), "starts": 0}
+    out = tmp_path / "diverged"
+    run_sweep(parse_config(spec), out, log=lambda msg: None)
+    table = load_results(out)
+    assert table["loss_value"].isna().all() and not table["converged"].any()
+    stored = pd.read_csv(out / FITS_FILE)[FIT_MEASURE]
+    measure = MixingMeasure.from_json_rows(stored)
+    assert measure.R == 2 and bool(measure.beta0.isnan().any())
+    with pytest.raises(ValueError, match=r"measure\.atoms\[\d\]\.\w+: contains NaN or infinity"):
+        MixingMeasure.from_json(stored[0])
+    capsys.readouterr()
+    assert main(["remeasure", str(out)]) == 0
+    assert "0 of 12 loss values differ" in capsys.readouterr().out
