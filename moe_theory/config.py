@@ -178,6 +178,10 @@ def _err(key: str, msg: str) -> ValueError:
 #: memory, a folder of that many files) is the problem, not the fits (the committed figures plan
 #: at most a few hundred). A grid of 10^9 replications failed late, out of memory while planning.
 MAX_SHARDS = 100_000
+#: Samples of one replication past which no machine holds its data: at d = 1, 2^40 samples are
+#: 16 TiB of inputs and noise in float64 (numpy refused n = 10^20 with "Maximum allowed
+#: dimension exceeded", which names no key)
+MAX_N = 2**40
 
 
 def _int(raw: dict, key: str, default: Any = None, minimum: int = 1, name: str | None = None
@@ -225,6 +229,9 @@ def _n_grid(value: Any) -> tuple[int, ...]:
         lo, hi, num = (_int(value, key, name=f"n.{key}") for key in ("min", "max", "num"))
         if hi < lo:
             raise _err("n.max", f"must be >= n.min = {lo}, got {hi}")
+        if hi > MAX_N:
+            raise _err("n.max", f"must be at most {MAX_N} (2**40: no machine holds one "
+                       f"replication of more samples), got {hi}")
         grid = np.unique(np.round(np.geomspace(lo, hi, num)).astype(int))
         return tuple(int(v) for v in grid)
     if not isinstance(value, list) or not value:
@@ -232,6 +239,9 @@ def _n_grid(value: Any) -> tuple[int, ...]:
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise _err("n", f"sample sizes must be positive integers, got {v!r}")
+        if v > MAX_N:
+            raise _err("n", f"sample sizes must be at most {MAX_N} (2**40: no machine holds one "
+                       f"replication of more samples), got {v}")
     return tuple(sorted(set(value)))
 
 

@@ -10,9 +10,10 @@ Exit codes of ``moe-theory``:
 - :data:`EXIT_ENVIRONMENT` (3): the machine refused, a :class:`ResourceError` or an ``OSError``:
   a folder that is read-only or full, ``--out`` naming a file, no permission, a device that is not
   there, a GPU whose context was lost more often than a shard is run again
-  (:class:`DeviceLost`), a worker process killed mid-shard at every retry; the message names the path, the
-  device or the shard. Every finished shard is kept and no partial
-  file is left under its final name, so a rerun after the cause is fixed finishes the sweep;
+  (:class:`DeviceLost`), a worker process killed mid-shard at every retry, one replication too
+  large for the memory; the message names the path, the device or the shard. Every finished
+  shard is kept and no partial file is left under its final name, so a rerun after the cause is
+  fixed finishes the sweep;
 - :data:`EXIT_INTERRUPTED` (130): interrupted (Ctrl-C); finished shards are kept;
 - :data:`EXIT_BROKEN_PIPE` (141): the reader of the output stopped early (``moe-theory theory |
   head``), as a shell reports a command its pipe's reader left (128 + SIGPIPE).

@@ -35,7 +35,7 @@ from moe_theory.certificates import (
 from moe_theory.config import SweepConfig
 from moe_theory.console import log_stderr
 from moe_theory.data import sample, stable_seed
-from moe_theory.errors import is_out_of_memory
+from moe_theory.errors import ResourceError, is_out_of_memory
 from moe_theory.estimators import Bounds, box_bounds, fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus, shard_cost
 from moe_theory.initialization import NearTruth, multi_start
@@ -453,8 +453,16 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
             first = sub.rep_stop
             continue
         except (MemoryError, RuntimeError) as err:
-            if block == 1 or not is_out_of_memory(err):
+            if not is_out_of_memory(err):
                 raise
+            if block == 1:
+                # nothing smaller to try: the machine's answer, said as the sample size that
+                # asked too much (it was a traceback of numpy's or torch's allocator)
+                raise ResourceError(
+                    f"{sub.key}: one replication at n = {shard.n} does not fit in the memory "
+                    f"of {device} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                    "lower n, or run on a machine with more memory: finished shards are kept"
+                ) from None
         # outside the except clause: its traceback no longer pins the failed batch's tensors
         block, halvings = block // 2, halvings + 1
         _empty_cache(device)

@@ -307,3 +307,13 @@ def test_presenting_a_config_named_with_a_dot_reads_no_folder_of_that_name(tmp_p
     fast = load_config("nguyen2024", fast=True)
     found, source = named_config({fast.hash}, ["nguyen2024"])
     assert found.hash == fast.hash and source == "simulations/configs/nguyen2024.toml --fast"
+
+
+@pytest.mark.parametrize(("n", "key"), [([200, 2**40 + 1], "n"), ([10**20], "n"),
+                                        ({"min": 100, "max": 2**41, "num": 3}, "n.max")])
+def test_a_sample_size_no_machine_holds_is_refused_by_its_key(n, key):
+    """n = 10^20 reached numpy, whose "Maximum allowed dimension exceeded" names no key (and
+    10^10 a traceback of its allocator, now the sweep's ResourceError naming the shard's n)."""
+    with pytest.raises(ValueError, match=rf"^config key '{re.escape(key)}': .*at most {2**40}"):
+        parse_config({**BASE, "n": n})
+    assert parse_config({**BASE, "n": [2**40]}).n == (2**40,)
