@@ -440,6 +440,8 @@ def load_config(path_or_name: str | Path, *, fast: bool = False) -> SweepConfig:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
         raise ValueError(f"config: no file {str(path_or_name)!r}; named configs: {known}")
+    if path.is_dir():  # bad input, not the file system refusing ("Is a directory", exit 3)
+        raise ValueError(f"config: {path} is a folder, not a config file")
     try:
         # TOML is UTF-8 whatever the locale; a decoding error alone would not say which file
         raw = tomllib.loads(path.read_text(encoding="utf-8"))

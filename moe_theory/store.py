@@ -528,6 +528,8 @@ def read_manifest_config(folder: Path) -> SweepConfig:
     """The config a sweep folder was run with (its ``manifest.json``), presented as its named
     config is now (:func:`moe_theory.config.presented`): every command that draws or tables a
     folder (reproduce, check, plot, rates, report) marks the same curves as plotted."""
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ValueError(f"DIR: {folder} is a file, not a sweep folder")  # not "Not a directory"
     manifest = read_manifest(folder)
     if manifest is None:
         raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")

@@ -317,3 +317,18 @@ def test_a_sample_size_no_machine_holds_is_refused_by_its_key(n, key):
     with pytest.raises(ValueError, match=rf"^config key '{re.escape(key)}': .*at most {2**40}"):
         parse_config({**BASE, "n": n})
     assert parse_config({**BASE, "n": [2**40]}).n == (2**40,)
+
+
+def test_a_folder_for_a_config_or_a_file_for_a_folder_is_bad_input(tmp_path: Path, capsys):
+    """Exit 2 naming the argument, as every other bad argument: they were exit 3 ("Is a
+    directory", "Not a directory"), the code of a file system that refused."""
+    (tmp_path / "cfgdir.toml").mkdir()
+    (tmp_path / "afile.txt").write_text("")
+    assert main(["sweep", str(tmp_path / "cfgdir.toml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-theory: error: config: ") and "is a folder, not a config file" in err
+    for command in ("remeasure", "rates", "check"):
+        assert main([command, str(tmp_path / "afile.txt")]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("moe-theory: error: DIR: ") and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "cfgdir.toml"]
