@@ -277,6 +277,18 @@ class MixingMeasure:
         return cls.from_dict(data, dtype=dtype)
 
 
+def _holds_bool(value: Any) -> bool:
+    """Whether ``value`` or a list nested in it holds a bool (iterative: any depth)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool):
+            return True
+        if isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def _parse_one(item: Any, where: str, dtype: torch.dtype, finite: bool = True) -> MixingMeasure:
     if not isinstance(item, dict):
         raise ValueError(f"{where}: expected an object, got {type(item).__name__}")
@@ -301,6 +313,8 @@ def _parse_one(item: Any, where: str, dtype: torch.dtype, finite: bool = True) -
             return None
         if value is None:
             raise ValueError(f"{field}: required, got null")
+        if _holds_bool(value):  # torch reads true as 1.0: a typo'd flag is no parameter
+            raise ValueError(f"{field}: must be numbers of shape {shape}, got a boolean")
         try:
             t = torch.tensor(value, dtype=dtype)
         except (TypeError, ValueError, OverflowError, RecursionError):

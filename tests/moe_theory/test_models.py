@@ -115,6 +115,10 @@ def test_json_round_trip(score, expert):
         (lambda d: d["atoms"][0].update(b=None), "atoms[0].b"),
         (lambda d: d["atoms"][0].update(beta0=float("nan")), "atoms[0].beta0"),
         (lambda d: d.pop("d"), "d"),
+        # torch read true as 1.0 ("d": true was refused, "beta0": true was not)
+        (lambda d: d["atoms"][0].update(beta0=True), "atoms[0].beta0"),
+        (lambda d: d["atoms"][0].update(a=[True, 0.5]), "atoms[0].a"),
+        (lambda d: d["atoms"][0].update(beta0=10**400), "atoms[0].beta0"),
     ],
 )
 def test_malformed_measure_json_names_the_field(mutate, field):
