@@ -31,6 +31,7 @@ from moe_theory.validation import (
     check_data,
     check_positive_float,
     check_positive_int,
+    check_seed,
 )
 
 ALGORITHMS = ("lm", "lbfgs", "adam", "sgd-paper")
@@ -148,7 +149,9 @@ def fit_lse(
         each replication's data in place, and the start with the lowest sum of squared residuals
         is kept per replication (the first on a tie). Default ``random_init()``.
     algorithm : ``lm`` (default), ``lbfgs``, ``adam`` or ``sgd-paper``
-    backend : ``auto``, ``torch``, ``triton`` or ``scipy`` (one problem at a time, LM-type)
+    backend : ``auto``, ``torch``, ``triton`` or ``scipy`` (one problem at a time with scipy's
+        trust-region solver ``trf``, the baseline: ``algorithm`` must be ``lm``, ``n_iter``
+        counts its residual evaluations, at most ``10 * max_iter``, and ``xtol`` is not used)
     reference : the measure to certify against (``G*`` where representable, else ``G_bar``)
     bounds : the box ``Theta`` (docs/theory.md#compact-parameter-set): a
         :class:`~moe_theory.estimators.bounds.Bounds` (see
@@ -175,7 +178,17 @@ def fit_lse(
     k = check_positive_int("k", k)
     check_choice("algorithm", algorithm, ALGORITHMS)
     check_choice("backend", backend, FIT_BACKENDS)
+    if backend == "scipy" and algorithm != "lm":
+        # scipy runs its own solver whatever was asked: the result would name one it never ran
+        raise ValueError(f"algorithm: backend 'scipy' runs scipy's own least-squares solver "
+                         f"(trf, LM-type): use algorithm 'lm' with it, got {algorithm!r}")
     check_data(X, Y)
+    if rep_ids is not None:
+        # one global number per replication: fewer gave replications another's start
+        rep_ids = [check_seed(f"rep_ids[{i}]", r) for i, r in enumerate(rep_ids)]
+        if len(rep_ids) != X.shape[0]:
+            raise ValueError(f"rep_ids: one per replication, R = {X.shape[0]}, got "
+                             f"{len(rep_ids)}")
     if reference is not None and reference.d != X.shape[-1]:
         raise ValueError(f"reference: has d = {reference.d} but X has d = {X.shape[-1]}")
     if gate == "softmax" and k < 2:

@@ -302,3 +302,20 @@ def test_a_bad_sgd_protocol_is_named(kwargs, field):
     """fit_lse's ``sgd`` is checked where it is made, as a config's ``sgd`` table is."""
     with pytest.raises(ValueError, match=f"^{field}: "):
         mt.SGDProtocol(**kwargs)
+
+
+def test_arguments_the_fit_would_silently_misread_are_refused(sparse_relu):
+    """``rep_ids=[0]`` for R = 3 gave every replication replication 0's start, 5 ids a
+    RuntimeError; the scipy backend ran its own solver whatever ``algorithm`` asked, and the
+    result named the one asked for."""
+    X, Y = mt.sample(sparse_relu, n=200, reps=3, seed=6)
+    init = mt.near_truth(sparse_relu, 3, seed=7)
+    for ids in ([0], [0, 1, 2, 3, 4]):
+        with pytest.raises(ValueError, match=rf"^rep_ids: one per replication, R = 3, got {len(ids)}$"):
+            mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=init, rep_ids=ids)
+    with pytest.raises(ValueError, match=r"^rep_ids\[1\]: must be an integer"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=init, rep_ids=[0, -1, 2])
+    with pytest.raises(ValueError, match="^algorithm: backend 'scipy' runs scipy's own"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=init, algorithm="adam", backend="scipy")
+    fit = mt.fit_lse(X[:1], Y[:1], 3, "sigmoid", "relu", init=init, backend="scipy", max_iter=2)
+    assert fit.algorithm == "lm" and fit.backend == "scipy"
