@@ -417,11 +417,14 @@ class DamagedShard(Exception):
     """A shard file that is not what was written (``str()`` says how)."""
 
 
-def check_shard(path: Path) -> str:
+def check_shard(path: Path, config_hash: str | None = None) -> str:
     """The sha256 of a whole shard file; raises :class:`DamagedShard` saying what is wrong.
 
     The file's sha256 and row count must match the record written with it, and its parquet
-    footer must read. A file from before records were kept is decoded in full instead.
+    footer must read. A file from before records were kept is decoded in full instead. With
+    ``config_hash``, every row's ``config_hash`` must be it: a whole, well-recorded shard of
+    another config (a worker its killed sweep left running, finishing after a ``--force`` gave
+    the folder to another config; a shard copied from another run) is not this folder's.
     """
     record_path = checksum_path(path)
     try:
@@ -446,6 +449,15 @@ def check_shard(path: Path) -> str:
         raise DamagedShard(f"not a whole parquet file ({err})") from None
     if record is not None and rows != want_rows:
         raise DamagedShard(f"{rows} rows, {want_rows} written")
+    if config_hash is not None:
+        try:
+            written = pq.read_table(path, columns=["config_hash"]).column(0).unique().to_pylist()
+        except (pa.ArrowException, KeyError, OSError, ValueError):
+            written = []  # a shard without the column (none is written so) has no hash to check
+        other = sorted(str(h) for h in written if h != config_hash)
+        if other:
+            raise DamagedShard(f"its rows were written by another config (hash "
+                               f"{', '.join(other)}), not this folder's {config_hash}")
     return digest
 
 
@@ -472,10 +484,11 @@ def _warn(message: str) -> None:
     warnings.warn(message, StoreWarning, stacklevel=3)
 
 
-def verified_shards(out: Path, shards: Iterable[Shard], *, report: Callable[[str], None] = _warn
-                    ) -> dict[Shard, str]:
-    """The finished shards among ``shards`` that verify: shard -> sha256. Each damaged one is
-    reported by name and moved aside (where the folder can be written; else only reported)."""
+def verified_shards(out: Path, shards: Iterable[Shard], *, report: Callable[[str], None] = _warn,
+                    config_hash: str | None = None) -> dict[Shard, str]:
+    """The finished shards among ``shards`` that verify (:func:`check_shard`, with the config
+    hash a sweep folder's manifest records): shard -> sha256. Each damaged one is reported by
+    name and moved aside (where the folder can be written; else only reported)."""
     out = Path(out)
     finished = {}
     for shard in shards:
@@ -483,7 +496,7 @@ def verified_shards(out: Path, shards: Iterable[Shard], *, report: Callable[[str
         if not path.exists():
             continue
         try:
-            finished[shard] = check_shard(path)
+            finished[shard] = check_shard(path, config_hash)
         except DamagedShard as err:
             try:
                 where = f"moved to {move_aside(out, path)}"
@@ -736,7 +749,8 @@ def completeness(out: str | Path, *, report: Callable[[str], None] = _warn) -> C
     if manifest is None:
         raise ValueError(f"DIR: {out} has no manifest.json (not a sweep folder)")
     expected = manifest_shards(manifest)
-    finished = verified_shards(out, expected, report=report)
+    finished = verified_shards(out, expected, report=report,
+                               config_hash=manifest.get("config_hash"))
     return Completeness(tuple(expected), tuple(s for s in expected if s in finished))
 
 
@@ -868,7 +882,8 @@ def load_fits(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.D
 def _finished(out: Path, report: Callable[[str], None]) -> tuple[dict[Shard, str], Completeness | None]:
     manifest = read_manifest(out)
     expected = manifest_shards(manifest) if manifest is not None else shards_on_disk(out)
-    finished = verified_shards(out, expected, report=report)
+    finished = verified_shards(out, expected, report=report,
+                               config_hash=None if manifest is None else manifest.get("config_hash"))
     state = None if manifest is None else Completeness(
         tuple(expected), tuple(s for s in expected if s in finished))
     if not finished:

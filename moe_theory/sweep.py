@@ -301,7 +301,7 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
         return {**meta, "status": "claimed", "worker": str(claim)}
     try:
         # a writer that held the claim until a moment ago may have stored the shard
-        if verified_shards(out, [shard], report=lambda msg: None):
+        if verified_shards(out, [shard], report=lambda msg: None, config_hash=config.hash):
             return {**meta, "status": "stored"}
         with heartbeat(claim):
             rows, block, retries = fit_in_blocks(shard, config, device, backend,
@@ -764,7 +764,7 @@ def run_sweep(
             f"in the last bits (MOE_THEORY_THREADS sets the count)")
     remove_stale_temp_files(out)
     shards = plan(config)
-    finished = verified_shards(out, shards, report=log)
+    finished = verified_shards(out, shards, report=log, config_hash=config.hash)
     if len(finished) == len(shards):
         return merge(out, report=log)
     if device.startswith("cuda") and scheduler is None and backend != "torch":
@@ -804,7 +804,7 @@ def run_sweep(
                         computed, index = computed + 1, index + 1
                         _log_shard(meta, log, bar, index=index, total=len(shards),
                                    elapsed=time.perf_counter() - started, computed=computed)
-            finished = verified_shards(out, shards, report=log)
+            finished = verified_shards(out, shards, report=log, config_hash=config.hash)
     except KeyboardInterrupt:
         bar.close()
         log(f"interrupted: finished shards are kept in {out / 'shards'}; rerun to finish")

@@ -100,6 +100,28 @@ def test_truncated_shard_is_moved_aside_and_recomputed(local_run, copy):
     assert (copy / "damaged" / damaged.relative_to(copy / "shards")).read_bytes() == truncated
 
 
+def test_a_whole_shard_of_another_config_is_not_this_folders(local_run, copy, tmp_path, capsys):
+    """A shard written whole, with its checksum record, by another config (here another seed; a
+    worker of a killed sweep that finished after ``--force`` gave the folder to another config
+    did the same) verified, and the table mixed two configs' rows without a word. It is set
+    aside as damaged, named with its hash, and the sweep recomputes it."""
+    other = {**TINY, "seed": 1}
+    sweep.run_sweep(parse_config(other), tmp_path / "other", log=lambda msg: None)
+    shard = plan(parse_config(TINY))[1]
+    for path in (shard_path(copy, shard), store.checksum_path(shard_path(copy, shard))):
+        shutil.copy(tmp_path / "other" / path.relative_to(copy), path)
+    foreign = parse_config(other).hash
+    assert main(["rates", str(copy)]) == 0
+    err = capsys.readouterr().err
+    assert f"damaged shard {shard.key}: its rows were written by another config (hash {foreign})" \
+        in err and "3 of 4 shards" in err
+    assert set(store.load_results(copy, report=lambda msg: None)["config_hash"]) == {
+        parse_config(TINY).hash}
+    lines: list[str] = []
+    same_table(sweep.run_sweep(parse_config(TINY), copy, log=lines.append), local_run[1])
+    assert computed(lines) == [shard.key]
+
+
 def test_flipped_byte_is_found_by_its_checksum(copy, capsys):
     """A byte flipped inside a data page leaves the parquet footer readable: only the checksum
     recorded at write time tells; the folder then reads as incomplete."""
