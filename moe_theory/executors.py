@@ -498,6 +498,27 @@ def _here(fn: Callable[[S], T], shard: S) -> T:
         raise _given_up(lost, shard, 1) from lost
 
 
+#: How often a spawned worker looks whether the process that spawned it is still there.
+PARENT_POLL_S = 1.0
+
+
+def _start_worker(parent: int) -> None:
+    """A spawned worker's start: the thread default, and a watch on the process that spawned it.
+    A sweep killed with ``kill -9`` cannot stop its pool: its workers finished the shards they
+    held and wrote them on (into a folder that a ``--force`` may have given to another config
+    meanwhile), then blocked on their queue for ever. Re-parented (``getppid`` changes), the
+    worker ends at once; its shard's writes are atomic, so nothing partial stays under a final
+    name, and its claim reads as stale."""
+    apply_thread_default()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
                    log: Callable[[str], None]) -> Iterator[T]:
     """``workers`` processes in all: this one and ``workers - 1`` spawned ones, taking shards
@@ -546,7 +567,7 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
     def new_pool() -> cf.ProcessPoolExecutor:
         # spawn: a fork would copy this process's CUDA state, which CUDA does not allow
         return cf.ProcessPoolExecutor(max_workers=helpers, mp_context=mp.get_context("spawn"),
-                                      initializer=apply_thread_default)
+                                      initializer=_start_worker, initargs=(os.getpid(),))
 
     pools = [new_pool()]  # the last takes new shards; the others finish what they hold
     finished: queue.Queue = queue.Queue()

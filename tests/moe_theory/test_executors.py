@@ -1381,3 +1381,36 @@ def test_a_process_gives_back_cublas_workspaces_before_its_cache(monkeypatch):
     monkeypatch.delattr(torch._C, "_cuda_clearCublasWorkspaces")
     kernels.memory.release_cache("cuda:0")
     assert calls == ["workspaces", "cache", "cache"]
+
+
+_ORPHAN = """
+import concurrent.futures as cf, multiprocessing as mp, os, signal, time
+from moe_theory import executors
+if __name__ == "__main__":
+    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                                  initializer=executors._start_worker, initargs=(os.getpid(),))
+    worker = pool.submit(os.getpid).result()
+    pool.submit(time.sleep, 120)  # a long shard in flight
+    print(worker, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_spawned_worker_ends_when_its_sweep_is_killed(tmp_path):
+    """kill -9 of a sweep left its spawned workers running: they finished their shards, wrote
+    them into a folder another config might have taken meanwhile, and then waited for ever. A
+    worker watches the process that spawned it and ends once re-parented (PARENT_POLL_S)."""
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10 * executors.PARENT_POLL_S + 5
+    while store._process_alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = store._process_alive(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the orphaned worker was still running"
