@@ -54,6 +54,7 @@ from moe_theory.config import SweepConfig
 from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
 from moe_theory.layout import CHECK_FILE, CHECK_TABLE, REFIT_DIR
+from moe_theory.measure import MixingMeasure
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
 from moe_theory.store import (
     Shard,
@@ -184,6 +185,14 @@ def _recorded_references(folder: Path, config: SweepConfig,
         raise ValueError(
             f"references: {folder}/manifest.json records no G_bar for {', '.join(missing)}; the "
             f"check refits against the sweep's own G_bar (resume the sweep there to record it)")
+    for key in wanted:
+        # read here, before anything in the folder changes (the refits stored for other
+        # references are removed next), not in a worker, whose error named no file or key
+        try:
+            MixingMeasure.from_json(recorded[key])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"references: {folder}/manifest.json's G_bar for {key} is no "
+                             f"measure ({err})") from None
     return {key: recorded[key] for key in wanted}
 
 

@@ -485,3 +485,23 @@ def test_a_diverged_fit_is_read_back_and_measured_again_as_nan(tmp_path, capsys)
     capsys.readouterr()
     assert main(["remeasure", str(out)]) == 0
     assert "0 of 12 loss values differ" in capsys.readouterr().out
+
+
+def test_a_check_refuses_a_broken_recorded_g_bar_before_touching_its_refits(swept, tmp_path,
+                                                                           capsys):
+    """A G_bar in the manifest that is no measure: the check removed every stored refit (keyed
+    by the references, they read as another reference's) and then failed in a worker with
+    "measure: not valid JSON", naming neither the file nor the key."""
+    out = tmp_path / "run"
+    shutil.copytree(swept, out)
+    refits = {p: p.read_bytes() for p in (out / "check-refits").rglob("*") if p.is_file()}
+    assert refits
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "small-sparse-relu/softmax" in manifest["references"]
+    manifest["references"]["small-sparse-relu/softmax"] = "xx"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["check", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"moe-theory: error: references: {out}/manifest.json's G_bar for "
+                          "small-sparse-relu/softmax is no measure (") and len(err.splitlines()) == 1
+    assert {p: p.read_bytes() for p in (out / "check-refits").rglob("*") if p.is_file()} == refits
