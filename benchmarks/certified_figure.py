@@ -53,8 +53,8 @@ from moe_theory.estimators import fit_lse
 from moe_theory.estimators.levenberg_marquardt import STOP_TESTS, stop_reason
 from moe_theory.population import population_lse
 from moe_theory.provenance import provenance
-from moe_theory.sweep import applicable_losses, certify, shard_box, shard_data, shard_init
-from moe_theory.voronoi import voronoi_loss
+from moe_theory.sweep import certify, shard_box, shard_data, shard_init
+from moe_theory.voronoi import applicable_losses, voronoi_loss
 
 #: The issue's agreement criterion between the float64 and the mixed-precision run.
 AGREEMENT_RTOL = 1e-3

@@ -23,8 +23,8 @@ from moe_theory.config import load_config
 from moe_theory.estimators import fit_lse
 from moe_theory.population import reference_measure
 from moe_theory.provenance import provenance
-from moe_theory.sweep import applicable_losses, shard_box, shard_data, shard_init
-from moe_theory.voronoi import voronoi_loss
+from moe_theory.sweep import shard_box, shard_data, shard_init
+from moe_theory.voronoi import applicable_losses, voronoi_loss
 
 #: losses compared between the warm and the cold fit, those the sweep measures against the
 #: fit's reference (a run before commit 0049323's successor listed D3 against G* too)

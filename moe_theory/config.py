@@ -54,7 +54,7 @@ from moe_theory.estimators import ALGORITHMS, SGDProtocol
 from moe_theory.estimators.bounds import DEFAULT_BOUND_SCALE, group_scales, no_box
 from moe_theory.initialization import DEFAULT_EXTRA_STARTS
 from moe_theory.settings import Setting, get_setting
-from moe_theory.voronoi import ALL_KINDS
+from moe_theory.voronoi import ALL_KINDS, applicable_losses
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -229,6 +229,9 @@ def _n_grid(value: Any) -> tuple[int, ...]:
         lo, hi, num = (_int(value, key, name=f"n.{key}") for key in ("min", "max", "num"))
         if hi < lo:
             raise _err("n.max", f"must be >= n.min = {lo}, got {hi}")
+        if num > MAX_SHARDS:  # before the grid is drawn: 10^12 points were a MemoryError
+            raise _err("n.num", f"must be at most {MAX_SHARDS} (each sample size is a shard at "
+                       f"least), got {num}")
         if hi > MAX_N:
             raise _err("n.max", f"must be at most {MAX_N} (2**40: no machine holds one "
                        f"replication of more samples), got {hi}")
@@ -305,7 +308,19 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         for loss in losses:
             if loss not in ALL_KINDS:
                 raise _err("losses", f"unknown loss {loss!r}; allowed: {', '.join(ALL_KINDS)}")
+        _unique_strings("losses", losses)
         _check_parameter_groups("losses", losses, settings)
+        for s in settings:
+            # a fit none of whose losses applies has no rows: the sweep failed after writing
+            # its folder ("No objects to concatenate"), which the corrected config then could
+            # not take over without --force
+            setting = get_setting(s)
+            for gate in fit_gates or setting.fit_gates:
+                reference = setting.reference_kind(gate)
+                if not applicable_losses(setting, reference, tuple(losses), gate):
+                    measured = applicable_losses(setting, reference, None, gate)
+                    raise _err("losses", f"none of {losses} measures the {gate} fit of setting "
+                               f"{s!r} (against its {reference}: {', '.join(measured)})")
     k_fit = raw.get("k_fit")
     if k_fit is not None:
         k_fit = _int(raw, "k_fit")

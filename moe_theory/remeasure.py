@@ -44,8 +44,7 @@ from moe_theory.store import (
     write_shard,
 )
 from moe_theory.sublevel import SUBLEVEL_LOSS
-from moe_theory.sweep import applicable_losses
-from moe_theory.voronoi import voronoi_loss
+from moe_theory.voronoi import applicable_losses, voronoi_loss
 
 #: A value measured again within this relative distance of the stored one is that value: the
 #: Voronoi losses are sums of a few dozen float64 terms, which another torch build or device
@@ -70,7 +69,7 @@ CHANGE_COLUMNS = ["table", "setting", "fit_gate", "loss_name", "n", "rep", "old"
 
 def missing_rows(table: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
     """The rows ``table`` lacks: for every fit, one per loss that a sweep of ``config`` measures
-    it by today (:func:`~moe_theory.sweep.applicable_losses`) and the table does not hold, a copy
+    it by today (:func:`~moe_theory.voronoi.applicable_losses`) and the table does not hold, a copy
     of the fit's first row with that ``loss_name`` and a NaN ``loss_value``; in the order a
     sweep writes them (its losses' order, then the table's fits')."""
     settings = {s.name: s for s in config.setting_objects()}

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from kernels.memory import free_bytes, held_by_others, release_cache, total_memory
 from kernels.moe import precompile, resolve_backend
 from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
-from moe_theory import models
 from moe_theory.certificates import (
     ReferenceCertificate,
     certify_references,
@@ -69,10 +68,7 @@ from moe_theory.store import (
 from moe_theory.sublevel import SUBLEVEL_LOSS, start_sublevel
 from moe_theory.validation import check_device
 from moe_theory.voronoi import (
-    GAUGE_KINDS,
-    MATCH_D_MAX,
-    PARAMETER_ERRORS,
-    has_matched_gauge,
+    applicable_losses,
     voronoi_loss,
 )
 
@@ -113,22 +109,6 @@ REFERENCE_RTOL = 1e-6
 
 #: Seconds between looks at shards that other sweeps hold, once nothing else is left to do.
 CLAIM_POLL_S = 2.0
-
-
-def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] | None,
-                      gate: str | None = None) -> list[str]:
-    """The losses a fit of ``setting`` against ``reference`` (``G*`` or ``G_bar``) is measured
-    by (those of ``wanted`` only, where given). ``gate``: the fitted gate, where known; a softmax
-    fit of a linear score against G* is also measured in the matched gauge (``D1_matched``,
-    docs/theory.md#identified-losses), up to ``d = MATCH_D_MAX`` (its search's cost)."""
-    kinds = ["D3"] if reference == "G_bar" else ["D1", "D2"]
-    groups = ["eta"] + (["beta1"] if models.score_has_linear(setting.score) else []) + (
-        ["A"] if models.score_has_quadratic(setting.score) else [])
-    kinds += [e for e in PARAMETER_ERRORS if e.split("_")[1] in groups]
-    if (reference == "G*" and gate is not None and has_matched_gauge(gate, setting.score)
-            and setting.d <= MATCH_D_MAX):
-        kinds += list(GAUGE_KINDS)
-    return [k for k in kinds if wanted is None or k in wanted]
 
 
 def shard_data(config: SweepConfig, setting: Setting, n: int, first_rep: int, reps: int,

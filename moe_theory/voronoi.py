@@ -9,12 +9,16 @@ reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from moe_theory.measure import MixingMeasure
-from moe_theory.models import get_expert
+from moe_theory.models import get_expert, score_has_linear, score_has_quadratic
 from moe_theory.validation import check_choice, check_number
+
+if TYPE_CHECKING:  # a setting is read, never built, here
+    from moe_theory.settings import Setting
 
 LOSS_KINDS = ("D1", "D2", "D3")
 PARAMETER_GROUPS = ("eta", "beta1", "A")
@@ -160,6 +164,22 @@ def has_matched_gauge(gate: str, score: str) -> bool:
     """Whether ``D1_matched`` is defined: a softmax gate (a sigmoid one has no gauge) with a
     linear score (a quadratic score's common shift has more parameters than the search)."""
     return gate == "softmax" and score == "linear"
+
+
+def applicable_losses(setting: Setting, reference: str, wanted: tuple[str, ...] | None,
+                      gate: str | None = None) -> list[str]:
+    """The losses a fit of ``setting`` against ``reference`` (``G*`` or ``G_bar``) is measured
+    by (those of ``wanted`` only, where given). ``gate``: the fitted gate, where known; a softmax
+    fit of a linear score against G* is also measured in the matched gauge (``D1_matched``,
+    docs/theory.md#identified-losses), up to ``d = MATCH_D_MAX`` (its search's cost)."""
+    kinds = ["D3"] if reference == "G_bar" else ["D1", "D2"]
+    groups = ["eta"] + (["beta1"] if score_has_linear(setting.score) else []) + (
+        ["A"] if score_has_quadratic(setting.score) else [])
+    kinds += [e for e in PARAMETER_ERRORS if e.split("_")[1] in groups]
+    if (reference == "G*" and gate is not None and has_matched_gauge(gate, setting.score)
+            and setting.d <= MATCH_D_MAX):
+        kinds += list(GAUGE_KINDS)
+    return [k for k in kinds if wanted is None or k in wanted]
 
 
 def matched_gauge_d1(fitted: MixingMeasure, reference: MixingMeasure) -> torch.Tensor:

@@ -332,3 +332,18 @@ def test_a_folder_for_a_config_or_a_file_for_a_folder_is_bad_input(tmp_path: Pat
         err = capsys.readouterr().err
         assert err.startswith("moe-theory: error: DIR: ") and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "cfgdir.toml"]
+
+
+def test_losses_that_no_fit_of_a_setting_has_are_refused_before_any_folder(tmp_path, capsys):
+    """A sigmoid fit of a dense truth is measured against G_bar (D3 and parameter errors), so
+    losses = ["D1"] gave it no rows: the sweep wrote its folder and then failed ("No objects to
+    concatenate"), and the corrected config was refused there without --force."""
+    raw = {**BASE, "settings": ["small-dense-relu"], "fit_gates": ["sigmoid"], "losses": ["D1"]}
+    with pytest.raises(ValueError, match=r"^config key 'losses': none of \['D1'\] measures the "
+                       r"sigmoid fit of setting 'small-dense-relu' \(against its G_bar: D3, "):
+        parse_config(raw)
+    with pytest.raises(ValueError, match=r"^config key 'losses': 'D3' is listed twice"):
+        parse_config({**raw, "losses": ["D3", "D3"]})
+    assert parse_config({**raw, "losses": ["D3"]}).losses == ("D3",)
+    with pytest.raises(ValueError, match=r"^config key 'n.num': must be at most"):
+        parse_config({**BASE, "n": {"min": 200, "max": 400, "num": 10**12}})

@@ -10,9 +10,8 @@ from moe_theory.config import load_config, parse_config
 from moe_theory.initialization import split_atoms
 from moe_theory.population import population_lse
 from moe_theory.rates import fit_rate
-from moe_theory.sweep import applicable_losses
 from moe_theory.theory import predicted_rate
-from moe_theory.voronoi import ALL_KINDS, GAUGE_KINDS, voronoi_loss
+from moe_theory.voronoi import ALL_KINDS, GAUGE_KINDS, applicable_losses, voronoi_loss
 
 Y25 = [name for name in mt.list_settings() if name.startswith("yan2025-")]
 

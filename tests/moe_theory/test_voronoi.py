@@ -176,8 +176,8 @@ def test_a_softmax_sweep_measures_d1_in_the_matched_gauge_too(tmp_path):
 
     from moe_theory.config import parse_config
     from moe_theory.store import FIT_MEASURE
-    from moe_theory.sweep import applicable_losses, run_sweep
-    from moe_theory.voronoi import matched_gauge_d1
+    from moe_theory.sweep import run_sweep
+    from moe_theory.voronoi import applicable_losses, matched_gauge_d1
 
     setting = get_setting("small-dense-relu")
     assert "D1_matched" in applicable_losses(setting, "G*", None, "softmax")

@@ -37,9 +37,9 @@ from moe_theory.population import reference_measure
 from moe_theory.rates import fit_rate
 from moe_theory.settings import get_setting
 from moe_theory.store import FIT_MEASURE, read_csv
-from moe_theory.sweep import applicable_losses, shard_box, shard_data, shard_init
+from moe_theory.sweep import shard_box, shard_data, shard_init
 from moe_theory.theory import predicted_rate
-from moe_theory.voronoi import voronoi_loss
+from moe_theory.voronoi import applicable_losses, voronoi_loss
 
 CONFIG, SETTING = "nguyen2024-measurable", "nguyen2024-measurable-relu"
 #: the losses kept for every start, those of them the fit's reference defines: against G* the
