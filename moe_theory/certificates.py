@@ -790,8 +790,11 @@ def load_reference_certificates(folder: str | Path) -> dict[tuple[str, str], Ref
     out = {}
     for path in sorted((Path(folder) / REFERENCE_DIR).glob("reference-*.json")):
         try:
-            cert = ReferenceCertificate.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):  # `[]` or `null`: .items() was an AttributeError
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            cert = ReferenceCertificate.from_dict(data)
+        except (ValueError, TypeError) as err:  # UnicodeDecodeError and JSONDecodeError too
             raise ValueError(f"DIR: {path} is not a reference certificate ({err})") from None
         out[(cert.setting, cert.fit_gate)] = cert
     return out
@@ -803,9 +806,13 @@ def load_check(folder: str | Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        check = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError: the file named
         raise ValueError(f"DIR: {path} is not valid JSON ({err})") from None
+    if not isinstance(check, dict):  # its readers ask for keys: `[]` was an AttributeError
+        raise ValueError(f"DIR: {path} is not an optimiser check (a JSON "
+                         f"{type(check).__name__}, not an object)")
+    return check
 
 
 # ---- per-curve certificates from the results table --------------------------------------------

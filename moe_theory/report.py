@@ -110,8 +110,8 @@ def read_run(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        run = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError: the file named
         raise ValueError(f"DIR: {path} is not valid JSON ({err})") from None
     if not isinstance(run, dict):
         raise ValueError(f"DIR: {path} must hold a JSON object, got {type(run).__name__}")

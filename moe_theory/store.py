@@ -531,6 +531,14 @@ def read_manifest(out: Path) -> dict | None:
         raise ValueError(f"DIR: {path} is not a sweep manifest (no 'config' object)")
     wrong = [key for key, kind in MANIFEST_PLAN_KEYS.items()
              if isinstance(config.get(key), bool) or not isinstance(config.get(key), kind)]
+    # what planning its shards reads, element by element: n = ["abc"] was a format error,
+    # rep_block = 0 range()'s, neither naming the manifest
+    if not wrong:
+        wrong = [key for key, ok in (
+            ("settings", all(isinstance(s, str) and s for s in config["settings"])),
+            ("n", all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                      for v in config["n"])),
+            ("reps", config["reps"] > 0), ("rep_block", config["rep_block"] > 0)) if not ok]
     if wrong:
         raise ValueError(f"DIR: {path} is not a sweep manifest (its config lacks a valid "
                          f"{', '.join(wrong)})")

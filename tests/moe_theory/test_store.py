@@ -676,3 +676,32 @@ def test_a_manifests_name_never_moves_a_file_outside_its_folder(tmp_path):
     (tmp_path / "outside.png").write_bytes(b"not the run's")
     store.write_manifest(out, parse_config(TINY), force=True)
     assert (tmp_path / "outside.png").read_bytes() == b"not the run's"
+
+
+@pytest.mark.parametrize(("name", "content", "words"), [
+    ("certificate", b"[]", "is not a reference certificate (a JSON list, not an object)"),
+    ("certificate", b"null", "is not a reference certificate (a JSON NoneType, not an object)"),
+    ("certificate", b"\xff\xfe{}", "is not a reference certificate ('utf-8' codec"),
+    ("check", b"[]", "is not an optimiser check (a JSON list, not an object)"),
+    ("check", b"{\xff}", "is not valid JSON ('utf-8' codec"),
+    ("manifest n", None, "is not a sweep manifest (its config lacks a valid n)"),
+    ("manifest rep_block", None, "is not a sweep manifest (its config lacks a valid rep_block)"),
+])
+def test_a_malformed_side_file_is_named_not_a_traceback(copy, capsys, name, content, words):
+    """A certificate or check.json holding a list, null or bytes that are not UTF-8, and a
+    manifest whose n or rep_block planning cannot read, were tracebacks (AttributeError, a
+    format error, range()'s) or messages naming no file."""
+    if name == "certificate":
+        (path,) = sorted((copy / "certificates").glob("reference-*.json"))[:1]
+    elif name == "check":
+        path = copy / "check.json"
+    else:
+        path = copy / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["config"].update({"n": ["abc"]} if name.endswith(" n") else {"rep_block": 0})
+        content = json.dumps(manifest).encode()
+    path.write_bytes(content)
+    for command in ("rates", "plot", "report"):
+        assert main([command, str(copy)]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith(f"moe-theory: error: DIR: {path} {words}"), err
