@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import torch
 
-from moe_theory.measure import MixingMeasure
+from moe_theory.measure import MixingMeasure, check_measure
 from moe_theory.threads import usable_cores
 from moe_theory.validation import (
     check_choice,
@@ -98,6 +98,7 @@ def sample(
     check_choice("x_dist", x_dist, X_DISTRIBUTIONS)
     if device is not None:
         device = check_device("device", device)
+    check_measure("truth", truth)
     if truth.R != 1:
         raise ValueError(f"truth: must be a single measure (R = 1), got R = {truth.R}")
     if isinstance(first_rep, bool) or not isinstance(first_rep, int) or first_rep < 0:

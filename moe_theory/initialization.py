@@ -11,7 +11,7 @@ import torch
 
 from moe_theory import models
 from moe_theory.data import stable_seed
-from moe_theory.measure import MixingMeasure
+from moe_theory.measure import MixingMeasure, check_measure
 from moe_theory.validation import (
     check_number,
     check_positive_float,
@@ -210,6 +210,7 @@ def near_truth(
     split: tuple[int, ...] | None = None,
 ) -> NearTruth:
     """Near-truth initialisation (docs/theory.md#estimator) for a fit with ``k`` atoms."""
+    check_measure("truth", truth)
     k = check_positive_int("k", k)
     if k < truth.k:
         raise ValueError(f"k: the fitted number of atoms ({k}) must be >= k* = {truth.k}")

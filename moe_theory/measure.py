@@ -277,6 +277,18 @@ class MixingMeasure:
         return cls.from_dict(data, dtype=dtype)
 
 
+def check_measure(field: str, value: Any, *, finite: bool = True) -> MixingMeasure:
+    """``value`` if it is a :class:`MixingMeasure` (with finite parameters where ``finite``),
+    else a ValueError naming ``field``. A truth or a reference with a NaN in it gave NaN data
+    or losses without a word; a fitted measure may hold the NaN of a diverged fit."""
+    if not isinstance(value, MixingMeasure):
+        raise ValueError(f"{field}: expected a MixingMeasure, got {type(value).__name__}")
+    if finite and not bool(torch.isfinite(value.gate_params).all()
+                           and torch.isfinite(value.expert_params).all()):
+        raise ValueError(f"{field}: its parameters hold NaN or infinity")
+    return value
+
+
 def _holds_bool(value: Any) -> bool:
     """Whether ``value`` or a list nested in it holds a bool (iterative: any depth)."""
     stack = [value]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from moe_theory.measure import MixingMeasure
+from moe_theory.measure import MixingMeasure, check_measure
 from moe_theory.models import get_expert, score_has_linear, score_has_quadratic
 from moe_theory.validation import check_choice, check_number
 
@@ -114,6 +114,10 @@ def voronoi_loss(
         :func:`matched_gauge_d1`; NaN for other gates and scores)
     """
     check_choice("kind", kind, ALL_KINDS)
+    # NaN in, NaN out: a diverged fit's losses are NaN (counted as dropped), and a reference
+    # may be another fit (two fits compared in D3)
+    check_measure("fitted", fitted, finite=False)
+    check_measure("reference", reference, finite=False)
     if fitted.gate != reference.gate:
         raise ValueError(
             f"reference: gate {reference.gate!r} differs from the fitted gate {fitted.gate!r}; "

@@ -25,7 +25,7 @@ from moe_theory.estimators.levenberg_marquardt import (
 from moe_theory.estimators.problem import LeastSquaresProblem
 from moe_theory.estimators.scipy_baseline import scipy_least_squares
 from moe_theory.initialization import NearTruth, RandomInit, random_init
-from moe_theory.measure import MixingMeasure
+from moe_theory.measure import MixingMeasure, check_measure
 from moe_theory.validation import (
     check_choice,
     check_data,
@@ -183,6 +183,17 @@ def fit_lse(
         raise ValueError(f"algorithm: backend 'scipy' runs scipy's own least-squares solver "
                          f"(trf, LM-type): use algorithm 'lm' with it, got {algorithm!r}")
     check_data(X, Y)
+    if reference is not None:
+        check_measure("reference", reference)
+    if isinstance(sgd, dict):  # a config's sgd table, as the CLI reads it; its errors name sgd.<key>
+        unknown = sorted(set(sgd) - set(SGDProtocol.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"sgd: unknown key(s) {unknown}; allowed: "
+                             f"{', '.join(SGDProtocol.__dataclass_fields__)}")
+        sgd = SGDProtocol(**sgd)
+    elif sgd is not None and not isinstance(sgd, SGDProtocol):
+        raise ValueError(f"sgd: expected an SGDProtocol or a dict of its fields, got "
+                         f"{type(sgd).__name__}")
     if rep_ids is not None:
         # one global number per replication: fewer gave replications another's start
         rep_ids = [check_seed(f"rep_ids[{i}]", r) for i, r in enumerate(rep_ids)]
@@ -298,7 +309,7 @@ def starting_measures(init: Init | Sequence[Init], R: int, gate: str, score: str
                 raise ValueError(f"init: the truth has d = {part.reference.d} but X has d = {d}")
             m = part.draw(R, gate, rep_ids=rep_ids, device=device, dtype=PARAM_DTYPE)
         elif isinstance(part, MixingMeasure):
-            m = part
+            m = check_measure("init", part)  # a NaN start ended at once, n_iter 0, unsaid
             if m.R == 1 and R > 1:
                 m = m.repeat(R)
             if m.R % R:

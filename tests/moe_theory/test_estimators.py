@@ -319,3 +319,35 @@ def test_arguments_the_fit_would_silently_misread_are_refused(sparse_relu):
         mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=init, algorithm="adam", backend="scipy")
     fit = mt.fit_lse(X[:1], Y[:1], 3, "sigmoid", "relu", init=init, backend="scipy", max_iter=2)
     assert fit.algorithm == "lm" and fit.backend == "scipy"
+
+
+def test_a_measure_argument_that_is_none_or_not_finite_is_named(sparse_relu):
+    """A truth or reference with a NaN gave NaN data, fits (n_iter 0) or losses without a word,
+    and ``None`` an AttributeError; an ``sgd`` dict an AttributeError."""
+    import math
+
+    nan = mt.MixingMeasure(sparse_relu.gate, sparse_relu.score, sparse_relu.expert, sparse_relu.d,
+                           sparse_relu.gate_params.clone(), sparse_relu.expert_params.clone())
+    nan.expert_params[0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"^truth: its parameters hold NaN or infinity$"):
+        mt.sample(nan, n=10, reps=2)
+    with pytest.raises(ValueError, match=r"^truth: expected a MixingMeasure, got NoneType$"):
+        mt.sample(None, n=10, reps=2)
+    with pytest.raises(ValueError, match=r"^truth: its parameters hold NaN"):
+        mt.near_truth(nan, 3)
+    X, Y = mt.sample(sparse_relu, n=100, reps=2, seed=0)
+    with pytest.raises(ValueError, match=r"^reference: its parameters hold NaN"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", reference=nan, max_iter=1)
+    with pytest.raises(ValueError, match=r"^init: its parameters hold NaN"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=nan, max_iter=1)
+    with pytest.raises(ValueError, match=r"^fitted: expected a MixingMeasure, got str$"):
+        mt.voronoi_loss("x", sparse_relu, "D1")
+    # NaN in, NaN out for a loss: a diverged fit's losses are NaN, counted as dropped
+    assert bool(mt.voronoi_loss(nan, sparse_relu, "D1").isnan().all())
+    with pytest.raises(ValueError, match=r"^sgd: unknown key\(s\) \['rate'\]"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", algorithm="sgd-paper", sgd={"rate": 1})
+    with pytest.raises(ValueError, match=r"^sgd.lr: must be a finite number > 0"):
+        mt.fit_lse(X, Y, 3, "sigmoid", "relu", algorithm="sgd-paper", sgd={"lr": -1.0})
+    fit = mt.fit_lse(X, Y, 3, "sigmoid", "relu", algorithm="sgd-paper", sgd={"epochs": 1},
+                     init=mt.near_truth(sparse_relu, 3))
+    assert fit.algorithm == "sgd-paper" and fit.measure.R == 2
