@@ -906,7 +906,8 @@ def merge(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.DataF
     out = Path(out)
     finished, state = _finished(out, report)
     df = _table(out, finished)
-    _write_merged(out, df, finished)
+    if not _keeps_more(out, finished, report):
+        _write_merged(out, df, finished)
     if state is not None and not state.complete:
         report(f"incomplete sweep in {out}: {state.summary()}; rerun the sweep to finish it")
     return df
@@ -940,6 +941,21 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
     if recorded == {s.key: sha for s, sha in finished.items()}:
         return pd.read_parquet(out / RESULTS_PARQUET)
     df = _table(out, finished)
-    with contextlib.suppress(StorageError):  # reading needs no write access
-        _write_merged(out, df, finished)
+    if not _keeps_more(out, finished, report):
+        with contextlib.suppress(StorageError):  # reading needs no write access
+            _write_merged(out, df, finished)
     return df
+
+
+def _keeps_more(out: Path, finished: dict[Shard, str], report: Callable[[str], None]) -> bool:
+    """Whether the merged table on disk holds shards that ``finished`` lacks (damaged and set
+    aside, or removed): then it is kept, not replaced by a table of fewer rows (which lost the
+    rows of a shard damaged after its merge, though the table held them whole); the merge after
+    the sweep that recomputes them writes it anew. Said through ``report``."""
+    recorded = _recorded_shards(out / RESULTS_PARQUET) or {}
+    lost = sorted(set(recorded) - {s.key for s in finished})
+    if lost:
+        report(f"{out / RESULTS_PARQUET} kept as it is: it holds {len(lost)} shard(s) no longer "
+               f"among the finished ones ({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}); "
+               "the table read here lacks them until a sweep recomputes them")
+    return bool(lost)

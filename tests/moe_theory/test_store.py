@@ -143,8 +143,10 @@ def test_merge_command_reports_a_damaged_shard_and_exits_0(copy, capsys):
     assert main(["merge", str(copy)]) == 0
     err = capsys.readouterr().err
     assert f"damaged shard {shard.key}" in err and "missing: settings small-sparse-relu, n 200" in err
-    assert len(pd.read_parquet(copy / "results.parquet")) == 3 * len(
-        pd.read_parquet(shard_path(copy, plan(parse_config(TINY))[0])))
+    # the merged table held the shard's rows whole: kept, while the table read lacks them
+    one = len(pd.read_parquet(shard_path(copy, plan(parse_config(TINY))[0])))
+    assert len(pd.read_parquet(copy / "results.parquet")) == 4 * one
+    assert len(store.load_results(copy, report=lambda msg: None)) == 3 * one
 
 
 # ---- completeness -----------------------------------------------------------------------------
@@ -705,3 +707,25 @@ def test_a_malformed_side_file_is_named_not_a_traceback(copy, capsys, name, cont
         assert main([command, str(copy)]) == 2, command
         err = capsys.readouterr().err
         assert err.startswith(f"moe-theory: error: DIR: {path} {words}"), err
+
+
+def test_a_read_keeps_the_merged_table_that_holds_a_damaged_shards_rows(local_run, copy, capsys):
+    """A shard damaged after its merge: rates, plot, report and merge rewrote results.parquet,
+    results.csv and fits.csv.gz without its rows, though the merged table held them whole. They
+    are kept (the table read lacks the shard, and says so) until the sweep recomputes it."""
+    shards = plan(parse_config(TINY))
+    kept = {name: (copy / name).read_bytes()
+            for name in ("results.parquet", "results.csv", "fits.csv.gz") if (copy / name).exists()}
+    assert "results.parquet" in kept
+    damaged = shard_path(copy, shards[1])
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    assert main(["rates", str(copy)]) == 0
+    err = capsys.readouterr().err
+    assert "results.parquet kept as it is: it holds 1 shard(s) no longer among the finished " \
+        f"ones ({shards[1].key})" in err and "3 of 4 shards" in err
+    lines: list[str] = []
+    assert len(store.merge(copy, report=lines.append)) < len(local_run[1])
+    assert any("kept as it is" in line for line in lines)
+    assert {name: (copy / name).read_bytes() for name in kept} == kept
+    same_table(sweep.run_sweep(parse_config(TINY), copy, log=lambda msg: None), local_run[1])
+    same_table(pd.read_parquet(copy / "results.parquet"), local_run[1])
