@@ -41,6 +41,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -269,14 +270,27 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     unknown = set(raw) - _KEYS
     if unknown:
         raise _err(sorted(unknown)[0], f"unknown key; allowed: {', '.join(sorted(_KEYS))}")
-    overrides = raw.pop("fast", {})
-    if fast:
+    overrides = raw.pop("fast", None)
+    if overrides is not None:
+        # checked whether or not --fast is given: a broken [fast] table was found only by the
+        # first run that asked for it, and its errors named the key without its table
         if not isinstance(overrides, dict) or not overrides:
-            raise _err("fast", "--fast needs a [fast] table of overrides in the config")
+            raise _err("fast", f"must be a non-empty table of overrides, got {overrides!r}")
         bad = set(overrides) - (_KEYS - {"fast", "name"})
         if bad:
             raise _err(f"fast.{sorted(bad)[0]}", "unknown key")
-        raw.update(overrides)
+        try:
+            fast_config = parse_config({**raw, **overrides}, source=source)
+        except ValueError as err:
+            key = re.match(r"config key '([^'.]+)", str(err))
+            if key is None or key.group(1) not in overrides:
+                raise
+            raise ValueError(str(err).replace(f"config key '{key.group(1)}",
+                                              f"config key 'fast.{key.group(1)}", 1)) from None
+        if fast:
+            return fast_config
+    elif fast:
+        raise _err("fast", "--fast needs a [fast] table of overrides in the config")
     for key in ("name", "settings", "n", "reps"):
         if key not in raw:
             raise _err(key, "missing")
@@ -368,6 +382,9 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         # sets it would be drawn as if it had not, without a word. Manifests carry it empty.
         raise _err("panels", f"is not read by any figure (one panel per setting; choose the "
                    f"losses with `plot`): remove it, got {panels!r}")
+    description = raw.get("description", "")
+    if not isinstance(description, str):  # it was str()'d: 1, [] and {a = 1} became its text
+        raise _err("description", f"must be a string, got {description!r}")
     plot = raw.get("plot", {})
     if not isinstance(plot, dict):
         raise _err("plot", "must be a table mapping a fitted gate to a loss name")
@@ -401,7 +418,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         start_splits=start_splits, gram_dtype=gram_dtype, g_bar_design_size=g_bar_design_size,
         fit_gates=tuple(fit_gates) if fit_gates else None, k_fit=k_fit,
         losses=tuple(losses) if losses else None, sgd=sgd, plot=plot,
-        panels=tuple(panels), description=str(raw.get("description", "")),
+        panels=tuple(panels), description=description,
     )
 
 

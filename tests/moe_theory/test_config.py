@@ -347,3 +347,25 @@ def test_losses_that_no_fit_of_a_setting_has_are_refused_before_any_folder(tmp_p
     assert parse_config({**raw, "losses": ["D3"]}).losses == ("D3",)
     with pytest.raises(ValueError, match=r"^config key 'n.num': must be at most"):
         parse_config({**BASE, "n": {"min": 200, "max": 400, "num": 10**12}})
+
+
+@pytest.mark.parametrize(("fast", "message"), [
+    (1, "config key 'fast': must be a non-empty table of overrides, got 1"),
+    ({}, "config key 'fast': must be a non-empty table of overrides, got {}"),
+    ({"nope": 1}, "config key 'fast.nope': unknown key"),
+    ({"reps": -1}, "config key 'fast.reps': must be >= 1, got -1"),
+    ({"n": [100, -3]}, "config key 'fast.n': sample sizes must be positive integers, got -3")])
+def test_a_broken_fast_table_is_refused_whether_or_not_fast_is_asked(fast, message):
+    """A broken [fast] table was found only by the first run with --fast, and its errors named
+    the key without its table (reps, not fast.reps)."""
+    for with_fast in (False, True):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            parse_config({**BASE, "fast": fast}, fast=with_fast)
+    assert parse_config({**BASE, "fast": {"reps": 1}}, fast=True).reps == 1
+    assert parse_config({**BASE, "fast": {"reps": 1}}).reps == BASE["reps"]
+
+
+@pytest.mark.parametrize("description", [1, [], {"a": 1}])
+def test_a_description_that_is_not_text_is_refused(description):
+    with pytest.raises(ValueError, match="^config key 'description': must be a string"):
+        parse_config({**BASE, "description": description})
