@@ -277,9 +277,10 @@ def _cmd_loss(args) -> int:
 
     def read(path: str, field: str) -> MixingMeasure:
         p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"{field}: {path!r} is a folder, not a file" if p.is_dir()
-                             else f"{field}: no file {path!r}")
+        if p.is_dir():  # not is_file(): a pipe (<(...), /dev/stdin) is a file to read
+            raise ValueError(f"{field}: {path!r} is a folder, not a file")
+        if not p.exists():
+            raise ValueError(f"{field}: no file {path!r}")
         try:
             return MixingMeasure.from_json(p.read_text())
         except ValueError as err:
@@ -287,9 +288,9 @@ def _cmd_loss(args) -> int:
 
     check_number("--r", args.r, 1)  # NaN passes r >= 1 as a comparison and prints NaN losses
     fitted, truth = read(args.fitted, "FITTED"), read(args.true, "TRUE")
-    # strict JSON, as every other --json output: a loss that does not apply to the pair (NaN)
-    # is null, not the non-standard NaN token
-    values = [None if math.isnan(v) else v
+    # strict JSON, as every other --json output: a loss that does not apply to the pair (NaN),
+    # or one past float range, is null, not the non-standard NaN or Infinity token
+    values = [v if math.isfinite(v) else None
               for v in voronoi_loss(fitted, truth, args.kind, r=args.r).tolist()]
     print(json.dumps(values[0] if len(values) == 1 else values, allow_nan=False))
     return 0

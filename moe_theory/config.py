@@ -222,6 +222,25 @@ def _check_parameter_groups(key: str, losses: list, settings: list) -> None:
                        f"settings' scores are {', '.join(scores)}")
 
 
+def _check_losses_measure_every_shard(losses: list, settings: list, fit_gates: list | None,
+                                      gate_reps: dict, reps: int) -> None:
+    """Every shard must have rows: a shard whose fitted gates none of ``losses`` measures (a
+    dense truth's sigmoid fit, against G_bar, has no D1) failed after the sweep had written its
+    folder ("No objects to concatenate"), and the corrected config was then refused there
+    without --force. The last shard of a setting fits the gates of all ``reps`` replications
+    (``gate_reps`` lowers a gate's), every other shard those and more."""
+    for s in settings:
+        setting = get_setting(s)
+        gates = [g for g in fit_gates or setting.fit_gates if gate_reps.get(g, reps) == reps]
+        if not any(applicable_losses(setting, setting.reference_kind(g), tuple(losses), g)
+                   for g in gates):
+            measured = "; ".join(
+                f"{g} against its {setting.reference_kind(g)}: " + ", ".join(
+                    applicable_losses(setting, setting.reference_kind(g), None, g)) for g in gates)
+            raise _err("losses", f"none of {losses} measures a fit of setting {s!r} in every "
+                       f"shard ({measured})")
+
+
 def _n_grid(value: Any) -> tuple[int, ...]:
     if isinstance(value, dict):
         unknown = set(value) - {"min", "max", "num"}
@@ -322,19 +341,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         for loss in losses:
             if loss not in ALL_KINDS:
                 raise _err("losses", f"unknown loss {loss!r}; allowed: {', '.join(ALL_KINDS)}")
-        _unique_strings("losses", losses)
         _check_parameter_groups("losses", losses, settings)
-        for s in settings:
-            # a fit none of whose losses applies has no rows: the sweep failed after writing
-            # its folder ("No objects to concatenate"), which the corrected config then could
-            # not take over without --force
-            setting = get_setting(s)
-            for gate in fit_gates or setting.fit_gates:
-                reference = setting.reference_kind(gate)
-                if not applicable_losses(setting, reference, tuple(losses), gate):
-                    measured = applicable_losses(setting, reference, None, gate)
-                    raise _err("losses", f"none of {losses} measures the {gate} fit of setting "
-                               f"{s!r} (against its {reference}: {', '.join(measured)})")
     k_fit = raw.get("k_fit")
     if k_fit is not None:
         k_fit = _int(raw, "k_fit")
@@ -403,6 +410,8 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
     gate_reps = _gate_reps(raw.get("gate_reps", {}), reps, rep_block,
                            fit_gates or sorted({g for s in settings
                                                 for g in get_setting(s).fit_gates}))
+    if losses is not None:
+        _check_losses_measure_every_shard(losses, settings, fit_gates, gate_reps, reps)
     n = _n_grid(raw["n"])
     shards = len(settings) * len(n) * -(-reps // rep_block)
     if shards > MAX_SHARDS:

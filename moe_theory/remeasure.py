@@ -236,7 +236,7 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     for store in [folder, *sorted((folder / REFIT_DIR).glob("*"))]:
         _rewrite_shards(store, refs, config)
     if (folder / SHARDS_DIR).is_dir():
-        merge(folder)
+        merge(folder, keep=False)  # the shards were rewritten: the tables follow them
     else:
         results = _with_values(results, new, added)
         if results_csv(folder).exists():

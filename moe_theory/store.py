@@ -442,7 +442,8 @@ def check_shard(path: Path, config_hash: str | None = None) -> str:
         raise DamagedShard(f"sha256 {digest[:12]}... differs from the {want_sha[:12]}... recorded "
                            "when it was written")
     try:
-        rows = pq.read_metadata(path).num_rows
+        meta = pq.read_metadata(path)
+        rows = meta.num_rows
         if record is None:
             pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as err:
@@ -450,15 +451,35 @@ def check_shard(path: Path, config_hash: str | None = None) -> str:
     if record is not None and rows != want_rows:
         raise DamagedShard(f"{rows} rows, {want_rows} written")
     if config_hash is not None:
-        try:
-            written = pq.read_table(path, columns=["config_hash"]).column(0).unique().to_pylist()
-        except (pa.ArrowException, KeyError, OSError, ValueError):
-            written = []  # a shard without the column (none is written so) has no hash to check
-        other = sorted(str(h) for h in written if h != config_hash)
+        other = sorted(str(h) for h in _config_hashes(path, meta) if h != config_hash)
         if other:
             raise DamagedShard(f"its rows were written by another config (hash "
                                f"{', '.join(other)}), not this folder's {config_hash}")
     return digest
+
+
+def _config_hashes(path: Path, meta: pq.FileMetaData) -> set:
+    """The ``config_hash`` values of a shard's rows, from its footer's column statistics (min
+    and max per row group: every shard is read on every load, and decoding the column cost 4x
+    the checksum's time on small shards), else from the column itself; empty for a shard
+    without the column (none is written so)."""
+    hashes: set = set()
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        column = next((group.column(j) for j in range(group.num_columns)
+                       if group.column(j).path_in_schema == "config_hash"), None)
+        if column is None:
+            return set()
+        stats = column.statistics
+        if stats is None or not stats.has_min_max:
+            try:
+                return set(pq.read_table(path, columns=["config_hash"]).column(0)
+                           .unique().to_pylist())
+            except (pa.ArrowException, KeyError, OSError, ValueError):
+                return set()
+        # a string column's statistics read as str; as bytes where a reader gives the raw value
+        hashes |= {v.decode() if isinstance(v, bytes) else v for v in (stats.min, stats.max)}
+    return hashes
 
 
 def move_aside(out: Path, path: Path) -> Path:
@@ -899,14 +920,17 @@ def _finished(out: Path, report: Callable[[str], None]) -> tuple[dict[Shard, str
     return finished, state
 
 
-def merge(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.DataFrame:
+def merge(out: str | Path, *, report: Callable[[str], None] = _warn,
+          keep: bool = True) -> pd.DataFrame:
     """Rebuild the tidy table from the verified shard files (sorted: independent of finishing
     order) and write ``results.parquet`` (recording the shards' checksums) and ``results.csv``.
-    ``report`` receives a line when the sweep is incomplete or a shard was damaged."""
+    ``report`` receives a line when the sweep is incomplete or a shard was damaged. ``keep``:
+    keep a merged table that holds planned shards no longer finished (:func:`_keeps_more`);
+    False where the shards' rows were rewritten and the table must follow them (remeasure)."""
     out = Path(out)
     finished, state = _finished(out, report)
     df = _table(out, finished)
-    if not _keeps_more(out, finished, report):
+    if not (keep and _keeps_more(out, finished, state, report)):
         _write_merged(out, df, finished)
     if state is not None and not state.complete:
         report(f"incomplete sweep in {out}: {state.summary()}; rerun the sweep to finish it")
@@ -941,19 +965,25 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
     if recorded == {s.key: sha for s, sha in finished.items()}:
         return pd.read_parquet(out / RESULTS_PARQUET)
     df = _table(out, finished)
-    if not _keeps_more(out, finished, report):
+    if not _keeps_more(out, finished, state, report):
         with contextlib.suppress(StorageError):  # reading needs no write access
             _write_merged(out, df, finished)
     return df
 
 
-def _keeps_more(out: Path, finished: dict[Shard, str], report: Callable[[str], None]) -> bool:
-    """Whether the merged table on disk holds shards that ``finished`` lacks (damaged and set
-    aside, or removed): then it is kept, not replaced by a table of fewer rows (which lost the
-    rows of a shard damaged after its merge, though the table held them whole); the merge after
-    the sweep that recomputes them writes it anew. Said through ``report``."""
+def _keeps_more(out: Path, finished: dict[Shard, str], state: Completeness | None,
+                report: Callable[[str], None]) -> bool:
+    """Whether the merged table on disk holds shards of the sweep's plan (``state``, from its
+    manifest) that ``finished`` lacks (damaged and set aside, or removed): then it is kept, not
+    replaced by a table of fewer rows (which lost the rows of a shard damaged after its merge,
+    though the table held them whole); the merge after the sweep that recomputes them writes it
+    anew. A shard outside the plan, or a folder without a plan, keeps nothing: no sweep would
+    ever finish it. Said through ``report``."""
+    if state is None:
+        return False
     recorded = _recorded_shards(out / RESULTS_PARQUET) or {}
-    lost = sorted(set(recorded) - {s.key for s in finished})
+    planned = {s.key for s in state.expected}
+    lost = sorted((set(recorded) & planned) - {s.key for s in finished})
     if lost:
         report(f"{out / RESULTS_PARQUET} kept as it is: it holds {len(lost)} shard(s) no longer "
                f"among the finished ones ({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}); "

@@ -437,12 +437,13 @@ def fit_in_blocks(shard: Shard, config: SweepConfig, device: str, backend: str,
                 raise
             if block == 1:
                 # nothing smaller to try: the machine's answer, said as the sample size that
-                # asked too much (it was a traceback of numpy's or torch's allocator)
+                # asked too much (it was a traceback of numpy's or torch's allocator); Python's
+                # own MemoryError may carry no message at all
+                said = str(err).partition("\n")[0][:200] or "no message"
                 raise ResourceError(
                     f"{sub.key}: one replication at n = {shard.n} does not fit in the memory "
-                    f"of {device} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                    "lower n, or run on a machine with more memory: finished shards are kept"
-                ) from None
+                    f"of {device} ({type(err).__name__}: {said}); lower n, or run on a "
+                    "machine with more memory: finished shards are kept") from None
         # outside the except clause: its traceback no longer pins the failed batch's tensors
         block, halvings = block // 2, halvings + 1
         _empty_cache(device)

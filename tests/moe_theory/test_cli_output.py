@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -158,4 +159,28 @@ def test_loss_names_a_bad_file_and_prints_strict_json(tmp_path, capsys):
         assert captured.err.startswith(f"moe-theory: error: {words}"), captured.err
     # err_A_over has no quadratic part to measure on linear scores: NaN, printed as null
     assert main(["loss", str(good), str(good), "--kind", "err_A_over"]) == 0
+    assert json.loads(capsys.readouterr().out) is None
+
+
+def test_loss_reads_a_pipe_and_prints_an_overflowing_loss_as_null(tmp_path, capsys):
+    """A pipe (``<(...)``, ``/dev/stdin``) is no regular file but a file to read; a loss past
+    float range printed the Infinity token (then, strict, an error naming no field)."""
+    import threading
+
+    from moe_theory.settings import get_setting
+
+    truth = get_setting("small-sparse-linear").truth()
+    good = tmp_path / "g.json"
+    good.write_text(truth.to_json())
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(truth.to_json()))
+    writer.start()
+    assert main(["loss", str(fifo), str(good), "--kind", "D1"]) == 0
+    writer.join()
+    assert json.loads(capsys.readouterr().out) == 0.0
+    far = json.loads(good.read_text())
+    far["atoms"][0]["b"] = 1e308
+    (tmp_path / "far.json").write_text(json.dumps(far))
+    assert main(["loss", str(tmp_path / "far.json"), str(good), "--kind", "D2", "--r", "4"]) == 0
     assert json.loads(capsys.readouterr().out) is None

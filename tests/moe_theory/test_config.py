@@ -339,12 +339,18 @@ def test_losses_that_no_fit_of_a_setting_has_are_refused_before_any_folder(tmp_p
     losses = ["D1"] gave it no rows: the sweep wrote its folder and then failed ("No objects to
     concatenate"), and the corrected config was refused there without --force."""
     raw = {**BASE, "settings": ["small-dense-relu"], "fit_gates": ["sigmoid"], "losses": ["D1"]}
-    with pytest.raises(ValueError, match=r"^config key 'losses': none of \['D1'\] measures the "
-                       r"sigmoid fit of setting 'small-dense-relu' \(against its G_bar: D3, "):
+    with pytest.raises(ValueError, match=r"^config key 'losses': none of \['D1'\] measures a "
+                       r"fit of setting 'small-dense-relu' in every shard \(sigmoid against its "
+                       r"G_bar: D3, "):
         parse_config(raw)
-    with pytest.raises(ValueError, match=r"^config key 'losses': 'D3' is listed twice"):
-        parse_config({**raw, "losses": ["D3", "D3"]})
     assert parse_config({**raw, "losses": ["D3"]}).losses == ("D3",)
+    # with both gates the softmax fit has D1 in every shard: a config (and the manifests of
+    # folders it made) that measures one gate only is still read; not where gate_reps leaves
+    # the later shards to the sigmoid fit alone
+    both = {**raw, "fit_gates": ["sigmoid", "softmax"], "reps": 4, "rep_block": 2}
+    assert parse_config(both).losses == ("D1",)
+    with pytest.raises(ValueError, match=r"^config key 'losses': none of \['D1'\] measures"):
+        parse_config({**both, "gate_reps": {"softmax": 2}})
     with pytest.raises(ValueError, match=r"^config key 'n.num': must be at most"):
         parse_config({**BASE, "n": {"min": 200, "max": 400, "num": 10**12}})
 

@@ -1414,3 +1414,15 @@ def test_a_spawned_worker_ends_when_its_sweep_is_killed(tmp_path):
     if alive:
         os.kill(worker, signal.SIGKILL)
     assert not alive, "the orphaned worker was still running"
+
+
+def test_a_bare_memory_error_is_said_too(monkeypatch, config_path):
+    """Python's own MemoryError may carry no message: the shard's error said so was an
+    IndexError of its first line."""
+    monkeypatch.setattr(sweep, "run_shard", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    config = load_config(config_path)
+    shard = plan(config)[0]
+    one = Shard(shard.setting, shard.n, 0, 1)
+    with pytest.raises(ResourceError, match=r"does not fit in the memory of cpu \(MemoryError: "
+                       r"no message\); lower n"):
+        sweep.fit_in_blocks(one, config, "cpu", "auto", None)

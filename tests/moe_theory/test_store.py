@@ -729,3 +729,19 @@ def test_a_read_keeps_the_merged_table_that_holds_a_damaged_shards_rows(local_ru
     assert {name: (copy / name).read_bytes() for name in kept} == kept
     same_table(sweep.run_sweep(parse_config(TINY), copy, log=lambda msg: None), local_run[1])
     same_table(pd.read_parquet(copy / "results.parquet"), local_run[1])
+
+
+def test_a_merged_table_is_kept_only_for_shards_a_sweep_will_finish(copy, capsys):
+    """The kept table is for planned shards a sweep recomputes: without a manifest (no plan)
+    nothing is kept, and a merge asked to follow rewritten shards (remeasure --write) writes
+    whatever the table held."""
+    shards = plan(parse_config(TINY))
+    one = len(pd.read_parquet(shard_path(copy, shards[0])))
+    damaged = shard_path(copy, shards[1])
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    assert len(store.merge(copy, report=lambda msg: None, keep=False)) == 3 * one
+    assert len(pd.read_parquet(copy / "results.parquet")) == 3 * one
+    (copy / "manifest.json").unlink()
+    shard_path(copy, shards[2]).unlink()
+    assert len(store.merge(copy, report=lambda msg: None)) == 2 * one
+    assert len(pd.read_parquet(copy / "results.parquet")) == 2 * one
