@@ -7,7 +7,7 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
     description = "..."
     settings = ["nguyen2024-dense-relu", ...]
     fit_gates = ["sigmoid", "softmax"]         # optional; default: each setting's own
-    n = [1000, 2000]  or  n = {min = 1000, max = 100000, num = 15}   # log-spaced
+    n = [1000, 2000]  or  n = {min = 1000, max = 100000, num = 15}   # log-spaced; n <= 2**40
     reps = 20
     gate_reps = {softmax = 8}                  # optional: fewer replications of a fitted gate
                                                # (a multiple of rep_block: whole shards)
@@ -26,12 +26,13 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
                                                # precision of the Gram products of J^T J (LM's
                                                # path, not its fixed points; docs/kernels.md)
     k_fit = 9                                  # optional override of the settings' k
-    losses = ["D1", "D3", ...]                 # optional; default: all that apply
+    losses = ["D1", "D3", ...]                 # optional; default: all that apply (some fit
+                                               # of each setting must have one, in every shard)
     sgd = {epochs = 10, lr = 0.1, batch_size = 64}
     [plot]                                     # loss(es) each fitted gate is drawn with:
     sigmoid = ["D3", "D1"]                     # the first one a curve has
     softmax = [["err_eta_over"], ["D1"]]       # or one curve per list
-    [fast]                                     # overrides applied by --fast
+    [fast]                                     # overrides applied by --fast (checked always)
     settings = [...]; n = {...}; reps = 8
 """
 
