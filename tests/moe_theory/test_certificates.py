@@ -957,3 +957,31 @@ def test_a_variant_that_loses_the_losses_has_no_slope_and_fails():
     assert entry["status"] == certificates.FAIL
     assert any("no slope left to compare" in r for r in entry["reasons"])
     assert not any("moves by nan" in r for r in entry["reasons"])
+
+
+def test_the_screen_never_hands_a_non_finite_start_on(monkeypatch):
+    """G_bar's refinement starts from the screen's best: a start the screen left NaN (fit_lse
+    refuses a non-finite start) is dropped, the finite ones kept in the screen's order."""
+    import torch
+
+    from moe_theory import population
+    from moe_theory.settings import get_setting
+
+    setting = get_setting("small-dense-relu")
+    truth = setting.truth()
+    real = population.fit_each
+
+    def one_diverges(*args, **kwargs):
+        fit = real(*args, **kwargs)
+        fit.measure.gate_params[0] = float("nan")  # the first start diverged
+        fit.fit_loss[0] = float("nan")
+        return fit
+
+    monkeypatch.setattr(population, "fit_each", one_diverges)
+    X, _ = mt.sample(truth, n=300, reps=1, seed=0)
+    Y = truth(X)
+    starts = population.jittered_starts(setting, [(0.5, 6)], population.DESIGN_SEED)
+    # asking for every start: the NaN one, sorted last, was handed on as the sixth
+    kept = population.screen(X, Y, setting, "sigmoid", starts, keep=6)
+    assert len(kept) == 5
+    assert all(bool(torch.isfinite(m.gate_params).all()) for m in kept)
