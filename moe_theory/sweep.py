@@ -476,6 +476,24 @@ def _kernel_models(config: SweepConfig) -> list[tuple[str, str, str, int, int]]:
     return jobs
 
 
+#: Times one sweep computes a shard that then does not verify before it stops: a shard written
+#: wrong every time (a worker whose toolkit computes another config hash than this process's,
+#: a disk that corrupts what it is given) would otherwise be set aside and computed for ever.
+SHARD_RUNS_MAX = 2
+
+
+def _refuse_endless_recompute(runs: dict[str, int], finished: set[str], config_hash: str
+                              ) -> None:
+    lost = sorted(key for key, count in runs.items()
+                  if count >= SHARD_RUNS_MAX and key not in finished)
+    if lost:
+        raise ResourceError(
+            f"{lost[0]}: computed {runs[lost[0]]} times by this sweep and set aside each time "
+            f"(see the lines above: rows of another config than {config_hash}, a worker running "
+            "another version of the toolkit, or a file damaged as written); finished shards "
+            f"are kept{f', {len(lost) - 1} other shard(s) alike' if len(lost) > 1 else ''}")
+
+
 def _log_shard(meta: dict, log: Callable[[str], None], bar, *, index: int, total: int,
                elapsed: float, computed: int) -> None:
     """Advance the progress bar, or (stderr not a terminal) log one line, for a computed shard:
@@ -763,6 +781,7 @@ def run_sweep(
                              backend=backend)
     bar = _progress(len(shards), len(finished), config.name)
     started, computed, waiting_for = time.perf_counter(), 0, None
+    runs: dict[str, int] = {}  # shard key -> times computed by this sweep
     try:
         while len(finished) < len(shards):
             todo = [s for s in shards if s not in finished]
@@ -782,10 +801,12 @@ def run_sweep(
                                        local_workers=local_workers, gpus=gpu_ids, device=device,
                                        cost=functools.partial(shard_cost, config), log=log):
                     if meta["status"] == "computed":
+                        runs[meta["shard"]] = runs.get(meta["shard"], 0) + 1
                         computed, index = computed + 1, index + 1
                         _log_shard(meta, log, bar, index=index, total=len(shards),
                                    elapsed=time.perf_counter() - started, computed=computed)
             finished = verified_shards(out, shards, report=log, config_hash=config.hash)
+            _refuse_endless_recompute(runs, {s.key for s in finished}, config.hash)
     except KeyboardInterrupt:
         bar.close()
         log(f"interrupted: finished shards are kept in {out / 'shards'}; rerun to finish")

@@ -28,7 +28,7 @@ from kernels.moe.torch_pass import JACOBIAN_CHUNK_BYTES
 from moe_theory import store, sweep
 from moe_theory.cli import main
 from moe_theory.config import parse_config
-from moe_theory.errors import EXIT_ENVIRONMENT
+from moe_theory.errors import EXIT_ENVIRONMENT, ResourceError
 from moe_theory.store import plan, shard_path
 
 pytestmark = pytest.mark.usefixtures("module_cache")
@@ -745,3 +745,25 @@ def test_a_merged_table_is_kept_only_for_shards_a_sweep_will_finish(copy, capsys
     shard_path(copy, shards[2]).unlink()
     assert len(store.merge(copy, report=lambda msg: None)) == 2 * one
     assert len(pd.read_parquet(copy / "results.parquet")) == 2 * one
+
+
+def test_a_shard_that_never_verifies_stops_the_sweep(monkeypatch, tmp_path):
+    """A worker whose rows carry another config hash every time (another version of the
+    toolkit) had its shard set aside and computed again for ever: after SHARD_RUNS_MAX runs
+    the sweep stops naming it, exit 3's ResourceError, finished shards kept."""
+    real = sweep.write_shard
+    first = plan(parse_config(TINY))[0]
+
+    def foreign(out, shard, rows):
+        if shard == first:
+            rows = rows.assign(config_hash="0123456789ab")
+        return real(out, shard, rows)
+
+    monkeypatch.setattr(sweep, "write_shard", foreign)
+    lines: list[str] = []
+    with pytest.raises(ResourceError, match=rf"^{first.key}: computed {sweep.SHARD_RUNS_MAX} "
+                       r"times by this sweep and set aside each time"):
+        sweep.run_sweep(parse_config(TINY), tmp_path / "out", log=lines.append)
+    assert sum(f"damaged shard {first.key}: its rows were written by another config (hash "
+               "0123456789ab)" in line for line in lines) == sweep.SHARD_RUNS_MAX
+    assert len(list((tmp_path / "out" / "shards").rglob("*.parquet"))) == 3
