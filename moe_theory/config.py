@@ -374,13 +374,14 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         # too small a design fails G_bar's certificate (its design error), which says so
         g_bar_design_size = _int(raw, "g_bar_design_size")
     sgd = raw.get("sgd", {})
-    if not isinstance(sgd, dict) or set(sgd) - {"epochs", "lr", "batch_size", "seed"}:
-        raise _err("sgd", "allowed sub-keys: epochs, lr, batch_size, seed")
+    if not isinstance(sgd, dict):
+        raise _err("sgd", f"must be a table (allowed sub-keys: "
+                   f"{', '.join(SGDProtocol.__dataclass_fields__)}), got {sgd!r}")
     for key in ("epochs", "batch_size", "seed"):
         if key in sgd:
             _int(sgd, key, minimum=0 if key == "seed" else 1, name=f"sgd.{key}")
-    try:  # the protocol checks the rest (lr finite and positive); its errors name sgd.<key>
-        SGDProtocol(**sgd)
+    try:  # the protocol checks the rest (its keys; lr finite and positive), naming sgd.<key>
+        SGDProtocol.from_table(sgd)
     except ValueError as err:
         key, _, msg = str(err).partition(": ")
         raise _err(key, msg) from None

@@ -183,6 +183,12 @@ class MixingMeasure:
             index = slice(index, index + 1)
         return self.replace(self.gate_params[index], self.expert_params[index])
 
+    def finite(self) -> torch.Tensor:
+        """(R,) bool: whether each replication's parameters are all finite (a diverged fit's
+        are not)."""
+        return (torch.isfinite(self.gate_params).flatten(1).all(1)
+                & torch.isfinite(self.expert_params).flatten(1).all(1))
+
     def repeat(self, R: int) -> MixingMeasure:
         """A batch of R copies of a single measure."""
         if self.R != 1:
@@ -283,8 +289,7 @@ def check_measure(field: str, value: Any, *, finite: bool = True) -> MixingMeasu
     or losses without a word; a fitted measure may hold the NaN of a diverged fit."""
     if not isinstance(value, MixingMeasure):
         raise ValueError(f"{field}: expected a MixingMeasure, got {type(value).__name__}")
-    if finite and not bool(torch.isfinite(value.gate_params).all()
-                           and torch.isfinite(value.expert_params).all()):
+    if finite and not bool(value.finite().all()):
         raise ValueError(f"{field}: its parameters hold NaN or infinity")
     return value
 

@@ -183,9 +183,7 @@ def screen(X: torch.Tensor, Y: torch.Tensor, setting: Setting, fit_gate: str,
     fit = fit_each(X[:, :m], Y[:, :m], setting, fit_gate, starts, GBAR_SCREEN_ITER, backend)
     # a start the screen left non-finite is no start (fit_lse refuses one): argsort puts NaN
     # last, so this drops only what could never be among the best
-    finite = torch.isfinite(fit.fit_loss.cpu()) & torch.isfinite(
-        fit.measure.gate_params.cpu()).flatten(1).all(1) & torch.isfinite(
-        fit.measure.expert_params.cpu()).flatten(1).all(1)
+    finite = (torch.isfinite(fit.fit_loss) & fit.measure.finite()).cpu()
     best = [i for i in torch.argsort(fit.fit_loss.cpu()).tolist() if finite[i]][:keep]
     return [fit.measure.select(i) for i in best]
 

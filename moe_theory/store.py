@@ -930,7 +930,8 @@ def merge(out: str | Path, *, report: Callable[[str], None] = _warn,
     out = Path(out)
     finished, state = _finished(out, report)
     df = _table(out, finished)
-    if not (keep and _keeps_more(out, finished, state, report)):
+    if not (keep and _keeps_more(out, _recorded_shards(out / RESULTS_PARQUET), finished, state,
+                                 report)):
         _write_merged(out, df, finished)
     if state is not None and not state.complete:
         report(f"incomplete sweep in {out}: {state.summary()}; rerun the sweep to finish it")
@@ -965,23 +966,22 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
     if recorded == {s.key: sha for s, sha in finished.items()}:
         return pd.read_parquet(out / RESULTS_PARQUET)
     df = _table(out, finished)
-    if not _keeps_more(out, finished, state, report):
+    if not _keeps_more(out, recorded, finished, state, report):
         with contextlib.suppress(StorageError):  # reading needs no write access
             _write_merged(out, df, finished)
     return df
 
 
-def _keeps_more(out: Path, finished: dict[Shard, str], state: Completeness | None,
-                report: Callable[[str], None]) -> bool:
-    """Whether the merged table on disk holds shards of the sweep's plan (``state``, from its
-    manifest) that ``finished`` lacks (damaged and set aside, or removed): then it is kept, not
-    replaced by a table of fewer rows (which lost the rows of a shard damaged after its merge,
-    though the table held them whole); the merge after the sweep that recomputes them writes it
-    anew. A shard outside the plan, or a folder without a plan, keeps nothing: no sweep would
-    ever finish it. Said through ``report``."""
-    if state is None:
+def _keeps_more(out: Path, recorded: dict | None, finished: dict[Shard, str],
+                state: Completeness | None, report: Callable[[str], None]) -> bool:
+    """Whether the merged table on disk (its ``recorded`` shard checksums) holds shards of the
+    sweep's plan (``state``, from its manifest) that ``finished`` lacks (damaged and set aside,
+    or removed): then it is kept, not replaced by a table of fewer rows (which lost the rows of a
+    shard damaged after its merge, though the table held them whole); the merge after the sweep
+    that recomputes them writes it anew. A shard outside the plan, or a folder without a plan,
+    keeps nothing: no sweep would ever finish it. Said through ``report``."""
+    if state is None or not recorded:
         return False
-    recorded = _recorded_shards(out / RESULTS_PARQUET) or {}
     planned = {s.key for s in state.expected}
     lost = sorted((set(recorded) & planned) - {s.key for s in finished})
     if lost:

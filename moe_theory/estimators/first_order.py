@@ -47,6 +47,16 @@ class SGDProtocol:
                            ("seed", check_seed("sgd.seed", self.seed))):
             object.__setattr__(self, key, value)
 
+    @classmethod
+    def from_table(cls, table: dict) -> SGDProtocol:
+        """The protocol a config's ``sgd`` table (or :func:`fit_lse`'s ``sgd`` dict) names; an
+        unknown key is refused by name, as every value is by ``sgd.<key>``."""
+        unknown = sorted(set(table) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"sgd: unknown key(s) {unknown}; allowed sub-keys: "
+                             f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**table)
+
 
 def _mean_loss(problem: LeastSquaresProblem, theta: torch.Tensor, idx: torch.Tensor | None = None):
     """Per-problem mean squared residual on all samples or a minibatch ``idx: (R, b)``."""

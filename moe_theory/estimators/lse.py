@@ -185,12 +185,8 @@ def fit_lse(
     check_data(X, Y)
     if reference is not None:
         check_measure("reference", reference)
-    if isinstance(sgd, dict):  # a config's sgd table, as the CLI reads it; its errors name sgd.<key>
-        unknown = sorted(set(sgd) - set(SGDProtocol.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"sgd: unknown key(s) {unknown}; allowed: "
-                             f"{', '.join(SGDProtocol.__dataclass_fields__)}")
-        sgd = SGDProtocol(**sgd)
+    if isinstance(sgd, dict):  # a config's sgd table, as the CLI reads it
+        sgd = SGDProtocol.from_table(sgd)
     elif sgd is not None and not isinstance(sgd, SGDProtocol):
         raise ValueError(f"sgd: expected an SGDProtocol or a dict of its fields, got "
                          f"{type(sgd).__name__}")
