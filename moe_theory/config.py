@@ -29,7 +29,8 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
     losses = ["D1", "D3", ...]                 # optional; default: all that apply (some fit
                                                # of each setting must have one, in every shard)
     sgd = {epochs = 10, lr = 0.1, batch_size = 64}
-    [plot]                                     # loss(es) each fitted gate is drawn with:
+    [plot]                                     # loss(es) each fitted gate is drawn with
+                                               # (a gate no setting fits is refused):
     sigmoid = ["D3", "D1"]                     # the first one a curve has
     softmax = [["err_eta_over"], ["D1"]]       # or one curve per list
     [fast]                                     # overrides applied by --fast (checked always)
@@ -282,8 +283,14 @@ def plot_curves(entry: Any) -> list:
     return [entry]
 
 
-def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> SweepConfig:
-    """Validate a raw config dict; ``fast`` applies its ``[fast]`` overrides."""
+def parse_config(raw: dict, *, fast: bool = False, source: str = "config",
+                 written: bool = False) -> SweepConfig:
+    """Validate a raw config dict; ``fast`` applies its ``[fast]`` overrides.
+
+    ``written``: the config of a finished sweep's manifest, read as it was run: rules that
+    concern only what is drawn (a ``plot`` entry for a gate no setting fits) are checked when a
+    config is written, not again on every read of results made before them.
+    """
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: must be a TOML table")
     raw = copy.deepcopy(raw)
@@ -300,7 +307,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
         if bad:
             raise _err(f"fast.{sorted(bad)[0]}", "unknown key")
         try:
-            fast_config = parse_config({**raw, **overrides}, source=source)
+            fast_config = parse_config({**raw, **overrides}, source=source, written=written)
         except ValueError as err:
             key = re.match(r"config key '([^'.]+)", str(err))
             if key is None or key.group(1) not in overrides:
@@ -407,11 +414,15 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config") -> Sw
                        "drawn), or a list of such lists (one curve each)")
         _check_parameter_groups(f"plot.{gate}", [loss for names in curves for loss in names],
                                 settings)
+    fitted = fit_gates or sorted({g for s in settings for g in get_setting(s).fit_gates})
+    unfitted = [gate for gate in plot if gate not in fitted]
+    if unfitted and not written:
+        # its curve would be missing from every panel without a word
+        raise _err(f"plot.{unfitted[0]}", f"no setting fits the {unfitted[0]} gate (fitted: "
+                   f"{', '.join(fitted)}): add it to fit_gates or remove the entry")
     reps = _int(raw, "reps")
     rep_block = min(_int(raw, "rep_block", 20), reps)
-    gate_reps = _gate_reps(raw.get("gate_reps", {}), reps, rep_block,
-                           fit_gates or sorted({g for s in settings
-                                                for g in get_setting(s).fit_gates}))
+    gate_reps = _gate_reps(raw.get("gate_reps", {}), reps, rep_block, fitted)
     if losses is not None:
         _check_losses_measure_every_shard(losses, settings, fit_gates, gate_reps, reps)
     n = _n_grid(raw["n"])

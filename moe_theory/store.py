@@ -575,7 +575,8 @@ def read_manifest_config(folder: Path) -> SweepConfig:
     manifest = read_manifest(folder)
     if manifest is None:
         raise ValueError(f"DIR: {folder} has no manifest.json (not a sweep folder)")
-    return presented(parse_config(manifest["config"], source=str(folder / MANIFEST_FILE)))
+    return presented(parse_config(manifest["config"], source=str(folder / MANIFEST_FILE),
+                                  written=True))
 
 
 def refuse_sweep_folder(folder: Path, field: str = "out") -> None:

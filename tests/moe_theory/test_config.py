@@ -212,6 +212,28 @@ def test_bad_plot_entries_name_the_field(plot):
                       "plot": plot})
 
 
+def test_a_plot_entry_for_a_gate_no_setting_fits_is_refused_and_a_written_one_still_reads(
+        tmp_path: Path):
+    """Its curve was missing from every panel without a word. A finished sweep's manifest is
+    read as it was run, so results written before the rule still open."""
+    import json
+
+    from moe_theory.store import MANIFEST_FILE, read_manifest_config
+
+    raw = {**BASE, "fit_gates": ["sigmoid"], "plot": {"sigmoid": "D1", "softmax": "D1"}}
+    with pytest.raises(ValueError, match=r"config key 'plot.softmax': no setting fits the "
+                                         r"softmax gate \(fitted: sigmoid\)"):
+        parse_config(raw)
+    with pytest.raises(ValueError, match="config key 'fast.plot.softmax'"):
+        parse_config({**BASE, "fit_gates": ["sigmoid"],
+                      "fast": {"plot": {"softmax": "D1"}}})
+    written = parse_config({**raw, "fit_gates": ["sigmoid", "softmax"]}).to_dict()
+    assert written["plot"] == raw["plot"]
+    written["fit_gates"] = ["sigmoid"]  # as an older version wrote it
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"config": written}))
+    assert read_manifest_config(tmp_path).plot == raw["plot"]
+
+
 @pytest.mark.parametrize("name", ["../run1/audit", "a/b", "a\\b", ".", "..", "", " t", "t ", 3])
 def test_a_name_that_is_not_a_plain_file_name_is_refused(name):
     """The name names the figure inside --out: ``../run1/audit`` overwrote another run's."""
