@@ -938,13 +938,14 @@ def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None,
 def overlay_agreement(n: Sequence[float], values: Sequence[np.ndarray],
                       overlay: Mapping | None) -> float:
     """The smallest sample size from which the measured mean stays within a factor
-    OVERLAY_FACTOR of the asymptotic overlay's mean at every larger n of the grid; NaN without
-    an overlay or when the last n disagrees already.
+    OVERLAY_FACTOR of the asymptotic overlay's mean at every larger n the slope uses (an n
+    without usable values is passed over, as the slope drops it); NaN without an overlay or
+    when the last such n disagrees already.
 
     Parameters
     ----------
     n : (P,) sample sizes of the curve
-    values : P arrays of usable losses
+    values : P arrays of usable losses (:func:`~moe_theory.kept_values.kept_by_n`)
     overlay : the reference certificate's entry for this loss, ``{"n", "mean", "median"}``
     """
     if not overlay:
@@ -952,8 +953,10 @@ def overlay_agreement(n: Sequence[float], values: Sequence[np.ndarray],
     predicted = dict(zip(overlay["n"], overlay["mean"], strict=True))
     start = math.nan
     for m, v in sorted(zip(n, values, strict=True), key=lambda item: -item[0]):
+        if not v.size:
+            continue  # a dropped n: it neither agrees nor disagrees
         pred = predicted.get(int(m))
-        if pred is None or not v.size or not (pred and np.isfinite(pred) and pred > 0):
+        if pred is None or not (pred and np.isfinite(pred) and pred > 0):
             break
         if abs(math.log(float(np.mean(v)) / pred)) > math.log(OVERLAY_FACTOR):
             break

@@ -9,6 +9,9 @@ import pandas as pd
 
 #: Why a loss value is left out of a slope, in the order they are tested.
 DROP_REASONS = ("nan", "inf", "nonpositive", "bound")
+#: Fewest usable replications at a sample size for it to enter a slope: one value has no spread,
+#: and would enter the CI with zero variance.
+MIN_REPS_PER_N = 2
 
 
 def drop_reasons(values: np.ndarray, bound: np.ndarray | None = None) -> np.ndarray:
@@ -58,9 +61,12 @@ def split_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray],
 
 def kept_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per sample size, the loss values a rate fit of the curve uses: :func:`drop_reasons` finds
-    nothing against them (finite, positive, not at a bound). Everything measured along a curve
-    (its figure's means, the overlay's agreement, the scale the identified-losses test judges
-    against) uses these, so that it describes the fits the slope describes."""
+    nothing against them (finite, positive, not at a bound), and none where fewer than
+    ``MIN_REPS_PER_N`` are left (the slope drops that n). Everything measured along a curve (its
+    figure's means, the overlay's agreement, the scale the identified-losses test judges
+    against) uses these, so that it describes the fits the slope describes: a lone value at a
+    dropped n set that scale and failed the curve."""
     n, values, bounds = split_by_n(curve)
     bounds = bounds or [None] * len(values)
-    return n, [v[drop_reasons(v, b) == ""] for v, b in zip(values, bounds, strict=True)]
+    kept = [v[drop_reasons(v, b) == ""] for v, b in zip(values, bounds, strict=True)]
+    return n, [v if v.size >= MIN_REPS_PER_N else v[:0] for v in kept]

@@ -32,7 +32,14 @@ from moe_theory.certificates import (
     Status,
     overlay_agreement,
 )
-from moe_theory.kept_values import DROP_REASONS, drop_reasons, kept_by_n, split_by_n, usable
+from moe_theory.kept_values import (
+    DROP_REASONS,
+    MIN_REPS_PER_N,
+    drop_reasons,
+    kept_by_n,
+    split_by_n,
+    usable,
+)
 
 # The theory gives asymptotic exponents; at n = 10^3..10^5 the loss still carries lower-order
 # terms (log factors, the n^-1/4 parts of a mixed loss, a reference G_bar that is itself only
@@ -44,9 +51,10 @@ VERDICT_WIDEN = 0.05
 #: be "consistent" with both, so the widened CI, 2 (h + VERDICT_WIDEN) long, must be shorter than
 #: 1/4, i.e. the half-width h below 1/8 - 0.05 = 0.075. Wider CIs give "inconclusive".
 CI_HALF_WIDTH_MAX = 0.075
-#: A sample size enters a slope only with this many usable replications: one value has no
-#: spread, so it would enter the bootstrap with zero variance and narrow the CI falsely.
-MIN_REPS_PER_N = 2
+#: Replications at one n whose values agree to this relative spread are tied (a loss stuck at
+#: one value, up to float32 rounding, 1.2e-7): no spread is no evidence of a precise slope. The
+#: losses of different data sets spread by about their own size, so no measured curve comes near.
+TIE_RTOL = 1e-6
 #: A curve gets a verdict only with this many usable sample sizes: a slope through 2 points has
 #: R^2 = 1 whatever the data, and 3 points leave one residual degree of freedom.
 MIN_POINTS = 4
@@ -165,8 +173,8 @@ def _slope_fit(x: np.ndarray, y: np.ndarray, variances: np.ndarray, reps: np.nda
     w = c**2 * variances
     var = float(w.sum())
     if not var > 0:
-        # every replication tied at every n: no spread is no evidence of a precise slope (a
-        # zero-width CI would give a firm verdict on ties), so no CI at all
+        # replications tied at some n (a NaN variance) or at every n: no spread is no evidence
+        # of a precise slope (a zero-width CI would give a firm verdict on ties), so no CI
         nan = float("nan")
         return SlopeFit(slope, intercept, nan, nan, nan)
     df = var**2 / float((w**2 / (reps - 1)).sum())
@@ -276,8 +284,9 @@ def fit_rate(
     fits = {}
     for statistic in ("mean", "median"):
         y = np.log([v.mean() if statistic == "mean" else np.median(v) for v in kept])
-        variances = np.array([log_stat_variance(v, d, statistic)
-                              if np.ptp(v) > 0 else 0.0  # ties: rounding, not a spread
+        # an n whose replications are tied has no measured variance: it leaves the curve
+        # without a CI (NaN), as one value at an n would have entered with zero variance
+        variances = np.array([np.nan if tied(v) else log_stat_variance(v, d, statistic)
                               for v, d in zip(kept, draws, strict=True)])
         fits[statistic] = (_slope_fit(x, y, variances, reps), y)
     mean, y = fits["mean"]
@@ -290,6 +299,11 @@ def fit_rate(
         median=fits["median"][0], reps_used=reps_used, dropped=dropped, dropped_n=dropped_n,
         n_used=tuple(used),
     )
+
+
+def tied(values: np.ndarray) -> bool:
+    """Whether usable replications agree to a relative ``TIE_RTOL`` (rounding included)."""
+    return bool(np.ptp(values) <= TIE_RTOL * np.max(np.abs(values)))
 
 
 def log_mean_half_width(values: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> float:
@@ -373,7 +387,7 @@ def curve_verdict(
     if not fit.half_width < half_width_max:
         why = (f"CI half-width {fit.half_width:.3f} > {half_width_max}"
                if np.isfinite(fit.half_width) else
-               "no CI: the replications are tied at every n, so their spread is unknown")
+               "no CI: the replications are tied at some n, so their spread is unknown")
         return "inconclusive (CI too wide)", why + (f"; {reason}" if reason else "")
     return verdict(theory_exponent, fit.ci_low, fit.ci_high, widen), reason
 
@@ -645,6 +659,8 @@ GAP_COLUMNS = ("setting", "sigmoid_loss", "softmax_loss", "theory_sigmoid", "the
 GAP_EXHIBITED = "exhibited"
 GAP_REVERSED = "reversed: softmax faster, against the theory"
 GAP_UNRESOLVED = "not resolved: the two CIs overlap"
+#: ... where a curve has no CI to compare (its replications tied at some n: :func:`tied`)
+GAP_NO_CI = "not resolved: no CI for the {} curve (replications tied)"
 GAP_NOT_MEASURABLE = "not measurable"
 
 
@@ -658,7 +674,8 @@ def gap_table(table: pd.DataFrame) -> pd.DataFrame:
     (a CI too wide for a verdict against one exponent included: the gap's test is the two CIs
     apart, not either CI's width) and ``gap`` is :data:`GAP_EXHIBITED` where the sigmoid slope's
     CI lies wholly below the softmax slope's, :data:`GAP_REVERSED` where the softmax one lies
-    wholly below, and :data:`GAP_UNRESOLVED` where they overlap. ``difference_low``/``high`` bound the
+    wholly below, :data:`GAP_UNRESOLVED` where they overlap, and :data:`GAP_NO_CI` where a curve
+    has no CI. ``difference_low``/``high`` bound the
     softmax slope minus the sigmoid one from the two CIs' ends: wherever the two CIs do not
     overlap the difference differs from 0 at more than their level, whatever the two slopes'
     correlation (the standard error of a difference is at most the sum of the two). A table
@@ -692,8 +709,14 @@ def _gap_row(setting: str, sig: pd.Series, soft: pd.Series) -> dict[str, Any]:
     unmeasured = [f"{gate} {r['loss_name']} ({r['verdict'][len(NOT_MEASURABLE_PREFIX):-1]})"
                   for gate, r in (("sigmoid", sig), ("softmax", soft))
                   if str(r["verdict"]).startswith(NOT_MEASURABLE_PREFIX)]
+    no_ci = [gate for gate in ("sigmoid", "softmax")
+             if not (math.isfinite(row[f"{gate}_ci_low"]) and math.isfinite(row[f"{gate}_ci_high"]))]
     if unmeasured:
         row["gap"] = f"{GAP_NOT_MEASURABLE}: {'; '.join(unmeasured)}"
+    elif no_ci:
+        # NaN ends compare false both ways: "the two CIs overlap" would name an interval that
+        # does not exist
+        row["gap"] = GAP_NO_CI.format(" and the ".join(no_ci))
     elif row["difference_low"] > 0:
         row["gap"] = GAP_EXHIBITED
     elif row["difference_high"] < 0:

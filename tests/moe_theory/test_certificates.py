@@ -931,6 +931,19 @@ def test_the_scale_of_an_unidentified_loss_is_the_slopes_values():
     assert certificates.smallest_median(df.assign(bound_active=True)) is None
 
 
+def test_a_lone_value_at_a_dropped_n_does_not_set_the_scale():
+    """The slope drops an n left with one usable value; its value, a millionfold below the
+    rest, set the scale an unidentified loss is judged against, and failed the curve."""
+    df = _one_curve()
+    smallest = certificates.smallest_median(df)
+    last = df["n"] == df["n"].max()
+    df.loc[last & (df["rep"] > 0), "loss_value"] = np.nan
+    df.loc[last & (df["rep"] == 0), "loss_value"] = 1e-6 * smallest
+    kept = df[~last]
+    assert certificates.smallest_median(df) == certificates.smallest_median(kept) >= smallest
+    assert certificates.smallest_median(df.assign(loss_value=np.nan)) is None
+
+
 def test_the_checks_slope_tolerance_is_the_rates_tables_half_width():
     """The check judged the slope's move against a half-width from 500 bootstrap draws, not the
     table's 2000: near the edge (box1.5's sigmoid D3: 0.060 against 0.059, and 0.060 in the

@@ -25,6 +25,7 @@ from moe_theory.rates import (
     CERT_COLUMNS,
     CI_HALF_WIDTH_MAX,
     GAP_EXHIBITED,
+    GAP_NO_CI,
     GAP_REVERSED,
     GAP_UNRESOLVED,
     MIN_POINTS,
@@ -346,6 +347,36 @@ def test_tied_replications_give_no_ci_and_no_verdict():
     assert label == "inconclusive (CI too wide)" and "tied" in reason
 
 
+def test_a_tie_at_one_n_leaves_the_curve_without_a_ci():
+    """Replications tied at one n entered the CI with zero variance: the same slope went from
+    inconclusive to a firm verdict (half-width 0.093 to 0.061 on such a curve)."""
+    n = N_GRID[::2]
+    values = lognormal_curve(np.random.default_rng(7), -0.5, n=n, reps=4, sigma=0.35)
+    tied = [v.copy() for v in values]
+    tied[0][:] = tied[0].mean()  # the same mean, so the same slope
+    base, fit = fit_rate(n, values), fit_rate(n, tied)
+    assert np.isfinite(base.half_width) and fit.slope == pytest.approx(base.slope)
+    assert np.isnan(fit.half_width) and np.isnan(fit.median.half_width)
+    label, reason = curve_verdict(-0.5, fit, ALL_PASS)
+    assert label == "inconclusive (CI too wide)" and "tied at some n" in reason
+
+
+@pytest.mark.parametrize("dtype, eps", [(np.float64, np.finfo(np.float64).eps),
+                                        (np.float32, 2.0**-23)])
+def test_replications_equal_to_rounding_are_tied(dtype, eps):
+    """A loss stuck at one value whose replications differ in their last bits (one ulp) got a
+    half-width of 5e-16 (1.2e-8 in float32) and a firm verdict: consistent with its own slope,
+    inconsistent with any other."""
+    n = N_GRID[:5]
+    rng = np.random.default_rng(0)
+    values = [np.asarray(np.full(20, 0.3 * m**-0.4), dtype).astype(float)
+              * (1 + eps * rng.integers(-1, 2, 20)) for m in n]
+    assert all(np.ptp(v) > 0 for v in values)
+    fit = fit_rate(n, values)
+    assert np.isnan(fit.half_width)
+    assert curve_verdict(-0.4, fit, ALL_PASS)[0] == "inconclusive (CI too wide)"
+
+
 def test_one_huge_value_cannot_make_a_curve_consistent():
     # the yan2025 symptom: one value of 1e300 gave slope +283 +- 319 and "consistent"
     values = lognormal_curve(np.random.default_rng(7), -0.5)
@@ -589,6 +620,24 @@ def test_the_overlays_agreement_reads_the_values_the_slope_uses():
     assert row.overlay_from_n == grid[0]
 
 
+@pytest.mark.parametrize("left", [1, 0])
+def test_the_overlays_agreement_passes_over_an_n_the_slope_drops(left):
+    """An n_max left with one usable value (an outlier 10x the law) or none: the slope drops it,
+    and the overlay's agreement, which read it (or stopped at it), gave NaN."""
+    df = results_table({("sigmoid", "D3"): -0.5}, sigma=0.05, seed=3)
+    certs = passing_certificates(df)
+    grid = sorted(df["n"].unique())
+    cert = certs.reference[("toy-dense", "sigmoid")]
+    cert.overlay["D3"] = {"n": [int(m) for m in grid],
+                          "mean": [float(df[df.n == m].loss_value.mean()) for m in grid]}
+    last = df["n"].eq(grid[-1])
+    df.loc[last & df["rep"].ge(left), "loss_value"] = np.nan
+    df.loc[last & df["rep"].lt(left), "loss_value"] *= 10
+    (row,) = rates_table(df, certificates=certs, n_boot=300).itertuples()
+    assert row.n_used == len(grid) - 1 and row.dropped_n == f"{grid[-1]:g}"
+    assert row.overlay_from_n == grid[0]
+
+
 @pytest.mark.parametrize("column", ["converged", "certified", "bound_active"])
 def test_a_flag_without_a_value_is_named_not_read_as_true(column):
     """NaN is truthy: a table merged from shards with and without a flag column would count
@@ -674,6 +723,18 @@ def test_a_softmax_slope_as_fast_or_faster_is_said_so(exponent, outcome):
     plainly) and at n^-1/2 (the CIs overlap)."""
     gaps = gap_table(gap_rates(exponent))
     assert list(gaps["gap"]) == [outcome]
+
+
+def test_a_gap_with_a_curve_without_a_ci_does_not_say_the_cis_overlap():
+    """A softmax loss stuck at one value has no CI (NaN ends): both comparisons failed and the
+    pair read "the two CIs overlap", of an interval that does not exist."""
+    df = results_table({("sigmoid", "D3"): -0.5, ("softmax", "err_eta_over"): 0.0}, sigma=0.05)
+    df.loc[df["loss_name"].eq("err_eta_over"), "loss_value"] = 0.7
+    table = rates_table(df, GAP_THEORY, n_boot=200, certificates=passing_certificates(df))
+    table["plotted"] = True
+    (gap,) = gap_table(table)["gap"]
+    assert gap == GAP_NO_CI.format("softmax") != GAP_UNRESOLVED
+    assert "no CI for the softmax curve" in format_rates_table(table)
 
 
 def test_a_gap_with_a_curve_that_is_not_measurable_says_which_and_why():
