@@ -101,7 +101,8 @@ def _weight_mismatch(fitted, reference, cells: Cells) -> torch.Tensor:
 def voronoi_loss(
     fitted: MixingMeasure, reference: MixingMeasure, kind: str = "D1", *, r: float = DEFAULT_R
 ) -> torch.Tensor:
-    """A Voronoi loss or per-parameter error of each replication: (R,).
+    """A Voronoi loss or per-parameter error of each replication: (R,); NaN for a replication
+    whose fitted or reference parameters are not all finite.
 
     Parameters
     ----------
@@ -118,6 +119,15 @@ def voronoi_loss(
     # may be another fit (two fits compared in D3)
     check_measure("fitted", fitted, finite=False)
     check_measure("reference", reference, finite=False)
+    loss = _voronoi_loss(fitted, reference, kind, r)
+    # A NaN atom's distances are NaN, argmin puts it in cell 0, and a parameter error reads its
+    # own group only: a fit that diverged in beta1 got a finite, wrong err_eta_over
+    defined = fitted.finite() & _broadcast(fitted, reference).finite().to(loss.device)
+    return torch.where(defined, loss, torch.full_like(loss, float("nan")))
+
+
+def _voronoi_loss(fitted: MixingMeasure, reference: MixingMeasure, kind: str,
+                  r: float) -> torch.Tensor:
     if fitted.gate != reference.gate:
         raise ValueError(
             f"reference: gate {reference.gate!r} differs from the fitted gate {fitted.gate!r}; "

@@ -219,3 +219,35 @@ def test_matched_gauge_d1_of_a_fit_does_not_depend_on_its_batch():
     halves = torch.cat([matched_gauge_d1(fits.select(torch.arange(i, i + 6)), truth)
                         for i in (0, 6)])
     assert torch.equal(batch, halves)
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("where", ["beta0", "beta1", "expert"])
+def test_a_fit_with_one_nan_parameter_has_every_loss_nan(gate, where):
+    """NaN in, NaN out, for every kind and only for that replication: a NaN atom's distances
+    are NaN, argmin put it in cell 0 (cell 0 then over-specified), and a parameter error reads
+    its own group only, so err_eta_over came out finite (2.2 against a clean 0.2)."""
+    def measure(atoms):
+        return MixingMeasure.from_dict({"gate": gate, "score": "linear", "expert": "relu", "d": 1,
+                                        "atoms": [{"beta0": b0, "beta1": [b1], "A": None, "a": [a],
+                                                   "b": b} for b0, b1, a, b in atoms]})
+
+    ref = measure([(0.0, 0.0, 1.0, 0.0), (0.0, 0.0, -1.0, 0.0)])
+    clean = measure([(0.1, 0.0, 1.1, 0.0), (0.2, 0.3, -0.9, 0.1), (0.0, 0.1, -1.2, 0.0)])
+    two = clean.replace(clean.gate_params.repeat(2, 1, 1), clean.expert_params.repeat(2, 1, 1))
+    gp, ep = two.gate_params.clone(), two.expert_params.clone()
+    if where == "expert":
+        ep[0, 1, 0] = math.nan
+    else:
+        gp[0, 1, 0 if where == "beta0" else 1] = math.nan
+    bad = two.replace(gp, ep)
+    for kind in ALL_KINDS:
+        values = voronoi_loss(bad, ref, kind)
+        assert math.isnan(values[0]), kind
+        # the finite replication keeps its loss (NaN only where the kind has no cell of its type)
+        expected = voronoi_loss(clean, ref, kind)[0]
+        assert (math.isnan(values[1]) and math.isnan(expected)) or values[1] == expected, kind
+    # a NaN reference leaves no loss defined either
+    ref_bad = ref.replace(ref.gate_params.clone(), ref.expert_params.clone())
+    ref_bad.expert_params[0, 0, 0] = math.nan
+    assert all(math.isnan(voronoi_loss(clean, ref_bad, kind)[0]) for kind in ALL_KINDS)
