@@ -255,7 +255,10 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     best = refits.groupby(keys)["fit_loss"].min()
     joined = base[["fit_loss"]].join(best.rename("best"), how="inner")
     n = joined.index.get_level_values("n").to_numpy(dtype=float)
-    gap = n * (joined["fit_loss"] - np.minimum(joined["fit_loss"], joined["best"])) / noise_var
+    # a data set whose every refit diverged (no finite SSR) found nothing to beat the sweep's
+    # fit with; a sweep fit without an SSR is beaten by any refit that has one
+    gap = (n * (joined["fit_loss"] - np.fmin(joined["fit_loss"], joined["best"])) / noise_var
+           ).where(np.isfinite(joined["best"]), 0.0)
     within = gap <= SSR_GAP_MAX
     out.update(ssr_gap_max=float(gap.max()), ssr_gap_share=float(within.mean()))
     # at each n, as the constant says: pooled over n, one fit beaten by any margin at an n
@@ -333,7 +336,10 @@ def _estimate(base: pd.DataFrame, variant: pd.DataFrame, noise_var: float) -> pd
         variant[["fit_loss", "loss_value"]], left_index=True, right_index=True,
         suffixes=("", "_variant"))
     n = joined.index.get_level_values("n").to_numpy(dtype=float)
-    worse = n * (joined["fit_loss_variant"] - joined["fit_loss"]) / noise_var > SSR_GAP_MAX
+    # a refit without an SSR (diverged) is no estimate; a sweep fit without one is beaten by
+    # any refit that has one
+    worse = (joined["fit_loss_variant"].isna()
+             | (n * (joined["fit_loss_variant"] - joined["fit_loss"]) / noise_var > SSR_GAP_MAX))
     return joined["loss_value_variant"].where(~worse, joined["loss_value"])
 
 

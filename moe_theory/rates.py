@@ -308,9 +308,10 @@ def tied(values: np.ndarray) -> bool:
 
 def log_mean_half_width(values: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> float:
     """Half-width of the 95% CI of ``log(mean(values))`` (usable values only), by the same
-    bootstrap variance and Student quantile as the slope's CI; NaN below MIN_REPS_PER_N."""
+    bootstrap variance and Student quantile as the slope's CI; NaN below MIN_REPS_PER_N and
+    where the values are :func:`tied` (no spread to size it with, as in the slope's CI)."""
     v = usable(values)
-    if v.size < MIN_REPS_PER_N:
+    if v.size < MIN_REPS_PER_N or tied(v):
         return float("nan")
     draws = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
     var = log_stat_variance(v, draws, "mean")

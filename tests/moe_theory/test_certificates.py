@@ -117,7 +117,7 @@ def test_best_ssr_reached_by_one_start_only_fails_the_optimiser_certificate():
 def test_fits_at_the_box_bound_fail_the_optimiser_certificate():
     # at-bound losses are dropped from the slope: more than a straggler would select the rest
     df = results_table({("sigmoid", "D3"): -0.5}).assign(bound_active=False)
-    df.loc[df["rep"] == 7, "bound_active"] = True
+    df.loc[df["rep"] == 0, "bound_active"] = True  # the uncertified fit: still one straggler
     assert optimiser_certificate(df, {"status": PASS}).status == PASS
     df.loc[df["rep"] == 8, "bound_active"] = True
     status = optimiser_certificate(df, {"status": PASS})
@@ -753,6 +753,19 @@ def test_writers_of_one_certificate_at_once_do_not_collide(tmp_path):
     assert not [p for p in (tmp_path / "certificates").iterdir() if p.name.startswith(".")]
 
 
+def test_one_straggler_in_all_not_one_per_test():
+    """Three fits per n, each failing a different test (worse than the reference, one start at
+    the best SSR, on the box), passed the three shares one by one: 85% of fits pass them all."""
+    df = results_table({("sigmoid", "D3"): -0.5}).assign(n_starts=5, starts_near_best=3,
+                                                        bound_active=False)
+    assert optimiser_certificate(df, {"status": PASS}).status == PASS  # rep 0: the straggler
+    df.loc[df["rep"] == 5, "starts_near_best"] = 1
+    df.loc[df["rep"] == 7, "bound_active"] = True
+    status = optimiser_certificate(df, {"status": PASS})
+    assert status.status == FAIL and "each within its share" in status.reason
+    assert "n=1000: 15% of fits" in status.reason
+
+
 # ---- the certificates never pass on missing evidence ------------------------------------------
 
 
@@ -779,6 +792,51 @@ def test_the_optimiser_check_without_refits_of_a_curve_is_not_run():
     assert none["status"] == one["status"] == certificates.NOT_RUN
     assert one["reasons"] == ["no refit of this curve by max_iter x10"]
     assert both["status"] == certificates.PASS
+
+
+def test_a_diverged_refit_is_no_estimate_and_beats_nothing():
+    """A refit without an SSR (diverged) replaced the sweep's fit in the means (its loss 1000x:
+    the check failed on it), and a data set whose every refit diverged counted its sweep fit as
+    beaten ("largest gap 0 nu"); a sweep fit without an SSR is beaten by a refit with one."""
+    from moe_theory.check import curve_check
+
+    df = _one_curve()
+    base = df[df["rep"] < 2]
+    variants = ("max_iter x10", "jitter x10")
+    good = base.assign(variant="max_iter x10")
+    diverged = base.assign(variant="jitter x10")
+    at = (diverged["n"] == diverged["n"].min()) & (diverged["rep"] == 0)
+    diverged.loc[at, "fit_loss"] = math.nan
+    diverged.loc[at, "loss_value"] *= 1000
+    entry = curve_check(df, base, pd.concat([good, diverged]), NU, expected=variants)
+    assert entry["status"] == certificates.PASS and entry["mean_shift"]["jitter x10"] == 0
+    both = pd.concat([good, diverged.assign(variant="jitter x10")])
+    both.loc[(both["n"] == both["n"].min()) & (both["rep"] == 0), "fit_loss"] = math.nan
+    entry = curve_check(df, base, both, NU, expected=variants)
+    assert entry["status"] == certificates.PASS and entry["ssr_gap_share"] == 1
+    lost = base.copy()
+    lost.loc[(lost["n"] == lost["n"].min()) & (lost["rep"] == 0), "fit_loss"] = math.nan
+    entry = curve_check(df, lost, pd.concat([good, good.assign(variant="jitter x10")]), NU,
+                        expected=variants)
+    assert entry["status"] == certificates.FAIL and "1 of 18 refitted fits beaten" in (
+        entry["reasons"][0])
+
+
+def test_a_tied_n_leaves_the_check_not_run_not_failed_on_rounding():
+    """Replications tied at one n (a stuck loss) have no CI: a refit that moved it by float32
+    rounding failed the check against a per-n half-width of 5e-16."""
+    from moe_theory.check import curve_check
+
+    df = _one_curve()
+    first = df["n"].min()
+    df.loc[df["n"] == first, "loss_value"] = 0.25
+    base = df[df["rep"] < 2]
+    moved = base.assign(variant="jitter x10")
+    moved.loc[moved["n"] == first, "loss_value"] = 0.25 * (1 + 1e-7)
+    entry = curve_check(df, base, pd.concat([base.assign(variant="max_iter x10"), moved]), NU,
+                        expected=("max_iter x10", "jitter x10"))
+    assert entry["status"] == certificates.NOT_RUN
+    assert "no finite 95% CI half-width" in entry["reasons"][0]
 
 
 def test_the_ssr_gap_is_judged_at_each_n():
@@ -897,6 +955,9 @@ def test_a_nan_or_nonpositive_noise_variance_is_unknown():
     assert certificates.noise_variance(df.assign(noise_var=2e-3), None) == 2e-3
     for bad in (math.nan, 0.0, -1.0, math.inf):
         assert certificates.noise_variance(df.assign(noise_var=bad), None) is None
+        # ... and the next source stands (it returned None with a certificate that knows nu)
+        cert = passing_certificates(df).reference[("toy-dense", "sigmoid")]
+        assert certificates.noise_variance(df.assign(noise_var=bad), cert) == NU
     assert overfit_certificate(df, None).status == NOT_RUN
 
 
