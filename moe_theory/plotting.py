@@ -83,12 +83,18 @@ LEGEND_MAX_SIZES = 3
 MEDIAN_MARKER = "x"
 #: The legend's title: what "±" means, in the rates table's own words (one convention everywhere).
 LEGEND_TITLE = PLUS_MINUS
-#: What the error bars are (the shared key's entry).
-BARS_LABEL = "mean ± 2 sd over replications"
+#: What the error bars are (the shared key's entry; "±" is the CI's, the key's title).
+BARS_LABEL = "mean, bars 2 sd either way"
 
 # mean - 2 sd is negative whenever the spread exceeds half the mean (common at small n); on a
-# log axis the bar would then run off the plot, so its lower end stops one decade below the mean.
+# log axis the bar would then run off the plot, so its lower end stops one decade below the mean,
+# marked (CUT_MARKER) so that the cut end is not read as the spread.
 ERRORBAR_FLOOR = 0.1
+CUT_MARKER = "v"
+CUT_GID = "bar-cut"
+#: the key's entry of a cut bar (styles carries it as a pseudo line style)
+CUT_STYLE = "cut"
+CUT_LABEL = "bar cut at mean/10"
 #: Room left above and below the drawn data on the log y axis, as a fraction of its log range
 #: (at least Y_MARGIN_MIN_DECADES): markers and bar caps stay inside the axes, and nothing else
 #: (a theory guide or overlay running off the data) widens the axis.
@@ -118,6 +124,9 @@ PLOT_COLUMNS = ("setting", "fit_gate", "loss_name", "score", "regime", "expert",
 #: The longest line of a y label: a panel's axes are ~1.5 in tall once its title, ticks and x
 #: label are placed, which holds ~24 characters at 8 pt; longer lines would run into the title.
 AXIS_LABEL_CHARS = 22
+#: ... and the most lines it takes (the axis names its losses where they fit in these)
+AXIS_LABEL_LINES = 3
+NBSP = "\u00a0"
 #: Short names of the losses (docs/theory.md#voronoi-losses), for axis labels.
 LOSS_WORDS = {
     "D1": "Voronoi loss D1", "D2": "Voronoi loss D2", "D3": "Voronoi loss D3",
@@ -185,22 +194,24 @@ def legend_words(loss: str) -> str:
 
 
 def axis_label(loss_names: Sequence[str]) -> str:
-    """The y label of an axes showing ``loss_names``: the loss in words when there is one, the
-    two as the legend names them (:func:`legend_words`) joined by " / " when there are two and
-    they fit ("D3 / D1": the axis says which losses share it; on two lines if need be), else the
-    family ("Voronoi losses",
-    "parameter errors", "losses") with the names left to the legend. No line is longer than
-    ``AXIS_LABEL_CHARS``."""
+    """The y label of an axes showing ``loss_names``: the loss in words when there is one, else
+    the losses as the legend names them (:func:`legend_words`) joined by commas where they fit
+    in ``AXIS_LABEL_LINES`` lines ("D3, D1, over-specified expert error": the axis says which
+    losses share it), else the family ("Voronoi losses", "parameter errors", "losses") with the
+    names left to the legend. No line is longer than ``AXIS_LABEL_CHARS``."""
     names = list(dict.fromkeys(loss_names))
     if len(names) == 1:
         return loss_words(names[0])
-    if len(names) == 2:
-        # as the legend names them (a parameter error in words)
-        words = [legend_words(name) for name in names]
-        if len(" / ".join(words)) <= AXIS_LABEL_CHARS:
-            return " / ".join(words)
-        if max(map(len, words)) + 2 <= AXIS_LABEL_CHARS:
-            return " /\n".join(words)
+    # as the legend names them (a parameter error in words), with commas: "D1 / D3" read as a
+    # ratio
+    # a name that fits a line is not broken ("D1 (gates matched)"), a longer one is
+    words = [w if len(w) > AXIS_LABEL_CHARS else w.replace(" ", NBSP)
+             for w in map(legend_words, names)]
+    lines = [line.replace(NBSP, " ") for line in
+             textwrap.wrap(", ".join(words), AXIS_LABEL_CHARS, break_on_hyphens=False,
+                           break_long_words=False)]
+    if len(lines) <= AXIS_LABEL_LINES:
+        return "\n".join(lines)
     if all(re.fullmatch(r"D[123].*", name) for name in names):
         family = "Voronoi losses"
     elif all(name.startswith("err_") for name in names):
@@ -277,7 +288,7 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
             f"({which} left out: fewer than {MIN_REPS_PER_N} usable values)",
             width=LEGEND_REASON_WIDTH)
     rate = ("no rate (< 2 sample sizes)" if math.isnan(fit.slope)
-            else rf"$n^{{{fit.slope:.2f} \pm {fit.half_width:.2f}}}$")
+            else rf"$n^{{{fit.slope:+.2f} \pm {fit.half_width:.2f}}}$")
     # a long name (a parameter error in words) takes a line of its own, so that the entry stays
     # as wide as its reason lines and the panels keep their width
     sep = "\n" if len(re.sub(r"\$[^$]*\$", "xx", label)) > LEGEND_NAME_WIDTH else " "
@@ -479,6 +490,11 @@ def draw_rates(
             # Lighter bars keep the means and the fitted lines, which carry the rate, in front.
             for artist in (*bars[1], *bars[2]):
                 artist.set_alpha(0.55)
+            cut = mean - 2 * sd < ERRORBAR_FLOOR * mean
+            if cut.any():
+                ax.plot(n[cut], lower[cut], ls="None", marker=CUT_MARKER, color=color, ms=3,
+                        alpha=0.8, zorder=3, gid=CUT_GID)
+                styles.add(CUT_STYLE)
             ax.plot(n, [np.median(kept[m]) for m in n], ls="None", marker=MEDIAN_MARKER,
                     color=color, ms=4, zorder=4, gid="median")
         rate = curve_rate(lookup, curve, name, loss)
@@ -538,8 +554,9 @@ def draw_rates(
 
 def key_handles(*, styles: set[str] | frozenset[str] = frozenset(), theory: bool = False,
                 overlay: bool = False) -> list:
-    """Legend entries for what every curve shares: the error bars (mean ± 2 sd), the median, and
-    each line style in ``styles`` that was drawn (certified and not-measurable fits, theory
+    """Legend entries for what every curve shares: the error bars (mean, 2 sd either way), the
+    median, a cut bar's mark (``CUT_STYLE`` in ``styles``), and each line style in ``styles`` that
+    was drawn (certified and not-measurable fits, theory
     guide, local prediction); ``theory`` and ``overlay`` add those two styles."""
     styles = set(styles) | ({THEORY_LINESTYLE} if theory else set()) | (
         {OVERLAY_LINESTYLE} if overlay else set())
@@ -550,6 +567,9 @@ def key_handles(*, styles: set[str] | frozenset[str] = frozenset(), theory: bool
         has_xerr=False, has_yerr=True, label=BARS_LABEL)
     handles: list = [bars, Line2D([], [], color=grey, marker=MEDIAN_MARKER, ms=4, ls="None",
                                   label="median")]
+    if CUT_STYLE in styles:
+        handles.append(Line2D([], [], color=grey, marker=CUT_MARKER, ms=3, ls="None",
+                              label=CUT_LABEL))
     for style, label, lw in (("-", "fitted rate, certified", 1.0),
                              (UNCERTIFIED_LINESTYLE, "fitted rate, not measurable", 1.0),
                              (THEORY_LINESTYLE, "theory exponent", 0.8),
@@ -619,6 +639,10 @@ def save_figure(fig: Figure, path_stem: str | Path) -> list[Path]:
     return [png, pdf]
 
 
+#: share of a title's room it may fill (see _wrap_titles)
+TITLE_ROOM = 0.97
+
+
 def _wrap_titles(fig: Figure, ncols: int) -> None:
     """Re-wrap each panel title wider than the room it has (centred over its axes, up to halfway
     to the neighbouring axes, or to the figure's edge) at spaces, line by line, so that
@@ -645,7 +669,9 @@ def _wrap_titles(fig: Figure, ncols: int) -> None:
         lo = fig.bbox.x0 if left is None else (left.bbox.x1 + ax.bbox.x0) / 2
         hi = fig.bbox.x1 if right is None else (ax.bbox.x1 + right.bbox.x0) / 2
         centre = (ax.bbox.x0 + ax.bbox.x1) / 2
-        room = 2 * min(centre - lo, hi - centre)
+        # with a margin: the title is measured at the screen's resolution and saved at another,
+        # where its hinted glyphs came out 1.8 px past the figure's edge
+        room = TITLE_ROOM * 2 * min(centre - lo, hi - centre)
         if width <= room:
             continue
         chars = max(len(line) for line in title.splitlines())
@@ -812,7 +838,9 @@ def panels_figure(
     for ax in axes[len(kept):]:
         fig.delaxes(ax)
     _wrap_titles(fig, ncols)
-    styles = {line.get_linestyle() for ax in axes[: len(kept)] for line in ax.get_lines()}
+    lines = [line for ax in axes[: len(kept)] for line in ax.get_lines()]
+    styles = {line.get_linestyle() for line in lines} | (
+        {CUT_STYLE} if any(line.get_gid() == CUT_GID for line in lines) else set())
     handles = key_handles(styles=styles)
     # as many key entries per row as fit the figure's width
     per_row = max(1, min(len(handles), int(fig.get_size_inches()[0] / KEY_ENTRY_IN)))

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 
 from moe_theory.plotting import (
     BARS_LABEL,
+    CUT_GID,
+    CUT_LABEL,
     GATE_COLORS,
     LEGEND_TITLE,
     OVERLAY_LINESTYLE,
@@ -114,7 +116,8 @@ def test_draw_rates_legend_fit_line_and_theory_guide(df):
                     certificates=passing_certificates(df))
     legend = ax.get_legend()
     labels = [text.get_text() for text in legend.get_texts()]
-    assert labels[2:] == [BARS_LABEL, "median", "fitted rate, certified", "theory exponent"]
+    cut = [CUT_LABEL] if any(line.get_gid() == CUT_GID for line in ax.get_lines()) else []
+    assert labels[2:] == [BARS_LABEL, "median", *cut, "fitted rate, certified", "theory exponent"]
     assert legend.get_title().get_text() == LEGEND_TITLE == PLUS_MINUS
     for label, name, fit in zip(labels, ["sigmoid D3", "softmax MoE"], fits, strict=False):
         # (a second line names the verdict where there is one: the tests below)
@@ -260,13 +263,21 @@ def test_y_axis_names_the_loss():
     assert ax.get_ylabel() == "Voronoi loss D3"
     ax, _ = draw(df, [("softmax", "err_eta_over")])
     assert ax.get_ylabel() == "expert error\nover-specified cells"
-    # two losses on one axis: the axis says which where their names fit, else their family and
-    # the legend, which names them in words (no bare "loss")
+    # several losses on one axis: the axis names them, with commas ("D3 / D1" read as a
+    # ratio), where they fit in three lines, else their family and the legend, which names
+    # them in words (no bare "loss")
     both = results_table({("sigmoid", "D3"): -0.5, ("softmax", "D1"): -0.5}, **SHORT)
     ax, _ = draw(both, [("sigmoid", "D3"), ("softmax", "D1")])
-    assert ax.get_ylabel() == "D3 / D1"
+    assert ax.get_ylabel() == "D3, D1"
     ax, _ = draw(df, [("sigmoid", "D3"), ("softmax", "err_eta_over")])
-    assert ax.get_ylabel() == "losses\n(see legend)"
+    assert ax.get_ylabel() == "D3, over-specified\nexpert error"
+    from moe_theory.plotting import axis_label
+
+    # a name that fits a line stays whole
+    assert axis_label(["D3", "err_eta_over", "D1", "D1_matched"]) == (
+        "D3, over-specified\nexpert error, D1,\nD1 (gates matched)")
+    assert axis_label(["D3", "err_eta_over", "D1", "D1_matched", "D2", "err_eta_exact"]) == (
+        "losses\n(see legend)")
 
 
 def test_curves_are_labelled_with_their_reference():
@@ -283,7 +294,9 @@ def test_key_defines_the_error_bars_and_plus_minus(df):
     fig = laid_out(df, [("dense", "toy-dense", [("sigmoid", "D3"), ("softmax", "D3")])])
     (key,) = fig.legends
     labels = [text.get_text() for text in key.get_texts()]
-    assert labels[:2] == [BARS_LABEL, "median"] and "mean ± 2 sd" in BARS_LABEL
+    # one meaning of "±" in a key: the title's (the CI's); the bars say theirs in words
+    assert labels[:2] == [BARS_LABEL, "median"] and "2 sd either way" in BARS_LABEL
+    assert "±" not in BARS_LABEL
     # the table's header and footnote say the same: ± is the CI's half-width
     assert key.get_title().get_text() == PLUS_MINUS == "± = half-width of the bootstrap 95% CI"
     # no certificates: the fits are dashed, and the key says what dashed means
@@ -450,7 +463,7 @@ def test_y_labels_fit_beside_their_axes():
     losses = ["err_beta1_exact", "err_eta_exact", "err_beta1_over", "err_eta_over"]
     df = results_table({("sigmoid", loss): -0.5 for loss in losses}, **SHORT)
     for shown, label in ((losses[:1], "gate-slope error\nexact cells"),
-                         (losses[:2], "parameter errors\n(see legend)"),
+                         (losses[:2], "exact gate-slope error,\nexact expert error"),
                          (losses, "parameter errors\n(see legend)")):
         fig = laid_out(df, [(None, "toy-dense", [("sigmoid", loss) for loss in shown])])
         (ax,) = fig.axes
@@ -630,3 +643,23 @@ def test_a_curve_given_its_own_label_is_named_by_it_in_the_gap_entry():
                  theory=GAP_THEORY)
     assert " ".join(gap_entry(ax).split()).startswith(
         "gap between the gates: sigmoid D3 vs split experts: not measurable")
+
+
+def test_a_lower_bar_cut_at_the_floor_is_marked_and_keyed():
+    """mean - 2 sd below a tenth of the mean: the bar stops there (a log axis), which a reader
+    took for the spread; the cut ends are marked and the key says what the mark means."""
+    df = results_table({("sigmoid", "D3"): -0.5}, **SHORT)
+    first = df["n"] == df["n"].min()
+    df.loc[first & (df["rep"] == 0), "loss_value"] *= 30  # one fit far above: sd > mean / 2
+    ax, (fit,) = draw(df, [("sigmoid", "D3")])
+    (cut,) = [line for line in ax.get_lines() if line.get_gid() == CUT_GID]
+    n, y = cut.get_data()
+    values = df.loc[first, "loss_value"]
+    assert list(n) == [df["n"].min()]
+    assert y[0] == pytest.approx(0.1 * values.mean())
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert CUT_LABEL in labels
+    calm = results_table({("sigmoid", "D3"): -0.5}, sigma=0.05, **SHORT)
+    ax, _ = draw(calm, [("sigmoid", "D3")])
+    assert not [line for line in ax.get_lines() if line.get_gid() == CUT_GID]
+    assert CUT_LABEL not in [text.get_text() for text in ax.get_legend().get_texts()]
