@@ -54,6 +54,7 @@ from moe_theory.rates import (
     gap_table,
     kept_by_n,
     resolve_theory,
+    uncertified,
 )
 from moe_theory.sublevel import format_ratio
 
@@ -517,8 +518,12 @@ def draw_rates(
         if overlay is not None:
             styles.add(OVERLAY_LINESTYLE)
             ax.plot(*overlay, color=color, lw=1.0, ls=OVERLAY_LINESTYLE, zorder=1)
+        # a curve without a theory has no verdict, but its legend still says why it is not
+        # measurable (a study's curves said only "(not measurable)")
+        shown = verdict if certified or verdict.startswith(NOT_MEASURABLE_PREFIX) else (
+            f"{NOT_MEASURABLE_PREFIX}{uncertified(statuses)})")
         handles.append(Line2D([], [], color=color, marker=marker, mfc=face, ls=line_style,
-                              label=_rate_label(label, fit, certified, verdict,
+                              label=_rate_label(label, fit, certified, shown,
                                                 certificates.sublevel(curve, name),
                                                 len(curve))))
         drawn.append({"setting": settings[0], "fit_gate": gate, "loss_name": loss,

@@ -353,6 +353,17 @@ MEASURED_VERDICTS = ("consistent", "inconsistent")
 NOT_MEASURABLE_PREFIX = "not measurable ("
 
 
+def uncertified(certificates: Mapping[str, Status]) -> str:
+    """The certificates that keep a curve from being the estimator's, as its verdict names them
+    ("reference, converged failed; overfit not run"); "" when every one passed."""
+    failed = [name for name, s in certificates.items() if s.status == FAIL]
+    # anything but pass or fail (not run, or a status a malformed file holds) is no evidence
+    missing = [name for name, s in certificates.items() if s.status not in (PASS, FAIL)]
+    parts = ([f"{', '.join(failed)} failed"] if failed else []) + (
+        [f"{', '.join(missing)} not run"] if missing else [])
+    return "; ".join(parts)
+
+
 def curve_verdict(
     theory_exponent: float | None,
     fit: RateFit,
@@ -378,13 +389,9 @@ def curve_verdict(
         return "no theory", reason
     if fit.n_points < MIN_POINTS:
         return f"{NOT_MEASURABLE_PREFIX}{fit.n_points} usable n < {MIN_POINTS})", reason
-    failed = [name for name, s in certificates.items() if s.status == FAIL]
-    # anything but pass or fail (not run, or a status a malformed file holds) is no evidence
-    missing = [name for name, s in certificates.items() if s.status not in (PASS, FAIL)]
-    if failed or missing:
-        parts = ([f"{', '.join(failed)} failed"] if failed else []) + (
-            [f"{', '.join(missing)} not run"] if missing else [])
-        return f"{NOT_MEASURABLE_PREFIX}{'; '.join(parts)})", reason
+    why = uncertified(certificates)
+    if why:
+        return f"{NOT_MEASURABLE_PREFIX}{why})", reason
     if not fit.half_width < half_width_max:
         why = (f"CI half-width {fit.half_width:.3f} > {half_width_max}"
                if np.isfinite(fit.half_width) else

@@ -156,25 +156,39 @@ def run(*, fast: bool = False, device: str = "cpu") -> StudyOutput:
     exploratory guides) and figure ``attention-teacher``."""
     study = FAST_STUDY if fast else FULL_STUDY
     df = run_study(study, device=device)
-    # L-BFGS fits with no G_bar: the certified protocol's reference certificate and optimiser
-    # check are not computed for this study, and its table says so
-    table = rates_table(df, theory=exploratory_rate, certificates=FolderCertificates(
-        missing="this exploratory study computes none"))
+    table = study_table(df, study)
     return StudyOutput(results=df, table=table, table_name="rates",
                        text=format_rates_table(table),
                        draw=functools.partial(write_figure, df, study))
 
 
-def write_figure(df: pd.DataFrame, study: TeacherStudentStudy, path_stem: Path) -> list[Path]:
-    """Two log-log panels (exact- and over-specified students), both gates, W and V errors."""
+def study_table(df: pd.DataFrame, study: TeacherStudentStudy) -> pd.DataFrame:
+    """The study's rates table, its figure's curves marked (listed first, as a sweep's are)."""
+    # L-BFGS fits with no G_bar: the certified protocol's reference certificate and optimiser
+    # check are not computed for this study, and its table says so
+    table = rates_table(df, theory=exploratory_rate, certificates=FolderCertificates(
+        missing="this exploratory study computes none"))
+    drawn = {(setting, gate, loss) for _, setting, curves in figure_panels(study)
+             for gate, loss, _ in curves}
+    table["plotted"] = [(r.setting, r.fit_gate, r.loss_name) in drawn
+                        for r in table.itertuples()]
+    return table
+
+
+def figure_panels(study: TeacherStudentStudy) -> list[tuple[str, str, list]]:
+    """The figure's panels: (title, setting, (gate, loss, label) curves)."""
     H0, H = study.teacher_heads, study.teacher_heads + study.extra_heads
-    panels = [
+    return [
         (f"exact-specified: H = H* = {H0}", SETTING_NAMES["exact"],
          [(g, f"err_{p}_exact", f"{g} {p}") for p in ("W", "V") for g in models.GATES]),
         (f"over-specified: H = {H} > H* = {H0}", SETTING_NAMES["over"],
          [(g, f"err_{p}_over", f"{g} {p if p == 'W' else 'sum V'} (split)")
           for p in ("W", "V") for g in models.GATES]),
     ]
+
+
+def write_figure(df: pd.DataFrame, study: TeacherStudentStudy, path_stem: Path) -> list[Path]:
+    """Two log-log panels (exact- and over-specified students), both gates, W and V errors."""
     # n counts sequences of N tokens (the README gives the sizes)
-    return plot_panels(df, panels, path_stem, ncols=2, theory=no_guides,
+    return plot_panels(df, figure_panels(study), path_stem, ncols=2, theory=no_guides,
                        title="Teacher-student attention (exploratory)")

@@ -663,3 +663,15 @@ def test_a_lower_bar_cut_at_the_floor_is_marked_and_keyed():
     ax, _ = draw(calm, [("sigmoid", "D3")])
     assert not [line for line in ax.get_lines() if line.get_gid() == CUT_GID]
     assert CUT_LABEL not in [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_a_curve_without_theory_says_why_it_is_not_measurable():
+    """A study's curves (no theorem, so no verdict) said only "(not measurable)" in the legend
+    while its table named the certificates not run."""
+    from types import SimpleNamespace
+
+    df = results_table({("sigmoid", "D3"): -0.5}, **SHORT)
+    ax, _ = draw(df, [("sigmoid", "D3")],
+                 theory=lambda *_: SimpleNamespace(exponent=None, label="none", source=""))
+    (entry,) = [t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("sigmoid")]
+    assert "(not measurable: converged, optimiser\nfailed; reference, overfit not run)" in entry

@@ -86,3 +86,24 @@ def test_split_heads_leave_the_function_unchanged():
 def test_bad_input_names_the_field(make, field):
     with pytest.raises(ValueError, match=rf"^{field}:"):
         make(teacher())
+
+
+def test_the_studys_table_marks_the_curves_its_figure_draws():
+    """The table listed all 12 curves unmarked, while the figure draws 8 (each panel's own
+    cell type): as a sweep's table does, it marks them and lists them first."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from moe_theory.rates import format_rates_table
+    from moe_theory.studies import attention_teacher as study
+
+    folder = Path(__file__).resolve().parents[2] / "paper_figures" / "attention-teacher"
+    df = pd.read_csv(folder / "results.csv.gz")
+    table = study.study_table(df, study.FULL_STUDY)
+    drawn = table[table["plotted"]]
+    assert len(drawn) == 8 and len(table) == 12
+    cells = drawn["loss_name"].str.rsplit("_", n=1).str[1]
+    assert set(zip(drawn["setting"], cells, strict=True)) == {
+        ("attention-exact", "exact"), ("attention-over", "over")}
+    assert format_rates_table(table) + "\n" == (folder / "rates.txt").read_text()
