@@ -37,9 +37,12 @@ from kernels.moe.model import Expert, check_expert, n_free_gates, score_has_quad
 #: machine (2026-12-04, benchmarks/README.md "CPU chunk size").
 CHUNK_BYTES = {"cpu": 128 * 2**10, "cuda": 2 * 2**30}
 #: Device types whose budget is per problem: there a chunk's samples do not depend on how many
-#: problems share the batch, so each problem's sums, hence its iterates, are the same bit for bit
-#: in any batch (a refit of a subsample, the accepted rows of an iteration). On a GPU the sweep
-#: plans its memory with the batch's total.
+#: problems share the batch, so each problem's sums are taken over the same chunks in any batch
+#: (a refit of a subsample, the accepted rows of an iteration). Not every last bit follows:
+#: torch.sigmoid on a CPU rounds an element by where it falls in the vectorised loop, so sigmoid
+#: fits of one replication in batches of other sizes differ by about 1e-16 relative (2026-12-07);
+#: the sweep keeps each shard's block at the config's. On a GPU the sweep plans its memory with
+#: the batch's total.
 PER_PROBLEM = frozenset({"cpu"})
 #: Fewest samples a CPU chunk takes whatever its bytes: a wide problem (d = 32, p = 594) would
 #: otherwise be streamed a few samples at a time, and the per-chunk calls would cost more than the

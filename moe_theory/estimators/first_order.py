@@ -116,9 +116,14 @@ def adam(problem: LeastSquaresProblem, theta0: torch.Tensor, stop: StopRule = St
         if bool((test != RUNNING).all()):
             break
         prev = losses.detach()
-        # frozen problems keep their parameters: zero their gradient
-        theta.grad[test != RUNNING] = 0
+        # frozen problems keep their parameters: Adam's momentum moved them on with a zero
+        # gradient, so that a fit depended on how long the others in its batch ran
+        frozen = test != RUNNING
+        kept = theta.detach()[frozen].clone()
+        theta.grad[frozen] = 0
         opt.step()
+        with torch.no_grad():
+            theta[frozen] = kept
         _project(theta, box)
     test = torch.where(test == RUNNING, MAX_ITER, test)
     return _finish(problem, theta, n_iter, test, box)
@@ -129,7 +134,8 @@ def lbfgs(problem: LeastSquaresProblem, theta0: torch.Tensor, stop: StopRule = S
     """torch's L-BFGS with a strong Wolfe line search on the summed loss (unbounded only: a
     projection would break its curvature pairs). It stops every problem together: on its gradient
     or loss-change tolerance (reported ``gtol`` when the gradient is below ``gtol`` at the end,
-    else ``ftol``), or at ``max_iter``."""
+    else ``ftol``), or at ``max_iter`` or its budget of function evaluations (``max_iter``: a
+    budget, not a tolerance, so not converged)."""
     theta = theta0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=stop.max_iter, tolerance_grad=stop.gtol,
                             tolerance_change=stop.ftol, history_size=50,
@@ -147,9 +153,12 @@ def lbfgs(problem: LeastSquaresProblem, theta0: torch.Tensor, stop: StopRule = S
     R = theta0.shape[0]
     n_iter = torch.full((R,), n, dtype=torch.long, device=theta0.device)
     out = _finish(problem, theta, n_iter, torch.full((R,), MAX_ITER, device=theta0.device), None)
+    # torch's L-BFGS also stops once it has spent max_eval evaluations, before max_iter: that
+    # stop is a budget's, and read as ftol it counted as converged
+    evals_spent = int(state.get("func_evals", 0)) >= int(opt.param_groups[0]["max_eval"])
     if n < stop.max_iter:
         out.stop = torch.where(out.stop == NON_FINITE, NON_FINITE, torch.where(
-            out.proj_grad_max <= stop.gtol, GTOL, FTOL))
+            out.proj_grad_max <= stop.gtol, GTOL, MAX_ITER if evals_spent else FTOL))
     return out
 
 

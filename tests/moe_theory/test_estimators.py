@@ -351,3 +351,42 @@ def test_a_measure_argument_that_is_none_or_not_finite_is_named(sparse_relu):
     fit = mt.fit_lse(X, Y, 3, "sigmoid", "relu", algorithm="sgd-paper", sgd={"epochs": 1},
                      init=mt.near_truth(sparse_relu, 3))
     assert fit.algorithm == "sgd-paper" and fit.measure.R == 2
+
+
+def test_lbfgs_stopped_by_its_evaluation_budget_is_not_converged():
+    """torch's L-BFGS stops after max_eval = 5/4 max_iter evaluations, before max_iter: every
+    stop short of max_iter read as ftol, so a budget's stop counted as converged (seed 6:
+    19 iterations, 25 evaluations, projected gradient 1e-2 against gtol 1e-10)."""
+    import moe_theory as mt
+
+    setting = mt.get_setting("small-dense-relu")
+    X, Y = mt.sample(setting.truth(), n=300, reps=2, seed=3, noise_var=0.01)
+    fit = mt.fit_lse(X, Y, setting.k_fit, "softmax", setting.expert,
+                     init=mt.random_init(6, n_starts=1, scale=2.0), algorithm="lbfgs",
+                     max_iter=20, backend="torch")
+    assert (fit.n_iter < 20).all() and (fit.proj_grad_max > 1e-10).all()
+    assert list(fit.stop_test) == ["max_iter", "max_iter"] and not fit.converged.any()
+
+
+def test_adam_keeps_a_stopped_fit_where_it_stopped_whatever_its_batch():
+    """A stopped problem's gradient was zeroed but Adam's momentum moved it on until the batch
+    stopped: replication 0 fitted beside a slower one ended 0.015 away from its fit alone."""
+    import moe_theory as mt
+    from moe_theory.initialization import near_truth
+
+    setting = mt.get_setting("small-sparse-relu")
+    truth = setting.truth()
+    X, Y = mt.sample(truth, n=300, reps=2, seed=3, noise_var=0.01)
+    start = near_truth(truth, setting.k_fit, seed=1, jitter=0.05).draw(2, "sigmoid", rep_ids=[0, 1])
+    gp, ep = start.gate_params.clone(), start.expert_params.clone()
+    gp[1] += 1.5  # replication 1 starts far off, so runs on after replication 0 stops
+    ep[1] -= 1.0
+    kw = dict(k=setting.k_fit, gate="sigmoid", expert=setting.expert, algorithm="adam",
+              max_iter=3000, ftol=1e-6, backend="torch")
+    both = mt.fit_lse(X, Y, init=start.replace(gp, ep), rep_ids=[0, 1], **kw)
+    alone = mt.fit_lse(X[:1], Y[:1], init=start.replace(gp, ep).select(0), rep_ids=[0], **kw)
+    assert both.stop_test[0] == alone.stop_test[0] == "ftol" and both.n_iter[1] > both.n_iter[0]
+    # the same point, to rounding (the batch's sums)
+    assert torch.allclose(both.measure.gate_params[0], alone.measure.gate_params[0], atol=1e-12)
+    assert torch.allclose(both.measure.expert_params[0], alone.measure.expert_params[0],
+                          atol=1e-12)
