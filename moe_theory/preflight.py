@@ -37,7 +37,7 @@ from moe_theory.identified_losses import UNIDENTIFIED_SHARE
 from moe_theory.layout import PREFLIGHT_TABLE
 from moe_theory.measure import MixingMeasure
 from moe_theory.outputs import plot_losses, write_table
-from moe_theory.rates import CI_HALF_WIDTH_MAX, MIN_POINTS, predicted_half_width
+from moe_theory.rates import CI_HALF_WIDTH_MAX, MIN_POINTS, MIN_REPS_PER_N, predicted_half_width
 from moe_theory.settings import Setting
 from moe_theory.store import (
     folder_references,
@@ -91,11 +91,11 @@ def reps_advised(entry: dict, reps: int) -> int | None:
 
     if not wide(reps):
         return reps
-    low, high = reps, 2 * reps
+    low, high = reps, min(2 * reps, REPS_MAX)
     while wide(high):  # the half-width falls about as R^-1/2: doublings, then halvings
-        low, high = high, 2 * high
-        if high > REPS_MAX:
-            return None
+        if high >= REPS_MAX:  # tested at the cap itself: a count between the last doubling
+            return None       # and REPS_MAX was never tried
+        low, high = high, min(2 * high, REPS_MAX)
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if wide(mid) else (low, mid)
@@ -113,6 +113,9 @@ def curve_outlook(config: SweepConfig, setting: Setting, gate: str, loss: str,
     no_theory = theory.exponent is None or math.isnan(theory.exponent)
     if len(config.n) < MIN_POINTS:
         blockers.append(f"{len(config.n)} sample sizes < {MIN_POINTS}")
+    if reps < MIN_REPS_PER_N:
+        # the slope drops every n with fewer usable values: the curve would have no point
+        blockers.append(f"{reps} replication(s) per n < {MIN_REPS_PER_N}: no n enters a slope")
     n_from, n_to = allowed_n(cert)
     fixed = fixed_failure(cert)
     if fixed is not None:
@@ -160,11 +163,16 @@ def curve_outlook(config: SweepConfig, setting: Setting, gate: str, loss: str,
         outlook = NO_THEORY
     elif blockers:
         outlook = NOT_MEASURABLE
+    elif entry is not None and "sd" in entry and math.isnan(half):
+        # a limit whose spread is zero (or undefined) at some n: the fits would tie there, and a
+        # curve tied at an n has no CI (rates.tied), so no verdict beyond inconclusive
+        outlook = INCONCLUSIVE
+        notes.append("no CI predicted: the normal limit's spread is zero or undefined at some n")
     elif not half < CI_HALF_WIDTH_MAX:  # NaN (no prediction) is neither
         outlook = INCONCLUSIVE if math.isfinite(half) else MEASURABLE_IF
     else:
         outlook = BORDERLINE if not half * CI_MARGIN < CI_HALF_WIDTH_MAX else MEASURABLE_IF
-    if outlook in (INCONCLUSIVE, BORDERLINE):
+    if outlook in (INCONCLUSIVE, BORDERLINE) and math.isfinite(half):
         notes.append(f"CI ±{half:.3f} predicted with {reps} replications; "
                      + (f"{advised} keep it under {CI_HALF_WIDTH_MAX} with a margin of "
                         f"{CI_MARGIN}" if advised else f"more than {REPS_MAX} needed"))

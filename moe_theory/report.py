@@ -47,6 +47,10 @@ from moe_theory.rates import (
 from moe_theory.store import atomic_write, load_results, read_manifest_config
 from moe_theory.sublevel import format_ratio
 
+#: A run record's wall time and what it timed, in the order a report looks for them.
+RUN_WALL_TIMES = (("wall_s_this_call", "from the call"), ("wall_s_process", "the process"),
+                  ("sweep_wall_s", "the sweep"))
+
 #: Suffix of the figure that shows every curve, one panel per (setting, fitted gate, loss family).
 CURVES_FIGURE_SUFFIX = "-curves"
 #: Panels per row of that figure: four 2.3 in panels fill a 9 in wide page or screen.
@@ -174,7 +178,8 @@ def build_report(folder: str | Path) -> FolderReport:
         png = plot_panels(results, panels, folder / config.name, title=title,
                           certificates=certificates)[0]
         figures.append((png, f"{config.name}: the curves the config plots (listed first in the "
-                             "table): means ± 2 sd and medians, fitted rates (solid when "
+                             "table): means with bars 2 sd either way (a bar cut at a "
+                             "tenth of its mean marked) and medians, fitted rates (solid when "
                              "certified, dashed when not measurable), theory guides (dash-dot) "
                              "and the asymptotic overlay (dotted)"))
     panels = curves_figure_panels(rates)
@@ -322,9 +327,13 @@ def summary_lines(report: FolderReport) -> list[str]:
     timing = f"Fit time {fits['wall_s'].sum():.1f} s on {', '.join(sorted(set(results['device'])))}"
     if report.run:
         run = report.run
-        timing += (f"; the run took {run.get('wall_s_this_call', float('nan')):.1f} s wall time "
-                   f"on {run.get('device_name', run.get('device', '?'))} (torch "
-                   f"{run.get('torch', '?')})")
+        # the record's own wall time, whichever a run wrote (a study's G_bar search records its
+        # process's, a sweep resumed by hand its sweep's): "nan s" said none was found
+        wall = next(((run[key], what) for key, what in RUN_WALL_TIMES
+                     if isinstance(run.get(key), (int, float))), None)
+        took = "" if wall is None else f" took {wall[0]:.1f} s wall time ({wall[1]})"
+        timing += (f"; the run{took} on {run.get('device_name', run.get('device', '?'))} "
+                   f"(torch {run.get('torch', '?')})")
     lines.append(timing + ".")
     # Certification belongs to a fit, which every loss of its (setting, fitted gate) shares.
     uncertified = fits.groupby(["setting", "fit_gate"], sort=True)["certified"].agg(
@@ -396,8 +405,9 @@ def _blocks(report: FolderReport) -> list[tuple]:
     check = report.certificates.check
     blocks.append(("p", "Optimiser check: not run (`moe-theory check DIR`)." if check is None
                    else f"Optimiser check: {check.get('reps')} replication(s) per (setting, n) "
-                        f"refitted under {', '.join(check.get('variants', {}))} "
-                        f"({check.get('wall_s', float('nan')):.0f} s)."))
+                        f"refitted under {', '.join(check.get('variants', {}))}"
+                        + (f" ({check['wall_s']:.0f} s)." if isinstance(check.get("wall_s"),
+                                                                         (int, float)) else ".")))
     blocks += [("h2", "Settings"), ("table", setting_rows(report.results))]
     if report.figures:
         blocks.append(("h2", "Figures"))

@@ -38,7 +38,15 @@ from moe_theory.errors import ResourceError, is_out_of_memory
 from moe_theory.estimators import Bounds, box_bounds, fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus, shard_cost
 from moe_theory.initialization import NearTruth, multi_start
-from moe_theory.layout import CHECK_FILE, CHECK_TABLE, REFERENCE_DIR
+from moe_theory.layout import (
+    CHECK_FILE,
+    CHECK_TABLE,
+    FITS_FILE,
+    REFERENCE_DIR,
+    RESULTS_CSV,
+    RESULTS_CSV_GZ,
+    RESULTS_PARQUET,
+)
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import design_size_for, reference_measure
 from moe_theory.settings import Setting, get_setting
@@ -652,6 +660,10 @@ def certify(config: SweepConfig, out: str | Path, *, device: str = "cpu", backen
         device, "the reference certificates", log or (lambda msg: None))
 
 
+#: a results folder's merged tables (docs/design.md, "Results store")
+MERGED_TABLES = (RESULTS_PARQUET, RESULTS_CSV, RESULTS_CSV_GZ)
+
+
 def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, force: bool,
                      log: Callable[[str], None], design_size: int) -> None:
     """Refuse to add shards measured against another G_bar than the folder's.
@@ -689,16 +701,25 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
         else:
             why = "the folder's shards were written before references were recorded"
         shards = setting_shards(out, setting)
-        if shards and not force:
+        # a finished folder may keep its merged table alone (a committed figure's): its rows
+        # were measured against the recorded G_bar as much as shards are
+        merged = [name for name in MERGED_TABLES if (out / name).exists()]
+        if (shards or merged) and not force:
+            held = (f"the {len(shards)} shard(s) of {setting}" if shards else
+                    f"the merged table ({', '.join(merged)})")
             raise ValueError(
-                f"reference: the G_bar of {key} is not the one the {len(shards)} shard(s) of "
-                f"{setting} in {out} were measured against ({why}; G_bar depends on the device's "
-                f"design size and on the library's version); finish the sweep where it started, "
-                f"use another --out, or --force to recompute that setting's shards")
+                f"reference: the G_bar of {key} is not the one {held} in {out} were measured "
+                f"against ({why}; G_bar depends on the device's design size and on the "
+                f"library's version); finish the sweep where it started, use another --out, "
+                f"or --force to recompute that setting's shards")
         if shards:
             n = discard_setting(out, setting)
             log(f"--force: {n} shard(s) of {setting} were measured against another G_bar of "
                 f"{key} ({why}) and were deleted")
+        if merged:
+            aside = set_aside(out, names=(*merged, FITS_FILE))
+            log(f"--force: the merged table measured {setting} against another G_bar of {key} "
+                f"({why}): moved to {aside.name}/ (the shards on disk, if any, merge anew)")
         # a certificate already in the folder is another G_bar's (or of unknown G_bar)
         reference_path(out, setting, gate).unlink(missing_ok=True)
         changed[key] = text

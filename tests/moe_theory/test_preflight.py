@@ -121,6 +121,33 @@ def test_reps_advised_is_the_fewest_that_keep_the_margin():
     assert reps_advised({**entry, "sd": list(np.array(entry["sd"]) * 1e4)}, 20) is None
 
 
+def test_reps_advised_tries_the_cap_itself():
+    """The doubling stepped from 81920 past REPS_MAX and gave up ("more than 100000"), though
+    83129 replications keep the margin."""
+    m = [1, 0.7, 0.5, 0.35]
+    entry = {"n": [1e3, 2e3, 4e3, 8e3], "mean": m, "sd": [11.4 * x for x in m]}
+    for start in (20, 25):
+        advised = reps_advised(entry, start)
+        assert advised is not None and advised <= preflight.REPS_MAX
+
+        def half(r):
+            return predicted_half_width(entry["n"], entry["mean"], entry["sd"], r)[1]
+
+        assert half(advised) * CI_MARGIN < CI_HALF_WIDTH_MAX <= half(advised - 1) * CI_MARGIN
+
+
+def test_no_predicted_ci_is_no_promise():
+    """A limit with zero spread at some n (the fits would tie there: no CI, so inconclusive), or
+    one replication per n (no n enters a slope), read "measurable if the fits pass"."""
+    for sd in ([0.0] * 4, [0.1, math.nan, math.nan, math.nan]):
+        cert = certificate(overlay={"D3": {**certificate().overlay["D3"], "sd": sd}})
+        row = curve_outlook(config(), REGULAR, "sigmoid", "D3", cert)
+        assert row["outlook"] == INCONCLUSIVE and "no CI predicted" in row["reasons"]
+    row = curve_outlook(config(reps=1, rep_block=1), REGULAR, "sigmoid", "D3", certificate())
+    assert row["outlook"] == preflight.NOT_MEASURABLE
+    assert "1 replication(s) per n < 2" in row["reasons"]
+
+
 # ---- the n a reference allows ------------------------------------------------------------------
 
 def test_allowed_n_is_where_each_criterion_of_the_certificate_holds():

@@ -293,6 +293,21 @@ def test_bad_run_json_exits_2_naming_dir(tmp_path, capsys):
     assert "DIR:" in err and "run.json is not valid JSON" in err
 
 
+@pytest.mark.parametrize("record, said", [
+    ({"wall_s_this_call": 68.04}, "took 68.0 s wall time (from the call)"),
+    ({"wall_s_process": 12.5, "g_bar_wall_s": 10.0}, "took 12.5 s wall time (the process)"),
+    ({"sweep_wall_s": 40.0, "fit_wall_s": 30.0}, "took 40.0 s wall time (the sweep)"),
+    ({}, "the run on NVIDIA H200")])
+def test_the_report_gives_the_runs_wall_time_whichever_the_record_wrote(tmp_path, record, said):
+    """Five committed run records time the run under another key than wall_s_this_call: their
+    reports said "the run took nan s wall time"."""
+    folder = write_synthetic(tmp_path)
+    (folder / "run.json").write_text(json.dumps({**record, "device_name": "NVIDIA H200",
+                                                 "torch": "2.11"}))
+    text = (make_report(folder) and (folder / "report.md").read_text())
+    assert said in text and "nan s" not in text
+
+
 def test_plotted_curves_are_listed_first_the_rest_below(small_sweep, synthetic):
     # no [plot] table: the sigmoid fit is drawn with the first of D3, D1 it has (D1: against G*)
     for folder in (small_sweep[0], synthetic):

@@ -458,6 +458,21 @@ def test_a_resumed_sweep_refuses_shards_measured_against_another_g_bar(tmp_path)
     cert.write_text("{}")
     check(scaled(1.02))
     assert not cert.exists()
+    # a finished folder that keeps only its merged table (a committed figure's): its rows were
+    # measured against the recorded G_bar too (a preflight into a copy of one replaced it and
+    # moved its check aside, the table left measured against the old one)
+    table = tmp_path / "results.csv.gz"
+    table.write_bytes(b"rows")
+    (tmp_path / "fits.csv.gz").write_bytes(b"fits")
+    with pytest.raises(ValueError, match=r"merged table \(results.csv.gz\)"):
+        check(scaled(1.03))
+    assert table.exists()
+    assert store.read_manifest(tmp_path)["references"][f"{setting}/sigmoid"] == \
+        scaled(1.02).to_json()
+    check(scaled(1.03), force=True)
+    assert not table.exists() and "moved to replaced-" in lines[-1]
+    (aside,) = tmp_path.glob("replaced-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["fits.csv.gz", "results.csv.gz"]
 
 
 def test_a_committed_figure_folder_loads_from_its_csv(tmp_path, local_run):
