@@ -65,21 +65,29 @@ def _broadcast(fitted: MixingMeasure, reference: MixingMeasure) -> MixingMeasure
     return reference
 
 
+def atom_distances(measure: MixingMeasure, omega: torch.Tensor, omega_ref: torch.Tensor):
+    """Distances (R, k, k0) between atoms ``omega`` of ``measure``'s kind and atoms
+    ``omega_ref``, as Voronoi cells measure them; with, for sign-symmetric experts, where the
+    flipped expert is the nearer (``flip``) and the flip's ``signs`` (None otherwise)."""
+    dist = torch.cdist(omega, omega_ref)
+    if not get_expert(measure.expert).sign_symmetric:
+        return dist, None, None
+    # eta and -eta are one expert (even powers): measure each atom by the nearer of the two
+    # (a distance between experts, not between their parameters), so that two fits of one
+    # regression function are not far apart in any loss
+    q_eta = measure.expert_params.shape[-1]
+    signs = torch.ones(omega.shape[-1], dtype=omega.dtype, device=omega.device)
+    signs[-q_eta:] = -1.0
+    flipped_dist = torch.cdist(omega * signs, omega_ref)
+    flip = flipped_dist < dist
+    return torch.where(flip, flipped_dist, dist), flip, signs
+
+
 def voronoi_cells(fitted: MixingMeasure, reference: MixingMeasure) -> Cells:
     reference = _broadcast(fitted, reference)
     omega, omega_ref = fitted.omega, reference.omega
-    dist = torch.cdist(omega, omega_ref)  # (R, k, k0)
-    symmetric = get_expert(fitted.expert).sign_symmetric
-    if symmetric:
-        # eta and -eta are one expert (even powers): measure each atom by the nearer of the two
-        # (a distance between experts, not between their parameters), so that two fits of one
-        # regression function are not far apart in any loss
-        q_eta = fitted.expert_params.shape[-1]
-        signs = torch.ones(omega.shape[-1], dtype=omega.dtype, device=omega.device)
-        signs[-q_eta:] = -1.0
-        flipped_dist = torch.cdist(omega * signs, omega_ref)
-        flip = flipped_dist < dist
-        dist = torch.where(flip, flipped_dist, dist)
+    dist, flip, signs = atom_distances(fitted, omega, omega_ref)
+    symmetric = signs is not None
     assign = dist.argmin(-1)  # first minimum: ties go to the lowest j
     k0 = reference.k
     count = torch.nn.functional.one_hot(assign, k0).sum(1)

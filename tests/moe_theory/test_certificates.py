@@ -1059,3 +1059,21 @@ def test_the_screen_never_hands_a_non_finite_start_on(monkeypatch):
     kept = population.screen(X, Y, setting, "sigmoid", starts, keep=6)
     assert len(kept) == 5
     assert all(bool(torch.isfinite(m.gate_params).all()) for m in kept)
+
+
+def test_the_atoms_distance_is_the_voronoi_cells_one_for_poly2_experts():
+    """A poly2 expert and its negative are one expert, and the cells measure it so: the plain
+    distance put these two atoms 2.3 apart where the cells see 0.076, so a predicted error that
+    moves an atom into the other's cell passed the error criterion."""
+    gp = torch.tensor([[[0.0, 1.0, -0.5], [0.2, 1.05, -0.45]]], dtype=torch.float64)
+    ep = torch.tensor([[[1.0, 0.5, 0.3], [-1.02, -0.5, -0.28]]], dtype=torch.float64)
+    measure = MixingMeasure("sigmoid", "linear", "poly2", 2, gp, ep)
+    flipped = measure.omega[0].clone()
+    flipped[1, -3:] *= -1
+    assert certificates.min_atom_distance(measure) == pytest.approx(
+        float((flipped[0] - flipped[1]).norm()))
+    assert certificates.min_atom_distance(measure) < 0.1 < float(
+        (measure.omega[0, 0] - measure.omega[0, 1]).norm())
+    relu = MixingMeasure("sigmoid", "linear", "relu", 2, gp, ep)  # no symmetry: the plain one
+    assert certificates.min_atom_distance(relu) == pytest.approx(
+        float((relu.omega[0, 0] - relu.omega[0, 1]).norm()))
