@@ -109,6 +109,18 @@ OVERFIT_MIN_N_PER_P = 10
 #: covariance) is computed in float64 with relative error about cond * 2.2e-16, 2e-6 at 1e10;
 #: past ~1e13 no digit is left, and "identified" can no longer be told from "singular".
 FISHER_COND_MAX = 1e10
+#: ... and the condition number past which its digits are rounding: a report prints no number
+#: there (two runs on one machine gave inf, 6.7e15 and 8.2e16 for the same singular matrices)
+FISHER_COND_SINGULAR = 1e13
+
+
+def fisher_cond_words(cond: float) -> str:
+    """A failed Fisher condition number as a reason: its value where it has digits, else that the
+    matrix is singular to rounding."""
+    if cond <= FISHER_COND_SINGULAR:
+        return f"Fisher condition number {cond:.1e} > {FISHER_COND_MAX:.0e}"
+    return (f"Fisher condition number above {FISHER_COND_SINGULAR:.0e}: the Fisher matrix is "
+            "singular to rounding")
 #: reference: largest ratio of the predicted root-mean-square parameter error at the smallest n,
 #: ``sqrt(tr(Sigma) / n_min)``, to the smallest distance between reference atoms. A fitted atom
 #: changes Voronoi cell once its error exceeds half that distance, twice the rms error at this
@@ -561,7 +573,7 @@ def reference_certificate(
     cond = fisher_max / fisher_min if fisher_min > 0 else math.inf
     reasons: list[str] = []
     if not cond <= FISHER_COND_MAX:
-        reasons.append(f"Fisher condition number {cond:.1e} > {FISHER_COND_MAX:.0e}")
+        reasons.append(fisher_cond_words(cond))
     if not float(eig_H[0]) > 0:
         reasons.append(f"population-loss Hessian not positive definite (smallest eigenvalue "
                        f"{float(eig_H[0]):.1e}): the reference is not a strict local minimiser")
@@ -661,7 +673,7 @@ def fixed_failure(cert: ReferenceCertificate) -> str | None:
     ill-conditioned Fisher matrix, a reference that is no strict local minimiser, or (G_bar)
     refits that reach a lower population loss. The truth, the model or the design must change."""
     if not cert.fisher_cond <= FISHER_COND_MAX:
-        return f"Fisher condition number {cert.fisher_cond:.1e} > {FISHER_COND_MAX:.0e}"
+        return fisher_cond_words(cert.fisher_cond)
     if not cert.hessian_min_eig > 0:
         return "the population loss's Hessian is not positive definite"
     if cert.restarts and cert.restarts.get("better"):

@@ -1077,3 +1077,13 @@ def test_the_atoms_distance_is_the_voronoi_cells_one_for_poly2_experts():
     relu = MixingMeasure("sigmoid", "linear", "relu", 2, gp, ep)  # no symmetry: the plain one
     assert certificates.min_atom_distance(relu) == pytest.approx(
         float((relu.omega[0, 0] - relu.omega[0, 1]).norm()))
+
+
+def test_a_singular_fisher_matrix_is_named_without_its_rounding_digits():
+    """Past 1e13 the condition number is rounding: the same preset printed inf, 6.7e15 and
+    8.2e16 on two runs of one machine; the reason names the matrix singular instead."""
+    assert certificates.fisher_cond_words(5.1e8) == "Fisher condition number 5.1e+08 > 1e+10"
+    for cond in (6.7e15, 8.2e16, math.inf):
+        words = certificates.fisher_cond_words(cond)
+        assert words == ("Fisher condition number above 1e+13: the Fisher matrix is singular "
+                         "to rounding")
