@@ -1087,3 +1087,21 @@ def test_a_singular_fisher_matrix_is_named_without_its_rounding_digits():
         words = certificates.fisher_cond_words(cond)
         assert words == ("Fisher condition number above 1e+13: the Fisher matrix is singular "
                          "to rounding")
+
+
+def test_a_refit_on_g_bar_with_its_atoms_relabelled_is_g_bar():
+    """A softmax measure written with another atom pinned is the same regression function; in
+    the pinned gauge D3 read it 5.1 from G_bar, so a wide refit that tied on it failed the
+    reference certificate ("refits ... with the same population loss end up D3 = 5.1 apart")."""
+    g_bar = mt.get_setting("small-dense-relu").truth()
+    assert g_bar.gate == "softmax" and g_bar.k >= 2
+    order = [g_bar.k - 1] + list(range(g_bar.k - 1))  # the pinned atom first: another is pinned
+    relabelled = g_bar.replace(g_bar.gate_params[:, order], g_bar.expert_params[:, order])
+    X = torch.rand(1, 200, g_bar.d, dtype=torch.float64) * 2 - 1
+    assert torch.allclose(relabelled(X), g_bar(X), atol=1e-12)  # one function
+    assert float(voronoi_loss(relabelled, g_bar, "D3")[0]) > 0.1
+    assert float(certificates.repinned_d3(relabelled, g_bar)[0]) < 1e-12
+    # a measure that is another function stays as far as it is
+    moved = g_bar.replace(g_bar.gate_params, g_bar.expert_params + 0.5)
+    assert float(certificates.repinned_d3(moved, g_bar)[0]) == pytest.approx(
+        float(voronoi_loss(moved, g_bar, "D3")[0]))
