@@ -247,6 +247,16 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     if refits.empty or unrefitted:
         what = ", ".join(unrefitted) if unrefitted else "any variant"
         return {**out, "status": NOT_RUN, "reasons": [f"no refit of this curve by {what}"]}
+    # a variant without rows at an n the sweep's checked fits have compared nothing there (its
+    # missing mean read as an infinite move, and failed); one whose rows lost the loss did
+    checked_n = set(base.index.get_level_values("n"))
+    partial = {name: sorted(checked_n - set(rows["n"]))
+               for name, rows in refits.groupby("variant", sort=True)}
+    partial = {name: missing for name, missing in partial.items() if missing}
+    if partial:
+        name, missing = next(iter(partial.items()))
+        return {**out, "status": NOT_RUN, "reasons": [
+            f"no refit of this curve by {name} at n = {', '.join(f'{m:g}' for m in missing)}"]}
     if noise_var is None:
         # without nu no refit can be told a better fit or a worse local minimum than the sweep's:
         # neither the SSR test nor the estimate the shifts compare stands

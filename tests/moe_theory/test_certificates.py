@@ -839,6 +839,26 @@ def test_a_tied_n_leaves_the_check_not_run_not_failed_on_rounding():
     assert "no finite 95% CI half-width" in entry["reasons"][0]
 
 
+def test_a_variant_that_refitted_some_n_only_is_not_run_there():
+    """Refits missing at the largest n (an interrupted check read as stored, or a loss the
+    refits lack there) read as an infinite move of its mean: the check failed on nothing."""
+    from moe_theory.check import curve_check
+
+    df = _one_curve()
+    base = df[df["rep"] < 2]
+    variants = ("max_iter x10", "jitter x10")
+    some = base[base["n"] < base["n"].max()]
+    entry = curve_check(df, base, pd.concat([some.assign(variant=v) for v in variants]), NU,
+                        expected=variants)
+    assert entry["status"] == certificates.NOT_RUN
+    assert entry["reasons"] == [f"no refit of this curve by jitter x10 at n = {base['n'].max():g}"]
+    lost = base.assign(variant="jitter x10")  # rows there, the loss lost: a move, not silence
+    lost.loc[lost["n"] == lost["n"].max(), "loss_value"] = math.nan
+    entry = curve_check(df, base, pd.concat([base.assign(variant="max_iter x10"), lost]), NU,
+                        expected=variants)
+    assert entry["status"] == certificates.FAIL
+
+
 def test_the_ssr_gap_is_judged_at_each_n():
     """Pooled over ten n of two refitted fits each, one fit beaten by 1000 nu was 1 in 20,
     within the 95% share; at its n it is 1 in 2."""
