@@ -1578,14 +1578,15 @@ def test_the_d4_kept_fits_give_the_readme_comparison(d1):
 
 # ---- the other CPU presets' records (2026-12-07) ------------------------------------------------
 
-#: preset -> its wall time from the call (s), as paper_figures/README.md's index quotes it
-OTHER_PRESETS = {"nguyen2024": 554, "nguyen2024-sgd": 311, "yan2025": 1088}
+#: preset -> its wall time from the call (s), as paper_figures/README.md's index quotes it (the
+#: records re-run on 2026-12-07 at c3dbd24's code for nguyen2024 and nguyen2024-sgd)
+OTHER_PRESETS = {"nguyen2024": 355, "nguyen2024-sgd": 237, "yan2025": 1088}
 
 
 @pytest.mark.parametrize("name", sorted(OTHER_PRESETS))
 def test_the_other_cpu_presets_records_are_of_todays_presets(name):
     """paper_figures/NAME/preset/: `moe-theory reproduce NAME --fast --certify` from a clean
-    clone on a 2-core CPU, of today's preset (its config hash), with its table and what the
+    tree on a 2-core CPU, of today's preset (its config hash), with its table and what the
     preflight said from its certificates: every curve the preflight rules out is not measurable
     in the table, and no plotted curve of these presets gets a verdict."""
     import json
