@@ -19,6 +19,8 @@ RESULTS_PARQUET = "results.parquet"
 #: keeps the latter (paper_figures/README.md), and whatever rewrites the table keeps its form
 RESULTS_CSV = "results.csv"
 RESULTS_CSV_GZ = "results.csv.gz"
+#: every form the merged table takes (a finished folder may keep any of them alone)
+MERGED_TABLES = (RESULTS_PARQUET, RESULTS_CSV, RESULTS_CSV_GZ)
 #: each fit's estimate, one row per fit, beside the results table
 FITS_FILE = "fits.csv.gz"
 #: the sweep's config, its hash and the references its fits were measured against

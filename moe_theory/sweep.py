@@ -38,15 +38,7 @@ from moe_theory.errors import ResourceError, is_out_of_memory
 from moe_theory.estimators import Bounds, box_bounds, fit_lse
 from moe_theory.executors import check_executor, map_shards, parse_gpus, shard_cost
 from moe_theory.initialization import NearTruth, multi_start
-from moe_theory.layout import (
-    CHECK_FILE,
-    CHECK_TABLE,
-    FITS_FILE,
-    REFERENCE_DIR,
-    RESULTS_CSV,
-    RESULTS_CSV_GZ,
-    RESULTS_PARQUET,
-)
+from moe_theory.layout import CHECK_FILE, CHECK_TABLE, FITS_FILE, MERGED_TABLES, REFERENCE_DIR
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import design_size_for, reference_measure
 from moe_theory.settings import Setting, get_setting
@@ -658,10 +650,6 @@ def certify(config: SweepConfig, out: str | Path, *, device: str = "cpu", backen
             losses=functools.partial(applicable_losses, wanted=config.losses),
             box=functools.partial(shard_box, config)),
         device, "the reference certificates", log or (lambda msg: None))
-
-
-#: a results folder's merged tables (docs/design.md, "Results store")
-MERGED_TABLES = (RESULTS_PARQUET, RESULTS_CSV, RESULTS_CSV_GZ)
 
 
 def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, force: bool,
