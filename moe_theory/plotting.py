@@ -698,15 +698,33 @@ def figure_title(title: str) -> str:
     return title
 
 
-#: A number in e-notation within words ("1.6e6", "4.1e+06"), not part of a name ("gelu_d4e6").
-_E_NOTATION = re.compile(r"(?<!\w)(?<!\d\.)\d+(?:\.\d+)?e\+?\d+(?!\w|\.\d)")
+#: A number in e-notation within words ("1.6e6", "4.1e+06"), not part of a name ("gelu_d4e6"),
+#: or a whole number of seven digits or more ("2000000": its zeros are counted, not read).
+_E_NOTATION = re.compile(
+    r"(?<!\w)(?<!\d\.)(?:\d+(?:\.\d+)?e\+?\d+|[1-9]\d{6,})(?!\w|\.\d)")
 
 
 def readable_numbers(text: str) -> str:
-    """``text`` with its numbers in e-notation written as the axes write them ("n = 1.6e6" ->
-    "n = 1.6·10^6", :func:`power_of_ten_label`): a description's own text cannot change without
-    changing its config's hash."""
+    """``text`` with its numbers in e-notation, and its whole numbers from 10^6 on, written as the
+    axes write them ("n = 1.6e6" -> "n = 1.6·10^6", "2000000" -> "2·10^6",
+    :func:`power_of_ten_label`): a description's own text cannot change without changing its
+    config's hash."""
     return _E_NOTATION.sub(lambda m: power_of_ten_label(float(m.group(0)), digits=4), text)
+
+
+#: The references' names as a description writes them in plain text (a config's text cannot
+#: change without changing its hash), to be drawn as the legends draw them (REFERENCE_WORDS).
+_SYMBOLS = tuple((re.compile(rf"(?<!\w){re.escape(name)}(?!\w)"), symbol)
+                 for name, symbol in REFERENCE_WORDS.items())
+
+
+def readable_text(text: str) -> str:
+    """``text`` as a title draws it: numbers as the axes write them (:func:`readable_numbers`)
+    and the references as the legends name them (``REFERENCE_WORDS``)."""
+    text = readable_numbers(text)
+    for pattern, symbol in _SYMBOLS:
+        text = pattern.sub(lambda _, s=symbol: s, text)
+    return text
 
 
 def _suptitle(fig: Figure, title: str) -> None:
@@ -717,7 +735,7 @@ def _suptitle(fig: Figure, title: str) -> None:
     chars = max(20, int(fig.get_size_inches()[0] * 72 / (0.55 * size)))
     # wrapped before its numbers become mathtext, whose source is longer than what it draws
     lines = textwrap.wrap(figure_title(title), chars)
-    fig.suptitle("\n".join(map(readable_numbers, lines)))
+    fig.suptitle("\n".join(map(readable_text, lines)))
 
 
 def plot_rates(
@@ -752,7 +770,7 @@ def plot_rates(
         ax = fig.add_subplot()
         draw_rates(ax, df, curves, theory=theory, ylabel=ylabel, certificates=certificates)
         if title is not None:
-            ax.set_title(figure_title(title))
+            ax.set_title(readable_text(figure_title(title)))
         return save_figure(fig, path_stem)
 
 

@@ -38,6 +38,7 @@ from moe_theory.plotting import (
     plot_panels,
     plot_rates,
     readable_numbers,
+    readable_text,
     use_style,
 )
 from moe_theory.rates import PLUS_MINUS, gap_outcome, gap_table, rates_table
@@ -382,6 +383,17 @@ def test_titles_are_words_not_ids(df):
     assert figure_title("my own title") == "my own title"
 
 
+def test_a_title_names_the_references_as_the_legends_do(df):
+    """A description's plain "G_bar" and "G*" (its text is hashed with its config) are drawn as
+    the legends draw them, whole words only; a config id that contains them is left alone."""
+    assert readable_text("sigmoid fits against the G_bar of the wide search, n = 1e5") == (
+        r"sigmoid fits against the $\bar G$ of the wide search, n = $10^{5}$")
+    assert readable_text("D1 vs G*, G*x and my_G_bar") == r"D1 vs $G^*$, G*x and my_G_bar"
+    fig = laid_out(df, [("toy-dense", "toy-dense", [("sigmoid", "D3")])],
+                   title="Dense truths: sigmoid fits against the G_bar of the wide search")
+    assert "G_bar" not in fig.get_suptitle() and r"$\bar G$" in fig.get_suptitle()
+
+
 def test_a_titles_numbers_read_as_the_axes_write_them(df):
     """A description's "n = 1.6e6" is drawn as the tick labels draw sample sizes; names and
     versions are left alone; the title wraps as its plain text does (mathtext's source is
@@ -391,6 +403,11 @@ def test_a_titles_numbers_read_as_the_axes_write_them(df):
     assert readable_numbers("n = 4e3..3.2e4, 1e+05") == (
         r"n = $4\cdot10^{3}$..$3.2\cdot10^{4}$, $10^{5}$")
     assert readable_numbers("gelu_d4e6, v1.2e3x, 1.2.3e4") == "gelu_d4e6, v1.2e3x, 1.2.3e4"
+    # whole numbers from seven digits on; a year, a count and a name's digits left alone
+    assert readable_numbers("on 2000000 design points, 1234567 fits") == (
+        r"on $2\cdot10^{6}$ design points, $1.235\cdot10^{6}$ fits")
+    assert readable_numbers("2026, 999999 fits, run_20000000, 1.2000000") == (
+        "2026, 999999 fits, run_20000000, 1.2000000")
     title = ("Softmax MoE on a d = 4 dense softmax truth, GELU experts, box 10x in beta0 and 3x "
              "in the rest, 2000 iterations, 32 wide starts, n 5.1e5 to 4.1e6")
     fig = laid_out(df, [("toy-dense", "toy-dense", [("sigmoid", "D3")])], title=title)
