@@ -670,13 +670,38 @@ GAP_UNRESOLVED = "not resolved: the two CIs overlap"
 #: ... where a curve has no CI to compare (its replications tied at some n: :func:`tied`)
 GAP_NO_CI = "not resolved: no CI for the {} curve (replications tied)"
 GAP_NOT_MEASURABLE = "not measurable"
+#: The parameter groups that are the experts' (the claim is about estimating experts): an MoE's
+#: ``eta`` and, in attention rows read as an MoE, the values ``V`` (docs/theory.md#attention-rows-as-moe);
+#: the gates' groups (``beta1``, ``A``, the attention's ``W``) are not.
+EXPERT_GROUPS = ("eta", "V")
+
+
+def _parameter_error(loss: str) -> tuple[str, str] | None:
+    """``(group, cell type)`` of a per-parameter error ``err_{group}_{cell}``; None for a
+    Voronoi loss."""
+    parts = loss.split("_")
+    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == "err" else None
+
+
+def gap_comparable(sigmoid_loss: str, softmax_loss: str) -> bool:
+    """Whether two curves can show the gap between the gates: both measure the experts (a
+    Voronoi loss, which holds every atom's expert, or an expert group's error) and, where both
+    are parameter errors, the same group in the same cell type. An exact cell's error against
+    an over-specified one's differs in rate within one gate, and a gate's parameters against an
+    expert's compare two objects, so neither pair says which gate estimates its experts faster
+    (docs/theory.md#the-gap-between-the-gates)."""
+    errors = [_parameter_error(loss) for loss in (sigmoid_loss, softmax_loss)]
+    if any(e is not None and e[0] not in EXPERT_GROUPS for e in errors):
+        return False
+    return None in errors or errors[0] == errors[1]
 
 
 def gap_table(table: pd.DataFrame) -> pd.DataFrame:
     """The gap between the gates that a rates table shows (docs/theory.md#the-gap-between-the-gates).
 
     One row per setting and pair of plotted curves, one of the sigmoid fit and one of the softmax
-    fit, whose theory exponents say the sigmoid fit's loss falls faster. ``gap`` is
+    fit, that measure the experts alike (:func:`gap_comparable`) and whose theory exponents say
+    the sigmoid fit's loss falls faster. ``gap`` is
     ``not measurable: ...`` where either curve is not measurable (a certificate failed or was not
     run, or too few sample sizes), naming it and why; otherwise both slopes are the estimator's
     (a CI too wide for a verdict against one exponent included: the gap's test is the two CIs
@@ -697,7 +722,8 @@ def gap_table(table: pd.DataFrame) -> pd.DataFrame:
         softmax = curves[curves["fit_gate"] == "softmax"].sort_values("loss_name")
         for _, sig in sigmoid.iterrows():
             for _, soft in softmax.iterrows():
-                if not sig["theory_exponent"] < soft["theory_exponent"]:
+                if not (sig["theory_exponent"] < soft["theory_exponent"]
+                        and gap_comparable(sig["loss_name"], soft["loss_name"])):
                     continue
                 rows.append(_gap_row(str(setting), sig, soft))
     return pd.DataFrame(rows, columns=list(GAP_COLUMNS))

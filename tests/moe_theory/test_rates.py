@@ -36,6 +36,7 @@ from moe_theory.rates import (
     curve_verdict,
     fit_rate,
     format_rates_table,
+    gap_comparable,
     gap_table,
     rates_table,
     verdict,
@@ -692,6 +693,29 @@ def gap_rates(softmax_exponent, *, certify_softmax=True, sigma=SIGMA, plotted=Tr
     if plotted:
         table["plotted"] = True
     return table
+
+
+def test_the_gap_pairs_only_curves_that_measure_the_experts_alike():
+    """The claim is about experts: a Voronoi loss (every atom's expert in it) pairs with an
+    expert group's error; two parameter errors pair only within one group and cell type (an
+    exact cell's n^-1/2 against an over-specified one's n^-1/4 differs within one gate); a
+    gate's parameters (beta1, A, attention's W) pair with nothing. attention-teacher's table
+    had paired the sigmoid fit's err_V_over with the softmax fit's err_W_over."""
+    assert gap_comparable("D3", "err_eta_over") and gap_comparable("D3", "D1_matched")
+    assert gap_comparable("err_eta_over", "err_eta_over")
+    assert gap_comparable("err_V_over", "err_V_over") and gap_comparable("D1", "err_V_over")
+    assert not gap_comparable("err_V_over", "err_W_over")
+    assert not gap_comparable("err_eta_exact", "err_eta_over")
+    assert not gap_comparable("D3", "err_beta1_over") and not gap_comparable("err_A_exact", "D1")
+    curves = [("sigmoid", "D3", -0.5), ("sigmoid", "err_eta_exact", -0.5),
+              ("sigmoid", "err_V_over", -0.5), ("softmax", "err_eta_over", -0.25),
+              ("softmax", "err_W_over", -0.25), ("softmax", "err_beta1_over", -0.25)]
+    table = pd.DataFrame([{"setting": "s", "fit_gate": g, "loss_name": loss, "plotted": True,
+                           "theory_exponent": e, "slope": e, "ci_low": e - 0.05,
+                           "ci_high": e + 0.05, "verdict": "consistent"}
+                          for g, loss, e in curves])
+    pairs = set(zip(gap_table(table)["sigmoid_loss"], gap_table(table)["softmax_loss"]))
+    assert pairs == {("D3", "err_eta_over")}
 
 
 def test_the_gap_is_exhibited_only_between_certified_slopes_whose_cis_are_apart():
