@@ -714,7 +714,8 @@ def test_the_gap_pairs_only_curves_that_measure_the_experts_alike():
                            "theory_exponent": e, "slope": e, "ci_low": e - 0.05,
                            "ci_high": e + 0.05, "verdict": "consistent"}
                           for g, loss, e in curves])
-    pairs = set(zip(gap_table(table)["sigmoid_loss"], gap_table(table)["softmax_loss"]))
+    gaps = gap_table(table)
+    pairs = set(zip(gaps["sigmoid_loss"], gaps["softmax_loss"], strict=True))
     assert pairs == {("D3", "err_eta_over")}
 
 
