@@ -1579,8 +1579,8 @@ def test_the_d4_kept_fits_give_the_readme_comparison(d1):
 # ---- the other CPU presets' records (2026-12-07) ------------------------------------------------
 
 #: preset -> its wall time from the call (s), as paper_figures/README.md's index quotes it (the
-#: records re-run on 2026-12-07 at c3dbd24's code for nguyen2024 and nguyen2024-sgd)
-OTHER_PRESETS = {"nguyen2024": 355, "nguyen2024-sgd": 237, "yan2025": 1088}
+#: records re-run on 2026-12-07 at c3dbd24's code for nguyen2024 and nguyen2024-sgd, at 816193e for yan2025)
+OTHER_PRESETS = {"nguyen2024": 355, "nguyen2024-sgd": 237, "yan2025": 1176}
 
 
 @pytest.mark.parametrize("name", sorted(OTHER_PRESETS))
