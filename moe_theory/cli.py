@@ -63,8 +63,13 @@ def _cmd_sweep(args) -> int:
     # --gpus pins each worker to one GPU: the device is then CUDA unless said otherwise
     device = args.device or ("cuda" if args.gpus is not None else "cpu")
     if args.references_from:
-        from moe_theory.sweep import adopt_references
+        from moe_theory.sweep import adopt_references, check_sweep_options
 
+        # adopting writes into the folder (and --force sets its run aside): the sweep's own
+        # options are refused first
+        check_sweep_options(device=device, backend=args.backend, executor=args.executor,
+                            scheduler=args.scheduler, local_workers=args.local_workers,
+                            gpus=args.gpus)
         adopt_references(config, out, args.references_from, device=device, force=args.force)
     df = run_sweep(config, out, device=device, backend=args.backend, force=args.force,
                    executor=args.executor, scheduler=args.scheduler,

@@ -53,7 +53,7 @@ from moe_theory.preflight import NOT_MEASURABLE, folder_outlook
 from moe_theory.rates import format_rates_table
 from moe_theory.store import plan, read_manifest, refuse_sweep_folder, write_manifest
 from moe_theory.studies import StudyOutput, attention_regularity, attention_teacher
-from moe_theory.sweep import adopt_references, prepare_references, run_sweep
+from moe_theory.sweep import adopt_references, check_sweep_options, prepare_references, run_sweep
 from moe_theory.validation import check_device
 
 #: Figures that are not sweeps of a config: name -> the study's ``run(fast=, device=)``.
@@ -101,7 +101,11 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     """
     workers = device_workers(workers, device)
     check_device("device", device)
+    _cluster_options(gpus, local_workers, device)
     if references_from is not None:
+        # adopting writes into the folder (and force sets its run aside): the sweep's own
+        # options are refused first
+        check_sweep_options(device=device, backend=backend)
         if name == "all" or name in EXPERIMENTS:
             raise ValueError(f"references_from: give one config, not {name!r} (a study or "
                              "every figure has no single folder of references to adopt)")
@@ -134,12 +138,7 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
     references while the cluster starts, and writes and draws each figure as it finishes, one at
     a time. The tables are those of a serial run.
     """
-    gpu_ids = parse_gpus(gpus)
-    if gpu_ids is not None and local_workers is not None:
-        raise ValueError("--gpus: give one of --gpus, --local-workers")
-    if gpu_ids is not None and device != "cuda":
-        raise ValueError(f"device: --gpus pins each worker to one GPU, which it sees as 'cuda'; "
-                         f"got {device!r}")
+    gpu_ids = _cluster_options(gpus, local_workers, device)
     common = {"fast": fast, "device": device, "backend": backend, "certify": certify,
               "force": force}
     if gpu_ids is None and local_workers is None:
@@ -154,6 +153,18 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
     with shared_cluster(**cluster, processes_per_gpu=workers if gpu_ids is not None else 1):
         return _overlapped(figures, common, workers=workers,
                            sweep_options={"executor": "dask", **cluster})
+
+
+def _cluster_options(gpus: str | Sequence[int] | None, local_workers: int | None, device: str
+                     ) -> tuple[int, ...] | None:
+    """The GPU ordinals of ``gpus``; refuses a cluster asked for twice, or GPUs off CUDA."""
+    gpu_ids = parse_gpus(gpus)
+    if gpu_ids is not None and local_workers is not None:
+        raise ValueError("--gpus: give one of --gpus, --local-workers")
+    if gpu_ids is not None and device != "cuda":
+        raise ValueError(f"device: --gpus pins each worker to one GPU, which it sees as 'cuda'; "
+                         f"got {device!r}")
+    return gpu_ids
 
 
 def _config_folder(fig: str | Path, folder: Path | None, fast: bool) -> tuple[SweepConfig, Path]:

@@ -722,6 +722,23 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
                 "again")
 
 
+def check_sweep_options(*, device: str = "cpu", backend: str = "auto", executor: str = "local",
+                        scheduler: str | None = None, local_workers: int | None = None,
+                        gpus: str | Sequence[int] | None = None) -> tuple[int, ...] | None:
+    """Refuse :func:`run_sweep`'s inconsistent options (each message names its flag); the GPU
+    ordinals of ``gpus``. Called before anything is written into a folder, by the sweep and by
+    whatever writes into the folder before it (:func:`adopt_references`)."""
+    gpu_ids = parse_gpus(gpus)
+    check_executor(executor, scheduler=scheduler, local_workers=local_workers, gpus=gpu_ids)
+    if gpu_ids is not None and device != "cuda":
+        raise ValueError(f"device: --gpus pins each worker to one GPU, which it sees as 'cuda'; "
+                         f"got {device!r}")
+    if scheduler is None:
+        # a remote scheduler's workers may hold GPUs (and kernels) that this machine lacks
+        resolve_backend(backend, check_device("device", device))
+    return gpu_ids
+
+
 def run_sweep(
     config: SweepConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
     force: bool = False, log: Callable[[str], None] | None = None, executor: str = "local",
@@ -751,15 +768,8 @@ def run_sweep(
     the number of workers or the order in which shards finish.
     """
     out = Path(out)
-    gpu_ids = parse_gpus(gpus)
-    check_executor(executor, scheduler=scheduler, local_workers=local_workers, gpus=gpu_ids)
-    if gpu_ids is not None and device != "cuda":
-        raise ValueError(f"device: --gpus pins each worker to one GPU, which it sees as 'cuda'; "
-                         f"got {device!r}")
-    if scheduler is None:
-        # a remote scheduler's workers may hold GPUs (and kernels) that this machine lacks;
-        # here, refuse before any file is written
-        resolve_backend(backend, check_device("device", device))
+    gpu_ids = check_sweep_options(device=device, backend=backend, executor=executor,
+                                  scheduler=scheduler, local_workers=local_workers, gpus=gpus)
     log = log or log_stderr
     make_folder(out)
     before = read_manifest(out)

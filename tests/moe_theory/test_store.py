@@ -603,6 +603,40 @@ def test_a_rerun_adopts_the_references_its_source_folder_records(tmp_path, monke
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").rglob("*.json")} == before
 
 
+def test_a_bad_flag_beside_references_from_is_refused_before_the_folder_is_touched(tmp_path):
+    """Adopting references writes the manifest (and --force sets the folder's run aside): a
+    sweep option the sweep itself would refuse is refused first, naming the flag, and the
+    folder's files are those it held. It used to be checked after the adoption, so that a
+    mistyped flag beside --force set a finished run aside and left the folder another's."""
+    sweep.run_sweep(parse_config(TINY_GBAR), tmp_path / "a", log=lambda msg: None)
+    other = parse_config({**TINY, "name": "other-run", "seed": 7})
+    sweep.run_sweep(other, tmp_path / "held", log=lambda msg: None)
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(tmp_path / "held")): p.read_bytes()
+                for p in sorted((tmp_path / "held").rglob("*")) if p.is_file()}
+
+    held = files()
+    bad = [["--local-workers", "2"], ["--executor", "nope"], ["--gpus", "0"],
+           ["--device", "tpu"]]
+    for flags in bad:
+        try:
+            code = main(["sweep", str(_tiny_gbar_toml(tmp_path)), "--out", str(tmp_path / "held"),
+                         "--references-from", str(tmp_path / "a"), "--force", *flags])
+        except SystemExit as exit_:  # a choice argparse refuses itself
+            code = exit_.code
+        assert code == 2, flags
+        assert files() == held, flags
+    from moe_theory.reproduce import reproduce
+
+    for options in ({"gpus": "0"}, {"local_workers": 2, "gpus": "0", "device": "cuda"},
+                    {"device": "cuda", "backend": "triton"}):
+        with pytest.raises(ValueError, match="--gpus|device|backend"):
+            reproduce(str(_tiny_gbar_toml(tmp_path)), out=tmp_path / "held", force=True,
+                      references_from=tmp_path / "a", **options)
+        assert files() == held, options
+
+
 def _tiny_gbar_toml(folder: Path) -> Path:
     path = folder / "tiny-gbar.toml"
     path.write_text(toml(TINY_GBAR))
