@@ -482,12 +482,21 @@ def _config_hashes(path: Path, meta: pq.FileMetaData) -> set:
     return hashes
 
 
+def _unused(path: Path) -> Path:
+    """``path``, with an "x" appended while a file of that name exists: two copies set aside
+    within the second their names are stamped with (a third in one second had replaced the
+    second's damaged shard)."""
+    while path.exists():
+        path = path.with_name(path.name + "x")
+    return path
+
+
 def move_aside(out: Path, path: Path) -> Path:
     """Move a damaged shard file (and its record) to ``OUT/damaged/``; returns where it went."""
     out = Path(out)
     dest = out / DAMAGED_DIR / path.relative_to(out / SHARDS_DIR)
     if dest.exists():
-        dest = dest.with_name(f"{dest.name}.{time.strftime('%Y%m%dT%H%M%S')}")
+        dest = _unused(dest.with_name(f"{dest.name}.{time.strftime('%Y%m%dT%H%M%S')}"))
     make_folder(dest.parent)
     try:
         os.replace(path, dest)
@@ -610,9 +619,7 @@ def set_aside(out: Path, figure_name: str | None = None,
     present = [name for name in names if (out / name).exists()]
     if not present:
         return None
-    dest = out / f"replaced-{time.strftime('%Y%m%dT%H%M%S')}"
-    while dest.exists():  # two in one second
-        dest = dest.with_name(dest.name + "x")
+    dest = _unused(out / f"replaced-{time.strftime('%Y%m%dT%H%M%S')}")
     make_folder(dest)
     for name in present:
         try:
@@ -816,16 +823,25 @@ def _recorded_shards(path: Path) -> dict | None:
 
 
 def _write_merged(out: Path, df: pd.DataFrame, finished: dict[Shard, str]) -> None:
+    """The merged table and its copies. ``results.parquet`` is written last: the shard
+    checksums it records are what makes a later read trust every merged file, so a process
+    killed between the files leaves a record that no longer matches, and the next read merges
+    and writes them all again (written first, it had left a stale CSV and fits file that every
+    read then trusted)."""
+    if len(df) <= CSV_MAX_ROWS:
+        write_results_csv(out, df)
+    else:
+        # no CSV copy of a table this large: one left by an earlier, smaller merge is stale
+        for path in (out / RESULTS_CSV, out / RESULTS_CSV_GZ):
+            path.unlink(missing_ok=True)
+    fits = fit_table(df)
+    if len(fits):
+        write_fits(out, fits)
     table = pa.Table.from_pandas(df, preserve_index=False)
     record = json.dumps({s.key: sha for s, sha in finished.items()}, sort_keys=True).encode()
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            SHARDS_METADATA_KEY: record})
     atomic_write(out / RESULTS_PARQUET, lambda tmp: pq.write_table(table, tmp))
-    if len(df) <= CSV_MAX_ROWS:
-        write_results_csv(out, df)
-    fits = fit_table(df)
-    if len(fits):
-        write_fits(out, fits)
 
 
 def fit_table(df: pd.DataFrame) -> pd.DataFrame:

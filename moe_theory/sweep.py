@@ -10,6 +10,7 @@ folder share the work. The merged table is rebuilt from the shard files.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import sys
@@ -48,6 +49,7 @@ from moe_theory.store import (
     SORT_KEYS,
     Claim,
     Shard,
+    atomic_write,
     claim_holder,
     discard_setting,
     heartbeat,
@@ -615,10 +617,19 @@ def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *
         # a certificate depends on the grid too: only this config's are the ones it would write
         for path in sorted((source / REFERENCE_DIR).glob("*.json")):
             target = out / REFERENCE_DIR / path.name
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
+            if not _json_file(target):
+                # whole or not at all: a copy cut short had left JSON that no re-run replaced
+                atomic_write(target, functools.partial(shutil.copyfile, path))
     return keys
+
+
+def _json_file(path: Path) -> bool:
+    """Whether ``path`` holds a whole JSON document."""
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _adopted_references(out: Path, design_size: int) -> dict[str, str]:

@@ -816,3 +816,86 @@ def test_a_shard_that_never_verifies_stops_the_sweep(monkeypatch, tmp_path):
     assert sum(f"damaged shard {first.key}: its rows were written by another config (hash "
                "0123456789ab)" in line for line in lines) == sweep.SHARD_RUNS_MAX
     assert len(list((tmp_path / "out" / "shards").rglob("*.parquet"))) == 3
+
+
+def test_a_merge_cut_between_its_files_leaves_no_copy_that_reads_trust(tmp_path, monkeypatch):
+    """results.parquet, whose shard checksums make every read trust the merged files, is
+    written after the CSV and fits copies: a merge killed between them leaves a record that no
+    longer matches the shards, so the next read merges and writes every file again. Written
+    first, it had left the CSV and fits of an earlier, partial merge, trusted by every read."""
+    config = parse_config(TINY)
+    out = tmp_path / "out"
+    store.write_manifest(out, config)
+    sweep.prepare_references(config, out, log=lambda msg: None)
+    shards = plan(config)
+    for shard in shards[:2]:
+        sweep.compute_shard(shard, config=config, out=out)
+    store.merge(out, report=lambda msg: None)  # a partial merge: its three files
+    for shard in shards[2:]:
+        sweep.compute_shard(shard, config=config, out=out)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "write_fits", killed)
+        with pytest.raises(Killed):
+            store.merge(out, report=lambda msg: None)
+    full = store.load_results(out, report=lambda msg: None)
+    assert len(full) == len(store._table(out, dict.fromkeys(shards, "")))
+    same_table(store.read_csv(out / "results.csv"), full.drop(columns=store.FIT_MEASURE))
+    fits = store.read_csv(out / store.FITS_FILE)
+    assert len(fits) == len(store.fit_table(full)) == config.reps * len(config.n)
+
+
+def test_a_table_past_the_csv_limit_leaves_no_stale_csv_beside_it(tmp_path, monkeypatch):
+    """Past CSV_MAX_ROWS the merged table has no CSV copy: one an earlier, smaller merge wrote
+    is removed (it had stayed beside the full table, the partial one)."""
+    config = parse_config(TINY)
+    out = tmp_path / "out"
+    store.write_manifest(out, config)
+    sweep.prepare_references(config, out, log=lambda msg: None)
+    shards = plan(config)
+    sweep.compute_shard(shards[0], config=config, out=out)
+    partial = store.merge(out, report=lambda msg: None)
+    assert (out / "results.csv").exists()
+    for shard in shards[1:]:
+        sweep.compute_shard(shard, config=config, out=out)
+    monkeypatch.setattr(store, "CSV_MAX_ROWS", len(partial))
+    full = store.merge(out, report=lambda msg: None)
+    assert len(full) > len(partial)
+    assert not (out / "results.csv").exists() and not (out / "results.csv.gz").exists()
+    same_table(store.load_results(out), full)
+
+
+def test_adopted_certificates_are_copied_whole_and_a_cut_copy_is_replaced(tmp_path):
+    """--references-from copies the source's certificates through a temporary file; one that a
+    killed copy left cut short (not JSON) is copied again by the next adoption, where it had
+    been kept (the target existed) and refused every sweep of the folder."""
+    config = parse_config(TINY_GBAR)
+    sweep.run_sweep(config, tmp_path / "a", log=lambda msg: None)
+    sweep.adopt_references(config, tmp_path / "b", tmp_path / "a")
+    (source,) = sorted((tmp_path / "a" / "certificates").glob("*.json"))
+    copy = tmp_path / "b" / "certificates" / source.name
+    assert copy.read_bytes() == source.read_bytes()
+    copy.write_bytes(source.read_bytes()[:40])
+    sweep.adopt_references(config, tmp_path / "b", tmp_path / "a")
+    assert copy.read_bytes() == source.read_bytes()
+    sweep.run_sweep(config, tmp_path / "b", log=lambda msg: None)
+
+
+def test_three_damaged_copies_set_aside_in_one_second_are_all_kept(tmp_path, monkeypatch):
+    """A damaged shard set aside where one of its name already lies gets the time and, within
+    one second, an "x" per copy: a third copy in the same second had replaced the second."""
+    out = tmp_path / "out"
+    shard = out / "shards" / "s" / "n000000100_reps00000-00001.parquet"
+    monkeypatch.setattr(store.time, "strftime", lambda fmt, *args: "20261207T000000")
+    for i in range(3):
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        shard.write_bytes(f"damaged copy {i}".encode())
+        store.move_aside(out, shard)
+    kept = sorted(p.read_bytes() for p in (out / "damaged").rglob("*.parquet*"))
+    assert kept == [f"damaged copy {i}".encode() for i in range(3)]
