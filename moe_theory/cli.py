@@ -21,6 +21,7 @@ from moe_theory.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
     ResourceError,
+    is_out_of_memory,
 )
 from moe_theory.layout import MANIFEST_FILE
 from moe_theory.store import StoreWarning
@@ -555,6 +556,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"moe-theory: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        # past what a config's bounds foresee (a G_bar design, a batch the device cannot hold)
+        print(f"moe-theory: error: out of memory: {str(err).splitlines()[0][:300]}",
+              file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         print("moe-theory: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -185,12 +185,24 @@ MAX_SHARDS = 100_000
 #: 16 TiB of inputs and noise in float64 (numpy refused n = 10^20 with "Maximum allowed
 #: dimension exceeded", which names no key)
 MAX_N = 2**40
+#: Atoms of a fitted measure past which no fit runs: the Voronoi cells and the reference
+#: certificate compare every atom with every other (k = 10^6 asked the CPU for 160 GB), and a
+#: Levenberg-Marquardt Gram matrix grows as k^2 (the committed figures fit at most 9).
+MAX_K_FIT = 256
+#: Extra starts per fit past which the batch of starts is the problem, not the fit (the
+#: committed studies use at most 256; 10^9 was reported as a sample size too large to fit).
+MAX_STARTS = 4096
+#: Bytes of a config's name: it names files and folders (``NAME-fast``, ``NAME.png``,
+#: ``NAME.toml``) whose names the file system caps at 255 bytes; a name of 300 characters failed
+#: after every fit, when the figure was to be named.
+MAX_NAME_BYTES = 200
 
 
-def _int(raw: dict, key: str, default: Any = None, minimum: int = 1, name: str | None = None
-         ) -> int:
-    """``raw[key]``, an integer >= ``minimum``; ``name`` is the key as the config spells it
-    (``n.num`` for ``num`` of the table ``n``). Without a default the key is required."""
+def _int(raw: dict, key: str, default: Any = None, minimum: int = 1, name: str | None = None,
+         maximum: int | None = None, why: str = "") -> int:
+    """``raw[key]``, an integer >= ``minimum`` (and <= ``maximum``, ``why`` saying why);
+    ``name`` is the key as the config spells it (``n.num`` for ``num`` of the table ``n``).
+    Without a default the key is required."""
     if key not in raw and default is None:
         raise _err(name or key, "missing")
     value = raw.get(key, default)
@@ -198,6 +210,8 @@ def _int(raw: dict, key: str, default: Any = None, minimum: int = 1, name: str |
         raise _err(name or key, f"must be an integer, got {value!r}")
     if value < minimum:
         raise _err(name or key, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise _err(name or key, f"must be at most {maximum}{why}, got {value}")
     return value
 
 
@@ -352,7 +366,9 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config",
         _check_parameter_groups("losses", losses, settings)
     k_fit = raw.get("k_fit")
     if k_fit is not None:
-        k_fit = _int(raw, "k_fit")
+        k_fit = _int(raw, "k_fit", maximum=MAX_K_FIT,
+                     why=" (every atom is compared with every other, and LM's Gram matrix grows "
+                         "as k^2)")
         for s in settings:
             if k_fit < get_setting(s).k_true:
                 raise _err("k_fit", f"k = {k_fit} < k* = {get_setting(s).k_true} of setting {s!r}")
@@ -362,7 +378,8 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config",
     bound_scale = _bound_scale(raw.get("bound_scale", DEFAULT_BOUND_SCALE))
     if algorithm == "lbfgs" and not no_box(bound_scale):
         raise _err("bound_scale", "algorithm 'lbfgs' takes no box: set bound_scale = inf")
-    starts = _int(raw, "starts", DEFAULT_EXTRA_STARTS, minimum=0)
+    starts = _int(raw, "starts", DEFAULT_EXTRA_STARTS, minimum=0, maximum=MAX_STARTS,
+                  why=" (every start is a fit of the batch)")
     start_jitter = raw.get("start_jitter")
     if start_jitter is not None and (isinstance(start_jitter, bool) or not isinstance(
             start_jitter, (int, float)) or not 0 < start_jitter < math.inf):
@@ -379,7 +396,8 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config",
     g_bar_design_size = raw.get("g_bar_design_size")
     if g_bar_design_size is not None:
         # too small a design fails G_bar's certificate (its design error), which says so
-        g_bar_design_size = _int(raw, "g_bar_design_size")
+        g_bar_design_size = _int(raw, "g_bar_design_size", maximum=MAX_N,
+                                 why=" (2**40, as a sample size: no machine holds more)")
     sgd = raw.get("sgd", {})
     if not isinstance(sgd, dict):
         raise _err("sgd", f"must be a table (allowed sub-keys: "
@@ -451,6 +469,9 @@ def _plain_name(name: Any) -> str:
             or any(c in name for c in "/\\\0")):
         raise _err("name", "must be a plain file name (no '/' or '\\', not '.' or '..', no "
                    f"leading or trailing space), got {name!r}")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise _err("name", f"must be at most {MAX_NAME_BYTES} bytes (it names files, whose "
+                   f"names the file system caps at 255), got {len(name.encode())}")
     return name
 
 

@@ -78,8 +78,10 @@ def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, MemoryError):
         return True
     message = str(err)
+    # the CPU allocator's own words ("DefaultCPUAllocator: can't allocate memory")
     return isinstance(err, RuntimeError) and (
-        "out of memory" in message or any(word in message for word in _HANDLE_CREATION))
+        "out of memory" in message or "can't allocate memory" in message
+        or any(word in message for word in _HANDLE_CREATION))
 
 
 def is_device_lost(err: BaseException) -> bool:

@@ -184,3 +184,31 @@ def test_loss_reads_a_pipe_and_prints_an_overflowing_loss_as_null(tmp_path, caps
     (tmp_path / "far.json").write_text(json.dumps(far))
     assert main(["loss", str(tmp_path / "far.json"), str(good), "--kind", "D2", "--r", "4"]) == 0
     assert json.loads(capsys.readouterr().out) is None
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError("Unable to allocate 14.2 PiB for an array with shape (10**15, 8)"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't "
+                 "allocate memory: you tried to allocate 160000000000 bytes.")])
+def test_running_out_of_memory_is_an_environment_error_not_a_traceback(monkeypatch, capsys,
+                                                                       error):
+    """numpy's MemoryError and the CPU allocator's RuntimeError (whose words are not "out of
+    memory") had ended a command in a traceback; they are exit 3 with one line. Any other
+    RuntimeError is still a traceback: a bug, not the machine."""
+    from moe_theory import sweep
+    from moe_theory.errors import EXIT_ENVIRONMENT
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(sweep, "run_sweep", fails)
+    assert main(["sweep", "nguyen2024", "--fast"]) == EXIT_ENVIRONMENT
+    err = capsys.readouterr().err
+    assert err.startswith("moe-theory: error: out of memory: ") and len(err.splitlines()) == 1
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("einsum(): subscript q has size 3")
+
+    monkeypatch.setattr(sweep, "run_sweep", bug)
+    with pytest.raises(RuntimeError, match="einsum"):
+        main(["sweep", "nguyen2024", "--fast"])

@@ -341,6 +341,27 @@ def test_a_sample_size_no_machine_holds_is_refused_by_its_key(n, key):
     assert parse_config({**BASE, "n": [2**40]}).n == (2**40,)
 
 
+@pytest.mark.parametrize(("key", "value", "limit"), [
+    ("k_fit", 10**6, 256), ("starts", 10**9, 4096), ("g_bar_design_size", 10**15, 2**40)])
+def test_a_size_no_fit_can_hold_is_refused_by_its_key(key, value, limit):
+    """k_fit = 10^6 passed and asked the CPU for 160 GB in the reference certificate (a
+    traceback, after the manifest was written), g_bar_design_size = 10^15 for 14 PiB, and
+    starts = 10^9 was blamed on the sample size; the limit itself passes."""
+    with pytest.raises(ValueError, match=rf"^config key '{key}': must be at most {limit}"):
+        parse_config({**BASE, key: value})
+    assert getattr(parse_config({**BASE, key: limit}), key) == limit
+
+
+def test_a_name_too_long_to_name_files_is_refused_before_any_fit():
+    """The name names files (NAME.png, NAME-fast): 300 characters failed after every fit, when
+    the figure was to be written, naming no key."""
+    with pytest.raises(ValueError, match=r"^config key 'name': must be at most 200 bytes"):
+        parse_config({**BASE, "name": "a" * 201})
+    with pytest.raises(ValueError, match=r"^config key 'name'"):
+        parse_config({**BASE, "name": "é" * 101})  # 202 bytes
+    assert parse_config({**BASE, "name": "a" * 200}).name == "a" * 200
+
+
 def test_a_folder_for_a_config_or_a_file_for_a_folder_is_bad_input(tmp_path: Path, capsys):
     """Exit 2 naming the argument, as every other bad argument: they were exit 3 ("Is a
     directory", "Not a directory"), the code of a file system that refused."""
