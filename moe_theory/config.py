@@ -53,6 +53,7 @@ import numpy as np
 
 from kernels.moe.gram import GRAM_DTYPES
 from moe_theory import models
+from moe_theory.data import MAX_N
 from moe_theory.estimators import ALGORITHMS, SGDProtocol
 from moe_theory.estimators.bounds import DEFAULT_BOUND_SCALE, group_scales, no_box
 from moe_theory.initialization import DEFAULT_EXTRA_STARTS
@@ -181,10 +182,6 @@ def _err(key: str, msg: str) -> ValueError:
 #: memory, a folder of that many files) is the problem, not the fits (the committed figures plan
 #: at most a few hundred). A grid of 10^9 replications failed late, out of memory while planning.
 MAX_SHARDS = 100_000
-#: Samples of one replication past which no machine holds its data: at d = 1, 2^40 samples are
-#: 16 TiB of inputs and noise in float64 (numpy refused n = 10^20 with "Maximum allowed
-#: dimension exceeded", which names no key)
-MAX_N = 2**40
 #: Atoms of a fitted measure past which no fit runs: the Voronoi cells and the reference
 #: certificate compare every atom with every other (k = 10^6 asked the CPU for 160 GB), and a
 #: Levenberg-Marquardt Gram matrix grows as k^2 (the committed figures fit at most 9).

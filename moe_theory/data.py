@@ -42,6 +42,12 @@ STAGE_ROWS = 2**18
 #: staged one would allocate pinned chunks on every core for a draw of a fraction of a second.
 STAGED_DRAW = 2**27
 
+#: Samples past which no machine holds the data (one replication, or all drawn at once): at
+#: d = 1, 2^40 samples are 16 TiB of inputs and noise in float64 (numpy refused n = 10^20 with
+#: "Maximum allowed dimension exceeded", which names no key, and reps = 10^12 ended in a
+#: MemoryError). A config's sample sizes and G_bar designs have the same bound.
+MAX_N = 2**40
+
 
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed from any printable coordinates, identical across processes and platforms."""
@@ -93,6 +99,11 @@ def sample(
     """
     n = check_positive_int("n", n)
     reps = check_positive_int("reps", reps)
+    if n > MAX_N:
+        raise ValueError(f"n: must be at most {MAX_N} (2**40: no machine holds more), got {n}")
+    if reps * n > MAX_N:
+        raise ValueError(f"reps: {reps} data sets of n = {n} are {reps * n} samples, more than "
+                         f"{MAX_N} (2**40: no machine holds them)")
     seed = check_seed("seed", seed)
     noise_var = check_positive_float("noise_var", noise_var)
     check_choice("x_dist", x_dist, X_DISTRIBUTIONS)

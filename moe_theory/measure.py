@@ -306,12 +306,26 @@ def _holds_bool(value: Any) -> bool:
     return False
 
 
+#: The keys of a measure's JSON and of each of its atoms (docs/theory.md#public-interface).
+MEASURE_KEYS = ("gate", "score", "expert", "d", "atoms")
+ATOM_KEYS = ("beta0", "beta1", "A", "a", "b")
+
+
+def _no_other_keys(item: dict, keys: tuple[str, ...], where: str) -> None:
+    """Refuse a key the format does not have: a misspelt parameter ("beta_0") was read as
+    absent and the rest measured, silently."""
+    other = [key for key in item if key not in keys]
+    if other:
+        raise ValueError(f"{where}.{other[0]}: unknown key; allowed: {', '.join(keys)}")
+
+
 def _parse_one(item: Any, where: str, dtype: torch.dtype, finite: bool = True) -> MixingMeasure:
     if not isinstance(item, dict):
         raise ValueError(f"{where}: expected an object, got {type(item).__name__}")
-    for key in ("gate", "score", "expert", "d", "atoms"):
+    for key in MEASURE_KEYS:
         if key not in item:
             raise ValueError(f"{where}.{key}: missing")
+    _no_other_keys(item, MEASURE_KEYS, where)
     gate, score = models.check_gate(item["gate"]), models.check_score(item["score"])
     expert = models.get_expert(item["expert"])
     d = item["d"]
@@ -348,6 +362,7 @@ def _parse_one(item: Any, where: str, dtype: torch.dtype, finite: bool = True) -
     for i, atom in enumerate(atoms):
         if not isinstance(atom, dict):
             raise ValueError(f"{where}.atoms[{i}]: expected an object")
+        _no_other_keys(atom, ATOM_KEYS, f"{where}.atoms[{i}]")
         cols["beta0"].append(vector(atom, "beta0", i, (), True))
         cols["b"].append(vector(atom, "b", i, (), True))
         cols["beta1"].append(vector(atom, "beta1", i, (d,), models.score_has_linear(score)))

@@ -87,8 +87,10 @@ class Setting:
             models.check_gate(gate)
         if self.split is not None:
             fixed["split"] = self._sequence("split", self.split)
-            if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in fixed["split"]):
-                raise ValueError(f"split: must be atom indices (integers >= 0), got {self.split!r}")
+            if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < fixed["k_true"]
+                   for i in fixed["split"]):
+                raise ValueError(f"split: must be atom indices of the truth (integers from 0 to "
+                                 f"k_true - 1 = {fixed['k_true'] - 1}), got {self.split!r}")
         for key, value in fixed.items():
             object.__setattr__(self, key, value)
         if self.atoms is not None:

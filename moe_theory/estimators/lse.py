@@ -101,6 +101,12 @@ class FitResult:
 def objective(X: torch.Tensor, Y: torch.Tensor, measure: MixingMeasure, backend: str = "auto"
               ) -> torch.Tensor:
     """Mean squared residual of each replication at ``measure`` (one, or R of them): (R,)."""
+    # checked as fit_lse checks them: NaN data gave NaN, and another d an einsum's traceback
+    measure = check_measure("measure", measure)
+    check_data(X, Y, d=measure.d)
+    if measure.R not in (1, X.shape[0]):
+        raise ValueError(f"measure: {measure.R} measures for {X.shape[0]} data sets (give one, "
+                         "or one per data set)")
     measure = measure.to(device=X.device, dtype=X.dtype)
     if measure.R == 1 and X.shape[0] != 1:
         measure = measure.repeat(X.shape[0])

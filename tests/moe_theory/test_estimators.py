@@ -190,6 +190,30 @@ def test_nan_in_data_and_bad_sizes_are_named(sparse_relu):
                    init=mt.near_truth(sparse_relu, 3))
 
 
+def test_sizes_no_machine_holds_and_bad_objective_input_are_named(sparse_relu):
+    """sample's n = 10^20 reached numpy ("Maximum allowed dimension exceeded", no key) and
+    reps = 10^12 a MemoryError; objective (public) took NaN data to a NaN loss and data of
+    another d to an einsum's traceback. Each is now a ValueError naming its argument."""
+    with pytest.raises(ValueError, match=r"^n: must be at most 1099511627776"):
+        mt.sample(sparse_relu, n=10**20, reps=1)
+    with pytest.raises(ValueError, match=r"^reps: 1000000000000 data sets of n = 5"):
+        mt.sample(sparse_relu, n=5, reps=10**12)
+    X, Y = mt.sample(sparse_relu, n=20, reps=2)
+    assert torch.isfinite(mt.objective(X, Y, sparse_relu)).all()
+    bad = X.clone()
+    bad[1, 4, 0] = float("nan")
+    with pytest.raises(ValueError, match="X: contains 1 NaN"):
+        mt.objective(bad, Y, sparse_relu)
+    with pytest.raises(ValueError, match="X: last dimension is 3 but the measure has d = 2"):
+        mt.objective(torch.rand(2, 20, 3, dtype=torch.float64), Y, sparse_relu)
+    with pytest.raises(ValueError, match="Y: must have shape"):
+        mt.objective(X, Y[:, :5], sparse_relu)
+    with pytest.raises(ValueError, match="measure: 3 measures for 2 data sets"):
+        mt.objective(X, Y, sparse_relu.repeat(3))
+    with pytest.raises(ValueError, match="measure: expected a MixingMeasure"):
+        mt.objective(X, Y, {"gate": "softmax"})
+
+
 def test_float32_data_keeps_float64_parameters(sparse_relu):
     X, Y = mt.sample(sparse_relu, n=500, reps=2, seed=11)
     init = mt.near_truth(sparse_relu, 3, seed=12)

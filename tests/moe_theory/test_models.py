@@ -119,6 +119,9 @@ def test_json_round_trip(score, expert):
         (lambda d: d["atoms"][0].update(beta0=True), "atoms[0].beta0"),
         (lambda d: d["atoms"][0].update(a=[True, 0.5]), "atoms[0].a"),
         (lambda d: d["atoms"][0].update(beta0=10**400), "atoms[0].beta0"),
+        # a key the format lacks was read as absent, and the rest measured (a loss of 0.0)
+        (lambda d: d.update(foo=1), "foo: unknown key"),
+        (lambda d: d["atoms"][0].update(beta_0=0.5), "atoms[0].beta_0: unknown key"),
     ],
 )
 def test_malformed_measure_json_names_the_field(mutate, field):

@@ -165,6 +165,17 @@ def test_a_sweep_shard_records_the_starts_on_the_same_data():
     assert (many.ssr_spread >= 0).all() and not many.bound_active.any()
 
 
+def test_a_split_of_an_atom_the_truth_lacks_is_refused_by_its_field():
+    """split = (5,) of a 3-atom truth passed, and .truth() raised an IndexError later."""
+    from dataclasses import replace
+
+    base = mt.get_setting("small-k3-dense-relu")
+    with pytest.raises(ValueError, match=r"^split: must be atom indices of the truth .* 0 to "
+                                         r"k_true - 1 = 2\), got \(3,\)"):
+        replace(base, split=(3,))
+    assert replace(base, split=(2,)).split == (2,)
+
+
 def test_a_setting_split_applies_to_g_star_not_to_g_bar():
     """A setting's ``split`` names atoms of G* to copy; a G_bar has the fit's k atoms already,
     so its starts and box take no split (splitting it again raised)."""
