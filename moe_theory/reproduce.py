@@ -53,7 +53,12 @@ from moe_theory.preflight import NOT_MEASURABLE, folder_outlook
 from moe_theory.rates import format_rates_table
 from moe_theory.store import plan, read_manifest, refuse_sweep_folder, write_manifest
 from moe_theory.studies import StudyOutput, attention_regularity, attention_teacher
-from moe_theory.sweep import adopt_references, check_sweep_options, prepare_references, run_sweep
+from moe_theory.sweep import (
+    adopt_references,
+    check_sweep_options,
+    prepare_references_task,
+    run_sweep,
+)
 from moe_theory.validation import check_device
 
 #: Figures that are not sweeps of a config: name -> the study's ``run(fast=, device=)``.
@@ -196,7 +201,7 @@ def _overlapped(figures: Sequence[tuple[str | Path, Path | None]], common: dict,
             _stage(1, 3 if common["certify"] else 2,
                    f"{config.name}: G_bar references (cached in {cache_dir()}) and their "
                    "certificates", start)
-            prepare = functools.partial(_prepare_references, folder=str(folder), device=device,
+            prepare = functools.partial(prepare_references_task, out=str(folder), device=device,
                                         backend=backend, force=common["force"])
             if first and not shared_cluster_ready(**cluster):
                 # the cluster is still starting (seconds: worker processes import PyTorch and
@@ -289,13 +294,6 @@ def _log_outlook(folder: Path, config: SweepConfig) -> None:
             reason = reason[:OUTLOOK_REASON_CHARS] + "..."
         log_stderr(f"  {row.setting} / {row.fit_gate} / {row.loss_name}: {row.outlook}"
                     + (f" ({reason})" if reason else ""))
-
-
-def _prepare_references(config: SweepConfig, *, folder: str, device: str, backend: str,
-                        force: bool = False) -> None:
-    """A figure's references and their certificates (a cluster task)."""
-    prepare_references(config, folder, device=device, backend=backend, log=log_stderr,
-                       force=force)
 
 
 def _run_study(name: str, *, fast: bool, device: str) -> StudyOutput:

@@ -733,6 +733,13 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
                 "again")
 
 
+def prepare_references_task(config: SweepConfig, *, out: str, device: str, backend: str,
+                            force: bool = False) -> None:
+    """:func:`prepare_references` as one task of a cluster (picklable; its lines to the
+    worker's stderr)."""
+    prepare_references(config, out, device=device, backend=backend, log=log_stderr, force=force)
+
+
 def check_sweep_options(*, device: str = "cpu", backend: str = "auto", executor: str = "local",
                         scheduler: str | None = None, local_workers: int | None = None,
                         gpus: str | Sequence[int] | None = None) -> tuple[int, ...] | None:
@@ -804,6 +811,14 @@ def run_sweep(
                            force=force)
         if on_references is not None:
             on_references()
+    else:
+        # the remote workers fit G_bar on their own device type: one of them prepares and
+        # records the references, before any shard (skipped, each worker had fitted its own
+        # G_bar unrecorded, and a resumption elsewhere could mix two)
+        prepare = functools.partial(prepare_references_task, out=str(out.resolve()),
+                                    device=device, backend=backend, force=force)
+        list(map_shards(prepare, [config], executor=executor, scheduler=scheduler,
+                        device=device, log=log))
     if device.startswith("cuda") and executor != "local":
         # the references' fits leave memory in this process's cache that the workers need
         release_cache(device)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import tomllib
 import torch
 
 from moe_theory import executors, outputs, population, reproduce, store, sweep
@@ -32,7 +33,7 @@ from moe_theory.executors import largest_first, map_shards, shard_cost
 from moe_theory.initialization import near_truth
 from moe_theory.measure import MixingMeasure
 from moe_theory.settings import get_setting
-from moe_theory.store import FIT_MEASURE, SORT_KEYS, Shard, merge, plan, shard_path
+from moe_theory.store import FIT_MEASURE, SORT_KEYS, Shard, merge, plan, read_manifest, shard_path
 from moe_theory.studies import StudyOutput
 from moe_theory.sweep import compute_shard, run_sweep
 from moe_theory.voronoi import voronoi_loss
@@ -126,6 +127,9 @@ def test_local_cluster_equals_local(cluster, config_path, local_run, tmp_path, m
                    log=lines.append)
     assert_same_table(df, local_run[1])
     assert len(done(lines)) == len(plan(config))
+    # the references first, as one task of the cluster; then the shards
+    assert not isinstance(submitted[0][0], Shard)
+    submitted = [(shard, priority) for shard, priority in submitted if isinstance(shard, Shard)]
     shards = [shard for shard, _ in submitted]
     # TINY plans n = 200 before n = 300: largest first reverses them
     assert [s.n for s in shards] == [300, 300, 200, 200]
@@ -133,6 +137,26 @@ def test_local_cluster_equals_local(cluster, config_path, local_run, tmp_path, m
     priorities = [priority for _, priority in submitted]
     assert priorities == [shard_cost(config, s) for s in shards]
     assert priorities[0] > priorities[-1]
+
+
+def test_a_sweep_on_a_remote_scheduler_records_its_g_bar(cluster, config_path, tmp_path):
+    """With a scheduler's address the references are prepared by one task of the cluster (its
+    workers fit on their own device type) and recorded before any shard: skipped, each worker
+    had fitted its own G_bar unrecorded, a resumption elsewhere could mix two, and a resumption
+    here was refused for a folder "written before references were recorded"."""
+    config = parse_config({**tomllib.loads(config_path.read_text()), "name": "tiny-gbar",
+                           "fit_gates": ["softmax"]})
+    remote = run_sweep(config, tmp_path / "remote", executor="dask",
+                       scheduler=cluster.scheduler_address, log=lambda msg: None)
+    local = run_sweep(config, tmp_path / "local", log=lambda msg: None)
+    key = "small-sparse-relu/softmax"
+    recorded = read_manifest(tmp_path / "remote").get("references", {})
+    assert recorded[key] == read_manifest(tmp_path / "local")["references"][key]
+    assert_same_table(remote, local)
+    # a resumption here reads the recorded G_bar
+    (first,) = sorted((tmp_path / "remote" / "shards").rglob("*.parquet"))[:1]
+    first.unlink()
+    assert_same_table(run_sweep(config, tmp_path / "remote", log=lambda msg: None), local)
 
 
 def test_shard_cost_follows_the_measured_iteration_time():
