@@ -664,6 +664,13 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False,
                     "references_from"):
             if key in old:
                 manifest[key] = old[key]
+        if any((out / SHARDS_DIR).rglob("*.parquet")):
+            # the shards on disk were computed under the first record: a resumption that
+            # rewrote it made the next one compare its threads with its own (no warning), and
+            # the record no longer described the shards
+            for key in ("torch", "cpu_threads"):
+                if key in old:
+                    manifest[key] = old[key]
     _write_manifest_dict(out, manifest)
     if replaced is not None:
         (log or log_stderr)(f"--force: {out} held another run's outputs; moved to "

@@ -382,6 +382,13 @@ def test_resume_with_another_thread_count_warns(copy, monkeypatch):
     lines: list[str] = []
     sweep.run_sweep(parse_config(TINY), copy, log=lines.append)
     assert any("CPU thread" in line and "last bits" in line for line in lines)
+    # the record describes the shards on disk: a resumption keeps it, and warns again (it had
+    # rewritten it with its own count, and the next resumption said nothing)
+    assert json.loads((copy / "manifest.json").read_text())["cpu_threads"] == (
+        torch.get_num_threads() + 1)
+    again: list[str] = []
+    sweep.run_sweep(parse_config(TINY), copy, log=again.append)
+    assert any("CPU thread" in line for line in again)
 
 
 # ---- the Python API refuses what it cannot do -------------------------------------------------
