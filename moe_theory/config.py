@@ -357,6 +357,7 @@ def parse_config(raw: dict, *, fast: bool = False, source: str = "config",
     if losses is not None:
         if not isinstance(losses, list) or not losses:
             raise _err("losses", "must be a non-empty list")
+        _unique_strings("losses", losses)  # a loss listed twice changed the hash, not the run
         for loss in losses:
             if loss not in ALL_KINDS:
                 raise _err("losses", f"unknown loss {loss!r}; allowed: {', '.join(ALL_KINDS)}")

@@ -246,7 +246,9 @@ def check_executor(executor: str, *, scheduler: str | None = None,
                                        ("--gpus", gpus)) if value is not None]
     if executor == "local":
         if chosen:
-            raise ValueError(f"{chosen[0]}: only with --executor dask or processes")
+            # --local-workers is a count of either; a scheduler or GPUs only Dask's
+            also = " or processes" if chosen[0] == "--local-workers" else ""
+            raise ValueError(f"{chosen[0]}: only with --executor dask{also}")
         return
     if executor == "processes":
         wrong = [flag for flag in chosen if flag != "--local-workers"]

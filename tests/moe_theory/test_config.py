@@ -418,3 +418,24 @@ def test_a_broken_fast_table_is_refused_whether_or_not_fast_is_asked(fast, messa
 def test_a_description_that_is_not_text_is_refused(description):
     with pytest.raises(ValueError, match="^config key 'description': must be a string"):
         parse_config({**BASE, "description": description})
+
+
+def test_a_loss_listed_twice_is_refused_as_a_setting_or_gate_listed_twice_is():
+    """losses = ["D1", "D1"] passed, measured D1 once and hashed as another config."""
+    with pytest.raises(ValueError, match=r"^config key 'losses': 'D1' is listed twice"):
+        parse_config({**BASE, "losses": ["D1", "D2", "D1"]})
+    assert parse_config({**BASE, "losses": ["D1", "D2"]}).losses == ("D1", "D2")
+
+
+@pytest.mark.parametrize(("flag", "options", "allowed"), [
+    ("--scheduler", {"scheduler": "tcp://host:8786"}, "dask"),
+    ("--gpus", {"gpus": (0,)}, "dask"), ("--local-workers", {"local_workers": 2},
+                                          "dask or processes")])
+def test_an_executor_flag_without_its_executor_names_the_executors_that_take_it(flag, options,
+                                                                                 allowed):
+    """--scheduler and --gpus with the local executor were told "only with --executor dask or
+    processes", and processes then refused them too."""
+    from moe_theory.executors import check_executor
+
+    with pytest.raises(ValueError, match=rf"^{flag}: only with --executor {allowed}$"):
+        check_executor("local", **options)
