@@ -186,6 +186,8 @@ def compare_folders(a: str | Path, b: str | Path, *, rtol: float = 0.0) -> pd.Da
     a, b = Path(a), Path(b)
     hashes = []
     for side, folder in (("A", a), ("B", b)):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{side}: {folder} is a file, not a sweep folder")
         manifest = read_manifest(folder)
         if manifest is None:
             raise ValueError(f"{side}: {folder} has no manifest.json (not a sweep folder)")

@@ -310,6 +310,8 @@ _SETTINGS: dict[str, Setting] = {}
 
 def register(setting: Setting) -> Setting:
     """Add a named setting (for users' own studies)."""
+    if not isinstance(setting, Setting):
+        raise ValueError(f"setting: expected a Setting, got {type(setting).__name__}")
     if setting.name in _SETTINGS:
         raise ValueError(f"name: a setting called {setting.name!r} is already registered")
     _SETTINGS[setting.name] = setting

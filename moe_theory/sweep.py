@@ -574,6 +574,9 @@ def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *
     the committed folders'). A folder that already records other references is refused before
     anything is written into it. Returns the adopted keys."""
     out, source = Path(out), Path(source)
+    if source.exists() and not source.is_dir():
+        # bad input (exit 2), not the file system's "Not a directory" (exit 3)
+        raise ValueError(f"references_from: {source} is a file, not a sweep folder")
     theirs = read_manifest(source)
     if theirs is None:
         raise ValueError(f"references_from: {source} has no manifest.json (not a sweep folder)")

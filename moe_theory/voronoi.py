@@ -84,6 +84,9 @@ def atom_distances(measure: MixingMeasure, omega: torch.Tensor, omega_ref: torch
 
 
 def voronoi_cells(fitted: MixingMeasure, reference: MixingMeasure) -> Cells:
+    # public (moe_theory.voronoi_cells): a wrong type named, not an AttributeError of its use
+    check_measure("fitted", fitted, finite=False)
+    check_measure("reference", reference, finite=False)
     reference = _broadcast(fitted, reference)
     omega, omega_ref = fitted.omega, reference.omega
     dist, flip, signs = atom_distances(fitted, omega, omega_ref)

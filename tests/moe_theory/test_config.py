@@ -375,6 +375,14 @@ def test_a_folder_for_a_config_or_a_file_for_a_folder_is_bad_input(tmp_path: Pat
         err = capsys.readouterr().err
         assert err.startswith("moe-theory: error: DIR: ") and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "cfgdir.toml"]
+    # a file where a folder to read from is asked for (exit 3, "Not a directory", until
+    # 2026-12-07)
+    assert main(["compare", str(tmp_path / "afile.txt"), str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("moe-theory: error: A: ")
+    assert main(["sweep", "nguyen2024", "--fast", "--out", str(tmp_path / "o"),
+                 "--references-from", str(tmp_path / "afile.txt")]) == 2
+    assert capsys.readouterr().err.startswith("moe-theory: error: references_from: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "cfgdir.toml"]
 
 
 def test_losses_that_no_fit_of_a_setting_has_are_refused_before_any_folder(tmp_path, capsys):

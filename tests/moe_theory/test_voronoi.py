@@ -251,3 +251,18 @@ def test_a_fit_with_one_nan_parameter_has_every_loss_nan(gate, where):
     ref_bad = ref.replace(ref.gate_params.clone(), ref.expert_params.clone())
     ref_bad.expert_params[0, 0, 0] = math.nan
     assert all(math.isnan(voronoi_loss(clean, ref_bad, kind)[0]) for kind in ALL_KINDS)
+
+
+def test_the_public_cells_and_register_name_an_argument_of_the_wrong_type():
+    """mt.voronoi_cells("a", truth) and mt.register("x") ended in an AttributeError of their
+    use ('str' object has no attribute 'score'); they name the argument."""
+    import moe_theory as mt
+
+    truth = mt.get_setting("small-sparse-relu").truth()
+    with pytest.raises(ValueError, match="^fitted: expected a MixingMeasure, got str"):
+        mt.voronoi_cells("a", truth)
+    with pytest.raises(ValueError, match="^reference: expected a MixingMeasure, got int"):
+        mt.voronoi_cells(truth, 3)
+    assert mt.voronoi_cells(truth, truth).count.sum() == truth.k
+    with pytest.raises(ValueError, match="^setting: expected a Setting, got str"):
+        mt.register("x")
