@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moe_theory.layout import RATES_TABLE
+from moe_theory.layout import CHECK_TABLE, RATES_TABLE
 from moe_theory.store import FIT_KEYS, FIT_MEASURE, SORT_KEYS, load_fits, load_results, read_manifest
 from moe_theory.validation import check_number
 
@@ -35,54 +35,61 @@ RATES_KEYS = ["setting", "fit_gate", "loss_name"]
 RATES_COLUMNS = ("slope", "slope_median", "ci_half_width", "verdict", "cert_reference",
                  "cert_converged", "cert_optimiser", "cert_overfit")
 
+#: The ``column`` of a comparison's row for a table that one folder lacks.
+TABLE_ROW = "(table)"
 #: One row of a comparison: a column of one table of both folders.
 COLUMNS = ["table", "column", "status", "differing", "rows", "max_rel_diff", "example"]
 
 
-def _numbers(text: str) -> list[float] | None:
-    """The numbers of a JSON text (an estimate's measure), in order; None if it is not JSON."""
-    try:
-        tree = json.loads(text)
-    except (TypeError, ValueError):
-        return None
-    out: list[float] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-        elif isinstance(node, (int, float)) and not isinstance(node, bool):
-            out.append(float(node))
-
-    walk(tree)
-    return out
+def _skeleton(node: object, numbers: list[float]) -> object:
+    """``node`` (parsed JSON) with each number replaced by ``"#"`` and appended to ``numbers``
+    in order: two texts of one shape have equal skeletons."""
+    if isinstance(node, dict):
+        return {key: _skeleton(value, numbers) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_skeleton(value, numbers) for value in node]
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        numbers.append(float(node))
+        return "#"
+    return node
 
 
 def _same_json(x: str, y: str, rtol: float) -> bool:
-    """Two JSON texts of the same shape whose numbers agree within ``rtol`` of the largest of
-    them (the estimates' column: a measure's parameters are one vector, and a parameter near
-    zero carries the rounding of the others)."""
-    a, b = _numbers(x), _numbers(y)
-    if a is None or b is None or len(a) != len(b):
+    """Two JSON texts of the same shape (the same keys, lengths and non-number values: a
+    "pass" is not a "fail") whose numbers agree within ``rtol`` of the largest of them (the
+    estimates' column: a measure's parameters are one vector, and a parameter near zero carries
+    the rounding of the others)."""
+    try:
+        a_tree, b_tree = json.loads(x), json.loads(y)
+    except (TypeError, ValueError):
         return False
-    a, b = np.asarray(a), np.asarray(b)
+    a_list: list[float] = []
+    b_list: list[float] = []
+    if _skeleton(a_tree, a_list) != _skeleton(b_tree, b_list):
+        return False
+    a, b = np.asarray(a_list), np.asarray(b_list)
     if not np.array_equal(np.isnan(a), np.isnan(b)):
         return False
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     return bool(a.size == 0 or np.max(np.abs(a - b)) <= rtol * np.max(np.abs(a)))
 
 
+def _numeric(column: pd.Series) -> bool:
+    """A column of numbers (booleans are not: True is no 1.0 to compare)."""
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
 def same_values(a: pd.Series, b: pd.Series, rtol: float = 0.0) -> np.ndarray:
-    """Where two aligned columns hold the same value: numbers bit for bit or within ``rtol``
-    (NaN equal to NaN), anything else as the same text, or, within ``rtol``, as JSON texts of
-    the same shape whose numbers agree (the estimates' measures)."""
-    if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b) \
-            and not pd.api.types.is_bool_dtype(a) and not pd.api.types.is_bool_dtype(b):
+    """Where two aligned columns hold the same value: integers exactly, floats bit for bit (NaN
+    equal to NaN, -0.0 not 0.0) or within ``rtol``, anything else as the same text, or, within
+    ``rtol``, as JSON texts of the same shape whose numbers agree (the estimates' measures)."""
+    if _numeric(a) and _numeric(b):
+        if pd.api.types.is_integer_dtype(a) and pd.api.types.is_integer_dtype(b):
+            # as integers: a seed past 2^53 (5892782099399871532) read as float equals its
+            # neighbours
+            return a.to_numpy() == b.to_numpy()
         x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
-        same = (x == y) | (np.isnan(x) & np.isnan(y))
+        same = ((x == y) & (np.signbit(x) == np.signbit(y))) | (np.isnan(x) & np.isnan(y))
         if rtol > 0:
             same |= np.isclose(y, x, rtol=rtol, atol=0.0)
         return same
@@ -96,6 +103,25 @@ def same_values(a: pd.Series, b: pd.Series, rtol: float = 0.0) -> np.ndarray:
     return same
 
 
+def _aligned_keys(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two tables with each numeric key column of one type on both sides: a ``rep`` read
+    as 0.0 on one side and 0 on the other is one key (matched as text, every row had differed).
+    Whole numbers become integers, others floats."""
+    for key in keys:
+        if _numeric(a[key]) and _numeric(b[key]) and a[key].dtype != b[key].dtype:
+            both = np.concatenate([a[key].to_numpy(dtype=float), b[key].to_numpy(dtype=float)])
+            whole = bool(np.isfinite(both).all() and (both == np.round(both)).all())
+            kind = "int64" if whole else "float64"
+            a, b = a.assign(**{key: a[key].astype(kind)}), b.assign(**{key: b[key].astype(kind)})
+    return a, b
+
+
+def _repeated(table: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The keys (as text) that more than one row of ``table`` holds."""
+    return sorted(set(_keys(table[table.duplicated(keys, keep=False)], keys)))
+
+
 def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str], *,
                    rtol: float = 0.0) -> pd.DataFrame:
     """One row per column of two tables matched on ``keys`` (:data:`COLUMNS`): ``same``,
@@ -106,13 +132,23 @@ def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str],
     missing = [k for k in keys if k not in a or k not in b]
     if missing:
         raise ValueError(f"{name}: a table lacks the key column(s) {missing}")
+    a, b = _aligned_keys(a, b, keys)
     a = a.sort_values(keys, kind="stable").reset_index(drop=True)
     b = b.sort_values(keys, kind="stable").reset_index(drop=True)
+
     def row(column: str, count: int) -> dict:
         return {"table": name, "column": column, "rows": count, "differing": 0,
                 "max_rel_diff": np.nan, "example": ""}
 
     rows = [row("(rows)", max(len(a), len(b)))]
+    repeated = {side: _repeated(t, keys) for side, t in (("A", a), ("B", b))}
+    if any(repeated.values()):
+        # rows of one key are matched by their stored order, which is no key: a table of the
+        # store holds each key once
+        rows[0].update(status="differs", differing=sum(map(len, repeated.values())),
+                       example="; ".join(f"{len(r)} key(s) repeated in {side} (e.g. {r[:1]})"
+                                         for side, r in repeated.items() if r))
+        return pd.DataFrame(rows, columns=COLUMNS)
     if len(a) != len(b) or not all(np.array_equal(a[k].astype(str).to_numpy(),
                                                   b[k].astype(str).to_numpy()) for k in keys):
         key_a, key_b = _keys(a, keys), _keys(b, keys)
@@ -139,8 +175,7 @@ def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str],
                 entry["example"] = (f"{_keys(a.iloc[[first]], keys)[0]}: "
                                     f"{_show(a[column].iloc[first])} vs "
                                     f"{_show(b[column].iloc[first])}")
-                if pd.api.types.is_numeric_dtype(a[column]) and \
-                        pd.api.types.is_numeric_dtype(b[column]):
+                if _numeric(a[column]) and _numeric(b[column]):
                     x = a[column].to_numpy(dtype=float)[~same]
                     y = b[column].to_numpy(dtype=float)[~same]
                     with np.errstate(divide="ignore", invalid="ignore"):
@@ -205,15 +240,20 @@ def compare_folders(a: str | Path, b: str | Path, *, rtol: float = 0.0) -> pd.Da
             fits.append(load_fits(folder, **quiet))
         except ValueError:
             fits.append(None)
-    if all(f is not None for f in fits):
-        parts.append(compare_tables("fits", *fits, FIT_KEYS, rtol=rtol))
-    if (a / "check.parquet").exists() and (b / "check.parquet").exists():
-        parts.append(compare_tables("check", pd.read_parquet(a / "check.parquet"),
-                                    pd.read_parquet(b / "check.parquet"), CHECK_KEYS,
-                                    rtol=rtol))
-    rates = [_rates(a), _rates(b)]
-    if all(r is not None for r in rates):
-        parts.append(compare_tables("rates", *rates, RATES_KEYS, rtol=rtol))
+    checks = [pd.read_parquet(f / CHECK_TABLE) if (f / CHECK_TABLE).exists() else None
+              for f in (a, b)]
+    for name, pair, keys in (("fits", fits, FIT_KEYS), ("check", checks, CHECK_KEYS),
+                             ("rates", [_rates(a), _rates(b)], RATES_KEYS)):
+        if all(t is not None for t in pair):
+            parts.append(compare_tables(name, *pair, keys, rtol=rtol))
+        elif any(t is not None for t in pair):
+            # listed, as a column one side lacks is (a re-run without --certify has no check):
+            # a table skipped without a word read as compared
+            side = "A" if pair[0] is not None else "B"
+            parts.append(pd.DataFrame([{
+                "table": name, "column": TABLE_ROW, "status": f"only in {side}", "differing": 0,
+                "rows": len(pair[0] if pair[0] is not None else pair[1]),
+                "max_rel_diff": np.nan, "example": ""}], columns=COLUMNS))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -232,6 +272,9 @@ def format_comparison(table: pd.DataFrame, a: str | Path, b: str | Path, *,
              "not compared", ""]
     for name, part in table.groupby("table", sort=False):
         head = part.iloc[0]
+        if head["column"] == TABLE_ROW:
+            lines.append(f"{name} ({int(head['rows'])} rows): {head['status']}, not compared")
+            continue
         if head["status"] == "differs":
             lines.append(f"{name}: the rows differ: {head['example']}")
             continue
@@ -247,6 +290,9 @@ def format_comparison(table: pd.DataFrame, a: str | Path, b: str | Path, *,
                              f"{rel} (e.g. {row.example})")
             else:
                 lines.append(f"  {row.column}: {row.status}")
+    lacking = table[table["column"] == TABLE_ROW]
+    held = ("" if lacking.empty else
+            f"; {', '.join(lacking['table'])} in one folder only, not compared")
     verdict = ("DIFFERENT: some values or rows are not the same" if differs(table) else
-               f"SAME: every value both folders hold is the same ({same_as})")
+               f"SAME: every value both folders hold is the same ({same_as}){held}")
     return "\n".join([*lines, "", verdict])

@@ -137,3 +137,40 @@ def test_a_tolerance_that_is_not_a_finite_number_ge_0_is_refused(tmp_path, capsy
     assert len(err.splitlines()) == 1
     with pytest.raises(ValueError, match="^rtol: must be a finite number >= 0"):
         compare_folders(a, a, rtol=float(rtol))
+
+
+def test_what_compare_had_called_the_same_is_found(tmp_path, capsys):
+    """An audit's cases (2026-12-07), each once called SAME or misnamed: a seed past 2^53 one
+    apart (compared as floats), -0.0 against 0.0 (bit for bit they differ), JSON of another
+    shape or other words within a tolerance ("pass" against "fail"), a table one folder lacks
+    (skipped without a word: listed now, as a column one side lacks is), a key read as 0.0 on
+    one side and 0 on the other (every row had differed), and a key repeated (rows matched by
+    their stored order)."""
+    big = 5892782099399871532
+    assert same_values(pd.Series([big, 3]), pd.Series([big + 1, 3])).tolist() == [False, True]
+    assert same_values(pd.Series([0.0, 1.0]), pd.Series([-0.0, 1.0])).tolist() == [False, True]
+    for x, y in (('"pass"', '"fail"'), ("[]", "{}"),
+                 ('{"kind": "a", "w": [1, 2]}', '{"kind": "b", "w": [1, 2]}'),
+                 ('{"w": [1, 2]}', '{"v": [1, 2]}'), ('{"w": [1, 2]}', '{"w": [[1], 2]}')):
+        assert not same_values(pd.Series([x]), pd.Series([y]), rtol=1e-9)[0], (x, y)
+    assert same_values(pd.Series(['{"w": [1.0, 2.0]}']), pd.Series(['{"w": [1.0, 2.000000000001]}']),
+                       rtol=1e-9)[0]
+
+    a = _folder(tmp_path / "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    (b / "check.parquet").unlink()
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "check (8 rows): only in A, not compared" in out
+    assert out.rstrip().endswith("check in one folder only, not compared")
+    shutil.rmtree(b)
+    shutil.copytree(a, b)
+    table = pd.read_csv(b / "results.csv")
+    store.write_results_csv(b, table.assign(rep=table["rep"].astype(float)))
+    assert pd.read_csv(b / "results.csv")["rep"].dtype == float
+    assert not differs(compare_folders(a, b))
+    store.write_results_csv(b, pd.concat([table, table.iloc[[2]]]))
+    result = compare_folders(a, b)
+    head = result[(result["table"] == "results") & (result["column"] == "(rows)")].iloc[0]
+    assert head["status"] == "differs" and "1 key(s) repeated in B" in head["example"]
