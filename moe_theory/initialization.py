@@ -146,14 +146,23 @@ class RandomInit:
     n_starts: int = 5
     scale: float = 1.0
 
-    def draw(self, R: int, gate: str, *, k: int, score: str, expert: str, d: int, device=None,
+    def draw(self, R: int, gate: str, *, k: int, score: str, expert: str, d: int,
+             rep_ids: Sequence[int] | None = None, device=None,
              dtype=torch.float64) -> MixingMeasure:
-        """``R * n_starts`` measures, start-major: replication r's starts are rows ``s * R + r``."""
-        gen = torch.Generator(device="cpu").manual_seed(int(self.seed))
+        """``R * n_starts`` measures, start-major: replication r's starts are rows ``s * R + r``;
+        start s of replication ``rep_ids[r]`` (default ``r``) seeded by ``(seed, "random", s,
+        rep_id)`` alone, as :class:`NearTruth`'s jitter: one generator for the whole batch had
+        given a replication another start in another batch, and two shards the same starts."""
         pg, pe = models.gate_dim(score, d), models.get_expert(expert).dim(d)
-        shape = (self.n_starts * R, k)
-        gp = self.scale * torch.randn(shape + (pg,), generator=gen, dtype=torch.float64)
-        ep = self.scale * torch.randn(shape + (pe,), generator=gen, dtype=torch.float64)
+        rep_ids = range(R) if rep_ids is None else rep_ids
+        gates, experts = [], []
+        for s in range(self.n_starts):
+            for rep in rep_ids:
+                gen = torch.Generator(device="cpu").manual_seed(
+                    stable_seed(self.seed, "random", s, rep))
+                gates.append(torch.randn((k, pg), generator=gen, dtype=torch.float64))
+                experts.append(torch.randn((k, pe), generator=gen, dtype=torch.float64))
+        gp, ep = self.scale * torch.stack(gates), self.scale * torch.stack(experts)
         return MixingMeasure(gate, score, expert, d, gp.to(device=device, dtype=dtype),
                              ep.to(device=device, dtype=dtype))
 

@@ -304,8 +304,8 @@ def starting_measures(init: Init | Sequence[Init], R: int, gate: str, score: str
     blocks = []
     for part in parts:
         if isinstance(part, RandomInit):
-            m = part.draw(R, gate, k=k, score=score, expert=expert, d=d, device=device,
-                          dtype=PARAM_DTYPE)
+            m = part.draw(R, gate, k=k, score=score, expert=expert, d=d, rep_ids=rep_ids,
+                          device=device, dtype=PARAM_DTYPE)
         elif isinstance(part, NearTruth):
             if part.reference.d != d:
                 raise ValueError(f"init: the truth has d = {part.reference.d} but X has d = {d}")

@@ -379,14 +379,14 @@ def test_a_measure_argument_that_is_none_or_not_finite_is_named(sparse_relu):
 
 def test_lbfgs_stopped_by_its_evaluation_budget_is_not_converged():
     """torch's L-BFGS stops after max_eval = 5/4 max_iter evaluations, before max_iter: every
-    stop short of max_iter read as ftol, so a budget's stop counted as converged (seed 6:
-    19 iterations, 25 evaluations, projected gradient 1e-2 against gtol 1e-10)."""
+    stop short of max_iter read as ftol, so a budget's stop counted as converged (random starts
+    of seed 3: 18 iterations, projected gradients 0.08 and 0.03 against gtol 1e-10)."""
     import moe_theory as mt
 
     setting = mt.get_setting("small-dense-relu")
     X, Y = mt.sample(setting.truth(), n=300, reps=2, seed=3, noise_var=0.01)
     fit = mt.fit_lse(X, Y, setting.k_fit, "softmax", setting.expert,
-                     init=mt.random_init(6, n_starts=1, scale=2.0), algorithm="lbfgs",
+                     init=mt.random_init(3, n_starts=1, scale=2.0), algorithm="lbfgs",
                      max_iter=20, backend="torch")
     assert (fit.n_iter < 20).all() and (fit.proj_grad_max > 1e-10).all()
     assert list(fit.stop_test) == ["max_iter", "max_iter"] and not fit.converged.any()

@@ -324,3 +324,23 @@ def test_a_bad_jitter_is_named_jitter_not_start_jitter(jitter):
     truth = mt.get_setting("small-dense-relu").truth()
     with pytest.raises(ValueError, match="^jitter: must be a finite number >= 0"):
         multi_start(truth, 3, jitter=jitter)
+
+
+def test_random_starts_are_a_replications_own_whatever_its_batch():
+    """random_init's start s of replication r depends on (seed, s, r) alone, as near_truth's
+    jitter does: one generator for the batch had given replication 2 another start in a batch
+    of 4 than in the shard [2, 4), and the shards [0, 2) and [2, 4) the same starts."""
+    from moe_theory.initialization import RandomInit
+
+    kw = {"k": 3, "score": "linear", "expert": "relu", "d": 2}
+    init = RandomInit(seed=5, n_starts=2)
+    whole = init.draw(4, "sigmoid", **kw)
+    first, second = (init.draw(2, "sigmoid", rep_ids=ids, **kw) for ids in ([0, 1], [2, 3]))
+    # start-major rows: start s of replication r is row s * R + r
+    for s in range(2):
+        for r in range(4):
+            part, row = (first, r) if r < 2 else (second, r - 2)
+            assert torch.equal(whole.gate_params[s * 4 + r], part.gate_params[s * 2 + row])
+            assert torch.equal(whole.expert_params[s * 4 + r], part.expert_params[s * 2 + row])
+    assert not torch.equal(first.gate_params, second.gate_params)
+    assert not torch.equal(whole.gate_params[0], whole.gate_params[4])  # two starts of rep 0
