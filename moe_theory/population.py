@@ -14,11 +14,14 @@ entries it has read, so a worker reads each file once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moe_theory.console import log_stderr
 from moe_theory.data import sample_inputs
 from moe_theory.estimators import FitResult, fit_lse
 from moe_theory.initialization import near_truth
@@ -45,7 +49,9 @@ DESIGN_SIZE = {"cuda": 10**6, "cpu": 2 * 10**5}
 #: 3: 256 screened starts, most of them wide, the best three refined (was 9 and the best one).
 #: 4: a wide start replaces the near-truth one only below it by more than rounding.
 #: 5: the near-truth start is no longer screened too (it is refined on its own anyway).
-CACHE_VERSION = 5
+#: 6: the key holds the device type and the backend, and an entry its key and checksum
+#: (:func:`_valid_entry`).
+CACHE_VERSION = 6
 DESIGN_SEED = 20240
 #: Over-specified fits converge linearly; past this many LM iterations the gain is below the
 #: sampling error of any fit measured against G_bar.
@@ -82,10 +88,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MOE_THEORY_CACHE", Path.home() / ".cache" / "moe-theory"))
 
 
-def _cache_key(setting: Setting, fit_gate: str, design_size: int) -> str:
-    blob = json.dumps([CACHE_VERSION, setting.to_dict(), fit_gate, design_size], sort_keys=True,
-                      default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _cache_key(setting: Setting, fit_gate: str, design_size: int, device: str | torch.device,
+               backend: str) -> str:
+    """The hash of everything an entry depends on: the setting, the fitted gate, the design,
+    and where and how it is fitted (a CPU's and a GPU's G_bar on one design, or the PyTorch and
+    Triton passes', differ in the last bits: who filled the cache first had decided which a
+    run got)."""
+    blob = json.dumps([CACHE_VERSION, setting.to_dict(), fit_gate, design_size,
+                       torch.device(device).type, backend], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def design_size_for(device: str | torch.device, requested: int | None = None) -> int:
@@ -102,19 +113,50 @@ def population_lse(
     design_size = design_size or design_size_for(device)
     if not use_cache:
         return _fit_population(setting, fit_gate, design_size, device, backend)
-    path = cache_dir() / f"gbar-{setting.name}-{fit_gate}-{_cache_key(setting, fit_gate, design_size)}.json"
-    text = _read(path)
+    key = _cache_key(setting, fit_gate, design_size, device, backend)
+    path = cache_dir() / f"gbar-{setting.name}-{fit_gate}-{key[:16]}.json"
+    check = functools.partial(_valid_entry, key=key, setting=setting, fit_gate=fit_gate)
+    text = _read(path, check)
     if text is None:
         with _computing(path):
             # another thread or process may have written it while this one waited
-            text = _read(path)
+            text = _read(path, check)
             if text is None:
                 text = _fit_population(setting, fit_gate, design_size, device, backend).to_json()
                 # a crash never leaves a half-written cache entry
-                atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+                atomic_write(path, lambda tmp: Path(tmp).write_text(cache_entry(key, text)))
                 _read_entries[path] = text
     # a new object per call: callers never share (and so never alter) one another's
     return MixingMeasure.from_json(text)
+
+
+def cache_entry(key: str, text: str) -> str:
+    """The file of a cache entry: the measure's JSON ``text`` with its key and checksum."""
+    return json.dumps({"key": key, "sha256": _sha256(text), "measure": text})
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _valid_entry(raw: str, *, key: str, setting: Setting, fit_gate: str) -> str | None:
+    """The measure's JSON of a cache entry, or None where the entry is not this key's G_bar:
+    not an entry of this format, another key's, a measure its checksum no longer matches, or
+    one of another gate, score, expert, dimension or number of atoms, or not finite. (Entries
+    were read unchecked: an altered or another key's file was used as G_bar, and a cut one
+    failed every later run without naming the file.)"""
+    try:
+        entry = json.loads(raw)
+        text = entry["measure"]
+        if entry["key"] != key or entry["sha256"] != _sha256(text):
+            return None
+        measure = MixingMeasure.from_json(text)
+    except (ValueError, TypeError, KeyError):
+        return None
+    expected = (fit_gate, setting.score, setting.expert, setting.d, setting.k_fit, 1)
+    if (measure.gate, measure.score, measure.expert, measure.d, measure.k, measure.R) != expected:
+        return None
+    return text
 
 
 #: Cache entries this process has read or written (path -> JSON): an entry never changes once
@@ -124,10 +166,26 @@ _locks: dict[Path, threading.Lock] = {}
 _locks_lock = threading.Lock()
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path, check: Callable[[str], str | None]) -> str | None:
+    """The measure's JSON of the entry ``path`` where it passes ``check`` (:func:`_valid_entry`);
+    None where there is none, or where it does not pass: that file is set aside (named on
+    stderr) and the entry computed again."""
     text = _read_entries.get(path)
     if text is None and path.exists():
-        text = _read_entries[path] = path.read_text()
+        try:
+            raw = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            raw = ""
+        text = check(raw)
+        if text is None:
+            aside = path.with_name(f"{path.name}.invalid-{os.getpid()}-{time.time_ns()}")
+            with contextlib.suppress(FileNotFoundError):  # set aside by another process
+                os.replace(path, aside)
+                log_stderr(f"G_bar cache: {path} is not the entry its name says (another key's, "
+                           f"altered, cut short or of another format): set aside as "
+                           f"{aside.name}, computed again")
+            return None
+        _read_entries[path] = text
     return text
 
 

@@ -1006,10 +1006,11 @@ def test_gbar_waits_for_the_process_computing_it(counted_gbar):
     """Another process holding the entry's file lock is computing it: a caller waits, then
     reads what that process wrote instead of fitting its own."""
     setting = get_setting("small-sparse-relu")
-    path = population.cache_dir() / "gbar-{}-softmax-{}.json".format(
-        setting.name, population._cache_key(setting, "softmax", SMALL_DESIGN))
+    key = population._cache_key(setting, "softmax", SMALL_DESIGN, "cpu", "auto")
+    path = population.cache_dir() / f"gbar-{setting.name}-softmax-{key[:16]}.json"
     path.parent.mkdir(parents=True)
-    written = setting.truth().to_json()  # a stand-in the caller cannot have computed itself
+    # a stand-in the caller cannot have computed itself (of the entry's gate and atoms)
+    written = near_truth(setting.truth(), setting.k_fit, seed=9).draw(1, "softmax").to_json()
     got: list = []
     with open(path.with_name(path.name + ".lock"), "w") as other:  # another open file: flock
         fcntl.flock(other, fcntl.LOCK_EX)  # conflicts as between processes
@@ -1018,11 +1019,54 @@ def test_gbar_waits_for_the_process_computing_it(counted_gbar):
         waiter.start()
         waiter.join(timeout=0.5)
         assert waiter.is_alive() and not got, "did not wait for the lock"
-        path.write_text(written)
+        path.write_text(population.cache_entry(key, written))
         fcntl.flock(other, fcntl.LOCK_UN)
     waiter.join(timeout=60)
     assert [g.to_json() for g in got] == [written]
     assert counted_gbar == []
+
+
+def test_a_cache_entry_that_is_not_its_key_s_g_bar_is_set_aside_and_computed_again(
+        counted_gbar, capsys, monkeypatch):
+    """An entry is its measure with its key and checksum, and a measure of the entry's gate and
+    atoms: a cut, empty, altered, other-format or other-key file, or a measure of another gate
+    or number of atoms, is set aside (named) and G_bar computed again, where each had been used
+    as G_bar or failed every later run. The device type and the backend are in the key."""
+    setting = get_setting("small-sparse-relu")
+    fitted = near_truth(setting.truth(), setting.k_fit, seed=1).draw(1, "softmax")
+
+    def fit(setting, fit_gate, *args):  # the cache's logic, not the fit, is tested here
+        counted_gbar.append((setting.name, fit_gate))
+        return fitted
+
+    monkeypatch.setattr(population, "_fit_population", fit)
+    good = population.population_lse(setting, "softmax").to_json()
+    assert counted_gbar == [("small-sparse-relu", "softmax")]
+    key = population._cache_key(setting, "softmax", SMALL_DESIGN, "cpu", "auto")
+    path = population.cache_dir() / f"gbar-{setting.name}-softmax-{key[:16]}.json"
+    entry = path.read_text()
+    assert json.loads(entry) == {"key": key, "sha256": json.loads(entry)["sha256"],
+                                 "measure": good}
+    other = near_truth(setting.truth(), setting.k_fit, seed=9).draw(1, "softmax").to_json()
+    wrong_gate = near_truth(setting.truth(), setting.k_fit, seed=9).draw(1, "sigmoid").to_json()
+    altered = json.loads(entry)
+    altered["measure"] = altered["measure"].replace("1", "2", 1)
+    bad = {"cut": entry[:40], "empty": "", "measure alone": good,
+           "altered": json.dumps(altered),
+           "other key": population.cache_entry("0" * 64, other),
+           "other gate": population.cache_entry(key, wrong_gate)}
+    for name, text in bad.items():
+        population._read_entries.clear()  # another process, which has not read the entry
+        path.write_text(text)
+        counted_gbar.clear()
+        assert population.population_lse(setting, "softmax").to_json() == good, name
+        assert counted_gbar == [("small-sparse-relu", "softmax")], name
+        assert "is not the entry its name says" in capsys.readouterr().err, name
+        assert path.read_text() == entry, name
+    assert len(list(path.parent.glob(path.name + ".invalid-*"))) == len(bad)
+    keys = {population._cache_key(setting, "softmax", SMALL_DESIGN, device, backend)
+            for device in ("cpu", "cuda") for backend in ("auto", "torch", "triton")}
+    assert len(keys) == 6
 
 
 def toy_study(*, fast: bool, device: str) -> StudyOutput:
