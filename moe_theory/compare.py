@@ -9,9 +9,11 @@ refits, and the slopes and verdicts of the rates table.
 
 Rows are matched on their keys (a table sorted otherwise is the same table); timings are never
 compared (they are the machine's, not the fits'); a column one side lacks is listed, not failed
-(a re-run records what the toolkit measures since, e.g. ``sublevel_loss``). A value is the same
-when it is bit for bit (NaN equal to NaN), or within ``rtol`` where one is given: a number
-relative to itself, an estimate (the measure's JSON) relative to its largest parameter.
+(a re-run records what the toolkit measures since, e.g. ``sublevel_loss``), and so is a whole
+table one folder lacks (a re-run without the optimiser check). A value is the same when it is
+bit for bit (integers as integers, NaN equal to NaN, -0.0 not 0.0), or within ``rtol`` where one
+is given: a number relative to itself, an estimate (the measure's JSON, of one shape and the same
+words) relative to its largest parameter.
 """
 
 from __future__ import annotations
