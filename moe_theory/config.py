@@ -507,9 +507,11 @@ def _gate_reps(raw: Any, reps: int, rep_block: int, gates: list[str]) -> dict:
 def load_config(path_or_name: str | Path, *, fast: bool = False) -> SweepConfig:
     """Load a config by path, or by name from ``simulations/configs/``."""
     path = Path(path_or_name)
-    # a bare name is a config's even where a folder of that name (a results folder) is at hand
-    if not path.is_file() and not path.suffix:
-        path = CONFIG_DIR / f"{path_or_name}.toml"
+    # a bare name is a config's even where a folder of that name (a results folder) is at hand;
+    # a folder that names no config is said to be one (it was "no file")
+    named = CONFIG_DIR / f"{path_or_name}.toml"
+    if not path.is_file() and not path.suffix and (named.exists() or not path.is_dir()):
+        path = named
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
         raise ValueError(f"config: no file {str(path_or_name)!r}; named configs: {known}")

@@ -370,6 +370,12 @@ def test_a_folder_for_a_config_or_a_file_for_a_folder_is_bad_input(tmp_path: Pat
     assert main(["sweep", str(tmp_path / "cfgdir.toml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("moe-theory: error: config: ") and "is a folder, not a config file" in err
+    # a folder without a suffix, as a results folder is (it was "no file"); a bare name of a
+    # config is still the config's where a folder of that name is at hand
+    (tmp_path / "results").mkdir()
+    assert main(["sweep", str(tmp_path / "results"), "--out", str(tmp_path / "o")]) == 2
+    assert "is a folder, not a config file" in capsys.readouterr().err
+    (tmp_path / "results").rmdir()
     for command in ("remeasure", "rates", "check"):
         assert main([command, str(tmp_path / "afile.txt")]) == 2, command
         err = capsys.readouterr().err
