@@ -58,7 +58,7 @@ from moe_theory.estimators import ALGORITHMS, SGDProtocol
 from moe_theory.estimators.bounds import DEFAULT_BOUND_SCALE, group_scales, no_box
 from moe_theory.initialization import DEFAULT_EXTRA_STARTS
 from moe_theory.settings import Setting, get_setting
-from moe_theory.voronoi import ALL_KINDS, applicable_losses
+from moe_theory.voronoi import ALL_KINDS, applicable_losses, parameter_error_parts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -229,7 +229,8 @@ def _check_parameter_groups(key: str, losses: list, settings: list) -> None:
     has = {"eta": True, "beta1": any(models.score_has_linear(sc) for sc in scores),
            "A": any(models.score_has_quadratic(sc) for sc in scores)}
     for loss in losses:
-        group = loss.split("_")[1] if loss.startswith("err_") else None
+        parts = parameter_error_parts(loss)
+        group = parts[0] if parts is not None else None
         if group is not None and not has[group]:
             raise _err(key, f"{loss!r} needs a score with parameter group {group}, but the "
                        f"settings' scores are {', '.join(scores)}")

@@ -40,6 +40,7 @@ from moe_theory.kept_values import (
     split_by_n,
     usable,
 )
+from moe_theory.voronoi import parameter_error_parts
 
 # The theory gives asymptotic exponents; at n = 10^3..10^5 the loss still carries lower-order
 # terms (log factors, the n^-1/4 parts of a mixed loss, a reference G_bar that is itself only
@@ -676,13 +677,6 @@ GAP_NOT_MEASURABLE = "not measurable"
 EXPERT_GROUPS = ("eta", "V")
 
 
-def _parameter_error(loss: str) -> tuple[str, str] | None:
-    """``(group, cell type)`` of a per-parameter error ``err_{group}_{cell}``; None for a
-    Voronoi loss."""
-    parts = loss.split("_")
-    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == "err" else None
-
-
 def gap_comparable(sigmoid_loss: str, softmax_loss: str) -> bool:
     """Whether two curves can show the gap between the gates: both measure the experts (a
     Voronoi loss, which holds every atom's expert, or an expert group's error) and, where both
@@ -690,7 +684,7 @@ def gap_comparable(sigmoid_loss: str, softmax_loss: str) -> bool:
     an over-specified one's differs in rate within one gate, and a gate's parameters against an
     expert's compare two objects, so neither pair says which gate estimates its experts faster
     (docs/theory.md#the-gap-between-the-gates)."""
-    errors = [_parameter_error(loss) for loss in (sigmoid_loss, softmax_loss)]
+    errors = [parameter_error_parts(loss) for loss in (sigmoid_loss, softmax_loss)]
     if any(e is not None and e[0] not in EXPERT_GROUPS for e in errors):
         return False
     return None in errors or errors[0] == errors[1]

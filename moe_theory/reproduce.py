@@ -36,7 +36,6 @@ from moe_theory.console import log_stderr
 from moe_theory.executors import (
     device_workers,
     map_shards,
-    parse_gpus,
     process_options,
     shard_cost,
     shared_cluster,
@@ -106,11 +105,10 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     """
     workers = device_workers(workers, device)
     check_device("device", device)
-    _cluster_options(gpus, local_workers, device)
+    # before anything is written: adopting references writes into the folder (and force sets
+    # its run aside)
+    _cluster_options(gpus, local_workers, device, backend)
     if references_from is not None:
-        # adopting writes into the folder (and force sets its run aside): the sweep's own
-        # options are refused first
-        check_sweep_options(device=device, backend=backend)
         if name == "all" or name in EXPERIMENTS:
             raise ValueError(f"references_from: give one config, not {name!r} (a study or "
                              "every figure has no single folder of references to adopt)")
@@ -143,7 +141,7 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
     references while the cluster starts, and writes and draws each figure as it finishes, one at
     a time. The tables are those of a serial run.
     """
-    gpu_ids = _cluster_options(gpus, local_workers, device)
+    gpu_ids = _cluster_options(gpus, local_workers, device, backend)
     common = {"fast": fast, "device": device, "backend": backend, "certify": certify,
               "force": force}
     if gpu_ids is None and local_workers is None:
@@ -160,16 +158,13 @@ def reproduce_figures(figures: Sequence[tuple[str | Path, Path | None]], *, fast
                            sweep_options={"executor": "dask", **cluster})
 
 
-def _cluster_options(gpus: str | Sequence[int] | None, local_workers: int | None, device: str
-                     ) -> tuple[int, ...] | None:
-    """The GPU ordinals of ``gpus``; refuses a cluster asked for twice, or GPUs off CUDA."""
-    gpu_ids = parse_gpus(gpus)
-    if gpu_ids is not None and local_workers is not None:
-        raise ValueError("--gpus: give one of --gpus, --local-workers")
-    if gpu_ids is not None and device != "cuda":
-        raise ValueError(f"device: --gpus pins each worker to one GPU, which it sees as 'cuda'; "
-                         f"got {device!r}")
-    return gpu_ids
+def _cluster_options(gpus: str | Sequence[int] | None, local_workers: int | None, device: str,
+                     backend: str) -> tuple[int, ...] | None:
+    """The GPU ordinals of ``gpus``: the options checked as a sweep's, the cluster that
+    ``gpus`` or ``local_workers`` ask for being Dask's."""
+    executor = "local" if gpus is None and local_workers is None else "dask"
+    return check_sweep_options(device=device, backend=backend, executor=executor,
+                               local_workers=local_workers, gpus=gpus)
 
 
 def _config_folder(fig: str | Path, folder: Path | None, fast: bool) -> tuple[SweepConfig, Path]:

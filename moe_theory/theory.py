@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moe_theory import models
-from moe_theory.voronoi import has_matched_gauge
+from moe_theory.voronoi import has_matched_gauge, parameter_error_parts
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     """
     models.check_gate(fit_gate)
     models.check_score(score)
-    group = loss_name.split("_")[1] if loss_name.startswith("err_") else None
+    parts = parameter_error_parts(loss_name)
+    group = parts[0] if parts is not None else None
     if (group == "beta1" and not models.score_has_linear(score)) or (
             group == "A" and not models.score_has_quadratic(score)):
         return NO_THEORY  # the score has no such parameter
@@ -55,7 +56,6 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     quadratic = score != "linear"
     if reference is None:
         reference = "G_bar" if (fit_gate == "sigmoid" and regime == "dense") else "G*"
-    group_cell = loss_name.split("_")[1:] if loss_name.startswith("err_") else None
 
     if fit_gate == "sigmoid":
         if reference == "G_bar":
@@ -63,24 +63,24 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
             # every parameter, so each parameter group too. Y25 extends it to quadratic scores,
             # where weakly identifiable experts keep the parametric rate (reconstruction).
             src = "Y25 (reconstruction)" if quadratic else ("N24 Thm 4" if strong else "N24 Thm 5")
-            if loss_name == "D3" or group_cell is not None:
+            if loss_name == "D3" or parts is not None:
                 return _rate(PARAMETRIC, src)
             return NO_THEORY
         src = "Y25 (reconstruction)" if quadratic else ("N24 Thm 2" if strong else "N24 Thm 3")
         if not strong:
             # N24 Thm 3: in the sparse regime, linear experts admit no polynomial rate
-            if loss_name in ("D1", "D2") or group_cell is not None:
+            if loss_name in ("D1", "D2") or parts is not None:
                 return _rate(SLOWER_THAN_POLYNOMIAL, src)
             return NO_THEORY
         if loss_name == "D1":
             return _rate(PARAMETRIC, src)
-        if group_cell is not None:
-            return _rate(PARAMETRIC if group_cell[1] == "exact" else FOURTH_ROOT, src)
+        if parts is not None:
+            return _rate(PARAMETRIC if parts[1] == "exact" else FOURTH_ROOT, src)
         return NO_THEORY
 
     # softmax fits (N24 Table 1, after N24b; A24 for quadratic: docs/bibliography.md)
     if reference == "G_bar":
-        if quadratic and (loss_name == "D3" or group_cell is not None):
+        if quadratic and (loss_name == "D3" or parts is not None):
             # A softmax fit of a sigmoid truth is misspecified; least squares then converges at
             # n^-1/2 to the L2 projection G_bar when that is unique with a non-singular Hessian
             # (White 1982), the argument of N24 Thm 4/5 for the sigmoid fit. Not in A24 or Y25
@@ -98,13 +98,13 @@ def predicted_rate(fit_gate: str, score: str, regime: str, expert: str, loss_nam
     if loss_name == "D1_matched":
         src += " (matched gauge: reconstruction)"
     if not strong:
-        if d1 or loss_name == "D2" or group_cell is not None:
+        if d1 or loss_name == "D2" or parts is not None:
             return _rate(SLOWER_THAN_POLYNOMIAL, src, "~1/log n")
         return NO_THEORY
     if d1:
         return _rate(PARAMETRIC, src)
-    if group_cell is not None:
-        return _rate(PARAMETRIC if group_cell[1] == "exact" else FOURTH_ROOT, src)
+    if parts is not None:
+        return _rate(PARAMETRIC if parts[1] == "exact" else FOURTH_ROOT, src)
     return NO_THEORY
 
 

@@ -24,6 +24,14 @@ LOSS_KINDS = ("D1", "D2", "D3")
 PARAMETER_GROUPS = ("eta", "beta1", "A")
 CELL_TYPES = ("exact", "over")
 PARAMETER_ERRORS = tuple(f"err_{g}_{c}" for g in PARAMETER_GROUPS for c in CELL_TYPES)
+
+
+def parameter_error_parts(loss_name: str) -> tuple[str, str] | None:
+    """``(group, cell type)`` of a per-parameter error ``err_<group>_<cell>`` (an MoE's, or an
+    attention study's ``err_W_over``); None for a Voronoi loss."""
+    parts = loss_name.split("_")
+    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == "err" else None
+
 #: losses measured in another gauge than the fit's pinned one (:func:`has_matched_gauge`)
 GAUGE_KINDS = ("D1_matched",)
 ALL_KINDS = LOSS_KINDS + PARAMETER_ERRORS + GAUGE_KINDS
@@ -268,7 +276,7 @@ def matched_gauge_search(fitted: MixingMeasure, reference: MixingMeasure
 
 
 def _parameter_error(fitted: MixingMeasure, cells: Cells, kind: str) -> torch.Tensor:
-    _, group, cell_type = kind.split("_")
+    group, cell_type = parameter_error_parts(kind)
     q_beta1 = 0 if fitted.beta1 is None else fitted.d
     q_a = fitted.gate_params.shape[-1] - 1 - q_beta1
     q_eta = fitted.expert_params.shape[-1]

@@ -43,11 +43,9 @@ def finer(fitted: MixingMeasure, reference: MixingMeasure) -> tuple[np.ndarray, 
     the slopes' shift from where the compass ended (the intercepts' shift kept, as the loss
     defines it)."""
     compass, base, slopes = matched_gauge_search(fitted, reference)
-    if reference.R == 1:
-        reference = reference.select([0] * fitted.R)
     polished = []
     for r in range(fitted.R):
-        one, ref = fitted.select(r), reference.select(r)
+        one, ref = fitted.select(r), reference.select(r if reference.R > 1 else 0)
 
         def d1(shift: np.ndarray, one=one, ref=ref, r=r) -> float:
             slope = torch.as_tensor(shift, dtype=torch.float64)[None]

@@ -107,6 +107,13 @@ def objective(X: torch.Tensor, Y: torch.Tensor, measure: MixingMeasure, backend:
     if measure.R not in (1, X.shape[0]):
         raise ValueError(f"measure: {measure.R} measures for {X.shape[0]} data sets (give one, "
                          "or one per data set)")
+    return _objective(X, Y, measure, backend)
+
+
+def _objective(X: torch.Tensor, Y: torch.Tensor, measure: MixingMeasure, backend: str
+               ) -> torch.Tensor:
+    """:func:`objective` on inputs already checked (fit_lse's: a second pass over the data to
+    find no NaN, on a GPU a synchronisation, is not repeated)."""
     measure = measure.to(device=X.device, dtype=X.dtype)
     if measure.R == 1 and X.shape[0] != 1:
         measure = measure.repeat(X.shape[0])
@@ -271,7 +278,7 @@ def fit_lse(
     fit_loss = out.loss[pick] / X.shape[1]
     ref_loss = certified = start_certified = None
     if reference is not None:
-        ref_loss = objective(X, Y, reference, kernel_backend)
+        ref_loss = _objective(X, Y, reference, kernel_backend)
         # the floor only matters for a noise-free reference, whose loss is exactly 0
         floor = torch.finfo(X.dtype).eps * (Y * Y).mean(-1)
         worst = ref_loss * (1 + CERTIFY_RTOL) + floor
