@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="certify a finished sweep: reference certificates and the "
                        "optimiser check (refits under 10x max_iter and 10x jitter; DIR/check.json)")
     p.add_argument("dir", help=DIR_HELP)
-    p.add_argument("--reps", type=int, metavar="M",
+    p.add_argument("--reps", type=_positive_int, metavar="M",
                    help="replications refitted per (setting, n), the first ones (default "
                         "moe_theory.certificates.CHECK_REPS)")
     p.add_argument("--stored", action="store_true",

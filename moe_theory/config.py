@@ -7,7 +7,7 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
     description = "..."
     settings = ["nguyen2024-dense-relu", ...]
     fit_gates = ["sigmoid", "softmax"]         # optional; default: each setting's own
-    n = [1000, 2000]  or  n = {min = 1000, max = 100000, num = 15}   # log-spaced; n <= 2**40
+    n = [1000, 2000]  or  n = {min = 1000, max = 100000, num = 15}   # num log-spaced sizes; n <= 2**40
     reps = 20
     gate_reps = {softmax = 8}                  # optional: fewer replications of a fitted gate
                                                # (a multiple of rep_block: whole shards)
@@ -269,7 +269,13 @@ def _n_grid(value: Any) -> tuple[int, ...]:
         if hi > MAX_N:
             raise _err("n.max", f"must be at most {MAX_N} (2**40: no machine holds one "
                        f"replication of more samples), got {hi}")
+        if num == 1 and hi != lo:  # geomspace would give n.min alone, n.max dropped unsaid
+            raise _err("n.num", f"must be at least 2 to span n.min = {lo} to n.max = {hi}, got 1 "
+                       "(one sample size: n = [N])")
         grid = np.unique(np.round(np.geomspace(lo, hi, num)).astype(int))
+        if len(grid) < num:  # sizes closer than 1 apart round onto one another
+            raise _err("n.num", f"{num} log-spaced sizes from {lo} to {hi} round to "
+                       f"{len(grid)} distinct integers; ask for at most {len(grid)}")
         return tuple(int(v) for v in grid)
     if not isinstance(value, list) or not value:
         raise _err("n", "must be a non-empty list of sample sizes or {min, max, num}")

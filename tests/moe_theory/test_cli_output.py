@@ -83,6 +83,17 @@ def test_reproduce_gpus_on_the_cpu_is_refused_naming_the_field(tmp_path, capsys)
     assert not out.exists()
 
 
+@pytest.mark.parametrize("reps", ["0", "-3", "two"])
+def test_check_reps_names_the_option(tmp_path, capsys, reps):
+    """``check --reps`` is refused by the parser under its own name (the library's message had
+    said ``reps:``, a name the command line does not have), before the folder is read."""
+    with pytest.raises(SystemExit) as stop:
+        main(["check", str(tmp_path / "no-such"), "--reps", reps])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --reps: must be a positive integer" in err
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], ("nguyen2024-measurable", True, True)),
     (["--no-certify"], ("nguyen2024-measurable", True, False)),

@@ -274,7 +274,13 @@ def test_a_valid_sgd_table_is_kept_as_written():
     ({"min": 100.0, "max": 1000, "num": 3}, "config key 'n.min': must be an integer, got 100.0"),
     ({"min": 100, "max": 1000}, "config key 'n.num': missing"),
     ({"min": 100, "max": 10, "num": 3}, "config key 'n.max': must be >= n.min = 100, got 10"),
-    ({"min": 100, "max": 1000, "num": 0}, "config key 'n.num': must be >= 1, got 0")])
+    ({"min": 100, "max": 1000, "num": 0}, "config key 'n.num': must be >= 1, got 0"),
+    # geomspace with num = 1 gives n.min alone, and rounding merges sizes under 1 apart: both
+    # had run on fewer sizes than the config asks for, without a word
+    ({"min": 100, "max": 1000, "num": 1}, "config key 'n.num': must be at least 2 to span "
+     "n.min = 100 to n.max = 1000, got 1 (one sample size: n = [N])"),
+    ({"min": 100, "max": 102, "num": 5}, "config key 'n.num': 5 log-spaced sizes from 100 to "
+     "102 round to 3 distinct integers; ask for at most 3")])
 def test_a_key_of_the_n_table_is_named_with_its_table(n, message):
     """``min`` alone does not say which table; a missing key is "missing", not "got None"."""
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
