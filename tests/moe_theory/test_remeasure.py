@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -144,6 +145,23 @@ def test_write_puts_back_a_changed_value_and_redoes_check_and_rates(finished, ca
     table = pd.read_csv(finished / "rates.csv").drop(columns=[*SUBLEVEL_COLUMNS, "reason"])
     pd.testing.assert_frame_equal(table, before_rates.drop(columns=[*SUBLEVEL_COLUMNS, "reason"]))
     assert remeasure(finished)["new"].equals(remeasure(finished)["old"])
+
+
+def test_write_leaves_the_refits_file_alone_where_no_refit_moved(finished, capsys):
+    """A changed result redoes the check's judgement, but the refits' values are as stored:
+    ``check.parquet`` keeps its bytes (it had been written anew, its metadata changed)."""
+    refits_before = (finished / "check.parquet").read_bytes()
+    results = pd.read_csv(finished / "results.csv")
+    row = results.index[(results["loss_name"] == "D3") & results["loss_value"].notna()][0]
+    results.loc[row, "loss_value"] *= 3.0
+    results.to_csv(finished / "results.csv", index=False)
+    os.utime(finished / "check.parquet", (0, 0))
+
+    assert main(["remeasure", str(finished), "--write"]) == 0
+    assert re.search(r"^1 of \d+ loss values differ", capsys.readouterr().out, re.M)
+    assert (finished / "check.parquet").read_bytes() == refits_before
+    assert (finished / "check.parquet").stat().st_mtime == 0  # not even rewritten in place
+    assert remeasure(finished)["same"].all()
 
 
 def test_check_stored_judges_the_kept_refits_again_and_rewrites_what_depends_on_them(
