@@ -468,6 +468,9 @@ def triton_moe_pass(
     iu, iv, qc, blocks, pairs = _device_tables(lay, X.device, X.dtype)
     X, Y = X.contiguous(), Y.contiguous()
     gp, ep = gate_params.contiguous(), expert_params.contiguous()
+    if rows is not None:
+        # the kernel reads ROWS[r] at unit stride: a strided view (rows[::2]) read other rows
+        rows = rows.contiguous()
     dot_x, dot_q = _uses_dot(lay)
     fp32_gpu = on_gpu and X.dtype == torch.float32
 

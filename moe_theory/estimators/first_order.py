@@ -58,9 +58,11 @@ class SGDProtocol:
         return cls(**table)
 
 
-def _mean_loss(problem: LeastSquaresProblem, theta: torch.Tensor, idx: torch.Tensor | None = None):
-    """Per-problem mean squared residual on all samples or a minibatch ``idx: (R, b)``."""
-    X, Y = problem.data()
+def _mean_loss(problem: LeastSquaresProblem, theta: torch.Tensor, idx: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None):
+    """Per-problem mean squared residual on all samples or a minibatch ``idx: (R, b)``, of all
+    problems or of the problems ``rows`` (whose parameters ``theta`` then holds)."""
+    X, Y = problem.data(rows)
     if idx is not None:
         X = torch.gather(X, 1, idx[..., None].expand(-1, -1, X.shape[-1]))
         Y = torch.gather(Y, 1, idx)
@@ -136,23 +138,32 @@ def lbfgs(problem: LeastSquaresProblem, theta0: torch.Tensor, stop: StopRule = S
     or loss-change tolerance (reported ``gtol`` when the gradient is below ``gtol`` at the end,
     else ``ftol``), or at ``max_iter`` or its budget of function evaluations (``max_iter``: a
     budget, not a tolerance, so not converged)."""
-    theta = theta0.clone().requires_grad_(True)
+    R = theta0.shape[0]
+    # One start whose loss or gradient overflows made the summed loss NaN, and with it every
+    # other problem's line search and direction: such starts are left out, as LM leaves them.
+    at_start = problem.evaluate(theta0, gauss_newton=False)
+    finite = torch.isfinite(at_start.loss) & torch.isfinite(at_start.jtr).all(-1)
+    rows = None if bool(finite.all()) else finite.nonzero().flatten()
+    theta = (theta0 if rows is None else theta0[rows]).clone().requires_grad_(True)
     opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=stop.max_iter, tolerance_grad=stop.gtol,
                             tolerance_change=stop.ftol, history_size=50,
                             line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = _mean_loss(problem, theta).sum()
+        loss = _mean_loss(problem, theta, rows=rows).sum()
         loss.backward()
         return loss
 
-    opt.step(closure)
+    if theta.shape[0]:
+        opt.step(closure)
     state = opt.state[opt._params[0]]
-    n = int(state.get("n_iter", stop.max_iter))
-    R = theta0.shape[0]
-    n_iter = torch.full((R,), n, dtype=torch.long, device=theta0.device)
+    n = int(state.get("n_iter", stop.max_iter if theta.shape[0] else 0))
+    n_iter = torch.full((R,), n, dtype=torch.long, device=theta0.device).masked_fill(~finite, 0)
+    if rows is not None:
+        theta = theta0.clone().index_copy_(0, rows, theta.detach())
     out = _finish(problem, theta, n_iter, torch.full((R,), MAX_ITER, device=theta0.device), None)
+    out.stop = out.stop.masked_fill(~finite, NON_FINITE)
     # torch's L-BFGS also stops once it has spent max_eval evaluations, before max_iter: that
     # stop is a budget's, and read as ftol it counted as converged
     evals_spent = int(state.get("func_evals", 0)) >= int(opt.param_groups[0]["max_eval"])

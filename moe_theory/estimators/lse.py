@@ -270,7 +270,8 @@ def fit_lse(
     ssr_spread = starts_near_best = None
     if noise_var is not None:
         best = ssr.amin(0)
-        ssr_spread = (ssr.amax(0) - best) / noise_var
+        # every start non-finite: inf - inf would report NaN, not the documented inf
+        ssr_spread = torch.where(torch.isfinite(best), ssr.amax(0) - best, math.inf) / noise_var
         starts_near_best = (ssr - best <= noise_var).sum(0)
     tests = [STOP_TESTS[i] for i in out.stop[pick].tolist()]
     start_measure = problem.measure(out.theta)
