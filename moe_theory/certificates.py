@@ -114,6 +114,19 @@ FISHER_COND_MAX = 1e10
 FISHER_COND_SINGULAR = 1e13
 
 
+def past_bound(value: float, bound: float, kind: str = "g", digits: int = 2) -> str:
+    """``value`` formatted as ``.{digits}{kind}`` (``g``, ``f`` or ``%``), with as many more
+    digits as it takes to print it on its own side of ``bound``."""
+    for more in range(8):
+        text = f"{value:.{digits + more}{kind}}"
+        shown = float(text.rstrip("%")) / (100 if kind == "%" else 1)
+        # a failed share or ratio rounded onto its bound read as a pass: "1 n with < 95% of
+        # fits stopped on tolerance (n=1000: 95%)", "Delta SSR / (nu p) = 2 ... above [0.5, 2.0]"
+        if not (shown == bound or (shown > bound) != (value > bound)):
+            return text
+    return f"{value:.{digits}{kind}}"
+
+
 def fisher_cond_words(cond: float) -> str:
     """A failed Fisher condition number as a reason: its value where it has digits, else that the
     matrix is singular to rounding."""
@@ -871,7 +884,8 @@ def converged_certificate(curve: pd.DataFrame) -> Status:
         return Status(PASS)
     worst = bad.idxmin()
     return Status(FAIL, f"{bad.size} n with < {CONVERGED_SHARE_MIN:.0%} of fits stopped on "
-                        f"tolerance (n={worst}: {share[worst]:.0%})")
+                        f"tolerance (n={worst}: "
+                        f"{past_bound(share[worst], CONVERGED_SHARE_MIN, '%', 0)})")
 
 
 def free_parameters(fit_gate: str, score: str, expert: str, d: int, k: int) -> int:
@@ -926,10 +940,13 @@ def overfit_certificate(curve: pd.DataFrame, noise_var: float | None,
         return Status(PASS)
     n = bad.index[np.argmax(np.abs(np.log(np.abs(bad.to_numpy() / scale) + 1e-300)))]
     side = "above" if judged[n] > high else "below"
+    # the band's ends, like the ratio, printed on their own side of the ratio
     band = (f"[{OVERFIT_RATIO_MIN}, {OVERFIT_RATIO_MAX}]" if scale == 1.0 else
-            f"[{low:.2g}, {high:.2g}] (= [{OVERFIT_RATIO_MIN}, {OVERFIT_RATIO_MAX}] x the "
+            f"[{past_bound(low, judged[n])}, {past_bound(high, judged[n])}] (= "
+            f"[{OVERFIT_RATIO_MIN}, {OVERFIT_RATIO_MAX}] x the "
             f"{scale:.2g} predicted about the misspecified reference)")
-    return Status(FAIL, f"Delta SSR / (nu p) = {judged[n]:.2g} at n={n}, {side} {band}")
+    ratio = past_bound(judged[n], high if side == "above" else low)
+    return Status(FAIL, f"Delta SSR / (nu p) = {ratio} at n={n}, {side} {band}")
 
 
 def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None,
@@ -965,7 +982,8 @@ def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None,
         bad = share[share < OPTIMISER_SHARE_MIN]
         if not bad.empty:
             n = bad.idxmin()
-            return Status(FAIL, f"{what} at {bad.size} n (n={n}: {1 - share[n]:.0%} of fits)")
+            failing = past_bound(1 - share[n], 1 - OPTIMISER_SHARE_MIN, "%", 0)
+            return Status(FAIL, f"{what} at {bad.size} n (n={n}: {failing} of fits)")
     if check is None:
         return Status(NOT_RUN, f"no optimiser check ({missing})")
     if check.get("status") != PASS:

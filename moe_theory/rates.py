@@ -31,6 +31,7 @@ from moe_theory.certificates import (
     FolderCertificates,
     Status,
     overlay_agreement,
+    past_bound,
 )
 from moe_theory.kept_values import (
     DROP_REASONS,
@@ -189,12 +190,17 @@ def predicted_half_width(n: Sequence[float], mean: Sequence[float], sd: Sequence
     loss has this ``mean`` and standard deviation ``sd`` (a prediction, e.g. the local normal
     limit's: docs/theory.md#planning): the log-mean of R values has variance about
     ``(sd / mean)^2 / R`` (the delta method), which enters the same t interval as a measured
-    curve's bootstrap variances. NaN where a value is missing or ``reps`` < MIN_REPS_PER_N."""
+    curve's bootstrap variances. NaN where a value is missing, where the spread is zero at some
+    n, or where ``reps`` < MIN_REPS_PER_N."""
     mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
     if reps < MIN_REPS_PER_N or len(mean) < 2 or not (
             np.isfinite(mean).all() and (mean > 0).all() and np.isfinite(sd).all()):
         return float("nan"), float("nan")
-    fit = _slope_fit(np.log(np.asarray(n, dtype=float)), np.log(mean), (sd / mean) ** 2 / reps,
+    # a zero spread at one n only: the fits would tie there, and a measured curve tied at any n
+    # has no CI (fit_rate, as a NaN variance), where the other n's variances kept this sum
+    # positive and the preflight called the curve measurable
+    variances = np.where(sd > 0, (sd / mean) ** 2 / reps, np.nan)
+    fit = _slope_fit(np.log(np.asarray(n, dtype=float)), np.log(mean), variances,
                      np.full(len(mean), float(reps)))
     return fit.slope, (fit.ci_high - fit.ci_low) / 2
 
@@ -384,7 +390,7 @@ def curve_verdict(
              for name, s in certificates.items() if s.status != PASS]
     if fit.dropped_n:
         notes.append(f"dropped n with < {MIN_REPS_PER_N} usable replications: "
-                     + ", ".join(f"{m:g}" for m in fit.dropped_n))
+                     + ", ".join(sample_size_words(m) for m in fit.dropped_n))
     reason = "; ".join(notes)
     if theory_exponent is None or np.isnan(theory_exponent):
         return "no theory", reason
@@ -394,11 +400,24 @@ def curve_verdict(
     if why:
         return f"{NOT_MEASURABLE_PREFIX}{why})", reason
     if not fit.half_width < half_width_max:
-        why = (f"CI half-width {fit.half_width:.3f} > {half_width_max}"
+        # with the digits that keep it above the bound: 0.0754 read "0.075 > 0.075"
+        why = (f"CI half-width {past_bound(fit.half_width, half_width_max, 'f', 3)} > "
+               f"{half_width_max}"
                if np.isfinite(fit.half_width) else
                "no CI: the replications are tied at some n, so their spread is unknown")
         return "inconclusive (CI too wide)", why + (f"; {reason}" if reason else "")
     return verdict(theory_exponent, fit.ci_low, fit.ci_high, widen), reason
+
+
+def sample_size_words(n: float) -> str:
+    """A sample size as a table names it: its shortest ``g`` form ("1000", "1.6e+06") where that
+    is the number itself, else every digit."""
+    short = f"{n:g}"
+    if float(short) == n:
+        return short
+    # six significant digits named n = 1778279 "1.77828e+06", a sample size the results table
+    # does not hold
+    return f"{n:.0f}" if float(n).is_integer() else repr(float(n))
 
 
 def check_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
@@ -555,7 +574,7 @@ def rates_table(
             n_used=fit.n_points, n_min=int(used.min()), n_max=int(used.max()),
             reps_used=fit.reps_used, reps=fit.reps_used, n_dropped=fit.n_dropped,
             **{f"dropped_{r}": fit.dropped.get(r, 0) for r in DROP_REASONS},
-            dropped_n=",".join(f"{m:g}" for m in fit.dropped_n),
+            dropped_n=",".join(sample_size_words(m) for m in fit.dropped_n),
             theory_exponent=exponent, theory_label=rate.label, theory_source=rate.source,
             **{f"cert_{k}": s.status for k, s in statuses.items()},
             verdict=label, reason=reason,

@@ -146,8 +146,12 @@ def note(entry: Mapping[str, Any] | None, has_theory: bool = True) -> str:
     curve has one (``has_theory``), must reach that far at those n; empty otherwise."""
     if not entry or not entry.get("loose"):
         return ""
+    ratio = format_ratio(entry["ratio_max"])
+    if ratio != "-" and not float(ratio) > LOOSE:
+        # a loose data set's ratio is above LOOSE: 2.003 read "2.00x ..., over 2x"
+        ratio = repr(float(entry["ratio_max"]))
     return (f"sublevel: a fit at least as good as the reference has "
-            f"{format_ratio(entry['ratio_max'])}x the kept fit's loss (n={entry['ratio_max_n']}), "
+            f"{ratio}x the kept fit's loss (n={entry['ratio_max_n']}), "
             f"over {LOOSE:g}x on {entry['loose']} of {entry['data_sets']} data sets"
             + (": the rate bound must cover those fits too" if has_theory else ""))
 
