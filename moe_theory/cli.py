@@ -56,11 +56,13 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def _cmd_sweep(args) -> int:
     from moe_theory.config import load_config
-    from moe_theory.outputs import DEFAULT_OUT, write_report
+    from moe_theory.outputs import default_folder, write_report
     from moe_theory.sweep import run_sweep
 
     config = load_config(args.config, fast=args.fast)
-    out = Path(args.out) if args.out else DEFAULT_OUT / config.name
+    # results/NAME[-fast], as reproduce and preflight: the folder `preflight --fast` prepared
+    # (docs/theory.md#planning); a --fast sweep in results/NAME was refused by the full one's
+    out = Path(args.out) if args.out else default_folder(config.name, args.fast)
     # --gpus pins each worker to one GPU: the device is then CUDA unless said otherwise
     device = args.device or ("cuda" if args.gpus is not None else "cpu")
     if args.references_from:
@@ -360,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe-theory", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def device_args(p):
+    def device_args(p, default="cpu"):
         p.add_argument("--device", choices=DEVICES, default="cpu",
-                       help="where the fits run: %(choices)s (default cpu)")
+                       help=f"where the fits run: %(choices)s (default {default})")
         p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
                        help="the fits' loss/Jacobian pass: torch (PyTorch), triton (Triton "
                             "kernels), auto (default: Triton on a GPU for the shapes it "
@@ -370,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run (or resume) a sweep from a TOML config")
     p.add_argument("config", help="path to a TOML config, or the name of one in simulations/configs")
-    p.add_argument("--out", help="results folder (default results/NAME)")
+    p.add_argument("--out", help="results folder (default results/NAME[-fast], as reproduce)")
     p.add_argument("--executor", choices=("local", "processes", "dask"), default="local",
                    help="local: in this process (default); processes: in --local-workers "
                         "processes of this machine, on the same device; dask: on a Dask cluster")
@@ -391,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit against the G_bar references the folder DIR records for the same "
                         "settings, fitted on this device type, instead of fitting them again (a "
                         "committed figure re-run, or run further: docs/design.md#results-store)")
-    device_args(p)
+    # the default is cuda with --gpus (_cmd_sweep)
+    device_args(p, default="cpu; cuda with --gpus")
     p.set_defaults(run=_cmd_sweep, device=None)
 
     p = sub.add_parser("merge", help="rebuild the tidy table of a results folder from its shards")

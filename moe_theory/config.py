@@ -1,7 +1,8 @@
 """Sweep configurations: TOML files under ``simulations/configs/``, validated before any work.
 
 A sweep is the cross product settings x sample sizes x replications, each setting fitted with
-every gate it names. Keys (all validated; unknown keys are rejected)::
+every gate it names. Keys (all validated; unknown keys are rejected; each key's default and
+bounds: docs/design.md#configs)::
 
     name = "nguyen2024"
     description = "..."
@@ -22,13 +23,15 @@ every gate it names. Keys (all validated; unknown keys are rejected)::
                                                # (groups not named: 10)
     starts = 4                                 # starts per replication beside the near-reference one
     start_jitter = 0.1                         # their jitter (default 10 x jitter)
+    start_splits = "reference"                 # reference | every: the atoms they copy
     gram_dtype = "float64"                     # float64 | float32 | tf32 | tf32x3: the
                                                # precision of the Gram products of J^T J (LM's
                                                # path, not its fixed points; docs/kernels.md)
+    g_bar_design_size = 1000000                # optional: G_bar's design (default: the device's)
     k_fit = 9                                  # optional override of the settings' k
     losses = ["D1", "D3", ...]                 # optional; default: all that apply (some fit
                                                # of each setting must have one, in every shard)
-    sgd = {epochs = 10, lr = 0.1, batch_size = 64}
+    sgd = {epochs = 10, lr = 0.1, batch_size = 64, seed = 0}
     [plot]                                     # loss(es) each fitted gate is drawn with
                                                # (a gate no setting fits is refused):
     sigmoid = ["D3", "D1"]                     # the first one a curve has
