@@ -230,6 +230,9 @@ def _cmd_reproduce(args) -> int:
     fast = args.fast or args.name is None
     certify = args.certify if args.certify is not None else args.name is None
     workers = args.workers
+    # --gpus pins each worker to one GPU: the device is then CUDA unless said otherwise, as for
+    # sweep (reproduce --gpus alone had been refused for a device nobody asked for)
+    args.device = args.device or ("cuda" if args.gpus is not None else "cpu")
     if args.name is None and workers is None and args.device == "cpu" and not (
             args.gpus or args.local_workers):
         # the default preset's settings are all built in, so worker processes know them: one
@@ -478,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit against the G_bar references the folder DIR records for the same "
                         "settings, fitted on this device type, instead of fitting them again (a "
                         "committed figure re-run, or run further: docs/design.md#results-store)")
-    device_args(p)
-    p.set_defaults(run=_cmd_reproduce)
+    device_args(p, default="cpu; cuda with --gpus")
+    p.set_defaults(run=_cmd_reproduce, device=None)
 
     p = sub.add_parser("preflight", help="before a sweep: which plotted curves its grid and "
                        "replications can measure (the reference certificates and the CI their "

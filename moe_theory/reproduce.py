@@ -103,11 +103,12 @@ def reproduce(name: str, *, fast: bool = False, out: str | Path | None = None,
     on this device type) the fits use instead of fitting them again
     (:func:`moe_theory.sweep.adopt_references`); one config only.
     """
+    # before anything is written: adopting references writes into the folder (and force sets
+    # its run aside); the cluster's options first, so that --gpus on a machine without GPUs is
+    # named as the sweep names it
+    _cluster_options(gpus, local_workers, device, backend)
     workers = device_workers(workers, device)
     check_device("device", device)
-    # before anything is written: adopting references writes into the folder (and force sets
-    # its run aside)
-    _cluster_options(gpus, local_workers, device, backend)
     if references_from is not None:
         if name == "all" or name in EXPERIMENTS:
             raise ValueError(f"references_from: give one config, not {name!r} (a study or "

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from moe_theory.cli import build_parser, main
 from moe_theory.config import named_configs
@@ -110,6 +111,31 @@ def test_reproduce_without_a_name_runs_the_certified_cpu_preset(monkeypatch, arg
                         lambda name, **kw: calls.append((name, kw["fast"], kw["certify"])))
     assert main(["reproduce", *argv]) == 0
     assert calls == [expected]
+
+
+@pytest.mark.parametrize(("argv", "device"), [
+    (["--gpus", "0"], "cuda"), (["--gpus"], "cuda"), ([], "cpu"),
+    (["--gpus", "0", "--device", "cpu"], "cpu"), (["--device", "cuda"], "cuda")])
+def test_reproduce_gpus_means_cuda_as_for_sweep(monkeypatch, argv, device):
+    """``--gpus`` pins workers to GPUs, so the device is CUDA unless said otherwise, for
+    ``reproduce`` as for ``sweep`` (reproduce had passed 'cpu' on and refused its own default)."""
+    import moe_theory.reproduce
+
+    calls = []
+    monkeypatch.setattr(moe_theory.reproduce, "reproduce",
+                        lambda name, **kw: calls.append(kw["device"]))
+    assert main(["reproduce", "nguyen2024", "--fast", *argv]) == 0
+    assert calls == [device]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without GPUs")
+def test_reproduce_gpus_without_gpus_names_the_option(tmp_path, capsys):
+    """On a machine without GPUs (CI) ``reproduce --gpus 0`` exits 2 naming ``--gpus``, as the
+    sweep does, before writing anything."""
+    out = tmp_path / "fig"
+    assert main(["reproduce", "nguyen2024", "--fast", "--gpus", "0", "--out", str(out)]) == 2
+    assert "--gpus" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_every_command_is_in_the_documented_command_table():
