@@ -19,7 +19,8 @@ What it guarantees:
 - *Whole files.* Every file is written under a temporary name and renamed: a reader sees the old
   file or the whole new one, never a partial one, whenever the writer dies.
 - *Verified reads.* A shard counts as finished only when its sha256 and row count match the
-  record made when it was written and its parquet footer reads; a damaged shard is reported by
+  record made when it was written, its parquet footer reads and its rows are its own (setting,
+  ``n``, replications of its block); a damaged shard is reported by
   name, moved to ``damaged/`` and recomputed by the next sweep. Nothing else is touched.
 - *Known completeness.* The manifest holds the config, so the expected shards are known:
   :func:`completeness` says how many are finished and which settings and sample sizes miss, and
@@ -417,14 +418,15 @@ class DamagedShard(Exception):
     """A shard file that is not what was written (``str()`` says how)."""
 
 
-def check_shard(path: Path, config_hash: str | None = None) -> str:
+def check_shard(path: Path, config_hash: str | None = None, shard: Shard | None = None) -> str:
     """The sha256 of a whole shard file; raises :class:`DamagedShard` saying what is wrong.
 
     The file's sha256 and row count must match the record written with it, and its parquet
     footer must read. A file from before records were kept is decoded in full instead. With
     ``config_hash``, every row's ``config_hash`` must be it: a whole, well-recorded shard of
     another config (a worker its killed sweep left running, finishing after a ``--force`` gave
-    the folder to another config; a shard copied from another run) is not this folder's.
+    the folder to another config; a shard copied from another run) is not this folder's. With
+    ``shard``, its rows must be that shard's (its setting, its ``n``, replications in its block).
     """
     record_path = checksum_path(path)
     try:
@@ -455,7 +457,49 @@ def check_shard(path: Path, config_hash: str | None = None) -> str:
         if other:
             raise DamagedShard(f"its rows were written by another config (hash "
                                f"{', '.join(other)}), not this folder's {config_hash}")
+    if shard is not None:
+        # another shard's file and record copied under this name verify by checksum alone: the
+        # merged table then held that shard's rows twice and this one's not at all, and no
+        # sweep recomputed it
+        wrong = _not_its_rows(path, meta, shard)
+        if wrong:
+            raise DamagedShard(f"its rows are not this shard's ({wrong})")
     return digest
+
+
+def _not_its_rows(path: Path, meta: pq.FileMetaData, shard: Shard) -> str:
+    """How the rows of the shard file ``path`` fall outside ``shard`` (its setting, its ``n``,
+    replications ``rep_start <= rep < rep_stop``), from the footer's statistics where it keeps
+    them (as :func:`_config_hashes`), else from the columns; empty where they are the shard's."""
+    ranges = {}
+    for name in ("setting", "n", "rep"):
+        lows: list | None = []
+        highs: list = []
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            column = next((group.column(j) for j in range(group.num_columns)
+                           if group.column(j).path_in_schema == name), None)
+            stats = None if column is None else column.statistics
+            if stats is None or not stats.has_min_max:
+                lows = None
+                break
+            lows.append(stats.min.decode() if isinstance(stats.min, bytes) else stats.min)
+            highs.append(stats.max.decode() if isinstance(stats.max, bytes) else stats.max)
+        if lows is None:
+            try:
+                lows = highs = pq.read_table(path, columns=[name]).column(0).to_pylist()
+            except (pa.ArrowException, KeyError, OSError, ValueError):
+                return f"no {name} column"
+        if lows:
+            ranges[name] = (min(lows), max(highs))
+    said = []
+    for name, want in (("setting", shard.setting), ("n", shard.n)):
+        if ranges.get(name, (want, want)) != (want, want):
+            said.append(f"{name} {ranges[name][0]}..{ranges[name][1]}")
+    low, high = ranges.get("rep", (shard.rep_start, shard.rep_start))
+    if low < shard.rep_start or high >= shard.rep_stop:
+        said.append(f"replications {low}..{high}, not {shard.rep_start}..{shard.rep_stop - 1}")
+    return ", ".join(said)
 
 
 def _config_hashes(path: Path, meta: pq.FileMetaData) -> set:
@@ -526,7 +570,7 @@ def verified_shards(out: Path, shards: Iterable[Shard], *, report: Callable[[str
         if not path.exists():
             continue
         try:
-            finished[shard] = check_shard(path, config_hash)
+            finished[shard] = check_shard(path, config_hash, shard)
         except DamagedShard as err:
             try:
                 where = f"moved to {move_aside(out, path)}"
