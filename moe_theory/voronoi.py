@@ -181,7 +181,12 @@ def _voronoi_loss(fitted: MixingMeasure, reference: MixingMeasure, kind: str,
     else:
         # softmax: every cell's weight term; parameter terms weighted by exp(beta0_i)
         weight_term = mismatch.sum(-1)
-        atom_term = fitted.weights * torch.where(over, norm**power_over, norm**power_exact)
+        location = torch.where(over, norm**power_over, norm**power_exact)
+        # an atom at its reference location adds nothing, whatever its weight: exp(beta0) past
+        # ~709 is inf, and inf * 0 made the loss NaN (counted as a diverged fit) where its weight
+        # term makes it inf
+        atom_term = torch.where(location == 0, torch.zeros_like(location),
+                                fitted.weights * location)
     return weight_term + atom_term.sum(-1)
 
 
@@ -247,7 +252,9 @@ def matched_gauge_search(fitted: MixingMeasure, reference: MixingMeasure
     rows = torch.arange(R, device=device).repeat_interleave(k)
     many, ref = fitted.select(rows), reference.select(rows)
     gp = many.gate_params
-    base = (ref.beta0.exp().sum(-1).log() - many.beta0.exp().sum(-1).log())[:, None]
+    # logsumexp: a fit whose pinned atom is light has beta0 past ~709 elsewhere, where
+    # log(sum(exp)) overflowed to inf and made this gauge-free loss NaN
+    base = (torch.logsumexp(ref.beta0, -1) - torch.logsumexp(many.beta0, -1))[:, None]
     slopes = -gp[torch.arange(R * k, device=device), torch.arange(k, device=device).repeat(R),
                  1:1 + d]
 
