@@ -50,3 +50,21 @@ def test_a_shard_file_under_another_shards_name_is_damaged(swept, tmp_path):
     assert not store.completeness(out, report=said.append).complete
     run_sweep(parse_config(TINY), out, log=lambda msg: None)
     pd.testing.assert_frame_equal(table(out), table(swept), check_exact=True)
+
+
+def test_the_check_of_an_unfinished_sweep_is_refused(swept, tmp_path, capsys):
+    """`check` on a sweep with a shard missing had written check.json from the partial table
+    (the refits compared with those fits alone), and nothing marked it stale once the sweep
+    finished: it is refused naming the folder, and nothing is written."""
+    from moe_theory.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(swept, out)
+    missing = plan(parse_config(TINY))[-1]
+    shard_path(out, missing).unlink()
+    checksum_path(shard_path(out, missing)).unlink()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["check", str(out), "--reps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished sweep" in err and "1 shards" in err and "moe-theory sweep" in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
