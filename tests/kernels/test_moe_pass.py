@@ -400,3 +400,31 @@ def test_samples_past_int32_offsets_run_in_chunks(score, jacobian, gauss_newton,
             assert a is None, name
         else:
             assert a.shape == b.shape and _rel(a, b) <= 1e-12, (name, _rel(a, b))
+
+
+@pytest.mark.parametrize("score", ["linear", "quadratic"])
+@pytest.mark.parametrize("jacobian,gauss_newton", [(False, False), (True, False), (True, True)])
+def test_strided_rows_read_the_rows_they_name(score, jacobian, gauss_newton, poisoned):
+    # (found by an audit) the gradient kernel read ROWS[r] at unit stride: rows[::2] named
+    # [3, 0, 2] but the kernel read [3, 9, 0] (9 past the last problem: inf and NaN, or other
+    # problems' data)
+    g = torch.Generator().manual_seed(11)
+    ex = models.get_expert("relu")
+    R, n, d, k = 4, 21, 2, 2
+    X = (torch.rand(R, n, d, generator=g, dtype=torch.float64) * 2 - 1).to(DEVICE)
+    Y = torch.randn(R, n, generator=g, dtype=torch.float64).to(DEVICE)
+    rows = torch.tensor([3, 9, 0, 9, 2, 9], device=DEVICE)[::2]
+    assert rows.stride() == (2,)
+    gp = torch.randn(3, k, models.gate_dim(score, d), generator=g, dtype=torch.float64).to(DEVICE)
+    ep = torch.randn(3, k, d + 1, generator=g, dtype=torch.float64).to(DEVICE)
+    out = tp.triton_moe_pass(X, Y, gp, ep, gate="sigmoid", score=score, expert=ex, rows=rows,
+                             jacobian=jacobian, gauss_newton=gauss_newton)
+    want = reference_moe_pass(X[rows], Y[rows], gp, ep, gate="sigmoid", score=score, expert=ex,
+                              jacobian=jacobian, gauss_newton=gauss_newton, structured=False)
+    assert poisoned and all(not buf.isnan().any() for buf in poisoned), "unwritten partial sums"
+    for name, got, ref in zip(want._fields, out, want, strict=True):
+        if ref is None:
+            assert got is None, name
+            continue
+        assert got.shape == ref.shape, name
+        assert _rel(got, ref) <= 1e-12, (name, _rel(got, ref))
