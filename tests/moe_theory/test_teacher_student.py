@@ -15,6 +15,8 @@ from moe_theory.attention_teacher import (
     near_teacher,
     sample_sequences,
 )
+from moe_theory.rates import rates_table
+from moe_theory.studies import attention_teacher as teacher_study
 
 
 def teacher(gate="sigmoid", noise_var=0.0, seq_len=5):
@@ -107,3 +109,36 @@ def test_the_studys_table_marks_the_curves_its_figure_draws():
     assert set(zip(drawn["setting"], cells, strict=True)) == {
         ("attention-exact", "exact"), ("attention-over", "over")}
     assert format_rates_table(table) + "\n" == (folder / "rates.txt").read_text()
+
+
+def test_attention_teacher_counts_a_collapsed_students_nan():
+    """A fit whose heads collapse onto fewer teacher heads has no exact cell: its err_*_exact is
+    NaN. The study dropped every NaN row, so that replication vanished from its curve, the table
+    said "dropped 0" and the figure's legend nothing; only losses NaN in every fit (an exact
+    student's over-specified cells) may go."""
+    study = teacher_study.TeacherStudentStudy(d=2, d_v=1, seq_len=3, teacher_heads=1,
+                                              extra_heads=1, n=(6, 12), reps=2, max_iter=2)
+    real = teacher_study.head_errors
+
+    def collapsed_rep0(W, V, teacher):
+        errors = real(W, V, teacher)
+        if W.shape[1] == teacher.heads:  # the exact student: replication 0 collapsed
+            errors["err_W_exact"][0] = float("nan")
+        return errors
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(teacher_study, "head_errors", collapsed_rep0)
+    try:
+        df = teacher_study.run_study(study, log=lambda _: None)
+    finally:
+        mp.undo()
+    exact = df[df.setting == "attention-exact"]
+    # an exact student of one teacher head never has an over-specified cell: no such curve
+    assert not exact.loss_name.str.endswith("_over").any()
+    curve = exact[(exact.fit_gate == "sigmoid") & (exact.loss_name == "err_W_exact")]
+    assert len(curve) == len(study.n) * study.reps
+    assert int(curve.loss_value.isna().sum()) == len(study.n)
+    table = rates_table(df, theory=teacher_study.exploratory_rate)
+    row = table[(table.setting == "attention-exact") & (table.fit_gate == "sigmoid")
+                & (table.loss_name == "err_W_exact")].iloc[0]
+    assert row["dropped_nan"] == len(study.n)

@@ -1,4 +1,6 @@
-"""Regression tests for estimator bugs found in an audit: each failed before its fix."""
+"""Starts that end (or begin) non-finite: one replication's overflow must not reach another's
+fit, and the fit reports them as the docs say (docs/theory.md#multi-start). Each test failed
+before its fix (an audit of the estimators)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reproducibility audit: a results folder keeps its promise (the same config gives the same
+"""A results folder keeps its promise (the same config gives the same
 tables, nothing written is lost or corrupted) under bad input and interruptions (CPU)."""
 
 from __future__ import annotations
