@@ -461,6 +461,12 @@ def run(args: argparse.Namespace) -> int:
     long = ("losses", "provenance") + (() if args.n else ("fits",))
     brief = {k: v for k, v in out.items() if k not in long}
     print(json.dumps(brief, indent=1, default=str))
+    # --process: a child that failed (a crash, or no JSON) is not a timing to read as a
+    # success; the parent used to exit 0 whatever its children did
+    failed = [v for v, r in out.get("runs", {}).items() if r.get("returncode") != 0]
+    if failed:
+        print(f"certified-figure: the process of {', '.join(failed)} failed", file=sys.stderr)
+        return 1
     return 0
 
 

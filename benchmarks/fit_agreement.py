@@ -12,6 +12,7 @@ largest relative difference per loss is what docs/theory.md#estimator bounds by 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -32,6 +33,25 @@ VARIANTS = (  # name, device, dtype, backend
     ("cuda-float32-triton", "cuda", torch.float32, "triton"),
     ("cuda-float64-torch", "cuda", torch.float64, "torch"),
 )
+
+
+def max_rel_diff(values: list[float], base: list[float]) -> float:
+    """Largest ``|a - b| / |b|`` over the replications; NaN where one side is NaN.
+
+    Equal values (both infinite, or both NaN: a per-parameter error of a cell neither fit has)
+    differ by 0. Python's ``max`` over a generator drops a NaN that is not first (``nan > x``
+    is False), so a GPU fit whose loss was NaN in a later replication used to "agree"; a NaN on
+    one side now makes the maximum NaN, never within the tolerance.
+    """
+    worst = 0.0
+    for a, b in zip(values, base, strict=True):
+        if a == b or (math.isnan(a) and math.isnan(b)):
+            continue
+        rel = abs(a - b) / max(abs(b), 1e-300)
+        if math.isnan(rel):
+            return math.nan
+        worst = max(worst, rel)
+    return worst
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,10 +88,8 @@ def run(args: argparse.Namespace) -> int:
                 }
             base = curve["variants"]["cpu-float64-torch"]["losses"]
             for v in curve["variants"].values():
-                v["max_rel_diff"] = {
-                    loss: max(abs(a - b) / max(abs(b), 1e-300)
-                              for a, b in zip(v["losses"][loss], base[loss], strict=True))
-                    for loss in losses}
+                v["max_rel_diff"] = {loss: max_rel_diff(v["losses"][loss], base[loss])
+                                     for loss in losses}
                 v["agrees"] = all(d <= AGREEMENT_RTOL for d in v["max_rel_diff"].values())
             print(f"{name} {gate}: " + "; ".join(
                 f"{vn} {v['wall_s']:.1f} s max rel {max(v['max_rel_diff'].values()):.1e}"

@@ -52,17 +52,30 @@ _PYTEST = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir"
 _REPO = Path(__file__).resolve().parents[1]
 
 
-def collect(paths: list[str], timeout: float) -> tuple[list[str], str]:
-    """Test ids under ``paths`` (``pytest --collect-only -q``) and pytest's output."""
-    done = subprocess.run([*_PYTEST, "--collect-only", "-q", *paths], capture_output=True,
-                          text=True, timeout=max(1.0, timeout), check=False)
+def collect(paths: list[str], timeout: float) -> tuple[list[str], str, list[str]]:
+    """Test ids under ``paths`` (``pytest --collect-only -q``), pytest's output, and the files
+    (or folders) that failed to collect.
+
+    A file that fails to import lists no ids, so the parts, which run ids, would never see it:
+    without the third list a broken test file vanished from the summary and the run passed.
+    The collection loads :mod:`benchmarks.pytest_outcomes`, whose ``collect`` lines name them.
+    """
+    with tempfile.TemporaryDirectory(prefix="gpu_tests_collect_") as folder:
+        events = Path(folder) / "collect.jsonl"
+        path = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
+        done = subprocess.run([*_PYTEST, "-p", "benchmarks.pytest_outcomes", "--collect-only",
+                               "-q", *paths], capture_output=True, text=True,
+                              timeout=max(1.0, timeout), check=False,
+                              env={**os.environ, ENV: str(events), "PYTHONPATH": path})
+        errors = sorted({e["nodeid"] for e in read_events(events)
+                         if e.get("when") == "collect" and e.get("outcome") == "failed"})
     # test ids only: warnings in the listing can hold "::" too
     ids = [line for line in done.stdout.splitlines() if re.match(r"\S+\.py::", line)]
     outside = [i for i in ids if not Path(i.split("::")[0]).is_file()]
     if outside:
         raise ValueError(f"paths: must lie under the working folder; {outside[0]} is not a file "
                          "relative to it")
-    return ids, done.stdout + done.stderr
+    return ids, done.stdout + done.stderr, errors
 
 
 def interleave_files(ids: list[str]) -> list[str]:
@@ -136,6 +149,10 @@ def summarise(parts: list[dict], base: dict) -> dict:
     failing and timed-out ids, and each part's status."""
     files: dict[str, Counter] = defaultdict(Counter)
     failed, timed_out, not_run = [], [], []
+    # files that failed to collect: no part runs them, each counts as one failure
+    for nodeid in base.get("collection_errors", ()):
+        files[nodeid.split("::")[0]]["failed"] += 1
+        failed.append(nodeid)
     for part in parts:
         outcomes, running = outcomes_of(read_events(part["events"]))
         for nodeid in outcomes.keys() - set(part["ids"]):  # collection errors of a whole file
@@ -205,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     base = {"provenance": prov, "paths": args.paths, "procs": args.procs,
             "deadline_s": args.deadline}
     try:
-        ids, listing = collect(args.paths, deadline - time.monotonic())
+        ids, listing, collection_errors = collect(args.paths, deadline - time.monotonic())
     except subprocess.TimeoutExpired:
         print(f"collection outlasted the {args.deadline:.0f} s deadline", file=sys.stderr)
         return 1
@@ -213,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
         print(listing, file=sys.stderr)
         print(f"no tests collected under {' '.join(args.paths)}", file=sys.stderr)
         return 1
+    if collection_errors:
+        print(listing, file=sys.stderr)
+        for nodeid in collection_errors:
+            print(f"ERROR collecting {nodeid}", file=sys.stderr, flush=True)
+    base["collection_errors"] = collection_errors
     logs = Path(args.log or tempfile.mkdtemp(prefix="gpu_tests_"))
     logs.mkdir(parents=True, exist_ok=True)
     parts = []
@@ -259,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(out, summary)
     totals = summary["totals"]
     print(f"== all parts: {_counts(totals)} in {summary['elapsed_s']:.0f} s", flush=True)
-    return 0 if all(p["exit"] == 0 for p in parts) else 1
+    # a file that failed to collect is a failure even when every part passed
+    return 0 if all(p["exit"] == 0 for p in parts) and not collection_errors else 1
 
 
 def _counts(totals: dict) -> str:
