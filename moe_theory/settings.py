@@ -97,8 +97,15 @@ class Setting:
             self._check_atoms()
         if self.k_fit < self.k_true:
             raise ValueError(f"k_fit: must be >= k_true = {self.k_true}, got {self.k_fit}")
-        if self.regime == "dense" and self.beta1_sd == 0 and self.A_sd == 0 and self.atoms is None:
-            raise ValueError(f"{self.name}: a dense setting needs beta1_sd > 0 or A_sd > 0")
+        # only slopes the score uses make a gate input-dependent: beta1_sd > 0 with a monomial
+        # score, or A_sd > 0 with a linear one, had drawn a "dense" truth with constant gates
+        # (docs/theory.md#regimes), which a sigmoid fit then measured against a G_bar it needs not
+        uses_slopes = ((self.beta1_sd != 0 and models.score_has_linear(self.score))
+                       or (self.A_sd != 0 and models.score_has_quadratic(self.score)))
+        if self.regime == "dense" and not uses_slopes and self.atoms is None:
+            raise ValueError(f"{self.name}: a dense setting needs gate slopes its score uses: "
+                             f"beta1_sd > 0 (linear, quadratic) or A_sd > 0 (quadratic, "
+                             f"monomial); score {self.score!r}")
 
     @staticmethod
     def _sequence(key: str, value: object, allow_empty: bool = True) -> tuple:
@@ -131,7 +138,8 @@ class Setting:
                                  f"gate + expert parameters")
             gp, ep = rows[..., :pg].clone(), rows[..., pg:]
             gp[:, self._constant_gate_atoms(), 1:] = 0
-            return MixingMeasure(self.truth_gate, self.score, self.expert, self.d, gp, ep)
+            return self._pinned_constant_gates(
+                MixingMeasure(self.truth_gate, self.score, self.expert, self.d, gp, ep))
         rng = np.random.default_rng(self.truth_seed)
         k, d = self.k_true, self.d
         slope = np.ones((1, k, 1))
@@ -143,13 +151,31 @@ class Setting:
         a = rng.normal(0, self.expert_sd, (1, k, d))
         b = rng.normal(0, self.expert_sd, (1, k))
         as_t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
-        return MixingMeasure.from_parts(
+        return self._pinned_constant_gates(MixingMeasure.from_parts(
             gate=self.truth_gate, score=self.score, expert=self.expert, d=d, beta0=as_t(beta0),
             b=as_t(b),
             beta1=as_t(beta1) if models.score_has_linear(self.score) else None,
             A=as_t(A) if models.score_has_quadratic(self.score) else None,
             a=as_t(a) if models.get_expert(self.expert).has_slope else None,
-        )
+        ))
+
+    def _pinned_constant_gates(self, truth: MixingMeasure) -> MixingMeasure:
+        """``truth`` with the slopes of :meth:`_constant_gate_atoms` zero in the pinned gauge.
+
+        A softmax measure subtracts its last atom's gate parameters from every atom on
+        construction, so slopes zeroed before it came out as minus the last atom's: a sparse
+        softmax truth with ``sparse_zero="over_specified"`` and a drawn (or given) last atom
+        with slopes had input-dependent over-specified atoms, not ``beta1* = 0, A* = 0``
+        (docs/theory.md#regimes). Zeroing them again after the pin leaves every registered
+        truth as it was (their pinned atom has no slopes, or every slope is zero already)."""
+        atoms = self._constant_gate_atoms()
+        if truth.gate != "softmax" or not atoms:
+            return truth
+        gp = truth.gate_params.clone()
+        if not bool((gp[:, atoms, 1:] != 0).any()):
+            return truth  # bit for bit, signed zeros included
+        gp[:, atoms, 1:] = 0
+        return truth.replace(gp, truth.expert_params)
 
     def _constant_gate_atoms(self) -> list[int]:
         if self.regime == "dense":
