@@ -960,8 +960,16 @@ def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None,
     when the check was not run."""
     fits = fits_of(curve)
     tests = []
+    # a test the table lacks the column for is not run, never passed (a table without
+    # `certified`, or multi-start fits without `starts_near_best`, passed on the check alone)
+    unrun = []
     if "certified" in fits.columns:
         tests.append(("fits worse than the reference measure", fits["certified"].astype(bool)))
+    else:
+        unrun.append("certified")
+    if ("n_starts" in fits.columns and "starts_near_best" not in fits.columns
+            and (fits["n_starts"] > 1).any()):
+        unrun.append("starts_near_best")
     if {"starts_near_best", "n_starts"} <= set(fits.columns) and (fits["n_starts"] > 1).any():
         # a curve of multi-start fits: a fit from one start has no second start to confirm its
         # SSR either, and counts against the share rather than switching the test off
@@ -984,6 +992,8 @@ def optimiser_certificate(curve: pd.DataFrame, check: Mapping | None,
             n = bad.idxmin()
             failing = past_bound(1 - share[n], 1 - OPTIMISER_SHARE_MIN, "%", 0)
             return Status(FAIL, f"{what} at {bad.size} n (n={n}: {failing} of fits)")
+    if unrun:
+        return Status(NOT_RUN, f"the results lack the column(s) {', '.join(unrun)}")
     if check is None:
         return Status(NOT_RUN, f"no optimiser check ({missing})")
     if check.get("status") != PASS:
@@ -1040,7 +1050,10 @@ def reference_status(cert: ReferenceCertificate | None, missing: str = HOW_TO_CE
     entry = (cert.unidentified or {}).get(loss) if loss is not None else None
     if entry is not None:
         # an entry without its value (a bare reason) fails at any scale
-        value, why = ((entry["value"], entry["reason"]) if isinstance(entry, Mapping)
+        # the value as JSON holds it: an infinite one is the string "inf" after a round trip
+        # (json_ready), which compared with a float raised TypeError; an unknown one (None)
+        # reads NaN and fails at any scale
+        value, why = ((_float(entry["value"]), entry["reason"]) if isinstance(entry, Mapping)
                       else (math.inf, str(entry)))
         if smallest is None or not value < UNIDENTIFIED_SHARE * smallest:
             reasons.append(why if smallest is None else

@@ -250,14 +250,24 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
         return {**out, "status": NOT_RUN, "reasons": [f"no refit of this curve by {what}"]}
     # a variant without rows at an n the sweep's checked fits have compared nothing there (its
     # missing mean read as an infinite move, and failed); one whose rows lost the loss did
-    checked_n = set(base.index.get_level_values("n"))
-    partial = {name: sorted(checked_n - set(rows["n"]))
+    # ... and so does one without a row of some checked fit: its mean at that n was taken over
+    # other replications than the sweep's (a hole passed a moved fit unseen, or failed an
+    # unmoved n on the replications' own spread)
+    checked = set(base.index)
+    partial = {name: checked - set(zip(rows["n"], rows["rep"], strict=True))
                for name, rows in refits.groupby("variant", sort=True)}
     partial = {name: missing for name, missing in partial.items() if missing}
     if partial:
         name, missing = next(iter(partial.items()))
-        return {**out, "status": NOT_RUN, "reasons": [
-            f"no refit of this curve by {name} at n = {', '.join(f'{m:g}' for m in missing)}"]}
+
+        def where(m: float) -> str:
+            reps = sorted(r for n_, r in missing if n_ == m)
+            whole = len(reps) == sum(1 for n_, _ in checked if n_ == m)
+            return f"{m:g}" if whole else f"{m:g} (rep {', '.join(map(str, reps))})"
+
+        at = ", ".join(where(m) for m in sorted({m for m, _ in missing}))
+        return {**out, "status": NOT_RUN,
+                "reasons": [f"no refit of this curve by {name} at n = {at}"]}
     if noise_var is None:
         # without nu no refit can be told a better fit or a worse local minimum than the sweep's:
         # neither the SSR test nor the estimate the shifts compare stands
@@ -322,10 +332,12 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     out["sublevel"] = sublevel.check_entry(sublevel.data_set_ratios(base.reset_index(), refits,
                                                                     keys))
     usable_any = any(usable(v).size for m, v in base_by_n.items() if np.isfinite(half[m]))
-    if not usable_any:
-        out.update(status=NOT_RUN, reasons=["no usable loss among the refitted fits"])
-    elif reasons:
+    if reasons:
+        # a test that ran and failed is evidence whatever could not be compared: sweep fits
+        # beaten by a refit's SSR were "not run" where the checked fits had no usable loss
         out.update(status=FAIL, reasons=reasons)
+    elif not usable_any:
+        out.update(status=NOT_RUN, reasons=["no usable loss among the refitted fits"])
     elif not np.isfinite(full_fit.half_width):
         # a test that could not be run is no evidence the slope stays put
         out.update(status=NOT_RUN, reasons=[

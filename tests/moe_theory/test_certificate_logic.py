@@ -1,0 +1,112 @@
+"""The certificates' logic at the edges of docs/theory.md#certificates: each passes and fails
+exactly where the docs say, and a test that could not be run is never a pass."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from moe_theory import certificates
+from moe_theory.certificates import (
+    FAIL,
+    NOT_RUN,
+    PASS,
+    ReferenceCertificate,
+    optimiser_certificate,
+    reference_status,
+)
+from moe_theory.check import curve_check
+from tests.moe_theory.test_rates import NU, passing_certificates, results_table
+
+VARIANTS = ("max_iter x10", "jitter x10")
+
+
+def _curve():
+    """One softmax D3 curve whose fits all converged and passed, 20 replications at 9 n."""
+    return results_table({("softmax", "D3"): -0.5}).assign(converged=True, certified=True)
+
+
+def test_a_variant_missing_one_checked_fit_is_not_run_not_compared_on_other_replications():
+    """A variant without a row of one checked fit (n, rep) had its mean at that n taken over
+    the other replications only: compared with the sweep's mean over all of them, it hid a fit
+    the variant moved (pass), or failed an n nothing moved on the replications' own spread."""
+    df = _curve()
+    base = df[df["rep"] < 2]
+    first = base["n"].min()
+    hole = (base["n"] == first) & (base["rep"] == 1)
+    # unmoved, rep 1 three times rep 0: the mean of rep 0 alone is log 2 below both's
+    base.loc[hole, "loss_value"] = 3 * base.loc[(base["n"] == first) & (base["rep"] == 0),
+                                                "loss_value"].iloc[0]
+    df.loc[(df["n"] == first) & (df["rep"] == 1), "loss_value"] = base.loc[hole, "loss_value"]
+    same = pd.concat([base.assign(variant=v) for v in VARIANTS])
+    assert curve_check(df, base, same, NU, expected=VARIANTS)["status"] == PASS
+    holed = pd.concat([base.assign(variant=VARIANTS[0]), base[~hole].assign(variant=VARIANTS[1])])
+    entry = curve_check(df, base, holed, NU, expected=VARIANTS)
+    assert entry["status"] == NOT_RUN
+    assert entry["reasons"] == [f"no refit of this curve by jitter x10 at n = {first:g} (rep 1)"]
+    # the hole is where the other variant moved the fit a hundredfold: no pass either
+    moved = base.assign(variant=VARIANTS[0])
+    moved.loc[hole, "loss_value"] *= 100
+    entry = curve_check(df, base, pd.concat([moved, base[~hole].assign(variant=VARIANTS[1])]),
+                        NU, expected=VARIANTS)
+    assert entry["status"] == NOT_RUN
+
+
+def test_sweep_fits_beaten_by_the_refits_fail_the_check_without_a_usable_loss():
+    """Every sweep fit beaten by a refit by 1000 nu was "not run" where the checked fits had no
+    usable loss (an over-specified cell's error of fits that have none): the SSR test ran and
+    failed."""
+    df = _curve()
+    df.loc[df["rep"] < 2, "loss_value"] = math.nan
+    base = df[df["rep"] < 2]
+    beaten = base.assign(fit_loss=base["fit_loss"] - 1000 * NU / base["n"])
+    entry = curve_check(df, base, pd.concat([beaten.assign(variant=v) for v in VARIANTS]), NU,
+                        expected=VARIANTS)
+    assert entry["status"] == FAIL and "refitted fits beaten by a refit" in entry["reasons"][0]
+    # not beaten: nothing to compare, not run as before
+    entry = curve_check(df, base, pd.concat([base.assign(variant=v) for v in VARIANTS]), NU,
+                        expected=VARIANTS)
+    assert entry["status"] == NOT_RUN
+    assert entry["reasons"] == ["no usable loss among the refitted fits"]
+
+
+def test_an_optimiser_test_whose_column_is_missing_is_not_run_not_passed():
+    """Without `certified` (or, for multi-start fits, `starts_near_best`) the test was skipped
+    and the certificate passed on the check alone, though every fit was worse than its
+    reference or had no second start at its best SSR."""
+    check = {"status": PASS}
+    df = results_table({("sigmoid", "D3"): -0.5})
+    assert optimiser_certificate(df.assign(certified=False), check).status == FAIL
+    status = optimiser_certificate(df.drop(columns="certified"), check)
+    assert status.status == NOT_RUN and "certified" in status.reason
+    multi = df.assign(n_starts=5, starts_near_best=1)
+    assert optimiser_certificate(multi, check).status == FAIL
+    status = optimiser_certificate(multi.drop(columns="starts_near_best"), check)
+    assert status.status == NOT_RUN and "starts_near_best" in status.reason
+    # one start throughout: no second start to ask for, the certificate stands
+    assert optimiser_certificate(df.assign(n_starts=1), check).status == PASS
+    # a test that ran and failed still fails where another column is missing
+    worse = df.drop(columns="certified").assign(bound_active=True)
+    assert optimiser_certificate(worse, check).status == FAIL
+
+
+def test_an_infinite_unidentified_value_read_back_from_json_fails_its_curve():
+    """An unidentified loss's value goes to JSON as the string "inf" (json_ready); read back,
+    comparing it with the curve's scale raised TypeError."""
+    df = _curve()
+    cert = passing_certificates(df).reference[("toy-dense", "softmax")]
+    cert.unidentified = {"D3": {"value": math.inf, "reason": "D3 not identified: x"}}
+    back = ReferenceCertificate.from_dict(json.loads(json.dumps(cert.to_dict())))
+    assert back.unidentified["D3"]["value"] == "inf"
+    for c in (cert, back):
+        status = reference_status(c, loss="D3", smallest=1.0, over_specified=True)
+        assert status.status == FAIL and "D3 not identified" in status.reason
+    back.unidentified["D3"]["value"] = None  # NaN written: unknown, fails at any scale
+    assert reference_status(back, loss="D3", smallest=1.0).status == FAIL
+    back.unidentified["D3"]["value"] = 0.05
+    assert reference_status(back, loss="D3", smallest=1.0).status == PASS
+    assert certificates.UNIDENTIFIED_SHARE == 0.1
+    back.unidentified["D3"]["value"] = 0.1  # at least the share: fails
+    assert reference_status(back, loss="D3", smallest=1.0).status == FAIL
