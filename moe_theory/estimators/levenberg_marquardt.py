@@ -188,5 +188,11 @@ def levenberg_marquardt(
             bad = ~_finite(state.loss, state.jtr, state.jtj)
             test[acc] = torch.where(bad & active[acc], NON_FINITE, test[acc])
             active[acc] &= ~bad
-    test[active] = MAX_ITER
-    return SolverOutput(theta, loss, n_iter, test, projected_gradient_max(theta, jtr, n, box))
+    # the gtol test runs at the top of an iteration, so the point the last iteration accepted
+    # was never tested: a fit whose returned parameters pass gtol stopped on it, not on the cap
+    # (the stop reason is that of the parameters returned)
+    grad_max = projected_gradient_max(theta, jtr, n, box)
+    small_grad = active & (grad_max <= stop.gtol)
+    test[small_grad] = GTOL
+    test[active & ~small_grad] = MAX_ITER
+    return SolverOutput(theta, loss, n_iter, test, grad_max)
