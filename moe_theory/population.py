@@ -51,7 +51,9 @@ DESIGN_SIZE = {"cuda": 10**6, "cpu": 2 * 10**5}
 #: 5: the near-truth start is no longer screened too (it is refined on its own anyway).
 #: 6: the key holds the device type and the backend, and an entry its key and checksum
 #: (:func:`_valid_entry`).
-CACHE_VERSION = 6
+#: 7: the key holds the truth itself (a change to how a setting draws its truth, as the sparse
+#: softmax pin of 2026-12-07, had left the old truth's G_bar under the same key).
+CACHE_VERSION = 7
 DESIGN_SEED = 20240
 #: Over-specified fits converge linearly; past this many LM iterations the gain is below the
 #: sampling error of any fit measured against G_bar.
@@ -93,9 +95,11 @@ def _cache_key(setting: Setting, fit_gate: str, design_size: int, device: str | 
     """The hash of everything an entry depends on: the setting, the fitted gate, the design,
     and where and how it is fitted (a CPU's and a GPU's G_bar on one design, or the PyTorch and
     Triton passes', differ in the last bits: who filled the cache first had decided which a
-    run got)."""
-    blob = json.dumps([CACHE_VERSION, setting.to_dict(), fit_gate, design_size,
-                       torch.device(device).type, backend], sort_keys=True, default=str)
+    run got), and the truth the setting draws: its parameters, not only the recipe, so that a
+    change to how a recipe is drawn reaches the cache."""
+    blob = json.dumps([CACHE_VERSION, setting.to_dict(), setting.truth().to_json(), fit_gate,
+                       design_size, torch.device(device).type, backend], sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -1069,6 +1069,18 @@ def test_a_cache_entry_that_is_not_its_key_s_g_bar_is_set_aside_and_computed_aga
     assert len(keys) == 6
 
 
+def test_the_g_bar_cache_key_holds_the_truth_not_only_its_recipe(monkeypatch):
+    """A setting's recipe (its to_dict) can stay the same while the truth it draws changes (the
+    sparse softmax pin of 2026-12-07 changed user settings' truths): the key must follow the
+    truth, or the old truth's G_bar is read for the new one."""
+    setting = get_setting("small-sparse-relu")
+    before = population._cache_key(setting, "softmax", SMALL_DESIGN, "cpu", "auto")
+    truth = setting.truth()
+    moved = truth.replace(truth.gate_params + 0.5, truth.expert_params)
+    monkeypatch.setattr(type(setting), "truth", lambda self: moved)
+    assert population._cache_key(setting, "softmax", SMALL_DESIGN, "cpu", "auto") != before
+
+
 def toy_study(*, fast: bool, device: str) -> StudyOutput:
     """A study of a moment: one fit's D1 loss (seeded, so each run gives the same table)."""
     truth = get_setting("small-sparse-relu").truth()
