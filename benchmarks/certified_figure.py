@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks.checks import AGREEMENT_RTOL, relative_differences
 from benchmarks.output import add_output_arguments, output_path, write_json
 from kernels.moe.gram import GRAM_DTYPES
 from moe_theory import baseline
@@ -56,8 +57,6 @@ from moe_theory.provenance import provenance
 from moe_theory.sweep import certify, shard_box, shard_data, shard_init
 from moe_theory.voronoi import applicable_losses, voronoi_loss
 
-#: The issue's agreement criterion between the float64 and the mixed-precision run.
-AGREEMENT_RTOL = 1e-3
 #: Stop tests of a converged fit (moe_theory.estimators.levenberg_marquardt.STOP_TESTS).
 TOLERANCE_TESTS = tuple(t for t in STOP_TESTS[1:] if stop_reason(t) == "tolerance")
 
@@ -277,13 +276,8 @@ def agreement(records: list[dict], fits: list[dict], variants: list[str]) -> dic
         for r in records:
             if r["gram"] != v or key(r) not in ref:
                 continue
-            a, b = np.asarray(ref[key(r)]["values"]), np.asarray(r["values"])
-            # equal values agree (both infinite, or both NaN: a per-parameter error of a cell
-            # the fit does not have); a non-finite difference is a disagreement (NaN: never
-            # within the tolerance)
-            with np.errstate(invalid="ignore", over="ignore"):
-                rel = np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0.0,
-                               np.abs(b - a) / np.maximum(np.abs(a), np.finfo(float).tiny))
+            a = np.asarray(ref[key(r)]["values"])
+            rel = relative_differences(r["values"], a)
             fa, fb = ref_fit[key(r)[:3] + (None,)], next(
                 f for f in fits if f["gram"] == v and key(f) == key(r)[:3] + (None,))
             for rep, x in enumerate(rel):

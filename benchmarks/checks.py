@@ -12,6 +12,7 @@ import math
 import zlib
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from kernels.attention import sigmoid_attention, sigmoid_attention_reference
@@ -39,6 +40,16 @@ PRECISE_GATE_RTOL = 1e-5
 #: Fits of the same data and starts on another device or path agree to this relative difference
 #: in every Voronoi loss (docs/theory.md#estimator).
 AGREEMENT_RTOL = 1e-3
+
+
+def relative_differences(values, base) -> np.ndarray:
+    """Per replication ``|value - base| / |base|``, the agreement rule of every benchmark that
+    compares fits: equal values agree (both infinite, or both NaN: a per-parameter error of a
+    cell neither fit has), and a NaN on one side is NaN, never within a tolerance."""
+    a, b = np.asarray(base, dtype=float), np.asarray(values, dtype=float)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0.0,
+                        np.abs(b - a) / np.maximum(np.abs(a), np.finfo(float).tiny))
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:

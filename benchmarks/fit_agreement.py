@@ -12,13 +12,12 @@ largest relative difference per loss is what docs/theory.md#estimator bounds by 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
 import torch
 
-from benchmarks.checks import AGREEMENT_RTOL
+from benchmarks.checks import AGREEMENT_RTOL, relative_differences
 from benchmarks.output import add_output_arguments, output_path, write_json
 from moe_theory.config import load_config
 from moe_theory.estimators import fit_lse
@@ -36,22 +35,11 @@ VARIANTS = (  # name, device, dtype, backend
 
 
 def max_rel_diff(values: list[float], base: list[float]) -> float:
-    """Largest ``|a - b| / |b|`` over the replications; NaN where one side is NaN.
-
-    Equal values (both infinite, or both NaN: a per-parameter error of a cell neither fit has)
-    differ by 0. Python's ``max`` over a generator drops a NaN that is not first (``nan > x``
-    is False), so a GPU fit whose loss was NaN in a later replication used to "agree"; a NaN on
-    one side now makes the maximum NaN, never within the tolerance.
-    """
-    worst = 0.0
-    for a, b in zip(values, base, strict=True):
-        if a == b or (math.isnan(a) and math.isnan(b)):
-            continue
-        rel = abs(a - b) / max(abs(b), 1e-300)
-        if math.isnan(rel):
-            return math.nan
-        worst = max(worst, rel)
-    return worst
+    """Largest :func:`~benchmarks.checks.relative_differences` over the replications; NaN where
+    one side is NaN (Python's ``max`` over a generator had dropped a NaN that was not first, so
+    a GPU fit whose loss was NaN in a later replication "agreed")."""
+    rel = relative_differences(values, base)
+    return float(rel.max()) if rel.size else 0.0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,13 +53,12 @@ from moe_theory.certificates import (
 from moe_theory.config import SweepConfig
 from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
-from moe_theory.layout import CHECK_FILE, CHECK_TABLE, REFIT_DIR, SHARDS_DIR
+from moe_theory.layout import CHECK_FILE, CHECK_TABLE, REFIT_DIR
 from moe_theory.measure import MixingMeasure
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
 from moe_theory.store import (
     Shard,
     atomic_write,
-    completeness,
     load_results,
     read_manifest,
     read_manifest_config,
@@ -419,15 +418,10 @@ def run_check(folder: str | Path, *, reps: int = CHECK_REPS, device: str = "cpu"
     if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
         raise ValueError(f"reps: must be a positive integer, got {reps!r}")
     config = read_manifest_config(folder)
-    if (folder / SHARDS_DIR).is_dir():
-        # a check of a sweep's first shards compares the refits with those fits alone, and
-        # nothing marked its check.json stale once the sweep finished: its verdicts were read
-        # with the whole table's
-        state = completeness(folder, report=lambda message: None)
-        if not state.complete:
-            raise ValueError(f"DIR: {folder} is an unfinished sweep ({state.summary()}); finish "
-                             "it (moe-theory sweep) before its check")
-    results = load_results(folder)
+    # a check of a sweep's first shards compares the refits with those fits alone, and nothing
+    # marked its check.json stale once the sweep finished: its verdicts were read with the whole
+    # table's
+    results = load_results(folder, complete=True)
     start = time.perf_counter()
     certs = certify(config, folder, device=device, backend=backend, log=log)
     cert_by = {(c.setting, c.fit_gate): c for c in certs}

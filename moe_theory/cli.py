@@ -47,6 +47,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _device(args) -> str:
+    """``--device``, whose default is CUDA where ``--gpus`` pins each worker to one GPU (sweep
+    and reproduce alike: reproduce --gpus alone had been refused for a device nobody asked
+    for), else the CPU."""
+    return args.device or ("cuda" if args.gpus is not None else "cpu")
+
+
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
     """Columns padded to their widest cell, under a header and a rule (as the rates table)."""
     widths = [max(map(len, column)) for column in zip(header, *rows, strict=True)]
@@ -63,8 +70,7 @@ def _cmd_sweep(args) -> int:
     # results/NAME[-fast], as reproduce and preflight: the folder `preflight --fast` prepared
     # (docs/theory.md#planning); a --fast sweep in results/NAME was refused by the full one's
     out = Path(args.out) if args.out else default_folder(config.name, args.fast)
-    # --gpus pins each worker to one GPU: the device is then CUDA unless said otherwise
-    device = args.device or ("cuda" if args.gpus is not None else "cpu")
+    device = _device(args)
     if args.references_from:
         from moe_theory.sweep import adopt_references, check_sweep_options
 
@@ -230,17 +236,15 @@ def _cmd_reproduce(args) -> int:
     fast = args.fast or args.name is None
     certify = args.certify if args.certify is not None else args.name is None
     workers = args.workers
-    # --gpus pins each worker to one GPU: the device is then CUDA unless said otherwise, as for
-    # sweep (reproduce --gpus alone had been refused for a device nobody asked for)
-    args.device = args.device or ("cuda" if args.gpus is not None else "cpu")
-    if args.name is None and workers is None and args.device == "cpu" and not (
+    device = _device(args)
+    if args.name is None and workers is None and device == "cpu" and not (
             args.gpus or args.local_workers):
         # the default preset's settings are all built in, so worker processes know them: one
         # per core (one torch thread each, moe_theory.threads). On 2 cores two processes took
         # the fits from 50 s to 27 s and the optimiser check from 58 s to 33 s, the same table
         # (2026-12-04)
         workers = usable_cores()
-    reproduce(name, fast=fast, out=args.out, device=args.device, backend=args.backend,
+    reproduce(name, fast=fast, out=args.out, device=device, backend=args.backend,
               workers=workers, certify=certify, gpus=args.gpus,
               local_workers=args.local_workers, force=args.force,
               references_from=args.references_from)

@@ -31,8 +31,8 @@ from moe_theory.certificates import (
     FolderCertificates,
     Status,
     overlay_agreement,
-    past_bound,
 )
+from moe_theory.console import past_bound
 from moe_theory.kept_values import (
     DROP_REASONS,
     MIN_REPS_PER_N,

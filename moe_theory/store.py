@@ -469,29 +469,15 @@ def check_shard(path: Path, config_hash: str | None = None, shard: Shard | None 
 
 def _not_its_rows(path: Path, meta: pq.FileMetaData, shard: Shard) -> str:
     """How the rows of the shard file ``path`` fall outside ``shard`` (its setting, its ``n``,
-    replications ``rep_start <= rep < rep_stop``), from the footer's statistics where it keeps
-    them (as :func:`_config_hashes`), else from the columns; empty where they are the shard's."""
+    replications ``rep_start <= rep < rep_stop``), from :func:`_column_bounds`; empty where they
+    are the shard's."""
     ranges = {}
     for name in ("setting", "n", "rep"):
-        lows: list | None = []
-        highs: list = []
-        for i in range(meta.num_row_groups):
-            group = meta.row_group(i)
-            column = next((group.column(j) for j in range(group.num_columns)
-                           if group.column(j).path_in_schema == name), None)
-            stats = None if column is None else column.statistics
-            if stats is None or not stats.has_min_max:
-                lows = None
-                break
-            lows.append(stats.min.decode() if isinstance(stats.min, bytes) else stats.min)
-            highs.append(stats.max.decode() if isinstance(stats.max, bytes) else stats.max)
-        if lows is None:
-            try:
-                lows = highs = pq.read_table(path, columns=[name]).column(0).to_pylist()
-            except (pa.ArrowException, KeyError, OSError, ValueError):
-                return f"no {name} column"
-        if lows:
-            ranges[name] = (min(lows), max(highs))
+        values = _column_bounds(path, meta, name)
+        if values is None:
+            return f"no {name} column"
+        if values:
+            ranges[name] = (min(values), max(values))
     said = []
     for name, want in (("setting", shard.setting), ("n", shard.n)):
         if ranges.get(name, (want, want)) != (want, want):
@@ -502,28 +488,33 @@ def _not_its_rows(path: Path, meta: pq.FileMetaData, shard: Shard) -> str:
     return ", ".join(said)
 
 
-def _config_hashes(path: Path, meta: pq.FileMetaData) -> set:
-    """The ``config_hash`` values of a shard's rows, from its footer's column statistics (min
-    and max per row group: every shard is read on every load, and decoding the column cost 4x
-    the checksum's time on small shards), else from the column itself; empty for a shard
-    without the column (none is written so)."""
-    hashes: set = set()
+def _column_bounds(path: Path, meta: pq.FileMetaData, name: str) -> list | None:
+    """Values of a shard's column ``name`` that hold its least and greatest: each row group's
+    min and max from the footer's statistics (every shard is read on every load, and decoding a
+    column cost 4x the checksum's time on small shards), else the column itself; None where the
+    file has no such column."""
+    values: list = []
     for i in range(meta.num_row_groups):
         group = meta.row_group(i)
         column = next((group.column(j) for j in range(group.num_columns)
-                       if group.column(j).path_in_schema == "config_hash"), None)
+                       if group.column(j).path_in_schema == name), None)
         if column is None:
-            return set()
+            return None
         stats = column.statistics
         if stats is None or not stats.has_min_max:
             try:
-                return set(pq.read_table(path, columns=["config_hash"]).column(0)
-                           .unique().to_pylist())
+                return pq.read_table(path, columns=[name]).column(0).unique().to_pylist()
             except (pa.ArrowException, KeyError, OSError, ValueError):
-                return set()
+                return None
         # a string column's statistics read as str; as bytes where a reader gives the raw value
-        hashes |= {v.decode() if isinstance(v, bytes) else v for v in (stats.min, stats.max)}
-    return hashes
+        values += [v.decode() if isinstance(v, bytes) else v for v in (stats.min, stats.max)]
+    return values
+
+
+def _config_hashes(path: Path, meta: pq.FileMetaData) -> set:
+    """The ``config_hash`` values of a shard's rows (:func:`_column_bounds`); empty for a shard
+    without the column (none is written so)."""
+    return set(_column_bounds(path, meta, "config_hash") or ())
 
 
 def _unused(path: Path) -> Path:
@@ -1006,13 +997,15 @@ def merge(out: str | Path, *, report: Callable[[str], None] = _warn,
     return df
 
 
-def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> pd.DataFrame:
+def load_results(out: str | Path, *, report: Callable[[str], None] = _warn,
+                 complete: bool = False) -> pd.DataFrame:
     """The tidy table of a results folder (or of a ``results.csv`` or ``results.csv.gz`` file).
 
     With shards: from the shards, verified, through ``results.parquet`` only while the
     checksums it records are those of the shards on disk (else merged anew, and rewritten where
     the folder can be written). Warns (:class:`StoreWarning`, or through ``report``) when the
-    sweep is incomplete or a shard was damaged. Without shards, ``results.parquet`` as it is,
+    sweep is incomplete or a shard was damaged; ``complete``: an incomplete sweep is a
+    ValueError instead (a check of its first shards alone). Without shards, ``results.parquet`` as it is,
     else ``results.csv`` or ``results.csv.gz`` (a committed figure folder keeps only that:
     paper_figures/README.md).
     """
@@ -1029,6 +1022,9 @@ def load_results(out: str | Path, *, report: Callable[[str], None] = _warn) -> p
                          "results.csv or results.csv.gz)")
     finished, state = _finished(out, report)
     if state is not None and not state.complete:
+        if complete:
+            raise ValueError(f"DIR: {out} is an unfinished sweep ({state.summary()}); finish it "
+                             "(moe-theory sweep) first")
         report(f"incomplete sweep in {out}: {state.summary()}; rerun the sweep to finish it")
     recorded = _recorded_shards(out / RESULTS_PARQUET)
     if recorded == {s.key: sha for s, sha in finished.items()}:

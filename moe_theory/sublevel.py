@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from moe_theory.console import past_bound
+
 #: The results table's column: per fit and loss, the largest loss among the fit's starts that end
 #: at least as good as the reference (NaN where none does).
 SUBLEVEL_LOSS = "sublevel_loss"
@@ -149,7 +151,7 @@ def note(entry: Mapping[str, Any] | None, has_theory: bool = True) -> str:
     ratio = format_ratio(entry["ratio_max"])
     if ratio != "-" and not float(ratio) > LOOSE:
         # a loose data set's ratio is above LOOSE: 2.003 read "2.00x ..., over 2x"
-        ratio = repr(float(entry["ratio_max"]))
+        ratio = past_bound(float(entry["ratio_max"]), LOOSE, "f")
     return (f"sublevel: a fit at least as good as the reference has "
             f"{ratio}x the kept fit's loss (n={entry['ratio_max_n']}), "
             f"over {LOOSE:g}x on {entry['loose']} of {entry['data_sets']} data sets"

@@ -33,7 +33,7 @@ from moe_theory.estimators.lse import objective
 from moe_theory.layout import FITS_FILE, MANIFEST_FILE
 from moe_theory.measure import MixingMeasure
 from moe_theory.rates import MEASURED_VERDICTS
-from moe_theory.store import read_manifest, read_manifest_config
+from moe_theory.store import folder_references, read_manifest_config
 from moe_theory.sweep import shard_box, shard_data
 from moe_theory.voronoi import voronoi_loss
 
@@ -52,27 +52,17 @@ def folders(root: Path = HERE) -> list[Path]:
     return found
 
 
-def reference(folder: Path, config, setting, gate: str) -> MixingMeasure:
-    """The reference the folder's fits started near and were boxed around: its recorded G_bar,
-    or G* (no search: computed from the setting)."""
-    if setting.reference_kind(gate) == "G*":
-        return setting.truth()
-    recorded = (read_manifest(folder) or {}).get("references", {}).get(f"{setting.name}/{gate}")
-    if recorded is None:  # a G_bar searched again here could be another one
-        raise ValueError(f"{folder}: no recorded G_bar for {setting.name}/{gate}")
-    return MixingMeasure.from_json(recorded if isinstance(recorded, str) else json.dumps(recorded))
-
-
 def polish_folder(folder: Path, *, max_iter: int, n_max: int | None,
                   log=print) -> list[dict]:
     config = read_manifest_config(folder)
     rates = pd.read_json(folder / "rates.json")
     certified = rates[rates["verdict"].isin(MEASURED_VERDICTS)]
     fits = pd.read_csv(folder / FITS_FILE)
+    refs = folder_references(folder, config)
     rows = []
     for (name, gate), curves in certified.groupby(["setting", "fit_gate"], sort=True):
         setting = config.setting(name)
-        ref = reference(folder, config, setting, gate)
+        ref = refs[name, gate]
         box = shard_box(config, setting, gate, ref)
         losses = sorted(set(curves["loss_name"]))
         mine = fits[(fits["setting"] == name) & (fits["fit_gate"] == gate)]
@@ -90,7 +80,7 @@ def polish_folder(folder: Path, *, max_iter: int, n_max: int | None,
                             reference=ref, bounds=box, noise_var=setting.noise_var,
                             max_iter=max_iter, rep_ids=reps.tolist())
             # the mean squared residual times n is the SSR: its drop in units of nu
-            drop = ((objective(X, Y, kept) - objective(X, Y, fresh.measure)) * n
+            drop = ((objective(X, Y, kept) - fresh.fit_loss) * n
                     / setting.noise_var).numpy()
             row = {"folder": folder.relative_to(HERE).as_posix(), "setting": name,
                    "fit_gate": gate, "n": int(n), "reps": len(reps),
