@@ -41,7 +41,7 @@ from moe_theory.config import SweepConfig
 from moe_theory.console import log_stderr
 from moe_theory.errors import DeviceLost, ResourceError, is_device_lost
 from moe_theory.store import Shard
-from moe_theory.threads import apply_thread_default, usable_cores
+from moe_theory.threads import apply_thread_default, usable_cores, use_threads
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -132,11 +132,15 @@ def _in_worker(fn: Callable[[S], T], shard: S) -> T:
     return _run(fn, shard)
 
 
-def _in_dask_worker(fn: Callable[[S], T], shard: S) -> T:
-    """``fn(shard)`` on a Dask worker; a worker whose GPU context is lost ends its process: its
-    nanny starts a fresh one, and the scheduler runs the task again (up to its allowed
-    failures), as for a worker killed mid-shard. The shard's claim was released on the way out
-    of ``fn``, and an unfinished shard leaves no file."""
+def _in_dask_worker(fn: Callable[[S], T], shard: S, threads: int | None = None) -> T:
+    """``fn(shard)`` on a Dask worker, with torch's ``threads`` (the count of the process that
+    submitted it, :func:`moe_theory.threads.use_threads`: a nanny's worker applied the thread
+    rule to an environment Dask had rewritten); a worker whose GPU context is lost ends its
+    process: its nanny starts a fresh one, and the scheduler runs the task again (up to its
+    allowed failures), as for a worker killed mid-shard. The shard's claim was released on the
+    way out of ``fn``, and an unfinished shard leaves no file."""
+    if threads is not None:
+        use_threads(threads)
     try:
         return _run(fn, shard)
     except DeviceLost as lost:
@@ -452,6 +456,10 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
         against the tasks of other sweeps on the same cluster); otherwise in the given order
     log : receives a line for each shard run again (below); default stderr
 
+    Every worker computes with this process's torch thread count at the call
+    (:mod:`moe_theory.threads`), whatever its own environment: a CPU's rows are then the same
+    bit for bit under every executor and number of workers.
+
     Under ``processes`` and ``dask`` a shard whose process lost its GPU context
     (:func:`moe_theory.errors.is_device_lost`) or died mid-shard (``kill -9``, the host's
     out-of-memory killer) is run again, up to :data:`DEVICE_LOST_RETRIES` times (Dask: its allowed
@@ -467,10 +475,11 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
         for shard in shards:
             yield _here(fn, shard)
         return
+    threads = torch.get_num_threads()
     if executor == "processes":
         default = GPU_PROCESSES if device.startswith("cuda") else usable_cores()
         yield from _map_processes(fn, shards, local_workers or default,
-                                  log or log_stderr)
+                                  log or log_stderr, threads)
         return
     from distributed import as_completed  # optional dependency, as in dask_client
 
@@ -479,7 +488,7 @@ def map_shards(fn: Callable[[S], T], shards: Sequence[S], *, executor: str = "lo
         # another sweep's task on the same scheduler. The scheduler queues tasks beyond what the
         # workers hold and hands out the highest priority first as a worker frees up; tasks it
         # placed on a worker early are stolen back by idle ones: largest first, to the end
-        futures = [client.submit(_in_dask_worker, fn, shard, pure=False,
+        futures = [client.submit(_in_dask_worker, fn, shard, threads, pure=False,
                                  priority=0 if cost is None else cost(shard))
                    for shard in shards]
         try:
@@ -504,14 +513,18 @@ def _here(fn: Callable[[S], T], shard: S) -> T:
 PARENT_POLL_S = 1.0
 
 
-def _start_worker(parent: int) -> None:
-    """A spawned worker's start: the thread default, and a watch on the process that spawned it.
+def _start_worker(parent: int, threads: int | None = None) -> None:
+    """A spawned worker's start: torch's ``threads`` (the spawning process's count; without it
+    the thread default), and a watch on the process that spawned it.
     A sweep killed with ``kill -9`` cannot stop its pool: its workers finished the shards they
     held and wrote them on (into a folder that a ``--force`` may have given to another config
     meanwhile), then blocked on their queue for ever. Re-parented (``getppid`` changes), the
     worker ends at once; its shard's writes are atomic, so nothing partial stays under a final
     name, and its claim reads as stale."""
-    apply_thread_default()
+    if threads is None:
+        apply_thread_default()
+    else:
+        use_threads(threads)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -522,11 +535,12 @@ def _start_worker(parent: int) -> None:
 
 
 def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
-                   log: Callable[[str], None]) -> Iterator[T]:
-    """``workers`` processes in all: this one and ``workers - 1`` spawned ones, taking shards
-    from one queue in the order given. This process needs no start-up (its modules are loaded, its
-    CUDA context may exist), so it computes shards while the others import (~9 s on an H100 host);
-    a thread keeps one shard in flight per spawned worker.
+                   log: Callable[[str], None], threads: int | None = None) -> Iterator[T]:
+    """``workers`` processes in all: this one and ``workers - 1`` spawned ones (with torch's
+    ``threads``: :func:`_start_worker`), taking shards from one queue in the order given. This
+    process needs no start-up (its modules are loaded, its CUDA context may exist), so it
+    computes shards while the others import (~9 s on an H100 host); a thread keeps one shard in
+    flight per spawned worker.
 
     A process that loses its GPU context computes no more shards; the one it was computing goes
     back to the front of the queue (at most :data:`DEVICE_LOST_RETRIES` times). A spawned
@@ -569,7 +583,7 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
     def new_pool() -> cf.ProcessPoolExecutor:
         # spawn: a fork would copy this process's CUDA state, which CUDA does not allow
         return cf.ProcessPoolExecutor(max_workers=helpers, mp_context=mp.get_context("spawn"),
-                                      initializer=_start_worker, initargs=(os.getpid(),))
+                                      initializer=_start_worker, initargs=(os.getpid(), threads))
 
     pools = [new_pool()]  # the last takes new shards; the others finish what they hold
     finished: queue.Queue = queue.Queue()

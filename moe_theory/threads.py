@@ -11,8 +11,17 @@ once, with :func:`apply_thread_default`:
 - otherwise :data:`DEFAULT_THREADS`.
 
 ``torch.set_num_threads(N)`` called after the import overrides all of these. The processes and
-Dask executors run one process per core, each with this default: processes, not threads, are the
-way to use more cores. One exception, :func:`usable_cores`: numpy's random fills of a large draw
+Dask executors run one process per core, each with the count of the process that hands out the
+shards, as it is when it hands them out (:func:`use_threads`, called by ``moe_theory.executors``
+in every worker before each shard; so a ``torch.set_num_threads`` there reaches them too):
+processes, not threads, are the way to use more cores. A worker does not apply the rule again
+in its own environment: a CPU's reductions split by thread count, so rows computed with another
+count differ in the last bits, and Dask's nannies rewrite their workers' environment (its
+``distributed.nanny.pre-spawn-environ`` sets ``MKL_NUM_THREADS=1`` where it is unset, which torch
+reads before ``OMP_NUM_THREADS``: a user's ``OMP_NUM_THREADS=2`` gave the Dask workers one
+thread and the other executors two; the nanny of a local cluster also writes them into the
+environment of the process that starts it, which its later spawned workers inherited). One
+exception, :func:`usable_cores`: numpy's random fills of a large draw
 (``moe_theory.data.sample``) run one replication per thread on every core the process may use;
 they neither spin nor wait for each other, and at n = 10^7 the draw is the host's whole work.
 """
@@ -69,3 +78,10 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def use_threads(threads: int) -> None:
+    """Set torch's intra-op thread count to ``threads`` in this process (a worker, before it
+    computes a shard: the count of the process that handed it out), unless it is that already."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

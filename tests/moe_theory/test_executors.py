@@ -117,7 +117,7 @@ def test_local_cluster_equals_local(cluster, config_path, local_run, tmp_path, m
     real_submit = Client.submit
 
     def recording_submit(self, *args, **kwargs):
-        submitted.append((args[-1], kwargs["priority"]))  # (the wrapper, the function,) shard
+        submitted.append((args[2], kwargs["priority"]))  # the wrapper, the function, the shard
         return real_submit(self, *args, **kwargs)
 
     monkeypatch.setattr(Client, "submit", recording_submit)

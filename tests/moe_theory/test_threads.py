@@ -3,6 +3,7 @@ explicit OMP_NUM_THREADS or MKL_NUM_THREADS left to torch."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,3 +46,19 @@ def test_bad_env_var_names_it(monkeypatch, value):
     monkeypatch.setenv(threads.ENV_VAR, value)
     with pytest.raises(ValueError, match=threads.ENV_VAR):
         threads.default_threads()
+
+
+def test_every_executor_computes_with_the_same_thread_count():
+    """An explicit OMP_NUM_THREADS=2 and no MKL_NUM_THREADS: Dask's nannies set
+    MKL_NUM_THREADS=1 in their workers' environment (and in the starting process's), which torch
+    reads first; a worker that applied the rule there computed with one thread, the other
+    executors with two, and a CPU's rows differ in the last bits with the count."""
+    pytest.importorskip("distributed")
+    clean = {k: v for k, v in os.environ.items() if k not in (*threads.TORCH_ENV_VARS, threads.ENV_VAR)}
+    clean["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), clean.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "thread_counts.py")],
+                          env={**clean, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts == [["local", [2]], ["processes", [2]], ["dask", [2]], ["processes", [2]]]
