@@ -571,12 +571,13 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
         """Hand a shard whose process was lost (its GPU context, or the process itself: ``why``)
         back to the queue, unless it has been lost :data:`DEVICE_LOST_RETRIES` times already."""
         i, shard = item
-        if tries[i] >= DEVICE_LOST_RETRIES:
-            return False
-        tries[i] += 1
         with lock:
+            if tries[i] >= DEVICE_LOST_RETRIES:
+                return False
+            tries[i] += 1
+            retry = tries[i]  # once queued, another process may lose it and count again
             todo.appendleft(item)
-        log(f"{why}; {_shard_name(shard)} runs again in another process (retry {tries[i]} of "
+        log(f"{why}; {_shard_name(shard)} runs again in another process (retry {retry} of "
             f"{DEVICE_LOST_RETRIES}); its rows do not depend on the process")
         return True
 
@@ -620,8 +621,14 @@ def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
                         if not rerun_broken(pools[-1]):
                             raise
                 if not in_flight:
+                    # the queue again after busy_here: this process clears it once its lost
+                    # shard is back in the queue, which may be after take() above found the
+                    # queue empty (ended there, the feeder left that shard unrun, unsaid)
                     if not busy_here.is_set():
-                        return
+                        with lock:
+                            if not todo:
+                                return
+                        continue
                     time.sleep(REQUEUE_POLL_S)
                     continue
                 done, _ = cf.wait(in_flight, timeout=REQUEUE_POLL_S,

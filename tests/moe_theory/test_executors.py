@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pandas as pd
@@ -1439,6 +1440,62 @@ def test_a_shard_killed_too_often_ends_the_run(fresh_context, monkeypatch, tmp_p
         list(map_shards(fn, range(4), executor="processes", local_workers=2, log=lines.append))
     retried = [line.split("(retry ")[1][:6] for line in lines if "; 1 runs again" in line]
     assert retried == ["1 of 2", "2 of 2"]
+
+
+#: Set by the feeder thread of ``_map_processes`` when it first asks whether this process may
+#: still hand a shard back (it asks with no shard in flight, once it found the queue empty).
+_FEEDER_ASKS = threading.Event()
+
+
+class _FeederWaitsForTheHandBack(threading.Event):
+    """``_map_processes``' ``busy_here``: the feeder's first look at it waits until this process
+    has handed its shard back and cleared it. So the feeder sees the queue empty before the
+    shard is back and this process done after: the one order in which the shard was lost."""
+
+    def set(self) -> None:
+        self.was_set = True
+        super().set()
+
+    def is_set(self) -> bool:
+        if (getattr(self, "was_set", False) and threading.current_thread().name == "shard-feeder"
+                and not _FEEDER_ASKS.is_set()):
+            _FEEDER_ASKS.set()
+            deadline = time.monotonic() + 60
+            while super().is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return super().is_set()
+
+
+def _lost_here_after_the_feeder_asks(marker: str, parent: int, shard):
+    """A shard function: this process (``parent``) loses its GPU context on its shard once the
+    feeder has found the queue empty; a spawned worker computes its shard once this process
+    holds its own (``marker``), so that the queue is empty then. Returns ``(shard, pid)``."""
+    if os.getpid() == parent:
+        Path(marker).touch()
+        assert _FEEDER_ASKS.wait(60), "the feeder never asked"
+        raise RuntimeError(f"{CUDA_FAULT}\nCUDA kernel errors might be asynchronously reported")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return shard, os.getpid()
+
+
+def test_a_shard_handed_back_after_the_feeder_found_the_queue_empty_still_runs(
+        fresh_context, monkeypatch, tmp_path):
+    """``processes``: this process hands its shard back to the queue and then says it takes no
+    more; the feeder, which had found the queue empty just before, saw that it took no more and
+    ended, and the shard was never computed: ``map_shards`` ended without its result, and no
+    error. The order is forced (``_FeederWaitsForTheHandBack``)."""
+    _FEEDER_ASKS.clear()
+    monkeypatch.setattr(executors, "threading", types.SimpleNamespace(
+        **{**vars(threading), "Event": _FeederWaitsForTheHandBack}))
+    fn = functools.partial(_lost_here_after_the_feeder_asks, str(tmp_path / "here"), os.getpid())
+    lines: list[str] = []
+    got = list(map_shards(fn, [0, 1], executor="processes", local_workers=2, log=lines.append))
+    assert _FEEDER_ASKS.is_set()  # the order was the one forced
+    assert sorted(shard for shard, _ in got) == [0, 1]
+    assert os.getpid() not in {pid for _, pid in got}
+    assert len(lines) == 1 and "runs again in another process (retry 1 of 2)" in lines[0]
 
 
 def test_a_process_gives_back_cublas_workspaces_before_its_cache(monkeypatch):
