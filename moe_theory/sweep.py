@@ -79,7 +79,7 @@ T = TypeVar("T")
 RESULT_COLUMNS = [
     "setting", "truth_gate", "fit_gate", "score", "expert", "regime", "reference", "d", "k_true",
     "k_fit", "n", "rep", "seed", "loss_name", "loss_value", SUBLEVEL_LOSS, "converged",
-    "stop_reason", "certified",
+    "stop_reason", "restart_drop", "certified",
     "n_iter", "fit_loss", "ref_loss", "bound_active", "proj_grad_max", "n_starts", "ssr_spread",
     "starts_near_best", "wall_s", "device", "backend", "algorithm", "config_hash", FIT_MEASURE,
 ]
@@ -191,6 +191,7 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
             "converged": fit.converged.cpu().numpy(), "certified": fit.certified.cpu().numpy(),
             "n_iter": fit.n_iter.cpu().numpy(), "fit_loss": fit.fit_loss.cpu().numpy(),
             "ref_loss": fit.ref_loss.cpu().numpy(), "stop_reason": fit.stop_reason,
+            "restart_drop": fit.restart_drop.cpu().numpy(),
             "bound_active": fit.bound_active.cpu().numpy(),
             "proj_grad_max": fit.proj_grad_max.cpu().numpy(), "n_starts": fit.n_starts,
             "ssr_spread": fit.ssr_spread.cpu().numpy(),

@@ -72,6 +72,12 @@ class FitResult:
         replication ``r`` at ``s * R + r``); the kept ones are ``measure``
     start_certified : (R, S) each start's end is no worse than the reference (the test of
         ``certified``); None without a reference
+    restart_drop : (R,) what a restart of the kept fit lowers its sum of squared residuals by,
+        over the noise variance (docs/theory.md#stopping-rule): measured where LM (or scipy)
+        stopped on ``ftol`` or ``xtol``, whose short step need not be a stationary point; 0
+        where ``gtol`` or ``damping`` stopped it (stationary by their own test); NaN where the
+        fit did not stop on a tolerance, and for the other algorithms. None when ``noise_var``
+        is not given
     """
 
     measure: MixingMeasure
@@ -91,6 +97,7 @@ class FitResult:
     starts_near_best: torch.Tensor | None
     start_measure: MixingMeasure
     start_certified: torch.Tensor | None
+    restart_drop: torch.Tensor | None
     wall_s: float
     algorithm: str
     backend: str
@@ -274,6 +281,14 @@ def fit_lse(
         ssr_spread = torch.where(torch.isfinite(best), ssr.amax(0) - best, math.inf) / noise_var
         starts_near_best = (ssr - best <= noise_var).sum(0)
     tests = [STOP_TESTS[i] for i in out.stop[pick].tolist()]
+    restart_drop = None
+    if noise_var is not None:
+        solver = (scipy_least_squares if backend == "scipy"
+                  else levenberg_marquardt if algorithm == "lm" else None)
+        restart_drop = _restart_drop(
+            solver, theta, out.loss[pick], tests, box, stop, noise_var,
+            lambda rows: LeastSquaresProblem(X, Y, gate, score, expert, k, kernel_backend, rows,
+                                             gram_dtype))
     start_measure = problem.measure(out.theta)
     fitted = start_measure.select(pick)
     fit_loss = out.loss[pick] / X.shape[1]
@@ -294,10 +309,38 @@ def fit_lse(
         proj_grad_max=out.proj_grad_max[pick], n_starts=S, start_ssr=out.loss.view(S, R).T,
         start_n_iter=out.n_iter.view(S, R).T,
         ssr_spread=ssr_spread, starts_near_best=starts_near_best,
-        start_measure=start_measure, start_certified=start_certified,
+        start_measure=start_measure, start_certified=start_certified, restart_drop=restart_drop,
         wall_s=time.perf_counter() - start, algorithm=algorithm, backend=resolved,
         device=str(X.device), extra={"gram_dtype": gram_dtype},
     )
+
+
+def _restart_drop(solver, theta: torch.Tensor, ssr: torch.Tensor, tests: list[str],
+                  box: tuple[torch.Tensor, torch.Tensor] | None, stop: StopRule,
+                  noise_var: float, problem_of) -> torch.Tensor:
+    """:attr:`FitResult.restart_drop`: the kept fits that stopped on ``ftol`` or ``xtol`` are
+    started again from their ends, with a fresh damping and the same stopping rule.
+
+    Those two tests see a short accepted step, and after a run of rejected steps the damping
+    makes any accepted step short: a fit of ReLU experts can stop there, far from stationary,
+    with a fresh start from its end lowering the SSR by several nu. ``gtol`` and ``damping``
+    test stationarity themselves. The restart's point is not kept: the estimate stays the
+    fit's, and the drop is what the converged certificate reads (docs/theory.md#stopping-rule).
+    """
+    drop = torch.full_like(ssr, math.nan)
+    drop[torch.tensor([t in ("gtol", "damping") for t in tests], device=ssr.device)] = 0.0
+    short = [r for r, t in enumerate(tests) if t in ("ftol", "xtol")]
+    if solver is None or not short:
+        return drop
+    rows = torch.tensor(short, device=theta.device)
+    sub_box = None if box is None else (box[0][rows], box[1][rows])
+    again = solver(problem_of(rows), theta[rows], stop, box=sub_box)
+    # LM and trf accept only steps that lower the loss; a restart that ended non-finite found
+    # no lower point
+    lower = torch.where(torch.isfinite(again.loss), torch.minimum(again.loss, ssr[rows]),
+                        ssr[rows])
+    drop[rows] = (ssr[rows] - lower) / noise_var
+    return drop
 
 
 def starting_measures(init: Init | Sequence[Init], R: int, gate: str, score: str, expert: str,

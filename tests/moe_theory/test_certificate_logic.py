@@ -14,6 +14,7 @@ from moe_theory.certificates import (
     NOT_RUN,
     PASS,
     ReferenceCertificate,
+    converged_certificate,
     optimiser_certificate,
     reference_status,
 )
@@ -110,3 +111,25 @@ def test_an_infinite_unidentified_value_read_back_from_json_fails_its_curve():
     assert certificates.UNIDENTIFIED_SHARE == 0.1
     back.unidentified["D3"]["value"] = 0.1  # at least the share: fails
     assert reference_status(back, loss="D3", smallest=1.0).status == FAIL
+
+
+def test_a_short_step_stop_that_a_restart_lowered_is_not_converged():
+    """ftol and xtol stop on a short step, which a large damping makes of any step: a fit
+    whose restart lowered its SSR by more than 1 nu stopped short of a stationary point and
+    does not count as converged, though its stop reason says tolerance."""
+    df = _curve().assign(stop_reason="tolerance", restart_drop=0.0)
+    assert converged_certificate(df).status == PASS
+    first = df["n"].min()
+    # 2 of 20 fits at the smallest n: 90%, under the 95% the certificate asks
+    moved = (df["n"] == first) & df["rep"].isin([3, 4])
+    df.loc[moved, "restart_drop"] = 2.5
+    status = converged_certificate(df)
+    assert status.status == FAIL
+    assert f"n={first}: 90%" in status.reason and "2 fit(s)" in status.reason
+    # a drop within the certificate's unit is the same stationary point to the losses
+    df.loc[moved, "restart_drop"] = certificates.RESTART_DROP_MAX
+    assert converged_certificate(df).status == PASS
+    # a table written before the restart (NaN, or no column) is read by the stop alone
+    df.loc[moved, "restart_drop"] = math.nan
+    assert converged_certificate(df).status == PASS
+    assert converged_certificate(df.drop(columns="restart_drop")).status == PASS
