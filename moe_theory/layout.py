@@ -25,6 +25,8 @@ MERGED_TABLES = (RESULTS_PARQUET, RESULTS_CSV, RESULTS_CSV_GZ)
 FITS_FILE = "fits.csv.gz"
 #: the sweep's config, its hash and the references its fits were measured against
 MANIFEST_FILE = "manifest.json"
+#: held (an exclusive ``flock``) by whoever updates the manifest, and removed by its last holder
+MANIFEST_LOCK = ".manifest.json.lock"
 #: the run's record and its provenance
 RUN_FILE = "run.json"
 #: summary tables, each written as ``<name>.txt``, ``.csv`` and ``.json``

@@ -18,6 +18,8 @@ What it guarantees:
 
 - *Whole files.* Every file is written under a temporary name and renamed: a reader sees the old
   file or the whole new one, never a partial one, whenever the writer dies.
+- *Updates of the manifest one at a time* (:func:`manifest_update`): no writer drops another's
+  update made between its read and its write.
 - *Verified reads.* A shard counts as finished only when its sha256 and row count match the
   record made when it was written, its parquet footer reads and its rows are its own (setting,
   ``n``, replications of its block); a damaged shard is reported by
@@ -52,6 +54,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: there only the threads of one process are kept apart
+    fcntl = None
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,6 +73,7 @@ from moe_theory.layout import (
     DAMAGED_DIR,
     FITS_FILE,
     MANIFEST_FILE,
+    MANIFEST_LOCK,
     PREFLIGHT_TABLE,
     RATES_TABLE,
     REFERENCE_DIR,
@@ -671,6 +679,17 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False,
     to ``log``, default standard error)."""
     out = Path(out)
     make_folder(out)
+    with manifest_update(out):
+        replaced = _write_manifest(out, config, force)
+    if replaced is not None:
+        (log or log_stderr)(f"--force: {out} held another run's outputs; moved to "
+                               f"{replaced.name}/ (nothing reads them there)")
+    return replaced
+
+
+def _write_manifest(out: Path, config: SweepConfig, force: bool) -> Path | None:
+    """:func:`write_manifest`'s update, under the manifest's lock: where the other run's outputs
+    went, or None."""
     old = read_manifest(out)
     others = [name for name in OTHER_RUN_FILES if (out / name).exists()]
     replaced = None
@@ -707,10 +726,55 @@ def write_manifest(out: Path, config: SweepConfig, *, force: bool = False,
                 if key in old:
                     manifest[key] = old[key]
     _write_manifest_dict(out, manifest)
-    if replaced is not None:
-        (log or log_stderr)(f"--force: {out} held another run's outputs; moved to "
-                               f"{replaced.name}/ (nothing reads them there)")
     return replaced
+
+
+_manifest_threads: dict[Path, threading.Lock] = {}  # a folder's lock among this process's threads
+_manifest_threads_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def manifest_update(out: Path) -> Iterator[None]:
+    """Held around a read-modify-write of ``out``'s manifest: the writers that update it at
+    the same time (sweeps sharing a folder, a certify beside a sweep) take turns, so that none
+    writes a manifest read before another's update and drops that update (a reference, a
+    rival). A lock among this process's threads, then an exclusive ``flock`` on
+    :data:`~moe_theory.layout.MANIFEST_LOCK` among processes (released by the kernel if its
+    holder dies). The holder removes the file as it leaves, so a finished folder keeps none; a
+    waiter that then holds a file no longer under that name takes the one there now. Readers
+    need no lock: the manifest is replaced whole (:func:`atomic_write`)."""
+    out = Path(out)
+    with _manifest_threads_lock:
+        lock = _manifest_threads.setdefault(out.resolve(), threading.Lock())
+    with lock:
+        if fcntl is None:
+            yield
+            return
+        path = out / MANIFEST_LOCK
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_RDONLY, 0o644)
+            except OSError as err:
+                raise _os_error(out / MANIFEST_FILE, err) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held = os.fstat(fd)
+                try:
+                    named = os.stat(path)
+                except FileNotFoundError:
+                    named = None
+            except BaseException:
+                os.close(fd)
+                raise
+            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                break
+            os.close(fd)  # its holder removed it while this process waited: the next one
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # still holding it: whoever waits on this file looks again
+            os.close(fd)
 
 
 def _write_manifest_dict(out: Path, manifest: dict) -> None:
@@ -744,30 +808,32 @@ def record_references(out: Path, references: dict[str, str],
     needs it, moe_theory.certificates.certify_references). ``adopted_from``: the folder they were
     adopted from (``references_from``; moe_theory.sweep.adopt_references), so that a sweep reads
     them instead of fitting them, now and when it resumes."""
-    manifest = read_manifest(Path(out))
-    if manifest is None:
-        raise ValueError(f"out: {out} has no manifest.json to record references in")
-    manifest["references"] = {**manifest.get("references", {}), **references}
-    if design_sizes:
-        manifest["reference_design_sizes"] = {**manifest.get("reference_design_sizes", {}),
-                                              **design_sizes}
-    if adopted_from is not None:
-        manifest["references_from"] = str(adopted_from)
-    _write_manifest_dict(Path(out), manifest)
+    with manifest_update(Path(out)):
+        manifest = read_manifest(Path(out))
+        if manifest is None:
+            raise ValueError(f"out: {out} has no manifest.json to record references in")
+        manifest["references"] = {**manifest.get("references", {}), **references}
+        if design_sizes:
+            manifest["reference_design_sizes"] = {**manifest.get("reference_design_sizes", {}),
+                                                  **design_sizes}
+        if adopted_from is not None:
+            manifest["references_from"] = str(adopted_from)
+        _write_manifest_dict(Path(out), manifest)
 
 
 def record_rivals(out: Path, rivals: dict[str, dict[str, str]]) -> None:
     """Record in the manifest rival population minimisers of the folder's G_bar references
     (``"<setting>/<gate>"`` -> {where found: the measure's JSON}), kept for every later
     certificate of the folder (moe_theory.certificates.certify_references)."""
-    manifest = read_manifest(Path(out))
-    if manifest is None:
-        raise ValueError(f"out: {out} has no manifest.json to record rivals in")
-    merged = {key: dict(value) for key, value in manifest.get("rival_references", {}).items()}
-    for key, found in rivals.items():
-        merged.setdefault(key, {}).update(found)
-    manifest["rival_references"] = merged
-    _write_manifest_dict(Path(out), manifest)
+    with manifest_update(Path(out)):
+        manifest = read_manifest(Path(out))
+        if manifest is None:
+            raise ValueError(f"out: {out} has no manifest.json to record rivals in")
+        merged = {key: dict(value) for key, value in manifest.get("rival_references", {}).items()}
+        for key, found in rivals.items():
+            merged.setdefault(key, {}).update(found)
+        manifest["rival_references"] = merged
+        _write_manifest_dict(Path(out), manifest)
 
 
 def setting_shards(out: Path, setting: str) -> list[Path]:

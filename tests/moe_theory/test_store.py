@@ -7,14 +7,17 @@ Tables are compared exactly (up to ``wall_s``, a timing): the same config gives 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import io
 import json
+import multiprocessing as mp
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -648,6 +651,44 @@ def _tiny_gbar_toml(folder: Path) -> Path:
     path = folder / "tiny-gbar.toml"
     path.write_text(toml(TINY_GBAR))
     return path
+
+
+def _record_once_both_have_read(folder: str, key: str, ready, read) -> None:
+    """In a spawned process: record the reference ``key`` in ``folder``'s manifest as soon as
+    the other process is ready to record its own, and keep what was read until the other has
+    read too (or 2 s passed: it cannot read while this one updates)."""
+    read_manifest = store.read_manifest
+
+    def read_then_wait(out):
+        manifest = read_manifest(out)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            read.wait(2)
+        return manifest
+
+    store.read_manifest = read_then_wait
+    ready.wait(120)
+    store.record_references(Path(folder), {key: "{}"})
+
+
+def test_two_processes_updating_the_manifest_at_once_lose_neither_update(tmp_path):
+    """Each update reads the manifest, adds its part and writes the whole: two at once both read
+    the old one, and the second write dropped the first's part (a G_bar reference, whose shards
+    then could not be checked). Both reads are held until the other has read: without a lock
+    around the update, one part is lost every time."""
+    store.write_manifest(tmp_path, parse_config(TINY))
+    spawn = mp.get_context("spawn")
+    ready, read = spawn.Barrier(2), spawn.Barrier(2)
+    keys = ["a/sigmoid", "b/sigmoid"]
+    processes = [spawn.Process(target=_record_once_both_have_read,
+                               args=(str(tmp_path), key, ready, read)) for key in keys]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(180)
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert sorted(store.read_manifest(tmp_path)["references"]) == keys
+    # the lock's file goes with its last holder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
 
 
 @pytest.mark.parametrize("manifest", ["[]", "{}", '{"config": 5}', '{"config": {"name": "a"}}',
