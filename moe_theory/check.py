@@ -53,6 +53,7 @@ from moe_theory.certificates import (
 from moe_theory.config import SweepConfig
 from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
+from moe_theory.kept_values import usable_mask
 from moe_theory.layout import CHECK_FILE, CHECK_TABLE, REFIT_DIR
 from moe_theory.measure import MixingMeasure
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
@@ -303,7 +304,9 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     base_by_n = {m: g["loss_value"].to_numpy(float) for m, g in base.reset_index().groupby("n")}
     base_slope = _subsample_slope(base_by_n)
     for name, rows in refits.groupby("variant", sort=True):
-        chosen = _estimate(base, rows.drop_duplicates(keys).set_index(keys), noise_var)
+        # in the sweep's order: _shift compares the two fit by fit
+        chosen = _estimate(base, rows.drop_duplicates(keys).set_index(keys),
+                           noise_var).reindex(base.index)
         by_n = {m: g.to_numpy(float) for m, g in chosen.groupby(level="n")}
         # only the n the curve's rate uses have a CI to compare with
         shifts = {m: _shift(by_n.get(m, np.array([])), v) for m, v in base_by_n.items()
@@ -366,15 +369,16 @@ def _estimate(base: pd.DataFrame, variant: pd.DataFrame, noise_var: float) -> pd
 
 
 def _shift(variant: np.ndarray, base: np.ndarray) -> float | None:
-    """|change of the log-mean| from ``base`` to ``variant``; infinite when only one of them has
-    a usable value (the refit lost or created the loss, e.g. an over-specified cell); None when
-    neither has."""
-    a, b = usable(variant), usable(base)
-    if not a.size and not b.size:
+    """|change of the log-mean| from ``base`` to ``variant``, the same fits in the same order;
+    infinite when a fit has a usable value on one side only (the refit lost or created the
+    loss, e.g. an over-specified cell: the two means would be taken over other fits, and a
+    fit the variant moved out of the mean would pass unseen); None when neither has any."""
+    a, b = usable_mask(variant), usable_mask(base)
+    if not a.any() and not b.any():
         return None
-    if not a.size or not b.size:
+    if a.shape != b.shape or (a != b).any():
         return math.inf
-    return abs(_log_mean(a) - _log_mean(b))
+    return abs(_log_mean(usable(variant)) - _log_mean(usable(base)))
 
 
 def _subsample_slope(by_n: dict) -> float:

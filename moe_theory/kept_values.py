@@ -27,10 +27,16 @@ def drop_reasons(values: np.ndarray, bound: np.ndarray | None = None) -> np.ndar
     return reason
 
 
-def usable(values: np.ndarray) -> np.ndarray:
-    """Return the entries of ``values`` that a log-log fit can use: finite and positive."""
+def usable_mask(values: np.ndarray) -> np.ndarray:
+    """Which entries of ``values`` a log-log fit can use: finite and positive."""
     values = np.asarray(values, dtype=float)
-    return values[np.isfinite(values) & (values > 0)]
+    return np.isfinite(values) & (values > 0)
+
+
+def usable(values: np.ndarray) -> np.ndarray:
+    """Return the entries of ``values`` that a log-log fit can use (:func:`usable_mask`)."""
+    values = np.asarray(values, dtype=float)
+    return values[usable_mask(values)]
 
 
 def _in_rep_order(curve: pd.DataFrame) -> pd.DataFrame:

@@ -133,3 +133,27 @@ def test_a_short_step_stop_that_a_restart_lowered_is_not_converged():
     df.loc[moved, "restart_drop"] = math.nan
     assert converged_certificate(df).status == PASS
     assert converged_certificate(df.drop(columns="restart_drop")).status == PASS
+
+
+def test_a_refit_that_lost_the_loss_on_some_fits_is_not_compared_over_the_others():
+    """A refit as good as the sweep's fit whose loss is not usable (an over-specified cell that
+    has no atom left) on one of the checked fits at an n: its log-mean there was taken over the
+    other fit alone, against the sweep's mean over both, so a fit the variant moved out of the
+    mean passed unseen. Like a refit that lost the loss on every fit, it is an infinite move."""
+    df = _curve()
+    base = df[df["rep"] < 2]
+    first = base["n"].min()
+    lost = (base["n"] == first) & (base["rep"] == 1)
+    # rep 1 equal to rep 0, so that dropping it leaves the log-mean where it was
+    value = base.loc[(base["n"] == first) & (base["rep"] == 0), "loss_value"].iloc[0]
+    base.loc[lost, "loss_value"] = value
+    df.loc[(df["n"] == first) & (df["rep"] == 1), "loss_value"] = value
+    same = pd.concat([base.assign(variant=v) for v in VARIANTS])
+    assert curve_check(df, base, same, NU, expected=VARIANTS)["status"] == PASS
+    variant = base.assign(variant=VARIANTS[0])
+    variant.loc[lost, "loss_value"] = math.nan
+    entry = curve_check(df, base, pd.concat([variant, base.assign(variant=VARIANTS[1])]), NU,
+                        expected=VARIANTS)
+    assert entry["status"] == FAIL
+    assert entry["mean_shift"][VARIANTS[0]] == math.inf
+    assert any(r.startswith(f"{VARIANTS[0]}: the log-mean at 1 n moves") for r in entry["reasons"])
