@@ -81,6 +81,7 @@ def moe_pass(
     gram_features: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
     gram_dtype: str = "float64",
+    check_rows: bool = True,
 ) -> MoEPass:
     """See :func:`kernels.moe.torch_pass.moe_pass`; ``backend`` in ``auto``, ``torch``, ``triton``.
 
@@ -95,6 +96,12 @@ def moe_pass(
     ``gram_features`` in place, the reference gathers them one sample chunk at a time.
     ``gram_dtype``: precision of the Gram products of ``J^T J``
     (docs/kernels.md#mixed-precision-gauss-newton); loss and ``J^T r`` keep X's dtype.
+    ``check_rows``: check that every entry of ``rows`` indexes a data set of X (both paths; the
+    Triton kernels would read out of bounds). It costs a host synchronisation on a GPU: a caller
+    that passes rows in range by construction, as ``LeastSquaresProblem`` does after checking
+    its ``data_rows`` once, passes False and saves one per pass of its fit.
+    An empty batch raises a ``ValueError`` on both paths
+    (:func:`kernels.moe.torch_pass.check_batch`).
     """
     check_gram_dtype(gram_dtype)
     if resolve_backend(backend, X.device) == "triton":
@@ -105,7 +112,7 @@ def moe_pass(
             return tp.triton_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                                       expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
                                       gram_features=gram_features, rows=rows,
-                                      gram_dtype=gram_dtype)
+                                      gram_dtype=gram_dtype, check_rows=check_rows)
         if shape not in _OUT_OF_RESOURCES and not tp.unsupported_reason(
                 score, d, k, X.dtype, X.device, gate=gate, expert=expert.name,
                 gauss_newton=jacobian and gauss_newton):
@@ -113,7 +120,8 @@ def moe_pass(
                 return tp.triton_moe_pass(X, Y, gate_params, expert_params, gate=gate,
                                           score=score, expert=expert, jacobian=jacobian,
                                           gauss_newton=gauss_newton, gram_features=gram_features,
-                                          rows=rows, gram_dtype=gram_dtype)
+                                          rows=rows, gram_dtype=gram_dtype,
+                                          check_rows=check_rows)
             except tp.OutOfResources as err:
                 # the last resort behind the resource model (kernels/moe/resources.py)
                 _OUT_OF_RESOURCES.add(shape)
@@ -125,7 +133,8 @@ def moe_pass(
                     stacklevel=2)
     return reference_moe_pass(X, Y, gate_params, expert_params, gate=gate, score=score,
                               expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
-                              gram_features=gram_features, rows=rows, gram_dtype=gram_dtype)
+                              gram_features=gram_features, rows=rows, gram_dtype=gram_dtype,
+                              check_rows=check_rows)
 
 
 def _compile_one(job: tuple[str, str, str, int, int, str]) -> None:

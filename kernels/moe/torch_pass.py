@@ -40,6 +40,45 @@ class MoEPass(NamedTuple):
     jtj: torch.Tensor | None
 
 
+def check_batch(X: torch.Tensor, rows: torch.Tensor | None = None, *, check_rows: bool = True,
+                rows_name: str = "rows") -> None:
+    """A pass's batch: ``X (R, n, d)`` with at least one data set and one sample, and ``rows``
+    (when given) a non-empty 1-D int64 tensor on X's device whose entries index X's data sets.
+
+    The reference and the Triton pass both call this, so that they refuse the same inputs with
+    the same message: an empty batch has no pass to make (the reference used to fail deep in a
+    reshape for R = 0 and return zeros for n = 0, the kernels refused both), and a ``rows`` entry
+    outside ``0 .. R - 1`` makes the Triton kernels read another tensor's memory (negative entries
+    wrap round in the reference's gathers: another data set's samples).
+
+    ``check_rows=False`` skips the range check, which reads the smallest and largest entry back
+    to the host (on a GPU a synchronisation): for a caller whose rows are in range by
+    construction (``moe_theory.estimators.problem.LeastSquaresProblem`` checks its ``data_rows``
+    once when it is made, not in every pass of a fit). ``rows_name``: the field named in the
+    message.
+    """
+    if not isinstance(X, torch.Tensor) or X.dim() != 3:
+        shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
+        raise ValueError(f"X: must have shape (R, n, d), got {shape}")
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"X: needs at least one problem (R >= 1) and one sample (n >= 1), "
+                         f"got shape {tuple(X.shape)}")
+    if rows is None:
+        return
+    if (not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.dtype != torch.int64
+            or rows.device != X.device):
+        got = (f"{tuple(rows.shape)} {rows.dtype} on {rows.device}"
+               if isinstance(rows, torch.Tensor) else type(rows).__name__)
+        raise ValueError(f"{rows_name}: must be a 1-D int64 tensor on {X.device}, got {got}")
+    if rows.numel() < 1:
+        raise ValueError(f"{rows_name}: needs at least one problem, got an empty tensor")
+    if check_rows:
+        lo, hi = (int(v) for v in torch.aminmax(rows))
+        if lo < 0 or hi >= X.shape[0]:
+            raise ValueError(f"{rows_name}: entries must index X's {X.shape[0]} data sets "
+                             f"(0 <= {rows_name} < {X.shape[0]}), got entries from {lo} to {hi}")
+
+
 def _chunk_size(R: int, p: int, itemsize: int, n: int, device: torch.device) -> int:
     budget = JACOBIAN_CHUNK_BYTES.get(device.type, JACOBIAN_CHUNK_BYTES["cpu"])
     return gram.chunk_samples(budget, R, 4 * p * itemsize, n, device)
@@ -103,6 +142,7 @@ def moe_pass(
     gram_features: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
     gram_dtype: str = "float64",
+    check_rows: bool = True,
 ) -> MoEPass:
     """One pass over the data.
 
@@ -125,11 +165,18 @@ def moe_pass(
         few data sets (several starts per replication) never copies ``X`` whole
     gram_dtype : precision of the Gram products of ``J^T J`` on the structured route
         (:data:`kernels.moe.gram.GRAM_DTYPES`); loss and ``J^T r`` keep X's dtype
+    check_rows : check that every entry of ``rows`` indexes a data set of X (one host
+        synchronisation on a GPU); False for a caller whose rows are in range by construction
+        (:func:`check_batch`)
+
+    An empty batch (no problem, no sample, or empty ``rows``) raises a ``ValueError`` naming the
+    field, as the Triton pass does.
 
     Every intermediate is bounded by :data:`JACOBIAN_CHUNK_BYTES` (and the Gram route's
     :data:`kernels.moe.gram.CHUNK_BYTES`) whatever n: only the data, the kept feature pairs and
     the outputs grow with it.
     """
+    check_batch(X, rows, check_rows=check_rows)
     R, n, _ = X.shape
     if rows is not None:
         R = rows.numel()

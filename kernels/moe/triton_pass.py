@@ -33,7 +33,7 @@ from kernels.moe.model import (
     score_has_quadratic,
     triu_indices,
 )
-from kernels.moe.torch_pass import MoEPass
+from kernels.moe.torch_pass import MoEPass, check_batch
 from kernels.moe.triton_gram import GramConfig, role_pair_products
 from kernels.moe.triton_gram import gram_jtj as triton_gram_jtj
 from kernels.moe.triton_kernels import (
@@ -305,16 +305,15 @@ def pick_config(gate: str, score: str, expert: str, d: int, k: int, dtype: torch
 
 
 def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expert,
-           rows: torch.Tensor | None = None, gauss_newton: bool = True) -> None:
+           rows: torch.Tensor | None = None, gauss_newton: bool = True,
+           check_rows: bool = True) -> None:
     check_gate(gate)
     check_score(score)
-    if X.dim() != 3:
-        raise ValueError(f"X: must have shape (R, n, d), got {tuple(X.shape)}")
+    # the reference's checks (one message for both paths): an empty batch, and rows that are
+    # not indices of X's data sets, which the kernels would read out of bounds
+    check_batch(X, rows, check_rows=check_rows)
     R, n, d = X.shape
     if rows is not None:
-        if rows.dim() != 1 or rows.dtype != torch.int64 or rows.device != X.device:
-            raise ValueError(f"rows: must be a 1-D int64 tensor on {X.device}, got "
-                             f"{tuple(rows.shape)} {rows.dtype} on {rows.device}")
         R = rows.numel()
     if X.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"X: dtype must be float32 or float64, got {X.dtype}")
@@ -328,8 +327,6 @@ def _check(X, Y, gate_params, expert_params, gate: str, score: str, expert: Expe
     for name, t in (("Y", Y), ("gate_params", gate_params), ("expert_params", expert_params)):
         if tuple(t.shape) != want[name]:
             raise ValueError(f"{name}: must have shape {want[name]}, got {tuple(t.shape)}")
-    if n < 1 or R < 1:
-        raise ValueError(f"X: needs at least one problem and one sample, got shape {(R, n, d)}")
     reason = unsupported_reason(score, d, k, X.dtype, X.device, gate=gate, expert=expert.name,
                                 gauss_newton=gauss_newton)
     if reason:
@@ -396,6 +393,7 @@ def triton_moe_pass(
     gram_features: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
     gram_dtype: str = "float64",
+    check_rows: bool = True,
 ) -> MoEPass:
     """One pass over the data with the Triton kernels; see :func:`kernels.moe.torch_pass.moe_pass`.
 
@@ -417,6 +415,11 @@ def triton_moe_pass(
         then have R' rows); the kernels index X and the kept feature pairs instead of copying
     gram_dtype : precision of the ``torch`` Gram product (:data:`kernels.moe.gram.GRAM_DTYPES`);
         the ``triton`` Gram kernel takes its precision from ``config.jtj_precision``
+    check_rows : check that every entry of ``rows`` indexes a data set of X (the kernels would
+        read out of bounds otherwise). The check reads two numbers back to the host, a
+        synchronisation on a GPU, so it is made here, once per call, not in the kernels' host
+        loop; a caller whose rows are in range by construction passes False
+        (``LeastSquaresProblem`` checks its ``data_rows`` once, so a fit does not pay it per pass)
 
     Returns
     -------
@@ -426,7 +429,7 @@ def triton_moe_pass(
         (NOTES.md: measured effect on the Gauss-Newton step).
     """
     gn = jacobian and gauss_newton
-    _check(X, Y, gate_params, expert_params, gate, score, expert, rows, gn)
+    _check(X, Y, gate_params, expert_params, gate, score, expert, rows, gn, check_rows)
     n, d = X.shape[1:]
     R, k = gate_params.shape[:2]
     # Linear scores: the gradient kernel also writes the Jacobian coefficients U and the Gram
@@ -448,7 +451,8 @@ def triton_moe_pass(
             score=score, expert=expert, jacobian=jacobian, gauss_newton=gauss_newton,
             config=config, gram_config=gram_config, rows=rows,
             gram_features=None if gram_features is None else gram_features[:, s : s + step],
-            gram_dtype=gram_dtype) for s in range(0, n, step)]
+            gram_dtype=gram_dtype, check_rows=False)  # checked above, once
+            for s in range(0, n, step)]
         return MoEPass(*(None if ts[0] is None else sum(t.double() for t in ts).to(X.dtype)
                          for ts in zip(*parts, strict=True)))
     if config is not None:

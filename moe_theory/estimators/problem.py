@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kernels.moe import MoEPass, gram, moe_pass, n_free_gates
+from kernels.moe.torch_pass import check_batch
 from moe_theory import models
 from moe_theory.measure import MixingMeasure
 
@@ -41,6 +42,14 @@ class LeastSquaresProblem:
     #: Gauss-Newton pass when they fit the device's cache budget: they depend on X alone
     _features: torch.Tensor | None = field(default=None, init=False, repr=False)
     _features_checked: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # data_rows out of range would make the Triton kernels read past X. Checked here, once
+        # per problem (one host synchronisation on a GPU), rather than by every pass: a fit's
+        # passes read data_rows or a subset of it gathered by torch indexing, which checks those
+        # indices itself, so evaluate() skips the kernels' own per-call check (check_rows=False)
+        # and a Levenberg-Marquardt iteration keeps its two synchronisations.
+        check_batch(self.X, self.data_rows, rows_name="data_rows")
 
     @property
     def d(self) -> int:
@@ -98,11 +107,14 @@ class LeastSquaresProblem:
         gp, ep = self.unpack(theta)
         V = self._gram_features() if jacobian and gauss_newton else None
         # the rows are read in place where the kernels can (a subset's copy of X and of the kept
-        # feature pairs cost more than the pass at n = 10^5)
+        # feature pairs cost more than the pass at n = 10^5). Their range is not checked again
+        # (a host synchronisation per pass): data_rows was checked when the problem was made,
+        # a subset of it is gathered above by torch indexing, and without data_rows the rows
+        # are the solvers' subsets of the problems (nonzero() of a mask over them)
         out = moe_pass(X, Y, gp.to(X.dtype), ep.to(X.dtype), gate=self.gate, score=self.score,
                        expert=models.get_expert(self.expert), jacobian=jacobian,
                        gauss_newton=gauss_newton, backend=self.backend, gram_features=V,
-                       rows=rows, gram_dtype=self.gram_dtype)
+                       rows=rows, gram_dtype=self.gram_dtype, check_rows=False)
         return MoEPass(*(None if t is None else t.to(theta.dtype) for t in out))
 
     def _gram_features(self) -> torch.Tensor | None:

@@ -428,3 +428,95 @@ def test_strided_rows_read_the_rows_they_name(score, jacobian, gauss_newton, poi
             continue
         assert got.shape == ref.shape, name
         assert _rel(got, ref) <= 1e-12, (name, _rel(got, ref))
+
+
+#: The routes a pass can take: (score, jacobian, gauss_newton, structured). Linear scores with
+#: J^T J take the Gram route (and the reference's structured Gram pass); quadratic ones the pair
+#: programs (a copy of the rows); without J^T J the gradient kernel, and without J the loss alone.
+ROUTES = [("linear", True, True, True), ("linear", True, True, False),
+          ("quadratic", True, True, True), ("linear", True, False, True),
+          ("linear", False, False, True)]
+
+
+def _both_paths(X, Y, gp, ep, score, ex, jacobian, gauss_newton, structured, rows=None):
+    """The reference's and the Triton pass's calls on the same inputs (each a thunk)."""
+    kw = dict(gate="sigmoid", score=score, expert=ex, jacobian=jacobian,
+              gauss_newton=gauss_newton, rows=rows)
+    return {"reference": lambda: reference_moe_pass(X, Y, gp, ep, structured=structured, **kw),
+            "dispatch torch": lambda: moe_pass(X, Y, gp, ep, backend="torch", **kw),
+            "triton": lambda: tp.triton_moe_pass(X, Y, gp, ep, **kw)}
+
+
+@pytest.mark.parametrize("score,jacobian,gauss_newton,structured", ROUTES)
+@pytest.mark.parametrize("R,n", [(0, 37), (3, 0), (0, 0)])
+def test_empty_batch_is_refused_alike(R, n, score, jacobian, gauss_newton, structured):
+    # (found by an audit) the reference failed deep in a reshape for R = 0 ("cannot reshape
+    # tensor of 0 elements") and returned zero loss, J^T r and J^T J for n = 0, where the Triton
+    # pass refused both with a ValueError: both now refuse with the same message naming X
+    (X, Y, gp, ep), ex = _problem("sigmoid", score, "relu", 3, 2, max(R, 1), max(n, 1),
+                                  torch.float64, _seed("empty", score, R, n))
+    X, Y, gp, ep = X[:R, :n], Y[:R, :n], gp[:R], ep[:R]
+    for call in _both_paths(X, Y, gp, ep, score, ex, jacobian, gauss_newton,
+                            structured).values():
+        with pytest.raises(ValueError, match=r"X: needs at least one problem \(R >= 1\) and one "
+                                             r"sample \(n >= 1\), got shape"):
+            call()
+
+
+@pytest.mark.parametrize("score,jacobian,gauss_newton,structured", ROUTES)
+def test_empty_rows_are_refused_alike(score, jacobian, gauss_newton, structured):
+    # empty rows: no problem to evaluate (the reference used to fail in a reshape)
+    (X, Y, _, _), ex = _problem("sigmoid", score, "relu", 3, 2, 4, 29, torch.float64,
+                                _seed("empty rows", score))
+    gp = torch.zeros(0, 2, models.gate_dim(score, 3), dtype=torch.float64, device=DEVICE)
+    ep = torch.zeros(0, 2, 4, dtype=torch.float64, device=DEVICE)
+    rows = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    for call in _both_paths(X, Y, gp, ep, score, ex, jacobian, gauss_newton, structured,
+                            rows).values():
+        with pytest.raises(ValueError, match="rows: needs at least one problem"):
+            call()
+
+
+@pytest.mark.parametrize("score,jacobian,gauss_newton,structured", ROUTES)
+@pytest.mark.parametrize("bad", [5, 6, -1, -5])
+def test_rows_out_of_range_are_refused(bad, score, jacobian, gauss_newton, structured):
+    # (found by an audit) rows past the last data set (or negative) were not checked: the
+    # gradient kernel read another tensor's memory (under the interpreter a finite loss for
+    # rows = [0, 5] with 2 data sets), the reference wrapped negative entries round to other
+    # data sets or failed in bincount. Both paths now refuse them, naming rows
+    R_all, n = 5, 29
+    (X, Y, _, _), ex = _problem("sigmoid", score, "relu", 3, 2, R_all, n, torch.float64,
+                                _seed("bad rows", score))
+    (_, _, gp, ep), _ = _problem("sigmoid", score, "relu", 3, 2, 3, n, torch.float64,
+                                 _seed("bad rows params", score))
+    rows = torch.tensor([0, bad, R_all - 1], device=DEVICE)
+    for call in _both_paths(X, Y, gp, ep, score, ex, jacobian, gauss_newton, structured,
+                            rows).values():
+        with pytest.raises(ValueError, match=rf"rows: entries must index X's {R_all} data sets "
+                                             rf"\(0 <= rows < {R_all}\), got entries from "
+                                             rf"{min(bad, 0)} to {max(bad, R_all - 1)}"):
+            call()
+
+
+@pytest.mark.parametrize("score,jacobian,gauss_newton,structured", ROUTES)
+def test_rows_at_both_ends_pass_the_check(score, jacobian, gauss_newton, structured, poisoned):
+    """The range check is not off by one: rows naming the first and the last data set (R - 1)
+    give the reference's outputs on copies of those rows (float64, 1e-12, outputs poisoned)."""
+    R_all, n = 5, 43
+    (X, Y, _, _), ex = _problem("sigmoid", score, "relu", 3, 2, R_all, n, torch.float64,
+                                _seed("end rows", score))
+    (_, _, gp, ep), _ = _problem("sigmoid", score, "relu", 3, 2, 3, n, torch.float64,
+                                 _seed("end rows params", score))
+    rows = torch.tensor([R_all - 1, 0, R_all - 1], device=DEVICE)
+    got = tp.triton_moe_pass(X, Y, gp, ep, gate="sigmoid", score=score, expert=ex, rows=rows,
+                             jacobian=jacobian, gauss_newton=gauss_newton)
+    assert poisoned and all(not buf.isnan().any() for buf in poisoned), "unwritten buffers"
+    own = reference_moe_pass(X, Y, gp, ep, gate="sigmoid", score=score, expert=ex, rows=rows,
+                             jacobian=jacobian, gauss_newton=gauss_newton, structured=structured)
+    want = reference_moe_pass(X[rows], Y[rows], gp, ep, gate="sigmoid", score=score, expert=ex,
+                              jacobian=jacobian, gauss_newton=gauss_newton, structured=False)
+    for name, a, b, c in zip(want._fields, got, own, want, strict=True):
+        assert (a is None) == (b is None) == (c is None), name
+        if c is not None:
+            assert a.shape == c.shape and _rel(a, c) <= 1e-12, (name, _rel(a, c))
+            assert b.shape == c.shape and _rel(b, c) <= 1e-12, (name, _rel(b, c))

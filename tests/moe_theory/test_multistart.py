@@ -141,6 +141,41 @@ def test_problem_data_rows_map_problems_to_data(dense_relu):
     assert torch.equal(problem.data()[0], X[rows])
 
 
+@pytest.mark.parametrize("rows", [[2, 0, 3], [-1, 0, 2]])
+def test_problem_data_rows_out_of_range_are_refused(dense_relu, rows):
+    # (found by an audit) data_rows past X's data sets, or negative, were not checked: the
+    # Triton kernels read them out of bounds (the reference wrapped negatives round to another
+    # data set). The problem checks them once when it is made, naming the field
+    truth, X, Y, starts = dense_relu
+    with pytest.raises(ValueError, match=r"data_rows: entries must index X's 3 data sets"):
+        LeastSquaresProblem(X, Y, "sigmoid", "linear", "relu", 3, "torch", torch.tensor(rows))
+
+
+def test_a_fit_checks_its_data_rows_once_not_in_every_pass(dense_relu, monkeypatch):
+    """The range check of the rows costs a host synchronisation on a GPU: a multi-start fit
+    makes it once, when its problem is made, and its passes (two per Levenberg-Marquardt
+    iteration, on a subset of data_rows) skip it (``check_rows=False``)."""
+    import kernels.moe.torch_pass as torch_pass
+    from moe_theory.estimators import problem as problem_module
+
+    truth, X, Y, starts = dense_relu
+    made, passes = [], []
+
+    def recorder(calls, real):
+        def check(X, rows=None, **kw):
+            calls.append((rows is not None, kw.get("check_rows", True)))
+            return real(X, rows, **kw)
+        return check
+
+    monkeypatch.setattr(problem_module, "check_batch", recorder(made, problem_module.check_batch))
+    monkeypatch.setattr(torch_pass, "check_batch", recorder(passes, torch_pass.check_batch))
+    fit = mt.fit_lse(X, Y, 3, "sigmoid", "relu", init=starts, max_iter=5, backend="torch")
+    assert fit.n_starts == 4
+    assert made == [(True, True)]  # the problem's data_rows, range checked once
+    # every pass read rows (start-major problems over 3 data sets) without checking them again
+    assert len(passes) > 5 and set(passes) == {(True, False)}
+
+
 def test_a_sweep_shard_records_the_starts_on_the_same_data():
     """run_shard fits the near-reference start plus ``starts`` more on the shard's data: the data
     (hence the reference's loss) do not depend on the starts, and the kept fit is no worse than
