@@ -13,7 +13,11 @@ each run into a fresh folder with a fresh G_bar cache, and writes ``DIR/reproduc
 after each run: wall times, speed-ups against 1 GPU and the issue's targets, and per figure the
 SHA-256 of its tables (results, rates, optimiser check; timings left out) with whether they are
 identical across the runs. A later call with the same ``--out`` adds the counts it runs to the
-runs already there (one count per call when a call has a time limit).
+runs already there (one count per call when a call has a time limit), if they were made on the
+same device: each run records the type and model of the devices it ran on, and runs of another
+device type or model are never merged into one record (a call finding them refuses, naming
+both; the speed-ups would compare devices, not GPU counts). Nor are GPUs of different models
+used in one call.
 """
 
 from __future__ import annotations
@@ -55,6 +59,60 @@ def _dask_versions() -> dict:
     return {"dask": dask.__version__, "distributed": distributed.__version__}
 
 
+def device_names(device: str, gpus: list[int], prov: dict) -> list[str]:
+    """The names of the devices a run computes on: each of ``gpus`` (CUDA ordinals), or the
+    CPU's model for ``device="cpu"`` (``prov["device_name"]``)."""
+    if device == "cuda":
+        return [torch.cuda.get_device_name(g) for g in gpus]
+    return [prov["device_name"]]
+
+
+def mixed_models(names: list[str], gpus: list[int]) -> str | None:
+    """Why GPUs of several models may not serve one scaling run (None when they are one model):
+    its speed-up would mix the models' speeds with the count's."""
+    if len(set(names)) <= 1:
+        return None
+    return (f"GPUs {','.join(map(str, gpus))} are not all one model "
+            f"({', '.join(f'{g}: {n}' for g, n in zip(gpus, names, strict=True))}): a scaling "
+            "run compares counts of one model; choose GPUs of one model (--gpus)")
+
+
+def _describe(device: str, names: list[str]) -> str:
+    return f"{device} ({', '.join(sorted(set(names)))})"
+
+
+def recorded_devices(record: dict, run: dict) -> tuple[str, list[str]]:
+    """The device type and names a recorded run computed on. A run recorded before runs held
+    their own: the record's ``setup.device``, and for CUDA its first ``count`` GPUs of the
+    record's ``devices`` (GPUs 0..count-1 ran it), for the CPU the provenance's model."""
+    device = run.get("device") or record.get("setup", {}).get("device", "cuda")
+    names = run.get("device_names")
+    if names is None:
+        names = (record.get("devices", [])[: run.get("count", 1)] if device == "cuda"
+                 else [record.get("provenance", {}).get("device_name", "cpu")])
+    return device, list(names)
+
+
+def merge_refusal(record: dict, device: str, names: list[str], path: Path) -> str | None:
+    """Why this call's runs may not join the runs ``record`` holds (None when they may): runs
+    made on another device type or model. Their wall times measure other devices, so a speed-up
+    between them would compare devices rather than GPU counts; they are neither merged nor
+    overwritten."""
+    ours = (device, sorted(set(names)))
+    others: dict[str, list[str]] = {}
+    for label, run in record.get("runs", {}).items():
+        theirs = recorded_devices(record, run)
+        if (theirs[0], sorted(set(theirs[1]))) != ours:
+            others.setdefault(_describe(*theirs), []).append(label)
+    if not others:
+        return None
+    held = "; ".join(f"{', '.join(labels)} on {desc}" for desc, labels in others.items())
+    return (f"{path} holds runs made on another device ({held}); this call runs on "
+            f"{_describe(device, names)}. Runs of different devices are not merged into one "
+            f"record: their speed-ups would compare devices, not GPU counts. Give another "
+            f"--out, or move {path} aside.")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the sweep on many GPUs, then on one, and write the JSON after each."""
     if not torch.cuda.is_available():
@@ -64,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
     config = parse_config(CONFIG)
     gpus = args.gpus.split(",") if args.gpus else [str(g) for g in range(torch.cuda.device_count())]
     prov = provenance("cuda")
+    names = device_names("cuda", [int(g) for g in gpus], prov)
+    why = mixed_models(names, [int(g) for g in gpus])
+    if why:
+        print(f"sweep-scaling: {why}", file=sys.stderr)
+        return 2
     paths = [out / "sweep_scaling.json"]
     if args.save:
         paths.append(result_path("sweep_scaling", prov, gpu=f"{gpu_label(prov)}x{len(gpus)}"))
@@ -78,13 +141,22 @@ def run(args: argparse.Namespace) -> int:
     tables = {}
     for label in (f"{len(gpus)}_gpus", "1_gpu"):
         chosen = gpus if label != "1_gpu" else gpus[:1]
+        folder = out / label
+        if folder.exists():
+            # a sweep resumes the shards its folder holds: a folder of an earlier call would
+            # merge that call's shards, perhaps of another device (the rows name the device type
+            # only), into this run's table and leave its wall time only the remainder's
+            print(f"sweep-scaling: removing {folder}, an earlier run's folder: each run is timed "
+                  "from nothing on this call's GPUs", file=sys.stderr)
+            shutil.rmtree(folder)
         start = time.perf_counter()
-        df = run_sweep(config, out / label, device="cuda", backend="torch", executor="dask",
+        df = run_sweep(config, folder, device="cuda", backend="torch", executor="dask",
                        gpus=",".join(chosen))
         wall = time.perf_counter() - start
         tables[label] = df
         record["runs"][label] = {
-            "gpus": chosen, "wall_s": round(wall, 2), "rows": len(df),
+            "gpus": chosen, "device": "cuda", "device_names": names[: len(chosen)],
+            "wall_s": round(wall, 2), "rows": len(df),
             # busy time of the fits, summed over workers (each row carries its share)
             "fit_s": round(float(df.drop_duplicates(["setting", "n", "rep"]).wall_s.sum()), 2),
         }
@@ -171,13 +243,26 @@ def run_reproduce_all(args: argparse.Namespace) -> int:
     out = Path(args.out)
     json_path = out / "reproduce_all_scaling.json"
     prov = provenance(args.device)
+    # every run of this call computes on GPUs 0..k-1 (or the CPU): one model, and the model of
+    # the runs already recorded at --out, or nothing is run
+    used = list(range(max(counts))) if cuda else []
+    models = device_names(args.device, used, prov)
+    why = mixed_models(models, used) if cuda else None
+    previous = json.loads(json_path.read_text()) if json_path.exists() else {}
+    why = why or merge_refusal(previous, args.device, models, json_path)
+    if why:
+        print(f"sweep-scaling: {why}", file=sys.stderr)
+        return 2
     setup = {"figures": names, "fast": args.fast, "certify": args.certify, "device": args.device,
              "backend": args.backend, "workers_per_gpu": workers,
              "config_hashes": {n: load_config(n, fast=args.fast).hash
                                for n in names if n not in EXPERIMENTS}}
-    record = json.loads(json_path.read_text()) if json_path.exists() else {}
-    if record.get("setup") != setup or record.get("provenance", {}).get("git_commit") != prov[
-            "git_commit"]:
+    record = previous
+    if record.get("runs") and (record.get("setup") != setup or record.get(
+            "provenance", {}).get("git_commit") != prov["git_commit"]):
+        print(f"sweep-scaling: {json_path}: dropping the runs of another setup or commit "
+              f"({', '.join(record['runs'])}); this call's runs start a new record",
+              file=sys.stderr)
         record = {}  # runs of another setup or commit are not compared with these
     record = {
         "provenance": prov,
@@ -219,7 +304,8 @@ def run_reproduce_all(args: argparse.Namespace) -> int:
             else:
                 os.environ["MOE_THEORY_CACHE"] = saved_cache
         record["runs"][label] = {
-            "count": k, **cluster, "wall_s": round(wall, 2),
+            "count": k, **cluster, "device": args.device,
+            "device_names": models[:k] if cuda else models, "wall_s": round(wall, 2),
             "figures": {n: figure_hashes(folder / Path(n).stem) for n in names},
         }
         summarise(record)

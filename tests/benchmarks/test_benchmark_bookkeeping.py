@@ -212,3 +212,115 @@ def test_attention_ratios_leave_out_a_provider_that_failed_its_check():
     assert ratios[0]["ratio"] == pytest.approx(4 / 3)
     # a peer that failed its check is no baseline either
     assert _ratios([row("ours-precise", 400.0), row("sdpa-flash", 300.0, ok=False)]) == []
+
+
+H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+
+
+def _scaling_stand_ins(monkeypatch, gpu_names: list[str]):
+    """sweep-scaling on the CPU: ``gpu_names`` stand for the visible GPUs, and
+    ``reproduce_figures`` / ``run_sweep`` only record their calls (returns that list)."""
+    from benchmarks import sweep_scaling
+
+    calls = []
+    monkeypatch.setattr(sweep_scaling.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sweep_scaling.torch.cuda, "device_count", lambda: len(gpu_names))
+    monkeypatch.setattr(sweep_scaling.torch.cuda, "get_device_name", lambda i: gpu_names[i])
+    monkeypatch.setattr(sweep_scaling, "provenance", lambda device: {
+        "git_commit": "0" * 40, "device": "cuda:0", "device_name": gpu_names[0]})
+    monkeypatch.setattr(sweep_scaling, "_dask_versions", lambda: {})
+    monkeypatch.setattr(sweep_scaling, "load_config", lambda name, fast: SimpleNamespace(hash="h"))
+    monkeypatch.setattr(sweep_scaling, "device_workers", lambda workers, device: 1)
+    monkeypatch.setattr(sweep_scaling, "figure_hashes", lambda folder: {"results_sha256": "x"})
+    monkeypatch.setattr(sweep_scaling, "reproduce_figures",
+                        lambda figures, **kw: calls.append(kw["gpus"]))
+    clock = iter(range(0, 10_000, 7))  # every run takes 7 s on a stand-in clock
+    monkeypatch.setattr(sweep_scaling, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    return sweep_scaling, calls
+
+
+def _reproduce_all_args(out, counts: str) -> argparse.Namespace:
+    return argparse.Namespace(counts=counts, device="cuda", figures="nguyen2024", fast=True,
+                              certify=True, backend="auto", workers=None, out=str(out),
+                              save=False)
+
+
+def test_sweep_scaling_refuses_to_merge_runs_of_another_gpu(monkeypatch, tmp_path, capsys):
+    """(found by an audit) ``--reproduce-all`` added a call's runs to the runs recorded at
+    ``--out`` whenever the commit and setup matched, whatever GPU made them: a 2-GPU run on an
+    H100 and a 1-GPU run on an H200 made one record and one speed-up. Each run now records its
+    devices, and a call on another model refuses before running anything, naming both."""
+    sweep_scaling, calls = _scaling_stand_ins(monkeypatch, [H100, H100])
+    assert sweep_scaling.run_reproduce_all(_reproduce_all_args(tmp_path, "2")) == 0
+    path = tmp_path / "reproduce_all_scaling.json"
+    first = json.loads(path.read_text())
+    assert first["runs"]["2_gpus"]["device_names"] == [H100, H100]
+
+    # the same model: merged, and the speed-up is between counts of one GPU model
+    assert sweep_scaling.run_reproduce_all(_reproduce_all_args(tmp_path, "1")) == 0
+    merged = json.loads(path.read_text())
+    assert set(merged["runs"]) == {"2_gpus", "1_gpus"} and "2" in merged["speedup"]
+    assert merged["runs"]["1_gpus"]["device_names"] == [H100]
+
+    # another model: refused, nothing run, the record left as it was
+    sweep_scaling, calls = _scaling_stand_ins(monkeypatch, [H200])
+    assert sweep_scaling.run_reproduce_all(_reproduce_all_args(tmp_path, "1")) == 2
+    err = capsys.readouterr().err
+    assert "holds runs made on another device (2_gpus, 1_gpus on cuda (NVIDIA H100 80GB HBM3))" \
+        in err and "this call runs on cuda (NVIDIA H200)" in err and "another --out" in err
+    assert calls == [] and json.loads(path.read_text()) == merged
+
+
+def test_sweep_scaling_reads_the_gpus_of_a_record_without_per_run_devices(monkeypatch, tmp_path,
+                                                                          capsys):
+    """A record written before runs held their devices: its runs ran on GPUs 0..count-1 of
+    the record's ``devices``, and a CPU record (``--device cpu``) is another device type."""
+    sweep_scaling, calls = _scaling_stand_ins(monkeypatch, [H200])
+    path = tmp_path / "reproduce_all_scaling.json"
+    old = {"provenance": {"git_commit": "0" * 40}, "devices": [H100, H100],
+           "setup": {"device": "cuda"}, "runs": {"2_gpus": {"count": 2, "wall_s": 10.0}}}
+    path.write_text(json.dumps(old))
+    assert sweep_scaling.run_reproduce_all(_reproduce_all_args(tmp_path, "1")) == 2
+    assert "2_gpus on cuda (NVIDIA H100 80GB HBM3)" in capsys.readouterr().err and calls == []
+    cpu = {**old, "devices": ["cpu"], "setup": {"device": "cpu"},
+           "provenance": {"git_commit": "0" * 40, "device_name": "AMD EPYC 9654"}}
+    path.write_text(json.dumps(cpu))
+    assert sweep_scaling.run_reproduce_all(_reproduce_all_args(tmp_path, "1")) == 2
+    assert "2_gpus on cpu (AMD EPYC 9654)" in capsys.readouterr().err and calls == []
+
+
+def test_sweep_scaling_refuses_gpus_of_several_models(monkeypatch, tmp_path, capsys):
+    """GPUs 0..k-1 of two models in one call: its speed-ups would mix models with counts."""
+    sweep_scaling, calls = _scaling_stand_ins(monkeypatch, [H100, H200])
+    assert sweep_scaling.run_reproduce_all(_reproduce_all_args(tmp_path, "2,1")) == 2
+    assert f"GPUs 0,1 are not all one model (0: {H100}, 1: {H200})" in capsys.readouterr().err
+    assert calls == [] and not (tmp_path / "reproduce_all_scaling.json").exists()
+    args = argparse.Namespace(out=str(tmp_path), gpus="0,1", save=False)
+    assert sweep_scaling.run(args) == 2
+
+
+def test_sweep_scaling_sweep_starts_each_run_from_nothing(monkeypatch, tmp_path):
+    """(found by an audit) the one-sweep mode ran each run into ``--out/<label>`` without
+    emptying it: a folder left by an earlier call, perhaps on another GPU (the rows record the
+    device type only), was resumed, its shards merged into this run's table and its wall time
+    only the remainder's. Each run now starts from an empty folder, and records its GPUs."""
+    import pandas as pd
+
+    sweep_scaling, _ = _scaling_stand_ins(monkeypatch, [H100, H100])
+    stale = tmp_path / "1_gpu" / "shards"
+    stale.mkdir(parents=True)
+    (stale / "an-earlier-shard.parquet").write_text("of another GPU")
+    seen = {}
+
+    def run_sweep(config, folder, **kw):
+        seen[folder.name] = folder.exists() and any(folder.iterdir())
+        return pd.DataFrame({"setting": ["s"], "n": [10], "rep": [0], "wall_s": [1.0],
+                             "loss_value": [1.0]})
+
+    monkeypatch.setattr(sweep_scaling, "run_sweep", run_sweep)
+    args = argparse.Namespace(out=str(tmp_path), gpus="0,1", save=False)
+    assert sweep_scaling.run(args) == 0
+    assert seen == {"2_gpus": False, "1_gpu": False}
+    record = json.loads((tmp_path / "sweep_scaling.json").read_text())
+    assert record["runs"]["1_gpu"]["device_names"] == [H100]
+    assert record["runs"]["2_gpus"]["device_names"] == [H100, H100]
