@@ -31,7 +31,9 @@ What it guarantees:
 - *One writer per shard.* A writer holds a claim file (created with ``O_CREAT | O_EXCL``, naming
   host, pid and time, touched while it works); concurrent sweeps skip claimed shards. A claim is
   stale when its process is gone (same host) or untouched for :data:`STALE_AFTER_S`, and is then
-  taken over. Temporary files carry host and pid, and only one's own or stale ones are removed.
+  taken over; the writer that held it touches only its own claim and, once it finds it lost
+  (:class:`ClaimLost`), stores nothing of the shard. Temporary files carry host and pid, and
+  only one's own or stale ones are removed.
 - *Clear failures.* A path that cannot be written raises :class:`moe_theory.errors.StorageError`
   naming it (exit code 3): finished shards stay, no partial file is left under a final name.
 """
@@ -337,6 +339,18 @@ def claim_holder(out: Path, shard: Shard) -> ClaimInfo | None:
     return None if info is None or info.stale else info
 
 
+class ClaimLost(Exception):
+    """This process's claim is no longer its own: another writer took it over (it looked stale:
+    untouched for :data:`STALE_AFTER_S`, this process stopped meanwhile) or it was removed. The
+    shard is the new writer's: this one must store nothing of it."""
+
+    def __init__(self, path: Path, holder: ClaimInfo | None) -> None:
+        self.path, self.holder = path, holder
+        whose = f"taken over by {holder}" if holder is not None else "removed"
+        super().__init__(f"{path}: this process's claim was {whose}; the shard is left to "
+                         "its new writer")
+
+
 @dataclass
 class Claim:
     """A claim this process holds; :meth:`release` it when the shard is stored (or failed)."""
@@ -345,8 +359,28 @@ class Claim:
     raw: bytes
 
     def touch(self) -> None:
-        with contextlib.suppress(OSError):
-            os.utime(self.path)
+        """Refresh the claim's time, if the claim file is still this claim; :class:`ClaimLost`
+        if not, so that a writer never keeps another's claim alive and learns that the shard is
+        no longer its to store. Another error of the file system is let pass (the claim is then
+        neither refreshed nor known lost: the next touch looks again)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ClaimLost(self.path, None) from None
+        except OSError:
+            return
+        try:
+            # read and refreshed through one descriptor: the file checked is the file touched
+            with open(fd, "rb", closefd=False) as f:
+                raw = f.read()
+            if raw == self.raw:
+                os.utime(fd if os.utime in os.supports_fd else self.path)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+        if raw != self.raw:
+            raise ClaimLost(self.path, read_claim(self.path))
 
     def release(self) -> None:
         """Remove the claim file if it is still this claim (never a successor's)."""
@@ -404,12 +438,17 @@ def try_claim(out: Path, shard: Shard) -> Claim | ClaimInfo:
 @contextlib.contextmanager
 def heartbeat(claim: Claim) -> Iterator[None]:
     """Touch ``claim`` every :data:`HEARTBEAT_S` while the block runs, so that a long shard's
-    claim never looks stale to a writer on another host."""
+    claim never looks stale to a writer on another host; once the claim is lost
+    (:class:`ClaimLost`) it beats no more. The block itself touches the claim before it stores
+    anything (``moe_theory.sweep.compute_shard``): a lost claim then stops it."""
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
-            claim.touch()
+            try:
+                claim.touch()
+            except ClaimLost:
+                return
 
     thread = threading.Thread(target=beat, name="claim-heartbeat", daemon=True)
     thread.start()

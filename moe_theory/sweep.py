@@ -48,6 +48,7 @@ from moe_theory.store import (
     HOST,
     SORT_KEYS,
     Claim,
+    ClaimLost,
     Shard,
     atomic_write,
     claim_holder,
@@ -271,8 +272,10 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
     -------
     ``{"shard", "status", "rows", "reps", "rep_block", "oom_retries", "wall_s", "worker"}``:
     small, so that a remote worker sends back no table. ``status`` is ``computed``, ``stored``
-    (finished meanwhile by another writer) or ``claimed`` (another writer holds it: ``worker``
-    names it).
+    (finished meanwhile by another writer), ``claimed`` (another writer holds it: ``worker``
+    names it) or ``lost`` (another writer took the claim over while this one computed, as
+    stale: this process was stopped past ``STALE_AFTER_S``, say; nothing is stored, the shard
+    is the new writer's, which ``worker`` names, empty where the claim was removed).
     """
     out = Path(out)
     start = time.perf_counter()
@@ -289,10 +292,15 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
         with heartbeat(claim):
             rows, block, retries = fit_in_blocks(shard, config, device, backend,
                                                  recorded_references(out))
+            # stored only under a claim still this process's, just refreshed: no other writer
+            # takes it over before STALE_AFTER_S, far longer than the write
+            claim.touch()
             write_shard(out, shard, rows)
         # the other processes on the GPU wait for the memory this shard's batches cached rather
         # than shrink their blocks (fit_in_blocks): give it back between shards
         _empty_cache(device)
+    except ClaimLost as lost:
+        return {**meta, "status": "lost", "worker": str(lost.holder or "")}
     finally:
         claim.release()
     return {**meta, "rows": len(rows), "rep_block": block, "oom_retries": retries,
@@ -849,6 +857,12 @@ def run_sweep(
                 for meta in map_shards(work, free, executor=executor, scheduler=scheduler,
                                        local_workers=local_workers, gpus=gpu_ids, device=device,
                                        cost=functools.partial(shard_cost, config), log=log):
+                    if meta["status"] == "lost":
+                        whose = (f"taken over by {meta['worker']}, whose the shard is now"
+                                 if meta["worker"] else "removed; the shard runs again")
+                        log(f"{meta['shard']}: the claim of the process computing it was "
+                            f"{whose} (it had looked stale: was the process stopped?); its "
+                            f"rows are not stored")
                     if meta["status"] == "computed":
                         runs[meta["shard"]] = runs.get(meta["shard"], 0) + 1
                         computed, index = computed + 1, index + 1

@@ -14,6 +14,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -204,6 +205,67 @@ def test_claims_block_live_writers_and_expire_with_them(tmp_path):
     old = time.time() - store.STALE_AFTER_S - 1
     os.utime(path, (old, old))
     assert store.claim_holder(tmp_path, shard) is None
+
+
+def _taken_over(out: Path, shard) -> store.Claim:
+    """Another writer's takeover of this process's claim on ``shard``, once it went stale (its
+    writer stopped, a laptop asleep or a process paused, past STALE_AFTER_S): the new claim."""
+    path = store.claim_path(out, shard)
+    old = time.time() - store.STALE_AFTER_S - 1
+    os.utime(path, (old, old))
+    new = store.try_claim(out, shard)
+    assert isinstance(new, store.Claim)
+    return new
+
+
+def test_a_claim_taken_over_is_not_touched_by_its_old_writer(tmp_path):
+    """A touch that refreshed whatever claim was at the path kept the new writer's claim alive
+    after it died (and the old writer never learned it had lost the shard)."""
+    shard = plan(parse_config(TINY))[0]
+    mine = store.try_claim(tmp_path, shard)
+    mine.touch()  # its own: refreshed
+    theirs = _taken_over(tmp_path, shard)
+    path = store.claim_path(tmp_path, shard)
+    old = time.time() - 100
+    os.utime(path, (old, old))
+    whose = rf"{re.escape(str(path))}: .* taken over by {store.HOST}:{os.getpid()}"
+    with pytest.raises(store.ClaimLost, match=whose):
+        mine.touch()
+    assert path.stat().st_mtime == pytest.approx(old)
+    assert path.read_bytes() == theirs.raw
+    mine.release()  # not its claim: left alone
+    assert path.read_bytes() == theirs.raw
+    theirs.release()
+    with pytest.raises(store.ClaimLost, match="removed"):
+        mine.touch()
+
+
+def test_a_writer_whose_claim_was_taken_over_stores_nothing(tmp_path, monkeypatch):
+    """A worker whose claim went stale while it fitted, and was taken over, wrote its shard over
+    the new writer's and kept that writer's claim alive with its heartbeat: it stores nothing,
+    its heartbeat stops, and it says whose the shard is now."""
+    config = parse_config(TINY)
+    out = tmp_path / "out"
+    store.write_manifest(out, config)
+    shard = plan(config)[0]
+    path = store.claim_path(out, shard)
+    monkeypatch.setattr(store, "HEARTBEAT_S", 0.01)
+    new: list[store.Claim] = []
+    old = time.time() - 100
+
+    def fit_taken_over(*args, **kwargs):
+        new.append(_taken_over(out, shard))
+        os.utime(path, (old, old))
+        time.sleep(0.3)  # heartbeats
+        return pd.DataFrame({"rep": [0]}), 1, 0
+
+    monkeypatch.setattr(sweep, "fit_in_blocks", fit_taken_over)
+    meta = sweep.compute_shard(shard, config=config, out=out)
+    assert meta["status"] == "lost" and meta["worker"] == f"{store.HOST}:{os.getpid()}"
+    assert not shard_path(out, shard).exists()
+    assert not store.checksum_path(shard_path(out, shard)).exists()
+    assert path.read_bytes() == new[0].raw  # the new writer's claim, kept
+    assert path.stat().st_mtime == pytest.approx(old)  # and not refreshed
 
 
 def test_cleanup_removes_only_temporary_files_of_writers_that_are_gone(tmp_path):
