@@ -207,9 +207,25 @@ def _replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to the disk; where the system cannot sync a
+    folder (some file systems, Windows), the rename is as durable as the system makes it."""
+    with contextlib.suppress(OSError):
+        _sync(folder)
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same folder, then rename: readers see either the
-    old file or the whole new one, never a partial file, whenever the process dies.
+    old file or the whole new one, never a partial file, whenever the process dies; and, the
+    file's bytes and then the rename flushed to the disk, whenever the machine stops.
 
     Raises :class:`StorageError` naming ``path`` when the file system refuses (read-only, full,
     no permission); the temporary file is removed.
@@ -221,7 +237,12 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.close(fd)
         write(str(tmp))
+        # the rename may reach the disk before the data it names: after a power cut the new
+        # name would hold an empty or partial file, which a resumed sweep reads as damaged at
+        # best, while the old file it replaced is gone
+        _sync(tmp)
         _replace(tmp, path)
+        _sync_folder(path.parent)
     except OSError as err:
         raise _os_error(path, err) from None
     finally:

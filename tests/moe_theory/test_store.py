@@ -1009,3 +1009,34 @@ def test_three_damaged_copies_set_aside_in_one_second_are_all_kept(tmp_path, mon
         store.move_aside(out, shard)
     kept = sorted(p.read_bytes() for p in (out / "damaged").rglob("*.parquet*"))
     assert kept == [f"damaged copy {i}".encode() for i in range(3)]
+
+
+def test_an_atomic_write_flushes_the_bytes_before_the_rename_and_the_rename_after(
+        tmp_path, monkeypatch):
+    # the rename could reach the disk before the bytes it names: after a power cut the new
+    # name held an empty file and the old one was gone. The order of the flushes is what
+    # makes the write durable; a power cut cannot be simulated here, the order can.
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")
+                       if os.path.exists(f"/proc/self/fd/{fd}") else fd))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "fsync", fsync)
+    monkeypatch.setattr(store.os, "replace", replace)
+    target = tmp_path / "table.json"
+    store.atomic_write(target, lambda p: Path(p).write_text("{}"))
+    assert target.read_text() == "{}"
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"]
+    if sys.platform.startswith("linux"):
+        # the first flush is the temporary file's (the bytes), the last the folder's (the name)
+        folder = os.path.realpath(tmp_path)
+        assert events[0][1] != folder and os.path.dirname(events[0][1]) == folder
+        assert events[2][1] == folder
