@@ -108,21 +108,25 @@ def moe_pass_errors(X, Y, gp, ep, *, gate: str, score: str, expert: str,
     return pass_errors(got, want)
 
 
-def moe_failures(errors: dict[str, float], dtype: torch.dtype) -> dict[str, float]:
-    """The errors above their tolerance (:data:`MOE_RTOL`, :data:`MOE_RTOL_F64`)."""
-    def limit(name: str) -> float:
-        return MOE_RTOL_F64 if dtype == torch.float64 else MOE_RTOL[name]
+def moe_tolerance(name: str, dtype: torch.dtype) -> float:
+    """The tolerance of output ``name`` (``loss``, ``jtr``, ``jtj``) of a MoE pass on ``dtype``
+    data (:data:`MOE_RTOL`, :data:`MOE_RTOL_F64`)."""
+    return MOE_RTOL_F64 if dtype == torch.float64 else MOE_RTOL[name]
 
-    return {name: e for name, e in errors.items() if not e <= limit(name)}
+
+def moe_failures(errors: dict[str, float], dtype: torch.dtype) -> dict[str, float]:
+    """The errors above their tolerance (:func:`moe_tolerance`)."""
+    return {name: e for name, e in errors.items() if not e <= moe_tolerance(name, dtype)}
 
 
 def gram_errors(U: torch.Tensor, X: torch.Tensor, *, gate: str, expert: str, k: int,
-                precisions: tuple[str, ...]) -> dict[str, float]:
+                precisions: tuple[str, ...], config=None) -> dict[str, float]:
     """Errors of the Triton Gram kernel's ``J^T J`` (one per ``tl.dot`` precision) against the
-    float64 Gram product of the same coefficients ``U (R, m, n)`` and samples ``X (R, n, d)``."""
+    float64 Gram product of the same coefficients ``U (R, m, n)`` and samples ``X (R, n, d)``;
+    ``config``: the kernel's block sizes (:class:`kernels.moe.triton_gram.GramConfig`)."""
     kw = dict(gate=gate, expert=expert, k=k)
     want = torch_gram_jtj(U.double(), X.double(), **kw)
-    return {prec: relative_error(gram_jtj(U, X, precision=prec, **kw), want)
+    return {prec: relative_error(gram_jtj(U, X, precision=prec, config=config, **kw), want)
             for prec in precisions}
 
 

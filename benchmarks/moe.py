@@ -6,9 +6,10 @@ In one process, on the same random float32 data (sigmoid gate, linear score, ReL
 - torch.compile of the reference's per-chunk loss + ``J^T r`` (same chunking as the reference);
 - the reference Gauss-Newton pass (eager).
 Before timing, every kernel output is checked against the reference in float64 on the same data
-(:mod:`benchmarks.checks`, which ``tests/gpu`` runs too). Floors (docs/kernels.md#moe-pass):
-bytes ``R n (d + 1) itemsize`` over the copy bandwidth measured in the same run; ``J^T J`` FLOPs
-``2 R n p^2`` against torch.matmul's measured tf32 / float64 rates.
+(:mod:`benchmarks.checks`, which ``tests/gpu`` runs too); one that fails its check is not timed,
+no ratio is built on it, and its row's ``not_timed`` says why (:func:`_timed`). Floors
+(docs/kernels.md#moe-pass): bytes ``R n (d + 1) itemsize`` over the copy bandwidth measured in
+the same run; ``J^T J`` FLOPs ``2 R n p^2`` against torch.matmul's measured tf32 / float64 rates.
 
 ``--check`` compiles and checks every gate, score and expert (both dtypes) on small problems;
 ``--tune`` times block-size variants of both kernels (the numbers behind the defaults in
@@ -32,9 +33,11 @@ import torch
 
 from benchmarks.checks import (
     gram_errors,
+    gram_tolerance,
     moe_failures,
     moe_pass_errors,
     moe_problem,
+    moe_tolerance,
     pass_errors,
     reference_pass,
 )
@@ -42,7 +45,13 @@ from benchmarks.output import add_output_arguments, output_path, write_json
 from kernels.moe.gram import applies as gram_applies
 from kernels.moe.gram import feature_pairs
 from kernels.moe.gram import gram_jtj as torch_gram_jtj
-from kernels.moe.torch_pass import _chunk_size, jacobian_chunk, jacobian_coefficients, n_free_gates
+from kernels.moe.torch_pass import (
+    MoEPass,
+    _chunk_size,
+    jacobian_chunk,
+    jacobian_coefficients,
+    n_free_gates,
+)
 from kernels.moe.torch_pass import moe_pass as reference_moe_pass
 from kernels.moe.triton_gram import GramConfig, gram_jtj
 from kernels.moe.triton_pass import LaunchConfig, default_config, fp64_dots, triton_moe_pass
@@ -254,30 +263,99 @@ def _check(out, ref, what: str, dtype: torch.dtype = torch.float32) -> dict:
     return err
 
 
+def _checked(fn: Callable[[], dict]) -> dict:
+    """A check's errors, or ``{"error": ...}`` where the checked call raised (recorded, the run
+    goes on: the provider is then not timed)."""
+    try:
+        return fn()
+    except Exception as err:
+        print(f"  check failed: {type(err).__name__}: {str(err)[:500]}", flush=True)
+        return {"error": f"{type(err).__name__}: {str(err)[:2000]}"}
+
+
+def check_failure(errors: dict, limit: Callable[[str], float]) -> str | None:
+    """Why a provider's check failed, None when it passed: the check raised (``errors`` holds
+    ``error``), or an error is above ``limit(name)`` (NaN and inf included)."""
+    if "error" in errors:
+        return f"check raised: {errors['error']}"
+    bad = {name: e for name, e in errors.items() if not e <= limit(name)}
+    if bad:
+        return "check failed: " + ", ".join(f"{name} {e:.1e} > {limit(name):.0e}"
+                                              for name, e in bad.items())
+    return None
+
+
+def moe_check_failure(errors: dict, dtype: torch.dtype) -> str | None:
+    """:func:`check_failure` of a MoE pass at the tolerances of :func:`moe_failures`."""
+    return check_failure(errors, lambda name: moe_tolerance(name, dtype))
+
+
+def _timed(row: dict, key: str, failure: str | None, fn: Callable[[], object], *,
+           sub: str | None = None) -> float | None:
+    """Time ``fn`` into ``row[key]`` (``row[key][sub]``) if its provider passed its check.
+
+    A provider whose output failed its check (``failure``, from :func:`check_failure`) is not
+    timed: a wrong result's time is no measurement of the pass, so it is left out of the row and
+    of every ratio built on it, and ``row["not_timed"]["key[.sub]"]`` says why.
+    """
+    name = key if sub is None else f"{key}.{sub}"
+    if failure is not None:
+        row.setdefault("not_timed", {})[name] = failure
+        print(f"  not timed {name}: {failure}", flush=True)
+        return None
+    ms = _bench(fn)
+    if sub is None:
+        row[key] = ms
+    else:
+        row.setdefault(key, {})[sub] = ms
+    return ms
+
+
+def _add_section(row: dict, section: dict, suffix: str = "") -> None:
+    """``row.update`` with ``suffix`` on each key, the section's ``not_timed`` entries added to
+    the row's own (named as the keys they stand for) rather than replacing them."""
+    for name, why in section.pop("not_timed", {}).items():
+        key, dot, sub = name.partition(".")
+        row.setdefault("not_timed", {})[f"{key}{suffix}{dot}{sub}"] = why
+    row.update({f"{key}{suffix}": v for key, v in section.items()})
+
+
+def _gradient_only(ref: MoEPass) -> MoEPass:
+    """The reference's loss and ``J^T r``: what a pass without ``J^T J`` is checked against."""
+    return MoEPass(ref.loss, ref.jtr, None)
+
+
 def _gradient_point(R: int, n: int, d: int, k: int, bandwidth: float, tune: bool) -> dict:
     X, Y, gp, ep = _problem(R, n, d, k, torch.float32)
     ex = models.get_expert(MODEL["expert"])
     print(f"(R, n, d, k) = {(R, n, d, k)}", flush=True)
     ref = reference_pass(X, Y, gp, ep, **MODEL, gauss_newton=False)
     row = dict(R=R, n=n, d=d, k=k, p=_p(d, k))
-    row["check"] = _check(triton_moe_pass(X, Y, gp, ep, **{**MODEL, "expert": ex},
-                                          gauss_newton=False), ref, "ours")
-    del ref
-    row["floor_ms"] = R * n * (d + 1) * X.element_size() / bandwidth / 1e6
     ours = functools.partial(triton_moe_pass, X, Y, gp, ep, **{**MODEL, "expert": ex},
                              gauss_newton=False)
-    row["ours_ms"] = _bench(ours)
-    # Launch and host overhead: the same call on 1/100 of the samples.
+    row["check"] = _checked(lambda: _check(ours(), ref, "ours"))
+    row["floor_ms"] = R * n * (d + 1) * X.element_size() / bandwidth / 1e6
+    _timed(row, "ours_ms", moe_check_failure(row["check"], X.dtype), ours)
+    # Launch and host overhead: the same call on 1/100 of the samples, checked on its own data.
     small = _problem(R, n // 100, d, k, torch.float32)
-    row["ours_small_ms"] = _bench(lambda: triton_moe_pass(*small, **{**MODEL, "expert": ex},
-                                                          gauss_newton=False))
+    ours_small = functools.partial(triton_moe_pass, *small, **{**MODEL, "expert": ex},
+                                   gauss_newton=False)
+    row["check_small"] = _checked(lambda: _check(
+        ours_small(), reference_pass(*small, **MODEL, gauss_newton=False), "ours, n / 100"))
+    _timed(row, "ours_small_ms", moe_check_failure(row["check_small"], X.dtype), ours_small)
     if tune:
-        row["variants"] = [dict(config=vars(c), ms=_bench(functools.partial(ours, config=c)))
-                           for c in GRADIENT_VARIANTS]
+        row["variants"] = []
+        for c in GRADIENT_VARIANTS:
+            variant = {"config": vars(c)}
+            variant["check"] = _checked(lambda c=c: _check(ours(config=c), ref, f"variant {c}"))
+            _timed(variant, "ms", moe_check_failure(variant["check"], X.dtype),
+                   functools.partial(ours, config=c))
+            row["variants"].append(variant)
         _print_variants(row["variants"])
     row["eager_ms"] = _bench(lambda: _eager_step(X, Y, gp, ep, **MODEL))
-    row["ratio_to_floor"] = row["ours_ms"] / row["floor_ms"]
-    row["speedup_vs_eager"] = row["eager_ms"] / row["ours_ms"]
+    if "ours_ms" in row:  # a ratio only of a pass that passed its check
+        row["ratio_to_floor"] = row["ours_ms"] / row["floor_ms"]
+        row["speedup_vs_eager"] = row["eager_ms"] / row["ours_ms"]
     return row
 
 
@@ -292,8 +370,10 @@ def _compiled_point(row: dict) -> dict:
     # compile_s held the whole timing loop as well
     compile_s = time.perf_counter() - t0
     ms = _bench(lambda: _compiled_reference(X, Y, gp, ep, **MODEL))
-    return dict(compile_s=compile_s, compiled_reference_ms=ms,
-                speedup_vs_compiled=ms / row["ours_ms"])
+    out = dict(compile_s=compile_s, compiled_reference_ms=ms)
+    if "ours_ms" in row:  # not where ours failed its check (not timed)
+        out["speedup_vs_compiled"] = ms / row["ours_ms"]
+    return out
 
 
 def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tune: bool) -> dict:
@@ -304,54 +384,66 @@ def _gn_point(R: int, n: int, d: int, k: int, bandwidth: float, rates: dict, tun
     print(f"(R, n, d, k) = {(R, n, d, k)}, p = {p}", flush=True)
     row = dict(R=R, n=n, d=d, k=k, p=p, jtj_flop=2 * R * n * p * p)
     ref = reference_pass(X, Y, gp, ep, **MODEL)
-    row["check"] = _check(triton_moe_pass(X, Y, gp, ep, **model), ref, "ours fp32 (tf32 J^T J)")
+    gn = functools.partial(triton_moe_pass, X, Y, gp, ep, **model)
+    row["check"] = _checked(lambda: _check(gn(), ref, "ours fp32 (tf32 J^T J)"))
+    # the pass without J^T J is another compiled kernel (no coefficients U written): its own check
+    row["check_gradient"] = _checked(lambda: _check(gn(gauss_newton=False), _gradient_only(ref),
+                                                    "ours fp32, gradient only"))
     row["triton_fp64_dots"] = fp64_dots(X.device)
-    if row["triton_fp64_dots"]:
-        row["check_fp64"] = _section(lambda ref=ref: _check(triton_moe_pass(
-            X.double(), Y.double(), gp.double(), ep.double(), **model), ref, "ours fp64",
-            torch.float64))
-    row["check_precisions"] = {
-        prec: moe_pass_errors(X, Y, gp, ep, **MODEL, config=with_precision(d, k, prec),
-                              reference=ref)
-        for prec in PRECISIONS
-    }
-    del ref
-    row["floor_ms"] = R * n * (d + 1) * X.element_size() / bandwidth / 1e6
-    row["ours_gradient_ms"] = _bench(lambda: triton_moe_pass(X, Y, gp, ep, **model,
-                                                             gauss_newton=False))
-    row["ours_gn_ms"] = _bench(lambda: triton_moe_pass(X, Y, gp, ep, **model))
-    row["ours_gn_precision_ms"] = {
-        prec: _bench(lambda prec=prec: triton_moe_pass(X, Y, gp, ep, **model,
-                                                       config=with_precision(d, k, prec)))
-        for prec in PRECISIONS
-    }
     X64, Y64, gp64, ep64 = X.double(), Y.double(), gp.double(), ep.double()
-    if row["triton_fp64_dots"] and "error" not in row["check_fp64"]:
-        row["ours_gn_fp64_ms"] = _bench(lambda: triton_moe_pass(X64, Y64, gp64, ep64, **model))
+    gn64 = functools.partial(triton_moe_pass, X64, Y64, gp64, ep64, **model)
+    if row["triton_fp64_dots"]:
+        row["check_fp64"] = _checked(lambda: _check(gn64(), ref, "ours fp64", torch.float64))
+    row["check_precisions"] = {
+        prec: _checked(lambda prec=prec: moe_pass_errors(
+            X, Y, gp, ep, **MODEL, config=with_precision(d, k, prec), reference=ref))
+        for prec in PRECISIONS
+    }
+    if tune and not gram_applies(MODEL["score"]):
+        variant_checks = [_checked(lambda c=c: _check(gn(config=c), ref, f"variant {c}"))
+                          for c in GN_VARIANTS]
+    row["floor_ms"] = R * n * (d + 1) * X.element_size() / bandwidth / 1e6
+    # each pass timed only if it passed its check (_timed); the ratios below leave out the others
+    _timed(row, "ours_gradient_ms", moe_check_failure(row["check_gradient"], X.dtype),
+           functools.partial(gn, gauss_newton=False))
+    _timed(row, "ours_gn_ms", moe_check_failure(row["check"], X.dtype), gn)
+    for prec in PRECISIONS:
+        _timed(row, "ours_gn_precision_ms",
+               moe_check_failure(row["check_precisions"][prec], X.dtype),
+               functools.partial(gn, config=with_precision(d, k, prec)), sub=prec)
+    if row["triton_fp64_dots"]:
+        _timed(row, "ours_gn_fp64_ms", moe_check_failure(row["check_fp64"], torch.float64), gn64)
     row["reference_gn_fp64_ms"] = _bench(lambda: reference_moe_pass(X64, Y64, gp64, ep64,
                                                                      **model))
     if gram_applies(MODEL["score"]):
-        row.update(_gram_section(X, jacobian_coefficients(X, gp, ep, **model), d, k, rates, tune))
+        _add_section(row, _gram_section(X, jacobian_coefficients(X, gp, ep, **model), d, k,
+                                        rates, tune))
         if row["triton_fp64_dots"]:
-            row.update({f"{key}_fp64": v for key, v in _gram_section(
+            _add_section(row, _gram_section(
                 X64, jacobian_coefficients(X64, gp64, ep64, **model), d, k, rates, tune,
-                precisions=("ieee",)).items()})
+                precisions=("ieee",)), suffix="_fp64")
     elif tune:
-        row["variants"] = [
-            dict(config=vars(c), ms=_bench(lambda c=c: triton_moe_pass(X, Y, gp, ep, **model,
-                                                                       config=c)))
-            for c in GN_VARIANTS
-        ]
+        row["variants"] = []
+        for c, check in zip(GN_VARIANTS, variant_checks, strict=True):
+            variant = {"config": vars(c), "check": check}
+            _timed(variant, "ms", moe_check_failure(check, X.dtype),
+                   functools.partial(gn, config=c))
+            row["variants"].append(variant)
         _print_variants(row["variants"])
     row["eager_ms"] = _bench(lambda: _eager_step(X, Y, gp, ep, **MODEL))
     row["reference_gn_ms"] = _bench(lambda: reference_moe_pass(X, Y, gp, ep, **model))
-    row["jtj_tflops"] = row["jtj_flop"] / row["ours_gn_ms"] / 1e9
-    row["jtj_vs_tf32_matmul"] = row["jtj_tflops"] / rates["tf32"]
+    if "ours_gn_ms" in row:
+        row["jtj_tflops"] = row["jtj_flop"] / row["ours_gn_ms"] / 1e9
+        row["jtj_vs_tf32_matmul"] = row["jtj_tflops"] / rates["tf32"]
+        row["speedup_gn_vs_reference"] = row["reference_gn_ms"] / row["ours_gn_ms"]
+    # the float64 rate of ours where it has float64 dots and passed its check, else of the
+    # reference (named, so that a reference rate is never read as ours)
+    row["jtj_fp64_provider"] = "ours" if "ours_gn_fp64_ms" in row else "reference"
     fp64_ms = row.get("ours_gn_fp64_ms", row["reference_gn_fp64_ms"])
     row["jtj_tflops_fp64"] = row["jtj_flop"] / fp64_ms / 1e9
     row["jtj_fp64_vs_fp64_matmul"] = row["jtj_tflops_fp64"] / rates["fp64"]
-    row["gradient_ratio_to_floor"] = row["ours_gradient_ms"] / row["floor_ms"]
-    row["speedup_gn_vs_reference"] = row["reference_gn_ms"] / row["ours_gn_ms"]
+    if "ours_gradient_ms" in row:
+        row["gradient_ratio_to_floor"] = row["ours_gradient_ms"] / row["floor_ms"]
     return row
 
 
@@ -366,12 +458,21 @@ def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,
     executed = 2 * R * n * (m * (m + 1) // 2) * ((d + 1) * (d + 2) // 2)
     rate_key = "fp64" if X.dtype == torch.float64 else "tf32"
     out = {"gram_executed_flop": executed, "gram_ms": {}}
-    # the Triton kernel's output against the PyTorch Gram product before it is timed
-    out["gram_check"] = gram_errors(U, X, **kw, precisions=precisions)
+    # the Triton kernel's output against the PyTorch Gram product before it is timed; a
+    # precision that fails its check is not timed (_timed) and no rate below is built on it
+    out["gram_check"] = _checked(lambda: gram_errors(U, X, **kw, precisions=precisions))
     print("  Gram check (relative error vs float64): " + ", ".join(
-        f"{k_} {v:.1e}" for k_, v in out["gram_check"].items()), flush=True)
+        f"{k_} {v:.1e}" if isinstance(v, float) else f"{k_} {v}"
+        for k_, v in out["gram_check"].items()), flush=True)
+
+    def tolerance(prec: str) -> float:
+        return gram_tolerance(X.dtype, prec)
+
     for prec in precisions:
-        out["gram_ms"][prec] = _bench(lambda prec=prec: gram_jtj(U, X, precision=prec, **kw))
+        errors = out["gram_check"] if "error" in out["gram_check"] else {
+            prec: out["gram_check"][prec]}
+        _timed(out, "gram_ms", check_failure(errors, tolerance),
+               lambda prec=prec: gram_jtj(U, X, precision=prec, **kw), sub=prec)
     # the same product through PyTorch: W and V per sample chunk, one cuBLAS batched product each
     # (tf32 allowed for float32, as the Triton kernel's default)
     old = torch.backends.cuda.matmul.allow_tf32
@@ -384,8 +485,11 @@ def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,
             lambda: torch_gram_jtj(U, X, V=pairs, **kw))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
-    best = min(out["gram_ms"]["ieee" if X.dtype == torch.float64 else "tf32"],
-               out["gram_ms"]["torch"], out["gram_ms"]["torch_cached_V"])
+    # the fastest of the checked kernel's default precision and PyTorch's products (the
+    # reference itself): a failed kernel is not in gram_ms, so not in the rates
+    best = min(out["gram_ms"][key] for key in (
+        "ieee" if X.dtype == torch.float64 else "tf32", "torch", "torch_cached_V")
+        if key in out["gram_ms"])
     out["gram_effective_tflops"] = 2 * R * n * p * p / best / 1e9
     out["gram_executed_tflops"] = executed / best / 1e9
     out["gram_vs_matmul"] = out["gram_effective_tflops"] / rates[rate_key]
@@ -396,10 +500,21 @@ def _gram_section(X, U, d: int, k: int, rates: dict, tune: bool,
           f"{out['gram_executed_tflops']:.0f} TFLOP/s", flush=True)
     if tune:
         out["gram_variants"] = []
+        # the variants run at the kernel's default precision: tf32 for float32 on a GPU
+        default = "ieee" if X.dtype == torch.float64 else "tf32"
         for c in GRAM_VARIANTS:
-            got = _section(lambda c=c: {"ms": _bench(lambda: gram_jtj(U, X, config=c, **kw))})
-            out["gram_variants"].append(dict(config=vars(c), **got))
-            print(f"  Gram variant {vars(c)}: {got}", flush=True)
+            variant = {"config": vars(c)}
+            variant["check"] = _checked(lambda c=c: gram_errors(U, X, **kw, precisions=(default,),
+                                                                config=c))
+
+            def time_variant(c=c, variant=variant) -> dict:
+                _timed(variant, "ms", check_failure(variant["check"], tolerance),
+                       lambda: gram_jtj(U, X, config=c, **kw))
+                return {}
+
+            variant.update(_section(time_variant))  # a launch that fails records its error
+            out["gram_variants"].append(variant)
+            print(f"  Gram variant {vars(c)}: {variant}", flush=True)
     return out
 
 
@@ -477,7 +592,7 @@ def _print_variants(variants: list[dict]) -> None:
         print(f"  variant bn={c['block_n']} w={c['num_warps']} s={c['num_stages']} "
               f"tile={c['tile_max']} waves={c['waves']} acc3={c['acc3']} split={c['split']} "
               f"maxnreg={c.get('maxnreg')}: "
-              f"{v['ms']:.4f} ms",
+              + (f"{v['ms']:.4f} ms" if "ms" in v else "not timed (failed its check)"),
               flush=True)
 
 
@@ -490,31 +605,49 @@ def _section(fn: Callable[[], dict]) -> dict:
         return {"error": f"{type(err).__name__}: {str(err)[:2000]}"}
 
 
+def _fmt(row: dict, key: str, spec: str) -> str:
+    """``row[key]`` formatted, or ``-`` in the same width where it is missing (a pass that
+    failed its check has no time and no ratio)."""
+    value = row.get(key)
+    width = spec.split(".")[0]
+    return f"{'-':>{width}}" if value is None else f"{value:{spec}}"
+
+
 def _print_table(results: dict) -> None:
     print(f"\ncopy bandwidth {results['bandwidth_gbs']:.0f} GB/s; matmul TFLOP/s "
           + ", ".join(f"{k} {v:.1f}" for k, v in results["matmul_tflops"].items()))
     print(f"{'R':>4} {'n':>8} {'d':>3} {'k':>2} | {'ours ms':>8} {'floor ms':>8} {'x floor':>7} "
           f"| {'eager ms':>8} {'x eager':>7} | {'compiled':>8} {'x comp':>6}")
+    not_timed = []
     for r in results["gradient"]:
         if "error" in r:
             continue
-        comp = r.get("compiled_reference_ms")
-        print(f"{r['R']:>4} {r['n']:>8} {r['d']:>3} {r['k']:>2} | {r['ours_ms']:8.3f} "
-              f"{r['floor_ms']:8.3f} {r['ratio_to_floor']:7.2f} | {r['eager_ms']:8.2f} "
-              f"{r['speedup_vs_eager']:7.1f} | "
-              + (f"{comp:8.2f} {r['speedup_vs_compiled']:6.1f}" if comp else f"{'-':>8} {'-':>6}"))
+        print(f"{r['R']:>4} {r['n']:>8} {r['d']:>3} {r['k']:>2} | {_fmt(r, 'ours_ms', '8.3f')} "
+              f"{r['floor_ms']:8.3f} {_fmt(r, 'ratio_to_floor', '7.2f')} | "
+              f"{r['eager_ms']:8.2f} {_fmt(r, 'speedup_vs_eager', '7.1f')} | "
+              f"{_fmt(r, 'compiled_reference_ms', '8.2f')} {_fmt(r, 'speedup_vs_compiled', '6.1f')}")
+        not_timed += [(r["R"], r["n"], r["d"], r["k"], key, why)
+                      for key, why in r.get("not_timed", {}).items()]
     g = results.get("gauss_newton")
     if g and "error" not in g:
-        print(f"GN {(g['R'], g['n'], g['d'], g['k'])} p={g['p']}: ours {g['ours_gn_ms']:.3f} ms "
-              f"({g['jtj_tflops']:.1f} TFLOP/s = {g['jtj_vs_tf32_matmul']:.2f} x tf32 matmul); "
-              f"fp64 ({'ours' if 'ours_gn_fp64_ms' in g else 'reference'}) "
+        ours = (f"ours {g['ours_gn_ms']:.3f} ms ({g['jtj_tflops']:.1f} TFLOP/s = "
+                f"{g['jtj_vs_tf32_matmul']:.2f} x tf32 matmul)" if "ours_gn_ms" in g
+                else "ours not timed (failed its check)")
+        gradient = (f"gradient {g['ours_gradient_ms']:.3f} ms "
+                    f"({g['gradient_ratio_to_floor']:.2f} x floor)" if "ours_gradient_ms" in g
+                    else "gradient not timed (failed its check)")
+        print(f"GN {(g['R'], g['n'], g['d'], g['k'])} p={g['p']}: {ours}; "
+              f"fp64 ({g['jtj_fp64_provider']}) "
               f"{g.get('ours_gn_fp64_ms', g['reference_gn_fp64_ms']):.3f} ms "
               f"({g['jtj_tflops_fp64']:.1f} TFLOP/s = "
               f"{g['jtj_fp64_vs_fp64_matmul']:.2f} x fp64 matmul); reference GN "
-              f"{g['reference_gn_ms']:.2f} ms; gradient {g['ours_gradient_ms']:.3f} ms "
-              f"({g['gradient_ratio_to_floor']:.2f} x floor); eager {g['eager_ms']:.2f} ms")
+              f"{g['reference_gn_ms']:.2f} ms; {gradient}; eager {g['eager_ms']:.2f} ms")
         print("  J^T J precision ms: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in g["ours_gn_precision_ms"].items()))
+            f"{k} {v:.3f}" for k, v in g.get("ours_gn_precision_ms", {}).items()))
+        not_timed += [(g["R"], g["n"], g["d"], g["k"], key, why)
+                      for key, why in g.get("not_timed", {}).items()]
+    for R, n, d, k, key, why in not_timed:
+        print(f"not timed at {(R, n, d, k)}: {key}: {why}")
 
 
 def _jobs(tune: bool, check: bool, quick: bool) -> list[tuple]:

@@ -214,6 +214,118 @@ def test_attention_ratios_leave_out_a_provider_that_failed_its_check():
     assert _ratios([row("ours-precise", 400.0), row("sdpa-flash", 300.0, ok=False)]) == []
 
 
+def _moe_stand_ins(monkeypatch, *, wrong_gn: bool, wrong_gradient: bool, wrong_gram: bool):
+    """The moe benchmark on the CPU at small shapes: problems on the CPU, the Triton passes and
+    the Gram kernel replaced by the float64 reference (right, or with one output scaled by 1.5:
+    a pass that fails its check), and a ``_bench`` that runs the timed function once and
+    returns 1 ms. Returns the calls of our passes and Gram kernel made inside ``_bench``."""
+    from benchmarks import checks, moe
+    from kernels.moe.gram import gram_jtj as torch_gram_jtj
+    from kernels.moe.torch_pass import MoEPass
+    from kernels.moe.torch_pass import moe_pass as reference
+
+    timing, timed = [False], []
+    monkeypatch.setattr(moe, "_problem", lambda *a, **kw: checks.moe_problem(*a, **kw,
+                                                                              device="cpu"))
+
+    def bench(fn):
+        timing[0] = True
+        try:
+            fn()
+        finally:
+            timing[0] = False
+        return 1.0
+
+    def ours(X, Y, gp, ep, *, gate, score, expert, gauss_newton=True, config=None):
+        if timing[0]:
+            timed.append(("pass", gauss_newton, config))
+        got = reference(X.double(), Y.double(), gp.double(), ep.double(), gate=gate, score=score,
+                        expert=expert, gauss_newton=gauss_newton)
+        off = None
+        if gauss_newton and wrong_gn:
+            off = "jtj"
+        elif not gauss_newton and wrong_gradient:
+            off = "loss"
+        return MoEPass(*(None if t is None else (1.5 * t if name == off else t).to(X.dtype)
+                         for name, t in zip(got._fields, got, strict=True)))
+
+    def gram(U, X, *, precision=None, config=None, **kw):
+        if timing[0]:
+            timed.append(("gram", precision, config))
+        return torch_gram_jtj(U.double(), X.double(), **kw).to(X.dtype) * (1.5 if wrong_gram
+                                                                          else 1)
+
+    monkeypatch.setattr(moe, "_bench", bench)
+    monkeypatch.setattr(moe, "triton_moe_pass", ours)
+    monkeypatch.setattr(checks, "triton_moe_pass", ours)
+    monkeypatch.setattr(moe, "gram_jtj", gram)
+    monkeypatch.setattr(checks, "gram_jtj", gram)
+    monkeypatch.setattr(moe, "fp64_dots", lambda device: True)
+    return moe, timed
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_moe_benchmark_does_not_time_a_pass_that_failed_its_check(monkeypatch, capsys, wrong):
+    """(found by an audit) a pass whose output failed its check against the float64 reference
+    was timed all the same, and its time entered ``ratio_to_floor``, ``speedup_vs_*`` and the
+    J^T J rates as if valid. A failed provider is now not timed (``not_timed`` says why) and no
+    ratio is built on it; the PyTorch peers are timed either way. Stand-ins (CPU, small shapes):
+    our passes and the Gram kernel are the reference, with one output 1.5x off where ``wrong``."""
+    moe, timed = _moe_stand_ins(monkeypatch, wrong_gn=wrong, wrong_gradient=wrong,
+                                wrong_gram=wrong)
+    grad = moe._gradient_point(3, 203, 3, 2, bandwidth=1.0, tune=True)
+    gn = moe._gn_point(2, 61, 3, 2, bandwidth=1.0, rates={"tf32": 1.0, "fp64": 1.0}, tune=True)
+    ours_keys = ("ours_ms", "ours_small_ms", "ratio_to_floor", "speedup_vs_eager")
+    gn_keys = ("ours_gn_ms", "ours_gradient_ms", "ours_gn_fp64_ms", "ours_gn_precision_ms",
+               "jtj_tflops", "jtj_vs_tf32_matmul", "speedup_gn_vs_reference",
+               "gradient_ratio_to_floor")
+    if not wrong:  # the control: every pass passed its check, and every one was timed
+        assert all(key in grad for key in ours_keys) and "not_timed" not in grad
+        assert all(key in gn for key in gn_keys) and "not_timed" not in gn
+        assert all("ms" in v for v in grad["variants"] + gn["gram_variants"]
+                   + gn["gram_variants_fp64"])
+        assert set(gn["gram_ms"]) == {*moe.PRECISIONS, "torch", "torch_cached_V"}
+        assert gn["jtj_fp64_provider"] == "ours"
+        assert timed
+        return
+    assert timed == []  # none of our passes, nor the Gram kernel, ran inside a timing
+    assert not any(key in grad for key in ours_keys)
+    assert grad["not_timed"]["ours_ms"].startswith("check failed: loss")
+    assert grad["not_timed"]["ours_small_ms"].startswith("check failed: loss")
+    assert all("ms" not in v and v["check"]["loss"] > 1e-5 for v in grad["variants"])
+    assert "eager_ms" in grad  # the peer is still timed, but no ratio against ours
+    assert not any(key in gn for key in gn_keys)
+    assert set(gn["not_timed"]) == {
+        "ours_gn_ms", "ours_gradient_ms", "ours_gn_fp64_ms",
+        *(f"ours_gn_precision_ms.{p}" for p in moe.PRECISIONS),
+        *(f"gram_ms.{p}" for p in moe.PRECISIONS), "gram_ms_fp64.ieee"}
+    assert gn["not_timed"]["ours_gn_fp64_ms"].startswith("check failed: jtj")
+    # the Gram rates are the PyTorch product's alone; the float64 rate is named the reference's
+    assert set(gn["gram_ms"]) == set(gn["gram_ms_fp64"]) == {"torch", "torch_cached_V"}
+    assert gn["gram_effective_tflops"] == 2 * 2 * 61 * gn["p"] ** 2 / 1.0 / 1e9
+    assert gn["jtj_fp64_provider"] == "reference" and "reference_gn_fp64_ms" in gn
+    assert all("ms" not in v for v in gn["gram_variants"] + gn["gram_variants_fp64"])
+    # the summary prints without the missing times and says what was not timed and why
+    moe._print_table({"bandwidth_gbs": 1.0, "matmul_tflops": {"tf32": 1.0}, "gradient": [grad],
+                      "gauss_newton": gn})
+    out = capsys.readouterr().out
+    assert "ours not timed (failed its check)" in out
+    assert "not timed at (3, 203, 3, 2): ours_ms: check failed: loss" in out
+
+
+def test_moe_compiled_peer_has_no_ratio_to_an_untimed_pass(monkeypatch):
+    """The torch.compile peer is timed where ours failed its check, without the ratio."""
+    from benchmarks import moe
+
+    monkeypatch.setattr(moe.torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(moe, "_problem", lambda *a, **k: (None,) * 4)
+    monkeypatch.setattr(moe, "_compiled_reference", lambda *a, **k: None)
+    monkeypatch.setattr(moe, "_bench", lambda fn: 2.0)
+    got = moe._compiled_point({"R": 1, "n": 100, "d": 2, "k": 2,
+                               "not_timed": {"ours_ms": "check failed: loss 1e-1 > 1e-05"}})
+    assert got["compiled_reference_ms"] == 2.0 and "speedup_vs_compiled" not in got
+
+
 H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
 
 
