@@ -861,24 +861,33 @@ def fits_of(curve: pd.DataFrame) -> pd.DataFrame:
     return curve.drop_duplicates(["n", "rep"])
 
 
-def converged_certificate(curve: pd.DataFrame) -> Status:
-    """``converged``: at least CONVERGED_SHARE_MIN of the fits at every n stopped on a
-    tolerance (``stop_reason == "tolerance"``, or the older ``converged`` column) at a
-    stationary point: a fit stopped on ``ftol`` or ``xtol`` whose restart lowered its SSR by
-    more than RESTART_DROP_MAX nu (``restart_drop``) stopped on a short step, not a
-    stationary point, and does not count. Tables written before the restart (no column, or
-    NaN) are read by the stop alone."""
-    fits = fits_of(curve)
+def stationary_stops(fits: pd.DataFrame) -> tuple[pd.Series, pd.Series] | None:
+    """Per fit (one row each), whether it stopped on a tolerance (``stop_reason ==
+    "tolerance"``, or the older ``converged`` column) at a stationary point, and whether it
+    stopped on one but a restart from its end lowered its SSR by more than RESTART_DROP_MAX nu
+    (``restart_drop``: a short step, not a stationary point; a table without the column, or
+    NaN, is read by the stop alone). None without a stop column."""
     if "stop_reason" in fits.columns:
-        ok = fits["stop_reason"].astype(str) == "tolerance"
+        stopped = fits["stop_reason"].astype(str) == "tolerance"
     elif "converged" in fits.columns:
-        ok = fits["converged"].astype(bool)
+        stopped = fits["converged"].astype(bool)
     else:
-        return Status(NOT_RUN, "no stop_reason or converged column")
+        return None
     moved = (fits["restart_drop"].to_numpy(float) > RESTART_DROP_MAX
              if "restart_drop" in fits.columns else np.zeros(len(fits), bool))
-    moved = pd.Series(ok.to_numpy() & moved, index=fits.index)
-    share = (ok & ~moved).groupby(fits["n"]).mean()
+    moved = pd.Series(stopped.to_numpy() & moved, index=fits.index)
+    return stopped & ~moved, moved
+
+
+def converged_certificate(curve: pd.DataFrame) -> Status:
+    """``converged``: at least CONVERGED_SHARE_MIN of the fits at every n stopped on a
+    tolerance at a stationary point (:func:`stationary_stops`)."""
+    fits = fits_of(curve)
+    stops = stationary_stops(fits)
+    if stops is None:
+        return Status(NOT_RUN, "no stop_reason or converged column")
+    ok, moved = stops
+    share = ok.groupby(fits["n"]).mean()
     bad = share[share < CONVERGED_SHARE_MIN]
     if bad.empty:
         return Status(PASS)

@@ -31,6 +31,7 @@ from moe_theory.certificates import (
     FolderCertificates,
     Status,
     overlay_agreement,
+    stationary_stops,
 )
 from moe_theory.console import past_bound
 from moe_theory.kept_values import (
@@ -580,7 +581,8 @@ def rates_table(
             verdict=label, reason=reason,
             overlay_from_n=overlay_agreement(n_all, kept, overlay),
             certified_share=float(curve["certified"].astype(float).mean()),
-            converged_share=float(curve["converged"].astype(float).mean()),
+            # as the converged certificate counts them: a restart that lowered a fit is not one
+            converged_share=float(stationary_stops(curve)[0].mean()),
             wall_s=float(curve["wall_s"].sum()),
             sublevel_max=reach.get("ratio_max", math.nan),
             sublevel_median=reach.get("ratio_median", math.nan),

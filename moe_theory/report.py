@@ -322,7 +322,7 @@ def summary_lines(report: FolderReport) -> list[str]:
         f"{len(rates)} curves: {verdicts}.",
         f"Optimisation health: {fits['certified'].astype(float).mean():.1%} of fits certified "
         f"(fit loss no worse than the reference measure's), "
-        f"{fits['converged'].astype(float).mean():.1%} converged.",
+        f"{cert.stationary_stops(fits)[0].astype(float).mean():.1%} converged.",
     ]
     timing = f"Fit time {fits['wall_s'].sum():.1f} s on {', '.join(sorted(set(results['device'])))}"
     if report.run:

@@ -73,11 +73,11 @@ class FitResult:
     start_certified : (R, S) each start's end is no worse than the reference (the test of
         ``certified``); None without a reference
     restart_drop : (R,) what a restart of the kept fit lowers its sum of squared residuals by,
-        over the noise variance (docs/theory.md#stopping-rule): measured where LM (or scipy)
-        stopped on ``ftol`` or ``xtol``, whose short step need not be a stationary point; 0
-        where ``gtol`` or ``damping`` stopped it (stationary by their own test); NaN where the
-        fit did not stop on a tolerance, and for the other algorithms. None when ``noise_var``
-        is not given
+        over the noise variance (docs/theory.md#stopping-rule): measured where the fit stopped
+        on ``ftol`` or ``xtol`` (a short step, or a small decrease, need not be a stationary
+        point), restarting it with LM whatever the algorithm (scipy's solver for the scipy
+        backend); 0 where ``gtol`` or ``damping`` stopped it (stationary by their own test);
+        NaN where it did not stop on a tolerance. None when ``noise_var`` is not given
     """
 
     measure: MixingMeasure
@@ -283,12 +283,11 @@ def fit_lse(
     tests = [STOP_TESTS[i] for i in out.stop[pick].tolist()]
     restart_drop = None
     if noise_var is not None:
-        solver = (scipy_least_squares if backend == "scipy"
-                  else levenberg_marquardt if algorithm == "lm" else None)
-        restart_drop = _restart_drop(
-            solver, theta, out.loss[pick], tests, box, stop, noise_var,
-            lambda rows: LeastSquaresProblem(X, Y, gate, score, expert, k, kernel_backend, rows,
-                                             gram_dtype))
+        # LM is the probe whatever stopped the fit: L-BFGS and Adam report ftol on a small
+        # relative decrease too, the same short step
+        solver = scipy_least_squares if backend == "scipy" else levenberg_marquardt
+        restart_drop = _restart_drop(solver, theta, out.loss[pick], tests, box, stop, noise_var,
+                                     problem.on_data_sets)
     start_measure = problem.measure(out.theta)
     fitted = start_measure.select(pick)
     fit_loss = out.loss[pick] / X.shape[1]
@@ -319,7 +318,9 @@ def _restart_drop(solver, theta: torch.Tensor, ssr: torch.Tensor, tests: list[st
                   box: tuple[torch.Tensor, torch.Tensor] | None, stop: StopRule,
                   noise_var: float, problem_of) -> torch.Tensor:
     """:attr:`FitResult.restart_drop`: the kept fits that stopped on ``ftol`` or ``xtol`` are
-    started again from their ends, with a fresh damping and the same stopping rule.
+    started again from their ends by ``solver`` (LM, or scipy's for the scipy backend), with a
+    fresh damping and the same stopping rule; ``problem_of(sets)`` poses one problem per data
+    set.
 
     Those two tests see a short accepted step, and after a run of rejected steps the damping
     makes any accepted step short: a fit of ReLU experts can stop there, far from stationary,
@@ -330,7 +331,7 @@ def _restart_drop(solver, theta: torch.Tensor, ssr: torch.Tensor, tests: list[st
     drop = torch.full_like(ssr, math.nan)
     drop[torch.tensor([t in ("gtol", "damping") for t in tests], device=ssr.device)] = 0.0
     short = [r for r, t in enumerate(tests) if t in ("ftol", "xtol")]
-    if solver is None or not short:
+    if not short:
         return drop
     rows = torch.tensor(short, device=theta.device)
     sub_box = None if box is None else (box[0][rows], box[1][rows])

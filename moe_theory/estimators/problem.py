@@ -117,6 +117,16 @@ class LeastSquaresProblem:
                        rows=rows, gram_dtype=self.gram_dtype, check_rows=False)
         return MoEPass(*(None if t is None else t.to(theta.dtype) for t in out))
 
+    def on_data_sets(self, sets: torch.Tensor) -> LeastSquaresProblem:
+        """One problem per data set of ``sets: (B,)``, reading this problem's data in place and
+        sharing its Gram feature pairs, which depend on X alone: a second copy would double
+        the largest cache, and whether it fit would depend on the memory other processes hold
+        at that moment."""
+        sub = LeastSquaresProblem(self.X, self.Y, self.gate, self.score, self.expert, self.k,
+                                  self.backend, sets, self.gram_dtype)
+        sub._features, sub._features_checked = self._features, self._features_checked
+        return sub
+
     def _gram_features(self) -> torch.Tensor | None:
         if not self._features_checked:
             self._features_checked = True

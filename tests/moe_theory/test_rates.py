@@ -782,3 +782,15 @@ def test_no_gap_section_without_the_figures_choice_of_curves():
     assert "gap between the gates" not in format_rates_table(table)
     table["plotted"] = table["fit_gate"].eq("softmax")  # one gate drawn: no pair
     assert len(gap_table(table)) == 0
+
+
+def test_converged_share_counts_as_the_converged_certificate_does():
+    # a fit whose short-step stop a restart lowered by more than 1 nu is not converged for the
+    # certificate: the table's share said 100% beside the certificate's FAIL
+    df = results_table(CURVES).assign(stop_reason="tolerance", restart_drop=0.0, converged=True)
+    moved = (df["fit_gate"] == "softmax") & (df["rep"] < 3)
+    df.loc[moved, "restart_drop"] = 5.0
+    table = rates_table(df, THEORY, n_boot=50).set_index(["fit_gate", "loss_name"])
+    assert table.loc[("softmax", "D3"), "converged_share"] == pytest.approx(1 - 3 / REPS)
+    assert table.loc[("softmax", "D3"), "cert_converged"] == FAIL
+    assert table.loc[("sigmoid", "D3"), "converged_share"] == 1.0
