@@ -106,6 +106,11 @@ FIT_KEYS = ["setting", "fit_gate", "n", "rep"]
 #: :data:`HEARTBEAT_S`; a temporary file lives for the seconds a parquet write takes.
 STALE_AFTER_S = 300.0
 HEARTBEAT_S = 30.0
+#: A claim file found missing just before a shard is stored is looked for again for this long,
+#: every CLAIM_GONE_POLL_S: a writer breaking a stale claim renames the file away and links a
+#: live one back within a few system calls.
+CLAIM_GONE_WAIT_S = 1.0
+CLAIM_GONE_POLL_S = 0.05
 #: A claim file is created empty and filled at once; one still empty after this long was left by
 #: a writer killed in between.
 EMPTY_CLAIM_GRACE_S = 10.0
@@ -207,8 +212,9 @@ def _replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _sync(path: Path, flags: int = os.O_RDWR) -> None:
+    # a file read-write: Windows flushes only a descriptor open for writing
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
@@ -219,7 +225,7 @@ def _sync_folder(folder: Path) -> None:
     """Flush a folder's entries (the rename) to the disk; where the system cannot sync a
     folder (some file systems, Windows), the rename is as durable as the system makes it."""
     with contextlib.suppress(OSError):
-        _sync(folder)
+        _sync(folder, os.O_RDONLY)
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -365,8 +371,10 @@ class ClaimLost(Exception):
     untouched for :data:`STALE_AFTER_S`, this process stopped meanwhile) or it was removed. The
     shard is the new writer's: this one must store nothing of it."""
 
-    def __init__(self, path: Path, holder: ClaimInfo | None) -> None:
-        self.path, self.holder = path, holder
+    def __init__(self, path: Path, holder: ClaimInfo | None, *, missing: bool = False) -> None:
+        #: ``missing``: no claim file at all, which a writer breaking a claim it read as stale
+        #: also leaves for a moment (it renames the file away, then links a live one back)
+        self.path, self.holder, self.missing = path, holder, missing
         whose = f"taken over by {holder}" if holder is not None else "removed"
         super().__init__(f"{path}: this process's claim was {whose}; the shard is left to "
                          "its new writer")
@@ -387,7 +395,7 @@ class Claim:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            raise ClaimLost(self.path, None) from None
+            raise ClaimLost(self.path, None, missing=True) from None
         except OSError:
             return
         try:
@@ -402,6 +410,20 @@ class Claim:
             os.close(fd)
         if raw != self.raw:
             raise ClaimLost(self.path, read_claim(self.path))
+
+    def confirm(self, wait_s: float = CLAIM_GONE_WAIT_S) -> None:
+        """:meth:`touch` before storing: a claim file missing only while another writer puts
+        it back (:func:`_break_stale`'s rename and link, a few system calls) is looked for again
+        for up to ``wait_s`` rather than read as lost, which would throw the finished shard
+        away; another writer's claim is lost at once."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self.touch()
+            except ClaimLost as lost:
+                if not lost.missing or time.monotonic() >= deadline:
+                    raise
+            time.sleep(CLAIM_GONE_POLL_S)
 
     def release(self) -> None:
         """Remove the claim file if it is still this claim (never a successor's)."""
@@ -468,8 +490,12 @@ def heartbeat(claim: Claim) -> Iterator[None]:
         while not stop.wait(HEARTBEAT_S):
             try:
                 claim.touch()
-            except ClaimLost:
-                return
+            except ClaimLost as lost:
+                # a missing file may be a stale-breaker's moment between its rename and its
+                # link back of this live claim: beat on, or the claim would never be refreshed
+                # again and go stale under this writer (the store's touch decides)
+                if not lost.missing:
+                    return
 
     thread = threading.Thread(target=beat, name="claim-heartbeat", daemon=True)
     thread.start()
@@ -793,6 +819,10 @@ _manifest_threads: dict[Path, threading.Lock] = {}  # a folder's lock among this
 _manifest_threads_lock = threading.Lock()
 
 
+#: errno values of a file system that takes no flock (some network and FUSE file systems)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF}
+
+
 @contextlib.contextmanager
 def manifest_update(out: Path) -> Iterator[None]:
     """Held around a read-modify-write of ``out``'s manifest: the writers that update it at
@@ -813,11 +843,26 @@ def manifest_update(out: Path) -> Iterator[None]:
         path = out / MANIFEST_LOCK
         while True:
             try:
-                fd = os.open(path, os.O_CREAT | os.O_RDONLY, 0o644)
+                # read-write: on NFS, Linux emulates flock by a whole-file POSIX lock, which an
+                # exclusive lock takes only on a descriptor open for writing (EBADF otherwise)
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
             except OSError as err:
                 raise _os_error(out / MANIFEST_FILE, err) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError as err:
+                    if err.errno not in _NO_LOCKS:
+                        raise _os_error(path, err) from None
+                    # a file system without locks: the threads of this process still take
+                    # turns; sweeps of several processes sharing this folder may not
+                    os.close(fd)
+                    warnings.warn(f"{path}: this file system takes no locks "
+                                  f"({os.strerror(err.errno)}): updates of the manifest by "
+                                  "several processes at once may drop one's part",
+                                  StoreWarning, stacklevel=3)
+                    yield
+                    return
                 held = os.fstat(fd)
                 try:
                     named = os.stat(path)

@@ -294,7 +294,7 @@ def compute_shard(shard: Shard, *, config: SweepConfig, out: str | Path, device:
                                                  recorded_references(out))
             # stored only under a claim still this process's, just refreshed: no other writer
             # takes it over before STALE_AFTER_S, far longer than the write
-            claim.touch()
+            claim.confirm()
             write_shard(out, shard, rows)
         # the other processes on the GPU wait for the memory this shard's batches cached rather
         # than shrink their blocks (fit_in_blocks): give it back between shards

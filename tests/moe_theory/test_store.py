@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,41 @@ def test_a_writer_whose_claim_was_taken_over_stores_nothing(tmp_path, monkeypatc
     assert not store.checksum_path(shard_path(out, shard)).exists()
     assert path.read_bytes() == new[0].raw  # the new writer's claim, kept
     assert path.stat().st_mtime == pytest.approx(old)  # and not refreshed
+
+
+def test_a_claim_missing_for_a_moment_is_beaten_on_and_stored_under(tmp_path, monkeypatch):
+    """A writer breaking a claim it read as stale renames the file away and links it back when
+    it finds it live: a heartbeat that fired in between read the claim as lost and stopped for
+    good, so the claim, back and still this writer's, went stale under it, and a final touch
+    there threw the finished shard away. Missing for a moment, the claim is beaten on and
+    looked for again before the store; another writer's bytes still stop both at once."""
+    config = parse_config(TINY)
+    out = tmp_path / "out"
+    store.write_manifest(out, config)
+    shard = plan(config)[0]
+    path = store.claim_path(out, shard)
+    aside = path.with_name(path.name + ".aside")
+    monkeypatch.setattr(store, "HEARTBEAT_S", 0.01)
+    touched_after = []
+
+    def fit_while_a_breaker_holds_the_file(*args, **kwargs):
+        os.replace(path, aside)  # a stale-breaker's rename: the claim is missing
+        time.sleep(0.1)  # heartbeats find no file
+        os.replace(aside, path)  # ... and its link back of a live claim
+        old = time.time() - 100
+        os.utime(path, (old, old))
+        time.sleep(0.1)  # the heartbeat, still running, refreshes it
+        touched_after.append(path.stat().st_mtime > old + 50)
+        os.replace(path, aside)  # missing again, now at the store's own touch
+        threading.Timer(0.2, os.replace, (aside, path)).start()
+        return pd.DataFrame({"rep": [0]}), 1, 0
+
+    monkeypatch.setattr(sweep, "fit_in_blocks", fit_while_a_breaker_holds_the_file)
+    monkeypatch.setattr(store, "write_shard", lambda out_, shard_, rows: "stored")
+    meta = sweep.compute_shard(shard, config=config, out=out)
+    assert touched_after == [True]
+    assert meta["status"] != "lost"
+    assert not path.exists()  # released, its own
 
 
 def test_cleanup_removes_only_temporary_files_of_writers_that_are_gone(tmp_path):
@@ -1040,3 +1076,38 @@ def test_an_atomic_write_flushes_the_bytes_before_the_rename_and_the_rename_afte
         folder = os.path.realpath(tmp_path)
         assert events[0][1] != folder and os.path.dirname(events[0][1]) == folder
         assert events[2][1] == folder
+
+
+def test_the_manifest_lock_works_where_flock_needs_a_writable_descriptor(tmp_path, monkeypatch):
+    # on NFS, Linux emulates flock by a whole-file POSIX lock, which an exclusive lock takes only
+    # on a descriptor open for writing: the lock file was opened read-only, so every manifest
+    # update on a shared results folder failed with EBADF. Simulated here: flock refuses a
+    # read-only descriptor as NFS does.
+    import fcntl
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd, op):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    config = parse_config(TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", store.StoreWarning)  # locked, not the fallback
+        store.write_manifest(tmp_path, config)
+    assert store.read_manifest(tmp_path) is not None
+    assert not (tmp_path / ".manifest.json.lock").exists()
+
+
+def test_a_file_system_without_locks_updates_the_manifest_with_a_warning(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(store.StoreWarning, match="takes no locks"):
+        store.write_manifest(tmp_path, parse_config(TINY))
+    assert store.read_manifest(tmp_path) is not None
