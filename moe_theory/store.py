@@ -906,17 +906,29 @@ def folder_references(folder: Path, config: SweepConfig) -> dict[tuple[str, str]
 
 def record_references(out: Path, references: dict[str, str],
                       design_sizes: dict[str, int] | None = None, *,
-                      adopted_from: str | Path | None = None) -> None:
+                      adopted_from: str | Path | None = None,
+                      seen: dict[str, str] | None = None) -> None:
     """Record in the manifest the references (``"<setting>/<gate>"`` -> the measure's JSON) that
     the folder's shards are measured against (checked by ``moe_theory.sweep`` on resumption),
     and the design size each G_bar was fitted on (``reference_design_sizes``: its certificate
     needs it, moe_theory.certificates.certify_references). ``adopted_from``: the folder they were
     adopted from (``references_from``; moe_theory.sweep.adopt_references), so that a sweep reads
-    them instead of fitting them, now and when it resumes."""
+    them instead of fitting them, now and when it resumes. ``seen``: the records the caller
+    checked its references against (``moe_theory.sweep.check_references``); another writer's
+    record of one of these keys made since (a sweep started beside this one, on another device
+    type, say) is not overwritten: :class:`ValueError` names it, and a run again checks against
+    it."""
     with manifest_update(Path(out)):
         manifest = read_manifest(Path(out))
         if manifest is None:
             raise ValueError(f"out: {out} has no manifest.json to record references in")
+        if seen is not None:
+            now = manifest.get("references", {})
+            moved = sorted(key for key in references if now.get(key) != seen.get(key))
+            if moved:
+                raise ValueError(
+                    f"reference: another sweep recorded the G_bar of {', '.join(moved)} in {out} "
+                    "while this one checked its own: run it again to check against that record")
         manifest["references"] = {**manifest.get("references", {}), **references}
         if design_sizes:
             manifest["reference_design_sizes"] = {**manifest.get("reference_design_sizes", {}),

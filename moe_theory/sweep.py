@@ -735,7 +735,9 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
         reference_path(out, setting, gate).unlink(missing_ok=True)
         changed[key] = text
     if changed:
-        record_references(out, changed, {key: design_size for key in changed})
+        # checked and recorded as one step: a sweep started beside this one may have recorded
+        # its own since this one read the manifest
+        record_references(out, changed, {key: design_size for key in changed}, seen=recorded)
         # the optimiser check's verdicts and refits measured the fits against the G_bar replaced
         # here, and its config hash (the same config) would not tell: kept beside, never read
         aside = set_aside(out, names=(CHECK_FILE, CHECK_TABLE))

@@ -1111,3 +1111,29 @@ def test_a_file_system_without_locks_updates_the_manifest_with_a_warning(tmp_pat
     with pytest.warns(store.StoreWarning, match="takes no locks"):
         store.write_manifest(tmp_path, parse_config(TINY))
     assert store.read_manifest(tmp_path) is not None
+
+
+def test_a_reference_recorded_by_another_sweep_meanwhile_is_not_overwritten(tmp_path,
+                                                                            monkeypatch):
+    """check_references read the manifest, then recorded its G_bar in a later update: a sweep
+    started beside it (another device type: another G_bar) that recorded its own in between
+    was overwritten, and its shards, measured against its own, sat under the other's record.
+    Checked and recorded as one step, the second is refused, naming the key."""
+    config = parse_config(TINY)
+    store.write_manifest(tmp_path, config)
+    setting = "small-sparse-relu"
+    key = f"{setting}/sigmoid"
+    ref = mt.get_setting(setting).truth()
+    other = ref.to_json().replace("1", "2", 1)
+    read = sweep.recorded_references
+
+    def read_then_the_other_sweep_records(out):
+        seen = read(out)  # what this sweep checks against ...
+        store.record_references(out, {key: other})  # ... before the sweep beside it records
+        return seen
+
+    monkeypatch.setattr(sweep, "recorded_references", read_then_the_other_sweep_records)
+    with pytest.raises(ValueError, match=f"another sweep recorded the G_bar of {key}"):
+        sweep.check_references(tmp_path, {(setting, "sigmoid"): ref}, force=False,
+                               log=lambda msg: None, design_size=1234)
+    assert store.read_manifest(tmp_path)["references"] == {key: other}
