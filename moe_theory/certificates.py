@@ -868,7 +868,12 @@ def stationary_stops(fits: pd.DataFrame) -> tuple[pd.Series, pd.Series] | None:
     (``restart_drop``: a short step, not a stationary point; a table without the column, or
     NaN, is read by the stop alone). None without a stop column."""
     if "stop_reason" in fits.columns:
-        stopped = fits["stop_reason"].astype(str) == "tolerance"
+        reason = fits["stop_reason"]
+        stopped = reason.astype(str) == "tolerance"
+        if "converged" in fits.columns:
+            # row by row: a table merged from shards written before the stop_reason column
+            # has NaN there, and those fits' own converged flag says how they stopped
+            stopped = stopped.where(reason.notna(), fits["converged"].astype(bool))
     elif "converged" in fits.columns:
         stopped = fits["converged"].astype(bool)
     else:

@@ -841,45 +841,66 @@ def manifest_update(out: Path) -> Iterator[None]:
             yield
             return
         path = out / MANIFEST_LOCK
-        while True:
-            try:
-                # read-write: on NFS, Linux emulates flock by a whole-file POSIX lock, which an
-                # exclusive lock takes only on a descriptor open for writing (EBADF otherwise)
-                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-            except OSError as err:
-                raise _os_error(out / MANIFEST_FILE, err) from None
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                except OSError as err:
-                    if err.errno not in _NO_LOCKS:
-                        raise _os_error(path, err) from None
-                    # a file system without locks: the threads of this process still take
-                    # turns; sweeps of several processes sharing this folder may not
-                    os.close(fd)
-                    warnings.warn(f"{path}: this file system takes no locks "
-                                  f"({os.strerror(err.errno)}): updates of the manifest by "
-                                  "several processes at once may drop one's part",
-                                  StoreWarning, stacklevel=3)
-                    yield
-                    return
-                held = os.fstat(fd)
-                try:
-                    named = os.stat(path)
-                except FileNotFoundError:
-                    named = None
-            except BaseException:
-                os.close(fd)
-                raise
-            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
-                break
-            os.close(fd)  # its holder removed it while this process waited: the next one
+        fd = _hold_manifest_lock(out, path)
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):
-                path.unlink()  # still holding it: whoever waits on this file looks again
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()  # still holding it: whoever waits on this file looks again
+                os.close(fd)
+
+
+def _hold_manifest_lock(out: Path, path: Path) -> int | None:
+    """The descriptor of the lock file ``path``, exclusively locked and still under that name;
+    None on a file system that takes no locks (with a :class:`StoreWarning`)."""
+    while True:
+        fd = _open_manifest_lock(out, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
             os.close(fd)
+            if err.errno not in _NO_LOCKS:
+                raise _os_error(path, err) from None
+            # a file system without locks: the threads of this process still take turns;
+            # sweeps of several processes sharing this folder may not
+            with contextlib.suppress(OSError):
+                path.unlink()
+            warnings.warn(f"{path}: this file system takes no locks ({os.strerror(err.errno)}): "
+                          "updates of the manifest by several processes at once may drop one's "
+                          "part", StoreWarning, stacklevel=5)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            held = os.fstat(fd)
+            try:
+                named = os.stat(path)
+            except FileNotFoundError:
+                named = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)  # its holder removed it while this process waited: the next one
+
+
+def _open_manifest_lock(out: Path, path: Path) -> int:
+    # read-write: on NFS, Linux emulates flock by a whole-file POSIX lock, which an exclusive
+    # lock takes only on a descriptor open for writing (EBADF otherwise). Writable by the
+    # folder's other users as the umask allows, and where the file is another user's (left by
+    # a killed sweep, or held now) read-only, which a local flock takes
+    try:
+        return os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _os_error(out / MANIFEST_FILE, err) from None
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as err:
+        raise _os_error(out / MANIFEST_FILE, err) from None
 
 
 def _write_manifest_dict(out: Path, manifest: dict) -> None:
@@ -924,7 +945,10 @@ def record_references(out: Path, references: dict[str, str],
             raise ValueError(f"out: {out} has no manifest.json to record references in")
         if seen is not None:
             now = manifest.get("references", {})
-            moved = sorted(key for key in references if now.get(key) != seen.get(key))
+            # a record made meanwhile of the very reference this caller checked is no clash
+            # (two sweeps of one config on one device type compute the same G_bar)
+            moved = sorted(key for key in references
+                           if now.get(key) not in (seen.get(key), references[key]))
             if moved:
                 raise ValueError(
                     f"reference: another sweep recorded the G_bar of {', '.join(moved)} in {out} "

@@ -794,3 +794,14 @@ def test_converged_share_counts_as_the_converged_certificate_does():
     assert table.loc[("softmax", "D3"), "converged_share"] == pytest.approx(1 - 3 / REPS)
     assert table.loc[("softmax", "D3"), "cert_converged"] == FAIL
     assert table.loc[("sigmoid", "D3"), "converged_share"] == 1.0
+
+
+def test_a_fit_from_before_the_stop_reason_column_counts_by_its_own_converged_flag():
+    # a table merged from shards written before and after stop_reason existed has NaN there
+    # for the older fits: read as "nan", not "tolerance", they counted as not converged though
+    # their converged flag says they were (the share and the certificate both)
+    df = results_table(CURVES).assign(converged=True, stop_reason="tolerance")
+    df.loc[df["rep"] % 2 == 0, "stop_reason"] = np.nan
+    table = rates_table(df, THEORY, n_boot=50)
+    assert (table["converged_share"] == 1.0).all()
+    assert (table["cert_converged"] == PASS).all()

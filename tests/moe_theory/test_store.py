@@ -1124,7 +1124,9 @@ def test_a_reference_recorded_by_another_sweep_meanwhile_is_not_overwritten(tmp_
     setting = "small-sparse-relu"
     key = f"{setting}/sigmoid"
     ref = mt.get_setting(setting).truth()
-    other = ref.to_json().replace("1", "2", 1)
+    # another device type's G_bar: the same atoms, moved
+    other = mt.MixingMeasure(ref.gate, ref.score, ref.expert, ref.d, ref.gate_params + 0.5,
+                             ref.expert_params).to_json()
     read = sweep.recorded_references
 
     def read_then_the_other_sweep_records(out):
@@ -1137,3 +1139,47 @@ def test_a_reference_recorded_by_another_sweep_meanwhile_is_not_overwritten(tmp_
         sweep.check_references(tmp_path, {(setting, "sigmoid"): ref}, force=False,
                                log=lambda msg: None, design_size=1234)
     assert store.read_manifest(tmp_path)["references"] == {key: other}
+    # two sweeps of one config on one device type compute the same G_bar: the second to record
+    # it is no clash (it was refused too)
+    other = ref.to_json()
+    second = tmp_path / "second"
+    store.write_manifest(second, config)
+    sweep.check_references(second, {(setting, "sigmoid"): ref}, force=False,
+                           log=lambda msg: None, design_size=1234)
+    assert store.read_manifest(second)["references"] == {key: other}
+
+
+def test_an_update_failing_on_a_file_system_without_locks_raises_its_own_error(tmp_path,
+                                                                              monkeypatch):
+    # the fallback closed the lock file's descriptor, then closed it again when the update
+    # raised: an OSError (bad descriptor) hid the update's own refusal, or the number, reused
+    # meanwhile, closed another file; and the lock file stayed
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(store.StoreWarning), pytest.raises(ValueError, match="the update's own"):
+        with store.manifest_update(tmp_path):
+            raise ValueError("the update's own error")
+    assert not (tmp_path / ".manifest.json.lock").exists()
+
+
+def test_another_users_manifest_lock_file_is_locked_read_only(tmp_path, monkeypatch):
+    # a lock file left by another user's sweep (or held by it now) cannot be opened for writing:
+    # every update failed at once, "not ours", where a local flock takes a read-only descriptor
+    lock = tmp_path / ".manifest.json.lock"
+    lock.write_bytes(b"")
+    real_open = os.open
+
+    def theirs(path, flags, *mode):
+        if Path(path) == lock and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(store.os, "open", theirs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", store.StoreWarning)  # locked, not the no-locks fallback
+        store.write_manifest(tmp_path, parse_config(TINY))
+    assert store.read_manifest(tmp_path) is not None
