@@ -264,13 +264,9 @@ def _check(out, ref, what: str, dtype: torch.dtype = torch.float32) -> dict:
 
 
 def _checked(fn: Callable[[], dict]) -> dict:
-    """A check's errors, or ``{"error": ...}`` where the checked call raised (recorded, the run
-    goes on: the provider is then not timed)."""
-    try:
-        return fn()
-    except Exception as err:
-        print(f"  check failed: {type(err).__name__}: {str(err)[:500]}", flush=True)
-        return {"error": f"{type(err).__name__}: {str(err)[:2000]}"}
+    """A check's errors, or ``{"error": ...}`` where the checked call raised (:func:`_section`:
+    recorded, the run goes on, and the provider is then not timed)."""
+    return _section(fn, what="check")
 
 
 def check_failure(errors: dict, limit: Callable[[str], float]) -> str | None:
@@ -596,12 +592,13 @@ def _print_variants(variants: list[dict]) -> None:
               flush=True)
 
 
-def _section(fn: Callable[[], dict]) -> dict:
-    """Run one benchmark section; a failure is recorded in the results, not fatal."""
+def _section(fn: Callable[[], dict], *, what: str = "section") -> dict:
+    """Run one benchmark section (or a check: ``what``); a failure is recorded in the results,
+    not fatal."""
     try:
         return fn()
     except Exception as err:
-        print(f"  section failed: {type(err).__name__}: {str(err)[:500]}", flush=True)
+        print(f"  {what} failed: {type(err).__name__}: {str(err)[:500]}", flush=True)
         return {"error": f"{type(err).__name__}: {str(err)[:2000]}"}
 
 

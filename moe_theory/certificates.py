@@ -878,9 +878,10 @@ def stationary_stops(fits: pd.DataFrame) -> tuple[pd.Series, pd.Series] | None:
         stopped = fits["converged"].astype(bool)
     else:
         return None
-    moved = (fits["restart_drop"].to_numpy(float) > RESTART_DROP_MAX
-             if "restart_drop" in fits.columns else np.zeros(len(fits), bool))
-    moved = pd.Series(stopped.to_numpy() & moved, index=fits.index)
+    if "restart_drop" in fits.columns:
+        moved = stopped & (fits["restart_drop"].astype(float) > RESTART_DROP_MAX)
+    else:
+        moved = pd.Series(False, index=fits.index)
     return stopped & ~moved, moved
 
 

@@ -41,7 +41,7 @@ from moe_theory.config import SweepConfig
 from moe_theory.console import log_stderr
 from moe_theory.errors import DeviceLost, ResourceError, is_device_lost
 from moe_theory.store import Shard
-from moe_theory.threads import apply_thread_default, usable_cores, use_threads
+from moe_theory.threads import usable_cores, use_threads
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -132,15 +132,14 @@ def _in_worker(fn: Callable[[S], T], shard: S) -> T:
     return _run(fn, shard)
 
 
-def _in_dask_worker(fn: Callable[[S], T], shard: S, threads: int | None = None) -> T:
+def _in_dask_worker(fn: Callable[[S], T], shard: S, threads: int) -> T:
     """``fn(shard)`` on a Dask worker, with torch's ``threads`` (the count of the process that
     submitted it, :func:`moe_theory.threads.use_threads`: a nanny's worker applied the thread
     rule to an environment Dask had rewritten); a worker whose GPU context is lost ends its
     process: its nanny starts a fresh one, and the scheduler runs the task again (up to its
     allowed failures), as for a worker killed mid-shard. The shard's claim was released on the
     way out of ``fn``, and an unfinished shard leaves no file."""
-    if threads is not None:
-        use_threads(threads)
+    use_threads(threads)
     try:
         return _run(fn, shard)
     except DeviceLost as lost:
@@ -513,18 +512,15 @@ def _here(fn: Callable[[S], T], shard: S) -> T:
 PARENT_POLL_S = 1.0
 
 
-def _start_worker(parent: int, threads: int | None = None) -> None:
-    """A spawned worker's start: torch's ``threads`` (the spawning process's count; without it
-    the thread default), and a watch on the process that spawned it.
+def _start_worker(parent: int, threads: int) -> None:
+    """A spawned worker's start: torch's ``threads`` (the spawning process's count), and a
+    watch on the process that spawned it.
     A sweep killed with ``kill -9`` cannot stop its pool: its workers finished the shards they
     held and wrote them on (into a folder that a ``--force`` may have given to another config
     meanwhile), then blocked on their queue for ever. Re-parented (``getppid`` changes), the
     worker ends at once; its shard's writes are atomic, so nothing partial stays under a final
     name, and its claim reads as stale."""
-    if threads is None:
-        apply_thread_default()
-    else:
-        use_threads(threads)
+    use_threads(threads)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -535,7 +531,7 @@ def _start_worker(parent: int, threads: int | None = None) -> None:
 
 
 def _map_processes(fn: Callable[[S], T], shards: Sequence[S], workers: int,
-                   log: Callable[[str], None], threads: int | None = None) -> Iterator[T]:
+                   log: Callable[[str], None], threads: int) -> Iterator[T]:
     """``workers`` processes in all: this one and ``workers - 1`` spawned ones (with torch's
     ``threads``: :func:`_start_worker`), taking shards from one queue in the order given. This
     process needs no start-up (its modules are loaded, its CUDA context may exist), so it

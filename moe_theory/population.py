@@ -8,8 +8,8 @@ truth finds a local minimum that the sweeps' own fits beat), and cache it per (s
 gate, design size), since every sweep over the setting needs the same one. It is computed once per
 cache entry, whatever asks at the same time: threads of one process (the figures of
 ``reproduce all``) wait on a lock per entry, processes of one machine (a cluster's workers) on a
-file lock beside it; whoever waited then reads what the first one wrote. A process keeps the
-entries it has read, so a worker reads each file once.
+file lock beside it (:func:`moe_theory.store.exclusive`); whoever waited then reads what the
+first one wrote. A process keeps the entries it has read, so a worker reads each file once.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ import functools
 import hashlib
 import json
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +33,7 @@ from moe_theory.estimators import FitResult, fit_lse
 from moe_theory.initialization import near_truth
 from moe_theory.measure import MixingMeasure
 from moe_theory.settings import Setting
-from moe_theory.store import atomic_write
-
-try:
-    import fcntl
-except ImportError:  # not on Windows: there only the threads of one process are kept apart
-    fcntl = None
+from moe_theory.store import atomic_write, exclusive
 
 #: Design sizes of the population fit (docs/theory.md#the-reference-measure-g_bar).
 DESIGN_SIZE = {"cuda": 10**6, "cpu": 2 * 10**5}
@@ -122,7 +115,9 @@ def population_lse(
     check = functools.partial(_valid_entry, key=key, setting=setting, fit_gate=fit_gate)
     text = _read(path, check)
     if text is None:
-        with _computing(path):
+        # one computer per entry: other threads and processes wait, then read what it wrote
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(path.with_name(path.name + ".lock"), path):
             # another thread or process may have written it while this one waited
             text = _read(path, check)
             if text is None:
@@ -166,8 +161,6 @@ def _valid_entry(raw: str, *, key: str, setting: Setting, fit_gate: str) -> str 
 #: Cache entries this process has read or written (path -> JSON): an entry never changes once
 #: written (its name hashes everything it depends on).
 _read_entries: dict[Path, str] = {}
-_locks: dict[Path, threading.Lock] = {}
-_locks_lock = threading.Lock()
 
 
 def _read(path: Path, check: Callable[[str], str | None]) -> str | None:
@@ -191,26 +184,6 @@ def _read(path: Path, check: Callable[[str], str | None]) -> str | None:
             return None
         _read_entries[path] = text
     return text
-
-
-@contextmanager
-def _computing(path: Path) -> Iterator[None]:
-    """Held while one caller computes the entry ``path``: a lock per entry among this process's
-    threads, then an exclusive ``flock`` on ``<entry>.lock`` among processes (released by the
-    kernel if the holder dies, so a killed worker blocks no one)."""
-    with _locks_lock:
-        lock = _locks.setdefault(path, threading.Lock())
-    with lock:
-        if fcntl is None:
-            yield
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".lock"), "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def jittered_starts(setting: Setting, jitters: Sequence[tuple[float, int]], seed: int

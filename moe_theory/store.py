@@ -815,8 +815,8 @@ def _write_manifest(out: Path, config: SweepConfig, force: bool) -> Path | None:
     return replaced
 
 
-_manifest_threads: dict[Path, threading.Lock] = {}  # a folder's lock among this process's threads
-_manifest_threads_lock = threading.Lock()
+_held: dict[Path, threading.Lock] = {}  # a lock file's lock among this process's threads
+_held_lock = threading.Lock()
 
 
 #: errno values of a file system that takes no flock (some network and FUSE file systems)
@@ -824,50 +824,68 @@ _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF}
 
 
 @contextlib.contextmanager
-def manifest_update(out: Path) -> Iterator[None]:
-    """Held around a read-modify-write of ``out``'s manifest: the writers that update it at
-    the same time (sweeps sharing a folder, a certify beside a sweep) take turns, so that none
-    writes a manifest read before another's update and drops that update (a reference, a
-    rival). A lock among this process's threads, then an exclusive ``flock`` on
-    :data:`~moe_theory.layout.MANIFEST_LOCK` among processes (released by the kernel if its
-    holder dies). The holder removes the file as it leaves, so a finished folder keeps none; a
-    waiter that then holds a file no longer under that name takes the one there now. Readers
-    need no lock: the manifest is replaced whole (:func:`atomic_write`)."""
-    out = Path(out)
-    with _manifest_threads_lock:
-        lock = _manifest_threads.setdefault(out.resolve(), threading.Lock())
-    with lock:
-        if fcntl is None:
-            yield
-            return
-        path = out / MANIFEST_LOCK
-        fd = _hold_manifest_lock(out, path)
+def exclusive(lock: Path, target: Path) -> Iterator[None]:
+    """Held while one writer at a time works on ``target`` (a folder's manifest, a G_bar cache
+    entry): a lock among this process's threads, then an exclusive ``flock`` on the file
+    ``lock`` among processes (released by the kernel if its holder dies, so a killed worker
+    blocks no one). The holder removes the file as it leaves, so a finished folder keeps none;
+    a waiter that then holds a file no longer under that name takes the one there now. On a file
+    system that takes no locks the threads of this process still take turns, with a
+    :class:`StoreWarning`. A lock file that cannot be opened raises :class:`StorageError`
+    naming ``target``."""
+    with _held_lock:
+        threads = _held.setdefault(lock.resolve(), threading.Lock())
+    with threads:
+        fd = None if fcntl is None else _hold(lock, target)
         try:
             yield
         finally:
             if fd is not None:
                 with contextlib.suppress(OSError):
-                    path.unlink()  # still holding it: whoever waits on this file looks again
+                    lock.unlink()  # still holding it: whoever waits on this file looks again
                 os.close(fd)
 
 
-def _hold_manifest_lock(out: Path, path: Path) -> int | None:
-    """The descriptor of the lock file ``path``, exclusively locked and still under that name;
-    None on a file system that takes no locks (with a :class:`StoreWarning`)."""
+@contextlib.contextmanager
+def manifest_update(out: Path) -> Iterator[None]:
+    """Held around a read-modify-write of ``out``'s manifest (:func:`exclusive` on
+    :data:`~moe_theory.layout.MANIFEST_LOCK`): the writers that update it at the same time
+    (sweeps sharing a folder, a certify beside a sweep) take turns, so that none writes a
+    manifest read before another's update and drops that update (a reference, a rival).
+    Readers need no lock: the manifest is replaced whole (:func:`atomic_write`)."""
+    out = Path(out)
+    with exclusive(out / MANIFEST_LOCK, out / MANIFEST_FILE):
+        yield
+
+
+@contextlib.contextmanager
+def _manifest_to_update(out: Path, what: str) -> Iterator[dict]:
+    """``out``'s manifest, to change in place and written back whole, under
+    :func:`manifest_update`; ValueError where the folder has none to record ``what`` in."""
+    out = Path(out)
+    with manifest_update(out):
+        manifest = read_manifest(out)
+        if manifest is None:
+            raise ValueError(f"out: {out} has no manifest.json to record {what} in")
+        yield manifest
+        _write_manifest_dict(out, manifest)
+
+
+def _hold(lock: Path, target: Path) -> int | None:
+    """The descriptor of the file ``lock``, exclusively locked and still under that name; None
+    on a file system that takes no locks (with a :class:`StoreWarning`)."""
     while True:
-        fd = _open_manifest_lock(out, path)
+        fd = _open_lock(lock, target)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as err:
             os.close(fd)
             if err.errno not in _NO_LOCKS:
-                raise _os_error(path, err) from None
-            # a file system without locks: the threads of this process still take turns;
-            # sweeps of several processes sharing this folder may not
+                raise _os_error(lock, err) from None
             with contextlib.suppress(OSError):
-                path.unlink()
-            warnings.warn(f"{path}: this file system takes no locks ({os.strerror(err.errno)}): "
-                          "updates of the manifest by several processes at once may drop one's "
+                lock.unlink()
+            warnings.warn(f"{lock}: this file system takes no locks ({os.strerror(err.errno)}): "
+                          f"processes writing {target.name} at once may drop one another's "
                           "part", StoreWarning, stacklevel=5)
             return None
         except BaseException:
@@ -876,7 +894,7 @@ def _hold_manifest_lock(out: Path, path: Path) -> int | None:
         try:
             held = os.fstat(fd)
             try:
-                named = os.stat(path)
+                named = os.stat(lock)
             except FileNotFoundError:
                 named = None
         except BaseException:
@@ -887,20 +905,20 @@ def _hold_manifest_lock(out: Path, path: Path) -> int | None:
         os.close(fd)  # its holder removed it while this process waited: the next one
 
 
-def _open_manifest_lock(out: Path, path: Path) -> int:
+def _open_lock(lock: Path, target: Path) -> int:
     # read-write: on NFS, Linux emulates flock by a whole-file POSIX lock, which an exclusive
     # lock takes only on a descriptor open for writing (EBADF otherwise). Writable by the
     # folder's other users as the umask allows, and where the file is another user's (left by
-    # a killed sweep, or held now) read-only, which a local flock takes
+    # a killed process, or held now) read-only, which a local flock takes
     try:
-        return os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+        return os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
     except OSError as err:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise _os_error(out / MANIFEST_FILE, err) from None
+            raise _os_error(target, err) from None
     try:
-        return os.open(path, os.O_RDONLY)
+        return os.open(lock, os.O_RDONLY)
     except OSError as err:
-        raise _os_error(out / MANIFEST_FILE, err) from None
+        raise _os_error(target, err) from None
 
 
 def _write_manifest_dict(out: Path, manifest: dict) -> None:
@@ -939,10 +957,7 @@ def record_references(out: Path, references: dict[str, str],
     record of one of these keys made since (a sweep started beside this one, on another device
     type, say) is not overwritten: :class:`ValueError` names it, and a run again checks against
     it."""
-    with manifest_update(Path(out)):
-        manifest = read_manifest(Path(out))
-        if manifest is None:
-            raise ValueError(f"out: {out} has no manifest.json to record references in")
+    with _manifest_to_update(out, "references") as manifest:
         if seen is not None:
             now = manifest.get("references", {})
             # a record made meanwhile of the very reference this caller checked is no clash
@@ -959,22 +974,17 @@ def record_references(out: Path, references: dict[str, str],
                                                   **design_sizes}
         if adopted_from is not None:
             manifest["references_from"] = str(adopted_from)
-        _write_manifest_dict(Path(out), manifest)
 
 
 def record_rivals(out: Path, rivals: dict[str, dict[str, str]]) -> None:
     """Record in the manifest rival population minimisers of the folder's G_bar references
     (``"<setting>/<gate>"`` -> {where found: the measure's JSON}), kept for every later
     certificate of the folder (moe_theory.certificates.certify_references)."""
-    with manifest_update(Path(out)):
-        manifest = read_manifest(Path(out))
-        if manifest is None:
-            raise ValueError(f"out: {out} has no manifest.json to record rivals in")
+    with _manifest_to_update(out, "rivals") as manifest:
         merged = {key: dict(value) for key, value in manifest.get("rival_references", {}).items()}
         for key, found in rivals.items():
             merged.setdefault(key, {}).update(found)
         manifest["rival_references"] = merged
-        _write_manifest_dict(Path(out), manifest)
 
 
 def setting_shards(out: Path, setting: str) -> list[Path]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from moe_theory.certificates import RESTART_DROP_MAX
 from moe_theory.estimators import fit_lse
+from moe_theory.estimators.levenberg_marquardt import SHORT_STEP_TESTS
 from moe_theory.store import folder_references, read_manifest_config
 from moe_theory.sweep import shard_box, shard_data, shard_init
 
@@ -44,7 +45,7 @@ def restart_drops(folder: Path, n: int, reps: int, only: str | None, log=print) 
                       bounds=shard_box(config, setting, gate, ref), noise_var=setting.noise_var,
                       max_iter=config.max_iter, rep_ids=list(range(reps)))
         drop = fit.restart_drop.numpy()
-        short = np.isin(fit.stop_test, ["ftol", "xtol"])
+        short = np.isin(fit.stop_test, SHORT_STEP_TESTS)
         tests, counts = np.unique(fit.stop_test, return_counts=True)
         row = {"folder": folder.relative_to(HERE).as_posix(), "setting": name, "fit_gate": gate,
                "n": n, "reps": reps, "max_iter": config.max_iter,

@@ -32,6 +32,11 @@ _REASON_OF_TEST = {"gtol": "tolerance", "ftol": "tolerance", "xtol": "tolerance"
                    "damping": "tolerance", "max_iter": "max_iter", "epochs": "max_iter",
                    "non_finite": "non_finite"}
 RUNNING, GTOL, FTOL, XTOL, DAMPING, MAX_ITER, EPOCHS, NON_FINITE = range(len(STOP_TESTS))
+#: The tolerance tests that see a short accepted step or a small decrease, not stationarity: a
+#: fit they stop is restarted to check it (moe_theory.estimators.lse, ``restart_drop``); the
+#: other two test stationarity themselves.
+SHORT_STEP_TESTS = ("ftol", "xtol")
+STATIONARY_TESTS = ("gtol", "damping")
 
 
 def stop_reason(test: str) -> str:

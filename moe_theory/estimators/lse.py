@@ -17,6 +17,8 @@ from moe_theory import models
 from moe_theory.estimators.bounds import Bounds, at_bound, resolve_bounds
 from moe_theory.estimators.first_order import SGDProtocol, adam, lbfgs, sgd_paper
 from moe_theory.estimators.levenberg_marquardt import (
+    SHORT_STEP_TESTS,
+    STATIONARY_TESTS,
     STOP_TESTS,
     StopRule,
     levenberg_marquardt,
@@ -329,8 +331,8 @@ def _restart_drop(solver, theta: torch.Tensor, ssr: torch.Tensor, tests: list[st
     fit's, and the drop is what the converged certificate reads (docs/theory.md#stopping-rule).
     """
     drop = torch.full_like(ssr, math.nan)
-    drop[torch.tensor([t in ("gtol", "damping") for t in tests], device=ssr.device)] = 0.0
-    short = [r for r, t in enumerate(tests) if t in ("ftol", "xtol")]
+    drop[torch.tensor([t in STATIONARY_TESTS for t in tests], device=ssr.device)] = 0.0
+    short = [r for r, t in enumerate(tests) if t in SHORT_STEP_TESTS]
     if not short:
         return drop
     rows = torch.tensor(short, device=theta.device)

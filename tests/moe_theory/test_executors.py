@@ -1532,7 +1532,7 @@ import concurrent.futures as cf, multiprocessing as mp, os, signal, time
 from moe_theory import executors
 if __name__ == "__main__":
     pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
-                                  initializer=executors._start_worker, initargs=(os.getpid(),))
+                                  initializer=executors._start_worker, initargs=(os.getpid(), 1))
     worker = pool.submit(os.getpid).result()
     pool.submit(time.sleep, 120)  # a long shard in flight
     print(worker, flush=True)
