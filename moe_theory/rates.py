@@ -387,8 +387,10 @@ def curve_verdict(
     too wide)`` unless the CI half-width is below ``half_width_max``; else ``consistent`` or
     ``inconsistent`` by :func:`verdict`. The reason names every failed or missing certificate.
     """
+    # a passed certificate is named only where it says something (a reading the reader
+    # should know of, such as fits it could not check alike)
     notes = [f"{name}: {s.status}" + (f" ({s.reason})" if s.reason else "")
-             for name, s in certificates.items() if s.status != PASS]
+             for name, s in certificates.items() if s.status != PASS or s.reason]
     if fit.dropped_n:
         notes.append(f"dropped n with < {MIN_REPS_PER_N} usable replications: "
                      + ", ".join(sample_size_words(m) for m in fit.dropped_n))

@@ -14,7 +14,9 @@ from moe_theory.certificates import (
     NOT_RUN,
     PASS,
     ReferenceCertificate,
+    Status,
     converged_certificate,
+    fits_of,
     optimiser_certificate,
     reference_status,
 )
@@ -129,10 +131,19 @@ def test_a_short_step_stop_that_a_restart_lowered_is_not_converged():
     # a drop within the certificate's unit is the same stationary point to the losses
     df.loc[moved, "restart_drop"] = certificates.RESTART_DROP_MAX
     assert converged_certificate(df).status == PASS
-    # a table written before the restart (NaN, or no column) is read by the stop alone
+    # a table written before the restart (NaN, or no column) is read by the stop alone, and
+    # a table that mixes the two (a sweep resumed across the restarts) says how many
     df.loc[moved, "restart_drop"] = math.nan
-    assert converged_certificate(df).status == PASS
-    assert converged_certificate(df.drop(columns="restart_drop")).status == PASS
+    status = converged_certificate(df)
+    assert status.status == PASS
+    assert status.reason.startswith(f"2 of {len(fits_of(df))} tolerance stop(s) have no "
+                                    "restart record")
+    assert converged_certificate(df.drop(columns="restart_drop")) == Status(PASS)
+    assert converged_certificate(df.assign(restart_drop=0.0)) == Status(PASS)
+    # and says it beside a failure too
+    df.loc[(df["n"] == first) & df["rep"].isin([5, 6]), "stop_reason"] = "max_iter"
+    status = converged_certificate(df)
+    assert status.status == FAIL and status.reason.endswith("read by their stop alone")
 
 
 def test_a_refit_that_lost_the_loss_on_some_fits_is_not_compared_over_the_others():

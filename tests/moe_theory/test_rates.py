@@ -805,3 +805,18 @@ def test_a_fit_from_before_the_stop_reason_column_counts_by_its_own_converged_fl
     table = rates_table(df, THEORY, n_boot=50)
     assert (table["converged_share"] == 1.0).all()
     assert (table["cert_converged"] == PASS).all()
+
+
+def test_a_table_resumed_across_the_restarts_names_its_unchecked_stops():
+    # a sweep resumed across the restarts' introduction keeps its older fits, whose tolerance
+    # stops have no restart record: the certificate passes them by their stop, and the table's
+    # notes say how many (a passed certificate printed nothing)
+    df = results_table(CURVES).assign(stop_reason="tolerance", restart_drop=0.0, converged=True)
+    older = (df["fit_gate"] == "softmax") & (df["rep"] < 3)
+    df.loc[older, "restart_drop"] = np.nan
+    table = rates_table(df, THEORY, n_boot=50).set_index(["fit_gate", "loss_name"])
+    softmax = table.loc[("softmax", "D3")]
+    assert softmax["cert_converged"] == PASS
+    fits = 3 * df["n"].nunique()
+    assert f"converged: pass ({fits} of " in softmax["reason"]
+    assert "converged" not in str(table.loc[("sigmoid", "D3"), "reason"])
