@@ -946,7 +946,8 @@ def folder_references(folder: Path, config: SweepConfig) -> dict[tuple[str, str]
 def record_references(out: Path, references: dict[str, str],
                       design_sizes: dict[str, int] | None = None, *,
                       adopted_from: str | Path | None = None,
-                      seen: dict[str, str] | None = None) -> None:
+                      seen: dict[str, str] | None = None,
+                      clear: Callable[[], None] | None = None) -> None:
     """Record in the manifest the references (``"<setting>/<gate>"`` -> the measure's JSON) that
     the folder's shards are measured against (checked by ``moe_theory.sweep`` on resumption),
     and the design size each G_bar was fitted on (``reference_design_sizes``: its certificate
@@ -956,7 +957,9 @@ def record_references(out: Path, references: dict[str, str],
     checked its references against (``moe_theory.sweep.check_references``); another writer's
     record of one of these keys made since (a sweep started beside this one, on another device
     type, say) is not overwritten: :class:`ValueError` names it, and a run again checks against
-    it."""
+    it. ``clear``: called under the manifest's lock once the record is sure to be made, before
+    it is written (what ``--force`` removes with the records replaced), so that a refused
+    record removes nothing."""
     with _manifest_to_update(out, "references") as manifest:
         if seen is not None:
             now = manifest.get("references", {})
@@ -968,6 +971,8 @@ def record_references(out: Path, references: dict[str, str],
                 raise ValueError(
                     f"reference: another sweep recorded the G_bar of {', '.join(moved)} in {out} "
                     "while this one checked its own: run it again to check against that record")
+        if clear is not None:
+            clear()
         manifest["references"] = {**manifest.get("references", {}), **references}
         if design_sizes:
             manifest["reference_design_sizes"] = {**manifest.get("reference_design_sizes", {}),

@@ -612,16 +612,17 @@ def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *
                 f"type, or the config's g_bar_design_size): run it where {source} ran")
     # refused before anything is written into ``out``
     mine = read_manifest(out) or {}
-    if mine.get("config_hash") == config.hash:
-        clash = [k for k in keys if k in mine.get("references", {})
-                 and mine["references"][k] != recorded[k]]
-        if clash:
-            raise ValueError(f"references_from: {out} already records other references for "
-                             f"{', '.join(clash)}; use another --out")
+    held = mine.get("references", {}) if mine.get("config_hash") == config.hash else {}
+    clash = [k for k in keys if k in held and held[k] != recorded[k]]
+    if clash:
+        raise ValueError(f"references_from: {out} already records other references for "
+                         f"{', '.join(clash)}; use another --out")
     make_folder(out)
     write_manifest(out, config, force=force)
+    # ``seen``: checked and recorded as one step, under the manifest's lock: a sweep started in
+    # ``out`` meanwhile may have recorded a G_bar of its own, which this must not overwrite
     record_references(out, {k: recorded[k] for k in keys}, {k: size for k in keys},
-                      adopted_from=source)
+                      adopted_from=source, seen=held)
     rivals = {k: v for k, v in theirs.get("rival_references", {}).items() if k in keys}
     if rivals:
         record_rivals(out, rivals)
@@ -690,7 +691,7 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
     Each new record carries ``design_size``, the design its G_bar was fitted on.
     """
     recorded = recorded_references(out)
-    changed = {}
+    changed, clearing = {}, []
     for (setting, gate), ref in refs.items():
         key, text = f"{setting}/{gate}", ref.to_json()
         old = recorded.get(key)
@@ -723,21 +724,30 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
                 f"against ({why}; G_bar depends on the device's design size and on the "
                 f"library's version); finish the sweep where it started, use another --out, "
                 f"or --force to recompute that setting's shards")
-        if shards:
-            n = discard_setting(out, setting)
-            log(f"--force: {n} shard(s) of {setting} were measured against another G_bar of "
-                f"{key} ({why}) and were deleted")
-        if merged:
-            aside = set_aside(out, names=(*merged, FITS_FILE))
-            log(f"--force: the merged table measured {setting} against another G_bar of {key} "
-                f"({why}): moved to {aside.name}/ (the shards on disk, if any, merge anew)")
-        # a certificate already in the folder is another G_bar's (or of unknown G_bar)
-        reference_path(out, setting, gate).unlink(missing_ok=True)
+        clearing.append((setting, gate, key, why, bool(shards), merged))
         changed[key] = text
+
+    def clear() -> None:
+        # what was measured against the records replaced, removed only once the new record is
+        # sure to be made: a record refused after the deletions had lost the shards for nothing
+        for setting, gate, key, why, shards, merged in clearing:
+            if shards:
+                n = discard_setting(out, setting)
+                log(f"--force: {n} shard(s) of {setting} were measured against another G_bar "
+                    f"of {key} ({why}) and were deleted")
+            if merged:
+                aside = set_aside(out, names=(*merged, FITS_FILE))
+                log(f"--force: the merged table measured {setting} against another G_bar of "
+                    f"{key} ({why}): moved to {aside.name}/ (the shards on disk, if any, merge "
+                    "anew)")
+            # a certificate already in the folder is another G_bar's (or of unknown G_bar)
+            reference_path(out, setting, gate).unlink(missing_ok=True)
+
     if changed:
         # checked and recorded as one step: a sweep started beside this one may have recorded
         # its own since this one read the manifest
-        record_references(out, changed, {key: design_size for key in changed}, seen=recorded)
+        record_references(out, changed, {key: design_size for key in changed}, seen=recorded,
+                          clear=clear)
         # the optimiser check's verdicts and refits measured the fits against the G_bar replaced
         # here, and its config hash (the same config) would not tell: kept beside, never read
         aside = set_aside(out, names=(CHECK_FILE, CHECK_TABLE))

@@ -696,6 +696,22 @@ def test_a_rerun_adopts_the_references_its_source_folder_records(tmp_path, monke
     with pytest.raises(ValueError, match=f"references_from: .* other references for {key}"):
         sweep.adopt_references(config, tmp_path / "d", tmp_path / "a")
     assert (tmp_path / "d" / "manifest.json").read_bytes() == held  # refused before writing
+    # a sweep that records its own G_bar in the folder after the check above read it: the
+    # record is refused, not overwritten (the check and the record had been two steps)
+    other = config.setting_objects()[0].truth().to_json()
+    real_write = sweep.write_manifest
+
+    def meanwhile(out, *args, **kwargs):
+        real_write(out, *args, **kwargs)
+        store.record_references(out, {key: other})
+
+    monkeypatch.setattr(sweep, "write_manifest", meanwhile)
+    with pytest.raises(ValueError, match=f"reference: another sweep recorded the G_bar of {key}"):
+        sweep.adopt_references(config, tmp_path / "f", tmp_path / "a")
+    assert store.read_manifest(tmp_path / "f")["references"] == {key: other}
+    monkeypatch.undo()
+    monkeypatch.setenv("MOE_THEORY_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(mt.population, "_fit_population", no_fit)
     older = store.read_manifest(tmp_path / "a")
     del older["reference_design_sizes"]
     (tmp_path / "e").mkdir()
@@ -1147,6 +1163,50 @@ def test_a_reference_recorded_by_another_sweep_meanwhile_is_not_overwritten(tmp_
     sweep.check_references(second, {(setting, "sigmoid"): ref}, force=False,
                            log=lambda msg: None, design_size=1234)
     assert store.read_manifest(second)["references"] == {key: other}
+
+
+def test_a_forced_reference_refused_by_another_sweeps_record_deletes_no_shard(tmp_path,
+                                                                             monkeypatch):
+    """--force deleted a setting's shards, measured against the recorded G_bar, before its new
+    record was checked against the manifest under the lock: refused there (a sweep beside it
+    recorded another G_bar meanwhile), it had lost them for nothing. The deletion now waits for
+    the record to be sure."""
+    from moe_theory.layout import SHARDS_DIR
+
+    config = parse_config(TINY)
+    store.write_manifest(tmp_path, config)
+    setting = "small-sparse-relu"
+    key = f"{setting}/sigmoid"
+    ref = mt.get_setting(setting).truth()
+
+    def moved(by):
+        return mt.MixingMeasure(ref.gate, ref.score, ref.expert, ref.d, ref.gate_params + by,
+                                ref.expert_params).to_json()
+
+    store.record_references(tmp_path, {key: moved(0.25)})
+    shard = tmp_path / SHARDS_DIR / setting / "n100_r0.parquet"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"rows measured against the recorded G_bar")
+    read = sweep.recorded_references
+
+    def read_then_the_other_sweep_records(out):
+        seen = read(out)
+        store.record_references(out, {key: moved(0.5)})
+        return seen
+
+    monkeypatch.setattr(sweep, "recorded_references", read_then_the_other_sweep_records)
+    said: list[str] = []
+    with pytest.raises(ValueError, match=f"another sweep recorded the G_bar of {key}"):
+        sweep.check_references(tmp_path, {(setting, "sigmoid"): ref}, force=True,
+                               log=said.append, design_size=1234)
+    assert shard.exists() and not said
+    assert store.read_manifest(tmp_path)["references"] == {key: moved(0.5)}
+    # unhindered, --force deletes them and records the new G_bar
+    monkeypatch.undo()
+    sweep.check_references(tmp_path, {(setting, "sigmoid"): ref}, force=True, log=said.append,
+                           design_size=1234)
+    assert not shard.exists() and any("1 shard(s)" in line for line in said)
+    assert store.read_manifest(tmp_path)["references"] == {key: ref.to_json()}
 
 
 def test_an_update_failing_on_a_file_system_without_locks_raises_its_own_error(tmp_path,
