@@ -852,6 +852,20 @@ def test_every_start_hands_over_each_block(many_starts):
     assert [len(t) for t in seen] == [4, 8]
     assert sorted(seen[0].start.unique()) == [0, 1]
     pd.testing.assert_frame_equal(seen[-1], table)
+    # each start records its restart's drop, which the summary's tolerance share reads as the
+    # converged certificate does: a stop on tolerance that a restart lowered by more than
+    # RESTART_DROP_MAX is not counted (it counted as stopped before)
+    from moe_theory.certificates import RESTART_DROP_MAX
+
+    stopped = table.stop == "tolerance"
+    assert stopped.any() and table.restart_drop[stopped].notna().all()
+    on_tolerance = many_starts.summary(table, NU, sizes=(4,)).on_tolerance
+    table.loc[stopped, "restart_drop"] = RESTART_DROP_MAX * 2
+    assert (many_starts.summary(table, NU, sizes=(4,)).on_tolerance == 0).all()
+    assert (on_tolerance > 0).any()
+    table.loc[stopped, "restart_drop"] = np.nan  # before the restarts: by the stop alone
+    pd.testing.assert_series_equal(many_starts.summary(table, NU, sizes=(4,)).on_tolerance,
+                                   on_tolerance)
 
 
 def test_the_cpu_preset_record_gives_the_readme_verdicts():
