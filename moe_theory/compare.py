@@ -28,8 +28,9 @@ from moe_theory.layout import CHECK_TABLE, RATES_TABLE
 from moe_theory.store import FIT_KEYS, FIT_MEASURE, SORT_KEYS, load_fits, load_results, read_manifest
 from moe_theory.validation import check_number
 
-#: Columns that time the run: the machine's, never compared.
-TIMING_COLUMNS = ("wall_s",)
+#: Columns that time the run (the machine's) or name the code that ran (``code``: a re-run by
+#: later code is what a comparison is for): never compared.
+TIMING_COLUMNS = ("wall_s", "code")
 #: The optimiser check's refits: one row per variant, data set and loss.
 CHECK_KEYS = ["variant", *SORT_KEYS]
 #: What a rates table's curve is compared on.
@@ -270,8 +271,8 @@ def format_comparison(table: pd.DataFrame, a: str | Path, b: str | Path, *,
     """The comparison in words: per table, the columns that differ (how many rows, the largest
     relative difference, a first example), those one side lacks, and how many are the same."""
     same_as = "bit for bit" if rtol == 0 else f"to a relative {rtol:g}"
-    lines = [f"A: {a}", f"B: {b}", f"values compared {same_as}; timings ({', '.join(TIMING_COLUMNS)}) "
-             "not compared", ""]
+    lines = [f"A: {a}", f"B: {b}", f"values compared {same_as}; timings and code versions "
+             f"({', '.join(TIMING_COLUMNS)}) not compared", ""]
     for name, part in table.groupby("table", sort=False):
         head = part.iloc[0]
         if head["column"] == TABLE_ROW:

@@ -70,6 +70,20 @@ def source_hash(root: Path | None = None) -> str | None:
     return _digest(files) if files else None
 
 
+#: Hex digits of :func:`source_hash` a results row keeps (``code``): one in 16^12 that two
+#: versions share them, and short enough to repeat on every row.
+CODE_DIGITS = 12
+
+
+def code_version() -> str | None:
+    """The results rows' ``code``: the first :data:`CODE_DIGITS` hex digits of
+    :func:`source_hash` of the code imported, None where it has none. A sweep resumed after the
+    code changed holds rows of two versions; this is how they are told apart
+    (docs/theory.md#results-table)."""
+    digest = source_hash()
+    return None if digest is None else digest[:CODE_DIGITS]
+
+
 def source_hash_at(commit: str, root: Path | None = None) -> str | None:
     """:func:`source_hash` of the tree of ``commit`` in the git checkout at ``root`` (default:
     this package's), read from git's objects: does a result's ``source_sha256`` belong to that

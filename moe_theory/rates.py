@@ -30,6 +30,7 @@ from moe_theory.certificates import (
     PASS,
     FolderCertificates,
     Status,
+    fits_of,
     overlay_agreement,
     stationary_stops,
 )
@@ -412,6 +413,23 @@ def curve_verdict(
     return verdict(theory_exponent, fit.ci_low, fit.ci_high, widen), reason
 
 
+def code_versions_note(curve: pd.DataFrame) -> str:
+    """A curve's note where its fits were computed by more than one version of the code (the
+    results' ``code``; "unrecorded" for rows written before it was kept): a sweep resumed after
+    the code changed keeps its finished shards, so its table is no single version's, and a run of
+    one version may differ. "" where one version (or none recorded) fitted every fit."""
+    if "code" not in curve.columns:
+        return ""
+    fits = fits_of(curve)
+    codes = fits["code"].map(lambda c: c if isinstance(c, str) else "unrecorded")
+    counts = sorted(codes.value_counts().items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(counts) < 2:
+        return ""
+    listed = ", ".join(f"{count} by {code}" for code, count in counts)
+    return (f"fits computed by {len(counts)} versions of the code ({listed}): a sweep resumed "
+            "after the code changed; a run of one version may differ")
+
+
 def sample_size_words(n: float) -> str:
     """A sample size as a table names it: its shortest ``g`` form ("1000", "1.6e+06") where that
     is the number itself, else every digit."""
@@ -562,7 +580,7 @@ def rates_table(
         label, reason = curve_verdict(exponent, fit, statuses)
         reach = certificates.sublevel(curve, name) or {}
         reason = "; ".join(filter(None, [reason, sublevel.note(
-            reach, exponent is not None and not math.isnan(exponent))]))
+            reach, exponent is not None and not math.isnan(exponent)), code_versions_note(curve)]))
         n_all, kept = kept_by_n(curve)
         used = np.asarray(fit.n_used if fit.n_used else n_all)
         cert = certificates.reference.get(name[:2])

@@ -155,6 +155,22 @@ def shard_path(out: Path, shard: Shard) -> Path:
     return Path(out) / SHARDS_DIR / f"{shard.key}.parquet"
 
 
+def shard_code_versions(out: Path, shards: Iterable[Shard]) -> dict[str | None, int]:
+    """How many of ``shards`` (finished ones) each version of the code computed (their rows'
+    ``code``, :func:`moe_theory.provenance.code_version`; None for shards written before it was
+    kept): read from the files' ``code`` column alone."""
+    counts: dict[str | None, int] = {}
+    for shard in shards:
+        path = shard_path(out, shard)
+        if "code" in pq.read_schema(path).names:
+            codes = set(pq.read_table(path, columns=["code"]).column("code").to_pylist())
+        else:
+            codes = {None}
+        for code in codes:
+            counts[code] = counts.get(code, 0) + 1
+    return counts
+
+
 def checksum_path(path: Path) -> Path:
     """The record of a shard file's sha256 and row count."""
     return path.with_name(path.name + ".sha256")

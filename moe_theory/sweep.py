@@ -42,6 +42,7 @@ from moe_theory.initialization import NearTruth, multi_start
 from moe_theory.layout import CHECK_FILE, CHECK_TABLE, FITS_FILE, MERGED_TABLES, REFERENCE_DIR
 from moe_theory.measure import MixingMeasure
 from moe_theory.population import design_size_for, reference_measure
+from moe_theory.provenance import code_version
 from moe_theory.settings import Setting, get_setting
 from moe_theory.store import (
     FIT_MEASURE,
@@ -63,6 +64,7 @@ from moe_theory.store import (
     remove_stale_temp_files,
     set_aside,
     setting_shards,
+    shard_code_versions,
     try_claim,
     verified_shards,
     write_manifest,
@@ -82,7 +84,8 @@ RESULT_COLUMNS = [
     "k_fit", "n", "rep", "seed", "loss_name", "loss_value", SUBLEVEL_LOSS, "converged",
     "stop_reason", "restart_drop", "certified",
     "n_iter", "fit_loss", "ref_loss", "bound_active", "proj_grad_max", "n_starts", "ssr_spread",
-    "starts_near_best", "wall_s", "device", "backend", "algorithm", "config_hash", FIT_MEASURE,
+    "starts_near_best", "wall_s", "device", "backend", "algorithm", "config_hash", "code",
+    FIT_MEASURE,
 ]
 #: Bytes one replication needs, per sample and input coordinate (float64): X and Y themselves,
 #: then gate/expert values, residuals and the trial point of LM hold a few more copies of that
@@ -200,6 +203,9 @@ def run_shard(config: SweepConfig, shard: Shard, *, device: str = "cpu", backend
             # one batched fit serves R replications: each row carries its share of the time
             "wall_s": fit.wall_s / R, "device": device, "backend": fit.backend,
             "algorithm": config.algorithm, "config_hash": config.hash,
+            # which code fitted it: a sweep resumed after the code changed mixes two versions,
+            # which its rates table then names (moe_theory.rates)
+            "code": code_version(),
             # the estimate itself, so that a loss can be measured again without refitting
             # (moe_theory.remeasure); compact JSON, exact for float64 (repr round-trips)
             FIT_MEASURE: fitted.to_json_rows(),
@@ -764,6 +770,22 @@ def prepare_references_task(config: SweepConfig, *, out: str, device: str, backe
     prepare_references(config, out, device=device, backend=backend, log=log_stderr, force=force)
 
 
+def _warn_other_code(out: Path, finished: Mapping[Shard, str], log: Callable[[str], None]) -> None:
+    """Say so where a resumed sweep's finished shards were computed by other code than this
+    process runs: the table will mix the two versions (its rates notes name them,
+    moe_theory.rates.code_versions_note), which a run of either alone may not reproduce."""
+    mine = code_version()
+    other = {code: count for code, count in shard_code_versions(out, finished).items()
+             if code != mine}
+    if not other:
+        return
+    named = ", ".join(f"{count} by {code or 'code not recorded'}"
+                      for code, count in sorted(other.items(), key=lambda kv: str(kv[0])))
+    log(f"warning: {sum(other.values())} of the {len(finished)} finished shard(s) in {out} were "
+        f"computed by other code than this ({named}; this is {mine}): the table will mix "
+        "versions, and its rates notes name them; another --out runs this version alone")
+
+
 def check_sweep_options(*, device: str = "cpu", backend: str = "auto", executor: str = "local",
                         scheduler: str | None = None, local_workers: int | None = None,
                         gpus: str | Sequence[int] | None = None) -> tuple[int, ...] | None:
@@ -825,6 +847,8 @@ def run_sweep(
     remove_stale_temp_files(out)
     shards = plan(config)
     finished = verified_shards(out, shards, report=log, config_hash=config.hash)
+    if len(finished) < len(shards):
+        _warn_other_code(out, finished, log)
     if len(finished) == len(shards):
         return merge(out, report=log)
     if device.startswith("cuda") and scheduler is None and backend != "torch":

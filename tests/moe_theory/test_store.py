@@ -492,6 +492,41 @@ def test_resume_with_another_thread_count_warns(copy, monkeypatch):
     assert any("CPU thread" in line for line in again)
 
 
+def test_a_sweep_resumed_by_other_code_says_so_and_its_table_names_both(tmp_path, monkeypatch):
+    """A sweep resumed after the toolkit's code changed keeps its finished shards: its table
+    holds rows of two versions, which no run of one version reproduces. Each row names the code
+    that fitted it (``code``), the resumption warns, and the rates table's notes name both."""
+    from moe_theory import provenance
+    from moe_theory.rates import rates_table
+
+    config = parse_config(TINY)
+    older = "0123456789ab"
+    monkeypatch.setattr(sweep, "code_version", lambda: older)
+    sweep.run_sweep(config, tmp_path, log=lambda msg: None)
+    (shard, *_), = [sorted((tmp_path / "shards").rglob("*.parquet"))]
+    store.checksum_path(shard).unlink()
+    shard.unlink()
+    (tmp_path / store.RESULTS_PARQUET).unlink()
+    monkeypatch.undo()
+    mine = provenance.code_version()
+    assert mine is not None and len(mine) == provenance.CODE_DIGITS and mine != older
+    lines: list[str] = []
+    df = sweep.run_sweep(config, tmp_path, log=lines.append)
+    assert any("3 of the 3 finished shard(s)" in line and f"3 by {older}" in line
+               and f"this is {mine}" in line for line in lines)
+    fits = df.drop_duplicates(["n", "rep"])
+    assert fits["code"].value_counts().to_dict() == {older: 3, mine: 1}
+    note = f"fits computed by 2 versions of the code (3 by {older}, 1 by {mine})"
+    assert rates_table(df)["reason"].str.contains(note, regex=False).all()
+    # one version alone, or a table from before the column: no note, no warning
+    quiet: list[str] = []
+    sweep.run_sweep(config, tmp_path / "fresh", log=quiet.append)
+    assert not any("other code" in line for line in quiet)
+    fresh = store.load_results(tmp_path / "fresh")
+    assert not rates_table(fresh)["reason"].str.contains("versions").any()
+    assert not rates_table(fresh.drop(columns="code"))["reason"].str.contains("versions").any()
+
+
 # ---- the Python API refuses what it cannot do -------------------------------------------------
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
