@@ -1144,7 +1144,7 @@ _EXACT_FLOATS = ({} if tuple(map(int, re.match(r"(\d+)\.(\d+)", pd.__version__).
 #: ``441737e34545`` reads as a float (infinite), or one of digits alone as an integer; read as
 #: numbers, a certificate's hash no longer matched its table's and counted as not run, and a
 #: table written back held ``inf`` for its hash.
-TEXT_COLUMNS = ("config_hash",)
+TEXT_COLUMNS = ("config_hash", "code")
 
 
 def read_csv(path: str | Path, **kwargs) -> pd.DataFrame:

@@ -426,11 +426,14 @@ def test_a_csv_table_reads_back_every_float_bit_for_bit(tmp_path):
 def test_a_config_hash_reads_back_as_text(tmp_path, digest):
     """A config hash that reads as a number (12 hex digits in e-notation read as inf, digits
     alone as an integer) comes back as the text written, so a folder's certificates still match
-    its table's hash, and a table written back keeps it."""
-    table = pd.DataFrame({"loss_value": [1.5, 2.5], "config_hash": [digest, digest]})
+    its table's hash, and a table written back keeps it. So does a row's code version (the
+    same kind of digits), and a row without one stays missing."""
+    table = pd.DataFrame({"loss_value": [1.5, 2.5], "config_hash": [digest, digest],
+                          "code": [digest, None]})
     store._write_csv(tmp_path / "t.csv.gz", table)
     back = store.read_csv(tmp_path / "t.csv.gz")
     assert list(back["config_hash"]) == [digest, digest]
+    assert back["code"][0] == digest and back["code"].isna()[1]
     assert back["loss_value"].dtype == np.float64
     store._write_csv(tmp_path / "again.csv.gz", back)
     assert (tmp_path / "again.csv.gz").read_bytes() == (tmp_path / "t.csv.gz").read_bytes()
