@@ -77,11 +77,16 @@ CODE_DIGITS = 12
 
 def code_version() -> str | None:
     """The results rows' ``code``: the first :data:`CODE_DIGITS` hex digits of
-    :func:`source_hash` of the code imported, None where it has none. A sweep resumed after the
-    code changed holds rows of two versions; this is how they are told apart
-    (docs/theory.md#results-table)."""
+    :func:`source_hash` of the code imported (hashed when this module is imported, below),
+    None where it has none. A sweep resumed after the code changed holds rows of two versions;
+    this is how they are told apart (docs/theory.md#results-table)."""
     digest = source_hash()
     return None if digest is None else digest[:CODE_DIGITS]
+
+
+# Hashed now, as the package is imported (a few ms): hashed at a sweep's first shard, minutes
+# later, it described files edited meanwhile, not the code that ran.
+source_hash()
 
 
 def source_hash_at(commit: str, root: Path | None = None) -> str | None:

@@ -386,7 +386,8 @@ def curve_verdict(
     In order: ``no theory`` without an exponent; ``not measurable (...)`` with fewer than
     ``MIN_POINTS`` usable sample sizes or any certificate failed or not run; ``inconclusive (CI
     too wide)`` unless the CI half-width is below ``half_width_max``; else ``consistent`` or
-    ``inconsistent`` by :func:`verdict`. The reason names every failed or missing certificate.
+    ``inconsistent`` by :func:`verdict`. The reason names every failed or missing certificate,
+    and a passed one that carries a reason (the converged certificate's unrestarted fits).
     """
     # a passed certificate is named only where it says something (a reading the reader
     # should know of, such as fits it could not check alike)

@@ -288,7 +288,8 @@ def _ratio(c: ReferenceCertificate) -> float:
 
 def note_lines(rates: pd.DataFrame) -> list[str]:
     """One line per curve whose verdict comes with a reason (a failed or missing certificate,
-    a dropped n)."""
+    a dropped n, or a note on a curve that passed: a passed certificate's reason, the fits as
+    good as the reference, fits of more than one version of the code)."""
     return [f"`{r.setting} / {r.fit_gate} / {r.loss_name}`: {r.verdict}. {r.reason}."
             for r in rates.itertuples() if isinstance(r.reason, str) and r.reason]
 

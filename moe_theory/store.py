@@ -162,10 +162,13 @@ def shard_code_versions(out: Path, shards: Iterable[Shard]) -> dict[str | None, 
     counts: dict[str | None, int] = {}
     for shard in shards:
         path = shard_path(out, shard)
-        if "code" in pq.read_schema(path).names:
-            codes = set(pq.read_table(path, columns=["code"]).column("code").to_pylist())
-        else:
-            codes = {None}
+        try:
+            if "code" in pq.read_schema(path).names:
+                codes = set(pq.read_table(path, columns=["code"]).column("code").to_pylist())
+            else:
+                codes = {None}
+        except FileNotFoundError:
+            continue  # removed since it was verified (another sweep's --force): not counted
         for code in codes:
             counts[code] = counts.get(code, 0) + 1
     return counts
@@ -963,7 +966,8 @@ def record_references(out: Path, references: dict[str, str],
                       design_sizes: dict[str, int] | None = None, *,
                       adopted_from: str | Path | None = None,
                       seen: dict[str, str] | None = None,
-                      clear: Callable[[], None] | None = None) -> None:
+                      clear: Callable[[], None] | None = None,
+                      refused: Callable[[list[str]], str] | None = None) -> None:
     """Record in the manifest the references (``"<setting>/<gate>"`` -> the measure's JSON) that
     the folder's shards are measured against (checked by ``moe_theory.sweep`` on resumption),
     and the design size each G_bar was fitted on (``reference_design_sizes``: its certificate
@@ -972,10 +976,11 @@ def record_references(out: Path, references: dict[str, str],
     them instead of fitting them, now and when it resumes. ``seen``: the records the caller
     checked its references against (``moe_theory.sweep.check_references``); another writer's
     record of one of these keys made since (a sweep started beside this one, on another device
-    type, say) is not overwritten: :class:`ValueError` names it, and a run again checks against
-    it. ``clear``: called under the manifest's lock once the record is sure to be made, before
-    it is written (what ``--force`` removes with the records replaced), so that a refused
-    record removes nothing."""
+    type, say) is not overwritten: :class:`ValueError` names it (``refused(keys)``: the
+    caller's message, else a check's: a run again checks against that record). ``clear``:
+    called under the manifest's lock once the record is sure to be made, before it is written
+    (what ``--force`` removes with the records replaced), so that a refused record removes
+    nothing."""
     with _manifest_to_update(out, "references") as manifest:
         if seen is not None:
             now = manifest.get("references", {})
@@ -984,7 +989,7 @@ def record_references(out: Path, references: dict[str, str],
             moved = sorted(key for key in references
                            if now.get(key) not in (seen.get(key), references[key]))
             if moved:
-                raise ValueError(
+                raise ValueError(refused(moved) if refused is not None else
                     f"reference: another sweep recorded the G_bar of {', '.join(moved)} in {out} "
                     "while this one checked its own: run it again to check against that record")
         if clear is not None:

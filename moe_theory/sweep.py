@@ -65,6 +65,7 @@ from moe_theory.store import (
     set_aside,
     setting_shards,
     shard_code_versions,
+    shard_path,
     try_claim,
     verified_shards,
     write_manifest,
@@ -628,7 +629,10 @@ def adopt_references(config: SweepConfig, out: str | Path, source: str | Path, *
     # ``seen``: checked and recorded as one step, under the manifest's lock: a sweep started in
     # ``out`` meanwhile may have recorded a G_bar of its own, which this must not overwrite
     record_references(out, {k: recorded[k] for k in keys}, {k: size for k in keys},
-                      adopted_from=source, seen=held)
+                      adopted_from=source, seen=held, refused=lambda moved: (
+                          f"references_from: another sweep recorded the G_bar of "
+                          f"{', '.join(moved)} in {out} while this one adopted those of "
+                          f"{source}; use another --out"))
     rivals = {k: v for k, v in theirs.get("rival_references", {}).items() if k in keys}
     if rivals:
         record_rivals(out, rivals)
@@ -737,12 +741,14 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
         # what was measured against the records replaced, removed only once the new record is
         # sure to be made: a record refused after the deletions had lost the shards for nothing
         for setting, gate, key, why, shards, merged in clearing:
-            if shards:
-                n = discard_setting(out, setting)
+            # looked at again here: an earlier key (another gate of the setting; any setting
+            # for the folder-wide merged table) may have removed them already
+            n = discard_setting(out, setting) if shards else 0
+            if n:
                 log(f"--force: {n} shard(s) of {setting} were measured against another G_bar "
                     f"of {key} ({why}) and were deleted")
-            if merged:
-                aside = set_aside(out, names=(*merged, FITS_FILE))
+            aside = set_aside(out, names=(*merged, FITS_FILE)) if merged else None
+            if aside is not None:
                 log(f"--force: the merged table measured {setting} against another G_bar of "
                     f"{key} ({why}): moved to {aside.name}/ (the shards on disk, if any, merge "
                     "anew)")
@@ -779,11 +785,12 @@ def _warn_other_code(out: Path, finished: Mapping[Shard, str], log: Callable[[st
              if code != mine}
     if not other:
         return
-    named = ", ".join(f"{count} by {code or 'code not recorded'}"
+    named = ", ".join(f"{count} by {code or 'code whose version was not recorded'}"
                       for code, count in sorted(other.items(), key=lambda kv: str(kv[0])))
+    this = f"this process runs {mine}" if mine else "this process's code has no version"
     log(f"warning: {sum(other.values())} of the {len(finished)} finished shard(s) in {out} were "
-        f"computed by other code than this ({named}; this is {mine}): the table will mix "
-        "versions, and its rates notes name them; another --out runs this version alone")
+        f"computed by other code than this ({named}; {this}): the table will mix versions, and "
+        "its rates notes name them; another --out runs this version alone")
 
 
 def check_sweep_options(*, device: str = "cpu", backend: str = "auto", executor: str = "local",
@@ -847,8 +854,6 @@ def run_sweep(
     remove_stale_temp_files(out)
     shards = plan(config)
     finished = verified_shards(out, shards, report=log, config_hash=config.hash)
-    if len(finished) < len(shards):
-        _warn_other_code(out, finished, log)
     if len(finished) == len(shards):
         return merge(out, report=log)
     if device.startswith("cuda") and scheduler is None and backend != "torch":
@@ -870,6 +875,10 @@ def run_sweep(
     if device.startswith("cuda") and executor != "local":
         # the references' fits leave memory in this process's cache that the workers need
         release_cache(device)
+    # after the references: a --force there deletes the shards measured against another G_bar
+    finished = {shard: digest for shard, digest in finished.items()
+                if shard_path(out, shard).exists()}
+    _warn_other_code(out, finished, log)
     work = functools.partial(compute_shard, config=config, out=str(out.resolve()), device=device,
                              backend=backend)
     bar = _progress(len(shards), len(finished), config.name)

@@ -140,10 +140,13 @@ def test_a_short_step_stop_that_a_restart_lowered_is_not_converged():
                                     "restart record")
     assert converged_certificate(df.drop(columns="restart_drop")) == Status(PASS)
     assert converged_certificate(df.assign(restart_drop=0.0)) == Status(PASS)
-    # and says it beside a failure too
+    # and says it beside a failure too, of every stop on tolerance as the stop column counts
+    # them (a restarted one included)
     df.loc[(df["n"] == first) & df["rep"].isin([5, 6]), "stop_reason"] = "max_iter"
+    df.loc[(df["n"] == first) & (df["rep"] == 7), "restart_drop"] = 2.5
     status = converged_certificate(df)
     assert status.status == FAIL and status.reason.endswith("read by their stop alone")
+    assert f"; 2 of {len(fits_of(df)) - 2} tolerance stop(s)" in status.reason
 
 
 def test_a_refit_that_lost_the_loss_on_some_fits_is_not_compared_over_the_others():

@@ -49,12 +49,20 @@ def test_the_same_run_is_the_same_whatever_order_timings_and_added_columns(tmp_p
     shutil.copytree(a, b)
     table = pd.read_csv(b / "results.csv")
     # another order, other timings, a column the re-run records since: still the same run
-    table = table.iloc[::-1].assign(wall_s=table["wall_s"] * 2, sublevel_loss=1.0)
+    # and the code that ran, which a re-run by later code changes by design (here on both
+    # sides, and on one side alone)
+    table = table.iloc[::-1].assign(wall_s=table["wall_s"] * 2, sublevel_loss=1.0,
+                                    code="0123456789ab")
     store.write_results_csv(b, table)
+    check = pd.read_parquet(b / "check.parquet")
+    check.assign(code="ba9876543210").to_parquet(b / "check.parquet")
+    pd.read_parquet(a / "check.parquet").assign(code="0123456789ab").to_parquet(
+        a / "check.parquet")
     assert main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "sublevel_loss: only in B" in out and out.rstrip().endswith("(bit for bit)")
     assert "wall_s" not in out.split("not compared")[1]
+    assert "code" not in out.split("not compared")[1]
     result = compare_folders(a, b)
     assert sorted(result["table"].unique()) == ["check", "fits", "rates", "results"]
     assert not differs(result)

@@ -516,7 +516,7 @@ def test_a_sweep_resumed_by_other_code_says_so_and_its_table_names_both(tmp_path
     lines: list[str] = []
     df = sweep.run_sweep(config, tmp_path, log=lines.append)
     assert any("3 of the 3 finished shard(s)" in line and f"3 by {older}" in line
-               and f"this is {mine}" in line for line in lines)
+               and f"this process runs {mine}" in line for line in lines)
     fits = df.drop_duplicates(["n", "rep"])
     assert fits["code"].value_counts().to_dict() == {older: 3, mine: 1}
     note = f"fits computed by 2 versions of the code (3 by {older}, 1 by {mine})"
@@ -528,6 +528,25 @@ def test_a_sweep_resumed_by_other_code_says_so_and_its_table_names_both(tmp_path
     fresh = store.load_results(tmp_path / "fresh")
     assert not rates_table(fresh)["reason"].str.contains("versions").any()
     assert not rates_table(fresh.drop(columns="code"))["reason"].str.contains("versions").any()
+    # shards that the references' --force deletes are not counted: the warning comes after
+    forced = tmp_path / "forced"
+    monkeypatch.setattr(sweep, "code_version", lambda: older)
+    sweep.run_sweep(config, forced, log=lambda msg: None)
+    first = sorted((forced / "shards").rglob("*.parquet"))[0]
+    store.checksum_path(first).unlink()
+    first.unlink()
+    monkeypatch.undo()
+    prepare = sweep.prepare_references
+
+    def prepare_then_force(config, out, **kwargs):
+        prepare(config, out, **kwargs)
+        store.discard_setting(out, config.settings[0])  # as --force after a changed G_bar
+
+    monkeypatch.setattr(sweep, "prepare_references", prepare_then_force)
+    said: list[str] = []
+    again = sweep.run_sweep(config, forced, log=said.append)
+    assert not any("other code" in line for line in said)
+    assert set(again["code"]) == {mine}
 
 
 # ---- the Python API refuses what it cannot do -------------------------------------------------
@@ -744,7 +763,8 @@ def test_a_rerun_adopts_the_references_its_source_folder_records(tmp_path, monke
         store.record_references(out, {key: other})
 
     monkeypatch.setattr(sweep, "write_manifest", meanwhile)
-    with pytest.raises(ValueError, match=f"reference: another sweep recorded the G_bar of {key}"):
+    with pytest.raises(ValueError, match=f"^references_from: another sweep recorded the G_bar "
+                                         f"of {key} .* use another --out$"):
         sweep.adopt_references(config, tmp_path / "f", tmp_path / "a")
     assert store.read_manifest(tmp_path / "f")["references"] == {key: other}
     monkeypatch.undo()
@@ -1245,6 +1265,20 @@ def test_a_forced_reference_refused_by_another_sweeps_record_deletes_no_shard(tm
                            design_size=1234)
     assert not shard.exists() and any("1 shard(s)" in line for line in said)
     assert store.read_manifest(tmp_path)["references"] == {key: ref.to_json()}
+    # two references replaced at once (both gates of the setting), with a merged table: the
+    # second found the shards and the folder-wide table gone with the first (the deletions had
+    # been planned before either ran: "0 shard(s) deleted", then a crash on the table moved)
+    both = {f"{setting}/{gate}": moved(0.25) for gate in ("sigmoid", "softmax")}
+    store.record_references(tmp_path, both)
+    shard.write_bytes(b"rows")
+    (tmp_path / store.RESULTS_PARQUET).write_bytes(b"merged rows")
+    said.clear()
+    sweep.check_references(tmp_path, {(setting, gate): ref for gate in ("sigmoid", "softmax")},
+                           force=True, log=said.append, design_size=1234)
+    assert not shard.exists() and not (tmp_path / store.RESULTS_PARQUET).exists()
+    assert [sum(what in line for line in said) for what in ("shard(s)", "merged table")] == [1, 1]
+    assert not any("0 shard(s)" in line for line in said)
+    assert store.read_manifest(tmp_path)["references"] == {k: ref.to_json() for k in both}
 
 
 def test_an_update_failing_on_a_file_system_without_locks_raises_its_own_error(tmp_path,
