@@ -56,6 +56,7 @@ from moe_theory.initialization import DEFAULT_JITTER
 from moe_theory.kept_values import usable_mask
 from moe_theory.layout import CHECK_FILE, CHECK_TABLE, REFIT_DIR
 from moe_theory.measure import MixingMeasure
+from moe_theory.provenance import code_version
 from moe_theory.rates import CURVE_KEYS, curve_fit, log_mean_half_width, usable
 from moe_theory.store import (
     Shard,
@@ -135,6 +136,15 @@ def refit(config: SweepConfig, reps: int, *, device: str = "cpu", backend: str =
     if log is not None and frames:
         log(f"check: {len(frames)} of {len(jobs)} refits stored by an earlier run, "
             f"{len(todo)} to go")
+        mine = code_version()
+        other = sum(1 for rows in frames.values()
+                    if "code" not in rows or set(rows["code"]) != {mine})
+        if todo and other:
+            # as a resumed sweep says (moe_theory.sweep): the check would judge refits of two
+            # versions of the code together
+            log(f"warning: check: {other} of the {len(frames)} stored refits were computed by "
+                f"other code than this process runs ({mine or 'no version'}): the check will "
+                "hold refits of two versions; delete check-refits/ to refit them all")
     work = functools.partial(_refit_job, configs=configs, device=device, backend=backend,
                              references=references)
     started, done = time.perf_counter(), 0

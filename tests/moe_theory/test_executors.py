@@ -875,11 +875,22 @@ def test_check_interrupted_then_resumed_refits_only_what_is_missing(local_run, t
     total = len(check.variants(config)) * len(config.n) * len(config.fit_gates)
     assert len(calls) == total - 2, "the stored refits were computed again"
     assert any(f"2 of {total} refits stored" in line for line in lines)
+    assert not any("other code" in line for line in lines)  # one version throughout
     got, want = (pd.read_parquet(folder / check.CHECK_TABLE).drop(columns="wall_s")
                  for folder in (out, whole))
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert json.loads((out / "check.json").read_text())["curves"] == json.loads(
         (whole / "check.json").read_text())["curves"]
+    # resumed by other code (a toolkit updated in between), the check says so
+    (out / "check.json").unlink()
+    for path in sorted((out / check.REFIT_DIR).rglob("*.parquet"))[2:]:
+        store.checksum_path(path).unlink()
+        path.unlink()
+    monkeypatch.setattr(check, "code_version", lambda: "0123456789ab")
+    lines.clear()
+    run_check(out, reps=1, log=lines.append)
+    assert any("warning: check: 2 of the 2 stored refits were computed by other code" in line
+               for line in lines)
 
 
 def test_a_gate_fitted_alone_gives_the_rows_of_the_whole_shard(config_path, local_run):
