@@ -585,7 +585,9 @@ def reference_certificate(
     else:
         kind, ref = reference_measure(setting, fit_gate, device=device, backend=backend)
         cache_size = design_size_for(device)
-    n_min, n_max = int(min(n_grid)), int(max(n_grid))
+    # sorted: the overlay follows the grid's order, and its last entry is read as n_max's
+    n_grid = sorted({int(n) for n in n_grid})
+    n_min, n_max = n_grid[0], n_grid[-1]
     nu = float(setting.noise_var)
     X = design(setting, design_size, device)
     problem, theta, m, F, M, H = local_model(setting, ref, X, kind)

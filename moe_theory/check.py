@@ -305,22 +305,26 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     # every finite positive loss, box fits included: a refit that moves a fit onto the box (or
     # off it) moves the estimate, though the slope would drop the value; the slope's tolerance
     # is the rates table's own half-width (its bootstrap, its number of draws)
-    half = {m: log_mean_half_width(full.loc[full["n"] == m, "loss_value"].to_numpy(float))
+    # in replication order, as the rates table's intervals are: the bootstrap draws by position
+    ordered = full.sort_values("rep", kind="stable")
+    half = {m: log_mean_half_width(ordered.loc[ordered["n"] == m, "loss_value"].to_numpy(float))
             for m in sorted(full["n"].unique())}
     full_fit = curve_fit(full)
     out.update(slope=full_fit.slope, slope_tolerance=full_fit.half_width, mean_shift={},
                slope_shift={},
                mean_tolerance=min((h for h in half.values() if np.isfinite(h)), default=math.nan))
     base_by_n = {m: g["loss_value"].to_numpy(float) for m, g in base.reset_index().groupby("n")}
-    base_slope = _subsample_slope(base_by_n)
+    # only the n the curve's rate uses have a CI to compare with, and the slopes are compared
+    # over those n alone, on both sides: at an n the rate drops a moved value moves nothing the
+    # table reports, and a sweep's slope over more n than a variant's compared two lines
+    judged = [m for m in base_by_n if np.isfinite(half.get(m, math.nan))]
+    base_slope = _subsample_slope({m: base_by_n[m] for m in judged})
     for name, rows in refits.groupby("variant", sort=True):
         # in the sweep's order: _shift compares the two fit by fit
         chosen = _estimate(base, rows.drop_duplicates(keys).set_index(keys),
                            noise_var).reindex(base.index)
         by_n = {m: g.to_numpy(float) for m, g in chosen.groupby(level="n")}
-        # only the n the curve's rate uses have a CI to compare with
-        shifts = {m: _shift(by_n.get(m, np.array([])), v) for m, v in base_by_n.items()
-                  if np.isfinite(half.get(m, math.nan))}
+        shifts = {m: _shift(by_n.get(m, np.array([])), base_by_n[m]) for m in judged}
         shifts = {m: s for m, s in shifts.items() if s is not None}
         moved = [m for m, s in shifts.items() if not s <= half.get(m, math.nan)]
         out["mean_shift"][name] = max(shifts.values(), default=math.nan)
@@ -329,7 +333,7 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
             reasons.append(f"{name}: the log-mean at {len(moved)} n moves by more than its 95% "
                            f"CI half-width (n={m}: {shifts[m]:.2f} against "
                            f"{half.get(m, math.nan):.2f})")
-        variant_slope = _subsample_slope(by_n)
+        variant_slope = _subsample_slope({m: by_n.get(m, np.array([])) for m in judged})
         shift = abs(variant_slope - base_slope)
         out["slope_shift"][name] = shift
         if math.isnan(variant_slope) and not math.isnan(base_slope):

@@ -171,3 +171,48 @@ def test_a_refit_that_lost_the_loss_on_some_fits_is_not_compared_over_the_others
     assert entry["status"] == FAIL
     assert entry["mean_shift"][VARIANTS[0]] == math.inf
     assert any(r.startswith(f"{VARIANTS[0]}: the log-mean at 1 n moves") for r in entry["reasons"])
+
+
+def test_the_check_compares_slopes_over_the_n_the_rate_uses_on_both_sides():
+    """At an n the curve's rate drops (one usable value: no CI) a refit that moved the value
+    failed the slope test, though nothing the table reports moved, and one that lost it passed
+    with the sweep's slope over one n more than the variant's. Both are judged over the n with
+    a CI alone."""
+    import numpy as np
+
+    df = _curve()
+    top = df["n"].max()
+    df.loc[(df["n"] == top) & (df["rep"] > 0), "loss_value"] = np.nan
+    base = df[df["rep"] < 2]
+    for change in (3.0, np.nan):  # moved threefold, or lost, where the rate has no CI
+        changed = base.copy()
+        changed.loc[(changed["n"] == top) & (changed["rep"] == 0), "loss_value"] *= change
+        refits = pd.concat([changed.assign(variant=VARIANTS[0]),
+                            base.assign(variant=VARIANTS[1])])
+        entry = curve_check(df, base, refits, NU, expected=VARIANTS)
+        assert entry["status"] == PASS, entry["reasons"]
+        assert entry["slope_shift"][VARIANTS[0]] == 0.0
+
+
+def test_the_checks_tolerance_does_not_depend_on_the_rows_order():
+    """The per-n tolerance is the rates table's bootstrap interval, drawn in replication order:
+    drawn in the table's row order, the same rows in another order judged a shift between the
+    two intervals once a fail, once a pass."""
+    import numpy as np
+
+    from moe_theory.rates import log_mean_half_width
+
+    df = _curve()
+    m = sorted(df["n"].unique())[4]
+    values = df.loc[df["n"] == m].sort_values("rep")["loss_value"].to_numpy()
+    halves = log_mean_half_width(values), log_mean_half_width(values[::-1])
+    assert halves[0] != halves[1]  # the bootstrap does depend on the order it is given
+    base = df[df["rep"] < 2]
+    moved = base.copy()
+    moved.loc[moved["n"] == m, "loss_value"] *= np.exp(sum(halves) / 2)
+    refits = pd.concat([moved.assign(variant=VARIANTS[0]), base.assign(variant=VARIANTS[1])])
+    reversed_rows = pd.concat([df[df["n"] != m], df[df["n"] == m].iloc[::-1]])
+    entries = [curve_check(full, base, refits, NU, expected=VARIANTS)
+               for full in (df, reversed_rows)]
+    assert entries[0]["status"] == entries[1]["status"]
+    assert entries[0]["mean_tolerance"] == entries[1]["mean_tolerance"]

@@ -1125,3 +1125,28 @@ def test_a_refit_on_g_bar_with_its_atoms_relabelled_is_g_bar():
     moved = g_bar.replace(g_bar.gate_params, g_bar.expert_params + 0.5)
     assert float(certificates.repinned_d3(moved, g_bar)[0]) == pytest.approx(
         float(voronoi_loss(moved, g_bar, "D3")[0]))
+
+
+def test_the_reference_certificate_reads_the_grid_in_order_whatever_its_order(monkeypatch):
+    """The G_bar restart tolerance is a tenth of the predicted D3 at n_max, read as the
+    overlay's last entry: a grid given largest first read it at the smallest n, a tolerance
+    sqrt(8) times looser (the public function takes any sequence; configs sort theirs)."""
+    import json
+    from pathlib import Path
+
+    from moe_theory import certificates as C
+    from moe_theory.measure import MixingMeasure
+
+    folder = Path(__file__).parents[2] / "paper_figures/nguyen2024-measurable/gelu_d4_sigmoid_40"
+    key = "nguyen2024-measurable-gelu-d4/sigmoid"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    g_bar = (MixingMeasure.from_json(manifest["references"][key]),
+             manifest["reference_design_sizes"][key])
+    setting = mt.get_setting("nguyen2024-measurable-gelu-d4")
+    # the refits of G_bar are not what is tested: a fixed outcome, no population fits
+    monkeypatch.setattr(C, "refit_population", lambda *a, **k: C.Refits(
+        spread=0.0, better=0, tied=1, worse=0, drift=0.0))
+    certs = [C.reference_certificate(setting, "sigmoid", grid, ["D3"], g_bar=g_bar,
+                                     design_size=4000) for grid in ([4000, 32000], [32000, 4000])]
+    assert certs[0].n_max == certs[1].n_max == 32000
+    assert certs[0].restart_tolerance == certs[1].restart_tolerance
