@@ -224,7 +224,8 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
                                         check_new[positions], check_stored[positions],
                                         check_added[positions]))
         else:
-            check = None  # refits stored before their estimates: left as they are
+            check = None  # refits stored before their estimates: not measurable again
+    unjudged = (folder / CHECK_TABLE).exists() and check is None
     table = pd.concat(changes, ignore_index=True)
     if not write or table["same"].all():
         return table
@@ -232,6 +233,13 @@ def remeasure(folder: str | Path, *, write: bool = False) -> pd.DataFrame:
     if unstored:
         raise ValueError(f"DIR: {unstored} loss values of {folder} have no stored estimate; "
                          "nothing was rewritten")
+    if unjudged:
+        # the check compares the results with its refits: new results beside old refits would
+        # leave a check.json that judged other values, read as current (the same config hash)
+        raise ValueError(f"DIR: the optimiser check's refits in {folder / CHECK_TABLE} have no "
+                         "stored estimates, so the check cannot be judged again against the "
+                         "new values; nothing was rewritten (run `moe-theory check DIR` again "
+                         "first, or move check.json and check.parquet out of the folder)")
     # a working folder's stored rows come first: a later merge or resumed check reads them
     for store in [folder, *sorted((folder / REFIT_DIR).glob("*"))]:
         _rewrite_shards(store, refs, config)

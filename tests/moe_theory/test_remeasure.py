@@ -339,6 +339,20 @@ def test_unstored_fit_is_refused_and_nothing_written(finished):
     assert (finished / "results.csv").read_bytes() == before
 
 
+def test_a_check_without_stored_refit_estimates_is_refused_not_left_stale(finished,
+                                                                          doubled_losses):
+    """The check's refits kept without their estimates cannot be measured again: new results
+    written beside them left a check.json that judged the old values, read as current (its
+    config hash the same). Refused, with nothing written."""
+    check = pd.read_parquet(finished / "check.parquet")
+    check.drop(columns=FIT_MEASURE).to_parquet(finished / "check.parquet")
+    before = {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()}
+    assert not remeasure(finished)["same"].all()  # a dry run reports the new values
+    with pytest.raises(ValueError, match="check's refits .* have no stored estimates"):
+        remeasure(finished, write=True)
+    assert {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()} == before
+
+
 def test_folder_without_fits_names_itself(finished, capsys):
     (finished / FITS_FILE).unlink()
     assert main(["remeasure", str(finished)]) == 2
