@@ -39,6 +39,16 @@ def usable(values: np.ndarray) -> np.ndarray:
     return values[usable_mask(values)]
 
 
+def check_n(df: pd.DataFrame) -> None:
+    """Raise ValueError when a row's ``n`` is not a positive finite number (grouping by n would
+    drop NaN rows silently)."""
+    n = pd.to_numeric(df["n"], errors="coerce").to_numpy(dtype=float)
+    bad = ~(np.isfinite(n) & (n > 0))
+    if bad.any():
+        raise ValueError(f"n: {int(bad.sum())} row(s) without a positive finite sample size "
+                         f"(first: {df['n'].iloc[int(np.argmax(bad))]!r})")
+
+
 def _in_rep_order(curve: pd.DataFrame) -> pd.DataFrame:
     """The curve's rows by replication within each n: the bootstrap draws index positions, so a
     caller's unsorted frame would otherwise get other CIs than the table it came from."""
@@ -57,6 +67,7 @@ def split_by_n(curve: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray],
     bounds : P arrays of ``bound_active`` in the same order (whether each fit had a parameter at
         its bound); None for tables without that column.
     """
+    check_n(curve)  # a NaN n would leave its rows out of every group unsaid
     groups = [g for _, g in _in_rep_order(curve).groupby("n", sort=True)]
     n = np.asarray([g["n"].iloc[0] for g in groups], dtype=float)
     values = [g["loss_value"].to_numpy(dtype=float) for g in groups]

@@ -264,8 +264,8 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
         # certified curve): a reader of the figure alone should not have to look it up
         suffix = "\n" + textwrap.fill("(not measurable: " + verdict[len(NOT_MEASURABLE_PREFIX):],
                                       width=LEGEND_REASON_WIDTH)
-    if certified and verdict.startswith("inconclusive"):
-        suffix = "\n(inconclusive: CI too wide)"
+    if certified and verdict.startswith("inconclusive ("):
+        suffix = f"\n(inconclusive: {verdict[len('inconclusive ('):-1]})"
     elif certified and verdict in MEASURED_VERDICTS:
         suffix = f"\n(certified, {verdict} with theory)"
     if reach:

@@ -38,6 +38,7 @@ from moe_theory.console import past_bound
 from moe_theory.kept_values import (
     DROP_REASONS,
     MIN_REPS_PER_N,
+    check_n,
     drop_reasons,
     kept_by_n,
     split_by_n,
@@ -151,6 +152,7 @@ class RateFit:
     dropped: Mapping[str, int] = field(default_factory=dict)
     dropped_n: tuple[float, ...] = ()
     n_used: tuple[float, ...] = ()
+    reps_per_n: tuple[int, ...] = ()
 
     @property
     def half_width(self) -> float:
@@ -297,6 +299,9 @@ def fit_rate(
         # without a CI (NaN), as one value at an n would have entered with zero variance
         variances = np.array([np.nan if tied(v) else log_stat_variance(v, d, statistic)
                               for v, d in zip(kept, draws, strict=True)])
+        # nor has one whose resamples never moved the statistic: a median most replications
+        # share (not all: no tie) has bootstrap variance 0, and that n narrowed the interval
+        variances[~(variances > 0)] = np.nan
         fits[statistic] = (_slope_fit(x, y, variances, reps), y)
     mean, y = fits["mean"]
     resid = y - (mean.intercept + mean.slope * x)
@@ -306,7 +311,7 @@ def fit_rate(
         slope=mean.slope, intercept=mean.intercept, slope_se=mean.se, ci_low=mean.ci_low,
         ci_high=mean.ci_high, r2=float(r2), n_points=n_points, n_dropped=n_dropped,
         median=fits["median"][0], reps_used=reps_used, dropped=dropped, dropped_n=dropped_n,
-        n_used=tuple(used),
+        n_used=tuple(used), reps_per_n=tuple(int(r) for r in reps),
     )
 
 
@@ -373,6 +378,13 @@ def uncertified(certificates: Mapping[str, Status]) -> str:
     return "; ".join(parts)
 
 
+#: A firm verdict needs every used n to keep at least this share of the largest number of usable
+#: replications at an n (:func:`uneven_replications`).
+UNEVEN_REPS_RATIO = 0.5
+#: The verdict of a curve whose CI the uneven replications make too narrow to trust.
+UNEVEN_VERDICT = "inconclusive (replications uneven)"
+
+
 def curve_verdict(
     theory_exponent: float | None,
     fit: RateFit,
@@ -411,7 +423,28 @@ def curve_verdict(
                if np.isfinite(fit.half_width) else
                "no CI: the replications are tied at some n, so their spread is unknown")
         return "inconclusive (CI too wide)", why + (f"; {reason}" if reason else "")
+    uneven = uneven_replications(fit)
+    if uneven:
+        return UNEVEN_VERDICT, uneven + (f"; {reason}" if reason else "")
     return verdict(theory_exponent, fit.ci_low, fit.ci_high, widen), reason
+
+
+def uneven_replications(fit: RateFit) -> str:
+    """Why a curve's CI cannot carry a verdict where some used n keeps fewer than
+    :data:`UNEVEN_REPS_RATIO` of the most usable replications at any n ("" otherwise): its
+    variance then rests on few degrees of freedom and, when its few values happen to lie close,
+    looks small; Welch-Satterthwaite then counts many degrees of freedom, the interval comes out
+    narrow, and it covered a true slope of -1/2 86% of the time with 2 of 60 usable at one n
+    (docs/theory.md#verdicts)."""
+    if not fit.reps_per_n:
+        return ""
+    fewest, most = min(fit.reps_per_n), max(fit.reps_per_n)
+    if fewest >= UNEVEN_REPS_RATIO * most:
+        return ""
+    at = fit.n_used[fit.reps_per_n.index(fewest)]
+    return (f"replications uneven: n={sample_size_words(at)} keeps {fewest} usable, another n "
+            f"{most} (fewer than {UNEVEN_REPS_RATIO:.0%}): the CI's degrees of freedom "
+            "overstate what the few values measure")
 
 
 def code_versions_note(curve: pd.DataFrame) -> str:
@@ -447,16 +480,6 @@ def check_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"results table: missing column(s) {', '.join(missing)}")
-
-
-def check_n(df: pd.DataFrame) -> None:
-    """Raise ValueError when a row's ``n`` is not a positive finite number (grouping by n would
-    drop NaN rows silently)."""
-    n = pd.to_numeric(df["n"], errors="coerce").to_numpy(dtype=float)
-    bad = ~(np.isfinite(n) & (n > 0))
-    if bad.any():
-        raise ValueError(f"n: {int(bad.sum())} row(s) without a positive finite sample size "
-                         f"(first: {df['n'].iloc[int(np.argmax(bad))]!r})")
 
 
 #: Per-fit flags the certificates and the slope's drops read as booleans.
@@ -779,6 +802,10 @@ def _gap_row(setting: str, sig: pd.Series, soft: pd.Series) -> dict[str, Any]:
     unmeasured = [f"{gate} {r['loss_name']} ({r['verdict'][len(NOT_MEASURABLE_PREFIX):-1]})"
                   for gate, r in (("sigmoid", sig), ("softmax", soft))
                   if str(r["verdict"]).startswith(NOT_MEASURABLE_PREFIX)]
+    # nor can a CI that uneven replications made too narrow tell two slopes apart
+    unmeasured += [f"{gate} {r['loss_name']} (replications uneven: its CI is too narrow)"
+                   for gate, r in (("sigmoid", sig), ("softmax", soft))
+                   if str(r["verdict"]) == UNEVEN_VERDICT]
     no_ci = [gate for gate in ("sigmoid", "softmax")
              if not (math.isfinite(row[f"{gate}_ci_low"]) and math.isfinite(row[f"{gate}_ci_high"]))]
     if unmeasured:

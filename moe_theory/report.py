@@ -353,7 +353,9 @@ VERDICT_NOTE = (
     f"{MIN_REPS_PER_N} usable replications are dropped; `dropped` counts NaN, infinite, "
     "non-positive and at-bound values. Verdict (docs/theory.md#verdicts): `not measurable` "
     f"unless every certificate passes and at least {MIN_POINTS} sample sizes are used; "
-    f"`inconclusive (CI too wide)` unless the half-width is below {CI_HALF_WIDTH_MAX}; else "
+    f"`inconclusive (CI too wide)` unless the half-width is below {CI_HALF_WIDTH_MAX}, "
+    "`inconclusive (replications uneven)` where some n keeps fewer than half the most usable "
+    "replications at an n; else "
     f"`consistent` when the theory exponent lies in the CI widened by ±{VERDICT_WIDEN}, "
     "`inconsistent` otherwise. Exponent 0 stands for \"slower than any polynomial\"."
 )

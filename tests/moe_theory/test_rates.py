@@ -33,6 +33,7 @@ from moe_theory.rates import (
     RATES_COLUMNS,
     SUBLEVEL_LEGEND,
     VERDICT_WIDEN,
+    curve_fit,
     curve_verdict,
     fit_rate,
     format_rates_table,
@@ -820,3 +821,64 @@ def test_a_table_resumed_across_the_restarts_names_its_unchecked_stops():
     fits = 3 * df["n"].nunique()
     assert f"converged: pass ({fits} of " in softmax["reason"]
     assert "converged" not in str(table.loc[("sigmoid", "D3"), "reason"])
+
+
+def test_uneven_replications_give_no_firm_verdict():
+    """One n with 2 usable replications of 60 (58 fits there on the box, dropped): its variance
+    rests on one degree of freedom and, when its two values lie close, looks small, and Welch-
+    Satterthwaite then counts many; the narrow CI called a true n^-1/2 'inconsistent' with no
+    reason given (on this draw; the CI covered -1/2 86% of the time). Every value kept, the
+    same curve is consistent."""
+    from moe_theory.rates import UNEVEN_REPS_RATIO, UNEVEN_VERDICT
+
+    passed = {k: Status(PASS) for k in ("reference", "converged", "optimiser", "overfit")}
+    n = np.geomspace(1e3, 1e5, 6)
+    rng = np.random.default_rng(30)
+    values = [2 * m**-0.5 * np.exp(0.5 * rng.standard_normal(60)) for m in n]
+    bound = [np.zeros(60, bool) for _ in n]
+    bound[-1][2:] = True
+    fit = fit_rate(n, values, bound_per_n=bound)
+    assert fit.reps_per_n == (60, 60, 60, 60, 60, 2)
+    assert fit.half_width < CI_HALF_WIDTH_MAX and not fit.ci_low <= -0.5 - 0.05  # too narrow
+    label, reason = curve_verdict(-0.5, fit, passed)
+    assert label == UNEVEN_VERDICT
+    assert reason.startswith("replications uneven: n=100000 keeps 2 usable, another n 60")
+    assert curve_verdict(-0.5, fit_rate(n, values), passed)[0] == "consistent"
+    # at half the most usable replications or more the verdict is firm
+    bound[-1][:] = False
+    bound[-1][30:] = True
+    assert fit_rate(n, values, bound_per_n=bound).reps_per_n[-1] == 30 == UNEVEN_REPS_RATIO * 60
+    assert curve_verdict(-0.5, fit_rate(n, values, bound_per_n=bound), passed)[0] in (
+        "consistent", "inconsistent")
+
+
+def test_a_median_most_replications_share_gives_no_median_ci():
+    """10 of 11 replications at one n share a value (not all: no tie): every resampled median is
+    that value, its bootstrap variance 0, and that n narrowed the median's interval as no tie
+    may; it now leaves the median without a CI, as a tie does."""
+    rng = np.random.default_rng(3)
+    n = np.array([1e3, 3e3, 1e4, 3e4, 1e5])
+    values = [m**-0.5 * np.exp(0.9 * rng.standard_normal(11)) for m in n]
+    values[0][:10] = values[0][0]
+    fit = fit_rate(n, values)
+    assert np.isnan(fit.median.ci_low) and np.isnan(fit.median.ci_high)
+    assert np.isfinite(fit.ci_low)  # the mean moves when a resample takes the odd value
+
+
+def test_a_curve_with_a_nan_sample_size_is_refused_not_shortened():
+    df = results_table({("sigmoid", "D3"): -0.5})
+    df.loc[df["n"] == df["n"].max(), "n"] = np.nan
+    with pytest.raises(ValueError, match="^n: .* without a positive finite sample size"):
+        curve_fit(df)
+
+
+def test_a_gap_with_a_curve_of_uneven_replications_is_not_measurable():
+    """A CI that uneven replications make too narrow cannot tell two slopes apart: the pair
+    that the CIs alone call exhibited is not measurable, naming the curve."""
+    from moe_theory.rates import UNEVEN_VERDICT
+
+    table = gap_rates(0.0)
+    assert list(gap_table(table)["gap"]) == [GAP_EXHIBITED]
+    table.loc[table["fit_gate"].eq("softmax"), "verdict"] = UNEVEN_VERDICT
+    assert list(gap_table(table)["gap"]) == [
+        "not measurable: softmax err_eta_over (replications uneven: its CI is too narrow)"]
