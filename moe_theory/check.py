@@ -53,7 +53,7 @@ from moe_theory.certificates import (
 from moe_theory.config import SweepConfig
 from moe_theory.executors import map_shards, shard_cost
 from moe_theory.initialization import DEFAULT_JITTER
-from moe_theory.kept_values import usable_mask
+from moe_theory.kept_values import split_by_n, usable_mask
 from moe_theory.layout import CHECK_FILE, CHECK_TABLE, REFIT_DIR
 from moe_theory.measure import MixingMeasure
 from moe_theory.provenance import code_version
@@ -305,10 +305,9 @@ def curve_check(full: pd.DataFrame, base: pd.DataFrame, refits: pd.DataFrame,
     # every finite positive loss, box fits included: a refit that moves a fit onto the box (or
     # off it) moves the estimate, though the slope would drop the value; the slope's tolerance
     # is the rates table's own half-width (its bootstrap, its number of draws)
-    # in replication order, as the rates table's intervals are: the bootstrap draws by position
-    ordered = full.sort_values("rep", kind="stable")
-    half = {m: log_mean_half_width(ordered.loc[ordered["n"] == m, "loss_value"].to_numpy(float))
-            for m in sorted(full["n"].unique())}
+    # per n in replication order (split_by_n), as the rates table's intervals are drawn: the
+    # bootstrap draws by position
+    half = {m: log_mean_half_width(v) for m, v in zip(*split_by_n(full)[:2], strict=True)}
     full_fit = curve_fit(full)
     out.update(slope=full_fit.slope, slope_tolerance=full_fit.half_width, mean_shift={},
                slope_shift={},

@@ -28,9 +28,9 @@ from moe_theory.layout import CHECK_TABLE, RATES_TABLE
 from moe_theory.store import FIT_KEYS, FIT_MEASURE, SORT_KEYS, load_fits, load_results, read_manifest
 from moe_theory.validation import check_number
 
-#: Columns that time the run (the machine's) or name the code that ran (``code``: a re-run by
-#: later code is what a comparison is for): never compared.
-TIMING_COLUMNS = ("wall_s", "code")
+#: Columns never compared: the run's timing (the machine's) and the code that ran (``code``: a
+#: re-run by later code is what a comparison is for).
+NOT_COMPARED = ("wall_s", "code")
 #: The optimiser check's refits: one row per variant, data set and loss.
 CHECK_KEYS = ["variant", *SORT_KEYS]
 #: What a rates table's curve is compared on.
@@ -130,8 +130,8 @@ def compare_tables(name: str, a: pd.DataFrame, b: pd.DataFrame, keys: list[str],
     """One row per column of two tables matched on ``keys`` (:data:`COLUMNS`): ``same``,
     ``differs`` (with how many rows and the largest relative difference), ``only in A`` /
     ``only in B``; a first row ``rows`` says whether both hold the same keys."""
-    a = a.drop(columns=[c for c in TIMING_COLUMNS if c in a], errors="ignore")
-    b = b.drop(columns=[c for c in TIMING_COLUMNS if c in b], errors="ignore")
+    a = a.drop(columns=[c for c in NOT_COMPARED if c in a], errors="ignore")
+    b = b.drop(columns=[c for c in NOT_COMPARED if c in b], errors="ignore")
     missing = [k for k in keys if k not in a or k not in b]
     if missing:
         raise ValueError(f"{name}: a table lacks the key column(s) {missing}")
@@ -272,7 +272,7 @@ def format_comparison(table: pd.DataFrame, a: str | Path, b: str | Path, *,
     relative difference, a first example), those one side lacks, and how many are the same."""
     same_as = "bit for bit" if rtol == 0 else f"to a relative {rtol:g}"
     lines = [f"A: {a}", f"B: {b}", f"values compared {same_as}; timings and code versions "
-             f"({', '.join(TIMING_COLUMNS)}) not compared", ""]
+             f"({', '.join(NOT_COMPARED)}) not compared", ""]
     for name, part in table.groupby("table", sort=False):
         head = part.iloc[0]
         if head["column"] == TABLE_ROW:

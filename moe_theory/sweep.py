@@ -734,19 +734,20 @@ def check_references(out: Path, refs: dict[tuple[str, str], MixingMeasure], *, f
                 f"against ({why}; G_bar depends on the device's design size and on the "
                 f"library's version); finish the sweep where it started, use another --out, "
                 f"or --force to recompute that setting's shards")
-        clearing.append((setting, gate, key, why, bool(shards), merged))
+        clearing.append((setting, gate, key, why))
         changed[key] = text
 
     def clear() -> None:
         # what was measured against the records replaced, removed only once the new record is
-        # sure to be made: a record refused after the deletions had lost the shards for nothing
-        for setting, gate, key, why, shards, merged in clearing:
-            # looked at again here: an earlier key (another gate of the setting; any setting
-            # for the folder-wide merged table) may have removed them already
-            n = discard_setting(out, setting) if shards else 0
+        # sure to be made: a record refused after the deletions had lost the shards for nothing.
+        # What is there is looked at here, key by key: an earlier key (another gate of the
+        # setting; any setting for the folder-wide merged table) may have removed it already
+        for setting, gate, key, why in clearing:
+            n = discard_setting(out, setting)
             if n:
                 log(f"--force: {n} shard(s) of {setting} were measured against another G_bar "
                     f"of {key} ({why}) and were deleted")
+            merged = [name for name in MERGED_TABLES if (out / name).exists()]
             aside = set_aside(out, names=(*merged, FITS_FILE)) if merged else None
             if aside is not None:
                 log(f"--force: the merged table measured {setting} against another G_bar of "
