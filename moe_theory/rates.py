@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import stdtrit
+from scipy.special import stdtr, stdtrit
 
 from moe_theory import sublevel
 from moe_theory.certificates import (
@@ -64,6 +64,10 @@ TIE_RTOL = 1e-6
 #: R^2 = 1 whatever the data, and 3 points leave one residual degree of freedom.
 MIN_POINTS = 4
 CI_LEVEL = 0.95
+#: A curve whose log-mean bends at this level (the quadratic term's two-sided p) is no straight
+#: line: 1% rather than the CI's 5%, as a false alarm withholds a verdict the data support and
+#: every firm curve takes the test (docs/theory.md#verdicts).
+BEND_P_MAX = 0.01
 PLUS_MINUS = f"± = half-width of the bootstrap {CI_LEVEL:.0%} CI"
 
 CURVE_KEYS = ("setting", "fit_gate", "loss_name")
@@ -136,7 +140,12 @@ class RateFit:
     reps_used : usable replications at the used n (the smallest count).
     n_dropped : loss values left out, ``dropped`` the count per reason of ``DROP_REASONS``.
     dropped_n : sample sizes left out for having fewer than ``MIN_REPS_PER_N`` usable values.
-    n_used : the sample sizes used.
+    n_used : the sample sizes used; ``reps_per_n`` their usable replications.
+    n_values : every value the curve holds, used or not.
+    bend : how far the log-mean's local slope moves across the used n, from its least-squares
+        quadratic in ``log n`` (NaN below 3 used n); ``bend_p`` the two-sided p of its quadratic
+        term, from the same per-n variances and Welch-Satterthwaite degrees of freedom as the
+        slope's CI (:func:`_bend`).
     """
 
     slope: float
@@ -153,6 +162,9 @@ class RateFit:
     dropped_n: tuple[float, ...] = ()
     n_used: tuple[float, ...] = ()
     reps_per_n: tuple[int, ...] = ()
+    n_values: int = 0
+    bend: float = float("nan")
+    bend_p: float = float("nan")
 
     @property
     def half_width(self) -> float:
@@ -175,17 +187,48 @@ def _slope_fit(x: np.ndarray, y: np.ndarray, variances: np.ndarray, reps: np.nda
     """
     slope = float(_ols_slopes(x, y[None, :])[0])
     intercept = float(y.mean() - slope * x.mean())
-    c = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
-    w = c**2 * variances
-    var = float(w.sum())
+    var, df = _welch((x - x.mean()) / ((x - x.mean()) ** 2).sum(), variances, reps)
     if not var > 0:
         # replications tied at some n (a NaN variance) or at every n: no spread is no evidence
         # of a precise slope (a zero-width CI would give a firm verdict on ties), so no CI
         nan = float("nan")
         return SlopeFit(slope, intercept, nan, nan, nan)
-    df = var**2 / float((w**2 / (reps - 1)).sum())
     half = float(stdtrit(df, 0.5 + CI_LEVEL / 2)) * np.sqrt(var)
     return SlopeFit(slope, intercept, float(np.sqrt(var)), slope - half, slope + half)
+
+
+def _welch(c: np.ndarray, variances: np.ndarray, reps: np.ndarray) -> tuple[float, float]:
+    """Variance of ``sum_j c_j y_j`` for independent ``y_j`` of variances ``V_j``, and its
+    Welch-Satterthwaite degrees of freedom from the ``reps_j - 1`` of each ``V_j`` (NaN
+    variance where some ``V_j`` is)."""
+    w = c**2 * variances
+    var = float(w.sum())
+    if not var > 0:
+        return var, float("nan")
+    return var, var**2 / float((w**2 / (reps - 1)).sum())
+
+
+def _bend(x: np.ndarray, y: np.ndarray, variances: np.ndarray,
+          reps: np.ndarray) -> tuple[float, float]:
+    """How far a curve's local slope moves across its ``x`` range, and the two-sided p of that
+    move being 0 (a straight line).
+
+    The least-squares quadratic ``a + b x + c (x - xbar)^2`` has local slope ``b + 2 c
+    (x - xbar)``, which moves by ``2 c (x_max - x_min)`` across the range. ``c = sum_j d_j y_j``
+    with ``d`` the quadratic row of the design's pseudo-inverse, so its variance and degrees of
+    freedom follow from the per-n variances as the slope's do (:func:`_welch`); ``c / se`` is
+    then Student's t under a straight line. NaN below 3 points or without a variance."""
+    if x.size < 3:
+        return float("nan"), float("nan")
+    xc = x - x.mean()
+    design = np.column_stack([np.ones_like(xc), xc, xc**2])
+    d = np.linalg.pinv(design)[2]
+    c = float(d @ y)
+    move = 2 * c * float(np.ptp(x))
+    var, df = _welch(d, variances, reps)
+    if not var > 0:
+        return move, float("nan")
+    return move, float(2 * stdtr(df, -abs(c) / np.sqrt(var)))
 
 
 def predicted_half_width(n: Sequence[float], mean: Sequence[float], sd: Sequence[float],
@@ -283,10 +326,11 @@ def fit_rate(
     n_points = len(kept)
     n_dropped = sum(dropped.values())
     reps_used = min((v.size for v in kept), default=0)
+    n_values = sum(np.size(v) for v in values_per_n)
     if n_points < 2:
         nan = float("nan")
         return RateFit(nan, nan, nan, nan, nan, nan, n_points, n_dropped, NAN_SLOPE, reps_used,
-                       dropped, dropped_n, tuple(used))
+                       dropped, dropped_n, tuple(used), n_values=n_values)
 
     x = np.log(used)
     reps = np.array([v.size for v in kept], dtype=float)
@@ -302,8 +346,9 @@ def fit_rate(
         # nor has one whose resamples never moved the statistic: a median most replications
         # share (not all: no tie) has bootstrap variance 0, and that n narrowed the interval
         variances[~(variances > 0)] = np.nan
-        fits[statistic] = (_slope_fit(x, y, variances, reps), y)
-    mean, y = fits["mean"]
+        fits[statistic] = (_slope_fit(x, y, variances, reps), y, variances)
+    mean, y, variances = fits["mean"]
+    bend, bend_p = _bend(x, y, variances, reps)
     resid = y - (mean.intercept + mean.slope * x)
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else float("nan")
@@ -311,7 +356,8 @@ def fit_rate(
         slope=mean.slope, intercept=mean.intercept, slope_se=mean.se, ci_low=mean.ci_low,
         ci_high=mean.ci_high, r2=float(r2), n_points=n_points, n_dropped=n_dropped,
         median=fits["median"][0], reps_used=reps_used, dropped=dropped, dropped_n=dropped_n,
-        n_used=tuple(used), reps_per_n=tuple(int(r) for r in reps),
+        n_used=tuple(used), reps_per_n=tuple(int(r) for r in reps), n_values=n_values,
+        bend=bend, bend_p=bend_p,
     )
 
 
@@ -383,6 +429,21 @@ def uncertified(certificates: Mapping[str, Status]) -> str:
 UNEVEN_REPS_RATIO = 0.5
 #: The verdict of a curve whose CI the uneven replications make too narrow to trust.
 UNEVEN_VERDICT = "inconclusive (replications uneven)"
+#: A firm verdict needs the fit to use all but this share of the curve's values: the values left
+#: out (fits on the box, NaN losses, sample sizes with too few usable ones) are rarely a random
+#: share, and the kept ones' mean is then a selection's, not the estimator's
+#: (:func:`left_out`).
+LEFT_OUT_SHARE_MAX = 0.1
+LEFT_OUT_VERDICT = "inconclusive (fits left out)"
+#: The verdict of a curve whose log-mean bends (:func:`bends`): its straight line's slope
+#: averages a rate that changes across the n, and is not the curve's rate.
+BENDS_VERDICT = "inconclusive (curve bends)"
+#: The verdicts of curves whose slope has a narrow CI that still does not measure the rate, so
+#: that a gap pair holding one is not measurable (:func:`gap_table`), each with why in a gap's
+#: words.
+GUARDED_VERDICTS = {UNEVEN_VERDICT: "replications uneven: its CI is too narrow",
+                    LEFT_OUT_VERDICT: "fits left out: its mean is a selection's",
+                    BENDS_VERDICT: "its curve bends: its slope is no rate"}
 
 
 def curve_verdict(
@@ -397,8 +458,11 @@ def curve_verdict(
 
     In order: ``no theory`` without an exponent; ``not measurable (...)`` with fewer than
     ``MIN_POINTS`` usable sample sizes or any certificate failed or not run; ``inconclusive (CI
-    too wide)`` unless the CI half-width is below ``half_width_max``; else ``consistent`` or
-    ``inconsistent`` by :func:`verdict`. The reason names every failed or missing certificate,
+    too wide)`` unless the CI half-width is below ``half_width_max``; then the guards of a narrow
+    CI that does not measure the rate, in this order: :data:`UNEVEN_VERDICT`
+    (:func:`uneven_replications`), :data:`LEFT_OUT_VERDICT` (:func:`left_out`),
+    :data:`BENDS_VERDICT` (:func:`bends`); else ``consistent`` or ``inconsistent`` by
+    :func:`verdict`. The reason names every failed or missing certificate,
     and a passed one that carries a reason (the converged certificate's unrestarted fits).
     """
     # a passed certificate is named only where it says something (a reading the reader
@@ -423,9 +487,11 @@ def curve_verdict(
                if np.isfinite(fit.half_width) else
                "no CI: the replications are tied at some n, so their spread is unknown")
         return "inconclusive (CI too wide)", why + (f"; {reason}" if reason else "")
-    uneven = uneven_replications(fit)
-    if uneven:
-        return UNEVEN_VERDICT, uneven + (f"; {reason}" if reason else "")
+    for label, guard in ((UNEVEN_VERDICT, uneven_replications), (LEFT_OUT_VERDICT, left_out),
+                         (BENDS_VERDICT, lambda f: bends(f, widen))):
+        why = guard(fit)
+        if why:
+            return label, why + (f"; {reason}" if reason else "")
     return verdict(theory_exponent, fit.ci_low, fit.ci_high, widen), reason
 
 
@@ -445,6 +511,40 @@ def uneven_replications(fit: RateFit) -> str:
     return (f"replications uneven: n={sample_size_words(at)} keeps {fewest} usable, another n "
             f"{most} (fewer than {UNEVEN_REPS_RATIO:.0%}): the CI's degrees of freedom "
             "overstate what the few values measure")
+
+
+def left_out(fit: RateFit) -> str:
+    """Why a curve's slope is a selection's where the fit leaves out more than
+    :data:`LEFT_OUT_SHARE_MAX` of its values ("" otherwise): fits on the box and NaN losses
+    come more often from some data sets than others (those whose fit wandered), and from some n
+    more than others, so the kept values' mean is not the estimator's and their slope is not its
+    rate."""
+    used = sum(fit.reps_per_n)
+    if not fit.n_values or fit.n_values - used <= LEFT_OUT_SHARE_MAX * fit.n_values:
+        return ""
+    words = [f"{count} {DROP_WORDS[name]}" for name, count in fit.dropped.items() if count]
+    # the usable values at an n left out whole: too few of them
+    at_dropped_n = fit.n_values - used - fit.n_dropped
+    if at_dropped_n:
+        words.append(f"{at_dropped_n} at n with < {MIN_REPS_PER_N} usable")
+    return (f"fits left out: {fit.n_values - used} of {fit.n_values} values "
+            f"({', '.join(words)}), more than {LEFT_OUT_SHARE_MAX:.0%}: the kept fits are a "
+            "selection, their mean not the estimator's")
+
+
+def bends(fit: RateFit, widen: float = VERDICT_WIDEN) -> str:
+    """Why a curve's straight line does not give its rate where its log-mean bends ("" where
+    not): the quadratic term is significant at :data:`BEND_P_MAX` and the local slope moves by
+    more than ``2 widen`` across the used n, so that the slope at the largest n lies more than
+    the verdict's widening from the fitted one (which is about the local slope at the middle of
+    the range). A broken power law, -1 then -1/2, otherwise read as a slope near -3/4 with a
+    narrow CI (docs/theory.md#verdicts)."""
+    if not (fit.bend_p < BEND_P_MAX and abs(fit.bend) > 2 * widen):
+        return ""
+    return (f"curve bends: the log-mean's local slope moves by {_signed(fit.bend)} from "
+            f"n={sample_size_words(min(fit.n_used))} to n={sample_size_words(max(fit.n_used))} "
+            f"(quadratic term p = {fit.bend_p:.2g} < {BEND_P_MAX}): the straight line's slope "
+            "averages a changing rate")
 
 
 def code_versions_note(curve: pd.DataFrame) -> str:
@@ -762,7 +862,8 @@ def gap_table(table: pd.DataFrame) -> pd.DataFrame:
     fit, that measure the experts alike (:func:`gap_comparable`) and whose theory exponents say
     the sigmoid fit's loss falls faster. ``gap`` is
     ``not measurable: ...`` where either curve is not measurable (a certificate failed or was not
-    run, or too few sample sizes), naming it and why; otherwise both slopes are the estimator's
+    run, or too few sample sizes) or has a narrow CI that does not measure its rate
+    (:data:`GUARDED_VERDICTS`), naming it and why; otherwise both slopes are the estimator's
     (a CI too wide for a verdict against one exponent included: the gap's test is the two CIs
     apart, not either CI's width) and ``gap`` is :data:`GAP_EXHIBITED` where the sigmoid slope's
     CI lies wholly below the softmax slope's, :data:`GAP_REVERSED` where the softmax one lies
@@ -802,10 +903,11 @@ def _gap_row(setting: str, sig: pd.Series, soft: pd.Series) -> dict[str, Any]:
     unmeasured = [f"{gate} {r['loss_name']} ({r['verdict'][len(NOT_MEASURABLE_PREFIX):-1]})"
                   for gate, r in (("sigmoid", sig), ("softmax", soft))
                   if str(r["verdict"]).startswith(NOT_MEASURABLE_PREFIX)]
-    # nor can a CI that uneven replications made too narrow tell two slopes apart
-    unmeasured += [f"{gate} {r['loss_name']} (replications uneven: its CI is too narrow)"
+    # nor can a narrow CI that does not measure the rate (uneven replications, fits left out,
+    # a bending curve) tell two rates apart
+    unmeasured += [f"{gate} {r['loss_name']} ({GUARDED_VERDICTS[str(r['verdict'])]})"
                    for gate, r in (("sigmoid", sig), ("softmax", soft))
-                   if str(r["verdict"]) == UNEVEN_VERDICT]
+                   if str(r["verdict"]) in GUARDED_VERDICTS]
     no_ci = [gate for gate in ("sigmoid", "softmax")
              if not (math.isfinite(row[f"{gate}_ci_low"]) and math.isfinite(row[f"{gate}_ci_high"]))]
     if unmeasured:
@@ -834,7 +936,8 @@ def gap_outcome(g: pd.Series, *, reasons: bool = True) -> str:
     if reasons or not outcome.startswith(GAP_NOT_MEASURABLE):
         return outcome
     which = [gate for gate in ("sigmoid", "softmax")
-             if str(g[f"{gate}_verdict"]).startswith(NOT_MEASURABLE_PREFIX)]
+             if str(g[f"{gate}_verdict"]).startswith(NOT_MEASURABLE_PREFIX)
+             or str(g[f"{gate}_verdict"]) in GUARDED_VERDICTS]
     return (f"{GAP_NOT_MEASURABLE} (the "
             f"{' and the '.join(which)} curve{'s' if len(which) > 1 else ''})")
 

@@ -29,11 +29,13 @@ from moe_theory.outputs import figure_panels, mark_plotted
 from moe_theory.plotting import figure_title, plot_panels, setting_words
 from moe_theory.population import GBAR_STARTS
 from moe_theory.rates import (
+    BEND_P_MAX,
     CERT_COLUMNS,
     CERT_SHORT,
     CI_HALF_WIDTH_MAX,
     CI_LEVEL,
     CURVE_KEYS,
+    LEFT_OUT_SHARE_MAX,
     MIN_POINTS,
     MIN_REPS_PER_N,
     PLUS_MINUS,
@@ -355,7 +357,10 @@ VERDICT_NOTE = (
     f"unless every certificate passes and at least {MIN_POINTS} sample sizes are used; "
     f"`inconclusive (CI too wide)` unless the half-width is below {CI_HALF_WIDTH_MAX}, "
     "`inconclusive (replications uneven)` where some n keeps fewer than half the most usable "
-    "replications at an n; else "
+    "replications at an n, `inconclusive (fits left out)` where more than "
+    f"{LEFT_OUT_SHARE_MAX:.0%} of the curve's values are, `inconclusive (curve bends)` where the "
+    f"log-mean's quadratic term is significant at {BEND_P_MAX} and moves the slope by more than "
+    f"{2 * VERDICT_WIDEN}; else "
     f"`consistent` when the theory exponent lies in the CI widened by ±{VERDICT_WIDEN}, "
     "`inconsistent` otherwise. Exponent 0 stands for \"slower than any polynomial\"."
 )

@@ -232,7 +232,9 @@ def test_invalid_losses_are_dropped_and_counted_by_reason():
     assert dict(fit.dropped) == {"nan": 1, "inf": 2, "nonpositive": 2, "bound": 1}
     assert fit.n_dropped == 6
     # Same kept values, same bootstrap draws: everything but the counts is identical.
-    assert fit == dataclasses.replace(fit_rate(N_GRID, clean), n_dropped=6, dropped=fit.dropped)
+    assert fit == dataclasses.replace(fit_rate(N_GRID, clean), n_dropped=6, dropped=fit.dropped,
+                                      n_values=fit.n_values)
+    assert fit.n_values == sum(len(v) for v in dirty) == 180 + 6
 
 
 def test_a_sample_size_with_one_usable_replication_is_dropped_and_listed():
@@ -882,3 +884,88 @@ def test_a_gap_with_a_curve_of_uneven_replications_is_not_measurable():
     table.loc[table["fit_gate"].eq("softmax"), "verdict"] = UNEVEN_VERDICT
     assert list(gap_table(table)["gap"]) == [
         "not measurable: softmax err_eta_over (replications uneven: its CI is too narrow)"]
+
+
+def test_a_bending_curve_gives_no_firm_verdict():
+    """A broken power law, n^-3/4 up to n = 10^4 and n^-1/4 beyond, averages a slope near -1/2
+    over 10^3..10^5 with a narrow CI: a straight line read it 'consistent' with -1/2, a rate it
+    has at no n. Its quadratic term is far past 1% (sd 0.3 in log, 20 replications), and its
+    local slope moves by more than twice the verdict's widening (0.94 on this draw: a quadratic
+    through a kink of +1/2 bends more than the kink, as its ends follow the straight parts)."""
+    from moe_theory.rates import BENDS_VERDICT
+
+    passed = {k: Status(PASS) for k in ("reference", "converged", "optimiser", "overfit")}
+    n = np.geomspace(1e3, 1e5, 7)
+    rng = np.random.default_rng(5)
+    truth = np.where(n <= 1e4, (n / 1e4) ** -0.75, (n / 1e4) ** -0.25)
+    fit = fit_rate(n, [t * np.exp(0.3 * rng.standard_normal(20)) for t in truth])
+    assert fit.half_width < CI_HALF_WIDTH_MAX and fit.ci_low - 0.05 <= -0.5 <= fit.ci_high + 0.05
+    assert fit.bend_p < 1e-6 and 0.3 < fit.bend < 1.2
+    label, reason = curve_verdict(-0.5, fit, passed)
+    assert label == BENDS_VERDICT
+    assert reason.startswith(f"curve bends: the log-mean's local slope moves by {fit.bend:+.2f} "
+                             "from n=1000 to n=100000 (quadratic term p = ")
+    # the same noise on a straight n^-1/2 is firm
+    straight = fit_rate(n, [m**-0.5 * np.exp(0.3 * rng.standard_normal(20)) for m in n])
+    assert curve_verdict(-0.5, straight, passed)[0] == "consistent"
+
+
+def test_a_straight_curve_is_called_bent_about_one_time_in_a_hundred():
+    """The bend test's false alarms: 400 straight n^-1/2 curves (6 n, 20 replications, sd 0.5
+    in log). Its p is Student's under a straight line, so about 1% fall under BEND_P_MAX = 0.01
+    and fewer are flagged (the slope must also move by more than 0.1); 12 of 400 or more would
+    have probability about 3e-4 at a true 1% (binomial). And its power: a slope that goes from
+    -3/2 to -1/2 at n = 10^4 is flagged in at least 190 of 200 draws (200 of 200 measured)."""
+    from moe_theory.rates import bends
+
+    n = np.geomspace(1e3, 1e5, 6)
+    rng = np.random.default_rng(1)
+    straight = sum(bool(bends(fit_rate(n, [m**-0.5 * np.exp(0.5 * rng.standard_normal(20))
+                                           for m in n], n_boot=500))) for _ in range(400))
+    assert straight < 12
+    broken = np.minimum(n / 1e4, 1) ** -1.0 * n**-0.5
+    flagged = sum(bool(bends(fit_rate(n, [t * np.exp(0.5 * rng.standard_normal(20))
+                                          for t in broken], n_boot=500))) for _ in range(200))
+    assert flagged >= 190
+
+
+def test_a_curve_with_many_fits_left_out_gives_no_firm_verdict():
+    """Fits on the box or with a NaN loss are rarely a random share: past 10% of the curve's
+    values left out, the kept ones are a selection and the verdict is not firm; at 10% it is."""
+    from moe_theory.rates import LEFT_OUT_SHARE_MAX, LEFT_OUT_VERDICT
+
+    passed = {k: Status(PASS) for k in ("reference", "converged", "optimiser", "overfit")}
+    n = np.geomspace(1e3, 1e5, 5)
+    rng = np.random.default_rng(8)
+    values = [m**-0.5 * np.exp(0.3 * rng.standard_normal(40)) for m in n]
+    bound = [np.zeros(40, bool) for _ in n]
+    for b in bound:
+        b[:4] = True  # 20 of 200: at the bound
+    fit = fit_rate(n, values, bound_per_n=bound)
+    assert fit.n_values - sum(fit.reps_per_n) == LEFT_OUT_SHARE_MAX * fit.n_values
+    assert curve_verdict(-0.5, fit, passed)[0] == "consistent"
+    values[0][4] = np.nan  # one more: 21 of 200
+    label, reason = curve_verdict(-0.5, fit_rate(n, values, bound_per_n=bound), passed)
+    assert label == LEFT_OUT_VERDICT
+    assert reason.startswith("fits left out: 21 of 200 values (1 NaN, 20 fits on the box), "
+                             "more than 10%")
+    # an n left out whole for too few usable values counts its usable ones too
+    few = [v.copy() for v in values[:4]] + [np.append(values[4][:1], np.full(39, np.nan))]
+    label, reason = curve_verdict(-0.5, fit_rate(n, few), passed)
+    assert label == LEFT_OUT_VERDICT
+    assert reason.startswith("fits left out: 41 of 200 values (40 NaN, 1 at n with < 2 usable)")
+
+
+@pytest.mark.parametrize("guarded", ["inconclusive (replications uneven)",
+                                     "inconclusive (fits left out)",
+                                     "inconclusive (curve bends)"])
+def test_a_gap_with_a_guarded_curve_is_not_measurable_and_names_it(guarded):
+    """A narrow CI that does not measure the rate cannot tell two rates apart: the pair is not
+    measurable, and a figure's legend (no reasons) names the curve as well as the table does."""
+    from moe_theory.rates import GUARDED_VERDICTS, gap_outcome
+
+    table = gap_rates(0.0)
+    table.loc[table["fit_gate"].eq("softmax"), "verdict"] = guarded
+    gap = gap_table(table).iloc[0]
+    assert gap["gap"] == f"not measurable: softmax err_eta_over ({GUARDED_VERDICTS[guarded]})"
+    assert gap_outcome(gap, reasons=False) == "not measurable (the softmax curve)"
