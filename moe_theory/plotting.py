@@ -268,6 +268,9 @@ def _rate_label(label: str, fit: RateFit, certified: bool = True, verdict: str =
         suffix = f"\n(inconclusive: {verdict[len('inconclusive ('):-1]})"
     elif certified and verdict in MEASURED_VERDICTS:
         suffix = f"\n(certified, {verdict} with theory)"
+    elif certified and verdict == "no theory":
+        # the estimator's rate (every check passed), with no exponent to hold it to
+        suffix = "\n(certified; no theory to compare)"
     if reach:
         suffix += "\n" + textwrap.fill(
             f"(fits as good as the reference: up to {ratio_label(reach['ratio_max'])}x the "

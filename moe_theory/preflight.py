@@ -63,7 +63,7 @@ PREFLIGHT_COLUMNS = (
     "theory_label", "n_min", "n_max", "n_points", "reps", "n_from", "n_to", "identified",
     "overfit_n", "limit_slope", "limit_half_width", "reps_advised", "outlook", "reasons",
 )
-#: The outlooks, from worst to best (``no theory`` first, as the verdicts have it).
+#: The outlooks (``no theory`` only where nothing blocks the curve, as the verdicts have it).
 NO_THEORY, NOT_MEASURABLE, INCONCLUSIVE, BORDERLINE, MEASURABLE_IF = (
     "no theory", "not measurable", "inconclusive (CI too wide)",
     "measurable if the fits pass, CI borderline", "measurable if the fits pass")
@@ -159,10 +159,10 @@ def curve_outlook(config: SweepConfig, setting: Setting, gate: str, loss: str,
         advised = reps_advised(entry, reps)
     elif cert.overlay_note:
         notes.append(f"CI not predicted: {cert.overlay_note}")
-    if no_theory:  # nothing to hold a slope to, whatever else stands in the way
-        outlook = NO_THEORY
-    elif blockers:
+    if blockers:  # as the verdicts have it: a curve without an exponent is judged the same
         outlook = NOT_MEASURABLE
+    elif no_theory:  # nothing to hold a slope to, though nothing stands in its way
+        outlook = NO_THEORY
     elif entry is not None and "sd" in entry and math.isnan(half):
         # a limit whose spread is zero (or undefined) at some n: the fits would tie there, and a
         # curve tied at an n has no CI (rates.tied), so no verdict beyond inconclusive

@@ -456,14 +456,16 @@ def curve_verdict(
 ) -> tuple[str, str]:
     """A curve's verdict and the reason behind it (docs/theory.md#verdicts).
 
-    In order: ``no theory`` without an exponent; ``not measurable (...)`` with fewer than
-    ``MIN_POINTS`` usable sample sizes or any certificate failed or not run; ``inconclusive (CI
-    too wide)`` unless the CI half-width is below ``half_width_max``; then the guards of a narrow
-    CI that does not measure the rate, in this order: :data:`UNEVEN_VERDICT`
-    (:func:`uneven_replications`), :data:`LEFT_OUT_VERDICT` (:func:`left_out`),
-    :data:`BENDS_VERDICT` (:func:`bends`); else ``consistent`` or ``inconsistent`` by
-    :func:`verdict`. The reason names every failed or missing certificate,
-    and a passed one that carries a reason (the converged certificate's unrestarted fits).
+    In order: ``not measurable (...)`` with fewer than ``MIN_POINTS`` usable sample sizes or
+    any certificate failed or not run; ``inconclusive (CI too wide)`` unless the CI half-width is
+    below ``half_width_max``; then the guards of a narrow CI that does not measure the rate, in
+    this order: :data:`UNEVEN_VERDICT` (:func:`uneven_replications`), :data:`LEFT_OUT_VERDICT`
+    (:func:`left_out`), :data:`BENDS_VERDICT` (:func:`bends`); else ``no theory`` without an
+    exponent, ``consistent`` or ``inconsistent`` by :func:`verdict` with one. A curve without
+    an exponent is judged as the others are up to the comparison: its slope is printed, and a
+    ``no theory`` before the checks read as a measured rate that had failed them. The reason
+    names every failed or missing certificate, and a passed one that carries a reason (the
+    converged certificate's unrestarted fits).
     """
     # a passed certificate is named only where it says something (a reading the reader
     # should know of, such as fits it could not check alike)
@@ -473,8 +475,6 @@ def curve_verdict(
         notes.append(f"dropped n with < {MIN_REPS_PER_N} usable replications: "
                      + ", ".join(sample_size_words(m) for m in fit.dropped_n))
     reason = "; ".join(notes)
-    if theory_exponent is None or np.isnan(theory_exponent):
-        return "no theory", reason
     if fit.n_points < MIN_POINTS:
         return f"{NOT_MEASURABLE_PREFIX}{fit.n_points} usable n < {MIN_POINTS})", reason
     why = uncertified(certificates)
@@ -492,6 +492,7 @@ def curve_verdict(
         why = guard(fit)
         if why:
             return label, why + (f"; {reason}" if reason else "")
+    # no theory last: the slope is the estimator's rate, with nothing to hold it to
     return verdict(theory_exponent, fit.ci_low, fit.ci_high, widen), reason
 
 

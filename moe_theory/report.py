@@ -362,7 +362,8 @@ VERDICT_NOTE = (
     f"log-mean's quadratic term is significant at {BEND_P_MAX} and moves the slope by more than "
     f"{2 * VERDICT_WIDEN}; else "
     f"`consistent` when the theory exponent lies in the CI widened by ±{VERDICT_WIDEN}, "
-    "`inconsistent` otherwise. Exponent 0 stands for \"slower than any polynomial\"."
+    "`inconsistent` otherwise; a curve without an exponent is judged alike and reads `no theory` "
+    "only where it passes every check. Exponent 0 stands for \"slower than any polynomial\"."
 )
 CERTIFICATE_NOTE = (
     "Certificates (docs/theory.md#certificates): reference identified (Fisher condition number "

@@ -530,6 +530,16 @@ def test_a_certified_curve_names_its_verdict():
     assert label.endswith("(certified, consistent with theory)"), (label, fit)
 
 
+def test_a_certified_curve_without_a_theory_exponent_says_both():
+    """D2 has no exponent in the theory table: certified with a narrow CI, its legend says the
+    rate is the estimator's with nothing to compare (it had said nothing, as a bare rate)."""
+    df = results_table({("sigmoid", "D2"): -0.5}, sigma=0.05, seed=2)
+    ax, (fit,) = draw(df, [("sigmoid", "D2")], certificates=passing_certificates(df))
+    label = ax.get_legend().get_texts()[0].get_text()
+    assert fit.half_width < 0.075 and len(lines(ax, "-")) == 1
+    assert label.endswith("(certified; no theory to compare)"), label
+
+
 def test_a_curve_says_how_many_values_it_left_out_and_why(df):
     """Values a curve cannot use (a fit on the box, a NaN loss) are counted in its legend entry,
     as the printed table's "dropped" column counts them; a curve that lost none says nothing."""

@@ -233,13 +233,17 @@ def test_an_unidentified_loss_is_ruled_out_only_above_the_atoms_distance():
     assert row["outlook"] == MEASURABLE_IF and "below medians of 0.001" in row["reasons"]
 
 
-def test_a_curve_without_a_theory_rate_says_so_first():
-    """As the verdicts: no exponent, no verdict, whatever the certificates (D2 of a softmax fit
-    has none in the theory table)."""
+def test_a_curve_without_a_theory_rate_is_judged_as_the_others():
+    """As the verdicts: a curve without an exponent that something blocks is not measurable
+    (its slope would be printed, and "no theory" read as a rate measured); with nothing in its
+    way it is "no theory" (D3 against G*, the reference of a well-specified fit, has no
+    exponent in the theory table: D3 is the misspecified fit's loss, against G_bar)."""
     row = curve_outlook(config(), REGULAR, "sigmoid", "D3",
                         certificate(status="fail", fisher_cond=1e12, reasons=["x"], kind="G*"))
-    assert row["theory_exponent"] is None and row["outlook"] == preflight.NO_THEORY
+    assert row["theory_exponent"] is None and row["outlook"] == NOT_MEASURABLE
     assert "no range of n mends it" in row["reasons"]
+    row = curve_outlook(config(), REGULAR, "sigmoid", "D3", certificate(kind="G*"))
+    assert row["theory_exponent"] is None and row["outlook"] == preflight.NO_THEORY
 
 
 def test_too_few_sample_sizes_or_too_small_n_rule_the_curve_out():

@@ -322,7 +322,17 @@ def test_curve_verdict_needs_every_certificate():
     both = {**failed, "optimiser": missing["optimiser"]}
     assert curve_verdict(-0.5, fit, both)[0] == (
         "not measurable (reference failed; optimiser not run)")
-    assert curve_verdict(None, fit, both)[0] == "no theory"
+    # a curve without an exponent is judged as the others up to the comparison: its printed
+    # slope must not read as a measured rate where a certificate failed, nor where the CI or a
+    # guard withholds a verdict (it had been "no theory" whatever its certificates)
+    assert curve_verdict(None, fit, both)[0] == (
+        "not measurable (reference failed; optimiser not run)")
+    assert curve_verdict(None, fit, ALL_PASS) == ("no theory", "")
+    assert curve_verdict(float("nan"), narrow_fit(points=3), ALL_PASS)[0] == (
+        "not measurable (3 usable n < 4)")
+    wide = narrow_fit(half=3.0)
+    assert not wide.half_width < CI_HALF_WIDTH_MAX
+    assert curve_verdict(None, wide, ALL_PASS)[0] == "inconclusive (CI too wide)"
 
 
 def test_wide_ci_is_inconclusive_even_when_the_theory_lies_inside():
