@@ -4,6 +4,7 @@ regularity (R25), and the reproduce hook that draws the attention figures."""
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -108,3 +109,14 @@ def test_reproduce_runs_the_attention_experiments(tmp_path, monkeypatch):
         assert run["experiment"] == name and run["fast"] is True
         # provenance, as every run.json records it
         assert run["device"] == "cpu" and {"git_commit", "git_dirty", "device_name"} <= set(run)
+    # the regularity study's slopes are no estimator's rates: its table and caption say so, and
+    # the caption gives each slope's CI where it had given a verdict word of the point slopes
+    growth = (tmp_path / "attention-regularity" / "growth.txt").read_text()
+    assert growth.startswith(attention_regularity.GROWTH_HEADER + "\n")
+    results = pd.read_csv(tmp_path / "attention-regularity" / "results.csv")
+    study = attention_regularity.FAST_STUDY
+    text = attention_regularity.caption(study, attention_regularity.growth_table(results))
+    assert "no certificates, no verdict" in text and "agree" not in text
+    table = attention_regularity.growth_table(results)
+    r = table[(table.gate == "softmax")].iloc[0]
+    assert f"softmax N^{r.slope_vs_seq_len:+.2f} [{r.ci_low_seq_len:+.2f}, " in text

@@ -75,11 +75,20 @@ def sweep_slopes(folders: list[str], config: str = "nguyen2024-measurable") -> p
     the pinned gauge and in the matched one (rates.fit_rate: log-mean OLS, bootstrap 95% CI),
     every fit kept, the box's faces included (the sweeps' tables mark them, not these
     estimates), and the mean of each at the smallest and largest n. Each fit is measured
-    against G* of its own setting (the folders' settings are ``config``'s)."""
+    against G* of its own setting (the folders' settings are ``config``'s). ``<loss>_verdict``
+    is the folder's own verdict of that curve, from its rates table ("-" where the folder did
+    not measure it; none for all folders read as one): these slopes are recomputed here without
+    its certificates, and must not read as the estimator's where the folder says otherwise."""
     frames = []
+    verdicts: dict[tuple[str, str], str] = {}
     for folder in folders:
         fits = load_fits(folder)
         fits = fits[fits["fit_gate"] == "softmax"].reset_index(drop=True)
+        rates = Path(folder) / "rates.json"
+        table = pd.read_json(rates) if rates.exists() else pd.DataFrame(
+            columns=["setting", "fit_gate", "loss_name", "verdict"])
+        for r in table[table["fit_gate"] == "softmax"].itertuples():
+            verdicts[f"{Path(folder).name}/{r.setting}", r.loss_name] = str(r.verdict)
         for setting, part in fits.groupby("setting"):
             truth = load_config(config).setting(setting).truth()
             measures = MixingMeasure.from_json_rows(part[FIT_MEASURE])
@@ -98,7 +107,8 @@ def sweep_slopes(folders: list[str], config: str = "nguyen2024-measurable") -> p
             means = d.groupby("n")[loss].mean()
             row.update({f"{loss}_slope": fit.slope, f"{loss}_ci_low": fit.ci_low,
                         f"{loss}_ci_high": fit.ci_high, f"{loss}_median_slope": fit.median.slope,
-                        f"{loss}_mean_first": means.iloc[0], f"{loss}_mean_last": means.iloc[-1]})
+                        f"{loss}_mean_first": means.iloc[0], f"{loss}_mean_last": means.iloc[-1],
+                        f"{loss}_verdict": verdicts.get((name, loss), "-")})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -117,7 +127,8 @@ def main() -> None:
     if args.sweeps:
         with pd.option_context("display.width", 250, "display.max_columns", 30):
             print(sweep_slopes(args.tables, args.config).round(3).to_string(index=False))
-        print("(every fit kept, no certificates: a study of the gauge, not a verdict)")
+        print("(every fit kept, recomputed here without the folders' certificates: a study of "
+              "the gauge, not a verdict; *_verdict is each folder's own verdict of the curve)")
         return
     table = read_ties(args.tables, truth)
     if args.out:
