@@ -881,9 +881,9 @@ def test_the_cpu_preset_record_gives_the_readme_verdicts():
     preset = load_config("nguyen2024-measurable", fast=True)
     assert preset.gate_reps == {"softmax": 4} and preset.reps == 60
     certs = ["ref", "conv", "opt", "overfit"]
-    # the CPU record: the first command at 574d714 (2026-12-07; README.md, "How long"); the
+    # the CPU record: the first command at 6056b38 (2026-12-07; README.md, "How long"); the
     # CUDA record: an H100 with the tree at 3a02aa9 the same day, with an empty G_bar cache
-    for device, wall in (("cpu", 225), ("cuda", 59)):
+    for device, wall in (("cpu", 442), ("cuda", 59)):
         run = json.loads((folder / f"{device}_run.json").read_text())
         assert run["config_hash"] == preset.hash and run["fast"] is True
         assert round(run["wall_s_this_call"]) == wall
@@ -1596,7 +1596,7 @@ def test_the_d4_kept_fits_give_the_readme_comparison(d1):
 
 #: preset -> its wall time from the call (s), as paper_figures/README.md's index quotes it (the
 #: records re-run on 2026-12-07 at c3dbd24's code for nguyen2024 and nguyen2024-sgd, at 816193e for yan2025)
-OTHER_PRESETS = {"nguyen2024": 355, "nguyen2024-sgd": 237, "yan2025": 1176}
+OTHER_PRESETS = {"nguyen2024": 896, "nguyen2024-sgd": 237, "yan2025": 1310}
 
 
 @pytest.mark.parametrize("name", sorted(OTHER_PRESETS))
