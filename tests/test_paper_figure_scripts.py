@@ -472,7 +472,8 @@ def test_wide_starts_move_the_3x_box_slopes():
                             round(fit.median.slope, 2)]
         rates = pd.read_csv(STARTS / folder / "rates.csv")
         assert (rates.cert_optimiser == "fail").all()
-        assert set(rates.verdict) == {"not measurable (optimiser failed)", "no theory"}
+        # (D2, which the theory table has no exponent for, judged as the others since 6056b38)
+        assert set(rates.verdict) == {"not measurable (optimiser failed)"}
         check = json.loads((STARTS / folder / "check.json").read_text())["curves"]
         gap = check["nguyen2024-measurable-gelu/softmax/D1"]["ssr_gap_max"]
         found[box] = dict(twice=(twice.min(), twice.max()), on_box=(on_box.min(), on_box.max()),
@@ -732,7 +733,8 @@ def test_the_d4_wide_starts_give_the_readme_numbers():
     for part in ("", "_large_n"):
         folder = STARTS / f"gelu_d4_box3_wide{part}"
         rates = pd.read_csv(folder / "rates.csv")
-        assert set(rates.verdict) == {"not measurable (optimiser failed)", "no theory"}
+        # (D2, which the theory table has no exponent for, judged as the others since 6056b38)
+        assert set(rates.verdict) == {"not measurable (optimiser failed)"}
         results = pd.read_csv(results_csv(folder))
         tables[part] = results
         d1 = results[results.loss_name == "D1"]
