@@ -890,6 +890,16 @@ def gap_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(GAP_COLUMNS))
 
 
+def no_rate(verdict: str) -> str:
+    """Why a curve with this verdict has no slope a gap may compare ("" where it has): not
+    measurable, or a narrow CI that does not measure the rate (:data:`GUARDED_VERDICTS`). An
+    inconclusive (CI too wide) curve still enters: its CI, too wide to tell n^-1/2 from n^-1/4
+    against one exponent, may still lie apart from the other's."""
+    if verdict.startswith(NOT_MEASURABLE_PREFIX):
+        return verdict[len(NOT_MEASURABLE_PREFIX):-1]
+    return GUARDED_VERDICTS.get(verdict, "")
+
+
 def _gap_row(setting: str, sig: pd.Series, soft: pd.Series) -> dict[str, Any]:
     row = {"setting": setting, "sigmoid_loss": sig["loss_name"], "softmax_loss": soft["loss_name"],
            "theory_sigmoid": float(sig["theory_exponent"]),
@@ -899,16 +909,9 @@ def _gap_row(setting: str, sig: pd.Series, soft: pd.Series) -> dict[str, Any]:
                     f"{gate}_ci_high": float(r["ci_high"]), f"{gate}_verdict": str(r["verdict"])})
     row["difference_low"] = row["softmax_ci_low"] - row["sigmoid_ci_high"]
     row["difference_high"] = row["softmax_ci_high"] - row["sigmoid_ci_low"]
-    # only a curve that is not measurable stops the comparison: an inconclusive one's CI, too
-    # wide to tell n^-1/2 from n^-1/4 against one exponent, may still lie apart from the other
-    unmeasured = [f"{gate} {r['loss_name']} ({r['verdict'][len(NOT_MEASURABLE_PREFIX):-1]})"
-                  for gate, r in (("sigmoid", sig), ("softmax", soft))
-                  if str(r["verdict"]).startswith(NOT_MEASURABLE_PREFIX)]
-    # nor can a narrow CI that does not measure the rate (uneven replications, fits left out,
-    # a bending curve) tell two rates apart
-    unmeasured += [f"{gate} {r['loss_name']} ({GUARDED_VERDICTS[str(r['verdict'])]})"
-                   for gate, r in (("sigmoid", sig), ("softmax", soft))
-                   if str(r["verdict"]) in GUARDED_VERDICTS]
+    unmeasured = [f"{gate} {r['loss_name']} ({why})" for gate, r in (("sigmoid", sig),
+                                                                      ("softmax", soft))
+                  if (why := no_rate(str(r["verdict"])))]
     no_ci = [gate for gate in ("sigmoid", "softmax")
              if not (math.isfinite(row[f"{gate}_ci_low"]) and math.isfinite(row[f"{gate}_ci_high"]))]
     if unmeasured:
@@ -936,9 +939,7 @@ def gap_outcome(g: pd.Series, *, reasons: bool = True) -> str:
                           f"{g['difference_high']:+.2f}])")
     if reasons or not outcome.startswith(GAP_NOT_MEASURABLE):
         return outcome
-    which = [gate for gate in ("sigmoid", "softmax")
-             if str(g[f"{gate}_verdict"]).startswith(NOT_MEASURABLE_PREFIX)
-             or str(g[f"{gate}_verdict"]) in GUARDED_VERDICTS]
+    which = [gate for gate in ("sigmoid", "softmax") if no_rate(str(g[f"{gate}_verdict"]))]
     return (f"{GAP_NOT_MEASURABLE} (the "
             f"{' and the '.join(which)} curve{'s' if len(which) > 1 else ''})")
 
